@@ -1,0 +1,648 @@
+"""The PromptOptimizationJob API, version v1alpha1: the one definition of the custom resource.
+
+The CRD in crds/ is generated from these models (`promptopt crd`), and the operator, the worker and
+`promptopt run` parse jobs with them. Every cross-field rule is written twice on purpose: as a CEL rule
+(`x-kubernetes-validations`, enforced by the API server at admission) and as a pydantic validator
+(enforced on the laptop and by the operator); tests run both over the same documents so they agree.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "promptopt.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "PromptOptimizationJob"
+PLURAL = "promptoptimizationjobs"
+SINGULAR = "promptoptimizationjob"
+SHORT_NAMES = ["poj"]
+
+# `{{ name }}` placeholders in prompt templates, as MLflow writes them.
+TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+OptimizerType = Literal["GEPA", "MetaPrompt"]
+ScorerName = Literal["ExactMatch", "Contains", "Regex", "Correctness", "Guidelines"]
+LLM_JUDGE_SCORERS = ("Correctness", "Guidelines")
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
+TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
+
+# Kubernetes object names (RFC 1123 subdomain) and ConfigMap/Secret keys.
+DNSSubdomain = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+]
+ConfigKey = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+# A prompt's name is also a key in status and in gepa's candidate: keep it identifier-like.
+PromptName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
+# A litellm model id such as "openai/gpt-4.1-mini".
+ModelId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+class FieldError(ValueError):
+    """A cross-field rule broken at `field` (a path relative to the model that checks it, like CEL's fieldPath)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class StatusObject(ApiModel):
+    """Base of status objects: written by our own code, read leniently so an older reader skips newer fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.optimizer
+
+
+class GepaSettings(ApiModel):
+    """Settings of the GEPA optimizer (the `gepa` library's reflective evolutionary search)."""
+
+    max_metric_calls: int = Field(
+        100, ge=1, le=100_000,
+        description="Budget: how many (candidate, record) evaluations GEPA may run in all, across restarts.",
+    )
+    reflection_minibatch_size: int = Field(
+        3, ge=1, le=100,
+        description="How many training records each reflection step looks at when it proposes a new prompt.",
+    )
+    candidate_selection: Literal["pareto", "current_best", "epsilon_greedy"] = Field(
+        "pareto",
+        description="How the next candidate to improve is chosen: pareto (from the per-record Pareto front), "
+        "current_best, or epsilon_greedy.",
+    )
+    use_merge: bool = Field(False, description="Also propose candidates that merge two good candidates' prompts.")
+    seed: int = Field(0, ge=0, description="Random seed for candidate and minibatch selection.")
+
+
+class MetaPromptSettings(ApiModel):
+    """Settings of the MetaPrompt optimizer (one reflection pass, zero-shot or few-shot)."""
+
+    guidelines: str | None = Field(
+        None, max_length=10_000,
+        description="Extra instructions for the reflection model, e.g. house style or constraints the prompt "
+        "must respect.",
+    )
+    max_examples: int = Field(
+        20, ge=1, le=200,
+        description="Few-shot mode: how many evaluated records (worst first) are shown to the reflection model.",
+    )
+
+
+class Pricing(ApiModel):
+    """The price of a model litellm does not know (self-hosted or new models), for cost tracking and budgets."""
+
+    input_per_million_tokens: float = Field(ge=0, description="USD per million prompt tokens.")
+    output_per_million_tokens: float = Field(ge=0, description="USD per million completion tokens.")
+
+
+class OptimizerSpec(ApiModel):
+    """Which optimizer runs, with which reflection model and settings."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.gepa) || self.type == 'GEPA'",
+                    "message": "optimizer.gepa is only valid with optimizer.type GEPA",
+                    "fieldPath": ".gepa",
+                },
+                {
+                    "rule": "!has(self.metaPrompt) || self.type == 'MetaPrompt'",
+                    "message": "optimizer.metaPrompt is only valid with optimizer.type MetaPrompt",
+                    "fieldPath": ".metaPrompt",
+                },
+            ]
+        }
+    )
+
+    type: OptimizerType = Field(description="The optimizer: GEPA (iterative, needs a dataset) or MetaPrompt (one pass).")
+    reflection_model: ModelId = Field(
+        description="The litellm model id that proposes new prompts, e.g. openai/gpt-4.1."
+    )
+    reflection_api_base: str | None = Field(
+        None, max_length=2048,
+        description="Base URL of an OpenAI-compatible endpoint for the reflection model. Defaults to task.apiBase.",
+    )
+    reflection_pricing: Pricing | None = Field(
+        None, description="Price of the reflection model when litellm does not know it."
+    )
+    gepa: GepaSettings | None = Field(None, description="GEPA settings (only with type GEPA).")
+    meta_prompt: MetaPromptSettings | None = Field(None, description="MetaPrompt settings (only with type MetaPrompt).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free-form options passed through to the optimizer as keyword arguments (like MLflow's "
+        "optimizer_config_json / gepa_kwargs); they override the typed settings.",
+    )
+
+    @model_validator(mode="after")
+    def _settings_match_type(self) -> OptimizerSpec:
+        if self.gepa is not None and self.type != "GEPA":
+            raise FieldError("gepa", "optimizer.gepa is only valid with optimizer.type GEPA")
+        if self.meta_prompt is not None and self.type != "MetaPrompt":
+            raise FieldError("metaPrompt", "optimizer.metaPrompt is only valid with optimizer.type MetaPrompt")
+        return self
+
+    @property
+    def gepa_settings(self) -> GepaSettings:
+        return self.gepa or GepaSettings()
+
+    @property
+    def meta_prompt_settings(self) -> MetaPromptSettings:
+        return self.meta_prompt or MetaPromptSettings()
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.prompts, spec.dataset
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the job's namespace."""
+
+    name: DNSSubdomain = Field(description="The ConfigMap's name.")
+    key: ConfigKey = Field(description="The key whose value is read.")
+
+
+class PromptSpec(ApiModel):
+    """One prompt template under optimization; `{{variable}}` placeholders are filled from a record's inputs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.template) != has(self.configMapKeyRef)",
+                    "message": "set exactly one of template or configMapKeyRef",
+                }
+            ]
+        }
+    )
+
+    name: PromptName = Field(description="The prompt's name: its key in status.optimizedPrompts.")
+    role: Literal["system", "user", "assistant"] = Field(
+        "user", description="The chat role of the message this template becomes. Prompts are sent in list order."
+    )
+    template: str | None = Field(None, max_length=100_000, description="The template text, inline.")
+    config_map_key_ref: ConfigMapKeyRef | None = Field(None, description="Read the template from a ConfigMap key.")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> PromptSpec:
+        if (self.template is None) == (self.config_map_key_ref is None):
+            raise ValueError("set exactly one of template or configMapKeyRef")
+        return self
+
+
+class Record(ApiModel):
+    """One example in MLflow's evaluation format."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", alias_generator=None)
+
+    inputs: dict[str, Any] = Field(description="Values of the template variables, by name.")
+    expectations: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What a good output looks like: expected_response (used by ExactMatch, Contains, "
+        "Correctness), guidelines (per-record guidelines for the Guidelines scorer), or your own keys.",
+    )
+
+
+class DatasetConfigMapKeyRef(ConfigMapKeyRef):
+    """A ConfigMap key holding the records as JSON (an array), JSONL (one record a line) or CSV."""
+
+    format: Literal["json", "jsonl", "csv"] | None = Field(
+        None,
+        description="The data format; by default taken from the key's extension (.json, .jsonl, .csv). CSV "
+        "columns named expected_response or expectations.<key> become expectations; the others become inputs.",
+    )
+
+
+class DatasetSpec(ApiModel):
+    """The records the prompts are evaluated on."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.records) != has(self.configMapKeyRef)",
+                    "message": "set exactly one of records or configMapKeyRef",
+                }
+            ]
+        }
+    )
+
+    records: list[Record] | None = Field(None, max_length=5000, description="The records, inline.")
+    config_map_key_ref: DatasetConfigMapKeyRef | None = Field(
+        None, description="Read the records from a ConfigMap key."
+    )
+    validation_fraction: float | None = Field(
+        None, gt=0, lt=1,
+        description="Hold out this fraction of the records (at least one) for validation: GEPA selects "
+        "candidates on it and the reported scores come from it. By default all records are used for both.",
+    )
+    shuffle_seed: int = Field(0, ge=0, description="Seed of the shuffle that makes the validation split.")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> DatasetSpec:
+        if (self.records is None) == (self.config_map_key_ref is None):
+            raise ValueError("set exactly one of records or configMapKeyRef")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# spec.task, spec.scorers
+
+
+class TaskSpec(ApiModel):
+    """The program under optimization: the prompts, rendered with a record's inputs, sent to this model."""
+
+    model: ModelId = Field(description="The litellm model id that runs the prompts, e.g. openai/gpt-4.1-mini.")
+    api_base: str | None = Field(
+        None, max_length=2048,
+        description="Base URL of an OpenAI-compatible endpoint (vLLM, a proxy, ...). Also the default for "
+        "the reflection model and the judges.",
+    )
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int | None = Field(None, ge=1, description="Maximum tokens in each answer.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling probability mass.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Other litellm completion parameters, passed through as given."
+    )
+    concurrency: int = Field(8, ge=1, le=256, description="How many LLM calls of one evaluation run at once.")
+    timeout_seconds: float = Field(60, gt=0, le=3600, description="Timeout of one LLM call.")
+    max_retries: int = Field(
+        4, ge=0, le=20, description="Retries of a transient LLM error (429, 5xx, timeout), with backoff."
+    )
+    pricing: Pricing | None = Field(None, description="Price of the task model when litellm does not know it.")
+
+
+class ScorerParams(ApiModel):
+    """Parameters of a built-in scorer."""
+
+    case_sensitive: bool = Field(False, description="ExactMatch, Contains: compare with case.")
+    pattern: str | None = Field(
+        None, max_length=10_000,
+        description="Regex: a Python regular expression the output must match (re.search).",
+    )
+    guidelines: list[str] | None = Field(
+        None, max_length=50,
+        description="Guidelines: what a good response must do; each record's expectations.guidelines adds to it.",
+    )
+
+
+class ScorerSpec(ApiModel):
+    """One scorer: a built-in metric or LLM judge giving a score in [0, 1] to each output."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.name != 'Regex' || (has(self.params) && has(self.params.pattern))",
+                    "message": "the Regex scorer needs params.pattern",
+                },
+                {
+                    "rule": "self.name != 'Guidelines' || (has(self.params) && has(self.params.guidelines))",
+                    "message": "the Guidelines scorer needs params.guidelines",
+                },
+                {
+                    "rule": "has(self.model) == (self.name == 'Correctness' || self.name == 'Guidelines')",
+                    "message": "LLM judges (Correctness, Guidelines) need a model; other scorers take none",
+                    "fieldPath": ".model",
+                },
+            ]
+        }
+    )
+
+    name: ScorerName = Field(
+        description="The scorer: ExactMatch, Contains (expected_response appears in the output), Regex, "
+        "Correctness (LLM judge against expected_response) or Guidelines (LLM judge against guidelines)."
+    )
+    label: PromptName | None = Field(
+        None, description="The key of this scorer's scores in status (defaults to name); unique in the job."
+    )
+    weight: float = Field(1.0, gt=0, description="Weight of this scorer in the aggregate (weighted mean).")
+    model: ModelId | None = Field(None, description="LLM judges only: the litellm model id of the judge.")
+    api_base: str | None = Field(
+        None, max_length=2048, description="LLM judges: base URL of the judge's endpoint. Defaults to task.apiBase."
+    )
+    pricing: Pricing | None = Field(None, description="LLM judges: price of the judge model when litellm does not know it.")
+    params: ScorerParams | None = Field(None, description="Parameters of the scorer.")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    @model_validator(mode="after")
+    def _params_fit_scorer(self) -> ScorerSpec:
+        if self.name == "Regex":
+            if self.params is None or self.params.pattern is None:
+                raise ValueError("the Regex scorer needs params.pattern")
+            try:
+                re.compile(self.params.pattern)
+            except re.error as exc:
+                raise ValueError(f"params.pattern is not a valid regular expression: {exc}") from None
+        if self.name == "Guidelines" and (self.params is None or self.params.guidelines is None):
+            raise ValueError("the Guidelines scorer needs params.guidelines")
+        if (self.model is not None) != (self.name in LLM_JUDGE_SCORERS):
+            raise FieldError("model", "LLM judges (Correctness, Guidelines) need a model; other scorers take none")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# spec: credentials, run control, worker pod
+
+
+class SecretRef(ApiModel):
+    """A Secret in the job's namespace."""
+
+    name: DNSSubdomain = Field(description="The Secret's name.")
+
+
+class CredentialsSpec(ApiModel):
+    """Where the worker finds its LLM API keys."""
+
+    secret_ref: SecretRef = Field(
+        description="A Secret whose keys become the worker's environment variables (OPENAI_API_KEY, ...)."
+    )
+
+
+class BudgetSpec(ApiModel):
+    """Cost control."""
+
+    max_cost_usd: float = Field(
+        gt=0, alias="maxCostUSD",
+        description="Stop when the LLM calls have cost this many US dollars; the best prompt so far is kept.",
+    )
+
+
+class KeyRef(ApiModel):
+    """A key of a Secret or ConfigMap."""
+
+    name: DNSSubdomain = Field(description="The object's name.")
+    key: ConfigKey = Field(description="The key.")
+
+
+class EnvVarSource(ApiModel):
+    """Where an environment variable's value comes from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                    "message": "set exactly one of secretKeyRef or configMapKeyRef",
+                }
+            ]
+        }
+    )
+
+    secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("set exactly one of secretKeyRef or configMapKeyRef")
+        return self
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the worker container."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set value or valueFrom, not both"}
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="The name.")
+    value: str | None = Field(None, description="A literal value.")
+    value_from: EnvVarSource | None = Field(None, description="Take the value from a Secret or ConfigMap key.")
+
+    @model_validator(mode="after")
+    def _one_value(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("set value or valueFrom, not both")
+        return self
+
+
+Quantity = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")]
+
+
+class ResourceRequirements(ApiModel):
+    """Compute resources of the worker container, as in a Pod spec."""
+
+    requests: dict[str, Quantity] | None = Field(None, description="Minimum resources, e.g. {cpu: 500m, memory: 512Mi}.")
+    limits: dict[str, Quantity] | None = Field(None, description="Maximum resources, e.g. {memory: 1Gi}.")
+
+
+class Toleration(ApiModel):
+    """A Pod toleration, as in a Pod spec."""
+
+    key: str | None = Field(None, description="The taint key; empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(None, description="The taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(None, description="NoExecute: how long the Pod stays bound after the taint.")
+
+
+class WorkerSpec(ApiModel):
+    """Overrides of the worker Pod the operator creates."""
+
+    image: str | None = Field(None, max_length=1024, description="The worker image; defaults to the operator's setting.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
+    resources: ResourceRequirements | None = Field(None, description="Container resources; defaults to the operator's.")
+    node_selector: dict[str, str] | None = Field(None, description="Node labels the Pod must run on.")
+    tolerations: list[Toleration] | None = Field(None, max_length=50, description="Taints the Pod tolerates.")
+    service_account_name: DNSSubdomain | None = Field(
+        None, description="The Pod's ServiceAccount; it must be allowed to read the job and patch its status."
+    )
+    env: list[EnvVar] | None = Field(None, max_length=100, description="Extra environment variables of the worker.")
+
+
+# ---------------------------------------------------------------------------------------------
+# spec
+
+
+class PromptOptimizationJobSpec(ApiModel):
+    """What to optimize, how, and within which limits."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.optimizer.type != 'GEPA' || has(self.dataset)",
+                    "message": "the GEPA optimizer needs a dataset",
+                    "fieldPath": ".dataset",
+                },
+                {
+                    "rule": "!has(self.dataset) || (has(self.scorers) && size(self.scorers) > 0)",
+                    "message": "a job with a dataset needs at least one scorer",
+                    "fieldPath": ".scorers",
+                },
+                {
+                    "rule": "self.prompts.all(p, self.prompts.exists_one(q, q.name == p.name))",
+                    "message": "prompt names must be unique",
+                    "fieldPath": ".prompts",
+                },
+                {
+                    "rule": "!has(self.scorers) || self.scorers.all(s, self.scorers.exists_one(t, "
+                    "(has(t.label) ? t.label : t.name) == (has(s.label) ? s.label : s.name)))",
+                    "message": "scorer keys (label, or name when no label) must be unique",
+                    "fieldPath": ".scorers",
+                },
+            ]
+        }
+    )
+
+    optimizer: OptimizerSpec = Field(description="The optimizer and its settings.")
+    prompts: list[PromptSpec] = Field(min_length=1, max_length=20, description="The prompt templates to optimize.")
+    task: TaskSpec = Field(description="The model that runs the prompts.")
+    dataset: DatasetSpec | None = Field(
+        None, description="Records to evaluate on. Without one, MetaPrompt rewrites the prompts zero-shot."
+    )
+    scorers: list[ScorerSpec] | None = Field(None, max_length=20, description="How outputs are scored.")
+    credentials: CredentialsSpec | None = Field(None, description="LLM API keys for the worker.")
+    budget: BudgetSpec | None = Field(None, description="Cost limit of the job's LLM calls.")
+    cancel: bool = Field(
+        False, description="Set to true to stop the job: its Pod is stopped, the best result so far is kept, "
+        "and the job ends Cancelled."
+    )
+    backoff_limit: int = Field(2, ge=0, le=100, description="How many times a failed worker Pod is replaced.")
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Time limit of the job from its start; past it the job fails with DeadlineExceeded."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None, ge=0, description="Delete the job this many seconds after it finishes."
+    )
+    worker: WorkerSpec | None = Field(None, description="Overrides of the worker Pod.")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> PromptOptimizationJobSpec:
+        if self.optimizer.type == "GEPA" and self.dataset is None:
+            raise FieldError("dataset", "the GEPA optimizer needs a dataset")
+        if self.dataset is not None and not self.scorers:
+            raise FieldError("scorers", "a job with a dataset needs at least one scorer")
+        _require_unique("prompts", "prompt names", [p.name for p in self.prompts])
+        _require_unique("scorers", "scorer keys (label, or name when no label)", [s.key for s in self.scorers or []])
+        return self
+
+    def scorer_weights(self) -> dict[str, float]:
+        return {s.key: s.weight for s in self.scorers or []}
+
+
+def _require_unique(field: str, what: str, names: list[str]) -> None:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise FieldError(field, f"{what} must be unique; repeated: {', '.join(duplicates)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+class Condition(StatusObject):
+    """A condition in the Kubernetes shape."""
+
+    type: str = Field(description="The condition type, e.g. Ready, Running, Succeeded, Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(None, description="The spec generation the condition was set from.")
+    last_transition_time: str | None = Field(None, description="When the status last changed (RFC 3339).")
+    reason: str | None = Field(None, description="A CamelCase reason code.")
+    message: str | None = Field(None, description="A human-readable explanation.")
+
+
+class Scores(StatusObject):
+    """Scores of one prompt candidate on the validation records (MLflow's eval scores)."""
+
+    aggregate: float | None = Field(None, description="The weighted mean of the scorers' means.")
+    scorers: dict[str, float] | None = Field(None, description="Mean score per scorer key.")
+
+
+class Progress(StatusObject):
+    """How far the optimizer is."""
+
+    metric_calls: int | None = Field(None, description="Evaluations (candidate, record) spent so far.")
+    max_metric_calls: int | None = Field(None, description="The evaluation budget.")
+    percent: int | None = Field(None, description="metricCalls / maxMetricCalls, in percent.")
+    iteration: int | None = Field(None, description="The optimizer's current iteration.")
+    candidates: int | None = Field(None, description="Accepted candidate prompts so far, the seed included.")
+    rejected_candidates: int | None = Field(
+        None, description="Proposals rejected because they lost or invented a template variable."
+    )
+    best_score: float | None = Field(None, description="The best aggregate validation score so far.")
+
+
+class Cost(StatusObject):
+    """LLM usage of the job."""
+
+    prompt_tokens: int | None = Field(None, description="Prompt tokens of all LLM calls.")
+    completion_tokens: int | None = Field(None, description="Completion tokens of all LLM calls.")
+    usd: float | None = Field(None, description="US dollars, for models whose price is known.")
+    llm_calls: int | None = Field(None, description="LLM calls made.")
+
+
+class OptimizedPrompt(StatusObject):
+    """One optimized prompt."""
+
+    name: str = Field(description="The prompt's name.")
+    template: str = Field(description="The optimized template.")
+
+
+class PromptOptimizationJobStatus(StatusObject):
+    """The observed state of the job. The operator owns phase, conditions, pod and times; the worker owns
+    progress, scores, prompts and cost."""
+
+    phase: Phase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Cancelled.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Conditions in the Kubernetes shape.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, description="The spec generation the operator last acted on.")
+    message: str | None = Field(None, description="A human-readable summary of the job's state.")
+    pod_name: str | None = Field(None, description="The current worker Pod.")
+    attempts: int | None = Field(None, description="Worker Pods started so far.")
+    queue_position: int | None = Field(None, description="Place in the operator's queue while Queued (1 = next).")
+    start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
+    progress: Progress | None = Field(None, description="The optimizer's progress.")
+    initial_scores: Scores | None = Field(None, description="Scores of the original prompts.")
+    final_scores: Scores | None = Field(None, description="Scores of the optimized prompts.")
+    optimized_prompts: list[OptimizedPrompt] | None = Field(None, description="The best prompts found.")
+    cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
+
+
+class ObjectMeta(StatusObject):
+    """The subset of Kubernetes object metadata the job's own code reads."""
+
+    name: str | None = Field(None, description="Name.")
+    namespace: str | None = Field(None, description="Namespace.")
+
+
+class PromptOptimizationJob(ApiModel):
+    """An LLM prompt-optimization job: optimize prompt templates on a dataset with GEPA or MetaPrompt."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["promptopt.dev/v1alpha1"] = Field(API_VERSION, description="promptopt.dev/v1alpha1")
+    kind: Literal["PromptOptimizationJob"] = Field(KIND, description="PromptOptimizationJob")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
+    spec: PromptOptimizationJobSpec = Field(description="What to optimize, how, and within which limits.")
+    status: PromptOptimizationJobStatus | None = Field(None, description="The observed state of the job.")
+
+
+def template_variables(template: str) -> set[str]:
+    """The `{{variable}}` names a template uses."""
+    return set(TEMPLATE_VARIABLE.findall(template))

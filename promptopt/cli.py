@@ -1,0 +1,41 @@
+"""The `promptopt` command: one entry point for the operator, the worker, local runs and the CRD."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from promptopt.api import crd
+
+    if args.output_dir:
+        print(crd.write_crd(Path(args.output_dir)))
+    else:
+        sys.stdout.write(crd.render_crd_yaml())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="promptopt",
+        description="Run LLM prompt-optimization jobs (GEPA, MetaPrompt) on Kubernetes or locally.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crd = commands.add_parser("crd", help="print the PromptOptimizationJob CRD generated from the API models")
+    crd.add_argument("-o", "--output-dir", help="write <plural>.<group>.yaml into this folder instead of stdout")
+    crd.set_defaults(handler=_crd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # litellm downloads its model-cost map at import unless told not to; clusters may have no egress.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Admission (CRD schema + CEL, as the API server runs them) and the pydantic models agree on every document."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptopt.api import crd
+from promptopt.api.validation import InvalidSpec, parse_spec
+from promptopt.testing.admission import Rejected, admit
+
+SCHEMA = crd.custom_resource_definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+VALID_SPEC = {
+    "optimizer": {"type": "GEPA", "reflectionModel": "openai/gpt-4.1", "gepa": {"maxMetricCalls": 50}},
+    "prompts": [{"name": "classify", "template": "Label this: {{text}}"}],
+    "task": {"model": "openai/gpt-4.1-mini", "concurrency": 4},
+    "dataset": {"records": [{"inputs": {"text": "hi"}, "expectations": {"expected_response": "greeting"}}]},
+    "scorers": [{"name": "ExactMatch"}, {"name": "Correctness", "model": "openai/gpt-4.1-mini", "weight": 0.5}],
+}
+
+
+def job(spec):
+    return {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
+            "metadata": {"name": "j"}, "spec": spec}
+
+
+def edited(change):
+    spec = copy.deepcopy(VALID_SPEC)
+    change(spec)
+    return spec
+
+
+def _set(path, value):
+    def change(spec):
+        *parents, last = path
+        node = spec
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return change
+
+
+def _delete(path):
+    def change(spec):
+        *parents, last = path
+        node = spec
+        for part in parents:
+            node = node[part]
+        del node[last]
+    return change
+
+
+# (id, spec, the field path both layers must name)
+INVALID = [
+    ("unknown optimizer", edited(_set(["optimizer", "type"], "Bayes")), "spec.optimizer.type"),
+    ("no reflection model", edited(_delete(["optimizer", "reflectionModel"])), "spec.optimizer.reflectionModel"),
+    ("zero budget", edited(_set(["optimizer", "gepa", "maxMetricCalls"], 0)), "spec.optimizer.gepa.maxMetricCalls"),
+    ("gepa without dataset", edited(_delete(["dataset"])), "spec.dataset"),
+    ("gepa settings on metaprompt",
+     edited(_set(["optimizer", "type"], "MetaPrompt")), "spec.optimizer"),
+    ("prompt with two sources",
+     edited(_set(["prompts", 0, "configMapKeyRef"], {"name": "cm", "key": "k"})), "spec.prompts[0]"),
+    ("prompt with no source", edited(_delete(["prompts", 0, "template"])), "spec.prompts[0]"),
+    ("no prompts", edited(_set(["prompts"], [])), "spec.prompts"),
+    ("duplicate prompt names",
+     edited(_set(["prompts"], [{"name": "a", "template": "x"}, {"name": "a", "template": "y"}])), "spec.prompts"),
+    ("dataset with two sources",
+     edited(_set(["dataset", "configMapKeyRef"], {"name": "cm", "key": "d.csv"})), "spec.dataset"),
+    ("validation fraction of one", edited(_set(["dataset", "validationFraction"], 1)), "spec.dataset.validationFraction"),
+    ("unknown scorer", edited(_set(["scorers", 0, "name"], "Vibes")), "spec.scorers[0].name"),
+    ("zero weight", edited(_set(["scorers", 0, "weight"], 0)), "spec.scorers[0].weight"),
+    ("negative weight", edited(_set(["scorers", 0, "weight"], -1)), "spec.scorers[0].weight"),
+    ("judge without model", edited(_delete(["scorers", 1, "model"])), "spec.scorers[1]"),
+    ("model on a non-judge", edited(_set(["scorers", 0, "model"], "openai/x")), "spec.scorers[0]"),
+    ("regex without pattern", edited(_set(["scorers", 0, "name"], "Regex")), "spec.scorers[0]"),
+    ("guidelines without guidelines",
+     edited(_set(["scorers", 1, "name"], "Guidelines")), "spec.scorers[1]"),
+    ("duplicate scorer keys", edited(_set(["scorers", 1, "label"], "ExactMatch")), "spec.scorers"),
+    ("dataset without scorers", edited(_set(["scorers"], [])), "spec.scorers"),
+    ("concurrency zero", edited(_set(["task", "concurrency"], 0)), "spec.task.concurrency"),
+    ("no task model", edited(_delete(["task", "model"])), "spec.task.model"),
+    ("negative backoff", edited(_set(["backoffLimit"], -1)), "spec.backoffLimit"),
+    ("zero deadline", edited(_set(["activeDeadlineSeconds"], 0)), "spec.activeDeadlineSeconds"),
+    ("zero budget usd", edited(_set(["budget"], {"maxCostUSD": 0})), "spec.budget.maxCostUSD"),
+    ("bad secret name", edited(_set(["credentials"], {"secretRef": {"name": "Not_A_Name"}})),
+     "spec.credentials.secretRef.name"),
+    ("bad quantity", edited(_set(["worker"], {"resources": {"limits": {"memory": "lots"}}})),
+     "spec.worker.resources.limits.memory"),
+    ("env with value and valueFrom",
+     edited(_set(["worker"], {"env": [{"name": "A", "value": "1",
+                                       "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]})),
+     "spec.worker.env[0]"),
+]
+
+VALID = [
+    ("the base document", VALID_SPEC),
+    ("zero-shot metaprompt", {
+        "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/gpt-4.1",
+                      "metaPrompt": {"guidelines": "be brief"}},
+        "prompts": [{"name": "p", "role": "system", "configMapKeyRef": {"name": "prompts", "key": "p.txt"}}],
+        "task": {"model": "openai/gpt-4.1-mini"},
+    }),
+    ("regex and guidelines scorers with labels", edited(_set(["scorers"], [
+        {"name": "Regex", "params": {"pattern": "^(positive|negative)$"}},
+        {"name": "Regex", "label": "short", "params": {"pattern": "^\\w+$"}},
+        {"name": "Guidelines", "model": "openai/x", "params": {"guidelines": ["lowercase"]}},
+    ]))),
+    ("every run control", edited(lambda s: s.update({
+        "cancel": False, "backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 0,
+        "budget": {"maxCostUSD": 1.5}, "credentials": {"secretRef": {"name": "llm-keys"}},
+        "worker": {"image": "ghcr.io/x/worker:1", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+                   "nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "k", "operator": "Exists"}],
+                   "serviceAccountName": "w", "env": [{"name": "A", "value": "1"}]},
+    }))),
+]
+
+
+@pytest.mark.parametrize("spec", [v[1] for v in VALID], ids=[v[0] for v in VALID])
+def test_valid_documents_pass_both_layers(spec):
+    admitted = admit(SCHEMA, job(spec))
+    parse_spec(spec)
+    parse_spec(admitted["spec"])  # the API server's defaults are acceptable to the models too
+
+
+@pytest.mark.parametrize("spec,field", [(v[1], v[2]) for v in INVALID], ids=[v[0] for v in INVALID])
+def test_invalid_documents_fail_both_layers_naming_the_field(spec, field):
+    with pytest.raises(Rejected) as admission:
+        admit(SCHEMA, job(spec))
+    with pytest.raises(InvalidSpec) as models:
+        parse_spec(spec)
+    assert any(p.startswith(field) for p in admission.value.problems), admission.value.problems
+    assert any(p.startswith(field) for p in models.value.problems), models.value.problems
+
+
+def test_admission_defaults_like_the_api_server():
+    admitted = admit(SCHEMA, job(VALID_SPEC))
+    assert admitted["spec"]["optimizer"]["gepa"]["candidateSelection"] == "pareto"
+    assert admitted["spec"]["backoffLimit"] == 2
+    assert admitted["spec"]["prompts"][0]["role"] == "user"
+
+
+def test_admission_prunes_unknown_fields_and_models_reject_them():
+    spec = edited(_set(["task", "temprature"], 0.2))
+    assert "temprature" not in admit(SCHEMA, job(spec))["spec"]["task"]
+    with pytest.raises(InvalidSpec, match=r"spec\.task\.temprature: unknown field"):
+        parse_spec(spec)
+
+
+def test_regex_scorer_pattern_must_compile():
+    spec = edited(_set(["scorers", 0], {"name": "Regex", "params": {"pattern": "("}}))
+    with pytest.raises(InvalidSpec, match=r"spec\.scorers\[0\]: params\.pattern is not a valid regular expression"):
+        parse_spec(spec)
+
+
+def test_missing_spec_is_named():
+    with pytest.raises(InvalidSpec, match="spec: required"):
+        parse_spec(None)
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_validate(path):
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    jobs = [d for d in documents if d["kind"] == "PromptOptimizationJob"]
+    for document in jobs:
+        admitted = admit(SCHEMA, document)
+        parse_spec(document["spec"])
+        parse_spec(admitted["spec"])
+    assert jobs or all(d["kind"] in ("Secret", "ConfigMap") for d in documents)
+
+
+def test_examples_cover_the_documented_cases():
+    specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "PromptOptimizationJob"]
+    assert any(s["optimizer"]["type"] == "GEPA" and "records" in s["dataset"] for s in specs)
+    assert any(s["optimizer"]["type"] == "MetaPrompt" and "dataset" not in s for s in specs)
+    assert any("configMapKeyRef" in s.get("dataset", {}) and "configMapKeyRef" in s["prompts"][0] for s in specs)
