@@ -622,6 +622,24 @@ class PromptOptimizationJobStatus(StatusObject):
     final_scores: Scores | None = Field(None, description="Scores of the optimized prompts.")
     optimized_prompts: list[OptimizedPrompt] | None = Field(None, description="The best prompts found.")
     cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
+    worker_result: WorkerResult | None = Field(None, description="How the worker's last run ended.")
+
+
+WorkerOutcome = Literal[
+    "Completed", "BudgetExhausted", "DeadlineReached", "Cancelled", "InvalidInput", "LLMError", "Error"
+]
+
+
+class WorkerResult(StatusObject):
+    """How the worker's run ended, in its own words; the operator turns it into phase and conditions."""
+
+    reason: WorkerOutcome = Field(
+        description="Completed (budget of metric calls spent or optimizer done), BudgetExhausted (maxCostUSD "
+        "reached), DeadlineReached, Cancelled, InvalidInput (prompts or dataset unusable), LLMError (a "
+        "permanent LLM error such as a bad key or unknown model) or Error."
+    )
+    message: str = Field(description="A human-readable explanation.")
+    succeeded: bool = Field(description="Whether the run produced a usable result (best prompts and scores).")
 
 
 class ObjectMeta(StatusObject):

@@ -1,0 +1,161 @@
+"""The worker's plain data: what an optimizer is given and what it hands back.
+
+Optimizers know nothing of Kubernetes, litellm or scorers: they see a `Problem` (seed prompts, train and
+validation examples, an `Evaluator`, a `Reflector`) and report through a `Reporter`. Everything that does
+I/O sits behind those three interfaces.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from promptopt.api.v1alpha1 import OptimizerSpec, WorkerOutcome, template_variables
+
+# A candidate: prompt name → template text (gepa's candidate shape).
+Candidate = dict[str, str]
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    role: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Example:
+    """One dataset record; `index` is its place in the whole dataset (stable across splits)."""
+
+    index: int
+    inputs: Mapping[str, Any]
+    expectations: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ScoredOutput:
+    """A candidate's output on one example, with every scorer's verdict."""
+
+    example: Example
+    output: str
+    scores: Mapping[str, float]  # scorer key → score in [0, 1]
+    rationales: Mapping[str, str]  # scorer key → why (judges' rationales, metric explanations)
+    aggregate: float  # weighted mean over scorers
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """A candidate's scores over a set of examples (MLflow's initial/final eval scores)."""
+
+    aggregate: float
+    scorers: Mapping[str, float]
+
+    def to_status(self) -> dict[str, Any]:
+        return {"aggregate": round(self.aggregate, 6), "scorers": {k: round(v, 6) for k, v in self.scorers.items()}}
+
+
+class Evaluator(Protocol):
+    """Runs a candidate on examples and scores the outputs (LLM calls run concurrently, results are cached)."""
+
+    def evaluate(self, candidate: Candidate, examples: Sequence[Example]) -> list[ScoredOutput]: ...
+
+    def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary: ...
+
+
+class Reflector(Protocol):
+    """Sends one request to the reflection model and returns its answer text."""
+
+    def __call__(self, prompt: str, system: str | None = None) -> str: ...
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompts: Sequence[PromptTemplate]
+    train: Sequence[Example]  # empty for zero-shot MetaPrompt
+    validation: Sequence[Example]  # scores are reported on these
+    evaluator: Evaluator | None  # None when there is no dataset
+    reflect: Reflector
+    settings: OptimizerSpec
+    deadline_seconds: float | None = None  # wall-clock limit of the optimization, from activeDeadlineSeconds
+    checkpoint_dir: str | None = None  # a persistent folder to resume from after a restart
+
+    @property
+    def seed_candidate(self) -> Candidate:
+        return {p.name: p.text for p in self.prompts}
+
+
+@dataclass
+class Progress:
+    """What the worker reports while it runs (the worker-owned part of the job's status)."""
+
+    metric_calls: int = 0
+    max_metric_calls: int | None = None
+    iteration: int = 0
+    candidates: int = 0
+    rejected_candidates: int = 0
+    best_score: float | None = None
+    best_candidate: Candidate | None = None
+    initial_scores: ScoreSummary | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a run ended."""
+
+    reason: WorkerOutcome
+    message: str
+    best_candidate: Candidate | None = None
+    initial_scores: ScoreSummary | None = None
+    final_scores: ScoreSummary | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.best_candidate is not None and self.reason in ("Completed", "BudgetExhausted", "DeadlineReached", "Cancelled")
+
+
+class Reporter(Protocol):
+    """Where progress goes: the job's status, the console, the pod's termination message."""
+
+    def progress(self, progress: Progress, *, important: bool = False) -> None:
+        """`important` (a first score, a new best) asks for an immediate write; otherwise it may be rate-limited."""
+
+    def finished(self, progress: Progress, result: Result) -> None: ...
+
+
+class StopRequested:
+    """A thread-safe flag the optimizer polls: set on SIGTERM, on budget exhaustion or at the deadline."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason: WorkerOutcome | None = None
+        self.message = ""
+
+    def request(self, reason: WorkerOutcome, message: str) -> None:
+        if not self._event.is_set():
+            self.reason, self.message = reason, message
+            self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class VariableCheck:
+    """Template-variable safety: a proposal must keep exactly the seed prompt's `{{variables}}`."""
+
+    expected: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def for_prompts(cls, prompts: Sequence[PromptTemplate]) -> VariableCheck:
+        return cls({p.name: frozenset(template_variables(p.text)) for p in prompts})
+
+    def problems(self, candidate: Candidate) -> list[str]:
+        found = []
+        for name, expected in self.expected.items():
+            actual = template_variables(candidate.get(name, ""))
+            if lost := sorted(expected - actual):
+                found.append(f"prompt {name!r} lost {', '.join('{{' + v + '}}' for v in lost)}")
+            if invented := sorted(actual - expected):
+                found.append(f"prompt {name!r} invented {', '.join('{{' + v + '}}' for v in invented)}")
+        return found
