@@ -17,6 +17,13 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_docs(args: argparse.Namespace) -> int:
+    from promptopt.api import docs
+
+    print(docs.write_api_reference(Path(args.output_dir)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptopt",
@@ -27,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     crd = commands.add_parser("crd", help="print the PromptOptimizationJob CRD generated from the API models")
     crd.add_argument("-o", "--output-dir", help="write <plural>.<group>.yaml into this folder instead of stdout")
     crd.set_defaults(handler=_crd)
+
+    api_docs = commands.add_parser("api-docs", help="write the API reference generated from the API models")
+    api_docs.add_argument("-o", "--output-dir", default="docs", help="folder of api-reference.md (default: docs)")
+    api_docs.set_defaults(handler=_api_docs)
     return parser
 
 

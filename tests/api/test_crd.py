@@ -93,3 +93,12 @@ def test_unions_are_rejected_by_the_generator():
 def test_constants_match_crd():
     document, version, _ = _schema()
     assert f"{document['spec']['group']}/{version['name']}" == v1alpha1.API_VERSION
+
+
+def test_committed_api_reference_matches_generated(tmp_path):
+    from promptopt.api import docs
+
+    assert main(["api-docs", "-o", str(tmp_path)]) == 0
+    committed = REPO / "docs" / docs.DOCS_FILE_NAME
+    assert committed.read_text() == (tmp_path / docs.DOCS_FILE_NAME).read_text(), "run `promptopt api-docs`"
+    assert "`spec.optimizer.gepa.maxMetricCalls`" in committed.read_text()
