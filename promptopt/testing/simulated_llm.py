@@ -382,7 +382,9 @@ def _rules_to_add(evidence: list[list[str]], template: str, first_only: bool) ->
 
 
 _REASONS = {
-    RULE_ONE_LOWERCASE_WORD: "the assistant wrote a sentence with a capitalized label where one lowercase word was expected",
+    RULE_ONE_LOWERCASE_WORD: (
+        "the assistant wrote a sentence with a capitalized label where one lowercase word was expected"
+    ),
     RULE_SINGLE_WORD: "the assistant wrote a sentence where a single word was expected",
     RULE_LOWERCASE: "the assistant wrote the right word in the wrong letter case",
     RULE_SARCASM: "the assistant took sarcastic inputs literally and gave the opposite label",
@@ -426,6 +428,10 @@ def _split_sections(body: str, level: int) -> dict[str, str]:
     return sections
 
 
+_OUTPUT_KEYS = ("generated outputs", "generated output", "output", "outputs", "response")
+_EXPECTED_KEYS = ("expected response", "expected output", "expected")
+
+
 def _parse_gepa_request(text: str) -> tuple[str, list[dict[str, Any]]]:
     first = text.find("```")
     if first < 0:
@@ -450,8 +456,8 @@ def _parse_gepa_request(text: str) -> tuple[str, list[dict[str, Any]]]:
             sections = {k.lower(): v for k, v in _split_sections(chunk, 2).items()}
             inputs_body = sections.get("inputs", "")
             inputs = _split_sections(inputs_body, 3) or ({"input": inputs_body} if inputs_body else {})
-            output = next((sections[k] for k in ("generated outputs", "generated output", "output", "outputs", "response") if k in sections), "")
-            expected = next((sections[k] for k in ("expected response", "expected output", "expected") if k in sections), None)
+            output = next((sections[k] for k in _OUTPUT_KEYS if k in sections), "")
+            expected = next((sections[k] for k in _EXPECTED_KEYS if k in sections), None)
             feedback = sections.get("feedback", "")
             if expected is None:
                 m = re.search(r"expected '([^']*)'", feedback) or re.search(r'expected "([^"]*)"', feedback)
@@ -519,7 +525,9 @@ def _metaprompt_answer(model: str, system: str | None, user: str) -> str:
         raise SimulatedLLMError(400, "metaprompt contract: the user message needs a '### Current prompts' section")
     prompts = _json_after(sections["current prompts"], "Current prompts", dict)
     if not prompts or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
-        raise SimulatedLLMError(400, "metaprompt contract: '### Current prompts' must map prompt names to template strings")
+        raise SimulatedLLMError(
+            400, "metaprompt contract: '### Current prompts' must map prompt names to template strings"
+        )
     guidelines = sections.get("guidelines", "")
     examples: list[Any] = []
     if sections.get("examples", "").strip():
@@ -603,7 +611,8 @@ def _judge_answer(text: str) -> str:
             if re.search(r"\b(?:single|one)[\s-]word\b", item, re.I):
                 checks.append(("single word", len(response.split()) == 1, f"it has {len(response.split())} words"))
             if _NO_PUNCT_RE.search(item):
-                checks.append(("no punctuation", not any(c in string.punctuation for c in response), "it has punctuation"))
+                ok = not any(c in string.punctuation for c in response)
+                checks.append(("no punctuation", ok, "it has punctuation"))
             for name, ok, why in checks:
                 if ok:
                     passes.append(f"guideline {item!r} ({name}) is met")
@@ -740,7 +749,7 @@ _STATUS_ERRORS = {
     429: ("Rate limit reached for requests (simulated fault)", "requests", "rate_limit_exceeded"),
     500: ("The server had an error while processing your request (simulated fault)", "server_error", None),
     502: ("Bad gateway (simulated fault)", "server_error", None),
-    503: ("The engine is currently overloaded, please try again later (simulated fault)", "server_error", "service_unavailable"),
+    503: ("The engine is currently overloaded (simulated fault)", "server_error", "service_unavailable"),
 }  # fmt: skip
 
 
@@ -783,14 +792,14 @@ class _Handler(BaseHTTPRequestHandler):
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "promptopt-simulated"} for m in KNOWN_MODELS]
             self._send(200, {"object": "list", "data": data})
         else:
-            self._send(404, {"error": {"message": f"Unknown path {path}", "type": "invalid_request_error", "code": None}})
+            self._send(404, SimulatedLLMError(404, f"Unknown path {path}").body())
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.split("?", 1)[0].rstrip("/")
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
         if path not in ("/v1/chat/completions", "/chat/completions"):
-            self._send(404, {"error": {"message": f"Unknown path {path}", "type": "invalid_request_error", "code": None}})
+            self._send(404, SimulatedLLMError(404, f"Unknown path {path}").body())
             return
         status, body, headers = self.sim._handle_chat(raw, self._authorized())
         if status is not None:
@@ -901,7 +910,8 @@ class SimulatedLLM:
     def inject(self, status: int, times: int = 1, *, model: str | None = None, retry_after: int = 0) -> None:
         """The next ``times`` chat requests (to ``model`` if given) get HTTP ``status``.
 
-        The body is an OpenAI-style error; 429 carries ``Retry-After: <retry_after>`` (seconds).
+        The body is an OpenAI-style error; 429 carries ``Retry-After: <retry_after>`` (seconds) and
+        ``retry-after-ms`` (10 when retry_after is 0, so SDK retries are immediate).
         Faults queue in order with :meth:`inject_timeout`.
         """
         if not 400 <= status <= 599:
@@ -1034,7 +1044,9 @@ class SimulatedLLM:
         rec["model"] = model if isinstance(model, str) else None
         if isinstance(messages, list):
             rec["messages"] = [
-                {"role": m.get("role"), "content": _content_text(m.get("content"))} for m in messages if isinstance(m, dict)
+                {"role": m.get("role"), "content": _content_text(m.get("content"))}
+                for m in messages
+                if isinstance(m, dict)
             ]
             rec["prompt"] = "\n".join(m["content"] for m in rec["messages"])
 
@@ -1057,13 +1069,17 @@ class SimulatedLLM:
             status = fault["status"]
             rec["fault"] = str(status)
             message, type_, code = _STATUS_ERRORS.get(status, (f"Simulated HTTP {status}", "server_error", None))
-            headers = {"Retry-After": str(fault["retry_after"])} if status == 429 else None
+            headers = None
+            if status == 429:  # like OpenAI, also in ms; the openai SDK ignores a 0 and backs off ~0.5 s
+                ra = fault["retry_after"]
+                headers = {"Retry-After": str(ra), "retry-after-ms": str(ra * 1000 if ra > 0 else 10)}
             return fail(SimulatedLLMError(status, message, type_, code), headers)
 
         if not isinstance(model, str) or not isinstance(messages, list):
             return fail(SimulatedLLMError(400, "The request needs 'model' (string) and 'messages' (array)"))
         if req.get("stream"):
-            return fail(SimulatedLLMError(400, "stream=true is not supported by the simulated LLM", code="unsupported_parameter"))
+            msg = "stream=true is not supported by the simulated LLM"
+            return fail(SimulatedLLMError(400, msg, code="unsupported_parameter"))
         try:
             kind, content = _respond(model, messages)
         except SimulatedLLMError as err:
@@ -1071,7 +1087,8 @@ class SimulatedLLM:
                 rec["kind"] = "task" if model == TASK_MODEL else "judge" if model == JUDGE_MODEL else None
             return fail(err)
         except Exception as exc:  # a bug in the double must surface, not hang the client
-            return fail(SimulatedLLMError(500, f"simulated LLM internal error: {exc!r}", "server_error", "sim_internal_error"))
+            msg = f"simulated LLM internal error: {exc!r}"
+            return fail(SimulatedLLMError(500, msg, "server_error", "sim_internal_error"))
 
         finish_reason = "stop"
         limit = req.get("max_completion_tokens") or req.get("max_tokens")
@@ -1119,7 +1136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before every answer")
     parser.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
     args = parser.parse_args(argv)
-    llm = SimulatedLLM(api_key=args.api_key, latency_s=args.latency, host=args.host, port=args.port, verbose=args.verbose)
+    llm = SimulatedLLM(
+        api_key=args.api_key, latency_s=args.latency, host=args.host, port=args.port, verbose=args.verbose
+    )
     llm.start()
     print(llm.base_url, flush=True)
     print(

@@ -1,0 +1,455 @@
+"""The simulated LLM (a deterministic test double): its world, its contracts and its faults.
+
+Everything that can go through the real client does: litellm.completion against the HTTP server.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import litellm
+import pytest
+
+from promptopt.testing import simulated_llm as sim
+from promptopt.testing.simulated_llm import (
+    JUDGE_MODEL,
+    NEGATIVE_WORDS,
+    OPTIMAL_INSTRUCTION,
+    POSITIVE_WORDS,
+    REFLECT_DROPS_VARIABLE_MODEL,
+    REFLECT_INVENTS_VARIABLE_MODEL,
+    REFLECT_MODEL,
+    RULE_LOWERCASE,
+    RULE_ONE_LOWERCASE_WORD,
+    RULE_SARCASM,
+    RULE_SINGLE_WORD,
+    SEED_INSTRUCTION,
+    TASK_MODEL,
+    SimulatedLLM,
+    sentiment_dataset,
+)
+
+PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
+DATA = sentiment_dataset(12, seed=3)
+
+
+def complete(llm, model, messages, **kwargs):
+    return litellm.completion(messages=messages, **llm.litellm_kwargs(model), **kwargs)
+
+
+def content(llm, model, messages, **kwargs):
+    return complete(llm, model, messages, **kwargs).choices[0].message.content
+
+
+def render(template, record):
+    out = template
+    for k, v in record["inputs"].items():
+        out = out.replace("{{" + k + "}}", v)
+    return out
+
+
+def exact_match_rate(llm, template, data=DATA):
+    hits = 0
+    for rec in data:
+        out = content(llm, TASK_MODEL, [{"role": "user", "content": render(template, rec)}])
+        hits += out == rec["expectations"]["expected_response"]
+    return hits / len(data)
+
+
+def raw_post(llm, body, key="__configured__", path="/v1/chat/completions"):
+    """POST with the stdlib, to see status, headers and body exactly. Returns (status, headers, json)."""
+    base = llm.base_url[: -len("/v1")]
+    headers = {"Content-Type": "application/json"}
+    key = llm.api_key if key == "__configured__" else key
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+# ---- the simulated world ---------------------------------------------------------------------
+
+
+def test_dataset_is_deterministic_balanced_and_consistent_with_the_world():
+    data = sentiment_dataset(40, seed=7)
+    assert data == sentiment_dataset(40, seed=7)
+    assert data != sentiment_dataset(40, seed=8)
+    assert all(set(r) == {"inputs", "expectations"} and set(r["inputs"]) == {"review"} for r in data)
+    sarcastic = [r for r in data if sim._has_sarcasm_marker(r["inputs"]["review"])]
+    assert len(sarcastic) == 10
+    assert {r["expectations"]["expected_response"] for r in sarcastic} == {"negative"}
+    labels = [r["expectations"]["expected_response"] for r in data if r not in sarcastic]
+    assert labels.count("positive") == labels.count("negative") == 15
+    assert all(sim.true_label(r["inputs"]["review"]) == r["expectations"]["expected_response"] for r in data)
+    assert len({r["inputs"]["review"] for r in data}) == 40
+
+
+def test_rules_and_seed_hold_no_lexicon_word_and_no_placeholder():
+    for text in (SEED_INSTRUCTION, RULE_SINGLE_WORD, RULE_LOWERCASE, RULE_ONE_LOWERCASE_WORD, RULE_SARCASM):
+        words = set(re.findall(r"[a-z]+", text.lower()))
+        assert not words & (POSITIVE_WORDS | NEGATIVE_WORDS), text
+    for rule in (RULE_SINGLE_WORD, RULE_LOWERCASE, RULE_ONE_LOWERCASE_WORD, RULE_SARCASM):
+        assert not PLACEHOLDER.search(rule) and not sim._has_sarcasm_marker(rule)
+
+
+def test_task_model_through_litellm_scores_seed_zero_and_optimal_one(llm):
+    # The step gepa takes first (one fused format rule) gets every plain review right, not the sarcastic ones.
+    format_only = SEED_INSTRUCTION.replace("\n\n", "\n" + RULE_ONE_LOWERCASE_WORD + "\n\n")
+    plain = sum(not sim._has_sarcasm_marker(r["inputs"]["review"]) for r in DATA) / len(DATA)
+    assert exact_match_rate(llm, SEED_INSTRUCTION) == 0.0
+    assert exact_match_rate(llm, SEED_INSTRUCTION + "\n" + RULE_SINGLE_WORD) == 0.0  # "Positive"
+    assert exact_match_rate(llm, format_only) == plain == 0.75
+    assert exact_match_rate(llm, OPTIMAL_INSTRUCTION) == 1.0
+
+
+def test_task_model_output_formats():
+    review = "I love this phone."
+    sarcastic = "Oh great, the phone stopped working."
+    assert sim.classify(f"Classify.\n{review}") == "The sentiment of this text is Positive."
+    assert sim.classify(f"Classify in one word.\n{review}") == "Positive"
+    assert sim.classify(f"Classify. Only the label, lowercase.\n{review}") == "positive"
+    assert sim.classify(f"Use lowercase.\n{review}") == "The sentiment of this text is positive."
+    assert sim.classify(f"Single word.\n{sarcastic}") == "Positive"  # sarcasm missed
+    assert sim.classify(f"Single word, mind sarcasm.\n{sarcastic}") == "Negative"
+    assert sim.classify("One word.\nA great and awful day") == "Negative"  # tie -> negative
+
+
+def test_response_shape_usage_paths_models_and_echo(llm):
+    resp = complete(llm, TASK_MODEL, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "ping"}])
+    assert resp.choices[0].message.content == "echo: Be brief.\nping"
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.model.endswith(TASK_MODEL) and resp.id.startswith("chatcmpl-sim-")
+    usage = resp.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (4, 6, 10)  # ceil(words * 4 / 3)
+
+    status, _, body = raw_post(llm, {"model": TASK_MODEL, "messages": [{"role": "user", "content": "x"}]},
+                               path="/chat/completions")  # fmt: skip
+    assert status == 200 and body["choices"][0]["message"]["content"] == "echo: x"
+    stream = {"model": TASK_MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    status, _, body = raw_post(llm, stream)
+    assert status == 400 and "stream" in body["error"]["message"]
+    long = {"model": TASK_MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "one two three four five"}]}
+    status, _, body = raw_post(llm, long)
+    assert body["choices"][0]["finish_reason"] == "length" and body["choices"][0]["message"]["content"] == "echo: one"
+
+    req = urllib.request.Request(llm.base_url + "/models", headers={"Authorization": f"Bearer {llm.api_key}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert [m["id"] for m in json.loads(r.read())["data"]] == list(sim.KNOWN_MODELS)
+
+
+# ---- GEPA reflection -------------------------------------------------------------------------
+
+
+def reflective_records(template, data):
+    records = []
+    for rec in data:
+        out = sim.classify(render(template, rec))
+        exp = rec["expectations"]["expected_response"]
+        ok = out == exp
+        feedback = f"ExactMatch: {float(ok)} — output {out!r} {'equals' if ok else 'does not equal'} expected {exp!r}"
+        records.append({"Inputs": dict(rec["inputs"]), "Generated Outputs": out, "Expected Response": exp,
+                        "Feedback": feedback})  # fmt: skip
+    return records
+
+
+def gepa_reflect(llm, model, template, data):
+    """One reflection through gepa's real path: its prompt renderer, its LM (litellm), its extractor."""
+    from gepa.lm import LM
+    from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+    lm = LM(f"openai/{model}", api_base=llm.base_url, api_key=llm.api_key)
+    inputs = {"current_instruction_doc": template, "dataset_with_feedback": reflective_records(template, data),
+              "prompt_template": None}  # fmt: skip
+    return InstructionProposalSignature.run(lm, inputs)["new_instruction"]
+
+
+def test_gepa_reflection_adds_exactly_one_rule_per_call_and_keeps_placeholders(llm):
+    step1 = gepa_reflect(llm, REFLECT_MODEL, SEED_INSTRUCTION, DATA[:4])
+    assert step1 == "Classify the sentiment of this review.\n" + RULE_ONE_LOWERCASE_WORD + "\n\n{{review}}"
+    step2 = gepa_reflect(llm, REFLECT_MODEL, step1, DATA)
+    assert step2 == OPTIMAL_INSTRUCTION
+    assert gepa_reflect(llm, REFLECT_MODEL, step2, DATA) == OPTIMAL_INSTRUCTION  # no evidence: unchanged
+    assert llm.calls["reflection"] == 3
+
+    two_vars = "Product: {{product}}\nClassify the sentiment of this review in one word.\n{{review}}"
+    data = [dict(r, inputs={"product": "gadget", **r["inputs"]}) for r in DATA[:4]]
+    new = gepa_reflect(llm, REFLECT_MODEL, two_vars, data)
+    assert new == RULE_LOWERCASE + "\n" + two_vars  # "Positive" vs "positive": only the lowercase rule
+    assert PLACEHOLDER.findall(new) == ["{{product}}", "{{review}}"]
+
+
+def test_gepa_reflection_with_correctness_feedback_adds_only_the_sarcasm_rule():
+    # A judge that ignores format fails only the sarcastic items: the cause is sarcasm, not format.
+    data = [r for r in DATA if sim._has_sarcasm_marker(r["inputs"]["review"])][:1] + DATA[:2]
+    records = reflective_records(SEED_INSTRUCTION, data)
+    for r in records:
+        ok = r["Generated Outputs"].lower().rstrip(".").endswith(r["Expected Response"])
+        r["Feedback"] = f"Correctness: {'yes' if ok else 'no'} — judged by the simulated judge"
+    from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+    prompt = InstructionProposalSignature.prompt_renderer(
+        {"current_instruction_doc": SEED_INSTRUCTION, "dataset_with_feedback": records, "prompt_template": None}
+    )
+    answer = sim.respond(REFLECT_MODEL, [{"role": "user", "content": prompt}])
+    new = InstructionProposalSignature.output_extractor(answer)["new_instruction"]
+    assert new == SEED_INSTRUCTION.replace("\n\n", "\n" + RULE_SARCASM + "\n\n")
+
+
+def test_gepa_optimize_end_to_end_reaches_full_score(llm):
+    import gepa
+    from gepa.core.adapter import EvaluationBatch
+
+    class Adapter:
+        propose_new_texts = None
+
+        def evaluate(self, batch, candidate, capture_traces=False):
+            outs = [content(llm, TASK_MODEL, [{"role": "user", "content": render(candidate["instruction"], r)}])
+                    for r in batch]  # fmt: skip
+            scores = [float(o == r["expectations"]["expected_response"]) for o, r in zip(outs, batch)]
+            traces = list(zip(batch, outs)) if capture_traces else None
+            return EvaluationBatch(outputs=outs, scores=scores, trajectories=traces)
+
+        def make_reflective_dataset(self, candidate, eval_batch, components_to_update):
+            recs = []
+            for (rec, out), score in zip(eval_batch.trajectories, eval_batch.scores):
+                exp = rec["expectations"]["expected_response"]
+                recs.append({"Inputs": rec["inputs"], "Generated Outputs": out, "Expected Response": exp,
+                             "Feedback": f"ExactMatch: {score} — expected {exp!r}"})  # fmt: skip
+            return {"instruction": recs}
+
+    class Quiet:
+        def log(self, msg):
+            pass
+
+    data = sentiment_dataset(8, seed=11)
+    result = gepa.optimize(
+        seed_candidate={"instruction": SEED_INSTRUCTION}, trainset=data, adapter=Adapter(),
+        reflection_lm=gepa.lm.LM(f"openai/{REFLECT_MODEL}", api_base=llm.base_url, api_key=llm.api_key),
+        max_metric_calls=80, logger=Quiet(), seed=0,
+    )  # fmt: skip
+    assert result.val_aggregate_scores[0] == 0.0
+    assert max(result.val_aggregate_scores) == 1.0
+    assert result.best_candidate["instruction"] == OPTIMAL_INSTRUCTION
+
+
+# ---- MetaPrompt ------------------------------------------------------------------------------
+
+
+def metaprompt_messages(prompts, guidelines=None, examples=None, variables=("review",)):
+    user = "Improve the prompts below.\n\n### Current prompts\n```json\n" + json.dumps(prompts, indent=2) + "\n```\n"
+    user += "\n### Template variables\n" + "\n".join(f"- {v}" for v in variables) + "\n"
+    if guidelines is not None:
+        user += "\n### Guidelines\n" + guidelines + "\n"
+    if examples is not None:
+        user += "\n### Examples\n```json\n" + json.dumps(examples, indent=2) + "\n```\n"
+    user += "\n### Answer format\nA JSON object {\"prompts\": {...}, \"rationale\": \"...\"}.\n"
+    return [{"role": "system", "content": "You are an expert prompt engineer. Answer in JSON."},
+            {"role": "user", "content": user}]  # fmt: skip
+
+
+def test_metaprompt_zero_shot_adds_format_rule_and_guideline_rules(llm):
+    answer = json.loads(content(llm, REFLECT_MODEL, metaprompt_messages({"instruction": SEED_INSTRUCTION})))
+    assert answer["prompts"] == {"instruction": SEED_INSTRUCTION.replace("\n\n", "\n" + RULE_SINGLE_WORD + "\n\n")}
+    assert "zero-shot" in answer["rationale"]
+
+    guidelines = "Answers must be lowercase. Beware of sarcasm."
+    msgs = metaprompt_messages({"instruction": SEED_INSTRUCTION}, guidelines=guidelines)
+    new = json.loads(content(llm, REFLECT_MODEL, msgs))["prompts"]["instruction"]
+    assert new.split("\n") == ["Classify the sentiment of this review.", RULE_SINGLE_WORD, RULE_LOWERCASE, RULE_SARCASM,
+                               "", "{{review}}"]  # fmt: skip
+    assert exact_match_rate(llm, new) == 1.0
+    assert llm.calls["metaprompt"] == 2
+
+
+def test_metaprompt_few_shot_adds_every_evidenced_rule_at_once(llm):
+    examples = [{"inputs": r["inputs"], "output": sim.classify(render(SEED_INSTRUCTION, r)),
+                 "expected": r["expectations"]["expected_response"], "score": 0.0, "rationale": "no match"}
+                for r in DATA]  # fmt: skip
+    raw = content(llm, REFLECT_MODEL, metaprompt_messages({"instruction": SEED_INSTRUCTION}, examples=examples))
+    new = json.loads(raw)["prompts"]["instruction"]
+    assert new == OPTIMAL_INSTRUCTION
+    # Passing examples give no evidence, and few-shot adds no best-practice rule: unchanged.
+    passing = [dict(e, score=1.0) for e in examples]
+    raw = content(llm, REFLECT_MODEL, metaprompt_messages({"instruction": SEED_INSTRUCTION}, examples=passing))
+    assert json.loads(raw)["prompts"]["instruction"] == SEED_INSTRUCTION
+
+
+def test_metaprompt_contract_violations_are_loud_400s(llm):
+    msgs = metaprompt_messages({"instruction": SEED_INSTRUCTION})
+    with pytest.raises(litellm.BadRequestError, match="expert prompt engineer"):
+        complete(llm, REFLECT_MODEL, msgs[1:])
+    broken = [msgs[0], {"role": "user", "content": "### Current prompts\n```json\n{not json\n```"}]
+    with pytest.raises(litellm.BadRequestError, match="Current prompts"):
+        complete(llm, REFLECT_MODEL, broken)
+    with pytest.raises(litellm.BadRequestError, match="did not recognize"):
+        complete(llm, REFLECT_MODEL, [{"role": "user", "content": "hello"}])
+    assert llm.errors == {400: 3}
+
+
+# ---- misbehaving reflection models -----------------------------------------------------------
+
+
+def test_misbehaving_models_drop_or_invent_variables(llm):
+    dropped = gepa_reflect(llm, REFLECT_DROPS_VARIABLE_MODEL, SEED_INSTRUCTION, DATA[:4])
+    assert PLACEHOLDER.findall(dropped) == [] and RULE_ONE_LOWERCASE_WORD in dropped
+    invented = gepa_reflect(llm, REFLECT_INVENTS_VARIABLE_MODEL, SEED_INSTRUCTION, DATA[:4])
+    assert PLACEHOLDER.findall(invented) == ["{{review}}", "{{made_up}}"] and invented.endswith("Context: {{made_up}}")
+
+    msgs = metaprompt_messages({"instruction": SEED_INSTRUCTION})
+    new = json.loads(content(llm, REFLECT_DROPS_VARIABLE_MODEL, msgs))["prompts"]["instruction"]
+    assert "{{review}}" not in new
+    new = json.loads(content(llm, REFLECT_INVENTS_VARIABLE_MODEL, msgs))["prompts"]["instruction"]
+    assert PLACEHOLDER.findall(new) == ["{{review}}", "{{made_up}}"]
+
+
+# ---- judge -----------------------------------------------------------------------------------
+
+
+def judge(llm, response, expected=None, guidelines=None):
+    user = f"<request>Classify: I love it</request>\n<response>{response}</response>\n"
+    if expected is not None:
+        user += f"<expected_response>{expected}</expected_response>\n"
+    if guidelines is not None:
+        user += f"<guidelines>{guidelines}</guidelines>\n"
+    msgs = [{"role": "system", "content": "You are a judge. Answer JSON."}, {"role": "user", "content": user}]
+    return json.loads(content(llm, JUDGE_MODEL, msgs))
+
+
+def test_judge_correctness_and_guidelines(llm):
+    assert judge(llm, "The sentiment of this text is Positive.", expected="positive")["result"] == "yes"
+    assert judge(llm, "positive", expected="Positive.")["result"] == "yes"
+    no = judge(llm, "Negative", expected="positive")
+    assert no["result"] == "no" and "positive" in no["rationale"]
+    assert judge(llm, "positive, not negative", expected="positive")["result"] == "no"  # both labels
+    assert judge(llm, "positively", expected="positive")["result"] == "no"  # whole words only
+
+    guidelines = "- Use lowercase.\n- Answer in a single word.\n- No punctuation."
+    assert judge(llm, "positive", guidelines=guidelines)["result"] == "yes"
+    for response, failing in (("Positive", "Use lowercase."), ("very positive", "Answer in a single word."),
+                              ("positive.", "No punctuation.")):  # fmt: skip
+        verdict = judge(llm, response, guidelines=guidelines)
+        assert verdict["result"] == "no" and failing in verdict["rationale"], verdict
+    assert judge(llm, "Positive!", guidelines="Be polite.")["result"] == "yes"  # unrecognized passes
+    assert judge(llm, "Positive", expected="positive", guidelines="lowercase")["result"] == "no"  # both apply
+    assert judge(llm, "anything")["result"] == "yes"  # no criterion
+    with pytest.raises(litellm.BadRequestError, match="response"):
+        complete(llm, JUDGE_MODEL, [{"role": "user", "content": "no tags"}])
+    assert llm.calls["judge"] == 12
+
+
+# ---- faults, auth, latency -------------------------------------------------------------------
+
+
+def test_injected_429_500_503_and_litellm_retries_recover(llm):
+    msgs = [{"role": "user", "content": "ping"}]
+    llm.inject(429, times=2)
+    status, headers, body = raw_post(llm, {"model": TASK_MODEL, "messages": msgs})
+    assert status == 429 and headers["Retry-After"] == "0" and body["error"]["code"] == "rate_limit_exceeded"
+    assert content(llm, TASK_MODEL, msgs, num_retries=3) == "echo: ping"  # one more 429, then success
+
+    llm.inject(500, times=1)
+    llm.inject(503, times=1)
+    assert content(llm, TASK_MODEL, msgs, num_retries=3) == "echo: ping"
+    assert llm.errors == {429: 2, 500: 1, 503: 1} and llm.pending_faults == 0
+
+    llm.inject(429, times=1, model=JUDGE_MODEL, retry_after=1)
+    assert content(llm, TASK_MODEL, msgs) == "echo: ping"  # fault is for the judge only
+    with pytest.raises(litellm.RateLimitError):
+        complete(llm, JUDGE_MODEL, [{"role": "user", "content": "<response>x</response>"}], num_retries=0)
+    assert [r["fault"] for r in llm.requests if r["fault"]] == ["429", "429", "500", "503", "429"]
+
+
+def test_wrong_api_key_gets_401_without_echoing_the_key(llm):
+    secret = "sk-wrong-secret-1234567890"
+    with pytest.raises(litellm.AuthenticationError) as info:
+        litellm.completion(model=f"openai/{TASK_MODEL}", api_base=llm.base_url, api_key=secret,
+                           messages=[{"role": "user", "content": "hi"}], num_retries=0)  # fmt: skip
+    assert secret not in str(info.value) and "1234567890" not in str(info.value)
+    status, _, body = raw_post(llm, {"model": TASK_MODEL, "messages": []}, key=secret)
+    assert (status, body) == (401, SimulatedLLM.AUTH_ERROR)
+    assert secret not in json.dumps(body) and secret not in json.dumps(llm.requests)
+    assert raw_post(llm, {"model": TASK_MODEL, "messages": []}, key=None)[0] == 401
+    assert llm.errors == {401: 3} and llm.calls["task"] == 0
+
+
+def test_unknown_model_gets_404_model_not_found(llm):
+    with pytest.raises(litellm.NotFoundError, match="sim-nope"):
+        complete(llm, "sim-nope", [{"role": "user", "content": "hi"}], num_retries=0)
+    status, _, body = raw_post(llm, {"model": "sim-task-v2", "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+
+
+def test_latency_global_and_per_model_and_injected_timeout(llm):
+    msgs = [{"role": "user", "content": "ping"}]
+    llm.set_latency(0.2)
+    llm.set_latency(0.0, model=JUDGE_MODEL)
+    t0 = time.monotonic()
+    content(llm, TASK_MODEL, msgs)
+    t1 = time.monotonic()
+    content(llm, JUDGE_MODEL, [{"role": "user", "content": "<response>x</response>"}])
+    t2 = time.monotonic()
+    assert t1 - t0 >= 0.2 and t2 - t1 < 0.2
+
+    llm.reset()  # latency back to the constructor's (0)
+    llm.inject_timeout(times=1, seconds=3)
+    with pytest.raises(litellm.Timeout):
+        complete(llm, TASK_MODEL, msgs, timeout=0.3, num_retries=0)
+    t3 = time.monotonic()
+    assert content(llm, TASK_MODEL, msgs, timeout=5) == "echo: ping"
+    assert time.monotonic() - t3 < 1.0
+
+
+def test_counters_log_and_reset(llm):
+    task = [{"role": "user", "content": "Classify in one word: I love it"}]
+    r1 = complete(llm, TASK_MODEL, task)
+    verdict = "<response>Positive</response><expected_response>positive</expected_response>"
+    r2 = complete(llm, JUDGE_MODEL, [{"role": "user", "content": verdict}])
+    assert llm.calls == {"task": 1, "reflection": 0, "metaprompt": 0, "judge": 1}
+    assert llm.calls_by_model == {TASK_MODEL: 1, JUDGE_MODEL: 1}
+    assert llm.tokens["total_tokens"] == r1.usage.total_tokens + r2.usage.total_tokens
+    last = llm.last_request(kind="task")
+    assert last["model"] == TASK_MODEL and last["status"] == 200 and last["response"] == "Positive"
+    assert last["messages"] == [{"role": "user", "content": task[0]["content"]}]
+    assert llm.request_count == 2 and llm.stats()["calls"]["judge"] == 1
+    llm.inject(500, times=5)
+    llm.reset()
+    assert llm.request_count == 0 and llm.requests == [] and llm.pending_faults == 0
+    assert llm.calls == dict.fromkeys(sim.KINDS, 0) and llm.tokens["total_tokens"] == 0
+
+
+def test_no_api_key_accepts_any_key_and_concurrent_requests_are_counted():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with SimulatedLLM() as server:
+        kwargs = server.litellm_kwargs(TASK_MODEL)
+        with ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda i: litellm.completion(messages=[{"role": "user", "content": f"n{i}"}], **kwargs)
+                                 .choices[0].message.content, range(16)))  # fmt: skip
+        assert outs == [f"echo: n{i}" for i in range(16)]
+        assert server.calls["task"] == 16 and server.request_count == 16
+
+
+def test_command_line_prints_base_url_and_serves():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "promptopt.testing.simulated_llm", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+    try:
+        base_url = proc.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", base_url)
+        with urllib.request.urlopen(base_url[: -len("/v1")] + "/health", timeout=5) as r:
+            assert json.loads(r.read()) == {"status": "ok"}
+        out = litellm.completion(model=f"openai/{TASK_MODEL}", api_base=base_url, api_key="any",
+                                 messages=[{"role": "user", "content": "One word: superb"}])  # fmt: skip
+        assert out.choices[0].message.content == "Positive"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
