@@ -43,6 +43,14 @@ class ScoredOutput:
     rationales: Mapping[str, str]  # scorer key → why (judges' rationales, metric explanations)
     aggregate: float  # weighted mean over scorers
 
+    def feedback(self) -> str:
+        """Every scorer's verdict, one line each (`<key>: <score> — <rationale>`), as reflection models read it."""
+        lines = []
+        for key, score in self.scores.items():
+            rationale = self.rationales.get(key)
+            lines.append(f"{key}: {score:.2f} — {rationale}" if rationale else f"{key}: {score:.2f}")
+        return "\n".join(lines)
+
 
 @dataclass(frozen=True)
 class ScoreSummary:
@@ -83,6 +91,13 @@ class Problem:
     @property
     def seed_candidate(self) -> Candidate:
         return {p.name: p.text for p in self.prompts}
+
+    def validation_scores(self, candidate: Candidate) -> ScoreSummary:
+        """The candidate's scores on the validation examples (free for a candidate already evaluated: the
+        evaluator caches)."""
+        if self.evaluator is None:
+            raise ValueError("a problem without a dataset has no validation scores")
+        return self.evaluator.summarize(self.evaluator.evaluate(candidate, self.validation))
 
 
 @dataclass
