@@ -1,0 +1,303 @@
+"""The job's lifecycle as one pure function: what the job and its Pods look like now → what to do next.
+
+`decide` is level-based: it looks at the whole observed state every time (the job's status and every
+worker Pod of the job, listed fresh), never at the event that woke it, so a restarted operator, a missed
+event or a repeated one all lead to the same decision. Its output is data (a status to write, a Pod to
+create or delete, Events to post, when to look again); the kopf handlers carry it out.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from promptopt.api.v1alpha1 import TERMINAL_PHASES, PromptOptimizationJobSpec
+
+from promptopt_operator.conditions import conditions_for
+from promptopt_operator.pods import EXIT_INVALID_INPUT, WorkerPod, pod_name
+from promptopt_operator.settings import OperatorSettings
+
+# Worker outcomes that no new Pod can fix.
+PERMANENT_WORKER_FAILURES = ("InvalidInput", "LLMError")
+# The worker-owned status fields the operator copies from a termination message when the worker could
+# not write them itself (the API was unreachable from the Pod).
+WORKER_FIELDS = ("progress", "initialScores", "finalScores", "optimizedPrompts", "cost", "workerResult")
+
+
+@dataclass(frozen=True)
+class Job:
+    """The plain data of a PromptOptimizationJob that decisions need."""
+
+    name: str
+    generation: int
+    deleting: bool
+    spec: PromptOptimizationJobSpec | None  # None when the spec is invalid
+    spec_problems: Sequence[str]
+    status: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: dict[str, Any]  # operator-owned status fields (and recovered worker fields) to merge-patch
+    create_attempt: int | None = None
+    delete_pods: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
+    delete_job: bool = False
+    recheck_after: float | None = None  # seconds until time alone changes the decision
+    pod_active_deadline: int | None = None  # for a Pod created now: the job's remaining deadline
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.get("phase")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The queue's answer for a job that waits for its first Pod."""
+
+    may_start: bool
+    position: int | None = None
+
+
+@dataclass
+class _Next:
+    """The decision under construction."""
+
+    phase: str
+    reason: str
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    create_attempt: int | None = None
+    delete_pods: tuple[str, ...] = ()
+    recheck_after: float | None = None
+    delete_job: bool = False
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def retry_delay(failed_attempts: int, settings: OperatorSettings) -> float:
+    """Exponential back-off between worker Pods, as batch/v1 Job does (base, 2×base, 4×base, ... capped)."""
+    return min(settings.retry_base_delay_seconds * 2 ** max(0, failed_attempts - 1), settings.retry_max_delay_seconds)
+
+
+def decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: OperatorSettings, slot: Slot) -> Decision:
+    status = job.status
+    phase = status.get("phase")
+    live = tuple(p.name for p in pods if not p.finished and not p.deleting)
+
+    if job.deleting:
+        return Decision(status={}, delete_pods=live)
+    if phase in TERMINAL_PHASES:
+        return _finished(job, live, now)
+    step = _next_step(job, pods, now, settings, slot, live)
+    return _decision(job, step, now)
+
+
+def _finished(job: Job, live: tuple[str, ...], now: datetime) -> Decision:
+    """A finished job only cleans up: stray Pods go, and the job itself once its TTL has passed."""
+    ttl = job.spec.ttl_seconds_after_finished if job.spec else None
+    completed = parse_time(job.status.get("completionTime"))
+    if ttl is None or completed is None:
+        return Decision(status={}, delete_pods=live)
+    remaining = (completed + timedelta(seconds=ttl) - now).total_seconds()
+    if remaining <= 0:
+        return Decision(status={}, delete_pods=live, delete_job=True)
+    return Decision(status={}, delete_pods=live, recheck_after=remaining)
+
+
+def _next_step(
+    job: Job, pods: Sequence[WorkerPod], now: datetime, settings: OperatorSettings, slot: Slot, live: tuple[str, ...]
+) -> _Next:
+    spec, status = job.spec, job.status
+    if spec is None:
+        return _Next("Failed", "InvalidSpec", "invalid spec: " + "; ".join(job.spec_problems))
+    if spec.cancel:
+        return _Next("Cancelled", "Cancelled",
+                     "cancelled by spec.cancel; the worker's best result so far is kept", delete_pods=live)
+
+    started = parse_time(status.get("startTime"))
+    if started and spec.active_deadline_seconds is not None:
+        remaining = (started + timedelta(seconds=spec.active_deadline_seconds) - now).total_seconds()
+        if remaining <= 0:
+            return _Next("Failed", "DeadlineExceeded",
+                         f"the job ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds}s)",
+                         delete_pods=live)
+
+    attempts = max([int(status.get("attempts") or 0), *(p.attempt for p in pods)])
+    current = max(pods, key=lambda p: p.attempt, default=None)
+    if attempts == 0:
+        return _first_attempt(spec, slot, now)
+    if current is None or current.attempt < attempts:
+        # The Pod of the latest attempt is gone before it finished (deleted by hand, evicted, lost node).
+        return _after_failure(spec, status, attempts, now, settings, f"worker Pod of attempt {attempts} disappeared",
+                              finished_at=None)
+    if current.deleting:
+        return _Next(phase or "Running", "PodTerminating", f"worker Pod {current.name} is terminating")
+    if current.phase == "Succeeded":
+        return _after_success(spec, status, current, attempts, now, settings)
+    if current.phase == "Failed":
+        return _after_pod_failure(spec, status, current, attempts, now, settings)
+    return _while_running(job, current, attempts, now)
+
+
+def _first_attempt(spec: PromptOptimizationJobSpec, slot: Slot, now: datetime) -> _Next:
+    if not slot.may_start:
+        where = f" (position {slot.position})" if slot.position else ""
+        return _Next("Queued", "Queued", f"waiting for a free slot in the operator's queue{where}",
+                     fields={"queuePosition": slot.position})
+    return _Next("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
+                 fields={"attempts": 1, "startTime": timestamp(now), "queuePosition": None})
+
+
+def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _Next:
+    deadline_left = _deadline_left(job, now)
+    if pod.phase == "Running":
+        return _Next("Running", "Running", f"worker Pod {pod.name} is running (attempt {attempts})",
+                     recheck_after=deadline_left)
+    if pod.stuck:
+        return _Next("Pending", pod.reason or "PodPending", f"worker Pod {pod.name}: {pod.message or pod.reason}",
+                     recheck_after=deadline_left)
+    return _Next("Pending", "PodPending", f"waiting for worker Pod {pod.name} to start", recheck_after=deadline_left)
+
+
+def _deadline_left(job: Job, now: datetime) -> float | None:
+    started = parse_time(job.status.get("startTime"))
+    if job.spec is None or job.spec.active_deadline_seconds is None or started is None:
+        return None
+    return max(0.0, (started + timedelta(seconds=job.spec.active_deadline_seconds) - now).total_seconds())
+
+
+def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _Next:
+    recovered = _recover_worker_fields(status, pod)
+    result = recovered.get("workerResult") or status.get("workerResult") or {}
+    if result.get("reason") == "Cancelled":
+        # Stopped by SIGTERM though nobody set spec.cancel (eviction, drain): the work is not done.
+        return _after_failure(spec, status, attempts, now, settings,
+                              f"worker Pod {pod.name} was stopped before it finished", pod.finished_at)
+    reason = result.get("reason") or "Completed"
+    message = result.get("message") or "the optimization finished"
+    return _Next("Succeeded", "Succeeded" if reason == "Completed" else reason, message, fields=recovered)
+
+
+def _after_pod_failure(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _Next:
+    recovered = _recover_worker_fields(status, pod)
+    result = recovered.get("workerResult") or status.get("workerResult") or {}
+    if pod.exit_code == EXIT_INVALID_INPUT or result.get("reason") in PERMANENT_WORKER_FAILURES:
+        reason = result.get("reason") or "InvalidInput"
+        return _Next("Failed", reason, result.get("message") or _describe_pod_failure(pod), fields=recovered)
+    step = _after_failure(spec, status, attempts, now, settings, _describe_pod_failure(pod), pod.finished_at)
+    step.fields.update(recovered)
+    return step
+
+
+def _after_failure(spec, status, attempts: int, now: datetime, settings, what: str, finished_at: str | None) -> _Next:
+    if attempts > spec.backoff_limit:
+        return _Next("Failed", "BackoffLimitExceeded",
+                     f"the worker failed {attempts} time(s), more than backoffLimit {spec.backoff_limit}; last: {what}")
+    delay = retry_delay(attempts, settings)
+    failed = parse_time(finished_at) or parse_time(status.get("lastFailureTime")) or now
+    wait = (failed + timedelta(seconds=delay) - now).total_seconds()
+    fields = {"lastFailureTime": timestamp(failed)}
+    if wait > 0:
+        return _Next("Pending", "BackoffRetry", f"attempt {attempts} failed ({what}); retrying in {wait:.0f}s",
+                     fields=fields, recheck_after=wait)
+    fields["attempts"] = attempts + 1
+    return _Next("Pending", "PodCreated", f"worker Pod {attempts + 1} created after: {what}",
+                 fields=fields, create_attempt=attempts + 1)
+
+
+def _describe_pod_failure(pod: WorkerPod) -> str:
+    detail = pod.termination_message if pod.reason in (None, "Error") else pod.message or pod.termination_message
+    exit_part = f" (exit code {pod.exit_code})" if pod.exit_code is not None else ""
+    text = f"worker Pod {pod.name} failed: {pod.reason or 'Error'}{exit_part}"
+    summary = _summary_message(detail)
+    return f"{text}: {summary}" if summary else text
+
+
+def _summary_message(detail: str | None) -> str | None:
+    """A termination message is the worker's JSON summary or, on a crash, the tail of its log."""
+    if not detail:
+        return None
+    parsed = _parse_summary(detail)
+    if parsed and isinstance(parsed.get("workerResult"), dict):
+        return parsed["workerResult"].get("message")
+    return detail.strip().splitlines()[-1][:500]
+
+
+def _parse_summary(text: str | None) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(text or "")
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _recover_worker_fields(status: Mapping[str, Any], pod: WorkerPod) -> dict[str, Any]:
+    """Worker-owned fields the status lacks but the Pod's termination message carries."""
+    summary = _parse_summary(pod.termination_message) or {}
+    return {key: summary[key] for key in WORKER_FIELDS if key in summary and not status.get(key)}
+
+
+def _decision(job: Job, step: _Next, now: datetime) -> Decision:
+    status = job.status
+    changed = (status.get("phase"), _ready_reason(status)) != (step.phase, step.reason)
+    fields: dict[str, Any] = {
+        "phase": step.phase,
+        "message": step.message,
+        "observedGeneration": job.generation,
+        "conditions": conditions_for(step.phase, step.reason, step.message, job.generation, timestamp(now),
+                                     status.get("conditions")),
+        **step.fields,
+    }
+    if step.create_attempt is not None:
+        fields["podName"] = pod_name(job.name, step.create_attempt)
+    if step.phase in TERMINAL_PHASES and not status.get("completionTime"):
+        fields["completionTime"] = timestamp(now)
+        fields["queuePosition"] = None
+    events = ()
+    if changed:
+        warning = step.phase in ("Failed",) or step.reason in ("BackoffRetry", "ImagePullBackOff", "ErrImagePull",
+                                                               "CreateContainerConfigError", "Unschedulable")
+        events = (Event("Warning" if warning else "Normal", step.reason, step.message),)
+    pod_deadline = None
+    if step.create_attempt is not None and job.spec and job.spec.active_deadline_seconds is not None:
+        started = parse_time(fields.get("startTime") or status.get("startTime")) or now
+        pod_deadline = int((started + timedelta(seconds=job.spec.active_deadline_seconds) - now).total_seconds())
+    return Decision(
+        status=_only_changes(status, fields),
+        create_attempt=step.create_attempt,
+        delete_pods=step.delete_pods,
+        events=events,
+        delete_job=step.delete_job,
+        recheck_after=step.recheck_after,
+        pod_active_deadline=pod_deadline,
+    )
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("reason")
+    return None
+
+
+def _only_changes(status: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """Drop fields whose value is already stored, so an unchanged state patches nothing."""
+    return {key: value for key, value in fields.items() if status.get(key) != value}

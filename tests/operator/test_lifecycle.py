@@ -1,0 +1,224 @@
+"""The job's lifecycle decisions, as pure functions over plain data."""
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from promptopt.api.validation import parse_spec
+from promptopt_operator.lifecycle import Job, Slot, decide, retry_delay, timestamp
+from promptopt_operator.pods import WorkerPod
+from promptopt_operator.settings import OperatorSettings
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
+SETTINGS = OperatorSettings(retry_base_delay_seconds=10, retry_max_delay_seconds=360)
+START = Slot(may_start=True)
+SPEC = {
+    "optimizer": {"type": "GEPA", "reflectionModel": "openai/x"},
+    "prompts": [{"name": "p", "template": "{{q}}"}],
+    "task": {"model": "openai/y"},
+    "dataset": {"records": [{"inputs": {"q": "a"}, "expectations": {"expected_response": "b"}}]},
+    "scorers": [{"name": "ExactMatch"}],
+}
+
+
+def job(status=None, generation=1, deleting=False, **spec_changes):
+    spec = parse_spec({**SPEC, **spec_changes})
+    return Job(name="j", generation=generation, deleting=deleting, spec=spec, spec_problems=(), status=status or {})
+
+
+def pod(attempt=1, phase="Running", **kw):
+    return WorkerPod(name=f"j-worker-{attempt}", attempt=attempt, phase=phase, deleting=kw.pop("deleting", False), **kw)
+
+
+def ago(seconds):
+    return timestamp(NOW - timedelta(seconds=seconds))
+
+
+def ready_condition(decision):
+    return next(c for c in decision.status["conditions"] if c["type"] == "Ready")
+
+
+def test_new_job_with_a_slot_creates_attempt_one():
+    d = decide(job(), [], NOW, SETTINGS, START)
+    assert d.create_attempt == 1
+    assert d.status["phase"] == "Pending" and d.status["attempts"] == 1 and d.status["podName"] == "j-worker-1"
+    assert d.status["startTime"] == timestamp(NOW) and d.status["observedGeneration"] == 1
+    assert [e.reason for e in d.events] == ["PodCreated"]
+
+
+def test_new_job_without_a_slot_is_queued_with_its_position():
+    d = decide(job(), [], NOW, SETTINGS, Slot(may_start=False, position=3))
+    assert d.create_attempt is None
+    assert d.status["phase"] == "Queued" and d.status["queuePosition"] == 3
+    assert "position 3" in d.status["message"]
+
+
+def test_conditions_follow_kstatus_for_every_phase():
+    running = decide(job({"phase": "Pending", "attempts": 1, "startTime": ago(5)}), [pod()], NOW, SETTINGS, START)
+    kinds = {c["type"]: c["status"] for c in running.status["conditions"]}
+    assert kinds == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
+    assert all(c["observedGeneration"] == 1 and c["reason"] == "Running" for c in running.status["conditions"])
+
+
+def test_last_transition_time_moves_only_on_status_change():
+    first = decide(job({"phase": "Pending", "attempts": 1, "startTime": ago(5)}), [pod(phase="Pending")], NOW, SETTINGS, START)
+    later = NOW + timedelta(seconds=30)
+    status = {"phase": "Pending", "attempts": 1, "startTime": ago(5), "conditions": first.status["conditions"]}
+    second = decide(job(status), [pod()], later, SETTINGS, START)
+    assert ready_condition(second)["lastTransitionTime"] == timestamp(NOW)  # Ready stayed False
+    assert ready_condition(second)["reason"] == "Running"
+
+
+def test_unchanged_state_patches_nothing():
+    d = decide(job({"phase": "Pending", "attempts": 1, "startTime": ago(5)}), [pod()], NOW, SETTINGS, START)
+    stored = {"phase": "Pending", "attempts": 1, "startTime": ago(5), **d.status}
+    again = decide(job(stored), [pod()], NOW + timedelta(seconds=1), SETTINGS, START)
+    assert again.status == {} and again.events == () and again.create_attempt is None
+
+
+@pytest.mark.parametrize("reason,message", [
+    ("ImagePullBackOff", 'Back-off pulling image "nope"'),
+    ("CreateContainerConfigError", 'secret "llm" not found'),
+    ("Unschedulable", "0/1 nodes are available: 1 Insufficient memory."),
+])
+def test_stuck_pods_surface_their_reason_at_once(reason, message):
+    d = decide(job({"phase": "Pending", "attempts": 1, "startTime": ago(5)}),
+               [pod(phase="Pending", reason=reason, message=message)], NOW, SETTINGS, START)
+    assert "phase" not in d.status  # still Pending: only the reason changes
+    assert ready_condition(d)["reason"] == reason and message in ready_condition(d)["message"]
+    assert d.events[0].type == "Warning" and d.events[0].reason == reason
+
+
+def test_success_takes_the_workers_result():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(60),
+              "workerResult": {"reason": "Completed", "message": "best 0.9", "succeeded": True}}
+    d = decide(job(status), [pod(phase="Succeeded", exit_code=0)], NOW, SETTINGS, START)
+    assert d.status["phase"] == "Succeeded" and d.status["completionTime"] == timestamp(NOW)
+    assert {c["type"]: c["status"] for c in d.status["conditions"]}["Ready"] == "True"
+
+
+def test_budget_exhausted_is_a_success_with_its_reason():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(60),
+              "workerResult": {"reason": "BudgetExhausted", "message": "spent $2.00", "succeeded": True}}
+    d = decide(job(status), [pod(phase="Succeeded", exit_code=0)], NOW, SETTINGS, START)
+    assert d.status["phase"] == "Succeeded" and ready_condition(d)["reason"] == "BudgetExhausted"
+
+
+def test_result_is_recovered_from_the_termination_message_when_status_lacks_it():
+    summary = {"workerResult": {"reason": "Completed", "message": "done", "succeeded": True},
+               "finalScores": {"aggregate": 0.9}, "optimizedPrompts": [{"name": "p", "template": "better {{q}}"}]}
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(60), "finalScores": None}
+    d = decide(job(status), [pod(phase="Succeeded", exit_code=0, termination_message=json.dumps(summary))],
+               NOW, SETTINGS, START)
+    assert d.status["phase"] == "Succeeded"
+    assert d.status["finalScores"] == {"aggregate": 0.9}
+    assert d.status["optimizedPrompts"][0]["template"] == "better {{q}}"
+
+
+def test_failed_pod_is_retried_after_an_exponential_delay():
+    status = {"phase": "Running", "attempts": 2, "startTime": ago(100)}
+    failed = pod(attempt=2, phase="Failed", reason="OOMKilled", exit_code=137, finished_at=ago(5))
+    waiting = decide(job(status), [pod(phase="Failed", reason="Error", exit_code=1), failed], NOW, SETTINGS, START)
+    assert waiting.create_attempt is None and waiting.recheck_after == pytest.approx(15)  # 20 s after 2 failures
+    assert ready_condition(waiting)["reason"] == "BackoffRetry" and "OOMKilled" in waiting.status["message"]
+    later = decide(job({**status, **waiting.status}), [failed], NOW + timedelta(seconds=16), SETTINGS, START)
+    assert later.create_attempt == 3 and later.status["attempts"] == 3 and later.status["podName"] == "j-worker-3"
+
+
+def test_retry_delay_doubles_and_is_capped():
+    assert [retry_delay(n, SETTINGS) for n in (1, 2, 3, 10)] == [10, 20, 40, 360]
+
+
+def test_backoff_limit_exceeded_fails_the_job():
+    status = {"phase": "Running", "attempts": 3, "startTime": ago(100)}
+    d = decide(job(status, backoffLimit=2), [pod(attempt=3, phase="Failed", reason="Error", exit_code=1,
+                                                 termination_message="Traceback...\nRuntimeError: boom")],
+               NOW, SETTINGS, START)
+    assert d.status["phase"] == "Failed" and ready_condition(d)["reason"] == "BackoffLimitExceeded"
+    assert "RuntimeError: boom" in d.status["message"]
+    assert {c["type"]: c["status"] for c in d.status["conditions"]}["Stalled"] == "True"
+    assert d.events[0].type == "Warning"
+
+
+@pytest.mark.parametrize("exit_code,result_reason", [(2, None), (1, "LLMError"), (2, "InvalidInput")])
+def test_permanent_worker_failures_are_not_retried(exit_code, result_reason):
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(10)}
+    if result_reason:
+        status["workerResult"] = {"reason": result_reason, "message": "401 for openai/x: check OPENAI_API_KEY",
+                                  "succeeded": False}
+    d = decide(job(status), [pod(phase="Failed", reason="Error", exit_code=exit_code)], NOW, SETTINGS, START)
+    assert d.status["phase"] == "Failed" and d.create_attempt is None
+    assert ready_condition(d)["reason"] == (result_reason or "InvalidInput")
+
+
+def test_a_vanished_pod_counts_as_a_failure():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(100), "lastFailureTime": ago(30)}
+    d = decide(job(status), [], NOW, SETTINGS, START)
+    assert d.create_attempt == 2 and "disappeared" in d.status["message"]
+
+
+def test_sigterm_without_cancel_is_retried_not_succeeded():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(100),
+              "workerResult": {"reason": "Cancelled", "message": "SIGTERM", "succeeded": True}}
+    d = decide(job(status), [pod(phase="Succeeded", exit_code=0, finished_at=ago(60))], NOW, SETTINGS, START)
+    assert d.create_attempt == 2
+
+
+def test_cancel_deletes_the_pod_and_ends_cancelled():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(100)}
+    d = decide(job(status, cancel=True), [pod()], NOW, SETTINGS, START)
+    assert d.status["phase"] == "Cancelled" and d.delete_pods == ("j-worker-1",)
+    assert d.status["completionTime"] == timestamp(NOW)
+
+
+def test_cancelled_is_terminal_even_if_cancel_is_unset():
+    status = {"phase": "Cancelled", "attempts": 1, "completionTime": ago(5)}
+    d = decide(job(status, cancel=False), [], NOW, SETTINGS, START)
+    assert d.status == {} and d.create_attempt is None
+
+
+def test_deadline_fails_the_job_even_if_the_pod_hangs():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(120)}
+    d = decide(job(status, activeDeadlineSeconds=100), [pod()], NOW, SETTINGS, START)
+    assert d.status["phase"] == "Failed" and ready_condition(d)["reason"] == "DeadlineExceeded"
+    assert d.delete_pods == ("j-worker-1",)
+
+
+def test_running_job_rechecks_at_its_deadline():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(40)}
+    d = decide(job(status, activeDeadlineSeconds=100), [pod()], NOW, SETTINGS, START)
+    assert d.recheck_after == pytest.approx(60)
+
+
+def test_new_pod_gets_the_remaining_deadline():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(40), "lastFailureTime": ago(30)}
+    d = decide(job(status, activeDeadlineSeconds=100), [pod(phase="Failed", exit_code=1, finished_at=ago(30))],
+               NOW, SETTINGS, START)
+    assert d.create_attempt == 2 and d.pod_active_deadline == 60
+
+
+def test_invalid_spec_fails_without_a_pod():
+    bad = Job(name="j", generation=1, deleting=False, spec=None,
+              spec_problems=("spec.task.model: Field required",), status={})
+    d = decide(bad, [], NOW, SETTINGS, START)
+    assert d.status["phase"] == "Failed" and ready_condition(d)["reason"] == "InvalidSpec"
+    assert "spec.task.model" in d.status["message"] and d.create_attempt is None
+
+
+def test_ttl_deletes_the_finished_job_when_due():
+    finished = {"phase": "Succeeded", "completionTime": ago(50)}
+    waiting = decide(job(finished, ttlSecondsAfterFinished=60), [], NOW, SETTINGS, START)
+    assert not waiting.delete_job and waiting.recheck_after == pytest.approx(10)
+    due = decide(job(finished, ttlSecondsAfterFinished=30), [], NOW, SETTINGS, START)
+    assert due.delete_job
+
+
+def test_finished_job_cleans_up_a_stray_pod():
+    d = decide(job({"phase": "Failed", "completionTime": ago(1)}), [pod()], NOW, SETTINGS, START)
+    assert d.delete_pods == ("j-worker-1",) and d.status == {}
+
+
+def test_deleting_job_deletes_live_pods_only():
+    d = decide(job({"phase": "Running"}, deleting=True),
+               [pod(attempt=1, phase="Failed"), pod(attempt=2)], NOW, SETTINGS, START)
+    assert d.delete_pods == ("j-worker-2",)
