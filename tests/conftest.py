@@ -22,3 +22,38 @@ def llm():
 
     with SimulatedLLM(api_key=SIMULATED_LLM_API_KEY) as server:
         yield server
+
+
+# --- Emulated Kubernetes API (promptopt.testing.emulator) ---
+import subprocess  # noqa: E402
+
+
+@pytest.fixture
+def cluster():
+    """A fresh EmulatedCluster: serves the repo's crds/ and has the `default` namespace (made via the API).
+
+    ``cluster.url``, ``cluster.kubeconfig``, ``cluster.api_client()``, ``cluster.create/get/list/patch/delete``,
+    ``cluster.wait_for(...)``; ``cluster.emulator`` is the kmock-based server (its ``.objects`` keep history).
+    """
+    from promptopt.testing.emulator import EmulatedCluster
+
+    with EmulatedCluster() as emulated:
+        yield emulated
+
+
+@pytest.fixture
+def kubectl(cluster, tmp_path_factory):
+    """``kubectl(*args, check=True, input=None, timeout=30)`` runs /usr/bin/kubectl against `cluster`.
+
+    Returns the CompletedProcess (text); fails with kubectl's stderr unless ``check=False``.
+    """
+    cache_dir = tmp_path_factory.mktemp("kubectl-cache")  # own discovery cache: ports get reused
+
+    def run(*args, check=True, input=None, timeout=30):
+        command = ["/usr/bin/kubectl", "--kubeconfig", str(cluster.kubeconfig), "--cache-dir", str(cache_dir), *args]
+        result = subprocess.run(command, capture_output=True, text=True, input=input, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    return run

@@ -468,15 +468,26 @@ def crd_established(crd: Mapping[str, Any], now: str) -> dict[str, Any]:
     return {'acceptedNames': crd['spec']['names'], 'conditions': conditions, 'storedVersions': stored}
 
 
-def openapi_document(customs: Iterable[CustomResource]) -> dict[str, Any]:
-    """A minimal OpenAPI v3 document of one group-version, enough for ``kubectl explain``."""
-    schemas = {}
-    for custom in customs:
-        group, version, kind = custom.resource.group, custom.resource.version, custom.info.kind
-        reversed_group = '.'.join(reversed(str(group).split('.')))
-        schemas[f'{reversed_group}.{version}.{kind}'] = dict(
-            custom.schema, **{'x-kubernetes-group-version-kind': [{'group': group, 'version': version, 'kind': kind}]})
-    return {'openapi': '3.0.0', 'info': {'title': 'Kubernetes', 'version': 'v1.32.0'}, 'paths': {},
+def openapi_document(served: Iterable[tuple[kmock.resource, kmock.ResourceInfo, Mapping[str, Any] | None]]) -> dict[str, Any]:
+    """A minimal OpenAPI v3 document of one group-version.
+
+    kubectl reads it to decide how to validate (a PATCH that accepts ``fieldValidation`` means
+    "the server validates") and ``kubectl explain`` reads the schemas (those of CRDs only).
+    """
+    schemas, paths = {}, {}
+    for resource, info, schema in served:
+        gvk = {'group': resource.group, 'version': resource.version, 'kind': info.kind}
+        schema_name = f"{'.'.join(reversed(str(resource.group).split('.')))}.{resource.version}.{info.kind}"
+        schemas[schema_name] = dict(schema or {}, **{'x-kubernetes-group-version-kind': [gvk]})
+        prefix = f'/apis/{resource.group}/{resource.version}' if resource.group else f'/api/{resource.version}'
+        scope = '/namespaces/{namespace}' if info.namespaced else ''
+        returns = {'200': {'content': {'application/json': {'schema': {'$ref': f'#/components/schemas/{schema_name}'}}}}}
+        paths[f'{prefix}{scope}/{resource.plural}/{{name}}'] = {
+            'get': {'x-kubernetes-action': 'get', 'x-kubernetes-group-version-kind': gvk, 'responses': returns},
+            'patch': {'x-kubernetes-action': 'patch', 'x-kubernetes-group-version-kind': gvk, 'responses': returns,
+                      'parameters': [{'name': 'fieldValidation', 'in': 'query', 'schema': {'type': 'string'}}]},
+        }
+    return {'openapi': '3.0.0', 'info': {'title': 'Kubernetes', 'version': 'v1.32.0'}, 'paths': paths,
             'components': {'schemas': schemas}}
 
 
@@ -540,7 +551,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.resources.load_bundled()
         self.fallback['get /openapi/v3'] << self._serve_openapi_paths
-        self.fallback['get', re.compile(r'/openapi/v3/apis/[^/]+/[^/]+')] << self._serve_openapi_group_version
+        self.fallback['get', re.compile(r'/openapi/v3/(api|apis/[^/]+)/[^/]+')] << self._serve_openapi_group_version
 
     # --- request routing -------------------------------------------------------------------------
 
@@ -608,18 +619,21 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         return {'major': '1', 'minor': '32', 'gitVersion': 'v1.32.0', 'platform': 'linux/amd64',
                 'gitCommit': '', 'gitTreeState': 'clean', 'buildDate': '', 'goVersion': '', 'compiler': 'gc'}
 
+    def _group_versions(self) -> set[tuple[str, str]]:
+        return {(str(r.group), str(r.version)) for r in self.resources}
+
     async def _serve_openapi_paths(self, request: kmock.Request) -> kmock.Payload:
-        group_versions = {(c.resource.group, c.resource.version) for c in self.custom_resources.values()}
-        return {'paths': {f'apis/{g}/{v}': {'serverRelativeURL': f'/openapi/v3/apis/{g}/{v}'}
-                          for g, v in sorted(group_versions)}}
+        prefixes = {(g, v): f'apis/{g}/{v}' if g else f'api/{v}' for g, v in self._group_versions()}
+        return {'paths': {prefix: {'serverRelativeURL': f'/openapi/v3/{prefix}'} for prefix in sorted(prefixes.values())}}
 
     async def _serve_openapi_group_version(self, request: kmock.Request) -> kmock.Payload:
         *_, group, version = request.url.path.split('/')
-        customs = [c for c in self.custom_resources.values()
-                   if (c.resource.group, c.resource.version) == (group, version)]
-        if not customs:
+        group = '' if group == 'api' else group
+        if (group, version) not in self._group_versions():
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
-        return openapi_document(customs)
+        customs = self.custom_resources
+        return openapi_document((r, info, customs[r].schema if r in customs else None)
+                                for r, info in self.resources.items() if (r.group, r.version) == (group, version))
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -929,6 +943,9 @@ NAMESPACES_ALIAS = '/api/v1/namespaces/-'  # "-" is not a valid namespace name, 
 
 def request_body(request: kmock.Request) -> Any:
     """The JSON body, or a YAML one (server-side apply sends application/apply-patch+yaml)."""
+    if 'protobuf' in header(request, 'Content-Type'):  # client-go then retries with JSON
+        raise api_error(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format: '
+                                                     'only JSON and YAML are served')
     if request.data is not None:
         return request.data
     return yaml.safe_load(request.text) if request.text.strip() else None
