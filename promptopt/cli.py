@@ -6,6 +6,9 @@ import os
 import sys
 from pathlib import Path
 
+# Flags only (stdlib imports): `promptopt --help` works in the worker image, which has no kopf.
+from promptopt_operator.settings import add_arguments as add_operator_arguments
+
 
 def _crd(args: argparse.Namespace) -> int:
     from promptopt.api import crd
@@ -24,6 +27,12 @@ def _api_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from promptopt_operator.main import run_operator
+
+    return run_operator(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptopt",
@@ -38,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     api_docs = commands.add_parser("api-docs", help="write the API reference generated from the API models")
     api_docs.add_argument("-o", "--output-dir", default="docs", help="folder of api-reference.md (default: docs)")
     api_docs.set_defaults(handler=_api_docs)
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (needs the 'operator' extra)")
+    add_operator_arguments(operator)
+    operator.add_argument("--peering", action="store_true",
+                          help="coordinate replicas through kopf peering (needs its CRDs); default: standalone")
+    operator.add_argument("--verbose", action="store_true", help="log debug messages")
+    operator.set_defaults(handler=_operator)
     return parser
 
 

@@ -55,10 +55,6 @@ class Decision:
     recheck_after: float | None = None  # seconds until time alone changes the decision
     pod_active_deadline: int | None = None  # for a Pod created now: the job's remaining deadline
 
-    @property
-    def phase(self) -> str | None:
-        return self.status.get("phase")
-
 
 @dataclass(frozen=True)
 class Slot:
@@ -107,6 +103,12 @@ def decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: Operato
     if phase in TERMINAL_PHASES:
         return _finished(job, live, now)
     step = _next_step(job, pods, now, settings, slot, live)
+    if pods:
+        # Pods are the truth: an operator that died between creating a Pod and recording it catches up here.
+        attempts = max([int(status.get("attempts") or 0), *(p.attempt for p in pods)])
+        step.fields.setdefault("attempts", attempts)
+        if not status.get("startTime"):
+            step.fields.setdefault("startTime", timestamp(now))
     return _decision(job, step, now)
 
 

@@ -222,3 +222,10 @@ def test_deleting_job_deletes_live_pods_only():
     d = decide(job({"phase": "Running"}, deleting=True),
                [pod(attempt=1, phase="Failed"), pod(attempt=2)], NOW, SETTINGS, START)
     assert d.delete_pods == ("j-worker-2",)
+
+
+def test_pods_are_the_truth_after_an_operator_crash_between_create_and_record():
+    # The operator created the Pod of attempt 1 and died before writing status: nothing is duplicated.
+    d = decide(job({"phase": None}), [pod(phase="Running")], NOW, SETTINGS, START)
+    assert d.create_attempt is None
+    assert d.status["phase"] == "Running" and d.status["attempts"] == 1 and d.status["startTime"] == timestamp(NOW)

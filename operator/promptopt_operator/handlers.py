@@ -1,0 +1,75 @@
+"""kopf handlers: the operator's edge. Each one only routes an event to the Reconciler."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from promptopt.api.v1alpha1 import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+
+from promptopt_operator.kube import KubeClient
+from promptopt_operator.metrics import OperatorMetrics
+from promptopt_operator.pods import COMPONENT_LABELS
+from promptopt_operator.reconciler import Reconciler, queue_entry
+from promptopt_operator.settings import OperatorSettings
+
+JOBS = (GROUP, VERSION, PLURAL)
+FINALIZER = f"{GROUP}/cleanup"
+QUEUE_REFRESH_SECONDS = 30
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    operator_settings: OperatorSettings = memo.settings
+    settings.persistence.finalizer = FINALIZER
+    # Keep kopf's bookkeeping in annotations: our status schema is strict and has no room for it.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # Events are for the job's transitions (posted explicitly); handler chatter stays in the operator's log.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    metrics = OperatorMetrics(lambda: memo.reconciler.phases())
+    memo.reconciler = Reconciler(KubeClient(), operator_settings, metrics)
+    if operator_settings.metrics_port:
+        metrics.serve(operator_settings.metrics_port)
+
+
+@kopf.index(*JOBS)
+def job_queue(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+    return {(namespace, name): queue_entry(namespace, name, dict(body))}
+
+
+@kopf.on.event(*JOBS)
+async def job_changed(type: str, status: kopf.Status, namespace: str, name: str, memo: kopf.Memo,
+                      job_queue: kopf.Index, **_: Any) -> None:
+    reconciler: Reconciler = memo.reconciler
+    reconciler.index = job_queue
+    if type == "DELETED":
+        reconciler.forget((namespace, name))
+        reconciler.wake_waiting()
+    elif status.get("phase") in TERMINAL_PHASES:
+        reconciler.wake_waiting()  # its slot is free now
+        await reconciler.reconcile(namespace, name)  # cleanup and TTL
+    else:
+        await reconciler.reconcile(namespace, name)
+
+
+@kopf.on.event("v1", "pods", labels={"app.kubernetes.io/managed-by": COMPONENT_LABELS["app.kubernetes.io/managed-by"]})
+async def worker_pod_changed(annotations: kopf.Annotations, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    job_name = annotations.get(f"{GROUP}/job-name")
+    if job_name:
+        await memo.reconciler.reconcile(namespace, job_name)
+
+
+@kopf.on.delete(*JOBS)
+async def job_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Deleting a job deletes its Pods first (the finalizer makes sure), then the job goes."""
+    await memo.reconciler.reconcile(namespace, name)
+
+
+@kopf.timer(*JOBS, interval=QUEUE_REFRESH_SECONDS, initial_delay=QUEUE_REFRESH_SECONDS,
+            when=lambda status, **_: status.get("phase") not in TERMINAL_PHASES)
+async def refresh(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A safety net for anything a watch missed, and fresh queue positions for waiting jobs."""
+    await memo.reconciler.reconcile(namespace, name)

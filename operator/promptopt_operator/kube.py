@@ -1,0 +1,95 @@
+"""The operator's Kubernetes API calls, and nothing else: every call the operator makes is listed here
+(the Helm chart's RBAC is checked against this list).
+
+The official client is synchronous; calls run in a thread pool of their own so that a slow API server never
+blocks kopf's event loop. Responses are read as JSON (`_preload_content=False`) rather than turned into the
+client's model objects: the decisions work on plain dicts, and deserializing V1Pod models costs more CPU than
+the whole decision.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
+
+from promptopt_operator.pods import COMPONENT_LABELS, JOB_LABEL, label_value
+
+# (API group, resource, verb) for every call below: the operator's RBAC needs exactly these (plus kopf's own).
+API_CALLS = (
+    (GROUP, PLURAL, "get"),
+    (GROUP, PLURAL, "delete"),
+    (GROUP, f"{PLURAL}/status", "patch"),
+    ("", "pods", "list"),
+    ("", "pods", "create"),
+    ("", "pods", "delete"),
+)
+
+_WORKER_SELECTOR = ",".join(f"{k}={v}" for k, v in COMPONENT_LABELS.items() if k == "app.kubernetes.io/managed-by")
+
+
+class KubeClient:
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None, threads: int = 16):
+        if api_client is None:
+            kubernetes.config.load_config()
+            api_client = kubernetes.client.ApiClient()
+        self._core = kubernetes.client.CoreV1Api(api_client)
+        self._custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
+
+    async def _call(self, function, *args, **kwargs) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(function, *args, **kwargs))
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = await self._call(self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+                                        name, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return json.loads(response.data)
+
+    async def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        await self._call(self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
+                         {"status": patch}, _preload_content=False)
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            await self._call(self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+                             propagation_policy="Background", _preload_content=False)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def list_worker_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        selector = f"{_WORKER_SELECTOR},{JOB_LABEL}={label_value(job_name)}"
+        response = await self._call(self._core.list_namespaced_pod, namespace, label_selector=selector,
+                                    _preload_content=False)
+        pods = json.loads(response.data).get("items") or []
+        # Label values of long names are hashed; the annotation carries the exact job name.
+        return [p for p in pods if (p["metadata"].get("annotations") or {}).get("promptopt.dev/job-name") == job_name]
+
+    async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create the Pod; False if it already exists (it is then adopted, never duplicated)."""
+        try:
+            await self._call(self._core.create_namespaced_pod, namespace, manifest, _preload_content=False)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
+        try:
+            await self._call(self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace_seconds,
+                             _preload_content=False)
+        except ApiException as error:
+            if error.status != 404:
+                raise

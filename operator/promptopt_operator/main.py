@@ -1,0 +1,24 @@
+"""`promptopt operator`: run the kopf operator with our handlers and settings."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+from promptopt_operator import handlers  # noqa: F401  (registers the handlers with kopf)
+from promptopt_operator.settings import OperatorSettings, from_arguments
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings: OperatorSettings = from_arguments(args)
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=not args.peering,
+        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,
+        memo=kopf.Memo(settings=settings),
+    )
+    return 0

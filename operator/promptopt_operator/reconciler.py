@@ -1,0 +1,153 @@
+"""Carries out lifecycle decisions: read the job and its Pods, decide, act, and look again when time says so.
+
+One reconcile per job at a time (a lock per job), whatever woke it: a change of the job, of one of its Pods,
+a deadline, a retry delay, a TTL or a freed queue slot.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from promptopt.api.validation import InvalidSpec, parse_spec
+
+from promptopt_operator.kube import KubeClient
+from promptopt_operator.lifecycle import Decision, Job, Slot, decide, parse_time
+from promptopt_operator.metrics import OperatorMetrics
+from promptopt_operator.pods import observe_pod, worker_pod_manifest
+from promptopt_operator.queue import JobKey, QueueEntry, plan
+from promptopt_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+
+def queue_entry(namespace: str, name: str, body: dict[str, Any]) -> QueueEntry:
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    return QueueEntry(key=(namespace, name), created=body["metadata"].get("creationTimestamp") or "",
+                      phase=status.get("phase"), cancelled=bool(spec.get("cancel")))
+
+
+class Reconciler:
+    def __init__(self, kube: KubeClient, settings: OperatorSettings, metrics: OperatorMetrics):
+        self.kube, self.settings, self.metrics = kube, settings, metrics
+        # kopf's index of every job (filled from the initial list before any handler runs, so a restarted
+        # operator knows every running job before it starts a waiting one).
+        self.index: Mapping[JobKey, Iterable[QueueEntry]] = {}
+        self._locks: dict[JobKey, asyncio.Lock] = {}
+        self._rechecks: dict[JobKey, asyncio.TimerHandle] = {}
+        # Jobs given a slot whose new phase has not come back through the watch yet.
+        self._starting: set[JobKey] = set()
+
+    # -- the queue ---------------------------------------------------------------------------------------
+
+    def entries(self) -> list[QueueEntry]:
+        return [entry for store in self.index.values() for entry in store]
+
+    def forget(self, key: JobKey) -> None:
+        self._starting.discard(key)
+        self._locks.pop(key, None)
+        if handle := self._rechecks.pop(key, None):
+            handle.cancel()
+
+    def phases(self) -> list[str | None]:
+        return [e.phase for e in self.entries()]
+
+    def _slots(self) -> dict[JobKey, Slot]:
+        entries = self.entries()
+        self._starting.intersection_update(e.key for e in entries if e.phase in (None, "Queued"))
+        entries = [QueueEntry(e.key, e.created, "Pending", e.cancelled) if e.key in self._starting else e
+                   for e in entries]
+        return plan(entries, self.settings.max_running_jobs)
+
+    def wake_waiting(self) -> None:
+        """A slot may have freed: reconcile the waiting jobs that may start now."""
+        for key, slot in self._slots().items():
+            if slot.may_start and key not in self._starting:
+                asyncio.get_running_loop().create_task(self.reconcile(*key))
+
+    # -- reconcile ---------------------------------------------------------------------------------------
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            started = time.monotonic()
+            try:
+                await self._reconcile(key)
+            except Exception:
+                self.metrics.reconcile_errors.inc()
+                logger.exception("reconciling %s/%s failed; retrying in 5 s", namespace, name)
+                self._recheck(key, 5.0)
+            finally:
+                self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    async def _reconcile(self, key: JobKey) -> None:
+        namespace, name = key
+        body = await self.kube.get_job(namespace, name)
+        if body is None:
+            self.forget(key)
+            return
+        pods = [observe_pod(p) for p in await self.kube.list_worker_pods(namespace, name)]
+        job = _job(name, body)
+        slot = self._slots().get(key, Slot(may_start=False))
+        decision = decide(job, pods, datetime.now(timezone.utc), self.settings, slot)
+        await self._act(key, body, job, decision)
+
+    async def _act(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
+        namespace, name = key
+        if decision.create_attempt is not None:
+            await self._create_pod(key, body, job, decision)
+        for pod in decision.delete_pods:
+            await self.kube.delete_pod(namespace, pod, self.settings.worker_grace_period_seconds)
+        if decision.status:
+            await self.kube.patch_job_status(namespace, name, decision.status)
+            self._count_failure(job, decision)
+        for event in decision.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        if decision.delete_job:
+            await self.kube.delete_job(namespace, name)
+        if decision.recheck_after is not None:
+            self._recheck(key, decision.recheck_after)
+
+    async def _create_pod(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
+        namespace, name = key
+        assert job.spec is not None and decision.create_attempt is not None
+        manifest = worker_pod_manifest(name, job.spec, decision.create_attempt, self.settings,
+                                       decision.pod_active_deadline)
+        kopf.adopt(manifest, owner=body)
+        self._starting.add(key)
+        if await self.kube.create_pod(namespace, manifest):
+            self.metrics.pods_created.inc()
+            if decision.create_attempt == 1:
+                created = parse_time(body["metadata"].get("creationTimestamp"))
+                if created:
+                    self.metrics.pod_launch_seconds.observe((datetime.now(timezone.utc) - created).total_seconds())
+            else:
+                self.metrics.retries.inc()
+
+    def _count_failure(self, job: Job, decision: Decision) -> None:
+        reason = next((c["reason"] for c in decision.status.get("conditions", []) if c["type"] == "Ready"), None)
+        if reason in ("BackoffRetry", "BackoffLimitExceeded", "DeadlineExceeded", "LLMError", "InvalidInput"):
+            self.metrics.pod_failures.labels(reason=reason).inc()
+
+    def _recheck(self, key: JobKey, delay: float) -> None:
+        if handle := self._rechecks.pop(key, None):
+            handle.cancel()
+        loop = asyncio.get_running_loop()
+        # A little late rather than early: a decision taken a hair before a deadline would only wait again.
+        self._rechecks[key] = loop.call_later(delay + 0.05, lambda: loop.create_task(self.reconcile(*key)))
+
+
+def _job(name: str, body: dict[str, Any]) -> Job:
+    try:
+        spec, problems = parse_spec(body.get("spec")), ()
+    except InvalidSpec as invalid:
+        spec, problems = None, tuple(invalid.problems)
+    metadata = body["metadata"]
+    return Job(name=name, generation=int(metadata.get("generation") or 1), deleting=bool(metadata.get("deletionTimestamp")),
+               spec=spec, spec_problems=problems, status=body.get("status") or {})
