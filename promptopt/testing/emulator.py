@@ -51,6 +51,7 @@ RECENT_EVENTS_PER_RESOURCE = 10_000  # older resourceVersions get "410 Gone", as
 NAME_SUFFIX_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789'  # the apiserver's generateName alphabet
 
 NAMESPACES = kmock.resource('', 'v1', 'namespaces')
+NAMESPACES_ALIAS = '/api/v1/namespaces/-'  # "-" is not a valid namespace name, so the alias is unambiguous
 PODS = kmock.resource('', 'v1', 'pods')
 CRDS = kmock.resource('apiextensions.k8s.io', 'v1', 'customresourcedefinitions')
 
@@ -938,9 +939,6 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                 await self._delete(resource, item.raw, {})
 
 
-NAMESPACES_ALIAS = '/api/v1/namespaces/-'  # "-" is not a valid namespace name, so the alias is unambiguous
-
-
 def request_body(request: kmock.Request) -> Any:
     """The JSON body, or a YAML one (server-side apply sends application/apply-patch+yaml)."""
     if 'protobuf' in header(request, 'Content-Type'):  # client-go then retries with JSON
@@ -1054,13 +1052,20 @@ class EmulatedCluster:
         self._started.wait()
         if self._startup_error is not None:
             raise self._startup_error
-        self._tempdir = tempfile.TemporaryDirectory(prefix='k8s-emulator-')
-        self.kubeconfig = self._requested_kubeconfig or pathlib.Path(self._tempdir.name) / 'kubeconfig'
-        self.kubeconfig.write_text(yaml.safe_dump(self.kubeconfig_dict()))
-        self.create({'apiVersion': 'v1', 'kind': 'Namespace', 'metadata': {'name': self.namespace}})
-        for crd in read_crds(self._crds_folder) if self._crds_folder and self._crds_folder.is_dir() else []:
-            self.create(crd)
+        try:
+            self.create({'apiVersion': 'v1', 'kind': 'Namespace', 'metadata': {'name': self.namespace}})
+            for crd in read_crds(self._crds_folder) if self._crds_folder and self._crds_folder.is_dir() else []:
+                self.create(crd)
+            self.kubeconfig = self._requested_kubeconfig or self._temporary_kubeconfig()
+            self.kubeconfig.write_text(yaml.safe_dump(self.kubeconfig_dict()))  # last: scripts wait for it
+        except BaseException:
+            self.__exit__()
+            raise
         return self
+
+    def _temporary_kubeconfig(self) -> pathlib.Path:
+        self._tempdir = tempfile.TemporaryDirectory(prefix='k8s-emulator-')
+        return pathlib.Path(self._tempdir.name) / 'kubeconfig'
 
     def __exit__(self, *exc_info: object) -> None:
         assert self._loop is not None and self._stopped is not None and self._thread is not None
@@ -1124,28 +1129,30 @@ class EmulatedCluster:
             raise ApiError(exc.code, json.loads(text) if text.startswith(b'{') else text.decode()) from None
 
     def resource(self, name: str) -> kmock.resource:
-        """Resolve a plural, singular, kind, short name or ``plural.group`` to a served resource."""
-        name = name.lower()
+        """Resolve a plural, singular, kind or short name, optionally ``.group``-qualified, to a resource."""
+        short, _, group = name.lower().partition('.')
         candidates = [r for r, info in self.emulator.resources.items()
-                      if name in {r.plural, f'{r.plural}.{r.group}', (info.singular or '').lower(),
-                                  (info.kind or '').lower(), *info.shortnames}]
+                      if (not group or r.group == group)
+                      and short in {r.plural, (info.singular or '').lower(), (info.kind or '').lower(), *info.shortnames}]
         if not candidates:
             raise KeyError(f'no such resource: {name}')
-        return min(candidates, key=lambda r: (r.group != '', r.group, r.version))  # core group first
+        return min(candidates, key=lambda r: (r.group != '', r.group, r.version))  # the core group first
 
-    def path(self, resource: str, name: str | None = None, namespace: str | None = None,
+    def path(self, resource: str | kmock.resource, name: str | None = None, namespace: str | None = None,
              subresource: str | None = None) -> str:
-        res = self.resource(resource)
+        """The URL path of a collection or an object (in the default namespace unless told)."""
+        res = resource if isinstance(resource, kmock.resource) else self.resource(resource)
         prefix = f'/apis/{res.group}/{res.version}' if res.group else f'/api/{res.version}'
         scope = f'/namespaces/{namespace or self.namespace}' if self.emulator.resources[res].namespaced else ''
         return '/'.join(filter(None, [prefix + scope, res.plural, name, subresource]))
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        kind = obj['kind']
-        group = obj['apiVersion'].rpartition('/')[0]
-        plural = next(r.plural for r, info in self.emulator.resources.items() if info.kind == kind and r.group == group)
-        namespace = obj.get('metadata', {}).get('namespace')
-        return self.request('POST', self.path(f'{plural}.{group}' if group else str(plural), namespace=namespace), obj)
+        group, _, version = obj['apiVersion'].rpartition('/')
+        served = [r for r, info in self.emulator.resources.items()
+                  if (r.group, r.version) == (group, version) and info.kind == obj['kind']]
+        if not served:
+            raise KeyError(f'no resource serves {obj["apiVersion"]} {obj["kind"]}')
+        return self.request('POST', self.path(served[0], namespace=obj.get('metadata', {}).get('namespace')), obj)
 
     def get(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any]:
         return self.request('GET', self.path(resource, name, namespace))

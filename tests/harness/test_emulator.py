@@ -10,6 +10,7 @@ import threading
 import time
 
 import kubernetes.client
+import kubernetes.watch
 import pytest
 import requests
 import yaml
@@ -17,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from promptopt.testing.emulator import (
     AGE_COLUMN, NAME_COLUMN, ApiError, EmulatedCluster, KubernetesEmulator, apply_json_patch,
-    apply_merge_patch, build_table, crd_columns, declare_crd, human_age, jsonpath_values,
+    apply_merge_patch, build_table, crd_columns, declare_crd, human_age, jsonpath_values, load_crds,
     parse_api_path, parse_field_selector, parse_label_selector, without_patch_directives,
 )
 
@@ -280,6 +281,17 @@ def test_watches_resume_from_a_resource_version_without_replaying(cluster):
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in everything] == [("ADDED", "new"), ("ADDED", "old")]
 
 
+def test_the_kubernetes_client_lists_and_watches(cluster):
+    api = kubernetes.client.CustomObjectsApi(cluster.api_client())
+    cluster.create(job("a"))
+    listed = api.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)
+    in_background(lambda: cluster.delete("poj", "a"))
+    stream = kubernetes.watch.Watch().stream(api.list_namespaced_custom_object, GROUP, VERSION, "default", PLURAL,
+                                             resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=5)
+    event = next(stream)
+    assert (event["type"], event["object"]["metadata"]["name"]) == ("DELETED", "a")
+
+
 def test_watches_see_objects_enter_and_leave_their_label_selection(cluster):
     cluster.create(job("a"))
 
@@ -390,10 +402,15 @@ def test_crds_created_through_the_api_are_served(cluster):
     assert [o["metadata"]["name"] for o in cluster.list("wd")] == ["w"]
 
 
-def test_declare_crd_serves_a_resource_without_http():
+def test_crds_are_declared_from_a_folder_without_http(tmp_path):
+    (tmp_path / "widgets.yaml").write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "Namespace"}, WIDGETS_CRD]))
     emulator = KubernetesEmulator()
-    [resource] = declare_crd(emulator, WIDGETS_CRD)
-    assert emulator.resources[resource].kind == "Widget" and emulator.resources[resource].subresources == {"status"}
+    [resource] = load_crds(emulator, tmp_path)
+    info = emulator.resources[resource]
+    assert (resource.group, resource.version, resource.plural) == ("example.test", "v1", "widgets")
+    assert (info.kind, info.singular, info.namespaced, info.shortnames, info.categories, info.subresources) == (
+        "Widget", "widget", True, {"wd"}, {"gadgets"}, {"status"})
+    assert declare_crd(emulator, WIDGETS_CRD) == [resource]
 
 
 def test_tables_for_custom_and_builtin_resources(cluster):
