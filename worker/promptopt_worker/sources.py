@@ -1,0 +1,115 @@
+"""Resolving a job into concrete inputs: prompt texts and dataset text from inline values or ConfigMaps.
+
+ConfigMaps come through a `ConfigMapSource`: the Kubernetes API in the job's namespace (the worker) or
+ConfigMap manifests read from files (`promptopt run`). A missing ConfigMap or key is an `InvalidInput`
+naming the spec field, the ConfigMap and the key.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from promptopt.api.v1alpha1 import ConfigMapKeyRef, PromptOptimizationJobSpec
+from promptopt_worker.problem import PromptTemplate
+
+
+class InvalidInput(ValueError):
+    """The job's inputs cannot be used as given (the worker reports workerResult reason InvalidInput)."""
+
+
+class ConfigMapSource(Protocol):
+    """Reads ConfigMaps by name."""
+
+    location: str  # where the ConfigMaps are looked up, for error messages
+
+    def data(self, name: str) -> Mapping[str, str] | None:
+        """The ConfigMap's keys and texts (data and binaryData), or None if there is no such ConfigMap."""
+
+
+class KubernetesConfigMaps:
+    """ConfigMaps of one namespace, read through the Kubernetes API."""
+
+    def __init__(self, core_v1: Any, namespace: str):  # core_v1: kubernetes.client.CoreV1Api
+        self.core_v1 = core_v1
+        self.namespace = namespace
+        self.location = f"in namespace {namespace!r}"
+
+    def data(self, name: str) -> Mapping[str, str] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            config_map = self.core_v1.read_namespaced_config_map(name, self.namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return _texts(config_map.metadata.name, config_map.data, config_map.binary_data)
+
+
+class LocalConfigMaps:
+    """ConfigMaps from manifests (files given to `promptopt run -f`, or documents beside the job)."""
+
+    def __init__(self, manifests: Iterable[Mapping[str, Any]] = (), location: str = "in the given files"):
+        self.location = location
+        self._maps: dict[str, Mapping[str, str]] = {}
+        for manifest in manifests:
+            if manifest.get("kind") == "ConfigMap":
+                name = (manifest.get("metadata") or {}).get("name", "")
+                self._maps[name] = _texts(name, manifest.get("data"), manifest.get("binaryData"))
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | Path], extra: Iterable[Mapping[str, Any]] = ()) -> LocalConfigMaps:
+        """The ConfigMaps in these YAML files (multi-document allowed), after those in `extra`."""
+        paths = [Path(p) for p in paths]
+        manifests = list(extra)
+        for path in paths:
+            manifests += read_manifests(path)
+        where = ", ".join(str(p) for p in paths) or "the job's file"
+        return cls(manifests, location=f"in {where} (add the ConfigMap's manifest with -f)")
+
+    def data(self, name: str) -> Mapping[str, str] | None:
+        return self._maps.get(name)
+
+
+def read_manifests(path: Path) -> list[dict[str, Any]]:
+    """The YAML documents of a file, empty ones skipped."""
+    with path.open(encoding="utf-8") as file:
+        return [doc for doc in yaml.safe_load_all(file) if doc]
+
+
+def _texts(name: str, data: Mapping[str, str] | None, binary_data: Mapping[str, str] | None) -> dict[str, str]:
+    texts = dict(data or {})
+    for key, encoded in (binary_data or {}).items():
+        try:
+            texts[key] = base64.b64decode(encoded, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidInput(f"ConfigMap {name!r} key {key!r}: binaryData is not base64-encoded UTF-8 text") from None
+    return texts
+
+
+def read_key(configmaps: ConfigMapSource, ref: ConfigMapKeyRef, field: str) -> str:
+    """The text at `ref`, or InvalidInput naming the spec `field`, the ConfigMap and the key."""
+    data = configmaps.data(ref.name)
+    if data is None:
+        raise InvalidInput(f"{field}: ConfigMap {ref.name!r} not found {configmaps.location}")
+    if ref.key not in data:
+        keys = ", ".join(repr(k) for k in sorted(data)) or "none"
+        raise InvalidInput(f"{field}: ConfigMap {ref.name!r} has no key {ref.key!r} (its keys: {keys})")
+    return data[ref.key]
+
+
+def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource) -> list[PromptTemplate]:
+    """The prompts with their texts, inline or read from ConfigMaps, in spec order."""
+    prompts = []
+    for index, prompt in enumerate(spec.prompts):
+        if prompt.config_map_key_ref is not None:
+            text = read_key(configmaps, prompt.config_map_key_ref, f"spec.prompts[{index}].configMapKeyRef")
+        else:
+            text = prompt.template
+        prompts.append(PromptTemplate(name=prompt.name, role=prompt.role, text=text))
+    return prompts
