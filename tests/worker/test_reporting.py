@@ -1,0 +1,289 @@
+"""Reporters: the job's status (worker-owned fields only, rate-limited, resilient), console, termination message."""
+import io
+import json
+import logging
+
+import pytest
+from kubernetes.client import CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
+from promptopt_worker.problem import Progress, Result, ScoreSummary
+from promptopt_worker.reporting import (
+    WORKER_STATUS_FIELDS,
+    ConsoleReporter,
+    KubernetesStatusReporter,
+    Reporters,
+    TerminationMessageReporter,
+    configure_logging,
+)
+
+SECRET = "sk-live-0123456789abcdef-very-secret"
+INITIAL = ScoreSummary(aggregate=0.25, scorers={"ExactMatch": 0.0, "Correctness": 0.75})
+FINAL = ScoreSummary(aggregate=1.0, scorers={"ExactMatch": 1.0, "Correctness": 1.0})
+BEST = {"classify": "Answer with one lowercase word.\n\n{{review}}"}
+
+OPERATOR_STATUS = {
+    "phase": "Running",
+    "conditions": [{"type": "Running", "status": "True", "reason": "PodRunning", "message": "worker pod running"}],
+    "observedGeneration": 1,
+    "message": "running in pod job-abc",
+    "podName": "job-abc",
+    "attempts": 1,
+    "startTime": "2026-01-01T00:00:00Z",
+}
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class RecordingStatusApi:
+    """Stands in for CustomObjectsApi: records status patches, raises the queued failures first."""
+
+    def __init__(self, failures=()):
+        self.patches = []
+        self.failures = list(failures)
+
+    def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body, **options):
+        assert (group, version, plural) == (GROUP, VERSION, PLURAL)
+        assert options["_content_type"] == "application/merge-patch+json"
+        if self.failures:
+            raise self.failures.pop(0)
+        self.patches.append(body["status"])
+
+
+def running(metric_calls, best=None, **fields):
+    return Progress(metric_calls=metric_calls, max_metric_calls=60, best_score=best,
+                    initial_scores=INITIAL if best is not None else None, **fields)
+
+
+def completed(**fields):
+    return Result(reason="Completed", message="budget of metric calls spent", best_candidate=BEST,
+                  initial_scores=INITIAL, final_scores=FINAL, **fields)
+
+
+def reporter_for(api, clock=None, sleeps=None, **options):
+    return KubernetesStatusReporter(api, "job", "default", clock=clock or FakeClock(),
+                                    sleep=(sleeps.append if sleeps is not None else lambda s: None), **options)
+
+
+# --- the job's status ---------------------------------------------------------------------------
+
+
+def test_status_reporter_patches_only_worker_owned_fields(cluster):
+    cluster.create({"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
+                    "metadata": {"name": "job"}, "spec": {
+                        "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/sim-reflect"},
+                        "prompts": [{"name": "classify", "template": "{{review}}"}],
+                        "task": {"model": "openai/sim-task"}}})
+    cluster.patch("poj", "job", {"status": OPERATOR_STATUS}, subresource="status")
+    sent = []
+
+    class Recording(CustomObjectsApi):
+        def patch_namespaced_custom_object_status(self, *args, **kwargs):
+            sent.append(args[-1]["status"])
+            return super().patch_namespaced_custom_object_status(*args, **kwargs)
+
+    reporter = KubernetesStatusReporter(Recording(cluster.api_client()), "job", "default",
+                                        cost=lambda: {"llmCalls": 3, "promptTokens": 90, "completionTokens": 9})
+    reporter.progress(running(12, best=0.25, iteration=1, candidates=1, best_candidate=BEST), important=True)
+    reporter.finished(running(60, best=1.0), completed())
+
+    status = cluster.get("poj", "job")["status"]
+    assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
+    assert status["progress"] == {"metricCalls": 60, "maxMetricCalls": 60, "percent": 100, "iteration": 0,
+                                  "candidates": 0, "rejectedCandidates": 0, "bestScore": 1.0}
+    assert status["initialScores"] == {"aggregate": 0.25, "scorers": {"ExactMatch": 0.0, "Correctness": 0.75}}
+    assert status["finalScores"] == {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0}}
+    assert status["optimizedPrompts"] == [{"name": "classify", "template": BEST["classify"]}]
+    assert status["cost"] == {"llmCalls": 3, "promptTokens": 90, "completionTokens": 9}
+    assert status["workerResult"] == {"reason": "Completed", "message": "budget of metric calls spent",
+                                      "succeeded": True}
+    assert len(sent) == 2 and all(set(patch) <= set(WORKER_STATUS_FIELDS) for patch in sent)
+    assert set(sent[1]) == {"progress", "finalScores", "workerResult"}  # unchanged fields are not resent
+
+
+def test_status_is_rate_limited_but_important_events_and_the_end_go_out_at_once():
+    api, clock = RecordingStatusApi(), FakeClock()
+    reporter = reporter_for(api, clock, min_interval_s=3)
+
+    reporter.progress(running(1))  # the first report goes out
+    clock.now = 1
+    reporter.progress(running(2))  # within 3 s: held back
+    clock.now = 2
+    reporter.progress(running(3, best=0.25), important=True)  # first score: at once
+    clock.now = 4
+    reporter.progress(running(4, best=0.25))  # 2 s after the last patch: held back
+    clock.now = 5.5
+    reporter.progress(running(5, best=0.25))  # 3.5 s after: goes out
+    clock.now = 20
+    reporter.progress(running(5, best=0.25))  # nothing changed: no patch
+    reporter.finished(running(6, best=0.5), completed())  # the end: at once, whatever the clock
+    reporter.progress(running(7, best=0.5), important=True)  # after the end: ignored
+
+    assert [patch["progress"]["metricCalls"] for patch in api.patches] == [1, 3, 5, 6]
+    assert "initialScores" in api.patches[1] and "initialScores" not in api.patches[2]
+    assert api.patches[-1]["workerResult"]["reason"] == "Completed"
+
+
+def test_transient_api_errors_are_retried_with_backoff_and_never_raised(caplog):
+    unavailable = ApiException(status=503, reason="Service Unavailable")
+    api, sleeps = RecordingStatusApi([unavailable, unavailable]), []
+    reporter = reporter_for(api, sleeps=sleeps, retry_delays_s=(0.5, 1.0))
+
+    reporter.progress(running(1), important=True)
+
+    assert sleeps == [0.5, 1.0] and len(api.patches) == 1
+    assert sum("could not patch status" in r.message for r in caplog.records) == 1  # one warning per streak
+
+
+def test_a_failed_update_is_retried_later_and_permanent_errors_are_not_retried():
+    api, sleeps = RecordingStatusApi([ConnectionResetError("reset"), ApiException(status=403, reason="Forbidden")]), []
+    reporter = reporter_for(api, sleeps=sleeps, retry_delays_s=(0.5,))
+
+    reporter.progress(running(1), important=True)  # reset (retried after 0.5 s), then 403: given up
+    assert sleeps == [0.5] and api.patches == []
+    reporter.progress(running(1), important=True)  # nothing reached the status yet: sent again
+    assert len(api.patches) == 1
+
+
+def test_the_final_patch_retries_harder():
+    api, sleeps = RecordingStatusApi([ApiException(status=500)] * 4), []
+    reporter = reporter_for(api, sleeps=sleeps, retry_delays_s=(0.5,), final_retry_delays_s=(0.5, 1, 2, 4, 8))
+
+    reporter.finished(running(6), completed())
+
+    assert sleeps == [0.5, 1, 2, 4] and api.patches[0]["workerResult"]["reason"] == "Completed"
+
+
+# --- the termination message --------------------------------------------------------------------
+
+
+def test_termination_message_holds_the_whole_result_when_small(tmp_path):
+    path = tmp_path / "termination-log"
+    TerminationMessageReporter(str(path), cost=lambda: {"llmCalls": 5}).finished(running(60), completed())
+
+    message = json.loads(path.read_text())
+    assert message == {
+        "initialScores": {"aggregate": 0.25, "scorers": {"ExactMatch": 0.0, "Correctness": 0.75}},
+        "finalScores": {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0}},
+        "optimizedPrompts": [{"name": "classify", "template": BEST["classify"]}],
+        "cost": {"llmCalls": 5},
+        "workerResult": {"reason": "Completed", "message": "budget of metric calls spent", "succeeded": True},
+    }
+
+
+def test_termination_message_stays_under_4_kib_with_huge_prompts(tmp_path, monkeypatch):
+    path = tmp_path / "termination-log"
+    monkeypatch.setenv("PROMPTOPT_TERMINATION_MESSAGE_PATH", str(path))
+    huge = {f"prompt{i}": f"{i} «ünïcode» \"quoted\"\n" * 5000 + "{{review}}" for i in range(5)}
+    result = Result(reason="Cancelled", message="stopped by SIGTERM " * 500, best_candidate=huge,
+                    initial_scores=INITIAL, final_scores=FINAL)
+
+    TerminationMessageReporter().finished(running(30), result)
+
+    raw = path.read_bytes()
+    assert len(raw) <= 4096
+    message = json.loads(raw)
+    assert message["promptsTruncated"] is True
+    assert message["workerResult"]["reason"] == "Cancelled" and message["workerResult"]["succeeded"] is True
+    assert message["finalScores"]["scorers"] == {"ExactMatch": 1.0, "Correctness": 1.0}
+    prompts = message["optimizedPrompts"]
+    assert [p["name"] for p in prompts] == list(huge)
+    assert all(huge[p["name"]].startswith(p["template"].removesuffix("…")) for p in prompts)
+    assert min(len(p["template"]) for p in prompts) > 300  # the space is shared, not given up
+
+
+# --- the console --------------------------------------------------------------------------------
+
+
+def test_console_reporter_logs_sparse_lines_and_a_score_table_at_the_end():
+    out, clock = io.StringIO(), FakeClock()
+    console = ConsoleReporter(out, live=False, log_interval_s=10, clock=clock,
+                              cost=lambda: {"llmCalls": 7, "promptTokens": 70, "completionTokens": 7, "usd": 0.0012})
+    console.progress(running(1))
+    clock.now = 5
+    console.progress(running(2))  # held back
+    console.progress(running(3, best=0.25), important=True)
+    console.finished(running(60, best=1.0), completed())
+
+    text = out.getvalue()
+    assert "\r" not in text
+    progress_lines = [line for line in text.splitlines() if line.startswith("progress:")]
+    assert len(progress_lines) == 2 and "3/60 metric calls" in progress_lines[1] and "best 0.250" in progress_lines[1]
+    assert "result: Completed - budget of metric calls spent" in text
+    table = text[text.index("scorer"):].splitlines()[:4]
+    assert table[1].split() == ["ExactMatch", "0.000", "1.000"]
+    assert table[2].split() == ["Correctness", "0.750", "1.000"]
+    assert table[3].split() == ["aggregate", "0.250", "1.000"]
+    assert "--- classify ---\n" + BEST["classify"] in text
+    assert "cost: 7 LLM calls, 70+7 tokens, $0.0012" in text
+
+
+def test_console_reporter_draws_a_live_bar_on_a_terminal():
+    out = io.StringIO()
+    console = ConsoleReporter(out, live=True)
+    console.progress(running(30, best=0.5, iteration=2), important=True)
+    console.finished(running(60, best=1.0), completed())
+
+    text = out.getvalue()
+    assert text.startswith("\r[" + "#" * 12 + "." * 12 + "] 30/60 metric calls, iteration 2")
+    assert "\r[" + "#" * 24 + "] 60/60" in text
+
+
+def test_one_failing_reporter_does_not_stop_the_others():
+    class Broken:
+        def progress(self, progress, *, important=False):
+            raise RuntimeError("broken")
+
+        finished = progress
+
+    out = io.StringIO()
+    both = Reporters(Broken(), ConsoleReporter(out, live=False))
+    both.progress(running(1), important=True)
+    both.finished(running(60), completed())
+    assert "progress: 1/60" in out.getvalue() and "result: Completed" in out.getvalue()
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+
+def test_secrets_are_masked_in_status_logs_and_termination_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    log_stream, console_out, termination = io.StringIO(), io.StringIO(), tmp_path / "termination-log"
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging(log_stream)
+    try:
+        api = RecordingStatusApi([ApiException(status=403, reason=f"Forbidden for token {SECRET}")])
+        leaky = {"classify": f"Use key {SECRET} for {{{{review}}}}"}
+        result = Result(reason="LLMError", message=f"AuthenticationError: Incorrect API key provided: {SECRET}",
+                        best_candidate=leaky, initial_scores=INITIAL)
+        reporters = Reporters(reporter_for(api), ConsoleReporter(console_out, live=False),
+                              TerminationMessageReporter(str(termination)))
+        reporters.progress(running(1, best=0.25, best_candidate=leaky), important=True)  # 403 with the secret: logged
+        reporters.finished(running(2, best=0.25), result)
+        logging.getLogger("litellm").warning("retrying after error with api_key=%s", SECRET)
+    finally:
+        root.handlers[:], root.level = saved_handlers, saved_level
+
+    everything = {
+        "status": json.dumps(api.patches),
+        "logs": log_stream.getvalue(),
+        "console": console_out.getvalue(),
+        "termination message": termination.read_text(),
+    }
+    assert "Forbidden for token" in everything["logs"] and "Incorrect API key" in everything["console"]
+    assert api.patches and "Incorrect API key" in everything["status"]
+    for where, text in everything.items():
+        assert SECRET not in text, f"the secret leaked into the {where}"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_termination_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTOPT_TERMINATION_MESSAGE_PATH", str(tmp_path / "default-termination-log"))
