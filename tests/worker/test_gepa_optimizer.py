@@ -1,0 +1,336 @@
+"""GEPA over our Evaluator: the adapter's shapes, variable safety, stops, resume, progress; fakes stand in
+for the evaluator and the reflection model (integration tests with the real ones and the simulated LLM at
+the end)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from promptopt.api.v1alpha1 import GepaSettings, OptimizerSpec
+from promptopt_worker.gepa_optimizer import EvaluatorAdapter, optimize_gepa
+from promptopt_worker.llm import PermanentLLMError
+from promptopt_worker.optimizers import optimize
+from promptopt_worker.problem import (
+    Candidate,
+    Example,
+    Problem,
+    Progress,
+    PromptTemplate,
+    Result,
+    ScoredOutput,
+    ScoreSummary,
+    StopRequested,
+)
+
+SEED = "Classify the sentiment of the review.\n\n{{text}}"
+LOWERCASE = "Answer in lowercase."
+ONE_WORD = "Answer with one word."
+RULES = (LOWERCASE, ONE_WORD)  # the fake reflector adds them in this order, one per reflection
+
+
+def examples(indexes: range) -> list[Example]:
+    return [
+        Example(i, {"text": f"review number {i}"}, {"expected_response": "positive" if i % 2 else "negative"})
+        for i in indexes
+    ]
+
+
+class FakeEvaluator:
+    """A fake Evaluator. The fake task model answers "The sentiment is Negative." and follows the rules it
+    finds in the prompt (lowercase, one word); scorers: `lowercase` (the output has no capital) and
+    `exact` (output == expected). So the seed scores 0, and the rules, added in RULES order, 0.5 each.
+    Results are cached per (candidate, example); `runs` counts the uncached ones (the LLM calls)."""
+
+    def __init__(self, fail: Callable[[Candidate, Example], Exception | None] = lambda candidate, example: None):
+        self.fail = fail
+        self.cache: dict[tuple, ScoredOutput] = {}
+        self.candidates: list[Candidate] = []
+
+    @property
+    def runs(self) -> int:
+        return len(self.cache)
+
+    def evaluate(self, candidate: Candidate, examples: Sequence[Example]) -> list[ScoredOutput]:
+        self.candidates.append(dict(candidate))
+        results = []
+        for example in examples:
+            key = (tuple(sorted(candidate.items())), example.index)
+            if key not in self.cache:
+                if error := self.fail(candidate, example):
+                    raise error
+                self.cache[key] = self._run(candidate, example)
+            results.append(self.cache[key])
+        return results
+
+    def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary:
+        keys = results[0].scores.keys()
+        means = {key: sum(r.scores[key] for r in results) / len(results) for key in keys}
+        return ScoreSummary(sum(means.values()) / len(means), means)
+
+    @staticmethod
+    def _run(candidate: Candidate, example: Example) -> ScoredOutput:
+        prompt = "\n".join(candidate.values())
+        expected = example.expectations.get("expected_response", "neutral")
+        output = expected.capitalize() if ONE_WORD in prompt else f"The sentiment is {expected.capitalize()}."
+        output = output.lower() if LOWERCASE in prompt else output
+        exact = float(output == expected)
+        scores = {"lowercase": float(output == output.lower()), "exact": exact}
+        rationales = {"exact": "matches" if exact else f"expected {expected!r}"}
+        return ScoredOutput(example, output, scores, rationales, aggregate=sum(scores.values()) / 2)
+
+
+class FakeReflector:
+    """A fake reflection model answering gepa's reflection prompt: it adds the first missing rule to the
+    instruction between the prompt's first ``` fences; `mangle` then breaks the proposal on purpose."""
+
+    def __init__(self, mangle: Callable[[str], str] = lambda text: text, error: Exception | None = None):
+        self.mangle = mangle
+        self.error = error
+        self.requests: list[str] = []
+
+    def __call__(self, prompt: str, system: str | None = None) -> str:
+        self.requests.append(prompt)
+        if self.error:
+            raise self.error
+        instruction = prompt.split("```")[1].strip("\n")
+        missing = [rule for rule in RULES if rule not in instruction]
+        new = f"{missing[0]}\n{instruction}" if missing else instruction
+        return f"One more rule should help.\n```\n{self.mangle(new)}\n```"
+
+
+class RecordingReporter:
+    """A fake Reporter keeping a copy of every report."""
+
+    def __init__(self, on_report: Callable[[Progress], None] = lambda progress: None):
+        self.on_report = on_report
+        self.reports: list[tuple[Progress, bool]] = []
+        self.finished_with: list[tuple[Progress, Result]] = []
+
+    def progress(self, progress: Progress, *, important: bool = False) -> None:
+        self.reports.append((dataclasses.replace(progress), important))
+        self.on_report(progress)
+
+    def finished(self, progress: Progress, result: Result) -> None:
+        self.finished_with.append((dataclasses.replace(progress), result))
+
+    @property
+    def important(self) -> list[Progress]:
+        return [progress for progress, important in self.reports if important]
+
+
+def gepa_problem(evaluator=None, reflect=None, *, max_metric_calls=40, options=None, **fields) -> Problem:
+    settings = OptimizerSpec(
+        type="GEPA",
+        reflection_model="sim-reflect",
+        gepa=GepaSettings(max_metric_calls=max_metric_calls, candidate_selection=fields.pop("selection", "pareto")),
+        options=options or {},
+    )
+    return Problem(
+        prompts=[PromptTemplate("classify", "user", SEED)],
+        train=examples(range(4, 10)),
+        validation=examples(range(4)),
+        evaluator=evaluator or FakeEvaluator(),
+        reflect=reflect or FakeReflector(),
+        settings=settings,
+        **fields,
+    )
+
+
+def run(problem: Problem, reporter=None, stop=None, **kwargs) -> tuple[Result, Progress, RecordingReporter]:
+    progress, reporter = Progress(), reporter or RecordingReporter()
+    stop = stop if stop is not None else StopRequested()  # an unset StopRequested is falsy
+    return optimize_gepa(problem, progress, reporter, stop, **kwargs), progress, reporter
+
+
+# --- the adapter ---------------------------------------------------------------------------------
+
+
+def test_adapter_evaluates_into_gepa_shapes():
+    adapter = EvaluatorAdapter(FakeEvaluator(), Progress())
+    candidate = {"classify": f"{LOWERCASE}\n{SEED}"}
+
+    batch = adapter.evaluate(examples(range(2)), candidate)
+    traced = adapter.evaluate(examples(range(2)), candidate, capture_traces=True)
+
+    assert batch.outputs == ["the sentiment is negative.", "the sentiment is positive."]
+    assert batch.scores == [0.5, 0.5]
+    assert batch.objective_scores == [{"lowercase": 1.0, "exact": 0.0}] * 2
+    assert batch.trajectories is None
+    assert [t.output for t in traced.trajectories] == batch.outputs
+    assert adapter.propose_new_texts is None  # gepa's own reflective proposer
+
+
+def test_reflective_dataset_shows_inputs_output_expected_and_per_scorer_feedback():
+    adapter = EvaluatorAdapter(FakeEvaluator(), Progress())
+    candidate = {"system": "Be brief.", "classify": SEED}
+    unlabeled = Example(7, {"text": "no label"}, {})
+    batch = adapter.evaluate([*examples(range(1)), unlabeled], candidate, capture_traces=True)
+
+    dataset = adapter.make_reflective_dataset(candidate, batch, ["system", "classify"])
+
+    assert dataset["system"] == dataset["classify"]
+    labeled, without_expected = dataset["classify"]
+    assert labeled == {
+        "Inputs": {"text": "review number 0"},
+        "Generated Outputs": "The sentiment is Negative.",
+        "Expected Response": "negative",
+        "Feedback": "lowercase: 0.00\nexact: 0.00 — expected 'negative'",
+    }
+    assert "Expected Response" not in without_expected
+
+
+def test_adapter_state_carries_the_rejection_count_across_a_restart():
+    progress = Progress(rejected_candidates=3)
+    saved = EvaluatorAdapter(FakeEvaluator(), progress).get_adapter_state()
+    restarted = Progress()
+    EvaluatorAdapter(FakeEvaluator(), restarted).set_adapter_state(saved)
+    assert restarted.rejected_candidates == 3
+
+
+# --- whole runs with fakes ------------------------------------------------------------------------
+
+
+def test_gepa_improves_the_prompt_and_reports_progress():
+    reflector, evaluator = FakeReflector(), FakeEvaluator()
+    result, progress, reporter = run(gepa_problem(evaluator, reflector))
+
+    assert result.reason == "Completed", result.message
+    assert result.best_candidate == {"classify": f"{ONE_WORD}\n{LOWERCASE}\n{SEED}"}
+    assert result.initial_scores == ScoreSummary(0.0, {"lowercase": 0.0, "exact": 0.0})
+    assert result.final_scores == ScoreSummary(1.0, {"lowercase": 1.0, "exact": 1.0})
+    # gepa rendered our reflective records into its own reflection prompt.
+    assert "## Expected Response\nnegative" in reflector.requests[0] or "## Expected Response\npositive" in reflector.requests[0]
+    assert "exact: 0.00 — expected" in reflector.requests[0]
+
+    first, *news = reporter.important
+    assert first.initial_scores == result.initial_scores and first.best_score == 0.0
+    assert [p.best_score for p in news] == [0.5, 1.0]
+    assert progress.max_metric_calls == 40 <= progress.metric_calls  # gepa checks its budget between iterations
+    assert progress.candidates == 3 and progress.iteration >= 2 and progress.rejected_candidates == 0
+    assert progress.best_candidate == result.best_candidate
+    # The final scores came from the evaluator's cache: no evaluation beyond what gepa counted.
+    assert evaluator.runs <= progress.metric_calls
+
+
+@pytest.mark.parametrize(
+    "mangle, problem_text",
+    [
+        (lambda text: text.replace("{{text}}", "the review"), "lost {{text}}"),
+        (lambda text: text + "\nContext: {{made_up}}", "invented {{made_up}}"),
+    ],
+    ids=["drops-variable", "invents-variable"],
+)
+def test_proposals_breaking_template_variables_are_rejected_without_evaluation(mangle, problem_text, caplog):
+    evaluator, reflector = FakeEvaluator(), FakeReflector(mangle)
+    result, progress, _ = run(gepa_problem(evaluator, reflector, max_metric_calls=20))
+
+    assert result.reason == "Completed"
+    assert result.best_candidate == {"classify": SEED}
+    assert progress.rejected_candidates == len(reflector.requests) > 0
+    assert all(candidate == {"classify": SEED} for candidate in evaluator.candidates)
+    assert problem_text in caplog.text and "rejected a proposal" in caplog.text
+
+
+def test_a_requested_stop_ends_the_run_with_the_best_so_far():
+    stop = StopRequested()
+
+    def cancel_on_first_improvement(progress: Progress) -> None:
+        if progress.best_score:
+            stop.request("Cancelled", "the job was cancelled")
+
+    result, progress, _ = run(gepa_problem(), RecordingReporter(cancel_on_first_improvement), stop)
+
+    assert result.reason == "Cancelled"
+    assert result.message.startswith("the job was cancelled; best of 2 candidates")
+    assert result.best_candidate == {"classify": f"{LOWERCASE}\n{SEED}"}
+    assert result.final_scores == ScoreSummary(0.5, {"lowercase": 1.0, "exact": 0.0})
+    assert result.succeeded
+
+
+def test_the_deadline_stops_the_run_after_the_seed_evaluation():
+    result, progress, _ = run(gepa_problem(deadline_seconds=0))
+
+    assert result.reason == "DeadlineReached"
+    assert result.best_candidate == {"classify": SEED}
+    assert result.initial_scores == result.final_scores
+    assert progress.iteration == 0 and progress.metric_calls == 4
+
+
+def test_a_second_run_with_the_same_run_dir_resumes(tmp_path):
+    stop = StopRequested()
+    first_problem = gepa_problem(checkpoint_dir=str(tmp_path), selection="current_best")
+
+    def stop_on_improvement(progress: Progress) -> None:
+        if progress.best_score:
+            stop.request("Cancelled", "SIGTERM")
+
+    stdout = sys.stdout
+    first, first_progress, _ = run(first_problem, RecordingReporter(stop_on_improvement), stop)
+    assert sys.stdout is stdout  # our logger keeps gepa from redirecting stdout into the run_dir
+    assert first.reason == "Cancelled" and os.path.exists(tmp_path / "gepa_state.bin")
+
+    reflector = FakeReflector()
+    second, second_progress, reporter = run(dataclasses.replace(first_problem, reflect=reflector))
+
+    assert second.reason == "Completed"
+    # It went on from the checkpoint: iterations continue, the first proposal builds on the earlier best,
+    # and the budget is a total over both runs.
+    assert min(p.iteration for p, _ in reporter.reports if p.iteration) == first_progress.iteration + 1
+    assert LOWERCASE in reflector.requests[0]
+    assert second.best_candidate == {"classify": f"{ONE_WORD}\n{LOWERCASE}\n{SEED}"}
+    assert 40 <= second_progress.metric_calls < 40 + first_progress.metric_calls
+
+
+def test_optimize_reports_the_stop_reason_when_the_budget_runs_out_mid_evaluation():
+    stop = StopRequested()
+
+    def budget_spent(candidate: Candidate, example: Example) -> Exception | None:
+        if ONE_WORD in candidate["classify"]:
+            stop.request("BudgetExhausted", "maxCostUSD 0.01 reached")
+            return RuntimeError("budget exceeded")
+        return None
+
+    reporter = RecordingReporter()
+    result = optimize(gepa_problem(FakeEvaluator(budget_spent)), reporter, stop)
+
+    assert result.reason == "BudgetExhausted" and result.message == "maxCostUSD 0.01 reached"
+    assert result.best_candidate == {"classify": f"{LOWERCASE}\n{SEED}"}
+    assert result.final_scores.aggregate == 0.5 and result.initial_scores.aggregate == 0.0
+    assert reporter.finished_with == [(reporter.finished_with[0][0], result)]
+
+
+def test_a_permanent_reflection_error_stops_gepa_instead_of_spending_the_budget():
+    reflector = FakeReflector(error=PermanentLLMError("invalid API key"))
+    reporter = RecordingReporter()
+    result = optimize(gepa_problem(reflect=reflector), reporter, StopRequested())
+
+    assert result.reason == "LLMError" and "invalid API key" in result.message
+    assert result.best_candidate == {"classify": SEED}
+    [(progress, _)] = reporter.finished_with
+    assert progress.iteration == 1 and len(reflector.requests) == 1
+
+
+def test_a_spinning_loop_is_stopped_by_the_stall_stopper():
+    def train_fails(candidate: Candidate, example: Example) -> Exception | None:
+        return ValueError("task model unreachable") if example.index >= 4 else None
+
+    problem = gepa_problem(FakeEvaluator(train_fails), options={"raise_on_exception": False})
+    result, _, _ = run(problem, stall_seconds=0.2)
+
+    assert result.reason == "Error"
+    assert "no progress for 0.2 s" in result.message and "task model unreachable" in result.message
+    assert result.best_candidate == {"classify": SEED}
+
+
+def test_options_override_settings_but_not_what_the_worker_owns():
+    result, progress, _ = run(gepa_problem(options={"max_metric_calls": 12}))
+    assert result.reason == "Completed" and progress.max_metric_calls == 12
+
+    refused, _, _ = run(gepa_problem(options={"logger": None, "run_dir": "/tmp"}))
+    assert refused.reason == "InvalidInput" and "logger, run_dir" in refused.message
+    unknown, _, _ = run(gepa_problem(options={"max_metric_call": 5}))
+    assert unknown.reason == "InvalidInput" and "max_metric_call" in unknown.message

@@ -1,0 +1,277 @@
+"""MetaPrompt: zero-shot and few-shot passes, the request contract, keeping the better prompts, variable
+safety and unusable answers; fakes stand in for the evaluator and the reflection model (integration tests
+with the real ones and the simulated LLM at the end)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from promptopt.api.v1alpha1 import MetaPromptSettings, OptimizerSpec
+from promptopt_worker.llm import PermanentLLMError
+from promptopt_worker.metaprompt import UnusableAnswer, optimize_metaprompt, parse_answer
+from promptopt_worker.optimizers import optimize
+from promptopt_worker.problem import (
+    Candidate,
+    Example,
+    Problem,
+    Progress,
+    PromptTemplate,
+    Result,
+    ScoredOutput,
+    ScoreSummary,
+    StopRequested,
+)
+
+SEED = {"system": "You classify reviews.", "classify": "Classify the sentiment.\n\n{{text}}"}
+BETTER = {**SEED, "classify": "Classify the sentiment. Answer with one lowercase word.\n\n{{text}}"}
+WORSE = {**SEED, "classify": "Say something about it.\n\n{{text}}"}
+
+
+def examples(indexes: range) -> list[Example]:
+    return [Example(i, {"text": f"review {i}"}, {"expected_response": "positive"}) for i in indexes]
+
+
+class FakeEvaluator:
+    """A fake Evaluator with one scorer, `quality`: the seed scores example i at (3i % 4) / 4, BETTER
+    scores 1 and any other prompt 0. Counts the (candidate, example) evaluations it runs."""
+
+    def __init__(self):
+        self.evaluated: list[tuple[Candidate, int]] = []
+
+    def evaluate(self, candidate: Candidate, examples: Sequence[Example]) -> list[ScoredOutput]:
+        self.evaluated += [(dict(candidate), example.index) for example in examples]
+        return [self._run(candidate, example) for example in examples]
+
+    def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary:
+        mean = sum(r.aggregate for r in results) / len(results)
+        return ScoreSummary(mean, {"quality": mean})
+
+    @staticmethod
+    def _run(candidate: Candidate, example: Example) -> ScoredOutput:
+        score = (3 * example.index % 4) / 4 if candidate == SEED else float(candidate == BETTER)
+        rationale = "fine" if score == 1 else "too wordy"
+        return ScoredOutput(example, f"output {example.index}", {"quality": score}, {"quality": rationale}, score)
+
+
+class FakeReflector:
+    """A fake reflection model that gives a fixed answer and keeps the requests."""
+
+    def __init__(self, answer: str = "", error: Exception | None = None):
+        self.answer = answer
+        self.error = error
+        self.requests: list[tuple[str | None, str]] = []
+
+    def __call__(self, prompt: str, system: str | None = None) -> str:
+        self.requests.append((system, prompt))
+        if self.error:
+            raise self.error
+        return self.answer
+
+
+def proposing(prompts: Candidate, rationale: str = "Stated the output format.") -> FakeReflector:
+    return FakeReflector(json.dumps({"prompts": prompts, "rationale": rationale}))
+
+
+class RecordingReporter:
+    """A fake Reporter keeping a copy of every report."""
+
+    def __init__(self, on_report: Callable[[Progress], None] = lambda progress: None):
+        self.on_report = on_report
+        self.reports: list[tuple[Progress, bool]] = []
+        self.finished_with: list[tuple[Progress, Result]] = []
+
+    def progress(self, progress: Progress, *, important: bool = False) -> None:
+        self.reports.append((dataclasses.replace(progress), important))
+        self.on_report(progress)
+
+    def finished(self, progress: Progress, result: Result) -> None:
+        self.finished_with.append((dataclasses.replace(progress), result))
+
+
+def metaprompt_problem(reflect, evaluator=None, *, train=range(4, 10), validation=range(4), **settings) -> Problem:
+    return Problem(
+        prompts=[PromptTemplate("system", "system", SEED["system"]), PromptTemplate("classify", "user", SEED["classify"])],
+        train=examples(train),
+        validation=examples(validation),
+        evaluator=evaluator,
+        reflect=reflect,
+        settings=OptimizerSpec(type="MetaPrompt", reflection_model="sim-reflect", meta_prompt=MetaPromptSettings(**settings)),
+    )
+
+
+def run(problem: Problem, reporter=None, stop=None) -> tuple[Result, Progress, RecordingReporter]:
+    progress, reporter = Progress(), reporter or RecordingReporter()
+    stop = stop if stop is not None else StopRequested()  # an unset StopRequested is falsy
+    return optimize_metaprompt(problem, progress, reporter, stop), progress, reporter
+
+
+def section(request: str, title: str) -> str | None:
+    match = re.search(rf"^### {title}\n(.*?)(?=^### |\Z)", request, re.M | re.S)
+    return match.group(1).strip() if match else None
+
+
+def fenced_json(text: str):
+    return json.loads(re.fullmatch(r"```json\n(.*)\n```", text, re.S).group(1))
+
+
+# --- zero-shot -------------------------------------------------------------------------------------
+
+
+def test_zero_shot_sends_one_contract_request_and_returns_the_proposal_without_scores():
+    reflector = FakeReflector("Here you go:\n```json\n" + json.dumps({"prompts": BETTER, "rationale": "Format."}) + "\n```")
+    problem = metaprompt_problem(reflector, train=range(0), validation=range(0), guidelines="Use lowercase labels.")
+
+    result, progress, _ = run(problem)
+
+    [(system, request)] = reflector.requests
+    assert system.startswith("You are an expert prompt engineer")
+    assert fenced_json(section(request, "Current prompts")) == SEED
+    assert section(request, "Template variables").startswith("- system: none\n- classify: {{text}}")
+    assert section(request, "Guidelines") == "Use lowercase labels."
+    assert section(request, "Examples") is None
+    assert result == Result(
+        "Completed", "MetaPrompt (zero-shot): rewrote the prompts (no dataset, so no scores). Rationale: Format.",
+        best_candidate=BETTER,
+    )  # fmt: skip
+    assert (progress.iteration, progress.candidates, progress.metric_calls, progress.max_metric_calls) == (1, 2, 0, None)
+
+
+# --- few-shot --------------------------------------------------------------------------------------
+
+
+def test_few_shot_shows_the_worst_training_examples_and_keeps_a_better_proposal():
+    evaluator, reflector = FakeEvaluator(), proposing(BETTER)
+    result, progress, reporter = run(metaprompt_problem(reflector, evaluator, max_examples=3))
+
+    [(_, request)] = reflector.requests
+    shown = fenced_json(section(request, "Examples"))
+    assert [example["inputs"]["text"] for example in shown] == ["review 4", "review 6", "review 5"]
+    assert shown[0] == {
+        "inputs": {"text": "review 4"}, "output": "output 4", "expected": "positive", "score": 0.0,
+        "rationale": "quality: 0.00 — too wordy",
+    }  # fmt: skip
+    assert result.reason == "Completed" and result.best_candidate == BETTER
+    assert result.initial_scores == ScoreSummary(0.375, {"quality": 0.375})
+    assert result.final_scores == ScoreSummary(1.0, {"quality": 1.0})
+    assert "kept the proposal: the proposal scores 1.000 on validation, the original 0.375" in result.message
+    assert "Rationale: Stated the output format." in result.message
+    # Budget: the seed on validation, the examples shown, the proposal on validation.
+    assert progress.metric_calls == progress.max_metric_calls == 4 + 3 + 4 == len(evaluator.evaluated)
+    assert [p.best_score for p, important in reporter.reports if important] == [0.375, 1.0]
+    assert reporter.reports[0][0].initial_scores == result.initial_scores
+
+
+def test_few_shot_keeps_the_original_when_the_proposal_scores_worse():
+    result, progress, _ = run(metaprompt_problem(proposing(WORSE), FakeEvaluator()))
+
+    assert result.best_candidate == SEED
+    assert result.final_scores == result.initial_scores
+    assert "kept the original prompts: the proposal scores 0.000 on validation, the original 0.375" in result.message
+    assert progress.candidates == 2 and progress.best_candidate == SEED
+
+
+def test_without_training_examples_the_validation_results_are_shown():
+    evaluator, reflector = FakeEvaluator(), proposing(BETTER)
+    result, progress, _ = run(metaprompt_problem(reflector, evaluator, train=range(0)))
+
+    assert len(fenced_json(section(reflector.requests[0][1], "Examples"))) == 4
+    assert progress.metric_calls == progress.max_metric_calls == 8
+    assert result.best_candidate == BETTER
+
+
+@pytest.mark.parametrize(
+    "proposal, problem_text",
+    [
+        ({**BETTER, "classify": "Answer with one lowercase word."}, "prompt 'classify' lost {{text}}"),
+        ({**BETTER, "system": "Context: {{made_up}}"}, "prompt 'system' invented {{made_up}}"),
+    ],
+    ids=["drops-variable", "invents-variable"],
+)
+def test_a_proposal_that_breaks_template_variables_is_rejected(proposal, problem_text):
+    evaluator = FakeEvaluator()
+    result, progress, _ = run(metaprompt_problem(proposing(proposal), evaluator))
+
+    assert result.reason == "Completed" and result.best_candidate == SEED
+    assert f"kept the original prompts. The proposal was rejected: {problem_text}." in result.message
+    assert progress.rejected_candidates == 1 and progress.candidates == 1
+    assert all(candidate == SEED for candidate, _ in evaluator.evaluated)
+
+
+def test_zero_shot_rejects_a_broken_proposal_too():
+    problem = metaprompt_problem(proposing({**SEED, "classify": "No variable left."}), train=range(0), validation=range(0))
+    result, progress, _ = run(problem)
+    assert result.best_candidate == SEED and progress.rejected_candidates == 1
+    assert result.message.startswith("MetaPrompt (zero-shot): kept the original prompts. The proposal was rejected")
+
+
+@pytest.mark.parametrize(
+    "answer, why",
+    [
+        ("I cannot help with that.", 'no JSON object with a "prompts" key'),
+        ('{"prompts": {"classify": "x {{text}}"}, "rationale": "r"}', "lacks the prompt(s) system"),
+        ('{"prompts": {"system": 1, "classify": 2}}', "not an object of template strings"),
+        ('{"prompts": ["system"]}', "not an object of template strings"),
+    ],
+)
+def test_an_unusable_answer_keeps_the_original_with_a_clear_message(answer, why):
+    result, progress, _ = run(metaprompt_problem(FakeReflector(answer), FakeEvaluator()))
+
+    assert result.reason == "Completed" and result.best_candidate == SEED
+    assert why in result.message and "answer was unusable" in result.message
+    assert progress.rejected_candidates == 0
+
+
+def test_an_unchanged_proposal_is_not_evaluated_again():
+    evaluator = FakeEvaluator()
+    result, progress, _ = run(metaprompt_problem(proposing(SEED), evaluator))
+    assert "proposed no change" in result.message and progress.metric_calls == len(evaluator.evaluated) == 10
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"prompts": {"system": "S", "classify": "C {{text}}"}, "rationale": "why"}',
+        'Sure! {not json} Here it is:\n```json\n{"prompts": {"system": "S", "classify": "C {{text}}"}, "rationale": "why"}\n```\nDone.',
+        '```\n{"rationale": "why", "prompts": {"system": "S", "classify": "C {{text}}", "extra": "ignored"}}\n```',
+    ],
+    ids=["bare", "fenced-amid-text", "fenced-extra-name"],
+)
+def test_parse_answer_accepts_bare_fenced_or_surrounded_json(answer):
+    assert parse_answer(answer, ["system", "classify"]) == ({"system": "S", "classify": "C {{text}}"}, "why")
+
+
+def test_parse_answer_refuses_an_object_without_prompts():
+    with pytest.raises(UnusableAnswer):
+        parse_answer('{"rationale": "nothing"}', ["classify"])
+
+
+# --- stops and errors ------------------------------------------------------------------------------
+
+
+def test_a_stop_before_the_reflection_keeps_the_original_with_the_stop_reason():
+    stop, reflector = StopRequested(), proposing(BETTER)
+
+    def cancel(progress: Progress) -> None:
+        stop.request("Cancelled", "the job was cancelled")
+
+    result, _, _ = run(metaprompt_problem(reflector, FakeEvaluator()), RecordingReporter(cancel), stop)
+
+    assert result.reason == "Cancelled" and result.best_candidate == SEED
+    assert result.final_scores == result.initial_scores
+    assert reflector.requests == []
+
+
+def test_optimize_dispatches_and_turns_a_permanent_llm_error_into_a_result():
+    reporter = RecordingReporter()
+    problem = metaprompt_problem(FakeReflector(error=PermanentLLMError("model not found")), FakeEvaluator())
+
+    result = optimize(problem, reporter, StopRequested())
+
+    assert result.reason == "LLMError" and "model not found" in result.message
+    assert result.best_candidate == SEED and result.initial_scores.aggregate == 0.375
+    assert result.final_scores == result.initial_scores
+    assert reporter.finished_with == [(reporter.finished_with[0][0], result)]

@@ -1,0 +1,318 @@
+"""GEPA (the `gepa` library's reflective evolutionary search) over our Evaluator.
+
+gepa knows nothing of the task: `EvaluatorAdapter` hands it examples, outputs and per-scorer scores, and the
+reflection model is called through `problem.reflect`, so every LLM call is metered by our LLMClient (which
+is why gepa's max_reflection_cost is not used: budget stops arrive through StopRequested). Progress comes
+from gepa's callbacks, stops from gepa's stoppers, and checkpoints from gepa's run_dir.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gepa
+from gepa.proposer.reflective_mutation.reflection_lm import ReflectionJob, ReflectionProposal, StatelessReflectionLM
+from gepa.utils import StopperProtocol, TimeoutStopCondition
+
+from promptopt_worker.llm import PermanentLLMError
+from promptopt_worker.problem import (
+    Candidate,
+    Evaluator,
+    Example,
+    Problem,
+    Progress,
+    Reporter,
+    Result,
+    ScoredOutput,
+    StopRequested,
+    VariableCheck,
+)
+
+log = logging.getLogger(__name__)
+
+# A run that spends no metric call for this long is stuck: with raise_on_exception=False an evaluator that
+# keeps raising spins gepa's loop thousands of times a second without spending budget. Longer than any one
+# iteration's LLM calls with their retries.
+STALL_SECONDS = 600.0
+
+# gepa.optimize parameters the worker owns; `optimizer.options` may set any other one.
+RESERVED_OPTIONS = frozenset({
+    "seed_candidate", "trainset", "valset", "adapter", "task_lm", "evaluator",  # the problem
+    "reflection_lm", "reflection_lm_kwargs", "reflection_strategy", "custom_candidate_proposer",  # metering, safety
+    "max_reflection_cost",  # the job's budget.maxCostUSD meters every LLM call
+    "stop_callbacks", "callbacks", "logger", "run_dir", "display_progress_bar",  # stops, progress, logs, resume
+})  # fmt: skip
+GEPA_PARAMETERS = frozenset(inspect.signature(gepa.optimize).parameters)
+
+
+class EvaluatorAdapter:
+    """gepa's adapter protocol over our Evaluator. Trajectories are the ScoredOutputs themselves."""
+
+    # gepa calls adapter.propose_new_texts unconditionally; None selects its own reflective proposer.
+    propose_new_texts = None
+
+    def __init__(self, evaluator: Evaluator, progress: Progress):
+        self.evaluator = evaluator
+        self._progress = progress
+
+    def evaluate(
+        self, batch: list[Example], candidate: Candidate, capture_traces: bool = False
+    ) -> gepa.EvaluationBatch:
+        results = self.evaluator.evaluate(candidate, batch)
+        return gepa.EvaluationBatch(
+            outputs=[r.output for r in results],
+            scores=[r.aggregate for r in results],
+            objective_scores=[dict(r.scores) for r in results],
+            trajectories=list(results) if capture_traces else None,
+        )
+
+    def make_reflective_dataset(
+        self, candidate: Candidate, eval_batch: gepa.EvaluationBatch, components_to_update: list[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        # Every prompt shapes the one output, so each component reflects on the same records.
+        records = [reflective_record(result) for result in eval_batch.trajectories or []]
+        return {name: records for name in components_to_update}
+
+    # gepa checkpoints this with its state, so the count of rejected proposals survives a restart.
+    def get_adapter_state(self) -> dict[str, Any]:
+        return {"rejected_candidates": self._progress.rejected_candidates}
+
+    def set_adapter_state(self, state: Mapping[str, Any]) -> None:
+        self._progress.rejected_candidates = state.get("rejected_candidates", self._progress.rejected_candidates)
+
+
+def reflective_record(result: ScoredOutput) -> dict[str, Any]:
+    """One example as gepa's reflection prompt renders it (markdown sections named by the keys)."""
+    record: dict[str, Any] = {"Inputs": dict(result.example.inputs), "Generated Outputs": result.output}
+    if (expected := result.example.expectations.get("expected_response")) is not None:
+        record["Expected Response"] = expected
+    record["Feedback"] = result.feedback()
+    return record
+
+
+class VariableSafeReflection:
+    """gepa's default reflection (its prompt and its parsing of the answer), plus template-variable safety.
+
+    A proposal that loses or invents a `{{variable}}` is rejected the moment it is proposed, whole (never
+    patched): gepa then skips the iteration's proposal ("Reflection returned no text updates"), so the broken
+    candidate costs no task LLM call, no metric call and never enters the candidate pool. Rejecting it in
+    the adapter's evaluate instead would spend metric calls and count on a zero score losing gepa's
+    acceptance test (which `acceptance_criterion="improvement_or_equal"` would not guarantee).
+    """
+
+    def __init__(
+        self, reflector: StatelessReflectionLM, check: VariableCheck, on_rejected: Callable[[list[str]], None]
+    ):
+        self._reflector = reflector
+        self._check = check
+        self._on_rejected = on_rejected
+
+    def reflect(
+        self,
+        candidate: Candidate,
+        reflective_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
+        components_to_update: list[str],
+    ) -> tuple[ReflectionProposal, VariableSafeReflection]:
+        return self.reflect_many([(candidate, reflective_dataset, components_to_update)])[0]
+
+    def reflect_many(self, jobs: list[ReflectionJob]) -> list[tuple[ReflectionProposal, VariableSafeReflection]]:
+        proposals = [proposal for proposal, _ in self._reflector.reflect_many(jobs)]
+        return [(self._screened(job[0], proposal), self) for job, proposal in zip(jobs, proposals, strict=True)]
+
+    def _screened(self, parent: Candidate, proposal: ReflectionProposal) -> ReflectionProposal:
+        problems = self._check.problems({**parent, **proposal.new_texts})
+        if not problems:
+            return proposal
+        self._on_rejected(problems)
+        return ReflectionProposal(
+            new_texts={}, prompts=proposal.prompts, raw_lm_outputs=proposal.raw_lm_outputs, metadata=proposal.metadata
+        )
+
+
+class ProgressCallback:
+    """gepa's callback events → Progress → the Reporter (important: the first score and each new best)."""
+
+    def __init__(self, problem: Problem, progress: Progress, reporter: Reporter):
+        self._problem = problem
+        self._progress = progress
+        self._reporter = reporter
+        self.last_error: Exception | None = None
+
+    def on_valset_evaluated(self, event: Mapping[str, Any]) -> None:
+        progress = self._progress
+        progress.candidates = max(progress.candidates, event["candidate_idx"] + 1)
+        first_score = progress.initial_scores is None
+        if first_score:
+            # The seed was just evaluated on the validation set: its per-scorer scores come from the cache.
+            progress.initial_scores = self._problem.validation_scores(self._problem.seed_candidate)
+            # The seed's evaluation is counted before gepa's budget hook exists (and not at all on a resume).
+            progress.metric_calls = max(progress.metric_calls, event["num_examples_evaluated"])
+        improved = self._record(event["candidate"], event["average_score"])
+        self._reporter.progress(progress, important=first_score or improved)
+
+    def on_budget_updated(self, event: Mapping[str, Any]) -> None:
+        self._progress.metric_calls = event["metric_calls_used"]
+        self._reporter.progress(self._progress)
+
+    def on_iteration_start(self, event: Mapping[str, Any]) -> None:
+        # Read the state too: after a resume, earlier candidates were never announced in this process.
+        state = event["state"]
+        progress = self._progress
+        progress.iteration = event["iteration"]
+        progress.metric_calls = state.total_num_evals
+        progress.candidates = len(state.program_candidates)
+        scores = state.program_full_scores_val_set
+        best = max(range(len(scores)), key=scores.__getitem__)
+        improved = self._record(state.program_candidates[best], scores[best])
+        self._reporter.progress(progress, important=improved)
+
+    def on_iteration_end(self, event: Mapping[str, Any]) -> None:
+        self._reporter.progress(self._progress)
+
+    def on_error(self, event: Mapping[str, Any]) -> None:
+        self.last_error = event["exception"]
+
+    def _record(self, candidate: Candidate, score: float) -> bool:
+        """Whether `candidate` is a new best (ties keep the earlier one, as gepa's best_idx does)."""
+        if self._progress.best_score is not None and score <= self._progress.best_score:
+            return False
+        self._progress.best_score, self._progress.best_candidate = score, dict(candidate)
+        return True
+
+
+class StallStopper:
+    """Stops a run that has spent no metric call for `seconds` (gepa has no such stopper)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._metric_calls = -1
+        self._since = time.monotonic()
+
+    def __call__(self, gepa_state: Any) -> bool:
+        now = time.monotonic()
+        if gepa_state.total_num_evals != self._metric_calls:
+            self._metric_calls, self._since = gepa_state.total_num_evals, now
+        return now - self._since > self.seconds
+
+
+class Recorded:
+    """A gepa stopper that remembers whether it fired, so the result can name why the run ended."""
+
+    def __init__(self, stopper: StopperProtocol):
+        self._stopper = stopper
+        self.fired = False
+
+    def __call__(self, gepa_state: Any) -> bool:
+        self.fired = self.fired or self._stopper(gepa_state)
+        return self.fired
+
+
+class GepaLog:
+    """gepa's logger. Without one, gepa with a run_dir redirects sys.stdout and sys.stderr process-wide."""
+
+    def log(self, message: str) -> None:
+        log.info("gepa: %s", message)
+
+
+def optimize_gepa(
+    problem: Problem, progress: Progress, reporter: Reporter, stop: StopRequested, *, stall_seconds: float = STALL_SECONDS
+) -> Result:
+    """Runs gepa.optimize on the problem; exceptions (a permanent LLM error, or any error once a stop was
+    requested) propagate to the caller, which turns them into a Result with the best so far in `progress`."""
+    if problem.evaluator is None or not problem.train or not problem.validation:
+        return Result("InvalidInput", "GEPA needs a dataset with training and validation examples")
+    settings = problem.settings.gepa_settings
+    options = dict(problem.settings.options)
+    if refused := sorted(set(options) & RESERVED_OPTIONS):
+        return Result("InvalidInput", f"optimizer.options cannot set {', '.join(refused)}: the worker sets them")
+    if unknown := sorted(set(options) - GEPA_PARAMETERS):
+        return Result("InvalidInput", f"optimizer.options: gepa.optimize has no parameter {', '.join(unknown)}")
+
+    kwargs: dict[str, Any] = {
+        "candidate_selection_strategy": settings.candidate_selection,
+        "reflection_minibatch_size": settings.reflection_minibatch_size,
+        "use_merge": settings.use_merge,
+        "seed": settings.seed,
+        "max_metric_calls": settings.max_metric_calls,
+        # An exception ends the run: the evaluator scores failed examples itself, so what reaches gepa
+        # (a permanent LLM error, the budget spent, a bug) would only repeat.
+        "raise_on_exception": True,
+        **options,
+    }
+    progress.max_metric_calls = kwargs["max_metric_calls"]
+
+    def rejected(problems: list[str]) -> None:
+        progress.rejected_candidates += 1
+        log.warning("rejected a proposal: %s", "; ".join(problems))
+        reporter.progress(progress)
+
+    reflection = VariableSafeReflection(
+        StatelessReflectionLM(
+            _reflection_lm(problem, stop), kwargs.pop("reflection_prompt_template", None), logger=GepaLog()
+        ),
+        VariableCheck.for_prompts(problem.prompts),
+        rejected,
+    )
+    callback = ProgressCallback(problem, progress, reporter)
+    stall = Recorded(StallStopper(stall_seconds))
+    stoppers: list[StopperProtocol] = [lambda _state: bool(stop), stall]
+    deadline = None
+    if problem.deadline_seconds is not None:
+        deadline = Recorded(TimeoutStopCondition(problem.deadline_seconds))  # its clock starts now
+        stoppers.append(deadline)
+
+    result = gepa.optimize(
+        seed_candidate=problem.seed_candidate,
+        trainset=list(problem.train),
+        valset=list(problem.validation),
+        adapter=EvaluatorAdapter(problem.evaluator, progress),
+        reflection_strategy=reflection,
+        stop_callbacks=stoppers,
+        callbacks=[callback],
+        logger=GepaLog(),
+        run_dir=problem.checkpoint_dir,
+        display_progress_bar=False,
+        **kwargs,
+    )
+
+    best = dict(result.best_candidate)
+    progress.best_candidate, progress.best_score = best, result.val_aggregate_scores[result.best_idx]
+    progress.metric_calls = result.total_metric_calls
+    summary = (
+        f"best of {len(result.candidates)} candidates scores {progress.best_score:.3f} on validation "
+        f"(seed {result.val_aggregate_scores[0]:.3f}) after {progress.iteration} iterations, "
+        f"{result.total_metric_calls} metric calls, {progress.rejected_candidates} proposals rejected"
+    )
+    if stop:
+        reason, message = stop.reason or "Cancelled", f"{stop.message}; {summary}"
+    elif stall.fired:
+        reason = "Error"
+        message = f"GEPA made no progress for {stall_seconds:g} s (last error: {callback.last_error!r}); {summary}"
+    elif deadline is not None and deadline.fired:
+        reason, message = "DeadlineReached", f"the deadline of {problem.deadline_seconds:g} s passed; {summary}"
+    else:
+        reason, message = "Completed", f"GEPA finished: {summary}"
+    return Result(
+        reason,
+        message,
+        best_candidate=best,
+        initial_scores=progress.initial_scores,
+        final_scores=problem.validation_scores(best),
+    )
+
+
+def _reflection_lm(problem: Problem, stop: StopRequested) -> Callable[[str], str]:
+    def ask(prompt: str) -> str:
+        if stop:  # a stopping run starts no reflection (gepa skips the proposal and checks its stoppers)
+            raise RuntimeError(f"not reflecting: {stop.message}")
+        try:
+            return problem.reflect(prompt)
+        except PermanentLLMError as error:
+            # gepa swallows reflection errors and would spend its whole budget proposing nothing: stop instead.
+            stop.request("LLMError", f"the reflection model failed: {error}")
+            raise
+
+    return ask
