@@ -639,8 +639,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     # --- reading ---------------------------------------------------------------------------------
 
     def _served(self, request: kmock.Request) -> kmock.resource:
+        """The requested resource if it is served; of the subresources, only /status is emulated."""
         resource = request.resource
-        if resource not in self.resources or (request.subresource or '') not in {'', *self.resources[resource].subresources}:
+        if (resource not in self.resources
+                or request.subresource not in {None, *({'status'} & self.resources[resource].subresources)}):
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
         return resource
 

@@ -538,3 +538,11 @@ def test_two_clusters_are_independent():
     with EmulatedCluster() as first, EmulatedCluster() as second:
         first.create(job("only-here"))
         assert second.list("poj") == [] and first.url != second.url
+
+
+def test_only_the_status_subresource_is_emulated(cluster):
+    cluster.create(pod("p"))
+    assert cluster.request("GET", cluster.path("pod", "p", subresource="status"))["metadata"]["name"] == "p"
+    with pytest.raises(ApiError) as log:
+        cluster.request("GET", cluster.path("pod", "p", subresource="log"))
+    assert log.value.code == 404
