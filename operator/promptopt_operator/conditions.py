@@ -15,6 +15,8 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 CONDITION_TYPES = (READY, RECONCILING, STALLED)
+# False when the spec changed after the job started: the change is not applied to the running job.
+SPEC_APPLIED = "SpecApplied"
 
 # What each phase asserts: (Ready, Reconciling, Stalled).
 _PHASE_CONDITIONS = {
@@ -34,11 +36,19 @@ def conditions_for(
     generation: int,
     now: str,
     previous: Sequence[Mapping[str, Any]] | None,
+    spec_applied: tuple[bool, str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The job's conditions for a phase; lastTransitionTime moves only when a condition's status changes."""
+    """The job's conditions for a phase, and SpecApplied (status, reason, message) once the job has started.
+
+    lastTransitionTime moves only when a condition's status changes.
+    """
     before = {c.get("type"): c for c in previous or []}
+    wanted = [(kind, status, reason, message) for kind, status in zip(CONDITION_TYPES, _PHASE_CONDITIONS[phase])]
+    if spec_applied is not None:
+        applied, applied_reason, applied_message = spec_applied
+        wanted.append((SPEC_APPLIED, "True" if applied else "False", applied_reason, applied_message))
     result = []
-    for kind, status in zip(CONDITION_TYPES, _PHASE_CONDITIONS[phase]):
+    for kind, status, why, text in wanted:
         old = before.get(kind)
         changed = old is None or old.get("status") != status
         result.append({
@@ -46,7 +56,11 @@ def conditions_for(
             "status": status,
             "observedGeneration": generation,
             "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
-            "reason": reason,
-            "message": message,
+            "reason": why,
+            "message": text,
         })
     return result
+
+
+def condition_status(conditions: Sequence[Mapping[str, Any]] | None, kind: str) -> str | None:
+    return next((c.get("status") for c in conditions or [] if c.get("type") == kind), None)

@@ -15,7 +15,7 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import TERMINAL_PHASES, PromptOptimizationJobSpec
 
-from promptopt_operator.conditions import conditions_for
+from promptopt_operator.conditions import SPEC_APPLIED, condition_status, conditions_for
 from promptopt_operator.pods import EXIT_INVALID_INPUT, WorkerPod, pod_name
 from promptopt_operator.settings import OperatorSettings
 
@@ -165,7 +165,8 @@ def _first_attempt(spec: PromptOptimizationJobSpec, slot: Slot, now: datetime) -
         return _Next("Queued", "Queued", f"waiting for a free slot in the operator's queue{where}",
                      fields={"queuePosition": slot.position})
     return _Next("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
-                 fields={"attempts": 1, "startTime": timestamp(now), "queuePosition": None})
+                 fields={"attempts": 1, "startTime": timestamp(now), "queuePosition": None,
+                         "specHash": spec.run_hash()})
 
 
 def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _Next:
@@ -264,8 +265,6 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
         "phase": step.phase,
         "message": step.message,
         "observedGeneration": job.generation,
-        "conditions": conditions_for(step.phase, step.reason, step.message, job.generation, timestamp(now),
-                                     status.get("conditions")),
         **step.fields,
     }
     if step.create_attempt is not None:
@@ -273,11 +272,16 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
     if step.phase in TERMINAL_PHASES and not status.get("completionTime"):
         fields["completionTime"] = timestamp(now)
         fields["queuePosition"] = None
-    events = ()
+    spec_applied = _spec_applied(job, fields.get("specHash") or status.get("specHash"))
+    fields["conditions"] = conditions_for(step.phase, step.reason, step.message, job.generation, timestamp(now),
+                                          status.get("conditions"), spec_applied)
+    events: tuple[Event, ...] = ()
     if changed:
         warning = step.phase in ("Failed",) or step.reason in ("BackoffRetry", "ImagePullBackOff", "ErrImagePull",
                                                                "CreateContainerConfigError", "Unschedulable")
         events = (Event("Warning" if warning else "Normal", step.reason, step.message),)
+    if spec_applied and not spec_applied[0] and condition_status(status.get("conditions"), SPEC_APPLIED) != "False":
+        events += (Event("Warning", spec_applied[1], spec_applied[2]),)
     pod_deadline = None
     if step.create_attempt is not None and job.spec and job.spec.active_deadline_seconds is not None:
         started = parse_time(fields.get("startTime") or status.get("startTime")) or now
@@ -291,6 +295,17 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
         recheck_after=step.recheck_after,
         pod_active_deadline=pod_deadline,
     )
+
+
+def _spec_applied(job: Job, started_hash: str | None) -> tuple[bool, str, str] | None:
+    """Whether the running job still runs the current spec (None before it starts)."""
+    if started_hash is None or job.spec is None:
+        return None
+    if job.spec.run_hash() == started_hash:
+        return True, "SpecUnchanged", "the job runs its current spec"
+    return (False, "SpecChangedAfterStart",
+            "the spec changed after the job started and is not applied to it (only cancel and "
+            "ttlSecondsAfterFinished are); create a new job to run the changed spec")
 
 
 def _ready_reason(status: Mapping[str, Any]) -> str | None:

@@ -49,13 +49,19 @@ def worker_pod_manifest(
     attempt: int,
     settings: OperatorSettings,
     active_deadline_seconds: int | None,
+    spec_hash: str,
 ) -> dict[str, Any]:
-    """The worker Pod for one attempt (owner reference and namespace are added by kopf.adopt)."""
+    """The worker Pod for one attempt (owner reference and namespace are added by kopf.adopt).
+
+    `spec_hash` is the fingerprint of the spec the job started with: a worker that finds another spec (it was
+    changed after the start) refuses to run it rather than silently optimizing something else.
+    """
     worker = spec.worker
     env = [
         {"name": "PROMPTOPT_JOB_NAME", "value": job_name},
         {"name": "PROMPTOPT_JOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "PROMPTOPT_ATTEMPT", "value": str(attempt)},
+        {"name": "PROMPTOPT_SPEC_HASH", "value": spec_hash},
         {"name": "PROMPTOPT_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
         {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
         # The root filesystem is read-only: everything that writes (Python, litellm, gepa) goes to scratch.

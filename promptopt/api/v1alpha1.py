@@ -7,6 +7,8 @@ The CRD in crds/ is generated from these models (`promptopt crd`), and the opera
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -475,6 +477,10 @@ class WorkerSpec(ApiModel):
 # spec
 
 
+# Spec fields whose change applies to a running job; a change to any other field does not (see status.specHash).
+MUTABLE_SPEC_FIELDS = ("cancel", "ttl_seconds_after_finished")
+
+
 class PromptOptimizationJobSpec(ApiModel):
     """What to optimize, how, and within which limits."""
 
@@ -538,8 +544,10 @@ class PromptOptimizationJobSpec(ApiModel):
         _require_unique("scorers", "scorer keys (label, or name when no label)", [s.key for s in self.scorers or []])
         return self
 
-    def scorer_weights(self) -> dict[str, float]:
-        return {s.key: s.weight for s in self.scorers or []}
+    def run_hash(self) -> str:
+        """A fingerprint of what the worker runs: every field but those that may change while it runs."""
+        content = self.model_dump(mode="json", by_alias=True, exclude=set(MUTABLE_SPEC_FIELDS))
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _require_unique(field: str, what: str, names: list[str]) -> None:
@@ -613,6 +621,10 @@ class PromptOptimizationJobStatus(StatusObject):
     observed_generation: int | None = Field(None, description="The spec generation the operator last acted on.")
     message: str | None = Field(None, description="A human-readable summary of the job's state.")
     pod_name: str | None = Field(None, description="The current worker Pod.")
+    spec_hash: str | None = Field(
+        None, description="Fingerprint of the spec the job started with; later changes (but cancel and "
+        "ttlSecondsAfterFinished) are not applied, and the SpecApplied condition says so.",
+    )
     attempts: int | None = Field(None, description="Worker Pods started so far.")
     queue_position: int | None = Field(None, description="Place in the operator's queue while Queued (1 = next).")
     start_time: str | None = Field(None, description="When the job started running (RFC 3339).")

@@ -229,3 +229,27 @@ def test_pods_are_the_truth_after_an_operator_crash_between_create_and_record():
     d = decide(job({"phase": None}), [pod(phase="Running")], NOW, SETTINGS, START)
     assert d.create_attempt is None
     assert d.status["phase"] == "Running" and d.status["attempts"] == 1 and d.status["startTime"] == timestamp(NOW)
+
+
+def test_first_pod_records_the_spec_fingerprint():
+    d = decide(job(), [], NOW, SETTINGS, START)
+    assert d.status["specHash"] == job().spec.run_hash()
+    assert {c["type"]: c["status"] for c in d.status["conditions"]}["SpecApplied"] == "True"
+
+
+def test_spec_change_after_start_is_not_applied_and_said_once():
+    original = job().spec.run_hash()
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(10), "specHash": original}
+    changed = job(status, generation=2, task={"model": "openai/other"})
+    d = decide(changed, [pod()], NOW, SETTINGS, START)
+    applied = next(c for c in d.status["conditions"] if c["type"] == "SpecApplied")
+    assert applied["status"] == "False" and applied["reason"] == "SpecChangedAfterStart"
+    assert applied["observedGeneration"] == 2 and d.status["observedGeneration"] == 2
+    assert "SpecChangedAfterStart" in [e.reason for e in d.events]
+    again = decide(job({**status, **d.status}, generation=2, task={"model": "openai/other"}), [pod()],
+                   NOW, SETTINGS, START)
+    assert again.events == ()
+
+
+def test_cancel_and_ttl_changes_do_not_count_as_spec_changes():
+    assert job(cancel=True, ttlSecondsAfterFinished=5).spec.run_hash() == job().spec.run_hash()

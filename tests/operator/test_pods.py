@@ -14,7 +14,7 @@ SPEC = {
 
 
 def manifest(spec=SPEC, attempt=1, deadline=None, settings=OperatorSettings()):
-    return worker_pod_manifest("job-a", parse_spec(spec), attempt, settings, deadline)
+    return worker_pod_manifest("job-a", parse_spec(spec), attempt, settings, deadline, "abc123")
 
 
 def test_pod_runs_the_worker_for_its_job_and_attempt():
@@ -28,6 +28,7 @@ def test_pod_runs_the_worker_for_its_job_and_attempt():
     assert env["PROMPTOPT_JOB_NAME"]["value"] == "job-a"
     assert env["PROMPTOPT_JOB_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"]["value"] == "True"
+    assert env["PROMPTOPT_SPEC_HASH"]["value"] == "abc123"
     assert container["envFrom"] == [{"secretRef": {"name": "llm-keys"}}]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
