@@ -465,11 +465,20 @@ def test_kubectl_declares_crds_and_works_with_builtins(kubectl):
     assert "default" in kubectl("get", "ns").stdout
 
 
-def test_kubectl_watches(cluster, kubectl):
+@pytest.mark.timeout(20)
+def test_kubectl_watches(cluster, tmp_path):
     cluster.create(job("a"))
-    in_background(lambda: cluster.patch("poj", "a", {"status": {"phase": "Done"}}, subresource="status"), delay=0.5)
-    watched = kubectl("get", "poj", "-w", "--request-timeout=2s").stdout.splitlines()
-    assert [line.split()[0] for line in watched[1:]] == ["a", "a"] and watched[-1].split()[1] == "Done"
+    command = ["/usr/bin/kubectl", "--kubeconfig", str(cluster.kubeconfig), "--cache-dir", str(tmp_path),
+               "get", "poj", "-w"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as watcher:
+        try:
+            header, listed = watcher.stdout.readline(), watcher.stdout.readline()
+            cluster.patch("poj", "a", {"status": {"phase": "Done"}}, subresource="status")
+            changed = watcher.stdout.readline()
+        finally:
+            watcher.terminate()
+    assert header.split()[:2] == ["NAME", "PHASE"] and listed.split()[0] == "a"
+    assert changed.split()[:2] == ["a", "Done"]
 
 
 def test_kubectl_explains_custom_resources_from_their_schema(kubectl):
