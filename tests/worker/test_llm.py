@@ -1,0 +1,274 @@
+"""The litellm adapter: endpoints, retries, permanent errors without secrets, usage, cost and budget."""
+import logging
+import traceback
+
+import litellm
+import pytest
+from litellm.constants import INITIAL_RETRY_DELAY, JITTER
+
+from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
+from promptopt.testing.simulated_llm import SimulatedLLM, estimate_tokens
+from promptopt_worker import llm as llm_module
+from promptopt_worker.llm import (
+    BudgetExceeded,
+    LLMClient,
+    ModelEndpoint,
+    PermanentLLMError,
+    RetriesExhausted,
+    Usage,
+    UsageMeter,
+    add_secrets,
+    redact,
+)
+from promptopt_worker.problem import StopRequested
+
+REAL_LOOKING_KEY = "sk-proj-Q3r9TzWb7XkLm2Np8Vc4Hs6Jd1Fg5Ka0"
+HELLO = [{"role": "user", "content": "I love this wonderful film."}]
+
+
+class RecordingSleep:
+    """Stands in for time.sleep: records the backoff delays instead of waiting."""
+
+    def __init__(self):
+        self.delays = []
+
+    def __call__(self, seconds):
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+def sim(llm, monkeypatch):
+    """The simulated LLM, with its key where litellm looks for it (the environment, as in the worker)."""
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    return llm
+
+
+def task_endpoint(sim, **changes):
+    fields = {"role": "task", "model": "openai/sim-task", "description": "task model", "api_base": sim.base_url,
+              "max_retries": 2, **changes}  # fmt: skip
+    return ModelEndpoint(**fields)
+
+
+# --- redaction -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "HF_TOKEN", "MY_SECRET", "DB_PASSWORD", "anthropic_api_key"])
+def test_redact_masks_values_of_secret_looking_environment_variables(monkeypatch, name):
+    monkeypatch.setenv(name, "value-of-a-credential")
+    assert redact("failed with value-of-a-credential!") == "failed with ***!"
+
+
+def test_redact_leaves_short_values_and_harmless_names_alone(monkeypatch):
+    monkeypatch.setenv("MAX_TOKENS", "1000")
+    monkeypatch.setenv("HOME_DIRECTORY", "/home/someone")
+    assert redact("1000 tokens in /home/someone") == "1000 tokens in /home/someone"
+
+
+def test_redact_masks_key_like_strings_and_authorization_headers():
+    text = (
+        f"Incorrect API key provided: {REAL_LOOKING_KEY}. headers={{'Authorization': 'Bearer abc.def-123'}} "
+        "Authorization: Basic dXNlcjpwYXNzd29yZA== url?api_key=zzz9zzz9zz"
+    )
+    masked = redact(text)
+    assert REAL_LOOKING_KEY not in masked and "abc.def-123" not in masked
+    assert "dXNlcjpwYXNzd29yZA" not in masked and "zzz9zzz9zz" not in masked
+    assert "Incorrect API key provided: ***" in masked
+
+
+def test_redact_masks_values_added_as_secrets(monkeypatch):
+    monkeypatch.setattr(llm_module, "_extra_secrets", set())
+    add_secrets(["credential-from-the-secret", "short"])
+    assert redact("use credential-from-the-secret, short") == "use ***, short"
+
+
+# --- endpoints -------------------------------------------------------------------------------
+
+
+def test_task_endpoint_takes_the_typed_settings_over_free_parameters():
+    task = TaskSpec(model="openai/gpt-4.1-mini", api_base="http://vllm:8000/v1", temperature=0.2, max_tokens=50,
+                    parameters={"temperature": 1.0, "seed": 7}, timeout_seconds=12, max_retries=3,
+                    pricing=Pricing(input_per_million_tokens=1, output_per_million_tokens=2))  # fmt: skip
+    endpoint = ModelEndpoint.for_task(task)
+    assert (endpoint.role, endpoint.model, endpoint.api_base) == ("task", "openai/gpt-4.1-mini", "http://vllm:8000/v1")
+    assert dict(endpoint.params) == {"temperature": 0.2, "max_tokens": 50, "seed": 7}
+    assert (endpoint.timeout_s, endpoint.max_retries, endpoint.pricing) == (12, 3, task.pricing)
+    assert endpoint.description == "task model"
+
+
+def test_reflection_and_judge_endpoints_default_to_the_task_api_base():
+    task = TaskSpec(model="openai/sim-task", api_base="http://local/v1")
+    optimizer = OptimizerSpec(type="GEPA", reflection_model="openai/sim-reflect")
+    judge = ScorerSpec(name="Correctness", model="openai/sim-judge", label="correct")
+    assert ModelEndpoint.for_reflection(optimizer, task).api_base == "http://local/v1"
+    assert ModelEndpoint.for_judge(judge, task).api_base == "http://local/v1"
+    assert ModelEndpoint.for_judge(judge, task).role == "judge"
+    assert "'correct'" in ModelEndpoint.for_judge(judge, task).description
+
+    optimizer = OptimizerSpec(type="GEPA", reflection_model="openai/gpt-4.1", reflection_api_base="https://api/v1",
+                              reflection_pricing=Pricing(input_per_million_tokens=2, output_per_million_tokens=8))  # fmt: skip
+    reflection = ModelEndpoint.for_reflection(optimizer, task)
+    assert (reflection.role, reflection.api_base, reflection.pricing) == (
+        "reflection", "https://api/v1", optimizer.reflection_pricing)  # fmt: skip
+
+
+# --- calls, usage and cost -------------------------------------------------------------------
+
+
+def test_complete_returns_the_answer_and_counts_tokens_and_calls_per_role(sim):
+    client = LLMClient()
+    assert client.complete(task_endpoint(sim), HELLO) == "The sentiment of this text is Positive."
+    client.complete(task_endpoint(sim, role="judge", model="openai/sim-judge"),
+                    [{"role": "user", "content": "<response>positive</response>"}])  # fmt: skip
+    usage = client.usage.snapshot()
+    assert usage.calls == {"task": 1, "judge": 1}
+    assert (usage.prompt_tokens, usage.completion_tokens) == (sim.tokens["prompt_tokens"], sim.tokens["completion_tokens"])
+    assert usage.to_status() == {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens,
+                                 "usd": 0.0, "llmCalls": 2}  # fmt: skip
+
+
+def test_a_local_endpoint_without_a_key_in_the_environment_gets_a_placeholder_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with SimulatedLLM() as keyless:  # like a local vLLM server: accepts any key, but litellm insists on one
+        assert LLMClient().complete(task_endpoint(keyless), HELLO)
+        assert keyless.calls["task"] == 1
+
+
+def test_cost_comes_from_litellms_price_list_for_known_models(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unused-by-mock-responses")
+    endpoint = ModelEndpoint(role="task", model="openai/gpt-4o-mini", description="task model",
+                             params={"mock_response": "positive"})  # fmt: skip
+    client = LLMClient()
+    client.complete(endpoint, HELLO)
+    expected = litellm.completion(model="openai/gpt-4o-mini", messages=HELLO, mock_response="positive")
+    assert client.usage.snapshot().usd == pytest.approx(litellm.completion_cost(completion_response=expected))
+    assert client.usage.snapshot().usd > 0
+
+
+def test_custom_pricing_is_per_million_tokens(sim):
+    endpoint = task_endpoint(sim, pricing=Pricing(input_per_million_tokens=1_000_000, output_per_million_tokens=2_000_000))
+    client = LLMClient()
+    client.complete(endpoint, HELLO)
+    tokens = sim.tokens
+    assert client.usage.snapshot().usd == pytest.approx(tokens["prompt_tokens"] * 1 + tokens["completion_tokens"] * 2)
+
+
+def test_an_unpriced_model_costs_zero_with_one_warning(sim, caplog):
+    client = LLMClient()
+    with caplog.at_level(logging.WARNING, logger="promptopt_worker.llm"):
+        client.complete(task_endpoint(sim), HELLO)
+        client.complete(task_endpoint(sim), HELLO)
+    assert client.usage.snapshot().usd == 0
+    assert len([r for r in caplog.records if "does not know the price" in r.getMessage()]) == 1
+
+
+def test_usage_meter_continues_from_an_earlier_run():
+    meter = UsageMeter(Usage(prompt_tokens=10, completion_tokens=5, usd=0.5, calls={"task": 3}))
+    total = meter.add("reflection", prompt_tokens=1, completion_tokens=2, usd=0.25)
+    assert total == Usage(prompt_tokens=11, completion_tokens=7, usd=0.75, calls={"task": 3, "reflection": 1})
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_transient_errors_are_retried_with_backoff_and_recover(sim, status):
+    sleep = RecordingSleep()
+    sim.inject(status, times=2)
+    assert LLMClient(sleep=sleep).complete(task_endpoint(sim), HELLO).startswith("The sentiment")
+    assert sim.request_count == 3 and sim.errors == {status: 2}
+    # litellm's exponential backoff: INITIAL_RETRY_DELAY doubling per retry, plus up to JITTER seconds.
+    assert len(sleep.delays) == 2
+    for retry, delay in enumerate(sleep.delays):
+        assert INITIAL_RETRY_DELAY * 2**retry <= delay <= INITIAL_RETRY_DELAY * 2**retry + JITTER
+
+
+def test_backoff_honours_retry_after(sim):
+    sleep = RecordingSleep()
+    sim.inject(429, times=1, retry_after=3)
+    LLMClient(sleep=sleep).complete(task_endpoint(sim), HELLO)
+    assert len(sleep.delays) == 1 and 3 <= sleep.delays[0] <= 3 + JITTER
+
+
+def test_a_timeout_is_retried(sim):
+    sim.inject_timeout(times=1, seconds=2)
+    assert LLMClient(sleep=RecordingSleep()).complete(task_endpoint(sim, timeout_s=0.3), HELLO)
+    assert sim.request_count == 2
+
+
+def test_retries_exhausted_is_a_permanent_error_naming_the_model(sim):
+    sim.inject(503, times=10)
+    with pytest.raises(RetriesExhausted, match=r"task model 'openai/sim-task'.*after 2 retries") as caught:
+        LLMClient(sleep=RecordingSleep()).complete(task_endpoint(sim), HELLO)
+    assert isinstance(caught.value, PermanentLLMError)
+    assert sim.request_count == 3
+
+
+# --- permanent errors ------------------------------------------------------------------------
+
+
+def test_401_fails_fast_and_never_shows_the_key(sim, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", REAL_LOOKING_KEY)
+    sleep = RecordingSleep()
+    with pytest.raises(PermanentLLMError) as caught:
+        LLMClient(sleep=sleep).complete(task_endpoint(sim), HELLO)
+    message = str(caught.value)
+    assert "task model 'openai/sim-task'" in message and "credentials Secret" in message
+    assert "AuthenticationError" in message
+    assert sim.request_count == 1 and sleep.delays == []
+    printed = "".join(traceback.format_exception(caught.value))
+    assert REAL_LOOKING_KEY not in message and REAL_LOOKING_KEY not in printed
+
+
+def test_a_provider_message_echoing_the_key_is_redacted(monkeypatch):
+    """Some providers quote the key they rejected; the credentials Secret may name it harmlessly."""
+    monkeypatch.setenv("OPENAI_API_KEY", REAL_LOOKING_KEY)
+    monkeypatch.setattr(llm_module, "_extra_secrets", set())
+    add_secrets(["tenant-credential-9f8e7d"])
+    echo = litellm.AuthenticationError(
+        message=f"Incorrect API key provided: {REAL_LOOKING_KEY} (tenant tenant-credential-9f8e7d)",
+        llm_provider="openai", model="gpt-4o-mini",
+    )  # fmt: skip
+    endpoint = ModelEndpoint(role="judge", model="openai/gpt-4o-mini", description="judge model",
+                             params={"mock_response": echo})  # fmt: skip
+    with pytest.raises(PermanentLLMError) as caught:
+        LLMClient().complete(endpoint, HELLO)
+    assert REAL_LOOKING_KEY not in str(caught.value) and "tenant-credential-9f8e7d" not in str(caught.value)
+    assert "Incorrect API key provided: ***" in str(caught.value)
+
+
+def test_a_missing_key_says_which_variable_to_set(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    endpoint = ModelEndpoint(role="task", model="openai/gpt-4o-mini", description="task model", max_retries=0)
+    with pytest.raises(PermanentLLMError, match="no API key found: put OPENAI_API_KEY in the job's credentials Secret"):
+        LLMClient().complete(endpoint, HELLO)
+
+
+def test_an_unknown_model_is_a_permanent_error(sim):
+    with pytest.raises(PermanentLLMError, match=r"'openai/sim-nonexistent'.*does not exist: check the model id"):
+        LLMClient().complete(task_endpoint(sim, model="openai/sim-nonexistent"), HELLO)
+    assert sim.request_count == 1
+
+
+def test_a_model_id_without_provider_is_a_permanent_error():
+    endpoint = ModelEndpoint(role="task", model="no-such-provider-model", description="task model")
+    with pytest.raises(PermanentLLMError, match="provider/model form"):
+        LLMClient().complete(endpoint, HELLO)
+
+
+# --- budget ----------------------------------------------------------------------------------
+
+
+def test_the_budget_stops_the_job_and_refuses_further_calls(sim):
+    # The seed prompt costs a known number of tokens; price them so that two calls reach the budget.
+    endpoint = task_endpoint(sim, pricing=Pricing(input_per_million_tokens=1_000_000, output_per_million_tokens=0))
+    prompt_tokens = estimate_tokens(HELLO[0]["content"])
+    stop = StopRequested()
+    client = LLMClient(max_cost_usd=2 * prompt_tokens, stop=stop)
+    client.complete(endpoint, HELLO)
+    assert not stop
+    client.complete(endpoint, HELLO)
+    assert stop and stop.reason == "BudgetExhausted"
+    assert f"${2 * prompt_tokens}.0000" in stop.message and f"budget of ${2 * prompt_tokens}" in stop.message
+    with pytest.raises(BudgetExceeded, match=f"budget of \\${2 * prompt_tokens} is spent"):
+        client.complete(endpoint, HELLO)
+    assert sim.request_count == 2
