@@ -542,6 +542,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     Write only through the HTTP API while serving: direct writes are not streamed to watchers.
     """
 
+    # Optional: what the server does with a custom resource's body against its CRD schema
+    # (pruning, defaulting, validation), e.g. promptopt.testing.admission.admit; ValueError means 422.
+    admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
     custom_resources: dict[kmock.resource, CustomResource] = attrs.field(factory=dict, init=False)
     _last_resource_version: int = attrs.field(default=0, init=False)
     _recent_events: dict[kmock.resource, collections.deque[WatchEvent]] = attrs.field(
@@ -826,7 +829,18 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         obj['apiVersion'], obj['kind'] = self._api_version(resource), info.kind
         if 'status' in info.subresources:
             obj.pop('status', None)  # a create cannot set the status of a resource with a status subresource
-        return with_builtin_defaults(resource, obj, now)
+        return self._admitted(resource, with_builtin_defaults(resource, obj, now))
+
+    def _admitted(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
+        custom = self.custom_resources.get(resource)
+        if self.admission is None or custom is None or not custom.schema:
+            return obj
+        try:
+            return self.admission(dict(custom.schema), obj)
+        except ValueError as exc:
+            name = obj['metadata']['name']
+            raise api_error(422, 'Invalid', f'{custom.info.kind}.{resource.group} "{name}" is invalid: {exc}',
+                            name=name, group=resource.group, kind=custom.info.kind)
 
     def _generated_name(self, resource: kmock.resource, namespace: str | None, prefix: str) -> str:
         while True:
@@ -883,7 +897,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         updated['apiVersion'], updated['kind'] = current['apiVersion'], current['kind']
         if spec_of(updated) != spec_of(current):
             meta['generation'] = current['metadata']['generation'] + 1
-        return updated
+        return self._admitted(resource, updated)
 
     # --- deleting --------------------------------------------------------------------------------
 
@@ -1030,11 +1044,14 @@ class EmulatedCluster:
 
     Use as a context manager. On start it serves the CRDs of ``crds`` (a folder, default: the
     repo's crds/) by creating them through the API, and creates the ``default`` namespace.
+    ``admission`` (e.g. promptopt.testing.admission.admit) makes custom resources pruned,
+    defaulted and validated against their CRD schema on every write.
     """
 
     def __init__(self, crds: str | pathlib.Path | None = REPO_CRDS, *, port: int = 0,
-                 kubeconfig: str | pathlib.Path | None = None, namespace: str = 'default') -> None:
-        self.emulator = KubernetesEmulator()
+                 kubeconfig: str | pathlib.Path | None = None, namespace: str = 'default',
+                 admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self.emulator = KubernetesEmulator(admission=admission)
         self.namespace = namespace
         self._crds_folder = pathlib.Path(crds) if crds is not None else None
         self._requested_port = port

@@ -1,6 +1,7 @@
 """The emulated Kubernetes API behaves as a real API server where kopf, kubectl and clients notice."""
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -555,3 +556,16 @@ def test_only_the_status_subresource_is_emulated(cluster):
     with pytest.raises(ApiError) as log:
         cluster.request("GET", cluster.path("pod", "p", subresource="log"))
     assert log.value.code == 404
+
+
+def test_custom_resources_can_be_admitted_against_their_schema():
+    from promptopt.testing.admission import admit
+
+    example = yaml.safe_load((pathlib.Path(__file__).parents[2] / "examples" / "gepa-sentiment.yaml").read_text())
+    with EmulatedCluster(admission=admit) as cluster:
+        with pytest.raises(ApiError) as invalid:
+            cluster.create(job("empty"))
+        assert invalid.value.code == 422 and "spec: Required value" in invalid.value.status["message"]
+        example["spec"]["unknownField"] = 1
+        created = cluster.create(example)
+        assert "unknownField" not in created["spec"]  # pruned, as the API server does
