@@ -10,8 +10,18 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from promptopt.api.v1alpha1 import MetaPromptSettings, OptimizerSpec
-from promptopt_worker.llm import PermanentLLMError
+from promptopt.api.v1alpha1 import MetaPromptSettings, OptimizerSpec, ScorerSpec, TaskSpec
+from promptopt.testing.simulated_llm import (
+    REFLECT_INVENTS_VARIABLE_MODEL,
+    REFLECT_MODEL,
+    RULE_LOWERCASE,
+    RULE_SARCASM,
+    RULE_SINGLE_WORD,
+    SEED_INSTRUCTION,
+    sentiment_dataset,
+)
+from promptopt_worker.evaluation import TaskEvaluator
+from promptopt_worker.llm import LLMClient, ModelEndpoint, PermanentLLMError
 from promptopt_worker.metaprompt import UnusableAnswer, optimize_metaprompt, parse_answer
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import (
@@ -25,6 +35,7 @@ from promptopt_worker.problem import (
     ScoreSummary,
     StopRequested,
 )
+from promptopt_worker.scorers import build_scorers
 
 SEED = {"system": "You classify reviews.", "classify": "Classify the sentiment.\n\n{{text}}"}
 BETTER = {**SEED, "classify": "Classify the sentiment. Answer with one lowercase word.\n\n{{text}}"}
@@ -94,12 +105,14 @@ class RecordingReporter:
 
 def metaprompt_problem(reflect, evaluator=None, *, train=range(4, 10), validation=range(4), **settings) -> Problem:
     return Problem(
-        prompts=[PromptTemplate("system", "system", SEED["system"]), PromptTemplate("classify", "user", SEED["classify"])],
+        prompts=[PromptTemplate(name, "system" if name == "system" else "user", text) for name, text in SEED.items()],
         train=examples(train),
         validation=examples(validation),
         evaluator=evaluator,
         reflect=reflect,
-        settings=OptimizerSpec(type="MetaPrompt", reflection_model="sim-reflect", meta_prompt=MetaPromptSettings(**settings)),
+        settings=OptimizerSpec(
+            type="MetaPrompt", reflection_model="sim-reflect", meta_prompt=MetaPromptSettings(**settings)
+        ),
     )
 
 
@@ -122,7 +135,8 @@ def fenced_json(text: str):
 
 
 def test_zero_shot_sends_one_contract_request_and_returns_the_proposal_without_scores():
-    reflector = FakeReflector("Here you go:\n```json\n" + json.dumps({"prompts": BETTER, "rationale": "Format."}) + "\n```")
+    answer = json.dumps({"prompts": BETTER, "rationale": "Format."})
+    reflector = FakeReflector(f"Here you go:\n```json\n{answer}\n```")
     problem = metaprompt_problem(reflector, train=range(0), validation=range(0), guidelines="Use lowercase labels.")
 
     result, progress, _ = run(problem)
@@ -137,7 +151,8 @@ def test_zero_shot_sends_one_contract_request_and_returns_the_proposal_without_s
         "Completed", "MetaPrompt (zero-shot): rewrote the prompts (no dataset, so no scores). Rationale: Format.",
         best_candidate=BETTER,
     )  # fmt: skip
-    assert (progress.iteration, progress.candidates, progress.metric_calls, progress.max_metric_calls) == (1, 2, 0, None)
+    assert (progress.iteration, progress.candidates, progress.metric_calls) == (1, 2, 0)
+    assert progress.max_metric_calls is None
 
 
 # --- few-shot --------------------------------------------------------------------------------------
@@ -157,7 +172,7 @@ def test_few_shot_shows_the_worst_training_examples_and_keeps_a_better_proposal(
     assert result.reason == "Completed" and result.best_candidate == BETTER
     assert result.initial_scores == ScoreSummary(0.375, {"quality": 0.375})
     assert result.final_scores == ScoreSummary(1.0, {"quality": 1.0})
-    assert "kept the proposal: the proposal scores 1.000 on validation, the original 0.375" in result.message
+    assert "kept the proposal, which scores 1.000 on validation against 0.375 for the original" in result.message
     assert "Rationale: Stated the output format." in result.message
     # Budget: the seed on validation, the examples shown, the proposal on validation.
     assert progress.metric_calls == progress.max_metric_calls == 4 + 3 + 4 == len(evaluator.evaluated)
@@ -170,7 +185,7 @@ def test_few_shot_keeps_the_original_when_the_proposal_scores_worse():
 
     assert result.best_candidate == SEED
     assert result.final_scores == result.initial_scores
-    assert "kept the original prompts: the proposal scores 0.000 on validation, the original 0.375" in result.message
+    assert "kept the original prompts, which score 0.375 on validation; the proposal scores 0.000" in result.message
     assert progress.candidates == 2 and progress.best_candidate == SEED
 
 
@@ -202,8 +217,8 @@ def test_a_proposal_that_breaks_template_variables_is_rejected(proposal, problem
 
 
 def test_zero_shot_rejects_a_broken_proposal_too():
-    problem = metaprompt_problem(proposing({**SEED, "classify": "No variable left."}), train=range(0), validation=range(0))
-    result, progress, _ = run(problem)
+    reflector = proposing({**SEED, "classify": "No variable left."})
+    result, progress, _ = run(metaprompt_problem(reflector, train=range(0), validation=range(0)))
     assert result.best_candidate == SEED and progress.rejected_candidates == 1
     assert result.message.startswith("MetaPrompt (zero-shot): kept the original prompts. The proposal was rejected")
 
@@ -231,11 +246,14 @@ def test_an_unchanged_proposal_is_not_evaluated_again():
     assert "proposed no change" in result.message and progress.metric_calls == len(evaluator.evaluated) == 10
 
 
+ANSWER = '{"prompts": {"system": "S", "classify": "C {{text}}"}, "rationale": "why"}'
+
+
 @pytest.mark.parametrize(
     "answer",
     [
-        '{"prompts": {"system": "S", "classify": "C {{text}}"}, "rationale": "why"}',
-        'Sure! {not json} Here it is:\n```json\n{"prompts": {"system": "S", "classify": "C {{text}}"}, "rationale": "why"}\n```\nDone.',
+        ANSWER,
+        f"Sure! {{not json}} Here:\n```json\n{ANSWER}\n```\nDone.",
         '```\n{"rationale": "why", "prompts": {"system": "S", "classify": "C {{text}}", "extra": "ignored"}}\n```',
     ],
     ids=["bare", "fenced-amid-text", "fenced-extra-name"],
@@ -275,3 +293,72 @@ def test_optimize_dispatches_and_turns_a_permanent_llm_error_into_a_result():
     assert result.best_candidate == SEED and result.initial_scores.aggregate == 0.375
     assert result.final_scores == result.initial_scores
     assert reporter.finished_with == [(reporter.finished_with[0][0], result)]
+
+
+# --- integration: the real evaluator, scorers and LLM client against the simulated LLM (a test double) --
+
+
+@pytest.fixture
+def sentiment_metaprompt(llm, monkeypatch):
+    """Builds MetaPrompt problems for the simulated sentiment world: zero-shot without records, few-shot
+    on 12 records (8 train, 4 validation) scored by ExactMatch, with the given reflection model."""
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    task = TaskSpec(model="openai/sim-task", api_base=llm.base_url)
+    client = LLMClient()
+    prompts = [PromptTemplate("classify", "user", SEED_INSTRUCTION)]
+    records = [Example(i, r["inputs"], r["expectations"]) for i, r in enumerate(sentiment_dataset(12, seed=0))]
+    evaluator = TaskEvaluator(prompts, task, build_scorers([ScorerSpec(name="ExactMatch")], task, client), client)
+
+    def build(reflection_model: str, *, few_shot: bool, guidelines: str | None = None) -> Problem:
+        settings = OptimizerSpec(
+            type="MetaPrompt",
+            reflection_model=f"openai/{reflection_model}",
+            meta_prompt=MetaPromptSettings(guidelines=guidelines),
+        )
+        reflection = ModelEndpoint.for_reflection(settings, task)
+
+        def reflect(prompt: str, system: str | None = None) -> str:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+            return client.complete(reflection, messages)
+
+        return Problem(
+            prompts=prompts,
+            train=records[:8] if few_shot else [],
+            validation=records[8:] if few_shot else [],
+            evaluator=evaluator if few_shot else None,
+            reflect=reflect,
+            settings=settings,
+        )
+
+    yield build
+    evaluator.close()
+
+
+def test_zero_shot_metaprompt_with_the_simulated_llm(sentiment_metaprompt, llm):
+    result = optimize(sentiment_metaprompt(REFLECT_MODEL, few_shot=False, guidelines="Labels in lowercase."),
+                      RecordingReporter(), StopRequested())  # fmt: skip
+
+    assert result.reason == "Completed", result.message
+    assert RULE_SINGLE_WORD in result.best_candidate["classify"] and RULE_LOWERCASE in result.best_candidate["classify"]
+    assert result.initial_scores is None and result.final_scores is None
+    assert sum(llm.calls.values()) == llm.calls["metaprompt"] == 1
+
+
+def test_few_shot_metaprompt_with_the_simulated_llm_keeps_the_better_prompt(sentiment_metaprompt, llm):
+    result = optimize(sentiment_metaprompt(REFLECT_MODEL, few_shot=True), RecordingReporter(), StopRequested())
+
+    assert result.reason == "Completed", result.message
+    assert result.initial_scores.scorers == {"ExactMatch": 0.0}
+    assert result.final_scores.aggregate > result.initial_scores.aggregate
+    assert RULE_SARCASM in result.best_candidate["classify"] and "{{review}}" in result.best_candidate["classify"]
+    assert "kept the proposal" in result.message
+    assert llm.calls["metaprompt"] == 1 and llm.calls["task"] == 4 + 8 + 4
+
+
+def test_few_shot_metaprompt_rejects_an_invented_variable_from_the_simulated_llm(sentiment_metaprompt):
+    reporter = RecordingReporter()
+    result = optimize(sentiment_metaprompt(REFLECT_INVENTS_VARIABLE_MODEL, few_shot=True), reporter, StopRequested())
+
+    [(progress, _)] = reporter.finished_with
+    assert result.best_candidate == {"classify": SEED_INSTRUCTION} and progress.rejected_candidates == 1
+    assert "invented {{made_up}}" in result.message

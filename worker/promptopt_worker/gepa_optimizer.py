@@ -34,8 +34,8 @@ from promptopt_worker.problem import (
 log = logging.getLogger(__name__)
 
 # A run that spends no metric call for this long is stuck: with raise_on_exception=False an evaluator that
-# keeps raising spins gepa's loop thousands of times a second without spending budget. Longer than any one
-# iteration's LLM calls with their retries.
+# keeps raising spins gepa's loop thousands of times a second without spending budget. Every healthy
+# iteration spends some (its parent's minibatch evaluation at least).
 STALL_SECONDS = 600.0
 
 # gepa.optimize parameters the worker owns; `optimizer.options` may set any other one.
@@ -218,7 +218,12 @@ class GepaLog:
 
 
 def optimize_gepa(
-    problem: Problem, progress: Progress, reporter: Reporter, stop: StopRequested, *, stall_seconds: float = STALL_SECONDS
+    problem: Problem,
+    progress: Progress,
+    reporter: Reporter,
+    stop: StopRequested,
+    *,
+    stall_seconds: float = STALL_SECONDS,
 ) -> Result:
     """Runs gepa.optimize on the problem; exceptions (a permanent LLM error, or any error once a stop was
     requested) propagate to the caller, which turns them into a Result with the best so far in `progress`."""
@@ -237,8 +242,8 @@ def optimize_gepa(
         "use_merge": settings.use_merge,
         "seed": settings.seed,
         "max_metric_calls": settings.max_metric_calls,
-        # An exception ends the run: the evaluator scores failed examples itself, so what reaches gepa
-        # (a permanent LLM error, the budget spent, a bug) would only repeat.
+        # An exception ends the run: what the evaluator raises (a permanent LLM error, the budget spent, an
+        # unusable judge answer; transient errors were retried already) or a bug would only repeat.
         "raise_on_exception": True,
         **options,
     }
@@ -249,10 +254,10 @@ def optimize_gepa(
         log.warning("rejected a proposal: %s", "; ".join(problems))
         reporter.progress(progress)
 
+    # gepa's own reflection prompt (or the one in options), wrapped; gepa passes it over when given a strategy.
+    template = kwargs.pop("reflection_prompt_template", None)
     reflection = VariableSafeReflection(
-        StatelessReflectionLM(
-            _reflection_lm(problem, stop), kwargs.pop("reflection_prompt_template", None), logger=GepaLog()
-        ),
+        StatelessReflectionLM(_reflection_lm(problem, stop), template, logger=GepaLog()),
         VariableCheck.for_prompts(problem.prompts),
         rejected,
     )

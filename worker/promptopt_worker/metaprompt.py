@@ -97,12 +97,19 @@ def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter
 
     proposed = problem.validation_scores(proposal)
     progress.metric_calls += len(problem.validation)
-    comparison = f"the proposal scores {proposed.aggregate:.3f} on validation, the original {initial.aggregate:.3f}"
     if proposed.aggregate > initial.aggregate:
         progress.best_score, progress.best_candidate = proposed.aggregate, proposal
-        verdict, kept, final = f"kept the proposal: {comparison}", proposal, proposed
+        kept, final = proposal, proposed
+        verdict = (
+            f"kept the proposal, which scores {proposed.aggregate:.3f} on validation against "
+            f"{initial.aggregate:.3f} for the original prompts"
+        )
     else:
-        verdict, kept, final = f"kept the original prompts: {comparison}", seed, initial
+        kept, final = seed, initial
+        verdict = (
+            f"kept the original prompts, which score {initial.aggregate:.3f} on validation; "
+            f"the proposal scores {proposed.aggregate:.3f}"
+        )
     reporter.progress(progress, important=kept is proposal)
     return Result(
         "Completed", f"{mode}: {verdict}. {note}", best_candidate=kept, initial_scores=initial, final_scores=final
@@ -125,6 +132,7 @@ def build_request(problem: Problem, guidelines: str | None, examples: Sequence[S
         + "\nKeep each prompt's variables exactly as they are: drop none and add none.",
     ]
     if guidelines:
+        sections[0] += " Follow the guidelines below."
         sections.append("### Guidelines\n" + guidelines.strip())
     if examples:
         sections[0] += (
