@@ -1,8 +1,10 @@
-"""Resolving a job into concrete inputs: prompt texts and dataset text from inline values or ConfigMaps.
+"""Resolving a job into concrete inputs, and those into the optimizer's `Problem`.
 
-ConfigMaps come through a `ConfigMapSource`: the Kubernetes API in the job's namespace (the worker) or
-ConfigMap manifests read from files (`promptopt run`). A missing ConfigMap or key is an `InvalidInput`
-naming the spec field, the ConfigMap and the key.
+Prompt texts and the dataset's text come from inline values or ConfigMaps. ConfigMaps come through a
+`ConfigMapSource`: the Kubernetes API in the job's namespace (the worker) or ConfigMap manifests read from
+files (`promptopt run`). A missing ConfigMap or key is an `InvalidInput` naming the spec field, the
+ConfigMap and the key. `build_problem` then checks everything that can be checked before the first LLM
+call (records against prompts and scorers) and wires the evaluator and the reflection model.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Any, Protocol
 import yaml
 
 from promptopt.api.v1alpha1 import ConfigMapKeyRef, PromptOptimizationJobSpec
-from promptopt_worker.problem import PromptTemplate
+from promptopt_worker.llm import LLMClient, ModelEndpoint
+from promptopt_worker.problem import Problem, PromptTemplate, Reflector
 
 
 class InvalidInput(ValueError):
@@ -63,14 +66,12 @@ class LocalConfigMaps:
                 self._maps[name] = _texts(name, manifest.get("data"), manifest.get("binaryData"))
 
     @classmethod
-    def from_files(cls, paths: Iterable[str | Path], extra: Iterable[Mapping[str, Any]] = ()) -> LocalConfigMaps:
-        """The ConfigMaps in these YAML files (multi-document allowed), after those in `extra`."""
+    def from_files(cls, paths: Iterable[str | Path]) -> LocalConfigMaps:
+        """The ConfigMaps in these YAML files (multi-document; other kinds are skipped)."""
         paths = [Path(p) for p in paths]
-        manifests = list(extra)
-        for path in paths:
-            manifests += read_manifests(path)
-        where = ", ".join(str(p) for p in paths) or "the job's file"
-        return cls(manifests, location=f"in {where} (add the ConfigMap's manifest with -f)")
+        manifests = [manifest for path in paths for manifest in read_manifests(path)]
+        where = ", ".join(str(p) for p in paths)
+        return cls(manifests, location=f"in {where} (give the file holding it with -f)")
 
     def data(self, name: str) -> Mapping[str, str] | None:
         return self._maps.get(name)
@@ -113,3 +114,54 @@ def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource
             text = prompt.template
         prompts.append(PromptTemplate(name=prompt.name, role=prompt.role, text=text))
     return prompts
+
+
+def build_problem(
+    spec: PromptOptimizationJobSpec,
+    configmaps: ConfigMapSource,
+    llm_client: LLMClient,
+    *,
+    deadline_seconds: float | None = None,
+    checkpoint_dir: str | None = None,
+) -> Problem:
+    """The job as the optimizer sees it. Raises InvalidInput for anything wrong with the prompts or the
+    dataset, all of it found before any LLM call. Close `problem.evaluator` when done."""
+    # These modules raise this module's InvalidInput, so they import it: import them late to avoid a cycle.
+    from promptopt_worker.datasets import load_dataset
+    from promptopt_worker.evaluation import TaskEvaluator
+    from promptopt_worker.scorers import build_scorers, check_records
+    from promptopt_worker.templates import check_inputs
+
+    prompts = resolve_prompts(spec, configmaps)
+    train, validation, evaluator = [], [], None
+    if spec.dataset is not None:
+        ref = spec.dataset.config_map_key_ref
+        text = read_key(configmaps, ref, "spec.dataset.configMapKeyRef") if ref is not None else None
+        split = load_dataset(spec.dataset, text)
+        train, validation = split.train, split.validation
+        examples = list({e.index: e for e in [*train, *validation]}.values())
+        check_inputs(prompts, examples)
+        scorers = build_scorers(spec.scorers or [], spec.task, llm_client)
+        check_records(scorers, examples)
+        evaluator = TaskEvaluator(prompts, spec.task, scorers, llm_client)
+    return Problem(
+        prompts=prompts,
+        train=train,
+        validation=validation,
+        evaluator=evaluator,
+        reflect=reflection_model(spec, llm_client),
+        settings=spec.optimizer,
+        deadline_seconds=deadline_seconds,
+        checkpoint_dir=checkpoint_dir,
+    )
+
+
+def reflection_model(spec: PromptOptimizationJobSpec, llm_client: LLMClient) -> Reflector:
+    """The reflection model as a Reflector: one request (an optional system message, then the prompt)."""
+    endpoint = ModelEndpoint.for_reflection(spec.optimizer, spec.task)
+
+    def reflect(prompt: str, system: str | None = None) -> str:
+        messages = [{"role": "system", "content": system}] if system else []
+        return llm_client.complete(endpoint, [*messages, {"role": "user", "content": prompt}])
+
+    return reflect

@@ -1,0 +1,155 @@
+"""Sources: prompts and datasets from inline values, ConfigMaps through the API, or local manifest files."""
+import base64
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client import CoreV1Api
+
+from promptopt.api.validation import parse_spec
+from promptopt.testing.simulated_llm import REFLECT_MODEL
+from promptopt_worker.llm import LLMClient
+from promptopt_worker.problem import PromptTemplate
+from promptopt_worker.sources import (
+    InvalidInput,
+    KubernetesConfigMaps,
+    LocalConfigMaps,
+    build_problem,
+    read_manifests,
+    reflection_model,
+    resolve_prompts,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CONFIGMAP_EXAMPLE = EXAMPLES / "configmap-sources.yaml"
+
+
+def example_documents():
+    documents = read_manifests(CONFIGMAP_EXAMPLE)
+    config_maps = [d for d in documents if d["kind"] == "ConfigMap"]
+    job = next(d for d in documents if d["kind"] == "PromptOptimizationJob")
+    return config_maps, parse_spec(job["spec"])
+
+
+def gepa_spec(**dataset):
+    return parse_spec({
+        "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect"},
+        "prompts": [{"name": "system", "role": "system", "template": "Label reviews."},
+                    {"name": "classify", "template": "Review: {{review}}"}],
+        "task": {"model": "openai/sim-task"},
+        "dataset": dataset or {"records": [
+            {"inputs": {"review": f"review {i}"}, "expectations": {"expected_response": "positive"}} for i in range(10)
+        ], "validationFraction": 0.3},
+        "scorers": [{"name": "ExactMatch"}],
+    })
+
+
+@pytest.fixture
+def build(request):
+    """build_problem with a fresh LLMClient; closes the evaluators afterwards."""
+    problems = []
+
+    def run(spec, configmaps):
+        problems.append(build_problem(spec, configmaps, LLMClient()))
+        return problems[-1]
+
+    yield run
+    for problem in problems:
+        if problem.evaluator is not None:
+            problem.evaluator.close()
+
+
+def test_inline_prompts_and_records(build):
+    problem = build(gepa_spec(), LocalConfigMaps())
+
+    assert problem.prompts == [PromptTemplate("system", "system", "Label reviews."),
+                               PromptTemplate("classify", "user", "Review: {{review}}")]
+    assert (len(problem.train), len(problem.validation)) == (7, 3)
+    assert {e.index for e in [*problem.train, *problem.validation]} == set(range(10))
+    assert problem.evaluator is not None and problem.settings.type == "GEPA"
+
+
+def test_configmaps_through_the_kubernetes_api(cluster, build):
+    config_maps, spec = example_documents()
+    for config_map in config_maps:
+        cluster.create(config_map)
+
+    problem = build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), "default"))
+
+    assert problem.prompts[0].text == config_maps[0]["data"]["classify.txt"]
+    assert len(problem.validation) == 8  # the CSV's rows
+    assert problem.validation[2].inputs == {"review": "Oh great, it stopped working on day two. Just what I needed."}
+    assert problem.validation[2].expectations == {"expected_response": "negative"}
+
+
+def test_configmaps_from_local_files(tmp_path, build):
+    config_maps, spec = example_documents()
+    (tmp_path / "prompts.yaml").write_text(yaml.safe_dump(config_maps[0]))
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump_all([{"kind": "Secret"}, config_maps[1]]))
+
+    problem = build(spec, LocalConfigMaps.from_files([tmp_path / "prompts.yaml", tmp_path / "data.yaml"]))
+
+    assert problem.prompts[0].text.startswith("Classify the sentiment")
+    assert len(problem.validation) == 8
+
+
+def test_the_job_file_itself_may_hold_the_configmaps(build):
+    _, spec = example_documents()
+    assert len(build(spec, LocalConfigMaps.from_files([CONFIGMAP_EXAMPLE])).validation) == 8
+
+
+def test_binary_data_is_decoded():
+    text = "Classify: {{review}} ✓"
+    configmaps = LocalConfigMaps([{"kind": "ConfigMap", "metadata": {"name": "sentiment-prompts"},
+                                   "binaryData": {"classify.txt": base64.b64encode(text.encode()).decode()}}])
+    _, spec = example_documents()
+    assert resolve_prompts(spec, configmaps)[0].text == text
+
+
+def test_a_missing_configmap_names_the_field_the_map_and_where_it_was_looked_up(cluster, build):
+    _, spec = example_documents()
+    with pytest.raises(InvalidInput) as api_error:
+        build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), "default"))
+    with pytest.raises(InvalidInput) as local_error:
+        build(spec, LocalConfigMaps.from_files([EXAMPLES / "gepa-sentiment.yaml"]))
+
+    assert str(api_error.value) == (
+        "spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in namespace 'default'"
+    )
+    assert str(local_error.value).startswith(
+        "spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in "
+    ) and "gepa-sentiment.yaml" in str(local_error.value) and "-f" in str(local_error.value)
+
+
+def test_a_missing_key_names_the_field_the_map_the_key_and_the_keys_it_has(cluster, build):
+    config_maps, spec = example_documents()
+    config_maps[1]["data"] = {"reviews.json": "[]", "notes.txt": "-"}
+    for config_map in config_maps:
+        cluster.create(config_map)
+
+    with pytest.raises(InvalidInput) as error:
+        build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), "default"))
+
+    assert str(error.value) == (
+        "spec.dataset.configMapKeyRef: ConfigMap 'sentiment-dataset' has no key 'reviews.csv' "
+        "(its keys: 'notes.txt', 'reviews.json')"
+    )
+
+
+def test_records_that_do_not_fit_the_prompts_are_found_before_any_llm_call(build):
+    spec = gepa_spec(records=[{"inputs": {"text": "no review here"}, "expectations": {"expected_response": "x"}}])
+    with pytest.raises(InvalidInput, match=r"prompt 'classify' uses \{\{review\}\}, but record 0 has no input 'review'"):
+        build(spec, LocalConfigMaps())
+
+
+def test_the_reflection_model_gets_the_system_message_and_the_prompt(llm, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    spec = parse_spec({**gepa_spec().model_dump(by_alias=True, exclude_none=True),
+                       "task": {"model": "openai/sim-task", "apiBase": llm.base_url}})
+    reflect = reflection_model(spec, LLMClient())
+
+    reflect("### Current prompts\n```json\n{\"p\": \"Label: {{review}}\"}\n```", system="You are an expert prompt engineer.")
+
+    request = llm.last_request(model=REFLECT_MODEL)
+    assert [m["role"] for m in request["messages"]] == ["system", "user"]
+    assert request["messages"][0]["content"] == "You are an expert prompt engineer."
