@@ -33,6 +33,18 @@ def _operator(args: argparse.Namespace) -> int:
     return run_operator(args)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from promptopt_worker.main import run_worker
+
+    return run_worker()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from promptopt_worker.main import run_local
+
+    return run_local(args.job, args.configmap_files, args.output, args.simulated_llm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptopt",
@@ -54,6 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="coordinate replicas through kopf peering (needs its CRDs); default: standalone")
     operator.add_argument("--verbose", action="store_true", help="log debug messages")
     operator.set_defaults(handler=_operator)
+
+    worker = commands.add_parser(
+        "worker", help="run one job's optimization inside its Pod (started by the operator)",
+        description="Optimize the job named by PROMPTOPT_JOB_NAME in PROMPTOPT_JOB_NAMESPACE, reporting into its "
+        "status. Uses KUBECONFIG when set, else the Pod's service account. Exit code 0: a usable result; 1: failed; "
+        "2: invalid input.",
+    )
+    worker.set_defaults(handler=_worker)
+
+    run = commands.add_parser(
+        "run", help="run a job file on this machine, without a cluster",
+        description="Run the PromptOptimizationJob in JOB (a YAML file; ConfigMaps it uses may sit in the same "
+        "file or in files given with -f) here, showing progress on the console.",
+    )
+    run.add_argument("job", help="YAML file holding one PromptOptimizationJob (and possibly ConfigMaps)")
+    run.add_argument("-f", "--configmap-file", dest="configmap_files", action="append", default=[], metavar="FILE",
+                     help="YAML file with ConfigMaps the job reads (repeatable)")
+    run.add_argument("-o", "--output", metavar="FILE",
+                     help="write the result as JSON, shaped like the job's status (scores, prompts, cost)")
+    run.add_argument("--simulated-llm", action="store_true",
+                     help="answer every LLM call from the built-in simulated LLM, a test double (no API key needed)")
+    run.set_defaults(handler=_run)
     return parser
 
 

@@ -387,6 +387,22 @@ def _cut_prompts(prompts: list[dict[str, str]], length: int) -> list[dict[str, s
     return [{"name": p["name"], "template": _cut(p["template"], length)} for p in prompts]
 
 
+class ResultFileReporter:
+    """Writes the worker-owned status fields as indented JSON at the end (`promptopt run -o result.json`)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, cost: CostSource = no_cost):
+        self.path = path
+        self.cost = cost
+
+    def progress(self, progress: Progress, *, important: bool = False) -> None:
+        """Only the end result is written."""
+
+    def finished(self, progress: Progress, result: Result) -> None:
+        with open(self.path, "w", encoding="utf-8") as file:
+            json.dump(worker_status(progress, result, self.cost()), file, indent=2, ensure_ascii=False)
+            file.write("\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # Logging
 

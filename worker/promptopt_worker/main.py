@@ -1,0 +1,319 @@
+"""Entry points: `promptopt worker` (inside a job's Pod) and `promptopt run` (a job file on this machine).
+
+Both take the same path: parse the spec, resolve its sources, build the Problem, run the optimizer with
+reporters. The worker reads its job and ConfigMaps through the Kubernetes API and reports into the job's
+status and the Pod's termination message; a local run reads manifests from files and reports to the
+console and a JSON file.
+
+Exit codes: 0 when the run produced a usable result (Completed, BudgetExhausted, DeadlineReached, or
+Cancelled after a first score), 2 for InvalidInput (and, locally, a job that cannot run as given), 1 for
+everything else (LLMError, Error, or a stop before any result).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from promptopt.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, PromptOptimizationJobSpec, Pricing, WorkerOutcome
+from promptopt.api.validation import InvalidSpec, parse_spec
+from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
+from promptopt_worker.optimizers import optimize
+from promptopt_worker.problem import Progress, Reporter, Result, StopRequested
+from promptopt_worker.reporting import (
+    ConsoleReporter,
+    KubernetesStatusReporter,
+    Reporters,
+    ResultFileReporter,
+    TerminationMessageReporter,
+    configure_logging,
+    is_transient,
+)
+from promptopt_worker.sources import (
+    ConfigMapSource,
+    InvalidInput,
+    KubernetesConfigMaps,
+    LocalConfigMaps,
+    build_problem,
+    read_manifests,
+)
+
+log = logging.getLogger(__name__)
+
+JOB_NAME_ENV = "PROMPTOPT_JOB_NAME"
+JOB_NAMESPACE_ENV = "PROMPTOPT_JOB_NAMESPACE"
+CHECKPOINT_DIR_ENV = "PROMPTOPT_CHECKPOINT_DIR"
+
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
+
+# The operator kills the Pod at the job's deadline: stop this much earlier (a share of the time left, capped)
+# so the optimizer can finish its step and the result reaches the status first.
+DEADLINE_RESERVE_SHARE, DEADLINE_RESERVE_MAX_S = 0.1, 60.0
+
+SIMULATED_MODELS = {"task": "openai/sim-task", "reflection": "openai/sim-reflect", "judge": "openai/sim-judge"}
+SIMULATED_NOTICE = (
+    "NOTE: --simulated-llm: every answer comes from promptopt's simulated LLM, a deterministic test double "
+    "on localhost, not from a real model. The scores and prompts below show how the optimizer works; they say "
+    "nothing about a real model."
+)
+
+
+def exit_code(result: Result) -> int:
+    if result.succeeded:
+        return EXIT_SUCCEEDED
+    return EXIT_INVALID_INPUT if result.reason == "InvalidInput" else EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared path
+
+
+def run_job(
+    spec: PromptOptimizationJobSpec,
+    configmaps: ConfigMapSource,
+    llm_client: LLMClient,
+    reporter: Reporter,
+    stop: StopRequested,
+    *,
+    deadline_seconds: float | None = None,
+    checkpoint_dir: str | None = None,
+) -> Result:
+    """Resolve the job's inputs and optimize; the reporter hears of every ending, early ones included."""
+    try:
+        problem = build_problem(spec, configmaps, llm_client, deadline_seconds=deadline_seconds,
+                                checkpoint_dir=checkpoint_dir)
+    except InvalidInput as error:
+        return finish_early(reporter, "InvalidInput", str(error))
+    except Exception as error:  # noqa: BLE001 - e.g. the API refused to show a ConfigMap: still report it
+        log.exception("could not prepare the job")
+        return finish_early(reporter, "Error", f"could not prepare the job: {type(error).__name__}: {error}")
+    try:
+        return optimize(problem, reporter, stop)  # it reports its own ending
+    finally:
+        if problem.evaluator is not None:
+            problem.evaluator.close()
+
+
+def finish_early(reporter: Reporter, reason: WorkerOutcome, message: str) -> Result:
+    """End a run that never reached the optimizer."""
+    result = Result(reason, message)
+    reporter.finished(Progress(), result)
+    return result
+
+
+def stop_on_signals(stop: StopRequested) -> None:
+    """SIGTERM (the Pod is deleted or hits its deadline) and ^C stop the optimizer cleanly: it reports the
+    best result so far. A second ^C aborts at once."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        stop.request("Cancelled", f"stopped by {name}; the best result so far is kept")
+        log.warning("%s received: stopping after the current step", name)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+
+def remaining_deadline(spec: PromptOptimizationJobSpec, started_at: str | None, now: datetime | None = None) -> float | None:
+    """Seconds the optimizer may run: activeDeadlineSeconds less the time since the job started (status.startTime,
+    RFC 3339) and a reserve for reporting; None without a deadline."""
+    if spec.active_deadline_seconds is None:
+        return None
+    elapsed = 0.0
+    if started_at:
+        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+        elapsed = max(0.0, ((now or datetime.now(timezone.utc)) - started).total_seconds())
+    left = spec.active_deadline_seconds - elapsed
+    return max(0.0, left - min(DEADLINE_RESERVE_MAX_S, DEADLINE_RESERVE_SHARE * left))
+
+
+def usage_so_far(cost: Mapping[str, Any] | None) -> Usage:
+    """The usage earlier Pods of this job reported in status.cost: the budget covers the whole job."""
+    cost = cost or {}
+    return Usage(
+        prompt_tokens=cost.get("promptTokens") or 0,
+        completion_tokens=cost.get("completionTokens") or 0,
+        usd=cost.get("usd") or 0.0,
+        calls={"earlier attempts": cost.get("llmCalls") or 0} if cost.get("llmCalls") else {},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# promptopt worker
+
+
+def run_worker() -> int:
+    """Run the job named by PROMPTOPT_JOB_NAME / PROMPTOPT_JOB_NAMESPACE, reporting into its status."""
+    import kubernetes
+
+    configure_logging(sys.stdout)
+    stop = StopRequested()
+    stop_on_signals(stop)
+    name, namespace = os.environ.get(JOB_NAME_ENV), os.environ.get(JOB_NAMESPACE_ENV)
+    termination = TerminationMessageReporter()
+    console = ConsoleReporter(sys.stdout, live=False)
+    if not name or not namespace:
+        message = f"{JOB_NAME_ENV} and {JOB_NAMESPACE_ENV} must name the job (the operator sets them)"
+        return exit_code(finish_early(Reporters(console, termination), "Error", message))
+
+    api_client = kubernetes_api_client()
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    try:
+        job = read_job(custom, name, namespace)
+    except Exception as error:  # noqa: BLE001 - reported through the termination message instead
+        message = f"could not read job {namespace}/{name}: {type(error).__name__}: {error}"
+        return exit_code(finish_early(Reporters(console, termination), "Error", message))
+
+    status = job.get("status") or {}
+    usage = UsageMeter(usage_so_far(status.get("cost")))
+
+    def cost() -> dict[str, Any]:
+        return usage.snapshot().to_status()
+
+    console.cost = termination.cost = cost
+    reporter = Reporters(console, KubernetesStatusReporter(custom, name, namespace, cost=cost), termination)
+    try:
+        spec = parse_spec(job.get("spec"))
+    except InvalidSpec as error:
+        return exit_code(finish_early(reporter, "InvalidInput", f"the job's spec is invalid: {error}"))
+
+    max_cost = spec.budget.max_cost_usd if spec.budget else None
+    if max_cost is not None and usage.snapshot().usd >= max_cost:
+        message = f"earlier attempts spent the budget of ${max_cost:g} (spec.budget.maxCostUSD)"
+        return exit_code(finish_early(reporter, "BudgetExhausted", message))
+    log.info("optimizing job %s/%s with %s", namespace, name, spec.optimizer.type)
+    result = run_job(
+        spec,
+        KubernetesConfigMaps(kubernetes.client.CoreV1Api(api_client), namespace),
+        LLMClient(max_cost_usd=max_cost, stop=stop, usage=usage),
+        reporter,
+        stop,
+        deadline_seconds=remaining_deadline(spec, status.get("startTime")),
+        checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None,
+    )
+    return exit_code(result)
+
+
+def kubernetes_api_client() -> Any:
+    """A client for the kubeconfig in KUBECONFIG when set, else for the Pod's service account."""
+    import kubernetes
+
+    if os.environ.get("KUBECONFIG"):
+        kubernetes.config.load_kube_config(config_file=os.environ["KUBECONFIG"])
+    else:
+        kubernetes.config.load_incluster_config()
+    return kubernetes.client.ApiClient()
+
+
+def read_job(custom: Any, name: str, namespace: str, attempts: int = 5) -> dict[str, Any]:
+    """The job object; transient API errors are retried (the API server may be restarting)."""
+    for attempt in range(attempts):
+        try:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except Exception as error:
+            if attempt == attempts - 1 or not is_transient(error):
+                raise
+            log.warning("reading the job failed, retrying: %s", error)
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# promptopt run
+
+
+def run_local(
+    path: str | Path,
+    configmap_files: list[str | Path] | None = None,
+    output_json: str | Path | None = None,
+    simulated_llm: bool = False,
+) -> int:
+    """Run the job in the YAML file `path` here; ConfigMaps come from the same file and `configmap_files`."""
+    configure_logging(sys.stderr, logging.WARNING)
+    try:
+        documents = read_manifests(Path(path))
+        spec = parse_spec(single_job(documents, path).get("spec"))
+        configmaps = LocalConfigMaps.from_files([path, *(configmap_files or [])])
+    except InvalidSpec as error:
+        print(f"{path}: the job is invalid:\n  " + "\n  ".join(error.problems), file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    except (OSError, ValueError) as error:  # unreadable files, YAML errors, not exactly one job
+        print(f"promptopt run: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+
+    with ExitStack() as cleanup:
+        if simulated_llm:
+            from promptopt.testing.simulated_llm import SimulatedLLM
+
+            spec = with_simulated_models(spec, cleanup.enter_context(SimulatedLLM()).base_url)
+            print(SIMULATED_NOTICE, flush=True)
+        elif missing := missing_api_keys(spec):
+            print(f"promptopt run: no API key for {missing}. Set the environment variables, or run with "
+                  "--simulated-llm to try promptopt against a simulated LLM (a test double).", file=sys.stderr)
+            return EXIT_INVALID_INPUT
+        usage = UsageMeter()
+
+        def cost() -> dict[str, Any]:
+            return usage.snapshot().to_status()
+
+        reporters: list[Reporter] = [ConsoleReporter(sys.stdout, cost=cost)]
+        if output_json:
+            reporters.append(ResultFileReporter(output_json, cost=cost))
+        stop = StopRequested()
+        stop_on_signals(stop)
+        max_cost = spec.budget.max_cost_usd if spec.budget else None
+        result = run_job(spec, configmaps, LLMClient(max_cost_usd=max_cost, stop=stop, usage=usage),
+                         Reporters(*reporters), stop, deadline_seconds=remaining_deadline(spec, None))
+        if simulated_llm:
+            print(SIMULATED_NOTICE)
+    return exit_code(result)
+
+
+def single_job(documents: list[dict[str, Any]], path: str | Path) -> dict[str, Any]:
+    jobs = [doc for doc in documents if doc.get("kind") == KIND]
+    if len(jobs) != 1:
+        raise ValueError(f"{path} must hold exactly one {KIND}; it holds {len(jobs)}")
+    return jobs[0]
+
+
+def with_simulated_models(spec: PromptOptimizationJobSpec, base_url: str) -> PromptOptimizationJobSpec:
+    """The spec with every model replaced by its simulated counterpart, priced at zero (it costs nothing)."""
+    free = Pricing(input_per_million_tokens=0, output_per_million_tokens=0)
+    task = spec.task.model_copy(update={"model": SIMULATED_MODELS["task"], "api_base": base_url, "pricing": free})
+    optimizer = spec.optimizer.model_copy(update={
+        "reflection_model": SIMULATED_MODELS["reflection"], "reflection_api_base": base_url, "reflection_pricing": free,
+    })
+    scorers = spec.scorers and [
+        s.model_copy(update={"model": SIMULATED_MODELS["judge"], "api_base": base_url, "pricing": free}) if s.model else s
+        for s in spec.scorers
+    ]
+    return spec.model_copy(update={"task": task, "optimizer": optimizer, "scorers": scorers})
+
+
+def missing_api_keys(spec: PromptOptimizationJobSpec) -> str:
+    """The environment variables litellm needs for the job's models and does not find, with the models that
+    need them ("" when none is missing). Models with an apiBase (local servers) need no key."""
+    import litellm
+
+    endpoints = [
+        ModelEndpoint.for_task(spec.task),
+        ModelEndpoint.for_reflection(spec.optimizer, spec.task),
+        *(ModelEndpoint.for_judge(s, spec.task) for s in spec.scorers or [] if s.model),
+    ]
+    needs: dict[str, list[str]] = {}
+    for endpoint in endpoints:
+        if endpoint.api_base is None:
+            for variable in litellm.validate_environment(model=endpoint.model)["missing_keys"]:
+                needs.setdefault(variable, []).append(endpoint.description)
+    return "; ".join(f"{variable} (needed by the {', '.join(users)})" for variable, users in needs.items())
