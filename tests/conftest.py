@@ -35,9 +35,11 @@ def cluster():
     ``cluster.url``, ``cluster.kubeconfig``, ``cluster.api_client()``, ``cluster.create/get/list/patch/delete``,
     ``cluster.wait_for(...)``; ``cluster.emulator`` is the kmock-based server (its ``.objects`` keep history).
     """
+    from promptopt.testing.admission import admit
     from promptopt.testing.emulator import EmulatedCluster
 
-    with EmulatedCluster() as emulated:
+    # Admission as the real API server does it (CRD schema, defaults, CEL), so invalid jobs are refused.
+    with EmulatedCluster(admission=admit) as emulated:
         yield emulated
 
 

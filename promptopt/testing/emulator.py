@@ -839,8 +839,12 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             return self.admission(dict(custom.schema), obj)
         except ValueError as exc:
             name = obj['metadata']['name']
+            # One cause per problem, "<field>: <message>", as the real server sends them (kubectl lists them).
+            problems = getattr(exc, 'problems', None) or [str(exc)]
+            causes = [{'reason': 'FieldValueInvalid', 'field': p.split(': ', 1)[0], 'message': p.split(': ', 1)[-1]}
+                      for p in problems]
             raise api_error(422, 'Invalid', f'{custom.info.kind}.{resource.group} "{name}" is invalid: {exc}',
-                            name=name, group=resource.group, kind=custom.info.kind)
+                            name=name, group=resource.group, kind=custom.info.kind, causes=causes)
 
     def _generated_name(self, resource: kmock.resource, namespace: str | None, prefix: str) -> str:
         while True:

@@ -51,6 +51,13 @@ WIDGETS_CRD = {
 }
 
 
+@pytest.fixture
+def cluster():
+    """These tests exercise the server's generic behaviour with free-form specs: no admission here."""
+    with EmulatedCluster() as emulated:
+        yield emulated
+
+
 def job(name, **fields):
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "PromptOptimizationJob", "metadata": {"name": name}, **fields}
 

@@ -1,0 +1,43 @@
+"""The job API as a user meets it through kubectl: examples apply, invalid jobs are refused naming the field."""
+from pathlib import Path
+
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_examples_apply_and_list_with_their_columns(kubectl):
+    for example in sorted(EXAMPLES.glob("*.yaml")):
+        kubectl("apply", "-f", str(example))
+    listing = kubectl("get", "poj").stdout
+    header = listing.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "OPTIMIZER", "PROGRESS%", "INITIAL", "BEST", "AGE"]
+    assert {line.split()[0] for line in listing.splitlines()[1:]} == {
+        "gepa-sentiment", "metaprompt-zero-shot", "configmap-sources"}
+    wide = kubectl("get", "poj", "-o", "wide").stdout.splitlines()[0].split()
+    assert wide[-4:] == ["REASON", "COST", "POD", "AGE"]
+
+
+def test_api_server_defaults_are_visible(kubectl):
+    kubectl("apply", "-f", str(EXAMPLES / "metaprompt-zero-shot.yaml"))
+    stored = yaml.safe_load(kubectl("get", "poj", "metaprompt-zero-shot", "-o", "yaml").stdout)
+    assert stored["spec"]["backoffLimit"] == 2 and stored["spec"]["task"]["concurrency"] == 8
+
+
+def test_invalid_jobs_are_refused_naming_the_field(kubectl):
+    job = yaml.safe_load((EXAMPLES / "metaprompt-zero-shot.yaml").read_text())
+    job["spec"]["optimizer"]["type"] = "GEPA"  # GEPA needs a dataset
+    del job["spec"]["optimizer"]["metaPrompt"]
+    job["spec"]["task"]["concurrency"] = 0
+    result = kubectl("apply", "-f", "-", input=yaml.safe_dump(job), check=False)
+    assert result.returncode != 0
+    assert "spec.task.concurrency" in result.stderr
+    job["spec"]["task"]["concurrency"] = 4
+    result = kubectl("apply", "-f", "-", input=yaml.safe_dump(job), check=False)
+    assert "spec.dataset" in result.stderr and "the GEPA optimizer needs a dataset" in result.stderr
+    assert "metaprompt-zero-shot" not in kubectl("get", "poj").stdout
+
+
+def test_explain_shows_field_descriptions(kubectl):
+    explained = kubectl("explain", "poj.spec.optimizer.gepa").stdout
+    assert "maxMetricCalls" in explained and "candidateSelection" in explained
