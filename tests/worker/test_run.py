@@ -1,0 +1,92 @@
+"""`promptopt run`: the examples end to end against the simulated LLM, as a user runs them."""
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+PROMPTOPT = str(Path(sys.executable).with_name("promptopt"))
+SIMULATED_NOTICE = "simulated LLM, a deterministic test double"
+
+
+def promptopt_run(*args, cwd=REPO):
+    """Runs `promptopt run ...` without any LLM key in its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    return subprocess.run([PROMPTOPT, "run", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120)
+
+
+def test_gepa_example_improves_the_prompt(tmp_path):
+    out = tmp_path / "out.json"
+    run = promptopt_run("--simulated-llm", EXAMPLES / "gepa-sentiment.yaml", "-o", out)
+
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert SIMULATED_NOTICE in lines[0] and SIMULATED_NOTICE in lines[-1]  # said at the start and at the end
+    result = json.loads(out.read_text())
+    assert result["workerResult"] == {"reason": "Completed", "message": result["workerResult"]["message"],
+                                      "succeeded": True}
+    initial, final = result["initialScores"], result["finalScores"]
+    assert final["aggregate"] > initial["aggregate"]
+    assert set(initial["scorers"]) == set(final["scorers"]) == {"ExactMatch", "Correctness"}
+    assert final["scorers"]["ExactMatch"] > initial["scorers"]["ExactMatch"]
+    [prompt] = result["optimizedPrompts"]
+    assert prompt["name"] == "classify" and "{{review}}" in prompt["template"]
+    assert result["progress"]["metricCalls"] == result["progress"]["maxMetricCalls"] == 150
+    assert result["cost"]["llmCalls"] > 0 and result["cost"]["promptTokens"] > 0
+    assert "ExactMatch" in run.stdout and prompt["template"] in run.stdout  # the console's table and prompts
+
+
+def test_zero_shot_metaprompt_rewrites_every_prompt_without_scores(tmp_path):
+    out = tmp_path / "out.json"
+    run = promptopt_run("--simulated-llm", EXAMPLES / "metaprompt-zero-shot.yaml", "-o", out)
+
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["workerResult"]["reason"] == "Completed"
+    assert "initialScores" not in result and "finalScores" not in result
+    prompts = {p["name"]: p["template"] for p in result["optimizedPrompts"]}
+    assert set(prompts) == {"system", "classify"} and "{{review}}" in prompts["classify"]
+    assert "lowercase" in prompts["system"] + prompts["classify"]  # the job's guidelines were followed
+
+
+def test_configmaps_come_from_the_job_file_or_from_f_files(tmp_path):
+    documents = list(yaml.safe_load_all((EXAMPLES / "configmap-sources.yaml").read_text()))
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(documents[-1]))
+    (tmp_path / "configmaps.yaml").write_text(yaml.safe_dump_all(documents[:-1]))
+
+    with ThreadPoolExecutor() as pool:  # three processes at once: most of their time is start-up
+        same_file, with_f, without_f = pool.map(lambda args: promptopt_run(*args, cwd=tmp_path), [
+            ("--simulated-llm", EXAMPLES / "configmap-sources.yaml", "-o", "a.json"),
+            ("--simulated-llm", "job.yaml", "-f", "configmaps.yaml", "-o", "b.json"),
+            ("--simulated-llm", "job.yaml"),
+        ])
+
+    assert same_file.returncode == 0 and with_f.returncode == 0, same_file.stderr + with_f.stderr
+    a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
+    assert a["finalScores"] == b["finalScores"] and a["finalScores"]["aggregate"] > a["initialScores"]["aggregate"]
+    assert without_f.returncode == 2
+    assert ("spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in job.yaml"
+            in without_f.stdout)
+
+
+def test_without_a_key_or_the_simulated_llm_it_fails_fast_and_says_what_to_do(tmp_path):
+    run = promptopt_run(EXAMPLES / "gepa-sentiment.yaml")
+
+    assert run.returncode == 2 and run.stdout == ""
+    assert "OPENAI_API_KEY" in run.stderr and "--simulated-llm" in run.stderr
+
+
+def test_an_invalid_job_is_rejected_with_the_field_named(tmp_path):
+    job = yaml.safe_load((EXAMPLES / "gepa-sentiment.yaml").read_text())
+    job["spec"]["scorers"][0]["weight"] = -1
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+
+    run = promptopt_run("--simulated-llm", tmp_path / "job.yaml")
+
+    assert run.returncode == 2 and "spec.scorers[0].weight" in run.stderr
