@@ -73,7 +73,8 @@ def add_secrets(values: Iterable[str]) -> None:
 
 def redact(text: str) -> str:
     """`text` with every secret masked: values of environment variables named like *KEY*, *TOKEN*,
-    *SECRET*, *PASSWORD*, values given to `add_secrets`, and key-like strings (sk-..., Authorization headers, api_key=...)."""
+    *SECRET*, *PASSWORD*, values given to `add_secrets`, and key-like strings (sk-..., Authorization
+    headers, api_key=...)."""
     secrets = {v for k, v in os.environ.items() if _SECRET_ENV_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
     for secret in sorted(secrets | _extra_secrets, key=len, reverse=True):  # longest first: one may contain another
         text = text.replace(secret, MASK)
@@ -314,7 +315,8 @@ class LLMClient:
         if self.max_cost_usd is not None and total.usd >= self.max_cost_usd and self.stop is not None:
             self.stop.request(
                 "BudgetExhausted",
-                f"LLM calls cost ${total.usd:.4f}, reaching the budget of ${self.max_cost_usd:g} (spec.budget.maxCostUSD)",
+                f"LLM calls cost ${total.usd:.4f}, reaching the budget of ${self.max_cost_usd:g} "
+                "(spec.budget.maxCostUSD)",
             )
 
     def _cost(self, endpoint: ModelEndpoint, response: Any) -> float:

@@ -1,0 +1,108 @@
+"""The Evaluator the optimizers use: run a candidate's prompts on examples, score every output, cache.
+
+Concurrency: one thread pool of `task.concurrency` threads lives as long as the evaluator; each thread
+takes one example and makes its task call and then its judges' calls. So at most `concurrency` LLM calls
+of an evaluation are in flight, task and judge calls alike: one bound, the one the user set, for all the
+traffic an evaluation sends (task and judge models often share an endpoint and its rate limit).
+
+Caching: a result is kept for the whole job under (the candidate's prompt texts, the example's index),
+so re-evaluating a known candidate - gepa re-scoring its seed, the final scores of the best candidate -
+makes no LLM call.
+
+Errors: an example whose task or judge call fails is never scored 0, which would steer the optimizer by
+an outage rather than by the prompt. Transient errors were already retried by the LLM client; what is
+left (PermanentLLMError, BudgetExceeded, a ScorerError from an unusable judge answer) propagates from
+`evaluate`, and examples not yet started are cancelled.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from statistics import fmean
+
+from promptopt.api.v1alpha1 import TaskSpec
+from promptopt_worker.llm import LLMClient, ModelEndpoint
+from promptopt_worker.problem import Candidate, Example, PromptTemplate, ScoredOutput, ScoreSummary
+from promptopt_worker.scorers import Scorer
+from promptopt_worker.templates import messages
+
+CacheKey = tuple[tuple[str, ...], int]  # (prompt texts in prompt order, example index)
+
+
+class TaskEvaluator:
+    """Implements problem.Evaluator with the task model and the job's scorers. Close it when done."""
+
+    def __init__(self, prompts: Sequence[PromptTemplate], task: TaskSpec, scorers: Sequence[Scorer], client: LLMClient):
+        if not scorers:
+            raise ValueError("an evaluator needs at least one scorer")
+        self.prompts = list(prompts)
+        self.scorers = list(scorers)
+        self.endpoint = ModelEndpoint.for_task(task)
+        self.client = client
+        self._pool = ThreadPoolExecutor(max_workers=task.concurrency, thread_name_prefix="evaluate")
+        self._cache: dict[CacheKey, ScoredOutput] = {}
+        self._lock = threading.Lock()
+        self.examples_run = 0  # examples sent to the task model
+        self.cache_hits = 0  # examples answered from the cache
+
+    def evaluate(self, candidate: Candidate, examples: Sequence[Example]) -> list[ScoredOutput]:
+        """One ScoredOutput per example, in order."""
+        texts = tuple(candidate[p.name] for p in self.prompts)
+        found: dict[int, ScoredOutput] = {}
+        with self._lock:
+            for example in examples:
+                if (texts, example.index) in self._cache:
+                    found[example.index] = self._cache[texts, example.index]
+                    self.cache_hits += 1
+        missing = {e.index: e for e in examples if e.index not in found}  # an example listed twice runs once
+        futures = [self._pool.submit(self._run, candidate, texts, e) for e in missing.values()]
+        self._wait(futures)
+        found.update((f.result().example.index, f.result()) for f in futures)
+        return [found[e.index] for e in examples]
+
+    def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary:
+        """Per-scorer means, and the mean of the examples' aggregates (= the weighted mean of the scorer means)."""
+        if not results:
+            raise ValueError("no results to summarize")
+        return ScoreSummary(
+            aggregate=fmean(r.aggregate for r in results),
+            scorers={s.key: fmean(r.scores[s.key] for r in results) for s in self.scorers},
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> TaskEvaluator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, candidate: Candidate, texts: tuple[str, ...], example: Example) -> ScoredOutput:
+        output = self.client.complete(
+            self.endpoint, messages(self.prompts, candidate, example.inputs, record=example.index)
+        )
+        verdicts = {s.key: s.score(example, output) for s in self.scorers}
+        scores = {key: score for key, (score, _) in verdicts.items()}
+        result = ScoredOutput(
+            example=example,
+            output=output,
+            scores=scores,
+            rationales={key: rationale for key, (_, rationale) in verdicts.items()},
+            aggregate=sum(s.weight * scores[s.key] for s in self.scorers) / sum(s.weight for s in self.scorers),
+        )
+        with self._lock:
+            self._cache[texts, example.index] = result
+            self.examples_run += 1
+        return result
+
+    @staticmethod
+    def _wait(futures: Sequence[Future[ScoredOutput]]) -> None:
+        """Wait for all; on the first failure cancel what has not started and raise it."""
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in futures:  # the first failure in example order
+            if future in done and future.exception() is not None:
+                raise future.exception()

@@ -1,0 +1,232 @@
+"""Built-in scorers: metrics (ExactMatch, Contains, Regex) and LLM judges (Correctness, Guidelines).
+
+Each scorer gives an output a score in [0, 1] and a rationale. The rationales are concrete ("output
+'The sentiment is Positive.' does not equal expected 'positive'") because they become the feedback the
+reflection model reads. Every raw verdict becomes a score through one rule, `to_score`.
+
+Judges send one request each (role judge) with tagged sections - <request>, <response>, and
+<expected_response> (Correctness) or <guidelines> (Guidelines) - and expect a JSON answer
+{"result": "yes"|"no", "rationale": "..."}.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from promptopt.api.v1alpha1 import ScorerParams, ScorerSpec, TaskSpec
+from promptopt_worker.llm import LLMClient, ModelEndpoint
+from promptopt_worker.problem import Example
+from promptopt_worker.sources import InvalidInput
+from promptopt_worker.templates import as_text, name_records
+
+QUOTE_LIMIT = 200  # characters of an output quoted in a rationale or an error
+
+
+class ScorerError(RuntimeError):
+    """A scorer could not give a score: its verdict is not a valid score, or a judge's answer is unusable."""
+
+
+def to_score(value: Any, scorer: str) -> float:
+    """The one conversion rule: "yes"/"no" (any case) -> 1/0, booleans -> 1/0, numbers in [0, 1] as they
+    are; anything else is a ScorerError naming the scorer and the value."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
+        return 1.0 if value.strip().lower() == "yes" else 0.0
+    if isinstance(value, (int, float)):
+        if not math.isnan(value) and 0 <= value <= 1:
+            return float(value)
+        raise ScorerError(f"scorer {scorer!r} gave the score {value!r}, outside [0, 1]")
+    raise ScorerError(
+        f"scorer {scorer!r} gave {_quote(value) if isinstance(value, str) else repr(value)}: a score must be "
+        "'yes' or 'no', a boolean, or a number in [0, 1]"
+    )
+
+
+class Scorer(ABC):
+    """One configured scorer."""
+
+    needs_expected_response: ClassVar[bool] = False
+
+    def __init__(self, spec: ScorerSpec):
+        self.spec = spec
+        self.params = spec.params or ScorerParams()
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def weight(self) -> float:
+        return self.spec.weight
+
+    def score(self, example: Example, output: str) -> tuple[float, str]:
+        """(score in [0, 1], rationale)."""
+        verdict, rationale = self.verdict(example, output)
+        return to_score(verdict, self.key), rationale
+
+    @abstractmethod
+    def verdict(self, example: Example, output: str) -> tuple[Any, str]:
+        """The raw verdict (a bool, "yes"/"no" or a number) and its rationale."""
+
+    def record_problem(self, example: Example) -> str | None:
+        """What this scorer misses in the record, if anything (checked before any LLM call)."""
+        if self.needs_expected_response and example.expectations.get("expected_response") is None:
+            return "no expectations.expected_response"
+        return None
+
+
+class ExactMatch(Scorer):
+    needs_expected_response = True
+
+    def verdict(self, example: Example, output: str) -> tuple[Any, str]:
+        expected = as_text(example.expectations["expected_response"])
+        actual, wanted = output.strip(), expected.strip()
+        if not self.params.case_sensitive:
+            actual, wanted = actual.casefold(), wanted.casefold()
+        if actual == wanted:
+            return True, f"output equals expected {_quote(expected)}"
+        case_only = " (only the letter case differs)" if actual.casefold() == wanted.casefold() else ""
+        return False, f"output {_quote(output)} does not equal expected {_quote(expected)}{case_only}"
+
+
+class Contains(Scorer):
+    needs_expected_response = True
+
+    def verdict(self, example: Example, output: str) -> tuple[Any, str]:
+        expected = as_text(example.expectations["expected_response"])
+        haystack, needle = output, expected.strip()
+        if not self.params.case_sensitive:
+            haystack, needle = haystack.casefold(), needle.casefold()
+        if needle in haystack:
+            return True, f"output contains expected {_quote(expected)}"
+        return False, f"output {_quote(output)} does not contain expected {_quote(expected)}"
+
+
+class Regex(Scorer):
+    def __init__(self, spec: ScorerSpec):
+        super().__init__(spec)
+        self.pattern = re.compile(self.params.pattern or "")
+
+    def verdict(self, example: Example, output: str) -> tuple[Any, str]:
+        match = self.pattern.search(output)
+        if match:
+            return True, f"output matches the pattern {self.pattern.pattern!r} at {_quote(match.group(0))}"
+        return False, f"output {_quote(output)} has no match for the pattern {self.pattern.pattern!r}"
+
+
+JUDGE_SYSTEM_MESSAGE = (
+    "You are an impartial judge of an AI assistant's response. Reply with only a JSON object with two keys: "
+    '"result" ("yes" or "no") and "rationale" (one or two sentences; when the result is no, say concretely what '
+    "is wrong)."
+)
+
+
+class LLMJudge(Scorer):
+    """A scorer that asks a judge model one yes/no question about the output."""
+
+    question: ClassVar[str]
+
+    def __init__(self, spec: ScorerSpec, task: TaskSpec, client: LLMClient):
+        super().__init__(spec)
+        self.endpoint = ModelEndpoint.for_judge(spec, task)
+        self.client = client
+
+    @abstractmethod
+    def criteria(self, example: Example) -> dict[str, str]:
+        """The tagged sections that say what a good response is."""
+
+    def verdict(self, example: Example, output: str) -> tuple[Any, str]:
+        sections = {"request": _request_text(example.inputs), "response": output, **self.criteria(example)}
+        request = self.question + "\n\n" + "\n\n".join(f"<{tag}>\n{text}\n</{tag}>" for tag, text in sections.items())
+        answer = self.client.complete(
+            self.endpoint, [{"role": "system", "content": JUDGE_SYSTEM_MESSAGE}, {"role": "user", "content": request}]
+        )
+        verdict = parse_verdict(answer, self.key)
+        return verdict["result"], str(verdict.get("rationale") or "")
+
+
+class Correctness(LLMJudge):
+    needs_expected_response = True
+    question = (
+        "Is the response correct? Answer yes if it gives the same answer as the expected response (wording, "
+        "format and extra explanation may differ as long as nothing contradicts it); answer no otherwise."
+    )
+
+    def criteria(self, example: Example) -> dict[str, str]:
+        return {"expected_response": as_text(example.expectations["expected_response"])}
+
+
+class Guidelines(LLMJudge):
+    question = (
+        "Does the response follow every guideline? Answer yes only if it meets all of them; answer no if it "
+        "breaks any, and name the guideline it breaks."
+    )
+
+    def guidelines(self, example: Example) -> list[str]:
+        """The scorer's guidelines, then the record's own (expectations.guidelines)."""
+        own = example.expectations.get("guidelines") or []
+        return [*(self.params.guidelines or []), *([own] if isinstance(own, str) else own)]
+
+    def criteria(self, example: Example) -> dict[str, str]:
+        return {"guidelines": "\n".join(f"- {g}" for g in self.guidelines(example))}
+
+    def record_problem(self, example: Example) -> str | None:
+        own = example.expectations.get("guidelines")
+        if own is None or isinstance(own, str) or (isinstance(own, list) and all(isinstance(g, str) for g in own)):
+            return None
+        return "expectations.guidelines that is neither a string nor a list of strings"
+
+
+METRICS: dict[str, type[Scorer]] = {"ExactMatch": ExactMatch, "Contains": Contains, "Regex": Regex}
+JUDGES: dict[str, type[LLMJudge]] = {"Correctness": Correctness, "Guidelines": Guidelines}
+
+
+def build_scorers(specs: Sequence[ScorerSpec], task: TaskSpec, client: LLMClient) -> list[Scorer]:
+    """The job's scorers, in spec order; judges call their models through `client`."""
+    return [JUDGES[s.name](s, task, client) if s.name in JUDGES else METRICS[s.name](s) for s in specs]
+
+
+def check_records(scorers: Sequence[Scorer], examples: Sequence[Example]) -> None:
+    """Raise one InvalidInput listing every record a scorer cannot score, grouped by scorer and problem."""
+    problems = []
+    for scorer in scorers:
+        lacking: dict[str, list[int]] = {}
+        for example in examples:
+            if (problem := scorer.record_problem(example)) is not None:
+                lacking.setdefault(problem, []).append(example.index)
+        problems += [
+            f"scorer {scorer.key!r} ({scorer.spec.name}) cannot score {name_records(indexes)}: {problem}"
+            for problem, indexes in lacking.items()
+        ]
+    if problems:
+        raise InvalidInput("the dataset does not fit the scorers: " + "; ".join(problems))
+
+
+def parse_verdict(answer: str, scorer: str) -> Mapping[str, Any]:
+    """The first JSON object with a "result" in the judge's answer - bare, fenced or within other text;
+    otherwise a ScorerError naming the scorer."""
+    decoder = json.JSONDecoder()
+    for opening in re.finditer(r"\{", answer):
+        try:
+            found, _ = decoder.raw_decode(answer, opening.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(found, dict) and "result" in found:
+            return found
+    raise ScorerError(
+        f"the judge of scorer {scorer!r} did not answer with a JSON verdict "
+        f'{{"result": "yes"|"no", "rationale": ...}}; it answered {_quote(answer)}'
+    )
+
+
+def _request_text(inputs: Mapping[str, Any]) -> str:
+    return json.dumps(dict(inputs), ensure_ascii=False, indent=2)
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "...")
