@@ -59,3 +59,17 @@ def kubectl(cluster, tmp_path_factory):
         return result
 
     return run
+
+
+# --- Local kubelet: runs the emulated cluster's Pods as local processes (promptopt.testing.kubelet) ---
+@pytest.fixture
+def kubelet(cluster):
+    """A started LocalKubelet on `cluster` (all namespaces, node "local-kubelet"); stopped after the test,
+    which kills every process it started. ``kubelet.logs(ns, name)``, ``kubelet.running_pods()``,
+    ``kubelet.set_image_behaviour(image, "ImagePullBackOff" | "OOMKilled" | None)``.
+    """
+    from promptopt.testing.kubelet import LocalKubelet
+
+    # The containers' environment is clean, so pass on what any litellm-importing process here needs.
+    with LocalKubelet(cluster.kubeconfig, extra_env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"}) as local_kubelet:
+        yield local_kubelet
