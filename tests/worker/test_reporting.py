@@ -18,7 +18,7 @@ from promptopt_worker.reporting import (
     configure_logging,
 )
 
-SECRET = "sk-live-0123456789abcdef-very-secret"
+SECRET = "hunter2-0123456789abcdef"  # not key-shaped: only its place in the environment marks it secret
 INITIAL = ScoreSummary(aggregate=0.25, scorers={"ExactMatch": 0.0, "Correctness": 0.75})
 FINAL = ScoreSummary(aggregate=1.0, scorers={"ExactMatch": 1.0, "Correctness": 1.0})
 BEST = {"classify": "Answer with one lowercase word.\n\n{{review}}"}
@@ -32,6 +32,11 @@ OPERATOR_STATUS = {
     "attempts": 1,
     "startTime": "2026-01-01T00:00:00Z",
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_real_termination_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTOPT_TERMINATION_MESSAGE_PATH", str(tmp_path / "default-termination-log"))
 
 
 class FakeClock:
@@ -256,8 +261,8 @@ def test_one_failing_reporter_does_not_stop_the_others():
 def test_secrets_are_masked_in_status_logs_and_termination_message(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     log_stream, console_out, termination = io.StringIO(), io.StringIO(), tmp_path / "termination-log"
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
+    root, litellm_logger = logging.getLogger(), logging.getLogger("LiteLLM")
+    saved = [(logger, logger.handlers[:], logger.level) for logger in (root, litellm_logger)]
     configure_logging(log_stream)
     try:
         api = RecordingStatusApi([ApiException(status=403, reason=f"Forbidden for token {SECRET}")])
@@ -268,9 +273,11 @@ def test_secrets_are_masked_in_status_logs_and_termination_message(tmp_path, mon
                               TerminationMessageReporter(str(termination)))
         reporters.progress(running(1, best=0.25, best_candidate=leaky), important=True)  # 403 with the secret: logged
         reporters.finished(running(2, best=0.25), result)
-        logging.getLogger("litellm").warning("retrying after error with api_key=%s", SECRET)
+        litellm_logger.warning("retrying after error with key %s", SECRET)
+        assert litellm_logger.handlers == []  # its own handler would bypass redaction
     finally:
-        root.handlers[:], root.level = saved_handlers, saved_level
+        for logger, handlers, level in saved:
+            logger.handlers[:], logger.level = handlers, level
 
     everything = {
         "status": json.dumps(api.patches),
@@ -278,12 +285,8 @@ def test_secrets_are_masked_in_status_logs_and_termination_message(tmp_path, mon
         "console": console_out.getvalue(),
         "termination message": termination.read_text(),
     }
-    assert "Forbidden for token" in everything["logs"] and "Incorrect API key" in everything["console"]
+    assert "Forbidden for token" in everything["logs"] and "retrying after error" in everything["logs"]
+    assert "Incorrect API key" in everything["console"]
     assert api.patches and "Incorrect API key" in everything["status"]
     for where, text in everything.items():
         assert SECRET not in text, f"the secret leaked into the {where}"
-
-
-@pytest.fixture(autouse=True)
-def _no_real_termination_log(tmp_path, monkeypatch):
-    monkeypatch.setenv("PROMPTOPT_TERMINATION_MESSAGE_PATH", str(tmp_path / "default-termination-log"))

@@ -414,6 +414,11 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+# litellm installs handlers of its own (which would bypass redaction) and logs every request at INFO, as
+# does httpx: they keep to warnings, through our handler.
+CHATTY_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx")
+
+
 def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -> None:
     """Send all logging to `stream` through the redacting formatter."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -421,3 +426,7 @@ def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in CHATTY_LOGGERS:
+        chatty = logging.getLogger(name)
+        chatty.handlers.clear()
+        chatty.setLevel(max(level, logging.WARNING))

@@ -1,0 +1,109 @@
+"""`promptopt worker` in a Pod, as the operator starts it: emulated API, local kubelet, simulated LLM."""
+import base64
+import json
+import time
+
+from promptopt.testing.simulated_llm import sentiment_dataset
+
+# What the operator owns in status; the worker must leave it as it is.
+OPERATOR_STATUS = {"phase": "Running", "podName": "worker", "attempts": 1, "message": "the worker runs"}
+
+
+def create_job(cluster, llm, *, max_metric_calls):
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
+                    "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()}})
+    cluster.create({
+        "apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": "sentiment"},
+        "spec": {
+            "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect",
+                          "gepa": {"maxMetricCalls": max_metric_calls}},
+            "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
+            "task": {"model": "openai/sim-task", "apiBase": llm.base_url, "temperature": 0},
+            "dataset": {"records": sentiment_dataset(10, seed=1), "validationFraction": 0.4},
+            "scorers": [{"name": "ExactMatch", "weight": 2}, {"name": "Correctness", "model": "openai/sim-judge"}],
+            "credentials": {"secretRef": {"name": "llm-credentials"}},
+        },
+    })
+    cluster.patch("poj", "sentiment", {"status": OPERATOR_STATUS}, subresource="status")
+
+
+def create_worker_pod(cluster):
+    """The Pod the operator creates for the job (the parts the worker depends on)."""
+    cluster.create({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "worker"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "worker", "image": "promptopt:dev", "command": ["promptopt", "worker"],
+                "env": [
+                    {"name": "PROMPTOPT_JOB_NAME", "value": "sentiment"},
+                    {"name": "PROMPTOPT_JOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "PROMPTOPT_TERMINATION_MESSAGE_PATH", "value": "/dev/termination-log"},
+                ],
+                "envFrom": [{"secretRef": {"name": "llm-credentials"}}],
+                "terminationMessagePath": "/dev/termination-log",
+            }],
+        },
+    })
+
+
+def job_status(cluster):
+    return cluster.get("poj", "sentiment").get("status") or {}
+
+
+def wait_for_status(cluster, predicate, timeout):
+    """Polls the job's status until `predicate` holds; returns that status (fails when the worker ends first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate(status := job_status(cluster)):
+            return status
+        if "workerResult" in status:
+            raise AssertionError(f"the worker ended first: {status}")
+        time.sleep(0.05)
+    raise AssertionError(f"status never satisfied the condition: {status}")
+
+
+def test_the_worker_reports_scores_early_and_its_result_at_the_end(cluster, kubelet, llm):
+    llm.set_latency(0.02)  # long enough to see the run in progress
+    create_job(cluster, llm, max_metric_calls=40)
+    create_worker_pod(cluster)
+
+    early = wait_for_status(cluster, lambda s: "initialScores" in s, timeout=30)
+    assert "workerResult" not in early and "finalScores" not in early
+    assert set(early["initialScores"]["scorers"]) == {"ExactMatch", "Correctness"}
+
+    pod = cluster.wait_for("pods", "worker", lambda p: p["status"].get("phase") in ("Succeeded", "Failed"), timeout=40)
+    logs = kubelet.logs("default", "worker")
+    assert pod["status"]["phase"] == "Succeeded", logs
+    status = job_status(cluster)
+    assert status["workerResult"]["reason"] == "Completed" and status["workerResult"]["succeeded"] is True
+    assert status["finalScores"]["aggregate"] > status["initialScores"]["aggregate"]
+    assert status["optimizedPrompts"][0]["name"] == "classify"
+    assert "{{review}}" in status["optimizedPrompts"][0]["template"]
+    assert status["cost"]["llmCalls"] == sum(llm.calls.values())
+    assert status["progress"]["maxMetricCalls"] == 40 and status["progress"]["percent"] == 100
+    assert status["progress"]["metricCalls"] >= 40  # gepa checks its budget between iterations
+    assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
+
+    message = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+    assert message["workerResult"] == status["workerResult"] and message["finalScores"] == status["finalScores"]
+    assert "result: Completed" in logs
+    assert llm.api_key not in logs + json.dumps(status)
+
+
+def test_sigterm_stops_the_run_and_the_best_result_so_far_is_reported(cluster, kubelet, llm):
+    llm.set_latency(0.2)  # each evaluation takes a while: the pod is deleted mid-run
+    create_job(cluster, llm, max_metric_calls=400)
+    create_worker_pod(cluster)
+    wait_for_status(cluster, lambda s: (s.get("progress") or {}).get("iteration", 0) >= 1, timeout=30)
+
+    deleted_at = time.monotonic()
+    cluster.delete("pods", "worker", gracePeriodSeconds=20)
+    status = wait_for_status(cluster, lambda s: "workerResult" in s, timeout=20)
+
+    assert time.monotonic() - deleted_at < 15  # well within the grace period
+    assert status["workerResult"]["reason"] == "Cancelled" and status["workerResult"]["succeeded"] is True
+    assert "SIGTERM" in status["workerResult"]["message"]
+    assert status["optimizedPrompts"] and status["finalScores"]["aggregate"] >= status["initialScores"]["aggregate"]
+    assert status["progress"]["metricCalls"] < 400
+    assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
