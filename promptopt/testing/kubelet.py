@@ -23,25 +23,27 @@ paths a container would see instead of mounting them. Each Pod gets a private di
 with one directory per `emptyDir` volume, a working directory, a home, a tmp and the termination-message
 file. In env values, command/args elements and `workingDir`, every path that is, or is under, the
 `mountPath` of an emptyDir volume mount or the container's `terminationMessagePath` (default
-/dev/termination-log) is rewritten to its local stand-in, wherever it starts a token: `/data/x`,
-`--out=/data/x` and `echo done > /dev/termination-log` are all translated. A `workingDir` outside every mount
-(a directory of the image) is created inside the sandbox and translated likewise; without one, the
-process runs in the sandbox's working directory. HOME, TMPDIR and HOSTNAME are set
-as in a container; KUBECONFIG points at the kubelet's kubeconfig (the stand-in for the service-account
-mount), PATH starts with this Python's scripts directory (so `promptopt` resolves), PYTHONUNBUFFERED=1.
-Nothing else from the caller's environment leaks in; `extra_env` adds variables to every container.
+/dev/termination-log) is rewritten to its local stand-in wherever it starts a token: `/data/x`,
+`--out=/data/x` and `echo done > /dev/termination-log` are all translated. A `workingDir` outside every
+mount (a directory of the image) is created inside the sandbox and translated likewise; without one,
+the process runs in the sandbox's working directory. HOME, TMPDIR and HOSTNAME are set as in a
+container; KUBECONFIG points at the kubelet's kubeconfig (the stand-in for the service-account mount),
+PATH starts with this Python's scripts directory (so `promptopt` resolves), PYTHONUNBUFFERED=1. Nothing
+else from the caller's environment leaks in; `extra_env` adds variables to every container.
 
-Failure injection by image name (exact match): "ImagePullBackOff" keeps the container waiting with
-ErrImagePull / ImagePullBackOff in turn; "OOMKilled" starts the process and kills it (SIGKILL) a moment
-later, reported as OOMKilled with exit code 137.
+A waiting container (missing Secret/ConfigMap/key, image pull failure) is retried every second, so
+creating the Secret later starts it. Failure injection by image name (exact match): "ImagePullBackOff"
+keeps the container waiting with ErrImagePull and ImagePullBackOff in turn, a second each (the real
+back-off starts at 10 s); "OOMKilled" starts the process and kills it (SIGKILL) a moment later,
+reported as OOMKilled with exit code 137 (a process that ends before that ends normally).
 
 Limitations, on purpose: only `spec.containers[0]` runs (init containers and other containers are
 ignored); the container runs once whatever its restartPolicy (OnFailure/Always pods end Succeeded or
 Failed like Never ones); there is no image ENTRYPOINT, so a container must set `command` (or `args`
 whose first element is the program); only emptyDir volumes exist (secret, configMap and other volumes
 are not materialised); no probes (a started container is Ready at once), no `resourceFieldRef`, no
-taints, tolerations or affinity, no Node object. `LocalKubelet.stop` kills every process it started;
-pods stay as last reported, as when a node goes away.
+taints, tolerations or affinity, no Node object, no `pods/log` (read `LocalKubelet.logs`).
+`LocalKubelet.stop` kills every process it started; Pods stay as last reported, as when a node goes away.
 
 Run it in the foreground (for shell-driven end-to-end tests) until SIGTERM or SIGINT:
     python -m promptopt.testing.kubelet --kubeconfig PATH [--namespace NS]
