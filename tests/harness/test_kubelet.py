@@ -499,6 +499,15 @@ def test_empty_dirs_working_dir_and_termination_path_are_translated(cluster, kub
     assert kubelet.logs("default", "paths").split() == ["run", "where"]
 
 
+def test_a_kubelet_for_one_namespace_leaves_the_others_alone(cluster):
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
+    with LocalKubelet(cluster.kubeconfig, namespace="team-a"):
+        cluster.create(pod_manifest("mine", ["true"], namespace="team-a"))
+        create_pod(cluster, "not-mine", ["true"])
+        cluster.wait_for("pods", "mine", phase_is("Succeeded"), namespace="team-a")
+        assert cluster.get("pods", "not-mine")["status"] == {"phase": "Pending"}
+
+
 def test_a_command_that_cannot_start_is_a_start_error(cluster, kubelet):
     create_pod(cluster, "typo", ["promptopt-no-such-program", "worker"])
     pod = wait_for_pod(cluster, "typo", phase_is("Failed"))
