@@ -2,14 +2,20 @@
 import base64
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
+import pytest
+
+from promptopt.api.validation import parse_spec
 from promptopt.testing.simulated_llm import sentiment_dataset
+from promptopt_worker.main import exit_code, remaining_deadline
+from promptopt_worker.problem import Result
 
 # What the operator owns in status; the worker must leave it as it is.
 OPERATOR_STATUS = {"phase": "Running", "podName": "worker", "attempts": 1, "message": "the worker runs"}
 
 
-def create_job(cluster, llm, *, max_metric_calls):
+def create_job(cluster, llm, *, max_metric_calls, **spec):
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
                     "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()}})
     cluster.create({
@@ -22,6 +28,7 @@ def create_job(cluster, llm, *, max_metric_calls):
             "dataset": {"records": sentiment_dataset(10, seed=1), "validationFraction": 0.4},
             "scorers": [{"name": "ExactMatch", "weight": 2}, {"name": "Correctness", "model": "openai/sim-judge"}],
             "credentials": {"secretRef": {"name": "llm-credentials"}},
+            **spec,
         },
     })
     cluster.patch("poj", "sentiment", {"status": OPERATOR_STATUS}, subresource="status")
@@ -107,3 +114,64 @@ def test_sigterm_stops_the_run_and_the_best_result_so_far_is_reported(cluster, k
     assert status["optimizedPrompts"] and status["finalScores"]["aggregate"] >= status["initialScores"]["aggregate"]
     assert status["progress"]["metricCalls"] < 400
     assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
+
+
+def wait_for_pod_end(cluster, timeout=40):
+    return cluster.wait_for("pods", "worker", lambda p: p["status"].get("phase") in ("Succeeded", "Failed"),
+                            timeout=timeout)
+
+
+def termination_message(pod):
+    return json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
+
+
+def test_a_missing_configmap_ends_the_worker_with_invalid_input(cluster, kubelet, llm):
+    create_job(cluster, llm, max_metric_calls=40,
+               prompts=[{"name": "classify", "configMapKeyRef": {"name": "prompts", "key": "classify.txt"}}])
+    create_worker_pod(cluster)
+
+    pod = wait_for_pod_end(cluster)
+
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
+    expected = {"reason": "InvalidInput", "succeeded": False, "message": (
+        "spec.prompts[0].configMapKeyRef: ConfigMap 'prompts' not found in namespace 'default'")}
+    assert job_status(cluster)["workerResult"] == expected
+    assert termination_message(pod)["workerResult"] == expected
+    assert sum(llm.calls.values()) == 0
+
+
+def test_the_deadline_counts_from_the_jobs_start(cluster, kubelet, llm):
+    llm.set_latency(0.2)
+    create_job(cluster, llm, max_metric_calls=400, activeDeadlineSeconds=30)
+    started = datetime.now(timezone.utc) - timedelta(seconds=25)
+    cluster.patch("poj", "sentiment", {"status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ")}},
+                  subresource="status")
+    create_worker_pod(cluster)
+
+    pod = wait_for_pod_end(cluster)
+
+    result = job_status(cluster)["workerResult"]
+    assert pod["status"]["phase"] == "Succeeded" and result["reason"] == "DeadlineReached", result
+    assert result["succeeded"] is True and job_status(cluster)["progress"]["metricCalls"] < 400
+
+
+def test_remaining_deadline_subtracts_the_time_since_the_start_and_a_reserve_for_reporting():
+    spec = parse_spec({"optimizer": {"type": "MetaPrompt", "reflectionModel": "m"},
+                       "prompts": [{"name": "p", "template": "t"}], "task": {"model": "m"},
+                       "activeDeadlineSeconds": 3600})
+    now = datetime(2026, 1, 1, 1, 0, 0, tzinfo=timezone.utc)
+
+    assert remaining_deadline(spec, None, now) == 3600 - 60  # the reserve is capped at a minute
+    assert remaining_deadline(spec, "2026-01-01T00:30:00Z", now) == 1800 - 60
+    assert remaining_deadline(spec, "2026-01-01T00:01:00Z", now) == pytest.approx(60 * 0.9)  # a tenth of 60 s
+    assert remaining_deadline(spec, "2025-12-31T00:00:00Z", now) == 0
+    assert remaining_deadline(spec.model_copy(update={"active_deadline_seconds": None}), None, now) is None
+
+
+@pytest.mark.parametrize("reason, best, code", [
+    ("Completed", {"p": "t"}, 0), ("Cancelled", {"p": "t"}, 0), ("DeadlineReached", {"p": "t"}, 0),
+    ("BudgetExhausted", {"p": "t"}, 0), ("Cancelled", None, 1), ("LLMError", None, 1), ("Error", {"p": "t"}, 1),
+    ("InvalidInput", None, 2),
+])
+def test_exit_codes(reason, best, code):
+    assert exit_code(Result(reason, "", best_candidate=best)) == code
