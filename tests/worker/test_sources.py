@@ -138,7 +138,8 @@ def test_a_missing_key_names_the_field_the_map_the_key_and_the_keys_it_has(clust
 
 def test_records_that_do_not_fit_the_prompts_are_found_before_any_llm_call(build):
     spec = gepa_spec(records=[{"inputs": {"text": "no review here"}, "expectations": {"expected_response": "x"}}])
-    with pytest.raises(InvalidInput, match=r"prompt 'classify' uses \{\{review\}\}, but record 0 has no input 'review'"):
+    missing = r"prompt 'classify' uses \{\{review\}\}, but record 0 has no input 'review'"
+    with pytest.raises(InvalidInput, match=missing):
         build(spec, LocalConfigMaps())
 
 
@@ -148,8 +149,9 @@ def test_the_reflection_model_gets_the_system_message_and_the_prompt(llm, monkey
                        "task": {"model": "openai/sim-task", "apiBase": llm.base_url}})
     reflect = reflection_model(spec, LLMClient())
 
-    reflect("### Current prompts\n```json\n{\"p\": \"Label: {{review}}\"}\n```", system="You are an expert prompt engineer.")
+    system = "You are an expert prompt engineer."
+    reflect('### Current prompts\n```json\n{"p": "Label: {{review}}"}\n```', system=system)
 
     request = llm.last_request(model=REFLECT_MODEL)
     assert [m["role"] for m in request["messages"]] == ["system", "user"]
-    assert request["messages"][0]["content"] == "You are an expert prompt engineer."
+    assert request["messages"][0]["content"] == system

@@ -30,12 +30,14 @@ from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import Progress, Reporter, Result, StopRequested
 from promptopt_worker.reporting import (
     ConsoleReporter,
+    CostSource,
     KubernetesStatusReporter,
     Reporters,
     ResultFileReporter,
     TerminationMessageReporter,
     configure_logging,
     is_transient,
+    no_cost,
 )
 from promptopt_worker.sources import (
     ConfigMapSource,
@@ -117,7 +119,7 @@ def stop_on_signals(stop: StopRequested) -> None:
         if stop and signum == signal.SIGINT:
             raise KeyboardInterrupt
         name = signal.Signals(signum).name
-        stop.request("Cancelled", f"stopped by {name}; the best result so far is kept")
+        stop.request("Cancelled", f"stopped by {name}")
         log.warning("%s received: stopping after the current step", name)
 
     if threading.current_thread() is threading.main_thread():
@@ -125,7 +127,9 @@ def stop_on_signals(stop: StopRequested) -> None:
         signal.signal(signal.SIGINT, handle)
 
 
-def remaining_deadline(spec: PromptOptimizationJobSpec, started_at: str | None, now: datetime | None = None) -> float | None:
+def remaining_deadline(
+    spec: PromptOptimizationJobSpec, started_at: str | None, now: datetime | None = None
+) -> float | None:
     """Seconds the optimizer may run: activeDeadlineSeconds less the time since the job started (status.startTime,
     RFC 3339) and a reserve for reporting; None without a deadline."""
     if spec.active_deadline_seconds is None:
@@ -161,19 +165,16 @@ def run_worker() -> int:
     stop = StopRequested()
     stop_on_signals(stop)
     name, namespace = os.environ.get(JOB_NAME_ENV), os.environ.get(JOB_NAMESPACE_ENV)
-    termination = TerminationMessageReporter()
-    console = ConsoleReporter(sys.stdout, live=False)
     if not name or not namespace:
         message = f"{JOB_NAME_ENV} and {JOB_NAMESPACE_ENV} must name the job (the operator sets them)"
-        return exit_code(finish_early(Reporters(console, termination), "Error", message))
-
-    api_client = kubernetes_api_client()
-    custom = kubernetes.client.CustomObjectsApi(api_client)
+        return exit_code(finish_early(Reporters(*pod_reporters()), "Error", message))
     try:
+        api_client = kubernetes_api_client()
+        custom = kubernetes.client.CustomObjectsApi(api_client)
         job = read_job(custom, name, namespace)
-    except Exception as error:  # noqa: BLE001 - reported through the termination message instead
+    except Exception as error:  # noqa: BLE001 - without the API, the termination message carries the news
         message = f"could not read job {namespace}/{name}: {type(error).__name__}: {error}"
-        return exit_code(finish_early(Reporters(console, termination), "Error", message))
+        return exit_code(finish_early(Reporters(*pod_reporters()), "Error", message))
 
     status = job.get("status") or {}
     usage = UsageMeter(usage_so_far(status.get("cost")))
@@ -181,8 +182,7 @@ def run_worker() -> int:
     def cost() -> dict[str, Any]:
         return usage.snapshot().to_status()
 
-    console.cost = termination.cost = cost
-    reporter = Reporters(console, KubernetesStatusReporter(custom, name, namespace, cost=cost), termination)
+    reporter = Reporters(KubernetesStatusReporter(custom, name, namespace, cost=cost), *pod_reporters(cost))
     try:
         spec = parse_spec(job.get("spec"))
     except InvalidSpec as error:
@@ -203,6 +203,11 @@ def run_worker() -> int:
         checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None,
     )
     return exit_code(result)
+
+
+def pod_reporters(cost: CostSource = no_cost) -> list[Reporter]:
+    """What a worker reports to besides the job's status: log lines, and the termination message."""
+    return [ConsoleReporter(sys.stdout, live=False, cost=cost), TerminationMessageReporter(cost=cost)]
 
 
 def kubernetes_api_client() -> Any:
@@ -294,10 +299,8 @@ def with_simulated_models(spec: PromptOptimizationJobSpec, base_url: str) -> Pro
     optimizer = spec.optimizer.model_copy(update={
         "reflection_model": SIMULATED_MODELS["reflection"], "reflection_api_base": base_url, "reflection_pricing": free,
     })
-    scorers = spec.scorers and [
-        s.model_copy(update={"model": SIMULATED_MODELS["judge"], "api_base": base_url, "pricing": free}) if s.model else s
-        for s in spec.scorers
-    ]
+    judge = {"model": SIMULATED_MODELS["judge"], "api_base": base_url, "pricing": free}
+    scorers = spec.scorers and [s.model_copy(update=judge) if s.model else s for s in spec.scorers]
     return spec.model_copy(update={"task": task, "optimizer": optimizer, "scorers": scorers})
 
 
