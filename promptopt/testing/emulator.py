@@ -534,6 +534,10 @@ class Selection:
         return dataclasses.replace(event, type='ADDED' if now else 'DELETED')
 
 
+# Requests kept for assertions (emulator.requests); older ones are dropped to keep dispatch fast.
+REQUEST_HISTORY = 8
+
+
 @attrs.define(kw_only=True)
 class KubernetesEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the semantics of a real API server (see the module docstring).
@@ -573,6 +577,11 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         api_path = parse_api_path(path)
         if api_path is not None:
             request = self._reparsed(request, api_path)
+        # kmock matches each request against every reaction by walking the whole request history, so a long
+        # run (a benchmark, a 1,000-job test) slows down with every request served: keep only recent ones.
+        for history in (self._requests, *(payload._requests for payload in self._payloads)):
+            if len(history) > 2 * REQUEST_HISTORY:
+                del history[:-REQUEST_HISTORY]
         # kmock's own _handle() writes objects before dispatching; our _serve_* fallbacks write instead.
         return await kmock.KubernetesScaffold._handle(self, request)
 
