@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import copy
 import dataclasses
@@ -53,6 +54,7 @@ NAME_SUFFIX_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789'  # the apiserver's generate
 NAMESPACES = kmock.resource('', 'v1', 'namespaces')
 NAMESPACES_ALIAS = '/api/v1/namespaces/-'  # "-" is not a valid namespace name, so the alias is unambiguous
 PODS = kmock.resource('', 'v1', 'pods')
+SECRETS = kmock.resource('', 'v1', 'secrets')
 CRDS = kmock.resource('apiextensions.k8s.io', 'v1', 'customresourcedefinitions')
 
 
@@ -876,6 +878,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                          apply_json_patch(current, body) if content_type == 'application/json-patch+json' else
                          apply_merge_patch(current, without_patch_directives(body)))
             updated = self._updated(resource, current, candidate, request.subresource)
+            if resource == SECRETS:
+                fold_string_data(updated)
             if updated == current:
                 return current  # a no-op write is not written: no new resourceVersion, no event
             stored = await self._store(resource, updated, current)
@@ -993,7 +997,15 @@ def with_builtin_defaults(resource: kmock.resource, obj: dict[str, Any], now: st
         obj.setdefault('status', {'phase': 'Active'})
     elif resource == CRDS:
         obj['status'] = crd_established(obj, now)
+    elif resource == SECRETS:
+        fold_string_data(obj)
     return obj
+
+
+def fold_string_data(secret: dict[str, Any]) -> None:
+    """A Secret's stringData is write-only: the API server stores it base64-encoded in data."""
+    for key, value in (secret.pop('stringData', None) or {}).items():
+        secret.setdefault('data', {})[key] = base64.b64encode(str(value).encode()).decode()
 
 
 def grace_period(resource: kmock.resource, obj: Mapping[str, Any], options: Mapping[str, Any]) -> int:

@@ -576,3 +576,12 @@ def test_custom_resources_can_be_admitted_against_their_schema():
         example["spec"]["unknownField"] = 1
         created = cluster.create(example)
         assert "unknownField" not in created["spec"]  # pruned, as the API server does
+
+
+def test_secret_string_data_is_stored_as_base64_data(cluster):
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                    "stringData": {"OPENAI_API_KEY": "sk-abc"}, "data": {"OTHER": "eA=="}})
+    stored = cluster.get("secrets", "s")
+    assert "stringData" not in stored and stored["data"] == {"OPENAI_API_KEY": "c2stYWJj", "OTHER": "eA=="}
+    cluster.patch("secrets", "s", {"stringData": {"OPENAI_API_KEY": "sk-new"}})
+    assert cluster.get("secrets", "s")["data"]["OPENAI_API_KEY"] == "c2stbmV3"
