@@ -1,0 +1,258 @@
+"""The whole job lifecycle: the real operator and worker, the emulated API, the local kubelet, the simulated LLM.
+
+Every test drives the system only through the API (or kubectl) and watches the job's status, like a user.
+"""
+import base64
+import re
+import time
+
+import pytest
+
+from promptopt.testing.emulator import ApiError
+from promptopt.testing.operator_process import OperatorProcess
+from promptopt.testing.simulated_llm import sentiment_dataset
+
+pytestmark = pytest.mark.slow
+
+FAST_RETRY = ("--retry-base-delay", "0.3")
+
+
+@pytest.fixture
+def start_operator(cluster, tmp_path):
+    """start_operator(*flags) runs `promptopt operator` against the cluster; every one is stopped at the end."""
+    started = []
+
+    def start(*flags):
+        operator = OperatorProcess(cluster.kubeconfig, *FAST_RETRY, *flags,
+                                   log_path=tmp_path / f"operator-{len(started)}.log").start()
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+@pytest.fixture
+def credentials(cluster, llm):
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
+                    "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()}})
+    return "llm-credentials"
+
+
+def gepa_job(name, llm, *, max_metric_calls=24, records=8, **spec):
+    return {
+        "apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": name},
+        "spec": {
+            "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect",
+                          "gepa": {"maxMetricCalls": max_metric_calls}},
+            "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
+            "task": {"model": "openai/sim-task", "apiBase": llm.base_url, "temperature": 0},
+            "dataset": {"records": sentiment_dataset(records, seed=3)},
+            "scorers": [{"name": "ExactMatch"}],
+            "credentials": {"secretRef": {"name": "llm-credentials"}},
+            **spec,
+        },
+    }
+
+
+def job_exists(cluster, name):
+    try:
+        cluster.get("poj", name)
+    except ApiError as error:
+        if error.code == 404:
+            return False
+        raise
+    return True
+
+
+def status_of(cluster, name):
+    return cluster.get("poj", name).get("status") or {}
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_for_phase(cluster, name, phase, timeout=60):
+    def reached():
+        status = status_of(cluster, name)
+        return status if status.get("phase") == phase else None
+    try:
+        return wait_for(reached, timeout, f"{name} to be {phase}")
+    except AssertionError:
+        raise AssertionError(f"{name} never became {phase}; status: {status_of(cluster, name)}") from None
+
+
+def condition(status, kind):
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def worker_pods(cluster, name):
+    return cluster.list("pods", label_selector=f"promptopt.dev/job={name}")
+
+
+def test_gepa_job_runs_to_success_with_scores_in_status(cluster, kubelet, llm, credentials, kubectl, start_operator):
+    start_operator()
+    cluster.create(gepa_job("sentiment", llm))
+    status = wait_for_phase(cluster, "sentiment", "Succeeded")
+
+    assert status["finalScores"]["aggregate"] > status["initialScores"]["aggregate"]
+    assert set(status["finalScores"]["scorers"]) == {"ExactMatch"}
+    assert "{{review}}" in status["optimizedPrompts"][0]["template"]
+    assert status["workerResult"]["reason"] == "Completed" and status["attempts"] == 1
+    assert status["completionTime"] >= status["startTime"]
+    assert condition(status, "Ready")["status"] == "True" and condition(status, "Stalled")["status"] == "False"
+    assert status["observedGeneration"] == 1 and status["cost"]["llmCalls"] > 0
+
+    listing = kubectl("get", "poj", "sentiment").stdout.splitlines()
+    assert listing[0].split()[:6] == ["NAME", "PHASE", "OPTIMIZER", "PROGRESS%", "INITIAL", "BEST"]
+    assert listing[1].split()[:4] == ["sentiment", "Succeeded", "GEPA", "100"]
+    described = kubectl("describe", "poj", "sentiment").stdout
+    assert "PodCreated" in described and "Succeeded" in described  # the Events of its transitions
+    (pod,) = worker_pods(cluster, "sentiment")
+    assert pod["metadata"]["ownerReferences"][0]["controller"] is True
+    assert pod["status"]["phase"] == "Succeeded"
+
+
+def test_cancel_stops_the_pod_and_keeps_the_best_so_far(cluster, kubelet, llm, credentials, kubectl, start_operator):
+    llm.set_latency(0.05)
+    start_operator()
+    cluster.create(gepa_job("long", llm, max_metric_calls=2000, records=10))
+    wait_for(lambda: status_of(cluster, "long").get("initialScores"), 60, "the initial scores")
+
+    kubectl("patch", "poj", "long", "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    status = wait_for_phase(cluster, "long", "Cancelled", timeout=30)
+    assert condition(status, "Stalled")["reason"] == "Cancelled"
+    wait_for(lambda: not worker_pods(cluster, "long"), 60, "the worker Pod to go")
+    final = wait_for(lambda: status_of(cluster, "long").get("workerResult") and status_of(cluster, "long"),
+                     30, "the worker's last report")
+    assert final["workerResult"]["reason"] == "Cancelled"
+    assert final["optimizedPrompts"] and final["progress"]["bestScore"] is not None
+
+    kubectl("patch", "poj", "long", "--type=merge", "-p", '{"spec":{"cancel":false}}')
+    time.sleep(1)
+    assert status_of(cluster, "long")["phase"] == "Cancelled" and not worker_pods(cluster, "long")
+
+
+def test_deleting_a_running_job_deletes_its_pod(cluster, kubelet, llm, credentials, kubectl, start_operator):
+    llm.set_latency(0.05)
+    start_operator()
+    cluster.create(gepa_job("doomed", llm, max_metric_calls=2000))
+    wait_for_phase(cluster, "doomed", "Running")
+    kubectl("delete", "poj", "doomed", "--timeout=30s")
+    assert not job_exists(cluster, "doomed")
+    wait_for(lambda: not worker_pods(cluster, "doomed") and not kubelet.running_pods(), 60, "no worker left")
+
+
+def test_failing_pods_are_retried_then_backoff_limit_exceeded(cluster, kubelet, llm, credentials, start_operator):
+    kubelet.set_image_behaviour("worker:oom", "OOMKilled")
+    start_operator()
+    cluster.create(gepa_job("oom", llm, backoffLimit=1, worker={"image": "worker:oom"}))
+    status = wait_for_phase(cluster, "oom", "Failed")
+    assert condition(status, "Ready")["reason"] == "BackoffLimitExceeded"
+    assert "OOMKilled" in status["message"] and status["attempts"] == 2
+    assert sorted(p["metadata"]["name"] for p in worker_pods(cluster, "oom")) == ["oom-worker-1", "oom-worker-2"]
+
+
+def test_deadline_fails_the_job_even_if_the_worker_hangs(cluster, kubelet, llm, credentials, start_operator):
+    llm.set_latency(30)  # every LLM call hangs past the deadline
+    start_operator()
+    cluster.create(gepa_job("slow", llm, activeDeadlineSeconds=3))
+    status = wait_for_phase(cluster, "slow", "Failed", timeout=30)
+    assert condition(status, "Ready")["reason"] == "DeadlineExceeded"
+    wait_for(lambda: all(p["status"]["phase"] in ("Failed", "Succeeded") for p in worker_pods(cluster, "slow"))
+             or not worker_pods(cluster, "slow"), 60, "the worker to stop")
+
+
+@pytest.mark.parametrize("trouble,expected_reason,expected_message", [
+    ("image", "ImagePullBackOff|ErrImagePull", "pull"),
+    ("secret", "CreateContainerConfigError", 'secret "missing-secret" not found'),
+])
+def test_pod_trouble_is_visible_within_seconds(cluster, kubelet, llm, credentials, start_operator,
+                                               trouble, expected_reason, expected_message):
+    kubelet.set_image_behaviour("worker:missing", "ImagePullBackOff")
+    start_operator()
+    spec = ({"worker": {"image": "worker:missing"}} if trouble == "image"
+            else {"credentials": {"secretRef": {"name": "missing-secret"}}})
+    cluster.create(gepa_job("stuck", llm, **spec))
+    started = time.monotonic()
+
+    def surfaced():
+        status = status_of(cluster, "stuck")
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+        return status if re.fullmatch(expected_reason, ready.get("reason") or "") else None
+
+    status = wait_for(surfaced, 15, f"the {trouble} trouble in the job's conditions")
+    assert time.monotonic() - started < 15
+    assert status["phase"] == "Pending" and expected_message in condition(status, "Ready")["message"]
+    assert condition(status, "Reconciling")["status"] == "True"  # still in progress, not failed
+
+
+def test_queue_runs_two_at_a_time_in_creation_order(cluster, kubelet, llm, credentials, start_operator):
+    llm.set_latency(0.03)
+    start_operator("--max-running-jobs", "2")
+    names = [f"job-{i}" for i in range(5)]
+    for name in names:
+        cluster.create(gepa_job(name, llm, max_metric_calls=16, records=6))
+        time.sleep(0.02)  # distinct creation order
+    most_running = 0
+    while True:
+        statuses = [status_of(cluster, n) for n in names]
+        phases = [s.get("phase") for s in statuses]
+        if all(p == "Succeeded" for p in phases):
+            break
+        assert "Failed" not in phases, statuses
+        most_running = max(most_running, sum(p in ("Pending", "Running") for p in phases))
+        assert all(s.get("queuePosition") for s in statuses if s.get("phase") == "Queued"), statuses
+        time.sleep(0.05)
+    assert most_running <= 2
+    starts = [status_of(cluster, n)["startTime"] for n in names]
+    assert starts == sorted(starts)  # first come, first started
+
+
+def test_operator_restarted_mid_job_adopts_it_without_duplicates(cluster, kubelet, llm, credentials, start_operator):
+    llm.set_latency(0.03)
+    first = start_operator()
+    cluster.create(gepa_job("survivor", llm, max_metric_calls=40))
+    wait_for_phase(cluster, "survivor", "Running")
+    first.kill()
+    start_operator()
+    status = wait_for_phase(cluster, "survivor", "Succeeded", timeout=90)
+    assert status["attempts"] == 1
+    assert [p["metadata"]["name"] for p in worker_pods(cluster, "survivor")] == ["survivor-worker-1"]
+
+
+def test_a_spec_the_models_reject_fails_without_a_pod(cluster, kubelet, llm, credentials, start_operator):
+    start_operator()
+    job = gepa_job("bad-regex", llm)
+    job["spec"]["scorers"] = [{"name": "Regex", "params": {"pattern": "(unclosed"}}]  # passes CEL, not the models
+    cluster.create(job)
+    status = wait_for_phase(cluster, "bad-regex", "Failed", timeout=15)
+    assert condition(status, "Ready")["reason"] == "InvalidSpec"
+    assert "spec.scorers[0]" in status["message"] and "regular expression" in status["message"]
+    assert not worker_pods(cluster, "bad-regex")
+
+
+def test_metrics_count_jobs_and_pods(cluster, kubelet, llm, credentials, start_operator):
+    operator = start_operator()
+    cluster.create(gepa_job("measured", llm, max_metric_calls=8, records=4))
+    wait_for_phase(cluster, "measured", "Succeeded")
+    metrics = operator.scrape()
+    assert re.search(r'^promptopt_jobs\{phase="Succeeded"\} 1\.0$', metrics, re.M), metrics
+    assert re.search(r"^promptopt_worker_pods_created_total 1\.0$", metrics, re.M)
+    assert re.search(r"^promptopt_pod_launch_seconds_count 1\.0$", metrics, re.M)
+    assert re.search(r"^promptopt_reconcile_seconds_count [1-9]", metrics, re.M)
+
+
+def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, start_operator):
+    start_operator()
+    cluster.create(gepa_job("ephemeral", llm, max_metric_calls=8, records=4, ttlSecondsAfterFinished=1))
+    wait_for_phase(cluster, "ephemeral", "Succeeded")
+    wait_for(lambda: not job_exists(cluster, "ephemeral"), 15, "the TTL to delete the job")
+
