@@ -14,9 +14,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from promptopt.api.v1alpha1 import TERMINAL_PHASES, PromptOptimizationJobSpec
+from promptopt.worker_contract import EXIT_INVALID_INPUT
 
 from promptopt_operator.conditions import SPEC_APPLIED, condition_status, conditions_for
-from promptopt_operator.pods import EXIT_INVALID_INPUT, WorkerPod, pod_name
+from promptopt_operator.pods import WorkerPod, pod_name
 from promptopt_operator.settings import OperatorSettings
 
 # Worker outcomes that no new Pod can fix.

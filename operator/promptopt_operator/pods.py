@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
+from promptopt.worker_contract import (
+    ATTEMPT_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, SPEC_HASH_ENV, TERMINATION_MESSAGE_PATH_ENV,
+)
 
 from promptopt_operator.settings import OperatorSettings
 
@@ -23,8 +26,6 @@ CONTAINER_NAME = "worker"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 SCRATCH_DIR = "/tmp"
 
-# Exit codes of `promptopt worker` that no retry can fix (see promptopt_worker.main).
-EXIT_INVALID_INPUT = 2
 
 
 def pod_name(job_name: str, attempt: int) -> str:
@@ -58,11 +59,11 @@ def worker_pod_manifest(
     """
     worker = spec.worker
     env = [
-        {"name": "PROMPTOPT_JOB_NAME", "value": job_name},
-        {"name": "PROMPTOPT_JOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "PROMPTOPT_ATTEMPT", "value": str(attempt)},
-        {"name": "PROMPTOPT_SPEC_HASH", "value": spec_hash},
-        {"name": "PROMPTOPT_TERMINATION_MESSAGE_PATH", "value": TERMINATION_MESSAGE_PATH},
+        {"name": JOB_NAME_ENV, "value": job_name},
+        {"name": JOB_NAMESPACE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": ATTEMPT_ENV, "value": str(attempt)},
+        {"name": SPEC_HASH_ENV, "value": spec_hash},
+        {"name": TERMINATION_MESSAGE_PATH_ENV, "value": TERMINATION_MESSAGE_PATH},
         {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
         # The root filesystem is read-only: everything that writes (Python, litellm, gepa) goes to scratch.
         {"name": "HOME", "value": SCRATCH_DIR},

@@ -175,3 +175,21 @@ def test_remaining_deadline_subtracts_the_time_since_the_start_and_a_reserve_for
 ])
 def test_exit_codes(reason, best, code):
     assert exit_code(Result(reason, "", best_candidate=best)) == code
+
+
+def test_a_worker_refuses_a_spec_changed_since_the_job_started(cluster, llm, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    create_job(cluster, llm, max_metric_calls=10)
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PROMPTOPT_JOB_NAME": "sentiment",
+           "PROMPTOPT_JOB_NAMESPACE": "default", "PROMPTOPT_SPEC_HASH": "not-the-started-spec",
+           "PROMPTOPT_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log")}
+    worker = subprocess.run([str(Path(sys.executable).with_name("promptopt")), "worker"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 2
+    result = job_status(cluster)["workerResult"]
+    assert result["reason"] == "InvalidInput" and "changed after it started" in result["message"]
+    assert llm.request_count == 0

@@ -25,6 +25,10 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, PromptOptimizationJobSpec, Pricing, WorkerOutcome
 from promptopt.api.validation import InvalidSpec, parse_spec
+from promptopt.worker_contract import (
+    CHECKPOINT_DIR_ENV, EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_SUCCEEDED, JOB_NAME_ENV, JOB_NAMESPACE_ENV,
+    SPEC_HASH_ENV,
+)
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import Progress, Reporter, Result, StopRequested
@@ -50,11 +54,7 @@ from promptopt_worker.sources import (
 
 log = logging.getLogger(__name__)
 
-JOB_NAME_ENV = "PROMPTOPT_JOB_NAME"
-JOB_NAMESPACE_ENV = "PROMPTOPT_JOB_NAMESPACE"
-CHECKPOINT_DIR_ENV = "PROMPTOPT_CHECKPOINT_DIR"
 
-EXIT_SUCCEEDED, EXIT_FAILED, EXIT_INVALID_INPUT = 0, 1, 2
 
 # The operator kills the Pod at the job's deadline: stop this much earlier (a share of the time left, capped)
 # so the optimizer can finish its step and the result reaches the status first.
@@ -187,6 +187,13 @@ def run_worker() -> int:
         spec = parse_spec(job.get("spec"))
     except InvalidSpec as error:
         return exit_code(finish_early(reporter, "InvalidInput", f"the job's spec is invalid: {error}"))
+
+    started_with = os.environ.get(SPEC_HASH_ENV)
+    if started_with and spec.run_hash() != started_with:
+        # A retried Pod must not optimize a spec the job did not start with (see status.specHash).
+        message = ("the job's spec changed after it started; only cancel and ttlSecondsAfterFinished may change. "
+                   "Create a new job to run the changed spec")
+        return exit_code(finish_early(reporter, "InvalidInput", message))
 
     max_cost = spec.budget.max_cost_usd if spec.budget else None
     if max_cost is not None and usage.snapshot().usd >= max_cost:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
+from promptopt.worker_contract import TERMINATION_MESSAGE_PATH_ENV
 from promptopt_worker.llm import redact
 from promptopt_worker.problem import Progress, Reporter, Result, ScoreSummary
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 WORKER_STATUS_FIELDS = ("progress", "initialScores", "finalScores", "optimizedPrompts", "cost", "workerResult")
 
 # Where Kubernetes looks for a container's termination message, and its size limit per container.
-TERMINATION_MESSAGE_PATH_ENV = "PROMPTOPT_TERMINATION_MESSAGE_PATH"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT_BYTES = 4096
 
