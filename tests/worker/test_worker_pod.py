@@ -193,3 +193,23 @@ def test_a_worker_refuses_a_spec_changed_since_the_job_started(cluster, llm, tmp
     result = job_status(cluster)["workerResult"]
     assert result["reason"] == "InvalidInput" and "changed after it started" in result["message"]
     assert llm.request_count == 0
+
+
+def test_credentials_with_harmless_names_are_still_masked():
+    from promptopt_worker.llm import add_secrets, redact
+    from promptopt_worker.main import credential_values
+
+    spec = parse_spec({
+        "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/x"},
+        "prompts": [{"name": "p", "template": "hi"}], "task": {"model": "openai/y"},
+        "worker": {"env": [{"name": "LOG_FORMAT", "value": "json-lines-please"},
+                           {"name": "VENDOR_ACCESS", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
+    })
+    environ = {"PATH": "/usr/local/bin:/usr/bin", "HOSTNAME": "job-worker-1", "PROMPTOPT_JOB_NAME": "job",
+               "AZURE_ENDPOINT_CREDENTIAL": "opaque-credential-value", "VENDOR_ACCESS": "from-a-secret-key-ref",
+               "LOG_FORMAT": "json-lines-please"}
+    values = credential_values(environ, spec)
+    assert sorted(values) == ["from-a-secret-key-ref", "opaque-credential-value"]
+    add_secrets(values)
+    assert "opaque-credential-value" not in redact("401: bad credential opaque-credential-value for job-worker-1")
+    assert "job-worker-1" in redact("401: bad credential opaque-credential-value for job-worker-1")

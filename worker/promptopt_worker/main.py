@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from promptopt.worker_contract import (
     CHECKPOINT_DIR_ENV, EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_SUCCEEDED, JOB_NAME_ENV, JOB_NAMESPACE_ENV,
     SPEC_HASH_ENV,
 )
-from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
+from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter, add_secrets
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import Progress, Reporter, Result, StopRequested
 from promptopt_worker.reporting import (
@@ -188,6 +189,7 @@ def run_worker() -> int:
     except InvalidSpec as error:
         return exit_code(finish_early(reporter, "InvalidInput", f"the job's spec is invalid: {error}"))
 
+    add_secrets(credential_values(os.environ, spec))
     started_with = os.environ.get(SPEC_HASH_ENV)
     if started_with and spec.run_hash() != started_with:
         # A retried Pod must not optimize a spec the job did not start with (see status.specHash).
@@ -210,6 +212,19 @@ def run_worker() -> int:
         checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None,
     )
     return exit_code(result)
+
+
+# Environment a worker container has besides its credentials: the image's, the runtime's and the operator's.
+_PLAIN_ENV = re.compile(r"PROMPTOPT_.*|KUBERNETES_.*|PYTHON.*|LC_.*|LANG|PATH|HOME|HOSTNAME|TMPDIR|TERM|PWD|SHLVL"
+                        r"|KUBECONFIG|VIRTUAL_ENV|GPG_KEY|LITELLM_LOCAL_MODEL_COST_MAP")
+
+
+def credential_values(environ: Mapping[str, str], spec: PromptOptimizationJobSpec) -> list[str]:
+    """Values to mask in everything the worker writes: in a worker Pod, every variable that is neither plain
+    container environment nor a literal of spec.worker.env came from a Secret (the credentials Secret's keys
+    can have any name, so names alone cannot tell)."""
+    literal = {v.name for v in (spec.worker.env if spec.worker and spec.worker.env else []) if v.value is not None}
+    return [value for name, value in environ.items() if name not in literal and not _PLAIN_ENV.fullmatch(name)]
 
 
 def pod_reporters(cost: CostSource = no_cost) -> list[Reporter]:
