@@ -6,7 +6,7 @@ import pytest
 from promptopt.api.v1alpha1 import DatasetConfigMapKeyRef, DatasetSpec
 from promptopt_worker.datasets import DatasetError, dataset_format, load_dataset, parse_records, split_examples
 from promptopt_worker.problem import Example
-from promptopt_worker.sources import InvalidInput
+from promptopt_worker.problem import InvalidInput
 
 RECORDS = [
     {"inputs": {"review": "I love it"}, "expectations": {"expected_response": "positive"}},

@@ -18,7 +18,7 @@ from promptopt_worker.scorers import (
     parse_verdict,
     to_score,
 )
-from promptopt_worker.sources import InvalidInput
+from promptopt_worker.problem import InvalidInput
 
 
 def record(expected=None, index=0, **expectations):

@@ -2,7 +2,7 @@
 import pytest
 
 from promptopt_worker.problem import Example, PromptTemplate
-from promptopt_worker.sources import InvalidInput
+from promptopt_worker.problem import InvalidInput
 from promptopt_worker.templates import TemplateError, check_inputs, messages, render
 
 

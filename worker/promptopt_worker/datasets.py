@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from promptopt.api.v1alpha1 import DatasetConfigMapKeyRef, DatasetSpec, Record
 from promptopt_worker.problem import Example
-from promptopt_worker.sources import InvalidInput
+from promptopt_worker.problem import InvalidInput
 
 DatasetFormat = Literal["json", "jsonl", "csv"]
 FORMAT_BY_EXTENSION: dict[str, DatasetFormat] = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}

@@ -32,7 +32,7 @@ from promptopt.worker_contract import (
 )
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter, add_secrets
 from promptopt_worker.optimizers import optimize
-from promptopt_worker.problem import Progress, Reporter, Result, StopRequested
+from promptopt_worker.problem import InvalidInput, Progress, Reporter, Result, StopRequested
 from promptopt_worker.reporting import (
     ConsoleReporter,
     CostSource,
@@ -46,7 +46,6 @@ from promptopt_worker.reporting import (
 )
 from promptopt_worker.sources import (
     ConfigMapSource,
-    InvalidInput,
     KubernetesConfigMaps,
     LocalConfigMaps,
     build_problem,

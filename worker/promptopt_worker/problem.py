@@ -13,6 +13,10 @@ from typing import Any, Protocol
 
 from promptopt.api.v1alpha1 import OptimizerSpec, WorkerOutcome, template_variables
 
+class InvalidInput(ValueError):
+    """The job's inputs cannot be used as given (the worker reports workerResult reason InvalidInput)."""
+
+
 # A candidate: prompt name → template text (gepa's candidate shape).
 Candidate = dict[str, str]
 

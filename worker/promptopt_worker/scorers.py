@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from promptopt.api.v1alpha1 import ScorerParams, ScorerSpec, TaskSpec
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.problem import Example
-from promptopt_worker.sources import InvalidInput
+from promptopt_worker.problem import InvalidInput
 from promptopt_worker.templates import as_text, name_records
 
 QUOTE_LIMIT = 200  # characters of an output quoted in a rationale or an error

@@ -18,11 +18,11 @@ import yaml
 
 from promptopt.api.v1alpha1 import ConfigMapKeyRef, PromptOptimizationJobSpec
 from promptopt_worker.llm import LLMClient, ModelEndpoint
-from promptopt_worker.problem import Problem, PromptTemplate, Reflector
-
-
-class InvalidInput(ValueError):
-    """The job's inputs cannot be used as given (the worker reports workerResult reason InvalidInput)."""
+from promptopt_worker.datasets import load_dataset
+from promptopt_worker.evaluation import TaskEvaluator
+from promptopt_worker.problem import InvalidInput, Problem, PromptTemplate, Reflector
+from promptopt_worker.scorers import build_scorers, check_records
+from promptopt_worker.templates import check_inputs
 
 
 class ConfigMapSource(Protocol):
@@ -126,12 +126,6 @@ def build_problem(
 ) -> Problem:
     """The job as the optimizer sees it. Raises InvalidInput for anything wrong with the prompts or the
     dataset, all of it found before any LLM call. Close `problem.evaluator` when done."""
-    # These modules raise this module's InvalidInput, so they import it: import them late to avoid a cycle.
-    from promptopt_worker.datasets import load_dataset
-    from promptopt_worker.evaluation import TaskEvaluator
-    from promptopt_worker.scorers import build_scorers, check_records
-    from promptopt_worker.templates import check_inputs
-
     prompts = resolve_prompts(spec, configmaps)
     train, validation, evaluator = [], [], None
     if spec.dataset is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import TEMPLATE_VARIABLE, template_variables
 from promptopt_worker.problem import Candidate, Example, PromptTemplate
-from promptopt_worker.sources import InvalidInput
+from promptopt_worker.problem import InvalidInput
 
 MAX_LISTED = 10  # records named in one problem message; the rest are counted
 
