@@ -1,0 +1,89 @@
+"""Fixtures for the shipping tests: the Helm chart rendered by the real Helm engine (helm-python-sdk)."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "promptopt"
+RELEASE = "promptopt"
+RELEASE_NAMESPACE = "promptopt-system"
+
+# The value sets every chart test runs with: the defaults, and the non-default paths through the templates.
+VALUE_SETS = {
+    "defaults": {},
+    "namespaced": {
+        "watchNamespaces": ["team-a", "team-b"],
+        "jobNamespaces": ["team-a", "team-b", "team-c"],
+        "maxRunningJobs": 3,
+    },
+    "everything-on": {
+        "operator": {
+            "image": {"repository": "registry.example/promptopt-operator", "digest": "sha256:" + "a" * 64},
+            "verbose": True,
+            "podAnnotations": {"example.com/team": "ml"},
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            "extraEnv": [{"name": "TZ", "value": "UTC"}],
+        },
+        "worker": {
+            "image": {"repository": "registry.example/promptopt-worker", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
+            "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+            "imagePullSecrets": [{"name": "registry-credentials"}],
+        },
+        "imagePullSecrets": [{"name": "registry-credentials"}],
+        "retryBaseDelaySeconds": 2.5,
+        "networkPolicy": {
+            "enabled": True,
+            "apiServer": {"cidrs": ["10.0.0.1/32"], "ports": [6443]},
+            "llmEndpoints": {"cidrs": ["203.0.113.0/24"], "ports": [443]},
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "workerExtraEgress": [{"to": [{"podSelector": {"matchLabels": {"app": "vllm"}}}],
+                                   "ports": [{"protocol": "TCP", "port": 8000}]}],
+        },
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    },
+    "minimal": {
+        "rbac": {"create": False},
+        "serviceAccount": {"create": False, "name": "existing-operator"},
+        "worker": {"serviceAccount": {"create": False, "name": "existing-worker"}},
+        "metrics": {"enabled": False},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def chart():
+    from helm_python.chart import Chart
+
+    with Chart.load(CHART) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="session")
+def render(chart):
+    """``render(values, namespace=RELEASE_NAMESPACE)``: every object the chart renders, parsed (CRDs excluded:
+    Helm installs crds/ as they are)."""
+
+    def render_chart(values: dict, namespace: str = RELEASE_NAMESPACE) -> list[dict]:
+        rendered = chart.render(values, name=RELEASE, namespace=namespace)
+        return [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
+                for doc in yaml.safe_load_all(text) if doc]
+
+    return render_chart
+
+
+@pytest.fixture(scope="session", params=sorted(VALUE_SETS))
+def values_name(request) -> str:
+    """The name of one of VALUE_SETS: a test using it (or `values`, `manifests`) runs once per value set."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def values(values_name) -> dict:
+    return VALUE_SETS[values_name]
+
+
+@pytest.fixture(scope="session")
+def manifests(render, values) -> list[dict]:
+    return render(values)

@@ -1,0 +1,180 @@
+"""The Helm chart, rendered and linted by the real Helm engine (helm-python-sdk): valid Kubernetes objects, the
+CRD of crds/, an operator configured as the values say, and bad values refused with a message naming them."""
+import os
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python import chart as helm
+from helm_python.errors import HelmError
+
+from promptopt.cli import build_parser
+from promptopt_operator import settings as operator_settings
+from promptopt_operator.pods import COMPONENT_LABELS
+from promptopt_operator.settings import OperatorSettings, from_arguments
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "promptopt"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the schemas know.
+KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
+# Kinds from CRDs that kubernetes-validate has no schema for, and the values that render them.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+
+def objects(manifests, kind):
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def operator_container(manifests):
+    (deployment,) = objects(manifests, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_chart_ships_the_generated_crd_byte_for_byte():
+    generated = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert shipped == generated
+    for name in generated:
+        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+            f"deploy/helm/promptopt/crds/{name} differs from crds/{name}: copy it again after `promptopt crd`")
+
+
+def test_lint_strict_is_clean(values):
+    report = helm.lint(CHART, values, strict=True, kube_version=f"v{KUBERNETES_VERSIONS[0]}")
+    warnings_or_errors = [m for m in report["messages"] if m["severity"] >= 2]
+    assert report["errors"] == [] and warnings_or_errors == []
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_rendered_object_is_valid_for_kubernetes(manifests, version):
+    for manifest in manifests:
+        if manifest["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_only_known_custom_kinds_are_rendered(manifests, values):
+    kinds = {m["kind"] for m in manifests}
+    assert kinds & CUSTOM_KINDS == ({"ServiceMonitor"} if values.get("serviceMonitor", {}).get("enabled") else set())
+
+
+def test_the_crd_itself_is_valid_for_kubernetes():
+    for path in (CHART / "crds").glob("*.yaml"):
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(yaml.safe_load(path.read_text()), version, strict=True)
+
+
+def test_operator_runs_once_with_a_liveness_probe_and_metrics(manifests, values):
+    (deployment,) = objects(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = operator_container(manifests)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and ports[probe["port"]] == int(env["PROMPTOPT_LIVENESS_PORT"])
+    metrics_enabled = values.get("metrics", {}).get("enabled", True)
+    assert ("metrics" in ports) == metrics_enabled
+    assert int(env["PROMPTOPT_METRICS_PORT"]) == (ports["metrics"] if metrics_enabled else 0)
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def settings_from_container(container, monkeypatch) -> OperatorSettings:
+    """What `promptopt operator` makes of the container's environment and arguments."""
+    for name in [n for n in os.environ if n.startswith("PROMPTOPT_")]:
+        monkeypatch.delenv(name)
+    for variable in container["env"]:
+        if "value" in variable:
+            monkeypatch.setenv(variable["name"], variable["value"])
+    return from_arguments(build_parser().parse_args(["operator", *container.get("args", [])]))
+
+
+def test_every_operator_setting_comes_from_the_chart():
+    """The chart sets every PROMPTOPT_* variable the operator reads, and no other."""
+    source = Path(operator_settings.__file__).read_text()
+    read = {f"PROMPTOPT_{name}" for name in re.findall(r'_env\("([A-Z_]+)"', source)}
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    set_by_chart = set(re.findall(r"name: (PROMPTOPT_[A-Z_]+)", deployment))
+    assert read and set_by_chart == read
+
+
+def test_default_values_configure_the_operator_defaults(render, monkeypatch):
+    settings = settings_from_container(operator_container(render({})), monkeypatch)
+    assert settings == OperatorSettings()
+
+
+def test_values_configure_the_operator(chart, manifests, values, monkeypatch):
+    merged = chart.merge_values(values)
+    settings = settings_from_container(operator_container(manifests), monkeypatch)
+    worker_image = merged["worker"]["image"]
+    expected_image = (f"{worker_image['repository']}@{worker_image['digest']}" if worker_image["digest"]
+                      else f"{worker_image['repository']}:{worker_image['tag'] or chart.metadata['appVersion']}")
+    assert settings.namespaces == tuple(merged["watchNamespaces"])
+    assert settings.max_running_jobs == merged["maxRunningJobs"]
+    assert settings.retry_base_delay_seconds == merged["retryBaseDelaySeconds"]
+    assert settings.worker_image == expected_image
+    assert settings.worker_image_pull_policy == worker_image["pullPolicy"]
+    assert settings.worker_service_account == merged["worker"]["serviceAccount"]["name"]
+    assert settings.worker_resources == merged["worker"]["resources"]
+    assert settings.worker_grace_period_seconds == merged["worker"]["terminationGracePeriodSeconds"]
+
+
+def test_worker_service_account_exists_where_jobs_run(chart, manifests, values):
+    merged = chart.merge_values(values)
+    (deployment,) = objects(manifests, "Deployment")
+    expected = merged["jobNamespaces"] or merged["watchNamespaces"] or [deployment["metadata"]["namespace"]]
+    accounts = {(sa["metadata"]["namespace"], sa["metadata"]["name"]) for sa in objects(manifests, "ServiceAccount")}
+    worker_accounts = {(ns, name) for ns, name in accounts if name == merged["worker"]["serviceAccount"]["name"]}
+    if merged["worker"]["serviceAccount"]["create"]:
+        assert worker_accounts == {(ns, merged["worker"]["serviceAccount"]["name"]) for ns in expected}
+    else:
+        assert worker_accounts == set()
+
+
+def test_network_policies_select_the_operator_and_the_worker_pods(manifests, values):
+    policies = objects(manifests, "NetworkPolicy")
+    if not values.get("networkPolicy", {}).get("enabled"):
+        assert policies == []
+        return
+    (deployment,) = objects(manifests, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    operator_policies = [p for p in policies if p["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+                         and p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+    worker_policies = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == COMPONENT_LABELS]
+    assert len(operator_policies) == 1 and len(operator_policies) + len(worker_policies) == len(policies)
+    for policy in worker_policies:
+        assert "ingress" not in policy["spec"] and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        egress_ports = {port["port"] for rule in policy["spec"]["egress"] for port in rule["ports"]}
+        assert {53, 443} <= egress_ports  # DNS and HTTPS to the LLM endpoints
+    egress_ports = {port["port"] for rule in operator_policies[0]["spec"]["egress"] for port in rule["ports"]}
+    assert egress_ports == set(values["networkPolicy"]["apiServer"]["ports"])
+
+
+def test_service_monitor_scrapes_the_metrics_service(manifests, values):
+    monitors = objects(manifests, "ServiceMonitor")
+    if not values.get("serviceMonitor", {}).get("enabled"):
+        assert monitors == []
+        return
+    (monitor,) = monitors
+    (service,) = objects(manifests, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+
+
+@pytest.mark.parametrize("bad_values, message", [
+    ({"maxRunningJobs": 0}, "at '/maxRunningJobs': minimum: got 0, want 1"),
+    ({"maxRunningJobs": "10"}, "at '/maxRunningJobs': got string, want integer"),
+    ({"maxRunningJob": 3}, "additional properties 'maxRunningJob' not allowed"),
+    ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
+    ({"worker": {"image": {"pullPolicy": "Sometimes"}}}, "at '/worker/image/pullPolicy': value must be one of"),
+    ({"operator": {"image": {"digest": "latest"}}}, "at '/operator/image/digest'"),
+    ({"networkPolicy": {"enabled": True, "apiServer": {"cidrs": []}}}, "at '/networkPolicy/apiServer/cidrs': minItems"),
+    ({"serviceMonitor": {"enabled": True}, "metrics": {"enabled": False}},
+     "serviceMonitor.enabled needs metrics.enabled"),
+])
+def test_bad_values_fail_with_a_message_naming_them(chart, bad_values, message):
+    with pytest.raises(HelmError) as failure:
+        chart.render(bad_values, name="promptopt", namespace="promptopt-system")
+    assert message in str(failure.value)
