@@ -37,6 +37,11 @@ keeps the container waiting with ErrImagePull and ImagePullBackOff in turn, a se
 back-off starts at 10 s); "OOMKilled" starts the process and kills it (SIGKILL) a moment later,
 reported as OOMKilled with exit code 137 (a process that ends before that ends normally).
 
+Commands by image (exact match): `command_overrides` maps an image to the argv that containers of that
+image run instead of their `command` + `args` (CLI: `--command-override IMAGE=COMMAND`). Everything else
+about the Pod (environment, mounts, status, Events, deletion) stays as described above. Benchmarks use it
+to give an operator's worker Pods a trivial process (`true`, `sleep 3600`) without changing the operator.
+
 Limitations, on purpose: only `spec.containers[0]` runs (init containers and other containers are
 ignored); the container runs once whatever its restartPolicy (OnFailure/Always pods end Succeeded or
 Failed like Never ones); there is no image ENTRYPOINT, so a container must set `command` (or `args`
@@ -59,6 +64,7 @@ import os
 import platform
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -70,7 +76,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -796,7 +802,11 @@ class _PodWorker:
         # The stored Pod may predate the binding; the container sees itself on this node.
         pod = {**self.pod, "spec": {**self.pod["spec"], "nodeName": self._kubelet.node_name}}
         env = resolve_container_env(pod, self.container, self._api.read_secret_data, self._api.read_config_map_data)
-        return plan_launch(pod, self.container, env, self.sandbox, self._kubelet._base_env)
+        container = self.container
+        override = self._kubelet.command_override(container["image"])
+        if override is not None:
+            container = {**container, "command": override, "args": []}
+        return plan_launch(pod, container, env, self.sandbox, self._kubelet._base_env)
 
     def _run_container(self, plan: LaunchPlan) -> None:
         for directory in plan.directories:
@@ -1030,7 +1040,8 @@ class LocalKubelet:
     """Schedules and runs the Pods of a (emulated) cluster as local processes; see the module docstring.
 
     Use as a context manager, or call start() and stop(). `capacity` and `node_labels` are added to the
-    defaults; `image_behaviours` maps an image to "ImagePullBackOff" or "OOMKilled"; `state_dir` keeps
+    defaults; `image_behaviours` maps an image to "ImagePullBackOff" or "OOMKilled"; `command_overrides`
+    maps an image to the argv its containers run instead of their own command; `state_dir` keeps
     the per-pod sandboxes and logs there (default: a temporary directory removed by stop()).
     """
 
@@ -1044,6 +1055,7 @@ class LocalKubelet:
         extra_env: Mapping[str, str] | None = None,
         node_labels: Mapping[str, str] | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        command_overrides: Mapping[str, Sequence[str]] | None = None,
     ):
         self.kubeconfig = Path(kubeconfig).resolve()
         self.namespace = namespace
@@ -1062,6 +1074,7 @@ class LocalKubelet:
         self._image_behaviours: dict[str, str] = {}
         for image, behaviour in (image_behaviours or {}).items():
             self.set_image_behaviour(image, behaviour)
+        self._command_overrides = {image: list(argv) for image, argv in (command_overrides or {}).items()}
         self._base_env = {
             "PATH": os.pathsep.join([sysconfig.get_path("scripts"), CONTAINER_PATH]),
             "KUBECONFIG": str(self.kubeconfig),
@@ -1133,6 +1146,11 @@ class LocalKubelet:
 
     def image_behaviour(self, image: str) -> str | None:
         return self._image_behaviours.get(image)
+
+    def command_override(self, image: str) -> list[str] | None:
+        """The argv that containers of `image` run instead of their command, if one was given."""
+        override = self._command_overrides.get(image)
+        return list(override) if override is not None else None
 
     def logs(self, namespace: str, name: str) -> str:
         """The output (stdout and stderr) of the Pod's container so far; KeyError for unknown Pods."""
@@ -1275,9 +1293,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node-name", default="local-kubelet")
     parser.add_argument("--state-dir", help="keep per-pod sandboxes and logs here (default: a temporary directory)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="add to every container")
+    parser.add_argument("--command-override", action="append", default=[], metavar="IMAGE=COMMAND",
+                        help="containers of IMAGE run COMMAND (split like a shell) instead of their own command")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     extra_env = dict(item.split("=", 1) for item in args.env)
+    command_overrides = {}
+    for item in args.command_override:
+        image, separator, command = item.partition("=")
+        if not separator or not shlex.split(command):
+            parser.error(f"--command-override needs IMAGE=COMMAND, got {item!r}")
+        command_overrides[image] = shlex.split(command)
 
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -1288,6 +1314,7 @@ def main(argv: list[str] | None = None) -> None:
         node_name=args.node_name,
         extra_env=extra_env,
         state_dir=args.state_dir,
+        command_overrides=command_overrides,
     ):
         stop_requested.wait()
 

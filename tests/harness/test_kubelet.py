@@ -530,3 +530,32 @@ def test_the_command_line_runs_until_sigterm(cluster, tmp_path):
         _, stderr = kubelet_process.communicate(timeout=10)
     assert kubelet_process.returncode == 0, stderr
     assert [log.read_text() for log in tmp_path.glob("default/from-cli/*/container.log")] == ["via cli\n"]
+
+
+def test_a_command_override_runs_instead_of_the_containers_command(cluster):
+    overrides = {"bench/instant:1": ["sh", "-c", "echo overridden $GREETING"]}
+    with LocalKubelet(cluster.kubeconfig, command_overrides=overrides) as local_kubelet:
+        create_pod(cluster, "swapped", ["promptopt", "worker"], image="bench/instant:1", args=["--ignored"],
+                   env=[{"name": "GREETING", "value": "hello"}])
+        create_pod(cluster, "as-written", ["sh", "-c", "echo own command"])
+        pod = wait_for_pod(cluster, "swapped", phase_is("Succeeded"))
+        wait_for_pod(cluster, "as-written", phase_is("Succeeded"))
+        assert local_kubelet.logs("default", "swapped") == "overridden hello\n"
+        assert local_kubelet.logs("default", "as-written") == "own command\n"
+    assert pod["spec"]["containers"][0]["command"] == ["promptopt", "worker"]  # the Pod itself is unchanged
+
+
+def test_the_command_line_takes_command_overrides(cluster, tmp_path):
+    kubelet_process = subprocess.Popen(
+        [sys.executable, "-m", "promptopt.testing.kubelet", "--kubeconfig", str(cluster.kubeconfig),
+         "--state-dir", str(tmp_path), "--command-override", "bench/instant:1=sh -c 'echo from override'"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        create_pod(cluster, "cli-swapped", ["promptopt", "worker"], image="bench/instant:1")
+        wait_for_pod(cluster, "cli-swapped", phase_is("Succeeded"), timeout=10)
+    finally:
+        kubelet_process.send_signal(signal.SIGTERM)
+        _, stderr = kubelet_process.communicate(timeout=10)
+    assert kubelet_process.returncode == 0, stderr
+    assert [log.read_text() for log in tmp_path.glob("default/cli-swapped/*/container.log")] == ["from override\n"]
