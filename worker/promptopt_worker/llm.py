@@ -13,6 +13,7 @@ Retry-After) - the same function litellm's Router uses. The provider SDK's own r
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -43,6 +44,20 @@ Message = Mapping[str, str]
 # litellm's OpenAI-compatible provider insists on a key; local servers (vLLM, llama.cpp) ignore it.
 PLACEHOLDER_API_KEY = "not-needed"
 PROVIDER_MESSAGE_LIMIT = 500
+
+
+
+def json_object_with(answer: str, key: str) -> dict[str, Any] | None:
+    """The first JSON object holding `key` in an LLM's answer: bare, fenced, or amid other text."""
+    decoder = json.JSONDecoder()
+    for opening in re.finditer(r"\{", answer):
+        try:
+            found, _ = decoder.raw_decode(answer, opening.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(found, dict) and key in found:
+            return found
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ of {inputs, output, expected, score, rationale}); the answer is a JSON object {"
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from promptopt_worker.llm import json_object_with
 from promptopt_worker.problem import (
     Candidate,
     Problem,
@@ -149,15 +149,8 @@ def build_request(problem: Problem, guidelines: str | None, examples: Sequence[S
 
 def parse_answer(answer: str, names: Collection[str]) -> tuple[Candidate, str]:
     """The proposed templates (for exactly `names`) and the rationale; raises UnusableAnswer."""
-    decoder = json.JSONDecoder()
-    for opening in re.finditer(r"\{", answer):
-        try:
-            value, _ = decoder.raw_decode(answer, opening.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and "prompts" in value:
-            break
-    else:
+    value = json_object_with(answer, "prompts")
+    if value is None:
         raise UnusableAnswer('the answer holds no JSON object with a "prompts" key')
     prompts = value["prompts"]
     if not isinstance(prompts, Mapping) or not all(isinstance(t, str) for t in prompts.values()):

@@ -18,9 +18,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from promptopt.api.v1alpha1 import ScorerParams, ScorerSpec, TaskSpec
-from promptopt_worker.llm import LLMClient, ModelEndpoint
-from promptopt_worker.problem import Example
-from promptopt_worker.problem import InvalidInput
+from promptopt_worker.llm import LLMClient, ModelEndpoint, json_object_with
+from promptopt_worker.problem import Example, InvalidInput
 from promptopt_worker.templates import as_text, name_records
 
 QUOTE_LIMIT = 200  # characters of an output quoted in a rationale or an error
@@ -210,14 +209,9 @@ def check_records(scorers: Sequence[Scorer], examples: Sequence[Example]) -> Non
 def parse_verdict(answer: str, scorer: str) -> Mapping[str, Any]:
     """The first JSON object with a "result" in the judge's answer - bare, fenced or within other text;
     otherwise a ScorerError naming the scorer."""
-    decoder = json.JSONDecoder()
-    for opening in re.finditer(r"\{", answer):
-        try:
-            found, _ = decoder.raw_decode(answer, opening.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(found, dict) and "result" in found:
-            return found
+    verdict = json_object_with(answer, "result")
+    if verdict is not None:
+        return verdict
     raise ScorerError(
         f"the judge of scorer {scorer!r} did not answer with a JSON verdict "
         f'{{"result": "yes"|"no", "rationale": ...}}; it answered {_quote(answer)}'
