@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 GROUP = "promptopt.dev"
 VERSION = "v1alpha1"
@@ -49,6 +49,17 @@ class FieldError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+
+
+def exactly_one_rule(first: str, second: str) -> dict[str, str]:
+    """The CEL rule for two mutually exclusive, one-required fields (named as on the wire)."""
+    return {"rule": f"has(self.{first}) != has(self.{second})", "message": f"set exactly one of {first} or {second}"}
+
+
+def require_exactly_one(model: BaseModel, first: str, second: str) -> None:
+    """The same rule for the models."""
+    if (getattr(model, to_snake(first)) is None) == (getattr(model, to_snake(second)) is None):
+        raise ValueError(f"set exactly one of {first} or {second}")
 
 
 class ApiModel(BaseModel):
@@ -178,16 +189,7 @@ class ConfigMapKeyRef(ApiModel):
 class PromptSpec(ApiModel):
     """One prompt template under optimization; `{{variable}}` placeholders are filled from a record's inputs."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.template) != has(self.configMapKeyRef)",
-                    "message": "set exactly one of template or configMapKeyRef",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [exactly_one_rule("template", "configMapKeyRef")]})
 
     name: PromptName = Field(description="The prompt's name: its key in status.optimizedPrompts.")
     role: Literal["system", "user", "assistant"] = Field(
@@ -198,8 +200,7 @@ class PromptSpec(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> PromptSpec:
-        if (self.template is None) == (self.config_map_key_ref is None):
-            raise ValueError("set exactly one of template or configMapKeyRef")
+        require_exactly_one(self, "template", "configMapKeyRef")
         return self
 
 
@@ -229,16 +230,7 @@ class DatasetConfigMapKeyRef(ConfigMapKeyRef):
 class DatasetSpec(ApiModel):
     """The records the prompts are evaluated on."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.records) != has(self.configMapKeyRef)",
-                    "message": "set exactly one of records or configMapKeyRef",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [exactly_one_rule("records", "configMapKeyRef")]})
 
     records: list[Record] | None = Field(None, max_length=5000, description="The records, inline.")
     config_map_key_ref: DatasetConfigMapKeyRef | None = Field(
@@ -253,8 +245,7 @@ class DatasetSpec(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DatasetSpec:
-        if (self.records is None) == (self.config_map_key_ref is None):
-            raise ValueError("set exactly one of records or configMapKeyRef")
+        require_exactly_one(self, "records", "configMapKeyRef")
         return self
 
 
@@ -394,24 +385,14 @@ class KeyRef(ApiModel):
 class EnvVarSource(ApiModel):
     """Where an environment variable's value comes from."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
-                    "message": "set exactly one of secretKeyRef or configMapKeyRef",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [exactly_one_rule("secretKeyRef", "configMapKeyRef")]})
 
     secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret.")
     config_map_key_ref: KeyRef | None = Field(None, description="A key of a ConfigMap.")
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> EnvVarSource:
-        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError("set exactly one of secretKeyRef or configMapKeyRef")
+        require_exactly_one(self, "secretKeyRef", "configMapKeyRef")
         return self
 
 
