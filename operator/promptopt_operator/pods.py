@@ -10,7 +10,7 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
 from promptopt.worker_contract import (
-    ATTEMPT_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, SPEC_HASH_ENV, TERMINATION_MESSAGE_PATH_ENV,
+    ATTEMPT_ENV, CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, SPEC_HASH_ENV, TERMINATION_MESSAGE_PATH_ENV,
 )
 
 from promptopt_operator.settings import OperatorSettings
@@ -25,6 +25,7 @@ COMPONENT_LABELS = {
 CONTAINER_NAME = "worker"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 SCRATCH_DIR = "/tmp"
+CHECKPOINT_MOUNT = "/var/lib/promptopt/checkpoints"
 
 
 
@@ -46,6 +47,7 @@ def label_value(name: str) -> str:
 
 def worker_pod_manifest(
     job_name: str,
+    job_uid: str,
     spec: PromptOptimizationJobSpec,
     attempt: int,
     settings: OperatorSettings,
@@ -71,6 +73,13 @@ def worker_pod_manifest(
     ]
     for variable in worker.env if worker and worker.env else []:
         env.append(variable.model_dump(by_alias=True, exclude_none=True))
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {"sizeLimit": settings.worker_scratch_size}}]
+    mounts = [{"name": "scratch", "mountPath": SCRATCH_DIR}]
+    if worker and worker.checkpoint_claim_name:
+        volumes.append({"name": "checkpoint", "persistentVolumeClaim": {"claimName": worker.checkpoint_claim_name}})
+        mounts.append({"name": "checkpoint", "mountPath": CHECKPOINT_MOUNT})
+        # One folder per job object: a job deleted and created again under its name starts afresh.
+        env.append({"name": CHECKPOINT_DIR_ENV, "value": f"{CHECKPOINT_MOUNT}/{job_name}-{job_uid}"})
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": (worker and worker.image) or settings.worker_image,
@@ -88,7 +97,7 @@ def worker_pod_manifest(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_DIR}],
+        "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -106,7 +115,7 @@ def worker_pod_manifest(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": settings.worker_scratch_size}}],
+        "volumes": volumes,
     }
     if active_deadline_seconds is not None:
         pod_spec["activeDeadlineSeconds"] = max(1, active_deadline_seconds)

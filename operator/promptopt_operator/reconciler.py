@@ -118,8 +118,8 @@ class Reconciler:
         namespace, name = key
         assert job.spec is not None and decision.create_attempt is not None
         spec_hash = job.status.get("specHash") or decision.status.get("specHash") or job.spec.run_hash()
-        manifest = worker_pod_manifest(name, job.spec, decision.create_attempt, self.settings,
-                                       decision.pod_active_deadline, spec_hash)
+        manifest = worker_pod_manifest(name, body["metadata"]["uid"], job.spec, decision.create_attempt,
+                                       self.settings, decision.pod_active_deadline, spec_hash)
         kopf.adopt(manifest, owner=body)
         self._starting.add(key)
         if await self.kube.create_pod(namespace, manifest):

@@ -452,6 +452,11 @@ class WorkerSpec(ApiModel):
         None, description="The Pod's ServiceAccount; it must be allowed to read the job and patch its status."
     )
     env: list[EnvVar] | None = Field(None, max_length=100, description="Extra environment variables of the worker.")
+    checkpoint_claim_name: DNSSubdomain | None = Field(
+        None,
+        description="A PersistentVolumeClaim where the worker keeps the optimizer's checkpoint (GEPA's state after "
+        "each iteration), so a replaced worker Pod resumes instead of starting over.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

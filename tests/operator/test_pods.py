@@ -14,7 +14,7 @@ SPEC = {
 
 
 def manifest(spec=SPEC, attempt=1, deadline=None, settings=OperatorSettings()):
-    return worker_pod_manifest("job-a", parse_spec(spec), attempt, settings, deadline, "abc123")
+    return worker_pod_manifest("job-a", "uid-1", parse_spec(spec), attempt, settings, deadline, "abc123")
 
 
 def test_pod_runs_the_worker_for_its_job_and_attempt():
@@ -119,3 +119,13 @@ def test_observe_a_terminating_pod():
     pod = status_of(phase="Running")
     pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert observe_pod(pod).deleting
+
+
+def test_a_checkpoint_claim_is_mounted_with_a_folder_per_job_object():
+    pod = manifest({**SPEC, "worker": {"checkpointClaimName": "gepa-state"}})
+    (container,) = pod["spec"]["containers"]
+    assert {"name": "checkpoint", "persistentVolumeClaim": {"claimName": "gepa-state"}} in pod["spec"]["volumes"]
+    assert {"name": "checkpoint", "mountPath": "/var/lib/promptopt/checkpoints"} in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PROMPTOPT_CHECKPOINT_DIR"] == "/var/lib/promptopt/checkpoints/job-a-uid-1"
+    assert "PROMPTOPT_CHECKPOINT_DIR" not in {e["name"] for e in manifest()["spec"]["containers"][0]["env"]}

@@ -54,8 +54,6 @@ from promptopt_worker.sources import (
 
 log = logging.getLogger(__name__)
 
-
-
 # The operator kills the Pod at the job's deadline: stop this much earlier (a share of the time left, capped)
 # so the optimizer can finish its step and the result reaches the status first.
 DEADLINE_RESERVE_SHARE, DEADLINE_RESERVE_MAX_S = 0.1, 60.0
