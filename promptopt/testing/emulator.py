@@ -570,7 +570,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         # kmock's URL parser fails on the namespace collection; give it a parsable alias of that URL
         # (our own parser in _handle() reads the alias back as the namespaces collection).
         if raw_request.path.rstrip('/') == '/api/v1/namespaces':
-            raw_request = raw_request.clone(rel_url=raw_request.rel_url.with_path(NAMESPACES_ALIAS))
+            url = raw_request.rel_url
+            # with_path() drops the query (?watch=true, ?labelSelector=...): carry it over.
+            raw_request = raw_request.clone(rel_url=url.with_path(NAMESPACES_ALIAS).with_query(url.query))
         return await super().__call__(raw_request)
 
     @override

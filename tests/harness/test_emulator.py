@@ -585,3 +585,9 @@ def test_secret_string_data_is_stored_as_base64_data(cluster):
     assert "stringData" not in stored and stored["data"] == {"OPENAI_API_KEY": "c2stYWJj", "OTHER": "eA=="}
     cluster.patch("secrets", "s", {"stringData": {"OPENAI_API_KEY": "sk-new"}})
     assert cluster.get("secrets", "s")["data"]["OPENAI_API_KEY"] == "c2stbmV3"
+
+
+def test_namespaces_can_be_watched(cluster):
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
+    events = watch_lines(cluster, "/api/v1/namespaces", 2)
+    assert {(e["type"], e["object"]["metadata"]["name"]) for e in events} == {("ADDED", "default"), ("ADDED", "team-a")}

@@ -256,3 +256,14 @@ def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, start_
     wait_for_phase(cluster, "ephemeral", "Succeeded")
     wait_for(lambda: not job_exists(cluster, "ephemeral"), 15, "the TTL to delete the job")
 
+
+
+def test_an_operator_for_one_namespace_leaves_the_others_alone(cluster, kubelet, llm, credentials, start_operator):
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "elsewhere"}})
+    start_operator("--namespace", "default")
+    outside = gepa_job("outside", llm, max_metric_calls=8, records=4)
+    outside["metadata"]["namespace"] = "elsewhere"
+    cluster.create(outside)
+    cluster.create(gepa_job("inside", llm, max_metric_calls=8, records=4))
+    wait_for_phase(cluster, "inside", "Succeeded")
+    assert not cluster.get("poj", "outside", namespace="elsewhere").get("status")
