@@ -115,14 +115,24 @@ def decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: Operato
 
 def _finished(job: Job, live: tuple[str, ...], now: datetime) -> Decision:
     """A finished job only cleans up: stray Pods go, and the job itself once its TTL has passed."""
+    acknowledged = _acknowledge_generation(job)
     ttl = job.spec.ttl_seconds_after_finished if job.spec else None
     completed = parse_time(job.status.get("completionTime"))
     if ttl is None or completed is None:
-        return Decision(status={}, delete_pods=live)
+        return Decision(status=acknowledged, delete_pods=live)
     remaining = (completed + timedelta(seconds=ttl) - now).total_seconds()
     if remaining <= 0:
         return Decision(status={}, delete_pods=live, delete_job=True)
-    return Decision(status={}, delete_pods=live, recheck_after=remaining)
+    return Decision(status=acknowledged, delete_pods=live, recheck_after=remaining)
+
+
+def _acknowledge_generation(job: Job) -> dict[str, Any]:
+    """A finished job changes no more, but it says it saw the latest spec: kstatus and Flux wait for
+    observedGeneration to catch up before they trust the conditions."""
+    if job.status.get("observedGeneration") == job.generation:
+        return {}
+    conditions = [{**c, "observedGeneration": job.generation} for c in job.status.get("conditions") or []]
+    return {"observedGeneration": job.generation, "conditions": conditions}
 
 
 def _next_step(

@@ -253,3 +253,11 @@ def test_spec_change_after_start_is_not_applied_and_said_once():
 
 def test_cancel_and_ttl_changes_do_not_count_as_spec_changes():
     assert job(cancel=True, ttlSecondsAfterFinished=5).spec.run_hash() == job().spec.run_hash()
+
+
+def test_a_finished_job_acknowledges_a_new_generation():
+    conditions = [{"type": "Ready", "status": "True", "observedGeneration": 1, "reason": "Succeeded"}]
+    status = {"phase": "Succeeded", "completionTime": ago(5), "observedGeneration": 1, "conditions": conditions}
+    d = decide(job(status, generation=2, cancel=True), [], NOW, SETTINGS, START)
+    assert d.status["observedGeneration"] == 2 and d.status["conditions"][0]["observedGeneration"] == 2
+    assert d.status["conditions"][0]["status"] == "True" and d.create_attempt is None
