@@ -172,7 +172,7 @@ def test_cancel_deletes_the_pod_and_ends_cancelled():
 
 
 def test_cancelled_is_terminal_even_if_cancel_is_unset():
-    status = {"phase": "Cancelled", "attempts": 1, "completionTime": ago(5)}
+    status = {"phase": "Cancelled", "attempts": 1, "completionTime": ago(5), "observedGeneration": 1}
     d = decide(job(status, cancel=False), [], NOW, SETTINGS, START)
     assert d.status == {} and d.create_attempt is None
 
@@ -214,7 +214,8 @@ def test_ttl_deletes_the_finished_job_when_due():
 
 
 def test_finished_job_cleans_up_a_stray_pod():
-    d = decide(job({"phase": "Failed", "completionTime": ago(1)}), [pod()], NOW, SETTINGS, START)
+    d = decide(job({"phase": "Failed", "completionTime": ago(1), "observedGeneration": 1}), [pod()], NOW, SETTINGS,
+               START)
     assert d.delete_pods == ("j-worker-1",) and d.status == {}
 
 
