@@ -67,6 +67,9 @@ of ``` fences. The examples are gepa's markdown rendering of the reflective data
 "## Expected Response" (optional), "## Feedback"). An example counts as failing if its feedback
 has a scorer line with a failing value (``Name: 0.0``, ``Name: no``/``false``/``fail``, any number
 below 1), or - without parseable scores - if the output differs from the expected response.
+MLflow's GepaPromptOptimizer renders its records differently and is understood too: "## outputs",
+"## expectations" with "### expected_response", and "## score" (the aggregate; failing below 1)
+standing in for a missing "## Feedback".
 For each failing example the model finds the cause: a wrong label on an input with a sarcasm
 marker -> sarcasm rule; a sentence where one word was expected -> single-word rule (fused with the
 lowercase rule when the label's case is wrong too); the right word in the wrong case -> lowercase
@@ -458,7 +461,12 @@ def _parse_gepa_request(text: str) -> tuple[str, list[dict[str, Any]]]:
             inputs = _split_sections(inputs_body, 3) or ({"input": inputs_body} if inputs_body else {})
             output = next((sections[k] for k in _OUTPUT_KEYS if k in sections), "")
             expected = next((sections[k] for k in _EXPECTED_KEYS if k in sections), None)
+            if expected is None and "expectations" in sections:  # MLflow's records: a dict of expectations
+                expectations = {k.lower(): v for k, v in _split_sections(sections["expectations"], 3).items()}
+                expected = expectations.get("expected_response")
             feedback = sections.get("feedback", "")
+            if not feedback and "score" in sections:  # MLflow's records: the aggregate score, no feedback text
+                feedback = f"score: {sections['score']}"
             if expected is None:
                 m = re.search(r"expected '([^']*)'", feedback) or re.search(r'expected "([^"]*)"', feedback)
                 expected = m.group(1) if m else None

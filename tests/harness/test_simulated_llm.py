@@ -453,3 +453,31 @@ def test_command_line_prints_base_url_and_serves():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_gepa_reflection_reads_mlflows_reflective_records():
+    """MLflow's GepaPromptOptimizer sends records keyed inputs/outputs/expectations/score/rationales."""
+    from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+    sarcastic = [r for r in DATA if sim._has_sarcasm_marker(r["inputs"]["review"])][:2]
+    records = []
+    for index, rec in enumerate(sarcastic):
+        out = sim.classify(render(OPTIMAL_INSTRUCTION.replace(RULE_SARCASM + "\n", ""), rec))
+        records.append({"component_name": "classify", "trace": [], "score": 0.0, "inputs": dict(rec["inputs"]),
+                        "outputs": out, "expectations": dict(rec["expectations"]),
+                        "rationales": {"ExactMatch": f"output {out!r} does not equal expected 'negative'"},
+                        "index": index})
+    template = OPTIMAL_INSTRUCTION.replace(RULE_SARCASM + "\n", "")
+    prompt = InstructionProposalSignature.prompt_renderer(
+        {"current_instruction_doc": template, "dataset_with_feedback": records, "prompt_template": None}
+    )
+    answer = sim.respond(REFLECT_MODEL, [{"role": "user", "content": prompt}])
+    assert InstructionProposalSignature.output_extractor(answer)["new_instruction"] == OPTIMAL_INSTRUCTION
+
+    for record in records:  # a perfect score is no evidence
+        record["score"] = 1.0
+    prompt = InstructionProposalSignature.prompt_renderer(
+        {"current_instruction_doc": template, "dataset_with_feedback": records, "prompt_template": None}
+    )
+    answer = sim.respond(REFLECT_MODEL, [{"role": "user", "content": prompt}])
+    assert InstructionProposalSignature.output_extractor(answer)["new_instruction"] == template
