@@ -266,12 +266,7 @@ def job_gone(cluster, name) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("clusterwide", [
-    pytest.param(True, id="cluster-wide"),
-    pytest.param(False, id="namespaced", marks=pytest.mark.xfail(strict=True, reason=(
-        "the emulator answers GET /api/v1/namespaces?watch=true with a NamespaceList instead of a watch stream, so "
-        "kopf's namespace observer fails (KeyError: 'type') and `promptopt operator --namespace` exits"))),
-])
+@pytest.mark.parametrize("clusterwide", [True, False], ids=["cluster-wide", "namespaced"])
 def test_the_running_operator_makes_exactly_the_derived_calls(recorded, tmp_path, render, clusterwide):
     """A job created, given its worker Pod, cancelled (the Pod goes) and deleted by its TTL: every call the real
     operator makes on the way is one the chart grants, and together they are the derived set."""
