@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "promptopt"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the schemas know.
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
-# Kinds from CRDs that kubernetes-validate has no schema for, and the values that render them.
+# Kinds of other projects' CRDs, which kubernetes-validate has no schema for.
 CUSTOM_KINDS = {"ServiceMonitor"}
 
 
@@ -39,7 +39,7 @@ def test_chart_ships_the_generated_crd_byte_for_byte():
     assert shipped == generated
     for name in generated:
         assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
-            f"deploy/helm/promptopt/crds/{name} differs from crds/{name}: copy it again after `promptopt crd`")
+            f"deploy/helm/promptopt/crds/{name} differs from crds/{name}: run `promptopt crd -o deploy/helm/promptopt/crds`")
 
 
 def test_lint_strict_is_clean(values):
