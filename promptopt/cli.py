@@ -13,9 +13,10 @@ from promptopt_operator.settings import add_arguments as add_operator_arguments
 def _crd(args: argparse.Namespace) -> int:
     from promptopt.api import crd
 
-    if args.output_dir:
-        print(crd.write_crd(Path(args.output_dir)))
-    else:
+    for directory in args.output_dir or []:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        print(crd.write_crd(Path(directory)))
+    if not args.output_dir:
         sys.stdout.write(crd.render_crd_yaml())
     return 0
 
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     crd = commands.add_parser("crd", help="print the PromptOptimizationJob CRD generated from the API models")
-    crd.add_argument("-o", "--output-dir", help="write <plural>.<group>.yaml into this folder instead of stdout")
+    crd.add_argument("-o", "--output-dir", action="append",
+                     help="write <plural>.<group>.yaml into this folder (repeatable: crds/ and the Helm chart's "
+                     "crds/) instead of stdout")
     crd.set_defaults(handler=_crd)
 
     api_docs = commands.add_parser("api-docs", help="write the API reference generated from the API models")

@@ -39,7 +39,7 @@ def test_chart_ships_the_generated_crd_byte_for_byte():
     assert shipped == generated
     for name in generated:
         assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
-            f"deploy/helm/promptopt/crds/{name} differs from crds/{name}: run `promptopt crd -o deploy/helm/promptopt/crds`")
+            f"deploy/helm/promptopt/crds/{name} differs from crds/{name}: run `promptopt crd -o crds -o deploy/helm/promptopt/crds`")
 
 
 def test_lint_strict_is_clean(values):
