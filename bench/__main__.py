@@ -1,0 +1,116 @@
+"""`python -m bench`: every benchmark of docs/performance.md in one run, each against its reference.
+
+    .venv/bin/python -m bench                      # the issue's sizes (takes several minutes on 2 cores)
+    .venv/bin/python -m bench --quick              # toy sizes, seconds: checks that every path works
+    .venv/bin/python -m bench --jobs 100 --queue-jobs 300 --mlflow-python /path/to/venv-with-mlflow/bin/python
+
+Prints one table per benchmark (target, measured value, PASS/MISS) on stdout, progress on stderr, and
+writes everything measured as JSON (default: bench/results/latest.json, or bench/results/quick.json with
+--quick). The exit status is 0 whatever the verdicts: targets are reported, not asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from bench import operator_load, optimization, report  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUICK = {"jobs": 5, "queue_jobs": 10, "queue_limit": 3, "metric_calls": 20, "records": 8, "latency": 0.02}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200, help="jobs created at once, ours and the floor (200)")
+    parser.add_argument("--queue-jobs", type=int, default=1000, help="jobs of the queue benchmark (1000)")
+    parser.add_argument("--queue-limit", type=int, default=50, help="--max-running-jobs of the queue benchmark (50)")
+    parser.add_argument("--metric-calls", type=int, default=200, help="GEPA max_metric_calls (200)")
+    parser.add_argument("--records", type=int, default=30, help="records of the classification dataset (30)")
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds per simulated LLM call (0.1)")
+    parser.add_argument("--concurrency", type=int, default=8, help="LLM calls of one evaluation at once (8)")
+    parser.add_argument("--quick", action="store_true",
+                        help="toy sizes for a smoke test: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    parser.add_argument("--only", choices=("operator", "queue", "optimization"),
+                        help="run one benchmark (operator: ours and the floor at --jobs; queue; optimization)")
+    parser.add_argument("--skip-queue", action="store_true", help="no queue benchmark")
+    parser.add_argument("--skip-mlflow", action="store_true", help="no MLflow peer")
+    parser.add_argument("--mlflow-python", help="an interpreter that has mlflow (default: this one)")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="seconds the 200-job scenarios may wait before failing (600)")
+    parser.add_argument("--queue-timeout", type=float, default=900,
+                        help="seconds after which the queue benchmark reports what finished so far (900)")
+    parser.add_argument("--json", type=Path, help="where to write the results (default: bench/results/latest.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
+    if args.json is None:
+        args.json = RESULTS_DIR / ("quick.json" if args.quick else "latest.json")
+    return args
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+            "python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    operator_load.exit_on_sigterm()
+    results: dict[str, Any] = {"machine": machine(), "command": " ".join(["python -m bench", *(argv or sys.argv[1:])])}
+    started = time.monotonic()
+    if args.only in (None, "operator", "queue"):
+        config = operator_load.OperatorConfig(
+            jobs=args.jobs, queue_jobs=args.queue_jobs, queue_limit=args.queue_limit, timeout_s=args.timeout,
+            queue_timeout_s=args.queue_timeout, skip_latency=args.only == "queue",
+            skip_queue=args.skip_queue or args.only == "operator")
+        results["operator"] = operator_load.run(config, progress)
+    if args.only in (None, "optimization"):
+        config = optimization.OptimizationConfig(metric_calls=args.metric_calls, records=args.records,
+                                                 latency_s=args.latency, concurrency=args.concurrency,
+                                                 mlflow_python=args.mlflow_python, skip_mlflow=args.skip_mlflow)
+        progress(f"optimization: GEPA, {args.metric_calls} metric calls, ours then MLflow")
+        results["optimization"] = optimization.run(config)
+    results["elapsed_s"] = time.monotonic() - started
+    found = report.sections(results)
+    results["verdicts"] = report.verdicts(found)
+    results["tables"] = [dataclasses.asdict(section) for section in found]
+
+    meta = results["machine"]
+    print(f"promptopt benchmark, {meta['date']}, commit {meta['commit'] or '?'}, Python {meta['python']}, "
+          f"{meta['cpus']} CPUs; {results['elapsed_s']:.0f} s in all")
+    print()
+    print(report.render(found))
+    peer = results.get("optimization", {}).get("mlflow", {})
+    if "optimization" in results and not peer.get("available"):
+        print(f"MLflow peer not run: {peer.get('reason', '').strip().splitlines()[0] if peer.get('reason') else ''}; "
+              "install it (pip install mlflow) in this environment or pass --mlflow-python to compare.")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""The operator benchmark: many jobs at once against the emulated API, the local kubelet, the real operator.
+
+Processes (each its own, so no two share a GIL): the emulated Kubernetes API (`python -m
+promptopt.testing.emulator`), the local kubelet (`python -m promptopt.testing.kubelet`) whose
+`--command-override` turns every benchmark worker Pod into a trivial process (`sleep 3600`, or `true`),
+the operator under test (`promptopt operator`, or kopf running bench/floor_operator.py), and this one, which
+creates and cancels jobs and watches jobs and Pods. Every time is taken here, on one monotonic clock, when
+the request is sent or the watch event arrives: the API's timestamps have one-second resolution.
+
+Scenarios (each on a fresh cluster):
+- latency: N jobs created at once, Pods that keep running; create → Pod created, create → job Running (our
+  phase; the floor has none), then every job cancelled at once: cancel → Pod deleted; launch throughput
+  (N / first create → last Pod); the operator's peak RSS (VmHWM). Run for ours and for the kopf floor.
+- queue: M jobs with --max-running-jobs L, Pods that exit 0 at once: every job Succeeded, exactly one Pod
+  per job, never more than L at once, Pods created in creation order; wall time, jobs/s, peak RSS.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import urllib3
+import yaml
+
+from promptopt.testing.operator_process import OperatorProcess, free_port
+
+BENCH_DIR = Path(__file__).resolve().parent
+NAMESPACE = "default"
+JOBS_PATH = f"/apis/promptopt.dev/v1alpha1/namespaces/{NAMESPACE}/promptoptimizationjobs"
+PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
+SLEEP_IMAGE = "bench/sleep:1"  # the kubelet runs `sleep 3600`: a worker that runs until stopped
+INSTANT_IMAGE = "bench/instant:1"  # the kubelet runs `true`: a worker that succeeds at once
+COMMAND_OVERRIDES = {SLEEP_IMAGE: "sleep 3600", INSTANT_IMAGE: "true"}
+TERMINAL_POD_PHASES = ("Succeeded", "Failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    jobs: int = 200
+    queue_jobs: int = 1000
+    queue_limit: int = 50
+    timeout_s: float = 600.0  # the latency scenarios' longest wait
+    queue_timeout_s: float = 900.0  # the queue scenario reports what finished by then
+    skip_latency: bool = False
+    skip_queue: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# The API, as this process sees it.
+
+class Api:
+    """Plain JSON over HTTP to the emulated API (one pooled client for every thread here)."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+        self._pool = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=30),
+                                         headers={"User-Agent": "promptopt-bench"})
+
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        response = self._pool.request(method, self.base_url + path, body=data,
+                                      headers={"Content-Type": content_type, "Accept": "application/json",
+                                               "User-Agent": "promptopt-bench"})
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {response.data[:300]!r}")
+        return json.loads(response.data) if response.data else None
+
+    def watch(self, path: str, on_event: Callable[[str, dict[str, Any]], None], stop: threading.Event) -> threading.Thread:
+        """Call on_event(type, object) for every change after now, in a thread, until `stop` is set."""
+        ready = threading.Event()
+
+        def run() -> None:
+            version = self.request("GET", path)["metadata"]["resourceVersion"]
+            ready.set()
+            while not stop.is_set():
+                response = self._pool.request(
+                    "GET", f"{self.base_url}{path}?watch=true&resourceVersion={version}&timeoutSeconds=5",
+                    preload_content=False, timeout=urllib3.Timeout(connect=5, read=60),
+                    headers={"User-Agent": "promptopt-bench"})
+                try:
+                    for line in response:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        obj = event.get("object") or {}
+                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            on_event(event["type"], obj)
+                finally:
+                    response.release_conn()
+
+        thread = threading.Thread(target=run, name=f"watch {path}", daemon=True)
+        thread.start()
+        if not ready.wait(30):
+            raise RuntimeError(f"could not list {path}")
+        return thread
+
+
+# ------------------------------------------------------------------------------------------------
+# A fresh cluster: the emulated API and the local kubelet, each a process.
+
+class Cluster:
+    """The emulated API (bench/counting_emulator.py: it counts requests by client) and the local kubelet."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.kubeconfig = workdir / "kubeconfig"
+        self.requests: dict[str, dict[str, int]] = {}  # client -> what -> count, once stopped
+        self._processes: list[subprocess.Popen] = []
+        self.pids: dict[str, int] = {}
+
+    def _spawn(self, name: str, command: list[str]) -> tuple[subprocess.Popen, Path]:
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        self._processes.append(process)
+        self.pids[name] = process.pid
+        return process, log_path
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def __enter__(self) -> Cluster:
+        try:
+            emulator, log = self._spawn("emulator", [sys.executable, str(BENCH_DIR / "counting_emulator.py"),
+                                                     "--counts", str(self.workdir / "requests.json"),
+                                                     "--kubeconfig", str(self.kubeconfig)])
+            wait_until(lambda: self.kubeconfig.exists() and self.kubeconfig.stat().st_size > 0, 30,
+                       lambda: f"the emulator did not start:\n{log.read_text()}", process=emulator)
+            config = yaml.safe_load(self.kubeconfig.read_text())
+            self.api = Api(config["clusters"][0]["cluster"]["server"])
+            overrides = [f"--command-override={image}={command}" for image, command in COMMAND_OVERRIDES.items()]
+            kubelet, log = self._spawn("kubelet", [sys.executable, "-m", "promptopt.testing.kubelet",
+                                                   "--kubeconfig", str(self.kubeconfig),
+                                                   "--state-dir", str(self.workdir / "node"), *overrides])
+            wait_until(lambda: "started" in log.read_text(), 30,
+                       lambda: f"the kubelet did not start:\n{log.read_text()}", process=kubelet)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in reversed(self._processes):
+            stop_process(process)
+        counts = self.workdir / "requests.json"
+        if counts.exists():
+            self.requests = json.loads(counts.read_text())
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, describe: Callable[[], str],
+               process: subprocess.Popen | None = None, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(describe())
+        if time.monotonic() > deadline:
+            raise TimeoutError(describe())
+        time.sleep(interval)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM) so far, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+# ------------------------------------------------------------------------------------------------
+# The operators under test.
+
+@contextlib.contextmanager
+def our_operator(cluster: Cluster, image: str, max_running_jobs: int) -> Iterator[subprocess.Popen]:
+    operator = OperatorProcess(cluster.kubeconfig, "--max-running-jobs", str(max_running_jobs),
+                               "--worker-image", image, log_path=cluster.workdir / "operator.log")
+    operator.start(timeout=60)
+    try:
+        assert operator.process is not None
+        yield operator.process
+    finally:
+        operator.stop(timeout=30)
+
+
+@contextlib.contextmanager
+def floor_operator(cluster: Cluster, image: str) -> Iterator[subprocess.Popen]:
+    port = free_port()
+    kopf = str(Path(sys.executable).with_name("kopf"))
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "FLOOR_WORKER_IMAGE": image}
+    log_path = cluster.workdir / "floor.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([kopf, "run", "--standalone", "--all-namespaces",
+                                    f"--liveness=http://127.0.0.1:{port}/healthz", str(BENCH_DIR / "floor_operator.py")],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def live() -> bool:
+            try:
+                urllib3.request("GET", f"http://127.0.0.1:{port}/healthz", timeout=1, retries=False)
+                return True
+            except urllib3.exceptions.HTTPError:
+                return False
+        wait_until(live, 60, lambda: f"the floor operator did not become live:\n{log_path.read_text()}",
+                   process=process, interval=0.1)
+        yield process
+    finally:
+        stop_process(process, timeout=30)
+
+
+# ------------------------------------------------------------------------------------------------
+# What this process sees happen.
+
+class Observer:
+    """Timestamps (time.monotonic) of what the watches report, per job."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.created: dict[str, float] = {}
+        self.cancelled: dict[str, float] = {}
+        self.pods: dict[str, set[str]] = {}  # job -> names of its Pods ever seen
+        self.pod_created: dict[str, float] = {}  # job -> first Pod seen
+        self.pod_order: list[str] = []  # jobs in the order their first Pod appeared
+        self.pod_running: dict[str, float] = {}
+        self.pod_done: set[str] = set()  # Pod names that ended
+        self.pod_deleted: dict[str, float] = {}
+        self.phases: dict[str, dict[str, float]] = {}  # job -> phase -> first seen
+        self.start_times: dict[str, str] = {}
+        self.live_pods = 0
+        self.most_live_pods = 0
+
+    def on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        now = time.monotonic()
+        owners = pod["metadata"].get("ownerReferences") or [{}]
+        job, name = owners[0].get("name"), pod["metadata"]["name"]
+        if not job:
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        with self.lock:
+            if name not in self.pods.setdefault(job, set()):
+                self.pods[job].add(name)
+                self.live_pods += 1
+                self.most_live_pods = max(self.most_live_pods, self.live_pods)
+                if job not in self.pod_created:
+                    self.pod_created[job] = now
+                    self.pod_order.append(job)
+            if phase == "Running":
+                self.pod_running.setdefault(job, now)
+            if (kind == "DELETED" or phase in TERMINAL_POD_PHASES) and name not in self.pod_done:
+                self.pod_done.add(name)
+                self.live_pods -= 1
+            if kind == "DELETED":
+                self.pod_deleted.setdefault(job, now)
+
+    def on_job(self, kind: str, job: dict[str, Any]) -> None:
+        now = time.monotonic()
+        name, status = job["metadata"]["name"], job.get("status") or {}
+        with self.lock:
+            if status.get("phase"):
+                self.phases.setdefault(name, {}).setdefault(status["phase"], now)
+            if status.get("startTime"):
+                self.start_times.setdefault(name, status["startTime"])
+
+    def count(self, what: Callable[[], Any]) -> int:
+        with self.lock:
+            return len(what())
+
+    def jobs_in(self, phase: str) -> int:
+        with self.lock:
+            return sum(1 for phases in self.phases.values() if phase in phases)
+
+
+@contextlib.contextmanager
+def observing(api: Api) -> Iterator[Observer]:
+    observer, stop = Observer(), threading.Event()
+    threads = [api.watch(PODS_PATH, observer.on_pod, stop), api.watch(JOBS_PATH, observer.on_job, stop)]
+    try:
+        yield observer
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+
+
+def job_manifest(name: str) -> dict[str, Any]:
+    """A small valid GEPA job; its worker never calls a model (the kubelet runs a trivial command)."""
+    return {
+        "apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": name},
+        "spec": {
+            "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect", "gepa": {"maxMetricCalls": 10}},
+            "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
+            "task": {"model": "openai/sim-task", "apiBase": "http://127.0.0.1:9/v1"},
+            "dataset": {"records": [
+                {"inputs": {"review": "I love it."}, "expectations": {"expected_response": "positive"}},
+                {"inputs": {"review": "I hate it."}, "expectations": {"expected_response": "negative"}},
+            ]},
+            "scorers": [{"name": "ExactMatch"}],
+        },
+    }
+
+
+def create_jobs(api: Api, observer: Observer, names: list[str]) -> None:
+    """Create every job as fast as one client can, in order (each one's clock starts as its request leaves)."""
+    for name in names:
+        observer.created[name] = time.monotonic()
+        api.request("POST", JOBS_PATH, job_manifest(name))
+
+
+def cancel_jobs(api: Api, observer: Observer, names: list[str]) -> None:
+    for name in names:
+        observer.cancelled[name] = time.monotonic()
+        api.request("PATCH", f"{JOBS_PATH}/{name}", {"spec": {"cancel": True}},
+                    content_type="application/merge-patch+json")
+
+
+def latencies_ms(start: dict[str, float], end: dict[str, float], names: list[str]) -> list[float]:
+    return [(end[n] - start[n]) * 1000 for n in names if n in end and n in start]
+
+
+def summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    return {"n": len(values), "p50": statistics.median(ordered), "p99": percentile(ordered, 99), "max": ordered[-1]}
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100)
+    return ordered[int(rank) - 1]
+
+
+def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]:
+    """Requests the emulated API served, per job: the operator's (kopf's own and its Kubernetes client's) and
+    the kubelet's; the full breakdown by client and request kind too."""
+    operator = sum(sum(counts.get(client, {}).values()) for client in ("kopf", "kubernetes-client"))
+    kubelet = sum(counts.get("kubelet", {}).values())
+    return {"operator_per_job": operator / jobs, "kubelet_per_job": kubelet / jobs, "by_client": counts}
+
+
+# ------------------------------------------------------------------------------------------------
+# Scenarios.
+
+def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
+    """N jobs at once with long-running Pods, then all cancelled: ours (`which="ours"`) or the kopf floor."""
+    names = [f"lat-{i:05d}" for i in range(jobs)]
+    with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
+        cluster = Cluster(Path(tmp))
+        with cluster, (our_operator(cluster, SLEEP_IMAGE, max_running_jobs=jobs) if which == "ours"
+                       else floor_operator(cluster, SLEEP_IMAGE)) as process, observing(cluster.api) as seen:
+            cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
+            create_jobs(cluster.api, seen, names)
+            wait_until(lambda: seen.count(lambda: seen.pod_running) >= jobs
+                       and (which != "ours" or seen.jobs_in("Running") >= jobs), timeout,
+                       lambda: f"{which}: {seen.count(lambda: seen.pod_created)} Pods created, "
+                               f"{seen.count(lambda: seen.pod_running)} running, {seen.jobs_in('Running')} jobs Running "
+                               f"of {jobs}", process=process)
+            cancel_jobs(cluster.api, seen, names)
+            wait_until(lambda: seen.count(lambda: seen.pod_deleted) >= jobs, timeout,
+                       lambda: f"{which}: {seen.count(lambda: seen.pod_deleted)} of {jobs} Pods deleted after cancel",
+                       process=process)
+            rss = peak_rss_mib(process.pid)
+            cpu_after = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
+        running = {n: p["Running"] for n, p in seen.phases.items() if "Running" in p}
+        first_create, last_pod = min(seen.created.values()), max(seen.pod_created.values())
+        return {
+            "jobs": jobs,
+            "create_seconds": max(seen.created.values()) - first_create,
+            "create_to_pod_ms": summary(latencies_ms(seen.created, seen.pod_created, names)),
+            "create_to_running_ms": summary(latencies_ms(seen.created, running, names)) if which == "ours" else None,
+            "cancel_to_pod_deleted_ms": summary(latencies_ms(seen.cancelled, seen.pod_deleted, names)),
+            "launch_jobs_per_s": jobs / (last_pod - first_create),
+            "pods_per_job_max": max(len(p) for p in seen.pods.values()),
+            "peak_rss_mib": rss,
+            "cpu_seconds": {name: cpu_after[name] - cpu_before[name] for name in cpu_after},
+            "api_requests": api_requests(cluster.requests, jobs),
+        }
+
+
+def queue_scenario(jobs: int, limit: int, timeout: float,
+                   progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """M jobs at once, at most `limit` running, Pods that succeed at once: all finish, one Pod each, in order.
+
+    A run that outlasts `timeout` is a result too: what finished by then, and how fast, is reported.
+    """
+    names = [f"q-{i:05d}" for i in range(jobs)]
+    with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
+        cluster = Cluster(Path(tmp))
+        with cluster, our_operator(cluster, INSTANT_IMAGE, max_running_jobs=limit) as process, \
+                observing(cluster.api) as seen:
+            cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
+            started = time.monotonic()
+            create_jobs(cluster.api, seen, names)
+            finished = lambda: seen.jobs_in("Succeeded") + seen.jobs_in("Failed")  # noqa: E731
+            deadline, next_note = started + timeout, started + 60
+            while finished() < jobs and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.2)
+                if time.monotonic() >= next_note:
+                    progress(f"queue: {finished()} of {jobs} jobs finished after {time.monotonic() - started:.0f} s")
+                    next_note += 60
+            timed_out = finished() < jobs
+            done_at = sorted(p["Succeeded"] - started for p in seen.phases.values() if "Succeeded" in p)
+            wall = done_at[-1] if done_at and not timed_out else time.monotonic() - started
+            time.sleep(1)  # late duplicates would show up now
+            pods = cluster.api.request("GET", PODS_PATH)["items"]
+            rss = peak_rss_mib(process.pid)
+            cpu_after = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
+        pods_per_job: dict[str, int] = {}
+        for pod in pods:
+            owner = (pod["metadata"].get("ownerReferences") or [{}])[0].get("name")
+            pods_per_job[owner] = pods_per_job.get(owner, 0) + 1
+        succeeded = [n for n in names if "Succeeded" in seen.phases.get(n, {})]
+        failed = [n for n in names if "Failed" in seen.phases.get(n, {})]
+        order = [names.index(n) for n in seen.pod_order]
+        displacement = max((abs(position - index) for position, index in enumerate(order)), default=0)
+        inversions = sum(1 for a, b in zip(order, order[1:]) if b < a)
+        # Jobs that started must be the oldest ones (none skipped), with start times in creation order.
+        started_jobs = [n for n in names if n in seen.start_times]
+        first = names[:len(started_jobs)]
+        start_times = [seen.start_times[n] for n in first if n in seen.start_times]
+        in_order = started_jobs == first and start_times == sorted(start_times)
+        return {
+            "jobs": jobs,
+            "limit": limit,
+            "timeout_s": timeout,
+            "timed_out": timed_out,
+            "finished": finished(),
+            "succeeded": len(succeeded),
+            "failed": len(failed),
+            "unfinished": jobs - finished(),
+            "without_pod": sum(1 for n in succeeded if pods_per_job.get(n, 0) == 0),
+            "duplicated": sum(1 for n in names if pods_per_job.get(n, 0) > 1),
+            "pods_seen_per_job_max": max((len(p) for p in seen.pods.values()), default=0),
+            "most_live_pods": seen.most_live_pods,
+            "pod_order_adjacent_inversions": inversions,
+            "pod_order_max_displacement": displacement,
+            "started_in_creation_order": in_order,
+            "wall_s": wall,
+            "jobs_per_s": len(succeeded) / wall if wall else None,
+            # How the pace changes as the run goes on: jobs Succeeded by each minute.
+            "succeeded_by_minute": [sum(1 for t in done_at if t <= minute * 60)
+                                    for minute in range(1, int(wall // 60) + 2)],
+            "peak_rss_mib": rss,
+            "cpu_seconds": {name: cpu_after[name] - cpu_before[name] for name in cpu_after},
+            "api_requests": api_requests(cluster.requests, jobs),
+        }
+
+
+def run(config: OperatorConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    results: dict[str, Any] = {"config": dataclasses.asdict(config)}
+    if not config.skip_latency:
+        progress(f"operator: {config.jobs} jobs against the kopf floor")
+        results["floor"] = latency_scenario("floor", config.jobs, config.timeout_s)
+        progress(f"operator: {config.jobs} jobs against promptopt's operator")
+        results["ours"] = latency_scenario("ours", config.jobs, config.timeout_s)
+    if not config.skip_queue:
+        progress(f"operator: {config.queue_jobs} jobs, at most {config.queue_limit} running "
+                 f"(reported as it stands after {config.queue_timeout_s:.0f} s at most)")
+        results["queue"] = queue_scenario(config.queue_jobs, config.queue_limit, config.queue_timeout_s, progress)
+    return results
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the benchmark like ^C: the finally blocks stop every process it started."""
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+
+
+if __name__ == "__main__":  # one scenario alone, for profiling: python -m bench.operator_load ours|floor|queue N [L]
+    exit_on_sigterm()
+    which, size = sys.argv[1], int(sys.argv[2])
+    if which == "queue":
+        limit = int(sys.argv[3]) if len(sys.argv) > 3 else 50
+        print(json.dumps(queue_scenario(size, limit, 1800, lambda m: print(m, file=sys.stderr)), indent=1))
+    else:
+        print(json.dumps(latency_scenario(which, size, 1800), indent=1))

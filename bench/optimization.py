@@ -1,0 +1,293 @@
+"""The optimization benchmark: our GEPA run, its lower bound, and MLflow's optimize_prompts as the peer.
+
+Everything talks to one simulated LLM (a deterministic test double) in a process of its own with a fixed
+latency per call, so wall time is dominated by waiting for the "model", as with a real one:
+
+- ours: the worker's own path (`build_problem` + `optimize`, what `promptopt worker` / `promptopt run` run),
+  in this process, with an evaluator wrapper that only records how many examples each `evaluate` call had
+  to send to the model;
+- the bound: the LLM calls that cannot be avoided (task + judge calls of the evaluations the cache could not
+  answer) spread over the configured concurrency, plus the reflection calls, which are sequential:
+  ``bound = unique_task_and_judge_calls / concurrency * latency + reflection_calls * latency``;
+  the "structural bound" adds what gepa's structure imposes: each evaluate() call waits for its slowest
+  example, so a batch of n uncached examples takes ``ceil(n / concurrency) * (1 + judges) * latency``;
+- the peer: MLflow's `mlflow.genai.optimize_prompts` with `GepaPromptOptimizer`, in a child process
+  (`bench/mlflow_peer.py`, optionally another interpreter), same data, budget, scorers and concurrency.
+
+Final scores are compared on the same footing: each tool's best prompt rescored here on every record with
+the simulated models' own rules (`respond`, no HTTP, no LLM call counted).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from promptopt.testing.simulated_llm import SEED_INSTRUCTION, respond, sentiment_dataset  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROMPT_NAME = "classify"
+DATASET_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizationConfig:
+    metric_calls: int = 200
+    records: int = 30
+    latency_s: float = 0.1
+    concurrency: int = 8
+    mlflow_python: str | None = None  # the interpreter for the MLflow peer (default: this one)
+    skip_mlflow: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# The simulated LLM in its own process.
+
+class LLMServer:
+    """bench/llm_server.py as a child process: `base_url`, `stats()`, `reset()`."""
+
+    def __init__(self, latency_s: float):
+        self._process = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "llm_server.py"), "--latency", str(latency_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )
+        assert self._process.stdout is not None
+        self.base_url = self._process.stdout.readline().strip()
+        if not self.base_url.startswith("http"):
+            self.close()
+            raise RuntimeError(f"the simulated LLM did not start: {self.base_url!r}")
+
+    def _ask(self, command: str) -> str:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(command + "\n")
+        self._process.stdin.flush()
+        return self._process.stdout.readline().strip()
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(self._ask("stats"))
+
+    def reset(self) -> None:
+        self._ask("reset")
+
+    def close(self) -> None:
+        if self._process.stdin:
+            self._process.stdin.close()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> LLMServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# The same score for every tool's result: the simulated models' rules, applied here without HTTP.
+
+JUDGE_MODEL = "sim-judge"
+
+
+def judge_request(review_inputs: dict[str, Any], output: str, expected: str) -> list[dict[str, str]]:
+    """The Correctness judge's request exactly as the worker sends it (its system message and question)."""
+    from promptopt_worker.scorers import JUDGE_SYSTEM_MESSAGE, Correctness
+
+    sections = {"request": json.dumps(review_inputs, ensure_ascii=False, indent=2), "response": output,
+                "expected_response": expected}
+    text = Correctness.question + "\n\n" + "\n\n".join(f"<{tag}>\n{body}\n</{tag}>" for tag, body in sections.items())
+    return [{"role": "system", "content": JUDGE_SYSTEM_MESSAGE}, {"role": "user", "content": text}]
+
+
+def rescore(template: str, records: Sequence[dict[str, Any]]) -> float:
+    """Mean over records of (ExactMatch + Correctness) / 2 for `template`, by the simulated models' rules."""
+    total = 0.0
+    for record in records:
+        text = template
+        for name, value in record["inputs"].items():
+            text = text.replace("{{" + name + "}}", str(value))
+        output = respond("sim-task", [{"role": "user", "content": text}])
+        expected = record["expectations"]["expected_response"]
+        exact = float(output.strip().casefold() == expected.strip().casefold())
+        verdict = json.loads(respond(JUDGE_MODEL, judge_request(record["inputs"], output, expected)))
+        total += (exact + float(verdict["result"] == "yes")) / 2
+    return total / len(records)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ours.
+
+class CountingEvaluator:
+    """The worker's TaskEvaluator, unchanged, with the number of uncached examples of each evaluate() call."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.uncached_per_call: list[int] = []
+        self.examples_requested = 0
+
+    def evaluate(self, candidate: Any, examples: Sequence[Any]) -> Any:
+        before = self.inner.examples_run
+        results = self.inner.evaluate(candidate, examples)
+        self.uncached_per_call.append(self.inner.examples_run - before)
+        self.examples_requested += len(examples)
+        return results
+
+    def summarize(self, results: Any) -> Any:
+        return self.inner.summarize(results)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+FREE = {"inputPerMillionTokens": 0, "outputPerMillionTokens": 0}  # the simulated models cost nothing
+
+
+def job_spec(base_url: str, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
+    """The job: every record for training and validation (the default, as MLflow does), two scorers."""
+    return {
+        "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect", "reflectionPricing": FREE,
+                      "gepa": {"maxMetricCalls": config.metric_calls}},
+        "prompts": [{"name": PROMPT_NAME, "template": SEED_INSTRUCTION}],
+        "task": {"model": "openai/sim-task", "apiBase": base_url, "temperature": 0,
+                 "concurrency": config.concurrency, "pricing": FREE},
+        "dataset": {"records": records},
+        "scorers": [{"name": "ExactMatch"},
+                    {"name": "Correctness", "model": f"openai/{JUDGE_MODEL}", "pricing": FREE}],
+    }
+
+
+def warm_up_litellm(base_url: str) -> None:
+    """litellm imports much of itself on the first call: pay that before the clock starts (for every tool)."""
+    import litellm
+
+    litellm.completion(model="openai/sim-task", api_base=base_url, api_key="sk-simulated",
+                       messages=[{"role": "user", "content": "warm up: love"}])
+
+
+def run_ours(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
+    from promptopt.api.validation import parse_spec
+    from promptopt_worker.llm import LLMClient, UsageMeter
+    from promptopt_worker.optimizers import optimize
+    from promptopt_worker.problem import StopRequested
+    from promptopt_worker.reporting import ConsoleReporter
+    from promptopt_worker.sources import LocalConfigMaps, build_problem
+
+    spec = parse_spec(job_spec(llm.base_url, records, config))
+    warm_up_litellm(llm.base_url)
+    llm.reset()
+    console = io.StringIO()
+    cpu_started, started = time.process_time(), time.perf_counter()
+    client = LLMClient(usage=UsageMeter())
+    problem = build_problem(spec, LocalConfigMaps(), client)
+    counting = CountingEvaluator(problem.evaluator)
+    problem = dataclasses.replace(problem, evaluator=counting)
+    try:
+        result = optimize(problem, ConsoleReporter(console, live=False), StopRequested())
+    finally:
+        counting.close()
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    calls = llm.stats()["calls"]
+    if result.best_candidate is None or result.final_scores is None:
+        raise RuntimeError(f"our GEPA run failed: {result.reason}: {result.message}")
+    judges = sum(1 for s in spec.scorers or [] if s.model)
+    evaluator = counting.inner
+    unique_calls = evaluator.examples_run * (1 + judges)
+    reflections = calls.get("reflection", 0)
+    latency, concurrency = config.latency_s, config.concurrency
+    bound = unique_calls / concurrency * latency + reflections * latency
+    structural = sum(math.ceil(n / concurrency) for n in counting.uncached_per_call) * (1 + judges) * latency \
+        + reflections * latency
+    template = result.best_candidate[PROMPT_NAME]
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "reason": result.reason,
+        "llm_calls": {kind: calls.get(kind, 0) for kind in ("task", "judge", "reflection")},
+        "llm_calls_total": sum(calls.get(kind, 0) for kind in ("task", "judge", "reflection")),
+        "evaluations": counting.examples_requested,
+        "examples_run": evaluator.examples_run,
+        "cache_hits": evaluator.cache_hits,
+        "evaluate_calls": len(counting.uncached_per_call),
+        "unique_task_judge_calls": unique_calls,
+        "judges": judges,
+        "bound_s": bound,
+        "structural_bound_s": structural,
+        "initial_score": result.initial_scores.aggregate if result.initial_scores else None,
+        "final_score": result.final_scores.aggregate,
+        "rescored": rescore(template, records),
+        "best_template": template,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The peer: MLflow, in a child process.
+
+def mlflow_config(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig,
+                  workdir: Path) -> dict[str, Any]:
+    from promptopt_worker.scorers import JUDGE_SYSTEM_MESSAGE, Correctness
+
+    return {
+        "base_url": llm.base_url, "records": records, "prompt_name": PROMPT_NAME, "template": SEED_INSTRUCTION,
+        "max_metric_calls": config.metric_calls, "concurrency": config.concurrency,
+        "judge_system": JUDGE_SYSTEM_MESSAGE, "judge_question": Correctness.question,
+        "gepa_kwargs": {"reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto", "seed": 0},
+        "workdir": str(workdir),
+    }
+
+
+def run_mlflow(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
+    """MLflow's run, or {"available": False, "reason": ...} when mlflow cannot be imported there."""
+    python = config.mlflow_python or sys.executable
+    with tempfile.TemporaryDirectory(prefix="bench-mlflow-") as workdir:
+        config_path = Path(workdir) / "config.json"
+        result_path = Path(workdir) / "result.json"
+        config_path.write_text(json.dumps(mlflow_config(llm, records, config, Path(workdir))))
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
+        log_path = Path(workdir) / "peer.log"
+        with log_path.open("w") as log:
+            peer = subprocess.Popen([python, str(BENCH_DIR / "mlflow_peer.py"), str(config_path), str(result_path)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                    bufsize=1, env=env)
+            assert peer.stdin is not None and peer.stdout is not None
+            ready = peer.stdout.readline().strip()  # "ready" once mlflow is imported and set up, or "absent"
+            if ready == "ready":
+                llm.reset()  # its set-up and warm-up calls are not the run's
+                peer.stdin.write("go\n")
+                peer.stdin.flush()
+            peer.stdin.close()
+            peer.wait(timeout=3600)
+        if not result_path.exists():
+            tail = log_path.read_text(errors="replace")[-3000:]
+            return {"available": False, "reason": f"the MLflow peer failed (exit {peer.returncode}):\n{tail}"}
+        result = json.loads(result_path.read_text())
+    if not result.get("available"):
+        return result
+    calls = llm.stats()["calls"]
+    result["llm_calls"] = {kind: calls.get(kind, 0) for kind in ("task", "judge", "reflection")}
+    result["llm_calls_total"] = sum(result["llm_calls"].values())
+    result["rescored"] = rescore(result["best_template"], records)
+    return result
+
+
+def run(config: OptimizationConfig) -> dict[str, Any]:
+    records = sentiment_dataset(config.records, seed=DATASET_SEED)
+    with LLMServer(config.latency_s) as llm:
+        ours = run_ours(llm, records, config)
+        if config.skip_mlflow:
+            peer = {"available": False, "reason": "skipped (--skip-mlflow)"}
+        else:
+            peer = run_mlflow(llm, records, config)
+    return {"config": dataclasses.asdict(config), "dataset_seed": DATASET_SEED, "ours": ours, "mlflow": peer}

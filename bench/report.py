@@ -1,0 +1,191 @@
+"""The benchmark's table: each measured value beside its reference, the ratio, the target and PASS/MISS.
+
+Targets are reported, never asserted: a MISS is a finding for docs/performance.md, not a failure.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+# The targets of issue #6.
+P99_CREATE_TO_POD_VS_FLOOR = 1.5  # our p99 create → Pod at most this many times the kopf floor's
+WALL_VS_BOUND = 1.25  # our optimization wall time at most this many times the bound
+SPEEDUP_VS_MLFLOW = 3.0  # MLflow's wall time at least this many times ours, at an equal or better score
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    metric: str
+    ours: str
+    reference: str = ""
+    ratio: str = ""
+    target: str = ""
+    result: str = ""  # PASS, MISS, or "" for a figure without a target
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    title: str
+    reference: str  # what the reference column holds
+    rows: list[Row]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def ratio(ours: float | None, reference: float | None) -> float | None:
+    if ours is None or reference is None or reference == 0:
+        return None
+    return ours / reference
+
+
+def times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def operator_section(results: dict[str, Any]) -> Section:
+    ours, floor = results["ours"], results["floor"]
+    rows = []
+    for label, key in (("create → Pod created", "create_to_pod_ms"),
+                       ("cancel → Pod deleted", "cancel_to_pod_deleted_ms")):
+        for q in ("p50", "p99"):
+            value, reference = ours[key][q], floor[key][q]
+            r = ratio(value, reference)
+            row = Row(f"{label}, {q} (ms)", ms(value), ms(reference), times(r))
+            if key == "create_to_pod_ms" and q == "p99":
+                row = dataclasses.replace(row, target=f"≤ {P99_CREATE_TO_POD_VS_FLOOR}× floor",
+                                          result=verdict(r is not None and r <= P99_CREATE_TO_POD_VS_FLOOR))
+            rows.append(row)
+    running = ours["create_to_running_ms"]
+    rows.append(Row("create → job Running, p50 / p99 (ms)", f"{ms(running['p50'])} / {ms(running['p99'])}",
+                    "— (no phase)"))
+    rows.append(Row("launch throughput (jobs/s, first create → last Pod)", f"{ours['launch_jobs_per_s']:.1f}",
+                    f"{floor['launch_jobs_per_s']:.1f}", times(ratio(ours['launch_jobs_per_s'],
+                                                                      floor['launch_jobs_per_s']))))
+    rows.append(Row("operator peak RSS (MiB, VmHWM)", f"{ours['peak_rss_mib']:.0f}", f"{floor['peak_rss_mib']:.0f}",
+                    times(ratio(ours["peak_rss_mib"], floor["peak_rss_mib"]))))
+    rows.append(Row("operator API requests per job", f"{ours['api_requests']['operator_per_job']:.1f}",
+                    f"{floor['api_requests']['operator_per_job']:.1f}",
+                    times(ratio(ours["api_requests"]["operator_per_job"], floor["api_requests"]["operator_per_job"]))))
+    for who in ("operator", "emulator"):
+        rows.append(Row(f"{who} CPU (s)", f"{ours['cpu_seconds'][who]:.1f}", f"{floor['cpu_seconds'][who]:.1f}",
+                        times(ratio(ours["cpu_seconds"][who], floor["cpu_seconds"][who]))))
+    rows.append(Row("Pods per job (max)", str(ours["pods_per_job_max"]), str(floor["pods_per_job_max"])))
+    return Section(f"Operator: {ours['jobs']} jobs created at once, Pods that run until cancelled",
+                   "kopf floor (bench/floor_operator.py)", rows)
+
+
+def queue_section(queue: dict[str, Any]) -> Section:
+    jobs, limit = queue["jobs"], queue["limit"]
+    order_kept = queue["started_in_creation_order"] and queue["pod_order_max_displacement"] < limit
+    within = f" within the {queue['timeout_s']:.0f} s limit" if queue["timed_out"] else ""
+    wall = f"{queue['wall_s']:.0f} (limit reached)" if queue["timed_out"] else f"{queue['wall_s']:.1f}"
+    pace = queue.get("succeeded_by_minute") or []
+    rows = [
+        Row(f"jobs Succeeded{within}", f"{queue['succeeded']} / {jobs}", target="all",
+            result=verdict(queue["succeeded"] == jobs)),
+        Row("jobs Failed / duplicated / Succeeded without Pod",
+            f"{queue['failed']} / {queue['duplicated']} / {queue['without_pod']}", target="0 / 0 / 0",
+            result=verdict(queue["failed"] == queue["duplicated"] == queue["without_pod"] == 0
+                           and queue["pods_seen_per_job_max"] <= 1)),
+        Row("most worker Pods at once", str(queue["most_live_pods"]), target=f"≤ {limit}",
+            result=verdict(queue["most_live_pods"] <= limit)),
+        Row("queue order (oldest start first; Pod order displacement)",
+            f"{'yes' if queue['started_in_creation_order'] else 'no'}; "
+            f"max {queue['pod_order_max_displacement']}, {queue['pod_order_adjacent_inversions']} swaps",
+            target=f"yes; < {limit}", result=verdict(order_kept)),
+        Row("wall time, first create → last Succeeded (s)", wall),
+        Row("end-to-end throughput (jobs/s)", f"{queue['jobs_per_s']:.2f}" if queue["jobs_per_s"] else "—"),
+        Row("jobs Succeeded by minute 1 / 2 / 5 / 10 / 15",
+            " / ".join(str(pace[m - 1]) if len(pace) >= m else "—" for m in (1, 2, 5, 10, 15))),
+        Row("operator peak RSS (MiB, VmHWM)", f"{queue['peak_rss_mib']:.0f}"),
+        Row("operator API requests per job", f"{queue['api_requests']['operator_per_job']:.1f}"),
+        Row("operator / emulator CPU (s)",
+            f"{queue['cpu_seconds']['operator']:.1f} / {queue['cpu_seconds']['emulator']:.1f}"),
+    ]
+    return Section(f"Operator queue: {jobs} jobs created at once, --max-running-jobs {limit}, Pods that exit at once",
+                   "", rows)
+
+
+def optimization_section(results: dict[str, Any]) -> Section:
+    config, ours, peer = results["config"], results["ours"], results["mlflow"]
+    available = peer.get("available", False)
+    calls = ours["llm_calls"]
+    bound_ratio = ours["wall_s"] / ours["bound_s"]
+
+    def peer_value(text: str) -> str:
+        return text if available else "—"
+
+    speedup = peer["wall_s"] / ours["wall_s"] if available else None
+    rows = [
+        Row("wall time (s)", f"{ours['wall_s']:.2f}", peer_value(f"{peer.get('wall_s', 0):.2f}"),
+            times(ratio(ours["wall_s"], peer.get("wall_s")))),
+        Row(f"bound (s): {ours['unique_task_judge_calls']} calls / {config['concurrency']} × latency "
+            f"+ {calls['reflection']} reflections × latency", f"{ours['bound_s']:.2f}"),
+        Row("wall time / bound", f"{bound_ratio:.2f}", target=f"≤ {WALL_VS_BOUND}",
+            result=verdict(bound_ratio <= WALL_VS_BOUND)),
+        Row("wall time / structural bound (per-batch rounds)", f"{ours['wall_s'] / ours['structural_bound_s']:.2f}",
+            ratio=f"bound {ours['structural_bound_s']:.2f} s"),
+        Row("LLM calls task / judge / reflection", f"{calls['task']} / {calls['judge']} / {calls['reflection']}",
+            peer_value("{task} / {judge} / {reflection}".format(**peer.get("llm_calls", {"task": 0, "judge": 0,
+                                                                                          "reflection": 0}))),
+            times(ratio(ours["llm_calls_total"], peer.get("llm_calls_total")))),
+        Row("evaluations / cache hits", f"{ours['evaluations']} / {ours['cache_hits']}", peer_value("no cache")),
+        Row("CPU in the optimizing process (s)", f"{ours['cpu_s']:.2f}", peer_value(f"{peer.get('cpu_s', 0):.2f}"),
+            times(ratio(ours["cpu_s"], peer.get("cpu_s")))),
+        Row("final score (own report)", f"{ours['final_score']:.3f}",
+            peer_value(f"{peer['final_score']:.3f}" if available and peer.get("final_score") is not None else "—")),
+        Row("final score, best prompt rescored on all records", f"{ours['rescored']:.3f}",
+            peer_value(f"{peer.get('rescored', 0):.3f}"), target="≥ MLflow",
+            result=verdict(ours["rescored"] >= peer["rescored"]) if available else "SKIP"),
+        Row("speed-up vs MLflow (its wall / ours)", f"{speedup:.1f}×" if speedup else "—",
+            target=f"≥ {SPEEDUP_VS_MLFLOW:g}×",
+            result=verdict(speedup >= SPEEDUP_VS_MLFLOW) if speedup else "SKIP"),
+    ]
+    reference = f"MLflow {peer['version']} optimize_prompts + GepaPromptOptimizer" if available else \
+        f"MLflow: not run ({peer.get('reason', 'absent')})"
+    return Section(f"Optimization: GEPA, max_metric_calls {config['metric_calls']}, {config['records']} records, "
+                   f"{config['latency_s'] * 1000:.0f} ms per LLM call, concurrency {config['concurrency']}",
+                   reference, rows)
+
+
+def sections(results: dict[str, Any]) -> list[Section]:
+    found = []
+    if "operator" in results:
+        if "ours" in results["operator"]:
+            found.append(operator_section(results["operator"]))
+        if "queue" in results["operator"]:
+            found.append(queue_section(results["operator"]["queue"]))
+    if "optimization" in results:
+        found.append(optimization_section(results["optimization"]))
+    return found
+
+
+def render(found: Iterable[Section]) -> str:
+    """Each section as a pipe table (readable in a terminal and as Markdown)."""
+    out = []
+    for section in found:
+        out.append(f"### {section.title}")
+        if section.reference:
+            out.append(f"reference: {section.reference}")
+        out.append("")
+        header = Row("metric", "promptopt", "reference", "ratio", "target", "result")
+        table = [header, *section.rows]
+        widths = [max(len(getattr(row, f.name)) for row in table) for f in dataclasses.fields(Row)]
+        for index, row in enumerate(table):
+            cells = [getattr(row, f.name).ljust(width) for f, width in zip(dataclasses.fields(Row), widths)]
+            out.append("| " + " | ".join(cells) + " |")
+            if index == 0:
+                out.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+        out.append("")
+    return "\n".join(out)
+
+
+def verdicts(found: Iterable[Section]) -> dict[str, str]:
+    return {f"{section.title} / {row.metric}": row.result for section in found for row in section.rows if row.result}
