@@ -72,4 +72,4 @@ async def job_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> N
             when=lambda status, **_: status.get("phase") not in TERMINAL_PHASES)
 async def refresh(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A safety net for anything a watch missed, and fresh queue positions for waiting jobs."""
-    await memo.reconciler.reconcile(namespace, name)
+    await memo.reconciler.reconcile(namespace, name, refresh_queue_position=True)

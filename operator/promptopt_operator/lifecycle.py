@@ -59,7 +59,9 @@ class Decision:
 
 @dataclass(frozen=True)
 class Slot:
-    """The queue's answer for a job that waits for its first Pod."""
+    """The queue's answer for a job that waits for its first Pod. `position` None leaves the stored position
+    as it is: positions shift whenever any job starts, and rewriting every waiting job's status on each shift
+    would cost O(waiting jobs) writes per start, so they are refreshed on a timer instead."""
 
     may_start: bool
     position: int | None = None
@@ -172,9 +174,9 @@ def _next_step(
 
 def _first_attempt(spec: PromptOptimizationJobSpec, slot: Slot, now: datetime) -> _Next:
     if not slot.may_start:
-        where = f" (position {slot.position})" if slot.position else ""
-        return _Next("Queued", "Queued", f"waiting for a free slot in the operator's queue{where}",
-                     fields={"queuePosition": slot.position})
+        fields = {} if slot.position is None else {"queuePosition": slot.position}
+        return _Next("Queued", "Queued", "waiting for a free slot in the operator's queue (see queuePosition)",
+                     fields=fields)
     return _Next("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
                  fields={"attempts": 1, "startTime": timestamp(now), "queuePosition": None,
                          "specHash": spec.run_hash()})

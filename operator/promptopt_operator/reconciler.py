@@ -42,6 +42,7 @@ class Reconciler:
         self._rechecks: dict[JobKey, asyncio.TimerHandle] = {}
         # Jobs given a slot whose new phase has not come back through the watch yet.
         self._starting: set[JobKey] = set()
+        self._waking: asyncio.Task | None = None
 
     # -- the queue ---------------------------------------------------------------------------------------
 
@@ -65,20 +66,29 @@ class Reconciler:
         return plan(entries, self.settings.max_running_jobs)
 
     def wake_waiting(self) -> None:
-        """A slot may have freed: reconcile the waiting jobs that may start now."""
-        for key, slot in self._slots().items():
-            if slot.may_start and key not in self._starting:
-                asyncio.get_running_loop().create_task(self.reconcile(*key))
+        """A slot may have freed: start the waiting jobs that may start now, oldest first."""
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.get_running_loop().create_task(self._start_waiting())
+
+    async def _start_waiting(self) -> None:
+        # One at a time, in the queue's order, so Pods are created in the order the jobs were created;
+        # until nothing more may start (slots freed while this runs are taken too).
+        while startable := [key for key, slot in self._slots().items()
+                            if slot.may_start and key not in self._starting]:
+            for key in startable:
+                await self.reconcile(*key)
+            if all(key not in self._starting for key in startable):
+                return  # none of them could start (e.g. cancelled meanwhile): do not spin
 
     # -- reconcile ---------------------------------------------------------------------------------------
 
-    async def reconcile(self, namespace: str, name: str) -> None:
+    async def reconcile(self, namespace: str, name: str, *, refresh_queue_position: bool = False) -> None:
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             started = time.monotonic()
             try:
-                await self._reconcile(key)
+                await self._reconcile(key, refresh_queue_position)
             except Exception:
                 self.metrics.reconcile_errors.inc()
                 logger.exception("reconciling %s/%s failed; retrying in 5 s", namespace, name)
@@ -86,15 +96,21 @@ class Reconciler:
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
-    async def _reconcile(self, key: JobKey) -> None:
+    async def _reconcile(self, key: JobKey, refresh_queue_position: bool) -> None:
         namespace, name = key
         body = await self.kube.get_job(namespace, name)
         if body is None:
             self.forget(key)
             return
-        pods = [observe_pod(p) for p in await self.kube.list_worker_pods(namespace, name)]
         job = _job(name, body)
+        pods = []
+        if job.status.get("attempts") or job.deleting:
+            pods = [observe_pod(p) for p in await self.kube.list_worker_pods(namespace, name)]
+        # else: the job never started, so it has no Pod, except one whose creation was not recorded before an
+        # operator crash; creating that attempt's Pod again meets it (409: adopted, not duplicated).
         slot = self._slots().get(key, Slot(may_start=False))
+        if job.status.get("phase") == "Queued" and not refresh_queue_position:
+            slot = Slot(slot.may_start)
         decision = decide(job, pods, datetime.now(timezone.utc), self.settings, slot)
         await self._act(key, body, job, decision)
 
