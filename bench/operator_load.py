@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import signal
@@ -357,6 +358,10 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
+def parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]:
     """Requests the emulated API served, per job: the operator's (kopf's own and its Kubernetes client's) and
     the kubelet's; the full breakdown by client and request kind too."""
@@ -446,6 +451,18 @@ def queue_scenario(jobs: int, limit: int, timeout: float,
         first = names[:len(started_jobs)]
         start_times = [seen.start_times[n] for n in first if n in seen.start_times]
         in_order = started_jobs == first and start_times == sorted(start_times)
+        # Where not: older jobs that started in a later second than a newer one (startTime has 1 s resolution).
+        overtaken = []
+        latest_newer: tuple[str, str] | None = None  # the earliest start among newer jobs, scanning backwards
+        for name in reversed(started_jobs):
+            if latest_newer is not None and seen.start_times[name] > latest_newer[1]:
+                overtaken.append({"older": name, "started": seen.start_times[name],
+                                  "newer": latest_newer[0], "newer_started": latest_newer[1]})
+            if latest_newer is None or seen.start_times[name] < latest_newer[1]:
+                latest_newer = (name, seen.start_times[name])
+        skipped = [n for n in first if n not in seen.start_times]
+        overtaken_by_s = max((int((parse_time(o["started"]) - parse_time(o["newer_started"])).total_seconds())
+                              for o in overtaken), default=0)
         return {
             "jobs": jobs,
             "limit": limit,
@@ -462,6 +479,10 @@ def queue_scenario(jobs: int, limit: int, timeout: float,
             "pod_order_adjacent_inversions": inversions,
             "pod_order_max_displacement": displacement,
             "started_in_creation_order": in_order,
+            "overtaken": len(overtaken),  # older jobs started in a later second than some newer job
+            "overtaken_by_s_max": overtaken_by_s,
+            "overtaken_examples": overtaken[-3:],
+            "skipped": skipped[:10],  # older jobs still waiting while as many newer ones had started
             "wall_s": wall,
             "jobs_per_s": len(succeeded) / wall if wall else None,
             # How the pace changes as the run goes on: jobs Succeeded by each minute.
