@@ -41,25 +41,29 @@ def job_queue(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
 
 
 @kopf.on.event(*JOBS)
-async def job_changed(type: str, status: kopf.Status, namespace: str, name: str, memo: kopf.Memo,
-                      job_queue: kopf.Index, **_: Any) -> None:
+async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namespace: str, name: str,
+                      memo: kopf.Memo, job_queue: kopf.Index, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
     reconciler.index = job_queue
     if type == "DELETED":
         reconciler.forget((namespace, name))
         reconciler.wake_waiting()
-    elif status.get("phase") in TERMINAL_PHASES:
+        return
+    if status.get("phase") in TERMINAL_PHASES:
         reconciler.wake_waiting()  # its slot is free now
-        await reconciler.reconcile(namespace, name)  # cleanup and TTL
-    else:
+    if FINALIZER not in meta.get("finalizers", []) and not meta.get("deletionTimestamp"):
+        return  # kopf adds its finalizer first; acting now would only race that patch (a 422 and a retry)
+    if reconciler.needs_reconcile((namespace, name), dict(body)):
         await reconciler.reconcile(namespace, name)
 
 
 @kopf.on.event("v1", "pods", labels={"app.kubernetes.io/managed-by": COMPONENT_LABELS["app.kubernetes.io/managed-by"]})
-async def worker_pod_changed(annotations: kopf.Annotations, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def worker_pod_changed(type: str, body: kopf.Body, annotations: kopf.Annotations, namespace: str,
+                             memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler = memo.reconciler
     job_name = annotations.get(f"{GROUP}/job-name")
-    if job_name:
-        await memo.reconciler.reconcile(namespace, job_name)
+    if job_name and reconciler.pod_changed(namespace, dict(body), deleted=type == "DELETED"):
+        await reconciler.reconcile(namespace, job_name)
 
 
 @kopf.on.delete(*JOBS)

@@ -38,7 +38,11 @@ class KubeClient:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None, threads: int = 16):
         if api_client is None:
             kubernetes.config.load_config()
-            api_client = kubernetes.client.ApiClient()
+            configuration = kubernetes.client.Configuration.get_default_copy()
+            # One connection per thread: the default pool (10) is smaller than the thread pool, and every
+            # connection beyond it is opened and thrown away per request.
+            configuration.connection_pool_maxsize = threads
+            api_client = kubernetes.client.ApiClient(configuration)
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")

@@ -282,9 +282,12 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
     }
     if step.create_attempt is not None:
         fields["podName"] = pod_name(job.name, step.create_attempt)
+    recheck_after = step.recheck_after
     if step.phase in TERMINAL_PHASES and not status.get("completionTime"):
         fields["completionTime"] = timestamp(now)
         fields["queuePosition"] = None
+        if job.spec and job.spec.ttl_seconds_after_finished is not None:
+            recheck_after = float(job.spec.ttl_seconds_after_finished)  # then the TTL deletes the job
     spec_applied = _spec_applied(job, fields.get("specHash") or status.get("specHash"))
     fields["conditions"] = conditions_for(step.phase, step.reason, step.message, job.generation, timestamp(now),
                                           status.get("conditions"), spec_applied)
@@ -305,7 +308,7 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
         delete_pods=step.delete_pods,
         events=events,
         delete_job=step.delete_job,
-        recheck_after=step.recheck_after,
+        recheck_after=recheck_after,
         pod_active_deadline=pod_deadline,
     )
 

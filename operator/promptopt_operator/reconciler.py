@@ -19,11 +19,19 @@ from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt_operator.kube import KubeClient
 from promptopt_operator.lifecycle import Decision, Job, Slot, decide, parse_time
 from promptopt_operator.metrics import OperatorMetrics
-from promptopt_operator.pods import observe_pod, worker_pod_manifest
+from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
 from promptopt_operator.queue import JobKey, QueueEntry, plan
 from promptopt_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
+
+
+def decision_inputs(body: dict[str, Any]) -> tuple:
+    """What of a job's body can change a decision. Events that change none of it (the worker's progress
+    reports, kopf's bookkeeping, the echo of the operator's own status writes) need no reconcile."""
+    metadata, status = body.get("metadata") or {}, body.get("status") or {}
+    return (metadata.get("generation"), bool(metadata.get("deletionTimestamp")), status.get("phase"),
+            status.get("attempts"), (status.get("workerResult") or {}).get("reason"))
 
 
 def queue_entry(namespace: str, name: str, body: dict[str, Any]) -> QueueEntry:
@@ -43,13 +51,32 @@ class Reconciler:
         # Jobs given a slot whose new phase has not come back through the watch yet.
         self._starting: set[JobKey] = set()
         self._waking: asyncio.Task | None = None
+        # decision_inputs of each job as the last reconcile left it, and observe_pod of each Pod last seen.
+        self._decided: dict[JobKey, tuple] = {}
+        self._pods_seen: dict[tuple[str, str], WorkerPod] = {}
 
     # -- the queue ---------------------------------------------------------------------------------------
 
     def entries(self) -> list[QueueEntry]:
         return [entry for store in self.index.values() for entry in store]
 
+    def needs_reconcile(self, key: JobKey, body: dict[str, Any]) -> bool:
+        return self._decided.get(key) != decision_inputs(body)
+
+    def pod_changed(self, namespace: str, pod: dict[str, Any], deleted: bool) -> bool:
+        """Whether a Pod event says something new (the kubelet also writes what no decision reads)."""
+        key = (namespace, pod["metadata"]["name"])
+        if deleted:
+            self._pods_seen.pop(key, None)
+            return True
+        observed = observe_pod(pod)
+        if self._pods_seen.get(key) == observed:
+            return False
+        self._pods_seen[key] = observed
+        return True
+
     def forget(self, key: JobKey) -> None:
+        self._decided.pop(key, None)
         self._starting.discard(key)
         self._locks.pop(key, None)
         if handle := self._rechecks.pop(key, None):
@@ -108,11 +135,15 @@ class Reconciler:
             pods = [observe_pod(p) for p in await self.kube.list_worker_pods(namespace, name)]
         # else: the job never started, so it has no Pod, except one whose creation was not recorded before an
         # operator crash; creating that attempt's Pod again meets it (409: adopted, not duplicated).
-        slot = self._slots().get(key, Slot(may_start=False))
-        if job.status.get("phase") == "Queued" and not refresh_queue_position:
-            slot = Slot(slot.may_start)
+        slot = Slot(may_start=False)
+        if not job.status.get("attempts") and job.status.get("phase") in (None, "Queued"):
+            # Planning sorts the whole queue: only a job that waits to start needs it.
+            slot = self._slots().get(key, slot)
+            if job.status.get("phase") == "Queued" and not refresh_queue_position:
+                slot = Slot(slot.may_start)
         decision = decide(job, pods, datetime.now(timezone.utc), self.settings, slot)
         await self._act(key, body, job, decision)
+        self._decided[key] = decision_inputs({**body, "status": {**job.status, **decision.status}})
 
     async def _act(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
         namespace, name = key

@@ -269,3 +269,10 @@ def test_a_queued_job_keeps_its_stored_position_unless_refreshed():
     assert "queuePosition" not in kept.status
     refreshed = decide(job(status), [], NOW, SETTINGS, Slot(may_start=False, position=3))
     assert refreshed.status["queuePosition"] == 3
+
+
+def test_finishing_schedules_the_ttl():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(60),
+              "workerResult": {"reason": "Completed", "message": "done", "succeeded": True}}
+    d = decide(job(status, ttlSecondsAfterFinished=30), [pod(phase="Succeeded", exit_code=0)], NOW, SETTINGS, START)
+    assert d.status["phase"] == "Succeeded" and d.recheck_after == 30
