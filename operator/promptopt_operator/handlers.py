@@ -10,7 +10,7 @@ from promptopt.api.v1alpha1 import GROUP, PLURAL, TERMINAL_PHASES, VERSION
 
 from promptopt_operator.kube import KubeClient
 from promptopt_operator.metrics import OperatorMetrics
-from promptopt_operator.pods import COMPONENT_LABELS
+from promptopt_operator.pods import COMPONENT_LABELS, JOB_NAME_ANNOTATION, observe_pod
 from promptopt_operator.reconciler import Reconciler, queue_entry
 from promptopt_operator.settings import OperatorSettings
 
@@ -35,16 +35,25 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         metrics.serve(operator_settings.metrics_port)
 
 
+WORKER_PODS = {"app.kubernetes.io/managed-by": COMPONENT_LABELS["app.kubernetes.io/managed-by"]}
+
+
 @kopf.index(*JOBS)
 def job_queue(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, name): queue_entry(namespace, name, dict(body))}
 
 
+@kopf.index("v1", "pods", labels=WORKER_PODS)
+def worker_pods(namespace: str, annotations: kopf.Annotations, body: kopf.Body, **_: Any) -> dict | None:
+    job_name = annotations.get(JOB_NAME_ANNOTATION)
+    return {(namespace, job_name): observe_pod(dict(body))} if job_name else None
+
+
 @kopf.on.event(*JOBS)
 async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namespace: str, name: str,
-                      memo: kopf.Memo, job_queue: kopf.Index, **_: Any) -> None:
+                      memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
-    reconciler.index = job_queue
+    reconciler.index, reconciler.pod_index = job_queue, worker_pods
     if type == "DELETED":
         reconciler.forget((namespace, name))
         reconciler.wake_waiting()
@@ -57,11 +66,12 @@ async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.
         await reconciler.reconcile(namespace, name)
 
 
-@kopf.on.event("v1", "pods", labels={"app.kubernetes.io/managed-by": COMPONENT_LABELS["app.kubernetes.io/managed-by"]})
+@kopf.on.event("v1", "pods", labels=WORKER_PODS)
 async def worker_pod_changed(type: str, body: kopf.Body, annotations: kopf.Annotations, namespace: str,
-                             memo: kopf.Memo, **_: Any) -> None:
+                             memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
-    job_name = annotations.get(f"{GROUP}/job-name")
+    reconciler.index, reconciler.pod_index = job_queue, worker_pods
+    job_name = annotations.get(JOB_NAME_ANNOTATION)
     if job_name and reconciler.pod_changed(namespace, dict(body), deleted=type == "DELETED"):
         await reconciler.reconcile(namespace, job_name)
 

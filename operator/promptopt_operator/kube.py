@@ -19,19 +19,16 @@ from kubernetes.client.exceptions import ApiException
 
 from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
 
-from promptopt_operator.pods import COMPONENT_LABELS, JOB_LABEL, label_value
 
-# (API group, resource, verb) for every call below: the operator's RBAC needs exactly these (plus kopf's own).
+# (API group, resource, verb) for every call below: the operator's RBAC needs exactly these (plus kopf's own:
+# it lists and watches the jobs and the worker Pods, whose state the operator reads from kopf's index).
 API_CALLS = (
     (GROUP, PLURAL, "get"),
     (GROUP, PLURAL, "delete"),
     (GROUP, f"{PLURAL}/status", "patch"),
-    ("", "pods", "list"),
     ("", "pods", "create"),
     ("", "pods", "delete"),
 )
-
-_WORKER_SELECTOR = ",".join(f"{k}={v}" for k, v in COMPONENT_LABELS.items() if k == "app.kubernetes.io/managed-by")
 
 
 class KubeClient:
@@ -71,14 +68,6 @@ class KubeClient:
         except ApiException as error:
             if error.status != 404:
                 raise
-
-    async def list_worker_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
-        selector = f"{_WORKER_SELECTOR},{JOB_LABEL}={label_value(job_name)}"
-        response = await self._call(self._core.list_namespaced_pod, namespace, label_selector=selector,
-                                    _preload_content=False)
-        pods = json.loads(response.data).get("items") or []
-        # Label values of long names are hashed; the annotation carries the exact job name.
-        return [p for p in pods if (p["metadata"].get("annotations") or {}).get("promptopt.dev/job-name") == job_name]
 
     async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create the Pod; False if it already exists (it is then adopted, never duplicated)."""

@@ -17,6 +17,8 @@ from promptopt_operator.settings import OperatorSettings
 
 JOB_LABEL = "promptopt.dev/job"
 ATTEMPT_LABEL = "promptopt.dev/attempt"
+# The exact job name (label values are cut to 63 characters).
+JOB_NAME_ANNOTATION = "promptopt.dev/job-name"
 COMPONENT_LABELS = {
     "app.kubernetes.io/name": "promptopt-worker",
     "app.kubernetes.io/component": "worker",
@@ -129,7 +131,7 @@ def worker_pod_manifest(
         "metadata": {
             "name": pod_name(job_name, attempt),
             "labels": {**COMPONENT_LABELS, JOB_LABEL: label_value(job_name), ATTEMPT_LABEL: str(attempt)},
-            "annotations": {"promptopt.dev/job-name": job_name},
+            "annotations": {JOB_NAME_ANNOTATION: job_name},
         },
         "spec": pod_spec,
     }

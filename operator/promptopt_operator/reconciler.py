@@ -46,6 +46,9 @@ class Reconciler:
         # kopf's index of every job (filled from the initial list before any handler runs, so a restarted
         # operator knows every running job before it starts a waiting one).
         self.index: Mapping[JobKey, Iterable[QueueEntry]] = {}
+        # kopf's index of worker Pods by job (observe_pod of each).
+        self.pod_index: Mapping[JobKey, Iterable[WorkerPod]] = {}
+        self._created: dict[JobKey, dict[str, WorkerPod]] = {}
         self._locks: dict[JobKey, asyncio.Lock] = {}
         self._rechecks: dict[JobKey, asyncio.TimerHandle] = {}
         # Jobs given a slot whose new phase has not come back through the watch yet.
@@ -77,6 +80,7 @@ class Reconciler:
 
     def forget(self, key: JobKey) -> None:
         self._decided.pop(key, None)
+        self._created.pop(key, None)
         self._starting.discard(key)
         self._locks.pop(key, None)
         if handle := self._rechecks.pop(key, None):
@@ -107,6 +111,17 @@ class Reconciler:
             if all(key not in self._starting for key in startable):
                 return  # none of them could start (e.g. cancelled meanwhile): do not spin
 
+    # -- worker Pods ---------------------------------------------------------------------------------------
+
+    def _pods_of(self, key: JobKey) -> list[WorkerPod]:
+        """The job's worker Pods: kopf's index (complete before any handler runs, so a restarted operator sees
+        every Pod), plus the Pods this operator created whose first event has not arrived yet."""
+        indexed = {pod.name: pod for pod in self.pod_index.get(key, [])}
+        created = self._created.get(key, {})
+        for name in [name for name in created if name in indexed]:
+            del created[name]
+        return [*indexed.values(), *created.values()]
+
     # -- reconcile ---------------------------------------------------------------------------------------
 
     async def reconcile(self, namespace: str, name: str, *, refresh_queue_position: bool = False) -> None:
@@ -130,11 +145,7 @@ class Reconciler:
             self.forget(key)
             return
         job = _job(name, body)
-        pods = []
-        if job.status.get("attempts") or job.deleting:
-            pods = [observe_pod(p) for p in await self.kube.list_worker_pods(namespace, name)]
-        # else: the job never started, so it has no Pod, except one whose creation was not recorded before an
-        # operator crash; creating that attempt's Pod again meets it (409: adopted, not duplicated).
+        pods = self._pods_of(key)
         slot = Slot(may_start=False)
         if not job.status.get("attempts") and job.status.get("phase") in (None, "Queued"):
             # Planning sorts the whole queue: only a job that waits to start needs it.
@@ -169,7 +180,9 @@ class Reconciler:
                                        self.settings, decision.pod_active_deadline, spec_hash)
         kopf.adopt(manifest, owner=body)
         self._starting.add(key)
-        if await self.kube.create_pod(namespace, manifest):
+        created = await self.kube.create_pod(namespace, manifest)
+        self._created.setdefault(key, {})[manifest["metadata"]["name"]] = observe_pod(manifest)
+        if created:
             self.metrics.pods_created.inc()
             if decision.create_attempt == 1:
                 created = parse_time(body["metadata"].get("creationTimestamp"))
