@@ -164,7 +164,8 @@ def _next_step(
         return _after_failure(spec, status, attempts, now, settings, f"worker Pod of attempt {attempts} disappeared",
                               finished_at=None)
     if current.deleting:
-        return _Next(phase or "Running", "PodTerminating", f"worker Pod {current.name} is terminating")
+        return _Next(status.get("phase") or "Running", "PodTerminating",
+                     f"worker Pod {current.name} is terminating")
     if current.phase == "Succeeded":
         return _after_success(spec, status, current, attempts, now, settings)
     if current.phase == "Failed":

@@ -276,3 +276,11 @@ def test_finishing_schedules_the_ttl():
               "workerResult": {"reason": "Completed", "message": "done", "succeeded": True}}
     d = decide(job(status, ttlSecondsAfterFinished=30), [pod(phase="Succeeded", exit_code=0)], NOW, SETTINGS, START)
     assert d.status["phase"] == "Succeeded" and d.recheck_after == 30
+
+
+def test_a_pod_deleted_by_someone_else_is_waited_for_then_replaced():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(60), "observedGeneration": 1}
+    terminating = decide(job(status), [pod(deleting=True)], NOW, SETTINGS, START)
+    assert ready_condition(terminating)["reason"] == "PodTerminating" and terminating.create_attempt is None
+    gone = decide(job({**status, "lastFailureTime": ago(30)}), [], NOW, SETTINGS, START)
+    assert gone.create_attempt == 2
