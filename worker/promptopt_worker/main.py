@@ -17,7 +17,6 @@ import re
 import signal
 import sys
 import threading
-import time
 from collections.abc import Mapping
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -41,8 +40,8 @@ from promptopt_worker.reporting import (
     ResultFileReporter,
     TerminationMessageReporter,
     configure_logging,
-    is_transient,
     no_cost,
+    retry_api_call,
 )
 from promptopt_worker.sources import (
     ConfigMapSource,
@@ -57,6 +56,7 @@ log = logging.getLogger(__name__)
 # The operator kills the Pod at the job's deadline: stop this much earlier (a share of the time left, capped)
 # so the optimizer can finish its step and the result reaches the status first.
 DEADLINE_RESERVE_SHARE, DEADLINE_RESERVE_MAX_S = 0.1, 60.0
+READ_JOB_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 
 SIMULATED_MODELS = {"task": "openai/sim-task", "reflection": "openai/sim-reflect", "judge": "openai/sim-judge"}
 SIMULATED_NOTICE = (
@@ -240,17 +240,13 @@ def kubernetes_api_client() -> Any:
     return kubernetes.client.ApiClient()
 
 
-def read_job(custom: Any, name: str, namespace: str, attempts: int = 5) -> dict[str, Any]:
+def read_job(custom: Any, name: str, namespace: str) -> dict[str, Any]:
     """The job object; transient API errors are retried (the API server may be restarting)."""
-    for attempt in range(attempts):
-        try:
-            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except Exception as error:
-            if attempt == attempts - 1 or not is_transient(error):
-                raise
-            log.warning("reading the job failed, retrying: %s", error)
-            time.sleep(2**attempt)
-    raise AssertionError("unreachable")
+    return retry_api_call(
+        lambda: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+        READ_JOB_RETRY_DELAYS_S,
+        on_error=lambda error: log.warning("reading the job failed: %s", error),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

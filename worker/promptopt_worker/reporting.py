@@ -121,13 +121,31 @@ class Reporters:
 # The job's status subresource
 
 
-def is_transient(error: Exception) -> bool:
+def is_transient_api_error(error: Exception) -> bool:
     """Worth retrying: the API server is overloaded, restarting or unreachable (not: forbidden, not found)."""
     from kubernetes.client.exceptions import ApiException
 
     if isinstance(error, ApiException):
         return error.status in (0, 408, 429, 500, 502, 503, 504)
     return isinstance(error, OSError) or type(error).__module__.startswith("urllib3")
+
+
+def retry_api_call(
+    call: Callable[[], Any],
+    delays_s: Sequence[float],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    on_error: Callable[[Exception], None] = lambda error: None,
+) -> Any:
+    """`call()`, retried after each of `delays_s` while it fails with a transient Kubernetes API error."""
+    for delay in (*delays_s, None):
+        try:
+            return call()
+        except Exception as error:
+            on_error(error)
+            if delay is None or not is_transient_api_error(error):
+                raise
+            sleep(delay)
 
 
 class KubernetesStatusReporter:
@@ -184,25 +202,22 @@ class KubernetesStatusReporter:
         if not changed:
             return True
         self.rate_limit.mark()
-        for delay in (*retry_delays_s, None):
-            try:
-                self.api.patch_namespaced_custom_object_status(
+        try:
+            retry_api_call(
+                lambda: self.api.patch_namespaced_custom_object_status(
                     GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": changed},
                     _content_type="application/merge-patch+json", _request_timeout=self.request_timeout_s,
-                )
-            except Exception as error:  # noqa: BLE001 - any failure to report must not end the run
-                self._warn_once(error)
-                if delay is None or not is_transient(error):
-                    return False
-                self.sleep(delay)
-                continue
-            if self._failing:
-                log.info("the job's status can be written again")
-                self._failing = False
-            self._sent.update(changed)
-            self.patches_sent += 1
-            return True
-        return False
+                ),
+                retry_delays_s, sleep=self.sleep, on_error=self._warn_once,
+            )
+        except Exception:  # noqa: BLE001 - any failure to report must not end the run
+            return False
+        if self._failing:
+            log.info("the job's status can be written again")
+            self._failing = False
+        self._sent.update(changed)
+        self.patches_sent += 1
+        return True
 
     def _warn_once(self, error: Exception) -> None:
         """One warning per streak of failures, so an unreachable API does not flood the log."""
