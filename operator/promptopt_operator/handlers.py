@@ -60,7 +60,9 @@ async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.
         return
     if status.get("phase") in TERMINAL_PHASES:
         reconciler.wake_waiting()  # its slot is free now
-    if FINALIZER not in meta.get("finalizers", []) and not meta.get("deletionTimestamp"):
+    if meta.get("deletionTimestamp"):
+        return  # job_deleted handles it
+    if FINALIZER not in meta.get("finalizers", []):
         return  # kopf adds its finalizer first; acting now would only race that patch (a 422 and a retry)
     if reconciler.needs_reconcile((namespace, name), dict(body)):
         await reconciler.reconcile(namespace, name)
