@@ -1,5 +1,14 @@
-"""What the operator and the worker Pod agree on: the environment the operator sets and the exit codes
-the worker ends with. Both sides import these names, so they cannot drift apart."""
+"""What the operator and the worker Pod agree on: the environment the operator sets, the exit codes and
+outcomes the worker ends with, the status fields the worker owns, and the termination message that carries
+its result when it cannot reach the API. Both sides import these names, so they cannot drift apart."""
+from __future__ import annotations
+
+import json
+from typing import get_args
+
+from pydantic import ValidationError
+
+from promptopt.api.v1alpha1 import WorkerOutcome, WorkerStatus
 
 JOB_NAME_ENV = "PROMPTOPT_JOB_NAME"
 JOB_NAMESPACE_ENV = "PROMPTOPT_JOB_NAMESPACE"
@@ -13,3 +22,42 @@ CHECKPOINT_DIR_ENV = "PROMPTOPT_CHECKPOINT_DIR"
 EXIT_SUCCEEDED = 0  # a usable result (completed, or stopped early with the best so far)
 EXIT_FAILED = 1  # may succeed on another attempt
 EXIT_INVALID_INPUT = 2  # no attempt can fix it: the spec, prompts or dataset must change
+
+# Outcomes that no new worker Pod can fix: the operator fails the job instead of retrying.
+PERMANENT_FAILURES: tuple[WorkerOutcome, ...] = ("InvalidInput", "LLMError")
+assert set(PERMANENT_FAILURES) <= set(get_args(WorkerOutcome))
+
+# The status fields the worker writes; the operator writes every other one.
+WORKER_STATUS_FIELDS: tuple[str, ...] = tuple(
+    field.alias or name for name, field in WorkerStatus.model_fields.items()
+)
+
+# Where the container writes its termination message, and the kubelet's limit for it.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT_BYTES = 4096
+
+
+class TerminationMessage(WorkerStatus):
+    """The worker's result, shaped like its status fields, written where the kubelet reads the container's
+    termination message. The operator copies it into the status when the worker could not write it there.
+    Prompts cut to fit the limit say so (`truncated`)."""
+
+
+def render_termination_message(message: TerminationMessage) -> str:
+    """The message as compact JSON (the size that counts against the limit)."""
+    return json.dumps(message.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+def parse_termination_message(text: str | None) -> TerminationMessage | None:
+    """The worker's message, or None when the text is something else (a crash leaves the tail of its log)."""
+    try:
+        document = json.loads(text or "")
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    try:
+        return TerminationMessage.model_validate(document)
+    except ValidationError:
+        return None

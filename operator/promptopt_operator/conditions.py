@@ -8,8 +8,10 @@ message so `kubectl get poj -o wide` and `kubectl describe` explain the state wi
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from promptopt.api.v1alpha1 import Condition
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -35,14 +37,14 @@ def conditions_for(
     message: str,
     generation: int,
     now: str,
-    previous: Sequence[Mapping[str, Any]] | None,
+    previous: Sequence[Condition] | None,
     spec_applied: tuple[bool, str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The job's conditions for a phase, and SpecApplied (status, reason, message) once the job has started.
 
     lastTransitionTime moves only when a condition's status changes.
     """
-    before = {c.get("type"): c for c in previous or []}
+    before = {c.type: c for c in previous or []}
     wanted = [(kind, status, reason, message) for kind, status in zip(CONDITION_TYPES, _PHASE_CONDITIONS[phase])]
     if spec_applied is not None:
         applied, applied_reason, applied_message = spec_applied
@@ -50,17 +52,17 @@ def conditions_for(
     result = []
     for kind, status, why, text in wanted:
         old = before.get(kind)
-        changed = old is None or old.get("status") != status
+        changed = old is None or old.status != status
         result.append({
             "type": kind,
             "status": status,
             "observedGeneration": generation,
-            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+            "lastTransitionTime": now if changed else old.last_transition_time or now,
             "reason": why,
             "message": text,
         })
     return result
 
 
-def condition_status(conditions: Sequence[Mapping[str, Any]] | None, kind: str) -> str | None:
-    return next((c.get("status") for c in conditions or [] if c.get("type") == kind), None)
+def condition_status(conditions: Sequence[Condition] | None, kind: str) -> str | None:
+    return next((c.status for c in conditions or [] if c.type == kind), None)

@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from promptopt.api.v1alpha1 import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+from promptopt.api.v1alpha1 import GROUP, PLURAL, TERMINAL_PHASES, VERSION, read_status
 
 from promptopt_operator.kube import KubeClient
 from promptopt_operator.metrics import OperatorMetrics
@@ -58,7 +58,7 @@ async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.
         reconciler.forget((namespace, name))
         reconciler.wake_waiting()
         return
-    if status.get("phase") in TERMINAL_PHASES:
+    if read_status(status).phase in TERMINAL_PHASES:
         reconciler.wake_waiting()  # its slot is free now
     if meta.get("deletionTimestamp"):
         return  # job_deleted handles it
@@ -85,7 +85,7 @@ async def job_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> N
 
 
 @kopf.timer(*JOBS, interval=QUEUE_REFRESH_SECONDS, initial_delay=QUEUE_REFRESH_SECONDS,
-            when=lambda status, **_: status.get("phase") not in TERMINAL_PHASES)
+            when=lambda status, **_: read_status(status).phase not in TERMINAL_PHASES)
 async def refresh(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A safety net for anything a watch missed, and fresh queue positions for waiting jobs."""
     await memo.reconciler.reconcile(namespace, name, refresh_queue_position=True)

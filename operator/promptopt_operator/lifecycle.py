@@ -7,25 +7,22 @@ create or delete, Events to post, when to look again); the kopf handlers carry i
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from promptopt.api.v1alpha1 import TERMINAL_PHASES, PromptOptimizationJobSpec
-from promptopt.worker_contract import EXIT_INVALID_INPUT
+from promptopt.api.v1alpha1 import (
+    TERMINAL_PHASES, PromptOptimizationJobSpec, PromptOptimizationJobStatus, WorkerResult, read_status, status_patch,
+)
+from promptopt.api.validation import InvalidSpec, parse_spec
+from promptopt.worker_contract import (
+    EXIT_INVALID_INPUT, PERMANENT_FAILURES, WORKER_STATUS_FIELDS, parse_termination_message,
+)
 
 from promptopt_operator.conditions import SPEC_APPLIED, condition_status, conditions_for
 from promptopt_operator.pods import WorkerPod, pod_name
 from promptopt_operator.settings import OperatorSettings
-
-# Worker outcomes that no new Pod can fix.
-PERMANENT_WORKER_FAILURES = ("InvalidInput", "LLMError")
-# The worker-owned status fields the operator copies from a termination message when the worker could
-# not write them itself (the API was unreachable from the Pod).
-WORKER_FIELDS = ("progress", "initialScores", "finalScores", "optimizedPrompts", "cost", "workerResult")
-
 
 @dataclass(frozen=True)
 class Job:
@@ -36,7 +33,19 @@ class Job:
     deleting: bool
     spec: PromptOptimizationJobSpec | None  # None when the spec is invalid
     spec_problems: Sequence[str]
-    status: Mapping[str, Any]
+    status: PromptOptimizationJobStatus
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Job:
+        """A job as the API returns it; an invalid spec becomes spec None with the problems named."""
+        try:
+            spec, problems = parse_spec(body.get("spec")), ()
+        except InvalidSpec as invalid:
+            spec, problems = None, tuple(invalid.problems)
+        metadata = body["metadata"]
+        return cls(name=metadata["name"], generation=int(metadata.get("generation") or 1),
+                   deleting=bool(metadata.get("deletionTimestamp")), spec=spec, spec_problems=problems,
+                   status=read_status(body.get("status")))
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Decision:
-    status: dict[str, Any]  # operator-owned status fields (and recovered worker fields) to merge-patch
+    status: dict[str, Any]  # a status merge patch (status_patch): operator fields and recovered worker fields
     create_attempt: int | None = None
     delete_pods: tuple[str, ...] = ()
     events: tuple[Event, ...] = ()
@@ -98,28 +107,30 @@ def retry_delay(failed_attempts: int, settings: OperatorSettings) -> float:
 
 def decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: OperatorSettings, slot: Slot) -> Decision:
     status = job.status
-    phase = status.get("phase")
     live = tuple(p.name for p in pods if not p.finished and not p.deleting)
 
     if job.deleting:
         return Decision(status={}, delete_pods=live)
-    if phase in TERMINAL_PHASES:
+    if status.phase in TERMINAL_PHASES:
         return _finished(job, live, now)
     step = _next_step(job, pods, now, settings, slot, live)
     if pods:
         # Pods are the truth: an operator that died between creating a Pod and recording it catches up here.
-        attempts = max([int(status.get("attempts") or 0), *(p.attempt for p in pods)])
-        step.fields.setdefault("attempts", attempts)
-        if not status.get("startTime"):
+        step.fields.setdefault("attempts", _attempts(status, pods))
+        if not status.start_time:
             step.fields.setdefault("startTime", timestamp(now))
     return _decision(job, step, now)
+
+
+def _attempts(status: PromptOptimizationJobStatus, pods: Sequence[WorkerPod]) -> int:
+    return max([status.attempts or 0, *(p.attempt for p in pods)])
 
 
 def _finished(job: Job, live: tuple[str, ...], now: datetime) -> Decision:
     """A finished job only cleans up: stray Pods go, and the job itself once its TTL has passed."""
     acknowledged = _acknowledge_generation(job)
     ttl = job.spec.ttl_seconds_after_finished if job.spec else None
-    completed = parse_time(job.status.get("completionTime"))
+    completed = parse_time(job.status.completion_time)
     if ttl is None or completed is None:
         return Decision(status=acknowledged, delete_pods=live)
     remaining = (completed + timedelta(seconds=ttl) - now).total_seconds()
@@ -131,10 +142,12 @@ def _finished(job: Job, live: tuple[str, ...], now: datetime) -> Decision:
 def _acknowledge_generation(job: Job) -> dict[str, Any]:
     """A finished job changes no more, but it says it saw the latest spec: kstatus and Flux wait for
     observedGeneration to catch up before they trust the conditions."""
-    if job.status.get("observedGeneration") == job.generation:
+    if job.status.observed_generation == job.generation:
         return {}
-    conditions = [{**c, "observedGeneration": job.generation} for c in job.status.get("conditions") or []]
-    return {"observedGeneration": job.generation, "conditions": conditions}
+    conditions = [c.model_copy(update={"observed_generation": job.generation}).model_dump(by_alias=True,
+                                                                                           exclude_none=True)
+                  for c in job.status.conditions or []]
+    return status_patch({"observedGeneration": job.generation, "conditions": conditions})
 
 
 def _next_step(
@@ -147,7 +160,7 @@ def _next_step(
         return _Next("Cancelled", "Cancelled",
                      "cancelled by spec.cancel; the worker's best result so far is kept", delete_pods=live)
 
-    started = parse_time(status.get("startTime"))
+    started = parse_time(status.start_time)
     if started and spec.active_deadline_seconds is not None:
         remaining = (started + timedelta(seconds=spec.active_deadline_seconds) - now).total_seconds()
         if remaining <= 0:
@@ -155,7 +168,7 @@ def _next_step(
                          f"the job ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds}s)",
                          delete_pods=live)
 
-    attempts = max([int(status.get("attempts") or 0), *(p.attempt for p in pods)])
+    attempts = _attempts(status, pods)
     current = max(pods, key=lambda p: p.attempt, default=None)
     if attempts == 0:
         return _first_attempt(spec, slot, now)
@@ -164,8 +177,7 @@ def _next_step(
         return _after_failure(spec, status, attempts, now, settings, f"worker Pod of attempt {attempts} disappeared",
                               finished_at=None)
     if current.deleting:
-        return _Next(status.get("phase") or "Running", "PodTerminating",
-                     f"worker Pod {current.name} is terminating")
+        return _Next(status.phase or "Running", "PodTerminating", f"worker Pod {current.name} is terminating")
     if current.phase == "Succeeded":
         return _after_success(spec, status, current, attempts, now, settings)
     if current.phase == "Failed":
@@ -195,7 +207,7 @@ def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _N
 
 
 def _deadline_left(job: Job, now: datetime) -> float | None:
-    started = parse_time(job.status.get("startTime"))
+    started = parse_time(job.status.start_time)
     if job.spec is None or job.spec.active_deadline_seconds is None or started is None:
         return None
     return max(0.0, (started + timedelta(seconds=job.spec.active_deadline_seconds) - now).total_seconds())
@@ -203,35 +215,46 @@ def _deadline_left(job: Job, now: datetime) -> float | None:
 
 def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _Next:
     recovered = _recover_worker_fields(status, pod)
-    result = recovered.get("workerResult") or status.get("workerResult") or {}
-    if result.get("reason") == "Cancelled":
+    result = _worker_result(status, recovered)
+    if result is not None and result.reason == "Cancelled":
         # Stopped by SIGTERM though nobody set spec.cancel (eviction, drain): the work is not done.
         return _after_failure(spec, status, attempts, now, settings,
                               f"worker Pod {pod.name} was stopped before it finished", pod.finished_at)
-    reason = result.get("reason") or "Completed"
-    message = result.get("message") or "the optimization finished"
+    reason = result.reason if result else "Completed"
+    message = result.message if result else "the optimization finished"
     return _Next("Succeeded", "Succeeded" if reason == "Completed" else reason, message, fields=recovered)
 
 
 def _after_pod_failure(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _Next:
     recovered = _recover_worker_fields(status, pod)
-    result = recovered.get("workerResult") or status.get("workerResult") or {}
-    if pod.exit_code == EXIT_INVALID_INPUT or result.get("reason") in PERMANENT_WORKER_FAILURES:
-        reason = result.get("reason") or "InvalidInput"
-        return _Next("Failed", reason, result.get("message") or _describe_pod_failure(pod), fields=recovered)
+    result = _worker_result(status, recovered)
+    if pod.exit_code == EXIT_INVALID_INPUT or (result is not None and result.reason in PERMANENT_FAILURES):
+        reason = result.reason if result else "InvalidInput"
+        return _Next("Failed", reason, (result.message if result else None) or _describe_pod_failure(pod),
+                     fields=recovered)
     step = _after_failure(spec, status, attempts, now, settings, _describe_pod_failure(pod), pod.finished_at)
     step.fields.update(recovered)
     return step
 
 
-def _after_failure(spec, status, attempts: int, now: datetime, settings, what: str, finished_at: str | None) -> _Next:
+def _worker_result(status: PromptOptimizationJobStatus, recovered: dict[str, Any]) -> WorkerResult | None:
+    if "workerResult" in recovered:
+        return WorkerResult.model_validate(recovered["workerResult"])
+    return status.worker_result
+
+
+def _after_failure(spec, status: PromptOptimizationJobStatus, attempts: int, now: datetime, settings, what: str,
+                   finished_at: str | None) -> _Next:
     if attempts > spec.backoff_limit:
         return _Next("Failed", "BackoffLimitExceeded",
                      f"the worker failed {attempts} time(s), more than backoffLimit {spec.backoff_limit}; last: {what}")
     delay = retry_delay(attempts, settings)
-    failed = parse_time(finished_at) or parse_time(status.get("lastFailureTime")) or now
+    # A Pod that vanished has no finish time: the first reconcile that misses it records one, and the back-off
+    # counts from that record (of this attempt: an earlier attempt's failure says nothing about this one).
+    recorded = status.last_failure if status.last_failure and status.last_failure.attempt == attempts else None
+    failed = parse_time(finished_at) or (parse_time(recorded.time) if recorded else None) or now
     wait = (failed + timedelta(seconds=delay) - now).total_seconds()
-    fields = {"lastFailureTime": timestamp(failed)}
+    fields: dict[str, Any] = {"lastFailure": {"attempt": attempts, "time": timestamp(failed), "message": what}}
     if wait > 0:
         return _Next("Pending", "BackoffRetry", f"attempt {attempts} failed ({what}); retrying in {wait:.0f}s",
                      fields=fields, recheck_after=wait)
@@ -252,29 +275,26 @@ def _summary_message(detail: str | None) -> str | None:
     """A termination message is the worker's JSON summary or, on a crash, the tail of its log."""
     if not detail:
         return None
-    parsed = _parse_summary(detail)
-    if parsed and isinstance(parsed.get("workerResult"), dict):
-        return parsed["workerResult"].get("message")
+    message = parse_termination_message(detail)
+    if message is not None and message.worker_result is not None:
+        return message.worker_result.message
     return detail.strip().splitlines()[-1][:500]
 
 
-def _parse_summary(text: str | None) -> dict[str, Any] | None:
-    try:
-        parsed = json.loads(text or "")
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
-
-
-def _recover_worker_fields(status: Mapping[str, Any], pod: WorkerPod) -> dict[str, Any]:
-    """Worker-owned fields the status lacks but the Pod's termination message carries."""
-    summary = _parse_summary(pod.termination_message) or {}
-    return {key: summary[key] for key in WORKER_FIELDS if key in summary and not status.get(key)}
+def _recover_worker_fields(status: PromptOptimizationJobStatus, pod: WorkerPod) -> dict[str, Any]:
+    """Worker-owned fields the status lacks but the Pod's termination message carries (the worker could not
+    reach the API to write them)."""
+    message = parse_termination_message(pod.termination_message)
+    if message is None:
+        return {}
+    carried = message.model_dump(mode="json", by_alias=True, exclude_none=True)
+    stored = status.model_dump(by_alias=True, exclude_none=True)
+    return {key: carried[key] for key in WORKER_STATUS_FIELDS if key in carried and not stored.get(key)}
 
 
 def _decision(job: Job, step: _Next, now: datetime) -> Decision:
     status = job.status
-    changed = (status.get("phase"), _ready_reason(status)) != (step.phase, step.reason)
+    changed = (status.phase, _ready_reason(status)) != (step.phase, step.reason)
     fields: dict[str, Any] = {
         "phase": step.phase,
         "message": step.message,
@@ -284,27 +304,27 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
     if step.create_attempt is not None:
         fields["podName"] = pod_name(job.name, step.create_attempt)
     recheck_after = step.recheck_after
-    if step.phase in TERMINAL_PHASES and not status.get("completionTime"):
+    if step.phase in TERMINAL_PHASES and not status.completion_time:
         fields["completionTime"] = timestamp(now)
         fields["queuePosition"] = None
         if job.spec and job.spec.ttl_seconds_after_finished is not None:
             recheck_after = float(job.spec.ttl_seconds_after_finished)  # then the TTL deletes the job
-    spec_applied = _spec_applied(job, fields.get("specHash") or status.get("specHash"))
+    spec_applied = _spec_applied(job, fields.get("specHash") or status.spec_hash)
     fields["conditions"] = conditions_for(step.phase, step.reason, step.message, job.generation, timestamp(now),
-                                          status.get("conditions"), spec_applied)
+                                          status.conditions, spec_applied)
     events: tuple[Event, ...] = ()
     if changed:
         warning = step.phase in ("Failed",) or step.reason in ("BackoffRetry", "ImagePullBackOff", "ErrImagePull",
                                                                "CreateContainerConfigError", "Unschedulable")
         events = (Event("Warning" if warning else "Normal", step.reason, step.message),)
-    if spec_applied and not spec_applied[0] and condition_status(status.get("conditions"), SPEC_APPLIED) != "False":
+    if spec_applied and not spec_applied[0] and condition_status(status.conditions, SPEC_APPLIED) != "False":
         events += (Event("Warning", spec_applied[1], spec_applied[2]),)
     pod_deadline = None
     if step.create_attempt is not None and job.spec and job.spec.active_deadline_seconds is not None:
-        started = parse_time(fields.get("startTime") or status.get("startTime")) or now
+        started = parse_time(fields.get("startTime") or status.start_time) or now
         pod_deadline = int((started + timedelta(seconds=job.spec.active_deadline_seconds) - now).total_seconds())
     return Decision(
-        status=_only_changes(status, fields),
+        status=_only_changes(status, status_patch(fields)),
         create_attempt=step.create_attempt,
         delete_pods=step.delete_pods,
         events=events,
@@ -325,13 +345,11 @@ def _spec_applied(job: Job, started_hash: str | None) -> tuple[bool, str, str] |
             "ttlSecondsAfterFinished are); create a new job to run the changed spec")
 
 
-def _ready_reason(status: Mapping[str, Any]) -> str | None:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return condition.get("reason")
-    return None
+def _ready_reason(status: PromptOptimizationJobStatus) -> str | None:
+    return next((c.reason for c in status.conditions or [] if c.type == "Ready"), None)
 
 
-def _only_changes(status: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+def _only_changes(status: PromptOptimizationJobStatus, patch: dict[str, Any]) -> dict[str, Any]:
     """Drop fields whose value is already stored, so an unchanged state patches nothing."""
-    return {key: value for key, value in fields.items() if status.get(key) != value}
+    stored = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {key: value for key, value in patch.items() if stored.get(key) != value}

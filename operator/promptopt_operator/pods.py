@@ -10,7 +10,8 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
 from promptopt.worker_contract import (
-    ATTEMPT_ENV, CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, SPEC_HASH_ENV, TERMINATION_MESSAGE_PATH_ENV,
+    ATTEMPT_ENV, CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, SPEC_HASH_ENV, TERMINATION_MESSAGE_PATH,
+    TERMINATION_MESSAGE_PATH_ENV,
 )
 
 from promptopt_operator.settings import OperatorSettings
@@ -25,10 +26,8 @@ COMPONENT_LABELS = {
     "app.kubernetes.io/managed-by": "promptopt-operator",
 }
 CONTAINER_NAME = "worker"
-TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 SCRATCH_DIR = "/tmp"
 CHECKPOINT_MOUNT = "/var/lib/promptopt/checkpoints"
-
 
 
 def pod_name(job_name: str, attempt: int) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from promptopt.api.validation import InvalidSpec, parse_spec
+from promptopt.api.v1alpha1 import read_status
 
 from promptopt_operator.kube import KubeClient
 from promptopt_operator.lifecycle import Decision, Job, Slot, decide, parse_time
@@ -29,15 +29,15 @@ logger = logging.getLogger(__name__)
 def decision_inputs(body: dict[str, Any]) -> tuple:
     """What of a job's body can change a decision. Events that change none of it (the worker's progress
     reports, kopf's bookkeeping, the echo of the operator's own status writes) need no reconcile."""
-    metadata, status = body.get("metadata") or {}, body.get("status") or {}
-    return (metadata.get("generation"), bool(metadata.get("deletionTimestamp")), status.get("phase"),
-            status.get("attempts"), (status.get("workerResult") or {}).get("reason"))
+    metadata, status = body.get("metadata") or {}, read_status(body.get("status"))
+    return (metadata.get("generation"), bool(metadata.get("deletionTimestamp")), status.phase,
+            status.attempts, status.worker_result.reason if status.worker_result else None)
 
 
 def queue_entry(namespace: str, name: str, body: dict[str, Any]) -> QueueEntry:
-    spec, status = body.get("spec") or {}, body.get("status") or {}
+    spec = body.get("spec") or {}
     return QueueEntry(key=(namespace, name), created=body["metadata"].get("creationTimestamp") or "",
-                      phase=status.get("phase"), cancelled=bool(spec.get("cancel")))
+                      phase=read_status(body.get("status")).phase, cancelled=bool(spec.get("cancel")))
 
 
 class Reconciler:
@@ -144,17 +144,17 @@ class Reconciler:
         if body is None:
             self.forget(key)
             return
-        job = _job(name, body)
+        job = Job.from_body(body)
         pods = self._pods_of(key)
         slot = Slot(may_start=False)
-        if not job.status.get("attempts") and job.status.get("phase") in (None, "Queued"):
+        if not job.status.attempts and job.status.phase in (None, "Queued"):
             # Planning sorts the whole queue: only a job that waits to start needs it.
             slot = self._slots().get(key, slot)
-            if job.status.get("phase") == "Queued" and not refresh_queue_position:
+            if job.status.phase == "Queued" and not refresh_queue_position:
                 slot = Slot(slot.may_start)
         decision = decide(job, pods, datetime.now(timezone.utc), self.settings, slot)
         await self._act(key, body, job, decision)
-        self._decided[key] = decision_inputs({**body, "status": {**job.status, **decision.status}})
+        self._decided[key] = decision_inputs({**body, "status": {**(body.get("status") or {}), **decision.status}})
 
     async def _act(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
         namespace, name = key
@@ -175,7 +175,7 @@ class Reconciler:
     async def _create_pod(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
         namespace, name = key
         assert job.spec is not None and decision.create_attempt is not None
-        spec_hash = job.status.get("specHash") or decision.status.get("specHash") or job.spec.run_hash()
+        spec_hash = job.status.spec_hash or decision.status.get("specHash") or job.spec.run_hash()
         manifest = worker_pod_manifest(name, body["metadata"]["uid"], job.spec, decision.create_attempt,
                                        self.settings, decision.pod_active_deadline, spec_hash)
         kopf.adopt(manifest, owner=body)
@@ -202,13 +202,3 @@ class Reconciler:
         loop = asyncio.get_running_loop()
         # A little late rather than early: a decision taken a hair before a deadline would only wait again.
         self._rechecks[key] = loop.call_later(delay + 0.05, lambda: loop.create_task(self.reconcile(*key)))
-
-
-def _job(name: str, body: dict[str, Any]) -> Job:
-    try:
-        spec, problems = parse_spec(body.get("spec")), ()
-    except InvalidSpec as invalid:
-        spec, problems = None, tuple(invalid.problems)
-    metadata = body["metadata"]
-    return Job(name=name, generation=int(metadata.get("generation") or 1), deleting=bool(metadata.get("deletionTimestamp")),
-               spec=spec, spec_problems=problems, status=body.get("status") or {})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -592,35 +593,11 @@ class OptimizedPrompt(StatusObject):
 
     name: str = Field(description="The prompt's name.")
     template: str = Field(description="The optimized template.")
-
-
-class PromptOptimizationJobStatus(StatusObject):
-    """The observed state of the job. The operator owns phase, conditions, pod and times; the worker owns
-    progress, scores, prompts and cost."""
-
-    phase: Phase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Cancelled.")
-    conditions: list[Condition] | None = Field(
+    truncated: bool | None = Field(
         None,
-        description="Conditions in the Kubernetes shape.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="True when template holds only the start of the optimized prompt: the worker could not write "
+        "its status, and the operator recovered the result from the Pod's termination message (4 KiB in all).",
     )
-    observed_generation: int | None = Field(None, description="The spec generation the operator last acted on.")
-    message: str | None = Field(None, description="A human-readable summary of the job's state.")
-    pod_name: str | None = Field(None, description="The current worker Pod.")
-    spec_hash: str | None = Field(
-        None, description="Fingerprint of the spec the job started with; later changes (but cancel and "
-        "ttlSecondsAfterFinished) are not applied, and the SpecApplied condition says so.",
-    )
-    attempts: int | None = Field(None, description="Worker Pods started so far.")
-    queue_position: int | None = Field(None, description="Place in the operator's queue while Queued (1 = next).")
-    start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
-    completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
-    progress: Progress | None = Field(None, description="The optimizer's progress.")
-    initial_scores: Scores | None = Field(None, description="Scores of the original prompts.")
-    final_scores: Scores | None = Field(None, description="Scores of the optimized prompts.")
-    optimized_prompts: list[OptimizedPrompt] | None = Field(None, description="The best prompts found.")
-    cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
-    worker_result: WorkerResult | None = Field(None, description="How the worker's last run ended.")
 
 
 WorkerOutcome = Literal[
@@ -638,6 +615,62 @@ class WorkerResult(StatusObject):
     )
     message: str = Field(description="A human-readable explanation.")
     succeeded: bool = Field(description="Whether the run produced a usable result (best prompts and scores).")
+
+
+class AttemptFailure(StatusObject):
+    """The latest failed attempt: the retry back-off counts from its time."""
+
+    attempt: int = Field(description="The attempt (worker Pod) that failed.")
+    time: str = Field(description="When it failed or was found gone (RFC 3339).")
+    message: str | None = Field(None, description="What happened to it.")
+
+
+class WorkerStatus(StatusObject):
+    """The part of the status the worker owns (it writes these fields; the operator writes every other one)."""
+
+    progress: Progress | None = Field(None, description="The optimizer's progress.")
+    initial_scores: Scores | None = Field(None, description="Scores of the original prompts.")
+    final_scores: Scores | None = Field(None, description="Scores of the optimized prompts.")
+    optimized_prompts: list[OptimizedPrompt] | None = Field(None, description="The best prompts found.")
+    cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
+    worker_result: WorkerResult | None = Field(None, description="How the worker's last run ended.")
+
+
+class PromptOptimizationJobStatus(WorkerStatus):
+    """The observed state of the job. The operator owns phase, conditions, pod and times; the worker owns
+    progress, scores, prompts and cost."""
+
+    phase: Phase | None = Field(None, description="Pending, Queued, Running, Succeeded, Failed or Cancelled.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Conditions in the Kubernetes shape.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    observed_generation: int | None = Field(None, description="The spec generation the operator last acted on.")
+    message: str | None = Field(None, description="A human-readable summary of the job's state.")
+    pod_name: str | None = Field(None, description="The current worker Pod.")
+    spec_hash: str | None = Field(
+        None, description="Fingerprint of the spec the job started with; later changes (but cancel and "
+        "ttlSecondsAfterFinished) are not applied, and the SpecApplied condition says so.",
+    )
+    attempts: int | None = Field(None, description="Worker Pods started so far.")
+    last_failure: AttemptFailure | None = Field(None, description="The latest failed attempt.")
+    queue_position: int | None = Field(None, description="Place in the operator's queue while Queued (1 = next).")
+    start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
+    completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
+
+
+def read_status(status: Mapping[str, Any] | None) -> PromptOptimizationJobStatus:
+    """A stored status as the model; fields this version does not know are skipped (a newer writer's)."""
+    return PromptOptimizationJobStatus.model_validate(status or {})
+
+
+def status_patch(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch of the job's status (wire names; None deletes a field), checked against the model
+    the CRD is generated from: a field the CRD lacks would be pruned by the API server without a word, so it
+    raises here instead."""
+    model = PromptOptimizationJobStatus.model_validate(fields, extra="forbid")
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 class ObjectMeta(StatusObject):

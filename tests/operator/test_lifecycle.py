@@ -4,6 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from promptopt.api.v1alpha1 import read_status, status_patch
 from promptopt.api.validation import parse_spec
 from promptopt_operator.lifecycle import Job, Slot, decide, retry_delay, timestamp
 from promptopt_operator.pods import WorkerPod
@@ -23,7 +24,7 @@ SPEC = {
 
 def job(status=None, generation=1, deleting=False, **spec_changes):
     spec = parse_spec({**SPEC, **spec_changes})
-    return Job(name="j", generation=generation, deleting=deleting, spec=spec, spec_problems=(), status=status or {})
+    return Job(name="j", generation=generation, deleting=deleting, spec=spec, spec_problems=(), status=read_status(status))
 
 
 def pod(attempt=1, phase="Running", **kw):
@@ -114,6 +115,15 @@ def test_result_is_recovered_from_the_termination_message_when_status_lacks_it()
     assert d.status["optimizedPrompts"][0]["template"] == "better {{q}}"
 
 
+def test_a_prompt_cut_to_fit_the_termination_message_stays_marked_in_status():
+    summary = {"workerResult": {"reason": "Completed", "message": "done", "succeeded": True},
+               "optimizedPrompts": [{"name": "p", "template": "better {{q}} and then…", "truncated": True}]}
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(60)}
+    d = decide(job(status), [pod(phase="Succeeded", exit_code=0, termination_message=json.dumps(summary))],
+               NOW, SETTINGS, START)
+    assert d.status["optimizedPrompts"] == [{"name": "p", "template": "better {{q}} and then…", "truncated": True}]
+
+
 def test_failed_pod_is_retried_after_an_exponential_delay():
     status = {"phase": "Running", "attempts": 2, "startTime": ago(100)}
     failed = pod(attempt=2, phase="Failed", reason="OOMKilled", exit_code=137, finished_at=ago(5))
@@ -150,10 +160,32 @@ def test_permanent_worker_failures_are_not_retried(exit_code, result_reason):
     assert ready_condition(d)["reason"] == (result_reason or "InvalidInput")
 
 
-def test_a_vanished_pod_counts_as_a_failure():
-    status = {"phase": "Running", "attempts": 1, "startTime": ago(100), "lastFailureTime": ago(30)}
-    d = decide(job(status), [], NOW, SETTINGS, START)
-    assert d.create_attempt == 2 and "disappeared" in d.status["message"]
+def test_a_vanished_pod_is_replaced_after_the_back_off_counted_from_when_it_was_missed():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(100), "observedGeneration": 1}
+    missed = decide(job(status), [], NOW, SETTINGS, START)
+    assert missed.create_attempt is None and missed.recheck_after == pytest.approx(10)
+    assert missed.status["lastFailure"] == {"attempt": 1, "time": timestamp(NOW),
+                                            "message": "worker Pod of attempt 1 disappeared"}
+    stored = {**status, **missed.status}
+    soon = decide(job(stored), [], NOW + timedelta(seconds=5), SETTINGS, START)
+    assert soon.create_attempt is None and "lastFailure" not in soon.status  # still counting from the record
+    due = decide(job(stored), [], NOW + timedelta(seconds=11), SETTINGS, START)
+    assert due.create_attempt == 2 and "disappeared" in due.status["message"]
+
+
+def test_an_earlier_attempts_failure_does_not_shorten_the_next_back_off():
+    status = {"phase": "Running", "attempts": 2, "startTime": ago(500), "observedGeneration": 1,
+              "lastFailure": {"attempt": 1, "time": ago(400)}}
+    d = decide(job(status), [pod(attempt=1, phase="Failed", exit_code=1)], NOW, SETTINGS, START)
+    assert d.create_attempt is None and d.status["lastFailure"]["attempt"] == 2
+    assert d.recheck_after == pytest.approx(20)
+
+
+def test_a_status_field_the_crd_lacks_cannot_be_written():
+    with pytest.raises(ValueError, match="lastFailureTime"):
+        status_patch({"phase": "Pending", "lastFailureTime": ago(1)})
+    with pytest.raises(ValueError, match="progress.metricCall"):
+        status_patch({"progress": {"metricCall": 3}})
 
 
 def test_sigterm_without_cancel_is_retried_not_succeeded():
@@ -190,7 +222,7 @@ def test_running_job_rechecks_at_its_deadline():
 
 
 def test_new_pod_gets_the_remaining_deadline():
-    status = {"phase": "Running", "attempts": 1, "startTime": ago(40), "lastFailureTime": ago(30)}
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(40)}
     d = decide(job(status, activeDeadlineSeconds=100), [pod(phase="Failed", exit_code=1, finished_at=ago(30))],
                NOW, SETTINGS, START)
     assert d.create_attempt == 2 and d.pod_active_deadline == 60
@@ -198,7 +230,7 @@ def test_new_pod_gets_the_remaining_deadline():
 
 def test_invalid_spec_fails_without_a_pod():
     bad = Job(name="j", generation=1, deleting=False, spec=None,
-              spec_problems=("spec.task.model: Field required",), status={})
+              spec_problems=("spec.task.model: Field required",), status=read_status({}))
     d = decide(bad, [], NOW, SETTINGS, START)
     assert d.status["phase"] == "Failed" and ready_condition(d)["reason"] == "InvalidSpec"
     assert "spec.task.model" in d.status["message"] and d.create_attempt is None
@@ -282,5 +314,5 @@ def test_a_pod_deleted_by_someone_else_is_waited_for_then_replaced():
     status = {"phase": "Running", "attempts": 1, "startTime": ago(60), "observedGeneration": 1}
     terminating = decide(job(status), [pod(deleting=True)], NOW, SETTINGS, START)
     assert ready_condition(terminating)["reason"] == "PodTerminating" and terminating.create_attempt is None
-    gone = decide(job({**status, "lastFailureTime": ago(30)}), [], NOW, SETTINGS, START)
+    gone = decide(job({**status, "lastFailure": {"attempt": 1, "time": ago(30)}}), [], NOW, SETTINGS, START)
     assert gone.create_attempt == 2

@@ -12,7 +12,6 @@ import yaml
 from lupa.lua51 import LuaRuntime, lua_type
 
 from promptopt.api.v1alpha1 import API_VERSION, KIND, TERMINAL_PHASES, Phase
-from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.testing.emulator import apply_merge_patch
 from promptopt_operator.lifecycle import Job, Slot, decide
 from promptopt_operator.pods import WorkerPod, pod_name
@@ -51,13 +50,7 @@ def with_spec(job: dict, **changes) -> dict:
 
 def reconciled(job: dict, pods=(), *, minutes=0.0, slot=Slot(may_start=True)) -> dict:
     """The job once the operator has decided on it (lifecycle.decide) and merge-patched its status."""
-    try:
-        spec, problems = parse_spec(job["spec"]), ()
-    except InvalidSpec as invalid:
-        spec, problems = None, tuple(invalid.problems)
-    decision = decide(Job(name=NAME, generation=job["metadata"]["generation"], deleting=False, spec=spec,
-                          spec_problems=problems, status=job.get("status") or {}),
-                      pods, START + timedelta(minutes=minutes), OperatorSettings(), slot)
+    decision = decide(Job.from_body(job), pods, START + timedelta(minutes=minutes), OperatorSettings(), slot)
     return {**job, "status": apply_merge_patch(job.get("status") or {}, decision.status)}
 
 

@@ -8,9 +8,9 @@ from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
+from promptopt.worker_contract import WORKER_STATUS_FIELDS, parse_termination_message
 from promptopt_worker.problem import Progress, Result, ScoreSummary
 from promptopt_worker.reporting import (
-    WORKER_STATUS_FIELDS,
     ConsoleReporter,
     KubernetesStatusReporter,
     Reporters,
@@ -68,8 +68,9 @@ def running(metric_calls, best=None, **fields):
 
 
 def completed(**fields):
-    return Result(reason="Completed", message="budget of metric calls spent", best_candidate=BEST,
-                  initial_scores=INITIAL, final_scores=FINAL, **fields)
+    fields.setdefault("best_candidate", BEST)
+    return Result(reason="Completed", message="budget of metric calls spent", initial_scores=INITIAL,
+                  final_scores=FINAL, **fields)
 
 
 def reporter_for(api, clock=None, sleeps=None, **options):
@@ -195,13 +196,24 @@ def test_termination_message_stays_under_4_kib_with_huge_prompts(tmp_path, monke
     raw = path.read_bytes()
     assert len(raw) <= 4096
     message = json.loads(raw)
-    assert message["promptsTruncated"] is True
     assert message["workerResult"]["reason"] == "Cancelled" and message["workerResult"]["succeeded"] is True
     assert message["finalScores"]["scorers"] == {"ExactMatch": 1.0, "Correctness": 1.0}
     prompts = message["optimizedPrompts"]
     assert [p["name"] for p in prompts] == list(huge)
+    assert all(p["truncated"] is True for p in prompts)  # each cut prompt says so
     assert all(huge[p["name"]].startswith(p["template"].removesuffix("…")) for p in prompts)
     assert min(len(p["template"]) for p in prompts) > 300  # the space is shared, not given up
+    assert parse_termination_message(raw.decode()) is not None  # the operator reads it with the same model
+
+
+def test_termination_message_marks_only_the_prompts_it_cut(tmp_path):
+    path = tmp_path / "termination-log"
+    prompts = {"short": "Say {{x}}.", "long": "Explain {{x}} in depth. " * 400}
+    TerminationMessageReporter(str(path)).finished(running(30), completed(best_candidate=prompts))
+
+    message = json.loads(path.read_bytes())
+    marks = {p["name"]: p.get("truncated") for p in message["optimizedPrompts"]}
+    assert marks == {"short": None, "long": True}
 
 
 # --- the console --------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Where the worker's progress and result go: the job's status, the console, the termination message.
 
 All three implement `problem.Reporter`; `Reporters` fans out to several. The worker writes only the
-status fields it owns (WORKER_STATUS_FIELDS); phase, conditions, times and the rest belong to the
+status fields it owns (the API's WorkerStatus model); phase, conditions, times and the rest belong to the
 operator. Every text that leaves the worker goes through `llm.redact`, so an API key that leaked into an
 error message or a prompt is masked in status, logs and the termination message alike.
 """
@@ -16,19 +16,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
-from promptopt.worker_contract import TERMINATION_MESSAGE_PATH_ENV
+from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION, OptimizedPrompt, WorkerStatus
+from promptopt.worker_contract import (
+    TERMINATION_MESSAGE_LIMIT_BYTES, TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV, TerminationMessage,
+    render_termination_message,
+)
 from promptopt_worker.llm import redact
 from promptopt_worker.problem import Progress, Reporter, Result, ScoreSummary
 
 log = logging.getLogger(__name__)
-
-# The status fields the worker owns; the operator owns every other one.
-WORKER_STATUS_FIELDS = ("progress", "initialScores", "finalScores", "optimizedPrompts", "cost", "workerResult")
-
-# Where Kubernetes looks for a container's termination message, and its size limit per container.
-DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-TERMINATION_MESSAGE_LIMIT_BYTES = 4096
 
 # The job's LLM usage so far, in status.cost's shape (LLMClient's metering).
 CostSource = Callable[[], Mapping[str, Any] | None]
@@ -49,8 +45,12 @@ def redacted(value: Any) -> Any:
     return value
 
 
-def worker_status(progress: Progress, result: Result | None = None, cost: Mapping[str, Any] | None = None) -> dict:
-    """The worker-owned part of the job's status (camelCase, redacted); fields not known yet are left out."""
+def worker_status(progress: Progress, result: Result | None = None,
+                  cost: Mapping[str, Any] | None = None) -> WorkerStatus:
+    """The worker-owned part of the job's status (redacted); fields not known yet are left unset.
+
+    Built through the API model with unknown fields refused: the API server would prune a field its CRD lacks
+    without a word."""
     status: dict[str, Any] = {"progress": _progress_status(progress)}
     initial = (result and result.initial_scores) or progress.initial_scores
     if initial is not None:
@@ -64,7 +64,12 @@ def worker_status(progress: Progress, result: Result | None = None, cost: Mappin
         status["cost"] = dict(cost)
     if result is not None:
         status["workerResult"] = {"reason": result.reason, "message": result.message, "succeeded": result.succeeded}
-    return redacted(status)
+    return WorkerStatus.model_validate(redacted(status), extra="forbid")
+
+
+def status_fields(status: WorkerStatus) -> dict[str, Any]:
+    """The status as JSON with wire names, the fields set only."""
+    return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 def _progress_status(progress: Progress) -> dict[str, Any]:
@@ -189,12 +194,12 @@ class KubernetesStatusReporter:
         with self._lock:
             if self._done or not (important or self.rate_limit.ready()):
                 return
-            self._send(worker_status(progress, cost=self.cost()), self.retry_delays_s)
+            self._send(status_fields(worker_status(progress, cost=self.cost())), self.retry_delays_s)
 
     def finished(self, progress: Progress, result: Result) -> None:
         with self._lock:
             self._done = True
-            if not self._send(worker_status(progress, result, self.cost()), self.final_retry_delays_s):
+            if not self._send(status_fields(worker_status(progress, result, self.cost())), self.final_retry_delays_s):
                 log.error("could not write the result to the job's status; the termination message still holds it")
 
     def _send(self, status: dict[str, Any], retry_delays_s: Sequence[float]) -> bool:
@@ -341,15 +346,13 @@ def _cost_text(cost: Mapping[str, Any]) -> str:
 
 class TerminationMessageReporter:
     """Writes the result, status-shaped and under Kubernetes' 4 KiB limit, to the container's termination
-    message, so the operator can recover it from the Pod when the worker could not reach the API.
-
-    The document holds workerResult, initialScores, finalScores, optimizedPrompts and cost (keys as in
-    status); prompts are cut to fit, and then `"promptsTruncated": true` says so.
+    message (`worker_contract.TerminationMessage`), so the operator can recover it from the Pod when the
+    worker could not reach the API. Prompts are cut to fit, each cut one marked `truncated`.
     """
 
     def __init__(self, path: str | None = None, *, cost: CostSource = no_cost,
                  limit_bytes: int = TERMINATION_MESSAGE_LIMIT_BYTES):
-        self.path = path or os.environ.get(TERMINATION_MESSAGE_PATH_ENV, DEFAULT_TERMINATION_MESSAGE_PATH)
+        self.path = path or os.environ.get(TERMINATION_MESSAGE_PATH_ENV, TERMINATION_MESSAGE_PATH)
         self.cost = cost
         self.limit_bytes = limit_bytes
 
@@ -366,40 +369,41 @@ class TerminationMessageReporter:
 
     def render(self, progress: Progress, result: Result, cost: Mapping[str, Any] | None) -> str:
         status = worker_status(progress, result, cost)
-        summary = {key: status[key] for key in WORKER_STATUS_FIELDS if key in status and key != "progress"}
-        summary["workerResult"]["message"] = _cut(summary["workerResult"]["message"], 1024)
-        if self._fits(summary):
-            return _compact(summary)
-        prompts = summary.pop("optimizedPrompts", [])
-        summary["promptsTruncated"] = True
+        assert status.worker_result is not None
+        outcome = status.worker_result.model_copy(update={"message": _cut(status.worker_result.message, 1024)})
+        message = TerminationMessage(**{**dict(status), "progress": None, "worker_result": outcome})
+        if self._fits(message):
+            return render_termination_message(message)
+        prompts = message.optimized_prompts or []
         # The longest per-prompt length that fits; shorter prompts leave their share to the longer ones.
-        low, high = 0, max((len(p["template"]) for p in prompts), default=0)
+        low, high = 0, max((len(p.template) for p in prompts), default=0)
         while low < high:
             middle = (low + high + 1) // 2
-            if self._fits({**summary, "optimizedPrompts": _cut_prompts(prompts, middle)}):
+            if self._fits(_with_prompts(message, _cut_prompts(prompts, middle))):
                 low = middle
             else:
                 high = middle - 1
-        candidate = {**summary, "optimizedPrompts": _cut_prompts(prompts, low)}
+        candidate = _with_prompts(message, _cut_prompts(prompts, low))
         if self._fits(candidate):
-            return _compact(candidate)
+            return render_termination_message(candidate)
         # Too many prompts or scorers to list: the outcome alone still fits.
-        return _compact({"workerResult": summary["workerResult"], "promptsTruncated": True})
+        return render_termination_message(TerminationMessage(worker_result=outcome))
 
-    def _fits(self, document: Mapping[str, Any]) -> bool:
-        return len(_compact(document).encode("utf-8")) <= self.limit_bytes
+    def _fits(self, message: TerminationMessage) -> bool:
+        return len(render_termination_message(message).encode("utf-8")) <= self.limit_bytes
 
 
-def _compact(document: Mapping[str, Any]) -> str:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+def _with_prompts(message: TerminationMessage, prompts: list[OptimizedPrompt]) -> TerminationMessage:
+    return message.model_copy(update={"optimized_prompts": prompts})
 
 
 def _cut(text: str, length: int) -> str:
     return text if len(text) <= length else text[: max(0, length - 1)] + "…"
 
 
-def _cut_prompts(prompts: list[dict[str, str]], length: int) -> list[dict[str, str]]:
-    return [{"name": p["name"], "template": _cut(p["template"], length)} for p in prompts]
+def _cut_prompts(prompts: list[OptimizedPrompt], length: int) -> list[OptimizedPrompt]:
+    return [p if len(p.template) <= length else
+            OptimizedPrompt(name=p.name, template=_cut(p.template, length), truncated=True) for p in prompts]
 
 
 class ResultFileReporter:
@@ -414,7 +418,8 @@ class ResultFileReporter:
 
     def finished(self, progress: Progress, result: Result) -> None:
         with open(self.path, "w", encoding="utf-8") as file:
-            json.dump(worker_status(progress, result, self.cost()), file, indent=2, ensure_ascii=False)
+            json.dump(status_fields(worker_status(progress, result, self.cost())), file, indent=2,
+                      ensure_ascii=False)
             file.write("\n")
 
 
