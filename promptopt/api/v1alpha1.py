@@ -586,6 +586,10 @@ class Cost(StatusObject):
     completion_tokens: int | None = Field(None, description="Completion tokens of all LLM calls.")
     usd: float | None = Field(None, description="US dollars, for models whose price is known.")
     llm_calls: int | None = Field(None, description="LLM calls made.")
+    retries: int | None = Field(
+        None, description="Transient LLM errors (429, 5xx, timeouts, lost connections) retried with backoff "
+        "(task.maxRetries per call). Many retries mean the provider struggled: lower task.concurrency.",
+    )
 
 
 class OptimizedPrompt(StatusObject):

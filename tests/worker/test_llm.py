@@ -123,7 +123,7 @@ def test_complete_returns_the_answer_and_counts_tokens_and_calls_per_role(sim):
     assert usage.calls == {"task": 1, "judge": 1}
     assert (usage.prompt_tokens, usage.completion_tokens) == (sim.tokens["prompt_tokens"], sim.tokens["completion_tokens"])
     assert usage.to_status() == {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens,
-                                 "usd": 0.0, "llmCalls": 2}  # fmt: skip
+                                 "usd": 0.0, "llmCalls": 2, "retries": 0}  # fmt: skip
 
 
 def test_a_local_endpoint_without_a_key_in_the_environment_gets_a_placeholder_key(monkeypatch):
@@ -162,9 +162,11 @@ def test_an_unpriced_model_costs_zero_with_one_warning(sim, caplog):
 
 
 def test_usage_meter_continues_from_an_earlier_run():
-    meter = UsageMeter(Usage(prompt_tokens=10, completion_tokens=5, usd=0.5, calls={"task": 3}))
+    meter = UsageMeter(Usage(prompt_tokens=10, completion_tokens=5, usd=0.5, calls={"task": 3}, retries=4))
+    meter.add_retry()
     total = meter.add("reflection", prompt_tokens=1, completion_tokens=2, usd=0.25)
-    assert total == Usage(prompt_tokens=11, completion_tokens=7, usd=0.75, calls={"task": 3, "reflection": 1})
+    assert total == Usage(prompt_tokens=11, completion_tokens=7, usd=0.75, calls={"task": 3, "reflection": 1},
+                          retries=5)
 
 
 # --- retries ---------------------------------------------------------------------------------
@@ -174,8 +176,10 @@ def test_usage_meter_continues_from_an_earlier_run():
 def test_transient_errors_are_retried_with_backoff_and_recover(sim, status):
     sleep = RecordingSleep()
     sim.inject(status, times=2)
-    assert LLMClient(sleep=sleep).complete(task_endpoint(sim), HELLO).startswith("The sentiment")
+    client = LLMClient(sleep=sleep)
+    assert client.complete(task_endpoint(sim), HELLO).startswith("The sentiment")
     assert sim.request_count == 3 and sim.errors == {status: 2}
+    assert client.usage.snapshot().retries == 2 and client.usage.snapshot().to_status()["retries"] == 2
     # litellm's exponential backoff: INITIAL_RETRY_DELAY doubling per retry, plus up to JITTER seconds.
     assert len(sleep.delays) == 2
     for retry, delay in enumerate(sleep.delays):
@@ -191,8 +195,9 @@ def test_backoff_honours_retry_after(sim):
 
 def test_a_timeout_is_retried(sim):
     sim.inject_timeout(times=1, seconds=2)
-    assert LLMClient(sleep=RecordingSleep()).complete(task_endpoint(sim, timeout_s=0.3), HELLO)
-    assert sim.request_count == 2
+    client = LLMClient(sleep=RecordingSleep())
+    assert client.complete(task_endpoint(sim, timeout_s=0.3), HELLO)
+    assert sim.request_count == 2 and client.usage.snapshot().retries == 1
 
 
 def test_retries_exhausted_is_a_permanent_error_naming_the_model(sim):

@@ -239,7 +239,13 @@ def test_console_reporter_logs_sparse_lines_and_a_score_table_at_the_end():
     assert table[2].split() == ["Correctness", "0.750", "1.000"]
     assert table[3].split() == ["aggregate", "0.250", "1.000"]
     assert "--- classify ---\n" + BEST["classify"] in text
-    assert "cost: 7 LLM calls, 70+7 tokens, $0.0012" in text
+    assert "cost: 7 LLM calls, 70+7 tokens, $0.0012\n" in text  # no retries, so none mentioned
+
+
+def test_console_result_counts_the_retries_of_transient_llm_errors():
+    cost = {"llmCalls": 7, "promptTokens": 70, "completionTokens": 7, "usd": 0.0, "retries": 3}
+    text = ConsoleReporter.render_result(running(60), completed(), cost)
+    assert "cost: 7 LLM calls, 70+7 tokens, $0.0000, 3 retries of transient errors" in text
 
 
 def test_console_reporter_draws_a_live_bar_on_a_terminal():

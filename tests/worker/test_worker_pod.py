@@ -8,7 +8,8 @@ import pytest
 
 from promptopt.api.validation import parse_spec
 from promptopt.testing.simulated_llm import sentiment_dataset
-from promptopt_worker.main import exit_code, remaining_deadline
+from promptopt_worker.llm import Usage
+from promptopt_worker.main import exit_code, remaining_deadline, usage_so_far
 from promptopt_worker.problem import Result
 
 # What the operator owns in status; the worker must leave it as it is.
@@ -72,6 +73,7 @@ def wait_for_status(cluster, predicate, timeout):
 
 def test_the_worker_reports_scores_early_and_its_result_at_the_end(cluster, kubelet, llm):
     llm.set_latency(0.02)  # long enough to see the run in progress
+    llm.inject(503, times=2)  # a short outage, retried by the worker
     create_job(cluster, llm, max_metric_calls=40)
     create_worker_pod(cluster)
 
@@ -88,6 +90,7 @@ def test_the_worker_reports_scores_early_and_its_result_at_the_end(cluster, kube
     assert status["optimizedPrompts"][0]["name"] == "classify"
     assert "{{review}}" in status["optimizedPrompts"][0]["template"]
     assert status["cost"]["llmCalls"] == sum(llm.calls.values())
+    assert status["cost"]["retries"] == 2 and "2 retries of transient errors" in logs
     assert status["progress"]["maxMetricCalls"] == 40 and status["progress"]["percent"] == 100
     assert status["progress"]["metricCalls"] >= 40  # gepa checks its budget between iterations
     assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
@@ -166,6 +169,12 @@ def test_remaining_deadline_subtracts_the_time_since_the_start_and_a_reserve_for
     assert remaining_deadline(spec, "2026-01-01T00:01:00Z", now) == pytest.approx(60 * 0.9)  # a tenth of 60 s
     assert remaining_deadline(spec, "2025-12-31T00:00:00Z", now) == 0
     assert remaining_deadline(spec.model_copy(update={"active_deadline_seconds": None}), None, now) is None
+
+
+def test_a_retried_worker_continues_the_usage_of_earlier_attempts():
+    usage = usage_so_far({"promptTokens": 100, "completionTokens": 10, "usd": 0.5, "llmCalls": 12, "retries": 3})
+    assert usage == Usage(prompt_tokens=100, completion_tokens=10, usd=0.5, calls={"earlier attempts": 12}, retries=3)
+    assert usage_so_far(None) == Usage()
 
 
 @pytest.mark.parametrize("reason, best, code", [

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -194,12 +194,14 @@ class ModelEndpoint:
 
 @dataclass(frozen=True)
 class Usage:
-    """LLM usage so far: tokens, US dollars (models with a known price only) and calls per role."""
+    """LLM usage so far: tokens, US dollars (models with a known price only), calls per role, and retries of
+    transient errors (429, 5xx, timeouts, connection errors)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usd: float = 0.0
     calls: Mapping[str, int] = field(default_factory=dict)  # role -> successful calls
+    retries: int = 0
 
     @property
     def llm_calls(self) -> int:
@@ -212,6 +214,7 @@ class Usage:
             "completionTokens": self.completion_tokens,
             "usd": round(self.usd, 6),
             "llmCalls": self.llm_calls,
+            "retries": self.retries,
         }
 
 
@@ -226,13 +229,19 @@ class UsageMeter:
         """Count one call; returns the new total."""
         with self._lock:
             old = self._usage
-            self._usage = Usage(
+            self._usage = replace(
+                old,
                 prompt_tokens=old.prompt_tokens + prompt_tokens,
                 completion_tokens=old.completion_tokens + completion_tokens,
                 usd=old.usd + usd,
                 calls={**old.calls, role: old.calls.get(role, 0) + 1},
             )
             return self._usage
+
+    def add_retry(self) -> None:
+        """Count one retry of a transient error."""
+        with self._lock:
+            self._usage = replace(self._usage, retries=self._usage.retries + 1)
 
     def snapshot(self) -> Usage:
         with self._lock:
@@ -282,6 +291,7 @@ class LLMClient:
                         f"{endpoint.where()}: still failing after {endpoint.max_retries} retries; "
                         f"{_provider_says(error)}"
                     ) from None
+                self.usage.add_retry()
                 self._sleep(
                     litellm.calculate_retry_after(
                         remaining_retries=endpoint.max_retries - attempt,

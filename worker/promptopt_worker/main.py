@@ -148,6 +148,7 @@ def usage_so_far(cost: Mapping[str, Any] | None) -> Usage:
         completion_tokens=cost.get("completionTokens") or 0,
         usd=cost.get("usd") or 0.0,
         calls={"earlier attempts": cost.get("llmCalls") or 0} if cost.get("llmCalls") else {},
+        retries=cost.get("retries") or 0,
     )
 
 

@@ -337,6 +337,8 @@ def _cost_text(cost: Mapping[str, Any]) -> str:
              f"{cost.get('promptTokens', 0)}+{cost.get('completionTokens', 0)} tokens"]
     if cost.get("usd") is not None:
         parts.append(f"${cost['usd']:.4f}")
+    if cost.get("retries"):  # a run that survived rate limits or outages says so
+        parts.append(f"{cost['retries']} retries of transient errors")
     return ", ".join(parts)
 
 
