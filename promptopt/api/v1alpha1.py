@@ -155,8 +155,12 @@ class OptimizerSpec(ApiModel):
     meta_prompt: MetaPromptSettings | None = Field(None, description="MetaPrompt settings (only with type MetaPrompt).")
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Free-form options passed through to the optimizer as keyword arguments (like MLflow's "
-        "optimizer_config_json / gepa_kwargs); they override the typed settings.",
+        description="Free-form options. GEPA: keyword arguments of gepa.optimize (like MLflow's gepa_kwargs, e.g. "
+        "acceptance_criterion, module_selector, skip_perfect_score); they override the typed settings. MetaPrompt: "
+        "litellm completion parameters of its reflection calls (like MLflow's lm_kwargs, e.g. temperature, "
+        "max_tokens, reasoning_effort). A name the optimizer does not take, or one the worker sets itself (models, "
+        "endpoints, keys, timeouts, retries, logging, stopping, checkpoints), ends the run with InvalidInput naming "
+        "the key and the field to use instead.",
     )
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from importlib.metadata import version
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -340,9 +341,14 @@ def test_options_override_settings_but_not_what_the_worker_owns():
     assert result.reason == "Completed" and progress.max_metric_calls == 12
 
     refused, _, _ = run(gepa_problem(options={"logger": None, "run_dir": "/tmp"}))
-    assert refused.reason == "InvalidInput" and "logger, run_dir" in refused.message
+    assert refused.reason == "InvalidInput" and refused.message == (
+        "spec.optimizer.options.logger: the worker sets it; the worker reports progress into the job's status and "
+        "its log; spec.optimizer.options.run_dir: the worker sets it; set spec.worker.checkpointClaimName to keep "
+        "checkpoints across worker Pods")
     unknown, _, _ = run(gepa_problem(options={"max_metric_call": 5}))
-    assert unknown.reason == "InvalidInput" and "max_metric_call" in unknown.message
+    assert unknown.reason == "InvalidInput" and unknown.message == (
+        f"spec.optimizer.options.max_metric_call: gepa.optimize (gepa {version('gepa')}) has no such parameter "
+        "(did you mean max_metric_calls?); remove it")
 
 
 # --- integration: the real evaluator, scorers and LLM client against the simulated LLM (a test double) --

@@ -309,11 +309,12 @@ def sentiment_metaprompt(llm, monkeypatch):
     records = [Example(i, r["inputs"], r["expectations"]) for i, r in enumerate(sentiment_dataset(12, seed=0))]
     evaluator = TaskEvaluator(prompts, task, build_scorers([ScorerSpec(name="ExactMatch")], task, client), client)
 
-    def build(reflection_model: str, *, few_shot: bool, guidelines: str | None = None) -> Problem:
+    def build(reflection_model: str, *, few_shot: bool, guidelines: str | None = None, options=None) -> Problem:
         settings = OptimizerSpec(
             type="MetaPrompt",
             reflection_model=f"openai/{reflection_model}",
             meta_prompt=MetaPromptSettings(guidelines=guidelines),
+            options=options or {},
         )
         reflection = ModelEndpoint.for_reflection(settings, task)
 
@@ -362,3 +363,42 @@ def test_few_shot_metaprompt_rejects_an_invented_variable_from_the_simulated_llm
     [(progress, _)] = reporter.finished_with
     assert result.best_candidate == {"classify": SEED_INSTRUCTION} and progress.rejected_candidates == 1
     assert "invented {{made_up}}" in result.message
+
+
+def test_options_are_completion_parameters_of_the_reflection_call(sentiment_metaprompt, llm):
+    # The simulated LLM honours max_tokens: a short limit cuts its JSON answer, so the option reached the call.
+    result = optimize(sentiment_metaprompt(REFLECT_MODEL, few_shot=False, options={"max_tokens": 5}),
+                      RecordingReporter(), StopRequested())  # fmt: skip
+
+    assert result.reason == "Completed" and result.best_candidate == {"classify": SEED_INSTRUCTION}
+    assert "answer was unusable" in result.message
+    assert llm.last_request(kind="metaprompt")["completion_tokens"] <= 5
+
+
+@pytest.mark.parametrize("options, problem_text", [
+    ({"max_metric_calls": 50}, "spec.optimizer.options.max_metric_calls: litellm.completion (MetaPrompt passes "
+                               "options to its reflection calls) has no such parameter; remove it"),
+    ({"temprature": 0.2}, "spec.optimizer.options.temprature: litellm.completion (MetaPrompt passes options to its "
+                          "reflection calls) has no such parameter (did you mean temperature?); remove it"),
+    ({"api_key": "sk-x", "stream": True}, "spec.optimizer.options.api_key: the worker sets it; put the key into the "
+                                          "credentials Secret (spec.credentials); spec.optimizer.options.stream: the "
+                                          "worker sets it; the worker reads one whole text answer"),
+], ids=["gepa-option", "misspelled", "worker-owned"])
+def test_options_metaprompt_cannot_use_are_refused_naming_the_key_before_any_call(options, problem_text):
+    reflector = proposing(BETTER)
+    problem = dataclasses.replace(metaprompt_problem(reflector, FakeEvaluator()),
+                                  settings=OptimizerSpec(type="MetaPrompt", reflection_model="m", options=options))
+
+    result, _, _ = run(problem)
+
+    assert result.reason == "InvalidInput" and result.message == problem_text
+    assert reflector.requests == []
+
+
+def test_only_metaprompt_sends_its_options_to_the_reflection_model():
+    task = TaskSpec(model="openai/task")
+    options = {"temperature": 0.7, "reasoning_effort": "low"}
+    metaprompt = OptimizerSpec(type="MetaPrompt", reflection_model="openai/r", options=options)
+    gepa = OptimizerSpec(type="GEPA", reflection_model="openai/r", options={"skip_perfect_score": False})
+    assert dict(ModelEndpoint.for_reflection(metaprompt, task).params) == options
+    assert dict(ModelEndpoint.for_reflection(gepa, task).params) == {}

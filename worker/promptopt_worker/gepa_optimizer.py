@@ -11,6 +11,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import version
 from typing import Any
 
 import gepa
@@ -29,6 +30,7 @@ from promptopt_worker.problem import (
     ScoredOutput,
     StopRequested,
     VariableCheck,
+    option_problems,
 )
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,23 @@ log = logging.getLogger(__name__)
 # iteration spends some (its parent's minibatch evaluation at least).
 STALL_SECONDS = 600.0
 
-# gepa.optimize parameters the worker owns; `optimizer.options` may set any other one.
-RESERVED_OPTIONS = frozenset({
-    "seed_candidate", "trainset", "valset", "adapter", "task_lm", "evaluator",  # the problem
-    "reflection_lm", "reflection_lm_kwargs", "reflection_strategy", "custom_candidate_proposer",  # metering, safety
-    "max_reflection_cost",  # the job's budget.maxCostUSD meters every LLM call
-    "stop_callbacks", "callbacks", "logger", "run_dir", "display_progress_bar",  # stops, progress, logs, resume
-})  # fmt: skip
+# gepa.optimize parameters the worker owns, and where the job sets them instead; `optimizer.options` may set
+# any other one.
+_THE_PROBLEM = "the worker builds it from spec.prompts, spec.dataset, spec.task and spec.scorers"
+_METERED = "the reflection model is spec.optimizer.reflectionModel, called through the worker's metered LLM client"
+_REPORTED = "the worker reports progress into the job's status and its log"
+RESERVED_OPTIONS: dict[str, str] = {
+    **dict.fromkeys(["seed_candidate", "trainset", "valset", "adapter", "task_lm", "evaluator"], _THE_PROBLEM),
+    **dict.fromkeys(["reflection_lm", "reflection_lm_kwargs"], _METERED),
+    **dict.fromkeys(["reflection_strategy", "custom_candidate_proposer"],
+                    "the worker's reflection rejects proposals that lose or invent a {{variable}}"),
+    "max_reflection_cost": "set spec.budget.maxCostUSD, which covers every LLM call of the job",
+    "stop_callbacks": "set spec.activeDeadlineSeconds, or stop the job with spec.cancel",
+    **dict.fromkeys(["callbacks", "logger", "display_progress_bar"], _REPORTED),
+    "run_dir": "set spec.worker.checkpointClaimName to keep checkpoints across worker Pods",
+}
 GEPA_PARAMETERS = frozenset(inspect.signature(gepa.optimize).parameters)
+GEPA_VERSION = version("gepa")
 
 
 class EvaluatorAdapter:
@@ -231,10 +242,8 @@ def optimize_gepa(
         return Result("InvalidInput", "GEPA needs a dataset with training and validation examples")
     settings = problem.settings.gepa_settings
     options = dict(problem.settings.options)
-    if refused := sorted(set(options) & RESERVED_OPTIONS):
-        return Result("InvalidInput", f"optimizer.options cannot set {', '.join(refused)}: the worker sets them")
-    if unknown := sorted(set(options) - GEPA_PARAMETERS):
-        return Result("InvalidInput", f"optimizer.options: gepa.optimize has no parameter {', '.join(unknown)}")
+    if problems := option_problems(options, RESERVED_OPTIONS, GEPA_PARAMETERS, f"gepa.optimize (gepa {GEPA_VERSION})"):
+        return Result("InvalidInput", "; ".join(problems))
 
     kwargs: dict[str, Any] = {
         "candidate_selection_strategy": settings.candidate_selection,

@@ -13,6 +13,7 @@ Retry-After) - the same function litellm's Router uses. The provider SDK's own r
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -44,6 +45,21 @@ Message = Mapping[str, str]
 # litellm's OpenAI-compatible provider insists on a key; local servers (vLLM, llama.cpp) ignore it.
 PLACEHOLDER_API_KEY = "not-needed"
 PROVIDER_MESSAGE_LIMIT = 500
+
+# litellm.completion parameters the worker sets itself, and where the job sets them instead.
+_ONE_TEXT_ANSWER = "the worker reads one whole text answer"
+WORKER_COMPLETION_PARAMETERS: dict[str, str] = {
+    "model": "set spec.optimizer.reflectionModel",
+    "messages": "the worker writes the requests",
+    **dict.fromkeys(["api_base", "base_url"], "set spec.optimizer.reflectionApiBase"),
+    "api_key": "put the key into the credentials Secret (spec.credentials)",
+    "timeout": "set spec.task.timeoutSeconds",
+    **dict.fromkeys(["max_retries", "num_retries"], "set spec.task.maxRetries"),
+    **dict.fromkeys(["stream", "stream_options", "n", "tools", "tool_choice", "functions", "function_call",
+                     "parallel_tool_calls"], _ONE_TEXT_ANSWER),
+}
+# Its other named parameters (temperature, max_tokens, reasoning_effort, ...); not **kwargs or the Router's.
+COMPLETION_PARAMETERS = frozenset(inspect.signature(litellm.completion).parameters) - {"kwargs", "model_list"}
 
 
 
@@ -160,11 +176,13 @@ class ModelEndpoint:
 
     @classmethod
     def for_reflection(cls, optimizer: OptimizerSpec, task: TaskSpec) -> ModelEndpoint:
+        """MetaPrompt's options are completion parameters of its reflection calls (GEPA's go to gepa.optimize)."""
         return cls(
             role="reflection",
             model=optimizer.reflection_model,
             description="reflection model",
             api_base=optimizer.reflection_api_base or task.api_base,
+            params=optimizer.options if optimizer.type == "MetaPrompt" else {},
             timeout_s=task.timeout_seconds,
             max_retries=task.max_retries,
             pricing=optimizer.reflection_pricing,

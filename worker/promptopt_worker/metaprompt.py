@@ -4,7 +4,9 @@ Zero-shot (no dataset): one request with the prompts, best practices, template v
 guidelines; no scores. Few-shot: the original prompts are evaluated on the validation examples, the
 reflection model sees evaluated training examples (worst first), and its proposal is evaluated too.
 Unlike MLflow, the better of original and proposal is kept, and a proposal that loses or invents a
-`{{variable}}` is rejected (MLflow silently strips invented ones).
+`{{variable}}` is rejected (MLflow silently strips invented ones). `optimizer.options` are litellm completion
+parameters of the reflection calls (MLflow's lm_kwargs); names litellm.completion does not take, or that the
+worker sets itself, end the run with InvalidInput before any call.
 
 The request contract (promptopt.testing.simulated_llm follows it exactly): the system message starts with
 "You are an expert prompt engineer"; the user message has the sections "### Current prompts" (a ```json
@@ -18,7 +20,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from promptopt_worker.llm import json_object_with
+from promptopt_worker.llm import COMPLETION_PARAMETERS, WORKER_COMPLETION_PARAMETERS, json_object_with
 from promptopt_worker.problem import (
     Candidate,
     Problem,
@@ -29,6 +31,7 @@ from promptopt_worker.problem import (
     ScoreSummary,
     StopRequested,
     VariableCheck,
+    option_problems,
 )
 
 SYSTEM_MESSAGE = """You are an expert prompt engineer. You improve prompt templates so that the language \
@@ -61,6 +64,10 @@ class UnusableAnswer(ValueError):
 def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter, stop: StopRequested) -> Result:
     """One pass; exceptions (a permanent LLM error, the budget spent) propagate to the caller, which turns
     them into a Result with the best so far in `progress`."""
+    receiver = "litellm.completion (MetaPrompt passes options to its reflection calls)"
+    if problems := option_problems(problem.settings.options, WORKER_COMPLETION_PARAMETERS, COMPLETION_PARAMETERS,
+                                   receiver):
+        return Result("InvalidInput", "; ".join(problems))
     seed = problem.seed_candidate
     settings = problem.settings.meta_prompt_settings
     progress.iteration, progress.candidates = 1, 1

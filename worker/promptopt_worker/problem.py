@@ -6,15 +6,33 @@ I/O sits behind those three interfaces.
 """
 from __future__ import annotations
 
+import difflib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from promptopt.api.v1alpha1 import OptimizerSpec, WorkerOutcome, template_variables
 
+
 class InvalidInput(ValueError):
     """The job's inputs cannot be used as given (the worker reports workerResult reason InvalidInput)."""
+
+
+def option_problems(options: Mapping[str, object], owned: Mapping[str, str], known: Collection[str],
+                    receiver: str) -> list[str]:
+    """What keeps each of `spec.optimizer.options` from reaching `receiver` (a function taking `known` keyword
+    arguments), one message per key, naming the key and the fix; `owned` maps the keys the worker sets itself to
+    where the job sets them instead."""
+    problems = []
+    for key in sorted(options):
+        if key in owned:
+            problems.append(f"spec.optimizer.options.{key}: the worker sets it; {owned[key]}")
+        elif key not in known:
+            close = difflib.get_close_matches(key, sorted(set(known) - set(owned)), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"spec.optimizer.options.{key}: {receiver} has no such parameter{hint}; remove it")
+    return problems
 
 
 # A candidate: prompt name → template text (gepa's candidate shape).
