@@ -84,7 +84,11 @@ class GepaSettings(ApiModel):
 
     max_metric_calls: int = Field(
         100, ge=1, le=100_000,
-        description="Budget: how many (candidate, record) evaluations GEPA may run in all, across restarts.",
+        description="Budget: the most (candidate, record) evaluations GEPA runs in all, across restarts; never "
+        "exceeded. The first step scores the original prompts on every validation record; after it, an iteration "
+        "starts only when the calls left cover its worst case (two minibatches of reflectionMinibatchSize records, "
+        "then the validation records; with useMerge at least 5 + the validation records), so a run may end with up "
+        "to that many calls unspent. Less than the validation records is refused.",
     )
     reflection_minibatch_size: int = Field(
         3, ge=1, le=100,
@@ -573,8 +577,13 @@ class Progress(StatusObject):
     """How far the optimizer is."""
 
     metric_calls: int | None = Field(None, description="Evaluations (candidate, record) spent so far.")
-    max_metric_calls: int | None = Field(None, description="The evaluation budget.")
-    percent: int | None = Field(None, description="metricCalls / maxMetricCalls, in percent.")
+    max_metric_calls: int | None = Field(
+        None, description="The evaluation budget (never exceeded). MetaPrompt: the evaluations its pass makes."
+    )
+    percent: int | None = Field(
+        None, description="metricCalls / maxMetricCalls, in percent; GEPA may finish below 100 when the calls left "
+        "could not cover another iteration.",
+    )
     iteration: int | None = Field(None, description="The optimizer's current iteration.")
     candidates: int | None = Field(None, description="Accepted candidate prompts so far, the seed included.")
     rejected_candidates: int | None = Field(

@@ -219,7 +219,7 @@ def test_gepa_improves_the_prompt_and_reports_progress():
     first, *news = reporter.important
     assert first.initial_scores == result.initial_scores and first.best_score == 0.0
     assert [p.best_score for p in news] == [0.5, 1.0]
-    assert progress.max_metric_calls == 40 <= progress.metric_calls  # gepa checks its budget between iterations
+    assert progress.metric_calls <= progress.max_metric_calls == 40
     assert progress.candidates == 3 and progress.iteration >= 2 and progress.rejected_candidates == 0
     assert progress.best_candidate == result.best_candidate
     # The final scores came from the evaluator's cache: no evaluation beyond what gepa counted.
@@ -292,7 +292,7 @@ def test_a_second_run_with_the_same_run_dir_resumes(tmp_path):
     assert min(p.iteration for p, _ in reporter.reports if p.iteration) == first_progress.iteration + 1
     assert LOWERCASE in reflector.requests[0]
     assert second.best_candidate == {"classify": f"{ONE_WORD}\n{LOWERCASE}\n{SEED}"}
-    assert 40 <= second_progress.metric_calls < 40 + first_progress.metric_calls
+    assert first_progress.metric_calls < second_progress.metric_calls <= 40
 
 
 def test_optimize_reports_the_stop_reason_when_the_budget_runs_out_mid_evaluation():
@@ -336,9 +336,48 @@ def test_a_spinning_loop_is_stopped_by_the_stall_stopper():
     assert result.best_candidate == {"classify": SEED}
 
 
+# 4 validation records, minibatches of 3: the seed's first evaluation takes 4 calls, an iteration up to 3 + 3 + 4.
+@pytest.mark.parametrize("max_metric_calls", [14, 17, 20, 23, 27, 40, 41, 64])
+def test_gepa_never_spends_more_metric_calls_than_the_budget(max_metric_calls):
+    evaluator = FakeEvaluator()
+    result, progress, _ = run(gepa_problem(evaluator, max_metric_calls=max_metric_calls))
+
+    assert result.reason == "Completed", result.message
+    assert progress.metric_calls <= max_metric_calls and evaluator.runs <= max_metric_calls
+    assert max_metric_calls - progress.metric_calls < 10  # it stopped only when another iteration might not fit
+    assert f"the {max_metric_calls - progress.metric_calls} metric calls left could not cover" in result.message
+
+
+def test_with_merge_the_budget_holds_too():
+    problem = gepa_problem(max_metric_calls=50)
+    problem = dataclasses.replace(problem, settings=problem.settings.model_copy(update={
+        "gepa": GepaSettings(max_metric_calls=50, use_merge=True, reflection_minibatch_size=1)}))
+    result, progress, _ = run(problem)
+    assert result.reason == "Completed" and progress.metric_calls <= 50
+
+
+def test_a_budget_for_the_first_step_only_keeps_the_seed_and_says_what_would_optimize():
+    result, progress, _ = run(gepa_problem(max_metric_calls=8))
+
+    assert result.reason == "Completed" and result.best_candidate == {"classify": SEED}
+    assert progress.metric_calls == 4 and progress.iteration == 0
+    assert "set spec.optimizer.gepa.maxMetricCalls to at least 14 to optimize" in result.message
+
+
+def test_a_budget_below_the_first_step_is_refused_naming_the_field():
+    evaluator = FakeEvaluator()
+    result, _, _ = run(gepa_problem(evaluator, max_metric_calls=3))
+
+    assert result.reason == "InvalidInput" and evaluator.runs == 0
+    assert result.message.startswith("spec.optimizer.gepa.maxMetricCalls: 3 metric calls do not cover GEPA's first "
+                                     "step, scoring the original prompts on the 4 validation records; set at least 14")
+
+
 def test_options_override_settings_but_not_what_the_worker_owns():
-    result, progress, _ = run(gepa_problem(options={"max_metric_calls": 12}))
-    assert result.reason == "Completed" and progress.max_metric_calls == 12
+    result, progress, _ = run(gepa_problem(options={"max_metric_calls": 14}))
+    assert result.reason == "Completed" and progress.max_metric_calls == 14 and progress.metric_calls <= 14
+    too_small, _, _ = run(gepa_problem(options={"max_metric_calls": 2}))
+    assert too_small.message.startswith("spec.optimizer.options.max_metric_calls: 2 metric calls do not cover")
 
     refused, _, _ = run(gepa_problem(options={"logger": None, "run_dir": "/tmp"}))
     assert refused.reason == "InvalidInput" and refused.message == (
@@ -396,7 +435,7 @@ def test_gepa_with_the_simulated_llm_raises_the_score_above_the_seed(sentiment_g
     assert RULE_ONE_LOWERCASE_WORD in result.best_candidate["classify"]
     assert "{{review}}" in result.best_candidate["classify"]
     [(progress, _)] = reporter.finished_with
-    assert progress.candidates >= 2 and progress.metric_calls >= 60
+    assert progress.candidates >= 2 and progress.metric_calls <= 60
     assert llm.calls["reflection"] >= 1
 
 

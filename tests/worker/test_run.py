@@ -37,7 +37,8 @@ def test_gepa_example_improves_the_prompt(tmp_path):
     assert final["scorers"]["ExactMatch"] > initial["scorers"]["ExactMatch"]
     [prompt] = result["optimizedPrompts"]
     assert prompt["name"] == "classify" and "{{review}}" in prompt["template"]
-    assert result["progress"]["metricCalls"] == result["progress"]["maxMetricCalls"] == 150
+    # Within the budget; it stops when an iteration (up to 3 + 3 train, then the 3 validation records) might not fit.
+    assert 150 - 9 < result["progress"]["metricCalls"] <= result["progress"]["maxMetricCalls"] == 150
     assert result["cost"]["llmCalls"] > 0 and result["cost"]["promptTokens"] > 0
     assert "ExactMatch" in run.stdout and prompt["template"] in run.stdout  # the console's table and prompts
 

@@ -91,8 +91,9 @@ def test_the_worker_reports_scores_early_and_its_result_at_the_end(cluster, kube
     assert "{{review}}" in status["optimizedPrompts"][0]["template"]
     assert status["cost"]["llmCalls"] == sum(llm.calls.values())
     assert status["cost"]["retries"] == 2 and "2 retries of transient errors" in logs
-    assert status["progress"]["maxMetricCalls"] == 40 and status["progress"]["percent"] == 100
-    assert status["progress"]["metricCalls"] >= 40  # gepa checks its budget between iterations
+    progress = status["progress"]
+    assert 30 < progress["metricCalls"] <= progress["maxMetricCalls"] == 40  # within the budget, most of it spent
+    assert progress["percent"] == progress["metricCalls"] * 100 // 40
     assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
 
     message = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])

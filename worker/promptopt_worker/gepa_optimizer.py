@@ -209,6 +209,31 @@ class StallStopper:
         return now - self._since > self.seconds
 
 
+# gepa 0.1.4's MergeProposer scores a merged candidate on this many validation records before the full pass.
+MERGE_SUBSAMPLE = 5
+
+
+def iteration_cost_bound(minibatch_size: int, validation_size: int, use_merge: bool) -> int:
+    """The most metric calls one gepa 0.1.4 iteration can spend: a reflective step scores the parent and its
+    child on a minibatch, then an accepted child on the whole validation set; a merge scores the merged
+    candidate on MERGE_SUBSAMPLE validation records, then an accepted one on all of them."""
+    proposal = max(2 * minibatch_size, MERGE_SUBSAMPLE) if use_merge else 2 * minibatch_size
+    return proposal + validation_size
+
+
+class MetricCallBudget:
+    """Keeps the run within max_metric_calls. gepa checks its budget between iterations only, so its last
+    iteration may pass it (42 of 40); this stopper starts an iteration only when the calls left cover the
+    iteration's worst case."""
+
+    def __init__(self, max_metric_calls: int, iteration_cost: int):
+        self.max_metric_calls = max_metric_calls
+        self.iteration_cost = iteration_cost
+
+    def __call__(self, gepa_state: Any) -> bool:
+        return gepa_state.total_num_evals + self.iteration_cost > self.max_metric_calls
+
+
 class Recorded:
     """A gepa stopper that remembers whether it fired, so the result can name why the run ended."""
 
@@ -256,7 +281,16 @@ def optimize_gepa(
         "raise_on_exception": True,
         **options,
     }
-    progress.max_metric_calls = kwargs["max_metric_calls"]
+    budget, first_step = kwargs["max_metric_calls"], len(problem.validation)  # the seed, scored on validation
+    budget_field = ("spec.optimizer.options.max_metric_calls" if "max_metric_calls" in options
+                    else "spec.optimizer.gepa.maxMetricCalls")
+    iteration_cost = iteration_cost_bound(kwargs["reflection_minibatch_size"], first_step, kwargs["use_merge"])
+    if budget < first_step:
+        return Result("InvalidInput", (
+            f"{budget_field}: {budget} metric calls do not cover GEPA's first step, scoring the original prompts on "
+            f"the {first_step} validation records; set at least {first_step + iteration_cost} (that step and one "
+            f"iteration of up to {iteration_cost}), or hold out fewer records (spec.dataset.validationFraction)"))
+    progress.max_metric_calls = budget
 
     def rejected(problems: list[str]) -> None:
         progress.rejected_candidates += 1
@@ -272,7 +306,8 @@ def optimize_gepa(
     )
     callback = ProgressCallback(problem, progress, reporter)
     stall = Recorded(StallStopper(stall_seconds))
-    stoppers: list[StopperProtocol] = [lambda _state: bool(stop), stall]
+    within_budget = Recorded(MetricCallBudget(budget, iteration_cost))
+    stoppers: list[StopperProtocol] = [lambda _state: bool(stop), stall, within_budget]
     deadline = None
     if problem.deadline_seconds is not None:
         deadline = Recorded(TimeoutStopCondition(problem.deadline_seconds))  # its clock starts now
@@ -307,6 +342,13 @@ def optimize_gepa(
         message = f"GEPA made no progress for {stall_seconds:g} s (last error: {callback.last_error!r}); {summary}"
     elif deadline is not None and deadline.fired:
         reason, message = "DeadlineReached", f"the deadline of {problem.deadline_seconds:g} s passed; {summary}"
+    elif within_budget.fired:
+        reason = "Completed"
+        message = (f"GEPA finished: the {budget - result.total_metric_calls} metric calls left could not cover "
+                   f"another iteration (up to {iteration_cost}); {summary}")
+        if budget < first_step + iteration_cost:
+            message += (f". The budget covers no iteration after the first step: set {budget_field} to at least "
+                        f"{first_step + iteration_cost} to optimize")
     else:
         reason, message = "Completed", f"GEPA finished: {summary}"
     return Result(
