@@ -1,4 +1,5 @@
-"""Shared fixtures: the emulated Kubernetes API, the local kubelet and the simulated LLM."""
+"""Shared fixtures: a real Kubernetes API server (and the emulator), the chart, the local kubelet and the
+simulated LLM."""
 import os
 
 # litellm downloads its model-cost map at import unless told not to; these machines have no network.
@@ -24,23 +25,130 @@ def llm():
         yield server
 
 
-# --- Emulated Kubernetes API (promptopt.testing.emulator) ---
+# --- Kubernetes: a real kube-apiserver and etcd (promptopt.testing.realkube), the emulator where it earns its place ---
+import re  # noqa: E402
 import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+from promptopt.testing.chart import RBAC_KINDS, RELEASE_NAMESPACE  # noqa: E402
+
+# "required" (CI sets it): a real API server that cannot be built or started fails the run instead of skipping.
+REAL_KUBE_ENV = "PROMPTOPT_REAL_KUBE"
+
+
+@pytest.fixture(scope="session")
+def real_cluster(request, tmp_path_factory):
+    """etcd and kube-apiserver (built from Go modules on first use), shared by the session; tests each get a
+    namespace of their own through `cluster`. Skipped, with the reason said once, where Go is missing."""
+    from promptopt.testing.realkube import RealCluster, RealKubeUnavailable
+
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    cluster = RealCluster(tmp_path_factory.mktemp("real-kube"))
+    try:
+        with capture.global_and_fixture_disabled():  # the first build says what it does and how long it took
+            cluster.start()
+    except RealKubeUnavailable as unavailable:
+        cluster.stop()
+        if os.environ.get(REAL_KUBE_ENV) == "required":
+            pytest.fail(f"{REAL_KUBE_ENV}=required, but the real Kubernetes API server cannot run: {unavailable}")
+        pytest.skip(f"the real Kubernetes API server cannot run here: {unavailable}")
+    cluster.create_namespace(RELEASE_NAMESPACE)
+    yield cluster
+    cluster.stop()
+
+
+_namespaces_made = 0
 
 
 @pytest.fixture
-def cluster():
-    """A fresh EmulatedCluster: serves the repo's crds/ and has the `default` namespace (made via the API).
+def cluster(real_cluster, request, tmp_path):
+    """A namespace of its own on the real API server, seen as the test admin: ``cluster.create/get/list/patch/
+    delete/apply/wait_for`` default to it, ``cluster.kubeconfig`` is the admin's, ``cluster.kubelet_kubeconfig``
+    and ``cluster.scheduler_kubeconfig`` the local node's. Pods, jobs and their finalizers are cleared after."""
+    global _namespaces_made
+    _namespaces_made += 1
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    namespace = f"t{_namespaces_made}-{name}"
+    real_cluster.create_namespace(namespace)
+    view = real_cluster.in_namespace(namespace)
+    # Pods that name no ServiceAccount are refused until the controller manager has made the default one.
+    view.wait_for("serviceaccounts", "default", lambda account: account is not None, timeout=30)
+    view.kubeconfig = real_cluster.write_kubeconfig(tmp_path / "admin.kubeconfig", namespace)
+    yield view
+    _clear_namespace(view)
 
-    ``cluster.url``, ``cluster.kubeconfig``, ``cluster.api_client()``, ``cluster.create/get/list/patch/delete``,
-    ``cluster.wait_for(...)``; ``cluster.emulator`` is the kmock-based server (its ``.objects`` keep history).
-    """
+
+def _clear_namespace(cluster) -> None:
+    """Nothing of a finished test may act on the next one: its jobs (finalizers dropped, the operator is gone)
+    and Pods (no kubelet is left to end them) go at once."""
+    from promptopt.testing.client import ApiError
+
+    for job in cluster.list("poj"):
+        name = job["metadata"]["name"]
+        try:
+            cluster.patch("poj", name, {"metadata": {"finalizers": None}})
+            cluster.delete("poj", name)
+        except ApiError as error:
+            if error.code != 404:
+                raise
+    for pod in cluster.list("pods"):
+        try:
+            cluster.delete("pods", pod["metadata"]["name"], gracePeriodSeconds=0)
+        except ApiError as error:
+            if error.code != 404:
+                raise
+
+
+@pytest.fixture
+def emulated_cluster():
+    """A fresh EmulatedCluster (the emulator, for its own tests and the request-counting benchmark): serves the
+    repo's crds/ and has the `default` namespace; ``cluster.emulator`` is the kmock-based server."""
     from promptopt.testing.admission import admit
     from promptopt.testing.emulator import EmulatedCluster
 
     # Admission as the real API server does it (CRD schema, defaults, CEL), so invalid jobs are refused.
     with EmulatedCluster(admission=admit) as emulated:
         yield emulated
+
+
+@pytest.fixture(scope="session")
+def chart():
+    """The Helm chart, loaded by the real Helm engine (helm-python-sdk)."""
+    from promptopt.testing.chart import loaded_chart
+
+    with loaded_chart() as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="session")
+def render(chart):
+    """``render(values, namespace=RELEASE_NAMESPACE)``: every object the chart renders, parsed (CRDs excluded:
+    Helm installs crds/ as they are)."""
+    from promptopt.testing.chart import render as render_chart
+
+    return lambda values, namespace=RELEASE_NAMESPACE: render_chart(chart, values, namespace)
+
+
+@pytest.fixture
+def install_rbac(cluster, render, tmp_path):
+    """``install_rbac(**values)``: apply the chart's ServiceAccounts, Roles and bindings (jobNamespaces: this
+    test's namespace unless the values say otherwise) and return a kubeconfig of the operator's ServiceAccount,
+    so the operator runs with exactly the permissions the chart gives it. On the emulator: its kubeconfig."""
+
+    def install(**values) -> Path:
+        if not hasattr(cluster, "service_account_kubeconfig"):
+            return cluster.operator_kubeconfig
+        values.setdefault("jobNamespaces", [cluster.namespace])
+        manifests = [m for m in render(values) if m["kind"] in RBAC_KINDS]
+        for manifest in manifests:
+            cluster.apply(manifest)
+        (operator,) = [m for m in manifests if m["kind"] == "ServiceAccount"
+                       and m["metadata"]["namespace"] == RELEASE_NAMESPACE]
+        return cluster.service_account_kubeconfig(RELEASE_NAMESPACE, operator["metadata"]["name"],
+                                                  tmp_path / "operator.kubeconfig", cluster.namespace)
+
+    return install
 
 
 @pytest.fixture
@@ -71,5 +179,6 @@ def kubelet(cluster):
     from promptopt.testing.kubelet import LocalKubelet
 
     # The containers' environment is clean, so pass on what any litellm-importing process here needs.
-    with LocalKubelet(cluster.kubeconfig, extra_env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"}) as local_kubelet:
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
+                      extra_env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"}) as local_kubelet:
         yield local_kubelet

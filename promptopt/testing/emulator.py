@@ -26,10 +26,6 @@ import re
 import signal
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
@@ -41,6 +37,8 @@ import kmock
 import yaml
 from jsonpath_ng.ext import parse as parse_jsonpath
 from typing_extensions import override
+
+from promptopt.testing.client import ClusterApi
 
 REPO_CRDS = pathlib.Path(__file__).resolve().parents[2] / 'crds'
 STANDARD_VERBS = frozenset({'create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'})
@@ -118,6 +116,8 @@ def guess_action(method: str, path: ApiPath, params: Mapping[str, str]) -> kmock
         case 'GET', _:
             return kmock.action.FETCH
         case 'POST', None:
+            return kmock.action.CREATE
+        case 'POST', str() if path.subresource == 'binding':
             return kmock.action.CREATE
         case 'PATCH' | 'PUT', str():
             return kmock.action.UPDATE
@@ -655,10 +655,11 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     # --- reading ---------------------------------------------------------------------------------
 
     def _served(self, request: kmock.Request) -> kmock.resource:
-        """The requested resource if it is served; of the subresources, only /status is emulated."""
+        """The requested resource if it is served; of the subresources, /status and pods/binding are emulated."""
         resource = request.resource
+        emulated = {'status', *(['binding'] if resource == PODS else [])}
         if (resource not in self.resources
-                or request.subresource not in {None, *({'status'} & self.resources[resource].subresources)}):
+                or request.subresource not in {None, *(emulated & self.resources[resource].subresources)}):
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
         return resource
 
@@ -807,6 +808,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         body = request_body(request)
         if not isinstance(body, dict):
             raise api_error(400, 'BadRequest', 'the request body must be a JSON object')
+        if request.subresource == 'binding':
+            return await self._bind(request, body)
         async with self._lock:
             obj = self._new_object(resource, request.namespace, body)
             if self._current(resource, obj['metadata'].get('namespace'), obj['metadata']['name']) is not None:
@@ -815,6 +818,27 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                                 name=name, group=resource.group, kind=resource.plural)
             created = await self._store(resource, obj, None)
         return kmock.Response(status=201, headers=JSON_HEADERS, payload=created)
+
+    async def _bind(self, request: kmock.Request, binding: dict[str, Any]) -> kmock.Payload:
+        """pods/NAME/binding, as the scheduler binds: once, to a node; PodScheduled becomes True."""
+        async with self._lock:
+            pod = self._existing(request)
+            name = pod['metadata']['name']
+            node = (binding.get('target') or {}).get('name')
+            if not node:
+                raise api_error(422, 'Invalid', f'Binding "{name}" is invalid: target.name: Required value')
+            if pod['spec'].get('nodeName'):
+                raise conflict(PODS, name, f'pod {name} is already assigned to node "{pod["spec"]["nodeName"]}"')
+            bound = copy.deepcopy(pod)
+            bound['spec']['nodeName'] = node
+            status = bound.setdefault('status', {})
+            status['conditions'] = [c for c in status.get('conditions') or [] if c.get('type') != 'PodScheduled'] + [
+                {'type': 'PodScheduled', 'status': 'True',
+                 'lastTransitionTime': format_timestamp(datetime.datetime.now(datetime.UTC))}]
+            await self._store(PODS, bound, pod)
+        return kmock.Response(status=201, headers=JSON_HEADERS,
+                              payload={'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Success',
+                                       'code': 201})
 
     def _new_object(self, resource: kmock.resource, url_namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
         """The object as the server stores it at creation: identity, metadata, defaults, no status."""
@@ -914,6 +938,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             else:
                 meta.pop(field, None)
         updated['apiVersion'], updated['kind'] = current['apiVersion'], current['kind']
+        if resource == PODS and subresource is None and spec_of(updated).get('nodeName') != spec_of(current).get('nodeName'):
+            raise api_error(422, 'Invalid', f'Pod "{name}" is invalid: spec: Forbidden: pod updates may not change '
+                                            'fields other than `spec.containers[*].image`, ... (bind through '
+                                            'pods/binding)')
         if spec_of(updated) != spec_of(current):
             meta['generation'] = current['metadata']['generation'] + 1
         return self._admitted(resource, updated)
@@ -1057,16 +1085,7 @@ def with_owner_references(obj: Mapping[str, Any], references: list[Any]) -> dict
 # ------------------------------------------------------------------------------------------------
 # A running cluster for synchronous tests, subprocesses and kubectl.
 
-class ApiError(Exception):
-    """A non-2xx answer of the emulated API; ``.status`` is the Status object it sent."""
-
-    def __init__(self, code: int, status: Any) -> None:
-        super().__init__(f'{code}: {status.get("message") if isinstance(status, dict) else status}')
-        self.code = code
-        self.status = status
-
-
-class EmulatedCluster:
+class EmulatedCluster(ClusterApi):
     """The emulator on 127.0.0.1 in a background thread with its own event loop, plus a kubeconfig.
 
     Use as a context manager. On start it serves the CRDs of ``crds`` (a folder, default: the
@@ -1078,8 +1097,8 @@ class EmulatedCluster:
     def __init__(self, crds: str | pathlib.Path | None = REPO_CRDS, *, port: int = 0,
                  kubeconfig: str | pathlib.Path | None = None, namespace: str = 'default',
                  admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        super().__init__('http://127.0.0.1:0', namespace=namespace)
         self.emulator = KubernetesEmulator(admission=admission)
-        self.namespace = namespace
         self._crds_folder = pathlib.Path(crds) if crds is not None else None
         self._requested_port = port
         self._requested_kubeconfig = pathlib.Path(kubeconfig) if kubeconfig is not None else None
@@ -1089,7 +1108,6 @@ class EmulatedCluster:
         self._stopped: asyncio.Event | None = None
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
-        self.url = ''
         self.kubeconfig = pathlib.Path()
 
     def __enter__(self) -> EmulatedCluster:
@@ -1103,7 +1121,7 @@ class EmulatedCluster:
             for crd in read_crds(self._crds_folder) if self._crds_folder and self._crds_folder.is_dir() else []:
                 self.create(crd)
             self.kubeconfig = self._requested_kubeconfig or self._temporary_kubeconfig()
-            self.kubeconfig.write_text(yaml.safe_dump(self.kubeconfig_dict()))  # last: scripts wait for it
+            self.write_kubeconfig(self.kubeconfig)  # last: scripts wait for it
         except BaseException:
             self.__exit__()
             raise
@@ -1142,95 +1160,12 @@ class EmulatedCluster:
             self._started.set()
             raise
 
-    def kubeconfig_dict(self) -> dict[str, Any]:
-        return {
-            'apiVersion': 'v1', 'kind': 'Config', 'current-context': 'emulator', 'preferences': {},
-            'clusters': [{'name': 'emulator', 'cluster': {'server': self.url}}],
-            'users': [{'name': 'emulator', 'user': {}}],
-            'contexts': [{'name': 'emulator',
-                          'context': {'cluster': 'emulator', 'user': 'emulator', 'namespace': self.namespace}}],
-        }
+    @property
+    def kubelet_kubeconfig(self) -> pathlib.Path:
+        """The emulator has no authentication: every identity (kubelet, scheduler, operator) is the same."""
+        return self.kubeconfig
 
-    def api_client(self) -> Any:
-        """A kubernetes.client.ApiClient talking to this cluster."""
-        import kubernetes.client
-
-        configuration = kubernetes.client.Configuration()
-        configuration.host = self.url
-        return kubernetes.client.ApiClient(configuration)
-
-    # --- plain HTTP conveniences (thread-safe: they go through the API like any other client) -----
-
-    def request(self, method: str, path: str, body: Any = None, *, params: Mapping[str, Any] | None = None,
-                content_type: str = 'application/json') -> Any:
-        query = '?' + urllib.parse.urlencode(params) if params else ''
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path + query, data=data, method=method,
-                                         headers={'Content-Type': content_type, 'Accept': 'application/json'})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return json.loads(response.read() or b'null')
-        except urllib.error.HTTPError as exc:
-            text = exc.read()
-            raise ApiError(exc.code, json.loads(text) if text.startswith(b'{') else text.decode()) from None
-
-    def resource(self, name: str) -> kmock.resource:
-        """Resolve a plural, singular, kind or short name, optionally ``.group``-qualified, to a resource."""
-        short, _, group = name.lower().partition('.')
-        candidates = [r for r, info in self.emulator.resources.items()
-                      if (not group or r.group == group)
-                      and short in {r.plural, (info.singular or '').lower(), (info.kind or '').lower(), *info.shortnames}]
-        if not candidates:
-            raise KeyError(f'no such resource: {name}')
-        return min(candidates, key=lambda r: (r.group != '', r.group, r.version))  # the core group first
-
-    def path(self, resource: str | kmock.resource, name: str | None = None, namespace: str | None = None,
-             subresource: str | None = None) -> str:
-        """The URL path of a collection or an object (in the default namespace unless told)."""
-        res = resource if isinstance(resource, kmock.resource) else self.resource(resource)
-        prefix = f'/apis/{res.group}/{res.version}' if res.group else f'/api/{res.version}'
-        scope = f'/namespaces/{namespace or self.namespace}' if self.emulator.resources[res].namespaced else ''
-        return '/'.join(filter(None, [prefix + scope, res.plural, name, subresource]))
-
-    def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        group, _, version = obj['apiVersion'].rpartition('/')
-        served = [r for r, info in self.emulator.resources.items()
-                  if (r.group, r.version) == (group, version) and info.kind == obj['kind']]
-        if not served:
-            raise KeyError(f'no resource serves {obj["apiVersion"]} {obj["kind"]}')
-        return self.request('POST', self.path(served[0], namespace=obj.get('metadata', {}).get('namespace')), obj)
-
-    def get(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any]:
-        return self.request('GET', self.path(resource, name, namespace))
-
-    def list(self, resource: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
-        params = {'labelSelector': label_selector} if label_selector else None
-        return self.request('GET', self.path(resource, namespace=namespace), params=params)['items']
-
-    def patch(self, resource: str, name: str, patch: Any, namespace: str | None = None,
-              subresource: str | None = None) -> dict[str, Any]:
-        content_type = 'application/json-patch+json' if isinstance(patch, list) else 'application/merge-patch+json'
-        return self.request('PATCH', self.path(resource, name, namespace, subresource), patch, content_type=content_type)
-
-    def delete(self, resource: str, name: str, namespace: str | None = None, **options: Any) -> dict[str, Any]:
-        return self.request('DELETE', self.path(resource, name, namespace), options or None)
-
-    def wait_for(self, resource: str, name: str, predicate: Callable[[dict[str, Any] | None], bool], *,
-                 namespace: str | None = None, timeout: float = 5.0) -> dict[str, Any] | None:
-        """Poll until ``predicate(obj)`` holds (obj is None while absent); return that obj."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                obj: dict[str, Any] | None = self.get(resource, name, namespace)
-            except ApiError as exc:
-                if exc.code != 404:
-                    raise
-                obj = None
-            if predicate(obj):
-                return obj
-            if time.monotonic() > deadline:
-                raise TimeoutError(f'{resource}/{name} did not satisfy the condition within {timeout}s: {obj}')
-            time.sleep(0.02)
+    scheduler_kubeconfig = operator_kubeconfig = kubelet_kubeconfig
 
 
 def main(argv: list[str] | None = None) -> None:

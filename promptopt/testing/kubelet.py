@@ -336,6 +336,16 @@ def plan_launch(
     )
 
 
+def service_account_volume(pod: Mapping[str, Any]) -> tuple[str, int] | None:
+    """The projected volume the ServiceAccount admission plugin adds for the Pod's token: (name, token lifetime
+    in seconds), or None (the emulator admits Pods without one; then the kubelet's own kubeconfig stands in)."""
+    for volume in pod["spec"].get("volumes") or []:
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "serviceAccountToken" in source:
+                return volume["name"], int(source["serviceAccountToken"].get("expirationSeconds") or 3600)
+    return None
+
+
 def exit_code_of(returncode: int) -> int:
     """Container runtimes report a death by signal N as exit code 128+N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -398,6 +408,21 @@ def merge_conditions(previous: list[dict[str, Any]], desired: list[dict[str, Any
         transition_time = old["lastTransitionTime"] if unchanged else now
         merged.append({**condition, "lastProbeTime": None, "lastTransitionTime": transition_time})
     return merged
+
+
+def node_manifest(name: str, labels: Mapping[str, str], capacity: Mapping[str, str]) -> dict[str, Any]:
+    """The Node as a kubelet registers it: labels, capacity (all allocatable), Ready, its address."""
+    now = _now()
+    return {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": dict(labels)},
+        "status": {
+            "capacity": dict(capacity), "allocatable": dict(capacity),
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "the local kubelet runs Pods as processes", "lastHeartbeatTime": now,
+                            "lastTransitionTime": now}],
+            "addresses": [{"type": "InternalIP", "address": LOCAL_IP}, {"type": "Hostname", "address": name}],
+        },
+    }
 
 
 def image_pull_policy(container: Mapping[str, Any]) -> str:
@@ -470,6 +495,7 @@ class _ApiServer:
             timeout=urllib3.Timeout(connect=5, read=REQUEST_TIMEOUT_SECONDS),
             **tls,
         )
+        self._ca_file = configuration.ssl_ca_cert if self._base_url.startswith("https:") else None
         self._watch_response: urllib3.BaseHTTPResponse | None = None
         self.closing = False
 
@@ -544,13 +570,52 @@ class _ApiServer:
             with contextlib.suppress(ValueError, RuntimeError, OSError):  # already closed or released
                 response.shutdown()
 
-    def bind_pod(self, namespace: str, name: str, node_name: str) -> None:
-        self._request(
-            "PATCH",
-            f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}",
-            {"spec": {"nodeName": node_name}},
-            content_type="application/merge-patch+json",
-        )
+    def bind_pod(self, namespace: str, name: str, uid: str, node_name: str) -> None:
+        """Bind through the binding subresource, as the scheduler does (a Pod's spec cannot be patched)."""
+        self._request("POST", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/binding", {
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node_name},
+        })
+
+    def register_node(self, node: Mapping[str, Any]) -> None:
+        """Create the Node, or take over one left by an earlier run; then report its status."""
+        name = node["metadata"]["name"]
+        try:
+            self._request("POST", "/api/v1/nodes", {k: v for k, v in node.items() if k != "status"})
+        except ApiError as error:
+            if error.status != 409:
+                raise
+        self._request("PATCH", f"/api/v1/nodes/{quote(name)}/status", {"status": node["status"]},
+                      content_type="application/merge-patch+json")
+
+    def service_account_token(self, pod: Mapping[str, Any], audience_seconds: int) -> str:
+        """A token of the Pod's ServiceAccount bound to the Pod, from the TokenRequest API, as a kubelet gets it
+        for the projected service-account volume."""
+        metadata = pod["metadata"]
+        account = pod["spec"].get("serviceAccountName") or "default"
+        review = self._request(
+            "POST", f"/api/v1/namespaces/{quote(metadata['namespace'])}/serviceaccounts/{quote(account)}/token", {
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"expirationSeconds": audience_seconds,
+                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
+                                            "uid": metadata.get("uid", "")}},
+            })
+        return review["status"]["token"]
+
+    def kubeconfig_for_token(self, token_file: Path, namespace: str) -> dict[str, Any]:
+        """A kubeconfig for this API server that authenticates with the token in `token_file`."""
+        cluster: dict[str, Any] = {"server": self._base_url}
+        if self._ca_file:
+            cluster["certificate-authority"] = self._ca_file
+        elif self._base_url.startswith("https:"):
+            cluster["insecure-skip-tls-verify"] = True
+        return {
+            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "clusters": [{"name": "pod", "cluster": cluster}],
+            "users": [{"name": "pod", "user": {"tokenFile": str(token_file)}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "pod", "user": "pod", "namespace": namespace}}],
+        }
 
     def patch_pod_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self._request(
@@ -574,6 +639,12 @@ class _ApiServer:
             secret = self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
         except NotFound:
             return None
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            # The Node authorizer lets a kubelet read only what its Pods use, learnt from its own watch of the
+            # bindings: a moment after binding it may not know yet. The kubelet retries, as a real one does.
+            raise ContainerConfigError(f'secret "{name}" is forbidden to node: {error}') from None
         # surrogateescape: binary values reach the process's environment byte for byte.
         return {
             key: base64.b64decode(value).decode("utf-8", errors="surrogateescape")
@@ -585,6 +656,10 @@ class _ApiServer:
             config_map = self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/configmaps/{quote(name)}")
         except NotFound:
             return None
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            raise ContainerConfigError(f'configmap "{name}" is forbidden to node: {error}') from None
         return dict(config_map.get("data") or {})
 
     def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
@@ -665,6 +740,7 @@ class _PodWorker:
     def __init__(self, kubelet: LocalKubelet, pod: dict[str, Any], sandbox: Path):
         self._kubelet = kubelet
         self._api = kubelet._api
+        self._scheduler = kubelet._scheduler_api
         self.pod = pod
         metadata = pod["metadata"]
         self.namespace = metadata.get("namespace", "default")
@@ -747,7 +823,7 @@ class _PodWorker:
             if message is None:
                 break
             if message != reported:
-                self._write_status({
+                self._write_status(as_scheduler=True, status={
                     "phase": "Pending",
                     "conditions": self._merge_conditions([
                         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
@@ -756,13 +832,26 @@ class _PodWorker:
                 self._post_event("FailedScheduling", message, warning=True, component=SCHEDULER)
                 reported = message
             self._wakeup.wait()  # woken when capacity frees up, or on deletion or stop
-        self._api.bind_pod(self.namespace, self.name, self._kubelet.node_name)
+        self._scheduler.bind_pod(self.namespace, self.name, self.uid, self._kubelet.node_name)
+        if not self._wait_until_bound():
+            self._end_without_container()
+            return False
         self._write_status({"conditions": self._merge_conditions([{"type": "PodScheduled", "status": "True"}])})
         self._post_event(
             "Scheduled",
             f"Successfully assigned {self.namespace}/{self.name} to {self._kubelet.node_name}",
             component=SCHEDULER,
         )
+        return True
+
+    def _wait_until_bound(self) -> bool:
+        """Until this node's watch shows the binding, as a kubelet only runs the Pods its watch says are its own
+        (the Node authorizer learns them the same way); False when the Pod went away first."""
+        while self.pod["spec"].get("nodeName") != self._kubelet.node_name:
+            self._wakeup.clear()
+            if self._interrupted():
+                return False
+            self._wakeup.wait(0.1)
         return True
 
     def _run_on_node(self) -> None:
@@ -806,7 +895,31 @@ class _PodWorker:
         override = self._kubelet.command_override(container["image"])
         if override is not None:
             container = {**container, "command": override, "args": []}
-        return plan_launch(pod, container, env, self.sandbox, self._kubelet._base_env)
+        base_env = dict(self._kubelet._base_env)
+        account_volume = service_account_volume(pod)
+        if account_volume is not None:
+            base_env["KUBECONFIG"] = str(self._materialise_service_account(*account_volume))
+        return plan_launch(pod, container, env, self.sandbox, base_env)
+
+    def _materialise_service_account(self, volume: str, seconds: int) -> Path:
+        """The projected service-account volume: the Pod's own token (TokenRequest, bound to the Pod), the CA
+        and the namespace; and, since in-cluster clients read fixed paths no process here can have, a
+        kubeconfig over the same token for KUBECONFIG."""
+        directory = self.sandbox / "volumes" / volume
+        directory.mkdir(parents=True, exist_ok=True)
+        token_file = directory / "token"
+        try:
+            token_file.write_text(self._api.service_account_token(self.pod, seconds))
+        except NotFound as error:
+            raise ContainerConfigError(f"service account of the Pod not found: {error}") from None
+        except ApiError as error:
+            if error.status != 403:
+                raise
+            raise ContainerConfigError(f"the Pod's token is forbidden to node (retried): {error}") from None
+        (directory / "namespace").write_text(self.namespace)
+        kubeconfig = directory / "kubeconfig"
+        kubeconfig.write_text(json.dumps(self._api.kubeconfig_for_token(token_file, self.namespace)))
+        return kubeconfig
 
     def _run_container(self, plan: LaunchPlan) -> None:
         for directory in plan.directories:
@@ -995,9 +1108,11 @@ class _PodWorker:
             **fields,
         })
 
-    def _write_status(self, status: dict[str, Any]) -> None:
+    def _write_status(self, status: dict[str, Any], *, as_scheduler: bool = False) -> None:
+        # NodeRestriction: a node writes the status of its own Pods only; the scheduler, of Pods it cannot place.
+        api = self._scheduler if as_scheduler else self._api
         try:
-            self._api.patch_pod_status(self.namespace, self.name, status)
+            api.patch_pod_status(self.namespace, self.name, status)
         except NotFound:
             raise _PodGone() from None
 
@@ -1027,7 +1142,7 @@ class _PodWorker:
             "count": 1,
         }
         try:
-            self._api.create_event(self.namespace, event)
+            (self._scheduler if component == SCHEDULER else self._api).create_event(self.namespace, event)
         except (ApiError, NotFound) as error:
             log.debug("pod %s/%s: event %s not posted: %s", self.namespace, self.name, reason, error)
 
@@ -1056,8 +1171,12 @@ class LocalKubelet:
         node_labels: Mapping[str, str] | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         command_overrides: Mapping[str, Sequence[str]] | None = None,
+        scheduler_kubeconfig: str | os.PathLike[str] | None = None,
     ):
         self.kubeconfig = Path(kubeconfig).resolve()
+        # The scheduler watches every Pod and binds them; a node may do neither (the Node authorizer and
+        # NodeRestriction hold it to its own Pods), so against a real API the two identities differ.
+        self.scheduler_kubeconfig = Path(scheduler_kubeconfig).resolve() if scheduler_kubeconfig else self.kubeconfig
         self.namespace = namespace
         self.node_name = node_name
         self.node_labels = {
@@ -1066,8 +1185,8 @@ class LocalKubelet:
             "kubernetes.io/arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
             **(node_labels or {}),
         }
-        capacity = {**DEFAULT_CAPACITY, **(capacity or {})}
-        self._capacity = {resource: parse_quantity(quantity) for resource, quantity in capacity.items()}
+        self._capacity_text = {**DEFAULT_CAPACITY, **(capacity or {})}
+        self._capacity = {resource: parse_quantity(quantity) for resource, quantity in self._capacity_text.items()}
         self._allocated: dict[str, Decimal] = {}
         self._waiting_for_capacity: set[_PodWorker] = set()
         self._capacity_lock = threading.Lock()
@@ -1084,6 +1203,7 @@ class LocalKubelet:
         self._given_state_dir = Path(state_dir) if state_dir is not None else None
         self._state_dir: Path | None = None
         self._api: _ApiServer | None = None
+        self._scheduler_api: _ApiServer | None = None
         self._workers: dict[str, _PodWorker] = {}  # by Pod uid, kept until stop()
         self._latest_by_name: dict[tuple[str, str], _PodWorker] = {}
         self._workers_lock = threading.Lock()
@@ -1097,6 +1217,12 @@ class LocalKubelet:
     def start(self, timeout: float = 10) -> LocalKubelet:
         """Start watching; returns once the first list of Pods went through (else RuntimeError)."""
         self._api = _ApiServer(self.kubeconfig)
+        self._scheduler_api = (_ApiServer(self.scheduler_kubeconfig) if self.scheduler_kubeconfig != self.kubeconfig
+                               else self._api)
+        try:
+            self._api.register_node(node_manifest(self.node_name, self.node_labels, self._capacity_text))
+        except NotFound:
+            log.debug("the API serves no v1 Nodes (the emulator): the node is not registered")
         if self._given_state_dir is not None:
             self._given_state_dir.mkdir(parents=True, exist_ok=True)
             self._state_dir = self._given_state_dir
@@ -1115,7 +1241,7 @@ class LocalKubelet:
         if self._api is None or self._stopping.is_set():
             return
         self._stopping.set()
-        self._api.interrupt_watch()
+        self._scheduler_api.interrupt_watch()
         with self._workers_lock:
             workers = list(self._workers.values())
         for worker in workers:
@@ -1125,6 +1251,7 @@ class LocalKubelet:
             if thread is not None and thread.ident is not None:
                 thread.join(max(0.0, give_up_at - time.monotonic()))
         self._api.close()
+        self._scheduler_api.close()
         if self._given_state_dir is None and self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
         log.info("local kubelet %s stopped", self.node_name)
@@ -1207,7 +1334,7 @@ class LocalKubelet:
                 if resource_version is None:
                     resource_version = self._relist()
                     self._synced.set()
-                for event in self._api.watch_pods(self.namespace, resource_version):
+                for event in self._scheduler_api.watch_pods(self.namespace, resource_version):
                     resource_version = self._on_watch_event(event) or resource_version
             except _WatchExpired:
                 resource_version = None
@@ -1220,7 +1347,7 @@ class LocalKubelet:
                 self._stopping.wait(RETRY_SECONDS)
 
     def _relist(self) -> str | None:
-        pods, resource_version = self._api.list_pods(self.namespace)
+        pods, resource_version = self._scheduler_api.list_pods(self.namespace)
         listed = set()
         for pod in pods:
             listed.add(_pod_key(pod))
@@ -1289,6 +1416,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Run the Pods of a (emulated) Kubernetes API as local processes until SIGTERM/SIGINT.",
     )
     parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--scheduler-kubeconfig", help="bind Pods as this identity (default: --kubeconfig)")
     parser.add_argument("--namespace", help="only this namespace (default: all)")
     parser.add_argument("--node-name", default="local-kubelet")
     parser.add_argument("--state-dir", help="keep per-pod sandboxes and logs here (default: a temporary directory)")
@@ -1315,6 +1443,7 @@ def main(argv: list[str] | None = None) -> None:
         extra_env=extra_env,
         state_dir=args.state_dir,
         command_overrides=command_overrides,
+        scheduler_kubeconfig=args.scheduler_kubeconfig,
     ):
         stop_requested.wait()
 

@@ -2,9 +2,9 @@
 # End to end, through kubectl only: install the CRD, run the examples against the simulated LLM until they
 # succeed, cancel a running job, delete a job, and check that no worker Pod is left.
 #
-#   E2E_LOCAL=1 (the default, CI): this machine is the cluster. The script starts the emulated Kubernetes API,
-#       the local kubelet (Pods run as local processes), the simulated LLM and `promptopt operator`, and stops
-#       them all on exit.
+#   E2E_LOCAL=1 (the default, CI): this machine is the cluster. The script starts a real kube-apiserver and
+#       etcd (promptopt.testing.realkube), the local kubelet (Pods run as local processes), the simulated LLM and
+#       `promptopt operator` with the chart's RBAC, and stops them all on exit.
 #   E2E_LOCAL=0: the cluster of the current kubeconfig, with the chart already installed (docs/install.md).
 #       The simulated LLM runs there from the worker image: set E2E_WORKER_IMAGE. Nothing starts locally.
 #
@@ -16,6 +16,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 E2E_LOCAL="${E2E_LOCAL:-1}"
 NAMESPACE="${E2E_NAMESPACE:-default}"
+RELEASE_NAMESPACE=promptopt-system
 TIMEOUT="${E2E_TIMEOUT:-120s}"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/promptopt-e2e.XXXXXX")"
@@ -41,8 +42,8 @@ start() {  # start NAME COMMAND...: a background process of this run, logged to 
   log "started $name (pid $!)"
 }
 
-wait_for_file_line() {  # wait_for_file_line FILE: until FILE has a first line (30 s)
-  for _ in $(seq 300); do
+wait_for_file_line() {  # wait_for_file_line FILE [SECONDS]: until FILE has a first line (default 30 s)
+  for _ in $(seq $(( ${2:-30} * 10 ))); do
     [[ -s "$1" ]] && return 0
     sleep 0.1
   done
@@ -80,17 +81,29 @@ trap on_exit EXIT
 # --- the cluster, the simulated LLM and the operator --------------------------------------------------------
 
 if [[ "$E2E_LOCAL" == 1 ]]; then
-  mkdir "$WORK/no-crds"  # the API starts without CRDs: kubectl installs ours below
-  start emulator "$PYTHON" -m promptopt.testing.emulator --crds "$WORK/no-crds" --kubeconfig "$WORK/kubeconfig"
-  wait_for_file_line "$WORK/kubeconfig"
+  # A real kube-apiserver and etcd (built by tools/build_kube.py on first use), without CRDs: kubectl installs
+  # ours below.
+  start kube-apiserver "$PYTHON" -m promptopt.testing.realkube --no-crds --workdir "$WORK/kube" \
+    --kubeconfig "$WORK/kubeconfig"
+  wait_for_file_line "$WORK/kubeconfig" 600
   export KUBECONFIG="$WORK/kubeconfig"
   start simulated-llm "$PYTHON" -m promptopt.testing.simulated_llm --port 0
   wait_for_file_line "$WORK/simulated-llm.log"
   LLM_URL="$(head -n 1 "$WORK/simulated-llm.log")"
-  start kubelet "$PYTHON" -m promptopt.testing.kubelet --kubeconfig "$KUBECONFIG" --state-dir "$WORK/node"
+  start kubelet "$PYTHON" -m promptopt.testing.kubelet --kubeconfig "$WORK/kube/kubelet.kubeconfig" \
+    --scheduler-kubeconfig "$WORK/kube/scheduler.kubeconfig" --state-dir "$WORK/node"
+  # The chart's RBAC, as `helm install` would create it; the operator runs as its ServiceAccount.
+  kubectl create namespace "$RELEASE_NAMESPACE"
+  "$PYTHON" -m promptopt.testing.chart --rbac --namespace "$RELEASE_NAMESPACE" \
+    --values "{\"jobNamespaces\": [\"$NAMESPACE\"]}" | kubectl apply -f -
+  cp "$KUBECONFIG" "$WORK/operator.kubeconfig"
+  kubectl --kubeconfig "$WORK/operator.kubeconfig" config set-credentials operator \
+    --token="$(kubectl create token promptopt -n "$RELEASE_NAMESPACE" --duration=2h)" >/dev/null
+  kubectl --kubeconfig "$WORK/operator.kubeconfig" config set-context --current --user=operator >/dev/null
   # Configured through the environment, as the chart's Deployment does.
-  start operator env PROMPTOPT_LIVENESS_PORT=0 PROMPTOPT_METRICS_PORT=0 PROMPTOPT_RETRY_BASE_DELAY_SECONDS=1 \
-    PROMPTOPT_WORKER_IMAGE=promptopt-worker:e2e "$(dirname "$PYTHON")/promptopt" operator
+  start operator env KUBECONFIG="$WORK/operator.kubeconfig" PROMPTOPT_LIVENESS_PORT=0 PROMPTOPT_METRICS_PORT=0 \
+    PROMPTOPT_RETRY_BASE_DELAY_SECONDS=1 PROMPTOPT_WORKER_IMAGE=promptopt-worker:e2e \
+    "$(dirname "$PYTHON")/promptopt" operator
 else
   [[ -n "${E2E_WORKER_IMAGE:-}" ]] || fail "E2E_LOCAL=0 needs E2E_WORKER_IMAGE (the simulated LLM runs from it)"
   sed "s|WORKER_IMAGE|$E2E_WORKER_IMAGE|" "$HERE/manifests/simulated-llm.yaml" | k apply -f -

@@ -26,5 +26,5 @@ def test_examples_succeed_a_job_is_cancelled_another_deleted_and_nothing_is_left
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "e2e passed" in output, output[-8000:]
     started = [int(pid) for pid in re.findall(r"started \S+ \(pid (\d+)\)", output)]
-    assert len(started) == 4  # the emulated API, the simulated LLM, the kubelet and the operator
+    assert len(started) == 4  # the API server (with etcd), the simulated LLM, the kubelet and the operator
     assert [pid for pid in started if running(pid)] == [], "the script left processes running"

@@ -17,8 +17,9 @@ import requests
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from promptopt.testing.client import ApiError
 from promptopt.testing.emulator import (
-    AGE_COLUMN, NAME_COLUMN, ApiError, EmulatedCluster, KubernetesEmulator, apply_json_patch,
+    AGE_COLUMN, NAME_COLUMN, EmulatedCluster, KubernetesEmulator, apply_json_patch,
     apply_merge_patch, build_table, crd_columns, declare_crd, human_age, jsonpath_values, load_crds,
     parse_api_path, parse_field_selector, parse_label_selector, without_patch_directives,
 )
@@ -49,6 +50,12 @@ WIDGETS_CRD = {
         }],
     },
 }
+
+
+@pytest.fixture
+def cluster(emulated_cluster):
+    """These are the emulator's own tests."""
+    return emulated_cluster
 
 
 @pytest.fixture
@@ -572,7 +579,7 @@ def test_custom_resources_can_be_admitted_against_their_schema():
     with EmulatedCluster(admission=admit) as cluster:
         with pytest.raises(ApiError) as invalid:
             cluster.create(job("empty"))
-        assert invalid.value.code == 422 and "spec: Required value" in invalid.value.status["message"]
+        assert invalid.value.code == 422 and "spec: Required value" in invalid.value.body["message"]
         example["spec"]["unknownField"] = 1
         created = cluster.create(example)
         assert "unknownField" not in created["spec"]  # pruned, as the API server does

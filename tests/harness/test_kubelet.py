@@ -270,10 +270,10 @@ def test_the_default_image_pull_policy(image, policy):
     assert image_pull_policy({"image": image, "imagePullPolicy": "Never"}) == "Never"
 
 
-# --- against the emulated API ----------------------------------------------------------------------
+# --- against the real API server ----------------------------------------------------------------------
 
 def create_pod(cluster, name: str, command: list[str], **fields) -> dict:
-    return cluster.create(pod_manifest(name, command, **fields))
+    return cluster.create(pod_manifest(name, command, namespace=cluster.namespace, **fields))
 
 
 def wait_for_pod(cluster, name: str, predicate, timeout: float = 5.0) -> dict | None:
@@ -334,7 +334,7 @@ def test_a_pod_runs_to_success_with_its_termination_message(cluster, kubelet):
     assert conditions(pod) == {"PodScheduled": "True", "Initialized": "True", "ContainersReady": "False",
                                "Ready": "False"}
     assert pod["status"]["startTime"] and pod["status"]["podIP"] == "127.0.0.1"
-    assert kubelet.logs("default", "hello") == "hi\n"
+    assert kubelet.logs(cluster.namespace, "hello") == "hi\n"
     assert {"Scheduled", "Pulled", "Created", "Started"} <= event_reasons(cluster, "hello")
 
 
@@ -344,7 +344,7 @@ def test_a_running_pod_is_ready_and_reported_running(cluster, kubelet):
     assert set(conditions(pod).values()) == {"True"}
     status = pod["status"]["containerStatuses"][0]
     assert status["ready"] and status["started"] and status["state"]["running"]["startedAt"]
-    assert kubelet.running_pods() == [("default", "busy")]
+    assert kubelet.running_pods() == [(cluster.namespace, "busy")]
 
 
 def test_a_failure_falls_back_to_the_logs_tail(cluster, kubelet):
@@ -372,10 +372,26 @@ def test_the_environment_comes_from_secrets_config_maps_and_pod_fields(cluster, 
     ], envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}])
     wait_for_pod(cluster, "env", phase_is("Succeeded"))
 
-    assert json.loads(kubelet.logs("default", "env")) == {
+    env = json.loads(kubelet.logs(cluster.namespace, "env"))
+    kubeconfig = env.pop("KUBECONFIG")
+    assert env == {
         "API_KEY": "sk-test", "CFG_MODEL": "sim-task", "POD_NAME": "env", "POD_UID": created["metadata"]["uid"],
-        "NODE": "local-kubelet", "KUBECONFIG": str(kubelet.kubeconfig), "PYTHONUNBUFFERED": "1",
+        "NODE": "local-kubelet", "PYTHONUNBUFFERED": "1",
     }
+    # The stand-in for the projected service-account volume: the Pod's own token, not the kubelet's identity.
+    (volume,) = [v["name"] for v in created["spec"]["volumes"] if "projected" in v]
+    assert kubeconfig.endswith(f"/volumes/{volume}/kubeconfig") and kubeconfig != str(kubelet.kubeconfig)
+
+
+def test_a_pod_talks_to_the_api_as_its_service_account(cluster, kubelet):
+    cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}})
+    who = "kubectl auth whoami -o jsonpath='{.status.userInfo.username}'; echo; kubectl get pods 2>&1 | tail -1"
+    create_pod(cluster, "who", ["sh", "-c", who], spec={"serviceAccountName": "reader"})
+    wait_for_pod(cluster, "who", phase_is("Succeeded"), timeout=15)
+
+    username, denied = kubelet.logs(cluster.namespace, "who").splitlines()
+    assert username == f"system:serviceaccount:{cluster.namespace}:reader"
+    assert "forbidden" in denied  # RBAC grants the ServiceAccount nothing
 
 
 def test_a_missing_secret_holds_the_container_until_it_exists(cluster, kubelet):
@@ -393,7 +409,7 @@ def test_a_missing_secret_holds_the_container_until_it_exists(cluster, kubelet):
 
 
 def test_pods_that_do_not_fit_stay_pending_until_capacity_frees_up(cluster):
-    with LocalKubelet(cluster.kubeconfig, capacity={"memory": "1Gi"}) as kubelet:
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, capacity={"memory": "1Gi"}) as kubelet:
         create_pod(cluster, "big", ["sleep", "30"], resources={"requests": {"memory": "768Mi"}})
         wait_for_pod(cluster, "big", phase_is("Running"))
         create_pod(cluster, "second", ["true"], resources={"requests": {"memory": "512Mi"}})
@@ -435,7 +451,7 @@ def test_image_pull_back_off_until_the_image_behaves(cluster, kubelet):
 
 
 def test_an_oom_killed_container(cluster):
-    with LocalKubelet(cluster.kubeconfig, image_behaviours={"example.com/hungry:1": "OOMKilled"}):
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, image_behaviours={"example.com/hungry:1": "OOMKilled"}):
         create_pod(cluster, "hungry", ["sleep", "30"], image="example.com/hungry:1")
         pod = wait_for_pod(cluster, "hungry", phase_is("Failed"))
     terminated = container_state(pod)["terminated"]
@@ -454,13 +470,13 @@ def test_the_active_deadline_fails_the_pod(cluster, kubelet):
 def test_graceful_deletion_lets_the_process_finish_within_the_grace_period(cluster, kubelet):
     script = "trap 'sleep 0.5; echo stopped cleanly; exit 0' TERM; echo started; while true; do sleep 0.1; done"
     create_pod(cluster, "graceful", ["sh", "-c", script])
-    pod = wait_for_pod(cluster, "graceful", lambda p: phase_is("Running")(p) and kubelet.logs("default", "graceful"))
+    pod = wait_for_pod(cluster, "graceful", lambda p: phase_is("Running")(p) and kubelet.logs(cluster.namespace, "graceful"))
     container_id = pod["status"]["containerStatuses"][0]["containerID"]
 
     deleting = cluster.delete("pods", "graceful", gracePeriodSeconds=10)
     assert deleting["metadata"]["deletionTimestamp"]  # scheduled and running: the kubelet finishes the deletion
     wait_for_pod(cluster, "graceful", lambda p: p is None)
-    assert kubelet.logs("default", "graceful").endswith("stopped cleanly\n")  # sh may report the killed sleep
+    assert kubelet.logs(cluster.namespace, "graceful").endswith("stopped cleanly\n")  # sh may report the killed sleep
     wait_until_no_process_left(container_id)
     assert "Killing" in event_reasons(cluster, "graceful")
 
@@ -478,7 +494,7 @@ def test_deleting_a_pod_leaves_no_process_behind(cluster, kubelet, grace_seconds
 
 
 def test_stopping_the_kubelet_kills_its_processes(cluster):
-    with LocalKubelet(cluster.kubeconfig) as kubelet:
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig) as kubelet:
         create_pod(cluster, "stubborn", ["sh", "-c", "trap '' TERM; sleep 300 & sleep 300"])
         pod = wait_for_pod(cluster, "stubborn", phase_is("Running"))
     wait_until_no_process_left(pod["status"]["containerStatuses"][0]["containerID"])
@@ -494,18 +510,21 @@ def test_empty_dirs_working_dir_and_termination_path_are_translated(cluster, kub
                workingDir="/data/run", terminationMessagePath="/var/run/result")
     pod = wait_for_pod(cluster, "paths", lambda p: p["status"].get("phase") in ("Succeeded", "Failed"))
     terminated = container_state(pod)["terminated"]
-    assert terminated["exitCode"] == 0, kubelet.logs("default", "paths")
+    assert terminated["exitCode"] == 0, kubelet.logs(cluster.namespace, "paths")
     assert Path(terminated["message"].strip()).parts[-3:] == ("volumes", "data", "run")
-    assert kubelet.logs("default", "paths").split() == ["run", "where"]
+    assert kubelet.logs(cluster.namespace, "paths").split() == ["run", "where"]
 
 
 def test_a_kubelet_for_one_namespace_leaves_the_others_alone(cluster):
-    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
-    with LocalKubelet(cluster.kubeconfig, namespace="team-a"):
-        cluster.create(pod_manifest("mine", ["true"], namespace="team-a"))
+    team = f"{cluster.namespace}-a"
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team}})
+    cluster.wait_for("serviceaccounts", "default", lambda account: account is not None, namespace=team, timeout=30)
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, namespace=team):
+        cluster.create(pod_manifest("mine", ["true"], namespace=team))
         create_pod(cluster, "not-mine", ["true"])
-        cluster.wait_for("pods", "mine", phase_is("Succeeded"), namespace="team-a")
-        assert cluster.get("pods", "not-mine")["status"] == {"phase": "Pending"}
+        cluster.wait_for("pods", "mine", phase_is("Succeeded"), namespace=team)
+        not_mine = cluster.get("pods", "not-mine")
+        assert not_mine["status"]["phase"] == "Pending" and "nodeName" not in not_mine["spec"]
 
 
 def test_a_command_that_cannot_start_is_a_start_error(cluster, kubelet):
@@ -518,8 +537,9 @@ def test_a_command_that_cannot_start_is_a_start_error(cluster, kubelet):
 
 def test_the_command_line_runs_until_sigterm(cluster, tmp_path):
     kubelet_process = subprocess.Popen(
-        [sys.executable, "-m", "promptopt.testing.kubelet", "--kubeconfig", str(cluster.kubeconfig),
-         "--namespace", "default", "--state-dir", str(tmp_path)],
+        [sys.executable, "-m", "promptopt.testing.kubelet", "--kubeconfig", str(cluster.kubelet_kubeconfig),
+         "--scheduler-kubeconfig", str(cluster.scheduler_kubeconfig),
+         "--namespace", cluster.namespace, "--state-dir", str(tmp_path)],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -529,25 +549,26 @@ def test_the_command_line_runs_until_sigterm(cluster, tmp_path):
         kubelet_process.send_signal(signal.SIGTERM)
         _, stderr = kubelet_process.communicate(timeout=10)
     assert kubelet_process.returncode == 0, stderr
-    assert [log.read_text() for log in tmp_path.glob("default/from-cli/*/container.log")] == ["via cli\n"]
+    assert [log.read_text() for log in tmp_path.glob(f"{cluster.namespace}/from-cli/*/container.log")] == ["via cli\n"]
 
 
 def test_a_command_override_runs_instead_of_the_containers_command(cluster):
     overrides = {"bench/instant:1": ["sh", "-c", "echo overridden $GREETING"]}
-    with LocalKubelet(cluster.kubeconfig, command_overrides=overrides) as local_kubelet:
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, command_overrides=overrides) as local_kubelet:
         create_pod(cluster, "swapped", ["promptopt", "worker"], image="bench/instant:1", args=["--ignored"],
                    env=[{"name": "GREETING", "value": "hello"}])
         create_pod(cluster, "as-written", ["sh", "-c", "echo own command"])
         pod = wait_for_pod(cluster, "swapped", phase_is("Succeeded"))
         wait_for_pod(cluster, "as-written", phase_is("Succeeded"))
-        assert local_kubelet.logs("default", "swapped") == "overridden hello\n"
-        assert local_kubelet.logs("default", "as-written") == "own command\n"
+        assert local_kubelet.logs(cluster.namespace, "swapped") == "overridden hello\n"
+        assert local_kubelet.logs(cluster.namespace, "as-written") == "own command\n"
     assert pod["spec"]["containers"][0]["command"] == ["promptopt", "worker"]  # the Pod itself is unchanged
 
 
 def test_the_command_line_takes_command_overrides(cluster, tmp_path):
     kubelet_process = subprocess.Popen(
-        [sys.executable, "-m", "promptopt.testing.kubelet", "--kubeconfig", str(cluster.kubeconfig),
+        [sys.executable, "-m", "promptopt.testing.kubelet", "--kubeconfig", str(cluster.kubelet_kubeconfig),
+         "--scheduler-kubeconfig", str(cluster.scheduler_kubeconfig),
          "--state-dir", str(tmp_path), "--command-override", "bench/instant:1=sh -c 'echo from override'"],
         stderr=subprocess.PIPE, text=True,
     )
@@ -558,4 +579,4 @@ def test_the_command_line_takes_command_overrides(cluster, tmp_path):
         kubelet_process.send_signal(signal.SIGTERM)
         _, stderr = kubelet_process.communicate(timeout=10)
     assert kubelet_process.returncode == 0, stderr
-    assert [log.read_text() for log in tmp_path.glob("default/cli-swapped/*/container.log")] == ["from override\n"]
+    assert [log.read_text() for log in tmp_path.glob(f"{cluster.namespace}/cli-swapped/*/container.log")] == ["from override\n"]

@@ -1,4 +1,4 @@
-"""The whole job lifecycle: the real operator and worker, the emulated API, the local kubelet, the simulated LLM.
+"""The whole job lifecycle: the real operator and worker, a real API server, the local kubelet, the simulated LLM.
 
 Every test drives the system only through the API (or kubectl) and watches the job's status, like a user.
 """
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from promptopt.testing.emulator import ApiError
+from promptopt.testing.client import ApiError
 from promptopt.testing.operator_process import OperatorProcess
 from promptopt.testing.simulated_llm import sentiment_dataset
 
@@ -17,13 +17,22 @@ pytestmark = pytest.mark.slow
 FAST_RETRY = ("--retry-base-delay", "0.3")
 
 
+@pytest.fixture(autouse=True)
+def restricted_namespace(cluster):
+    """Jobs run where Pod Security admission enforces "restricted", so every worker Pod is checked by it."""
+    cluster.patch("namespaces", cluster.namespace, {"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}})
+
+
 @pytest.fixture
-def start_operator(cluster, tmp_path):
-    """start_operator(*flags) runs `promptopt operator` against the cluster; every one is stopped at the end."""
+def start_operator(cluster, install_rbac, tmp_path):
+    """start_operator(*flags, rbac={chart values}) runs `promptopt operator` as the chart's operator
+    ServiceAccount, with only the permissions the chart renders; every one is stopped at the end."""
     started = []
 
-    def start(*flags):
-        operator = OperatorProcess(cluster.kubeconfig, *FAST_RETRY, *flags,
+    def start(*flags, rbac=None):
+        kubeconfig = install_rbac(**(rbac or {}))
+        operator = OperatorProcess(kubeconfig, *FAST_RETRY, *flags,
                                    log_path=tmp_path / f"operator-{len(started)}.log").start()
         started.append(operator)
         return operator
@@ -196,24 +205,28 @@ def test_pod_trouble_is_visible_within_seconds(cluster, kubelet, llm, credential
 
 def test_queue_runs_two_at_a_time_in_creation_order(cluster, kubelet, llm, credentials, start_operator):
     llm.set_latency(0.03)
-    start_operator("--max-running-jobs", "2")
-    names = [f"job-{i}" for i in range(5)]
+    # Created in the reverse of name order, a second apart (creationTimestamp has one-second resolution), all
+    # before the operator starts, so that every start is the queue's choice: one that went by name would start
+    # them backwards.
+    names = [f"job-{i}" for i in reversed(range(5))]
     for name in names:
         cluster.create(gepa_job(name, llm, max_metric_calls=16, records=6))
-        time.sleep(0.02)  # distinct creation order
-    most_running = 0
+        time.sleep(1.05)
+    start_operator("--max-running-jobs", "2")
+    started_order, most_running = [], 0
     while True:
-        statuses = [status_of(cluster, n) for n in names]
-        phases = [s.get("phase") for s in statuses]
-        if all(p == "Succeeded" for p in phases):
+        # One list is one consistent snapshot; a read per job could see a finished job and its successor both run.
+        statuses = {job["metadata"]["name"]: job.get("status") or {} for job in cluster.list("poj")}
+        phases = {name: status.get("phase") for name, status in statuses.items()}
+        started_order += [n for n in names if phases[n] not in (None, "Queued") and n not in started_order]
+        if all(p == "Succeeded" for p in phases.values()):
             break
-        assert "Failed" not in phases, statuses
-        most_running = max(most_running, sum(p in ("Pending", "Running") for p in phases))
-        assert all(s.get("queuePosition") for s in statuses if s.get("phase") == "Queued"), statuses
+        assert "Failed" not in phases.values(), statuses
+        most_running = max(most_running, sum(p in ("Pending", "Running") for p in phases.values()))
+        assert all(s.get("queuePosition") for s in statuses.values() if s.get("phase") == "Queued"), statuses
         time.sleep(0.05)
     assert most_running <= 2
-    starts = [status_of(cluster, n)["startTime"] for n in names]
-    assert starts == sorted(starts)  # first come, first started
+    assert started_order == names  # first come, first started
 
 
 def test_operator_restarted_mid_job_adopts_it_without_duplicates(cluster, kubelet, llm, credentials, start_operator):
@@ -259,11 +272,14 @@ def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, start_
 
 
 def test_an_operator_for_one_namespace_leaves_the_others_alone(cluster, kubelet, llm, credentials, start_operator):
-    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "elsewhere"}})
-    start_operator("--namespace", "default")
+    elsewhere = f"{cluster.namespace}-elsewhere"
+    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": elsewhere}})
+    start_operator("--namespace", cluster.namespace, rbac={"watchNamespaces": [cluster.namespace]})
     outside = gepa_job("outside", llm, max_metric_calls=8, records=4)
-    outside["metadata"]["namespace"] = "elsewhere"
+    outside["metadata"]["namespace"] = elsewhere
     cluster.create(outside)
     cluster.create(gepa_job("inside", llm, max_metric_calls=8, records=4))
     wait_for_phase(cluster, "inside", "Succeeded")
-    assert not cluster.get("poj", "outside", namespace="elsewhere").get("status")
+    assert not cluster.get("poj", "outside", namespace=elsewhere).get("status")
+    cluster.patch("poj", "outside", {"metadata": {"finalizers": None}}, namespace=elsewhere)
+    cluster.delete("poj", "outside", namespace=elsewhere)

@@ -1,13 +1,6 @@
-"""Fixtures for the shipping tests: the Helm chart rendered by the real Helm engine (helm-python-sdk)."""
-from pathlib import Path
-
+"""Fixtures for the shipping tests: the value sets the chart (rendered by tests/conftest.py's `render`) is
+checked with."""
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "deploy" / "helm" / "promptopt"
-RELEASE = "promptopt"
-RELEASE_NAMESPACE = "promptopt-system"
 
 # The value sets every chart test runs with: the defaults, and the non-default paths through the templates.
 VALUE_SETS = {
@@ -50,27 +43,6 @@ VALUE_SETS = {
         "metrics": {"enabled": False},
     },
 }
-
-
-@pytest.fixture(scope="session")
-def chart():
-    from helm_python.chart import Chart
-
-    with Chart.load(CHART) as loaded:
-        yield loaded
-
-
-@pytest.fixture(scope="session")
-def render(chart):
-    """``render(values, namespace=RELEASE_NAMESPACE)``: every object the chart renders, parsed (CRDs excluded:
-    Helm installs crds/ as they are)."""
-
-    def render_chart(values: dict, namespace: str = RELEASE_NAMESPACE) -> list[dict]:
-        rendered = chart.render(values, name=RELEASE, namespace=namespace)
-        return [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
-                for doc in yaml.safe_load_all(text) if doc]
-
-    return render_chart
 
 
 @pytest.fixture(scope="session", params=sorted(VALUE_SETS))

@@ -18,7 +18,8 @@ import kubernetes
 import pytest
 
 from promptopt.api.v1alpha1 import API_VERSION, KIND
-from promptopt.testing.emulator import NAMESPACES_ALIAS, ApiError, EmulatedCluster, KubernetesEmulator, parse_api_path
+from promptopt.testing.client import ApiError
+from promptopt.testing.emulator import NAMESPACES_ALIAS, EmulatedCluster, KubernetesEmulator, parse_api_path
 from promptopt.testing.operator_process import OperatorProcess
 from promptopt_operator import kube
 from promptopt_operator.settings import OperatorSettings

