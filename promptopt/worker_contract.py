@@ -23,8 +23,11 @@ EXIT_SUCCEEDED = 0  # a usable result (completed, or stopped early with the best
 EXIT_FAILED = 1  # may succeed on another attempt
 EXIT_INVALID_INPUT = 2  # no attempt can fix it: the spec, prompts or dataset must change
 
-# Outcomes that no new worker Pod can fix: the operator fails the job instead of retrying.
-PERMANENT_FAILURES: tuple[WorkerOutcome, ...] = ("InvalidInput", "LLMError")
+# Outcomes that no new worker Pod can fix: the operator fails the job instead of retrying. TooManyFailedExamples
+# is one: each record's judge answer was already asked for again (exampleFailurePolicy.judgeRetries), so another
+# Pod would make the same calls, spend the same money and fail the same way; the fix is a change to the job (a
+# judge model that keeps the verdict format, or a higher maxFailedFraction).
+PERMANENT_FAILURES: tuple[WorkerOutcome, ...] = ("InvalidInput", "LLMError", "TooManyFailedExamples")
 assert set(PERMANENT_FAILURES) <= set(get_args(WorkerOutcome))
 
 # The status fields the worker writes; the operator writes every other one.

@@ -375,6 +375,30 @@ class CredentialsSpec(ApiModel):
     )
 
 
+# How often a judge whose answer is no usable verdict is asked again before its example counts as failed.
+DEFAULT_JUDGE_RETRIES = 2
+
+
+class ExampleFailurePolicy(ApiModel):
+    """What a record that cannot be scored does to the run: an LLM judge's answer that holds no usable verdict
+    is asked for again, then the record counts as failed for that candidate. A failed record enters the
+    optimizer's numbers as 0 and gives its reason to the reflection model as feedback, but enters no reported
+    mean (initialScores and finalScores leave it out and count it in failedExamples)."""
+
+    judge_retries: int = Field(
+        DEFAULT_JUDGE_RETRIES, ge=0, le=5,
+        description="How many more times a judge is asked when its answer is no usable verdict (each a fresh call "
+        "that shows the judge its answer and the format); then the record counts as failed.",
+    )
+    max_failed_fraction: float = Field(
+        0.1, ge=0, le=1,
+        description="The run stops (workerResult.reason TooManyFailedExamples, the job fails) once more "
+        "evaluations have failed than this fraction of the run's budget: optimizer.gepa.maxMetricCalls for GEPA, "
+        "the evaluations of its one pass for MetaPrompt (progress.maxMetricCalls). 0 stops at the first failed "
+        "record, 1 never stops.",
+    )
+
+
 class BudgetSpec(ApiModel):
     """Cost control."""
 
@@ -516,6 +540,9 @@ class PromptOptimizationJobSpec(ApiModel):
     scorers: list[ScorerSpec] | None = Field(None, max_length=20, description="How outputs are scored.")
     credentials: CredentialsSpec | None = Field(None, description="LLM API keys for the worker.")
     budget: BudgetSpec | None = Field(None, description="Cost limit of the job's LLM calls.")
+    example_failure_policy: ExampleFailurePolicy | None = Field(
+        None, description="What records that cannot be scored (unusable judge answers) do to the run."
+    )
     cancel: bool = Field(
         False, description="Set to true to stop the job: its Pod is stopped, the best result so far is kept, "
         "and the job ends Cancelled."
@@ -538,6 +565,10 @@ class PromptOptimizationJobSpec(ApiModel):
         _require_unique("prompts", "prompt names", [p.name for p in self.prompts])
         _require_unique("scorers", "scorer keys (label, or name when no label)", [s.key for s in self.scorers or []])
         return self
+
+    @property
+    def failure_policy(self) -> ExampleFailurePolicy:
+        return self.example_failure_policy or ExampleFailurePolicy()
 
     def run_hash(self) -> str:
         """A fingerprint of what the worker runs: every field but those that may change while it runs."""
@@ -569,8 +600,14 @@ class Condition(StatusObject):
 class Scores(StatusObject):
     """Scores of one prompt candidate on the validation records (MLflow's eval scores)."""
 
-    aggregate: float | None = Field(None, description="The weighted mean of the scorers' means.")
+    aggregate: float | None = Field(
+        None, description="The weighted mean of the scorers' means (none when no record could be scored)."
+    )
     scorers: dict[str, float] | None = Field(None, description="Mean score per scorer key.")
+    failed_examples: int | None = Field(
+        None, description="Validation records that could not be scored for these prompts (see "
+        "spec.exampleFailurePolicy); the means leave them out.",
+    )
 
 
 class Progress(StatusObject):
@@ -589,7 +626,14 @@ class Progress(StatusObject):
     rejected_candidates: int | None = Field(
         None, description="Proposals rejected because they lost or invented a template variable."
     )
-    best_score: float | None = Field(None, description="The best aggregate validation score so far.")
+    best_score: float | None = Field(
+        None, description="The best aggregate validation score so far, as the optimizer ranks candidates (GEPA "
+        "counts a failed record as 0 here)."
+    )
+    failed_examples: int | None = Field(
+        None, description="Evaluations (metric calls) whose record could not be scored, e.g. a judge answer that "
+        "stayed unusable after spec.exampleFailurePolicy.judgeRetries; past its maxFailedFraction the run stops.",
+    )
 
 
 class Cost(StatusObject):
@@ -618,7 +662,8 @@ class OptimizedPrompt(StatusObject):
 
 
 WorkerOutcome = Literal[
-    "Completed", "BudgetExhausted", "DeadlineReached", "Cancelled", "InvalidInput", "LLMError", "Error"
+    "Completed", "BudgetExhausted", "DeadlineReached", "Cancelled", "InvalidInput", "LLMError",
+    "TooManyFailedExamples", "Error",
 ]
 
 
@@ -628,7 +673,8 @@ class WorkerResult(StatusObject):
     reason: WorkerOutcome = Field(
         description="Completed (budget of metric calls spent or optimizer done), BudgetExhausted (maxCostUSD "
         "reached), DeadlineReached, Cancelled, InvalidInput (prompts or dataset unusable), LLMError (a "
-        "permanent LLM error such as a bad key or unknown model) or Error."
+        "permanent LLM error such as a bad key or unknown model), TooManyFailedExamples (more records could not "
+        "be scored than spec.exampleFailurePolicy.maxFailedFraction allows) or Error."
     )
     message: str = Field(description="A human-readable explanation.")
     succeeded: bool = Field(description="Whether the run produced a usable result (best prompts and scores).")

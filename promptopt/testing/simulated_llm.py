@@ -26,8 +26,9 @@ HTTP API (non-streaming OpenAI chat completions)
 Errors use OpenAI's body ``{"error": {"message", "type", "code"}}``: a wrong or missing bearer token
 when ``api_key`` is set -> 401 ``invalid_api_key`` (the received key is never echoed), an unknown
 model -> 404 ``model_not_found``, a request breaking a contract below -> 400. Faults can be injected
-(:meth:`SimulatedLLM.inject`, :meth:`SimulatedLLM.inject_timeout`), latency configured globally or
-per model, and every request is counted and logged (:attr:`SimulatedLLM.calls`, ``requests``, ...).
+(:meth:`SimulatedLLM.inject`, :meth:`SimulatedLLM.inject_timeout`), a share of judge answers made
+unparseable (:meth:`SimulatedLLM.garble_judge_answers`), latency configured globally or per model, and
+every request is counted and logged (:attr:`SimulatedLLM.calls`, ``requests``, ...).
 
 Models (exact names; the ``model`` field selects the behaviour)
 ---------------------------------------------------------------
@@ -123,6 +124,11 @@ and/or ``<guidelines>...</guidelines>`` (Guidelines). Answer: a bare JSON object
   pass. A "no" rationale quotes the failing guideline.
 * Both sections present -> "yes" iff both pass. Neither (e.g. a Safety-style prompt) -> "yes"
   ("no criterion recognized"). No ``<response>`` tag -> 400.
+* After :meth:`SimulatedLLM.garble_judge_answers` (fraction), that share of judge requests gets
+  GARBLED_JUDGE_ANSWER instead, prose with no JSON in it. Which requests is decided by a hash of their
+  messages: the same request always gets the same answer, and a judge asked again (a longer
+  conversation) draws anew. The tags are read from the first user message, so a re-asked judge that
+  draws a usable answer gives the same verdict.
 """
 
 from __future__ import annotations
@@ -130,6 +136,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import hashlib
 import json
 import random
 import re
@@ -207,6 +214,7 @@ GEPA_REFLECTION_MARKERS = (
     "Your task is to write a new instruction",
 )
 MADE_UP_LINE = "Context: {{made_up}}"
+GARBLED_JUDGE_ANSWER = "Honestly, the response seems reasonable to me, more or less."
 
 _SINGLE_WORD_RE = re.compile(r"\b(?:single|one)[\s-]word\b|\bonly the label\b", re.I)
 _LOWERCASE_RE = re.compile(r"\blower[\s-]?case\b", re.I)
@@ -680,6 +688,12 @@ def respond(model: str, messages: list[dict[str, Any]]) -> str:
     return _respond(model, messages)[1]
 
 
+def _draw(messages: list[dict[str, Any]]) -> float:
+    """A number in [0, 1) fixed by the messages: the same request draws the same, another one anew."""
+    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 # --------------------------------------------------------------------------------------------
 # Sample data
 # --------------------------------------------------------------------------------------------
@@ -852,6 +866,8 @@ class SimulatedLLM:
         self._latency = self._initial_latency
         self._model_latency: dict[str, float] = {}
         self._faults: list[dict[str, Any]] = []
+        self._garbled_fraction = 0.0
+        self._garbled = 0
         self._seq = 0
         self._calls = {k: 0 for k in KINDS}
         self._calls_by_model: dict[str, int] = {}
@@ -932,6 +948,20 @@ class SimulatedLLM:
         """The next ``times`` chat requests (to ``model`` if given) hang ``seconds`` before answering normally."""
         with self._lock:
             self._faults.append({"kind": "timeout", "seconds": float(seconds), "times": int(times), "model": model})
+
+    def garble_judge_answers(self, fraction: float) -> None:
+        """From now on, about ``fraction`` of judge requests get GARBLED_JUDGE_ANSWER (no JSON verdict) instead of
+        the judge's answer; which ones is a pure function of each request's messages. 0 turns it off."""
+        if not 0 <= fraction <= 1:
+            raise ValueError("fraction must be between 0 and 1")
+        with self._lock:
+            self._garbled_fraction = float(fraction)
+
+    @property
+    def garbled_answers(self) -> int:
+        """Judge answers garbled so far."""
+        with self._lock:
+            return self._garbled
 
     @property
     def pending_faults(self) -> int:
@@ -1098,6 +1128,11 @@ class SimulatedLLM:
             msg = f"simulated LLM internal error: {exc!r}"
             return fail(SimulatedLLMError(500, msg, "server_error", "sim_internal_error"))
 
+        with self._lock:
+            garble = kind == "judge" and _draw(rec["messages"]) < self._garbled_fraction
+            self._garbled += garble
+        if garble:
+            content, rec["fault"] = GARBLED_JUDGE_ANSWER, "garbled"
         finish_reason = "stop"
         limit = req.get("max_completion_tokens") or req.get("max_tokens")
         if isinstance(limit, int) and limit > 0 and estimate_tokens(content) > limit:

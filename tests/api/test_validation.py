@@ -83,6 +83,10 @@ INVALID = [
     ("negative backoff", edited(_set(["backoffLimit"], -1)), "spec.backoffLimit"),
     ("zero deadline", edited(_set(["activeDeadlineSeconds"], 0)), "spec.activeDeadlineSeconds"),
     ("zero budget usd", edited(_set(["budget"], {"maxCostUSD": 0})), "spec.budget.maxCostUSD"),
+    ("failed fraction above one", edited(_set(["exampleFailurePolicy"], {"maxFailedFraction": 1.5})),
+     "spec.exampleFailurePolicy.maxFailedFraction"),
+    ("too many judge retries", edited(_set(["exampleFailurePolicy"], {"judgeRetries": 6})),
+     "spec.exampleFailurePolicy.judgeRetries"),
     ("bad secret name", edited(_set(["credentials"], {"secretRef": {"name": "Not_A_Name"}})),
      "spec.credentials.secretRef.name"),
     ("bad quantity", edited(_set(["worker"], {"resources": {"limits": {"memory": "lots"}}})),
@@ -109,6 +113,7 @@ VALID = [
     ("every run control", edited(lambda s: s.update({
         "cancel": False, "backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 0,
         "budget": {"maxCostUSD": 1.5}, "credentials": {"secretRef": {"name": "llm-keys"}},
+        "exampleFailurePolicy": {"maxFailedFraction": 0, "judgeRetries": 0},
         "worker": {"image": "ghcr.io/x/worker:1", "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
                    "nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "k", "operator": "Exists"}],
                    "serviceAccountName": "w", "env": [{"name": "A", "value": "1"}]},

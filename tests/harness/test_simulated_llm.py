@@ -346,6 +346,30 @@ def test_judge_correctness_and_guidelines(llm):
     assert llm.calls["judge"] == 12
 
 
+def test_a_share_of_judge_answers_can_be_garbled_by_a_pure_function_of_the_request(llm):
+    llm.garble_judge_answers(0.5)
+    requests = [[{"role": "user", "content": f"<response>positive {i}</response>"}] for i in range(40)]
+
+    first = [content(llm, JUDGE_MODEL, messages) for messages in requests]
+    again = [content(llm, JUDGE_MODEL, messages) for messages in requests]
+
+    assert first == again  # the same request, the same answer
+    garbled = [answer == sim.GARBLED_JUDGE_ANSWER for answer in first]
+    assert 10 < sum(garbled) < 30 and llm.garbled_answers == 2 * sum(garbled)
+    assert "{" not in sim.GARBLED_JUDGE_ANSWER
+    assert all(json.loads(answer)["result"] == "yes" for answer, bad in zip(first, garbled) if not bad)
+    assert [r["fault"] for r in llm.requests[:40]] == ["garbled" if bad else None for bad in garbled]
+    # Asked again (a longer conversation), a garbled request draws anew.
+    retried = [content(llm, JUDGE_MODEL, [*messages, {"role": "assistant", "content": sim.GARBLED_JUDGE_ANSWER},
+                                          {"role": "user", "content": "Answer with the JSON object."}])
+               for messages, bad in zip(requests, garbled) if bad]
+    assert sim.GARBLED_JUDGE_ANSWER in retried and any(answer.startswith("{") for answer in retried)
+    assert content(llm, TASK_MODEL, [{"role": "user", "content": "I love it"}]) != sim.GARBLED_JUDGE_ANSWER
+
+    llm.garble_judge_answers(0)
+    assert all(content(llm, JUDGE_MODEL, messages).startswith("{") for messages in requests)
+
+
 # ---- faults, auth, latency -------------------------------------------------------------------
 
 

@@ -1,14 +1,20 @@
-"""The task evaluator: scores and aggregates, the job-long cache, bounded concurrency, errors that propagate."""
+"""The task evaluator: scores and aggregates, the job-long cache, bounded concurrency, errors that propagate,
+examples that fail alone."""
 import threading
 
 import pytest
 
 from promptopt.api.v1alpha1 import Pricing, ScorerSpec, TaskSpec
-from promptopt.testing.simulated_llm import OPTIMAL_INSTRUCTION, SEED_INSTRUCTION, sentiment_dataset
+from promptopt.testing.simulated_llm import (
+    GARBLED_JUDGE_ANSWER,
+    OPTIMAL_INSTRUCTION,
+    SEED_INSTRUCTION,
+    sentiment_dataset,
+)
 from promptopt_worker.evaluation import TaskEvaluator
 from promptopt_worker.llm import BudgetExceeded, LLMClient, PermanentLLMError
-from promptopt_worker.problem import Example, PromptTemplate, StopRequested
-from promptopt_worker.scorers import ScorerError, build_scorers
+from promptopt_worker.problem import Example, PromptTemplate, ScoreSummary, StopRequested
+from promptopt_worker.scorers import ANSWER_AGAIN, build_scorers
 
 PROMPTS = [PromptTemplate(name="classify", role="user", text=SEED_INSTRUCTION)]
 SEED = {"classify": SEED_INSTRUCTION}
@@ -143,10 +149,42 @@ def test_a_failed_example_is_neither_scored_nor_cached(llm, task):
     assert (evaluate.examples_run, evaluate.cache_hits) == (1, 0)
 
 
-def test_an_unusable_judge_answer_propagates(llm, task):
-    not_a_judge = ScorerSpec(name="Correctness", model="openai/sim-task")
-    with evaluator(task, [EXACT, not_a_judge]) as evaluate, pytest.raises(ScorerError, match="'Correctness'"):
-        evaluate.evaluate(SEED, examples(2))
+def test_an_unusable_judge_answer_fails_its_example_not_the_evaluation(llm, task):
+    not_a_judge = ScorerSpec(name="Correctness", model="openai/sim-task")  # it answers prose, never a verdict
+    data = examples(2)
+    with evaluator(task, [EXACT, not_a_judge]) as evaluate:
+        results = evaluate.evaluate(SEED, data)
+        summary = evaluate.summarize(results)
+        requests = llm.request_count
+        assert evaluate.evaluate(SEED, data) == results and llm.request_count == requests  # cached like any result
+
+    for result in results:
+        assert result.failure.startswith("the judge of scorer 'Correctness' did not answer with a JSON verdict")
+        assert result.failure.endswith("(asked 3 times)")
+        assert result.scores == {"ExactMatch": 0.0} and result.aggregate == 0.0  # the metric's verdict is kept
+        assert result.feedback().startswith("Not scored: the judge of scorer 'Correctness'")
+    assert llm.calls_by_model["sim-task"] == 2 + 2 * 3  # per example: the task, then the judge asked 1 + 2 times
+    assert summary == ScoreSummary(aggregate=None, scorers={}, failed_examples=2)
+
+
+def test_a_judge_asked_again_scores_the_example_and_the_means_leave_failed_ones_out(llm, task):
+    llm.garble_judge_answers(0.6)
+    data = examples(12)
+    with evaluator(task, [EXACT, CORRECT]) as evaluate:
+        results = evaluate.evaluate(OPTIMAL, data)  # every output is right: a scored example scores 1
+        summary = evaluate.summarize(results)
+
+    scored = [r for r in results if r.failure is None]
+    failed = [r for r in results if r.failure is not None]
+    assert scored and failed  # some judges answered when asked again, some never did
+    assert all(r.scores == {"ExactMatch": 1.0, "Correctness": 1.0} for r in scored)
+    assert all(r.scores == {"ExactMatch": 1.0} and r.aggregate == 0 for r in failed)
+    assert summary == ScoreSummary(aggregate=1.0, scorers={"ExactMatch": 1.0, "Correctness": 1.0},
+                                   failed_examples=len(failed))
+    # Each garbled answer was followed by one more ask, but the last of a failed example.
+    assert llm.calls["judge"] == llm.garbled_answers + len(scored) > len(data)
+    again = [r["messages"] for r in llm.requests if r["kind"] == "judge" and len(r["messages"]) == 4]
+    assert again and all(m[2]["content"] == GARBLED_JUDGE_ANSWER and m[3]["content"] == ANSWER_AGAIN for m in again)
 
 
 def test_the_budget_ends_the_evaluation(llm, task):

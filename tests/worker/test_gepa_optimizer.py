@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from promptopt.api.v1alpha1 import GepaSettings, OptimizerSpec, ScorerSpec, TaskSpec
+from promptopt.api.v1alpha1 import ExampleFailurePolicy, GepaSettings, OptimizerSpec, ScorerSpec, TaskSpec
 from promptopt.testing.simulated_llm import (
     REFLECT_DROPS_VARIABLE_MODEL,
     REFLECT_MODEL,
@@ -37,6 +37,7 @@ from promptopt_worker.problem import (
 from promptopt_worker.scorers import build_scorers
 
 SEED = "Classify the sentiment of the review.\n\n{{text}}"
+UNSCORABLE = "the judge of scorer 'exact' did not answer with a JSON verdict; it answered 'hmm' (asked 3 times)"
 LOWERCASE = "Answer in lowercase."
 ONE_WORD = "Answer with one word."
 RULES = (LOWERCASE, ONE_WORD)  # the fake reflector adds them in this order, one per reflection
@@ -55,8 +56,10 @@ class FakeEvaluator:
     `exact` (output == expected). So the seed scores 0, and the rules, added in RULES order, 0.5 each.
     Results are cached per (candidate, example); `runs` counts the uncached ones (the LLM calls)."""
 
-    def __init__(self, fail: Callable[[Candidate, Example], Exception | None] = lambda candidate, example: None):
+    def __init__(self, fail: Callable[[Candidate, Example], Exception | None] = lambda candidate, example: None,
+                 unscorable: Callable[[Candidate, Example], bool] = lambda candidate, example: False):
         self.fail = fail
+        self.unscorable = unscorable  # the `exact` judge gives no verdict: the example fails alone
         self.cache: dict[tuple, ScoredOutput] = {}
         self.candidates: list[Candidate] = []
 
@@ -72,14 +75,18 @@ class FakeEvaluator:
             if key not in self.cache:
                 if error := self.fail(candidate, example):
                     raise error
-                self.cache[key] = self._run(candidate, example)
+                result = self._run(candidate, example)
+                if self.unscorable(candidate, example):
+                    result = dataclasses.replace(result, scores={"lowercase": result.scores["lowercase"]},
+                                                 aggregate=0.0, failure=UNSCORABLE)
+                self.cache[key] = result
             results.append(self.cache[key])
         return results
 
     def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary:
-        keys = results[0].scores.keys()
-        means = {key: sum(r.scores[key] for r in results) / len(results) for key in keys}
-        return ScoreSummary(sum(means.values()) / len(means), means)
+        scored = [r for r in results if r.failure is None]
+        means = {key: sum(r.scores[key] for r in scored) / len(scored) for key in ("lowercase", "exact")}
+        return ScoreSummary(sum(means.values()) / len(means), means, failed_examples=len(results) - len(scored))
 
     @staticmethod
     def _run(candidate: Candidate, example: Example) -> ScoredOutput:
@@ -159,8 +166,12 @@ def run(problem: Problem, reporter=None, stop=None, **kwargs) -> tuple[Result, P
 # --- the adapter ---------------------------------------------------------------------------------
 
 
+def adapter_for(evaluator, progress=None, **problem_fields):
+    return EvaluatorAdapter(gepa_problem(evaluator, **problem_fields), progress or Progress(), StopRequested())
+
+
 def test_adapter_evaluates_into_gepa_shapes():
-    adapter = EvaluatorAdapter(FakeEvaluator(), Progress())
+    adapter = adapter_for(FakeEvaluator())
     candidate = {"classify": f"{LOWERCASE}\n{SEED}"}
 
     batch = adapter.evaluate(examples(range(2)), candidate)
@@ -175,7 +186,7 @@ def test_adapter_evaluates_into_gepa_shapes():
 
 
 def test_reflective_dataset_shows_inputs_output_expected_and_per_scorer_feedback():
-    adapter = EvaluatorAdapter(FakeEvaluator(), Progress())
+    adapter = adapter_for(FakeEvaluator())
     candidate = {"system": "Be brief.", "classify": SEED}
     unlabeled = Example(7, {"text": "no label"}, {})
     batch = adapter.evaluate([*examples(range(1)), unlabeled], candidate, capture_traces=True)
@@ -193,12 +204,27 @@ def test_reflective_dataset_shows_inputs_output_expected_and_per_scorer_feedback
     assert "Expected Response" not in without_expected
 
 
-def test_adapter_state_carries_the_rejection_count_across_a_restart():
-    progress = Progress(rejected_candidates=3)
-    saved = EvaluatorAdapter(FakeEvaluator(), progress).get_adapter_state()
+def test_an_example_that_cannot_be_scored_enters_gepa_as_zero_with_its_reason_as_feedback():
+    progress = Progress(max_metric_calls=40)
+    adapter = adapter_for(FakeEvaluator(unscorable=lambda candidate, example: example.index == 1), progress)
+    candidate = {"classify": f"{LOWERCASE}\n{SEED}"}
+
+    batch = adapter.evaluate(examples(range(2)), candidate, capture_traces=True)  # no exception for one example
+
+    assert batch.scores == [0.5, 0.0] and batch.objective_scores == [{"lowercase": 1.0, "exact": 0.0},
+                                                                      {"lowercase": 1.0}]
+    assert progress.failed_examples == 1
+    _, failed = adapter.make_reflective_dataset(candidate, batch, ["classify"])["classify"]
+    assert failed["Feedback"] == f"Not scored: {UNSCORABLE}\nlowercase: 1.00"
+    assert failed["Generated Outputs"] == "the sentiment is positive."
+
+
+def test_adapter_state_carries_the_rejection_and_failure_counts_across_a_restart():
+    progress = Progress(rejected_candidates=3, failed_examples=2)
+    saved = adapter_for(FakeEvaluator(), progress).get_adapter_state()
     restarted = Progress()
-    EvaluatorAdapter(FakeEvaluator(), restarted).set_adapter_state(saved)
-    assert restarted.rejected_candidates == 3
+    adapter_for(FakeEvaluator(), restarted).set_adapter_state(saved)
+    assert (restarted.rejected_candidates, restarted.failed_examples) == (3, 2)
 
 
 # --- whole runs with fakes ------------------------------------------------------------------------
@@ -311,6 +337,37 @@ def test_optimize_reports_the_stop_reason_when_the_budget_runs_out_mid_evaluatio
     assert result.best_candidate == {"classify": f"{LOWERCASE}\n{SEED}"}
     assert result.final_scores.aggregate == 0.5 and result.initial_scores.aggregate == 0.0
     assert reporter.finished_with == [(reporter.finished_with[0][0], result)]
+
+
+def test_a_run_with_some_unscorable_examples_succeeds_counts_them_and_reports_honest_scores():
+    # Validation record 1 and training record 6 cannot be scored for any candidate.
+    evaluator = FakeEvaluator(unscorable=lambda candidate, example: example.index in (1, 6))
+    reflector = FakeReflector()
+    result, progress, _ = run(gepa_problem(evaluator, reflector, max_metric_calls=40,
+                                           failure_policy=ExampleFailurePolicy(max_failed_fraction=0.25)))
+
+    assert result.reason == "Completed" and result.succeeded, result.message
+    assert result.best_candidate == {"classify": f"{ONE_WORD}\n{LOWERCASE}\n{SEED}"}
+    # Each validation pass and each minibatch holding record 6 counts one failed evaluation.
+    assert 0 < progress.failed_examples <= 0.25 * 40
+    assert f"{progress.failed_examples} evaluations not scored" in result.message
+    # The reported means leave record 1 out (the best prompt scores 1 on the others), and say so.
+    assert result.final_scores == ScoreSummary(1.0, {"lowercase": 1.0, "exact": 1.0}, failed_examples=1)
+    assert result.initial_scores.failed_examples == 1
+    assert any("Not scored: the judge of scorer 'exact'" in request for request in reflector.requests)
+
+
+def test_too_many_unscorable_examples_stop_the_run_with_a_reason_that_says_so():
+    evaluator = FakeEvaluator(unscorable=lambda candidate, example: example.index % 2 == 1)
+    reporter = RecordingReporter()
+    result = optimize(gepa_problem(evaluator, max_metric_calls=40), reporter, StopRequested())
+
+    assert result.reason == "TooManyFailedExamples" and not result.succeeded
+    # Half of every evaluation fails: past 0.1 x 40 failed evaluations within the first iteration, so it stops.
+    [(progress, _)] = reporter.finished_with
+    assert progress.failed_examples > 4 and progress.metric_calls <= 4 + 3 + 3
+    assert "more than spec.exampleFailurePolicy.maxFailedFraction 0.1 of the run's 40" in result.message
+    assert UNSCORABLE in result.message
 
 
 def test_a_permanent_reflection_error_stops_gepa_instead_of_spending_the_budget():

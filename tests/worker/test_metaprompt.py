@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from promptopt.api.v1alpha1 import MetaPromptSettings, OptimizerSpec, ScorerSpec, TaskSpec
+from promptopt.api.v1alpha1 import ExampleFailurePolicy, MetaPromptSettings, OptimizerSpec, ScorerSpec, TaskSpec
 from promptopt.testing.simulated_llm import (
     REFLECT_INVENTS_VARIABLE_MODEL,
     REFLECT_MODEL,
@@ -46,11 +46,16 @@ def examples(indexes: range) -> list[Example]:
     return [Example(i, {"text": f"review {i}"}, {"expected_response": "positive"}) for i in indexes]
 
 
+UNSCORABLE = "the judge of scorer 'quality' did not answer with a JSON verdict; it answered 'hmm' (asked 3 times)"
+
+
 class FakeEvaluator:
     """A fake Evaluator with one scorer, `quality`: the seed scores example i at (3i % 4) / 4, BETTER
-    scores 1 and any other prompt 0. Counts the (candidate, example) evaluations it runs."""
+    scores 1 and any other prompt 0; the (candidate, example index) pairs in `unscorable` fail. Counts the
+    (candidate, example) evaluations it runs."""
 
-    def __init__(self):
+    def __init__(self, unscorable: Sequence[tuple[Candidate, int]] = ()):
+        self.unscorable = unscorable
         self.evaluated: list[tuple[Candidate, int]] = []
 
     def evaluate(self, candidate: Candidate, examples: Sequence[Example]) -> list[ScoredOutput]:
@@ -58,11 +63,13 @@ class FakeEvaluator:
         return [self._run(candidate, example) for example in examples]
 
     def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary:
-        mean = sum(r.aggregate for r in results) / len(results)
-        return ScoreSummary(mean, {"quality": mean})
+        scored = [r for r in results if r.failure is None]
+        mean = sum(r.aggregate for r in scored) / len(scored) if scored else None
+        return ScoreSummary(mean, {"quality": mean} if scored else {}, failed_examples=len(results) - len(scored))
 
-    @staticmethod
-    def _run(candidate: Candidate, example: Example) -> ScoredOutput:
+    def _run(self, candidate: Candidate, example: Example) -> ScoredOutput:
+        if (candidate, example.index) in self.unscorable:
+            return ScoredOutput(example, f"output {example.index}", {}, {}, 0.0, failure=UNSCORABLE)
         score = (3 * example.index % 4) / 4 if candidate == SEED else float(candidate == BETTER)
         rationale = "fine" if score == 1 else "too wordy"
         return ScoredOutput(example, f"output {example.index}", {"quality": score}, {"quality": rationale}, score)
@@ -103,7 +110,8 @@ class RecordingReporter:
         self.finished_with.append((dataclasses.replace(progress), result))
 
 
-def metaprompt_problem(reflect, evaluator=None, *, train=range(4, 10), validation=range(4), **settings) -> Problem:
+def metaprompt_problem(reflect, evaluator=None, *, train=range(4, 10), validation=range(4),
+                       failure_policy=ExampleFailurePolicy(), **settings) -> Problem:
     return Problem(
         prompts=[PromptTemplate(name, "system" if name == "system" else "user", text) for name, text in SEED.items()],
         train=examples(train),
@@ -113,6 +121,7 @@ def metaprompt_problem(reflect, evaluator=None, *, train=range(4, 10), validatio
         settings=OptimizerSpec(
             type="MetaPrompt", reflection_model="sim-reflect", meta_prompt=MetaPromptSettings(**settings)
         ),
+        failure_policy=failure_policy,
     )
 
 
@@ -187,6 +196,49 @@ def test_few_shot_keeps_the_original_when_the_proposal_scores_worse():
     assert result.final_scores == result.initial_scores
     assert "kept the original prompts, which score 0.375 on validation; the proposal scores 0.000" in result.message
     assert progress.candidates == 2 and progress.best_candidate == SEED
+
+
+def test_failed_examples_are_shown_last_and_the_proposal_is_compared_on_records_scored_for_both():
+    # The seed fails on validation record 0 and training record 5, the proposal on validation record 3.
+    evaluator = FakeEvaluator(unscorable=[(SEED, 0), (SEED, 5), (BETTER, 3)])
+    reflector = proposing(BETTER)
+    problem = metaprompt_problem(reflector, evaluator, failure_policy=ExampleFailurePolicy(max_failed_fraction=0.5))
+
+    result, progress, _ = run(problem)
+
+    assert result.reason == "Completed" and result.best_candidate == BETTER
+    assert ("kept the proposal, which scores 1.000 on the 2 of 4 validation records scored for both against 0.625 "
+            "for the original prompts") in result.message
+    assert result.initial_scores == ScoreSummary(0.5, {"quality": 0.5}, failed_examples=1)
+    assert result.final_scores == ScoreSummary(1.0, {"quality": 1.0}, failed_examples=1)
+    assert progress.failed_examples == 3
+    shown = fenced_json(section(reflector.requests[0][1], "Examples"))
+    assert shown[-1] == {"inputs": {"text": "review 5"}, "output": "output 5", "expected": "positive", "score": None,
+                         "rationale": f"Not scored: {UNSCORABLE}"}
+    assert [example["score"] for example in shown[:-1]] == sorted(example["score"] for example in shown[:-1])
+
+
+def test_with_no_record_scored_for_both_the_original_prompts_are_kept():
+    evaluator = FakeEvaluator(unscorable=[(SEED, i) for i in range(4)])
+    problem = metaprompt_problem(proposing(BETTER), evaluator, failure_policy=ExampleFailurePolicy(max_failed_fraction=1))
+
+    result, _, _ = run(problem)
+
+    assert result.reason == "Completed" and result.best_candidate == SEED
+    assert "no validation record could be scored for both them and the proposal" in result.message
+    assert result.initial_scores == ScoreSummary(None, {}, failed_examples=4)
+
+
+def test_too_many_failed_examples_stop_metaprompt_before_it_reflects():
+    evaluator, reflector = FakeEvaluator(unscorable=[(SEED, 1), (SEED, 2)]), proposing(BETTER)
+    reporter = RecordingReporter()
+
+    result = optimize(metaprompt_problem(reflector, evaluator), reporter, StopRequested())
+
+    assert result.reason == "TooManyFailedExamples" and not result.succeeded
+    assert "2 evaluations could not be scored, more than spec.exampleFailurePolicy.maxFailedFraction 0.1 of the " \
+           "run's 14" in result.message
+    assert reflector.requests == [] and len(evaluator.evaluated) == 4
 
 
 def test_without_training_examples_the_validation_results_are_shown():

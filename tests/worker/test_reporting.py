@@ -16,6 +16,8 @@ from promptopt_worker.reporting import (
     Reporters,
     TerminationMessageReporter,
     configure_logging,
+    status_fields,
+    worker_status,
 )
 
 SECRET = "hunter2-0123456789abcdef"  # not key-shaped: only its place in the environment marks it secret
@@ -103,9 +105,11 @@ def test_status_reporter_patches_only_worker_owned_fields(cluster):
     status = cluster.get("poj", "job")["status"]
     assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
     assert status["progress"] == {"metricCalls": 60, "maxMetricCalls": 60, "percent": 100, "iteration": 0,
-                                  "candidates": 0, "rejectedCandidates": 0, "bestScore": 1.0}
-    assert status["initialScores"] == {"aggregate": 0.25, "scorers": {"ExactMatch": 0.0, "Correctness": 0.75}}
-    assert status["finalScores"] == {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0}}
+                                  "candidates": 0, "rejectedCandidates": 0, "bestScore": 1.0, "failedExamples": 0}
+    assert status["initialScores"] == {"aggregate": 0.25, "scorers": {"ExactMatch": 0.0, "Correctness": 0.75},
+                                       "failedExamples": 0}
+    assert status["finalScores"] == {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0},
+                                     "failedExamples": 0}
     assert status["optimizedPrompts"] == [{"name": "classify", "template": BEST["classify"]}]
     assert status["cost"] == {"llmCalls": 3, "promptTokens": 90, "completionTokens": 9}
     assert status["workerResult"] == {"reason": "Completed", "message": "budget of metric calls spent",
@@ -176,8 +180,8 @@ def test_termination_message_holds_the_whole_result_when_small(tmp_path):
 
     message = json.loads(path.read_text())
     assert message == {
-        "initialScores": {"aggregate": 0.25, "scorers": {"ExactMatch": 0.0, "Correctness": 0.75}},
-        "finalScores": {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0}},
+        "initialScores": {"aggregate": 0.25, "scorers": {"ExactMatch": 0.0, "Correctness": 0.75}, "failedExamples": 0},
+        "finalScores": {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0}, "failedExamples": 0},
         "optimizedPrompts": [{"name": "classify", "template": BEST["classify"]}],
         "cost": {"llmCalls": 5},
         "workerResult": {"reason": "Completed", "message": "budget of metric calls spent", "succeeded": True},
@@ -240,6 +244,23 @@ def test_console_reporter_logs_sparse_lines_and_a_score_table_at_the_end():
     assert table[3].split() == ["aggregate", "0.250", "1.000"]
     assert "--- classify ---\n" + BEST["classify"] in text
     assert "cost: 7 LLM calls, 70+7 tokens, $0.0012\n" in text  # no retries, so none mentioned
+
+
+def test_failed_examples_are_counted_in_status_and_on_the_console():
+    initial = ScoreSummary(0.5, {"ExactMatch": 0.5}, failed_examples=2)
+    final = ScoreSummary(None, {}, failed_examples=4)  # no validation record could be scored
+    progress = running(30, failed_examples=7)
+    result = Result(reason="Completed", message="done", best_candidate=BEST, initial_scores=initial, final_scores=final)
+
+    status = status_fields(worker_status(progress, result))
+    assert status["progress"]["failedExamples"] == 7
+    assert status["initialScores"] == {"aggregate": 0.5, "scorers": {"ExactMatch": 0.5}, "failedExamples": 2}
+    assert status["finalScores"] == {"scorers": {}, "failedExamples": 4}
+
+    text = ConsoleReporter.render_result(progress, result, None)
+    table = text[text.index("scorer"):].splitlines()[:4]
+    assert table[2].split() == ["aggregate", "0.500", "-"] and table[3].split() == ["not", "scored", "2", "4"]
+    assert "7 evaluations could not be scored (the log says why); the scores above leave those records out" in text
 
 
 def test_console_result_counts_the_retries_of_transient_llm_errors():

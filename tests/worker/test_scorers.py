@@ -7,6 +7,7 @@ from promptopt.api.v1alpha1 import ScorerSpec, TaskSpec
 from promptopt_worker.llm import LLMClient
 from promptopt_worker.problem import Example
 from promptopt_worker.scorers import (
+    ANSWER_AGAIN,
     Contains,
     Correctness,
     ExactMatch,
@@ -143,6 +144,51 @@ def test_a_judge_verdict_is_found_bare_fenced_or_in_text(answer):
 def test_an_unparseable_judge_answer_names_the_scorer(answer):
     with pytest.raises(ScorerError, match="the judge of scorer 'correct' did not answer with a JSON verdict"):
         parse_verdict(answer, "correct")
+
+
+class ScriptedClient:
+    """Stands in for LLMClient: gives the answers in turn and keeps every conversation it was sent."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.conversations = []
+
+    def complete(self, endpoint, messages):
+        self.conversations.append(list(messages))
+        return self.answers.pop(0)
+
+
+def scripted_judge(*answers, judge_retries=2):
+    client = ScriptedClient(*answers)
+    judge = Correctness(spec("Correctness", model="openai/judge"), TaskSpec(model="openai/task"), client,
+                        judge_retries=judge_retries)
+    return judge, client
+
+
+def test_a_judge_whose_answer_is_no_verdict_is_asked_again_with_its_answer_and_the_format():
+    judge, client = scripted_judge("I think it is fine.", '{"result": "maybe"}', '{"result": "no", "rationale": "wrong"}')
+
+    assert judge.score(record("positive"), "negative") == (0.0, "wrong")
+    first, _, third = client.conversations
+    assert [m["role"] for m in first] == ["system", "user"]
+    assert third[:2] == first and [m["role"] for m in third[2:]] == ["assistant", "user", "assistant", "user"]
+    assert third[2]["content"] == "I think it is fine." and third[4]["content"] == '{"result": "maybe"}'
+    assert third[3]["content"] == third[5]["content"] == ANSWER_AGAIN
+
+
+def test_a_judge_gives_up_after_its_retries_naming_the_scorer_and_the_answer():
+    judge, client = scripted_judge("no verdict here", "still none", "nothing")
+    with pytest.raises(ScorerError, match=r"scorer 'Correctness' did not answer with a JSON verdict .*'nothing' "
+                                          r"\(asked 3 times\)"):
+        judge.score(record("positive"), "positive")
+    assert len(client.conversations) == 3 and client.answers == []
+
+
+def test_without_retries_a_judge_is_asked_once():
+    judge, client = scripted_judge('{"result": 2}', judge_retries=0)
+    with pytest.raises(ScorerError, match=r"outside \[0, 1\] \(asked once\)"):
+        judge.score(record("positive"), "positive")
+    assert len(client.conversations) == 1
 
 
 # --- judges through the simulated LLM --------------------------------------------------------

@@ -139,6 +139,40 @@ def termination_message(pod):
     return json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
 
 
+def test_a_run_where_some_judge_answers_are_garbage_succeeds_and_reports_how_many_failed(cluster, kubelet, llm):
+    llm.garble_judge_answers(0.7)  # most judge answers hold no verdict; a judge asked again may answer
+    create_job(cluster, llm, max_metric_calls=40, exampleFailurePolicy={"maxFailedFraction": 0.5})
+    create_worker_pod(cluster)
+
+    pod = wait_for_pod_end(cluster)
+
+    status = job_status(cluster)
+    assert pod["status"]["phase"] == "Succeeded", status
+    assert status["workerResult"]["reason"] == "Completed" and status["workerResult"]["succeeded"] is True
+    failed = status["progress"]["failedExamples"]
+    assert 0 < failed <= 0.5 * 40 and f"{failed} evaluations not scored" in status["workerResult"]["message"]
+    assert llm.garbled_answers > failed  # most garbled answers were made good by asking again
+    for scores in (status["initialScores"], status["finalScores"]):
+        assert 0 <= scores["failedExamples"] < 4 and set(scores["scorers"]) == {"ExactMatch", "Correctness"}
+
+
+def test_a_judge_that_never_keeps_the_format_stops_the_run_with_too_many_failed_examples(cluster, kubelet, llm):
+    llm.garble_judge_answers(1.0)
+    create_job(cluster, llm, max_metric_calls=40)  # the default limit: 0.1 x 40 failed evaluations
+    create_worker_pod(cluster)
+
+    pod = wait_for_pod_end(cluster)
+
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 1
+    status = job_status(cluster)
+    result = status["workerResult"]
+    assert result["reason"] == "TooManyFailedExamples" and result["succeeded"] is False
+    assert "spec.exampleFailurePolicy.maxFailedFraction 0.1 of the run's 40" in result["message"]
+    # The seed's 4 validation records, then the first minibatch of 3: each judge asked 1 + 2 times.
+    assert status["progress"]["failedExamples"] == 7 and llm.calls["judge"] == 7 * 3 == llm.garbled_answers
+    assert termination_message(pod)["workerResult"] == result
+
+
 def test_a_missing_configmap_ends_the_worker_with_invalid_input(cluster, kubelet, llm):
     create_job(cluster, llm, max_metric_calls=40,
                prompts=[{"name": "classify", "configMapKeyRef": {"name": "prompts", "key": "classify.txt"}}])
@@ -191,7 +225,7 @@ def test_a_retried_worker_continues_the_usage_of_earlier_attempts():
 @pytest.mark.parametrize("reason, best, code", [
     ("Completed", {"p": "t"}, 0), ("Cancelled", {"p": "t"}, 0), ("DeadlineReached", {"p": "t"}, 0),
     ("BudgetExhausted", {"p": "t"}, 0), ("Cancelled", None, 1), ("LLMError", None, 1), ("Error", {"p": "t"}, 1),
-    ("InvalidInput", None, 2),
+    ("TooManyFailedExamples", {"p": "t"}, 1), ("InvalidInput", None, 2),
 ])
 def test_exit_codes(reason, best, code):
     assert exit_code(Result(reason, "", best_candidate=best)) == code

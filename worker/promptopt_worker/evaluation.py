@@ -9,13 +9,16 @@ Caching: a result is kept for the whole job under (the candidate's prompt texts,
 so re-evaluating a known candidate - gepa re-scoring its seed, the final scores of the best candidate -
 makes no LLM call.
 
-Errors: an example whose task or judge call fails is never scored 0, which would steer the optimizer by
-an outage rather than by the prompt. Transient errors were already retried by the LLM client; what is
-left (PermanentLLMError, BudgetExceeded, a ScorerError from an unusable judge answer) propagates from
-`evaluate`, and examples not yet started are cancelled.
+Errors: a systemic failure is never scored 0, which would steer the optimizer by an outage rather than by
+the prompt. Transient errors were already retried by the LLM client; what is left (PermanentLLMError: a bad
+key, an unknown model, retries exhausted; BudgetExceeded) propagates from `evaluate`, and examples not yet
+started are cancelled. A judge answer that stays unusable after its retries (a ScorerError) fails only its
+example: the ScoredOutput says why (`failure`), it is cached like any result (re-evaluating the candidate
+gives the same answer without a call), and `summarize` leaves it out of the means and counts it.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -24,8 +27,10 @@ from statistics import fmean
 from promptopt.api.v1alpha1 import TaskSpec
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.problem import Candidate, Example, PromptTemplate, ScoredOutput, ScoreSummary
-from promptopt_worker.scorers import Scorer
+from promptopt_worker.scorers import Scorer, ScorerError
 from promptopt_worker.templates import messages
+
+log = logging.getLogger(__name__)
 
 CacheKey = tuple[tuple[str, ...], int]  # (prompt texts in prompt order, example index)
 
@@ -62,12 +67,17 @@ class TaskEvaluator:
         return [found[e.index] for e in examples]
 
     def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary:
-        """Per-scorer means, and the mean of the examples' aggregates (= the weighted mean of the scorer means)."""
+        """Per-scorer means, and the mean of the examples' aggregates (= the weighted mean of the scorer means),
+        over the examples that were scored; failed ones are counted, not averaged as 0."""
         if not results:
             raise ValueError("no results to summarize")
+        scored = [r for r in results if r.failure is None]
+        if not scored:
+            return ScoreSummary(aggregate=None, scorers={}, failed_examples=len(results))
         return ScoreSummary(
-            aggregate=fmean(r.aggregate for r in results),
-            scorers={s.key: fmean(r.scores[s.key] for r in results) for s in self.scorers},
+            aggregate=fmean(r.aggregate for r in scored),
+            scorers={s.key: fmean(r.scores[s.key] for r in scored) for s in self.scorers},
+            failed_examples=len(results) - len(scored),
         )
 
     def close(self) -> None:
@@ -83,14 +93,23 @@ class TaskEvaluator:
         output = self.client.complete(
             self.endpoint, messages(self.prompts, candidate, example.inputs, record=example.index)
         )
-        verdicts = {s.key: s.score(example, output) for s in self.scorers}
-        scores = {key: score for key, (score, _) in verdicts.items()}
+        scores, rationales, failures = {}, {}, []
+        for scorer in self.scorers:
+            try:
+                scores[scorer.key], rationales[scorer.key] = scorer.score(example, output)
+            except ScorerError as error:
+                failures.append(str(error))
+        failure = "; ".join(failures) or None
+        if failure:
+            log.warning("record %d could not be scored: %s", example.index, failure)
         result = ScoredOutput(
             example=example,
             output=output,
             scores=scores,
-            rationales={key: rationale for key, (_, rationale) in verdicts.items()},
-            aggregate=sum(s.weight * scores[s.key] for s in self.scorers) / sum(s.weight for s in self.scorers),
+            rationales=rationales,
+            aggregate=0.0 if failure else
+            sum(s.weight * scores[s.key] for s in self.scorers) / sum(s.weight for s in self.scorers),
+            failure=failure,
         )
         with self._lock:
             self._cache[texts, example.index] = result

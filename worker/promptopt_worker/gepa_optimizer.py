@@ -30,6 +30,7 @@ from promptopt_worker.problem import (
     ScoredOutput,
     StopRequested,
     VariableCheck,
+    count_failed_examples,
     option_problems,
 )
 
@@ -60,19 +61,27 @@ GEPA_VERSION = version("gepa")
 
 
 class EvaluatorAdapter:
-    """gepa's adapter protocol over our Evaluator. Trajectories are the ScoredOutputs themselves."""
+    """gepa's adapter protocol over the problem's Evaluator. Trajectories are the ScoredOutputs themselves.
+
+    As gepa's adapter contract asks, one example that cannot be scored does not raise: it enters gepa's scores
+    as 0 (its objective scores hold only the scorers that gave a verdict), its reason reaches the reflection as
+    the record's feedback, and it is counted; only past the job's limit does `evaluate` raise."""
 
     # gepa calls adapter.propose_new_texts unconditionally; None selects its own reflective proposer.
     propose_new_texts = None
 
-    def __init__(self, evaluator: Evaluator, progress: Progress):
-        self.evaluator = evaluator
+    def __init__(self, problem: Problem, progress: Progress, stop: StopRequested):
+        assert problem.evaluator is not None
+        self.problem = problem
+        self.evaluator: Evaluator = problem.evaluator
         self._progress = progress
+        self._stop = stop
 
     def evaluate(
         self, batch: list[Example], candidate: Candidate, capture_traces: bool = False
     ) -> gepa.EvaluationBatch:
         results = self.evaluator.evaluate(candidate, batch)
+        count_failed_examples(results, self.problem, self._progress, self._stop)
         return gepa.EvaluationBatch(
             outputs=[r.output for r in results],
             scores=[r.aggregate for r in results],
@@ -87,12 +96,15 @@ class EvaluatorAdapter:
         records = [reflective_record(result) for result in eval_batch.trajectories or []]
         return {name: records for name in components_to_update}
 
-    # gepa checkpoints this with its state, so the count of rejected proposals survives a restart.
+    # gepa checkpoints this with its state, so the counts of rejected proposals and failed examples survive a
+    # restart (the failure limit applies to the whole budget, which is a total across restarts too).
     def get_adapter_state(self) -> dict[str, Any]:
-        return {"rejected_candidates": self._progress.rejected_candidates}
+        return {"rejected_candidates": self._progress.rejected_candidates,
+                "failed_examples": self._progress.failed_examples}
 
     def set_adapter_state(self, state: Mapping[str, Any]) -> None:
         self._progress.rejected_candidates = state.get("rejected_candidates", self._progress.rejected_candidates)
+        self._progress.failed_examples = state.get("failed_examples", self._progress.failed_examples)
 
 
 def reflective_record(result: ScoredOutput) -> dict[str, Any]:
@@ -276,8 +288,9 @@ def optimize_gepa(
         "use_merge": settings.use_merge,
         "seed": settings.seed,
         "max_metric_calls": settings.max_metric_calls,
-        # An exception ends the run: what the evaluator raises (a permanent LLM error, the budget spent, an
-        # unusable judge answer; transient errors were retried already) or a bug would only repeat.
+        # An exception ends the run: what the adapter raises (a permanent LLM error, the budget spent, too many
+        # failed examples; transient errors were retried already, a single failed example does not raise) or a
+        # bug would only repeat.
         "raise_on_exception": True,
         **options,
     }
@@ -317,7 +330,7 @@ def optimize_gepa(
         seed_candidate=problem.seed_candidate,
         trainset=list(problem.train),
         valset=list(problem.validation),
-        adapter=EvaluatorAdapter(problem.evaluator, progress),
+        adapter=EvaluatorAdapter(problem, progress, stop),
         reflection_strategy=reflection,
         stop_callbacks=stoppers,
         callbacks=[callback],
@@ -335,6 +348,8 @@ def optimize_gepa(
         f"(seed {result.val_aggregate_scores[0]:.3f}) after {progress.iteration} iterations, "
         f"{result.total_metric_calls} metric calls, {progress.rejected_candidates} proposals rejected"
     )
+    if progress.failed_examples:
+        summary += f", {progress.failed_examples} evaluations not scored (0 in these scores)"
     if stop:
         reason, message = stop.reason or "Cancelled", f"{stop.message}; {summary}"
     elif stall.fired:

@@ -6,7 +6,9 @@ reflection model sees evaluated training examples (worst first), and its proposa
 Unlike MLflow, the better of original and proposal is kept, and a proposal that loses or invents a
 `{{variable}}` is rejected (MLflow silently strips invented ones). `optimizer.options` are litellm completion
 parameters of the reflection calls (MLflow's lm_kwargs); names litellm.completion does not take, or that the
-worker sets itself, end the run with InvalidInput before any call.
+worker sets itself, end the run with InvalidInput before any call. Examples that could not be scored (a judge
+answer that stayed unusable) are counted; they are shown to the reflection model last, without a score and
+with the reason, and the proposal is compared with the original prompts on the records scored for both.
 
 The request contract (promptopt.testing.simulated_llm follows it exactly): the system message starts with
 "You are an expert prompt engineer"; the user message has the sections "### Current prompts" (a ```json
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
+from statistics import fmean
 from typing import Any
 
 from promptopt_worker.llm import COMPLETION_PARAMETERS, WORKER_COMPLETION_PARAMETERS, json_object_with
 from promptopt_worker.problem import (
     Candidate,
+    Example,
     Problem,
     Progress,
     Reporter,
@@ -31,6 +35,7 @@ from promptopt_worker.problem import (
     ScoreSummary,
     StopRequested,
     VariableCheck,
+    count_failed_examples,
     option_problems,
 )
 
@@ -62,8 +67,8 @@ class UnusableAnswer(ValueError):
 
 
 def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter, stop: StopRequested) -> Result:
-    """One pass; exceptions (a permanent LLM error, the budget spent) propagate to the caller, which turns
-    them into a Result with the best so far in `progress`."""
+    """One pass; exceptions (a permanent LLM error, the budget spent, too many failed examples) propagate to
+    the caller, which turns them into a Result with the best so far in `progress`."""
     receiver = "litellm.completion (MetaPrompt passes options to its reflection calls)"
     if problems := option_problems(problem.settings.options, WORKER_COMPLETION_PARAMETERS, COMPLETION_PARAMETERS,
                                    receiver):
@@ -80,16 +85,15 @@ def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter
 
     train = list(problem.train[: settings.max_examples])
     progress.max_metric_calls = 2 * len(problem.validation) + len(train)
-    baseline = problem.evaluator.evaluate(seed, problem.validation)
+    baseline = _evaluate(problem, progress, stop, seed, problem.validation)
     initial = problem.evaluator.summarize(baseline)
-    progress.metric_calls += len(baseline)
     progress.initial_scores, progress.best_score, progress.best_candidate = initial, initial.aggregate, seed
     reporter.progress(progress, important=True)
 
-    # Training examples when there are some, else the validation results at hand (free).
-    shown = problem.evaluator.evaluate(seed, train) if train else baseline
-    progress.metric_calls += len(train)
-    shown = sorted(shown, key=lambda result: result.aggregate)[: settings.max_examples]
+    # Training examples when there are some, else the validation results at hand (free). Worst first; failed
+    # examples last, as they say nothing about the prompts.
+    shown = _evaluate(problem, progress, stop, seed, train) if train else baseline
+    shown = sorted(shown, key=lambda result: (result.failure is not None, result.aggregate))[: settings.max_examples]
     reporter.progress(progress)
     if stop:
         return _stopped(stop, seed, initial)
@@ -102,21 +106,25 @@ def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter
     if stop:
         return _stopped(stop, seed, initial)
 
-    proposed = problem.validation_scores(proposal)
-    progress.metric_calls += len(problem.validation)
-    if proposed.aggregate > initial.aggregate:
-        progress.best_score, progress.best_candidate = proposed.aggregate, proposal
-        kept, final = proposal, proposed
-        verdict = (
-            f"kept the proposal, which scores {proposed.aggregate:.3f} on validation against "
-            f"{initial.aggregate:.3f} for the original prompts"
-        )
-    else:
+    proposed_results = _evaluate(problem, progress, stop, proposal, problem.validation)
+    proposed = problem.evaluator.summarize(proposed_results)
+    compared = _scored_for_both(baseline, proposed_results)
+    if compared is None:
         kept, final = seed, initial
-        verdict = (
-            f"kept the original prompts, which score {initial.aggregate:.3f} on validation; "
-            f"the proposal scores {proposed.aggregate:.3f}"
-        )
+        verdict = "kept the original prompts: no validation record could be scored for both them and the proposal"
+    else:
+        original_mean, proposal_mean, records = compared
+        where = ("on validation" if records == len(baseline)
+                 else f"on the {records} of {len(baseline)} validation records scored for both")
+        if proposal_mean > original_mean:
+            progress.best_score, progress.best_candidate = proposed.aggregate, proposal
+            kept, final = proposal, proposed
+            verdict = (f"kept the proposal, which scores {proposal_mean:.3f} {where} against {original_mean:.3f} "
+                       "for the original prompts")
+        else:
+            kept, final = seed, initial
+            verdict = (f"kept the original prompts, which score {original_mean:.3f} {where}; the proposal scores "
+                       f"{proposal_mean:.3f}")
     reporter.progress(progress, important=kept is proposal)
     return Result(
         "Completed", f"{mode}: {verdict}. {note}", best_candidate=kept, initial_scores=initial, final_scores=final
@@ -185,12 +193,33 @@ def _propose(problem: Problem, progress: Progress, request: str) -> tuple[Candid
     return proposal, "Rationale: " + (rationale[:RATIONALE_LIMIT] or "(none given)")
 
 
+def _evaluate(problem: Problem, progress: Progress, stop: StopRequested, candidate: Candidate,
+              examples: Sequence[Example]) -> list[ScoredOutput]:
+    """The candidate's results, counted as metric calls and failed examples (which may stop the run)."""
+    assert problem.evaluator is not None
+    results = problem.evaluator.evaluate(candidate, examples)
+    progress.metric_calls += len(results)
+    count_failed_examples(results, problem, progress, stop)
+    return results
+
+
+def _scored_for_both(original: Sequence[ScoredOutput],
+                     proposal: Sequence[ScoredOutput]) -> tuple[float, float, int] | None:
+    """The mean aggregates of original and proposal over the records scored for both, and how many those are
+    (None when there are none): means over different records would compare the failures, not the prompts."""
+    pairs = [(a.aggregate, b.aggregate) for a, b in zip(original, proposal, strict=True)
+             if a.failure is None and b.failure is None]
+    if not pairs:
+        return None
+    return fmean(a for a, _ in pairs), fmean(b for _, b in pairs), len(pairs)
+
+
 def _example(result: ScoredOutput) -> dict[str, Any]:
     return {
         "inputs": dict(result.example.inputs),
         "output": result.output,
         "expected": result.example.expectations.get("expected_response"),
-        "score": round(result.aggregate, 4),
+        "score": None if result.failure else round(result.aggregate, 4),
         "rationale": result.feedback() or None,
     }
 

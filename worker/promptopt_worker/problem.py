@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from promptopt.api.v1alpha1 import OptimizerSpec, WorkerOutcome, template_variables
+from promptopt.api.v1alpha1 import ExampleFailurePolicy, OptimizerSpec, WorkerOutcome, template_variables
 
 
 class InvalidInput(ValueError):
@@ -57,17 +57,21 @@ class Example:
 
 @dataclass(frozen=True)
 class ScoredOutput:
-    """A candidate's output on one example, with every scorer's verdict."""
+    """A candidate's output on one example, with every scorer's verdict; or, when a scorer could give none (a
+    judge's answer stayed unusable), a failed example: `failure` says why, `scores` holds the verdicts of the
+    other scorers, and `aggregate` is 0, the number an optimizer needs, which no reported mean includes."""
 
     example: Example
     output: str
     scores: Mapping[str, float]  # scorer key → score in [0, 1]
     rationales: Mapping[str, str]  # scorer key → why (judges' rationales, metric explanations)
-    aggregate: float  # weighted mean over scorers
+    aggregate: float  # weighted mean over scorers; 0 for a failed example
+    failure: str | None = None
 
     def feedback(self) -> str:
-        """Every scorer's verdict, one line each (`<key>: <score> — <rationale>`), as reflection models read it."""
-        lines = []
+        """Every scorer's verdict, one line each (`<key>: <score> — <rationale>`), as reflection models read it;
+        a failed example starts with why it could not be scored."""
+        lines = [f"Not scored: {self.failure}"] if self.failure else []
         for key, score in self.scores.items():
             rationale = self.rationales.get(key)
             lines.append(f"{key}: {score:.2f} — {rationale}" if rationale else f"{key}: {score:.2f}")
@@ -76,13 +80,19 @@ class ScoredOutput:
 
 @dataclass(frozen=True)
 class ScoreSummary:
-    """A candidate's scores over a set of examples (MLflow's initial/final eval scores)."""
+    """A candidate's scores over a set of examples (MLflow's initial/final eval scores): means over the examples
+    that were scored (None when none was), and how many failed."""
 
-    aggregate: float
+    aggregate: float | None
     scorers: Mapping[str, float]
+    failed_examples: int = 0
 
     def to_status(self) -> dict[str, Any]:
-        return {"aggregate": round(self.aggregate, 6), "scorers": {k: round(v, 6) for k, v in self.scorers.items()}}
+        status: dict[str, Any] = {"scorers": {k: round(v, 6) for k, v in self.scorers.items()},
+                                  "failedExamples": self.failed_examples}
+        if self.aggregate is not None:
+            status["aggregate"] = round(self.aggregate, 6)
+        return status
 
 
 class Evaluator(Protocol):
@@ -109,6 +119,7 @@ class Problem:
     settings: OptimizerSpec
     deadline_seconds: float | None = None  # wall-clock limit of the optimization, from activeDeadlineSeconds
     checkpoint_dir: str | None = None  # a persistent folder to resume from after a restart
+    failure_policy: ExampleFailurePolicy = field(default_factory=ExampleFailurePolicy)
 
     @property
     def seed_candidate(self) -> Candidate:
@@ -134,6 +145,7 @@ class Progress:
     best_score: float | None = None
     best_candidate: Candidate | None = None
     initial_scores: ScoreSummary | None = None
+    failed_examples: int = 0  # evaluations whose example could not be scored
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,28 @@ class StopRequested:
 
     def __bool__(self) -> bool:
         return self._event.is_set()
+
+
+class TooManyFailedExamples(RuntimeError):
+    """More evaluations failed than spec.exampleFailurePolicy.maxFailedFraction allows: the run stops."""
+
+
+def count_failed_examples(results: Sequence[ScoredOutput], problem: Problem, progress: Progress,
+                          stop: StopRequested) -> None:
+    """Count the evaluations among `results` that failed. Past maxFailedFraction of the run's budget
+    (progress.maxMetricCalls), request a stop and raise TooManyFailedExamples: more failures than the job accepts
+    make its scores meaningless, and they usually mean a judge that cannot keep the verdict format."""
+    failed = [result for result in results if result.failure is not None]
+    progress.failed_examples += len(failed)
+    fraction, budget = problem.failure_policy.max_failed_fraction, progress.max_metric_calls or 0
+    if failed and progress.failed_examples > fraction * budget:
+        message = (
+            f"{progress.failed_examples} evaluations could not be scored, more than "
+            f"spec.exampleFailurePolicy.maxFailedFraction {fraction:g} of the run's {budget}; the last: "
+            f"{failed[-1].failure}. Check the judge model, or raise maxFailedFraction"
+        )
+        stop.request("TooManyFailedExamples", message)
+        raise TooManyFailedExamples(message)
 
 
 @dataclass

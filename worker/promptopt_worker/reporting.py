@@ -80,6 +80,7 @@ def _progress_status(progress: Progress) -> dict[str, Any]:
         "candidates": progress.candidates,
         "rejectedCandidates": progress.rejected_candidates,
         "bestScore": None if progress.best_score is None else round(progress.best_score, 6),
+        "failedExamples": progress.failed_examples,
     }
     if progress.max_metric_calls:
         fields["percent"] = min(100, progress.metric_calls * 100 // progress.max_metric_calls)
@@ -280,6 +281,9 @@ class ConsoleReporter:
         initial = result.initial_scores or progress.initial_scores
         if initial or result.final_scores:
             lines += ["", *score_table(initial, result.final_scores)]
+        if progress.failed_examples:
+            lines += ["", f"{progress.failed_examples} evaluations could not be scored (the log says why); the "
+                          "scores above leave those records out"]
         if result.best_candidate:
             lines += ["", "optimized prompts:"]
             for name, text in result.best_candidate.items():
@@ -305,6 +309,8 @@ class ConsoleReporter:
         ]
         if progress.best_score is not None:
             parts.append(f"best {progress.best_score:.3f}")
+        if progress.failed_examples:
+            parts.append(f"{progress.failed_examples} not scored")
         if cost := self.cost():
             parts.append(_cost_text(cost))
         return ", ".join(parts)
@@ -315,10 +321,13 @@ class ConsoleReporter:
 
 
 def score_table(initial: ScoreSummary | None, final: ScoreSummary | None) -> list[str]:
-    """Initial and final score per scorer, then the aggregate, as aligned text lines."""
+    """Initial and final score per scorer, then the aggregate and, when some were, the validation records not
+    scored, as aligned text lines."""
     scorers = dict.fromkeys([*(initial.scorers if initial else ()), *(final.scorers if final else ())])
     rows = [(key, _score(initial, key), _score(final, key)) for key in scorers]
     rows.append(("aggregate", _score(initial, None), _score(final, None)))
+    if any(summary and summary.failed_examples for summary in (initial, final)):
+        rows.append(("not scored", *(str(summary.failed_examples) if summary else "-" for summary in (initial, final))))
     width = max(len("scorer"), *(len(key) for key, _, _ in rows))
     return [f"{'scorer':<{width}}  initial    final"] + [
         f"{key:<{width}}  {before:>7}  {after:>7}" for key, before, after in rows

@@ -6,7 +6,9 @@ reflection model reads. Every raw verdict becomes a score through one rule, `to_
 
 Judges send one request each (role judge) with tagged sections - <request>, <response>, and
 <expected_response> (Correctness) or <guidelines> (Guidelines) - and expect a JSON answer
-{"result": "yes"|"no", "rationale": "..."}.
+{"result": "yes"|"no", "rationale": "..."}. An answer that holds no usable verdict is asked for again, up to
+`judge_retries` times, each a fresh call that shows the judge its answer and the format; then the judge
+gives up with a ScorerError (the example fails, see evaluation.py).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from promptopt.api.v1alpha1 import ScorerParams, ScorerSpec, TaskSpec
+from promptopt.api.v1alpha1 import DEFAULT_JUDGE_RETRIES, ScorerParams, ScorerSpec, TaskSpec
 from promptopt_worker.llm import LLMClient, ModelEndpoint, json_object_with
 from promptopt_worker.problem import Example, InvalidInput
 from promptopt_worker.templates import as_text, name_records
@@ -125,28 +127,44 @@ JUDGE_SYSTEM_MESSAGE = (
 )
 
 
+ANSWER_AGAIN = (
+    'That answer holds no usable verdict. Reply with only the JSON object: {"result": "yes" or "no", '
+    '"rationale": "<one or two sentences>"}.'
+)
+
+
 class LLMJudge(Scorer):
     """A scorer that asks a judge model one yes/no question about the output."""
 
     question: ClassVar[str]
 
-    def __init__(self, spec: ScorerSpec, task: TaskSpec, client: LLMClient):
+    def __init__(self, spec: ScorerSpec, task: TaskSpec, client: LLMClient, judge_retries: int = DEFAULT_JUDGE_RETRIES):
         super().__init__(spec)
         self.endpoint = ModelEndpoint.for_judge(spec, task)
         self.client = client
+        self.judge_retries = judge_retries
 
     @abstractmethod
     def criteria(self, example: Example) -> dict[str, str]:
         """The tagged sections that say what a good response is."""
 
     def verdict(self, example: Example, output: str) -> tuple[Any, str]:
+        """The first usable verdict in up to 1 + judge_retries answers."""
         sections = {"request": _request_text(example.inputs), "response": output, **self.criteria(example)}
         request = self.question + "\n\n" + "\n\n".join(f"<{tag}>\n{text}\n</{tag}>" for tag, text in sections.items())
-        answer = self.client.complete(
-            self.endpoint, [{"role": "system", "content": JUDGE_SYSTEM_MESSAGE}, {"role": "user", "content": request}]
-        )
-        verdict = parse_verdict(answer, self.key)
-        return verdict["result"], str(verdict.get("rationale") or "")
+        conversation = [{"role": "system", "content": JUDGE_SYSTEM_MESSAGE}, {"role": "user", "content": request}]
+        for _ in range(self.judge_retries + 1):
+            answer = self.client.complete(self.endpoint, conversation)
+            try:
+                verdict = parse_verdict(answer, self.key)
+                to_score(verdict["result"], self.key)  # a verdict that is no score is as unusable as none
+                return verdict["result"], str(verdict.get("rationale") or "")
+            except ScorerError as error:
+                unusable = error
+            conversation = [*conversation, {"role": "assistant", "content": answer},
+                            {"role": "user", "content": ANSWER_AGAIN}]
+        asked = "once" if self.judge_retries == 0 else f"{self.judge_retries + 1} times"
+        raise ScorerError(f"{unusable} (asked {asked})")
 
 
 class Correctness(LLMJudge):
@@ -185,9 +203,10 @@ METRICS: dict[str, type[Scorer]] = {"ExactMatch": ExactMatch, "Contains": Contai
 JUDGES: dict[str, type[LLMJudge]] = {"Correctness": Correctness, "Guidelines": Guidelines}
 
 
-def build_scorers(specs: Sequence[ScorerSpec], task: TaskSpec, client: LLMClient) -> list[Scorer]:
+def build_scorers(specs: Sequence[ScorerSpec], task: TaskSpec, client: LLMClient, *,
+                  judge_retries: int = DEFAULT_JUDGE_RETRIES) -> list[Scorer]:
     """The job's scorers, in spec order; judges call their models through `client`."""
-    return [JUDGES[s.name](s, task, client) if s.name in JUDGES else METRICS[s.name](s) for s in specs]
+    return [JUDGES[s.name](s, task, client, judge_retries) if s.name in JUDGES else METRICS[s.name](s) for s in specs]
 
 
 def check_records(scorers: Sequence[Scorer], examples: Sequence[Example]) -> None:

@@ -135,7 +135,8 @@ def build_problem(
         train, validation = split.train, split.validation
         examples = list({e.index: e for e in [*train, *validation]}.values())
         check_inputs(prompts, examples)
-        scorers = build_scorers(spec.scorers or [], spec.task, llm_client)
+        scorers = build_scorers(spec.scorers or [], spec.task, llm_client,
+                                judge_retries=spec.failure_policy.judge_retries)
         check_records(scorers, examples)
         evaluator = TaskEvaluator(prompts, spec.task, scorers, llm_client)
     return Problem(
@@ -147,6 +148,7 @@ def build_problem(
         settings=spec.optimizer,
         deadline_seconds=deadline_seconds,
         checkpoint_dir=checkpoint_dir,
+        failure_policy=spec.failure_policy,
     )
 
 
