@@ -25,7 +25,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping in annotations: our status schema is strict and has no room for it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # kopf keeps the last handled "essence" (the spec, by default) in an annotation; the API server refuses
+    # annotations over 256 KiB in all, and from then on every metadata patch (the finalizer's too) fails. No
+    # handler here reacts to spec diffs (the reconciler compares generations and specHash), so keep it small.
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, ignored_fields=["spec"])
     # Events are for the job's transitions (posted explicitly); handler chatter stays in the operator's log.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300

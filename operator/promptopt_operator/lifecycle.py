@@ -7,6 +7,7 @@ create or delete, Events to post, when to look again); the kopf handlers carry i
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -34,6 +35,7 @@ class Job:
     spec: PromptOptimizationJobSpec | None  # None when the spec is invalid
     spec_problems: Sequence[str]
     status: PromptOptimizationJobStatus
+    size_bytes: int = 0  # the whole object as JSON: it must fit in the API's object size limit with its status
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Job:
@@ -45,7 +47,7 @@ class Job:
         metadata = body["metadata"]
         return cls(name=metadata["name"], generation=int(metadata.get("generation") or 1),
                    deleting=bool(metadata.get("deletionTimestamp")), spec=spec, spec_problems=problems,
-                   status=read_status(body.get("status")))
+                   status=read_status(body.get("status")), size_bytes=len(json.dumps(body, separators=(",", ":"))))
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ def _next_step(
     attempts = _attempts(status, pods)
     current = max(pods, key=lambda p: p.attempt, default=None)
     if attempts == 0:
+        if too_large := _too_large(job, settings):
+            return _Next("Failed", "JobTooLarge", too_large)
         return _first_attempt(spec, slot, now)
     if current is None or current.attempt < attempts:
         # The Pod of the latest attempt is gone before it finished (deleted by hand, evicted, lost node).
@@ -183,6 +187,25 @@ def _next_step(
     if current.phase == "Failed":
         return _after_pod_failure(spec, status, current, attempts, now, settings)
     return _while_running(job, current, attempts, now)
+
+
+# What a job's status takes beyond its optimized prompts (conditions, scores, progress, messages), at most.
+STATUS_BASE_BYTES = 16 * 1024
+
+
+def _too_large(job: Job, settings: OperatorSettings) -> str | None:
+    """Why the job cannot work, if its status would not fit beside it: the API server stores an object whole,
+    and a status write that takes it over the limit fails, losing the result. The optimized prompts go into
+    the status, and GEPA may lengthen them: room for twice the inline templates is kept."""
+    assert job.spec is not None
+    templates = sum(len((p.template or "").encode()) for p in job.spec.prompts)
+    needed = job.size_bytes + STATUS_BASE_BYTES + 2 * templates
+    if needed <= settings.max_object_bytes:
+        return None
+    return (f"the job is {job.size_bytes / 2**20:.2f} MiB and its status needs up to "
+            f"{(needed - job.size_bytes) / 2**10:.0f} KiB more, over the {settings.max_object_bytes / 2**20:.2f} MiB "
+            "an object may take (etcd's request limit): move spec.dataset.records into a ConfigMap "
+            "(spec.dataset.configMapKeyRef), use fewer records, or shorten spec.prompts[].template")
 
 
 def _first_attempt(spec: PromptOptimizationJobSpec, slot: Slot, now: datetime) -> _Next:

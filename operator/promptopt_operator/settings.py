@@ -29,6 +29,8 @@ class OperatorSettings:
     retry_max_delay_seconds: float = 360.0
     liveness_port: int = 8080
     metrics_port: int = 9090
+    # etcd's default request limit (1.5 MiB), which kubeadm, EKS, GKE and AKS keep: a job and its status must fit.
+    max_object_bytes: int = 1536 * 1024
 
 
 def _env(name: str, default: str) -> str:
@@ -61,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="delay before the first retry of a failed worker; doubles each time")
     parser.add_argument("--liveness-port", type=int, default=int(_env("LIVENESS_PORT", str(defaults.liveness_port))))
     parser.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", str(defaults.metrics_port))))
+    parser.add_argument("--max-object-bytes", type=int,
+                        default=int(_env("MAX_OBJECT_BYTES", str(defaults.max_object_bytes))),
+                        help="the API's object size limit (etcd's --max-request-bytes); larger jobs fail with "
+                        "JobTooLarge (env PROMPTOPT_MAX_OBJECT_BYTES)")
 
 
 def from_arguments(args: argparse.Namespace) -> OperatorSettings:
@@ -76,4 +82,5 @@ def from_arguments(args: argparse.Namespace) -> OperatorSettings:
         retry_base_delay_seconds=args.retry_base_delay_seconds,
         liveness_port=args.liveness_port,
         metrics_port=args.metrics_port,
+        max_object_bytes=args.max_object_bytes,
     )

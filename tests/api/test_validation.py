@@ -1,15 +1,13 @@
-"""Admission (CRD schema + CEL, as the API server runs them) and the pydantic models agree on every document."""
+"""The real API server's admission (the CRD's schema and CEL rules) and the pydantic models agree on every
+document: both refuse the same invalid jobs naming the same field, and both accept the valid ones."""
 import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
-from promptopt.api import crd
 from promptopt.api.validation import InvalidSpec, parse_spec
-from promptopt.testing.admission import Rejected, admit
-
-SCHEMA = crd.custom_resource_definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+from promptopt.testing.client import ApiError
 
 VALID_SPEC = {
     "optimizer": {"type": "GEPA", "reflectionModel": "openai/gpt-4.1", "gepa": {"maxMetricCalls": 50}},
@@ -121,33 +119,57 @@ VALID = [
 ]
 
 
+@pytest.fixture(scope="module")
+def admission(real_cluster):
+    """admission(document, strict=True): the job as the real API server would store it (a dry run: nothing is
+    kept), or ApiError. Strict, as kubectl asks: an unknown field is refused rather than pruned."""
+    namespace = "api-validation"
+    real_cluster.create_namespace(namespace)
+    api = real_cluster.in_namespace(namespace)
+
+    def admit(document, strict=True):
+        return api.create(document, dryRun="All", fieldValidation="Strict" if strict else "Ignore")
+
+    return admit
+
+
+def refused_fields(error: ApiError) -> list[str]:
+    """The fields a 422 names (one cause each) or a strict-decoding 400 names in its message."""
+    causes = (error.body.get("details") or {}).get("causes") or []
+    return [cause.get("field", "") for cause in causes] or [error.body["message"]]
+
+
 @pytest.mark.parametrize("spec", [v[1] for v in VALID], ids=[v[0] for v in VALID])
-def test_valid_documents_pass_both_layers(spec):
-    admitted = admit(SCHEMA, job(spec))
+def test_valid_documents_pass_both_layers(admission, spec):
+    admitted = admission(job(spec))
     parse_spec(spec)
     parse_spec(admitted["spec"])  # the API server's defaults are acceptable to the models too
 
 
 @pytest.mark.parametrize("spec,field", [(v[1], v[2]) for v in INVALID], ids=[v[0] for v in INVALID])
-def test_invalid_documents_fail_both_layers_naming_the_field(spec, field):
-    with pytest.raises(Rejected) as admission:
-        admit(SCHEMA, job(spec))
+def test_invalid_documents_fail_both_layers_naming_the_field(admission, spec, field):
+    with pytest.raises(ApiError) as refused:
+        admission(job(spec))
     with pytest.raises(InvalidSpec) as models:
         parse_spec(spec)
-    assert any(p.startswith(field) for p in admission.value.problems), admission.value.problems
+    assert refused.value.code == 422
+    assert any(f.startswith(field) for f in refused_fields(refused.value)), refused.value.body
     assert any(p.startswith(field) for p in models.value.problems), models.value.problems
 
 
-def test_admission_defaults_like_the_api_server():
-    admitted = admit(SCHEMA, job(VALID_SPEC))
+def test_the_api_server_defaults_what_the_models_default(admission):
+    admitted = admission(job(VALID_SPEC))
     assert admitted["spec"]["optimizer"]["gepa"]["candidateSelection"] == "pareto"
     assert admitted["spec"]["backoffLimit"] == 2
     assert admitted["spec"]["prompts"][0]["role"] == "user"
 
 
-def test_admission_prunes_unknown_fields_and_models_reject_them():
+def test_a_misspelled_field_is_refused_by_strict_validation_and_by_the_models(admission):
     spec = edited(_set(["task", "temprature"], 0.2))
-    assert "temprature" not in admit(SCHEMA, job(spec))["spec"]["task"]
+    with pytest.raises(ApiError) as refused:
+        admission(job(spec))
+    assert refused.value.code == 400 and 'unknown field "spec.task.temprature"' in refused.value.body["message"]
+    assert "temprature" not in admission(job(spec), strict=False)["spec"]["task"]  # pruned when not strict
     with pytest.raises(InvalidSpec, match=r"spec\.task\.temprature: unknown field"):
         parse_spec(spec)
 
@@ -167,11 +189,11 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yam
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_examples_validate(path):
+def test_examples_validate(admission, path):
     documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
     jobs = [d for d in documents if d["kind"] == "PromptOptimizationJob"]
     for document in jobs:
-        admitted = admit(SCHEMA, document)
+        admitted = admission(document)
         parse_spec(document["spec"])
         parse_spec(admitted["spec"])
     assert jobs or all(d["kind"] in ("Secret", "ConfigMap") for d in documents)

@@ -286,3 +286,63 @@ def test_an_operator_for_one_namespace_leaves_the_others_alone(cluster, kubelet,
     assert not cluster.get("poj", "outside", namespace=elsewhere).get("status")
     cluster.patch("poj", "outside", {"metadata": {"finalizers": None}}, namespace=elsewhere)
     cluster.delete("poj", "outside", namespace=elsewhere)
+
+
+# --- jobs near the API's size limit ------------------------------------------------------------------------------
+
+# etcd refuses a request over 1.5 MiB (its default --max-request-bytes, kept by kubeadm, EKS, GKE, ...): a job's
+# whole object, spec and status, must fit in it.
+ETCD_REQUEST_LIMIT = 1536 * 1024
+
+
+def large_job(name, llm, records, **spec):
+    """A GEPA job whose inline dataset makes it about `records` × 360 bytes, validated on a handful of records."""
+    job = gepa_job(name, llm, max_metric_calls=40, **spec)
+    filler = "It arrived on time and does what it says; " * 7
+    job["spec"]["dataset"] = {
+        "records": [{"inputs": {"review": f"{filler}review {i}: {'good' if i % 2 else 'awful'}."},
+                     "expectations": {"expected_response": "positive" if i % 2 else "negative"}}
+                    for i in range(records)],
+        "validationFraction": 0.001,
+    }
+    return job
+
+
+def test_a_job_near_the_size_limit_runs_is_cancelled_and_deleted(cluster, kubelet, llm, credentials, kubectl,
+                                                                  start_operator):
+    import json
+
+    start_operator()
+    done, cancelled = large_job("big-done", llm, 3900), large_job("big-cancelled", llm, 3900)
+    assert 1.3 * 2**20 < len(json.dumps(done)) < ETCD_REQUEST_LIMIT
+    # Server-side apply: client-side apply would copy the whole job into an annotation, over its 256 KiB limit.
+    kubectl("apply", "--server-side", "-f", "-", input=json.dumps(done))
+    status = wait_for_phase(cluster, "big-done", "Succeeded", timeout=120)
+    assert status["finalScores"]["aggregate"] is not None
+
+    llm.set_latency(0.05)
+    kubectl("create", "-f", "-", input=json.dumps(cancelled))
+    wait_for_phase(cluster, "big-cancelled", "Running", timeout=60)
+    kubectl("patch", "poj", "big-cancelled", "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    wait_for_phase(cluster, "big-cancelled", "Cancelled", timeout=30)
+
+    # kopf's bookkeeping stays small whatever the spec's size, so the finalizer comes off and delete returns.
+    for name in ("big-done", "big-cancelled"):
+        annotations = cluster.get("poj", name)["metadata"].get("annotations") or {}
+        assert sum(len(key) + len(value) for key, value in annotations.items()) < 4096, annotations
+        kubectl("delete", "poj", name, "--timeout=60s", timeout=90)
+        assert not job_exists(cluster, name)
+    wait_for(lambda: not worker_pods(cluster, "big-done") and not worker_pods(cluster, "big-cancelled"), 60,
+             "the worker Pods to go")
+
+
+def test_a_job_over_the_size_limit_is_refused_at_apply(cluster, llm, kubectl):
+    import json
+
+    too_big = json.dumps(large_job("too-big", llm, 5000))
+    assert len(too_big) > ETCD_REQUEST_LIMIT
+    refused = kubectl("apply", "--server-side", "-f", "-", input=too_big, check=False)
+    assert refused.returncode != 0 and "request is too large" in refused.stderr
+    client_side = kubectl("apply", "-f", "-", input=json.dumps(large_job("too-big", llm, 1000)), check=False)
+    assert client_side.returncode != 0 and "metadata.annotations: Too long" in client_side.stderr
+    assert not job_exists(cluster, "too-big")

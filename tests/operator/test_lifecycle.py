@@ -316,3 +316,12 @@ def test_a_pod_deleted_by_someone_else_is_waited_for_then_replaced():
     assert ready_condition(terminating)["reason"] == "PodTerminating" and terminating.create_attempt is None
     gone = decide(job({**status, "lastFailure": {"attempt": 1, "time": ago(30)}}), [], NOW, SETTINGS, START)
     assert gone.create_attempt == 2
+
+
+def test_a_job_whose_status_would_not_fit_fails_before_any_pod():
+    roomy = job()
+    assert decide(roomy, [], NOW, SETTINGS, START).create_attempt == 1
+    crowded = Job(**{**vars(roomy), "size_bytes": SETTINGS.max_object_bytes - 1000})
+    d = decide(crowded, [], NOW, SETTINGS, START)
+    assert d.create_attempt is None and d.status["phase"] == "Failed"
+    assert ready_condition(d)["reason"] == "JobTooLarge" and "spec.dataset.records" in d.status["message"]
