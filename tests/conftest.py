@@ -37,6 +37,35 @@ from promptopt.testing.chart import RBAC_KINDS, RELEASE_NAMESPACE  # noqa: E402
 REAL_KUBE_ENV = "PROMPTOPT_REAL_KUBE"
 
 
+# What the real tier did this session, for the summary at the end: (ran, what).
+_real_tier: list[tuple[bool, str]] = []
+
+
+def pytest_collection_finish(session):
+    """Build the real API server before the first test that needs it, outside every test's timeout: a first
+    build on a new machine takes minutes, and says what it does meanwhile."""
+    if any("real_cluster" in item.fixturenames for item in session.items):
+        from promptopt.testing.realkube import RealKubeUnavailable, ensure_binaries
+
+        capture = session.config.pluginmanager.getplugin("capturemanager")
+        try:
+            with capture.global_and_fixture_disabled():
+                ensure_binaries()
+        except RealKubeUnavailable:
+            pass  # the real_cluster fixture says so, once, and skips (or fails, when required)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for ran, what in _real_tier:
+        terminalreporter.write_line(f"real Kubernetes tier: {what}", **({"green": True} if ran else {"yellow": True}))
+
+
+def pytest_sessionfinish(session):
+    needed = any("real_cluster" in item.fixturenames for item in session.items)
+    if os.environ.get(REAL_KUBE_ENV) == "required" and needed and not any(ran for ran, _ in _real_tier):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # CI never passes without the real tier
+
+
 @pytest.fixture(scope="session")
 def real_cluster(request, tmp_path_factory):
     """etcd and kube-apiserver (built from Go modules on first use), shared by the session; tests each get a
@@ -50,9 +79,12 @@ def real_cluster(request, tmp_path_factory):
             cluster.start()
     except RealKubeUnavailable as unavailable:
         cluster.stop()
+        _real_tier.append((False, f"NOT RUN, its tests are skipped: {unavailable}"))
         if os.environ.get(REAL_KUBE_ENV) == "required":
             pytest.fail(f"{REAL_KUBE_ENV}=required, but the real Kubernetes API server cannot run: {unavailable}")
         pytest.skip(f"the real Kubernetes API server cannot run here: {unavailable}")
+    _real_tier.append((True, f"kube-apiserver v{cluster.version} with etcd and kube-controller-manager "
+                             f"(started in {cluster.startup_seconds:.1f} s)"))
     cluster.create_namespace(RELEASE_NAMESPACE)
     yield cluster
     cluster.stop()

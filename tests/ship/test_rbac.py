@@ -5,7 +5,8 @@ the chart's rules:
 - our own calls, read from the source: every kubernetes-client method the operator (promptopt_operator) and
   the worker (promptopt_worker) reference, turned into its HTTP request by the real client;
 - kopf's calls for our handlers, derived from kopf's registry of them (the rules kopf's own code follows);
-- observed: the real operator run against the emulated API through a job's whole life, every request logged.
+- observed: the real operator and worker run as the chart's ServiceAccounts against a real API server, whose
+  authorizer refuses whatever the chart does not grant and whose audit log shows every call they made.
 """
 import ast
 import importlib
@@ -19,8 +20,9 @@ import pytest
 
 from promptopt.api.v1alpha1 import API_VERSION, KIND
 from promptopt.testing.client import ApiError
-from promptopt.testing.emulator import NAMESPACES_ALIAS, EmulatedCluster, KubernetesEmulator, parse_api_path
+from promptopt.testing.emulator import parse_api_path
 from promptopt.testing.operator_process import OperatorProcess
+from promptopt.testing.realkube import service_account_user
 from promptopt_operator import kube
 from promptopt_operator.settings import OperatorSettings
 
@@ -219,42 +221,30 @@ def test_no_rbac_is_rendered_when_turned_off(render):
     assert not [m for m in manifests if m["kind"].endswith(("Role", "RoleBinding"))]
 
 
-# --- observed ----------------------------------------------------------------------------------------------
+# --- observed on a real API server --------------------------------------------------------------------------
 
-@pytest.fixture
-def recorded():
-    """An EmulatedCluster whose every request is logged: (cluster, [(HTTP method, path, watch, User-Agent)])."""
-    log = []
-
-    class RecordingEmulator(KubernetesEmulator):
-        async def _handle(self, request):
-            log.append((request.method.value.upper(), request.url.path, request.params.get("watch") in ("true", "1"),
-                        request.headers.get("User-Agent", "")))
-            return await super()._handle(request)
-
-    cluster = EmulatedCluster()
-    cluster.emulator = RecordingEmulator()
-    with cluster:
-        yield cluster, log
+def audited_calls(cluster, username: str) -> tuple[set[tuple[str, str, str]], list[dict]]:
+    """The API calls `username` made (from the API server's audit log; discovery has no object and is left out),
+    and the requests of theirs the authorizer refused."""
+    calls, forbidden = set(), []
+    for event in cluster.audit_events(username):
+        target = event.get("objectRef")
+        if not target:
+            continue
+        resource = target["resource"] + (f"/{target['subresource']}" if target.get("subresource") else "")
+        calls.add((target.get("apiGroup", ""), resource, event["verb"]))
+        if event.get("responseStatus", {}).get("code") == 403:
+            forbidden.append(event)
+    return calls, forbidden
 
 
-def observed_calls(log) -> set[tuple[str, str, str]]:
-    """The logged API calls, but the test's own (urllib's) and discovery."""
-    calls = set()
-    for method, path, watch, user_agent in log:
-        path = "/api/v1/namespaces" if path == NAMESPACES_ALIAS else path
-        if not user_agent.startswith("Python-urllib") and parse_api_path(path) is not None:
-            calls.add(api_call(method, path, watch))
-    return calls
-
-
-def wait_until(predicate, what, operator, timeout=20.0):
+def wait_until(predicate, what, operator, timeout=60.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         if operator.process.poll() is not None:
             raise AssertionError(f"the operator exited while waiting for {what}:\n{operator.log()}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}:\n{operator.log()[-3000:]}")
         time.sleep(0.05)
 
 
@@ -266,28 +256,54 @@ def job_gone(cluster, name) -> bool:
     return False
 
 
+def metaprompt_job(name, llm, **spec):
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": {
+        "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/sim-reflect"},
+        "prompts": [{"name": "p", "template": "Label: {{text}}"}],
+        "task": {"model": "openai/sim-task", "apiBase": llm.base_url},
+        "credentials": {"secretRef": {"name": "llm-credentials"}},
+        **spec,
+    }}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("clusterwide", [True, False], ids=["cluster-wide", "namespaced"])
-def test_the_running_operator_makes_exactly_the_derived_calls(recorded, tmp_path, render, clusterwide):
-    """A job created, given its worker Pod, cancelled (the Pod goes) and deleted by its TTL: every call the real
-    operator makes on the way is one the chart grants, and together they are the derived set."""
-    cluster, log = recorded
-    flags = () if clusterwide else ("--namespace", "default")
-    operator = OperatorProcess(cluster.kubeconfig, *flags, log_path=tmp_path / "operator.log").start()
+def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_server(
+        cluster, kubelet, llm, install_rbac, tmp_path, render, clusterwide):
+    """The operator runs as the chart's ServiceAccount and the workers as theirs, with only the RBAC the chart
+    renders, through jobs' whole lives: one runs to success and is deleted by its TTL, one is cancelled while its
+    worker runs (the operator deletes the Pod). The real authorizer refuses none of their calls, and the calls the
+    audit log shows are exactly the derived ones: the chart grants nothing they do not use."""
+    import base64
+
+    values = {} if clusterwide else {"watchNamespaces": [cluster.namespace]}
+    kubeconfig = install_rbac(**values)
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
+                    "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()}})
+    flags = () if clusterwide else ("--namespace", cluster.namespace)
+    operator = OperatorProcess(kubeconfig, *flags, log_path=tmp_path / "operator.log").start()
     try:
-        cluster.create({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "j"}, "spec": {
-            "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/sim-reflect"},
-            "prompts": [{"name": "p", "template": "Label: {{text}}"}],
-            "task": {"model": "openai/sim-task"},
-            "ttlSecondsAfterFinished": 0,
-        }})
-        wait_until(lambda: cluster.list("pods"), "the worker Pod", operator)
-        cluster.patch("poj", "j", {"spec": {"cancel": True}})
-        wait_until(lambda: job_gone(cluster, "j"), "the job's deletion after its TTL", operator)
+        cluster.create(metaprompt_job("done", llm, ttlSecondsAfterFinished=0))
+        wait_until(lambda: job_gone(cluster, "done"), "the finished job's deletion by its TTL", operator)
+        llm.set_latency(5)  # the worker waits in its first LLM call until the cancel
+        cluster.create(metaprompt_job("stopped", llm))
+        wait_until(lambda: (cluster.get("poj", "stopped").get("status") or {}).get("phase") == "Running",
+                   "the second job's worker", operator)
+        cluster.patch("poj", "stopped", {"spec": {"cancel": True}})
+        wait_until(lambda: not [p for p in cluster.list("pods") if not p["metadata"].get("deletionTimestamp")],
+                   "the cancelled job's Pod to go", operator)
     finally:
         operator.stop()
-    observed = observed_calls(log)
-    manifests = render({} if clusterwide else {"watchNamespaces": ["default"]})
-    granted_anywhere = set().union(*granted(manifests, *operator_account(manifests)).values())
-    assert observed - granted_anywhere == set(), "calls the chart does not grant"
+    manifests = render({**values, "jobNamespaces": [cluster.namespace]})
+    operator_user = service_account_user(*reversed(operator_account(manifests)))
+    worker_user = service_account_user(cluster.namespace, OperatorSettings().worker_service_account)
+    # The audit log is written in batches, a second apart: wait for the last calls to reach it.
+    wait_until(lambda: ("", "pods", "delete") in audited_calls(cluster, operator_user)[0], "the audit log", operator)
+
+    observed, forbidden = audited_calls(cluster, operator_user)
+    assert forbidden == [], "calls the chart does not grant the operator"
     assert observed == operator_calls(clusterwide)
+    worker_observed, worker_forbidden = audited_calls(cluster, worker_user)
+    assert worker_forbidden == [], "calls the chart does not grant the workers"
+    # ConfigMaps are read only by jobs that take sources from them; these take none.
+    assert worker_observed == worker_calls() - {("", "configmaps", "get")}
