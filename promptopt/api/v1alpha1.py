@@ -688,6 +688,14 @@ class AttemptFailure(StatusObject):
     message: str | None = Field(None, description="What happened to it.")
 
 
+class ConfigMapInput(StatusObject):
+    """A ConfigMap key the job's prompts or dataset came from, with a digest of the text read."""
+
+    name: str = Field(description="The ConfigMap's name.")
+    key: str = Field(description="The key.")
+    digest: str = Field(description="The first 16 hex digits of the SHA-256 of the key's text.")
+
+
 class WorkerStatus(StatusObject):
     """The part of the status the worker owns (it writes these fields; the operator writes every other one)."""
 
@@ -697,6 +705,12 @@ class WorkerStatus(StatusObject):
     optimized_prompts: list[OptimizedPrompt] | None = Field(None, description="The best prompts found.")
     cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
     worker_result: WorkerResult | None = Field(None, description="How the worker's last run ended.")
+    config_map_inputs: list[ConfigMapInput] | None = Field(
+        None, description="The ConfigMap keys the job's first worker read its prompts and dataset from, with a digest "
+        "of each text. A job runs the inputs it started with (as status.specHash holds it to its spec): a later "
+        "worker Pod whose keys read differently ends with InvalidInput, naming the field, the ConfigMap and the "
+        "key. Restore the text, or create a new job to run the new one.",
+    )
 
 
 class PromptOptimizationJobStatus(WorkerStatus):

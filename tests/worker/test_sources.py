@@ -1,11 +1,13 @@
 """Sources: prompts and datasets from inline values, ConfigMaps through the API, or local manifest files."""
 import base64
+import hashlib
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes.client import CoreV1Api
 
+from promptopt.api.v1alpha1 import ConfigMapInput
 from promptopt.api.validation import parse_spec
 from promptopt.testing.simulated_llm import REFLECT_MODEL
 from promptopt_worker.llm import LLMClient
@@ -49,8 +51,8 @@ def build(request):
     """build_problem with a fresh LLMClient; closes the evaluators afterwards."""
     problems = []
 
-    def run(spec, configmaps):
-        problems.append(build_problem(spec, configmaps, LLMClient()))
+    def run(spec, configmaps, **options):
+        problems.append(build_problem(spec, configmaps, LLMClient(), **options))
         return problems[-1]
 
     yield run
@@ -134,6 +136,52 @@ def test_a_missing_key_names_the_field_the_map_the_key_and_the_keys_it_has(clust
         "spec.dataset.configMapKeyRef: ConfigMap 'sentiment-dataset' has no key 'reviews.csv' "
         "(its keys: 'notes.txt', 'reviews.json')"
     )
+
+
+class CountingConfigMaps(LocalConfigMaps):
+    """Local ConfigMaps that count how often each is read."""
+
+    def __init__(self, manifests):
+        super().__init__(manifests)
+        self.reads: dict[str, int] = {}
+
+    def data(self, name):
+        self.reads[name] = self.reads.get(name, 0) + 1
+        return super().data(name)
+
+
+def sha16(text):
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_each_configmap_is_read_once_and_every_key_used_gets_a_digest(build):
+    config_maps, spec = example_documents()
+    source = CountingConfigMaps(config_maps)
+
+    problem = build(spec, source)
+
+    assert problem.config_map_inputs == (
+        ConfigMapInput(name="sentiment-prompts", key="classify.txt",
+                       digest=sha16(config_maps[0]["data"]["classify.txt"])),
+        ConfigMapInput(name="sentiment-dataset", key="reviews.csv", digest=sha16(config_maps[1]["data"]["reviews.csv"])),
+    )
+    assert source.reads == {"sentiment-prompts": 1, "sentiment-dataset": 1}
+    assert build(gepa_spec(), LocalConfigMaps()).config_map_inputs == ()  # inline inputs: the spec hash covers them
+
+
+def test_a_configmap_key_changed_since_the_job_started_is_refused_naming_the_field_the_map_and_the_key(build):
+    config_maps, spec = example_documents()
+    started = build(spec, LocalConfigMaps(config_maps)).config_map_inputs
+    assert build(spec, LocalConfigMaps(config_maps), started_with=started).config_map_inputs == started
+
+    config_maps[1]["data"]["reviews.csv"] += '"One more review, a great one.",positive\n'
+    with pytest.raises(InvalidInput) as changed:
+        build(spec, LocalConfigMaps(config_maps), started_with=started)
+
+    assert str(changed.value) == (
+        "spec.dataset.configMapKeyRef: ConfigMap 'sentiment-dataset' key 'reviews.csv' changed since the job started "
+        "(status.configMapInputs), and a job runs the inputs it started with: restore the text, or create a new job "
+        "to run the new one")
 
 
 def test_records_that_do_not_fit_the_prompts_are_found_before_any_llm_call(build):

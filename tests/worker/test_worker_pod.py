@@ -1,8 +1,13 @@
 """`promptopt worker` in a Pod, as the operator starts it: emulated API, local kubelet, simulated LLM."""
 import base64
+import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 

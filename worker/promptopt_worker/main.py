@@ -17,13 +17,15 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from promptopt.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, PromptOptimizationJobSpec, Pricing, WorkerOutcome
+from promptopt.api.v1alpha1 import (
+    GROUP, KIND, PLURAL, VERSION, ConfigMapInput, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
+)
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import (
     CHECKPOINT_DIR_ENV, EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_SUCCEEDED, JOB_NAME_ENV, JOB_NAMESPACE_ENV,
@@ -85,11 +87,13 @@ def run_job(
     *,
     deadline_seconds: float | None = None,
     checkpoint_dir: str | None = None,
+    started_with: Sequence[ConfigMapInput] | None = None,
 ) -> Result:
-    """Resolve the job's inputs and optimize; the reporter hears of every ending, early ones included."""
+    """Resolve the job's inputs (refusing ConfigMap keys changed since `started_with`) and optimize; the reporter
+    hears of every ending, early ones included."""
     try:
         problem = build_problem(spec, configmaps, llm_client, deadline_seconds=deadline_seconds,
-                                checkpoint_dir=checkpoint_dir)
+                                checkpoint_dir=checkpoint_dir, started_with=started_with)
     except InvalidInput as error:
         return finish_early(reporter, "InvalidInput", str(error))
     except Exception as error:  # noqa: BLE001 - e.g. the API refused to show a ConfigMap: still report it
@@ -208,6 +212,7 @@ def run_worker() -> int:
         stop,
         deadline_seconds=remaining_deadline(spec, status.get("startTime")),
         checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None,
+        started_with=read_status(status).config_map_inputs,  # recorded by the job's first worker
     )
     return exit_code(result)
 

@@ -24,7 +24,7 @@ OPTIMIZERS: dict[str, Optimizer] = {"GEPA": optimize_gepa, "MetaPrompt": optimiz
 
 
 def optimize(problem: Problem, reporter: Reporter, stop: StopRequested) -> Result:
-    progress = Progress()
+    progress = Progress(config_map_inputs=problem.config_map_inputs)
     try:
         result = OPTIMIZERS[problem.settings.type](problem, progress, reporter, stop)
     except Exception as error:

@@ -12,7 +12,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from promptopt.api.v1alpha1 import ExampleFailurePolicy, OptimizerSpec, WorkerOutcome, template_variables
+from promptopt.api.v1alpha1 import (
+    ConfigMapInput, ExampleFailurePolicy, OptimizerSpec, WorkerOutcome, template_variables,
+)
 
 
 class InvalidInput(ValueError):
@@ -120,6 +122,7 @@ class Problem:
     deadline_seconds: float | None = None  # wall-clock limit of the optimization, from activeDeadlineSeconds
     checkpoint_dir: str | None = None  # a persistent folder to resume from after a restart
     failure_policy: ExampleFailurePolicy = field(default_factory=ExampleFailurePolicy)
+    config_map_inputs: tuple[ConfigMapInput, ...] = ()  # the ConfigMap keys read, for status.configMapInputs
 
     @property
     def seed_candidate(self) -> Candidate:
@@ -146,6 +149,7 @@ class Progress:
     best_candidate: Candidate | None = None
     initial_scores: ScoreSummary | None = None
     failed_examples: int = 0  # evaluations whose example could not be scored
+    config_map_inputs: tuple[ConfigMapInput, ...] = ()  # what the run read from ConfigMaps, reported from the start
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def worker_status(progress: Progress, result: Result | None = None,
     Built through the API model with unknown fields refused: the API server would prune a field its CRD lacks
     without a word."""
     status: dict[str, Any] = {"progress": _progress_status(progress)}
+    if progress.config_map_inputs:
+        status["configMapInputs"] = [found.model_dump(by_alias=True) for found in progress.config_map_inputs]
     initial = (result and result.initial_scores) or progress.initial_scores
     if initial is not None:
         status["initialScores"] = initial.to_status()

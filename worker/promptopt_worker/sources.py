@@ -3,20 +3,24 @@
 Prompt texts and the dataset's text come from inline values or ConfigMaps. ConfigMaps come through a
 `ConfigMapSource`: the Kubernetes API in the job's namespace (the worker) or ConfigMap manifests read from
 files (`promptopt run`). A missing ConfigMap or key is an `InvalidInput` naming the spec field, the
-ConfigMap and the key. `build_problem` then checks everything that can be checked before the first LLM
-call (records against prompts and scorers) and wires the evaluator and the reflection model.
+ConfigMap and the key. Each ConfigMap is read once per run, and every key used gets a digest
+(status.configMapInputs): a retried worker whose keys read differently from what the job started with is an
+`InvalidInput` too, as the spec hash refuses a changed spec. `build_problem` then checks everything that can
+be checked before the first LLM call (records against prompts and scorers) and wires the evaluator and the
+reflection model.
 """
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
-from promptopt.api.v1alpha1 import ConfigMapKeyRef, PromptOptimizationJobSpec
+from promptopt.api.v1alpha1 import ConfigMapInput, ConfigMapKeyRef, PromptOptimizationJobSpec
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.datasets import load_dataset
 from promptopt_worker.evaluation import TaskEvaluator
@@ -77,6 +81,21 @@ class LocalConfigMaps:
         return self._maps.get(name)
 
 
+class ReadOnce:
+    """A ConfigMapSource that reads each ConfigMap once, so that every text a run uses, and its digest, comes from
+    one version of it."""
+
+    def __init__(self, source: ConfigMapSource):
+        self.source = source
+        self.location = source.location
+        self._read: dict[str, Mapping[str, str] | None] = {}
+
+    def data(self, name: str) -> Mapping[str, str] | None:
+        if name not in self._read:
+            self._read[name] = self.source.data(name)
+        return self._read[name]
+
+
 def read_manifests(path: Path) -> list[dict[str, Any]]:
     """The YAML documents of a file, empty ones skipped."""
     with path.open(encoding="utf-8") as file:
@@ -104,6 +123,35 @@ def read_key(configmaps: ConfigMapSource, ref: ConfigMapKeyRef, field: str) -> s
     return data[ref.key]
 
 
+def config_map_refs(spec: PromptOptimizationJobSpec) -> list[tuple[str, ConfigMapKeyRef]]:
+    """The ConfigMap keys the job reads, each with the spec field that names it."""
+    refs = [(f"spec.prompts[{index}].configMapKeyRef", prompt.config_map_key_ref)
+            for index, prompt in enumerate(spec.prompts) if prompt.config_map_key_ref is not None]
+    if spec.dataset is not None and spec.dataset.config_map_key_ref is not None:
+        refs.append(("spec.dataset.configMapKeyRef", spec.dataset.config_map_key_ref))
+    return refs
+
+
+def config_map_inputs(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource,
+                      started_with: Sequence[ConfigMapInput] | None = None) -> list[ConfigMapInput]:
+    """A digest of every ConfigMap key the job reads. InvalidInput, naming the field, the ConfigMap and the key,
+    when a key's text differs from what the job started with (`started_with`, from status.configMapInputs)."""
+    recorded = {(found.name, found.key): found.digest for found in started_with or ()}
+    inputs: list[ConfigMapInput] = []
+    for field, ref in config_map_refs(spec):
+        text = read_key(configmaps, ref, field)
+        found = ConfigMapInput(name=ref.name, key=ref.key, digest=hashlib.sha256(text.encode()).hexdigest()[:16])
+        if recorded.get((ref.name, ref.key), found.digest) != found.digest:
+            raise InvalidInput(
+                f"{field}: ConfigMap {ref.name!r} key {ref.key!r} changed since the job started "
+                "(status.configMapInputs), and a job runs the inputs it started with: restore the text, or create a "
+                "new job to run the new one"
+            )
+        if found not in inputs:
+            inputs.append(found)
+    return inputs
+
+
 def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource) -> list[PromptTemplate]:
     """The prompts with their texts, inline or read from ConfigMaps, in spec order."""
     prompts = []
@@ -123,9 +171,13 @@ def build_problem(
     *,
     deadline_seconds: float | None = None,
     checkpoint_dir: str | None = None,
+    started_with: Sequence[ConfigMapInput] | None = None,
 ) -> Problem:
     """The job as the optimizer sees it. Raises InvalidInput for anything wrong with the prompts or the
-    dataset, all of it found before any LLM call. Close `problem.evaluator` when done."""
+    dataset (ConfigMap keys that changed since `started_with` included), all of it found before any LLM call.
+    Close `problem.evaluator` when done."""
+    configmaps = ReadOnce(configmaps)
+    inputs = config_map_inputs(spec, configmaps, started_with)
     prompts = resolve_prompts(spec, configmaps)
     train, validation, evaluator = [], [], None
     if spec.dataset is not None:
@@ -149,6 +201,7 @@ def build_problem(
         deadline_seconds=deadline_seconds,
         checkpoint_dir=checkpoint_dir,
         failure_policy=spec.failure_policy,
+        config_map_inputs=tuple(inputs),
     )
 
 
