@@ -102,3 +102,58 @@ def test_committed_api_reference_matches_generated(tmp_path):
     committed = REPO / "docs" / docs.DOCS_FILE_NAME
     assert committed.read_text() == (tmp_path / docs.DOCS_FILE_NAME).read_text(), "run `promptopt api-docs`"
     assert "`spec.optimizer.gepa.maxMetricCalls`" in committed.read_text()
+
+
+def _every_field(model: type) -> dict:
+    """A status document that sets every field of `model` (nested models, lists of them, maps), in wire names."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def value_for(annotation):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        origin = typing.get_origin(annotation)
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+            return value_for(args[0])
+        if origin is typing.Literal:
+            return args[0]
+        if origin is list:
+            return [value_for(args[0])]
+        if origin is dict:
+            return {"key": value_for(args[1])}
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return _every_field(annotation)
+        return {bool: True, int: 3, float: 0.5, str: "2026-12-01T00:00:00Z"}[annotation]
+
+    return {field.alias or name: value_for(field.annotation) for name, field in model.model_fields.items()}
+
+
+def test_every_status_field_of_the_models_survives_a_real_api_server(cluster):
+    """The API server prunes what the CRD's status schema lacks, without a word: a status that sets every field
+    of the models comes back whole, so nothing the operator or the worker writes is lost."""
+    status = _every_field(v1alpha1.PromptOptimizationJobStatus)
+    assert v1alpha1.status_patch(status) == status  # and the models write it as it is
+    cluster.create({"apiVersion": v1alpha1.API_VERSION, "kind": v1alpha1.KIND, "metadata": {"name": "full"},
+                    "spec": {"optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/x"},
+                             "prompts": [{"name": "p", "template": "hi"}], "task": {"model": "openai/y"}}})
+    stored = cluster.patch("poj", "full", {"status": status}, subresource="status")["status"]
+    assert stored == status
+
+
+def test_the_crd_is_accepted_by_a_real_api_server_and_its_cel_costs_are_checked(real_cluster):
+    """The server checks the structural schema and estimates every CEL rule's cost at CRD creation: the
+    committed CRD passes, and the same CRD with a rule over an unbounded list is refused (the check is live)."""
+    from promptopt.testing.client import ApiError
+
+    document = yaml.safe_load(COMMITTED.read_text())
+    document["spec"]["group"] = "check.promptopt.dev"  # the cluster serves the real one already
+    document["metadata"]["name"] = f"{document['spec']['names']['plural']}.check.promptopt.dev"
+    real_cluster.create(document, dryRun="All")
+    dataset = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["dataset"]
+    del dataset["properties"]["records"]["maxItems"]
+    dataset["x-kubernetes-validations"].append(
+        {"rule": "!has(self.records) || self.records.all(r, self.records.exists_one(q, q.inputs == r.inputs))",
+         "message": "records must be unique"})
+    with pytest.raises(ApiError) as refused:
+        real_cluster.create(document, dryRun="All")
+    assert refused.value.code == 422 and "estimated rule cost exceeds budget" in refused.value.body["message"]

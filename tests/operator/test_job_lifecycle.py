@@ -125,8 +125,14 @@ def test_gepa_job_runs_to_success_with_scores_in_status(cluster, kubelet, llm, c
     assert progress["metricCalls"] <= progress["maxMetricCalls"]  # the budget is never overshot
     percent = str(progress["metricCalls"] * 100 // progress["maxMetricCalls"])
     assert listing[1].split()[:4] == ["sentiment", "Succeeded", "GEPA", percent]
+    header, row = kubectl("get", "poj", "sentiment", "-o", "wide").stdout.splitlines()
+    wide = dict(zip(header.split(), row.split()))
+    assert (wide["REASON"], wide["POD"]) == ("Succeeded", "sentiment-worker-1")
+    kubectl("wait", "--for=condition=Ready", "poj/sentiment", "--timeout=10s")
     described = kubectl("describe", "poj", "sentiment").stdout
     assert "PodCreated" in described and "Succeeded" in described  # the Events of its transitions
+    explained = kubectl("explain", "poj.spec.optimizer").stdout
+    assert "reflectionModel" in explained and "The optimizer and its settings." in explained
     (pod,) = worker_pods(cluster, "sentiment")
     assert pod["metadata"]["ownerReferences"][0]["controller"] is True
     assert pod["status"]["phase"] == "Succeeded"
@@ -160,6 +166,21 @@ def test_deleting_a_running_job_deletes_its_pod(cluster, kubelet, llm, credentia
     kubectl("delete", "poj", "doomed", "--timeout=30s")
     assert not job_exists(cluster, "doomed")
     wait_for(lambda: not worker_pods(cluster, "doomed") and not kubelet.running_pods(), 60, "no worker left")
+
+
+def test_a_worker_pod_deleted_under_a_running_job_is_replaced_and_the_job_succeeds(
+        cluster, kubelet, llm, credentials, kubectl, start_operator):
+    llm.set_latency(0.05)
+    start_operator()
+    cluster.create(gepa_job("survivor", llm, max_metric_calls=30))
+    wait_for_phase(cluster, "survivor", "Running")
+    kubectl("delete", "pod", "survivor-worker-1", "--wait=false")  # by hand, as an eviction or a lost node would
+
+    status = wait_for_phase(cluster, "survivor", "Succeeded", timeout=90)
+    assert status["attempts"] == 2 and status["podName"] == "survivor-worker-2"
+    assert status["lastFailure"]["attempt"] == 1 and "disappeared" in status["lastFailure"]["message"]
+    described = kubectl("describe", "poj", "survivor").stdout
+    assert "BackoffRetry" in described  # the retry was waited for and said
 
 
 def test_failing_pods_are_retried_then_backoff_limit_exceeded(cluster, kubelet, llm, credentials, start_operator):
