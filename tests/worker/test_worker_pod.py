@@ -236,24 +236,52 @@ def test_exit_codes(reason, best, code):
     assert exit_code(Result(reason, "", best_candidate=best)) == code
 
 
-def test_a_worker_refuses_a_spec_changed_since_the_job_started(cluster, llm, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    create_job(cluster, llm, max_metric_calls=10)
+def run_worker_process(cluster, tmp_path, **env):
+    """`promptopt worker` for the job, here as the worker ServiceAccount (a retried Pod, without the kubelet)."""
     kubeconfig = cluster.service_account_kubeconfig(cluster.namespace, WORKER_SERVICE_ACCOUNT,
                                                     tmp_path / "worker.kubeconfig")
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PROMPTOPT_JOB_NAME": "sentiment",
-           "PROMPTOPT_JOB_NAMESPACE": cluster.namespace, "PROMPTOPT_SPEC_HASH": "not-the-started-spec",
-           "PROMPTOPT_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log")}
-    worker = subprocess.run([str(Path(sys.executable).with_name("promptopt")), "worker"], env=env,
-                            capture_output=True, text=True, timeout=60)
+           "PROMPTOPT_JOB_NAMESPACE": cluster.namespace,
+           "PROMPTOPT_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log"), **env}
+    return subprocess.run([str(Path(sys.executable).with_name("promptopt")), "worker"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_worker_refuses_a_spec_changed_since_the_job_started(cluster, llm, tmp_path):
+    create_job(cluster, llm, max_metric_calls=10)
+    worker = run_worker_process(cluster, tmp_path, PROMPTOPT_SPEC_HASH="not-the-started-spec")
     assert worker.returncode == 2
     result = job_status(cluster)["workerResult"]
     assert result["reason"] == "InvalidInput" and "changed after it started" in result["message"]
     assert llm.request_count == 0
+
+
+def test_a_retried_worker_refuses_configmap_inputs_changed_since_the_job_started(cluster, llm, tmp_path):
+    template = "Classify the sentiment of this review.\n\n{{review}}"
+    cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prompts"},
+                    "data": {"classify.txt": template}})
+    create_job(cluster, llm, max_metric_calls=8,  # the seed's evaluation only: a short first attempt
+               prompts=[{"name": "classify", "configMapKeyRef": {"name": "prompts", "key": "classify.txt"}}])
+
+    first = run_worker_process(cluster, tmp_path, OPENAI_API_KEY=llm.api_key)  # what the credentials Secret gives
+    assert first.returncode == 0, first.stdout[-2000:]
+    recorded = [{"name": "prompts", "key": "classify.txt", "digest": hashlib.sha256(template.encode()).hexdigest()[:16]}]
+    assert job_status(cluster)["configMapInputs"] == recorded
+
+    cluster.patch("configmaps", "prompts", {"data": {"classify.txt": "Say positive.\n\n{{review}}"}})
+    requests = llm.request_count
+    second = run_worker_process(cluster, tmp_path, OPENAI_API_KEY=llm.api_key)
+
+    assert second.returncode == 2
+    status = job_status(cluster)
+    assert status["workerResult"]["reason"] == "InvalidInput" and status["workerResult"]["message"] == (
+        "spec.prompts[0].configMapKeyRef: ConfigMap 'prompts' key 'classify.txt' changed since the job started "
+        "(status.configMapInputs), and a job runs the inputs it started with: restore the text, or create a new job "
+        "to run the new one")
+    assert llm.request_count == requests and status["configMapInputs"] == recorded
+
+    cluster.patch("configmaps", "prompts", {"data": {"classify.txt": template}})
+    assert run_worker_process(cluster, tmp_path, OPENAI_API_KEY=llm.api_key).returncode == 0  # restored: it runs
 
 
 def test_credentials_with_harmless_names_are_still_masked():
