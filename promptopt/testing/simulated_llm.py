@@ -166,6 +166,7 @@ __all__ = [
     "RULE_ONE_LOWERCASE_WORD",
     "RULE_SARCASM",
     "METAPROMPT_SYSTEM_PREFIX",
+    "GARBLED_JUDGE_ANSWER",
     "SimulatedLLM",
     "SimulatedLLMError",
     "respond",

@@ -435,6 +435,9 @@ def test_options_override_settings_but_not_what_the_worker_owns():
     assert result.reason == "Completed" and progress.max_metric_calls == 14 and progress.metric_calls <= 14
     too_small, _, _ = run(gepa_problem(options={"max_metric_calls": 2}))
     assert too_small.message.startswith("spec.optimizer.options.max_metric_calls: 2 metric calls do not cover")
+    unbounded, _, _ = run(gepa_problem(options={"max_metric_calls": None}))
+    assert unbounded.reason == "InvalidInput" and unbounded.message == (
+        "spec.optimizer.options.max_metric_calls: None is not a number of metric calls; GEPA needs a budget")
 
     refused, _, _ = run(gepa_problem(options={"logger": None, "run_dir": "/tmp"}))
     assert refused.reason == "InvalidInput" and refused.message == (

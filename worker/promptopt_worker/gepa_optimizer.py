@@ -297,6 +297,8 @@ def optimize_gepa(
     budget, first_step = kwargs["max_metric_calls"], len(problem.validation)  # the seed, scored on validation
     budget_field = ("spec.optimizer.options.max_metric_calls" if "max_metric_calls" in options
                     else "spec.optimizer.gepa.maxMetricCalls")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        return Result("InvalidInput", f"{budget_field}: {budget!r} is not a number of metric calls; GEPA needs a budget")
     iteration_cost = iteration_cost_bound(kwargs["reflection_minibatch_size"], first_step, kwargs["use_merge"])
     if budget < first_step:
         return Result("InvalidInput", (
