@@ -107,6 +107,12 @@ def retry_delay(failed_attempts: int, settings: OperatorSettings) -> float:
     return min(settings.retry_base_delay_seconds * 2 ** max(0, failed_attempts - 1), settings.retry_max_delay_seconds)
 
 
+def reconcile_error_delay(errors_in_a_row: int) -> float:
+    """When to try again after reconciles of a job failed in a row (the API refused or was unreachable): 1 s,
+    doubling, at most a minute, so a broken job or an outage does not turn into a tight loop of requests."""
+    return min(2.0 ** max(0, errors_in_a_row - 1), 60.0)
+
+
 def decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: OperatorSettings, slot: Slot) -> Decision:
     status = job.status
     live = tuple(p.name for p in pods if not p.finished and not p.deleting)

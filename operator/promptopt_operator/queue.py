@@ -20,6 +20,7 @@ class QueueEntry:
     created: str  # metadata.creationTimestamp (RFC 3339 sorts as text)
     phase: str | None
     cancelled: bool = False
+    position: int | None = None  # status.queuePosition as stored
 
 
 def plan(entries: Iterable[QueueEntry], limit: int) -> dict[JobKey, Slot]:
@@ -37,3 +38,11 @@ def plan(entries: Iterable[QueueEntry], limit: int) -> dict[JobKey, Slot]:
         else:
             slots[entry.key] = Slot(may_start=False, position=index - free + 1)
     return slots
+
+
+def stale_positions(entries: Iterable[QueueEntry], limit: int, front: int) -> list[JobKey]:
+    """The waiting jobs among the first `front` in line whose stored position is not their place now."""
+    entries = list(entries)
+    stored = {e.key: e.position for e in entries}
+    waiting = [(key, slot.position) for key, slot in plan(entries, limit).items() if slot.position is not None]
+    return [key for key, position in sorted(waiting, key=lambda item: item[1])[:front] if stored[key] != position]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,13 +17,26 @@ import kopf
 from promptopt.api.v1alpha1 import read_status
 
 from promptopt_operator.kube import KubeClient
-from promptopt_operator.lifecycle import Decision, Job, Slot, decide, parse_time
+from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, parse_time, reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
-from promptopt_operator.queue import JobKey, QueueEntry, plan
+from promptopt_operator.queue import JobKey, QueueEntry, plan, stale_positions
 from promptopt_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
+
+# A change of the queue (a start, a job that finished or left) is followed this soon by fresh positions for the
+# jobs at its front; further back they refresh on the timer (rewriting every waiting job on each start would
+# cost O(waiting) writes a start).
+QUEUE_POSITION_DELAY_SECONDS = 1.0
+EXACT_QUEUE_POSITIONS = 50
+
+# Posts an Event about a job (kopf.event in the operator).
+EventPoster = Callable[[dict[str, Any], Event], None]
+
+
+def post_with_kopf(body: dict[str, Any], event: Event) -> None:
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 def decision_inputs(body: dict[str, Any]) -> tuple:
@@ -36,13 +49,15 @@ def decision_inputs(body: dict[str, Any]) -> tuple:
 
 def queue_entry(namespace: str, name: str, body: dict[str, Any]) -> QueueEntry:
     spec = body.get("spec") or {}
+    status = read_status(body.get("status"))
     return QueueEntry(key=(namespace, name), created=body["metadata"].get("creationTimestamp") or "",
-                      phase=read_status(body.get("status")).phase, cancelled=bool(spec.get("cancel")))
+                      phase=status.phase, cancelled=bool(spec.get("cancel")), position=status.queue_position)
 
 
 class Reconciler:
-    def __init__(self, kube: KubeClient, settings: OperatorSettings, metrics: OperatorMetrics):
-        self.kube, self.settings, self.metrics = kube, settings, metrics
+    def __init__(self, kube: KubeClient, settings: OperatorSettings, metrics: OperatorMetrics,
+                 post_event: EventPoster = post_with_kopf):
+        self.kube, self.settings, self.metrics, self.post_event = kube, settings, metrics, post_event
         # kopf's index of every job (filled from the initial list before any handler runs, so a restarted
         # operator knows every running job before it starts a waiting one).
         self.index: Mapping[JobKey, Iterable[QueueEntry]] = {}
@@ -54,6 +69,11 @@ class Reconciler:
         # Jobs given a slot whose new phase has not come back through the watch yet.
         self._starting: set[JobKey] = set()
         self._waking: asyncio.Task | None = None
+        self._refreshing_positions: asyncio.Task | None = None
+        # Every task this reconciler starts, kept until it ends: the loop holds only weak references to tasks.
+        self._tasks: set[asyncio.Task] = set()
+        # Reconciles of each job that failed in a row (an API error, ...): their retries back off.
+        self._errors: dict[JobKey, int] = {}
         # decision_inputs of each job as the last reconcile left it, and observe_pod of each Pod last seen.
         self._decided: dict[JobKey, tuple] = {}
         self._pods_seen: dict[tuple[str, str], WorkerPod] = {}
@@ -83,23 +103,43 @@ class Reconciler:
         self._created.pop(key, None)
         self._starting.discard(key)
         self._locks.pop(key, None)
+        self._errors.pop(key, None)
         if handle := self._rechecks.pop(key, None):
             handle.cancel()
 
     def phases(self) -> list[str | None]:
         return [e.phase for e in self.entries()]
 
-    def _slots(self) -> dict[JobKey, Slot]:
+    def _queue(self) -> list[QueueEntry]:
+        """The queue's entries, counting the jobs given a slot just now as started."""
         entries = self.entries()
         self._starting.intersection_update(e.key for e in entries if e.phase in (None, "Queued"))
-        entries = [QueueEntry(e.key, e.created, "Pending", e.cancelled) if e.key in self._starting else e
-                   for e in entries]
-        return plan(entries, self.settings.max_running_jobs)
+        return [QueueEntry(e.key, e.created, "Pending", e.cancelled) if e.key in self._starting else e
+                for e in entries]
+
+    def _slots(self) -> dict[JobKey, Slot]:
+        return plan(self._queue(), self.settings.max_running_jobs)
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def wake_waiting(self) -> None:
         """A slot may have freed: start the waiting jobs that may start now, oldest first."""
         if self._waking is None or self._waking.done():
-            self._waking = asyncio.get_running_loop().create_task(self._start_waiting())
+            self._waking = self._spawn(self._start_waiting())
+
+    def queue_changed(self) -> None:
+        """Refresh the positions at the queue's front soon (once for a burst of changes)."""
+        if self._refreshing_positions is None or self._refreshing_positions.done():
+            self._refreshing_positions = self._spawn(self._refresh_positions())
+
+    async def _refresh_positions(self) -> None:
+        await asyncio.sleep(QUEUE_POSITION_DELAY_SECONDS)
+        for key in stale_positions(self._queue(), self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS):
+            await self.reconcile(*key, refresh_queue_position=True)
 
     async def _start_waiting(self) -> None:
         # One at a time, in the queue's order, so Pods are created in the order the jobs were created;
@@ -109,7 +149,8 @@ class Reconciler:
             for key in startable:
                 await self.reconcile(*key)
             if all(key not in self._starting for key in startable):
-                return  # none of them could start (e.g. cancelled meanwhile): do not spin
+                break  # none of them could start (e.g. cancelled meanwhile): do not spin
+        self.queue_changed()  # whether jobs started or one left the line, the others' places moved
 
     # -- worker Pods ---------------------------------------------------------------------------------------
 
@@ -131,10 +172,14 @@ class Reconciler:
             started = time.monotonic()
             try:
                 await self._reconcile(key, refresh_queue_position)
+                self._errors.pop(key, None)
             except Exception:
                 self.metrics.reconcile_errors.inc()
-                logger.exception("reconciling %s/%s failed; retrying in 5 s", namespace, name)
-                self._recheck(key, 5.0)
+                self._errors[key] = self._errors.get(key, 0) + 1
+                delay = reconcile_error_delay(self._errors[key])
+                logger.exception("reconciling %s/%s failed (%d in a row); retrying in %.0f s", namespace, name,
+                                 self._errors[key], delay)
+                self._recheck(key, delay)
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
@@ -166,7 +211,7 @@ class Reconciler:
             await self.kube.patch_job_status(namespace, name, decision.status)
             self._count_failure(job, decision)
         for event in decision.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            self.post_event(body, event)
         if decision.delete_job:
             await self.kube.delete_job(namespace, name)
         if decision.recheck_after is not None:
@@ -201,4 +246,4 @@ class Reconciler:
             handle.cancel()
         loop = asyncio.get_running_loop()
         # A little late rather than early: a decision taken a hair before a deadline would only wait again.
-        self._rechecks[key] = loop.call_later(delay + 0.05, lambda: loop.create_task(self.reconcile(*key)))
+        self._rechecks[key] = loop.call_later(delay + 0.05, lambda: self._spawn(self.reconcile(*key)))

@@ -253,6 +253,19 @@ def test_queue_runs_two_at_a_time_in_creation_order(cluster, kubelet, llm, crede
     assert started_order == names  # first come, first started
 
 
+def test_queue_positions_move_when_a_job_ahead_leaves_the_line(cluster, kubelet, llm, credentials, kubectl,
+                                                              start_operator):
+    llm.set_latency(0.2)
+    start_operator("--max-running-jobs", "1")
+    for name in ("ahead", "next", "last"):
+        cluster.create(gepa_job(name, llm, max_metric_calls=2000))
+        time.sleep(1.05)  # distinct creationTimestamps
+    wait_for(lambda: status_of(cluster, "last").get("queuePosition") == 2, 30, "last to be second in line")
+    kubectl("patch", "poj", "next", "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    # Moved by the change itself, not by the 30-second refresh timer that catches what a watch missed.
+    wait_for(lambda: status_of(cluster, "last").get("queuePosition") == 1, 10, "last to move up")
+
+
 def test_operator_restarted_mid_job_adopts_it_without_duplicates(cluster, kubelet, llm, credentials, start_operator):
     llm.set_latency(0.03)
     first = start_operator()

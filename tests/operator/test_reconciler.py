@@ -1,0 +1,149 @@
+"""The Reconciler with a fake Kubernetes client: what it asks of the API, and how it retries when the API fails."""
+import asyncio
+import copy
+
+import pytest
+
+from promptopt.testing.emulator import apply_merge_patch
+from promptopt_operator.lifecycle import reconcile_error_delay
+from promptopt_operator.metrics import OperatorMetrics
+from promptopt_operator.queue import QueueEntry
+from promptopt_operator.reconciler import Reconciler, queue_entry
+from promptopt_operator.settings import OperatorSettings
+
+SPEC = {
+    "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/x"},
+    "prompts": [{"name": "p", "template": "{{q}}"}],
+    "task": {"model": "openai/y"},
+}
+
+
+def job_body(name, created="2026-12-01T10:00:00Z", **status):
+    return {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
+            "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1,
+                         "creationTimestamp": created},
+            "spec": copy.deepcopy(SPEC), "status": status}
+
+
+class FakeKube:
+    """The operator's KubeClient in memory: jobs by name, every call recorded, failures on demand."""
+
+    def __init__(self, *jobs):
+        self.jobs = {job["metadata"]["name"]: job for job in jobs}
+        self.calls = []
+        self.failures = 0  # the next this many calls raise, as an unreachable API server would
+
+    def _call(self, *call):
+        self.calls.append(call)
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("API server unreachable")
+
+    async def get_job(self, namespace, name):
+        self._call("get_job", name)
+        return copy.deepcopy(self.jobs.get(name))
+
+    async def patch_job_status(self, namespace, name, patch):
+        self._call("patch_job_status", name, patch)
+        self.jobs[name]["status"] = apply_merge_patch(self.jobs[name]["status"], patch)
+
+    async def create_pod(self, namespace, manifest):
+        self._call("create_pod", manifest["metadata"]["name"])
+        return True
+
+    async def delete_pod(self, namespace, name, grace_seconds):
+        self._call("delete_pod", name)
+
+    async def delete_job(self, namespace, name):
+        self._call("delete_job", name)
+        self.jobs.pop(name, None)
+
+
+def reconciler_for(kube, events, **settings):
+    reconciler = Reconciler(kube, OperatorSettings(**settings), OperatorMetrics(lambda: []),
+                            post_event=lambda body, event: events.append((body["metadata"]["name"], event.reason)))
+    reconciler.index = {("ns", name): [queue_entry("ns", name, body)] for name, body in kube.jobs.items()}
+    return reconciler
+
+
+def test_a_new_job_gets_its_pod_its_status_and_an_event():
+    kube, events = FakeKube(job_body("a")), []
+
+    async def run():
+        await reconciler_for(kube, events).reconcile("ns", "a")
+
+    asyncio.run(run())
+    assert [c[0] for c in kube.calls] == ["get_job", "create_pod", "patch_job_status"]
+    assert kube.jobs["a"]["status"]["phase"] == "Pending" and kube.jobs["a"]["status"]["attempts"] == 1
+    assert events == [("a", "PodCreated")]
+
+
+def test_api_errors_are_retried_with_a_growing_delay_that_resets_on_success(monkeypatch):
+    kube, events = FakeKube(job_body("a")), []
+    delays = []
+
+    async def run():
+        reconciler = reconciler_for(kube, events)
+        monkeypatch.setattr(reconciler, "_recheck", lambda key, delay: delays.append(delay))
+        kube.failures = 3
+        for _ in range(4):
+            await reconciler.reconcile("ns", "a")
+        await reconciler.reconcile("ns", "a")  # a failure after a success starts over
+        return reconciler
+
+    reconciler = asyncio.run(run())
+    assert delays[:3] == [1.0, 2.0, 4.0]
+    assert kube.jobs["a"]["status"]["phase"] == "Pending"  # the fourth try went through
+    assert reconciler._errors == {}
+    assert reconciler.metrics.registry.get_sample_value("promptopt_reconcile_errors_total") == 3
+
+
+def test_the_error_delay_doubles_and_is_capped():
+    assert [reconcile_error_delay(n) for n in (1, 2, 3, 7, 20)] == [1, 2, 4, 60, 60]
+
+
+def test_rechecks_run_as_referenced_tasks():
+    kube, events = FakeKube(job_body("a")), []
+
+    async def run():
+        reconciler = reconciler_for(kube, events)
+        reconciler._recheck(("ns", "a"), 0.0)
+        await asyncio.sleep(0.2)  # the timer fires and its reconcile task runs
+        assert [c[0] for c in kube.calls][:1] == ["get_job"]
+        return reconciler
+
+    reconciler = asyncio.run(run())
+    assert not reconciler._tasks  # finished tasks are let go
+
+
+def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypatch):
+    monkeypatch.setattr("promptopt_operator.reconciler.QUEUE_POSITION_DELAY_SECONDS", 0.0)
+    running = job_body("running", created="2026-12-01T10:00:00Z", phase="Running", attempts=1)
+    waiting = [job_body(f"w{i}", created=f"2026-12-01T10:00:0{i + 1}Z", phase="Queued", queuePosition=i + 2,
+                        observedGeneration=1) for i in range(3)]
+    kube, events = FakeKube(running, *waiting), []
+
+    async def run():
+        reconciler = reconciler_for(kube, events, max_running_jobs=1)
+        # The running job finished: w0 may start, and everyone behind it moves up one.
+        reconciler.index[("ns", "running")] = [QueueEntry(("ns", "running"), "2026-12-01T10:00:00Z", "Succeeded")]
+        reconciler.wake_waiting()
+        await asyncio.sleep(0.1)
+        for task in list(reconciler._tasks):
+            await task
+
+    asyncio.run(run())
+    assert [c[1] for c in kube.calls if c[0] == "create_pod"] == ["w0-worker-1"]
+    assert {name: kube.jobs[name]["status"].get("queuePosition") for name in ("w0", "w1", "w2")} == {
+        "w0": None, "w1": 1, "w2": 2}
+
+
+@pytest.mark.parametrize("front, refreshed", [(1, ["w1"]), (5, ["w1", "w2"])])
+def test_only_the_front_of_the_queue_is_refreshed_at_once(front, refreshed):
+    """Rewriting every waiting job's position on every start would cost O(waiting) writes a start."""
+    from promptopt_operator.queue import stale_positions
+
+    entries = [QueueEntry(("ns", "w0"), "1", "Running"),
+               QueueEntry(("ns", "w1"), "2", "Queued", position=2),
+               QueueEntry(("ns", "w2"), "3", "Queued", position=3)]
+    assert stale_positions(entries, limit=1, front=front) == [("ns", name) for name in refreshed]
