@@ -1,7 +1,8 @@
 """What the Kubernetes API server does to a custom resource on create/update, for tests.
 
-Pruning of unknown fields, defaulting, OpenAPI v3 schema validation and the CRD's CEL rules
-(`x-kubernetes-validations`, evaluated with cel-python), in that order, as the real API server does.
+Pruning of unknown fields (`prune` also names them, for strict field validation and its warnings), defaulting,
+OpenAPI v3 schema validation and the CRD's CEL rules (`x-kubernetes-validations`, evaluated with cel-python), in
+that order, as the real API server does.
 No library does the four together over a CRD schema (jsonschema neither prunes, defaults nor runs CEL),
 so this walks the structural schema itself; it covers the keywords our generated CRDs use.
 """
@@ -35,11 +36,38 @@ class Rejected(ValueError):
 def admit(schema: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
     """The object as the API server would store it, or Rejected with every problem found."""
     stored = copy.deepcopy(obj)
+    prune(schema, stored)
     problems: list[str] = []
     _walk(schema, stored, "", problems, top=True)
     if problems:
         raise Rejected(problems)
     return stored
+
+
+def prune(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
+    """Drop, in place, the fields the schema does not declare; return their paths (``spec.x``, ``spec.l[0].y``),
+    sorted, as the API server names them in a strict decoding error or a warning. Metadata is not the schema's."""
+    pruned: list[str] = []
+    _prune(schema, obj, "", pruned, top=True)
+    return sorted(pruned)
+
+
+def _prune(schema: dict[str, Any], value: Any, path: str, pruned: list[str], top: bool = False) -> None:
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            _prune(schema["items"], item, f"{path}[{index}]", pruned)
+    if not isinstance(value, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    properties = schema.get("properties", {})
+    for key in list(value):
+        if key in properties:
+            if not (top and key == "metadata"):
+                _prune(properties[key], value[key], _join(path, key), pruned)
+        elif isinstance(schema.get("additionalProperties"), dict):
+            _prune(schema["additionalProperties"], value[key], _join(path, key), pruned)
+        elif "additionalProperties" not in schema and not (top and key in ("apiVersion", "kind", "metadata")):
+            del value[key]
+            pruned.append(_join(path, key))
 
 
 def _walk(schema: dict[str, Any], value: Any, path: str, problems: list[str], top: bool = False) -> None:
@@ -62,10 +90,6 @@ def _walk(schema: dict[str, Any], value: Any, path: str, problems: list[str], to
 
 def _walk_object(schema: dict[str, Any], value: dict, path: str, problems: list[str], top: bool) -> None:
     properties = schema.get("properties", {})
-    keep_unknown = schema.get("x-kubernetes-preserve-unknown-fields", False) or "additionalProperties" in schema
-    for key in list(value):
-        if key not in properties and not keep_unknown and not (top and key in ("apiVersion", "kind", "metadata")):
-            del value[key]  # pruned, silently, as the API server does
     for key, sub in properties.items():
         if key not in value and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
