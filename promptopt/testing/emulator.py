@@ -16,6 +16,7 @@ import asyncio
 import base64
 import collections
 import copy
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -27,7 +28,7 @@ import signal
 import tempfile
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -38,10 +39,11 @@ import yaml
 from jsonpath_ng.ext import parse as parse_jsonpath
 from typing_extensions import override
 
+from promptopt.testing.admission import admit, prune
 from promptopt.testing.client import ClusterApi
 
 REPO_CRDS = pathlib.Path(__file__).resolve().parents[2] / 'crds'
-STANDARD_VERBS = frozenset({'create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'})
+STANDARD_VERBS = frozenset({'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'})
 SUBRESOURCE_VERBS = ['get', 'patch', 'update']
 JSON_HEADERS = {'Content-Type': 'application/json'}
 TERMINAL_POD_PHASES = frozenset({'Succeeded', 'Failed'})
@@ -49,18 +51,43 @@ DEFAULT_POD_GRACE_SECONDS = 30
 RECENT_EVENTS_PER_RESOURCE = 10_000  # older resourceVersions get "410 Gone", as after etcd compaction
 NAME_SUFFIX_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789'  # the apiserver's generateName alphabet
 
+# The limits of a real control plane, measured against kube-apiserver 1.33 and etcd 3.5 with their defaults.
+MAX_REQUEST_BODY_BYTES = 3 * 1024 * 1024  # larger bodies: 413 RequestEntityTooLarge
+ETCD_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes: "etcdserver: request is too large"
+ETCD_CLIENT_MAX_SEND_BYTES = 2 * 1024 * 1024  # the apiserver's etcd client refuses larger messages itself
+ETCD_PUT_OVERHEAD_BYTES = 80  # what a put adds to the key and the stored object
+MAX_ANNOTATIONS_BYTES = 256 * 1024  # keys and values together
+FIELD_VALIDATIONS = ('', 'Ignore', 'Strict', 'Warn')  # '' is Warn
+OBJECT_META_FIELDS = frozenset({
+    'name', 'generateName', 'namespace', 'selfLink', 'uid', 'resourceVersion', 'generation', 'creationTimestamp',
+    'deletionTimestamp', 'deletionGracePeriodSeconds', 'labels', 'annotations', 'ownerReferences', 'finalizers',
+    'managedFields'})
+
 NAMESPACES = kmock.resource('', 'v1', 'namespaces')
-NAMESPACES_ALIAS = '/api/v1/namespaces/-'  # "-" is not a valid namespace name, so the alias is unambiguous
+# Not an alias any more (requests are routed without kmock's URL parser); tests/ship/test_rbac.py still imports it.
+NAMESPACES_ALIAS = '/api/v1/namespaces/-'
 PODS = kmock.resource('', 'v1', 'pods')
 SECRETS = kmock.resource('', 'v1', 'secrets')
+EVENTS = kmock.resource('', 'v1', 'events')
 CRDS = kmock.resource('apiextensions.k8s.io', 'v1', 'customresourcedefinitions')
 
 
 # ------------------------------------------------------------------------------------------------
 # Errors as the API server reports them.
 
-def api_error(code: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
+def api_error(code: int, reason: str | None, message: str, **details: Any) -> kmock.KubernetesError:
+    """A Status error; empty details are left out, as the real server leaves them out (``group`` of core kinds)."""
+    details = {key: value for key, value in details.items() if value not in (None, '')}
     return kmock.KubernetesError(status=code, reason=reason, message=message, details=details or None)
+
+
+def invalid(kind: str, group: str, name: str, problems: list[tuple[str, str, str]]) -> kmock.KubernetesError:
+    """422 Invalid with one cause per (field, reason, message), as kube-apiserver words it (kubectl lists them)."""
+    lines = [f'{field}: {message}' for field, _, message in problems]
+    summary = lines[0] if len(lines) == 1 else f"[{', '.join(lines)}]"
+    qualified = f'{kind}.{group}' if group else kind
+    return api_error(422, 'Invalid', f'{qualified} "{name}" is invalid: {summary}', name=name, group=group, kind=kind,
+                     causes=[{'reason': reason, 'message': message, 'field': field} for field, reason, message in problems])
 
 
 def resource_label(resource: kmock.resource) -> str:
@@ -192,13 +219,31 @@ class FieldRequirement:
         return (text == self.value) != self.negated
 
 
-def parse_field_selector(text: str) -> list[FieldRequirement]:
-    """Parse ``metadata.name=x,spec.nodeName!=,status.phase==Running`` (dotted paths, = == !=)."""
+# Every resource selects on metadata.name and metadata.namespace; these kinds on a few more fields (the real
+# server's field label conversions; custom resources declare none here).
+SELECTABLE_FIELDS: dict[str, frozenset[str]] = {
+    'pods': frozenset({'spec.nodeName', 'spec.restartPolicy', 'spec.schedulerName', 'spec.serviceAccountName',
+                       'spec.hostNetwork', 'status.phase', 'status.podIP', 'status.nominatedNodeName'}),
+    'events': frozenset({'involvedObject.kind', 'involvedObject.namespace', 'involvedObject.name',
+                         'involvedObject.uid', 'involvedObject.apiVersion', 'involvedObject.resourceVersion',
+                         'involvedObject.fieldPath', 'reason', 'reportingComponent', 'source', 'type'}),
+    'secrets': frozenset({'type'}),
+    'namespaces': frozenset({'status.phase'}),
+    'nodes': frozenset({'spec.unschedulable'}),
+}
+
+
+def parse_field_selector(text: str, resource: kmock.resource) -> list[FieldRequirement]:
+    """Parse ``metadata.name=x,spec.nodeName!=,status.phase==Running``; a field the resource cannot select on
+    is a 400, as on the real server (which indexes only those)."""
+    selectable = {'metadata.name', 'metadata.namespace'} | SELECTABLE_FIELDS.get(str(resource.plural), frozenset())
     requirements = []
     for term in filter(None, (t.strip() for t in text.split(','))):
         match = re.fullmatch(r'([^=!]+?)\s*(==|=|!=)\s*(.*)', term)
         if not match:
             raise api_error(400, 'BadRequest', f'invalid field selector: {term!r}')
+        if match[1] not in selectable:
+            raise api_error(400, 'BadRequest', f'field label not supported: {match[1]}')
         requirements.append(FieldRequirement(tuple(match[1].split('.')), match[3], match[2] == '!='))
     return requirements
 
@@ -236,8 +281,178 @@ def apply_json_patch(target: Mapping[str, Any], operations: list[Any]) -> dict[s
     """RFC 6902 JSON patch; a failed ``test`` op or a bad path is a 422 as on a real server."""
     try:
         return jsonpatch.apply_patch(copy.deepcopy(dict(target)), operations, in_place=True)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-        raise api_error(422, 'Invalid', f'the server rejected our request due to an error in our request: {exc}')
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException):
+        raise api_error(422, 'Invalid', 'the server rejected our request due to an error in our request') from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Protobuf bodies: kubectl's `create namespace|secret|configmap|serviceaccount` send nothing else, and client-go
+# falls back to JSON only after a 415 to a CBOR body, never to a protobuf one.
+
+PROTOBUF_MAGIC = b'k8s\x00'  # then a runtime.Unknown: typeMeta (apiVersion, kind) and the object's bytes
+# Field number: (JSON name, type) of k8s.io/api and apimachinery's generated.proto, the fields those commands set.
+OBJECT_META_PROTO = {1: ('name', 'string'), 2: ('generateName', 'string'), 3: ('namespace', 'string'),
+                     11: ('labels', 'map string'), 12: ('annotations', 'map string'),
+                     14: ('finalizers', 'repeated string')}
+PROTOBUF_KINDS: dict[str, dict[int, tuple[str, Any]]] = {
+    'Namespace': {1: ('metadata', OBJECT_META_PROTO), 2: ('spec', {1: ('finalizers', 'repeated string')}),
+                  3: ('status', {1: ('phase', 'string')})},
+    'Secret': {1: ('metadata', OBJECT_META_PROTO), 2: ('data', 'map bytes'), 3: ('type', 'string'),
+               4: ('stringData', 'map string'), 5: ('immutable', 'bool')},
+    'ConfigMap': {1: ('metadata', OBJECT_META_PROTO), 2: ('data', 'map string'), 3: ('binaryData', 'map bytes'),
+                  4: ('immutable', 'bool')},
+    'ServiceAccount': {1: ('metadata', OBJECT_META_PROTO), 4: ('automountServiceAccountToken', 'bool')},
+}
+
+
+def protobuf_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """The (field number, varint or bytes) pairs of one protobuf message."""
+    position = 0
+
+    def varint() -> int:
+        nonlocal position
+        value = shift = 0
+        while True:
+            byte = data[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while position < len(data):
+        key = varint()
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            yield number, varint()
+        elif wire_type == 2:
+            length = varint()
+            yield number, data[position:position + length]
+            position += length
+        else:  # fixed32/fixed64: no field of the decoded kinds has them
+            raise api_error(415, 'UnsupportedMediaType', f'protobuf wire type {wire_type} is not decoded')
+
+
+def decode_protobuf_message(data: bytes, fields: Mapping[int, tuple[str, Any]], kind: str) -> dict[str, Any]:
+    """A message as JSON would carry it: empty values (which gogo-protobuf writes too) are left out, and a
+    field the emulator does not decode is refused rather than dropped."""
+    result: dict[str, Any] = {}
+    for number, value in protobuf_fields(data):
+        if number not in fields:
+            if value in (0, b''):
+                continue
+            raise api_error(415, 'UnsupportedMediaType', f'field {number} of a protobuf {kind} is not decoded by '
+                                                         'the emulator: send JSON')
+        name, field_type = fields[number]
+        if isinstance(field_type, Mapping):
+            decoded = decode_protobuf_message(bytes(value), field_type, kind)  # type: ignore[arg-type]
+            if decoded:
+                result[name] = decoded
+        elif field_type == 'bool':
+            result[name] = bool(value)
+        elif field_type == 'string' and value:
+            result[name] = bytes(value).decode()  # type: ignore[arg-type]
+        elif field_type == 'repeated string':
+            result.setdefault(name, []).append(bytes(value).decode())  # type: ignore[arg-type]
+        elif field_type.startswith('map '):
+            entry = dict(protobuf_fields(bytes(value)))  # type: ignore[arg-type]
+            item = bytes(entry.get(2, b''))  # type: ignore[arg-type]
+            text = base64.b64encode(item).decode() if field_type == 'map bytes' else item.decode()
+            result.setdefault(name, {})[bytes(entry.get(1, b'')).decode()] = text  # type: ignore[arg-type]
+    return result
+
+
+def decode_protobuf(body: bytes) -> dict[str, Any]:
+    """A protobuf request body of one of PROTOBUF_KINDS as its JSON object, else 415."""
+    unknown = dict(protobuf_fields(body.removeprefix(PROTOBUF_MAGIC))) if body.startswith(PROTOBUF_MAGIC) else {}
+    type_meta = {number: bytes(value).decode() for number, value in  # type: ignore[arg-type]
+                 protobuf_fields(bytes(unknown.get(1, b'')))}  # type: ignore[arg-type]
+    kind = type_meta.get(2, '')
+    if kind not in PROTOBUF_KINDS:
+        raise api_error(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format - accepted '
+                        'media types include: application/json, application/yaml (and protobuf for '
+                        f"{', '.join(PROTOBUF_KINDS)})")
+    obj = decode_protobuf_message(bytes(unknown.get(2, b'')), PROTOBUF_KINDS[kind], kind)  # type: ignore[arg-type]
+    return {'apiVersion': type_meta.get(1, ''), 'kind': kind, **obj}
+
+
+# ------------------------------------------------------------------------------------------------
+# Object metadata, validated as for every kind.
+
+DNS1123_LABEL = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?')
+DNS1123_SUBDOMAIN = re.compile(r'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
+QUALIFIED_NAME_PART = re.compile(r'([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')
+LABEL_VALUE = re.compile(r'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')
+SUBDOMAIN_RULE = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                  "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+                  f"validation is '{DNS1123_SUBDOMAIN.pattern}')")
+LABEL_RULE = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start "
+              f"and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
+              f"'{DNS1123_LABEL.pattern}')")
+NAME_PART_RULE = ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                  "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation "
+                  f"is '{QUALIFIED_NAME_PART.pattern}')")
+LABEL_VALUE_RULE = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+                    "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
+                    f"'12345', regex used for validation is '{LABEL_VALUE.pattern}')")
+Problem = tuple[str, str, str]  # (field, cause reason, message), as in a 422's causes
+
+
+def name_problems(resource: kmock.resource, name: str) -> list[Problem]:
+    """Namespaces are DNS labels, Events any path segment, everything else here a DNS subdomain."""
+    invalid_value = f'Invalid value: "{name}": '
+    if resource == EVENTS:
+        bad = name in {'.', '..'} or '/' in name or '%' in name
+        return [('metadata.name', 'FieldValueInvalid', invalid_value + "may not contain '/' or '%'")] if bad else []
+    pattern, rule, limit = ((DNS1123_LABEL, LABEL_RULE, 63) if resource == NAMESPACES
+                            else (DNS1123_SUBDOMAIN, SUBDOMAIN_RULE, 253))
+    problems = []
+    if len(name) > limit:
+        problems.append(('metadata.name', 'FieldValueInvalid', invalid_value + f'must be no more than {limit} characters'))
+    if not pattern.fullmatch(name):
+        problems.append(('metadata.name', 'FieldValueInvalid', invalid_value + rule))
+    return problems
+
+
+def key_problems(field: str, key: str) -> list[Problem]:
+    """A label or annotation key: an optional DNS-subdomain prefix and a '/', then a name of at most 63."""
+    prefix, _, name = key.rpartition('/')
+    invalid_value = f'Invalid value: "{key}": '
+    problems = []
+    if prefix and not (len(prefix) <= 253 and DNS1123_SUBDOMAIN.fullmatch(prefix)):
+        problems.append((field, 'FieldValueInvalid', invalid_value + f'prefix part {SUBDOMAIN_RULE}'))
+    if len(name) > 63:
+        problems.append((field, 'FieldValueInvalid', invalid_value + 'name part must be no more than 63 characters'))
+    if not QUALIFIED_NAME_PART.fullmatch(name):
+        problems.append((field, 'FieldValueInvalid', invalid_value + NAME_PART_RULE))
+    return problems
+
+
+def metadata_problems(resource: kmock.resource, meta: Mapping[str, Any]) -> list[Problem]:
+    """What ObjectMeta validation refuses: the name, label keys and values, annotation keys and their total size."""
+    problems = name_problems(resource, meta['name'])
+    for key, value in (meta.get('labels') or {}).items():
+        problems += key_problems('metadata.labels', key)
+        if len(value) > 63:
+            problems.append(('metadata.labels', 'FieldValueInvalid',
+                             f'Invalid value: "{value}": must be no more than 63 characters'))
+        if not LABEL_VALUE.fullmatch(value):
+            problems.append(('metadata.labels', 'FieldValueInvalid', f'Invalid value: "{value}": {LABEL_VALUE_RULE}'))
+    annotations = meta.get('annotations') or {}
+    for key in annotations:
+        problems += key_problems('metadata.annotations', key)
+    if sum(len(key) + len(value) for key, value in annotations.items()) > MAX_ANNOTATIONS_BYTES:
+        problems.append(('metadata.annotations', 'FieldValueTooLong',
+                         f'Too long: may not be more than {MAX_ANNOTATIONS_BYTES} bytes'))
+    return problems
+
+
+def pruned_metadata(meta: dict[str, Any]) -> list[str]:
+    """Drop the fields ObjectMeta does not have, as decoding does; return their paths."""
+    unknown = sorted(key for key in meta if key not in OBJECT_META_FIELDS)
+    for key in unknown:
+        del meta[key]
+    return [f'metadata.{key}' for key in unknown]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -414,6 +629,7 @@ class CustomResource:
     info: kmock.ResourceInfo
     columns: list[Column]
     schema: Mapping[str, Any]
+    has_rules: bool  # CEL rules (x-kubernetes-validations) anywhere in the schema
 
 
 def custom_resources(crd: Mapping[str, Any]) -> list[CustomResource]:
@@ -435,7 +651,8 @@ def custom_resources(crd: Mapping[str, Any]) -> list[CustomResource]:
         )
         schema = (version.get('schema') or {}).get('openAPIV3Schema') or {}
         resource = kmock.resource(spec['group'], version['name'], names['plural'])
-        result.append(CustomResource(resource, info, crd_columns(version), schema))
+        result.append(CustomResource(resource, info, crd_columns(version), schema,
+                                     'x-kubernetes-validations' in json.dumps(schema)))
     return result
 
 
@@ -454,11 +671,6 @@ def read_crds(folder: str | pathlib.Path) -> list[dict[str, Any]]:
     paths = sorted([*pathlib.Path(folder).glob('*.yaml'), *pathlib.Path(folder).glob('*.yml')])
     documents = [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
     return [doc for doc in documents if doc.get('kind') == 'CustomResourceDefinition']
-
-
-def load_crds(emulator: KubernetesEmulator, folder: str | pathlib.Path) -> list[kmock.resource]:
-    """Declare every CRD found in a folder such as the repo's crds/."""
-    return [resource for crd in read_crds(folder) for resource in declare_crd(emulator, crd)]
 
 
 def crd_established(crd: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -507,7 +719,7 @@ class WatchEvent:
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """Which objects a list/watch/deletecollection request is about."""
+    """Which objects a list or watch request is about."""
     namespace: str | None = None
     name: str | None = None
     labels: tuple[LabelRequirement, ...] = ()
@@ -517,7 +729,7 @@ class Selection:
     def of(cls, request: kmock.Request) -> Selection:
         return cls(request.namespace, request.name,
                    tuple(parse_label_selector(request.params.get('labelSelector', ''))),
-                   tuple(parse_field_selector(request.params.get('fieldSelector', ''))))
+                   tuple(parse_field_selector(request.params.get('fieldSelector', ''), request.resource)))
 
     def matches(self, obj: Mapping[str, Any] | None) -> bool:
         if obj is None:
@@ -536,83 +748,120 @@ class Selection:
         return dataclasses.replace(event, type='ADDED' if now else 'DELETED')
 
 
-# Requests kept for assertions (emulator.requests); older ones are dropped to keep dispatch fast.
-REQUEST_HISTORY = 8
-
-
 @attrs.define(kw_only=True)
 class KubernetesEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the semantics of a real API server (see the module docstring).
 
-    Objects live in ``.objects`` (kmock's versioned store, keyed by resource, namespace, name).
-    Write only through the HTTP API while serving: direct writes are not streamed to watchers.
+    Objects live in ``.objects`` (kmock's versioned store, keyed by resource, namespace, name) and resources in
+    ``.resources``. Write only through the HTTP API while serving: direct writes are not streamed to watchers.
+    Requests are routed here, not through kmock's reactions: kmock records every request and matches each new one
+    by walking that record, which has no public bound, so a long run (a benchmark) slowed down without end.
     """
 
-    # Optional: what the server does with a custom resource's body against its CRD schema
-    # (pruning, defaulting, validation), e.g. promptopt.testing.admission.admit; ValueError means 422.
-    admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    # What the server does with a custom resource's body against its CRD schema (pruning, defaulting,
+    # validation); ValueError means 422 (promptopt.testing.admission.Rejected lists the fields).
+    admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = admit
     custom_resources: dict[kmock.resource, CustomResource] = attrs.field(factory=dict, init=False)
     _last_resource_version: int = attrs.field(default=0, init=False)
+    _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    _watchers: dict[kmock.resource, kmock.Bus[WatchEvent]] = attrs.field(
+        factory=lambda: collections.defaultdict(kmock.Bus), init=False)
     _recent_events: dict[kmock.resource, collections.deque[WatchEvent]] = attrs.field(
         factory=lambda: collections.defaultdict(lambda: collections.deque(maxlen=RECENT_EVENTS_PER_RESOURCE)),
         init=False)
+    # The resourceVersion a resource's event history starts at (a CRD's declaration; 0 for builtins): a watch
+    # from before it is "410 Gone", as from before the real server's watch cache.
+    _history_start: dict[kmock.resource, int] = attrs.field(factory=lambda: collections.defaultdict(int), init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.resources.load_bundled()
-        self.fallback['get /openapi/v3'] << self._serve_openapi_paths
-        self.fallback['get', re.compile(r'/openapi/v3/(api|apis/[^/]+)/[^/]+')] << self._serve_openapi_group_version
 
     # --- request routing -------------------------------------------------------------------------
 
     @override
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        # kmock's URL parser fails on the namespace collection; give it a parsable alias of that URL
-        # (our own parser in _handle() reads the alias back as the namespaces collection).
-        if raw_request.path.rstrip('/') == '/api/v1/namespaces':
-            url = raw_request.rel_url
-            # with_path() drops the query (?watch=true, ?labelSelector=...): carry it over.
-            raw_request = raw_request.clone(rel_url=url.with_path(NAMESPACES_ALIAS).with_query(url.query))
-        return await super().__call__(raw_request)
+        try:
+            request = await parsed_request(raw_request)
+            return await self._respond(raw_request, await self._handle(request))
+        except kmock.KubernetesError as exc:
+            return await self._render_error(exc)
 
     @override
-    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        path = '/api/v1/namespaces' if request.url.path == NAMESPACES_ALIAS else request.url.path
-        api_path = parse_api_path(path)
-        if api_path is not None:
-            request = self._reparsed(request, api_path)
-        # kmock matches each request against every reaction by walking the whole request history, so a long
-        # run (a benchmark, a 1,000-job test) slows down with every request served: keep only recent ones.
-        for history in (self._requests, *(payload._requests for payload in self._payloads)):
-            if len(history) > 2 * REQUEST_HISTORY:
-                del history[:-REQUEST_HISTORY]
-        # kmock's own _handle() writes objects before dispatching; our _serve_* fallbacks write instead.
-        return await kmock.KubernetesScaffold._handle(self, request)
+    async def _handle(self, request: kmock.Request) -> kmock.Payload:
+        """What the request gets: a resource request is served by its action, anything else is discovery."""
+        if request.resource is None:
+            return await self._serve_discovery(request)
+        serve = {kmock.action.LIST: self._serve_list, kmock.action.WATCH: self._serve_watch,
+                 kmock.action.FETCH: self._serve_fetch, kmock.action.CREATE: self._serve_create,
+                 kmock.action.UPDATE: self._serve_update, kmock.action.DELETE: self._serve_delete}.get(request.action)
+        if serve is None:
+            self._served(request)  # an unknown subresource is a 404 first
+            raise api_error(405, 'MethodNotAllowed', f'the server does not allow this method on the requested '
+                                                     f'resource ({request.method.value} {request.url.path})')
+        if 'dryRun' in request.params:
+            raise api_error(400, 'BadRequest', 'dryRun is not served by the emulator: use the real API server')
+        return await serve(request)
 
-    def _reparsed(self, request: kmock.Request, api_path: ApiPath) -> kmock.Request:
-        """The request with our K8s fields, also in the recorded requests (kmock matches them by identity)."""
-        reparsed = attrs.evolve(
-            request, resource=api_path.resource, namespace=api_path.namespace, name=api_path.name,
-            subresource=api_path.subresource, action=guess_action(request.method.value, api_path, request.params))
-        index = next(i for i in reversed(range(len(self._requests))) if self._requests[i] is request)
-        self._requests[index] = reparsed
-        return reparsed
+    async def _respond(self, raw_request: aiohttp.web.BaseRequest, answer: kmock.Payload) -> aiohttp.web.StreamResponse:
+        """A JSON response, or a stream of JSON lines for a watch (an async iterator of events)."""
+        status, headers, payload = ((answer.status or 200, dict(answer.headers or {}), answer.payload)
+                                    if isinstance(answer, kmock.Response) else (200, {}, answer))
+        if not isinstance(payload, AsyncIterator):
+            return aiohttp.web.json_response(payload, status=status, headers=headers)
+        response = aiohttp.web.StreamResponse(status=status, headers=JSON_HEADERS)
+        await response.prepare(raw_request)  # the headers now: clients wait for them before reading events
+        with contextlib.suppress(ConnectionError):  # the client went away
+            async for event in payload:
+                await response.write(json.dumps(event).encode() + b'\n')
+            await response.write_eof()
+        return response
 
     @override
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
-        if not isinstance(exc, kmock.KubernetesError):
-            return await super()._render_error(exc)
-        return aiohttp.web.json_response(
-            {'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure', 'code': exc.status,
-             'reason': exc.reason, 'message': exc.message, 'details': exc.details or {}},
-            status=exc.status)
+        assert isinstance(exc, kmock.KubernetesError)
+        status = {'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure', 'code': exc.status,
+                  'message': exc.message}
+        status |= {'reason': exc.reason} if exc.reason else {}
+        status |= {'details': exc.details} if exc.details else {}
+        return aiohttp.web.json_response(status, status=exc.status)
 
     # --- discovery -------------------------------------------------------------------------------
 
-    @override
-    async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
-        assert request.resource is not None
-        group, version = request.resource.group, request.resource.version
+    async def _serve_discovery(self, request: kmock.Request) -> kmock.Payload:
+        path = request.url.path.rstrip('/') or '/'
+        parts = path.strip('/').split('/')
+        if request.method != kmock.method.GET:
+            raise api_error(405, 'MethodNotAllowed', 'the server does not allow this method on the requested resource')
+        if path == '/':
+            return {'paths': sorted({'/api', '/api/v1', '/apis', '/version', '/openapi/v3'}
+                                    | {f'/apis/{g}/{v}' for g, v in self._group_versions() if g})}
+        if path == '/version':
+            return self._server_version()
+        if path == '/api':
+            return {'kind': 'APIVersions', 'versions': ['v1'], 'serverAddressByClientCIDRs': []}
+        if path == '/apis':
+            return {'kind': 'APIGroupList', 'apiVersion': 'v1',
+                    'groups': [self._group(g) for g in sorted({g for g, _ in self._group_versions() if g})]}
+        if parts[0] == 'apis' and len(parts) == 2 and any(g == parts[1] for g, _ in self._group_versions()):
+            return self._group(parts[1])
+        if parts[0] == 'api' and len(parts) == 2:
+            return self._group_version('', parts[1])
+        if parts[0] == 'apis' and len(parts) == 3:
+            return self._group_version(parts[1], parts[2])
+        if path == '/openapi/v3':
+            return self._openapi_paths()
+        if re.fullmatch(r'/openapi/v3/(api|apis/[^/]+)/[^/]+', path):
+            return self._openapi_group_version(path)
+        raise api_error(404, 'NotFound', 'the server could not find the requested resource')
+
+    def _group(self, group: str) -> dict[str, Any]:
+        versions = sorted(v for g, v in self._group_versions() if g == group)
+        entries = [{'groupVersion': f'{group}/{v}', 'version': v} for v in versions]
+        return {'kind': 'APIGroup', 'apiVersion': 'v1', 'name': group, 'versions': entries,
+                'preferredVersion': entries[0]}
+
+    def _group_version(self, group: str, version: str) -> dict[str, Any]:
         served = sorted((r for r in self.resources if r.group == group and r.version == version),
                         key=lambda r: str(r.plural))
         if not served:
@@ -623,28 +872,29 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
 
     def _discovery_entries(self, resource: kmock.resource) -> list[dict[str, Any]]:
         info = self.resources[resource]
+        verbs = set(info.verbs or STANDARD_VERBS) - {'deletecollection'}  # not emulated
         main = {'name': resource.plural, 'singularName': info.singular or '', 'namespaced': bool(info.namespaced),
-                'kind': info.kind, 'verbs': sorted(info.verbs or STANDARD_VERBS)}
+                'kind': info.kind, 'verbs': sorted(verbs)}
         main |= {'shortNames': sorted(info.shortnames)} if info.shortnames else {}
         main |= {'categories': sorted(info.categories)} if info.categories else {}
         subs = [{'name': f'{resource.plural}/{sub}', 'singularName': '', 'namespaced': bool(info.namespaced),
                  'kind': info.kind, 'verbs': SUBRESOURCE_VERBS} for sub in sorted(info.subresources)]
         return [main, *subs]
 
-    @override
-    async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
-        return {'major': '1', 'minor': '32', 'gitVersion': 'v1.32.0', 'platform': 'linux/amd64',
+    @staticmethod
+    def _server_version() -> dict[str, Any]:
+        return {'major': '1', 'minor': '33', 'gitVersion': 'v1.33.0', 'platform': 'linux/amd64',
                 'gitCommit': '', 'gitTreeState': 'clean', 'buildDate': '', 'goVersion': '', 'compiler': 'gc'}
 
     def _group_versions(self) -> set[tuple[str, str]]:
         return {(str(r.group), str(r.version)) for r in self.resources}
 
-    async def _serve_openapi_paths(self, request: kmock.Request) -> kmock.Payload:
+    def _openapi_paths(self) -> dict[str, Any]:
         prefixes = {(g, v): f'apis/{g}/{v}' if g else f'api/{v}' for g, v in self._group_versions()}
         return {'paths': {prefix: {'serverRelativeURL': f'/openapi/v3/{prefix}'} for prefix in sorted(prefixes.values())}}
 
-    async def _serve_openapi_group_version(self, request: kmock.Request) -> kmock.Payload:
-        *_, group, version = request.url.path.split('/')
+    def _openapi_group_version(self, path: str) -> dict[str, Any]:
+        *_, group, version = path.split('/')
         group = '' if group == 'api' else group
         if (group, version) not in self._group_versions():
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
@@ -712,39 +962,39 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         resource = self._served(request)
         selection = Selection.of(request)
         since = request.params.get('resourceVersion') or '0'
+        if not since.isdigit():
+            raise api_error(400, 'BadRequest', f'invalid resource version: resourceVersion: Invalid value: "{since}": '
+                                               f'strconv.ParseUint: parsing "{since}": invalid syntax')
+        if request.params.get('sendInitialEvents') == 'true':  # as kube-apiserver 1.33, whose WatchList gate is off
+            raise api_error(422, 'Invalid', 'ListOptions.meta.k8s.io "" is invalid: sendInitialEvents: Forbidden: '
+                                            'sendInitialEvents is forbidden for watch unless the WatchList feature '
+                                            'gate is enabled', group='meta.k8s.io', kind='ListOptions')
         timeout = float(request.params['timeoutSeconds']) if request.params.get('timeoutSeconds') else None
-        async with self._lock:
-            mark = await self._buses[resource].mark()
-            initial = self._initial_watch_events(resource, selection, since, request.params)
+        async with self._write_lock:
+            mark = await self._watchers[resource].mark()
+            initial = self._initial_watch_events(resource, selection, int(since))
         render: Callable[[dict[str, Any]], Any] = (
             (lambda obj: self._as_table(request, [obj])) if wants_table(request) else (lambda obj: obj))
         stream = self._watch_stream(resource, mark, initial, selection, render, timeout)
         return kmock.Response(headers=JSON_HEADERS, payload=stream)
 
-    def _initial_watch_events(self, resource: kmock.resource, selection: Selection, since: str,
-                              params: Mapping[str, str]) -> list[dict[str, Any]]:
-        """What a watch sends first: the current objects, or what happened after ``since``."""
-        if since == '0' or params.get('sendInitialEvents') == 'true':
-            events: list[dict[str, Any]] = [{'type': 'ADDED', 'object': o} for o in self._selected(resource, selection)]
-            if params.get('sendInitialEvents') == 'true':
-                events.append({'type': 'BOOKMARK', 'object': {
-                    'kind': self.resources[resource].kind, 'apiVersion': self._api_version(resource),
-                    'metadata': {'resourceVersion': str(self._last_resource_version),
-                                 'annotations': {'k8s.io/initial-events-end': 'true'}}}})
-            return events
+    def _initial_watch_events(self, resource: kmock.resource, selection: Selection, since: int) -> list[dict[str, Any]]:
+        """What a watch sends first: the current objects (from 0), or what happened after ``since``."""
+        if since == 0:
+            return [{'type': 'ADDED', 'object': o} for o in self._selected(resource, selection)]
         recent = self._recent_events[resource]
-        if len(recent) == recent.maxlen and int(since) < recent[0].resource_version - 1:
-            gone = {'kind': 'Status', 'apiVersion': 'v1', 'status': 'Failure', 'code': 410, 'reason': 'Expired',
-                    'message': f'too old resource version: {since}', 'metadata': {}}
+        oldest = recent[0].resource_version - 1 if len(recent) == recent.maxlen else self._history_start[resource]
+        if since < oldest:
+            gone = {'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Failure',
+                    'message': f'too old resource version: {since} ({oldest})', 'reason': 'Expired', 'code': 410}
             return [{'type': 'ERROR', 'object': gone}]
-        seen = (selection.seen(e) for e in recent if e.resource_version > int(since))
+        seen = (selection.seen(e) for e in recent if e.resource_version > since)
         return [{'type': e.type, 'object': e.object} for e in seen if e is not None]
 
     async def _watch_stream(self, resource: kmock.resource, mark: kmock.BusMark[WatchEvent],
                             initial: list[dict[str, Any]], selection: Selection,
                             render: Callable[[dict[str, Any]], Any], timeout: float | None) -> AsyncIterator[Any]:
-        yield b''  # send the headers now: clients wait for them before they start reading events
-        bus = self._buses[resource]
+        bus = self._watchers[resource]
         try:
             for event in initial:
                 yield dict(event, object=render(event['object'])) if event['type'] != 'ERROR' else event
@@ -774,12 +1024,13 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                        previous: dict[str, Any] | None) -> None:
         event = WatchEvent(event_type, obj, previous, int(obj['metadata']['resourceVersion']))
         self._recent_events[resource].append(event)
-        await self._buses[resource].put(event)
+        await self._watchers[resource].put(event)
 
     async def _store(self, resource: kmock.resource, obj: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-        """Write a new or changed object with a new resourceVersion; tell the watchers."""
-        obj['metadata']['resourceVersion'] = self._next_resource_version()
+        """Write a new or changed object with a new resourceVersion; tell the watchers. Too large for etcd: 500."""
         meta = obj['metadata']
+        check_storable(resource, obj)
+        meta['resourceVersion'] = self._next_resource_version()
         key = (resource, meta.get('namespace'), meta['name'])
         if key in self.objects:
             self.objects[key].history.append(obj)
@@ -787,19 +1038,17 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             self.objects[key] = obj
         await self._publish(resource, 'MODIFIED' if previous else 'ADDED', obj, previous)
         if resource == CRDS:
-            declare_crd(self, obj)
+            for declared in declare_crd(self, obj):
+                self._history_start.setdefault(declared, self._last_resource_version)
         return obj
 
     async def _remove(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
-        """Delete an object from storage, then collect its garbage (dependents, namespace contents)."""
+        """Delete an object from storage. Nothing else goes with it: no controller collects its dependents."""
         meta = obj['metadata']
         self.objects[resource, meta.get('namespace'), meta['name']].delete()
         gone = copy.deepcopy(obj)
         gone['metadata']['resourceVersion'] = self._next_resource_version()
         await self._publish(resource, 'DELETED', gone, obj)
-        await self._delete_dependents(meta['uid'], meta.get('namespace'))
-        if resource == NAMESPACES:
-            await self._delete_namespace_contents(meta['name'])
         return gone
 
     @override
@@ -810,18 +1059,19 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             raise api_error(400, 'BadRequest', 'the request body must be a JSON object')
         if request.subresource == 'binding':
             return await self._bind(request, body)
-        async with self._lock:
-            obj = self._new_object(resource, request.namespace, body)
+        async with self._write_lock:
+            validation = field_validation(request, 'Create')
+            obj, pruned = self._new_object(resource, request.namespace, body, validation)
             if self._current(resource, obj['metadata'].get('namespace'), obj['metadata']['name']) is not None:
                 name = obj['metadata']['name']
                 raise api_error(409, 'AlreadyExists', f'{resource_label(resource)} "{name}" already exists',
                                 name=name, group=resource.group, kind=resource.plural)
             created = await self._store(resource, obj, None)
-        return kmock.Response(status=201, headers=JSON_HEADERS, payload=created)
+        return kmock.Response(status=201, headers=warnings(pruned, validation), payload=created)
 
     async def _bind(self, request: kmock.Request, binding: dict[str, Any]) -> kmock.Payload:
         """pods/NAME/binding, as the scheduler binds: once, to a node; PodScheduled becomes True."""
-        async with self._lock:
+        async with self._write_lock:
             pod = self._existing(request)
             name = pod['metadata']['name']
             node = (binding.get('target') or {}).get('name')
@@ -836,16 +1086,24 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
                 {'type': 'PodScheduled', 'status': 'True',
                  'lastTransitionTime': format_timestamp(datetime.datetime.now(datetime.UTC))}]
             await self._store(PODS, bound, pod)
-        return kmock.Response(status=201, headers=JSON_HEADERS,
-                              payload={'kind': 'Status', 'apiVersion': 'v1', 'metadata': {}, 'status': 'Success',
-                                       'code': 201})
+        return kmock.Response(status=201, payload={'kind': 'Status', 'apiVersion': 'v1', 'metadata': {},
+                                                   'status': 'Success', 'code': 201})
 
-    def _new_object(self, resource: kmock.resource, url_namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        """The object as the server stores it at creation: identity, metadata, defaults, no status."""
+    def _new_object(self, resource: kmock.resource, url_namespace: str | None, body: dict[str, Any],
+                    validation: str) -> tuple[dict[str, Any], list[str]]:
+        """The object as the server stores it at creation (identity, metadata, defaults, no status), and the
+        unknown fields it dropped; in that order the real server decodes, admits and validates."""
         info = self.resources[resource]
         obj = copy.deepcopy(body)
         meta = obj.setdefault('metadata', {})
-        for system_field in ('uid', 'resourceVersion', 'deletionTimestamp', 'deletionGracePeriodSeconds'):
+        self._check_type(resource, obj, meta.get('name', ''))
+        pruned = self._pruned(resource, obj)
+        if pruned and validation == 'Strict':
+            raise api_error(400, 'BadRequest', f'{info.kind} in version "{resource.version}" cannot be handled as a '
+                                               f'{info.kind}: {strict_decoding_error(pruned)}')
+        if meta.get('resourceVersion'):
+            raise api_error(500, None, 'resourceVersion should not be set on objects to be created')
+        for system_field in ('uid', 'deletionTimestamp', 'deletionGracePeriodSeconds'):
             meta.pop(system_field, None)
         if info.namespaced:
             if url_namespace and meta.get('namespace') not in {None, url_namespace}:
@@ -854,34 +1112,62 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             meta['namespace'] = url_namespace or meta.get('namespace')
             if not meta['namespace']:
                 raise api_error(400, 'BadRequest', 'a namespace is required for a namespaced resource')
+            if self._current(NAMESPACES, None, meta['namespace']) is None:
+                raise not_found(NAMESPACES, meta['namespace'])
         else:
             meta.pop('namespace', None)
         if not meta.get('name'):
             if not meta.get('generateName'):
-                raise api_error(422, 'Invalid', f'{info.kind} is invalid: metadata.name: Required value: '
-                                                'name or generateName is required')
+                raise self._invalid(resource, '', [('metadata.name', 'FieldValueRequired',
+                                                    'Required value: name or generateName is required')])
             meta['name'] = self._generated_name(resource, meta.get('namespace'), meta['generateName'])
         now = format_timestamp(datetime.datetime.now(datetime.UTC))
         meta |= {'uid': str(uuid.uuid4()), 'creationTimestamp': now, 'generation': 1}
         obj['apiVersion'], obj['kind'] = self._api_version(resource), info.kind
         if 'status' in info.subresources:
             obj.pop('status', None)  # a create cannot set the status of a resource with a status subresource
-        return self._admitted(resource, with_builtin_defaults(resource, obj, now))
+        return self._admitted(resource, with_builtin_defaults(resource, obj, now)), pruned
+
+    def _check_type(self, resource: kmock.resource, obj: Mapping[str, Any], name: str) -> None:
+        """A body's apiVersion and kind, where given, must be the resource's."""
+        api_version, kind = self._api_version(resource), self.resources[resource].kind
+        if obj.get('apiVersion') not in (None, '', api_version):
+            raise api_error(400, 'BadRequest', f'the API version in the data ({obj["apiVersion"]}) does not match '
+                                               f'the expected API version ({api_version})')
+        if obj.get('kind') not in (None, '', kind):
+            raise invalid(obj['kind'], resource.group, name,
+                          [('kind', 'FieldValueInvalid', f'Invalid value: "{obj["kind"]}": must be {kind}')])
+
+    def _pruned(self, resource: kmock.resource, obj: dict[str, Any]) -> list[str]:
+        """Drop what decoding drops (ObjectMeta's unknown fields; a custom resource's undeclared ones): the paths."""
+        metadata = pruned_metadata(obj['metadata']) if isinstance(obj.get('metadata'), dict) else []
+        custom = self.custom_resources.get(resource)
+        return metadata + (prune(dict(custom.schema), obj) if custom is not None and custom.schema else [])
+
+    def _invalid(self, resource: kmock.resource, name: str, problems: list[Problem]) -> kmock.KubernetesError:
+        custom = self.custom_resources.get(resource)
+        if custom is not None and custom.has_rules:  # CEL runs on otherwise valid objects only, and says so
+            problems = [*problems, ('<nil>', 'FieldValueInvalid', 'Invalid value: "null": some validation rules '
+                                    'were not checked because the object was invalid; correct the existing errors '
+                                    'to complete validation')]
+        return invalid(self.resources[resource].kind, str(resource.group), name, problems)
 
     def _admitted(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
+        """ObjectMeta validation for every kind, then a custom resource's schema and rules (admission)."""
+        name = obj['metadata']['name']
+        problems = metadata_problems(resource, obj['metadata'])
+        if problems:
+            raise self._invalid(resource, name, problems)
         custom = self.custom_resources.get(resource)
-        if self.admission is None or custom is None or not custom.schema:
+        if custom is None or not custom.schema:
             return obj
         try:
             return self.admission(dict(custom.schema), obj)
         except ValueError as exc:
-            name = obj['metadata']['name']
-            # One cause per problem, "<field>: <message>", as the real server sends them (kubectl lists them).
-            problems = getattr(exc, 'problems', None) or [str(exc)]
-            causes = [{'reason': 'FieldValueInvalid', 'field': p.split(': ', 1)[0], 'message': p.split(': ', 1)[-1]}
-                      for p in problems]
-            raise api_error(422, 'Invalid', f'{custom.info.kind}.{resource.group} "{name}" is invalid: {exc}',
-                            name=name, group=resource.group, kind=custom.info.kind, causes=causes)
+            lines = getattr(exc, 'problems', None) or [str(exc)]
+            raise invalid(custom.info.kind, str(resource.group), name,
+                          [(field, cause_reason(message), message)
+                           for field, _, message in (line.partition(': ') for line in lines)])
 
     def _generated_name(self, resource: kmock.resource, namespace: str | None, prefix: str) -> str:
         while True:
@@ -894,31 +1180,53 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         resource = self._served(request)
         body = request_body(request)
         content_type = header(request, 'Content-Type', 'application/json').split(';')[0].strip()
-        async with self._lock:
-            current = self._current(resource, request.namespace, request.name or '')
-            if current is None and content_type == 'application/apply-patch+yaml':  # server-side apply creates
-                created = await self._store(resource, self._new_object(resource, request.namespace, body), None)
-                return kmock.Response(status=201, headers=JSON_HEADERS, payload=created)
+        replacing = request.method == kmock.method.PUT
+        validation = field_validation(request, 'Update' if replacing else 'Patch')
+        patch_types = ['application/json-patch+json', 'application/merge-patch+json',
+                       *([] if resource in self.custom_resources else ['application/strategic-merge-patch+json'])]
+        if not replacing and content_type not in patch_types:  # server-side apply is not emulated either
+            raise api_error(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format - '
+                                                         f"accepted media types include: {', '.join(patch_types)}")
+        async with self._write_lock:
             current = self._existing(request)
-            candidate = (body if request.method == kmock.method.PUT else
+            if replacing:
+                self._check_replacement(resource, current, body)
+            candidate = (copy.deepcopy(body) if replacing else
                          apply_json_patch(current, body) if content_type == 'application/json-patch+json' else
                          apply_merge_patch(current, without_patch_directives(body)))
+            if not isinstance(candidate, dict) or not isinstance(candidate.get('metadata', {}), dict):
+                raise api_error(400, 'BadRequest', 'the patched or replaced object must be a JSON object')
+            candidate.setdefault('metadata', {})
+            pruned = self._pruned(resource, candidate)
+            if pruned and validation == 'Strict':
+                raise strict_patch_error(candidate, pruned) if not replacing else api_error(
+                    400, 'BadRequest', f'{current["kind"]} in version "{resource.version}" cannot be handled as a '
+                                       f'{current["kind"]}: {strict_decoding_error(pruned)}')
             updated = self._updated(resource, current, candidate, request.subresource)
             if resource == SECRETS:
                 fold_string_data(updated)
-            if updated == current:
-                return current  # a no-op write is not written: no new resourceVersion, no event
+            if updated == current:  # a no-op write is not written: no new resourceVersion, no event
+                return kmock.Response(headers=warnings(pruned, validation), payload=current)
             stored = await self._store(resource, updated, current)
             if is_released(stored):
                 await self._remove(resource, stored)
-        return stored
+        return kmock.Response(headers=warnings(pruned, validation), payload=stored)
+
+    def _check_replacement(self, resource: kmock.resource, current: Mapping[str, Any], body: Any) -> None:
+        """A custom resource is replaced only at a given resourceVersion (builtins allow unconditional updates)."""
+        self._check_type(resource, body if isinstance(body, dict) else {}, current['metadata']['name'])
+        if resource in self.custom_resources and not ((body or {}).get('metadata') or {}).get('resourceVersion'):
+            name = current['metadata']['name']
+            raise api_error(422, 'Invalid', f'{resource_label(resource)} "{name}" is invalid: metadata.resourceVersion: '
+                                            'Invalid value: 0x0: must be specified for an update',
+                            name=name, group=resource.group, kind=resource.plural,
+                            causes=[{'reason': 'FieldValueInvalid', 'field': 'metadata.resourceVersion',
+                                     'message': 'Invalid value: 0x0: must be specified for an update'}])
 
     def _updated(self, resource: kmock.resource, current: dict[str, Any], candidate: Any,
                  subresource: str | None) -> dict[str, Any]:
         """Apply update semantics: optimistic locking, status subresource split, system fields, generation."""
         name = current['metadata']['name']
-        if not isinstance(candidate, dict) or not isinstance(candidate.get('metadata', {}), dict):
-            raise api_error(400, 'BadRequest', 'the patched or replaced object must be a JSON object')
         requested_version = candidate.get('metadata', {}).get('resourceVersion')
         if requested_version and requested_version != current['metadata']['resourceVersion']:
             raise conflict(resource, name, 'the object has been modified; please apply your changes '
@@ -951,13 +1259,11 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     @override
     async def _serve_delete(self, request: kmock.Request) -> kmock.Payload:
         resource = self._served(request)
+        if request.name is None or resource == NAMESPACES:
+            raise api_error(405, 'MethodNotAllowed', 'the emulator deletes single objects only: no collections, no '
+                                                     'namespaces (it has no namespace controller to empty them)')
         options = dict(request_body(request) or {}, **request.params)
-        async with self._lock:
-            if request.name is None:  # deletecollection
-                deleted = [await self._delete(resource, obj, options)
-                           for obj in self._selected(resource, Selection.of(request))]
-                return {'apiVersion': self._api_version(resource), 'kind': f'{self.resources[resource].kind}List',
-                        'metadata': {'resourceVersion': str(self._last_resource_version)}, 'items': deleted}
+        async with self._write_lock:
             current = self._existing(request)
             check_preconditions(resource, current, options.get('preconditions') or {})
             return await self._delete(resource, current, options)
@@ -978,38 +1284,89 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         stored = await self._store(resource, marked, obj)
         return await self._remove(resource, stored) if is_released(stored) else stored
 
-    async def _delete_dependents(self, owner_uid: str, namespace: str | None) -> None:
-        """Background cascading deletion: what the garbage collector does after an owner is gone."""
-        for (resource, dependent_namespace, _), item in list(self.objects.items()):
-            if item.deleted or (namespace is not None and dependent_namespace != namespace):
-                continue
-            obj = item.raw
-            references = obj['metadata'].get('ownerReferences') or []
-            if not any(ref.get('uid') == owner_uid for ref in references):
-                continue
-            remaining = [ref for ref in references if ref.get('uid') != owner_uid and self._uid_exists(ref.get('uid'))]
-            if remaining:
-                await self._store(resource, with_owner_references(obj, remaining), obj)
-            else:
-                await self._delete(resource, obj, {'propagationPolicy': 'Background'})
 
-    def _uid_exists(self, uid: str | None) -> bool:
-        return any(not item.deleted and item.raw['metadata'].get('uid') == uid for item in self.objects.values())
-
-    async def _delete_namespace_contents(self, namespace: str) -> None:
-        for (resource, obj_namespace, _), item in list(self.objects.items()):
-            if obj_namespace == namespace and not item.deleted:
-                await self._delete(resource, item.raw, {})
+async def parsed_request(raw_request: aiohttp.web.BaseRequest) -> kmock.Request:
+    """The request with its body read (up to the real server's limit) and its resource URL parsed."""
+    try:
+        body = await raw_request.clone(client_max_size=MAX_REQUEST_BODY_BYTES).read()
+    except aiohttp.web.HTTPRequestEntityTooLarge:
+        raise api_error(413, 'RequestEntityTooLarge',
+                        f'Request entity too large: limit is {MAX_REQUEST_BODY_BYTES}') from None
+    params = dict(raw_request.query)
+    api_path = parse_api_path(raw_request.path)
+    if api_path is None:
+        return kmock.Request(method=raw_request.method, url=raw_request.url, params=params,
+                             headers=dict(raw_request.headers), body=body)
+    return kmock.Request(method=raw_request.method, url=raw_request.url, params=params,
+                         headers=dict(raw_request.headers), body=body,
+                         action=guess_action(raw_request.method, api_path, params), resource=api_path.resource,
+                         namespace=api_path.namespace, name=api_path.name, subresource=api_path.subresource)
 
 
 def request_body(request: kmock.Request) -> Any:
-    """The JSON body, or a YAML one (server-side apply sends application/apply-patch+yaml)."""
-    if 'protobuf' in header(request, 'Content-Type'):  # client-go then retries with JSON
-        raise api_error(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format: '
-                                                     'only JSON and YAML are served')
-    if request.data is not None:
-        return request.data
-    return yaml.safe_load(request.text) if request.text.strip() else None
+    """The body as JSON: sent as JSON, YAML, or protobuf (of the kinds kubectl's `create` subcommands send)."""
+    content_type = header(request, 'Content-Type')
+    if 'protobuf' in content_type:
+        return decode_protobuf(request.body)
+    if not request.body.strip():
+        return None
+    try:
+        return yaml.safe_load(request.body) if 'yaml' in content_type else json.loads(request.body)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise api_error(400, 'BadRequest', f'the object provided is unrecognized: json parse error: {exc}') from None
+
+
+def field_validation(request: kmock.Request, operation: str) -> str:
+    """``fieldValidation``: Strict refuses unknown fields, Warn (the default) and Ignore drop them."""
+    directive = request.params.get('fieldValidation', '')
+    if directive not in FIELD_VALIDATIONS:
+        supported = ', '.join(f'"{value}"' for value in FIELD_VALIDATIONS)
+        message = f'Unsupported value: "{directive}": supported values: {supported}'
+        raise api_error(422, 'Invalid', f'{operation}Options.meta.k8s.io "" is invalid: fieldValidation: {message}',
+                        group='meta.k8s.io', kind=f'{operation}Options',
+                        causes=[{'reason': 'FieldValueNotSupported', 'message': message, 'field': 'fieldValidation'}])
+    return directive or 'Warn'
+
+
+def strict_decoding_error(pruned: list[str]) -> str:
+    return 'strict decoding error: ' + ', '.join(f'unknown field "{path}"' for path in pruned)
+
+
+def strict_patch_error(patched: Mapping[str, Any], pruned: list[str]) -> kmock.KubernetesError:
+    """A patch whose result has unknown fields, under Strict: the real server quotes the patched object."""
+    message = f'Invalid value: {json.dumps(json.dumps(patched, sort_keys=True, separators=(",", ":")))}: ' \
+              f'{strict_decoding_error(pruned)}'
+    return api_error(422, 'Invalid', f' "" is invalid: patch: {message}',
+                     causes=[{'reason': 'FieldValueInvalid', 'message': message, 'field': 'patch'}])
+
+
+def warnings(pruned: list[str], validation: str) -> dict[str, str]:
+    """Under Warn, the Warning header for dropped fields (one warning each; comma-joined as HTTP allows)."""
+    text = ', '.join('299 - ' + json.dumps(f'unknown field "{path}"') for path in pruned if validation == 'Warn')
+    return {'Warning': text} if text else {}
+
+
+def cause_reason(message: str) -> str:
+    """The cause reason the real server gives a schema problem, from its message."""
+    for prefix, reason in (('Required value', 'FieldValueRequired'), ('Unsupported value', 'FieldValueNotSupported'),
+                           ('Too many', 'FieldValueTooMany'), ('Too long', 'FieldValueTooLong')):
+        if message.startswith(prefix):
+            return reason
+    return 'FieldValueInvalid'
+
+
+def check_storable(resource: kmock.resource, obj: Mapping[str, Any]) -> None:
+    """What etcd and the apiserver's etcd client refuse: an object too large to store (a 500, as they answer)."""
+    meta = obj['metadata']
+    key = '/'.join(filter(None, ['/registry', str(resource.group), str(resource.plural), meta.get('namespace'),
+                                 meta['name']]))
+    stored = {**obj, 'metadata': {k: v for k, v in meta.items() if k != 'resourceVersion'}}  # etcd keeps it apart
+    size = len(key) + len(json.dumps(stored, separators=(',', ':'))) + ETCD_PUT_OVERHEAD_BYTES
+    if size > ETCD_CLIENT_MAX_SEND_BYTES:
+        raise api_error(500, None, 'rpc error: code = ResourceExhausted desc = trying to send message larger than '
+                                   f'max ({size} vs. {ETCD_CLIENT_MAX_SEND_BYTES})')
+    if size > ETCD_MAX_REQUEST_BYTES:
+        raise api_error(500, None, 'etcdserver: request is too large')
 
 
 def spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -1028,6 +1385,7 @@ def with_builtin_defaults(resource: kmock.resource, obj: dict[str, Any], now: st
     elif resource == CRDS:
         obj['status'] = crd_established(obj, now)
     elif resource == SECRETS:
+        obj.setdefault('type', 'Opaque')
         fold_string_data(obj)
     return obj
 
@@ -1076,12 +1434,6 @@ def check_preconditions(resource: kmock.resource, obj: Mapping[str, Any], precon
                                                               f'{obj["metadata"].get(field)}')
 
 
-def with_owner_references(obj: Mapping[str, Any], references: list[Any]) -> dict[str, Any]:
-    changed = copy.deepcopy(dict(obj))
-    changed['metadata']['ownerReferences'] = references
-    return changed
-
-
 # ------------------------------------------------------------------------------------------------
 # A running cluster for synchronous tests, subprocesses and kubectl.
 
@@ -1090,13 +1442,13 @@ class EmulatedCluster(ClusterApi):
 
     Use as a context manager. On start it serves the CRDs of ``crds`` (a folder, default: the
     repo's crds/) by creating them through the API, and creates the ``default`` namespace.
-    ``admission`` (e.g. promptopt.testing.admission.admit) makes custom resources pruned,
-    defaulted and validated against their CRD schema on every write.
+    ``admission`` is what prunes, defaults and validates custom resources against their CRD schema on
+    every write (promptopt.testing.admission.admit, as the real server).
     """
 
     def __init__(self, crds: str | pathlib.Path | None = REPO_CRDS, *, port: int = 0,
                  kubeconfig: str | pathlib.Path | None = None, namespace: str = 'default',
-                 admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = admit) -> None:
         super().__init__('http://127.0.0.1:0', namespace=namespace)
         self.emulator = KubernetesEmulator(admission=admission)
         self._crds_folder = pathlib.Path(crds) if crds is not None else None
