@@ -1,10 +1,17 @@
-"""An emulated Kubernetes API server for tests, benchmarks and end-to-end scripts.
+"""An emulated Kubernetes API server for fast tests and the benchmark's request counting.
 
-`KubernetesEmulator` is a subclass of kmock's emulator that behaves like a real API server where
-kopf, the kubernetes client and kubectl notice the difference: object metadata (uid, generation,
-resourceVersion, ...), status codes and Status bodies, resourceVersion-aware watches, selectors,
-status subresources, finalizers, graceful pod deletion, ownerReference garbage collection,
-discovery and server-side Tables. Custom resources are declared from CRD objects only.
+`KubernetesEmulator` is a subclass of kmock's emulator that behaves like kube-apiserver where kopf, the
+kubernetes client, the local kubelet and kubectl notice the difference, and refuses what it refuses: object
+metadata (uid, generation, resourceVersion, ...) and its validation (names, labels, annotations up to 256 KiB),
+status codes and Status bodies, field validation (Strict refuses unknown fields, Warn prunes them with a
+warning) and CRD admission (pruning, defaults, schema, CEL), the request and etcd size limits,
+resourceVersion-aware watches, label and field selectors, status subresources, optimistic locking, finalizers,
+graceful pod deletion and pod binding, discovery, /openapi/v3 and server-side Tables, and the protobuf bodies of
+`kubectl create`. Custom resources are declared from CRD objects only.
+
+It is an API server without a control plane and without security: no controllers (no garbage collection, no
+namespace deletion), no authentication or authorization, no ServiceAccount tokens, no server-side apply and no
+dry runs (refused rather than approximated). tests/harness/test_differential.py holds it to the real server.
 
 `EmulatedCluster` runs it on a free localhost port in a background thread and writes a kubeconfig;
 ``python -m promptopt.testing.emulator`` runs it in the foreground for shell scripts.
