@@ -136,11 +136,9 @@ def _clear_namespace(cluster) -> None:
 def emulated_cluster():
     """A fresh EmulatedCluster (the emulator, for its own tests and the request-counting benchmark): serves the
     repo's crds/ and has the `default` namespace; ``cluster.emulator`` is the kmock-based server."""
-    from promptopt.testing.admission import admit
     from promptopt.testing.emulator import EmulatedCluster
 
-    # Admission as the real API server does it (CRD schema, defaults, CEL), so invalid jobs are refused.
-    with EmulatedCluster(admission=admit) as emulated:
+    with EmulatedCluster() as emulated:
         yield emulated
 
 

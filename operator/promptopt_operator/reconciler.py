@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from promptopt.api.v1alpha1 import read_status
+from promptopt.worker_contract import PERMANENT_FAILURES
 
 from promptopt_operator.kube import KubeClient
 from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, parse_time, reconcile_error_delay
@@ -238,7 +239,7 @@ class Reconciler:
 
     def _count_failure(self, job: Job, decision: Decision) -> None:
         reason = next((c["reason"] for c in decision.status.get("conditions", []) if c["type"] == "Ready"), None)
-        if reason in ("BackoffRetry", "BackoffLimitExceeded", "DeadlineExceeded", "LLMError", "InvalidInput"):
+        if reason in ("BackoffRetry", "BackoffLimitExceeded", "DeadlineExceeded", *PERMANENT_FAILURES):
             self.metrics.pod_failures.labels(reason=reason).inc()
 
     def _recheck(self, key: JobKey, delay: float) -> None:

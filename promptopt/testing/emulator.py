@@ -71,8 +71,6 @@ OBJECT_META_FIELDS = frozenset({
     'managedFields'})
 
 NAMESPACES = kmock.resource('', 'v1', 'namespaces')
-# Not an alias any more (requests are routed without kmock's URL parser); tests/ship/test_rbac.py still imports it.
-NAMESPACES_ALIAS = '/api/v1/namespaces/-'
 PODS = kmock.resource('', 'v1', 'pods')
 SECRETS = kmock.resource('', 'v1', 'secrets')
 EVENTS = kmock.resource('', 'v1', 'events')
