@@ -1,4 +1,5 @@
-"""The job API as a user meets it through kubectl: examples apply, invalid jobs are refused naming the field."""
+"""The job API as a user meets it through kubectl on a real API server: examples apply, invalid jobs (misspelled
+fields too) are refused naming the field."""
 from pathlib import Path
 
 import yaml
@@ -41,3 +42,12 @@ def test_invalid_jobs_are_refused_naming_the_field(kubectl):
 def test_explain_shows_field_descriptions(kubectl):
     explained = kubectl("explain", "poj.spec.optimizer.gepa").stdout
     assert "maxMetricCalls" in explained and "candidateSelection" in explained
+
+
+def test_a_misspelled_field_is_refused_by_kubectl_apply(kubectl):
+    job = yaml.safe_load((EXAMPLES / "gepa-sentiment.yaml").read_text())
+    job["spec"]["optimizer"]["gepa"]["maxMetricCall"] = job["spec"]["optimizer"]["gepa"].pop("maxMetricCalls")
+    result = kubectl("apply", "-f", "-", input=yaml.safe_dump(job), check=False)
+    assert result.returncode != 0
+    assert 'strict decoding error: unknown field "spec.optimizer.gepa.maxMetricCall"' in result.stderr
+    assert "gepa-sentiment" not in kubectl("get", "poj").stdout  # nothing half-applied
