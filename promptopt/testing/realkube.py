@@ -244,6 +244,10 @@ class RealCluster(ClusterApi):
         self.ca_file = serving_certificate
         self._ssl = ssl.create_default_context(cafile=str(serving_certificate))
 
+    def pids(self) -> dict[str, int]:
+        """The control plane's processes (etcd, kube-apiserver, kube-controller-manager): benchmarks read their CPU."""
+        return {name: process.pid for name, process in self._processes.items()}
+
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
