@@ -1,13 +1,13 @@
-"""The operator benchmark: many jobs at once against the emulated API, the local kubelet, the real operator.
+"""The operator benchmark: many jobs at once against an API server, the local kubelet, the real operator.
 
-Processes (each its own, so no two share a GIL): the emulated Kubernetes API (`python -m
-promptopt.testing.emulator`), the local kubelet (`python -m promptopt.testing.kubelet`) whose
+Processes (each its own, so no two share a GIL): the API server, emulated or real (bench/api_servers.py: the
+scenarios run the same on both), the local kubelet (`python -m promptopt.testing.kubelet`) whose
 `--command-override` turns every benchmark worker Pod into a trivial process (`sleep 3600`, or `true`),
 the operator under test (`promptopt operator`, or kopf running bench/floor_operator.py), and this one, which
 creates and cancels jobs and watches jobs and Pods. Every time is taken here, on one monotonic clock, when
 the request is sent or the watch event arrives: the API's timestamps have one-second resolution.
 
-Scenarios (each on a fresh cluster):
+Scenarios (each on a fresh cluster of the server given):
 - latency: N jobs created at once, Pods that keep running; create → Pod created, create → job Running (our
   phase; the floor has none), then every job cancelled at once: cancel → Pod deleted; launch throughput
   (N / first create → last Pod); the operator's peak RSS (VmHWM). Run for ours and for the kopf floor.
@@ -35,10 +35,9 @@ from typing import Any
 import urllib3
 import yaml
 
+from bench.api_servers import BENCH_DIR, NAMESPACE, SERVERS, ApiServer, start, stop_process, wait_until
 from promptopt.testing.operator_process import OperatorProcess, free_port
 
-BENCH_DIR = Path(__file__).resolve().parent
-NAMESPACE = "default"
 JOBS_PATH = f"/apis/promptopt.dev/v1alpha1/namespaces/{NAMESPACE}/promptoptimizationjobs"
 PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
 SLEEP_IMAGE = "bench/sleep:1"  # the kubelet runs `sleep 3600`: a worker that runs until stopped
@@ -56,24 +55,33 @@ class OperatorConfig:
     queue_timeout_s: float = 900.0  # the queue scenario reports what finished by then
     skip_latency: bool = False
     skip_queue: bool = False
+    servers: tuple[str, ...] = ("emulator",)  # keys of api_servers.SERVERS, each run in turn
 
 
 # ------------------------------------------------------------------------------------------------
 # The API, as this process sees it.
 
 class Api:
-    """Plain JSON over HTTP to the emulated API (one pooled client for every thread here)."""
+    """Plain JSON over HTTP(S) to the API server as a kubeconfig's identity (one pooled client for every thread
+    here)."""
 
-    def __init__(self, base_url: str):
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, kubeconfig: Path):
+        config = yaml.safe_load(kubeconfig.read_text())
+        cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
+        self.base_url = cluster["server"].rstrip("/")
+        self._headers = {"User-Agent": "promptopt-bench"}
+        if user.get("token"):
+            self._headers["Authorization"] = f"Bearer {user['token']}"
+        tls = ({"cert_reqs": "CERT_REQUIRED", "ca_certs": cluster["certificate-authority"]}
+               if cluster.get("certificate-authority") else {})
         self._pool = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=30),
-                                         headers={"User-Agent": "promptopt-bench"})
+                                         headers=self._headers, **tls)
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         data = json.dumps(body).encode() if body is not None else None
         response = self._pool.request(method, self.base_url + path, body=data,
-                                      headers={"Content-Type": content_type, "Accept": "application/json",
-                                               "User-Agent": "promptopt-bench"})
+                                      headers={**self._headers, "Content-Type": content_type,
+                                               "Accept": "application/json"})
         if response.status >= 300:
             raise RuntimeError(f"{method} {path}: HTTP {response.status}: {response.data[:300]!r}")
         return json.loads(response.data) if response.data else None
@@ -88,14 +96,15 @@ class Api:
             while not stop.is_set():
                 response = self._pool.request(
                     "GET", f"{self.base_url}{path}?watch=true&resourceVersion={version}&timeoutSeconds=5",
-                    preload_content=False, timeout=urllib3.Timeout(connect=5, read=60),
-                    headers={"User-Agent": "promptopt-bench"})
+                    preload_content=False, timeout=urllib3.Timeout(connect=5, read=60), headers=self._headers)
                 try:
                     for line in response:
                         if not line.strip():
                             continue
                         event = json.loads(line)
                         obj = event.get("object") or {}
+                        if event.get("type") == "ERROR":  # e.g. 410 Gone: events were missed, figures would lie
+                            raise RuntimeError(f"watch {path}: {obj.get('message', obj)}")
                         version = (obj.get("metadata") or {}).get("resourceVersion") or version
                         if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                             on_event(event["type"], obj)
@@ -110,77 +119,43 @@ class Api:
 
 
 # ------------------------------------------------------------------------------------------------
-# A fresh cluster: the emulated API and the local kubelet, each a process.
+# A fresh cluster: an API server and the local kubelet, each in processes of their own.
 
 class Cluster:
-    """The emulated API (bench/counting_emulator.py: it counts requests by client) and the local kubelet."""
+    """An API server (bench/api_servers.py) and the local kubelet; `api` is this process's client, as the
+    server's admin. `requests` holds what the server served, by client, once stopped."""
 
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.kubeconfig = workdir / "kubeconfig"
+    def __init__(self, server: ApiServer):
+        self.server = server
+        self.workdir = server.workdir
         self.requests: dict[str, dict[str, int]] = {}  # client -> what -> count, once stopped
-        self._processes: list[subprocess.Popen] = []
-        self.pids: dict[str, int] = {}
-
-    def _spawn(self, name: str, command: list[str]) -> tuple[subprocess.Popen, Path]:
-        log_path = self.workdir / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
-        self._processes.append(process)
-        self.pids[name] = process.pid
-        return process, log_path
+        self._kubelet: subprocess.Popen | None = None
 
     def cpu_seconds(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        assert self._kubelet is not None
+        pids = {**self.server.pids(), "kubelet": self._kubelet.pid}
+        return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
     def __enter__(self) -> Cluster:
+        self.server.__enter__()
         try:
-            emulator, log = self._spawn("emulator", [sys.executable, str(BENCH_DIR / "counting_emulator.py"),
-                                                     "--counts", str(self.workdir / "requests.json"),
-                                                     "--kubeconfig", str(self.kubeconfig)])
-            wait_until(lambda: self.kubeconfig.exists() and self.kubeconfig.stat().st_size > 0, 30,
-                       lambda: f"the emulator did not start:\n{log.read_text()}", process=emulator)
-            config = yaml.safe_load(self.kubeconfig.read_text())
-            self.api = Api(config["clusters"][0]["cluster"]["server"])
+            self.api = Api(self.server.admin_kubeconfig)
             overrides = [f"--command-override={image}={command}" for image, command in COMMAND_OVERRIDES.items()]
-            kubelet, log = self._spawn("kubelet", [sys.executable, "-m", "promptopt.testing.kubelet",
-                                                   "--kubeconfig", str(self.kubeconfig),
-                                                   "--state-dir", str(self.workdir / "node"), *overrides])
-            wait_until(lambda: "started" in log.read_text(), 30,
-                       lambda: f"the kubelet did not start:\n{log.read_text()}", process=kubelet)
+            self._kubelet = start("kubelet", [sys.executable, "-m", "promptopt.testing.kubelet",
+                                              "--kubeconfig", str(self.server.kubelet_kubeconfig),
+                                              "--scheduler-kubeconfig", str(self.server.scheduler_kubeconfig),
+                                              "--state-dir", str(self.workdir / "node"), *overrides],
+                                  self.workdir, lambda log: "started" in log.read_text())
         except BaseException:
-            self.__exit__()
+            self.server.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for process in reversed(self._processes):
-            stop_process(process)
-        counts = self.workdir / "requests.json"
-        if counts.exists():
-            self.requests = json.loads(counts.read_text())
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, describe: Callable[[], str],
-               process: subprocess.Popen | None = None, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(describe())
-        if time.monotonic() > deadline:
-            raise TimeoutError(describe())
-        time.sleep(interval)
+        if self._kubelet is not None:
+            stop_process(self._kubelet)
+        self.server.__exit__()
+        self.requests = self.server.requests()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -202,7 +177,8 @@ def peak_rss_mib(pid: int) -> float:
 
 @contextlib.contextmanager
 def our_operator(cluster: Cluster, image: str, max_running_jobs: int) -> Iterator[subprocess.Popen]:
-    operator = OperatorProcess(cluster.kubeconfig, "--max-running-jobs", str(max_running_jobs),
+    kubeconfig = cluster.server.operator_kubeconfig("ours")
+    operator = OperatorProcess(kubeconfig, "--max-running-jobs", str(max_running_jobs),
                                "--worker-image", image, log_path=cluster.workdir / "operator.log")
     operator.start(timeout=60)
     try:
@@ -216,21 +192,19 @@ def our_operator(cluster: Cluster, image: str, max_running_jobs: int) -> Iterato
 def floor_operator(cluster: Cluster, image: str) -> Iterator[subprocess.Popen]:
     port = free_port()
     kopf = str(Path(sys.executable).with_name("kopf"))
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "FLOOR_WORKER_IMAGE": image}
-    log_path = cluster.workdir / "floor.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([kopf, "run", "--standalone", "--all-namespaces",
-                                    f"--liveness=http://127.0.0.1:{port}/healthz", str(BENCH_DIR / "floor_operator.py")],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def live(_log: Path) -> bool:
+        try:
+            urllib3.request("GET", f"http://127.0.0.1:{port}/healthz", timeout=1, retries=False)
+            return True
+        except urllib3.exceptions.HTTPError:
+            return False
+
+    process = start("floor", [kopf, "run", "--standalone", "--all-namespaces",
+                              f"--liveness=http://127.0.0.1:{port}/healthz", str(BENCH_DIR / "floor_operator.py")],
+                    cluster.workdir, live, timeout=60,
+                    env={"KUBECONFIG": str(cluster.server.operator_kubeconfig("floor")), "FLOOR_WORKER_IMAGE": image})
     try:
-        def live() -> bool:
-            try:
-                urllib3.request("GET", f"http://127.0.0.1:{port}/healthz", timeout=1, retries=False)
-                return True
-            except urllib3.exceptions.HTTPError:
-                return False
-        wait_until(live, 60, lambda: f"the floor operator did not become live:\n{log_path.read_text()}",
-                   process=process, interval=0.1)
         yield process
     finally:
         stop_process(process, timeout=30)
@@ -363,21 +337,22 @@ def parse_time(text: str) -> datetime.datetime:
 
 
 def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]:
-    """Requests the emulated API served, per job: the operator's (kopf's own and its Kubernetes client's) and
-    the kubelet's; the full breakdown by client and request kind too."""
+    """Requests the API server served, per job: the operator's (kopf's own and its Kubernetes client's) and
+    the node's (the kubelet and, on the real server, the scheduler it plays, a user of its own); the full
+    breakdown by client and request kind too."""
     operator = sum(sum(counts.get(client, {}).values()) for client in ("kopf", "kubernetes-client"))
-    kubelet = sum(counts.get("kubelet", {}).values())
+    kubelet = sum(sum(counts.get(client, {}).values()) for client in ("kubelet", "scheduler"))
     return {"operator_per_job": operator / jobs, "kubelet_per_job": kubelet / jobs, "by_client": counts}
 
 
 # ------------------------------------------------------------------------------------------------
 # Scenarios.
 
-def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
+def latency_scenario(server: type[ApiServer], which: str, jobs: int, timeout: float) -> dict[str, Any]:
     """N jobs at once with long-running Pods, then all cancelled: ours (`which="ours"`) or the kopf floor."""
     names = [f"lat-{i:05d}" for i in range(jobs)]
     with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
-        cluster = Cluster(Path(tmp))
+        cluster = Cluster(server(Path(tmp)))
         with cluster, (our_operator(cluster, SLEEP_IMAGE, max_running_jobs=jobs) if which == "ours"
                        else floor_operator(cluster, SLEEP_IMAGE)) as process, observing(cluster.api) as seen:
             cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
@@ -396,6 +371,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
         running = {n: p["Running"] for n, p in seen.phases.items() if "Running" in p}
         first_create, last_pod = min(seen.created.values()), max(seen.pod_created.values())
         return {
+            "server": cluster.server.describe(),
             "jobs": jobs,
             "create_seconds": max(seen.created.values()) - first_create,
             "create_to_pod_ms": summary(latencies_ms(seen.created, seen.pod_created, names)),
@@ -409,7 +385,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
         }
 
 
-def queue_scenario(jobs: int, limit: int, timeout: float,
+def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: float,
                    progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """M jobs at once, at most `limit` running, Pods that succeed at once: all finish, one Pod each, in order.
 
@@ -417,7 +393,7 @@ def queue_scenario(jobs: int, limit: int, timeout: float,
     """
     names = [f"q-{i:05d}" for i in range(jobs)]
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
-        cluster = Cluster(Path(tmp))
+        cluster = Cluster(server(Path(tmp)))
         with cluster, our_operator(cluster, INSTANT_IMAGE, max_running_jobs=limit) as process, \
                 observing(cluster.api) as seen:
             cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
@@ -464,6 +440,7 @@ def queue_scenario(jobs: int, limit: int, timeout: float,
         overtaken_by_s = max((int((parse_time(o["started"]) - parse_time(o["newer_started"])).total_seconds())
                               for o in overtaken), default=0)
         return {
+            "server": cluster.server.describe(),
             "jobs": jobs,
             "limit": limit,
             "timeout_s": timeout,
@@ -495,16 +472,32 @@ def queue_scenario(jobs: int, limit: int, timeout: float,
 
 
 def run(config: OperatorConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    results: dict[str, Any] = {"config": dataclasses.asdict(config)}
+    """Every scenario on each server of config.servers: results["servers"][mode] holds them, or why the server
+    could not run here ("unavailable")."""
+    results: dict[str, Any] = {"config": dataclasses.asdict(config), "servers": {}}
+    for mode in config.servers:
+        server = SERVERS[mode]
+        unavailable = server.unavailable()
+        if unavailable:
+            progress(f"operator on the {mode} API server: not run: {unavailable}")
+            results["servers"][mode] = {"unavailable": unavailable}
+            continue
+        results["servers"][mode] = on_server(server, config, progress)
+    return results
+
+
+def on_server(server: type[ApiServer], config: OperatorConfig, progress: Callable[[str], None]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
     if not config.skip_latency:
-        progress(f"operator: {config.jobs} jobs against the kopf floor")
-        results["floor"] = latency_scenario("floor", config.jobs, config.timeout_s)
-        progress(f"operator: {config.jobs} jobs against promptopt's operator")
-        results["ours"] = latency_scenario("ours", config.jobs, config.timeout_s)
+        progress(f"operator ({server.mode} API server): {config.jobs} jobs against the kopf floor")
+        results["floor"] = latency_scenario(server, "floor", config.jobs, config.timeout_s)
+        progress(f"operator ({server.mode} API server): {config.jobs} jobs against promptopt's operator")
+        results["ours"] = latency_scenario(server, "ours", config.jobs, config.timeout_s)
     if not config.skip_queue:
-        progress(f"operator: {config.queue_jobs} jobs, at most {config.queue_limit} running "
-                 f"(reported as it stands after {config.queue_timeout_s:.0f} s at most)")
-        results["queue"] = queue_scenario(config.queue_jobs, config.queue_limit, config.queue_timeout_s, progress)
+        progress(f"operator ({server.mode} API server): {config.queue_jobs} jobs, at most {config.queue_limit} "
+                 f"running (reported as it stands after {config.queue_timeout_s:.0f} s at most)")
+        results["queue"] = queue_scenario(server, config.queue_jobs, config.queue_limit, config.queue_timeout_s,
+                                          progress)
     return results
 
 
@@ -515,11 +508,12 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-if __name__ == "__main__":  # one scenario alone, for profiling: python -m bench.operator_load ours|floor|queue N [L]
+if __name__ == "__main__":  # one scenario alone, for profiling:
+    # python -m bench.operator_load emulator|real ours|floor|queue N [L]
     exit_on_sigterm()
-    which, size = sys.argv[1], int(sys.argv[2])
+    chosen, which, size = SERVERS[sys.argv[1]], sys.argv[2], int(sys.argv[3])
     if which == "queue":
-        limit = int(sys.argv[3]) if len(sys.argv) > 3 else 50
-        print(json.dumps(queue_scenario(size, limit, 1800, lambda m: print(m, file=sys.stderr)), indent=1))
+        limit = int(sys.argv[4]) if len(sys.argv) > 4 else 50
+        print(json.dumps(queue_scenario(chosen, size, limit, 1800, lambda m: print(m, file=sys.stderr)), indent=1))
     else:
-        print(json.dumps(latency_scenario(which, size, 1800), indent=1))
+        print(json.dumps(latency_scenario(chosen, which, size, 1800), indent=1))
