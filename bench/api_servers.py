@@ -173,8 +173,8 @@ class RealApiServer(ApiServer):
         return None
 
     def __enter__(self) -> RealApiServer:
-        self.cluster.start()
         try:
+            self.cluster.start()
             self.cluster.create_namespace(chart.RELEASE_NAMESPACE)
             with chart.loaded_chart() as loaded:
                 rbac = [m for m in chart.render(loaded, {"jobNamespaces": [NAMESPACE]})
