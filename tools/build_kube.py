@@ -3,6 +3,7 @@
 
     python3 tools/build_kube.py            # build if missing; print the binary's path
     python3 tools/build_kube.py --check    # exit 0 if it is built, 1 if not (builds nothing)
+    PROMPTOPT_KUBE_VERSION=1.29.6 python3 tools/build_kube.py   # another release (the tests take the same variable)
 
 The release is the one tools/kube/go.mod requires: `k8s.io/kubernetes` cannot be `go install`ed (its go.mod
 replaces the staging modules with local folders), so that module requires it and pins each staging module
@@ -16,6 +17,7 @@ The cache folder is .cache/kube/<version>/ in the repository, or $PROMPTOPT_KUBE
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -31,12 +33,48 @@ GO_MODULE = REPO / "tools" / "kube"
 COMMANDS = ("kube-apiserver", "kube-controller-manager")
 
 
-def kubernetes_version() -> str:
-    """The release tools/kube/go.mod requires, e.g. "1.33.13"."""
+def pinned_version() -> str:
+    """The release tools/kube/go.mod requires, e.g. "1.33.13": the one CI tests."""
     match = re.search(r"^require k8s\.io/kubernetes v(\d+\.\d+\.\d+)$", (GO_MODULE / "go.mod").read_text(), re.M)
     if not match:
         raise SystemExit(f"{GO_MODULE / 'go.mod'}: no `require k8s.io/kubernetes vX.Y.Z` line")
     return match.group(1)
+
+
+def kubernetes_version() -> str:
+    """$PROMPTOPT_KUBE_VERSION (another release to test against, e.g. the oldest the docs claim), or the pinned one."""
+    return os.environ.get("PROMPTOPT_KUBE_VERSION") or pinned_version()
+
+
+def module_dir(version: str) -> Path:
+    """The Go module that builds `version`: the committed one for the pinned release, else one made in the cache
+    the same way (require k8s.io/kubernetes, pin each staging module it replaces to the same release)."""
+    if version == pinned_version():
+        return GO_MODULE
+    module = cache_dir(version).parent / "module"
+    if (module / "go.sum").is_file():
+        return module
+    print(f"build_kube: writing a Go module for Kubernetes v{version} in {module}", file=sys.stderr, flush=True)
+    download = subprocess.run([_go(), "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"],
+                              capture_output=True, text=True, check=True, cwd=GO_MODULE)
+    kubernetes_mod = Path(json.loads(download.stdout)["GoMod"]).read_text()
+    staging = re.findall(r"^\s*(k8s\.io/[\w.-]+) => \./staging/", kubernetes_mod, re.M)
+    staging_version = "v0." + version.split(".", 1)[1]
+    module.mkdir(parents=True, exist_ok=True)
+    (module / "go.mod").write_text(
+        f"module promptopt.dev/tools/kube\n\ngo 1.21\n\nrequire k8s.io/kubernetes v{version}\n\nreplace (\n"
+        + "".join(f"\t{name} => {name} {staging_version}\n" for name in staging) + ")\n")
+    shutil.copy(GO_MODULE / "tools.go", module / "tools.go")
+    subprocess.run([_go(), "mod", "tidy"], cwd=module, check=True)
+    return module
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("build_kube: `go` is not on PATH; the real API server tier needs Go 1.24 or newer "
+                         "(see ../shared/notes/environment.md)")
+    return go
 
 
 def cache_dir(version: str) -> Path:
@@ -65,10 +103,8 @@ def version_flags(version: str) -> str:
 
 
 def build(version: str) -> dict[str, Path]:
-    go = shutil.which("go")
-    if go is None:
-        raise SystemExit("build_kube: `go` is not on PATH; the real API server tier needs Go 1.24 or newer "
-                         "(see ../shared/notes/environment.md)")
+    go = _go()
+    module = module_dir(version)
     target = cache_dir(version)
     target.mkdir(parents=True, exist_ok=True)
     binaries = {}
@@ -79,7 +115,7 @@ def build(version: str) -> dict[str, Path]:
         started = time.monotonic()
         partial = output.with_suffix(".partial")
         subprocess.run([go, "build", "-trimpath", f"-ldflags={version_flags(version)}", "-o", str(partial),
-                        f"k8s.io/kubernetes/cmd/{command}"], cwd=GO_MODULE, check=True)
+                        f"k8s.io/kubernetes/cmd/{command}"], cwd=module, check=True)
         partial.replace(output)  # never leave a half-written binary where the next run would trust it
         print(f"build_kube: built {command} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         binaries[command] = output

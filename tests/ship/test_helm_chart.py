@@ -18,7 +18,7 @@ from promptopt_operator.settings import OperatorSettings, from_arguments
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "promptopt"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the schemas know.
-KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 # Kinds of other projects' CRDs, which kubernetes-validate has no schema for.
 CUSTOM_KINDS = {"ServiceMonitor"}
 

@@ -223,13 +223,13 @@ def test_no_rbac_is_rendered_when_turned_off(render):
 
 # --- observed on a real API server --------------------------------------------------------------------------
 
-def audited_calls(cluster, username: str) -> tuple[set[tuple[str, str, str]], list[dict]]:
-    """The API calls `username` made (from the API server's audit log; discovery has no object and is left out),
-    and the requests of theirs the authorizer refused."""
+def audited_calls(cluster, username: str, since: str) -> tuple[set[tuple[str, str, str]], list[dict]]:
+    """The API calls `username` made since `since` (RFC 3339; other tests run as the same ServiceAccount), from the
+    API server's audit log (discovery has no object and is left out), and the requests the authorizer refused."""
     calls, forbidden = set(), []
     for event in cluster.audit_events(username):
         target = event.get("objectRef")
-        if not target:
+        if not target or event["requestReceivedTimestamp"] < since:
             continue
         resource = target["resource"] + (f"/{target['subresource']}" if target.get("subresource") else "")
         calls.add((target.get("apiGroup", ""), resource, event["verb"]))
@@ -275,7 +275,9 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
     worker runs (the operator deletes the Pod). The real authorizer refuses none of their calls, and the calls the
     audit log shows are exactly the derived ones: the chart grants nothing they do not use."""
     import base64
+    from datetime import datetime, timezone
 
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     values = {} if clusterwide else {"watchNamespaces": [cluster.namespace]}
     kubeconfig = install_rbac(**values)
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
@@ -298,12 +300,13 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
     operator_user = service_account_user(*reversed(operator_account(manifests)))
     worker_user = service_account_user(cluster.namespace, OperatorSettings().worker_service_account)
     # The audit log is written in batches, a second apart: wait for the last calls to reach it.
-    wait_until(lambda: ("", "pods", "delete") in audited_calls(cluster, operator_user)[0], "the audit log", operator)
+    wait_until(lambda: ("", "pods", "delete") in audited_calls(cluster, operator_user, since)[0], "the audit log",
+               operator)
 
-    observed, forbidden = audited_calls(cluster, operator_user)
+    observed, forbidden = audited_calls(cluster, operator_user, since)
     assert forbidden == [], "calls the chart does not grant the operator"
     assert observed == operator_calls(clusterwide)
-    worker_observed, worker_forbidden = audited_calls(cluster, worker_user)
+    worker_observed, worker_forbidden = audited_calls(cluster, worker_user, since)
     assert worker_forbidden == [], "calls the chart does not grant the workers"
     # ConfigMaps are read only by jobs that take sources from them; these take none.
     assert worker_observed == worker_calls() - {("", "configmaps", "get")}
