@@ -7,7 +7,7 @@ processes that are the server, and, once the server has stopped, the requests it
 
 - `EmulatedApiServer` (`--api emulator`): bench/counting_emulator.py, one process, no authentication: every
   client has the same kubeconfig, and requests are told apart by their User-Agent.
-- `RealApiServer` (`--api real`): etcd, kube-apiserver and kube-controller-manager (promptopt.testing.realkube)
+- `RealApiServer` (`--api real`): etcd, kube-apiserver and kube-controller-manager (promptopt_harness.realkube)
   with Node,RBAC authorization. The benchmark runs as the admin; promptopt's operator as the chart's
   ServiceAccount with the chart's RBAC (as `helm install` creates them); the floor as a ServiceAccount of its
   own with the least kopf and its handlers need (bench/floor_rbac.yaml); the kubelet as its node and as
@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from bench.counting_emulator import by_client, client_of
-from promptopt.testing import chart, realkube
+from promptopt_harness import chart, realkube
 
 BENCH_DIR = Path(__file__).resolve().parent
 NAMESPACE = "default"  # where the benchmark's jobs and Pods live
@@ -151,7 +151,7 @@ class EmulatedApiServer(ApiServer):
 
 
 class RealApiServer(ApiServer):
-    """A real control plane (promptopt.testing.realkube) with the chart's RBAC and the floor's; see the module."""
+    """A real control plane (promptopt_harness.realkube) with the chart's RBAC and the floor's; see the module."""
 
     mode, api_processes = "real", ("kube-apiserver", "etcd")
 

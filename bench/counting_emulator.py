@@ -1,4 +1,4 @@
-"""`python -m promptopt.testing.emulator`, unchanged, plus a count of the requests it served, by client.
+"""`python -m promptopt_harness.emulator`, unchanged, plus a count of the requests it served, by client.
 
     python bench/counting_emulator.py --kubeconfig PATH --counts COUNTS.json
 
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from promptopt.testing import emulator
+from promptopt_harness import emulator
 
 COUNTS: collections.Counter[tuple[str, str]] = collections.Counter()
 VERBS = {"FETCH": "get", "LIST": "list", "WATCH": "watch", "CREATE": "create", "UPDATE": "patch", "DELETE": "delete"}

@@ -1,7 +1,7 @@
 """The operator benchmark: many jobs at once against an API server, the local kubelet, the real operator.
 
 Processes (each its own, so no two share a GIL): the API server, emulated or real (bench/api_servers.py: the
-scenarios run the same on both), the local kubelet (`python -m promptopt.testing.kubelet`) whose
+scenarios run the same on both), the local kubelet (`python -m promptopt_harness.kubelet`) whose
 `--command-override` turns every benchmark worker Pod into a trivial process (`sleep 3600`, or `true`),
 the operator under test (`promptopt operator`, or kopf running bench/floor_operator.py), and this one, which
 creates and cancels jobs and watches jobs and Pods. Every time is taken here, on one monotonic clock, when
@@ -36,7 +36,7 @@ import urllib3
 import yaml
 
 from bench.api_servers import BENCH_DIR, NAMESPACE, SERVERS, ApiServer, start, stop_process, wait_until
-from promptopt.testing.operator_process import OperatorProcess, free_port
+from promptopt_harness.operator_process import OperatorProcess, free_port
 
 JOBS_PATH = f"/apis/promptopt.dev/v1alpha1/namespaces/{NAMESPACE}/promptoptimizationjobs"
 PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
@@ -141,7 +141,7 @@ class Cluster:
         try:
             self.api = Api(self.server.admin_kubeconfig)
             overrides = [f"--command-override={image}={command}" for image, command in COMMAND_OVERRIDES.items()]
-            self._kubelet = start("kubelet", [sys.executable, "-m", "promptopt.testing.kubelet",
+            self._kubelet = start("kubelet", [sys.executable, "-m", "promptopt_harness.kubelet",
                                               "--kubeconfig", str(self.server.kubelet_kubeconfig),
                                               "--scheduler-kubeconfig", str(self.server.scheduler_kubeconfig),
                                               "--state-dir", str(self.workdir / "node"), *overrides],

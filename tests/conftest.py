@@ -25,13 +25,13 @@ def llm():
         yield server
 
 
-# --- Kubernetes: a real kube-apiserver and etcd (promptopt.testing.realkube), the emulator where it earns its place ---
+# --- Kubernetes: a real kube-apiserver and etcd (promptopt_harness.realkube), the emulator where it earns its place ---
 import re  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
-from promptopt.testing.chart import RBAC_KINDS, RELEASE_NAMESPACE  # noqa: E402
+from promptopt_harness.chart import RBAC_KINDS, RELEASE_NAMESPACE  # noqa: E402
 
 # "required" (CI sets it): a real API server that cannot be built or started fails the run instead of skipping.
 REAL_KUBE_ENV = "PROMPTOPT_REAL_KUBE"
@@ -45,7 +45,7 @@ def pytest_collection_finish(session):
     """Build the real API server before the first test that needs it, outside every test's timeout: a first
     build on a new machine takes minutes, and says what it does meanwhile."""
     if any("real_cluster" in item.fixturenames for item in session.items):
-        from promptopt.testing.realkube import RealKubeUnavailable, ensure_binaries
+        from promptopt_harness.realkube import RealKubeUnavailable, ensure_binaries
 
         capture = session.config.pluginmanager.getplugin("capturemanager")
         try:
@@ -70,7 +70,7 @@ def pytest_sessionfinish(session):
 def real_cluster(request, tmp_path_factory):
     """etcd and kube-apiserver (built from Go modules on first use), shared by the session; tests each get a
     namespace of their own through `cluster`. Skipped, with the reason said once, where Go is missing."""
-    from promptopt.testing.realkube import RealCluster, RealKubeUnavailable
+    from promptopt_harness.realkube import RealCluster, RealKubeUnavailable
 
     capture = request.config.pluginmanager.getplugin("capturemanager")
     cluster = RealCluster(tmp_path_factory.mktemp("real-kube"))
@@ -114,7 +114,7 @@ def cluster(real_cluster, request, tmp_path):
 def _clear_namespace(cluster) -> None:
     """Nothing of a finished test may act on the next one: its jobs (finalizers dropped, the operator is gone)
     and Pods (no kubelet is left to end them) go at once."""
-    from promptopt.testing.client import ApiError
+    from promptopt_harness.client import ApiError
 
     for job in cluster.list("poj"):
         name = job["metadata"]["name"]
@@ -136,7 +136,7 @@ def _clear_namespace(cluster) -> None:
 def emulated_cluster():
     """A fresh EmulatedCluster (the emulator, for its own tests and the request-counting benchmark): serves the
     repo's crds/ and has the `default` namespace; ``cluster.emulator`` is the kmock-based server."""
-    from promptopt.testing.emulator import EmulatedCluster
+    from promptopt_harness.emulator import EmulatedCluster
 
     with EmulatedCluster() as emulated:
         yield emulated
@@ -145,7 +145,7 @@ def emulated_cluster():
 @pytest.fixture(scope="session")
 def chart():
     """The Helm chart, loaded by the real Helm engine (helm-python-sdk)."""
-    from promptopt.testing.chart import loaded_chart
+    from promptopt_harness.chart import loaded_chart
 
     with loaded_chart() as loaded:
         yield loaded
@@ -155,7 +155,7 @@ def chart():
 def render(chart):
     """``render(values, namespace=RELEASE_NAMESPACE)``: every object the chart renders, parsed (CRDs excluded:
     Helm installs crds/ as they are)."""
-    from promptopt.testing.chart import render as render_chart
+    from promptopt_harness.chart import render as render_chart
 
     return lambda values, namespace=RELEASE_NAMESPACE: render_chart(chart, values, namespace)
 
@@ -199,14 +199,14 @@ def kubectl(cluster, tmp_path_factory):
     return run
 
 
-# --- Local kubelet: runs the emulated cluster's Pods as local processes (promptopt.testing.kubelet) ---
+# --- Local kubelet: runs the emulated cluster's Pods as local processes (promptopt_harness.kubelet) ---
 @pytest.fixture
 def kubelet(cluster):
     """A started LocalKubelet on `cluster` (all namespaces, node "local-kubelet"); stopped after the test,
     which kills every process it started. ``kubelet.logs(ns, name)``, ``kubelet.running_pods()``,
     ``kubelet.set_image_behaviour(image, "ImagePullBackOff" | "OOMKilled" | None)``.
     """
-    from promptopt.testing.kubelet import LocalKubelet
+    from promptopt_harness.kubelet import LocalKubelet
 
     # The containers' environment is clean, so pass on what any litellm-importing process here needs.
     with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,

@@ -143,7 +143,7 @@ def test_every_status_field_of_the_models_survives_a_real_api_server(cluster):
 def test_the_crd_is_accepted_by_a_real_api_server_and_its_cel_costs_are_checked(real_cluster):
     """The server checks the structural schema and estimates every CEL rule's cost at CRD creation: the
     committed CRD passes, and the same CRD with a rule over an unbounded list is refused (the check is live)."""
-    from promptopt.testing.client import ApiError
+    from promptopt_harness.client import ApiError
 
     document = yaml.safe_load(COMMITTED.read_text())
     document["spec"]["group"] = "check.promptopt.dev"  # the cluster serves the real one already

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from promptopt.api.validation import InvalidSpec, parse_spec
-from promptopt.testing.client import ApiError
+from promptopt_harness.client import ApiError
 
 VALID_SPEC = {
     "optimizer": {"type": "GEPA", "reflectionModel": "openai/gpt-4.1", "gepa": {"maxMetricCalls": 50}},

@@ -3,7 +3,7 @@
 # succeed, cancel a running job, delete a job, and check that no worker Pod is left.
 #
 #   E2E_LOCAL=1 (the default, CI): this machine is the cluster. The script starts a real kube-apiserver and
-#       etcd (promptopt.testing.realkube), the local kubelet (Pods run as local processes), the simulated LLM and
+#       etcd (promptopt_harness.realkube), the local kubelet (Pods run as local processes), the simulated LLM and
 #       `promptopt operator` with the chart's RBAC, and stops them all on exit.
 #   E2E_LOCAL=0: the cluster of the current kubeconfig, with the chart already installed (docs/install.md).
 #       The simulated LLM runs there from the worker image: set E2E_WORKER_IMAGE. Nothing starts locally.
@@ -83,18 +83,18 @@ trap on_exit EXIT
 if [[ "$E2E_LOCAL" == 1 ]]; then
   # A real kube-apiserver and etcd (built by tools/build_kube.py on first use), without CRDs: kubectl installs
   # ours below.
-  start kube-apiserver "$PYTHON" -m promptopt.testing.realkube --no-crds --workdir "$WORK/kube" \
+  start kube-apiserver "$PYTHON" -m promptopt_harness.realkube --no-crds --workdir "$WORK/kube" \
     --kubeconfig "$WORK/kubeconfig"
   wait_for_file_line "$WORK/kubeconfig" 600
   export KUBECONFIG="$WORK/kubeconfig"
   start simulated-llm "$PYTHON" -m promptopt.testing.simulated_llm --port 0
   wait_for_file_line "$WORK/simulated-llm.log"
   LLM_URL="$(head -n 1 "$WORK/simulated-llm.log")"
-  start kubelet "$PYTHON" -m promptopt.testing.kubelet --kubeconfig "$WORK/kube/kubelet.kubeconfig" \
+  start kubelet "$PYTHON" -m promptopt_harness.kubelet --kubeconfig "$WORK/kube/kubelet.kubeconfig" \
     --scheduler-kubeconfig "$WORK/kube/scheduler.kubeconfig" --state-dir "$WORK/node"
   # The chart's RBAC, as `helm install` would create it; the operator runs as its ServiceAccount.
   kubectl create namespace "$RELEASE_NAMESPACE"
-  "$PYTHON" -m promptopt.testing.chart --rbac --namespace "$RELEASE_NAMESPACE" \
+  "$PYTHON" -m promptopt_harness.chart --rbac --namespace "$RELEASE_NAMESPACE" \
     --values "{\"jobNamespaces\": [\"$NAMESPACE\"]}" | kubectl apply -f -
   cp "$KUBECONFIG" "$WORK/operator.kubeconfig"
   kubectl --kubeconfig "$WORK/operator.kubeconfig" config set-credentials operator \

@@ -20,8 +20,8 @@ import requests
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from promptopt.testing.client import ApiError
-from promptopt.testing.emulator import (
+from promptopt_harness.client import ApiError
+from promptopt_harness.emulator import (
     AGE_COLUMN, NAME_COLUMN, PODS, EmulatedCluster, apply_json_patch, apply_merge_patch, build_table, crd_columns,
     decode_protobuf, human_age, jsonpath_values, parse_api_path, parse_field_selector, parse_label_selector,
     without_patch_directives,
@@ -689,7 +689,7 @@ def test_a_kopf_operator_handles_creation_and_deletion_once(cluster, kubectl, op
 
 def test_the_command_line_serves_until_terminated(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
-    process = subprocess.Popen([sys.executable, "-m", "promptopt.testing.emulator", "--kubeconfig", str(kubeconfig)],
+    process = subprocess.Popen([sys.executable, "-m", "promptopt_harness.emulator", "--kubeconfig", str(kubeconfig)],
                                stdout=subprocess.PIPE, text=True)
     try:
         assert "Serving the emulated Kubernetes API at http://127.0.0.1:" in process.stdout.readline()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from promptopt.testing.kubelet import (
+from promptopt_harness.kubelet import (
     DEADLINE_EXCEEDED_MESSAGE,
     ContainerConfigError,
     LocalKubelet,
@@ -537,7 +537,7 @@ def test_a_command_that_cannot_start_is_a_start_error(cluster, kubelet):
 
 def test_the_command_line_runs_until_sigterm(cluster, tmp_path):
     kubelet_process = subprocess.Popen(
-        [sys.executable, "-m", "promptopt.testing.kubelet", "--kubeconfig", str(cluster.kubelet_kubeconfig),
+        [sys.executable, "-m", "promptopt_harness.kubelet", "--kubeconfig", str(cluster.kubelet_kubeconfig),
          "--scheduler-kubeconfig", str(cluster.scheduler_kubeconfig),
          "--namespace", cluster.namespace, "--state-dir", str(tmp_path)],
         stderr=subprocess.PIPE, text=True,
@@ -567,7 +567,7 @@ def test_a_command_override_runs_instead_of_the_containers_command(cluster):
 
 def test_the_command_line_takes_command_overrides(cluster, tmp_path):
     kubelet_process = subprocess.Popen(
-        [sys.executable, "-m", "promptopt.testing.kubelet", "--kubeconfig", str(cluster.kubelet_kubeconfig),
+        [sys.executable, "-m", "promptopt_harness.kubelet", "--kubeconfig", str(cluster.kubelet_kubeconfig),
          "--scheduler-kubeconfig", str(cluster.scheduler_kubeconfig),
          "--state-dir", str(tmp_path), "--command-override", "bench/instant:1=sh -c 'echo from override'"],
         stderr=subprocess.PIPE, text=True,

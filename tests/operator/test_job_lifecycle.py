@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from promptopt.testing.client import ApiError
-from promptopt.testing.operator_process import OperatorProcess
+from promptopt_harness.client import ApiError
+from promptopt_harness.operator_process import OperatorProcess
 from promptopt.testing.simulated_llm import sentiment_dataset
 
 pytestmark = pytest.mark.slow

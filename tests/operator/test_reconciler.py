@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from promptopt.testing.emulator import apply_merge_patch
+from promptopt_harness.emulator import apply_merge_patch
 from promptopt_operator.lifecycle import reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.queue import QueueEntry

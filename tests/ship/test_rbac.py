@@ -19,10 +19,10 @@ import kubernetes
 import pytest
 
 from promptopt.api.v1alpha1 import API_VERSION, KIND
-from promptopt.testing.client import ApiError
-from promptopt.testing.emulator import parse_api_path
-from promptopt.testing.operator_process import OperatorProcess
-from promptopt.testing.realkube import service_account_user
+from promptopt_harness.client import ApiError
+from promptopt_harness.emulator import parse_api_path
+from promptopt_harness.operator_process import OperatorProcess
+from promptopt_harness.realkube import service_account_user
 from promptopt_operator import kube
 from promptopt_operator.settings import OperatorSettings
 

@@ -14,7 +14,7 @@ namespace deletion), no authentication or authorization, no ServiceAccount token
 dry runs (refused rather than approximated). tests/harness/test_differential.py holds it to the real server.
 
 `EmulatedCluster` runs it on a free localhost port in a background thread and writes a kubeconfig;
-``python -m promptopt.testing.emulator`` runs it in the foreground for shell scripts.
+``python -m promptopt_harness.emulator`` runs it in the foreground for shell scripts.
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ import yaml
 from jsonpath_ng.ext import parse as parse_jsonpath
 from typing_extensions import override
 
-from promptopt.testing.admission import admit, prune
-from promptopt.testing.client import ClusterApi
+from promptopt_harness.admission import admit, prune
+from promptopt_harness.client import ClusterApi
 
 REPO_CRDS = pathlib.Path(__file__).resolve().parents[2] / 'crds'
 STANDARD_VERBS = frozenset({'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'})
@@ -764,7 +764,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
     """
 
     # What the server does with a custom resource's body against its CRD schema (pruning, defaulting,
-    # validation); ValueError means 422 (promptopt.testing.admission.Rejected lists the fields).
+    # validation); ValueError means 422 (promptopt_harness.admission.Rejected lists the fields).
     admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = admit
     custom_resources: dict[kmock.resource, CustomResource] = attrs.field(factory=dict, init=False)
     _last_resource_version: int = attrs.field(default=0, init=False)
@@ -1448,7 +1448,7 @@ class EmulatedCluster(ClusterApi):
     Use as a context manager. On start it serves the CRDs of ``crds`` (a folder, default: the
     repo's crds/) by creating them through the API, and creates the ``default`` namespace.
     ``admission`` is what prunes, defaults and validates custom resources against their CRD schema on
-    every write (promptopt.testing.admission.admit, as the real server).
+    every write (promptopt_harness.admission.admit, as the real server).
     """
 
     def __init__(self, crds: str | pathlib.Path | None = REPO_CRDS, *, port: int = 0,

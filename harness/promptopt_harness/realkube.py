@@ -17,7 +17,7 @@ Go modules by tools/build_kube.py, on free loopback ports, and serves them until
   identity really made;
 - the controllers a job's life touches: garbage collection (objects whose owner is gone), namespace deletion,
   the default ServiceAccount and the kube-root-ca.crt ConfigMap of every namespace. No scheduler and no kubelet:
-  promptopt.testing.kubelet plays both.
+  promptopt_harness.kubelet plays both.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from promptopt.testing.client import ApiError, ClusterApi
+from promptopt_harness.client import ApiError, ClusterApi
 
 REPO = Path(__file__).resolve().parents[2]
 REPO_CRDS = REPO / "crds"
@@ -302,7 +302,7 @@ def service_account_user(namespace: str, name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m promptopt.testing.realkube [--workdir DIR] [--kubeconfig PATH]`: serve a real cluster until
+    """`python -m promptopt_harness.realkube [--workdir DIR] [--kubeconfig PATH]`: serve a real cluster until
     SIGTERM/SIGINT. DIR holds admin.kubeconfig, kubelet.kubeconfig and scheduler.kubeconfig."""
     import argparse
 

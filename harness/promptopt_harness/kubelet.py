@@ -1,6 +1,6 @@
 """A local node for tests: a scheduler and a kubelet that run Pods as local processes.
 
-`LocalKubelet` watches Pods through the Kubernetes API (the emulator in `promptopt.testing.emulator`, or
+`LocalKubelet` watches Pods through the Kubernetes API (the emulator in `promptopt_harness.emulator`, or
 any API server a kubeconfig points at) and does for each one what the default scheduler and the kubelet
 of a one-node cluster would do, with the status a real cluster reports:
 
@@ -51,7 +51,7 @@ taints, tolerations or affinity, no Node object, no `pods/log` (read `LocalKubel
 `LocalKubelet.stop` kills every process it started; Pods stay as last reported, as when a node goes away.
 
 Run it in the foreground (for shell-driven end-to-end tests) until SIGTERM or SIGINT:
-    python -m promptopt.testing.kubelet --kubeconfig PATH [--namespace NS]
+    python -m promptopt_harness.kubelet --kubeconfig PATH [--namespace NS]
 """
 from __future__ import annotations
 
@@ -1412,7 +1412,7 @@ def _pod_key(pod: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m promptopt.testing.kubelet",
+        prog="python -m promptopt_harness.kubelet",
         description="Run the Pods of a (emulated) Kubernetes API as local processes until SIGTERM/SIGINT.",
     )
     parser.add_argument("--kubeconfig", required=True)

@@ -1,7 +1,7 @@
 """The Helm chart rendered as `helm template` renders it, by the real Helm engine (helm-python-sdk, dev extra):
 these machines have no helm binary.
 
-    python -m promptopt.testing.chart --values '{"jobNamespaces": ["default"]}' --kind Role | kubectl apply -f -
+    python -m promptopt_harness.chart --values '{"jobNamespaces": ["default"]}' --kind Role | kubectl apply -f -
 
 prints the rendered objects as one YAML stream (CRDs excluded: Helm installs crds/ as they are).
 """
