@@ -11,9 +11,8 @@ from helm_python import chart as helm
 from helm_python.errors import HelmError
 
 from promptopt.cli import build_parser
-from promptopt_operator import settings as operator_settings
 from promptopt_operator.pods import COMPONENT_LABELS
-from promptopt_operator.settings import OperatorSettings, from_arguments
+from promptopt_operator.settings import OperatorSettings, environment_variable, flag_settings, from_arguments
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "promptopt"
@@ -92,9 +91,8 @@ def settings_from_container(container, monkeypatch) -> OperatorSettings:
 
 
 def test_every_operator_setting_comes_from_the_chart():
-    """The chart sets every PROMPTOPT_* variable the operator reads, and no other."""
-    source = Path(operator_settings.__file__).read_text()
-    read = {f"PROMPTOPT_{name}" for name in re.findall(r'_env\("([A-Z_]+)"', source)}
+    """The chart sets the PROMPTOPT_* variable of every operator flag, and no other."""
+    read = {environment_variable(setting) for setting in flag_settings()}
     deployment = (CHART / "templates" / "deployment.yaml").read_text()
     set_by_chart = set(re.findall(r"name: (PROMPTOPT_[A-Z_]+)", deployment))
     assert read and set_by_chart == read
