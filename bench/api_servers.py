@@ -34,6 +34,7 @@ from bench.counting_emulator import by_client, client_of
 from promptopt_harness import chart, realkube
 
 BENCH_DIR = Path(__file__).resolve().parent
+CHART = BENCH_DIR.parent / "deploy" / "helm" / "promptopt"
 NAMESPACE = "default"  # where the benchmark's jobs and Pods live
 FLOOR_RBAC = BENCH_DIR / "floor_rbac.yaml"
 FLOOR_SERVICE_ACCOUNT = (chart.RELEASE_NAMESPACE, "promptopt-bench-floor")
@@ -176,7 +177,7 @@ class RealApiServer(ApiServer):
         try:
             self.cluster.start()
             self.cluster.create_namespace(chart.RELEASE_NAMESPACE)
-            with chart.loaded_chart() as loaded:
+            with chart.loaded_chart(CHART) as loaded:
                 rbac = [m for m in chart.render(loaded, {"jobNamespaces": [NAMESPACE]})
                         if m["kind"] in chart.RBAC_KINDS]
             (operator,) = [m["metadata"] for m in rbac if m["kind"] == "ServiceAccount"

@@ -35,6 +35,8 @@ from promptopt_harness.chart import RBAC_KINDS, RELEASE_NAMESPACE  # noqa: E402
 
 # "required" (CI sets it): a real API server that cannot be built or started fails the run instead of skipping.
 REAL_KUBE_ENV = "PROMPTOPT_REAL_KUBE"
+# The chart under test: the harness renders the chart it is given, as `helm template` does.
+CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "promptopt"
 
 
 # What the real tier did this session, for the summary at the end: (ran, what).
@@ -134,8 +136,9 @@ def _clear_namespace(cluster) -> None:
 
 @pytest.fixture
 def emulated_cluster():
-    """A fresh EmulatedCluster (the emulator, for its own tests and the request-counting benchmark): serves the
-    repo's crds/ and has the `default` namespace; ``cluster.emulator`` is the kmock-based server."""
+    """A fresh EmulatedCluster (the emulator, for its own tests and the request-counting benchmark): serves
+    promptopt's CRD (from its API models) and has the `default` namespace; ``cluster.emulator`` is the kmock-based
+    server."""
     from promptopt_harness.emulator import EmulatedCluster
 
     with EmulatedCluster() as emulated:
@@ -147,7 +150,7 @@ def chart():
     """The Helm chart, loaded by the real Helm engine (helm-python-sdk)."""
     from promptopt_harness.chart import loaded_chart
 
-    with loaded_chart() as loaded:
+    with loaded_chart(CHART) as loaded:
         yield loaded
 
 

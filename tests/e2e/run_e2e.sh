@@ -81,7 +81,7 @@ trap on_exit EXIT
 # --- the cluster, the simulated LLM and the operator --------------------------------------------------------
 
 if [[ "$E2E_LOCAL" == 1 ]]; then
-  # A real kube-apiserver and etcd (built by tools/build_kube.py on first use), without CRDs: kubectl installs
+  # A real kube-apiserver and etcd (built by promptopt_harness.build_kube on first use), without CRDs: kubectl installs
   # ours below.
   start kube-apiserver "$PYTHON" -m promptopt_harness.realkube --no-crds --workdir "$WORK/kube" \
     --kubeconfig "$WORK/kubeconfig"
@@ -94,7 +94,7 @@ if [[ "$E2E_LOCAL" == 1 ]]; then
     --scheduler-kubeconfig "$WORK/kube/scheduler.kubeconfig" --state-dir "$WORK/node"
   # The chart's RBAC, as `helm install` would create it; the operator runs as its ServiceAccount.
   kubectl create namespace "$RELEASE_NAMESPACE"
-  "$PYTHON" -m promptopt_harness.chart --rbac --namespace "$RELEASE_NAMESPACE" \
+  "$PYTHON" -m promptopt_harness.chart "$REPO/deploy/helm/promptopt" --rbac --namespace "$RELEASE_NAMESPACE" \
     --values "{\"jobNamespaces\": [\"$NAMESPACE\"]}" | kubectl apply -f -
   cp "$KUBECONFIG" "$WORK/operator.kubeconfig"
   kubectl --kubeconfig "$WORK/operator.kubeconfig" config set-credentials operator \

