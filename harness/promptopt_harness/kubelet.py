@@ -731,16 +731,71 @@ class _PodGone(Exception):
     """The Pod object no longer exists."""
 
 
+class NodeResources:
+    """The node's allocatable resources and what its Pods hold of them, as the scheduler counts them. A Pod that
+    does not fit waits; every waiting Pod is woken when another releases what it held."""
+
+    def __init__(self, capacity: Mapping[str, Decimal], labels: Mapping[str, str]):
+        self._capacity = dict(capacity)
+        self._labels = labels
+        self._allocated: dict[str, Decimal] = {}
+        self._holders: set[_PodWorker] = set()
+        self._waiting: set[_PodWorker] = set()
+        self._lock = threading.Lock()
+
+    def allocate(self, worker: _PodWorker, check_fit: bool) -> str | None:
+        """Reserve the Pod's requests on the node; the scheduler's message when they do not fit."""
+        with self._lock:
+            if check_fit:
+                free = {resource: total - self._allocated.get(resource, 0)
+                        for resource, total in self._capacity.items()}
+                message = unschedulable_message(worker.pod, self._labels, free)
+                if message is not None:
+                    self._waiting.add(worker)
+                    return message
+            self._waiting.discard(worker)
+            for resource, amount in worker.requests.items():
+                self._allocated[resource] = self._allocated.get(resource, Decimal(0)) + amount
+            self._holders.add(worker)
+            return None
+
+    def release(self, worker: _PodWorker) -> None:
+        with self._lock:
+            self._waiting.discard(worker)
+            if worker not in self._holders:
+                return
+            self._holders.discard(worker)
+            for resource, amount in worker.requests.items():
+                self._allocated[resource] -= amount
+            waiting = list(self._waiting)
+        for pending in waiting:
+            pending.wake()
+
+
+@dataclass(frozen=True)
+class Node:
+    """The node as its Pod workers see it: all that a worker needs of the kubelet that runs it."""
+
+    name: str
+    api: _ApiServer  # as the node: its Pods' status, their Secrets, ConfigMaps and tokens, Events
+    scheduler_api: _ApiServer  # as the scheduler: binding, and the status of Pods it cannot place
+    base_env: Mapping[str, str]  # every container's environment, before the Pod's own
+    resources: NodeResources
+    stopping: threading.Event  # set when the kubelet stops: its workers end and write nothing more
+    image_behaviour: Callable[[str], str | None]  # an injected failure for containers of an image
+    command_override: Callable[[str], list[str] | None]  # the argv that containers of an image run instead
+
+
 class _PodWorker:
     """One Pod from scheduling to its end, in a thread of its own: all writes for the Pod happen here.
 
     The watch thread only updates `pod` and sets flags (deletion, removal), then wakes the worker.
     """
 
-    def __init__(self, kubelet: LocalKubelet, pod: dict[str, Any], sandbox: Path):
-        self._kubelet = kubelet
-        self._api = kubelet._api
-        self._scheduler = kubelet._scheduler_api
+    def __init__(self, node: Node, pod: dict[str, Any], sandbox: Path):
+        self._node = node
+        self._api = node.api
+        self._scheduler = node.scheduler_api
         self.pod = pod
         metadata = pod["metadata"]
         self.namespace = metadata.get("namespace", "default")
@@ -748,7 +803,6 @@ class _PodWorker:
         self.uid = metadata.get("uid", "")
         self.container = pod["spec"]["containers"][0]
         self.requests = pod_requests(pod)
-        self.holds_resources = False  # guarded by the kubelet's capacity lock
         self.sandbox = sandbox
         self.log_file = sandbox / "container.log"
         self.process: _ContainerProcess | None = None
@@ -803,15 +857,15 @@ class _PodWorker:
         finally:
             if self.process is not None:
                 self.process.signal(signal.SIGKILL)  # whatever happened, no process outlives its worker
-            self._kubelet._release(self)
+            self._node.resources.release(self)
 
     def _interrupted(self) -> bool:
-        return self._removed or self._deletion_requested or self._kubelet._stopping.is_set()
+        return self._removed or self._deletion_requested or self._node.stopping.is_set()
 
     def _schedule(self) -> bool:
         """Wait until the Pod fits, then bind it; False when it went away first."""
-        if self.pod["spec"].get("nodeName") == self._kubelet.node_name:
-            self._kubelet._allocate(self, check_fit=False)
+        if self.pod["spec"].get("nodeName") == self._node.name:
+            self._node.resources.allocate(self, check_fit=False)
             return True
         reported = None
         while True:
@@ -819,7 +873,7 @@ class _PodWorker:
             if self._interrupted():
                 self._end_without_container()
                 return False
-            message = self._kubelet._allocate(self, check_fit=True)
+            message = self._node.resources.allocate(self, check_fit=True)
             if message is None:
                 break
             if message != reported:
@@ -832,14 +886,14 @@ class _PodWorker:
                 self._post_event("FailedScheduling", message, warning=True, component=SCHEDULER)
                 reported = message
             self._wakeup.wait()  # woken when capacity frees up, or on deletion or stop
-        self._scheduler.bind_pod(self.namespace, self.name, self.uid, self._kubelet.node_name)
+        self._scheduler.bind_pod(self.namespace, self.name, self.uid, self._node.name)
         if not self._wait_until_bound():
             self._end_without_container()
             return False
         self._write_status({"conditions": self._merge_conditions([{"type": "PodScheduled", "status": "True"}])})
         self._post_event(
             "Scheduled",
-            f"Successfully assigned {self.namespace}/{self.name} to {self._kubelet.node_name}",
+            f"Successfully assigned {self.namespace}/{self.name} to {self._node.name}",
             component=SCHEDULER,
         )
         return True
@@ -847,7 +901,7 @@ class _PodWorker:
     def _wait_until_bound(self) -> bool:
         """Until this node's watch shows the binding, as a kubelet only runs the Pods its watch says are its own
         (the Node authorizer learns them the same way); False when the Pod went away first."""
-        while self.pod["spec"].get("nodeName") != self._kubelet.node_name:
+        while self.pod["spec"].get("nodeName") != self._node.name:
             self._wakeup.clear()
             if self._interrupted():
                 return False
@@ -874,7 +928,7 @@ class _PodWorker:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self._fail_deadline_exceeded()
                 return None
-            if self._kubelet.image_behaviour(self.container["image"]) == IMAGE_PULL_BACK_OFF:
+            if self._node.image_behaviour(self.container["image"]) == IMAGE_PULL_BACK_OFF:
                 self._report_image_pull_failure()
             else:
                 if not pulled:
@@ -889,13 +943,13 @@ class _PodWorker:
 
     def _plan_launch(self) -> LaunchPlan:
         # The stored Pod may predate the binding; the container sees itself on this node.
-        pod = {**self.pod, "spec": {**self.pod["spec"], "nodeName": self._kubelet.node_name}}
+        pod = {**self.pod, "spec": {**self.pod["spec"], "nodeName": self._node.name}}
         env = resolve_container_env(pod, self.container, self._api.read_secret_data, self._api.read_config_map_data)
         container = self.container
-        override = self._kubelet.command_override(container["image"])
+        override = self._node.command_override(container["image"])
         if override is not None:
             container = {**container, "command": override, "args": []}
-        base_env = dict(self._kubelet._base_env)
+        base_env = dict(self._node.base_env)
         account_volume = service_account_volume(pod)
         if account_volume is not None:
             base_env["KUBECONFIG"] = str(self._materialise_service_account(*account_volume))
@@ -945,7 +999,7 @@ class _PodWorker:
         )
         self.process.wait_in_background(on_exit=self.wake)
         exit_code = self._supervise(self.process)
-        if self._removed or self._kubelet._stopping.is_set():
+        if self._removed or self._node.stopping.is_set():
             return
         message = termination_message(
             plan.termination_message_file.read_bytes(),
@@ -973,13 +1027,13 @@ class _PodWorker:
     def _supervise(self, process: _ContainerProcess) -> int:
         """Signal the process as deletion, the deadline, injected OOM or stop require; its exit code."""
         oom_at = None
-        if self._kubelet.image_behaviour(self.container["image"]) == OOM_KILLED:
+        if self._node.image_behaviour(self.container["image"]) == OOM_KILLED:
             oom_at = time.monotonic() + OOM_KILL_DELAY_SECONDS
         terminating = False
         kill_at = None  # when SIGKILL follows the SIGTERM already sent
         while process.exit_code is None:
             now = time.monotonic()
-            if self._kubelet._stopping.is_set() or (kill_at is not None and now >= kill_at):
+            if self._node.stopping.is_set() or (kill_at is not None and now >= kill_at):
                 process.signal(signal.SIGKILL)
                 kill_at = None
             elif oom_at is not None and now >= oom_at:
@@ -1022,7 +1076,7 @@ class _PodWorker:
 
     def _end_without_container(self) -> None:
         """The Pod ends with no process running: a deleting Pod is removed for good."""
-        if self._deletion_requested and not self._removed and not self._kubelet._stopping.is_set():
+        if self._deletion_requested and not self._removed and not self._node.stopping.is_set():
             self._api.delete_pod_now(self.namespace, self.name, self.uid)
 
     def _fail_deadline_exceeded(self) -> None:
@@ -1125,7 +1179,7 @@ class _PodWorker:
         involved = {"apiVersion": "v1", "kind": "Pod", "namespace": self.namespace, "name": self.name, "uid": self.uid}
         if component == "kubelet":
             involved["fieldPath"] = f"spec.containers{{{self.container['name']}}}"
-        host = self._kubelet.node_name if component == "kubelet" else ""
+        host = self._node.name if component == "kubelet" else ""
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -1186,10 +1240,9 @@ class LocalKubelet:
             **(node_labels or {}),
         }
         self._capacity_text = {**DEFAULT_CAPACITY, **(capacity or {})}
-        self._capacity = {resource: parse_quantity(quantity) for resource, quantity in self._capacity_text.items()}
-        self._allocated: dict[str, Decimal] = {}
-        self._waiting_for_capacity: set[_PodWorker] = set()
-        self._capacity_lock = threading.Lock()
+        self._resources = NodeResources(
+            {resource: parse_quantity(quantity) for resource, quantity in self._capacity_text.items()},
+            self.node_labels)
         self._image_behaviours: dict[str, str] = {}
         for image, behaviour in (image_behaviours or {}).items():
             self.set_image_behaviour(image, behaviour)
@@ -1202,8 +1255,7 @@ class LocalKubelet:
         }
         self._given_state_dir = Path(state_dir) if state_dir is not None else None
         self._state_dir: Path | None = None
-        self._api: _ApiServer | None = None
-        self._scheduler_api: _ApiServer | None = None
+        self._node: Node | None = None  # once started
         self._workers: dict[str, _PodWorker] = {}  # by Pod uid, kept until stop()
         self._latest_by_name: dict[tuple[str, str], _PodWorker] = {}
         self._workers_lock = threading.Lock()
@@ -1216,11 +1268,13 @@ class LocalKubelet:
 
     def start(self, timeout: float = 10) -> LocalKubelet:
         """Start watching; returns once the first list of Pods went through (else RuntimeError)."""
-        self._api = _ApiServer(self.kubeconfig)
-        self._scheduler_api = (_ApiServer(self.scheduler_kubeconfig) if self.scheduler_kubeconfig != self.kubeconfig
-                               else self._api)
+        api = _ApiServer(self.kubeconfig)
+        scheduler_api = _ApiServer(self.scheduler_kubeconfig) if self.scheduler_kubeconfig != self.kubeconfig else api
+        self._node = Node(name=self.node_name, api=api, scheduler_api=scheduler_api, base_env=self._base_env,
+                          resources=self._resources, stopping=self._stopping, image_behaviour=self.image_behaviour,
+                          command_override=self.command_override)
         try:
-            self._api.register_node(node_manifest(self.node_name, self.node_labels, self._capacity_text))
+            api.register_node(node_manifest(self.node_name, self.node_labels, self._capacity_text))
         except NotFound:
             log.debug("the API serves no v1 Nodes (the emulator): the node is not registered")
         if self._given_state_dir is not None:
@@ -1238,10 +1292,10 @@ class LocalKubelet:
 
     def stop(self) -> None:
         """Kill every process this kubelet started and stop watching."""
-        if self._api is None or self._stopping.is_set():
+        if self._node is None or self._stopping.is_set():
             return
         self._stopping.set()
-        self._scheduler_api.interrupt_watch()
+        self._node.scheduler_api.interrupt_watch()
         with self._workers_lock:
             workers = list(self._workers.values())
         for worker in workers:
@@ -1250,8 +1304,8 @@ class LocalKubelet:
         for thread in [self._watch_thread, *(worker.thread for worker in workers)]:
             if thread is not None and thread.ident is not None:
                 thread.join(max(0.0, give_up_at - time.monotonic()))
-        self._api.close()
-        self._scheduler_api.close()
+        self._node.api.close()
+        self._node.scheduler_api.close()
         if self._given_state_dir is None and self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
         log.info("local kubelet %s stopped", self.node_name)
@@ -1295,36 +1349,6 @@ class LocalKubelet:
         with self._workers_lock:
             return sorted((worker.namespace, worker.name) for worker in self._workers.values() if worker.running)
 
-    # --- scheduling --------------------------------------------------------------------------------
-
-    def _allocate(self, worker: _PodWorker, check_fit: bool) -> str | None:
-        """Reserve the Pod's requests on the node; the scheduler's message when they do not fit."""
-        with self._capacity_lock:
-            if check_fit:
-                free = {resource: total - self._allocated.get(resource, 0)
-                        for resource, total in self._capacity.items()}
-                message = unschedulable_message(worker.pod, self.node_labels, free)
-                if message is not None:
-                    self._waiting_for_capacity.add(worker)
-                    return message
-            self._waiting_for_capacity.discard(worker)
-            for resource, amount in worker.requests.items():
-                self._allocated[resource] = self._allocated.get(resource, Decimal(0)) + amount
-            worker.holds_resources = True
-            return None
-
-    def _release(self, worker: _PodWorker) -> None:
-        with self._capacity_lock:
-            self._waiting_for_capacity.discard(worker)
-            if not worker.holds_resources:
-                return
-            worker.holds_resources = False
-            for resource, amount in worker.requests.items():
-                self._allocated[resource] -= amount
-            waiting = list(self._waiting_for_capacity)
-        for pending in waiting:
-            pending.wake()
-
     # --- watching ----------------------------------------------------------------------------------
 
     def _watch_pods(self) -> None:
@@ -1334,7 +1358,7 @@ class LocalKubelet:
                 if resource_version is None:
                     resource_version = self._relist()
                     self._synced.set()
-                for event in self._scheduler_api.watch_pods(self.namespace, resource_version):
+                for event in self._node.scheduler_api.watch_pods(self.namespace, resource_version):
                     resource_version = self._on_watch_event(event) or resource_version
             except _WatchExpired:
                 resource_version = None
@@ -1347,7 +1371,7 @@ class LocalKubelet:
                 self._stopping.wait(RETRY_SECONDS)
 
     def _relist(self) -> str | None:
-        pods, resource_version = self._scheduler_api.list_pods(self.namespace)
+        pods, resource_version = self._node.scheduler_api.list_pods(self.namespace)
         listed = set()
         for pod in pods:
             listed.add(_pod_key(pod))
@@ -1387,7 +1411,7 @@ class LocalKubelet:
             namespace = metadata.get("namespace", "default")
             sandbox = self._state_dir / namespace / metadata["name"] / (metadata.get("uid") or "pod")
             sandbox.mkdir(parents=True, exist_ok=True)
-            worker = _PodWorker(self, pod, sandbox)
+            worker = _PodWorker(self._node, pod, sandbox)
             self._workers[key] = worker
             self._latest_by_name[(namespace, metadata["name"])] = worker
             if len(pod["spec"]["containers"]) > 1 or pod["spec"].get("initContainers"):
