@@ -1,4 +1,4 @@
-"""The simulated LLM (promptopt.testing.simulated_llm, a test double) in a process of its own.
+"""The simulated LLM (promptopt.simulated_llm, a test double) in a process of its own.
 
 The benchmark's optimizers run in other processes, so the server's threads never compete with them for a
 GIL. Line protocol on stdin/stdout: the first stdout line is the base URL; then each stdin line ``stats``
@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from promptopt.testing.simulated_llm import SimulatedLLM
+from promptopt.simulated_llm import SimulatedLLM
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from promptopt.testing.simulated_llm import SEED_INSTRUCTION, respond, sentiment_dataset  # noqa: E402
+from promptopt.simulated_llm import SEED_INSTRUCTION, respond, sentiment_dataset  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROMPT_NAME = "classify"

@@ -6,7 +6,7 @@ import os
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 
-# --- Simulated LLM: a deterministic OpenAI-compatible test double (promptopt.testing.simulated_llm) ---
+# --- Simulated LLM: a deterministic OpenAI-compatible test double (promptopt.simulated_llm) ---
 import pytest  # noqa: E402
 
 SIMULATED_LLM_API_KEY = "sk-simulated-test-key"
@@ -19,7 +19,7 @@ def llm():
     Reach it through litellm with ``litellm.completion(**llm.litellm_kwargs("sim-task"), messages=...)``
     (model "openai/<name>", api_base=llm.base_url, api_key=llm.api_key). Stopped after the test.
     """
-    from promptopt.testing.simulated_llm import SimulatedLLM
+    from promptopt.simulated_llm import SimulatedLLM
 
     with SimulatedLLM(api_key=SIMULATED_LLM_API_KEY) as server:
         yield server

@@ -87,7 +87,7 @@ if [[ "$E2E_LOCAL" == 1 ]]; then
     --kubeconfig "$WORK/kubeconfig"
   wait_for_file_line "$WORK/kubeconfig" 600
   export KUBECONFIG="$WORK/kubeconfig"
-  start simulated-llm "$PYTHON" -m promptopt.testing.simulated_llm --port 0
+  start simulated-llm "$PYTHON" -m promptopt.simulated_llm --port 0
   wait_for_file_line "$WORK/simulated-llm.log"
   LLM_URL="$(head -n 1 "$WORK/simulated-llm.log")"
   start kubelet "$PYTHON" -m promptopt_harness.kubelet --kubeconfig "$WORK/kube/kubelet.kubeconfig" \

@@ -15,8 +15,8 @@ import urllib.request
 import litellm
 import pytest
 
-from promptopt.testing import simulated_llm as sim
-from promptopt.testing.simulated_llm import (
+from promptopt import simulated_llm as sim
+from promptopt.simulated_llm import (
     JUDGE_MODEL,
     NEGATIVE_WORDS,
     OPTIMAL_INSTRUCTION,
@@ -84,7 +84,7 @@ def test_dataset_is_deterministic_balanced_and_consistent_with_the_world():
     assert data == sentiment_dataset(40, seed=7)
     assert data != sentiment_dataset(40, seed=8)
     assert all(set(r) == {"inputs", "expectations"} and set(r["inputs"]) == {"review"} for r in data)
-    sarcastic = [r for r in data if sim._has_sarcasm_marker(r["inputs"]["review"])]
+    sarcastic = [r for r in data if sim.has_sarcasm_marker(r["inputs"]["review"])]
     assert len(sarcastic) == 10
     assert {r["expectations"]["expected_response"] for r in sarcastic} == {"negative"}
     labels = [r["expectations"]["expected_response"] for r in data if r not in sarcastic]
@@ -98,13 +98,13 @@ def test_rules_and_seed_hold_no_lexicon_word_and_no_placeholder():
         words = set(re.findall(r"[a-z]+", text.lower()))
         assert not words & (POSITIVE_WORDS | NEGATIVE_WORDS), text
     for rule in (RULE_SINGLE_WORD, RULE_LOWERCASE, RULE_ONE_LOWERCASE_WORD, RULE_SARCASM):
-        assert not PLACEHOLDER.search(rule) and not sim._has_sarcasm_marker(rule)
+        assert not PLACEHOLDER.search(rule) and not sim.has_sarcasm_marker(rule)
 
 
 def test_task_model_through_litellm_scores_seed_zero_and_optimal_one(llm):
     # The step gepa takes first (one fused format rule) gets every plain review right, not the sarcastic ones.
     format_only = SEED_INSTRUCTION.replace("\n\n", "\n" + RULE_ONE_LOWERCASE_WORD + "\n\n")
-    plain = sum(not sim._has_sarcasm_marker(r["inputs"]["review"]) for r in DATA) / len(DATA)
+    plain = sum(not sim.has_sarcasm_marker(r["inputs"]["review"]) for r in DATA) / len(DATA)
     assert exact_match_rate(llm, SEED_INSTRUCTION) == 0.0
     assert exact_match_rate(llm, SEED_INSTRUCTION + "\n" + RULE_SINGLE_WORD) == 0.0  # "Positive"
     assert exact_match_rate(llm, format_only) == plain == 0.75
@@ -189,7 +189,7 @@ def test_gepa_reflection_adds_exactly_one_rule_per_call_and_keeps_placeholders(l
 
 def test_gepa_reflection_with_correctness_feedback_adds_only_the_sarcasm_rule():
     # A judge that ignores format fails only the sarcastic items: the cause is sarcasm, not format.
-    data = [r for r in DATA if sim._has_sarcasm_marker(r["inputs"]["review"])][:1] + DATA[:2]
+    data = [r for r in DATA if sim.has_sarcasm_marker(r["inputs"]["review"])][:1] + DATA[:2]
     records = reflective_records(SEED_INSTRUCTION, data)
     for r in records:
         ok = r["Generated Outputs"].lower().rstrip(".").endswith(r["Expected Response"])
@@ -464,7 +464,7 @@ def test_no_api_key_accepts_any_key_and_concurrent_requests_are_counted():
 
 def test_command_line_prints_base_url_and_serves():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "promptopt.testing.simulated_llm", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "promptopt.simulated_llm", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
     try:
         base_url = proc.stdout.readline().strip()
@@ -483,7 +483,7 @@ def test_gepa_reflection_reads_mlflows_reflective_records():
     """MLflow's GepaPromptOptimizer sends records keyed inputs/outputs/expectations/score/rationales."""
     from gepa.strategies.instruction_proposal import InstructionProposalSignature
 
-    sarcastic = [r for r in DATA if sim._has_sarcasm_marker(r["inputs"]["review"])][:2]
+    sarcastic = [r for r in DATA if sim.has_sarcasm_marker(r["inputs"]["review"])][:2]
     records = []
     for index, rec in enumerate(sarcastic):
         out = sim.classify(render(OPTIMAL_INSTRUCTION.replace(RULE_SARCASM + "\n", ""), rec))

@@ -10,7 +10,7 @@ import pytest
 
 from promptopt_harness.client import ApiError
 from promptopt_harness.operator_process import OperatorProcess
-from promptopt.testing.simulated_llm import sentiment_dataset
+from promptopt.simulated_llm import sentiment_dataset
 
 pytestmark = pytest.mark.slow
 

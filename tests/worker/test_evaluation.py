@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from promptopt.api.v1alpha1 import Pricing, ScorerSpec, TaskSpec
-from promptopt.testing.simulated_llm import (
+from promptopt.simulated_llm import (
     GARBLED_JUDGE_ANSWER,
     OPTIMAL_INSTRUCTION,
     SEED_INSTRUCTION,

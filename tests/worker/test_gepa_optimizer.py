@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from promptopt.api.v1alpha1 import ExampleFailurePolicy, GepaSettings, OptimizerSpec, ScorerSpec, TaskSpec
-from promptopt.testing.simulated_llm import (
+from promptopt.simulated_llm import (
     REFLECT_DROPS_VARIABLE_MODEL,
     REFLECT_MODEL,
     RULE_ONE_LOWERCASE_WORD,

@@ -7,7 +7,7 @@ import pytest
 from litellm.constants import INITIAL_RETRY_DELAY, JITTER
 
 from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
-from promptopt.testing.simulated_llm import SimulatedLLM, estimate_tokens
+from promptopt.simulated_llm import SimulatedLLM, estimate_tokens
 from promptopt_worker import llm as llm_module
 from promptopt_worker.llm import (
     BudgetExceeded,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from promptopt.api.v1alpha1 import ExampleFailurePolicy, MetaPromptSettings, OptimizerSpec, ScorerSpec, TaskSpec
-from promptopt.testing.simulated_llm import (
+from promptopt.simulated_llm import (
     REFLECT_INVENTS_VARIABLE_MODEL,
     REFLECT_MODEL,
     RULE_LOWERCASE,

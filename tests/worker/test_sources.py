@@ -9,7 +9,7 @@ from kubernetes.client import CoreV1Api
 
 from promptopt.api.v1alpha1 import ConfigMapInput
 from promptopt.api.validation import parse_spec
-from promptopt.testing.simulated_llm import REFLECT_MODEL
+from promptopt.simulated_llm import REFLECT_MODEL
 from promptopt_worker.llm import LLMClient
 from promptopt_worker.problem import PromptTemplate
 from promptopt_worker.sources import (

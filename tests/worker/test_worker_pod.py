@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from promptopt.api.validation import parse_spec
-from promptopt.testing.simulated_llm import sentiment_dataset
+from promptopt.simulated_llm import sentiment_dataset
 from promptopt_worker.llm import Usage
 from promptopt_worker.main import exit_code, remaining_deadline, usage_so_far
 from promptopt_worker.problem import Result

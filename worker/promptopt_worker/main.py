@@ -280,7 +280,7 @@ def run_local(
 
     with ExitStack() as cleanup:
         if simulated_llm:
-            from promptopt.testing.simulated_llm import SimulatedLLM
+            from promptopt.simulated_llm import SimulatedLLM
 
             spec = with_simulated_models(spec, cleanup.enter_context(SimulatedLLM()).base_url)
             print(SIMULATED_NOTICE, flush=True)

@@ -10,7 +10,7 @@ worker sets itself, end the run with InvalidInput before any call. Examples that
 answer that stayed unusable) are counted; they are shown to the reflection model last, without a score and
 with the reason, and the proposal is compared with the original prompts on the records scored for both.
 
-The request contract (promptopt.testing.simulated_llm follows it exactly): the system message starts with
+The request contract (promptopt.simulated_llm follows it exactly): the system message starts with
 "You are an expert prompt engineer"; the user message has the sections "### Current prompts" (a ```json
 object name → template), "### Template variables", "### Guidelines" and "### Examples" (a ```json array
 of {inputs, output, expected, score, rationale}); the answer is a JSON object {"prompts": {name: template},

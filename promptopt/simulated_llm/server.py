@@ -12,7 +12,7 @@ Usage::
                            messages=[{"role": "user", "content": "..."}])
         assert llm.calls["task"] == 1
 
-    python -m promptopt.testing.simulated_llm --port 8765   # prints the base URL, serves until ^C
+    python -m promptopt.simulated_llm --port 8765   # prints the base URL, serves until ^C
 
 HTTP API (non-streaming OpenAI chat completions)
 -----------------------------------------------
@@ -172,6 +172,7 @@ __all__ = [
     "respond",
     "classify",
     "true_label",
+    "has_sarcasm_marker",
     "estimate_tokens",
     "sentiment_dataset",
     "main",
@@ -252,7 +253,7 @@ def estimate_tokens(text: str) -> int:
     return (4 * len(text.split()) + 2) // 3
 
 
-def _has_sarcasm_marker(text: str) -> bool:
+def has_sarcasm_marker(text: str) -> bool:
     return _SARCASM_MARKER_RE.search(text) is not None
 
 
@@ -271,7 +272,7 @@ def true_label(text: str) -> str | None:
     if pos + neg == 0:
         return None
     label = "positive" if pos > neg else "negative"
-    return _flip(label) if _has_sarcasm_marker(text) else label
+    return _flip(label) if has_sarcasm_marker(text) else label
 
 
 def classify(prompt: str) -> str:
@@ -280,7 +281,7 @@ def classify(prompt: str) -> str:
     if pos + neg == 0:
         return "echo: " + prompt
     label = "positive" if pos > neg else "negative"
-    if "sarcas" in prompt.lower() and _has_sarcasm_marker(prompt):
+    if "sarcas" in prompt.lower() and has_sarcasm_marker(prompt):
         label = _flip(label)
     if not _LOWERCASE_RE.search(prompt):
         label = label.capitalize()
@@ -363,7 +364,7 @@ def _example_rules(inputs_text: str, output: str, expected: str | None, failing:
     exp_label = _normalize(exp) if _normalize(exp) in _LABELS else None
     if exp_label is not None and _output_label(out) != exp_label:
         # Wrong label: only sarcasm explains it in this world.
-        return [RULE_SARCASM] if _has_sarcasm_marker(inputs_text) else []
+        return [RULE_SARCASM] if has_sarcasm_marker(inputs_text) else []
     rules = []
     if len(exp.split()) == 1 and len(out.split()) > 1:
         rules.append(RULE_SINGLE_WORD)
@@ -677,7 +678,7 @@ def _respond(model: str, messages: list[dict[str, Any]]) -> tuple[str, str]:
     raise SimulatedLLMError(
         400,
         f"{model} did not recognize the request: expected gepa's instruction-proposal prompt or the MetaPrompt "
-        "contract (see promptopt.testing.simulated_llm)",
+        "contract (see promptopt.simulated_llm)",
     )
 
 
@@ -1170,7 +1171,7 @@ class SimulatedLLM:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m promptopt.testing.simulated_llm",
+        prog="python -m promptopt.simulated_llm",
         description="Run the simulated OpenAI-compatible LLM (a deterministic test double) in the foreground. "
         "Prints its base URL on the first line of stdout.",
     )
@@ -1200,6 +1201,3 @@ def main(argv: list[str] | None = None) -> int:
         llm.stop()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
