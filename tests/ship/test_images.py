@@ -1,12 +1,16 @@
 """The container images, checked from their Dockerfiles and constraints (no container engine here):
 slim Python base, numeric non-root user, only the extra each needs, pinned dependencies consistent with
-pyproject.toml, no secrets or caches baked in, the right entrypoint."""
+pyproject.toml, no secrets or caches baked in, the right entrypoint, and only what runs in a Pod: neither the
+test harness nor any test code."""
+import ast
 import fnmatch
 import json
 import re
 import shlex
+import sys
 import tomllib
 from dataclasses import dataclass
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,9 @@ from promptopt_operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+HARNESS = tomllib.loads((REPO / "harness" / "pyproject.toml").read_text())
+# What only tests and benchmarks use: never copied into an image's build.
+TEST_FOLDERS = ("harness", "tests", "bench")
 BASE_IMAGE = "python:3.11-slim"
 IMAGES = {"operator": "operator", "worker": "worker"}  # Dockerfile.<name>: the extra it installs
 SECRET_WORDS = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
@@ -146,8 +153,63 @@ def test_the_build_context_holds_what_the_images_copy_and_nothing_private(image)
     needed = {*PYPROJECT["tool"]["setuptools"]["package-dir"].values(), PYPROJECT["project"]["readme"]}
     assert {folder.split("/")[0] for folder in needed} <= set(sources)
     for private in (".git/config", ".venv/bin/python", ".env", "tests/conftest.py", "deploy/helm", "x/kubeconfig",
-                    "promptopt/__pycache__/cli.cpython-311.pyc"):
+                    "promptopt/__pycache__/cli.cpython-311.pyc", "harness/pyproject.toml", "bench/__main__.py"):
         assert ignored(private, patterns), private
+
+
+# --- only what runs in a Pod -------------------------------------------------------------------------------------
+
+def installed_modules() -> list[Path]:
+    """The Python files `pip install .` puts into an image: those of each package pyproject lists, from its folder."""
+    package_dirs = PYPROJECT["tool"]["setuptools"]["package-dir"]
+    modules = []
+    for package in PYPROJECT["tool"]["setuptools"]["packages"]:
+        top, *subpackage = package.split(".")
+        modules += sorted((REPO / package_dirs.get(top, top)).joinpath(*subpackage).glob("*.py"))
+    return modules
+
+
+def imported_distributions(module: Path) -> set[str]:
+    """The distributions whose top-level modules the module imports anywhere (lazily too), standard library aside."""
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    installed = packages_distributions()
+    return {canonicalize_name(distribution) for name in names - set(sys.stdlib_module_names)
+            for distribution in installed.get(name, [f"{name} (not installed)"])}
+
+
+def test_the_images_copy_neither_the_harness_nor_tests(image):
+    _, _, stages = image
+    sources = [source for stage in stages for i in stage if i.keyword == "COPY" and "--from" not in i.arguments
+               for source in i.arguments.split()[:-1]]
+    assert not [source for source in sources if source.split("/")[0] in TEST_FOLDERS]
+    assert all(ignored(folder, dockerignore_patterns()) for folder in TEST_FOLDERS)
+
+
+def test_no_image_extra_requires_the_harness_or_a_test_runner():
+    test_only = {canonicalize_name(HARNESS["project"]["name"]), "pytest"}
+    for extra in sorted(set(IMAGES.values())):
+        assert not {canonicalize_name(r.name) for r in requirements_of(extra)} & test_only, extra
+        assert not set(pins(extra)) & test_only, extra
+
+
+def test_the_installed_packages_hold_no_test_code():
+    """No package of the harness, no test module, and no import of what only tests have: every module the images
+    install imports the standard library, promptopt's own packages and what an image's constraints pin only."""
+    harness_packages = set(HARNESS["tool"]["setuptools"]["packages"])
+    assert not harness_packages & set(PYPROJECT["tool"]["setuptools"]["packages"])
+    in_images = {canonicalize_name(PYPROJECT["project"]["name"]), *pins("operator"), *pins("worker")}
+    modules = installed_modules()
+    assert modules
+    for module in modules:
+        assert not module.name.startswith("test_") and module.name != "conftest.py", module
+        assert imported_distributions(module) <= in_images, (
+            f"{module.relative_to(REPO)} imports {sorted(imported_distributions(module) - in_images)}, "
+            "which no image installs")
 
 
 # --- constraints -----------------------------------------------------------------------------------------------
