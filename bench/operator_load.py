@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import signal
@@ -36,6 +35,7 @@ import urllib3
 import yaml
 
 from bench.api_servers import BENCH_DIR, NAMESPACE, SERVERS, ApiServer, start, stop_process, wait_until
+from promptopt.api.times import parse_time
 from promptopt_harness.operator_process import OperatorProcess, free_port
 
 JOBS_PATH = f"/apis/promptopt.dev/v1alpha1/namespaces/{NAMESPACE}/promptoptimizationjobs"
@@ -330,10 +330,6 @@ def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted values."""
     rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100)
     return ordered[int(rank) - 1]
-
-
-def parse_time(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]:

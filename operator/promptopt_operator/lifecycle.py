@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
+from promptopt.api.times import format_time, parse_time
 from promptopt.api.v1alpha1 import (
     TERMINAL_PHASES, PromptOptimizationJobSpec, PromptOptimizationJobStatus, WorkerResult, read_status, status_patch,
 )
@@ -92,16 +93,6 @@ class _Next:
     delete_job: bool = False
 
 
-def timestamp(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def retry_delay(failed_attempts: int, settings: OperatorSettings) -> float:
     """Exponential back-off between worker Pods, as batch/v1 Job does (base, 2×base, 4×base, ... capped)."""
     return min(settings.retry_base_delay_seconds * 2 ** max(0, failed_attempts - 1), settings.retry_max_delay_seconds)
@@ -126,7 +117,7 @@ def decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: Operato
         # Pods are the truth: an operator that died between creating a Pod and recording it catches up here.
         step.fields.setdefault("attempts", _attempts(status, pods))
         if not status.start_time:
-            step.fields.setdefault("startTime", timestamp(now))
+            step.fields.setdefault("startTime", format_time(now))
     return _decision(job, step, now)
 
 
@@ -220,7 +211,7 @@ def _first_attempt(spec: PromptOptimizationJobSpec, slot: Slot, now: datetime) -
         return _Next("Queued", "Queued", "waiting for a free slot in the operator's queue (see queuePosition)",
                      fields=fields)
     return _Next("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
-                 fields={"attempts": 1, "startTime": timestamp(now), "queuePosition": None,
+                 fields={"attempts": 1, "startTime": format_time(now), "queuePosition": None,
                          "specHash": spec.run_hash()})
 
 
@@ -283,7 +274,7 @@ def _after_failure(spec, status: PromptOptimizationJobStatus, attempts: int, now
     recorded = status.last_failure if status.last_failure and status.last_failure.attempt == attempts else None
     failed = parse_time(finished_at) or (parse_time(recorded.time) if recorded else None) or now
     wait = (failed + timedelta(seconds=delay) - now).total_seconds()
-    fields: dict[str, Any] = {"lastFailure": {"attempt": attempts, "time": timestamp(failed), "message": what}}
+    fields: dict[str, Any] = {"lastFailure": {"attempt": attempts, "time": format_time(failed), "message": what}}
     if wait > 0:
         return _Next("Pending", "BackoffRetry", f"attempt {attempts} failed ({what}); retrying in {wait:.0f}s",
                      fields=fields, recheck_after=wait)
@@ -334,12 +325,12 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
         fields["podName"] = pod_name(job.name, step.create_attempt)
     recheck_after = step.recheck_after
     if step.phase in TERMINAL_PHASES and not status.completion_time:
-        fields["completionTime"] = timestamp(now)
+        fields["completionTime"] = format_time(now)
         fields["queuePosition"] = None
         if job.spec and job.spec.ttl_seconds_after_finished is not None:
             recheck_after = float(job.spec.ttl_seconds_after_finished)  # then the TTL deletes the job
     spec_applied = _spec_applied(job, fields.get("specHash") or status.spec_hash)
-    fields["conditions"] = conditions_for(step.phase, step.reason, step.message, job.generation, timestamp(now),
+    fields["conditions"] = conditions_for(step.phase, step.reason, step.message, job.generation, format_time(now),
                                           status.conditions, spec_applied)
     events: tuple[Event, ...] = ()
     if changed:

@@ -14,11 +14,12 @@ from typing import Any
 
 import kopf
 
+from promptopt.api.times import parse_time
 from promptopt.api.v1alpha1 import read_status
 from promptopt.worker_contract import PERMANENT_FAILURES
 
 from promptopt_operator.kube import KubeClient
-from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, parse_time, reconcile_error_delay
+from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
 from promptopt_operator.queue import JobKey, QueueEntry, plan, stale_positions

@@ -4,9 +4,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from promptopt.api.times import format_time
 from promptopt.api.v1alpha1 import read_status, status_patch
 from promptopt.api.validation import parse_spec
-from promptopt_operator.lifecycle import Job, Slot, decide, retry_delay, timestamp
+from promptopt_operator.lifecycle import Job, Slot, decide, retry_delay
 from promptopt_operator.pods import WorkerPod
 from promptopt_operator.settings import OperatorSettings
 
@@ -32,7 +33,7 @@ def pod(attempt=1, phase="Running", **kw):
 
 
 def ago(seconds):
-    return timestamp(NOW - timedelta(seconds=seconds))
+    return format_time(NOW - timedelta(seconds=seconds))
 
 
 def ready_condition(decision):
@@ -43,7 +44,7 @@ def test_new_job_with_a_slot_creates_attempt_one():
     d = decide(job(), [], NOW, SETTINGS, START)
     assert d.create_attempt == 1
     assert d.status["phase"] == "Pending" and d.status["attempts"] == 1 and d.status["podName"] == "j-worker-1"
-    assert d.status["startTime"] == timestamp(NOW) and d.status["observedGeneration"] == 1
+    assert d.status["startTime"] == format_time(NOW) and d.status["observedGeneration"] == 1
     assert [e.reason for e in d.events] == ["PodCreated"]
 
 
@@ -65,7 +66,7 @@ def test_last_transition_time_moves_only_on_status_change():
     later = NOW + timedelta(seconds=30)
     status = {"phase": "Pending", "attempts": 1, "startTime": ago(5), "conditions": first.status["conditions"]}
     second = decide(job(status), [pod()], later, SETTINGS, START)
-    assert ready_condition(second)["lastTransitionTime"] == timestamp(NOW)  # Ready stayed False
+    assert ready_condition(second)["lastTransitionTime"] == format_time(NOW)  # Ready stayed False
     assert ready_condition(second)["reason"] == "Running"
 
 
@@ -93,7 +94,7 @@ def test_success_takes_the_workers_result():
     status = {"phase": "Running", "attempts": 1, "startTime": ago(60),
               "workerResult": {"reason": "Completed", "message": "best 0.9", "succeeded": True}}
     d = decide(job(status), [pod(phase="Succeeded", exit_code=0)], NOW, SETTINGS, START)
-    assert d.status["phase"] == "Succeeded" and d.status["completionTime"] == timestamp(NOW)
+    assert d.status["phase"] == "Succeeded" and d.status["completionTime"] == format_time(NOW)
     assert {c["type"]: c["status"] for c in d.status["conditions"]}["Ready"] == "True"
 
 
@@ -164,7 +165,7 @@ def test_a_vanished_pod_is_replaced_after_the_back_off_counted_from_when_it_was_
     status = {"phase": "Running", "attempts": 1, "startTime": ago(100), "observedGeneration": 1}
     missed = decide(job(status), [], NOW, SETTINGS, START)
     assert missed.create_attempt is None and missed.recheck_after == pytest.approx(10)
-    assert missed.status["lastFailure"] == {"attempt": 1, "time": timestamp(NOW),
+    assert missed.status["lastFailure"] == {"attempt": 1, "time": format_time(NOW),
                                             "message": "worker Pod of attempt 1 disappeared"}
     stored = {**status, **missed.status}
     soon = decide(job(stored), [], NOW + timedelta(seconds=5), SETTINGS, START)
@@ -199,7 +200,7 @@ def test_cancel_deletes_the_pod_and_ends_cancelled():
     status = {"phase": "Running", "attempts": 1, "startTime": ago(100)}
     d = decide(job(status, cancel=True), [pod()], NOW, SETTINGS, START)
     assert d.status["phase"] == "Cancelled" and d.delete_pods == ("j-worker-1",)
-    assert d.status["completionTime"] == timestamp(NOW)
+    assert d.status["completionTime"] == format_time(NOW)
 
 
 def test_cancelled_is_terminal_even_if_cancel_is_unset():
@@ -260,7 +261,7 @@ def test_pods_are_the_truth_after_an_operator_crash_between_create_and_record():
     # The operator created the Pod of attempt 1 and died before writing status: nothing is duplicated.
     d = decide(job({"phase": None}), [pod(phase="Running")], NOW, SETTINGS, START)
     assert d.create_attempt is None
-    assert d.status["phase"] == "Running" and d.status["attempts"] == 1 and d.status["startTime"] == timestamp(NOW)
+    assert d.status["phase"] == "Running" and d.status["attempts"] == 1 and d.status["startTime"] == format_time(NOW)
 
 
 def test_first_pod_records_the_spec_fingerprint():

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from promptopt.api.times import parse_time
 from promptopt.api.v1alpha1 import (
     GROUP, KIND, PLURAL, VERSION, ConfigMapInput, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
 )
@@ -137,8 +138,7 @@ def remaining_deadline(
     if spec.active_deadline_seconds is None:
         return None
     elapsed = 0.0
-    if started_at:
-        started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    if started := parse_time(started_at):
         elapsed = max(0.0, ((now or datetime.now(timezone.utc)) - started).total_seconds())
     left = spec.active_deadline_seconds - elapsed
     return max(0.0, left - min(DEADLINE_RESERVE_MAX_S, DEADLINE_RESERVE_SHARE * left))
