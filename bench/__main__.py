@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-from bench import operator_load, optimization, report  # noqa: E402
+from bench import operator_load, optimization, report
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("operator", "queue", "optimization")

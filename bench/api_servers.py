@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from bench.counting_emulator import by_client, client_of
+from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
 from promptopt_harness import chart, realkube
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -47,7 +48,7 @@ def start(name: str, command: list[str], workdir: Path, ready: Callable[[Path], 
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})})
+                                   env={**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV, **(env or {})})
     try:
         wait_until(lambda: ready(log_path), timeout, lambda: f"the {name} did not start:\n{log_path.read_text()}",
                    process=process)

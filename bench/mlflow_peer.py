@@ -26,7 +26,6 @@ from pathlib import Path
 def main(config_path: str, result_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
     base_url = config["base_url"]
-    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     os.environ["MLFLOW_GENAI_EVAL_MAX_WORKERS"] = str(config["concurrency"])
     # gepa's reflection LM is a litellm model string: litellm's OpenAI provider reads these.
     os.environ["OPENAI_API_BASE"] = base_url

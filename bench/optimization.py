@@ -32,9 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from promptopt.simulated_llm import SEED_INSTRUCTION, respond, sentiment_dataset
+from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV, use_bundled_litellm_cost_map
 
-from promptopt.simulated_llm import SEED_INSTRUCTION, respond, sentiment_dataset  # noqa: E402
+use_bundled_litellm_cost_map()  # before warm_up_litellm imports litellm
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROMPT_NAME = "classify"
@@ -255,7 +256,8 @@ def run_mlflow(llm: LLMServer, records: list[dict[str, Any]], config: Optimizati
         config_path = Path(workdir) / "config.json"
         result_path = Path(workdir) / "result.json"
         config_path.write_text(json.dumps(mlflow_config(llm, records, config, Path(workdir))))
-        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONUNBUFFERED": "1"}
+        # The peer may run in an interpreter without promptopt: it finds the setting in its environment.
+        env = {**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV, "PYTHONUNBUFFERED": "1"}
         log_path = Path(workdir) / "peer.log"
         with log_path.open("w") as log:
             peer = subprocess.Popen([python, str(BENCH_DIR / "mlflow_peer.py"), str(config_path), str(result_path)],

@@ -4,6 +4,8 @@ its result when it cannot reach the API. Both sides import these names, so they 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from typing import get_args
 
 from pydantic import ValidationError
@@ -18,6 +20,17 @@ SPEC_HASH_ENV = "PROMPTOPT_SPEC_HASH"
 TERMINATION_MESSAGE_PATH_ENV = "PROMPTOPT_TERMINATION_MESSAGE_PATH"
 # A persistent folder for gepa's checkpoint, so a replaced worker resumes instead of starting over.
 CHECKPOINT_DIR_ENV = "PROMPTOPT_CHECKPOINT_DIR"
+# litellm downloads its model-cost map when imported unless this tells it to use its bundled copy: clusters may
+# allow no egress but to the LLM endpoints, and test machines have no network. The operator puts it into the worker
+# Pod's environment; a process sets it with `use_bundled_litellm_cost_map` before litellm is imported, and puts
+# it into the environment of children that may not.
+LITELLM_BUNDLED_COST_MAP_ENV: Mapping[str, str] = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+
+
+def use_bundled_litellm_cost_map() -> None:
+    """Make litellm, imported later by this process or the processes it starts, use its bundled cost map."""
+    os.environ.update(LITELLM_BUNDLED_COST_MAP_ENV)
+
 
 EXIT_SUCCEEDED = 0  # a usable result (completed, or stopped early with the best so far)
 EXIT_FAILED = 1  # may succeed on another attempt

@@ -2,8 +2,9 @@
 simulated LLM."""
 import os
 
-# litellm downloads its model-cost map at import unless told not to; these machines have no network.
-os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV, use_bundled_litellm_cost_map
+
+use_bundled_litellm_cost_map()  # before any test imports litellm: these machines have no network
 
 
 # --- Simulated LLM: a deterministic OpenAI-compatible test double (promptopt.simulated_llm) ---
@@ -213,5 +214,5 @@ def kubelet(cluster):
 
     # The containers' environment is clean, so pass on what any litellm-importing process here needs.
     with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
-                      extra_env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"}) as local_kubelet:
+                      extra_env=LITELLM_BUNDLED_COST_MAP_ENV) as local_kubelet:
         yield local_kubelet

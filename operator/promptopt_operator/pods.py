@@ -10,8 +10,8 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
 from promptopt.worker_contract import (
-    ATTEMPT_ENV, CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, SPEC_HASH_ENV, TERMINATION_MESSAGE_PATH,
-    TERMINATION_MESSAGE_PATH_ENV,
+    ATTEMPT_ENV, CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV,
+    TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV,
 )
 
 from promptopt_operator.settings import OperatorSettings
@@ -67,7 +67,7 @@ def worker_pod_manifest(
         {"name": ATTEMPT_ENV, "value": str(attempt)},
         {"name": SPEC_HASH_ENV, "value": spec_hash},
         {"name": TERMINATION_MESSAGE_PATH_ENV, "value": TERMINATION_MESSAGE_PATH},
-        {"name": "LITELLM_LOCAL_MODEL_COST_MAP", "value": "True"},
+        *({"name": name, "value": value} for name, value in LITELLM_BUNDLED_COST_MAP_ENV.items()),
         # The root filesystem is read-only: everything that writes (Python, litellm, gepa) goes to scratch.
         {"name": "HOME", "value": SCRATCH_DIR},
         {"name": "TMPDIR", "value": SCRATCH_DIR},

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +48,7 @@ def operator_rows(server: str, api_cpu: str) -> dict[str, list[str]]:
 def run_quick(tmp_path: Path, *flags: str) -> tuple[dict, str]:
     """`python -m bench --quick FLAGS`: its results JSON and its stdout."""
     results_path = tmp_path / "results.json"
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV}
     run = subprocess.run([sys.executable, "-m", "bench", "--quick", *flags, "--json", str(results_path)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert run.returncode == 0, run.stderr[-4000:]

@@ -1,5 +1,6 @@
 """The worker Pod manifest and the reading of Pod status."""
 from promptopt.api.validation import parse_spec
+from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
 from promptopt_operator.pods import (
     ATTEMPT_LABEL, JOB_LABEL, label_value, observe_pod, pod_name, worker_pod_manifest,
 )
@@ -27,7 +28,7 @@ def test_pod_runs_the_worker_for_its_job_and_attempt():
     env = {e["name"]: e for e in container["env"]}
     assert env["PROMPTOPT_JOB_NAME"]["value"] == "job-a"
     assert env["PROMPTOPT_JOB_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
-    assert env["LITELLM_LOCAL_MODEL_COST_MAP"]["value"] == "True"
+    assert {name: env[name]["value"] for name in LITELLM_BUNDLED_COST_MAP_ENV} == LITELLM_BUNDLED_COST_MAP_ENV
     assert env["PROMPTOPT_SPEC_HASH"]["value"] == "abc123"
     assert container["envFrom"] == [{"secretRef": {"name": "llm-keys"}}]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -1,5 +1,8 @@
 """The litellm adapter: endpoints, retries, permanent errors without secrets, usage, cost and budget."""
 import logging
+import os
+import subprocess
+import sys
 import traceback
 
 import litellm
@@ -8,6 +11,7 @@ from litellm.constants import INITIAL_RETRY_DELAY, JITTER
 
 from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
 from promptopt.simulated_llm import SimulatedLLM, estimate_tokens
+from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
 from promptopt_worker import llm as llm_module
 from promptopt_worker.llm import (
     BudgetExceeded,
@@ -277,3 +281,18 @@ def test_the_budget_stops_the_job_and_refuses_further_calls(sim):
     with pytest.raises(BudgetExceeded, match=f"budget of \\${2 * prompt_tokens} is spent"):
         client.complete(endpoint, HELLO)
     assert sim.request_count == 2
+
+
+# --- litellm's cost map ----------------------------------------------------------------------------------------
+
+
+def test_litellm_uses_its_bundled_cost_map_in_a_process_that_was_not_told_to():
+    """A local run or a Pod whose environment says nothing still never downloads the map: the adapter decides
+    before litellm is imported."""
+    untold = {name: value for name, value in os.environ.items() if name not in LITELLM_BUNDLED_COST_MAP_ENV}
+    script = ("import promptopt_worker.llm\n"
+              "from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info\n"
+              "info = get_model_cost_map_source_info()\n"
+              "print(info['source'], info['url'])")
+    run = subprocess.run([sys.executable, "-c", script], env=untold, capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["local", "None"], run.stderr

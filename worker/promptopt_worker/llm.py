@@ -25,15 +25,14 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
-# litellm downloads its model price list at import unless told to use the bundled copy.
-os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
+from promptopt.worker_contract import use_bundled_litellm_cost_map
+from promptopt_worker.problem import StopRequested
 
+use_bundled_litellm_cost_map()  # before litellm is imported
 import litellm  # noqa: E402
 import openai  # noqa: E402  (litellm's exceptions derive from the openai SDK's)
 from litellm.types.utils import CostPerToken  # noqa: E402
-
-from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec  # noqa: E402
-from promptopt_worker.problem import StopRequested  # noqa: E402
 
 litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners in the worker's log
 

@@ -30,7 +30,7 @@ from promptopt.api.v1alpha1 import (
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import (
     CHECKPOINT_DIR_ENV, EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_SUCCEEDED, JOB_NAME_ENV, JOB_NAMESPACE_ENV,
-    SPEC_HASH_ENV,
+    LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV,
 )
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter, add_secrets
 from promptopt_worker.optimizers import optimize
@@ -219,7 +219,7 @@ def run_worker() -> int:
 
 # Environment a worker container has besides its credentials: the image's, the runtime's and the operator's.
 _PLAIN_ENV = re.compile(r"PROMPTOPT_.*|KUBERNETES_.*|PYTHON.*|LC_.*|LANG|PATH|HOME|HOSTNAME|TMPDIR|TERM|PWD|SHLVL"
-                        r"|KUBECONFIG|VIRTUAL_ENV|GPG_KEY|LITELLM_LOCAL_MODEL_COST_MAP")
+                        r"|KUBECONFIG|VIRTUAL_ENV|GPG_KEY|" + "|".join(LITELLM_BUNDLED_COST_MAP_ENV))
 
 
 def credential_values(environ: Mapping[str, str], spec: PromptOptimizationJobSpec) -> list[str]:
