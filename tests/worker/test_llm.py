@@ -12,7 +12,7 @@ from litellm.constants import INITIAL_RETRY_DELAY, JITTER
 from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
 from promptopt.simulated_llm import SimulatedLLM, estimate_tokens
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
-from promptopt_worker import llm as llm_module
+from promptopt_worker import redaction
 from promptopt_worker.llm import (
     BudgetExceeded,
     LLMClient,
@@ -21,10 +21,9 @@ from promptopt_worker.llm import (
     RetriesExhausted,
     Usage,
     UsageMeter,
-    add_secrets,
-    redact,
 )
 from promptopt_worker.problem import StopRequested
+from promptopt_worker.redaction import add_secrets
 
 REAL_LOOKING_KEY = "sk-proj-Q3r9TzWb7XkLm2Np8Vc4Hs6Jd1Fg5Ka0"
 HELLO = [{"role": "user", "content": "I love this wonderful film."}]
@@ -51,38 +50,6 @@ def task_endpoint(sim, **changes):
     fields = {"role": "task", "model": "openai/sim-task", "description": "task model", "api_base": sim.base_url,
               "max_retries": 2, **changes}  # fmt: skip
     return ModelEndpoint(**fields)
-
-
-# --- redaction -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "HF_TOKEN", "MY_SECRET", "DB_PASSWORD", "anthropic_api_key"])
-def test_redact_masks_values_of_secret_looking_environment_variables(monkeypatch, name):
-    monkeypatch.setenv(name, "value-of-a-credential")
-    assert redact("failed with value-of-a-credential!") == "failed with ***!"
-
-
-def test_redact_leaves_short_values_and_harmless_names_alone(monkeypatch):
-    monkeypatch.setenv("MAX_TOKENS", "1000")
-    monkeypatch.setenv("HOME_DIRECTORY", "/home/someone")
-    assert redact("1000 tokens in /home/someone") == "1000 tokens in /home/someone"
-
-
-def test_redact_masks_key_like_strings_and_authorization_headers():
-    text = (
-        f"Incorrect API key provided: {REAL_LOOKING_KEY}. headers={{'Authorization': 'Bearer abc.def-123'}} "
-        "Authorization: Basic dXNlcjpwYXNzd29yZA== url?api_key=zzz9zzz9zz"
-    )
-    masked = redact(text)
-    assert REAL_LOOKING_KEY not in masked and "abc.def-123" not in masked
-    assert "dXNlcjpwYXNzd29yZA" not in masked and "zzz9zzz9zz" not in masked
-    assert "Incorrect API key provided: ***" in masked
-
-
-def test_redact_masks_values_added_as_secrets(monkeypatch):
-    monkeypatch.setattr(llm_module, "_extra_secrets", set())
-    add_secrets(["credential-from-the-secret", "short"])
-    assert redact("use credential-from-the-secret, short") == "use ***, short"
 
 
 # --- endpoints -------------------------------------------------------------------------------
@@ -231,7 +198,7 @@ def test_401_fails_fast_and_never_shows_the_key(sim, monkeypatch):
 def test_a_provider_message_echoing_the_key_is_redacted(monkeypatch):
     """Some providers quote the key they rejected; the credentials Secret may name it harmlessly."""
     monkeypatch.setenv("OPENAI_API_KEY", REAL_LOOKING_KEY)
-    monkeypatch.setattr(llm_module, "_extra_secrets", set())
+    monkeypatch.setattr(redaction, "_extra_secrets", set())
     add_secrets(["tenant-credential-9f8e7d"])
     echo = litellm.AuthenticationError(
         message=f"Incorrect API key provided: {REAL_LOOKING_KEY} (tenant tenant-credential-9f8e7d)",

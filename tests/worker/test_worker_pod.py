@@ -285,7 +285,7 @@ def test_a_retried_worker_refuses_configmap_inputs_changed_since_the_job_started
 
 
 def test_credentials_with_harmless_names_are_still_masked():
-    from promptopt_worker.llm import add_secrets, redact
+    from promptopt_worker.redaction import add_secrets, redact
     from promptopt_worker.main import credential_values
 
     spec = parse_spec({

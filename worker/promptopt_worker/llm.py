@@ -16,11 +16,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from typing import Any, Literal
 from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
 from promptopt.worker_contract import use_bundled_litellm_cost_map
 from promptopt_worker.problem import StopRequested
+from promptopt_worker.redaction import redact
 
 use_bundled_litellm_cost_map()  # before litellm is imported
 import litellm  # noqa: E402
@@ -73,44 +73,6 @@ def json_object_with(answer: str, key: str) -> dict[str, Any] | None:
         if isinstance(found, dict) and key in found:
             return found
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Secrets
-
-
-_SECRET_ENV_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
-# Shorter values are unlikely to be credentials, and masking them would garble messages
-# (e.g. MAX_TOKENS=1000 would mask every "1000").
-MIN_SECRET_LENGTH = 8
-MASK = "***"
-_SECRET_PATTERNS = (  # (pattern, replacement)
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), MASK),  # OpenAI-style keys (sk-..., sk-proj-..., sk-ant-...)
-    (  # Authorization headers, in any quoting: Authorization: Bearer xyz, {'Authorization': 'Basic xyz'}
-        re.compile(r"(Authorization['\"]?\s*[:=]\s*['\"]?(?:(?:Bearer|Basic|Token)\s+)?)[^\s'\",}]+", re.IGNORECASE),
-        rf"\1{MASK}",
-    ),
-    (re.compile(r"(api[_-]?key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}&]+", re.IGNORECASE), rf"\1{MASK}"),
-)
-_extra_secrets: set[str] = set()
-
-
-def add_secrets(values: Iterable[str]) -> None:
-    """Mask these values too, e.g. the credentials Secret's values when their env names look harmless.
-    Call it at startup, before other threads redact."""
-    _extra_secrets.update(v for v in values if len(v) >= MIN_SECRET_LENGTH)
-
-
-def redact(text: str) -> str:
-    """`text` with every secret masked: values of environment variables named like *KEY*, *TOKEN*,
-    *SECRET*, *PASSWORD*, values given to `add_secrets`, and key-like strings (sk-..., Authorization
-    headers, api_key=...)."""
-    secrets = {v for k, v in os.environ.items() if _SECRET_ENV_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
-    for secret in sorted(secrets | _extra_secrets, key=len, reverse=True):  # longest first: one may contain another
-        text = text.replace(secret, MASK)
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,16 +25,18 @@ from typing import Any
 
 from promptopt.api.times import parse_time
 from promptopt.api.v1alpha1 import (
-    GROUP, KIND, PLURAL, VERSION, ConfigMapInput, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
+    KIND, ConfigMapInput, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
 )
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import (
     CHECKPOINT_DIR_ENV, EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_SUCCEEDED, JOB_NAME_ENV, JOB_NAMESPACE_ENV,
     LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV,
 )
-from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter, add_secrets
+from promptopt_worker.kube import kubernetes_api_client, read_job
+from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import InvalidInput, Progress, Reporter, Result, StopRequested
+from promptopt_worker.redaction import add_secrets
 from promptopt_worker.reporting import (
     ConsoleReporter,
     CostSource,
@@ -44,7 +46,6 @@ from promptopt_worker.reporting import (
     TerminationMessageReporter,
     configure_logging,
     no_cost,
-    retry_api_call,
 )
 from promptopt_worker.sources import (
     ConfigMapSource,
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 # The operator kills the Pod at the job's deadline: stop this much earlier (a share of the time left, capped)
 # so the optimizer can finish its step and the result reaches the status first.
 DEADLINE_RESERVE_SHARE, DEADLINE_RESERVE_MAX_S = 0.1, 60.0
-READ_JOB_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0)
 
 SIMULATED_MODELS = {"task": "openai/sim-task", "reflection": "openai/sim-reflect", "judge": "openai/sim-judge"}
 SIMULATED_NOTICE = (
@@ -233,26 +233,6 @@ def credential_values(environ: Mapping[str, str], spec: PromptOptimizationJobSpe
 def pod_reporters(cost: CostSource = no_cost) -> list[Reporter]:
     """What a worker reports to besides the job's status: log lines, and the termination message."""
     return [ConsoleReporter(sys.stdout, live=False, cost=cost), TerminationMessageReporter(cost=cost)]
-
-
-def kubernetes_api_client() -> Any:
-    """A client for the kubeconfig in KUBECONFIG when set, else for the Pod's service account."""
-    import kubernetes
-
-    if os.environ.get("KUBECONFIG"):
-        kubernetes.config.load_kube_config(config_file=os.environ["KUBECONFIG"])
-    else:
-        kubernetes.config.load_incluster_config()
-    return kubernetes.client.ApiClient()
-
-
-def read_job(custom: Any, name: str, namespace: str) -> dict[str, Any]:
-    """The job object; transient API errors are retried (the API server may be restarting)."""
-    return retry_api_call(
-        lambda: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
-        READ_JOB_RETRY_DELAYS_S,
-        on_error=lambda error: log.warning("reading the job failed: %s", error),
-    )
 
 
 # ---------------------------------------------------------------------------------------------

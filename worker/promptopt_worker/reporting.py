@@ -2,7 +2,7 @@
 
 All three implement `problem.Reporter`; `Reporters` fans out to several. The worker writes only the
 status fields it owns (the API's WorkerStatus model); phase, conditions, times and the rest belong to the
-operator. Every text that leaves the worker goes through `llm.redact`, so an API key that leaked into an
+operator. Every text that leaves the worker goes through `redaction.redact`, so an API key that leaked into an
 error message or a prompt is masked in status, logs and the termination message alike.
 """
 from __future__ import annotations
@@ -21,8 +21,9 @@ from promptopt.worker_contract import (
     TERMINATION_MESSAGE_LIMIT_BYTES, TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV, TerminationMessage,
     render_termination_message,
 )
-from promptopt_worker.llm import redact
+from promptopt_worker.kube import retry_api_call
 from promptopt_worker.problem import Progress, Reporter, Result, ScoreSummary
+from promptopt_worker.redaction import redact, redacted
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,6 @@ CostSource = Callable[[], Mapping[str, Any] | None]
 
 def no_cost() -> None:
     return None
-
-
-def redacted(value: Any) -> Any:
-    """`value` with `redact` applied to every string inside it."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, Mapping):
-        return {key: redacted(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [redacted(item) for item in value]
-    return value
 
 
 def worker_status(progress: Progress, result: Result | None = None,
@@ -127,33 +117,6 @@ class Reporters:
 
 # ---------------------------------------------------------------------------------------------
 # The job's status subresource
-
-
-def is_transient_api_error(error: Exception) -> bool:
-    """Worth retrying: the API server is overloaded, restarting or unreachable (not: forbidden, not found)."""
-    from kubernetes.client.exceptions import ApiException
-
-    if isinstance(error, ApiException):
-        return error.status in (0, 408, 429, 500, 502, 503, 504)
-    return isinstance(error, OSError) or type(error).__module__.startswith("urllib3")
-
-
-def retry_api_call(
-    call: Callable[[], Any],
-    delays_s: Sequence[float],
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    on_error: Callable[[Exception], None] = lambda error: None,
-) -> Any:
-    """`call()`, retried after each of `delays_s` while it fails with a transient Kubernetes API error."""
-    for delay in (*delays_s, None):
-        try:
-            return call()
-        except Exception as error:
-            on_error(error)
-            if delay is None or not is_transient_api_error(error):
-                raise
-            sleep(delay)
 
 
 class KubernetesStatusReporter:
