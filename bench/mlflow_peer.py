@@ -22,10 +22,15 @@ import sys
 import time
 from pathlib import Path
 
+# The worker's judge request, from this source tree: promptopt.prompt_contract imports only the standard library, so
+# an interpreter that has mlflow but not promptopt's dependencies imports it too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from promptopt.prompt_contract import CORRECTNESS_QUESTION, JudgeRequest, judge_messages  # noqa: E402
+
 
 def main(config_path: str, result_path: str) -> int:
     config = json.loads(Path(config_path).read_text())
-    base_url = config["base_url"]
+    base_url, models = config["base_url"], config["models"]
     os.environ["MLFLOW_GENAI_EVAL_MAX_WORKERS"] = str(config["concurrency"])
     # gepa's reflection LM is a litellm model string: litellm's OpenAI provider reads these.
     os.environ["OPENAI_API_BASE"] = base_url
@@ -52,7 +57,7 @@ def main(config_path: str, result_path: str) -> int:
         return response.choices[0].message.content
 
     def predict_fn(review: str) -> str:
-        return complete("sim-task", [{"role": "user", "content": prompt.format(review=review)}])
+        return complete(models["task"], [{"role": "user", "content": prompt.format(review=review)}])
 
     @scorer(name="ExactMatch")
     def exact_match(outputs: str, expectations: dict) -> Feedback:
@@ -63,16 +68,12 @@ def main(config_path: str, result_path: str) -> int:
 
     @scorer(name="Correctness")
     def correctness(inputs: dict, outputs: str, expectations: dict) -> Feedback:
-        sections = {"request": json.dumps(inputs, ensure_ascii=False, indent=2), "response": outputs,
-                    "expected_response": str(expectations["expected_response"])}
-        text = config["judge_question"] + "\n\n" + "\n\n".join(
-            f"<{tag}>\n{body}\n</{tag}>" for tag, body in sections.items())
-        answer = json.loads(complete("sim-judge", [{"role": "system", "content": config["judge_system"]},
-                                                   {"role": "user", "content": text}]))
+        judged = JudgeRequest(inputs, outputs, expected_response=str(expectations["expected_response"]))
+        answer = json.loads(complete(models["judge"], judge_messages(CORRECTNESS_QUESTION, judged)))
         return Feedback(value=1.0 if answer["result"] == "yes" else 0.0, rationale=answer.get("rationale", ""))
 
     train_data = [{"inputs": r["inputs"], "expectations": r["expectations"]} for r in config["records"]]
-    optimizer = GepaPromptOptimizer(reflection_model="openai:/sim-reflect",
+    optimizer = GepaPromptOptimizer(reflection_model=f"openai:/{models['reflect']}",
                                     max_metric_calls=config["max_metric_calls"],
                                     gepa_kwargs=config["gepa_kwargs"])
     predict_fn(train_data[0]["inputs"]["review"])  # warm-up: litellm's lazy imports, not counted

@@ -32,7 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from promptopt.simulated_llm import SEED_INSTRUCTION, respond, sentiment_dataset
+from promptopt.prompt_contract import CORRECTNESS_QUESTION, JudgeRequest, judge_messages
+from promptopt.simulated_llm import (
+    JUDGE_MODEL, REFLECT_MODEL, SEED_INSTRUCTION, TASK_MODEL, respond, sentiment_dataset,
+)
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV, use_bundled_litellm_cost_map
 
 use_bundled_litellm_cost_map()  # before warm_up_litellm imports litellm
@@ -100,19 +103,6 @@ class LLMServer:
 # ------------------------------------------------------------------------------------------------
 # The same score for every tool's result: the simulated models' rules, applied here without HTTP.
 
-JUDGE_MODEL = "sim-judge"
-
-
-def judge_request(review_inputs: dict[str, Any], output: str, expected: str) -> list[dict[str, str]]:
-    """The Correctness judge's request exactly as the worker sends it (its system message and question)."""
-    from promptopt_worker.scorers import JUDGE_SYSTEM_MESSAGE, Correctness
-
-    sections = {"request": json.dumps(review_inputs, ensure_ascii=False, indent=2), "response": output,
-                "expected_response": expected}
-    text = Correctness.question + "\n\n" + "\n\n".join(f"<{tag}>\n{body}\n</{tag}>" for tag, body in sections.items())
-    return [{"role": "system", "content": JUDGE_SYSTEM_MESSAGE}, {"role": "user", "content": text}]
-
-
 def rescore(template: str, records: Sequence[dict[str, Any]]) -> float:
     """Mean over records of (ExactMatch + Correctness) / 2 for `template`, by the simulated models' rules."""
     total = 0.0
@@ -120,10 +110,11 @@ def rescore(template: str, records: Sequence[dict[str, Any]]) -> float:
         text = template
         for name, value in record["inputs"].items():
             text = text.replace("{{" + name + "}}", str(value))
-        output = respond("sim-task", [{"role": "user", "content": text}])
+        output = respond(TASK_MODEL, [{"role": "user", "content": text}])
         expected = record["expectations"]["expected_response"]
         exact = float(output.strip().casefold() == expected.strip().casefold())
-        verdict = json.loads(respond(JUDGE_MODEL, judge_request(record["inputs"], output, expected)))
+        judged = JudgeRequest(record["inputs"], output, expected_response=expected)
+        verdict = json.loads(respond(JUDGE_MODEL, judge_messages(CORRECTNESS_QUESTION, judged)))
         total += (exact + float(verdict["result"] == "yes")) / 2
     return total / len(records)
 
@@ -159,10 +150,10 @@ FREE = {"inputPerMillionTokens": 0, "outputPerMillionTokens": 0}  # the simulate
 def job_spec(base_url: str, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
     """The job: every record for training and validation (the default, as MLflow does), two scorers."""
     return {
-        "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect", "reflectionPricing": FREE,
+        "optimizer": {"type": "GEPA", "reflectionModel": f"openai/{REFLECT_MODEL}", "reflectionPricing": FREE,
                       "gepa": {"maxMetricCalls": config.metric_calls}},
         "prompts": [{"name": PROMPT_NAME, "template": SEED_INSTRUCTION}],
-        "task": {"model": "openai/sim-task", "apiBase": base_url, "temperature": 0,
+        "task": {"model": f"openai/{TASK_MODEL}", "apiBase": base_url, "temperature": 0,
                  "concurrency": config.concurrency, "pricing": FREE},
         "dataset": {"records": records},
         "scorers": [{"name": "ExactMatch"},
@@ -174,7 +165,7 @@ def warm_up_litellm(base_url: str) -> None:
     """litellm imports much of itself on the first call: pay that before the clock starts (for every tool)."""
     import litellm
 
-    litellm.completion(model="openai/sim-task", api_base=base_url, api_key="sk-simulated",
+    litellm.completion(model=f"openai/{TASK_MODEL}", api_base=base_url, api_key="sk-simulated",
                        messages=[{"role": "user", "content": "warm up: love"}])
 
 
@@ -238,12 +229,10 @@ def run_ours(llm: LLMServer, records: list[dict[str, Any]], config: Optimization
 
 def mlflow_config(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig,
                   workdir: Path) -> dict[str, Any]:
-    from promptopt_worker.scorers import JUDGE_SYSTEM_MESSAGE, Correctness
-
     return {
         "base_url": llm.base_url, "records": records, "prompt_name": PROMPT_NAME, "template": SEED_INSTRUCTION,
         "max_metric_calls": config.metric_calls, "concurrency": config.concurrency,
-        "judge_system": JUDGE_SYSTEM_MESSAGE, "judge_question": Correctness.question,
+        "models": {"task": TASK_MODEL, "judge": JUDGE_MODEL, "reflect": REFLECT_MODEL},
         "gepa_kwargs": {"reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto", "seed": 0},
         "workdir": str(workdir),
     }

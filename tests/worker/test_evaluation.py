@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from promptopt.api.v1alpha1 import Pricing, ScorerSpec, TaskSpec
+from promptopt.prompt_contract import JUDGE_ANSWER_AGAIN
 from promptopt.simulated_llm import (
     GARBLED_JUDGE_ANSWER,
     OPTIMAL_INSTRUCTION,
@@ -14,7 +15,7 @@ from promptopt.simulated_llm import (
 from promptopt_worker.evaluation import TaskEvaluator
 from promptopt_worker.llm import BudgetExceeded, LLMClient, PermanentLLMError
 from promptopt_worker.problem import Example, PromptTemplate, ScoreSummary, StopRequested
-from promptopt_worker.scorers import ANSWER_AGAIN, build_scorers
+from promptopt_worker.scorers import build_scorers
 
 PROMPTS = [PromptTemplate(name="classify", role="user", text=SEED_INSTRUCTION)]
 SEED = {"classify": SEED_INSTRUCTION}
@@ -184,7 +185,8 @@ def test_a_judge_asked_again_scores_the_example_and_the_means_leave_failed_ones_
     # Each garbled answer was followed by one more ask, but the last of a failed example.
     assert llm.calls["judge"] == llm.garbled_answers + len(scored) > len(data)
     again = [r["messages"] for r in llm.requests if r["kind"] == "judge" and len(r["messages"]) == 4]
-    assert again and all(m[2]["content"] == GARBLED_JUDGE_ANSWER and m[3]["content"] == ANSWER_AGAIN for m in again)
+    assert again and all(m[2]["content"] == GARBLED_JUDGE_ANSWER and m[3]["content"] == JUDGE_ANSWER_AGAIN
+                         for m in again)
 
 
 def test_the_budget_ends_the_evaluation(llm, task):

@@ -4,10 +4,10 @@ import math
 import pytest
 
 from promptopt.api.v1alpha1 import ScorerSpec, TaskSpec
+from promptopt.prompt_contract import JUDGE_ANSWER_AGAIN
 from promptopt_worker.llm import LLMClient
 from promptopt_worker.problem import Example
 from promptopt_worker.scorers import (
-    ANSWER_AGAIN,
     Contains,
     Correctness,
     ExactMatch,
@@ -173,7 +173,7 @@ def test_a_judge_whose_answer_is_no_verdict_is_asked_again_with_its_answer_and_t
     assert [m["role"] for m in first] == ["system", "user"]
     assert third[:2] == first and [m["role"] for m in third[2:]] == ["assistant", "user", "assistant", "user"]
     assert third[2]["content"] == "I think it is fine." and third[4]["content"] == '{"result": "maybe"}'
-    assert third[3]["content"] == third[5]["content"] == ANSWER_AGAIN
+    assert third[3]["content"] == third[5]["content"] == JUDGE_ANSWER_AGAIN
 
 
 def test_a_judge_gives_up_after_its_retries_naming_the_scorer_and_the_answer():

@@ -18,6 +18,7 @@ import gepa
 from gepa.proposer.reflective_mutation.reflection_lm import ReflectionJob, ReflectionProposal, StatelessReflectionLM
 from gepa.utils import StopperProtocol, TimeoutStopCondition
 
+from promptopt import prompt_contract
 from promptopt_worker.llm import PermanentLLMError
 from promptopt_worker.problem import (
     Candidate,
@@ -109,11 +110,8 @@ class EvaluatorAdapter:
 
 def reflective_record(result: ScoredOutput) -> dict[str, Any]:
     """One example as gepa's reflection prompt renders it (markdown sections named by the keys)."""
-    record: dict[str, Any] = {"Inputs": dict(result.example.inputs), "Generated Outputs": result.output}
-    if (expected := result.example.expectations.get("expected_response")) is not None:
-        record["Expected Response"] = expected
-    record["Feedback"] = result.feedback()
-    return record
+    return prompt_contract.reflective_record(result.example.inputs, result.output,
+                                             result.example.expectations.get("expected_response"), result.feedback())
 
 
 class VariableSafeReflection:

@@ -10,19 +10,23 @@ worker sets itself, end the run with InvalidInput before any call. Examples that
 answer that stayed unusable) are counted; they are shown to the reflection model last, without a score and
 with the reason, and the proposal is compared with the original prompts on the records scored for both.
 
-The request contract (promptopt.simulated_llm follows it exactly): the system message starts with
-"You are an expert prompt engineer"; the user message has the sections "### Current prompts" (a ```json
-object name → template), "### Template variables", "### Guidelines" and "### Examples" (a ```json array
-of {inputs, output, expected, score, rationale}); the answer is a JSON object {"prompts": {name: template},
+The request is promptopt.prompt_contract's MetaPrompt request, which the simulated LLM parses from the same
+definition: the system message METAPROMPT_SYSTEM_MESSAGE; the user message has the sections "### Current prompts"
+(a ```json object name → template), "### Template variables", "### Guidelines" and "### Examples" (a ```json
+array of {inputs, output, expected, score, rationale}); the answer is a JSON object {"prompts": {name: template},
 "rationale": why}, bare, fenced or amid other text.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping, Sequence
 from statistics import fmean
-from typing import Any
 
+from promptopt.prompt_contract import (
+    METAPROMPT_SYSTEM_MESSAGE,
+    MetaPromptExample,
+    MetaPromptRequest,
+    metaprompt_request,
+)
 from promptopt_worker.llm import COMPLETION_PARAMETERS, WORKER_COMPLETION_PARAMETERS, json_object_with
 from promptopt_worker.problem import (
     Candidate,
@@ -38,26 +42,6 @@ from promptopt_worker.problem import (
     count_failed_examples,
     option_problems,
 )
-
-SYSTEM_MESSAGE = """You are an expert prompt engineer. You improve prompt templates so that the language \
-model that receives them does its task better.
-
-Best practices for a good prompt:
-- State the task plainly at the start, with the context the model needs.
-- Specify the output format exactly: its form, its length, its letter case, what to leave out.
-- Name the cases that are easy to get wrong and say how to handle them.
-- Be concise and unambiguous; keep one instruction per sentence; avoid contradictions.
-- Keep what already works: change only what helps.
-
-Template variables are written {{name}}. They are filled with each request's inputs, so every variable of \
-the current prompts must appear in your version exactly as written, and you must not add new ones.
-
-Answer with one JSON object and nothing else."""
-
-ANSWER_FORMAT = """### Answer format
-Reply with one JSON object: "prompts" maps every prompt name above to its improved template (all of them, \
-even those you keep unchanged), and "rationale" explains your changes in a few sentences:
-{"prompts": {"<prompt name>": "<improved template>"}, "rationale": "<why these changes>"}"""
 
 RATIONALE_LIMIT = 500  # characters of the model's rationale quoted in the result's message
 
@@ -133,33 +117,10 @@ def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter
 
 def build_request(problem: Problem, guidelines: str | None, examples: Sequence[ScoredOutput] | None) -> str:
     """The user message of the reflection request (see the module docstring for the contract)."""
-    variables = VariableCheck.for_prompts(problem.prompts).expected
-    sections = [
-        "Improve the prompt templates below. They are sent to a language model in this order: "
-        + ", ".join(f"{p.name} (as the {p.role} message)" for p in problem.prompts)
-        + ".",
-        "### Current prompts\n```json\n" + json.dumps(problem.seed_candidate, indent=2, ensure_ascii=False) + "\n```",
-        "### Template variables\n"
-        + "\n".join(
-            f"- {name}: " + (", ".join("{{" + v + "}}" for v in sorted(found)) or "none")
-            for name, found in variables.items()
-        )
-        + "\nKeep each prompt's variables exactly as they are: drop none and add none.",
-    ]
-    if guidelines:
-        sections[0] += " Follow the guidelines below."
-        sections.append("### Guidelines\n" + guidelines.strip())
-    if examples:
-        sections[0] += (
-            " The current prompts were run on the examples below, worst first: each shows the inputs, the "
-            "model's output, the expected output (null when none), the score between 0 and 1 and the scorers' "
-            "rationale. Find what the failing outputs have in common and change the prompts to fix it, "
-            "without overfitting to single examples."
-        )
-        shown = json.dumps([_example(result) for result in examples], indent=2, ensure_ascii=False, default=str)
-        sections.append("### Examples\n```json\n" + shown + "\n```")
-    sections.append(ANSWER_FORMAT)
-    return "\n\n".join(sections)
+    request = MetaPromptRequest(problem.seed_candidate, guidelines,
+                                None if examples is None else [_example(result) for result in examples])
+    return metaprompt_request(request, {prompt.name: prompt.role for prompt in problem.prompts},
+                              VariableCheck.for_prompts(problem.prompts).expected)
 
 
 def parse_answer(answer: str, names: Collection[str]) -> tuple[Candidate, str]:
@@ -179,7 +140,7 @@ def parse_answer(answer: str, names: Collection[str]) -> tuple[Candidate, str]:
 def _propose(problem: Problem, progress: Progress, request: str) -> tuple[Candidate | None, str]:
     """The reflection model's proposal and its rationale, or None and why it cannot be used (a rejection
     for a lost or invented variable is counted)."""
-    answer = problem.reflect(request, system=SYSTEM_MESSAGE)
+    answer = problem.reflect(request, system=METAPROMPT_SYSTEM_MESSAGE)
     try:
         proposal, rationale = parse_answer(answer, [p.name for p in problem.prompts])
     except UnusableAnswer as error:
@@ -214,14 +175,14 @@ def _scored_for_both(original: Sequence[ScoredOutput],
     return fmean(a for a, _ in pairs), fmean(b for _, b in pairs), len(pairs)
 
 
-def _example(result: ScoredOutput) -> dict[str, Any]:
-    return {
-        "inputs": dict(result.example.inputs),
-        "output": result.output,
-        "expected": result.example.expectations.get("expected_response"),
-        "score": None if result.failure else round(result.aggregate, 4),
-        "rationale": result.feedback() or None,
-    }
+def _example(result: ScoredOutput) -> MetaPromptExample:
+    return MetaPromptExample(
+        inputs=dict(result.example.inputs),
+        output=result.output,
+        expected=result.example.expectations.get("expected_response"),
+        score=None if result.failure else round(result.aggregate, 4),
+        rationale=result.feedback() or None,
+    )
 
 
 def _stopped(stop: StopRequested, seed: Candidate, initial: ScoreSummary) -> Result:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from promptopt.api.v1alpha1 import (
     ConfigMapInput, ExampleFailurePolicy, OptimizerSpec, WorkerOutcome, template_variables,
 )
+from promptopt.prompt_contract import Feedback
 
 
 class InvalidInput(ValueError):
@@ -72,12 +73,8 @@ class ScoredOutput:
 
     def feedback(self) -> str:
         """Every scorer's verdict, one line each (`<key>: <score> — <rationale>`), as reflection models read it;
-        a failed example starts with why it could not be scored."""
-        lines = [f"Not scored: {self.failure}"] if self.failure else []
-        for key, score in self.scores.items():
-            rationale = self.rationales.get(key)
-            lines.append(f"{key}: {score:.2f} — {rationale}" if rationale else f"{key}: {score:.2f}")
-        return "\n".join(lines)
+        a failed example starts with why it could not be scored (promptopt.prompt_contract.Feedback)."""
+        return Feedback(self.scores, self.rationales, self.failure).text()
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,14 @@ Each scorer gives an output a score in [0, 1] and a rationale. The rationales ar
 'The sentiment is Positive.' does not equal expected 'positive'") because they become the feedback the
 reflection model reads. Every raw verdict becomes a score through one rule, `to_score`.
 
-Judges send one request each (role judge) with tagged sections - <request>, <response>, and
-<expected_response> (Correctness) or <guidelines> (Guidelines) - and expect a JSON answer
+Judges send one request each (role judge), promptopt.prompt_contract's judge request: a question and tagged
+sections (the record's inputs, the response, and the expected response or the guidelines); they expect a JSON answer
 {"result": "yes"|"no", "rationale": "..."}. An answer that holds no usable verdict is asked for again, up to
 `judge_retries` times, each a fresh call that shows the judge its answer and the format; then the judge
 gives up with a ScorerError (the example fails, see evaluation.py).
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from abc import ABC, abstractmethod
@@ -20,6 +19,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from promptopt.api.v1alpha1 import DEFAULT_JUDGE_RETRIES, ScorerParams, ScorerSpec, TaskSpec
+from promptopt.prompt_contract import (
+    CORRECTNESS_QUESTION,
+    GUIDELINES_QUESTION,
+    JudgeRequest,
+    judge_asked_again,
+    judge_messages,
+)
 from promptopt_worker.llm import LLMClient, ModelEndpoint, json_object_with
 from promptopt_worker.problem import Example, InvalidInput
 from promptopt_worker.templates import as_text, name_records
@@ -120,19 +126,6 @@ class Regex(Scorer):
         return False, f"output {_quote(output)} has no match for the pattern {self.pattern.pattern!r}"
 
 
-JUDGE_SYSTEM_MESSAGE = (
-    "You are an impartial judge of an AI assistant's response. Reply with only a JSON object with two keys: "
-    '"result" ("yes" or "no") and "rationale" (one or two sentences; when the result is no, say concretely what '
-    "is wrong)."
-)
-
-
-ANSWER_AGAIN = (
-    'That answer holds no usable verdict. Reply with only the JSON object: {"result": "yes" or "no", '
-    '"rationale": "<one or two sentences>"}.'
-)
-
-
 class LLMJudge(Scorer):
     """A scorer that asks a judge model one yes/no question about the output."""
 
@@ -145,14 +138,12 @@ class LLMJudge(Scorer):
         self.judge_retries = judge_retries
 
     @abstractmethod
-    def criteria(self, example: Example) -> dict[str, str]:
-        """The tagged sections that say what a good response is."""
+    def criteria(self, example: Example) -> dict[str, Any]:
+        """What a good response is: the JudgeRequest fields this judge fills."""
 
     def verdict(self, example: Example, output: str) -> tuple[Any, str]:
         """The first usable verdict in up to 1 + judge_retries answers."""
-        sections = {"request": _request_text(example.inputs), "response": output, **self.criteria(example)}
-        request = self.question + "\n\n" + "\n\n".join(f"<{tag}>\n{text}\n</{tag}>" for tag, text in sections.items())
-        conversation = [{"role": "system", "content": JUDGE_SYSTEM_MESSAGE}, {"role": "user", "content": request}]
+        conversation = judge_messages(self.question, JudgeRequest(example.inputs, output, **self.criteria(example)))
         for _ in range(self.judge_retries + 1):
             answer = self.client.complete(self.endpoint, conversation)
             try:
@@ -161,36 +152,29 @@ class LLMJudge(Scorer):
                 return verdict["result"], str(verdict.get("rationale") or "")
             except ScorerError as error:
                 unusable = error
-            conversation = [*conversation, {"role": "assistant", "content": answer},
-                            {"role": "user", "content": ANSWER_AGAIN}]
+            conversation = judge_asked_again(conversation, answer)
         asked = "once" if self.judge_retries == 0 else f"{self.judge_retries + 1} times"
         raise ScorerError(f"{unusable} (asked {asked})")
 
 
 class Correctness(LLMJudge):
     needs_expected_response = True
-    question = (
-        "Is the response correct? Answer yes if it gives the same answer as the expected response (wording, "
-        "format and extra explanation may differ as long as nothing contradicts it); answer no otherwise."
-    )
+    question = CORRECTNESS_QUESTION
 
-    def criteria(self, example: Example) -> dict[str, str]:
+    def criteria(self, example: Example) -> dict[str, Any]:
         return {"expected_response": as_text(example.expectations["expected_response"])}
 
 
 class Guidelines(LLMJudge):
-    question = (
-        "Does the response follow every guideline? Answer yes only if it meets all of them; answer no if it "
-        "breaks any, and name the guideline it breaks."
-    )
+    question = GUIDELINES_QUESTION
 
     def guidelines(self, example: Example) -> list[str]:
         """The scorer's guidelines, then the record's own (expectations.guidelines)."""
         own = example.expectations.get("guidelines") or []
         return [*(self.params.guidelines or []), *([own] if isinstance(own, str) else own)]
 
-    def criteria(self, example: Example) -> dict[str, str]:
-        return {"guidelines": "\n".join(f"- {g}" for g in self.guidelines(example))}
+    def criteria(self, example: Example) -> dict[str, Any]:
+        return {"guidelines": self.guidelines(example)}
 
     def record_problem(self, example: Example) -> str | None:
         own = example.expectations.get("guidelines")
@@ -235,10 +219,6 @@ def parse_verdict(answer: str, scorer: str) -> Mapping[str, Any]:
         f"the judge of scorer {scorer!r} did not answer with a JSON verdict "
         f'{{"result": "yes"|"no", "rationale": ...}}; it answered {_quote(answer)}'
     )
-
-
-def _request_text(inputs: Mapping[str, Any]) -> str:
-    return json.dumps(dict(inputs), ensure_ascii=False, indent=2)
 
 
 def _quote(text: str) -> str:
