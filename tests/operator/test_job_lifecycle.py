@@ -214,7 +214,6 @@ def test_pod_trouble_is_visible_within_seconds(cluster, kubelet, llm, credential
     spec = ({"worker": {"image": "worker:missing"}} if trouble == "image"
             else {"credentials": {"secretRef": {"name": "missing-secret"}}})
     cluster.create(gepa_job("stuck", llm, **spec))
-    started = time.monotonic()
 
     def surfaced():
         status = status_of(cluster, "stuck")
@@ -222,7 +221,6 @@ def test_pod_trouble_is_visible_within_seconds(cluster, kubelet, llm, credential
         return status if re.fullmatch(expected_reason, ready.get("reason") or "") else None
 
     status = wait_for(surfaced, 15, f"the {trouble} trouble in the job's conditions")
-    assert time.monotonic() - started < 15
     assert status["phase"] == "Pending" and expected_message in condition(status, "Ready")["message"]
     assert condition(status, "Reconciling")["status"] == "True"  # still in progress, not failed
 

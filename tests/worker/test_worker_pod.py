@@ -123,11 +123,8 @@ def test_sigterm_stops_the_run_and_the_best_result_so_far_is_reported(cluster, k
     create_worker_pod(cluster)
     wait_for_status(cluster, lambda s: (s.get("progress") or {}).get("iteration", 0) >= 1, timeout=30)
 
-    deleted_at = time.monotonic()
     cluster.delete("pods", "worker", gracePeriodSeconds=20)
-    status = wait_for_status(cluster, lambda s: "workerResult" in s, timeout=20)
-
-    assert time.monotonic() - deleted_at < 15  # well within the grace period
+    status = wait_for_status(cluster, lambda s: "workerResult" in s, timeout=15)  # well within the grace period
     assert status["workerResult"]["reason"] == "Cancelled" and status["workerResult"]["succeeded"] is True
     assert "SIGTERM" in status["workerResult"]["message"]
     assert status["optimizedPrompts"] and status["finalScores"]["aggregate"] >= status["initialScores"]["aggregate"]
