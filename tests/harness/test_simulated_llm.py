@@ -1,8 +1,10 @@
-"""The simulated LLM (a deterministic test double): its world, its contracts and its faults.
+"""The simulated LLM (a deterministic test double): its world, its models and its faults.
 
-Everything that can go through the real client does: litellm.completion against the HTTP server.
+Everything that can go through the real client does: litellm.completion against the HTTP server. Requests are
+rendered with promptopt.prompt_contract, as the worker renders them.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -16,6 +18,17 @@ import litellm
 import pytest
 
 from promptopt import simulated_llm as sim
+from promptopt.prompt_contract import (
+    CORRECTNESS_QUESTION,
+    METAPROMPT_SYSTEM_MESSAGE,
+    Feedback,
+    JudgeRequest,
+    MetaPromptExample,
+    MetaPromptRequest,
+    judge_messages,
+    metaprompt_request,
+    reflective_record,
+)
 from promptopt.simulated_llm import (
     JUDGE_MODEL,
     NEGATIVE_WORDS,
@@ -149,16 +162,17 @@ def test_response_shape_usage_paths_models_and_echo(llm):
 # ---- GEPA reflection -------------------------------------------------------------------------
 
 
+def exact_match_record(record, output):
+    """The reflective record our adapter makes for an ExactMatch scorer."""
+    expected = record["expectations"]["expected_response"]
+    ok = output == expected
+    rationale = f"output {output!r} {'equals' if ok else 'does not equal'} expected {expected!r}"
+    return reflective_record(record["inputs"], output, expected,
+                             Feedback({"ExactMatch": float(ok)}, {"ExactMatch": rationale}).text())
+
+
 def reflective_records(template, data):
-    records = []
-    for rec in data:
-        out = sim.classify(render(template, rec))
-        exp = rec["expectations"]["expected_response"]
-        ok = out == exp
-        feedback = f"ExactMatch: {float(ok)} — output {out!r} {'equals' if ok else 'does not equal'} expected {exp!r}"
-        records.append({"Inputs": dict(rec["inputs"]), "Generated Outputs": out, "Expected Response": exp,
-                        "Feedback": feedback})  # fmt: skip
-    return records
+    return [exact_match_record(rec, sim.classify(render(template, rec))) for rec in data]
 
 
 def gepa_reflect(llm, model, template, data):
@@ -193,7 +207,7 @@ def test_gepa_reflection_with_correctness_feedback_adds_only_the_sarcasm_rule():
     records = reflective_records(SEED_INSTRUCTION, data)
     for r in records:
         ok = r["Generated Outputs"].lower().rstrip(".").endswith(r["Expected Response"])
-        r["Feedback"] = f"Correctness: {'yes' if ok else 'no'} — judged by the simulated judge"
+        r["Feedback"] = Feedback({"Correctness": float(ok)}, {"Correctness": "judged by the simulated judge"}).text()
     from gepa.strategies.instruction_proposal import InstructionProposalSignature
 
     prompt = InstructionProposalSignature.prompt_renderer(
@@ -219,12 +233,7 @@ def test_gepa_optimize_end_to_end_reaches_full_score(llm):
             return EvaluationBatch(outputs=outs, scores=scores, trajectories=traces)
 
         def make_reflective_dataset(self, candidate, eval_batch, components_to_update):
-            recs = []
-            for (rec, out), score in zip(eval_batch.trajectories, eval_batch.scores):
-                exp = rec["expectations"]["expected_response"]
-                recs.append({"Inputs": rec["inputs"], "Generated Outputs": out, "Expected Response": exp,
-                             "Feedback": f"ExactMatch: {score} — expected {exp!r}"})  # fmt: skip
-            return {"instruction": recs}
+            return {"instruction": [exact_match_record(rec, out) for rec, out in eval_batch.trajectories]}
 
     class Quiet:
         def log(self, msg):
@@ -244,16 +253,10 @@ def test_gepa_optimize_end_to_end_reaches_full_score(llm):
 # ---- MetaPrompt ------------------------------------------------------------------------------
 
 
-def metaprompt_messages(prompts, guidelines=None, examples=None, variables=("review",)):
-    user = "Improve the prompts below.\n\n### Current prompts\n```json\n" + json.dumps(prompts, indent=2) + "\n```\n"
-    user += "\n### Template variables\n" + "\n".join(f"- {v}" for v in variables) + "\n"
-    if guidelines is not None:
-        user += "\n### Guidelines\n" + guidelines + "\n"
-    if examples is not None:
-        user += "\n### Examples\n```json\n" + json.dumps(examples, indent=2) + "\n```\n"
-    user += "\n### Answer format\nA JSON object {\"prompts\": {...}, \"rationale\": \"...\"}.\n"
-    return [{"role": "system", "content": "You are an expert prompt engineer. Answer in JSON."},
-            {"role": "user", "content": user}]  # fmt: skip
+def metaprompt_messages(prompts, guidelines=None, examples=None):
+    request = MetaPromptRequest(prompts, guidelines, examples)
+    user = metaprompt_request(request, dict.fromkeys(prompts, "user"), {name: {"review"} for name in prompts})
+    return [{"role": "system", "content": METAPROMPT_SYSTEM_MESSAGE}, {"role": "user", "content": user}]
 
 
 def test_metaprompt_zero_shot_adds_format_rule_and_guideline_rules(llm):
@@ -271,14 +274,13 @@ def test_metaprompt_zero_shot_adds_format_rule_and_guideline_rules(llm):
 
 
 def test_metaprompt_few_shot_adds_every_evidenced_rule_at_once(llm):
-    examples = [{"inputs": r["inputs"], "output": sim.classify(render(SEED_INSTRUCTION, r)),
-                 "expected": r["expectations"]["expected_response"], "score": 0.0, "rationale": "no match"}
-                for r in DATA]  # fmt: skip
+    examples = [MetaPromptExample(r["inputs"], sim.classify(render(SEED_INSTRUCTION, r)),
+                                  r["expectations"]["expected_response"], 0.0, "no match") for r in DATA]
     raw = content(llm, REFLECT_MODEL, metaprompt_messages({"instruction": SEED_INSTRUCTION}, examples=examples))
     new = json.loads(raw)["prompts"]["instruction"]
     assert new == OPTIMAL_INSTRUCTION
     # Passing examples give no evidence, and few-shot adds no best-practice rule: unchanged.
-    passing = [dict(e, score=1.0) for e in examples]
+    passing = [dataclasses.replace(e, score=1.0) for e in examples]
     raw = content(llm, REFLECT_MODEL, metaprompt_messages({"instruction": SEED_INSTRUCTION}, examples=passing))
     assert json.loads(raw)["prompts"]["instruction"] == SEED_INSTRUCTION
 
@@ -314,14 +316,14 @@ def test_misbehaving_models_drop_or_invent_variables(llm):
 # ---- judge -----------------------------------------------------------------------------------
 
 
+def judge_request(response, expected=None, guidelines=None):
+    """A judge's conversation as the worker renders it (the question does not matter to the simulated judge)."""
+    request = JudgeRequest({"review": "I love it"}, response, expected_response=expected, guidelines=guidelines)
+    return judge_messages(CORRECTNESS_QUESTION, request)
+
+
 def judge(llm, response, expected=None, guidelines=None):
-    user = f"<request>Classify: I love it</request>\n<response>{response}</response>\n"
-    if expected is not None:
-        user += f"<expected_response>{expected}</expected_response>\n"
-    if guidelines is not None:
-        user += f"<guidelines>{guidelines}</guidelines>\n"
-    msgs = [{"role": "system", "content": "You are a judge. Answer JSON."}, {"role": "user", "content": user}]
-    return json.loads(content(llm, JUDGE_MODEL, msgs))
+    return json.loads(content(llm, JUDGE_MODEL, judge_request(response, expected, guidelines)))
 
 
 def test_judge_correctness_and_guidelines(llm):
@@ -332,23 +334,23 @@ def test_judge_correctness_and_guidelines(llm):
     assert judge(llm, "positive, not negative", expected="positive")["result"] == "no"  # both labels
     assert judge(llm, "positively", expected="positive")["result"] == "no"  # whole words only
 
-    guidelines = "- Use lowercase.\n- Answer in a single word.\n- No punctuation."
+    guidelines = ["Use lowercase.", "Answer in a single word.", "No punctuation."]
     assert judge(llm, "positive", guidelines=guidelines)["result"] == "yes"
     for response, failing in (("Positive", "Use lowercase."), ("very positive", "Answer in a single word."),
                               ("positive.", "No punctuation.")):  # fmt: skip
         verdict = judge(llm, response, guidelines=guidelines)
         assert verdict["result"] == "no" and failing in verdict["rationale"], verdict
-    assert judge(llm, "Positive!", guidelines="Be polite.")["result"] == "yes"  # unrecognized passes
-    assert judge(llm, "Positive", expected="positive", guidelines="lowercase")["result"] == "no"  # both apply
+    assert judge(llm, "Positive!", guidelines=["Be polite."])["result"] == "yes"  # unrecognized passes
+    assert judge(llm, "Positive", expected="positive", guidelines=["lowercase"])["result"] == "no"  # both apply
     assert judge(llm, "anything")["result"] == "yes"  # no criterion
-    with pytest.raises(litellm.BadRequestError, match="response"):
+    with pytest.raises(litellm.BadRequestError, match="<response>"):
         complete(llm, JUDGE_MODEL, [{"role": "user", "content": "no tags"}])
     assert llm.calls["judge"] == 12
 
 
 def test_a_share_of_judge_answers_can_be_garbled_by_a_pure_function_of_the_request(llm):
     llm.garble_judge_answers(0.5)
-    requests = [[{"role": "user", "content": f"<response>positive {i}</response>"}] for i in range(40)]
+    requests = [judge_request(f"positive {i}") for i in range(40)]
 
     first = [content(llm, JUDGE_MODEL, messages) for messages in requests]
     again = [content(llm, JUDGE_MODEL, messages) for messages in requests]
@@ -388,7 +390,7 @@ def test_injected_429_500_503_and_litellm_retries_recover(llm):
     llm.inject(429, times=1, model=JUDGE_MODEL, retry_after=1)
     assert content(llm, TASK_MODEL, msgs) == "echo: ping"  # fault is for the judge only
     with pytest.raises(litellm.RateLimitError):
-        complete(llm, JUDGE_MODEL, [{"role": "user", "content": "<response>x</response>"}], num_retries=0)
+        complete(llm, JUDGE_MODEL, judge_request("x"), num_retries=0)
     assert [r["fault"] for r in llm.requests if r["fault"]] == ["429", "429", "500", "503", "429"]
 
 
@@ -419,7 +421,7 @@ def test_latency_global_and_per_model_and_injected_timeout(llm):
     t0 = time.monotonic()
     content(llm, TASK_MODEL, msgs)
     t1 = time.monotonic()
-    content(llm, JUDGE_MODEL, [{"role": "user", "content": "<response>x</response>"}])
+    content(llm, JUDGE_MODEL, judge_request("x"))
     t2 = time.monotonic()
     assert t1 - t0 >= 0.2 and t2 - t1 < 0.2
 
@@ -435,8 +437,7 @@ def test_latency_global_and_per_model_and_injected_timeout(llm):
 def test_counters_log_and_reset(llm):
     task = [{"role": "user", "content": "Classify in one word: I love it"}]
     r1 = complete(llm, TASK_MODEL, task)
-    verdict = "<response>Positive</response><expected_response>positive</expected_response>"
-    r2 = complete(llm, JUDGE_MODEL, [{"role": "user", "content": verdict}])
+    r2 = complete(llm, JUDGE_MODEL, judge_request("Positive", expected="positive"))
     assert llm.calls == {"task": 1, "reflection": 0, "metaprompt": 0, "judge": 1}
     assert llm.calls_by_model == {TASK_MODEL: 1, JUDGE_MODEL: 1}
     assert llm.tokens["total_tokens"] == r1.usage.total_tokens + r2.usage.total_tokens
@@ -460,6 +461,14 @@ def test_no_api_key_accepts_any_key_and_concurrent_requests_are_counted():
                                  .choices[0].message.content, range(16)))  # fmt: skip
         assert outs == [f"echo: n{i}" for i in range(16)]
         assert server.calls["task"] == 16 and server.request_count == 16
+
+
+def test_the_simulated_llm_imports_only_the_standard_library_and_promptopt():
+    """The worker image runs it, and so does an install without the worker's extra: no litellm, no gepa."""
+    code = ("import json, sys; before = set(sys.modules); import promptopt.simulated_llm.__main__; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before} - sys.stdlib_module_names)))")
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(imported) == ["promptopt"]
 
 
 def test_command_line_prints_base_url_and_serves():

@@ -10,6 +10,7 @@ import pytest
 from litellm.constants import INITIAL_RETRY_DELAY, JITTER
 
 from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
+from promptopt.prompt_contract import CORRECTNESS_QUESTION, JudgeRequest, judge_messages
 from promptopt.simulated_llm import SimulatedLLM, estimate_tokens
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
 from promptopt_worker import redaction
@@ -89,7 +90,7 @@ def test_complete_returns_the_answer_and_counts_tokens_and_calls_per_role(sim):
     client = LLMClient()
     assert client.complete(task_endpoint(sim), HELLO) == "The sentiment of this text is Positive."
     client.complete(task_endpoint(sim, role="judge", model="openai/sim-judge"),
-                    [{"role": "user", "content": "<response>positive</response>"}])  # fmt: skip
+                    judge_messages(CORRECTNESS_QUESTION, JudgeRequest({}, "positive")))
     usage = client.usage.snapshot()
     assert usage.calls == {"task": 1, "judge": 1}
     assert (usage.prompt_tokens, usage.completion_tokens) == (sim.tokens["prompt_tokens"], sim.tokens["completion_tokens"])

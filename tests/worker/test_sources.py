@@ -9,6 +9,7 @@ from kubernetes.client import CoreV1Api
 
 from promptopt.api.v1alpha1 import ConfigMapInput
 from promptopt.api.validation import parse_spec
+from promptopt.prompt_contract import METAPROMPT_SYSTEM_MESSAGE, MetaPromptRequest, metaprompt_request
 from promptopt.simulated_llm import REFLECT_MODEL
 from promptopt_worker.llm import LLMClient
 from promptopt_worker.problem import PromptTemplate
@@ -197,8 +198,9 @@ def test_the_reflection_model_gets_the_system_message_and_the_prompt(llm, monkey
                        "task": {"model": "openai/sim-task", "apiBase": llm.base_url}})
     reflect = reflection_model(spec, LLMClient())
 
-    system = "You are an expert prompt engineer."
-    reflect('### Current prompts\n```json\n{"p": "Label: {{review}}"}\n```', system=system)
+    system = METAPROMPT_SYSTEM_MESSAGE
+    reflect(metaprompt_request(MetaPromptRequest({"p": "Label: {{review}}"}), {"p": "user"}, {"p": {"review"}}),
+            system=system)
 
     request = llm.last_request(model=REFLECT_MODEL)
     assert [m["role"] for m in request["messages"]] == ["system", "user"]
