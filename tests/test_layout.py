@@ -140,4 +140,3 @@ def test_imports_follow_the_flow(module):
 @pytest.mark.parametrize("module", sorted(PRODUCT_MODULES))
 def test_no_module_uses_another_modules_private_names(module):
     assert private_uses(module, ast.parse(PRODUCT_MODULES[module].read_text())) == []
-
