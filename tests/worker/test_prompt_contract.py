@@ -1,19 +1,43 @@
 """The prompt contract (promptopt.prompt_contract): the requests that the worker's own code renders parse back into
-what the worker meant to ask."""
+what the worker meant to ask, and the simulated LLM answers them; gepa 0.1.4's own reflection prompt, built from
+the records our GEPA adapter made, too (so a gepa upgrade that changes its wording or its rendering of the records
+fails here, not in a benchmark run)."""
+import json
+
+from gepa.proposer.reflective_mutation.reflection_lm import StatelessReflectionLM
+from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
 from promptopt.api.v1alpha1 import OptimizerSpec, ScorerSpec, TaskSpec
 from promptopt.prompt_contract import (
+    GEPA_REFLECTION_MARKERS,
     JUDGE_SYSTEM_MESSAGE,
     METAPROMPT_SYSTEM_MESSAGE,
     Feedback,
     JudgeRequest,
     MetaPromptExample,
     MetaPromptRequest,
+    ReflectionExample,
     parse_judge_request,
     parse_metaprompt_request,
+    parse_reflection_request,
 )
-from promptopt_worker.metaprompt import build_request
-from promptopt_worker.problem import Example, Problem, PromptTemplate, ScoredOutput
-from promptopt_worker.scorers import Correctness, Guidelines
+from promptopt.simulated_llm import (
+    JUDGE_MODEL,
+    REFLECT_MODEL,
+    RULE_ONE_LOWERCASE_WORD,
+    RULE_SARCASM,
+    RULE_SINGLE_WORD,
+    SEED_INSTRUCTION,
+    TASK_MODEL,
+    respond,
+    sentiment_dataset,
+)
+from promptopt_worker.evaluation import TaskEvaluator
+from promptopt_worker.gepa_optimizer import EvaluatorAdapter
+from promptopt_worker.llm import LLMClient, ModelEndpoint
+from promptopt_worker.metaprompt import build_request, optimize_metaprompt
+from promptopt_worker.problem import Example, Problem, Progress, PromptTemplate, ScoredOutput, StopRequested
+from promptopt_worker.scorers import Correctness, Guidelines, build_scorers
 
 TASK = TaskSpec(model="openai/sim-task")
 INPUTS = {"review": "I love it.\nReally.", "product": "blender"}
@@ -51,6 +75,11 @@ def test_the_judge_requests_of_the_worker_parse_back_into_what_they_ask():
     assert parse_judge_request(correctness[1]["content"]) == JudgeRequest(INPUTS, output, expected_response="positive")
     assert parse_judge_request(guidelines[1]["content"]) == JudgeRequest(
         INPUTS, output, guidelines=["Answer in lowercase.", "No punctuation.", "One word."])
+    # The simulated judge reads them as they are meant: the output gives the label but breaks each guideline.
+    assert json.loads(respond(JUDGE_MODEL, correctness))["result"] == "yes"
+    verdict = json.loads(respond(JUDGE_MODEL, guidelines))
+    assert verdict["result"] == "no"
+    assert all(g in verdict["rationale"] for g in ("'Answer in lowercase.'", "'No punctuation.'", "'One word.'"))
 
 
 def metaprompt_problem() -> Problem:
@@ -81,3 +110,71 @@ def test_the_feedback_of_a_scored_output_parses_back_into_its_verdicts():
                           {"exact": "no match", "judge: strict": "two lines:\nthe second"}, 0.0,
                           failure="the judge of scorer 'other' gave no verdict\n(asked 3 times)")
     assert Feedback.parse(result.feedback()) == Feedback(result.scores, result.rationales, result.failure)
+
+
+class Quiet:
+    """A Reporter that keeps nothing."""
+
+    def progress(self, progress, *, important=False):
+        pass
+
+    def finished(self, progress, result):
+        pass
+
+
+def test_the_simulated_llm_answers_the_metaprompt_request_of_the_worker_with_a_proposal_the_worker_takes():
+    sent = []
+
+    def reflect(prompt, system=None):
+        sent.append(system)
+        return respond(REFLECT_MODEL, [{"role": "system", "content": system}, {"role": "user", "content": prompt}])
+
+    problem = Problem(prompts=PROMPTS[1:], train=[], validation=[], evaluator=None, reflect=reflect,
+                      settings=OptimizerSpec(type="MetaPrompt", reflection_model="openai/sim-reflect",
+                                             meta_prompt={"guidelines": "Beware of sarcasm."}))
+
+    result = optimize_metaprompt(problem, Progress(), Quiet(), StopRequested())
+
+    assert sent == [METAPROMPT_SYSTEM_MESSAGE]
+    assert result.reason == "Completed", result.message
+    assert result.best_candidate == {"classify": "\n".join(
+        ["Classify the sentiment.", RULE_SINGLE_WORD, RULE_SARCASM, "", "{{review}}"])}
+
+
+def test_gepas_own_reflection_prompt_from_our_adapters_records_is_answered_by_the_simulated_llm(llm, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    task = TaskSpec(model=f"openai/{TASK_MODEL}", api_base=llm.base_url)
+    client = LLMClient()
+    prompts = [PromptTemplate("classify", "user", SEED_INSTRUCTION)]
+    specs = [ScorerSpec(name="ExactMatch"), ScorerSpec(name="Correctness", model=f"openai/{JUDGE_MODEL}")]
+    scorers = build_scorers(specs, task, client)
+    examples = [Example(i, r["inputs"], r["expectations"]) for i, r in enumerate(sentiment_dataset(6, seed=0))]
+    settings = OptimizerSpec(type="GEPA", reflection_model=f"openai/{REFLECT_MODEL}")
+    evaluator = TaskEvaluator(prompts, task, scorers, client)
+    problem = Problem(prompts=prompts, train=examples, validation=examples, evaluator=evaluator,
+                      reflect=lambda prompt, system=None: "", settings=settings)
+    adapter = EvaluatorAdapter(problem, Progress(), StopRequested())
+    candidate = {"classify": SEED_INSTRUCTION}
+    try:
+        batch = adapter.evaluate(examples, candidate, capture_traces=True)
+    finally:
+        evaluator.close()
+    dataset = adapter.make_reflective_dataset(candidate, batch, ["classify"])
+
+    # gepa's default reflection, as the worker runs it: its template, its markdown of the records, its extraction.
+    reflection = ModelEndpoint.for_reflection(settings, task)
+    gepa_reflection = StatelessReflectionLM(
+        lambda prompt: client.complete(reflection, [{"role": "user", "content": prompt}]))
+    proposal, _ = gepa_reflection.reflect(candidate, dataset, ["classify"])
+
+    prompt = proposal.prompts["classify"]
+    assert all(marker in InstructionProposalSignature.default_prompt_template for marker in GEPA_REFLECTION_MARKERS)
+    assert parse_reflection_request(prompt).instruction == SEED_INSTRUCTION
+    assert parse_reflection_request(prompt).examples == [
+        ReflectionExample(dict(r.example.inputs), r.output, r.example.expectations["expected_response"], dict(r.scores))
+        for r in batch.trajectories]
+    # Recognised as a reflection, answered with one sentence and the new instruction between ``` fences.
+    assert llm.calls["reflection"] == 1
+    answer = proposal.raw_lm_outputs["classify"]
+    assert answer.count("```") == 2 and not answer.startswith("```")
+    assert proposal.new_texts["classify"] == SEED_INSTRUCTION.replace("\n\n", f"\n{RULE_ONE_LOWERCASE_WORD}\n\n")
