@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -33,7 +35,7 @@ class OperatorProcess:
     def start(self, timeout: float = 30) -> OperatorProcess:
         command = [str(Path(sys.executable).with_name("promptopt")), "operator",
                    "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port), *self.flags]
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **self.env}
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig, **LITELLM_BUNDLED_COST_MAP_ENV, **self.env}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
