@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -199,7 +199,7 @@ class Reconciler:
             slot = self._slots().get(key, slot)
             if job.status.phase == "Queued" and not refresh_queue_position:
                 slot = Slot(slot.may_start)
-        decision = decide(job, pods, datetime.now(timezone.utc), self.settings, slot)
+        decision = decide(job, pods, datetime.now(UTC), self.settings, slot)
         await self._act(key, body, job, decision)
         self._decided[key] = decision_inputs({**body, "status": {**(body.get("status") or {}), **decision.status}})
 
@@ -234,7 +234,7 @@ class Reconciler:
             if decision.create_attempt == 1:
                 created = parse_time(body["metadata"].get("creationTimestamp"))
                 if created:
-                    self.metrics.pod_launch_seconds.observe((datetime.now(timezone.utc) - created).total_seconds())
+                    self.metrics.pod_launch_seconds.observe((datetime.now(UTC) - created).total_seconds())
             else:
                 self.metrics.retries.inc()
 

@@ -79,12 +79,10 @@ def test_exclusive_bounds_use_openapi_v3_booleans():
 
 
 def test_unions_are_rejected_by_the_generator():
-    from typing import Union
-
     from pydantic import BaseModel, Field
 
     class Ambiguous(BaseModel):
-        value: Union[int, str] = Field(description="either")
+        value: int | str = Field(description="either")
 
     with pytest.raises(ValueError, match="not structural"):
         crd.structural_schema(Ambiguous)
@@ -106,6 +104,7 @@ def test_committed_api_reference_matches_generated(tmp_path):
 
 def _every_field(model: type) -> dict:
     """A status document that sets every field of `model` (nested models, lists of them, maps), in wire names."""
+    import types
     import typing
 
     from pydantic import BaseModel
@@ -113,7 +112,7 @@ def _every_field(model: type) -> dict:
     def value_for(annotation):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         origin = typing.get_origin(annotation)
-        if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        if origin in (typing.Union, types.UnionType):
             return value_for(args[0])
         if origin is typing.Literal:
             return args[0]

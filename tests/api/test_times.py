@@ -1,5 +1,5 @@
 """The API's times: what kube-apiserver writes (RFC 3339, UTC, whole seconds) and what promptopt writes."""
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from promptopt.api.times import format_time, parse_time
 
@@ -11,5 +11,5 @@ def test_a_written_time_reads_back_as_the_same_moment():
 
 
 def test_offsets_and_fractions_are_read_and_no_time_is_none():
-    assert parse_time("2026-11-23T12:00:05.25+01:00") == datetime(2026, 11, 23, 11, 0, 5, 250000, tzinfo=timezone.utc)
+    assert parse_time("2026-11-23T12:00:05.25+01:00") == datetime(2026, 11, 23, 11, 0, 5, 250000, tzinfo=UTC)
     assert parse_time(None) is None and parse_time("") is None

@@ -1,6 +1,6 @@
 """The job's lifecycle decisions, as pure functions over plain data."""
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,7 @@ from promptopt_operator.lifecycle import Job, Slot, decide, retry_delay
 from promptopt_operator.pods import WorkerPod
 from promptopt_operator.settings import OperatorSettings
 
-NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 SETTINGS = OperatorSettings(retry_base_delay_seconds=10, retry_max_delay_seconds=360)
 START = Slot(may_start=True)
 SPEC = {

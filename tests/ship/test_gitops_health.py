@@ -3,7 +3,7 @@ action (Lua, run with lupa's Lua 5.1 as Argo CD's gopher-lua) and Flux's healthC
 over status samples the operator's own lifecycle functions produce (promptopt_operator.lifecycle.decide)."""
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import celpy
@@ -25,7 +25,7 @@ PHASES = set(Phase.__args__)
 # --- status samples, made by the operator's lifecycle --------------------------------------------------------
 
 NAME = "sentiment"
-START = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SPEC = {
     "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/gpt-4.1"},
     "prompts": [{"name": "classify", "template": "Classify the sentiment: {{review}}"}],

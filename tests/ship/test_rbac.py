@@ -275,9 +275,9 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
     worker runs (the operator deletes the Pod). The real authorizer refuses none of their calls, and the calls the
     audit log shows are exactly the derived ones: the chart grants nothing they do not use."""
     import base64
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     values = {} if clusterwide else {"watchNamespaces": [cluster.namespace]}
     kubeconfig = install_rbac(**values)
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},

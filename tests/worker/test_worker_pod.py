@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -193,7 +193,7 @@ def test_a_missing_configmap_ends_the_worker_with_invalid_input(cluster, kubelet
 def test_the_deadline_counts_from_the_jobs_start(cluster, kubelet, llm):
     llm.set_latency(0.2)
     create_job(cluster, llm, max_metric_calls=400, activeDeadlineSeconds=30)
-    started = datetime.now(timezone.utc) - timedelta(seconds=25)
+    started = datetime.now(UTC) - timedelta(seconds=25)
     cluster.patch("poj", "sentiment", {"status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ")}},
                   subresource="status")
     create_worker_pod(cluster)
@@ -209,7 +209,7 @@ def test_remaining_deadline_subtracts_the_time_since_the_start_and_a_reserve_for
     spec = parse_spec({"optimizer": {"type": "MetaPrompt", "reflectionModel": "m"},
                        "prompts": [{"name": "p", "template": "t"}], "task": {"model": "m"},
                        "activeDeadlineSeconds": 3600})
-    now = datetime(2026, 1, 1, 1, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 1, 0, 0, tzinfo=UTC)
 
     assert remaining_deadline(spec, None, now) == 3600 - 60  # the reserve is capped at a minute
     assert remaining_deadline(spec, "2026-01-01T00:30:00Z", now) == 1800 - 60

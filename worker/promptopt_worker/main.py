@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def remaining_deadline(
         return None
     elapsed = 0.0
     if started := parse_time(started_at):
-        elapsed = max(0.0, ((now or datetime.now(timezone.utc)) - started).total_seconds())
+        elapsed = max(0.0, ((now or datetime.now(UTC)) - started).total_seconds())
     left = spec.active_deadline_seconds - elapsed
     return max(0.0, left - min(DEADLINE_RESERVE_MAX_S, DEADLINE_RESERVE_SHARE * left))
 
