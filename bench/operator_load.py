@@ -417,7 +417,7 @@ def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: floa
         failed = [n for n in names if "Failed" in seen.phases.get(n, {})]
         order = [names.index(n) for n in seen.pod_order]
         displacement = max((abs(position - index) for position, index in enumerate(order)), default=0)
-        inversions = sum(1 for a, b in zip(order, order[1:]) if b < a)
+        inversions = sum(1 for a, b in zip(order, order[1:], strict=False) if b < a)
         # Jobs that started must be the oldest ones (none skipped), with start times in creation order.
         started_jobs = [n for n in names if n in seen.start_times]
         first = names[:len(started_jobs)]

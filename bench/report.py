@@ -190,7 +190,8 @@ def render(found: Iterable[Section]) -> str:
         table = [header, *section.rows]
         widths = [max(len(getattr(row, f.name)) for row in table) for f in dataclasses.fields(Row)]
         for index, row in enumerate(table):
-            cells = [getattr(row, f.name).ljust(width) for f, width in zip(dataclasses.fields(Row), widths)]
+            cells = [getattr(row, f.name).ljust(width)
+                     for f, width in zip(dataclasses.fields(Row), widths, strict=True)]
             out.append("| " + " | ".join(cells) + " |")
             if index == 0:
                 out.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")

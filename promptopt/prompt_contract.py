@@ -34,7 +34,7 @@ def _sections(body: str, level: int) -> dict[str, str]:
     headers = list(re.finditer(r"^" + "#" * level + r" (.+?)[ \t]*$", body, re.M))
     return {
         header.group(1): body[header.end() : following.start() if following else len(body)].strip()
-        for header, following in zip(headers, [*headers[1:], None])
+        for header, following in zip(headers, [*headers[1:], None], strict=True)
     }
 
 

@@ -45,7 +45,8 @@ def conditions_for(
     lastTransitionTime moves only when a condition's status changes.
     """
     before = {c.type: c for c in previous or []}
-    wanted = [(kind, status, reason, message) for kind, status in zip(CONDITION_TYPES, _PHASE_CONDITIONS[phase])]
+    wanted = [(kind, status, reason, message)
+              for kind, status in zip(CONDITION_TYPES, _PHASE_CONDITIONS[phase], strict=True)]
     if spec_applied is not None:
         applied, applied_reason, applied_message = spec_applied
         wanted.append((SPEC_APPLIED, "True" if applied else "False", applied_reason, applied_message))

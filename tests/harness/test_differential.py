@@ -72,7 +72,7 @@ def watch(server, path, count, **params) -> list[tuple[str, Any]]:
     headers = {"Authorization": f"Bearer {server.token}"} if server.token else {}
     with requests.get(server.url + path, params={"watch": "true", "timeoutSeconds": "5", **params}, headers=headers,
                       stream=True, timeout=15, verify=str(server.ca_file) if server.ca_file else True) as response:
-        events = [json.loads(line) for line, _ in zip(filter(None, response.iter_lines()), range(count))]
+        events = [json.loads(line) for line, _ in zip(filter(None, response.iter_lines()), range(count), strict=False)]
     return [(e["type"], e["object"].get("reason") if e["type"] == "ERROR" else e["object"]["metadata"]["name"])
             for e in events]
 

@@ -228,8 +228,8 @@ def test_gepa_optimize_end_to_end_reaches_full_score(llm):
         def evaluate(self, batch, candidate, capture_traces=False):
             outs = [content(llm, TASK_MODEL, [{"role": "user", "content": render(candidate["instruction"], r)}])
                     for r in batch]  # fmt: skip
-            scores = [float(o == r["expectations"]["expected_response"]) for o, r in zip(outs, batch)]
-            traces = list(zip(batch, outs)) if capture_traces else None
+            scores = [float(o == r["expectations"]["expected_response"]) for o, r in zip(outs, batch, strict=True)]
+            traces = list(zip(batch, outs, strict=True)) if capture_traces else None
             return EvaluationBatch(outputs=outs, scores=scores, trajectories=traces)
 
         def make_reflective_dataset(self, candidate, eval_batch, components_to_update):
@@ -359,12 +359,12 @@ def test_a_share_of_judge_answers_can_be_garbled_by_a_pure_function_of_the_reque
     garbled = [answer == sim.GARBLED_JUDGE_ANSWER for answer in first]
     assert 10 < sum(garbled) < 30 and llm.garbled_answers == 2 * sum(garbled)
     assert "{" not in sim.GARBLED_JUDGE_ANSWER
-    assert all(json.loads(answer)["result"] == "yes" for answer, bad in zip(first, garbled) if not bad)
+    assert all(json.loads(answer)["result"] == "yes" for answer, bad in zip(first, garbled, strict=True) if not bad)
     assert [r["fault"] for r in llm.requests[:40]] == ["garbled" if bad else None for bad in garbled]
     # Asked again (a longer conversation), a garbled request draws anew.
     retried = [content(llm, JUDGE_MODEL, [*messages, {"role": "assistant", "content": sim.GARBLED_JUDGE_ANSWER},
                                           {"role": "user", "content": "Answer with the JSON object."}])
-               for messages, bad in zip(requests, garbled) if bad]
+               for messages, bad in zip(requests, garbled, strict=True) if bad]
     assert sim.GARBLED_JUDGE_ANSWER in retried and any(answer.startswith("{") for answer in retried)
     assert content(llm, TASK_MODEL, [{"role": "user", "content": "I love it"}]) != sim.GARBLED_JUDGE_ANSWER
 

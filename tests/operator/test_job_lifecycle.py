@@ -126,7 +126,7 @@ def test_gepa_job_runs_to_success_with_scores_in_status(cluster, kubelet, llm, c
     percent = str(progress["metricCalls"] * 100 // progress["maxMetricCalls"])
     assert listing[1].split()[:4] == ["sentiment", "Succeeded", "GEPA", percent]
     header, row = kubectl("get", "poj", "sentiment", "-o", "wide").stdout.splitlines()
-    wide = dict(zip(header.split(), row.split()))
+    wide = dict(zip(header.split(), row.split(), strict=True))
     assert (wide["REASON"], wide["POD"]) == ("Succeeded", "sentiment-worker-1")
     kubectl("wait", "--for=condition=Ready", "poj/sentiment", "--timeout=10s")
     described = kubectl("describe", "poj", "sentiment").stdout

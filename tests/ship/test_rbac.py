@@ -93,7 +93,7 @@ def calls_in_module(path: Path, constants: dict) -> set[tuple[str, str, str]]:
             api = methods[target.attr]
             parameters = [p for p in inspect.signature(getattr(api, target.attr)).parameters.values()
                           if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
-            given = {p.name: _value(a, constants) for p, a in zip(parameters, args)}
+            given = {p.name: _value(a, constants) for p, a in zip(parameters, args, strict=False)}
             given.update({k.arg: _value(k.value, constants) for k in call.keywords if k.arg})
             arguments = {p.name: given.get(p.name) or ({} if p.name == "body" else "x") for p in parameters}
             found.add(api_call(*request_of(api, target.attr, arguments)))

@@ -152,7 +152,7 @@ def _csv_records(text: str) -> Located:
             located.append((where, f"{len(row)} cells, but the header has {len(columns)} columns"))
             continue
         record: dict[str, dict[str, str]] = {"inputs": {}, "expectations": {}}
-        for (section, key), value in zip(columns, row):
+        for (section, key), value in zip(columns, row, strict=True):
             # A CSV cannot leave a cell out: an empty expectation means the record has none.
             if value or section == "inputs":
                 record[section][key] = value
