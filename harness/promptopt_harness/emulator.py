@@ -1165,7 +1165,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             lines = getattr(exc, 'problems', None) or [str(exc)]
             raise invalid(custom.info.kind, str(resource.group), name,
                           [(field, cause_reason(message), message)
-                           for field, _, message in (line.partition(': ') for line in lines)])
+                           for field, _, message in (line.partition(': ') for line in lines)]) from exc
 
     def _generated_name(self, resource: kmock.resource, namespace: str | None, prefix: str) -> str:
         while True:

@@ -111,7 +111,7 @@ class RecordingReporter:
 
 
 def metaprompt_problem(reflect, evaluator=None, *, train=range(4, 10), validation=range(4),
-                       failure_policy=ExampleFailurePolicy(), **settings) -> Problem:
+                       failure_policy=None, **settings) -> Problem:
     return Problem(
         prompts=[PromptTemplate(name, "system" if name == "system" else "user", text) for name, text in SEED.items()],
         train=examples(train),
@@ -121,7 +121,7 @@ def metaprompt_problem(reflect, evaluator=None, *, train=range(4, 10), validatio
         settings=OptimizerSpec(
             type="MetaPrompt", reflection_model="sim-reflect", meta_prompt=MetaPromptSettings(**settings)
         ),
-        failure_policy=failure_policy,
+        failure_policy=ExampleFailurePolicy() if failure_policy is None else failure_policy,
     )
 
 
