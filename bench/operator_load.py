@@ -86,7 +86,8 @@ class Api:
             raise RuntimeError(f"{method} {path}: HTTP {response.status}: {response.data[:300]!r}")
         return json.loads(response.data) if response.data else None
 
-    def watch(self, path: str, on_event: Callable[[str, dict[str, Any]], None], stop: threading.Event) -> threading.Thread:
+    def watch(self, path: str, on_event: Callable[[str, dict[str, Any]], None],
+              stop: threading.Event) -> threading.Thread:
         """Call on_event(type, object) for every change after now, in a thread, until `stop` is set."""
         ready = threading.Event()
 
@@ -356,8 +357,8 @@ def latency_scenario(server: type[ApiServer], which: str, jobs: int, timeout: fl
             wait_until(lambda: seen.count(lambda: seen.pod_running) >= jobs
                        and (which != "ours" or seen.jobs_in("Running") >= jobs), timeout,
                        lambda: f"{which}: {seen.count(lambda: seen.pod_created)} Pods created, "
-                               f"{seen.count(lambda: seen.pod_running)} running, {seen.jobs_in('Running')} jobs Running "
-                               f"of {jobs}", process=process)
+                               f"{seen.count(lambda: seen.pod_running)} running, "
+                               f"{seen.jobs_in('Running')} jobs Running of {jobs}", process=process)
             cancel_jobs(cluster.api, seen, names)
             wait_until(lambda: seen.count(lambda: seen.pod_deleted) >= jobs, timeout,
                        lambda: f"{which}: {seen.count(lambda: seen.pod_deleted)} of {jobs} Pods deleted after cancel",

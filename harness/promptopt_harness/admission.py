@@ -114,11 +114,13 @@ def _check_scalar(schema: dict[str, Any], value: Any, path: str, problems: list[
         if minimum is not None:
             exclusive = schema.get("exclusiveMinimum", False)
             if value < minimum or (exclusive and value == minimum):
-                problems.append(f"{path}: Invalid value: {value}: should be greater than {'' if exclusive else 'or equal to '}{minimum}")
+                or_equal = "" if exclusive else "or equal to "
+                problems.append(f"{path}: Invalid value: {value}: should be greater than {or_equal}{minimum}")
         if maximum is not None:
             exclusive = schema.get("exclusiveMaximum", False)
             if value > maximum or (exclusive and value == maximum):
-                problems.append(f"{path}: Invalid value: {value}: should be less than {'' if exclusive else 'or equal to '}{maximum}")
+                or_equal = "" if exclusive else "or equal to "
+                problems.append(f"{path}: Invalid value: {value}: should be less than {or_equal}{maximum}")
     if isinstance(value, str):
         _check_size(schema, len(value), path, problems, "minLength", "maxLength", "characters")
         if "pattern" in schema and not re.search(schema["pattern"], value):

@@ -116,7 +116,8 @@ def build(version: str) -> dict[str, Path]:
     for command in COMMANDS:
         output = target / command
         print(f"build_kube: building {command} v{version} into {output} "
-              "(a first build on a new machine takes minutes: about eight for both on two cores)", file=sys.stderr, flush=True)
+              "(a first build on a new machine takes minutes: about eight for both on two cores)",
+              file=sys.stderr, flush=True)
         started = time.monotonic()
         partial = output.with_suffix(".partial")
         subprocess.run([go, "build", "-trimpath", f"-ldflags={version_flags(version)}", "-o", str(partial),

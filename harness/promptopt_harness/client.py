@@ -187,14 +187,16 @@ class ClusterApi:
             subresource: str | None = None) -> dict[str, Any]:
         return self.request("GET", self.path(resource, name, namespace, subresource))
 
-    def list(self, resource: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    def list(self, resource: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else None
         return self.request("GET", self.path(resource, namespace=namespace), params=params)["items"]
 
     def patch(self, resource: str, name: str, patch: Any, namespace: str | None = None,
               subresource: str | None = None) -> dict[str, Any]:
         content_type = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
-        return self.request("PATCH", self.path(resource, name, namespace, subresource), patch, content_type=content_type)
+        return self.request("PATCH", self.path(resource, name, namespace, subresource), patch,
+                            content_type=content_type)
 
     def delete(self, resource: str, name: str, namespace: str | None = None, **options: Any) -> dict[str, Any]:
         return self.request("DELETE", self.path(resource, name, namespace), options or None)

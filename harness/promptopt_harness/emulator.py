@@ -91,8 +91,9 @@ def invalid(kind: str, group: str, name: str, problems: list[tuple[str, str, str
     lines = [f'{field}: {message}' for field, _, message in problems]
     summary = lines[0] if len(lines) == 1 else f"[{', '.join(lines)}]"
     qualified = f'{kind}.{group}' if group else kind
+    causes = [{'reason': reason, 'message': message, 'field': field} for field, reason, message in problems]
     return api_error(422, 'Invalid', f'{qualified} "{name}" is invalid: {summary}', name=name, group=group, kind=kind,
-                     causes=[{'reason': reason, 'message': message, 'field': field} for field, reason, message in problems])
+                     causes=causes)
 
 
 def resource_label(resource: kmock.resource) -> str:
@@ -413,7 +414,8 @@ def name_problems(resource: kmock.resource, name: str) -> list[Problem]:
                             else (DNS1123_SUBDOMAIN, SUBDOMAIN_RULE, 253))
     problems = []
     if len(name) > limit:
-        problems.append(('metadata.name', 'FieldValueInvalid', invalid_value + f'must be no more than {limit} characters'))
+        problems.append(('metadata.name', 'FieldValueInvalid',
+                         invalid_value + f'must be no more than {limit} characters'))
     if not pattern.fullmatch(name):
         problems.append(('metadata.name', 'FieldValueInvalid', invalid_value + rule))
     return problems
@@ -586,7 +588,8 @@ POD_COLUMNS = [
     NAME_COLUMN,
     Column('Ready', pod_ready),
     Column('Status', pod_status),
-    Column('Restarts', lambda p: sum(s.get('restartCount', 0) for s in p.get('status', {}).get('containerStatuses') or []),
+    Column('Restarts',
+           lambda p: sum(s.get('restartCount', 0) for s in p.get('status', {}).get('containerStatuses') or []),
            type='integer'),
     AGE_COLUMN,
     Column('IP', lambda p: p.get('status', {}).get('podIP'), priority=1),
@@ -681,7 +684,9 @@ def crd_established(crd: Mapping[str, Any], now: str) -> dict[str, Any]:
     return {'acceptedNames': crd['spec']['names'], 'conditions': conditions, 'storedVersions': stored}
 
 
-def openapi_document(served: Iterable[tuple[kmock.resource, kmock.ResourceInfo, Mapping[str, Any] | None]]) -> dict[str, Any]:
+def openapi_document(
+    served: Iterable[tuple[kmock.resource, kmock.ResourceInfo, Mapping[str, Any] | None]],
+) -> dict[str, Any]:
     """A minimal OpenAPI v3 document of one group-version.
 
     kubectl reads it to decide how to validate (a PATCH that accepts ``fieldValidation`` means
@@ -694,7 +699,8 @@ def openapi_document(served: Iterable[tuple[kmock.resource, kmock.ResourceInfo, 
         schemas[schema_name] = dict(schema or {}, **{'x-kubernetes-group-version-kind': [gvk]})
         prefix = f'/apis/{resource.group}/{resource.version}' if resource.group else f'/api/{resource.version}'
         scope = '/namespaces/{namespace}' if info.namespaced else ''
-        returns = {'200': {'content': {'application/json': {'schema': {'$ref': f'#/components/schemas/{schema_name}'}}}}}
+        schema_ref = {'$ref': f'#/components/schemas/{schema_name}'}
+        returns = {'200': {'content': {'application/json': {'schema': schema_ref}}}}
         paths[f'{prefix}{scope}/{resource.plural}/{{name}}'] = {
             'get': {'x-kubernetes-action': 'get', 'x-kubernetes-group-version-kind': gvk, 'responses': returns},
             'patch': {'x-kubernetes-action': 'patch', 'x-kubernetes-group-version-kind': gvk, 'responses': returns,
@@ -889,7 +895,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
 
     def _openapi_paths(self) -> dict[str, Any]:
         prefixes = {(g, v): f'apis/{g}/{v}' if g else f'api/{v}' for g, v in self._group_versions()}
-        return {'paths': {prefix: {'serverRelativeURL': f'/openapi/v3/{prefix}'} for prefix in sorted(prefixes.values())}}
+        return {'paths': {prefix: {'serverRelativeURL': f'/openapi/v3/{prefix}'}
+                          for prefix in sorted(prefixes.values())}}
 
     def _openapi_group_version(self, path: str) -> dict[str, Any]:
         *_, group, version = path.split('/')
@@ -1024,7 +1031,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         self._recent_events[resource].append(event)
         await self._watchers[resource].put(event)
 
-    async def _store(self, resource: kmock.resource, obj: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    async def _store(self, resource: kmock.resource, obj: dict[str, Any],
+                     previous: dict[str, Any] | None) -> dict[str, Any]:
         """Write a new or changed object with a new resourceVersion; tell the watchers. Too large for etcd: 500."""
         meta = obj['metadata']
         check_storable(resource, obj)
@@ -1215,11 +1223,12 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         self._check_type(resource, body if isinstance(body, dict) else {}, current['metadata']['name'])
         if resource in self.custom_resources and not ((body or {}).get('metadata') or {}).get('resourceVersion'):
             name = current['metadata']['name']
-            raise api_error(422, 'Invalid', f'{resource_label(resource)} "{name}" is invalid: metadata.resourceVersion: '
-                                            'Invalid value: 0x0: must be specified for an update',
+            message = 'Invalid value: 0x0: must be specified for an update'
+            raise api_error(422, 'Invalid', f'{resource_label(resource)} "{name}" is invalid: '
+                                            f'metadata.resourceVersion: {message}',
                             name=name, group=resource.group, kind=resource.plural,
                             causes=[{'reason': 'FieldValueInvalid', 'field': 'metadata.resourceVersion',
-                                     'message': 'Invalid value: 0x0: must be specified for an update'}])
+                                     'message': message}])
 
     def _updated(self, resource: kmock.resource, current: dict[str, Any], candidate: Any,
                  subresource: str | None) -> dict[str, Any]:
@@ -1244,7 +1253,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             else:
                 meta.pop(field, None)
         updated['apiVersion'], updated['kind'] = current['apiVersion'], current['kind']
-        if resource == PODS and subresource is None and spec_of(updated).get('nodeName') != spec_of(current).get('nodeName'):
+        if (resource == PODS and subresource is None
+                and spec_of(updated).get('nodeName') != spec_of(current).get('nodeName')):
             raise api_error(422, 'Invalid', f'Pod "{name}" is invalid: spec: Forbidden: pod updates may not change '
                                             'fields other than `spec.containers[*].image`, ... (bind through '
                                             'pods/binding)')
@@ -1266,7 +1276,8 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             check_preconditions(resource, current, options.get('preconditions') or {})
             return await self._delete(resource, current, options)
 
-    async def _delete(self, resource: kmock.resource, obj: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    async def _delete(self, resource: kmock.resource, obj: dict[str, Any],
+                      options: Mapping[str, Any]) -> dict[str, Any]:
         """Delete now, or mark for deletion (finalizers, graceful pod deletion) as the real server."""
         meta = obj['metadata']
         grace = grace_period(resource, obj, options)
@@ -1421,7 +1432,8 @@ def mark_deleting(obj: Mapping[str, Any], grace: int, *, restamp: bool) -> dict[
 def is_released(obj: Mapping[str, Any]) -> bool:
     """Marked for deletion with no grace period left and no finalizers: the server removes it now."""
     meta = obj['metadata']
-    return bool(meta.get('deletionTimestamp')) and not meta.get('finalizers') and not meta.get('deletionGracePeriodSeconds')
+    return (bool(meta.get('deletionTimestamp')) and not meta.get('finalizers')
+            and not meta.get('deletionGracePeriodSeconds'))
 
 
 def check_preconditions(resource: kmock.resource, obj: Mapping[str, Any], preconditions: Mapping[str, Any]) -> None:

@@ -37,7 +37,8 @@ def test_names_and_scope():
     document, version, _ = _schema()
     names = document["spec"]["names"]
     assert document["metadata"]["name"] == "promptoptimizationjobs.promptopt.dev"
-    assert (names["kind"], names["plural"], names["shortNames"]) == ("PromptOptimizationJob", "promptoptimizationjobs", ["poj"])
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "PromptOptimizationJob", "promptoptimizationjobs", ["poj"])
     assert document["spec"]["scope"] == "Namespaced"
     assert (version["name"], version["subresources"]) == ("v1alpha1", {"status": {}})
 
@@ -148,7 +149,8 @@ def test_the_crd_is_accepted_by_a_real_api_server_and_its_cel_costs_are_checked(
     document["spec"]["group"] = "check.promptopt.dev"  # the cluster serves the real one already
     document["metadata"]["name"] = f"{document['spec']['names']['plural']}.check.promptopt.dev"
     real_cluster.create(document, dryRun="All")
-    dataset = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["dataset"]
+    spec_schema = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    dataset = spec_schema["properties"]["dataset"]
     del dataset["properties"]["records"]["maxItems"]
     dataset["x-kubernetes-validations"].append(
         {"rule": "!has(self.records) || self.records.all(r, self.records.exists_one(q, q.inputs == r.inputs))",

@@ -65,7 +65,8 @@ INVALID = [
      edited(_set(["prompts"], [{"name": "a", "template": "x"}, {"name": "a", "template": "y"}])), "spec.prompts"),
     ("dataset with two sources",
      edited(_set(["dataset", "configMapKeyRef"], {"name": "cm", "key": "d.csv"})), "spec.dataset"),
-    ("validation fraction of one", edited(_set(["dataset", "validationFraction"], 1)), "spec.dataset.validationFraction"),
+    ("validation fraction of one",
+     edited(_set(["dataset", "validationFraction"], 1)), "spec.dataset.validationFraction"),
     ("unknown scorer", edited(_set(["scorers", 0, "name"], "Vibes")), "spec.scorers[0].name"),
     ("zero weight", edited(_set(["scorers", 0, "weight"], 0)), "spec.scorers[0].weight"),
     ("negative weight", edited(_set(["scorers", 0, "weight"], -1)), "spec.scorers[0].weight"),
@@ -200,7 +201,8 @@ def test_examples_validate(admission, path):
 
 
 def test_examples_cover_the_documented_cases():
-    specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text()) if d and d["kind"] == "PromptOptimizationJob"]
+    specs = [d["spec"] for p in EXAMPLES for d in yaml.safe_load_all(p.read_text())
+             if d and d["kind"] == "PromptOptimizationJob"]
     assert any(s["optimizer"]["type"] == "GEPA" and "records" in s["dataset"] for s in specs)
     assert any(s["optimizer"]["type"] == "MetaPrompt" and "dataset" not in s for s in specs)
     assert any("configMapKeyRef" in s.get("dataset", {}) and "configMapKeyRef" in s["prompts"][0] for s in specs)

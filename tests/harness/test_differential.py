@@ -179,7 +179,8 @@ def test_unknown_fields_are_pruned_with_warnings_or_refused_when_strict(server):
     strict_patch = call(server, "PATCH", job_path(server, "a"), {"spec": {"zz": 1}, "extra": 2},
                         params={"fieldValidation": "Strict"}, content_type=MERGE_PATCH)
     assert strict_patch.outcome == (422, "Invalid")
-    assert strict_patch.body["message"].endswith('strict decoding error: unknown field "extra", unknown field "spec.zz"')
+    assert strict_patch.body["message"].endswith(
+        'strict decoding error: unknown field "extra", unknown field "spec.zz"')
     assert call(server, "POST", jobs_path(server), job("b"), params={"fieldValidation": "Bogus"}).outcome == (
         422, "Invalid")
 
@@ -188,7 +189,8 @@ def test_unknown_fields_are_pruned_with_warnings_or_refused_when_strict(server):
 
 def with_records(name, count, review_bytes) -> dict[str, Any]:
     """A job whose inline dataset makes it about count × review_bytes large."""
-    records = [{"inputs": {"review": f"{i:05d}" + "x" * review_bytes}, "expectations": {"expected_response": "positive"}}
+    records = [{"inputs": {"review": f"{i:05d}" + "x" * review_bytes},
+                "expectations": {"expected_response": "positive"}}
                for i in range(count)]
     return job(name, dataset={**EXAMPLE_JOB["spec"]["dataset"], "records": records})
 

@@ -160,7 +160,8 @@ def test_only_the_fields_a_resource_indexes_can_be_selected():
 
 def test_merge_patch_merges_dicts_replaces_lists_and_removes_nulls():
     target = {"a": {"b": 1, "c": 2}, "l": [1, 2], "x": 1}
-    assert apply_merge_patch(target, {"a": {"b": None, "d": 3}, "l": [3], "x": None}) == {"a": {"c": 2, "d": 3}, "l": [3]}
+    patch = {"a": {"b": None, "d": 3}, "l": [3], "x": None}
+    assert apply_merge_patch(target, patch) == {"a": {"c": 2, "d": 3}, "l": [3]}
     assert target == {"a": {"b": 1, "c": 2}, "l": [1, 2], "x": 1}  # untouched
 
 
@@ -171,8 +172,9 @@ def test_strategic_merge_directives_are_dropped():
 
 def test_a_failed_json_patch_test_is_422():
     obj = {"metadata": {"resourceVersion": "5"}}
-    assert apply_json_patch(obj, [{"op": "test", "path": "/metadata/resourceVersion", "value": "5"},
-                                  {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}])["metadata"]["finalizers"] == ["f"]
+    test_then_add = [{"op": "test", "path": "/metadata/resourceVersion", "value": "5"},
+                     {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]
+    assert apply_json_patch(obj, test_then_add)["metadata"]["finalizers"] == ["f"]
     with pytest.raises(Exception) as raised:
         apply_json_patch(obj, [{"op": "test", "path": "/metadata/resourceVersion", "value": "4"}])
     assert (raised.value.status, raised.value.message) == (422, "the server rejected our request due to an error "
@@ -227,7 +229,8 @@ def test_protobuf_bodies_of_the_kinds_kubectl_creates_decode_to_their_json():
 
 def test_created_objects_get_server_metadata(cluster):
     api = kubernetes.client.CustomObjectsApi(cluster.api_client())
-    created = api.create_namespaced_custom_object("example.test", "v1", "default", "widgets", widget("a", spec={"x": 1}))
+    created = api.create_namespaced_custom_object("example.test", "v1", "default", "widgets",
+                                                  widget("a", spec={"x": 1}))
     meta = created["metadata"]
     assert meta["namespace"] == "default" and meta["generation"] == 1
     assert re.fullmatch(r"[0-9a-f-]{36}", meta["uid"]) and RFC3339.fullmatch(meta["creationTimestamp"])
@@ -236,7 +239,8 @@ def test_created_objects_get_server_metadata(cluster):
 
 
 def test_generate_name_makes_unique_names(cluster):
-    names = {cluster.create(widget(None) | {"metadata": {"generateName": "run-"}})["metadata"]["name"] for _ in range(20)}
+    names = {cluster.create(widget(None) | {"metadata": {"generateName": "run-"}})["metadata"]["name"]
+             for _ in range(20)}
     assert len(names) == 20 and all(re.fullmatch(r"run-[a-z0-9]{5}", n) for n in names)
 
 
@@ -300,7 +304,8 @@ def test_kopfs_json_patch_tests_the_resource_version(cluster):
     assert patched["metadata"]["finalizers"] == ["kopf.zalando.org/KopfFinalizerMarker"]
     stale = [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, add_finalizer]
     assert refused(cluster.patch, "widget", "a", stale).code == 422
-    assert refused(cluster.patch, "widget", "a", {"metadata": {"resourceVersion": version, "labels": {"x": "y"}}}).code == 409
+    stale_merge = {"metadata": {"resourceVersion": version, "labels": {"x": "y"}}}
+    assert refused(cluster.patch, "widget", "a", stale_merge).code == 409
 
 
 def test_lists_are_typed_and_filtered_by_selectors(cluster):
@@ -433,7 +438,8 @@ def test_discovery_describes_resources_as_kubectl_expects(cluster):
 
 def test_crds_created_through_the_api_are_served(cluster):
     crd = cluster.get("customresourcedefinitions", "widgets.example.test")
-    assert {c["type"]: c["status"] for c in crd["status"]["conditions"]} == {"NamesAccepted": "True", "Established": "True"}
+    conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert conditions == {"NamesAccepted": "True", "Established": "True"}
     created = cluster.create(widget("w"))
     assert created["metadata"]["namespace"] == "default"
     assert [o["metadata"]["name"] for o in cluster.list("wd")] == ["w"]
@@ -441,7 +447,8 @@ def test_crds_created_through_the_api_are_served(cluster):
 
 def test_tables_for_custom_and_builtin_resources(cluster):
     cluster.create(widget("w", spec={"size": 2}))
-    cluster.patch("widget", "w", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}, subresource="status")
+    cluster.patch("widget", "w", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+                  subresource="status")
     table = requests.get(cluster.url + WIDGETS_PATH, headers={"Accept": TABLE}).json()
     assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Ready", "Size", "Owner"]
@@ -576,7 +583,8 @@ def test_dry_runs_are_refused_rather_than_written(cluster):
 def test_kubectl_works_with_custom_resources(kubectl):
     manifest = yaml.safe_dump(job("j1"))
     assert "created" in kubectl("apply", "-f", "-", input=manifest).stdout
-    assert "configured" in kubectl("apply", "-f", "-", input=manifest.replace("backoffLimit: 2", "backoffLimit: 3")).stdout
+    changed = manifest.replace("backoffLimit: 2", "backoffLimit: 3")
+    assert "configured" in kubectl("apply", "-f", "-", input=changed).stdout
     kubectl("patch", "poj", "j1", "--type=merge", "-p", '{"metadata": {"labels": {"team": "x"}}}')
     ready = {"type": "Ready", "status": "False", "reason": "Optimizing"}
     kubectl("patch", "poj", "j1", "--subresource=status", "--type=merge",
@@ -615,7 +623,8 @@ def test_kubectl_declares_crds_and_works_with_builtins(kubectl):
     kubectl("apply", "-f", "-", input="apiVersion: example.test/v1\nkind: Widget\nmetadata: {name: w}\nspec: {size: 3}")
     assert kubectl("get", "wd").stdout.splitlines()[1].split() == ["w", "3"]
     for value in ("one", "two"):
-        kubectl("apply", "-f", "-", input=f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{k: {value}}}")
+        kubectl("apply", "-f", "-",
+                input=f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{k: {value}}}")
     assert kubectl("get", "cm", "c", "-o", "jsonpath={.data.k}").stdout == "two"
     kubectl("run", "p", "--image=busybox")
     assert kubectl("get", "pods").stdout.splitlines()[1].split()[:4] == ["p", "0/1", "Pending", "0"]
@@ -669,9 +678,10 @@ OPERATOR = textwrap.dedent("""
 @pytest.fixture
 def operator(cluster, tmp_path):
     """A minimal real kopf operator against the cluster; returns its log of handler calls."""
-    (tmp_path / "operator.py").write_text(OPERATOR)
+    script = tmp_path / "operator.py"
+    script.write_text(OPERATOR)
     env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
-    process = subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", "-A", str(tmp_path / "operator.py")],
+    process = subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", "-A", str(script)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     yield tmp_path / "fired.log"
     process.terminate()

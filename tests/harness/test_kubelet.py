@@ -409,7 +409,8 @@ def test_a_missing_secret_holds_the_container_until_it_exists(cluster, kubelet):
 
 
 def test_pods_that_do_not_fit_stay_pending_until_capacity_frees_up(cluster):
-    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, capacity={"memory": "1Gi"}) as kubelet:
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
+                      capacity={"memory": "1Gi"}) as kubelet:
         create_pod(cluster, "big", ["sleep", "30"], resources={"requests": {"memory": "768Mi"}})
         wait_for_pod(cluster, "big", phase_is("Running"))
         create_pod(cluster, "second", ["true"], resources={"requests": {"memory": "512Mi"}})
@@ -451,7 +452,8 @@ def test_image_pull_back_off_until_the_image_behaves(cluster, kubelet):
 
 
 def test_an_oom_killed_container(cluster):
-    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, image_behaviours={"example.com/hungry:1": "OOMKilled"}):
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
+                      image_behaviours={"example.com/hungry:1": "OOMKilled"}):
         create_pod(cluster, "hungry", ["sleep", "30"], image="example.com/hungry:1")
         pod = wait_for_pod(cluster, "hungry", phase_is("Failed"))
     terminated = container_state(pod)["terminated"]
@@ -470,7 +472,8 @@ def test_the_active_deadline_fails_the_pod(cluster, kubelet):
 def test_graceful_deletion_lets_the_process_finish_within_the_grace_period(cluster, kubelet):
     script = "trap 'sleep 0.5; echo stopped cleanly; exit 0' TERM; echo started; while true; do sleep 0.1; done"
     create_pod(cluster, "graceful", ["sh", "-c", script])
-    pod = wait_for_pod(cluster, "graceful", lambda p: phase_is("Running")(p) and kubelet.logs(cluster.namespace, "graceful"))
+    pod = wait_for_pod(cluster, "graceful",
+                       lambda p: phase_is("Running")(p) and kubelet.logs(cluster.namespace, "graceful"))
     container_id = pod["status"]["containerStatuses"][0]["containerID"]
 
     deleting = cluster.delete("pods", "graceful", gracePeriodSeconds=10)
@@ -554,7 +557,8 @@ def test_the_command_line_runs_until_sigterm(cluster, tmp_path):
 
 def test_a_command_override_runs_instead_of_the_containers_command(cluster):
     overrides = {"bench/instant:1": ["sh", "-c", "echo overridden $GREETING"]}
-    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, command_overrides=overrides) as local_kubelet:
+    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
+                      command_overrides=overrides) as local_kubelet:
         create_pod(cluster, "swapped", ["promptopt", "worker"], image="bench/instant:1", args=["--ignored"],
                    env=[{"name": "GREETING", "value": "hello"}])
         create_pod(cluster, "as-written", ["sh", "-c", "echo own command"])
@@ -579,4 +583,5 @@ def test_the_command_line_takes_command_overrides(cluster, tmp_path):
         kubelet_process.send_signal(signal.SIGTERM)
         _, stderr = kubelet_process.communicate(timeout=10)
     assert kubelet_process.returncode == 0, stderr
-    assert [log.read_text() for log in tmp_path.glob(f"{cluster.namespace}/cli-swapped/*/container.log")] == ["from override\n"]
+    log_files = tmp_path.glob(f"{cluster.namespace}/cli-swapped/*/container.log")
+    assert [log.read_text() for log in log_files] == ["from override\n"]

@@ -25,7 +25,8 @@ SPEC = {
 
 def job(status=None, generation=1, deleting=False, **spec_changes):
     spec = parse_spec({**SPEC, **spec_changes})
-    return Job(name="j", generation=generation, deleting=deleting, spec=spec, spec_problems=(), status=read_status(status))
+    return Job(name="j", generation=generation, deleting=deleting, spec=spec, spec_problems=(),
+               status=read_status(status))
 
 
 def pod(attempt=1, phase="Running", **kw):
@@ -62,7 +63,8 @@ def test_conditions_follow_kstatus_for_every_phase():
 
 
 def test_last_transition_time_moves_only_on_status_change():
-    first = decide(job({"phase": "Pending", "attempts": 1, "startTime": ago(5)}), [pod(phase="Pending")], NOW, SETTINGS, START)
+    first = decide(job({"phase": "Pending", "attempts": 1, "startTime": ago(5)}), [pod(phase="Pending")],
+                   NOW, SETTINGS, START)
     later = NOW + timedelta(seconds=30)
     status = {"phase": "Pending", "attempts": 1, "startTime": ago(5), "conditions": first.status["conditions"]}
     second = decide(job(status), [pod()], later, SETTINGS, START)

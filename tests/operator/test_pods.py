@@ -87,8 +87,9 @@ def test_observe_a_running_pod():
 
 
 def test_observe_image_pull_back_off():
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'}
     observed = observe_pod(status_of(phase="Pending", containerStatuses=[
-        {"name": "worker", "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'}}}]))
+        {"name": "worker", "state": {"waiting": waiting}}]))
     assert observed.stuck and observed.reason == "ImagePullBackOff" and "Back-off" in observed.message
 
 

@@ -115,7 +115,8 @@ def test_samples_are_what_their_names_say():
     phases = {name: (job.get("status") or {}).get("phase") for name, job in SAMPLES.items()}
     assert phases == {
         "new": None, "queued": "Queued", "pending": "Pending", "image pull back-off": "Pending",
-        "running": "Running", "retrying after a failure": "Pending", "running a spec changed after the start": "Running",
+        "running": "Running", "retrying after a failure": "Pending",
+        "running a spec changed after the start": "Running",
         "succeeded": "Succeeded", "failed: invalid input": "Failed", "failed: backoff limit exceeded": "Failed",
         "failed: deadline exceeded": "Failed", "failed: invalid spec": "Failed", "cancelled": "Cancelled",
     }
@@ -189,7 +190,8 @@ def test_argocd_cm_carries_the_same_scripts():
 
 def health_check_exprs() -> dict[str, str]:
     kustomization = yaml.safe_load(FLUX_KUSTOMIZATION.read_text())
-    (exprs,) = [e for e in kustomization["spec"]["healthCheckExprs"] if (e["apiVersion"], e["kind"]) == (API_VERSION, KIND)]
+    (exprs,) = [e for e in kustomization["spec"]["healthCheckExprs"]
+                if (e["apiVersion"], e["kind"]) == (API_VERSION, KIND)]
     return exprs
 
 

@@ -76,8 +76,9 @@ def test_reflection_and_judge_endpoints_default_to_the_task_api_base():
     assert ModelEndpoint.for_judge(judge, task).role == "judge"
     assert "'correct'" in ModelEndpoint.for_judge(judge, task).description
 
+    pricing = Pricing(input_per_million_tokens=2, output_per_million_tokens=8)
     optimizer = OptimizerSpec(type="GEPA", reflection_model="openai/gpt-4.1", reflection_api_base="https://api/v1",
-                              reflection_pricing=Pricing(input_per_million_tokens=2, output_per_million_tokens=8))  # fmt: skip
+                              reflection_pricing=pricing)  # fmt: skip
     reflection = ModelEndpoint.for_reflection(optimizer, task)
     assert (reflection.role, reflection.api_base, reflection.pricing) == (
         "reflection", "https://api/v1", optimizer.reflection_pricing)  # fmt: skip
@@ -93,7 +94,8 @@ def test_complete_returns_the_answer_and_counts_tokens_and_calls_per_role(sim):
                     judge_messages(CORRECTNESS_QUESTION, JudgeRequest({}, "positive")))
     usage = client.usage.snapshot()
     assert usage.calls == {"task": 1, "judge": 1}
-    assert (usage.prompt_tokens, usage.completion_tokens) == (sim.tokens["prompt_tokens"], sim.tokens["completion_tokens"])
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        sim.tokens["prompt_tokens"], sim.tokens["completion_tokens"])
     assert usage.to_status() == {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens,
                                  "usd": 0.0, "llmCalls": 2, "retries": 0}  # fmt: skip
 
@@ -117,7 +119,8 @@ def test_cost_comes_from_litellms_price_list_for_known_models(monkeypatch):
 
 
 def test_custom_pricing_is_per_million_tokens(sim):
-    endpoint = task_endpoint(sim, pricing=Pricing(input_per_million_tokens=1_000_000, output_per_million_tokens=2_000_000))
+    pricing = Pricing(input_per_million_tokens=1_000_000, output_per_million_tokens=2_000_000)
+    endpoint = task_endpoint(sim, pricing=pricing)
     client = LLMClient()
     client.complete(endpoint, HELLO)
     tokens = sim.tokens

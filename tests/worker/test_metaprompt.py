@@ -220,7 +220,8 @@ def test_failed_examples_are_shown_last_and_the_proposal_is_compared_on_records_
 
 def test_with_no_record_scored_for_both_the_original_prompts_are_kept():
     evaluator = FakeEvaluator(unscorable=[(SEED, i) for i in range(4)])
-    problem = metaprompt_problem(proposing(BETTER), evaluator, failure_policy=ExampleFailurePolicy(max_failed_fraction=1))
+    problem = metaprompt_problem(proposing(BETTER), evaluator,
+                                 failure_policy=ExampleFailurePolicy(max_failed_fraction=1))
 
     result, _, _ = run(problem)
 

@@ -82,7 +82,8 @@ def test_exact_match_compares_non_string_expectations_as_json_text():
 
 def test_contains_looks_for_the_expected_response_in_the_output():
     scorer = Contains(spec("Contains"))
-    assert scorer.score(record("positive"), "The sentiment is Positive.") == (1.0, "output contains expected 'positive'")
+    assert scorer.score(record("positive"), "The sentiment is Positive.") == (
+        1.0, "output contains expected 'positive'")
     assert scorer.score(record("negative"), "The sentiment is Positive.") == (
         0.0, "output 'The sentiment is Positive.' does not contain expected 'negative'")  # fmt: skip
     assert Contains(spec("Contains", params={"caseSensitive": True})).score(record("positive"), "Positive")[0] == 0.0
@@ -90,7 +91,8 @@ def test_contains_looks_for_the_expected_response_in_the_output():
 
 def test_regex_searches_the_output():
     scorer = Regex(spec("Regex", params={"pattern": r"^(positive|negative)$"}))
-    assert scorer.score(record(), "negative") == (1.0, "output matches the pattern '^(positive|negative)$' at 'negative'")
+    assert scorer.score(record(), "negative") == (
+        1.0, "output matches the pattern '^(positive|negative)$' at 'negative'")
     assert scorer.score(record(), "It is negative") == (
         0.0, "output 'It is negative' has no match for the pattern '^(positive|negative)$'")  # fmt: skip
 
@@ -134,7 +136,8 @@ def test_build_scorers_keeps_the_spec_order_and_weights():
 @pytest.mark.parametrize(
     "answer",
     ['{"result": "yes", "rationale": "fine"}', '```json\n{"result": "yes", "rationale": "fine"}\n```',
-     'Here is my verdict: {"result": "yes", "rationale": "fine"} Hope it helps {', '{"x": {"result": "yes", "rationale": "fine"}}'],
+     'Here is my verdict: {"result": "yes", "rationale": "fine"} Hope it helps {',
+     '{"x": {"result": "yes", "rationale": "fine"}}'],
 )  # fmt: skip
 def test_a_judge_verdict_is_found_bare_fenced_or_in_text(answer):
     assert parse_verdict(answer, "Correctness") == {"result": "yes", "rationale": "fine"}
@@ -166,7 +169,8 @@ def scripted_judge(*answers, judge_retries=2):
 
 
 def test_a_judge_whose_answer_is_no_verdict_is_asked_again_with_its_answer_and_the_format():
-    judge, client = scripted_judge("I think it is fine.", '{"result": "maybe"}', '{"result": "no", "rationale": "wrong"}')
+    judge, client = scripted_judge("I think it is fine.", '{"result": "maybe"}',
+                                   '{"result": "no", "rationale": "wrong"}')
 
     assert judge.score(record("positive"), "negative") == (0.0, "wrong")
     first, _, third = client.conversations

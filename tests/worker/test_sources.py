@@ -164,7 +164,8 @@ def test_each_configmap_is_read_once_and_every_key_used_gets_a_digest(build):
     assert problem.config_map_inputs == (
         ConfigMapInput(name="sentiment-prompts", key="classify.txt",
                        digest=sha16(config_maps[0]["data"]["classify.txt"])),
-        ConfigMapInput(name="sentiment-dataset", key="reviews.csv", digest=sha16(config_maps[1]["data"]["reviews.csv"])),
+        ConfigMapInput(name="sentiment-dataset", key="reviews.csv",
+                       digest=sha16(config_maps[1]["data"]["reviews.csv"])),
     )
     assert source.reads == {"sentiment-prompts": 1, "sentiment-dataset": 1}
     assert build(gepa_spec(), LocalConfigMaps()).config_map_inputs == ()  # inline inputs: the spec hash covers them

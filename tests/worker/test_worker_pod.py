@@ -262,7 +262,8 @@ def test_a_retried_worker_refuses_configmap_inputs_changed_since_the_job_started
 
     first = run_worker_process(cluster, tmp_path, OPENAI_API_KEY=llm.api_key)  # what the credentials Secret gives
     assert first.returncode == 0, first.stdout[-2000:]
-    recorded = [{"name": "prompts", "key": "classify.txt", "digest": hashlib.sha256(template.encode()).hexdigest()[:16]}]
+    digest = hashlib.sha256(template.encode()).hexdigest()[:16]
+    recorded = [{"name": "prompts", "key": "classify.txt", "digest": digest}]
     assert job_status(cluster)["configMapInputs"] == recorded
 
     cluster.patch("configmaps", "prompts", {"data": {"classify.txt": "Say positive.\n\n{{review}}"}})
