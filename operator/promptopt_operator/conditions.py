@@ -53,12 +53,12 @@ def conditions_for(
     result = []
     for kind, status, why, text in wanted:
         old = before.get(kind)
-        changed = old is None or old.status != status
+        unchanged_since = old.last_transition_time if old is not None and old.status == status else None
         result.append({
             "type": kind,
             "status": status,
             "observedGeneration": generation,
-            "lastTransitionTime": now if changed else old.last_transition_time or now,
+            "lastTransitionTime": unchanged_since or now,
             "reason": why,
             "message": text,
         })

@@ -40,19 +40,22 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 
 WORKER_PODS = {"app.kubernetes.io/managed-by": COMPONENT_LABELS["app.kubernetes.io/managed-by"]}
 
+# The handlers below take `namespace: str`, which kopf's handler protocols type `str | None` (for cluster-scoped
+# resources): jobs and Pods are namespaced, so mypy's arg-type check of each registration is waived.
 
-@kopf.index(*JOBS)
+
+@kopf.index(*JOBS)  # type: ignore[arg-type]
 def job_queue(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, name): queue_entry(namespace, name, dict(body))}
 
 
-@kopf.index("v1", "pods", labels=WORKER_PODS)
+@kopf.index("v1", "pods", labels=WORKER_PODS)  # type: ignore[arg-type]
 def worker_pods(namespace: str, annotations: kopf.Annotations, body: kopf.Body, **_: Any) -> dict | None:
     job_name = annotations.get(JOB_NAME_ANNOTATION)
     return {(namespace, job_name): observe_pod(dict(body))} if job_name else None
 
 
-@kopf.on.event(*JOBS)
+@kopf.on.event(*JOBS)  # type: ignore[arg-type]
 async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namespace: str, name: str,
                       memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
@@ -71,7 +74,7 @@ async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.
         await reconciler.reconcile(namespace, name)
 
 
-@kopf.on.event("v1", "pods", labels=WORKER_PODS)
+@kopf.on.event("v1", "pods", labels=WORKER_PODS)  # type: ignore[arg-type]
 async def worker_pod_changed(type: str, body: kopf.Body, annotations: kopf.Annotations, namespace: str,
                              memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
@@ -81,13 +84,13 @@ async def worker_pod_changed(type: str, body: kopf.Body, annotations: kopf.Annot
         await reconciler.reconcile(namespace, job_name)
 
 
-@kopf.on.delete(*JOBS)
+@kopf.on.delete(*JOBS)  # type: ignore[arg-type]
 async def job_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Deleting a job deletes its Pods first (the finalizer makes sure), then the job goes."""
     await memo.reconciler.reconcile(namespace, name)
 
 
-@kopf.timer(*JOBS, interval=QUEUE_REFRESH_SECONDS, initial_delay=QUEUE_REFRESH_SECONDS,
+@kopf.timer(*JOBS, interval=QUEUE_REFRESH_SECONDS, initial_delay=QUEUE_REFRESH_SECONDS,  # type: ignore[arg-type]
             when=lambda status, **_: read_status(status).phase not in TERMINAL_PHASES)
 async def refresh(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A safety net for anything a watch missed, and fresh queue positions for waiting jobs."""

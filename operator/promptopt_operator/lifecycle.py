@@ -41,8 +41,9 @@ class Job:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Job:
         """A job as the API returns it; an invalid spec becomes spec None with the problems named."""
+        problems: tuple[str, ...] = ()
         try:
-            spec, problems = parse_spec(body.get("spec")), ()
+            spec = parse_spec(body.get("spec"))
         except InvalidSpec as invalid:
             spec, problems = None, tuple(invalid.problems)
         metadata = body["metadata"]

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -38,7 +38,8 @@ EventPoster = Callable[[dict[str, Any], Event], None]
 
 
 def post_with_kopf(body: dict[str, Any], event: Event) -> None:
-    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    # kopf reads a body's apiVersion, kind and metadata only, through any mapping (a kopf.Body by type).
+    kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
 
 
 def decision_inputs(body: dict[str, Any]) -> tuple:
@@ -225,16 +226,16 @@ class Reconciler:
         spec_hash = job.status.spec_hash or decision.status.get("specHash") or job.spec.run_hash()
         manifest = worker_pod_manifest(name, body["metadata"]["uid"], job.spec, decision.create_attempt,
                                        self.settings, decision.pod_active_deadline, spec_hash)
-        kopf.adopt(manifest, owner=body)
+        kopf.adopt(manifest, owner=cast(kopf.Body, body))
         self._starting.add(key)
         created = await self.kube.create_pod(namespace, manifest)
         self._created.setdefault(key, {})[manifest["metadata"]["name"]] = observe_pod(manifest)
         if created:
             self.metrics.pods_created.inc()
             if decision.create_attempt == 1:
-                created = parse_time(body["metadata"].get("creationTimestamp"))
-                if created:
-                    self.metrics.pod_launch_seconds.observe((datetime.now(UTC) - created).total_seconds())
+                job_created = parse_time(body["metadata"].get("creationTimestamp"))
+                if job_created:
+                    self.metrics.pod_launch_seconds.observe((datetime.now(UTC) - job_created).total_seconds())
             else:
                 self.metrics.retries.inc()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from promptopt.api import v1alpha1
 
@@ -52,7 +53,7 @@ PRINTER_COLUMNS = [
 ]
 
 
-def structural_schema(model: type) -> dict[str, Any]:
+def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON Schema as a structural OpenAPI v3 schema (no $ref, every node typed)."""
     raw = model.model_json_schema(by_alias=True, mode="validation")
     definitions = raw.pop("$defs", {})

@@ -11,15 +11,17 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel, to_snake
+from pydantic.json_schema import JsonDict
 
 GROUP = "promptopt.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "PromptOptimizationJob"
+# Literal-typed: the resource model's apiVersion and kind fields are Literals defaulting to these.
+API_VERSION: Final = "promptopt.dev/v1alpha1"
+KIND: Final = "PromptOptimizationJob"
 PLURAL = "promptoptimizationjobs"
 SINGULAR = "promptoptimizationjob"
 SHORT_NAMES = ["poj"]
@@ -52,9 +54,12 @@ class FieldError(ValueError):
         self.field = field
 
 
-def exactly_one_rule(first: str, second: str) -> dict[str, str]:
-    """The CEL rule for two mutually exclusive, one-required fields (named as on the wire)."""
-    return {"rule": f"has(self.{first}) != has(self.{second})", "message": f"set exactly one of {first} or {second}"}
+def exactly_one_of(first: str, second: str) -> ConfigDict:
+    """A model's config with the CEL rule for two mutually exclusive, one-required fields (named as on the wire)."""
+    rule: JsonDict = {
+        "rule": f"has(self.{first}) != has(self.{second})", "message": f"set exactly one of {first} or {second}",
+    }
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule]})
 
 
 def require_exactly_one(model: BaseModel, first: str, second: str) -> None:
@@ -144,7 +149,9 @@ class OptimizerSpec(ApiModel):
         }
     )
 
-    type: OptimizerType = Field(description="The optimizer: GEPA (iterative, needs a dataset) or MetaPrompt (one pass).")
+    type: OptimizerType = Field(
+        description="The optimizer: GEPA (iterative, needs a dataset) or MetaPrompt (one pass).",
+    )
     reflection_model: ModelId = Field(
         description="The litellm model id that proposes new prompts, e.g. openai/gpt-4.1."
     )
@@ -198,7 +205,7 @@ class ConfigMapKeyRef(ApiModel):
 class PromptSpec(ApiModel):
     """One prompt template under optimization; `{{variable}}` placeholders are filled from a record's inputs."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [exactly_one_rule("template", "configMapKeyRef")]})
+    model_config = exactly_one_of("template", "configMapKeyRef")
 
     name: PromptName = Field(description="The prompt's name: its key in status.optimizedPrompts.")
     role: Literal["system", "user", "assistant"] = Field(
@@ -239,7 +246,7 @@ class DatasetConfigMapKeyRef(ConfigMapKeyRef):
 class DatasetSpec(ApiModel):
     """The records the prompts are evaluated on."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [exactly_one_rule("records", "configMapKeyRef")]})
+    model_config = exactly_one_of("records", "configMapKeyRef")
 
     records: list[Record] | None = Field(None, max_length=5000, description="The records, inline.")
     config_map_key_ref: DatasetConfigMapKeyRef | None = Field(
@@ -334,7 +341,9 @@ class ScorerSpec(ApiModel):
     api_base: str | None = Field(
         None, max_length=2048, description="LLM judges: base URL of the judge's endpoint. Defaults to task.apiBase."
     )
-    pricing: Pricing | None = Field(None, description="LLM judges: price of the judge model when litellm does not know it.")
+    pricing: Pricing | None = Field(
+        None, description="LLM judges: price of the judge model when litellm does not know it.",
+    )
     params: ScorerParams | None = Field(None, description="Parameters of the scorer.")
 
     @property
@@ -418,7 +427,7 @@ class KeyRef(ApiModel):
 class EnvVarSource(ApiModel):
     """Where an environment variable's value comes from."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [exactly_one_rule("secretKeyRef", "configMapKeyRef")]})
+    model_config = exactly_one_of("secretKeyRef", "configMapKeyRef")
 
     secret_key_ref: KeyRef | None = Field(None, description="A key of a Secret.")
     config_map_key_ref: KeyRef | None = Field(None, description="A key of a ConfigMap.")
@@ -457,7 +466,9 @@ Quantity = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi
 class ResourceRequirements(ApiModel):
     """Compute resources of the worker container, as in a Pod spec."""
 
-    requests: dict[str, Quantity] | None = Field(None, description="Minimum resources, e.g. {cpu: 500m, memory: 512Mi}.")
+    requests: dict[str, Quantity] | None = Field(
+        None, description="Minimum resources, e.g. {cpu: 500m, memory: 512Mi}.",
+    )
     limits: dict[str, Quantity] | None = Field(None, description="Maximum resources, e.g. {memory: 1Gi}.")
 
 
@@ -476,7 +487,9 @@ class Toleration(ApiModel):
 class WorkerSpec(ApiModel):
     """Overrides of the worker Pod the operator creates."""
 
-    image: str | None = Field(None, max_length=1024, description="The worker image; defaults to the operator's setting.")
+    image: str | None = Field(
+        None, max_length=1024, description="The worker image; defaults to the operator's setting.",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
     resources: ResourceRequirements | None = Field(None, description="Container resources; defaults to the operator's.")
     node_selector: dict[str, str] | None = Field(None, description="Node labels the Pod must run on.")

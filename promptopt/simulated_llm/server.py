@@ -203,8 +203,7 @@ class SimulatedLLM:
         """``http://HOST:PORT/v1`` (the server must be started)."""
         if self._server is None:
             raise RuntimeError("SimulatedLLM is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://{self.host}:{self._server.server_port}/v1"
 
     def litellm_kwargs(self, model: str = TASK_MODEL) -> dict[str, Any]:
         """Keyword arguments for ``litellm.completion`` reaching ``model`` on this server."""

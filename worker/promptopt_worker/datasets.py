@@ -45,6 +45,7 @@ def load_dataset(spec: DatasetSpec, text: str | None = None) -> Split:
         raise ValueError("the dataset is in a ConfigMap: pass the key's text")
     else:
         ref = spec.config_map_key_ref
+        assert ref is not None  # exactly one of records and configMapKeyRef (the model's rule)
         records = parse_records(text, dataset_format(ref), source=f"ConfigMap {ref.name!r} key {ref.key!r}")
     if not records:
         raise DatasetError("the dataset has no records")

@@ -123,5 +123,6 @@ class TaskEvaluator:
         for future in pending:
             future.cancel()
         for future in futures:  # the first failure in example order
-            if future in done and future.exception() is not None:
-                raise future.exception()
+            error = future.exception() if future in done else None
+            if error is not None:
+                raise error

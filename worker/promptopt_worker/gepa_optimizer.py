@@ -12,9 +12,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 import gepa
+from gepa.core.adapter import GEPAAdapter
+from gepa.core.callbacks import GEPACallback
+from gepa.proposer.reflective_mutation.base import LanguageModel
 from gepa.proposer.reflective_mutation.reflection_lm import ReflectionJob, ReflectionProposal, StatelessReflectionLM
 from gepa.utils import StopperProtocol, TimeoutStopCondition
 
@@ -61,7 +64,7 @@ GEPA_PARAMETERS = frozenset(inspect.signature(gepa.optimize).parameters)
 GEPA_VERSION = version("gepa")
 
 
-class EvaluatorAdapter:
+class EvaluatorAdapter(GEPAAdapter[Example, ScoredOutput, str]):
     """gepa's adapter protocol over the problem's Evaluator. Trajectories are the ScoredOutputs themselves.
 
     As gepa's adapter contract asks, one example that cannot be scored does not raise: it enters gepa's scores
@@ -296,7 +299,8 @@ def optimize_gepa(
     budget_field = ("spec.optimizer.options.max_metric_calls" if "max_metric_calls" in options
                     else "spec.optimizer.gepa.maxMetricCalls")
     if not isinstance(budget, int) or isinstance(budget, bool):
-        return Result("InvalidInput", f"{budget_field}: {budget!r} is not a number of metric calls; GEPA needs a budget")
+        return Result("InvalidInput",
+                      f"{budget_field}: {budget!r} is not a number of metric calls; GEPA needs a budget")
     iteration_cost = iteration_cost_bound(kwargs["reflection_minibatch_size"], first_step, kwargs["use_merge"])
     if budget < first_step:
         return Result("InvalidInput", (
@@ -333,20 +337,21 @@ def optimize_gepa(
         adapter=EvaluatorAdapter(problem, progress, stop),
         reflection_strategy=reflection,
         stop_callbacks=stoppers,
-        callbacks=[callback],
+        callbacks=[cast(GEPACallback, callback)],  # gepa calls the methods a callback has: all are optional
         logger=GepaLog(),
         run_dir=problem.checkpoint_dir,
         display_progress_bar=False,
         **kwargs,
     )
 
-    best = dict(result.best_candidate)
+    best = dict(result.candidates[result.best_idx])  # the mapping itself (best_candidate unwraps str seeds)
     progress.best_candidate, progress.best_score = best, result.val_aggregate_scores[result.best_idx]
-    progress.metric_calls = result.total_metric_calls
+    if result.total_metric_calls is not None:  # gepa's count; else ours, from its events
+        progress.metric_calls = result.total_metric_calls
     summary = (
         f"best of {len(result.candidates)} candidates scores {progress.best_score:.3f} on validation "
         f"(seed {result.val_aggregate_scores[0]:.3f}) after {progress.iteration} iterations, "
-        f"{result.total_metric_calls} metric calls, {progress.rejected_candidates} proposals rejected"
+        f"{progress.metric_calls} metric calls, {progress.rejected_candidates} proposals rejected"
     )
     if progress.failed_examples:
         summary += f", {progress.failed_examples} evaluations not scored (0 in these scores)"
@@ -359,7 +364,7 @@ def optimize_gepa(
         reason, message = "DeadlineReached", f"the deadline of {problem.deadline_seconds:g} s passed; {summary}"
     elif within_budget.fired:
         reason = "Completed"
-        message = (f"GEPA finished: the {budget - result.total_metric_calls} metric calls left could not cover "
+        message = (f"GEPA finished: the {budget - progress.metric_calls} metric calls left could not cover "
                    f"another iteration (up to {iteration_cost}); {summary}")
         if budget < first_step + iteration_cost:
             message += (f". The budget covers no iteration after the first step: set {budget_field} to at least "
@@ -375,8 +380,11 @@ def optimize_gepa(
     )
 
 
-def _reflection_lm(problem: Problem, stop: StopRequested) -> Callable[[str], str]:
-    def ask(prompt: str) -> str:
+def _reflection_lm(problem: Problem, stop: StopRequested) -> LanguageModel:
+    def ask(prompt: str | list[dict[str, Any]]) -> str:
+        if not isinstance(prompt, str):
+            # gepa sends chat messages only for multimodal records; ours are text.
+            raise TypeError(f"the reflection got chat messages, not a prompt: {type(prompt).__name__}")
         if stop:  # a stopping run starts no reflection (gepa skips the proposal and checks its stoppers)
             raise RuntimeError(f"not reflecting: {stop.message}")
         try:

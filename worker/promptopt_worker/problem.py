@@ -16,6 +16,7 @@ from promptopt.api.v1alpha1 import (
     ConfigMapInput, ExampleFailurePolicy, OptimizerSpec, WorkerOutcome, template_variables,
 )
 from promptopt.prompt_contract import Feedback
+from promptopt.worker_contract import SUCCEEDED_OUTCOMES
 
 
 class InvalidInput(ValueError):
@@ -101,6 +102,9 @@ class Evaluator(Protocol):
 
     def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary: ...
 
+    def close(self) -> None:
+        """Stops its LLM calls: the optimization is over."""
+
 
 class Reflector(Protocol):
     """Sends one request to the reflection model and returns its answer text."""
@@ -161,7 +165,7 @@ class Result:
 
     @property
     def succeeded(self) -> bool:
-        return self.best_candidate is not None and self.reason in ("Completed", "BudgetExhausted", "DeadlineReached", "Cancelled")
+        return self.best_candidate is not None and self.reason in SUCCEEDED_OUTCOMES
 
 
 class Reporter(Protocol):

@@ -292,7 +292,8 @@ def score_table(initial: ScoreSummary | None, final: ScoreSummary | None) -> lis
     rows = [(key, _score(initial, key), _score(final, key)) for key in scorers]
     rows.append(("aggregate", _score(initial, None), _score(final, None)))
     if any(summary and summary.failed_examples for summary in (initial, final)):
-        rows.append(("not scored", *(str(summary.failed_examples) if summary else "-" for summary in (initial, final))))
+        before, after = (str(summary.failed_examples) if summary else "-" for summary in (initial, final))
+        rows.append(("not scored", before, after))
     width = max(len("scorer"), *(len(key) for key, _, _ in rows))
     return [f"{'scorer':<{width}}  initial    final"] + [
         f"{key:<{width}}  {before:>7}  {after:>7}" for key, before, after in rows

@@ -72,9 +72,9 @@ class LocalConfigMaps:
     @classmethod
     def from_files(cls, paths: Iterable[str | Path]) -> LocalConfigMaps:
         """The ConfigMaps in these YAML files (multi-document; other kinds are skipped)."""
-        paths = [Path(p) for p in paths]
-        manifests = [manifest for path in paths for manifest in read_manifests(path)]
-        where = ", ".join(str(p) for p in paths)
+        files = [Path(p) for p in paths]
+        manifests = [manifest for file in files for manifest in read_manifests(file)]
+        where = ", ".join(str(file) for file in files)
         return cls(manifests, location=f"in {where} (give the file holding it with -f)")
 
     def data(self, name: str) -> Mapping[str, str] | None:
@@ -159,6 +159,7 @@ def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource
         if prompt.config_map_key_ref is not None:
             text = read_key(configmaps, prompt.config_map_key_ref, f"spec.prompts[{index}].configMapKeyRef")
         else:
+            assert prompt.template is not None  # exactly one of template and configMapKeyRef (the model's rule)
             text = prompt.template
         prompts.append(PromptTemplate(name=prompt.name, role=prompt.role, text=text))
     return prompts
