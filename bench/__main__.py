@@ -86,18 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     chosen = set(args.only or BENCHMARKS)
     if chosen & {"operator", "queue"}:
-        config = operator_load.OperatorConfig(
+        operator_config = operator_load.OperatorConfig(
             jobs=args.jobs, queue_jobs=args.queue_jobs, queue_limit=args.queue_limit, timeout_s=args.timeout,
             queue_timeout_s=args.queue_timeout, skip_latency="operator" not in chosen,
             skip_queue=args.skip_queue or "queue" not in chosen,
             servers=tuple(operator_load.SERVERS) if args.api == "both" else (args.api,))
-        results["operator"] = operator_load.run(config, progress)
+        results["operator"] = operator_load.run(operator_config, progress)
     if "optimization" in chosen:
-        config = optimization.OptimizationConfig(metric_calls=args.metric_calls, records=args.records,
-                                                 latency_s=args.latency, concurrency=args.concurrency,
-                                                 mlflow_python=args.mlflow_python, skip_mlflow=args.skip_mlflow)
+        optimization_config = optimization.OptimizationConfig(
+            metric_calls=args.metric_calls, records=args.records, latency_s=args.latency,
+            concurrency=args.concurrency, mlflow_python=args.mlflow_python, skip_mlflow=args.skip_mlflow)
         progress(f"optimization: GEPA, {args.metric_calls} metric calls, ours then MLflow")
-        results["optimization"] = optimization.run(config)
+        results["optimization"] = optimization.run(optimization_config)
     results["elapsed_s"] = time.monotonic() - started
     found = report.sections(results)
     results["verdicts"] = report.verdicts(found)

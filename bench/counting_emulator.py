@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+import aiohttp.web
+
 from promptopt_harness import emulator
 
 COUNTS: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -39,7 +41,7 @@ def what_of(method: str, path: str, query: dict[str, str]) -> str:
     if api_path is None:
         return "discovery"
     action = emulator.guess_action(method, api_path, query)
-    resource = api_path.resource.plural + (f"/{api_path.subresource}" if api_path.subresource else "")
+    resource = str(api_path.resource.plural) + (f"/{api_path.subresource}" if api_path.subresource else "")
     return f"{VERBS.get(action.name, action.name.lower()) if action else method.lower()} {resource}"
 
 
@@ -54,7 +56,9 @@ def by_client(counts: collections.Counter[tuple[str, str]]) -> dict[str, dict[st
 _served = emulator.KubernetesEmulator.__call__
 
 
-async def _counted(self: emulator.KubernetesEmulator, raw_request):  # type: ignore[no-untyped-def]
+async def _counted(
+    self: emulator.KubernetesEmulator, raw_request: aiohttp.web.BaseRequest,
+) -> aiohttp.web.StreamResponse:
     client = client_of(raw_request.headers.get("User-Agent", ""))
     what = what_of(raw_request.method, raw_request.path, dict(raw_request.query))
     response = await _served(self, raw_request)

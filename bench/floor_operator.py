@@ -35,7 +35,11 @@ def pod_name(job: str) -> str:
     return f"{job}-worker-1"
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
+# The handlers below take `namespace: str`, which kopf's handler protocols type `str | None` (for cluster-scoped
+# resources): jobs are namespaced, so mypy's arg-type check of each registration is waived.
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]
 def create_pod(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     pod = {
         "apiVersion": "v1",
@@ -54,7 +58,7 @@ def create_pod(name: str, namespace: str, body: kopf.Body, memo: kopf.Memo, **_:
             raise
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.cancel", new=True)
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.cancel", new=True)  # type: ignore[arg-type]
 def cancel(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     try:
         memo.core.delete_namespaced_pod(pod_name(name), namespace, _preload_content=False)

@@ -333,6 +333,13 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
+def seconds_between(earlier: str, later: str) -> int:
+    """Whole seconds from one status startTime to another."""
+    start, end = parse_time(earlier), parse_time(later)
+    assert start is not None and end is not None, "only jobs with a startTime are compared"
+    return int((end - start).total_seconds())
+
+
 def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]:
     """Requests the API server served, per job: the operator's (kopf's own and its Kubernetes client's) and
     the node's (the kubelet and, on the real server, the scheduler it plays, a user of its own); the full
@@ -434,8 +441,7 @@ def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: floa
             if latest_newer is None or seen.start_times[name] < latest_newer[1]:
                 latest_newer = (name, seen.start_times[name])
         skipped = [n for n in first if n not in seen.start_times]
-        overtaken_by_s = max((int((parse_time(o["started"]) - parse_time(o["newer_started"])).total_seconds())
-                              for o in overtaken), default=0)
+        overtaken_by_s = max((seconds_between(o["newer_started"], o["started"]) for o in overtaken), default=0)
         return {
             "server": cluster.server.describe(),
             "jobs": jobs,

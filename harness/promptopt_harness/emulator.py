@@ -351,34 +351,34 @@ def decode_protobuf_message(data: bytes, fields: Mapping[int, tuple[str, Any]], 
                                                          'the emulator: send JSON')
         name, field_type = fields[number]
         if isinstance(field_type, Mapping):
-            decoded = decode_protobuf_message(bytes(value), field_type, kind)  # type: ignore[arg-type]
+            decoded = decode_protobuf_message(bytes(value), field_type, kind)
             if decoded:
                 result[name] = decoded
         elif field_type == 'bool':
             result[name] = bool(value)
         elif field_type == 'string' and value:
-            result[name] = bytes(value).decode()  # type: ignore[arg-type]
+            result[name] = bytes(value).decode()
         elif field_type == 'repeated string':
-            result.setdefault(name, []).append(bytes(value).decode())  # type: ignore[arg-type]
+            result.setdefault(name, []).append(bytes(value).decode())
         elif field_type.startswith('map '):
-            entry = dict(protobuf_fields(bytes(value)))  # type: ignore[arg-type]
-            item = bytes(entry.get(2, b''))  # type: ignore[arg-type]
+            entry = dict(protobuf_fields(bytes(value)))
+            item = bytes(entry.get(2, b''))
             text = base64.b64encode(item).decode() if field_type == 'map bytes' else item.decode()
-            result.setdefault(name, {})[bytes(entry.get(1, b'')).decode()] = text  # type: ignore[arg-type]
+            result.setdefault(name, {})[bytes(entry.get(1, b'')).decode()] = text
     return result
 
 
 def decode_protobuf(body: bytes) -> dict[str, Any]:
     """A protobuf request body of one of PROTOBUF_KINDS as its JSON object, else 415."""
     unknown = dict(protobuf_fields(body.removeprefix(PROTOBUF_MAGIC))) if body.startswith(PROTOBUF_MAGIC) else {}
-    type_meta = {number: bytes(value).decode() for number, value in  # type: ignore[arg-type]
-                 protobuf_fields(bytes(unknown.get(1, b'')))}  # type: ignore[arg-type]
+    type_meta = {number: bytes(value).decode() for number, value in
+                 protobuf_fields(bytes(unknown.get(1, b'')))}
     kind = type_meta.get(2, '')
     if kind not in PROTOBUF_KINDS:
         raise api_error(415, 'UnsupportedMediaType', 'the body of the request was in an unknown format - accepted '
                         'media types include: application/json, application/yaml (and protobuf for '
                         f"{', '.join(PROTOBUF_KINDS)})")
-    obj = decode_protobuf_message(bytes(unknown.get(2, b'')), PROTOBUF_KINDS[kind], kind)  # type: ignore[arg-type]
+    obj = decode_protobuf_message(bytes(unknown.get(2, b'')), PROTOBUF_KINDS[kind], kind)
     return {'apiVersion': type_meta.get(1, ''), 'kind': kind, **obj}
 
 
@@ -730,10 +730,11 @@ class Selection:
     fields: tuple[FieldRequirement, ...] = ()
 
     @classmethod
-    def of(cls, request: kmock.Request) -> Selection:
+    def of(cls, request: kmock.Request, resource: kmock.resource) -> Selection:
+        """What `request` selects of `resource` (the served resource it names)."""
         return cls(request.namespace, request.name,
                    tuple(parse_label_selector(request.params.get('labelSelector', ''))),
-                   tuple(parse_field_selector(request.params.get('fieldSelector', ''), request.resource)))
+                   tuple(parse_field_selector(request.params.get('fieldSelector', ''), resource)))
 
     def matches(self, obj: Mapping[str, Any] | None) -> bool:
         if obj is None:
@@ -791,14 +792,17 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)
 
+    # kmock's _handle renders the response; ours gives the payload, which __call__ (kmock's replaced, so the only
+    # caller) renders with _respond.
     @override
-    async def _handle(self, request: kmock.Request) -> kmock.Payload:
+    async def _handle(self, request: kmock.Request) -> kmock.Payload:  # type: ignore[override]
         """What the request gets: a resource request is served by its action, anything else is discovery."""
         if request.resource is None:
             return await self._serve_discovery(request)
-        serve = {kmock.action.LIST: self._serve_list, kmock.action.WATCH: self._serve_watch,
-                 kmock.action.FETCH: self._serve_fetch, kmock.action.CREATE: self._serve_create,
-                 kmock.action.UPDATE: self._serve_update, kmock.action.DELETE: self._serve_delete}.get(request.action)
+        actions = {kmock.action.LIST: self._serve_list, kmock.action.WATCH: self._serve_watch,
+                   kmock.action.FETCH: self._serve_fetch, kmock.action.CREATE: self._serve_create,
+                   kmock.action.UPDATE: self._serve_update, kmock.action.DELETE: self._serve_delete}
+        serve = actions.get(request.action) if request.action is not None else None
         if serve is None:
             self._served(request)  # an unknown subresource is a 404 first
             raise api_error(405, 'MethodNotAllowed', f'the server does not allow this method on the requested '
@@ -809,8 +813,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
 
     async def _respond(self, raw_request: aiohttp.web.BaseRequest, answer: kmock.Payload) -> aiohttp.web.StreamResponse:
         """A JSON response, or a stream of JSON lines for a watch (an async iterator of events)."""
-        status, headers, payload = ((answer.status or 200, dict(answer.headers or {}), answer.payload)
-                                    if isinstance(answer, kmock.Response) else (200, {}, answer))
+        status, payload, headers = 200, answer, dict[str, str]()
+        if isinstance(answer, kmock.Response):  # a header of None is not sent, as kmock renders a Response
+            status, payload = answer.status or 200, answer.payload
+            headers = {key: value for key, value in (answer.headers or {}).items() if value is not None}
         if not isinstance(payload, AsyncIterator):
             return aiohttp.web.json_response(payload, status=status, headers=headers)
         response = aiohttp.web.StreamResponse(status=status, headers=JSON_HEADERS)
@@ -904,8 +910,9 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         if (group, version) not in self._group_versions():
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
         customs = self.custom_resources
-        return openapi_document((r, info, customs[r].schema if r in customs else None)
-                                for r, info in self.resources.items() if (r.group, r.version) == (group, version))
+        # By key, not .items(): kmock's ResourcesArray types its items loosely (keys it parses, values it converts).
+        return openapi_document((r, self.resources[r], customs[r].schema if r in customs else None)
+                                for r in self.resources if (r.group, r.version) == (group, version))
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -913,7 +920,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         """The requested resource if it is served; of the subresources, /status and pods/binding are emulated."""
         resource = request.resource
         emulated = {'status', *(['binding'] if resource == PODS else [])}
-        if (resource not in self.resources
+        if (resource is None or resource not in self.resources
                 or request.subresource not in {None, *(emulated & self.resources[resource].subresources)}):
             raise api_error(404, 'NotFound', 'the server could not find the requested resource')
         return resource
@@ -944,13 +951,18 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         return build_table(self._columns(request.resource), objs, resource_version=str(self._last_resource_version),
                            include_object=request.params.get('includeObject', 'Metadata'))
 
+    def _kind(self, resource: kmock.resource) -> str:
+        kind = self.resources[resource].kind
+        assert kind is not None, f'{resource} is served: its kind is bundled or from its CRD'
+        return kind
+
     def _api_version(self, resource: kmock.resource) -> str:
         return f'{resource.group}/{resource.version}' if resource.group else str(resource.version)
 
     @override
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         resource = self._served(request)
-        objs = self._selected(resource, Selection.of(request))
+        objs = self._selected(resource, Selection.of(request, resource))
         if wants_table(request):
             return self._as_table(request, objs)
         return {'apiVersion': self._api_version(resource), 'kind': f'{self.resources[resource].kind}List',
@@ -962,10 +974,12 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
         obj = self._existing(request)
         return self._as_table(request, [obj]) if wants_table(request) else obj
 
+    # kmock's _serve_watch is an async generator; ours refuses a bad watch before any header is sent, then answers
+    # with the stream (a Response), as kmock's fallbacks may.
     @override
-    async def _serve_watch(self, request: kmock.Request) -> kmock.Payload:
+    async def _serve_watch(self, request: kmock.Request) -> kmock.Payload:  # type: ignore[override]
         resource = self._served(request)
-        selection = Selection.of(request)
+        selection = Selection.of(request, resource)
         since = request.params.get('resourceVersion') or '0'
         if not since.isdigit():
             raise api_error(400, 'BadRequest', f'invalid resource version: resourceVersion: Invalid value: "{since}": '
@@ -1010,10 +1024,10 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             while True:
                 remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
                 try:
-                    event = await asyncio.wait_for(anext(live), remaining)
+                    live_event = await asyncio.wait_for(anext(live), remaining)
                 except TimeoutError:
                     return
-                seen = selection.seen(event)
+                seen = selection.seen(live_event)
                 if seen is not None:
                     yield {'type': seen.type, 'object': render(seen.object)}
         finally:
@@ -1141,7 +1155,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             raise api_error(400, 'BadRequest', f'the API version in the data ({obj["apiVersion"]}) does not match '
                                                f'the expected API version ({api_version})')
         if obj.get('kind') not in (None, '', kind):
-            raise invalid(obj['kind'], resource.group, name,
+            raise invalid(obj['kind'], str(resource.group), name,
                           [('kind', 'FieldValueInvalid', f'Invalid value: "{obj["kind"]}": must be {kind}')])
 
     def _pruned(self, resource: kmock.resource, obj: dict[str, Any]) -> list[str]:
@@ -1156,7 +1170,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             problems = [*problems, ('<nil>', 'FieldValueInvalid', 'Invalid value: "null": some validation rules '
                                     'were not checked because the object was invalid; correct the existing errors '
                                     'to complete validation')]
-        return invalid(self.resources[resource].kind, str(resource.group), name, problems)
+        return invalid(self._kind(resource), str(resource.group), name, problems)
 
     def _admitted(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
         """ObjectMeta validation for every kind, then a custom resource's schema and rules (admission)."""
@@ -1171,7 +1185,7 @@ class KubernetesEmulator(kmock.KubernetesEmulator):
             return self.admission(dict(custom.schema), obj)
         except ValueError as exc:
             lines = getattr(exc, 'problems', None) or [str(exc)]
-            raise invalid(custom.info.kind, str(resource.group), name,
+            raise invalid(self._kind(resource), str(resource.group), name,
                           [(field, cause_reason(message), message)
                            for field, _, message in (line.partition(': ') for line in lines)]) from exc
 

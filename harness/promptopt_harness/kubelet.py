@@ -404,8 +404,10 @@ def merge_conditions(previous: list[dict[str, Any]], desired: list[dict[str, Any
     merged = []
     for condition in desired:
         old = before.get(condition["type"])
-        unchanged = old is not None and old["status"] == condition["status"]
-        transition_time = old["lastTransitionTime"] if unchanged else now
+        if old is not None and old["status"] == condition["status"]:
+            transition_time = old["lastTransitionTime"]
+        else:
+            transition_time = now
         merged.append({**condition, "lastProbeTime": None, "lastTransitionTime": transition_time})
     return merged
 
@@ -478,8 +480,9 @@ class _ApiServer:
         kubernetes.config.load_kube_config(config_file=os.fspath(kubeconfig), client_configuration=configuration)
         self._base_url = configuration.host.rstrip("/")
         self._headers = {"Accept": "application/json"}
-        for auth in configuration.auth_settings().values():
-            self._headers[auth["key"]] = auth["value"]
+        bearer = configuration.auth_settings().get("BearerToken")  # the client's only auth setting (a token)
+        if bearer is not None and bearer["value"] is not None:
+            self._headers[bearer["key"]] = bearer["value"]
         tls: dict[str, Any] = {}
         if self._base_url.startswith("https:"):
             tls = {
@@ -1016,7 +1019,7 @@ class _PodWorker:
             container_id=container_id,
         )
         phase = "Succeeded" if exit_code == 0 and not self._deadline_exceeded else "Failed"
-        pod_reason = {"reason": "DeadlineExceeded", "message": DEADLINE_EXCEEDED_MESSAGE}
+        pod_reason: dict[str, Any] = {"reason": "DeadlineExceeded", "message": DEADLINE_EXCEEDED_MESSAGE}
         self._write_kubelet_status(
             phase, "terminated", {"terminated": state}, container_id=container_id,
             **(pod_reason if self._deadline_exceeded else {}),
@@ -1351,6 +1354,11 @@ class LocalKubelet:
 
     # --- watching ----------------------------------------------------------------------------------
 
+    @property
+    def _started_node(self) -> Node:
+        assert self._node is not None, "start() sets the node before it starts the watch"
+        return self._node
+
     def _watch_pods(self) -> None:
         resource_version = None
         while not self._stopping.is_set():
@@ -1358,7 +1366,7 @@ class LocalKubelet:
                 if resource_version is None:
                     resource_version = self._relist()
                     self._synced.set()
-                for event in self._node.scheduler_api.watch_pods(self.namespace, resource_version):
+                for event in self._started_node.scheduler_api.watch_pods(self.namespace, resource_version):
                     resource_version = self._on_watch_event(event) or resource_version
             except _WatchExpired:
                 resource_version = None
@@ -1371,7 +1379,7 @@ class LocalKubelet:
                 self._stopping.wait(RETRY_SECONDS)
 
     def _relist(self) -> str | None:
-        pods, resource_version = self._node.scheduler_api.list_pods(self.namespace)
+        pods, resource_version = self._started_node.scheduler_api.list_pods(self.namespace)
         listed = set()
         for pod in pods:
             listed.add(_pod_key(pod))
@@ -1409,9 +1417,10 @@ class LocalKubelet:
                 return
             metadata = pod["metadata"]
             namespace = metadata.get("namespace", "default")
+            assert self._state_dir is not None, "start() sets the state directory before it starts the watch"
             sandbox = self._state_dir / namespace / metadata["name"] / (metadata.get("uid") or "pod")
             sandbox.mkdir(parents=True, exist_ok=True)
-            worker = _PodWorker(self._node, pod, sandbox)
+            worker = _PodWorker(self._started_node, pod, sandbox)
             self._workers[key] = worker
             self._latest_by_name[(namespace, metadata["name"])] = worker
             if len(pod["spec"]["containers"]) > 1 or pod["spec"].get("initContainers"):
