@@ -66,6 +66,12 @@ _STATUS_ERRORS = {
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "SimulatedLLM/1.0"
+    # Keep-alive, as OpenAI-compatible servers do: with HTTP/1.0 every call paid a TCP connect and close in the
+    # client, CPU that a real endpoint does not cost it. An idle connection is closed after a minute.
+    protocol_version = "HTTP/1.1"
+    timeout = 60
+    # Headers and body leave in two writes: without TCP_NODELAY the body waits for the client's delayed ACK.
+    disable_nagle_algorithm = True
     sim: SimulatedLLM  # set on the per-server subclass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -83,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
         except (ConnectionError, OSError):
-            pass  # the client gave up (e.g. after an injected timeout)
+            self.close_connection = True  # the client gave up (e.g. after an injected timeout)
 
     def _authorized(self) -> bool:
         key = self.sim.api_key
@@ -113,7 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, SimulatedLLMError(404, f"Unknown path {path}").body())
             return
         status, body, headers = self.sim._handle_chat(raw, self._authorized())
-        if status is not None:
+        if status is None:  # stopping: no answer, and no further request on this connection
+            self.close_connection = True
+        else:
             self._send(status, body, headers)
 
 

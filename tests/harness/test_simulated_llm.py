@@ -434,6 +434,28 @@ def test_latency_global_and_per_model_and_injected_timeout(llm):
     assert time.monotonic() - t3 < 1.0
 
 
+def test_one_connection_carries_many_requests_as_openai_compatible_servers_keep_alive(llm):
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(llm.base_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+    headers = {"Authorization": f"Bearer {llm.api_key}", "Content-Type": "application/json"}
+    bodies = [{"model": TASK_MODEL, "messages": [{"role": "user", "content": "ping"}]},
+              {"model": "sim-nope", "messages": [{"role": "user", "content": "ping"}]},  # an error answer too
+              {"model": TASK_MODEL, "messages": [{"role": "user", "content": "pong"}]}]
+    statuses, sockets = [], []
+    for body in bodies:
+        connection.request("POST", url.path + "/chat/completions", json.dumps(body), headers)
+        sockets.append(connection.sock)  # held, so that a new socket cannot reuse the old one's id
+        response = connection.getresponse()
+        response.read()
+        statuses.append((response.status, response.version, response.will_close))
+    connection.close()
+    assert statuses == [(200, 11, False), (404, 11, False), (200, 11, False)]
+    assert all(sock is sockets[0] for sock in sockets)
+
+
 def test_counters_log_and_reset(llm):
     task = [{"role": "user", "content": "Classify in one word: I love it"}]
     r1 = complete(llm, TASK_MODEL, task)
