@@ -1,20 +1,26 @@
-"""The litellm adapter: endpoints, retries, permanent errors without secrets, usage, cost and budget."""
+"""The LLM client: endpoints, both ways of calling (OpenAI-compatible models directly, the other providers through
+litellm), retries, permanent errors without secrets, usage, cost and budget."""
+import email.utils
+import json
 import logging
 import os
 import subprocess
 import sys
 import traceback
+from datetime import UTC, datetime, timedelta
 
+import httpx
 import litellm
 import pytest
-from litellm.constants import INITIAL_RETRY_DELAY, JITTER
 
 from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
 from promptopt.prompt_contract import CORRECTNESS_QUESTION, JudgeRequest, judge_messages
 from promptopt.simulated_llm import SimulatedLLM, estimate_tokens
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
-from promptopt_worker import redaction
+from promptopt_worker import openai_compatible, redaction
 from promptopt_worker.llm import (
+    INITIAL_RETRY_DELAY_S,
+    RETRY_JITTER_S,
     BudgetExceeded,
     LLMClient,
     ModelEndpoint,
@@ -23,6 +29,7 @@ from promptopt_worker.llm import (
     Usage,
     UsageMeter,
 )
+from promptopt_worker.llm_call import CallFailed, retry_after_s
 from promptopt_worker.problem import StopRequested
 from promptopt_worker.redaction import add_secrets
 
@@ -107,13 +114,32 @@ def test_a_local_endpoint_without_a_key_in_the_environment_gets_a_placeholder_ke
         assert keyless.calls["task"] == 1
 
 
-def test_cost_comes_from_litellms_price_list_for_known_models(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-unused-by-mock-responses")
-    endpoint = ModelEndpoint(role="task", model="openai/gpt-4o-mini", description="task model",
-                             params={"mock_response": "positive"})  # fmt: skip
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/gpt-4.1", "openai/o3-mini"])
+def test_openai_models_are_priced_from_litellms_list_as_litellm_prices_them(model):
+    prompt_cost, completion_cost = litellm.cost_per_token(model=model, prompt_tokens=1200, completion_tokens=345)
+    assert openai_compatible.list_price(model, 1200, 345) == pytest.approx(prompt_cost + completion_cost)
+    assert prompt_cost + completion_cost > 0
+
+
+def test_cached_prompt_tokens_cost_the_lists_cache_read_price():
+    entry = litellm.model_cost["gpt-4o-mini"]
+    cached = openai_compatible.list_price("openai/gpt-4o-mini", 1000, 0, cached_tokens=400)
+    assert cached == pytest.approx(600 * entry["input_cost_per_token"] + 400 * entry["cache_read_input_token_cost"])
+    assert cached < openai_compatible.list_price("openai/gpt-4o-mini", 1000, 0)
+
+
+def test_models_the_list_does_not_price_have_no_list_price():
+    assert openai_compatible.list_price("openai/sim-task", 10, 10) is None
+    assert openai_compatible.list_price("openai/claude-haiku-4-5", 10, 10) is None  # not OpenAI's
+
+
+def test_other_providers_are_called_and_priced_through_litellm(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-unused-by-mock-responses")
+    model = "anthropic/claude-haiku-4-5"
+    endpoint = ModelEndpoint(role="task", model=model, description="task model", params={"mock_response": "positive"})
     client = LLMClient()
-    client.complete(endpoint, HELLO)
-    expected = litellm.completion(model="openai/gpt-4o-mini", messages=HELLO, mock_response="positive")
+    assert client.complete(endpoint, HELLO) == "positive"
+    expected = litellm.completion(model=model, messages=HELLO, mock_response="positive")
     assert client.usage.snapshot().usd == pytest.approx(litellm.completion_cost(completion_response=expected))
     assert client.usage.snapshot().usd > 0
 
@@ -155,17 +181,17 @@ def test_transient_errors_are_retried_with_backoff_and_recover(sim, status):
     assert client.complete(task_endpoint(sim), HELLO).startswith("The sentiment")
     assert sim.request_count == 3 and sim.errors == {status: 2}
     assert client.usage.snapshot().retries == 2 and client.usage.snapshot().to_status()["retries"] == 2
-    # litellm's exponential backoff: INITIAL_RETRY_DELAY doubling per retry, plus up to JITTER seconds.
+    # Exponential backoff as litellm's Router computes it: 0.5 s doubling per retry, plus up to 0.75 s of jitter.
     assert len(sleep.delays) == 2
     for retry, delay in enumerate(sleep.delays):
-        assert INITIAL_RETRY_DELAY * 2**retry <= delay <= INITIAL_RETRY_DELAY * 2**retry + JITTER
+        assert INITIAL_RETRY_DELAY_S * 2**retry <= delay <= INITIAL_RETRY_DELAY_S * 2**retry + RETRY_JITTER_S
 
 
 def test_backoff_honours_retry_after(sim):
     sleep = RecordingSleep()
     sim.inject(429, times=1, retry_after=3)
     LLMClient(sleep=sleep).complete(task_endpoint(sim), HELLO)
-    assert len(sleep.delays) == 1 and 3 <= sleep.delays[0] <= 3 + JITTER
+    assert len(sleep.delays) == 1 and 3 <= sleep.delays[0] <= 3 + RETRY_JITTER_S
 
 
 def test_a_timeout_is_retried(sim):
@@ -193,7 +219,7 @@ def test_401_fails_fast_and_never_shows_the_key(sim, monkeypatch):
         LLMClient(sleep=sleep).complete(task_endpoint(sim), HELLO)
     message = str(caught.value)
     assert "task model 'openai/sim-task'" in message and "credentials Secret" in message
-    assert "AuthenticationError" in message
+    assert "HTTP 401: Incorrect API key provided" in message
     assert sim.request_count == 1 and sleep.delays == []
     printed = "".join(traceback.format_exception(caught.value))
     assert REAL_LOOKING_KEY not in message and REAL_LOOKING_KEY not in printed
@@ -204,11 +230,12 @@ def test_a_provider_message_echoing_the_key_is_redacted(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", REAL_LOOKING_KEY)
     monkeypatch.setattr(redaction, "_extra_secrets", set())
     add_secrets(["tenant-credential-9f8e7d"])
+    monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_LOOKING_KEY)
     echo = litellm.AuthenticationError(
         message=f"Incorrect API key provided: {REAL_LOOKING_KEY} (tenant tenant-credential-9f8e7d)",
-        llm_provider="openai", model="gpt-4o-mini",
+        llm_provider="anthropic", model="claude-haiku-4-5",
     )  # fmt: skip
-    endpoint = ModelEndpoint(role="judge", model="openai/gpt-4o-mini", description="judge model",
+    endpoint = ModelEndpoint(role="judge", model="anthropic/claude-haiku-4-5", description="judge model",
                              params={"mock_response": echo})  # fmt: skip
     with pytest.raises(PermanentLLMError) as caught:
         LLMClient().complete(endpoint, HELLO)
@@ -267,3 +294,85 @@ def test_litellm_uses_its_bundled_cost_map_in_a_process_that_was_not_told_to():
               "print(info['source'], info['url'])")
     run = subprocess.run([sys.executable, "-c", script], env=untold, capture_output=True, text=True, timeout=120)
     assert run.stdout.split() == ["local", "None"], run.stderr
+
+
+# --- the direct OpenAI-compatible call -----------------------------------------------------------------------
+
+
+def test_openai_itself_is_sent_max_completion_tokens_and_compatible_servers_what_the_job_wrote(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    openai_model = ModelEndpoint(role="task", model="openai/gpt-4.1-mini", description="task model",
+                                 params={"max_tokens": 20, "temperature": 0})  # fmt: skip
+    url = openai_compatible.base_url(openai_model)
+    assert url == "https://api.openai.com/v1"
+    assert openai_compatible.request_body(openai_model, HELLO, url) == {
+        "model": "gpt-4.1-mini", "messages": HELLO, "max_completion_tokens": 20, "temperature": 0}
+    vllm = ModelEndpoint(role="task", model="openai/meta-llama/Llama-3.1-8B", description="task model",
+                         api_base="http://vllm:8000/v1/", params={"max_tokens": 20})  # fmt: skip
+    url = openai_compatible.base_url(vllm)
+    assert url == "http://vllm:8000/v1"
+    assert openai_compatible.request_body(vllm, HELLO, url) == {
+        "model": "meta-llama/Llama-3.1-8B", "messages": HELLO, "max_tokens": 20}
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://gateway.example/v1")
+    assert openai_compatible.base_url(openai_model) == "https://gateway.example/v1"
+
+
+@pytest.mark.parametrize(("status", "body", "transient", "hint"), [
+    (429, {"error": {"message": "slow down"}}, True, "overloaded"),
+    (408, {}, True, "overloaded"),
+    (409, {}, True, "overloaded"),
+    (502, "<html>bad gateway</html>", True, "overloaded"),
+    (400, {"error": {"message": "too long", "code": "context_length_exceeded"}}, False, "context window"),
+    (400, {"error": {"message": "unknown parameter: foo"}}, False, "completion parameters"),
+    (401, {"error": {"message": "Incorrect API key provided"}}, False, "credentials Secret"),
+    (403, {"error": {"message": "no access"}}, False, "access to it"),
+    (404, {"error": {"message": "The model does not exist"}}, False, "check the model id"),
+])
+def test_error_answers_are_classified_by_status_and_code(status, body, transient, hint):
+    content = body if isinstance(body, str) else json.dumps(body)
+    failure = openai_compatible.status_failure(httpx.Response(status, content=content))
+    assert failure.transient is transient and hint in failure.hint
+    assert failure.provider_says.startswith(f"HTTP {status}: ")
+
+
+def test_retry_after_is_read_in_milliseconds_seconds_or_as_a_date():
+    assert retry_after_s({"retry-after-ms": "250", "Retry-After": "9"}) == 0.25
+    assert retry_after_s({"Retry-After": "3"}) == 3
+    soon = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= retry_after_s({"retry-after": soon}) <= 30
+    assert retry_after_s({"retry-after": "whenever"}) is None and retry_after_s({}) is None
+
+
+def test_an_answer_that_is_not_a_chat_completion_is_a_permanent_error_naming_it():
+    login_page = httpx.Response(200, content=b"<html>login</html>")
+    with pytest.raises(CallFailed) as caught:
+        openai_compatible.chat_answer(task_endpoint_at("http://x/v1"), login_page)
+    assert not caught.value.transient and "not an OpenAI chat completion" in caught.value.hint
+
+
+def test_an_unreachable_endpoint_is_retried_then_named(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    sleep = RecordingSleep()
+    endpoint = task_endpoint_at("http://127.0.0.1:9/v1", max_retries=1)  # the discard port: nothing listens
+    with pytest.raises(RetriesExhausted, match=r"'openai/sim-task' at http://127.0.0.1:9/v1: still failing .*Connect"):
+        LLMClient(sleep=sleep).complete(endpoint, HELLO)
+    assert len(sleep.delays) == 1
+
+
+def test_a_job_whose_models_are_all_openai_compatible_never_imports_litellm(llm):
+    script = ("import sys\n"
+              "from promptopt_worker.llm import LLMClient, ModelEndpoint\n"
+              f"endpoint = ModelEndpoint(role='task', model='openai/sim-task', description='task model', "
+              f"api_base={llm.base_url!r})\n"
+              "print(LLMClient().complete(endpoint, [{'role': 'user', 'content': 'I love it'}]))\n"
+              "print('litellm' in sys.modules, 'openai' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OPENAI_API_KEY": llm.api_key})
+    assert run.returncode == 0, run.stderr
+    answer, imported = run.stdout.strip().splitlines()
+    assert answer.startswith("The sentiment") and imported == "False False"
+
+
+def task_endpoint_at(api_base, **changes):
+    return ModelEndpoint(role="task", model="openai/sim-task", description="task model", api_base=api_base, **changes)

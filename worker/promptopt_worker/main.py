@@ -32,6 +32,7 @@ from promptopt.worker_contract import (
     CHECKPOINT_DIR_ENV, EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_SUCCEEDED, JOB_NAME_ENV, JOB_NAMESPACE_ENV,
     LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV,
 )
+from promptopt_worker import llm
 from promptopt_worker.kube import kubernetes_api_client, read_job
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
 from promptopt_worker.optimizers import optimize
@@ -306,10 +307,8 @@ def with_simulated_models(spec: PromptOptimizationJobSpec, base_url: str) -> Pro
 
 
 def missing_api_keys(spec: PromptOptimizationJobSpec) -> str:
-    """The environment variables litellm needs for the job's models and does not find, with the models that
-    need them ("" when none is missing). Models with an apiBase (local servers) need no key."""
-    import litellm
-
+    """The environment variables the job's models need and do not find, with the models that need them ("" when
+    none is missing). Models with an apiBase (local servers) need no key."""
     endpoints = [
         ModelEndpoint.for_task(spec.task),
         ModelEndpoint.for_reflection(spec.optimizer, spec.task),
@@ -317,7 +316,6 @@ def missing_api_keys(spec: PromptOptimizationJobSpec) -> str:
     ]
     needs: dict[str, list[str]] = {}
     for endpoint in endpoints:
-        if endpoint.api_base is None:
-            for variable in litellm.validate_environment(model=endpoint.model)["missing_keys"]:
-                needs.setdefault(variable, []).append(endpoint.description)
+        for variable in llm.missing_api_keys(endpoint):
+            needs.setdefault(variable, []).append(endpoint.description)
     return "; ".join(f"{variable} (needed by the {', '.join(users)})" for variable, users in needs.items())

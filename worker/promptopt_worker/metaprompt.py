@@ -27,7 +27,7 @@ from promptopt.prompt_contract import (
     MetaPromptRequest,
     metaprompt_request,
 )
-from promptopt_worker.llm import COMPLETION_PARAMETERS, WORKER_COMPLETION_PARAMETERS, json_object_with
+from promptopt_worker.llm import WORKER_COMPLETION_PARAMETERS, completion_parameters, json_object_with
 from promptopt_worker.problem import (
     Candidate,
     Example,
@@ -53,9 +53,10 @@ class UnusableAnswer(ValueError):
 def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter, stop: StopRequested) -> Result:
     """One pass; exceptions (a permanent LLM error, the budget spent, too many failed examples) propagate to
     the caller, which turns them into a Result with the best so far in `progress`."""
+    options = problem.settings.options
     receiver = "litellm.completion (MetaPrompt passes options to its reflection calls)"
-    if problems := option_problems(problem.settings.options, WORKER_COMPLETION_PARAMETERS, COMPLETION_PARAMETERS,
-                                   receiver):
+    known = completion_parameters() if options else frozenset()  # it imports litellm: only when there are some
+    if problems := option_problems(options, WORKER_COMPLETION_PARAMETERS, known, receiver):
         return Result("InvalidInput", "; ".join(problems))
     seed = problem.seed_candidate
     settings = problem.settings.meta_prompt_settings

@@ -1,0 +1,115 @@
+"""The chat-completions call through litellm, for every provider that is not OpenAI-compatible (Anthropic, Gemini,
+Bedrock, Vertex, Azure, ...): litellm speaks their APIs, maps their errors onto the openai SDK's classes and
+prices their calls. litellm is imported on the first such call (it takes seconds and ~140 MB), so a worker whose
+models are all OpenAI-compatible never loads it.
+
+This module sends one request and classifies what came back; retries, budgets and messages are the LLMClient's.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from promptopt.worker_contract import use_bundled_litellm_cost_map
+from promptopt_worker.llm_call import (
+    CONTEXT_WINDOW,
+    KEY_REJECTED,
+    NO_ACCESS,
+    NOT_FOUND,
+    OVERLOADED,
+    UNREACHABLE,
+    CallFailed,
+    ChatAnswer,
+    ModelEndpoint,
+    retry_after_s,
+)
+
+# litellm's OpenAI-compatible provider insists on a key; local servers (vLLM, llama.cpp) ignore it.
+PLACEHOLDER_API_KEY = "not-needed"
+
+_import_lock = threading.Lock()
+
+
+@functools.cache
+def _litellm() -> ModuleType:
+    with _import_lock:  # one import, whichever thread comes first
+        use_bundled_litellm_cost_map()  # before litellm is imported
+        import litellm
+
+        litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners in the worker's log
+        return litellm
+
+
+@functools.cache
+def completion_parameters() -> frozenset[str]:
+    """litellm.completion's named parameters (temperature, max_tokens, reasoning_effort, ...), not **kwargs or the
+    Router's."""
+    return frozenset(inspect.signature(_litellm().completion).parameters) - {"kwargs", "model_list"}
+
+
+def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:
+    """The environment variables litellm needs for the model and does not find (none with an apiBase)."""
+    if endpoint.api_base:
+        return []
+    return list(_litellm().validate_environment(model=endpoint.model)["missing_keys"])
+
+
+class LiteLLMCaller:
+    """Calls any litellm provider; litellm's clients are thread-safe."""
+
+    def complete(self, endpoint: ModelEndpoint, messages: Sequence[Mapping[str, str]]) -> ChatAnswer:
+        """One call; raises CallFailed (transient or not) for whatever is not an answer."""
+        litellm = _litellm()
+        request: dict[str, Any] = {
+            **endpoint.params,
+            "model": endpoint.model,
+            "messages": [dict(m) for m in messages],
+            "timeout": endpoint.timeout_s,
+            "max_retries": 0,  # retried by the LLMClient, not also by the provider SDK
+        }
+        if endpoint.api_base:
+            request["api_base"] = endpoint.api_base
+            if litellm.validate_environment(model=endpoint.model, api_base=endpoint.api_base)["missing_keys"]:
+                request["api_key"] = PLACEHOLDER_API_KEY
+        try:
+            response = litellm.completion(**request)
+        except Exception as error:  # noqa: BLE001 - every failure is classified for the client
+            raise _classified(error) from None
+        tokens = getattr(response, "usage", None)
+        cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")  # litellm's own accounting
+        return ChatAnswer(
+            text=response.choices[0].message.content or "",
+            prompt_tokens=getattr(tokens, "prompt_tokens", None) or 0,
+            completion_tokens=getattr(tokens, "completion_tokens", None) or 0,
+            usd=None if cost is None else float(cost),
+        )
+
+
+def _classified(error: Exception) -> CallFailed:
+    import openai  # litellm's exceptions derive from the openai SDK's
+
+    litellm = _litellm()
+    said = _provider_says(error)
+    if isinstance(error, openai.APIConnectionError):  # includes timeouts
+        return CallFailed(True, UNREACHABLE, said)
+    status = getattr(error, "status_code", None)
+    if isinstance(error, openai.APIError) and isinstance(status, int) and litellm.should_retry(status):
+        return CallFailed(True, OVERLOADED, said, retry_after_s(getattr(error, "litellm_response_headers", None) or {}))
+    hints: tuple[tuple[type[BaseException], str], ...] = (
+        (openai.AuthenticationError, KEY_REJECTED),
+        (openai.PermissionDeniedError, NO_ACCESS),
+        (openai.NotFoundError, NOT_FOUND),
+        (litellm.ContextWindowExceededError, CONTEXT_WINDOW),
+        (openai.BadRequestError, "the request was rejected: check the model id (litellm's provider/model form) and "
+         "the completion parameters"),
+    )
+    return CallFailed(False, next((h for cls, h in hints if isinstance(error, cls)), "the call failed"), said)
+
+
+def _provider_says(error: Exception) -> str:
+    message = str(error)
+    return message if message.startswith("litellm.") else f"{type(error).__name__}: {message}"
