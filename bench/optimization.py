@@ -11,6 +11,9 @@ latency per call, so wall time is dominated by waiting for the "model", as with 
   ``bound = unique_task_and_judge_calls / concurrency * latency + reflection_calls * latency``;
   the "structural bound" adds what gepa's structure imposes: each evaluate() call waits for its slowest
   example, so a batch of n uncached examples takes ``ceil(n / concurrency) * (1 + judges) * latency``;
+- the worker as a process: the same job run by `promptopt run` in a child process, as a worker Pod runs it
+  (interpreter start, imports, the optimization, the final report, exit): when its first LLM request reached
+  the simulated LLM, how long it took to exit after writing its result, its CPU per LLM call and its peak RSS;
 - the peer: MLflow's `mlflow.genai.optimize_prompts` with `GepaPromptOptimizer`, in a child process
   (`bench/mlflow_peer.py`, optionally another interpreter), same data, budget, scorers and concurrency.
 
@@ -24,6 +27,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -225,6 +229,76 @@ def run_ours(llm: LLMServer, records: list[dict[str, Any]], config: Optimization
 
 
 # ------------------------------------------------------------------------------------------------
+# Ours again, as a worker process.
+
+def job_manifest(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
+            "metadata": {"name": "bench-worker-process"}, "spec": spec}
+
+
+def run_worker_process(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
+    """`promptopt run` of the benchmark's job in a child process: the life of a worker Pod's process.
+
+    The child is sampled every 20 ms from /proc (its CPU seconds and VmHWM) once it has executed: the rusage a
+    parent gets at exit counts, as peak RSS, the copy of this process the child was forked from."""
+    command = shutil.which("promptopt", path=str(Path(sys.executable).parent))
+    if command is None:
+        raise RuntimeError(f"no promptopt console script beside {sys.executable}")
+    ticks = os.sysconf("SC_CLK_TCK")
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as workdir:
+        job_path, result_path = Path(workdir) / "job.yaml", Path(workdir) / "result.json"
+        job_path.write_text(json.dumps(job_manifest(job_spec(llm.base_url, records, config))))  # JSON is YAML
+        llm.reset()
+        samples: list[tuple[float, float, int]] = []  # (Unix time, CPU seconds, VmHWM KiB)
+        # A bare environment, as a Pod's: no cost-map switch, no key.
+        env = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
+        with (Path(workdir) / "stderr").open("w+") as stderr:
+            started = time.time()
+            child = subprocess.Popen([command, "run", str(job_path), "-o", str(result_path)],
+                                     stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+            while child.poll() is None:
+                try:
+                    # Before its exec the child is still a copy of this process: not sampled.
+                    executed = str(job_path).encode() in Path(f"/proc/{child.pid}/cmdline").read_bytes()
+                    stat = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    status = Path(f"/proc/{child.pid}/status").read_text()
+                except (FileNotFoundError, ProcessLookupError):
+                    break
+                if not executed:
+                    continue
+                hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+                samples.append((time.time(), (int(stat[11]) + int(stat[12])) / ticks, hwm))
+                time.sleep(0.02)
+            child.wait()
+            exited = time.time()
+            stderr.seek(0)
+            if child.returncode != 0 or not result_path.exists():
+                raise RuntimeError(f"promptopt run failed (exit {child.returncode}): {stderr.read()[-2000:]}")
+        reported = result_path.stat().st_mtime
+        result = json.loads(result_path.read_text())
+    stats = llm.stats()
+    calls = sum(stats["calls"].get(kind, 0) for kind in ("task", "judge", "reflection"))
+    first_request = stats["first_request_at"]
+
+    def cpu_at(moment: float) -> float:  # the last sample at or before the moment
+        return max((cpu for at, cpu, _ in samples if at <= moment), default=0.0)
+
+    optimizing_cpu = cpu_at(reported) - cpu_at(first_request)
+    return {
+        "wall_s": exited - started,
+        "start_to_first_request_s": first_request - started,
+        "report_to_exit_s": exited - reported,
+        "cpu_s": samples[-1][1] if samples else None,
+        "optimizing_cpu_s": optimizing_cpu,
+        "llm_calls_total": calls,
+        "cpu_per_call_ms": 1000 * optimizing_cpu / calls,
+        "peak_rss_mib": max(hwm for _, _, hwm in samples) / 1024 if samples else None,
+        "samples": len(samples),
+        "final_score": (result.get("finalScores") or {}).get("aggregate"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 # The peer: MLflow, in a child process.
 
 def mlflow_config(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig,
@@ -277,8 +351,10 @@ def run(config: OptimizationConfig) -> dict[str, Any]:
     records = sentiment_dataset(config.records, seed=DATASET_SEED)
     with LLMServer(config.latency_s) as llm:
         ours = run_ours(llm, records, config)
+        worker_process = run_worker_process(llm, records, config)
         if config.skip_mlflow:
             peer = {"available": False, "reason": "skipped (--skip-mlflow)"}
         else:
             peer = run_mlflow(llm, records, config)
-    return {"config": dataclasses.asdict(config), "dataset_seed": DATASET_SEED, "ours": ours, "mlflow": peer}
+    return {"config": dataclasses.asdict(config), "dataset_seed": DATASET_SEED, "ours": ours,
+            "worker_process": worker_process, "mlflow": peer}

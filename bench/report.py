@@ -12,6 +12,11 @@ from typing import Any
 P99_CREATE_TO_POD_VS_FLOOR = 1.5  # our p99 create → Pod at most this many times the kopf floor's
 WALL_VS_BOUND = 1.25  # our optimization wall time at most this many times the bound
 SPEEDUP_VS_MLFLOW = 3.0  # MLflow's wall time at least this many times ours, at an equal or better score
+# The worker process's targets of issue #14.
+START_TO_FIRST_REQUEST_S = 1.0
+REPORT_TO_EXIT_S = 0.3
+CPU_PER_CALL_MS = 2.0
+PEAK_RSS_MIB = 150
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +174,26 @@ def optimization_section(results: dict[str, Any]) -> Section:
                    reference, rows)
 
 
+def worker_process_section(results: dict[str, Any]) -> Section:
+    config, worker = results["config"], results["worker_process"]
+    rows = [
+        Row("process start → first LLM request (s)", f"{worker['start_to_first_request_s']:.2f}",
+            target=f"≤ {START_TO_FIRST_REQUEST_S:g}",
+            result=verdict(worker["start_to_first_request_s"] <= START_TO_FIRST_REQUEST_S)),
+        Row("result written → process exit (s)", f"{worker['report_to_exit_s']:.2f}",
+            target=f"≤ {REPORT_TO_EXIT_S:g}", result=verdict(worker["report_to_exit_s"] <= REPORT_TO_EXIT_S)),
+        Row(f"CPU per LLM call, first request → result ({worker['llm_calls_total']} calls, ms)",
+            f"{worker['cpu_per_call_ms']:.2f}", target=f"≤ {CPU_PER_CALL_MS:g}",
+            result=verdict(worker["cpu_per_call_ms"] <= CPU_PER_CALL_MS)),
+        Row("peak RSS (MiB)", f"{worker['peak_rss_mib']:.0f}", target=f"≤ {PEAK_RSS_MIB}",
+            result=verdict(worker["peak_rss_mib"] <= PEAK_RSS_MIB)),
+        Row("wall time / CPU, start to exit (s)", f"{worker['wall_s']:.2f} / {worker['cpu_s']:.2f}"),
+        Row("final score (own report)", "—" if worker["final_score"] is None else f"{worker['final_score']:.3f}"),
+    ]
+    return Section(f"Worker process: promptopt run of the same job ({config['metric_calls']} metric calls, "
+                   f"{config['latency_s'] * 1000:.0f} ms per LLM call), a child process from start to exit", "", rows)
+
+
 def sections(results: dict[str, Any]) -> list[Section]:
     found = []
     for run in results.get("operator", {}).get("servers", {}).values():  # a pair of sections per server
@@ -178,6 +203,7 @@ def sections(results: dict[str, Any]) -> list[Section]:
             found.append(queue_section(run["queue"]))
     if "optimization" in results:
         found.append(optimization_section(results["optimization"]))
+        found.append(worker_process_section(results["optimization"]))
     return found
 
 

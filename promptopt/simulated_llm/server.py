@@ -166,6 +166,7 @@ class SimulatedLLM:
         self._garbled_fraction = 0.0
         self._garbled = 0
         self._seq = 0
+        self._first_request_at: float | None = None  # Unix time, comparable across processes
         self._calls = {k: 0 for k in KINDS}
         self._calls_by_model: dict[str, int] = {}
         self._errors: dict[int, int] = {}
@@ -321,8 +322,12 @@ class SimulatedLLM:
         return None
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of every counter."""
+        """A snapshot of every counter, and when the first chat request since the start or reset arrived (Unix
+        time, None before it)."""
+        with self._lock:
+            first_request_at = self._first_request_at
         return {
+            "first_request_at": first_request_at,
             "requests": self.request_count,
             "calls": self.calls,
             "calls_by_model": self.calls_by_model,
@@ -360,6 +365,8 @@ class SimulatedLLM:
         with self._lock:
             self._seq += 1
             seq = self._seq
+            if self._first_request_at is None:
+                self._first_request_at = time.time()
         rec: dict[str, Any] = {"seq": seq, "model": None, "kind": None, "messages": [], "prompt": "",
                                "prompt_tokens": 0, "completion_tokens": 0, "fault": None}  # fmt: skip
 

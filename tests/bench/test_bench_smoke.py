@@ -33,9 +33,15 @@ OPTIMIZATION_ROWS = [
     "evaluations / cache hits", "CPU in the optimizing process (s)", "final score (own report)",
     "final score, best prompt rescored on all records", "speed-up vs MLflow",
 ]
+WORKER_PROCESS_ROWS = [
+    "process start → first LLM request (s)", "result written → process exit (s)", "CPU per LLM call",
+    "peak RSS (MiB)", "wall time / CPU, start to exit (s)", "final score (own report)",
+]
 TARGET_ROWS = ["create → Pod created, p99 (ms)", "jobs Succeeded", "jobs Failed / duplicated / Succeeded without Pod",
                "most worker Pods at once", "queue order", "wall time / bound",
-               "final score, best prompt rescored on all records", "speed-up vs MLflow"]
+               "final score, best prompt rescored on all records", "speed-up vs MLflow",
+               "process start → first LLM request (s)", "result written → process exit (s)", "CPU per LLM call",
+               "peak RSS (MiB)"]
 
 
 def operator_rows(server: str, api_cpu: str) -> dict[str, list[str]]:
@@ -83,7 +89,9 @@ def assert_queue_correct(queue: dict) -> None:
 def test_quick_run_prints_the_table_with_every_row_and_writes_json(tmp_path):
     results, stdout = run_quick(tmp_path, "--api", "emulator")
     assert_tables(results, stdout, {**operator_rows("the emulated API", "emulator"),
-                                    "Optimization: GEPA, max_metric_calls 20, 8 records": OPTIMIZATION_ROWS})
+                                    "Optimization: GEPA, max_metric_calls 20, 8 records": OPTIMIZATION_ROWS,
+                                    "Worker process: promptopt run of the same job (20 metric calls":
+                                        WORKER_PROCESS_ROWS})
 
     # The sizes actually used are in the table and in the JSON.
     assert results["operator"]["config"]["jobs"] == 5
@@ -91,6 +99,8 @@ def test_quick_run_prints_the_table_with_every_row_and_writes_json(tmp_path):
     emulated = results["operator"]["servers"]["emulator"]
     assert emulated["queue"]["jobs"] == 10
     assert results["optimization"]["config"]["metric_calls"] == 20
+    worker = results["optimization"]["worker_process"]
+    assert worker["final_score"] is not None and worker["samples"] > 0 and worker["llm_calls_total"] > 0
     assert_queue_correct(emulated["queue"])
     # The MLflow peer either ran or said clearly why not.
     peer = results["optimization"]["mlflow"]

@@ -458,7 +458,11 @@ def test_one_connection_carries_many_requests_as_openai_compatible_servers_keep_
 
 def test_counters_log_and_reset(llm):
     task = [{"role": "user", "content": "Classify in one word: I love it"}]
+    assert llm.stats()["first_request_at"] is None
+    before = time.time()
     r1 = complete(llm, TASK_MODEL, task)
+    first_request_at = llm.stats()["first_request_at"]
+    assert before <= first_request_at <= time.time()
     r2 = complete(llm, JUDGE_MODEL, judge_request("Positive", expected="positive"))
     assert llm.calls == {"task": 1, "reflection": 0, "metaprompt": 0, "judge": 1}
     assert llm.calls_by_model == {TASK_MODEL: 1, JUDGE_MODEL: 1}
@@ -467,9 +471,11 @@ def test_counters_log_and_reset(llm):
     assert last["model"] == TASK_MODEL and last["status"] == 200 and last["response"] == "Positive"
     assert last["messages"] == [{"role": "user", "content": task[0]["content"]}]
     assert llm.request_count == 2 and llm.stats()["calls"]["judge"] == 1
+    assert llm.stats()["first_request_at"] == first_request_at  # the first one's, not the latest
     llm.inject(500, times=5)
     llm.reset()
     assert llm.request_count == 0 and llm.requests == [] and llm.pending_faults == 0
+    assert llm.stats()["first_request_at"] is None
     assert llm.calls == dict.fromkeys(sim.KINDS, 0) and llm.tokens["total_tokens"] == 0
 
 
