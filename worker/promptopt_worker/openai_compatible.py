@@ -94,11 +94,13 @@ class OpenAICompatibleCaller:
         return chat_answer(endpoint, response)
 
     def _client(self, url: str) -> httpx.Client:
-        with self._lock:
-            client = self._clients.get(url)
-            if client is None:
-                client = self._clients[url] = httpx.Client(limits=self._limits, follow_redirects=False)
-            return client
+        client = self._clients.get(url)  # no lock once it exists: every call of every thread passes here
+        if client is None:
+            with self._lock:
+                client = self._clients.get(url)
+                if client is None:
+                    client = self._clients[url] = httpx.Client(limits=self._limits, follow_redirects=False)
+        return client
 
 
 def request_body(endpoint: ModelEndpoint, messages: Sequence[Mapping[str, str]], url: str) -> dict[str, Any]:
