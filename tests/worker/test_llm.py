@@ -318,6 +318,29 @@ def test_openai_itself_is_sent_max_completion_tokens_and_compatible_servers_what
     assert openai_compatible.base_url(openai_model) == "https://gateway.example/v1"
 
 
+def test_extra_body_and_extra_headers_reach_the_request_as_the_openai_sdk_sends_them(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    endpoint = task_endpoint_at("http://vllm:8000/v1", params={
+        "temperature": 0, "extra_body": {"top_k": 5, "guided_choice": ["positive", "negative"]},
+        "extra_headers": {"X-Tenant": "team-a"}})  # fmt: skip
+    assert openai_compatible.serves(endpoint)
+    assert openai_compatible.request_body(endpoint, HELLO, "http://vllm:8000/v1") == {
+        "temperature": 0, "top_k": 5, "guided_choice": ["positive", "negative"], "model": "sim-task",
+        "messages": HELLO}  # fmt: skip
+    assert openai_compatible.request_headers(endpoint) == {"Authorization": "Bearer sk-test", "X-Tenant": "team-a"}
+
+
+def test_a_parameter_outside_the_chat_completion_request_goes_through_litellm(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-unused-by-mock-responses")
+    endpoint = ModelEndpoint(role="task", model="openai/gpt-4o-mini", description="task model",
+                             params={"mock_response": "positive"})  # fmt: skip
+    assert not openai_compatible.serves(endpoint)
+    client = LLMClient()
+    assert client.complete(endpoint, HELLO) == "positive"  # litellm's own option, honoured by litellm
+    expected = litellm.completion(model="openai/gpt-4o-mini", messages=HELLO, mock_response="positive")
+    assert client.usage.snapshot().usd == pytest.approx(litellm.completion_cost(completion_response=expected))
+
+
 @pytest.mark.parametrize(("status", "body", "transient", "hint"), [
     (429, {"error": {"message": "slow down"}}, True, "overloaded"),
     (408, {}, True, "overloaded"),

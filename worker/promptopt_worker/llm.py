@@ -3,9 +3,10 @@ counted in one place, the budget is enforced on all of them, and transient error
 every provider. Errors leave this module as `PermanentLLMError` (with a message naming the model and what to fix,
 secrets masked) or `BudgetExceeded`.
 
-Two ways to call, chosen by the model id: `openai/...` models (OpenAI and the OpenAI-compatible servers) are called
-directly (promptopt_worker.openai_compatible, for speed: see there), every other provider through litellm
-(promptopt_worker.litellm_transport). Both only send and classify; this module retries.
+Two ways to call: `openai/...` models (OpenAI and the OpenAI-compatible servers) whose parameters are fields of the
+chat completion request are called directly (promptopt_worker.openai_compatible, for speed: see there), every other
+provider or parameter through litellm (promptopt_worker.litellm_transport). Both only send and classify; this
+module retries.
 
 Retries: litellm's own `num_retries` path is unusable here (it needs `tenacity`, which litellm does not install,
 and retries permanent errors like 401 without backoff), so `LLMClient` runs the loop itself: exponential backoff
@@ -198,7 +199,7 @@ class LLMClient:
             # connection error (gemini). Providers that authenticate otherwise (AWS, GCP roles) name no *API_KEY.
             raise PermanentLLMError(f"{endpoint.where()}: no API key found: put {' or '.join(api_keys)} in the job's "
                                     "credentials Secret")
-        caller = self._openai_compatible if openai_compatible.serves(endpoint.model) else self._litellm
+        caller = self._openai_compatible if openai_compatible.serves(endpoint) else self._litellm
         for attempt in range(endpoint.max_retries + 1):
             try:
                 answer = caller.complete(endpoint, messages)
@@ -255,7 +256,7 @@ class LLMClient:
 
 def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:
     """The environment variables the endpoint's provider needs and does not find (none with an apiBase)."""
-    if openai_compatible.serves(endpoint.model):
+    if openai_compatible.serves(endpoint):
         return openai_compatible.missing_api_keys(endpoint)
     return litellm_transport.missing_api_keys(endpoint)
 

@@ -49,9 +49,23 @@ _CONTEXT_WINDOW_CODES = ("context_length_exceeded", "string_above_max_length")
 _HINTS = {401: KEY_REJECTED, 403: NO_ACCESS, 404: NOT_FOUND}
 
 
-def serves(model: str) -> bool:
-    """Whether a model id is litellm's OpenAI-compatible provider, which this module calls directly."""
-    return model.startswith(PROVIDER_PREFIX)
+# The chat completion request's own fields (OpenAI's API reference), and the two pass-through ones the openai SDK
+# and litellm know. An endpoint with any other parameter (a litellm option such as drop_params or api_version, or
+# a server-specific field outside extra_body) goes through litellm, which knows what to do with it.
+CHAT_COMPLETION_FIELDS = frozenset({
+    "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
+    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "response_format", "seed",
+    "reasoning_effort", "service_tier", "store", "metadata", "modalities", "prediction", "verbosity",
+    "prompt_cache_key", "safety_identifier", "web_search_options",
+})
+PASS_THROUGH = frozenset({"extra_headers", "extra_body"})
+
+
+def serves(endpoint: ModelEndpoint) -> bool:
+    """Whether this module calls the endpoint: an `openai/...` model (litellm's OpenAI-compatible provider) whose
+    parameters are all fields of the chat completion request (or extra_headers / extra_body)."""
+    return (endpoint.model.startswith(PROVIDER_PREFIX)
+            and set(endpoint.params) <= CHAT_COMPLETION_FIELDS | PASS_THROUGH)
 
 
 def base_url(endpoint: ModelEndpoint) -> str:
@@ -82,7 +96,7 @@ class OpenAICompatibleCaller:
         body = request_body(endpoint, messages, url)
         try:
             response = self._client(url).post(
-                f"{url}/chat/completions", json=body, headers=_headers(endpoint), timeout=endpoint.timeout_s
+                f"{url}/chat/completions", json=body, headers=request_headers(endpoint), timeout=endpoint.timeout_s
             )
         except httpx.TimeoutException as error:
             said = f"timed out after {endpoint.timeout_s:g} s ({type(error).__name__})"
@@ -107,17 +121,19 @@ def request_body(endpoint: ModelEndpoint, messages: Sequence[Mapping[str, str]],
     """The JSON of a chat completion request to `url`: the model without its provider prefix, the messages, and the
     endpoint's parameters (renamed where OpenAI's own API wants other names)."""
     renamed = _OPENAI_RENAMED_PARAMETERS if url == OPENAI_API_BASE else {}
-    params = {renamed.get(name, name): value for name, value in endpoint.params.items()}
-    return {**params, "model": endpoint.model[len(PROVIDER_PREFIX):], "messages": [dict(m) for m in messages]}
+    params = {renamed.get(name, name): value for name, value in endpoint.params.items() if name not in PASS_THROUGH}
+    extra_body = endpoint.params.get("extra_body") or {}
+    return {**params, **extra_body, "model": endpoint.model[len(PROVIDER_PREFIX):],
+            "messages": [dict(m) for m in messages]}
 
 
-def _headers(endpoint: ModelEndpoint) -> dict[str, str]:
+def request_headers(endpoint: ModelEndpoint) -> dict[str, str]:
     # A compatible server without a key gets a placeholder, as litellm sends one: some insist on the header.
     key = os.environ.get("OPENAI_API_KEY") or "not-needed"
     headers = {"Authorization": f"Bearer {key}"}
     if organization := os.environ.get("OPENAI_ORGANIZATION"):
         headers["OpenAI-Organization"] = organization
-    return headers
+    return {**headers, **(endpoint.params.get("extra_headers") or {})}
 
 
 def status_failure(response: httpx.Response) -> CallFailed:
@@ -161,7 +177,7 @@ def chat_answer(endpoint: ModelEndpoint, response: httpx.Response) -> ChatAnswer
 def list_price(model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float | None:
     """The call's cost by litellm's bundled price list, as litellm computes it for OpenAI models (cached prompt
     tokens at their own price); None for a model the list does not price."""
-    entry = _price_list().get(model[len(PROVIDER_PREFIX):] if serves(model) else model)
+    entry = _price_list().get(model.removeprefix(PROVIDER_PREFIX))
     if not isinstance(entry, dict) or entry.get("litellm_provider") != "openai":
         return None
     input_price, output_price = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
