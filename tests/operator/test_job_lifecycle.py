@@ -170,7 +170,7 @@ def test_deleting_a_running_job_deletes_its_pod(cluster, kubelet, llm, credentia
 
 def test_a_worker_pod_deleted_under_a_running_job_is_replaced_and_the_job_succeeds(
         cluster, kubelet, llm, credentials, kubectl, start_operator):
-    llm.set_latency(0.05)
+    llm.set_latency(0.3)  # the first worker must still be running when its Pod is deleted: it starts in under 1 s
     start_operator()
     cluster.create(gepa_job("survivor", llm, max_metric_calls=30))
     wait_for_phase(cluster, "survivor", "Running")
@@ -253,7 +253,9 @@ def test_queue_runs_two_at_a_time_in_creation_order(cluster, kubelet, llm, crede
 
 def test_queue_positions_move_when_a_job_ahead_leaves_the_line(cluster, kubelet, llm, credentials, kubectl,
                                                               start_operator):
-    llm.set_latency(0.2)
+    # Every LLM call hangs: the job ahead holds the one slot for the whole test, however fast the worker is (with
+    # 0.2 s a call it could finish before the cancel, and the last job then starts instead of moving up).
+    llm.set_latency(30)
     start_operator("--max-running-jobs", "1")
     for name in ("ahead", "next", "last"):
         cluster.create(gepa_job(name, llm, max_metric_calls=2000))
