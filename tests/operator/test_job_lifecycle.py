@@ -10,7 +10,7 @@ import pytest
 
 from promptopt_harness.client import ApiError
 from promptopt_harness.operator_process import OperatorProcess
-from promptopt.simulated_llm import sentiment_dataset
+from promptopt.simulated_llm import REFLECT_MODEL, sentiment_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -140,6 +140,9 @@ def test_gepa_job_runs_to_success_with_scores_in_status(cluster, kubelet, llm, c
 
 def test_cancel_stops_the_pod_and_keeps_the_best_so_far(cluster, kubelet, llm, credentials, kubectl, start_operator):
     llm.set_latency(0.05)
+    # The first reflection takes 5 s, so the cancel finds the run going (once its prompt scores 1, gepa spends
+    # the rest of its budget on cached evaluations in seconds).
+    llm.set_latency(5, model=REFLECT_MODEL)
     start_operator()
     cluster.create(gepa_job("long", llm, max_metric_calls=2000, records=10))
     wait_for(lambda: status_of(cluster, "long").get("initialScores"), 60, "the initial scores")
