@@ -638,16 +638,9 @@ class _ApiServer:
                 raise
 
     def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            secret = self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
-        except NotFound:
+        secret = self._read_for_pod("secrets", "secret", namespace, name)
+        if secret is None:
             return None
-        except ApiError as error:
-            if error.status != 403:
-                raise
-            # The Node authorizer lets a kubelet read only what its Pods use, learnt from its own watch of the
-            # bindings: a moment after binding it may not know yet. The kubelet retries, as a real one does.
-            raise ContainerConfigError(f'secret "{name}" is forbidden to node: {error}') from None
         # surrogateescape: binary values reach the process's environment byte for byte.
         return {
             key: base64.b64decode(value).decode("utf-8", errors="surrogateescape")
@@ -655,15 +648,23 @@ class _ApiServer:
         }
 
     def read_config_map_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        config_map = self._read_for_pod("configmaps", "configmap", namespace, name)
+        return None if config_map is None else dict(config_map.get("data") or {})
+
+    def _read_for_pod(self, plural: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret or ConfigMap a Pod uses, None if it does not exist."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/{plural}/{quote(name)}"
         try:
-            config_map = self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/configmaps/{quote(name)}")
+            found: dict[str, Any] = self._request("GET", path)
         except NotFound:
             return None
         except ApiError as error:
             if error.status != 403:
                 raise
-            raise ContainerConfigError(f'configmap "{name}" is forbidden to node: {error}') from None
-        return dict(config_map.get("data") or {})
+            # The Node authorizer lets a kubelet read only what its Pods use, learnt from its own watch of the
+            # bindings: a moment after binding it may not know yet. The kubelet retries, as a real one does.
+            raise ContainerConfigError(f'{kind} "{name}" is forbidden to node: {error}') from None
+        return found
 
     def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
         self._request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", event)

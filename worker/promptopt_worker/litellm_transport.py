@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
@@ -31,17 +30,13 @@ from promptopt_worker.llm_call import (
 # litellm's OpenAI-compatible provider insists on a key; local servers (vLLM, llama.cpp) ignore it.
 PLACEHOLDER_API_KEY = "not-needed"
 
-_import_lock = threading.Lock()
-
-
 @functools.cache
 def _litellm() -> ModuleType:
-    with _import_lock:  # one import, whichever thread comes first
-        use_bundled_litellm_cost_map()  # before litellm is imported
-        import litellm
+    use_bundled_litellm_cost_map()  # before litellm is imported
+    import litellm
 
-        litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners in the worker's log
-        return litellm
+    litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners in the worker's log
+    return litellm
 
 
 @functools.cache

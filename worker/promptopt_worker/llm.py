@@ -58,12 +58,6 @@ WORKER_COMPLETION_PARAMETERS: dict[str, str] = {
 }
 
 
-def completion_parameters() -> frozenset[str]:
-    """The completion parameters the job may set (litellm.completion's named ones: temperature, max_tokens,
-    reasoning_effort, ...); it imports litellm, so only what checks options calls it."""
-    return litellm_transport.completion_parameters()
-
-
 def json_object_with(answer: str, key: str) -> dict[str, Any] | None:
     """The first JSON object holding `key` in an LLM's answer: bare, fenced, or amid other text."""
     decoder = json.JSONDecoder()

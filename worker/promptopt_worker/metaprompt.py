@@ -27,7 +27,8 @@ from promptopt.prompt_contract import (
     MetaPromptRequest,
     metaprompt_request,
 )
-from promptopt_worker.llm import WORKER_COMPLETION_PARAMETERS, completion_parameters, json_object_with
+from promptopt_worker.litellm_transport import completion_parameters
+from promptopt_worker.llm import WORKER_COMPLETION_PARAMETERS, json_object_with
 from promptopt_worker.problem import (
     Candidate,
     Example,

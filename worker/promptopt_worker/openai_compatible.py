@@ -85,8 +85,10 @@ class OpenAICompatibleCaller:
     """POSTs chat completions; one connection pool per base URL, shared by the job's threads (httpx.Client is
     thread-safe)."""
 
-    def __init__(self, max_connections: int = 64):
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    def __init__(self) -> None:
+        # No pool limit of its own: spec.task.concurrency (up to 256) already bounds the calls in flight, and a
+        # smaller pool would make calls past it wait, then time out.
+        self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         self._clients: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
 
