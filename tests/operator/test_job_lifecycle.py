@@ -358,6 +358,7 @@ def test_a_job_near_the_size_limit_runs_is_cancelled_and_deleted(cluster, kubele
     assert status["finalScores"]["aggregate"] is not None
 
     llm.set_latency(0.05)
+    llm.set_latency(5, model=REFLECT_MODEL)  # its first reflection holds the run until the cancel comes
     kubectl("create", "-f", "-", input=json.dumps(cancelled))
     wait_for_phase(cluster, "big-cancelled", "Running", timeout=60)
     kubectl("patch", "poj", "big-cancelled", "--type=merge", "-p", '{"spec":{"cancel":true}}')
