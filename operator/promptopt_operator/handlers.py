@@ -15,25 +15,23 @@ from promptopt_operator.reconciler import Reconciler, queue_entry
 from promptopt_operator.settings import OperatorSettings
 
 JOBS = (GROUP, VERSION, PLURAL)
-FINALIZER = f"{GROUP}/cleanup"
-QUEUE_REFRESH_SECONDS = 30
+# Earlier builds of the operator put this finalizer on every job; kopf takes it off any job that still has it, as no
+# handler here needs one: a job's Pods are its dependents (ownerReferences), and the garbage collector deletes
+# them with the job, with their grace period, whether the operator runs or not.
+LEGACY_FINALIZER = f"{GROUP}/cleanup"
 
 
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     operator_settings: OperatorSettings = memo.settings
-    settings.persistence.finalizer = FINALIZER
-    # Keep kopf's bookkeeping in annotations: our status schema is strict and has no room for it.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    # kopf keeps the last handled "essence" (the spec, by default) in an annotation; the API server refuses
-    # annotations over 256 KiB in all, and from then on every metadata patch (the finalizer's too) fails. No
-    # handler here reacts to spec diffs (the reconciler compares generations and specHash), so keep it small.
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, ignored_fields=["spec"])
+    # Only event and index handlers: kopf keeps no progress or diff-base annotations and no finalizer on jobs.
+    settings.persistence.finalizer = LEGACY_FINALIZER
     # Events are for the job's transitions (posted explicitly); handler chatter stays in the operator's log.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     metrics = OperatorMetrics(lambda: memo.reconciler.phases())
     memo.reconciler = Reconciler(KubeClient(), operator_settings, metrics)
+    memo.reconciler.start_sweeping()
     if operator_settings.metrics_port:
         metrics.serve(operator_settings.metrics_port)
 
@@ -56,7 +54,7 @@ def worker_pods(namespace: str, annotations: kopf.Annotations, body: kopf.Body, 
 
 
 @kopf.on.event(*JOBS)  # type: ignore[arg-type]
-async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, namespace: str, name: str,
+async def job_changed(type: str, body: kopf.Body, status: kopf.Status, namespace: str, name: str,
                       memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
     reconciler: Reconciler = memo.reconciler
     reconciler.index, reconciler.pod_index = job_queue, worker_pods
@@ -66,11 +64,7 @@ async def job_changed(type: str, body: kopf.Body, meta: kopf.Meta, status: kopf.
         return
     if read_status(status).phase in TERMINAL_PHASES:
         reconciler.wake_waiting()  # its slot is free now
-    if meta.get("deletionTimestamp"):
-        return  # job_deleted handles it
-    if FINALIZER not in meta.get("finalizers", []):
-        return  # kopf adds its finalizer first; acting now would only race that patch (a 422 and a retry)
-    if reconciler.needs_reconcile((namespace, name), dict(body)):
+    if reconciler.job_seen((namespace, name), dict(body)):
         await reconciler.reconcile(namespace, name)
 
 
@@ -82,16 +76,3 @@ async def worker_pod_changed(type: str, body: kopf.Body, annotations: kopf.Annot
     job_name = annotations.get(JOB_NAME_ANNOTATION)
     if job_name and reconciler.pod_changed(namespace, dict(body), deleted=type == "DELETED"):
         await reconciler.reconcile(namespace, job_name)
-
-
-@kopf.on.delete(*JOBS)  # type: ignore[arg-type]
-async def job_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Deleting a job deletes its Pods first (the finalizer makes sure), then the job goes."""
-    await memo.reconciler.reconcile(namespace, name)
-
-
-@kopf.timer(*JOBS, interval=QUEUE_REFRESH_SECONDS, initial_delay=QUEUE_REFRESH_SECONDS,  # type: ignore[arg-type]
-            when=lambda status, **_: read_status(status).phase not in TERMINAL_PHASES)
-async def refresh(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """A safety net for anything a watch missed, and fresh queue positions for waiting jobs."""
-    await memo.reconciler.reconcile(namespace, name, refresh_queue_position=True)

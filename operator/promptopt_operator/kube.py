@@ -21,14 +21,18 @@ from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 
 # (API group, resource, verb) for every call below: the operator's RBAC needs exactly these (plus kopf's own:
-# it lists and watches the jobs and the worker Pods, whose state the operator reads from kopf's index).
+# it lists and watches the jobs and the worker Pods, whose state the operator reads from its watch events and kopf's
+# index, so it never reads a job or a Pod itself).
 API_CALLS = (
-    (GROUP, PLURAL, "get"),
     (GROUP, PLURAL, "delete"),
     (GROUP, f"{PLURAL}/status", "patch"),
     ("", "pods", "create"),
     ("", "pods", "delete"),
 )
+
+
+class StaleJob(Exception):
+    """The job changed since the version a decision was taken on."""
 
 
 class KubeClient:
@@ -47,19 +51,22 @@ class KubeClient:
     async def _call(self, function, *args, **kwargs) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(function, *args, **kwargs))
 
-    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any],
+                               resource_version: str) -> dict[str, Any] | None:
+        """Patch the status of the job as it was at `resource_version`, and return the job as written (None if it
+        is gone); StaleJob if it has changed since (the API server's optimistic concurrency: a 409 rather than a
+        write over news)."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
         try:
-            response = await self._call(self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                                        name, _preload_content=False)
+            response = await self._call(self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
+                                        PLURAL, name, body, _preload_content=False)
         except ApiException as error:
+            if error.status == 409:
+                raise StaleJob(f"{namespace}/{name} changed since resourceVersion {resource_version}") from error
             if error.status == 404:
                 return None
             raise
         return json.loads(response.data)
-
-    async def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        await self._call(self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
-                         {"status": patch}, _preload_content=False)
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:

@@ -224,6 +224,9 @@ def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _N
     if pod.stuck:
         return _Next("Pending", pod.reason or "PodPending", f"worker Pod {pod.name}: {pod.message or pod.reason}",
                      recheck_after=deadline_left)
+    if _ready_reason(job.status) == "PodCreated" and job.status.message:
+        # Every new Pod waits a moment before it runs: that is no news, and no status write.
+        return _Next("Pending", "PodCreated", job.status.message, recheck_after=deadline_left)
     return _Next("Pending", "PodPending", f"waiting for worker Pod {pod.name} to start", recheck_after=deadline_left)
 
 
@@ -313,6 +316,12 @@ def _recover_worker_fields(status: PromptOptimizationJobStatus, pod: WorkerPod) 
     return {key: carried[key] for key in WORKER_STATUS_FIELDS if key in carried and not stored.get(key)}
 
 
+# Transitions that post no Event, as the batch Job controller posts one when it creates a Pod and one when the
+# job ends, not when a Pod starts running: the phase in status says it, and an Event per job less matters at
+# hundreds of jobs. Every trouble, each Pod created and each end still post one.
+SILENT_REASONS = frozenset({"Running"})
+
+
 def _decision(job: Job, step: _Next, now: datetime) -> Decision:
     status = job.status
     changed = (status.phase, _ready_reason(status)) != (step.phase, step.reason)
@@ -334,7 +343,7 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
     fields["conditions"] = conditions_for(step.phase, step.reason, step.message, job.generation, format_time(now),
                                           status.conditions, spec_applied)
     events: tuple[Event, ...] = ()
-    if changed:
+    if changed and step.reason not in SILENT_REASONS:
         warning = step.phase in ("Failed",) or step.reason in ("BackoffRetry", "ImagePullBackOff", "ErrImagePull",
                                                                "CreateContainerConfigError", "Unschedulable")
         events = (Event("Warning" if warning else "Normal", step.reason, step.message),)

@@ -40,9 +40,10 @@ def plan(entries: Iterable[QueueEntry], limit: int) -> dict[JobKey, Slot]:
     return slots
 
 
-def stale_positions(entries: Iterable[QueueEntry], limit: int, front: int) -> list[JobKey]:
-    """The waiting jobs among the first `front` in line whose stored position is not their place now."""
+def stale_positions(entries: Iterable[QueueEntry], limit: int, front: int | None = None) -> dict[JobKey, int]:
+    """The place in line of each waiting job, among the first `front` (None: all), whose stored position is not it."""
     entries = list(entries)
     stored = {e.key: e.position for e in entries}
-    waiting = [(key, slot.position) for key, slot in plan(entries, limit).items() if slot.position is not None]
-    return [key for key, position in sorted(waiting, key=lambda item: item[1])[:front] if stored[key] != position]
+    waiting = sorted(((key, slot.position) for key, slot in plan(entries, limit).items() if slot.position is not None),
+                     key=lambda item: item[1])
+    return {key: position for key, position in waiting[:front] if stored[key] != position}

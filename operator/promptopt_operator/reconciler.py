@@ -1,7 +1,15 @@
-"""Carries out lifecycle decisions: read the job and its Pods, decide, act, and look again when time says so.
+"""Carries out lifecycle decisions: take the job and its Pods as last seen, decide, act, and look again when time
+says so.
 
 One reconcile per job at a time (a lock per job), whatever woke it: a change of the job, of one of its Pods,
-a deadline, a retry delay, a TTL or a freed queue slot.
+a deadline, a retry delay, a TTL, a freed queue slot or the periodic sweep.
+
+A reconcile decides on the job as its watch last delivered it (or as our own last write returned it), never on a
+GET of its own: a read per reconcile was a third of the operator's requests. What could be stale is guarded by
+the API server's optimistic concurrency: the status patch carries the resourceVersion it was decided on, and if the
+job changed since (a 409), the newer job is on its way through the watch, and its event is reconciled whatever it
+says. Pod creation needs no such guard: a Pod's name is its job's and its attempt's, so deciding twice on an old
+body cannot create a second Pod.
 """
 from __future__ import annotations
 
@@ -15,14 +23,14 @@ from typing import Any, cast
 import kopf
 
 from promptopt.api.times import parse_time
-from promptopt.api.v1alpha1 import read_status
+from promptopt.api.v1alpha1 import TERMINAL_PHASES, read_status
 from promptopt.worker_contract import PERMANENT_FAILURES
 
-from promptopt_operator.kube import KubeClient
+from promptopt_operator.kube import KubeClient, StaleJob
 from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
-from promptopt_operator.queue import JobKey, QueueEntry, plan, stale_positions
+from promptopt_operator.queue import WAITING_PHASES, JobKey, QueueEntry, plan, stale_positions
 from promptopt_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -32,6 +40,9 @@ logger = logging.getLogger(__name__)
 # cost O(waiting) writes a start).
 QUEUE_POSITION_DELAY_SECONDS = 1.0
 EXACT_QUEUE_POSITIONS = 50
+# How often every job is looked at again whatever happened: a safety net for anything a watch missed, and fresh
+# queue positions for the whole line.
+SWEEP_SECONDS = 30.0
 
 # Posts an Event about a job (kopf.event in the operator).
 EventPoster = Callable[[dict[str, Any], Event], None]
@@ -80,13 +91,17 @@ class Reconciler:
         # decision_inputs of each job as the last reconcile left it, and observe_pod of each Pod last seen.
         self._decided: dict[JobKey, tuple] = {}
         self._pods_seen: dict[tuple[str, str], WorkerPod] = {}
+        # Each job's latest body: from its watch events and from the responses to our own status writes.
+        self._bodies: dict[JobKey, dict[str, Any]] = {}
 
     # -- the queue ---------------------------------------------------------------------------------------
 
     def entries(self) -> list[QueueEntry]:
         return [entry for store in self.index.values() for entry in store]
 
-    def needs_reconcile(self, key: JobKey, body: dict[str, Any]) -> bool:
+    def job_seen(self, key: JobKey, body: dict[str, Any]) -> bool:
+        """Keep the job's latest body; whether it says something a decision has not taken into account yet."""
+        self._bodies[key] = body
         return self._decided.get(key) != decision_inputs(body)
 
     def pod_changed(self, namespace: str, pod: dict[str, Any], deleted: bool) -> bool:
@@ -103,6 +118,7 @@ class Reconciler:
 
     def forget(self, key: JobKey) -> None:
         self._decided.pop(key, None)
+        self._bodies.pop(key, None)
         self._created.pop(key, None)
         self._starting.discard(key)
         self._locks.pop(key, None)
@@ -141,8 +157,34 @@ class Reconciler:
 
     async def _refresh_positions(self) -> None:
         await asyncio.sleep(QUEUE_POSITION_DELAY_SECONDS)
-        for key in stale_positions(self._queue(), self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS):
-            await self.reconcile(*key, refresh_queue_position=True)
+        for key, position in stale_positions(self._queue(), self.settings.max_running_jobs,
+                                             EXACT_QUEUE_POSITIONS).items():
+            await self.reconcile(*key, queue_position=position)
+
+    def start_sweeping(self) -> None:
+        self._spawn(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        # Ours rather than a kopf timer per job: kopf puts a finalizer on every object a timer watches (two more
+        # writes per job, and a deletion that waits for the operator), and each timer would plan the whole queue.
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("sweeping the jobs failed; trying again in %.0f s", SWEEP_SECONDS)
+
+    async def sweep(self) -> None:
+        """Every unfinished job once more: each waiting job whose stored place in line is out of date gets its place
+        (from one plan of the queue), and the others are reconciled on what was last seen of them."""
+        queue = self._queue()
+        if any(slot.may_start for slot in self._slots().values()):
+            self.wake_waiting()
+        for key, position in stale_positions(queue, self.settings.max_running_jobs).items():
+            await self.reconcile(*key, queue_position=position)
+        for entry in queue:
+            if entry.phase not in (*TERMINAL_PHASES, *WAITING_PHASES):
+                await self.reconcile(*entry.key)
 
     async def _start_waiting(self) -> None:
         # One at a time, in the queue's order, so Pods are created in the order the jobs were created;
@@ -168,13 +210,16 @@ class Reconciler:
 
     # -- reconcile ---------------------------------------------------------------------------------------
 
-    async def reconcile(self, namespace: str, name: str, *, refresh_queue_position: bool = False) -> None:
+    async def reconcile(self, namespace: str, name: str, *, queue_position: int | None = None) -> None:
+        """Decide and act for one job. `queue_position`: a waiting job's place in line from a plan the caller made,
+        written as it is (such a reconcile never starts the job: starts are wake_waiting's, from a fresh plan);
+        None: a waiting job is planned now and keeps the position stored, unless it is new."""
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             started = time.monotonic()
             try:
-                await self._reconcile(key, refresh_queue_position)
+                await self._reconcile(key, queue_position)
                 self._errors.pop(key, None)
             except Exception:
                 self.metrics.reconcile_errors.inc()
@@ -186,23 +231,32 @@ class Reconciler:
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
-    async def _reconcile(self, key: JobKey, refresh_queue_position: bool) -> None:
-        namespace, name = key
-        body = await self.kube.get_job(namespace, name)
+    async def _reconcile(self, key: JobKey, queue_position: int | None) -> None:
+        body = self._bodies.get(key)
         if body is None:
-            self.forget(key)
-            return
+            return  # gone, or not seen yet (a Pod's event before its job's, after a restart): its job's event decides
+        try:
+            await self._decide_and_act(key, body, queue_position)
+        except StaleJob:
+            # A write crossed the body we decided on (the worker's report, a user's edit): the watch brings the job
+            # as it is now, and its event is reconciled whatever it says.
+            logger.debug("%s/%s changed under a decision; deciding again on its next event", *key)
+            self._decided.pop(key, None)
+
+    async def _decide_and_act(self, key: JobKey, body: dict[str, Any], queue_position: int | None) -> None:
         job = Job.from_body(body)
         pods = self._pods_of(key)
         slot = Slot(may_start=False)
-        if not job.status.attempts and job.status.phase in (None, "Queued"):
-            # Planning sorts the whole queue: only a job that waits to start needs it.
-            slot = self._slots().get(key, slot)
-            if job.status.phase == "Queued" and not refresh_queue_position:
-                slot = Slot(slot.may_start)
+        if not job.status.attempts and job.status.phase in WAITING_PHASES:
+            if queue_position is not None:
+                slot = Slot(may_start=False, position=queue_position)
+            else:
+                # Planning sorts the whole queue: only a job that waits to start needs it.
+                slot = self._slots().get(key, slot)
+                if job.status.phase == "Queued":
+                    slot = Slot(slot.may_start)
         decision = decide(job, pods, datetime.now(UTC), self.settings, slot)
         await self._act(key, body, job, decision)
-        self._decided[key] = decision_inputs({**body, "status": {**(body.get("status") or {}), **decision.status}})
 
     async def _act(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
         namespace, name = key
@@ -210,9 +264,16 @@ class Reconciler:
             await self._create_pod(key, body, job, decision)
         for pod in decision.delete_pods:
             await self.kube.delete_pod(namespace, pod, self.settings.worker_grace_period_seconds)
+        written = body
         if decision.status:
-            await self.kube.patch_job_status(namespace, name, decision.status)
+            patched = await self.kube.patch_job_status(namespace, name, decision.status,
+                                                       body["metadata"]["resourceVersion"])
+            if patched is None or key not in self._bodies:  # deleted (and forgotten) while this reconcile ran
+                self.forget(key)
+                return
+            written = self._bodies[key] = patched
             self._count_failure(job, decision)
+        self._decided[key] = decision_inputs(written)
         for event in decision.events:
             self.post_event(body, event)
         if decision.delete_job:
@@ -227,8 +288,12 @@ class Reconciler:
         manifest = worker_pod_manifest(name, body["metadata"]["uid"], job.spec, decision.create_attempt,
                                        self.settings, decision.pod_active_deadline, spec_hash)
         kopf.adopt(manifest, owner=cast(kopf.Body, body))
-        self._starting.add(key)
-        created = await self.kube.create_pod(namespace, manifest)
+        self._starting.add(key)  # before the request: plans made while it is under way count the slot as taken
+        try:
+            created = await self.kube.create_pod(namespace, manifest)
+        except Exception:
+            self._starting.discard(key)  # or the job would hold a slot it never took, and wait behind itself
+            raise
         self._created.setdefault(key, {})[manifest["metadata"]["name"]] = observe_pod(manifest)
         if created:
             self.metrics.pods_created.inc()

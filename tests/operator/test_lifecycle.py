@@ -49,6 +49,14 @@ def test_new_job_with_a_slot_creates_attempt_one():
     assert [e.reason for e in d.events] == ["PodCreated"]
 
 
+def test_a_new_pod_waiting_to_start_changes_nothing_and_running_posts_no_event():
+    created = decide(job(), [], NOW, SETTINGS, START).status
+    waiting = decide(job(created), [pod(phase="Pending")], NOW + timedelta(seconds=2), SETTINGS, START)
+    assert waiting.status == {} and waiting.events == ()
+    running = decide(job(created), [pod()], NOW + timedelta(seconds=3), SETTINGS, START)
+    assert running.status["phase"] == "Running" and running.events == ()
+
+
 def test_new_job_without_a_slot_is_queued_with_its_position():
     d = decide(job(), [], NOW, SETTINGS, Slot(may_start=False, position=3))
     assert d.create_attempt is None

@@ -1,12 +1,15 @@
-"""The Reconciler with a fake Kubernetes client: what it asks of the API, and how it retries when the API fails."""
+"""The Reconciler with a fake Kubernetes client: what it asks of the API, how it decides on what it last saw and
+decides again when the job changed under it, and how it retries when the API fails."""
 import asyncio
 import copy
 
 import pytest
 
 from promptopt_harness.emulator import apply_merge_patch
+from promptopt_operator.kube import StaleJob
 from promptopt_operator.lifecycle import reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
+from promptopt_operator.pods import WorkerPod
 from promptopt_operator.queue import QueueEntry
 from promptopt_operator.reconciler import Reconciler, queue_entry
 from promptopt_operator.settings import OperatorSettings
@@ -21,12 +24,13 @@ SPEC = {
 def job_body(name, created="2026-12-01T10:00:00Z", **status):
     return {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
             "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1,
-                         "creationTimestamp": created},
+                         "creationTimestamp": created, "resourceVersion": "1"},
             "spec": copy.deepcopy(SPEC), "status": status}
 
 
 class FakeKube:
-    """The operator's KubeClient in memory: jobs by name, every call recorded, failures on demand."""
+    """The operator's KubeClient in memory: jobs by name, every call recorded, failures on demand. As the API
+    server does, every write moves the job's resourceVersion and a status patch at an older one is refused."""
 
     def __init__(self, *jobs):
         self.jobs = {job["metadata"]["name"]: job for job in jobs}
@@ -39,13 +43,19 @@ class FakeKube:
             self.failures -= 1
             raise ConnectionError("API server unreachable")
 
-    async def get_job(self, namespace, name):
-        self._call("get_job", name)
-        return copy.deepcopy(self.jobs.get(name))
-
-    async def patch_job_status(self, namespace, name, patch):
+    async def patch_job_status(self, namespace, name, patch, resource_version):
         self._call("patch_job_status", name, patch)
+        if name not in self.jobs:
+            return None
+        if resource_version != self.jobs[name]["metadata"]["resourceVersion"]:
+            raise StaleJob(name)
         self.jobs[name]["status"] = apply_merge_patch(self.jobs[name]["status"], patch)
+        self.changed(name)
+        return copy.deepcopy(self.jobs[name])
+
+    def changed(self, name):
+        metadata = self.jobs[name]["metadata"]
+        metadata["resourceVersion"] = str(int(metadata["resourceVersion"]) + 1)
 
     async def create_pod(self, namespace, manifest):
         self._call("create_pod", manifest["metadata"]["name"])
@@ -63,7 +73,14 @@ def reconciler_for(kube, events, **settings):
     reconciler = Reconciler(kube, OperatorSettings(**settings), OperatorMetrics(lambda: []),
                             post_event=lambda body, event: events.append((body["metadata"]["name"], event.reason)))
     reconciler.index = {("ns", name): [queue_entry("ns", name, body)] for name, body in kube.jobs.items()}
+    for name in kube.jobs:
+        watched(reconciler, kube, name)
     return reconciler
+
+
+def watched(reconciler, kube, name):
+    """The job's watch event reaches the reconciler: whether it says something new."""
+    return reconciler.job_seen(("ns", name), copy.deepcopy(kube.jobs[name]))
 
 
 def test_a_new_job_gets_its_pod_its_status_and_an_event():
@@ -73,9 +90,67 @@ def test_a_new_job_gets_its_pod_its_status_and_an_event():
         await reconciler_for(kube, events).reconcile("ns", "a")
 
     asyncio.run(run())
-    assert [c[0] for c in kube.calls] == ["get_job", "create_pod", "patch_job_status"]
+    assert [c[0] for c in kube.calls] == ["create_pod", "patch_job_status"]
     assert kube.jobs["a"]["status"]["phase"] == "Pending" and kube.jobs["a"]["status"]["attempts"] == 1
     assert events == [("a", "PodCreated")]
+
+
+def test_the_echo_of_its_own_write_is_not_reconciled_and_nothing_is_read():
+    kube, events = FakeKube(job_body("a")), []
+
+    async def run():
+        reconciler = reconciler_for(kube, events)
+        await reconciler.reconcile("ns", "a")
+        assert not watched(reconciler, kube, "a")
+        await reconciler.reconcile("ns", "a")  # a recheck: decides on the body its write returned
+
+    asyncio.run(run())
+    assert [c[0] for c in kube.calls] == ["create_pod", "patch_job_status"]
+
+
+def test_a_job_changed_under_a_decision_is_decided_again_on_its_next_event():
+    kube, events = FakeKube(job_body("a")), []
+
+    async def run():
+        reconciler = reconciler_for(kube, events)
+        kube.jobs["a"]["spec"]["cancel"] = True  # the user cancels; the watch has not said so yet
+        kube.changed("a")
+        await reconciler.reconcile("ns", "a")
+        assert reconciler._errors == {}  # a conflict is no error: nothing to back off from
+        # The newer job's event is reconciled, though the inputs it shows are those of the last decision made.
+        assert watched(reconciler, kube, "a")
+        await reconciler.reconcile("ns", "a")
+
+    asyncio.run(run())
+    # The Pod decided on the old body is created, the status patch at the old version is refused, and the decision
+    # on the job as it is deletes that Pod again and says Cancelled.
+    assert [c[0] for c in kube.calls] == ["create_pod", "patch_job_status", "delete_pod", "patch_job_status"]
+    assert kube.jobs["a"]["status"]["phase"] == "Cancelled"
+    assert events == [("a", "Cancelled")]
+
+
+def test_a_job_deleted_under_a_decision_is_forgotten_without_an_error():
+    kube, events = FakeKube(job_body("a")), []
+
+    async def run():
+        reconciler = reconciler_for(kube, events)
+        del kube.jobs["a"]  # deleted; its DELETED event has not arrived
+        await reconciler.reconcile("ns", "a")
+        return reconciler
+
+    reconciler = asyncio.run(run())
+    assert reconciler._errors == {} and ("ns", "a") not in reconciler._bodies and not reconciler._rechecks
+    assert events == []
+
+
+def test_a_job_not_seen_through_its_watch_is_left_to_its_event():
+    kube, events = FakeKube(), []
+
+    async def run():
+        await reconciler_for(kube, events).reconcile("ns", "gone")
+
+    asyncio.run(run())
+    assert kube.calls == [] and events == []
 
 
 def test_api_errors_are_retried_with_a_growing_delay_that_resets_on_success(monkeypatch):
@@ -109,7 +184,7 @@ def test_rechecks_run_as_referenced_tasks():
         reconciler = reconciler_for(kube, events)
         reconciler._recheck(("ns", "a"), 0.0)
         await asyncio.sleep(0.2)  # the timer fires and its reconcile task runs
-        assert [c[0] for c in kube.calls][:1] == ["get_job"]
+        assert [c[0] for c in kube.calls][:1] == ["create_pod"]
         return reconciler
 
     reconciler = asyncio.run(run())
@@ -138,7 +213,7 @@ def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypat
         "w0": None, "w1": 1, "w2": 2}
 
 
-@pytest.mark.parametrize("front, refreshed", [(1, ["w1"]), (5, ["w1", "w2"])])
+@pytest.mark.parametrize("front, refreshed", [(1, {"w1": 1}), (5, {"w1": 1, "w2": 2}), (None, {"w1": 1, "w2": 2})])
 def test_only_the_front_of_the_queue_is_refreshed_at_once(front, refreshed):
     """Rewriting every waiting job's position on every start would cost O(waiting) writes a start."""
     from promptopt_operator.queue import stale_positions
@@ -146,4 +221,29 @@ def test_only_the_front_of_the_queue_is_refreshed_at_once(front, refreshed):
     entries = [QueueEntry(("ns", "w0"), "1", "Running"),
                QueueEntry(("ns", "w1"), "2", "Queued", position=2),
                QueueEntry(("ns", "w2"), "3", "Queued", position=3)]
-    assert stale_positions(entries, limit=1, front=front) == [("ns", name) for name in refreshed]
+    assert stale_positions(entries, limit=1, front=front) == {("ns", name): position
+                                                              for name, position in refreshed.items()}
+
+
+def test_the_sweep_gives_every_waiting_job_its_place_from_one_plan_and_looks_at_running_ones():
+    """Beyond the front of the line too (the 50 refreshed after each start); it starts nobody itself."""
+    running = job_body("running", phase="Running", attempts=1, startTime="2026-12-01T10:00:00Z")
+    waiting = [job_body(f"w{i:02d}", created=f"2026-12-01T10:01:{i:02d}Z", phase="Queued", queuePosition=99,
+                        observedGeneration=1) for i in range(60)]
+    kube, events = FakeKube(running, *waiting), []
+
+    async def run():
+        reconciler = reconciler_for(kube, events, max_running_jobs=1)
+        reconciler.pod_index = {("ns", "running"): [WorkerPod("running-worker-1", 1, "Running", deleting=False)]}
+        await reconciler.sweep()
+        first = list(kube.calls)
+        await reconciler.sweep()  # nothing changed since: nothing to write
+        return first
+
+    first = asyncio.run(run())
+    assert {name: kube.jobs[name]["status"]["queuePosition"] for name in kube.jobs if name != "running"} == {
+        f"w{i:02d}": i + 1 for i in range(60)}
+    # The running job was looked at too (its stored status lacked its conditions).
+    assert sorted(c[1] for c in first) == ["running", *(f"w{i:02d}" for i in range(60))]
+    assert {c[0] for c in first} == {"patch_job_status"}
+    assert kube.calls == first

@@ -24,6 +24,7 @@ from promptopt_harness.emulator import parse_api_path
 from promptopt_harness.operator_process import OperatorProcess
 from promptopt_harness.realkube import service_account_user
 from promptopt_operator import kube
+from promptopt_operator.handlers import JOBS, LEGACY_FINALIZER  # registers the handlers with kopf
 from promptopt_operator.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,14 +132,14 @@ def kopf_calls(clusterwide: bool) -> set[tuple[str, str, str]]:
     - every resource with a handler of any kind is listed, then watched (kopf/_cogs/clients/watching.py);
     - a resource with a handler that needs a finalizer (on.delete, timers) or keeps progress (on.create/update/
       delete) is patched: the finalizer, and the progress and diff-base annotations (clients/patching.py);
+    - kopf takes its finalizer (settings.persistence.finalizer) off any watched object that has it though no
+      handler needs it (reactor/processing.py): jobs, which earlier builds of the operator gave it, are patched;
     - Events are created (clients/events.py: kopf.event, and handler failures);
     - CustomResourceDefinitions are listed and watched to notice resources come and go, and namespaces only
       when the operator watches chosen namespaces (_core/reactor/observation.py).
     Discovery (/api, /apis, /version) needs no RBAC rule.
     """
     import kopf
-
-    from promptopt_operator import handlers  # noqa: F401  (registers the handlers)
 
     registry = kopf.get_default_registry()
     # The same registries kopf's observation.resource_observer walks.
@@ -153,6 +154,7 @@ def kopf_calls(clusterwide: bool) -> set[tuple[str, str, str]]:
         calls |= {(*resource, "list"), (*resource, "watch")}
         if getattr(handler, "requires_finalizer", False) or handler in registry._changing.get_all_handlers():
             calls.add((*resource, "patch"))
+    calls.add((JOBS[0], JOBS[2], "patch"))  # LEGACY_FINALIZER
     return calls
 
 
@@ -272,7 +274,8 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
         cluster, kubelet, llm, install_rbac, tmp_path, render, clusterwide):
     """The operator runs as the chart's ServiceAccount and the workers as theirs, with only the RBAC the chart
     renders, through jobs' whole lives: one runs to success and is deleted by its TTL, one is cancelled while its
-    worker runs (the operator deletes the Pod). The real authorizer refuses none of their calls, and the calls the
+    worker runs (the operator deletes the Pod), and one carries the finalizer earlier builds put on jobs, which
+    kopf takes off so its deletion completes. The real authorizer refuses none of their calls, and the calls the
     audit log shows are exactly the derived ones: the chart grants nothing they do not use."""
     import base64
     from datetime import UTC, datetime
@@ -285,6 +288,11 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
     flags = () if clusterwide else ("--namespace", cluster.namespace)
     operator = OperatorProcess(kubeconfig, *flags, log_path=tmp_path / "operator.log").start()
     try:
+        legacy = metaprompt_job("legacy", llm, cancel=True)
+        legacy["metadata"]["finalizers"] = [LEGACY_FINALIZER]
+        cluster.create(legacy)
+        cluster.delete("poj", "legacy")
+        wait_until(lambda: job_gone(cluster, "legacy"), "kopf to take the old finalizer off", operator)
         cluster.create(metaprompt_job("done", llm, ttlSecondsAfterFinished=0))
         wait_until(lambda: job_gone(cluster, "done"), "the finished job's deletion by its TTL", operator)
         llm.set_latency(5)  # the worker waits in its first LLM call until the cancel
