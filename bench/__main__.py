@@ -27,7 +27,8 @@ from bench import operator_load, optimization, report
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("operator", "queue", "optimization")
-QUICK = {"jobs": 5, "queue_jobs": 10, "queue_limit": 3, "metric_calls": 20, "records": 8, "latency": 0.02}
+QUICK = {"jobs": 5, "queue_jobs": 10, "queue_limit": 3, "large_queue_jobs": 12, "large_queue_limit": 4,
+         "metric_calls": 20, "records": 8, "latency": 0.02}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=200, help="jobs created at once, ours and the floor (200)")
     parser.add_argument("--queue-jobs", type=int, default=1000, help="jobs of the queue benchmark (1000)")
     parser.add_argument("--queue-limit", type=int, default=50, help="--max-running-jobs of the queue benchmark (50)")
+    parser.add_argument("--large-queue-jobs", type=int, default=5000,
+                        help="jobs of the queue benchmark's larger run (5000; 0: none)")
+    parser.add_argument("--large-queue-limit", type=int, default=200,
+                        help="--max-running-jobs of the larger run (200)")
     parser.add_argument("--metric-calls", type=int, default=200, help="GEPA max_metric_calls (200)")
     parser.add_argument("--records", type=int, default=30, help="records of the classification dataset (30)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per simulated LLM call (0.1)")
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = set(args.only or BENCHMARKS)
     if chosen & {"operator", "queue"}:
         operator_config = operator_load.OperatorConfig(
-            jobs=args.jobs, queue_jobs=args.queue_jobs, queue_limit=args.queue_limit, timeout_s=args.timeout,
+            jobs=args.jobs, queue_jobs=args.queue_jobs, queue_limit=args.queue_limit,
+            large_queue_jobs=args.large_queue_jobs, large_queue_limit=args.large_queue_limit, timeout_s=args.timeout,
             queue_timeout_s=args.queue_timeout, skip_latency="operator" not in chosen,
             skip_queue=args.skip_queue or "queue" not in chosen,
             servers=tuple(operator_load.SERVERS) if args.api == "both" else (args.api,))

@@ -51,6 +51,8 @@ class OperatorConfig:
     jobs: int = 200
     queue_jobs: int = 1000
     queue_limit: int = 50
+    large_queue_jobs: int = 5000  # the same scenario at another scale (0: not run)
+    large_queue_limit: int = 200
     timeout_s: float = 600.0  # the latency scenarios' longest wait
     queue_timeout_s: float = 900.0  # the queue scenario reports what finished by then
     skip_latency: bool = False
@@ -501,6 +503,12 @@ def on_server(server: type[ApiServer], config: OperatorConfig, progress: Callabl
                  f"running (reported as it stands after {config.queue_timeout_s:.0f} s at most)")
         results["queue"] = queue_scenario(server, config.queue_jobs, config.queue_limit, config.queue_timeout_s,
                                           progress)
+        if config.large_queue_jobs:
+            progress(f"operator ({server.mode} API server): {config.large_queue_jobs} jobs, at most "
+                     f"{config.large_queue_limit} running (reported as it stands after {config.queue_timeout_s:.0f} s "
+                     "at most)")
+            results["large_queue"] = queue_scenario(server, config.large_queue_jobs, config.large_queue_limit,
+                                                    config.queue_timeout_s, progress)
     return results
 
 
