@@ -21,11 +21,27 @@ JOBS = (GROUP, VERSION, PLURAL)
 LEGACY_FINALIZER = f"{GROUP}/cleanup"
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf compares each event's "essence" (a deep copy of the body) with the last handled one, for the handlers
+    that react to changes (on.create/update/resume). This operator has none (the reconciler compares what
+    decisions read, decision_inputs), so building the copy was a tenth of its CPU, spent on nothing."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass  # nothing is kept: no annotation is written
+
+
 @kopf.on.startup()
 async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     operator_settings: OperatorSettings = memo.settings
     # Only event and index handlers: kopf keeps no progress or diff-base annotations and no finalizer on jobs.
     settings.persistence.finalizer = LEGACY_FINALIZER
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Events are for the job's transitions (posted explicitly); handler chatter stays in the operator's log.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
@@ -42,13 +58,17 @@ WORKER_PODS = {"app.kubernetes.io/managed-by": COMPONENT_LABELS["app.kubernetes.
 # resources): jobs and Pods are namespaced, so mypy's arg-type check of each registration is waived.
 
 
+# The index functions are async though they never await: kopf runs a plain function in a thread, and the hop
+# costs more than these microseconds of work, twice for every event.
+
+
 @kopf.index(*JOBS)  # type: ignore[arg-type]
-def job_queue(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
+async def job_queue(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, name): queue_entry(namespace, name, dict(body))}
 
 
 @kopf.index("v1", "pods", labels=WORKER_PODS)  # type: ignore[arg-type]
-def worker_pods(namespace: str, annotations: kopf.Annotations, body: kopf.Body, **_: Any) -> dict | None:
+async def worker_pods(namespace: str, annotations: kopf.Annotations, body: kopf.Body, **_: Any) -> dict | None:
     job_name = annotations.get(JOB_NAME_ANNOTATION)
     return {(namespace, job_name): observe_pod(dict(body))} if job_name else None
 

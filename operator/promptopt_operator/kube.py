@@ -48,8 +48,12 @@ class KubeClient:
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
 
-    async def _call(self, function, *args, **kwargs) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(function, *args, **kwargs))
+    async def _call(self, function, *args, **kwargs) -> bytes:
+        """The call's response body, read in the pool's thread. Reading it whole is also what returns the connection
+        to the pool: a response left unread keeps its connection, and the next call would open a new one (a TLS
+        handshake, a tenth of the operator's CPU at 200 jobs)."""
+        request = partial(function, *args, _preload_content=False, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: request().data)
 
     async def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any],
                                resource_version: str) -> dict[str, Any] | None:
@@ -59,19 +63,19 @@ class KubeClient:
         body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
         try:
             response = await self._call(self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
-                                        PLURAL, name, body, _preload_content=False)
+                                        PLURAL, name, body)
         except ApiException as error:
             if error.status == 409:
                 raise StaleJob(f"{namespace}/{name} changed since resourceVersion {resource_version}") from error
             if error.status == 404:
                 return None
             raise
-        return json.loads(response.data)
+        return json.loads(response)
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:
             await self._call(self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                             propagation_policy="Background", _preload_content=False)
+                             propagation_policy="Background")
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -79,7 +83,7 @@ class KubeClient:
     async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create the Pod; False if it already exists (it is then adopted, never duplicated)."""
         try:
-            await self._call(self._core.create_namespaced_pod, namespace, manifest, _preload_content=False)
+            await self._call(self._core.create_namespaced_pod, namespace, manifest)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -88,8 +92,7 @@ class KubeClient:
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
         try:
-            await self._call(self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace_seconds,
-                             _preload_content=False)
+            await self._call(self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace_seconds)
         except ApiException as error:
             if error.status != 404:
                 raise
