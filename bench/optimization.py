@@ -9,8 +9,9 @@ latency per call, so wall time is dominated by waiting for the "model", as with 
 - the bound: the LLM calls that cannot be avoided (task + judge calls of the evaluations the cache could not
   answer) spread over the configured concurrency, plus the reflection calls, which are sequential:
   ``bound = unique_task_and_judge_calls / concurrency * latency + reflection_calls * latency``;
-  the "structural bound" adds what gepa's structure imposes: each evaluate() call waits for its slowest
-  example, so a batch of n uncached examples takes ``ceil(n / concurrency) * (1 + judges) * latency``;
+  the critical path (issue 14: rounds × latency + reflections) adds what gepa's structure imposes: each
+  evaluate() call waits for its slowest example, and an example's judge call for its task call, so a batch of n
+  uncached examples takes ``ceil(n / concurrency) * (1 + judges)`` rounds of one latency;
 - the worker as a process: the same job run by `promptopt run` in a child process, as a worker Pod runs it
   (interpreter start, imports, the optimization, the final report, exit): when its first LLM request reached
   the simulated LLM, how long it took to exit after writing its result, its CPU per LLM call and its peak RSS;
@@ -204,7 +205,7 @@ def run_ours(llm: LLMServer, records: list[dict[str, Any]], config: Optimization
     reflections = calls.get("reflection", 0)
     latency, concurrency = config.latency_s, config.concurrency
     bound = unique_calls / concurrency * latency + reflections * latency
-    structural = sum(math.ceil(n / concurrency) for n in counting.uncached_per_call) * (1 + judges) * latency \
+    critical_path = sum(math.ceil(n / concurrency) for n in counting.uncached_per_call) * (1 + judges) * latency \
         + reflections * latency
     template = result.best_candidate[PROMPT_NAME]
     return {
@@ -220,7 +221,7 @@ def run_ours(llm: LLMServer, records: list[dict[str, Any]], config: Optimization
         "unique_task_judge_calls": unique_calls,
         "judges": judges,
         "bound_s": bound,
-        "structural_bound_s": structural,
+        "critical_path_s": critical_path,
         "initial_score": result.initial_scores.aggregate if result.initial_scores else None,
         "final_score": result.final_scores.aggregate,
         "rescored": rescore(template, records),

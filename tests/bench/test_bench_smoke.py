@@ -29,7 +29,7 @@ QUEUE_ROWS = [
     "jobs Succeeded by minute", "operator peak RSS (MiB, VmHWM)", "operator API requests per job",
 ]
 OPTIMIZATION_ROWS = [
-    "wall time (s)", "bound (s)", "wall time / bound", "wall time / structural bound", "LLM calls task / judge",
+    "wall time (s)", "bound (s)", "wall time / bound", "wall time / critical path", "LLM calls task / judge",
     "evaluations / cache hits", "CPU in the optimizing process (s)", "final score (own report)",
     "final score, best prompt rescored on all records", "speed-up vs MLflow",
 ]
@@ -38,7 +38,7 @@ WORKER_PROCESS_ROWS = [
     "peak RSS (MiB)", "wall time / CPU, start to exit (s)", "final score (own report)",
 ]
 TARGET_ROWS = ["create → Pod created, p99 (ms)", "jobs Succeeded", "jobs Failed / duplicated / Succeeded without Pod",
-               "most worker Pods at once", "queue order", "wall time / bound",
+               "most worker Pods at once", "queue order", "wall time / bound", "wall time / critical path",
                "final score, best prompt rescored on all records", "speed-up vs MLflow",
                "process start → first LLM request (s)", "result written → process exit (s)", "CPU per LLM call",
                "peak RSS (MiB)", "operator API requests per job"]
