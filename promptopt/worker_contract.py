@@ -43,7 +43,8 @@ EXIT_INVALID_INPUT = 2  # no attempt can fix it: the spec, prompts or dataset mu
 PERMANENT_FAILURES: tuple[WorkerOutcome, ...] = ("InvalidInput", "LLMError", "TooManyFailedExamples")
 assert set(PERMANENT_FAILURES) <= set(get_args(WorkerOutcome))
 # Outcomes that end with a usable result when a best candidate exists: finished, or stopped early with the best so far.
-SUCCEEDED_OUTCOMES: tuple[WorkerOutcome, ...] = ("Completed", "BudgetExhausted", "DeadlineReached", "Cancelled")
+SUCCEEDED_OUTCOMES: tuple[WorkerOutcome, ...] = (
+    "Completed", "GoalReached", "NoImprovement", "BudgetExhausted", "DeadlineReached", "Cancelled")
 
 # The status fields the worker writes; the operator writes every other one.
 WORKER_STATUS_FIELDS: tuple[str, ...] = tuple(

@@ -84,16 +84,57 @@ class StatusObject(ApiModel):
 # spec.optimizer
 
 
+BudgetPreset = Literal["light", "medium", "heavy"]
+DEFAULT_MAX_METRIC_CALLS = 100
+
+
+class EarlyStopping(ApiModel):
+    """When GEPA stops before its budget is spent. The job then Succeeds with the best candidate found, and
+    status.workerResult.reason says why it stopped."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "has(self.goal) || has(self.patience)", "message": "set goal, patience or both",
+    }]})
+
+    goal: float | None = Field(
+        None, ge=0, le=1,
+        description="Stop once the best candidate's aggregate validation score reaches this (reason GoalReached). "
+        "The original prompts count: if they reach it, no iteration runs.",
+    )
+    patience: int | None = Field(
+        None, ge=1, le=10_000,
+        description="Stop after this many iterations in a row without a candidate that scores better on validation "
+        "(reason NoImprovement), counted from the start of each worker attempt.",
+    )
+
+    @model_validator(mode="after")
+    def _something_is_set(self) -> EarlyStopping:
+        if self.goal is None and self.patience is None:
+            raise ValueError("set goal, patience or both")
+        return self
+
+
 class GepaSettings(ApiModel):
     """Settings of the GEPA optimizer (the `gepa` library's reflective evolutionary search)."""
 
-    max_metric_calls: int = Field(
-        100, ge=1, le=100_000,
+    max_metric_calls: int | None = Field(
+        None, ge=1, le=100_000,
         description="Budget: the most (candidate, record) evaluations GEPA runs in all, across restarts; never "
         "exceeded. The first step scores the original prompts on every validation record; after it, an iteration "
         "starts only when the calls left cover its worst case (two minibatches of reflectionMinibatchSize records, "
         "then the validation records; with useMerge at least 5 + the validation records), so a run may end with up "
-        "to that many calls unspent. Less than the validation records is refused.",
+        "to that many calls unspent. Less than the validation records is refused. Default: the auto preset's "
+        f"budget when auto is set, else {DEFAULT_MAX_METRIC_CALLS}; when both are set, this one wins.",
+    )
+    auto: BudgetPreset | None = Field(
+        None,
+        description="A budget sized from the job as DSPy's GEPA auto sizes it. With n = 6, 12 or 18 candidates for "
+        "light, medium or heavy, P prompts and V validation records: T = max(4·P·log2(n), 1.5·n) trials (whole "
+        "number), and V + 5·n + 35·T + (floor((T + 1) / 5) + 1 + (1 if T < 5 else 0))·V metric calls; for one "
+        "prompt and 15 validation records, 440, 765 and 1,140. Ignored when maxMetricCalls is set.",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop before the budget is spent: at a goal score, or after iterations without improvement.",
     )
     reflection_minibatch_size: int = Field(
         3, ge=1, le=100,
@@ -584,8 +625,10 @@ class PromptOptimizationJobSpec(ApiModel):
         return self.example_failure_policy or ExampleFailurePolicy()
 
     def run_hash(self) -> str:
-        """A fingerprint of what the worker runs: every field but those that may change while it runs."""
-        content = self.model_dump(mode="json", by_alias=True, exclude=set(MUTABLE_SPEC_FIELDS))
+        """A fingerprint of what the worker runs: every field but those that may change while it runs. Unset fields
+        are left out, so a field added to the API does not change the fingerprint of a job that does not use it
+        (a running job would read as changed after an operator upgrade)."""
+        content = self.model_dump(mode="json", by_alias=True, exclude=set(MUTABLE_SPEC_FIELDS), exclude_none=True)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -675,8 +718,8 @@ class OptimizedPrompt(StatusObject):
 
 
 WorkerOutcome = Literal[
-    "Completed", "BudgetExhausted", "DeadlineReached", "Cancelled", "InvalidInput", "LLMError",
-    "TooManyFailedExamples", "Error",
+    "Completed", "GoalReached", "NoImprovement", "BudgetExhausted", "DeadlineReached", "Cancelled", "InvalidInput",
+    "LLMError", "TooManyFailedExamples", "Error",
 ]
 
 
@@ -684,10 +727,11 @@ class WorkerResult(StatusObject):
     """How the worker's run ended, in its own words; the operator turns it into phase and conditions."""
 
     reason: WorkerOutcome = Field(
-        description="Completed (budget of metric calls spent or optimizer done), BudgetExhausted (maxCostUSD "
-        "reached), DeadlineReached, Cancelled, InvalidInput (prompts or dataset unusable), LLMError (a "
-        "permanent LLM error such as a bad key or unknown model), TooManyFailedExamples (more records could not "
-        "be scored than spec.exampleFailurePolicy.maxFailedFraction allows) or Error."
+        description="Completed (budget of metric calls spent or optimizer done), GoalReached and NoImprovement "
+        "(stopped early by optimizer.gepa.earlyStopping), BudgetExhausted (maxCostUSD reached), DeadlineReached, "
+        "Cancelled, InvalidInput (prompts or dataset unusable), LLMError (a permanent LLM error such as a bad key "
+        "or unknown model), TooManyFailedExamples (more records could not be scored than "
+        "spec.exampleFailurePolicy.maxFailedFraction allows) or Error."
     )
     message: str = Field(description="A human-readable explanation.")
     succeeded: bool = Field(description="Whether the run produced a usable result (best prompts and scores).")

@@ -59,7 +59,9 @@ def test_every_spec_field_is_reachable_for_kubectl_explain():
     optimizer = schema["properties"]["spec"]["properties"]["optimizer"]
     assert set(optimizer["properties"]) >= {"type", "reflectionModel", "gepa", "metaPrompt", "options"}
     gepa = optimizer["properties"]["gepa"]["properties"]
-    assert gepa["maxMetricCalls"]["default"] == 100
+    # No server-side default: the worker tells an explicit budget (which wins over auto) from the default.
+    assert "default" not in gepa["maxMetricCalls"] and gepa["auto"]["enum"] == ["light", "medium", "heavy"]
+    assert set(gepa["earlyStopping"]["properties"]) == {"goal", "patience"}
     assert gepa["candidateSelection"]["enum"] == ["pareto", "current_best", "epsilon_greedy"]
 
 

@@ -54,6 +54,13 @@ INVALID = [
     ("unknown optimizer", edited(_set(["optimizer", "type"], "Bayes")), "spec.optimizer.type"),
     ("no reflection model", edited(_delete(["optimizer", "reflectionModel"])), "spec.optimizer.reflectionModel"),
     ("zero budget", edited(_set(["optimizer", "gepa", "maxMetricCalls"], 0)), "spec.optimizer.gepa.maxMetricCalls"),
+    ("unknown budget preset", edited(_set(["optimizer", "gepa", "auto"], "huge")), "spec.optimizer.gepa.auto"),
+    ("early stopping without a rule", edited(_set(["optimizer", "gepa", "earlyStopping"], {})),
+     "spec.optimizer.gepa.earlyStopping"),
+    ("goal above 1", edited(_set(["optimizer", "gepa", "earlyStopping"], {"goal": 1.5})),
+     "spec.optimizer.gepa.earlyStopping.goal"),
+    ("zero patience", edited(_set(["optimizer", "gepa", "earlyStopping"], {"patience": 0})),
+     "spec.optimizer.gepa.earlyStopping.patience"),
     ("gepa without dataset", edited(_delete(["dataset"])), "spec.dataset"),
     ("gepa settings on metaprompt",
      edited(_set(["optimizer", "type"], "MetaPrompt")), "spec.optimizer"),
@@ -98,6 +105,8 @@ INVALID = [
 
 VALID = [
     ("the base document", VALID_SPEC),
+    ("a budget preset with early stopping", edited(_set(["optimizer", "gepa"], {
+        "auto": "medium", "earlyStopping": {"goal": 0.9, "patience": 4}}))),
     ("zero-shot metaprompt", {
         "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/gpt-4.1",
                       "metaPrompt": {"guidelines": "be brief"}},

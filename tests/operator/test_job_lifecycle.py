@@ -303,6 +303,23 @@ def test_metrics_count_jobs_and_pods(cluster, kubelet, llm, credentials, start_o
     assert re.search(r"^promptopt_reconcile_seconds_count [1-9]", metrics, re.M)
 
 
+def test_a_job_stops_at_its_goal_and_succeeds_saying_so(cluster, kubelet, llm, credentials, kubectl, start_operator):
+    """The simulated task model labels every review once the prompt asks for one lowercase word: the first
+    candidate that does reaches the goal, and the run ends there with most of its budget unspent."""
+    start_operator()
+    job = gepa_job("goal", llm, max_metric_calls=400)
+    job["spec"]["optimizer"]["gepa"]["earlyStopping"] = {"goal": 1.0}
+    cluster.create(job)
+    status = wait_for_phase(cluster, "goal", "Succeeded")
+
+    assert status["workerResult"]["reason"] == "GoalReached", status["workerResult"]
+    assert status["finalScores"]["aggregate"] == 1.0 > status["initialScores"]["aggregate"]
+    assert status["progress"]["metricCalls"] < 400 // 2
+    assert condition(status, "Ready") | {"status": "True", "reason": "GoalReached"} == condition(status, "Ready")
+    header, row = kubectl("get", "poj", "goal", "-o", "wide").stdout.splitlines()
+    assert dict(zip(header.split(), row.split(), strict=True))["REASON"] == "GoalReached"
+
+
 def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, start_operator):
     start_operator()
     cluster.create(gepa_job("ephemeral", llm, max_metric_calls=8, records=4, ttlSecondsAfterFinished=1))

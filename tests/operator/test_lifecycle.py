@@ -108,11 +108,13 @@ def test_success_takes_the_workers_result():
     assert {c["type"]: c["status"] for c in d.status["conditions"]}["Ready"] == "True"
 
 
-def test_budget_exhausted_is_a_success_with_its_reason():
+@pytest.mark.parametrize("reason", ["BudgetExhausted", "GoalReached", "NoImprovement"])
+def test_an_early_stop_is_a_success_with_its_reason(reason):
     status = {"phase": "Running", "attempts": 1, "startTime": ago(60),
-              "workerResult": {"reason": "BudgetExhausted", "message": "spent $2.00", "succeeded": True}}
+              "workerResult": {"reason": reason, "message": "stopped early", "succeeded": True}}
     d = decide(job(status), [pod(phase="Succeeded", exit_code=0)], NOW, SETTINGS, START)
-    assert d.status["phase"] == "Succeeded" and ready_condition(d)["reason"] == "BudgetExhausted"
+    assert d.status["phase"] == "Succeeded" and ready_condition(d)["reason"] == reason
+    assert d.events[0].reason == reason
 
 
 def test_result_is_recovered_from_the_termination_message_when_status_lacks_it():

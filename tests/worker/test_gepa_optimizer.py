@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from promptopt.api.v1alpha1 import ExampleFailurePolicy, GepaSettings, OptimizerSpec, ScorerSpec, TaskSpec
+from promptopt.api.v1alpha1 import (
+    EarlyStopping, ExampleFailurePolicy, GepaSettings, OptimizerSpec, ScorerSpec, TaskSpec,
+)
 from promptopt.simulated_llm import (
     REFLECT_DROPS_VARIABLE_MODEL,
     REFLECT_MODEL,
@@ -20,7 +22,7 @@ from promptopt.simulated_llm import (
     sentiment_dataset,
 )
 from promptopt_worker.evaluation import TaskEvaluator
-from promptopt_worker.gepa_optimizer import EvaluatorAdapter, optimize_gepa
+from promptopt_worker.gepa_optimizer import EvaluatorAdapter, metric_call_budget, optimize_gepa, preset_metric_calls
 from promptopt_worker.llm import LLMClient, ModelEndpoint, PermanentLLMError
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import (
@@ -294,6 +296,66 @@ def test_the_deadline_stops_the_run_after_the_seed_evaluation():
     assert result.best_candidate == {"classify": SEED}
     assert result.initial_scores == result.final_scores
     assert progress.iteration == 0 and progress.metric_calls == 4
+
+
+def with_gepa(problem: Problem, **settings) -> Problem:
+    gepa_settings = problem.settings.gepa_settings.model_copy(update=settings)
+    return dataclasses.replace(problem, settings=problem.settings.model_copy(update={"gepa": gepa_settings}))
+
+
+def test_the_goal_stops_the_run_once_the_best_candidate_reaches_it():
+    result, progress, _ = run(with_gepa(gepa_problem(), early_stopping=EarlyStopping(goal=0.5)))
+
+    assert result.reason == "GoalReached" and result.succeeded, result.message
+    assert result.message.startswith("GEPA stopped at its goal of 0.5; best of 2 candidates scores 0.500")
+    assert result.best_candidate == {"classify": f"{LOWERCASE}\n{SEED}"}  # the budget would have reached 1.0
+    assert progress.metric_calls < progress.max_metric_calls
+
+
+def test_a_seed_that_reaches_the_goal_runs_no_iteration():
+    result, progress, _ = run(with_gepa(gepa_problem(), early_stopping=EarlyStopping(goal=0.0)))
+    assert result.reason == "GoalReached" and result.best_candidate == {"classify": SEED}
+    assert progress.iteration == 0 and progress.metric_calls == 4
+
+
+def test_patience_stops_a_run_whose_proposals_bring_nothing():
+    reflector = FakeReflector(lambda text: text.replace("{{text}}", "the review"))  # every proposal is rejected
+    problem = with_gepa(gepa_problem(reflect=reflector, max_metric_calls=400), early_stopping=EarlyStopping(patience=3))
+    result, progress, _ = run(problem)
+
+    assert result.reason == "NoImprovement" and result.succeeded, result.message
+    assert result.message.startswith("GEPA stopped: no better candidate in 3 iterations; best of 1 candidates")
+    assert progress.iteration == 3 and len(reflector.requests) == 3
+
+
+def test_patience_counts_iterations_without_improvement_in_a_row():
+    """The fake reflector improves twice (0.5, then 1.0) and then has nothing to add: the run stops 2 iterations
+    after the last improvement, not 2 after the start."""
+    result, progress, _ = run(with_gepa(gepa_problem(max_metric_calls=400), early_stopping=EarlyStopping(patience=2)))
+    assert result.reason == "NoImprovement" and result.final_scores.aggregate == 1.0
+    assert progress.iteration == 4
+
+
+@pytest.mark.parametrize("preset, prompts, validation, calls", [
+    ("light", 1, 15, 440), ("medium", 1, 15, 765), ("heavy", 1, 15, 1140),  # the API reference's examples
+    ("light", 1, 4, 396), ("light", 3, 50, 1515),  # 3 prompts: 31 trials, 7 full validations
+])
+def test_budget_presets_are_sized_as_dspy_sizes_auto(preset, prompts, validation, calls):
+    assert preset_metric_calls(preset, prompts, validation) == calls
+
+
+def test_an_explicit_budget_wins_over_the_preset_and_the_default_is_100():
+    assert metric_call_budget(GepaSettings(auto="light", max_metric_calls=50), 1, 4) == (
+        50, "spec.optimizer.gepa.maxMetricCalls")
+    assert metric_call_budget(GepaSettings(auto="light"), 1, 4) == (396, "spec.optimizer.gepa.auto")
+    assert metric_call_budget(GepaSettings(), 1, 4) == (100, "spec.optimizer.gepa.maxMetricCalls")
+
+
+def test_a_run_with_a_preset_has_its_budget():
+    problem = with_gepa(gepa_problem(), max_metric_calls=None, auto="light")
+    result, progress, _ = run(problem)
+    assert result.reason == "Completed" and progress.max_metric_calls == 396
+    assert result.final_scores.aggregate == 1.0
 
 
 def test_a_second_run_with_the_same_run_dir_resumes(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import version
@@ -19,9 +20,10 @@ from gepa.core.adapter import GEPAAdapter
 from gepa.core.callbacks import GEPACallback
 from gepa.proposer.reflective_mutation.base import LanguageModel
 from gepa.proposer.reflective_mutation.reflection_lm import ReflectionJob, ReflectionProposal, StatelessReflectionLM
-from gepa.utils import StopperProtocol, TimeoutStopCondition
+from gepa.utils import NoImprovementStopper, ScoreThresholdStopper, StopperProtocol, TimeoutStopCondition
 
 from promptopt import prompt_contract
+from promptopt.api.v1alpha1 import DEFAULT_MAX_METRIC_CALLS, BudgetPreset, GepaSettings
 from promptopt_worker.llm import PermanentLLMError
 from promptopt_worker.problem import (
     Candidate,
@@ -56,12 +58,36 @@ RESERVED_OPTIONS: dict[str, str] = {
     **dict.fromkeys(["reflection_strategy", "custom_candidate_proposer"],
                     "the worker's reflection rejects proposals that lose or invent a {{variable}}"),
     "max_reflection_cost": "set spec.budget.maxCostUSD, which covers every LLM call of the job",
-    "stop_callbacks": "set spec.activeDeadlineSeconds, or stop the job with spec.cancel",
+    "stop_callbacks": "set spec.optimizer.gepa.earlyStopping or spec.activeDeadlineSeconds, or stop the job with "
+                      "spec.cancel",
     **dict.fromkeys(["callbacks", "logger", "display_progress_bar"], _REPORTED),
     "run_dir": "set spec.worker.checkpointClaimName to keep checkpoints across worker Pods",
 }
 GEPA_PARAMETERS = frozenset(inspect.signature(gepa.optimize).parameters)
 GEPA_VERSION = version("gepa")
+
+# DSPy's GEPA `auto` presets: how many candidates each budget is sized for.
+PRESET_CANDIDATES: dict[str, int] = {"light": 6, "medium": 12, "heavy": 18}
+
+
+def preset_metric_calls(preset: BudgetPreset, prompts: int, validation_records: int) -> int:
+    """The metric calls of a budget preset, as DSPy's GEPA sizes `auto` (its auto_budget, with its defaults of 35
+    records per trial and a full validation every 5 trials): the seed's validation, 5 calls per candidate, then
+    each trial's minibatch and the periodic full validations."""
+    candidates = PRESET_CANDIDATES[preset]
+    trials = int(max(4 * prompts * math.log2(candidates), 1.5 * candidates))
+    full_validations = (trials + 1) // 5 + 1 + (1 if trials < 5 else 0)
+    return validation_records + 5 * candidates + 35 * trials + full_validations * validation_records
+
+
+def metric_call_budget(settings: GepaSettings, prompts: int, validation_records: int) -> tuple[int, str]:
+    """The run's budget, and the field it comes from: maxMetricCalls when set, else the auto preset's, else the
+    default."""
+    if settings.max_metric_calls is not None:
+        return settings.max_metric_calls, "spec.optimizer.gepa.maxMetricCalls"
+    if settings.auto is not None:
+        return preset_metric_calls(settings.auto, prompts, validation_records), "spec.optimizer.gepa.auto"
+    return DEFAULT_MAX_METRIC_CALLS, "spec.optimizer.gepa.maxMetricCalls"
 
 
 class EvaluatorAdapter(GEPAAdapter[Example, ScoredOutput, str]):
@@ -283,12 +309,15 @@ def optimize_gepa(
     if problems := option_problems(options, RESERVED_OPTIONS, GEPA_PARAMETERS, f"gepa.optimize (gepa {GEPA_VERSION})"):
         return Result("InvalidInput", "; ".join(problems))
 
+    budget, budget_field = metric_call_budget(settings, len(problem.prompts), len(problem.validation))
+    if "max_metric_calls" in options:
+        budget_field = "spec.optimizer.options.max_metric_calls"
     kwargs: dict[str, Any] = {
         "candidate_selection_strategy": settings.candidate_selection,
         "reflection_minibatch_size": settings.reflection_minibatch_size,
         "use_merge": settings.use_merge,
         "seed": settings.seed,
-        "max_metric_calls": settings.max_metric_calls,
+        "max_metric_calls": budget,
         # An exception ends the run: what the adapter raises (a permanent LLM error, the budget spent, too many
         # failed examples; transient errors were retried already, a single failed example does not raise) or a
         # bug would only repeat.
@@ -296,8 +325,6 @@ def optimize_gepa(
         **options,
     }
     budget, first_step = kwargs["max_metric_calls"], len(problem.validation)  # the seed, scored on validation
-    budget_field = ("spec.optimizer.options.max_metric_calls" if "max_metric_calls" in options
-                    else "spec.optimizer.gepa.maxMetricCalls")
     if not isinstance(budget, int) or isinstance(budget, bool):
         return Result("InvalidInput",
                       f"{budget_field}: {budget!r} is not a number of metric calls; GEPA needs a budget")
@@ -329,6 +356,13 @@ def optimize_gepa(
     if problem.deadline_seconds is not None:
         deadline = Recorded(TimeoutStopCondition(problem.deadline_seconds))  # its clock starts now
         stoppers.append(deadline)
+    # gepa asks its stoppers once before each iteration (the first time, the seed's score is the best).
+    early = settings.early_stopping
+    goal_score = early.goal if early else None
+    patience_iterations = early.patience if early else None
+    goal = Recorded(ScoreThresholdStopper(goal_score)) if goal_score is not None else None
+    patience = Recorded(NoImprovementStopper(patience_iterations)) if patience_iterations is not None else None
+    stoppers.extend(stopper for stopper in (goal, patience) if stopper is not None)
 
     result = gepa.optimize(
         seed_candidate=problem.seed_candidate,
@@ -362,6 +396,11 @@ def optimize_gepa(
         message = f"GEPA made no progress for {stall_seconds:g} s (last error: {callback.last_error!r}); {summary}"
     elif deadline is not None and deadline.fired:
         reason, message = "DeadlineReached", f"the deadline of {problem.deadline_seconds:g} s passed; {summary}"
+    elif goal is not None and goal.fired:
+        reason, message = "GoalReached", f"GEPA stopped at its goal of {goal_score:g}; {summary}"
+    elif patience is not None and patience.fired:
+        reason = "NoImprovement"
+        message = f"GEPA stopped: no better candidate in {patience_iterations} iterations; {summary}"
     elif within_budget.fired:
         reason = "Completed"
         message = (f"GEPA finished: the {budget - progress.metric_calls} metric calls left could not cover "
