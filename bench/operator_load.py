@@ -411,7 +411,7 @@ def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: floa
                 time.sleep(0.2)
                 if time.monotonic() >= next_note:
                     progress(f"queue: {finished()} of {jobs} jobs finished after {time.monotonic() - started:.0f} s")
-                    next_note += 60
+                    next_note = time.monotonic() + 60  # not +60 on the last: creating the jobs may outlast it
             timed_out = finished() < jobs
             done_at = sorted(p["Succeeded"] - started for p in seen.phases.values() if "Succeeded" in p)
             wall = done_at[-1] if done_at and not timed_out else time.monotonic() - started
