@@ -30,7 +30,7 @@ from promptopt_operator.kube import KubeClient, StaleJob
 from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
-from promptopt_operator.queue import WAITING_PHASES, JobKey, QueueEntry, plan, stale_positions
+from promptopt_operator.queue import WAITING_PHASES, JobKey, QueueEntry, plan, slot_for, stale_positions
 from promptopt_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 # cost O(waiting) writes a start).
 QUEUE_POSITION_DELAY_SECONDS = 1.0
 EXACT_QUEUE_POSITIONS = 50
+# Further back the sweep rewrites a position only when it is off by more than this share: a job's position is then
+# written a few times while it waits, not once a sweep.
+QUEUE_POSITION_TOLERANCE = 0.1
 # How often every job is looked at again whatever happened: a safety net for anything a watch missed, and fresh
 # queue positions for the whole line.
 SWEEP_SECONDS = 30.0
@@ -139,6 +142,9 @@ class Reconciler:
     def _slots(self) -> dict[JobKey, Slot]:
         return plan(self._queue(), self.settings.max_running_jobs)
 
+    def _slot(self, key: JobKey) -> Slot | None:
+        return slot_for(self._queue(), key, self.settings.max_running_jobs)
+
     def _spawn(self, coroutine: Any) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
@@ -180,7 +186,8 @@ class Reconciler:
         queue = self._queue()
         if any(slot.may_start for slot in self._slots().values()):
             self.wake_waiting()
-        for key, position in stale_positions(queue, self.settings.max_running_jobs).items():
+        for key, position in stale_positions(queue, self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS,
+                                             QUEUE_POSITION_TOLERANCE).items():
             await self.reconcile(*key, queue_position=position)
         for entry in queue:
             if entry.phase not in (*TERMINAL_PHASES, *WAITING_PHASES):
@@ -251,8 +258,7 @@ class Reconciler:
             if queue_position is not None:
                 slot = Slot(may_start=False, position=queue_position)
             else:
-                # Planning sorts the whole queue: only a job that waits to start needs it.
-                slot = self._slots().get(key, slot)
+                slot = self._slot(key) or slot  # only a job that waits to start needs its place in line
                 if job.status.phase == "Queued":
                     slot = Slot(slot.may_start)
         decision = decide(job, pods, datetime.now(UTC), self.settings, slot)

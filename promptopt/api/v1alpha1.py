@@ -789,7 +789,10 @@ class PromptOptimizationJobStatus(WorkerStatus):
     )
     attempts: int | None = Field(None, description="Worker Pods started so far.")
     last_failure: AttemptFailure | None = Field(None, description="The latest failed attempt.")
-    queue_position: int | None = Field(None, description="Place in the operator's queue while Queued (1 = next).")
+    queue_position: int | None = Field(
+        None, description="Place in the operator's queue while Queued (1 = next): exact for the first 50 in line, "
+        "within 10% further back (refreshed every 30 s).",
+    )
     start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
 

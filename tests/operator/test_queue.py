@@ -24,3 +24,22 @@ def test_no_slot_when_full_and_finished_jobs_free_theirs():
 def test_cancelled_waiting_jobs_keep_no_place():
     slots = plan([entry("x", "1", "Queued", cancelled=True), entry("y", "2", "Queued")], limit=0)
     assert ("ns", "x") not in slots and slots[("ns", "y")].position == 1
+
+
+def test_one_jobs_slot_is_its_slot_in_the_whole_plan():
+    """slot_for answers for one job what plan answers for all, on queues of every shape: ties in creation time,
+    cancelled and finished jobs, full and free limits."""
+    import random
+
+    from promptopt_operator.queue import slot_for
+
+    rng = random.Random(7)
+    phases = [None, "Queued", "Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+    for _ in range(300):
+        entries = [entry(f"j{i}", f"2026-01-01T00:00:{rng.randrange(10):02d}Z", rng.choice(phases),
+                         cancelled=rng.random() < 0.1) for i in range(rng.randrange(1, 25))]
+        limit = rng.randrange(0, 8)
+        slots = plan(entries, limit)
+        for e in entries:
+            assert slot_for(entries, e.key, limit) == slots.get(e.key), (e, limit)
+    assert slot_for([entry("a", "1")], ("ns", "unknown"), 1) is None
