@@ -142,6 +142,10 @@ class CountingEvaluator:
         self.examples_requested += len(examples)
         return results
 
+    @property
+    def cache_hits(self) -> int:
+        return self.inner.cache_hits
+
     def summarize(self, results: Any) -> Any:
         return self.inner.summarize(results)
 

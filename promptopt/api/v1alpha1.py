@@ -677,6 +677,10 @@ class Progress(StatusObject):
         None, description="metricCalls / maxMetricCalls, in percent; GEPA may finish below 100 when the calls left "
         "could not cover another iteration.",
     )
+    cached_evaluations: int | None = Field(
+        None, description="Of metricCalls, the evaluations the job's cache answered without an LLM call (the same "
+        "prompts on the same record again, as GEPA evaluates a parent once more).",
+    )
     iteration: int | None = Field(None, description="The optimizer's current iteration.")
     candidates: int | None = Field(None, description="Accepted candidate prompts so far, the seed included.")
     rejected_candidates: int | None = Field(

@@ -63,6 +63,7 @@ class FakeEvaluator:
         self.fail = fail
         self.unscorable = unscorable  # the `exact` judge gives no verdict: the example fails alone
         self.cache: dict[tuple, ScoredOutput] = {}
+        self.cache_hits = 0
         self.candidates: list[Candidate] = []
 
     @property
@@ -74,7 +75,9 @@ class FakeEvaluator:
         results = []
         for example in examples:
             key = (tuple(sorted(candidate.items())), example.index)
-            if key not in self.cache:
+            if key in self.cache:
+                self.cache_hits += 1
+            else:
                 if error := self.fail(candidate, example):
                     raise error
                 result = self._run(candidate, example)
@@ -221,12 +224,12 @@ def test_an_example_that_cannot_be_scored_enters_gepa_as_zero_with_its_reason_as
     assert failed["Generated Outputs"] == "the sentiment is positive."
 
 
-def test_adapter_state_carries_the_rejection_and_failure_counts_across_a_restart():
-    progress = Progress(rejected_candidates=3, failed_examples=2)
+def test_adapter_state_carries_the_rejection_failure_and_cache_counts_across_a_restart():
+    progress = Progress(rejected_candidates=3, failed_examples=2, cached_evaluations=5)
     saved = adapter_for(FakeEvaluator(), progress).get_adapter_state()
     restarted = Progress()
     adapter_for(FakeEvaluator(), restarted).set_adapter_state(saved)
-    assert (restarted.rejected_candidates, restarted.failed_examples) == (3, 2)
+    assert (restarted.rejected_candidates, restarted.failed_examples, restarted.cached_evaluations) == (3, 2, 5)
 
 
 # --- whole runs with fakes ------------------------------------------------------------------------
@@ -252,6 +255,10 @@ def test_gepa_improves_the_prompt_and_reports_progress():
     assert progress.best_candidate == result.best_candidate
     # The final scores came from the evaluator's cache: no evaluation beyond what gepa counted.
     assert evaluator.runs <= progress.metric_calls
+    # Every metric call gepa counted either ran or was answered by the cache, and the progress says how many.
+    assert progress.cached_evaluations > 0
+    assert progress.cached_evaluations + evaluator.runs == progress.metric_calls
+    assert reporter.reports[-1][0].cached_evaluations == progress.cached_evaluations
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,8 @@ class FakeEvaluator:
     scores 1 and any other prompt 0; the (candidate, example index) pairs in `unscorable` fail. Counts the
     (candidate, example) evaluations it runs."""
 
+    cache_hits = 0  # it has no cache: every evaluation runs
+
     def __init__(self, unscorable: Sequence[tuple[Candidate, int]] = ()):
         self.unscorable = unscorable
         self.evaluated: list[tuple[Candidate, int]] = []

@@ -100,12 +100,13 @@ def test_status_reporter_patches_only_worker_owned_fields(cluster):
     reporter = KubernetesStatusReporter(Recording(cluster.api_client()), "job", cluster.namespace,
                                         cost=lambda: {"llmCalls": 3, "promptTokens": 90, "completionTokens": 9})
     reporter.progress(running(12, best=0.25, iteration=1, candidates=1, best_candidate=BEST), important=True)
-    reporter.finished(running(60, best=1.0), completed())
+    reporter.finished(running(60, best=1.0, cached_evaluations=21), completed())
 
     status = cluster.get("poj", "job")["status"]
     assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
     assert status["progress"] == {"metricCalls": 60, "maxMetricCalls": 60, "percent": 100, "iteration": 0,
-                                  "candidates": 0, "rejectedCandidates": 0, "bestScore": 1.0, "failedExamples": 0}
+                                  "candidates": 0, "rejectedCandidates": 0, "bestScore": 1.0, "failedExamples": 0,
+                                  "cachedEvaluations": 21}
     assert status["initialScores"] == {"aggregate": 0.25, "scorers": {"ExactMatch": 0.0, "Correctness": 0.75},
                                        "failedExamples": 0}
     assert status["finalScores"] == {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0},

@@ -110,7 +110,9 @@ class EvaluatorAdapter(GEPAAdapter[Example, ScoredOutput, str]):
     def evaluate(
         self, batch: list[Example], candidate: Candidate, capture_traces: bool = False
     ) -> gepa.EvaluationBatch:
+        hits = self.evaluator.cache_hits
         results = self.evaluator.evaluate(candidate, batch)
+        self._progress.cached_evaluations += self.evaluator.cache_hits - hits
         count_failed_examples(results, self.problem, self._progress, self._stop)
         return gepa.EvaluationBatch(
             outputs=[r.output for r in results],
@@ -126,15 +128,17 @@ class EvaluatorAdapter(GEPAAdapter[Example, ScoredOutput, str]):
         records = [reflective_record(result) for result in eval_batch.trajectories or []]
         return {name: records for name in components_to_update}
 
-    # gepa checkpoints this with its state, so the counts of rejected proposals and failed examples survive a
-    # restart (the failure limit applies to the whole budget, which is a total across restarts too).
+    # gepa checkpoints this with its state, so the counts of rejected proposals, failed examples and cached
+    # evaluations survive a restart, as its metric calls do (the failure limit applies to the whole budget, which is
+    # a total across restarts too).
+    _COUNTS = ("rejected_candidates", "failed_examples", "cached_evaluations")
+
     def get_adapter_state(self) -> dict[str, Any]:
-        return {"rejected_candidates": self._progress.rejected_candidates,
-                "failed_examples": self._progress.failed_examples}
+        return {count: getattr(self._progress, count) for count in self._COUNTS}
 
     def set_adapter_state(self, state: Mapping[str, Any]) -> None:
-        self._progress.rejected_candidates = state.get("rejected_candidates", self._progress.rejected_candidates)
-        self._progress.failed_examples = state.get("failed_examples", self._progress.failed_examples)
+        for count in self._COUNTS:
+            setattr(self._progress, count, state.get(count, getattr(self._progress, count)))
 
 
 def reflective_record(result: ScoredOutput) -> dict[str, Any]:

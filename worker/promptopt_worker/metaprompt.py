@@ -160,8 +160,10 @@ def _evaluate(problem: Problem, progress: Progress, stop: StopRequested, candida
               examples: Sequence[Example]) -> list[ScoredOutput]:
     """The candidate's results, counted as metric calls and failed examples (which may stop the run)."""
     assert problem.evaluator is not None
+    hits = problem.evaluator.cache_hits
     results = problem.evaluator.evaluate(candidate, examples)
     progress.metric_calls += len(results)
+    progress.cached_evaluations += problem.evaluator.cache_hits - hits
     count_failed_examples(results, problem, progress, stop)
     return results
 

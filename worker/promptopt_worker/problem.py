@@ -98,6 +98,10 @@ class ScoreSummary:
 class Evaluator(Protocol):
     """Runs a candidate on examples and scores the outputs (LLM calls run concurrently, results are cached)."""
 
+    @property
+    def cache_hits(self) -> int:
+        """Examples answered from its cache so far, without an LLM call."""
+
     def evaluate(self, candidate: Candidate, examples: Sequence[Example]) -> list[ScoredOutput]: ...
 
     def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary: ...
@@ -150,6 +154,7 @@ class Progress:
     best_candidate: Candidate | None = None
     initial_scores: ScoreSummary | None = None
     failed_examples: int = 0  # evaluations whose example could not be scored
+    cached_evaluations: int = 0  # evaluations the cache answered (the same prompts on the same record again)
     config_map_inputs: tuple[ConfigMapInput, ...] = ()  # what the run read from ConfigMaps, reported from the start
 
 

@@ -73,6 +73,7 @@ def _progress_status(progress: Progress) -> dict[str, Any]:
         "rejectedCandidates": progress.rejected_candidates,
         "bestScore": None if progress.best_score is None else round(progress.best_score, 6),
         "failedExamples": progress.failed_examples,
+        "cachedEvaluations": progress.cached_evaluations,
     }
     if progress.max_metric_calls:
         fields["percent"] = min(100, progress.metric_calls * 100 // progress.max_metric_calls)
@@ -276,6 +277,8 @@ class ConsoleReporter:
             parts.append(f"best {progress.best_score:.3f}")
         if progress.failed_examples:
             parts.append(f"{progress.failed_examples} not scored")
+        if progress.cached_evaluations:
+            parts.append(f"{progress.cached_evaluations} from the cache")
         if cost := self.cost():
             parts.append(_cost_text(cost))
         return ", ".join(parts)
