@@ -709,6 +709,27 @@ class Cost(StatusObject):
     )
 
 
+STATUS_CANDIDATES = 5  # how many candidates status keeps; `promptopt run -o` keeps them all
+
+
+class CandidateReport(StatusObject):
+    """One candidate the optimizer scored on the validation records."""
+
+    id: int = Field(
+        ge=0, description="The candidate's number: 0 is the original prompts, the others in the order found.",
+    )
+    parents: list[int] = Field(
+        default_factory=list, description="The candidates it was derived from (two for a merge); empty for 0.",
+    )
+    score: float = Field(description="Aggregate validation score.")
+    scorers: dict[str, float] | None = Field(None, description="Validation score per scorer.")
+    found_at_metric_calls: int | None = Field(None, description="Metric calls spent when it was found.")
+    prompts: dict[str, str] | None = Field(
+        None, description="Its prompt texts by name: in the result file of promptopt run only (status keeps the best "
+        "in optimizedPrompts).",
+    )
+
+
 class OptimizedPrompt(StatusObject):
     """One optimized prompt."""
 
@@ -764,6 +785,10 @@ class WorkerStatus(StatusObject):
     initial_scores: Scores | None = Field(None, description="Scores of the original prompts.")
     final_scores: Scores | None = Field(None, description="Scores of the optimized prompts.")
     optimized_prompts: list[OptimizedPrompt] | None = Field(None, description="The best prompts found.")
+    candidates: list[CandidateReport] | None = Field(
+        None, description=f"The best {STATUS_CANDIDATES} candidates by validation score, best first, with their "
+        "lineage; the result file of promptopt run keeps every one, with its prompts.",
+    )
     cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
     worker_result: WorkerResult | None = Field(None, description="How the worker's last run ended.")
     config_map_inputs: list[ConfigMapInput] | None = Field(

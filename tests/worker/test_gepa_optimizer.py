@@ -259,6 +259,15 @@ def test_gepa_improves_the_prompt_and_reports_progress():
     assert progress.cached_evaluations > 0
     assert progress.cached_evaluations + evaluator.runs == progress.metric_calls
     assert reporter.reports[-1][0].cached_evaluations == progress.cached_evaluations
+    # The candidates, with their lineage: each rule was added to the one before, found as the budget went.
+    assert [(c.id, c.parents, c.score, dict(c.scorers or {})) for c in result.candidates] == [
+        (0, (), 0.0, {"lowercase": 0.0, "exact": 0.0}),
+        (1, (0,), 0.5, {"lowercase": 1.0, "exact": 0.0}),
+        (2, (1,), 1.0, {"lowercase": 1.0, "exact": 1.0}),
+    ]
+    assert result.candidates[2].prompts == result.best_candidate
+    found = [c.found_at_metric_calls for c in result.candidates]
+    assert found[0] == 0 and found == sorted(found) and found[-1] <= progress.metric_calls
 
 
 @pytest.mark.parametrize(

@@ -188,6 +188,9 @@ def test_few_shot_shows_the_worst_training_examples_and_keeps_a_better_proposal(
     # Budget: the seed on validation, the examples shown, the proposal on validation.
     assert progress.metric_calls == progress.max_metric_calls == 4 + 3 + 4 == len(evaluator.evaluated)
     assert [p.best_score for p, important in reporter.reports if important] == [0.375, 1.0]
+    # Two candidates: the original prompts, and the proposal made from them once 7 metric calls were spent.
+    assert [(c.id, c.parents, c.score, c.found_at_metric_calls, c.prompts) for c in result.candidates] == [
+        (0, (), 0.375, 0, SEED), (1, (0,), 1.0, 7, BETTER)]
     assert reporter.reports[0][0].initial_scores == result.initial_scores
 
 

@@ -9,11 +9,12 @@ from kubernetes.client.exceptions import ApiException
 
 from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
 from promptopt.worker_contract import WORKER_STATUS_FIELDS, parse_termination_message
-from promptopt_worker.problem import Progress, Result, ScoreSummary
+from promptopt_worker.problem import CandidateRecord, Progress, Result, ScoreSummary
 from promptopt_worker.reporting import (
     ConsoleReporter,
     KubernetesStatusReporter,
     Reporters,
+    ResultFileReporter,
     TerminationMessageReporter,
     configure_logging,
     status_fields,
@@ -187,6 +188,34 @@ def test_termination_message_holds_the_whole_result_when_small(tmp_path):
         "cost": {"llmCalls": 5},
         "workerResult": {"reason": "Completed", "message": "budget of metric calls spent", "succeeded": True},
     }
+
+
+def seven_candidates() -> tuple[CandidateRecord, ...]:
+    """The seed (0.25), then six children, each of the one before; candidate 3 is the best."""
+    scores = [0.25, 0.5, 0.75, 1.0, 0.5, 0.625, 0.875]
+    return tuple(CandidateRecord(i, (i - 1,) if i else (), score, {"ExactMatch": score}, 10 * i, {"classify": f"v{i}"})
+                 for i, score in enumerate(scores))
+
+
+def test_status_keeps_the_best_candidates_and_the_result_file_all_of_them(tmp_path):
+    result = completed(candidates=seven_candidates())
+    in_status = status_fields(worker_status(running(60, best=1.0), result))["candidates"]
+    assert [c["id"] for c in in_status] == [3, 6, 2, 5, 1]  # best first, at most 5, no prompts
+    assert in_status[0] == {"id": 3, "parents": [2], "score": 1.0, "scorers": {"ExactMatch": 1.0},
+                            "foundAtMetricCalls": 30}
+
+    path = tmp_path / "result.json"
+    ResultFileReporter(path).finished(running(60, best=1.0), result)
+    in_file = json.loads(path.read_text())["candidates"]
+    assert [c["id"] for c in in_file] == [3, 6, 2, 5, 1, 4, 0]
+    assert in_file[-1] == {"id": 0, "parents": [], "score": 0.25, "scorers": {"ExactMatch": 0.25},
+                           "foundAtMetricCalls": 0, "prompts": {"classify": "v0"}}
+
+
+def test_termination_message_leaves_the_candidates_to_the_status(tmp_path):
+    path = tmp_path / "termination-log"
+    TerminationMessageReporter(str(path)).finished(running(60), completed(candidates=seven_candidates()))
+    assert "candidates" not in json.loads(path.read_text())
 
 
 def test_termination_message_stays_under_4_kib_with_huge_prompts(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from promptopt.api.v1alpha1 import DEFAULT_MAX_METRIC_CALLS, BudgetPreset, GepaS
 from promptopt_worker.llm import PermanentLLMError
 from promptopt_worker.problem import (
     Candidate,
+    CandidateRecord,
     Evaluator,
     Example,
     Problem,
@@ -420,6 +421,26 @@ def optimize_gepa(
         best_candidate=best,
         initial_scores=progress.initial_scores,
         final_scores=problem.validation_scores(best),
+        candidates=candidate_records(result),
+    )
+
+
+def candidate_records(result: gepa.GEPAResult) -> tuple[CandidateRecord, ...]:
+    """Every candidate of the run with its lineage, validation scores (per scorer: gepa's per-objective means of
+    our objective scores) and the metric calls spent when it was found."""
+    per_scorer: Sequence[Mapping[str, float] | None] = result.val_aggregate_subscores or [None] * len(result.candidates)
+    return tuple(
+        CandidateRecord(
+            id=index,
+            parents=tuple(parent for parent in parents if parent is not None),
+            score=score,
+            scorers=scorers,
+            found_at_metric_calls=found,
+            prompts=dict(candidate),
+        )
+        for index, (candidate, parents, score, scorers, found) in enumerate(zip(
+            result.candidates, result.parents, result.val_aggregate_scores, per_scorer, result.discovery_eval_counts,
+            strict=True))
     )
 
 

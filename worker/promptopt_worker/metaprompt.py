@@ -31,6 +31,7 @@ from promptopt_worker.litellm_transport import completion_parameters
 from promptopt_worker.llm import WORKER_COMPLETION_PARAMETERS, json_object_with
 from promptopt_worker.problem import (
     Candidate,
+    CandidateRecord,
     Example,
     Problem,
     Progress,
@@ -112,9 +113,12 @@ def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter
             verdict = (f"kept the original prompts, which score {original_mean:.3f} {where}; the proposal scores "
                        f"{proposal_mean:.3f}")
     reporter.progress(progress, important=kept is proposal)
-    return Result(
-        "Completed", f"{mode}: {verdict}. {note}", best_candidate=kept, initial_scores=initial, final_scores=final
-    )
+    scored = [(seed, (), initial, 0), (proposal, (0,), proposed, progress.metric_calls - len(proposed_results))]
+    candidates = tuple(CandidateRecord(index, parents, summary.aggregate, summary.scorers, found, dict(prompts))
+                       for index, (prompts, parents, summary, found) in enumerate(scored)
+                       if summary.aggregate is not None)
+    return Result("Completed", f"{mode}: {verdict}. {note}", best_candidate=kept, initial_scores=initial,
+                  final_scores=final, candidates=candidates)
 
 
 def build_request(problem: Problem, guidelines: str | None, examples: Sequence[ScoredOutput] | None) -> str:

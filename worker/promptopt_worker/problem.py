@@ -159,6 +159,18 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class CandidateRecord:
+    """A candidate the optimizer scored on the validation records, and where it came from."""
+
+    id: int  # 0: the original prompts
+    parents: tuple[int, ...]
+    score: float
+    scorers: Mapping[str, float] | None
+    found_at_metric_calls: int | None
+    prompts: Candidate
+
+
+@dataclass(frozen=True)
 class Result:
     """How a run ended."""
 
@@ -167,6 +179,7 @@ class Result:
     best_candidate: Candidate | None = None
     initial_scores: ScoreSummary | None = None
     final_scores: ScoreSummary | None = None
+    candidates: tuple[CandidateRecord, ...] = ()  # every candidate scored on validation, in the order found
 
     @property
     def succeeded(self) -> bool:

@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION, OptimizedPrompt, WorkerStatus
+from promptopt.api.v1alpha1 import GROUP, PLURAL, STATUS_CANDIDATES, VERSION, OptimizedPrompt, WorkerStatus
 from promptopt.worker_contract import (
     TERMINATION_MESSAGE_LIMIT_BYTES, TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV, TerminationMessage,
     render_termination_message,
 )
 from promptopt_worker.kube import retry_api_call
-from promptopt_worker.problem import Progress, Reporter, Result, ScoreSummary
+from promptopt_worker.problem import CandidateRecord, Progress, Reporter, Result, ScoreSummary
 from promptopt_worker.redaction import redact, redacted
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,11 @@ def no_cost() -> None:
     return None
 
 
-def worker_status(progress: Progress, result: Result | None = None,
-                  cost: Mapping[str, Any] | None = None) -> WorkerStatus:
-    """The worker-owned part of the job's status (redacted); fields not known yet are left unset.
+def worker_status(progress: Progress, result: Result | None = None, cost: Mapping[str, Any] | None = None,
+                  *, every_candidate: bool = False) -> WorkerStatus:
+    """The worker-owned part of the job's status (redacted); fields not known yet are left unset. The candidates
+    are the best STATUS_CANDIDATES without their prompts, or, with `every_candidate` (the result file), all of them
+    with their prompts.
 
     Built through the API model with unknown fields refused: the API server would prune a field its CRD lacks
     without a word."""
@@ -52,6 +54,8 @@ def worker_status(progress: Progress, result: Result | None = None,
     best = (result and result.best_candidate) or progress.best_candidate
     if best:
         status["optimizedPrompts"] = [{"name": name, "template": text} for name, text in best.items()]
+    if result is not None and result.candidates:
+        status["candidates"] = _candidates_status(result.candidates, every_candidate)
     if cost:
         status["cost"] = dict(cost)
     if result is not None:
@@ -62,6 +66,18 @@ def worker_status(progress: Progress, result: Result | None = None,
 def status_fields(status: WorkerStatus) -> dict[str, Any]:
     """The status as JSON with wire names, the fields set only."""
     return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def _candidates_status(candidates: Sequence[CandidateRecord], every_candidate: bool) -> list[dict[str, Any]]:
+    ranked = sorted(candidates, key=lambda c: (-c.score, c.id))
+    return [{
+        "id": c.id,
+        "parents": list(c.parents),
+        "score": round(c.score, 6),
+        **({"scorers": {k: round(v, 6) for k, v in c.scorers.items()}} if c.scorers else {}),
+        **({"foundAtMetricCalls": c.found_at_metric_calls} if c.found_at_metric_calls is not None else {}),
+        **({"prompts": dict(c.prompts)} if every_candidate else {}),
+    } for c in (ranked if every_candidate else ranked[:STATUS_CANDIDATES])]
 
 
 def _progress_status(progress: Progress) -> dict[str, Any]:
@@ -351,7 +367,8 @@ class TerminationMessageReporter:
         status = worker_status(progress, result, cost)
         assert status.worker_result is not None
         outcome = status.worker_result.model_copy(update={"message": _cut(status.worker_result.message, 1024)})
-        message = TerminationMessage(**{**dict(status), "progress": None, "worker_result": outcome})
+        # The candidates stay out: the operator recovers the result from it, and the 4 KiB go to the prompts.
+        message = TerminationMessage(**{**dict(status), "progress": None, "candidates": None, "worker_result": outcome})
         if self._fits(message):
             return render_termination_message(message)
         prompts = message.optimized_prompts or []
@@ -398,7 +415,7 @@ class ResultFileReporter:
 
     def finished(self, progress: Progress, result: Result) -> None:
         with open(self.path, "w", encoding="utf-8") as file:
-            json.dump(status_fields(worker_status(progress, result, self.cost())), file, indent=2,
+            json.dump(status_fields(worker_status(progress, result, self.cost(), every_candidate=True)), file, indent=2,
                       ensure_ascii=False)
             file.write("\n")
 
