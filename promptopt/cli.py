@@ -45,6 +45,20 @@ def _run(args: argparse.Namespace) -> int:
     return run_local(args.job, args.configmap_files, args.output, args.simulated_llm)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from promptopt.report import NotAResult, write_report
+
+    try:
+        print(write_report(Path(args.result), Path(args.output)))
+    except NotAResult as error:
+        print(f"promptopt report: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"promptopt report: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptopt",
@@ -90,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--simulated-llm", action="store_true",
                      help="answer every LLM call from the built-in simulated LLM, a test double (no API key needed)")
     run.set_defaults(handler=_run)
+
+    report = commands.add_parser(
+        "report", help="write a result file of `promptopt run -o` as one HTML page",
+        description="Render RESULT (the JSON file `promptopt run -o` writes) as a self-contained HTML page: how the "
+        "run ended, the scores, the best validation score against metric calls, the candidate tree and the winning "
+        "prompts' diff against the original ones. The page loads nothing from the network. Exit code 2: RESULT is "
+        "not a result.",
+    )
+    report.add_argument("result", metavar="RESULT", help="the result file (JSON) of `promptopt run -o`")
+    report.add_argument("-o", "--output", metavar="REPORT.html", required=True, help="the HTML file to write")
+    report.set_defaults(handler=_report)
     return parser
 
 
