@@ -1,8 +1,8 @@
 """The prompts the worker sends to LLMs, rendered in one place, and parsed here too for the simulated LLM.
 
-Three requests: a judge's (promptopt_worker.scorers), MetaPrompt's (promptopt_worker.metaprompt), and gepa's
-reflection prompt, which gepa renders from the records our GEPA adapter builds (promptopt_worker.gepa_optimizer)
-and from its own instruction-proposal template.
+Four requests: a built-in judge's and a Judge scorer's (promptopt_worker.scorers), MetaPrompt's
+(promptopt_worker.metaprompt), and gepa's reflection prompt, which gepa renders from the records our GEPA adapter
+builds (promptopt_worker.gepa_optimizer) and from its own instruction-proposal template.
 
 Why this module lives here: the worker renders these requests and the simulated LLM (promptopt.simulated_llm)
 reads them, so both must import one definition. The simulator runs where litellm and gepa are not installed (the
@@ -111,6 +111,60 @@ def parse_judge_request(user_message: str) -> JudgeRequest:
         expected_response=tagged("expected_response"),
         guidelines=None if guidelines is None else [line.removeprefix("- ") for line in guidelines.split("\n")],
     )
+
+
+# A judge of the user's own (a Judge scorer): the same system message, then the user's instructions with each
+# {{ inputs }}, {{ outputs }} and {{ expectations }} replaced by a tagged section.
+_CUSTOM_JUDGE_VARIABLE = re.compile(r"\{\{\s*(inputs|outputs|expectations)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class CustomJudgeRequest:
+    """A Judge scorer's request: its instructions (the variables left as `{{ name }}`) and the values they were
+    filled with (None for a variable the instructions do not use)."""
+
+    instructions: str
+    inputs: Mapping[str, Any] | None = None
+    outputs: str | None = None
+    expectations: Mapping[str, Any] | None = None
+
+
+def custom_judge_messages(instructions: str, inputs: Mapping[str, Any], outputs: str,
+                          expectations: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The conversation of a Judge scorer (its instructions name the variables: the API model checks them)."""
+    values = {"inputs": json.dumps(dict(inputs), ensure_ascii=False, indent=2), "outputs": outputs,
+              "expectations": json.dumps(dict(expectations), ensure_ascii=False, indent=2, default=str)}
+    user = _CUSTOM_JUDGE_VARIABLE.sub(lambda found: f"\n<{found[1]}>\n{values[found[1]]}\n</{found[1]}>\n",
+                                      instructions)
+    return [{"role": "system", "content": JUDGE_SYSTEM_MESSAGE}, {"role": "user", "content": user}]
+
+
+def is_custom_judge_request(user_message: str) -> bool:
+    return "<response>" not in user_message and re.search(r"^<(inputs|outputs|expectations)>$", user_message,
+                                                          re.M) is not None
+
+
+def parse_custom_judge_request(user_message: str) -> CustomJudgeRequest:
+    """The CustomJudgeRequest that custom_judge_messages rendered into this user message."""
+    found: dict[str, str] = {}
+
+    def restore(section: re.Match[str]) -> str:
+        found[section[1]] = section[2]
+        return "{{ " + section[1] + " }}"
+
+    instructions = re.sub(r"\n<(inputs|outputs|expectations)>\n(.*?)\n</\1>\n", restore, user_message, flags=re.S)
+    if not found:
+        raise ContractError("custom judge contract: the request needs <inputs>, <outputs> or <expectations> sections")
+    parsed: dict[str, Any] = {}
+    for name in ("inputs", "expectations"):
+        if name in found:
+            try:
+                parsed[name] = json.loads(found[name])
+            except json.JSONDecodeError as error:
+                raise ContractError(f"custom judge contract: <{name}> is not JSON: {error}") from None
+            if not isinstance(parsed[name], dict):
+                raise ContractError(f"custom judge contract: <{name}> must be a JSON object")
+    return CustomJudgeRequest(instructions, parsed.get("inputs"), found.get("outputs"), parsed.get("expectations"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,19 +45,25 @@ MAY_IMPORT = {
     "promptopt.api": {"promptopt.api"},  # the API is defined once, by itself
     "promptopt.worker_contract": {"promptopt.api"},
     "promptopt.prompt_contract": set(),  # stdlib only: the simulated LLM parses with it where litellm is absent
+    "promptopt.service_contract": set(),  # stdlib only, for the same reason: the example services read it
     # The operator and the worker meet only in the API and the contracts (the Pod's environment and result).
     "promptopt_operator": {"promptopt_operator", "promptopt.api", "promptopt.worker_contract"},
-    "promptopt_worker": {"promptopt_worker", "promptopt.api", "promptopt.worker_contract", "promptopt.prompt_contract"},
+    "promptopt_worker": {"promptopt_worker", "promptopt.api", "promptopt.worker_contract", "promptopt.prompt_contract",
+                         "promptopt.service_contract"},
     # The reporters are where a run ends: they know the plain data of a run, not what produced it.
     "promptopt_worker.reporting": {"promptopt.api", "promptopt.worker_contract", "promptopt_worker.problem",
                                    "promptopt_worker.kube", "promptopt_worker.redaction"},
     "promptopt.simulated_llm": {"promptopt.simulated_llm", "promptopt.prompt_contract"},
+    # The example services (test doubles of a user's RAG and scorer) answer in the simulated world's terms.
+    "promptopt.example_services": {"promptopt.example_services", "promptopt.service_contract",
+                                   "promptopt.simulated_llm"},
     # The report reads a run's result file: the API's plain data, nothing of what produced it.
     "promptopt.report": {"promptopt.api"},
     "promptopt.cli": {"promptopt.api", "promptopt.report", "promptopt_operator", "promptopt_worker"},  # the entry point
 }
 # `promptopt run --simulated-llm` starts the simulated LLM, a test double the product ships for the quickstart.
-EXCEPTIONS = {("promptopt_worker.main", "promptopt.simulated_llm")}
+EXCEPTIONS = {("promptopt_worker.main", "promptopt.simulated_llm"),
+              ("promptopt.api.docs", "promptopt.service_contract")}  # the API reference documents the contract
 TEST_CODE = ("promptopt_harness", "promptopt.testing")
 
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from promptopt import service_contract
 from promptopt.api import crd, v1alpha1
 
 DOCS_FILE_NAME = "api-reference.md"
@@ -73,7 +74,7 @@ def render_api_reference() -> str:
         lines += rows
         if rules := node.get("x-kubernetes-validations"):
             lines += ["", f"Rules on `{section}`:", ""] + [f"- {r['message']}" for r in rules]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + service_contract.reference_markdown()
 
 
 def write_api_reference(directory: Path) -> Path:

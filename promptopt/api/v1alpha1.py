@@ -30,8 +30,10 @@ SHORT_NAMES = ["poj"]
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 OptimizerType = Literal["GEPA", "MetaPrompt"]
-ScorerName = Literal["ExactMatch", "Contains", "Regex", "Correctness", "Guidelines"]
-LLM_JUDGE_SCORERS = ("Correctness", "Guidelines")
+ScorerName = Literal["ExactMatch", "Contains", "Regex", "Correctness", "Guidelines", "Judge", "Webhook"]
+LLM_JUDGE_SCORERS = ("Correctness", "Guidelines", "Judge")
+# The variables of a Judge scorer's instructions, as MLflow's make_judge names them.
+JUDGE_VARIABLES = ("inputs", "outputs", "expectations")
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
 TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
 
@@ -310,10 +312,64 @@ class DatasetSpec(ApiModel):
 # spec.task, spec.scorers
 
 
-class TaskSpec(ApiModel):
-    """The program under optimization: the prompts, rendered with a record's inputs, sent to this model."""
+HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 
-    model: ModelId = Field(description="The litellm model id that runs the prompts, e.g. openai/gpt-4.1-mini.")
+
+class HttpHeader(ApiModel):
+    """A header of the requests to an HTTP service: a literal value, or one kept in the job's credentials Secret."""
+
+    model_config = exactly_one_of("value", "credentialsKey")
+
+    name: HeaderName = Field(description="The header's name, e.g. Authorization.")
+    value: str | None = Field(
+        None, max_length=8192, description="A literal value (not for secrets: it is in the spec)."
+    )
+    credentials_key: ConfigKey | None = Field(
+        None,
+        description="A key of the credentials Secret (spec.credentials) whose value is sent, e.g. one holding "
+        "'Bearer <token>'. Masked in everything the worker writes.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_value(self) -> HttpHeader:
+        require_exactly_one(self, "value", "credentialsKey")
+        return self
+
+
+class HttpService(ApiModel):
+    """An HTTP endpoint of yours that the worker POSTs JSON to (contract v1 in the API reference's 'HTTP services'
+    section). It is sent candidate prompts, records and outputs, never the job's credentials but its own headers.
+    Calls share spec.task's concurrency, timeoutSeconds and maxRetries (408, 409, 429, 5xx, timeouts and lost
+    connections are retried with backoff)."""
+
+    url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$")] = Field(
+        description="The URL POSTed to, e.g. http://rag.default.svc:8080/answer."
+    )
+    headers: list[HttpHeader] | None = Field(None, max_length=20, description="Headers sent with every request.")
+
+
+class TaskSpec(ApiModel):
+    """The program under optimization: the prompts, rendered with a record's inputs, sent to a model; or your own
+    program (a RAG pipeline, an agent) behind an HTTP endpoint that is sent the prompts and a record's inputs."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.model) != has(self.http)", "message": "set exactly one of model or http"},
+        {
+            "rule": "!has(self.http) || !(has(self.temperature) || has(self.maxTokens) || has(self.topP) || "
+            "has(self.parameters))",
+            "message": "temperature, maxTokens, topP and parameters are sent to a model; an http task takes none",
+            "fieldPath": ".http",
+        },
+    ]})
+
+    model: ModelId | None = Field(
+        None, description="The litellm model id that runs the prompts, e.g. openai/gpt-4.1-mini."
+    )
+    http: HttpService | None = Field(
+        None,
+        description="Your program as an HTTP service instead of a model: for each record it is POSTed the candidate "
+        "prompts and the record's inputs, and answers the output that the scorers score.",
+    )
     api_base: str | None = Field(
         None, max_length=2048,
         description="Base URL of an OpenAI-compatible endpoint (vLLM, a proxy, ...). Also the default for "
@@ -330,7 +386,19 @@ class TaskSpec(ApiModel):
     max_retries: int = Field(
         4, ge=0, le=20, description="Retries of a transient LLM error (429, 5xx, timeout), with backoff."
     )
-    pricing: Pricing | None = Field(None, description="Price of the task model when litellm does not know it.")
+    pricing: Pricing | None = Field(
+        None, description="Price of the task model when litellm does not know it; for an http task, the price of the "
+        "tokens its answers report in usage.",
+    )
+
+    @model_validator(mode="after")
+    def _one_program(self) -> TaskSpec:
+        require_exactly_one(self, "model", "http")
+        if self.http is not None and (self.temperature is not None or self.max_tokens is not None
+                                      or self.top_p is not None or "parameters" in self.model_fields_set):
+            raise FieldError("http", "temperature, maxTokens, topP and parameters are sent to a model; an http task "
+                             "takes none")
+        return self
 
 
 class ScorerParams(ApiModel):
@@ -344,6 +412,14 @@ class ScorerParams(ApiModel):
     guidelines: list[str] | None = Field(
         None, max_length=50,
         description="Guidelines: what a good response must do; each record's expectations.guidelines adds to it.",
+    )
+    instructions: str | None = Field(
+        None, max_length=20_000,
+        description="Judge: what the judge model is asked, as a template over {{ inputs }} (the record's inputs, "
+        "JSON), {{ outputs }} (the program's output) and {{ expectations }} (the record's expectations, JSON), as "
+        "MLflow's make_judge writes it; it must use at least one of them, and no other variable. The judge answers "
+        "yes or no with a rationale, as the built-in judges do, e.g. 'Does {{ outputs }} answer the question in "
+        "{{ inputs }} the way {{ expectations }} says? Answer yes only if it does.'",
     )
 
 
@@ -362,9 +438,21 @@ class ScorerSpec(ApiModel):
                     "message": "the Guidelines scorer needs params.guidelines",
                 },
                 {
-                    "rule": "has(self.model) == (self.name == 'Correctness' || self.name == 'Guidelines')",
-                    "message": "LLM judges (Correctness, Guidelines) need a model; other scorers take none",
+                    "rule": "self.name != 'Judge' || (has(self.params) && has(self.params.instructions) && "
+                    "self.params.instructions.matches('\\\\{\\\\{\\\\s*(inputs|outputs|expectations)\\\\s*\\\\}\\\\}'))",
+                    "message": "the Judge scorer needs params.instructions using {{ inputs }}, {{ outputs }} or "
+                    "{{ expectations }}",
+                },
+                {
+                    "rule": "has(self.model) == (self.name == 'Correctness' || self.name == 'Guidelines' || "
+                    "self.name == 'Judge')",
+                    "message": "LLM judges (Correctness, Guidelines, Judge) need a model; other scorers take none",
                     "fieldPath": ".model",
+                },
+                {
+                    "rule": "has(self.http) == (self.name == 'Webhook')",
+                    "message": "the Webhook scorer needs http; other scorers take none",
+                    "fieldPath": ".http",
                 },
             ]
         }
@@ -372,7 +460,8 @@ class ScorerSpec(ApiModel):
 
     name: ScorerName = Field(
         description="The scorer: ExactMatch, Contains (expected_response appears in the output), Regex, "
-        "Correctness (LLM judge against expected_response) or Guidelines (LLM judge against guidelines)."
+        "Correctness (LLM judge against expected_response), Guidelines (LLM judge against guidelines), Judge (an "
+        "LLM judge of your instructions) or Webhook (your HTTP service scores the output)."
     )
     label: PromptName | None = Field(
         None, description="The key of this scorer's scores in status (defaults to name); unique in the job."
@@ -384,6 +473,10 @@ class ScorerSpec(ApiModel):
     )
     pricing: Pricing | None = Field(
         None, description="LLM judges: price of the judge model when litellm does not know it.",
+    )
+    http: HttpService | None = Field(
+        None, description="Webhook only: the service POSTed the record's inputs and expectations and the output; it "
+        "answers a score and a rationale that GEPA's reflection reads as feedback.",
     )
     params: ScorerParams | None = Field(None, description="Parameters of the scorer.")
 
@@ -402,9 +495,27 @@ class ScorerSpec(ApiModel):
                 raise ValueError(f"params.pattern is not a valid regular expression: {exc}") from None
         if self.name == "Guidelines" and (self.params is None or self.params.guidelines is None):
             raise ValueError("the Guidelines scorer needs params.guidelines")
+        if self.name == "Judge":
+            _check_judge_instructions(self.params.instructions if self.params else None)
         if (self.model is not None) != (self.name in LLM_JUDGE_SCORERS):
-            raise FieldError("model", "LLM judges (Correctness, Guidelines) need a model; other scorers take none")
+            raise FieldError("model", "LLM judges (Correctness, Guidelines, Judge) need a model; other scorers take "
+                             "none")
+        if (self.http is not None) != (self.name == "Webhook"):
+            raise FieldError("http", "the Webhook scorer needs http; other scorers take none")
         return self
+
+
+def _check_judge_instructions(instructions: str | None) -> None:
+    """A Judge's instructions use at least one of JUDGE_VARIABLES and nothing else (the CEL rule can check the
+    first half only: Kubernetes' regular expressions cannot say 'no other name')."""
+    used = template_variables(instructions or "")
+    if not used & set(JUDGE_VARIABLES):
+        raise ValueError("the Judge scorer needs params.instructions using {{ inputs }}, {{ outputs }} or "
+                         "{{ expectations }}")
+    if unknown := sorted(used - set(JUDGE_VARIABLES)):
+        named = ", ".join("{{ " + name + " }}" for name in unknown)
+        raise FieldError("params.instructions", f"params.instructions uses {named}: a judge's instructions may use "
+                         "only {{ inputs }}, {{ outputs }} and {{ expectations }}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,7 +813,7 @@ class Cost(StatusObject):
     prompt_tokens: int | None = Field(None, description="Prompt tokens of all LLM calls.")
     completion_tokens: int | None = Field(None, description="Completion tokens of all LLM calls.")
     usd: float | None = Field(None, description="US dollars, for models whose price is known.")
-    llm_calls: int | None = Field(None, description="LLM calls made.")
+    llm_calls: int | None = Field(None, description="LLM calls made, and calls of the job's HTTP services.")
     retries: int | None = Field(
         None, description="Transient LLM errors (429, 5xx, timeouts, lost connections) retried with backoff "
         "(task.maxRetries per call). Many retries mean the provider struggled: lower task.concurrency.",
@@ -754,8 +865,9 @@ class WorkerResult(StatusObject):
     reason: WorkerOutcome = Field(
         description="Completed (budget of metric calls spent or optimizer done), GoalReached and NoImprovement "
         "(stopped early by optimizer.gepa.earlyStopping), BudgetExhausted (maxCostUSD reached), DeadlineReached, "
-        "Cancelled, InvalidInput (prompts or dataset unusable), LLMError (a permanent LLM error such as a bad key "
-        "or unknown model), TooManyFailedExamples (more records could not be scored than "
+        "Cancelled, InvalidInput (prompts or dataset unusable), LLMError (a permanent error of an LLM or HTTP service "
+        "call, such as a bad key, an unknown model or a service that breaks its contract), TooManyFailedExamples "
+        "(more records could not be scored than "
         "spec.exampleFailurePolicy.maxFailedFraction allows) or Error."
     )
     message: str = Field(description="A human-readable explanation.")

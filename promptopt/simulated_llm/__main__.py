@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from promptopt.simulated_llm.models import KNOWN_MODELS
-from promptopt.simulated_llm.server import SimulatedLLM
+from promptopt.simulated_llm.server import SimulatedLLM, serve_until_interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,13 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        llm.stop()
+    serve_until_interrupted(llm.stop)
     return 0
 
 

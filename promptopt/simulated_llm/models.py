@@ -34,6 +34,8 @@ them from, so a request the worker changed is one the simulator reads the same w
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from promptopt import prompt_contract
@@ -155,16 +157,32 @@ def _metaprompt_answer(model: str, system: str | None, user: str) -> str:
 
 
 def _judge_answer(user: str) -> str:
+    if prompt_contract.is_custom_judge_request(user):
+        custom = prompt_contract.parse_custom_judge_request(user)
+        expected = (custom.expectations or {}).get("expected_response")
+        asks_correctness = expected is not None and _ASKS_CORRECTNESS.search(custom.instructions) is not None
+        return _verdict(custom.outputs or "", str(expected) if asks_correctness else None, [custom.instructions],
+                        unrecognized="No criterion recognized in the instructions; passing by default.")
     request = prompt_contract.parse_judge_request(user)
-    response = request.response
+    return _verdict(request.response, request.expected_response, request.guidelines)
+
+
+# A Judge's instructions ask for correctness when they speak of the expected or correct answer.
+_ASKS_CORRECTNESS = re.compile(r"\b(expected|correct)", re.I)
+
+
+def _verdict(response: str, expected: str | None, guidelines: Sequence[str] | None,
+             unrecognized: str = "No recognized guideline applies; passing by default.") -> str:
+    """The judge's answer: the response must state `expected` (when given) and pass every check the guidelines
+    (or a Judge's instructions) ask for."""
     failures: list[str] = []
     passes: list[str] = []
-    if request.expected_response is not None:
-        if failure := world.correctness_failure(response, request.expected_response):
+    if expected is not None:
+        if failure := world.correctness_failure(response, expected):
             failures.append(failure)
         else:
-            passes.append(f"the response states the expected response {request.expected_response!r}")
-    for guideline in (g.strip() for g in request.guidelines or []):
+            passes.append(f"the response states the expected response {expected!r}")
+    for guideline in (g.strip() for g in guidelines or []):
         for check, passed, why_not in world.guideline_checks(guideline, response):
             if passed:
                 passes.append(f"guideline {guideline!r} ({check}) is met")
@@ -172,12 +190,12 @@ def _judge_answer(user: str) -> str:
                 failures.append(f"The response does not follow the guideline {guideline!r}: {why_not}.")
     if failures:
         return json.dumps({"result": "no", "rationale": " ".join(failures)})
-    if request.expected_response is None and request.guidelines is None:
+    if expected is None and guidelines is None:
         rationale = "No criterion recognized (no <expected_response> or <guidelines>); passing by default."
     elif passes:
         rationale = "Yes: " + "; ".join(passes) + "."
     else:
-        rationale = "No recognized guideline applies; passing by default."
+        rationale = unrecognized
     return json.dumps({"result": "yes", "rationale": rationale})
 
 

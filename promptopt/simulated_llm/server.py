@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 from promptopt.simulated_llm.models import (
@@ -463,3 +464,14 @@ class SimulatedLLM:
             },
         }
         return 200, body, None
+
+
+def serve_until_interrupted(stop: Callable[[], None]) -> None:
+    """Block a foreground server's main thread until ^C, then `stop` it (the `python -m` entry points)."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()

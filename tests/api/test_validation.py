@@ -85,7 +85,24 @@ INVALID = [
     ("duplicate scorer keys", edited(_set(["scorers", 1, "label"], "ExactMatch")), "spec.scorers"),
     ("dataset without scorers", edited(_set(["scorers"], [])), "spec.scorers"),
     ("concurrency zero", edited(_set(["task", "concurrency"], 0)), "spec.task.concurrency"),
-    ("no task model", edited(_delete(["task", "model"])), "spec.task.model"),
+    ("no task model", edited(_delete(["task", "model"])), "spec.task"),
+    ("a task with a model and a service", edited(_set(["task", "http"], {"url": "http://rag:8080/"})), "spec.task"),
+    ("model parameters on a service task",
+     edited(lambda s: s.update(task={"http": {"url": "http://rag:8080/"}, "maxTokens": 10})), "spec.task.http"),
+    ("a service url that is no http url",
+     edited(lambda s: s.update(task={"http": {"url": "rag:8080"}})), "spec.task.http.url"),
+    ("a header with a value and a credentials key", edited(lambda s: s.update(task={"http": {
+        "url": "http://rag/", "headers": [{"name": "Authorization", "value": "x", "credentialsKey": "K"}]}})),
+     "spec.task.http.headers[0]"),
+    ("a header name with a space", edited(lambda s: s.update(task={"http": {
+        "url": "http://rag/", "headers": [{"name": "X Token", "value": "x"}]}})),
+     "spec.task.http.headers[0].name"),
+    ("webhook without http", edited(_set(["scorers", 0, "name"], "Webhook")), "spec.scorers[0].http"),
+    ("http on a non-webhook", edited(_set(["scorers", 0, "http"], {"url": "http://s/"})), "spec.scorers[0].http"),
+    ("judge without instructions", edited(_set(["scorers", 1, "name"], "Judge")), "spec.scorers[1]"),
+    ("judge instructions without a variable", edited(lambda s: s["scorers"].__setitem__(1, {
+        "name": "Judge", "model": "openai/x", "params": {"instructions": "Is it good? {{ output }}"}})),
+     "spec.scorers[1]"),
     ("negative backoff", edited(_set(["backoffLimit"], -1)), "spec.backoffLimit"),
     ("zero deadline", edited(_set(["activeDeadlineSeconds"], 0)), "spec.activeDeadlineSeconds"),
     ("zero budget usd", edited(_set(["budget"], {"maxCostUSD": 0})), "spec.budget.maxCostUSD"),
@@ -118,6 +135,15 @@ VALID = [
         {"name": "Regex", "label": "short", "params": {"pattern": "^\\w+$"}},
         {"name": "Guidelines", "model": "openai/x", "params": {"guidelines": ["lowercase"]}},
     ]))),
+    ("a program and a scorer as services, and a judge of one's own", edited(lambda s: s.update(
+        task={"http": {"url": "https://rag.team.svc:8443/answer", "headers": [
+            {"name": "Authorization", "credentialsKey": "RAG_AUTHORIZATION"}, {"name": "X-Team", "value": "ml"}]},
+            "concurrency": 4, "timeoutSeconds": 30, "pricing": {"inputPerMillionTokens": 1,
+                                                                 "outputPerMillionTokens": 2}},
+        scorers=[{"name": "Webhook", "label": "grounded", "http": {"url": "http://scorer/score"}},
+                 {"name": "Judge", "label": "tone", "model": "openai/gpt-4.1-mini", "params": {
+                     "instructions": "Is {{ outputs }} polite, given {{inputs}} and {{ expectations }}?"}}],
+    ))),
     ("every run control", edited(lambda s: s.update({
         "cancel": False, "backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 0,
         "budget": {"maxCostUSD": 1.5}, "credentials": {"secretRef": {"name": "llm-keys"}},
@@ -215,3 +241,4 @@ def test_examples_cover_the_documented_cases():
     assert any(s["optimizer"]["type"] == "GEPA" and "records" in s["dataset"] for s in specs)
     assert any(s["optimizer"]["type"] == "MetaPrompt" and "dataset" not in s for s in specs)
     assert any("configMapKeyRef" in s.get("dataset", {}) and "configMapKeyRef" in s["prompts"][0] for s in specs)
+    assert any("http" in s["task"] and {"Webhook", "Judge"} <= {c["name"] for c in s["scorers"]} for s in specs)

@@ -3,6 +3,7 @@
 Every test drives the system only through the API (or kubectl) and watches the job's status, like a user.
 """
 import base64
+import json
 import re
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 from promptopt_harness.client import ApiError
 from promptopt_harness.operator_process import OperatorProcess
+from promptopt.example_services import QUESTIONS, toy_rag, webhook_scorer
 from promptopt.simulated_llm import REFLECT_MODEL, sentiment_dataset
 
 pytestmark = pytest.mark.slow
@@ -318,6 +320,45 @@ def test_a_job_stops_at_its_goal_and_succeeds_saying_so(cluster, kubelet, llm, c
     assert condition(status, "Ready") | {"status": "True", "reason": "GoalReached"} == condition(status, "Ready")
     header, row = kubectl("get", "poj", "goal", "-o", "wide").stdout.splitlines()
     assert dict(zip(header.split(), row.split(), strict=True))["REASON"] == "GoalReached"
+
+
+def test_a_job_whose_program_and_scorer_are_services_succeeds(cluster, kubelet, llm, kubectl, start_operator):
+    """Issue 12's target: the program is the example RAG service (which requires a header the job takes from its
+    credentials Secret), the main scorer the example webhook, beside a judge of the job's own instructions. The
+    worker Pod runs as a local process, so the services listen on loopback."""
+    token = "Bearer rag-token-51c0e9d2"
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rag-credentials"}, "stringData": {
+        "OPENAI_API_KEY": llm.api_key, "RAG_AUTHORIZATION": token}})
+    start_operator()
+    with toy_rag(required_headers={"Authorization": token}) as rag, webhook_scorer() as scorer:
+        cluster.create({
+            "apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": "rag"},
+            "spec": {
+                "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect",
+                              "reflectionApiBase": llm.base_url, "gepa": {"maxMetricCalls": 60}},
+                "prompts": [{"name": "answer", "template": "Answer from the product documentation.\n\n{{question}}"}],
+                "task": {"http": {"url": rag.url, "headers": [
+                    {"name": "Authorization", "credentialsKey": "RAG_AUTHORIZATION"}]}, "concurrency": 4},
+                "dataset": {"records": [{"inputs": {"question": q}, "expectations": {"expected_response": a}}
+                                        for q, a in QUESTIONS]},
+                "scorers": [
+                    {"name": "Webhook", "label": "answer", "weight": 2, "http": {"url": scorer.url}},
+                    {"name": "Judge", "label": "concise", "model": "openai/sim-judge", "apiBase": llm.base_url,
+                     "params": {"instructions": "Is {{ outputs }} a single word, in lowercase?"}},
+                ],
+                "credentials": {"secretRef": {"name": "rag-credentials"}},
+            },
+        })
+        status = wait_for_phase(cluster, "rag", "Succeeded")
+        assert rag.counts["unauthorized"] == 0 and rag.counts["answered"] > 0
+
+    assert status["workerResult"]["reason"] == "Completed"
+    assert status["initialScores"]["scorers"] == {"answer": 0.5, "concise": 0.0}
+    assert status["finalScores"]["scorers"] == {"answer": 1.0, "concise": 1.0}
+    assert status["cost"]["llmCalls"] >= rag.counts["answered"] + scorer.counts["answered"]
+    events = kubectl("get", "events", "--field-selector", "involvedObject.name=rag").stdout
+    logs = kubelet.logs(cluster.namespace, "rag-worker-1")
+    assert token.split()[1] not in json.dumps(status) + events + logs
 
 
 def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, start_operator):

@@ -91,3 +91,29 @@ def test_an_invalid_job_is_rejected_with_the_field_named(tmp_path):
     run = promptopt_run("--simulated-llm", tmp_path / "job.yaml")
 
     assert run.returncode == 2 and "spec.scorers[0].weight" in run.stderr
+
+
+def test_the_http_example_optimizes_a_rag_service_scored_by_a_webhook(tmp_path, monkeypatch):
+    """examples/http-rag.yaml with its two services on loopback instead of in the cluster: the toy RAG (which requires
+    the Authorization header the job takes from its credentials) and the webhook scorer."""
+    from promptopt.example_services import toy_rag, webhook_scorer
+
+    token = "Bearer rag-token-8d1e55c0"
+    documents = list(yaml.safe_load_all((EXAMPLES / "http-rag.yaml").read_text()))
+    job = next(d for d in documents if d["kind"] == "PromptOptimizationJob")
+    with toy_rag(required_headers={"Authorization": token}) as rag, webhook_scorer() as scorer:
+        job["spec"]["task"]["http"]["url"] = rag.url
+        job["spec"]["scorers"][0]["http"]["url"] = scorer.url
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+        monkeypatch.setenv("RAG_AUTHORIZATION", token)  # the credentials Secret's key, as promptopt run reads it
+        run = promptopt_run("--simulated-llm", tmp_path / "job.yaml", "-o", tmp_path / "result.json")
+        assert rag.counts["unauthorized"] == 0 and rag.counts["answered"] == scorer.counts["answered"] > 0
+
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["workerResult"]["reason"] == "GoalReached"
+    assert result["initialScores"]["scorers"] == {"answer": 0.5, "concise": 0.0}
+    assert result["finalScores"] == {"aggregate": 1.0, "scorers": {"answer": 1.0, "concise": 1.0}, "failedExamples": 0}
+    assert "one lowercase word" in result["optimizedPrompts"][0]["template"]
+    assert result["cost"]["llmCalls"] > rag.counts["answered"]  # the service calls, and the judge's and reflection's
+    assert token.split()[1] not in run.stdout + run.stderr + json.dumps(result)

@@ -1,5 +1,8 @@
 """The Evaluator the optimizers use: run a candidate's prompts on examples, score every output, cache.
 
+The program that turns a candidate and an example into an output is the task model (`ModelProgram`) or the user's
+HTTP service (promptopt_worker.http_services.HttpProgram); everything below holds for both.
+
 Concurrency: one thread pool of `task.concurrency` threads lives as long as the evaluator; each thread
 takes one example and makes its task call and then its judges' calls. So at most `concurrency` LLM calls
 of an evaluation are in flight, task and judge calls alike: one bound, the one the user set, for all the
@@ -23,8 +26,10 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from statistics import fmean
+from typing import Protocol
 
 from promptopt.api.v1alpha1 import TaskSpec
+from promptopt_worker.http_services import HttpProgram
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.problem import Candidate, Example, PromptTemplate, ScoredOutput, ScoreSummary
 from promptopt_worker.scorers import Scorer, ScorerError
@@ -35,16 +40,39 @@ log = logging.getLogger(__name__)
 CacheKey = tuple[tuple[str, ...], int]  # (prompt texts in prompt order, example index)
 
 
+class Program(Protocol):
+    """The program under optimization: a candidate's output on one example."""
+
+    def output(self, candidate: Candidate, example: Example) -> str: ...
+
+
+class ModelProgram:
+    """spec.task.model: the candidate's prompts, rendered with the example's inputs, sent to the task model."""
+
+    def __init__(self, prompts: Sequence[PromptTemplate], task: TaskSpec, client: LLMClient):
+        self.prompts = list(prompts)
+        self.endpoint = ModelEndpoint.for_task(task)
+        self.client = client
+
+    def output(self, candidate: Candidate, example: Example) -> str:
+        return self.client.complete(self.endpoint, messages(self.prompts, candidate, example.inputs,
+                                                            record=example.index))
+
+
+def task_program(prompts: Sequence[PromptTemplate], task: TaskSpec, client: LLMClient) -> Program:
+    """The job's program: its HTTP service (spec.task.http) or its model."""
+    return HttpProgram(prompts, task, client) if task.http is not None else ModelProgram(prompts, task, client)
+
+
 class TaskEvaluator:
-    """Implements problem.Evaluator with the task model and the job's scorers. Close it when done."""
+    """Implements problem.Evaluator with the job's program and scorers. Close it when done."""
 
     def __init__(self, prompts: Sequence[PromptTemplate], task: TaskSpec, scorers: Sequence[Scorer], client: LLMClient):
         if not scorers:
             raise ValueError("an evaluator needs at least one scorer")
         self.prompts = list(prompts)
         self.scorers = list(scorers)
-        self.endpoint = ModelEndpoint.for_task(task)
-        self.client = client
+        self.program = task_program(prompts, task, client)
         self._pool = ThreadPoolExecutor(max_workers=task.concurrency, thread_name_prefix="evaluate")
         self._cache: dict[CacheKey, ScoredOutput] = {}
         self._lock = threading.Lock()
@@ -90,9 +118,7 @@ class TaskEvaluator:
         self.close()
 
     def _run(self, candidate: Candidate, texts: tuple[str, ...], example: Example) -> ScoredOutput:
-        output = self.client.complete(
-            self.endpoint, messages(self.prompts, candidate, example.inputs, record=example.index)
-        )
+        output = self.program.output(candidate, example)
         scores, rationales, failures = {}, {}, []
         for scorer in self.scorers:
             try:

@@ -1,7 +1,8 @@
-"""The worker's LLM client: every call of a job (task, judges, reflection) goes through one `LLMClient`, so usage is
-counted in one place, the budget is enforced on all of them, and transient errors are retried the same way for
-every provider. Errors leave this module as `PermanentLLMError` (with a message naming the model and what to fix,
-secrets masked) or `BudgetExceeded`.
+"""The worker's LLM client: every call of a job (task, judges, reflection, and the job's own HTTP services: a task
+service, webhook scorers) goes through one `LLMClient`, so usage is counted in one place, the budget is enforced on
+all of them, and transient errors are retried the same way for every provider and service. Errors leave this
+module as `PermanentLLMError` (with a message naming the model or service and what to fix, secrets masked) or
+`BudgetExceeded`.
 
 Two ways to call: `openai/...` models (OpenAI and the OpenAI-compatible servers) whose parameters are fields of the
 chat completion request are called directly (promptopt_worker.openai_compatible, for speed: see there), every other
@@ -24,11 +25,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from promptopt.worker_contract import use_bundled_litellm_cost_map
-from promptopt_worker import litellm_transport, openai_compatible
-from promptopt_worker.llm_call import CallFailed, ChatAnswer, Message, ModelEndpoint, Role
+from promptopt_worker import http_services, litellm_transport, openai_compatible
+from promptopt_worker.llm_call import CallFailed, Message, Metered, ModelEndpoint, Role
 from promptopt_worker.problem import StopRequested
 from promptopt_worker.redaction import redact
 
@@ -37,6 +38,8 @@ __all__ = ["Message", "ModelEndpoint", "Role"]  # the endpoint types, re-exporte
 use_bundled_litellm_cost_map()  # for litellm, whenever this process imports it
 
 log = logging.getLogger(__name__)
+
+Answer = TypeVar("Answer", bound=Metered)
 
 PROVIDER_MESSAGE_LIMIT = 500
 INITIAL_RETRY_DELAY_S = 0.5
@@ -184,6 +187,7 @@ class LLMClient:
         self._lock = threading.Lock()
         self._openai_compatible = openai_compatible.OpenAICompatibleCaller()
         self._litellm = litellm_transport.LiteLLMCaller()
+        self._services = http_services.ServiceCaller()
 
     def complete(self, endpoint: ModelEndpoint, messages: Sequence[Message]) -> str:
         """The model's answer text ("" if it sent none)."""
@@ -194,9 +198,20 @@ class LLMClient:
             raise PermanentLLMError(f"{endpoint.where()}: no API key found: put {' or '.join(api_keys)} in the job's "
                                     "credentials Secret")
         caller = self._openai_compatible if openai_compatible.serves(endpoint) else self._litellm
+        return self._call(endpoint, lambda: caller.complete(endpoint, messages)).text
+
+    def post(self, endpoint: ModelEndpoint, headers: Mapping[str, str], body: Mapping[str, Any],
+             read: Callable[[Any], Answer]) -> Answer:
+        """POST `body` to one of the job's HTTP services (endpoint.model is its URL) and `read` its JSON answer
+        (a ContractError from `read` is a permanent error naming the service)."""
+        self._check_budget()
+        return self._call(endpoint, lambda: self._services.post(endpoint, headers, body, read))
+
+    def _call(self, endpoint: ModelEndpoint, send: Callable[[], Answer]) -> Answer:
+        """`send` until it answers, retrying transient failures; the answer is charged to the job."""
         for attempt in range(endpoint.max_retries + 1):
             try:
-                answer = caller.complete(endpoint, messages)
+                answer = send()
                 break
             except CallFailed as failure:
                 said = _redacted(failure.provider_says)
@@ -209,7 +224,7 @@ class LLMClient:
                 self.usage.add_retry()
                 self._sleep(retry_delay(attempt, failure.retry_after_s))
         self._charge(endpoint, answer)
-        return answer.text
+        return answer
 
     def _check_budget(self) -> None:
         if self.max_cost_usd is not None:
@@ -217,7 +232,7 @@ class LLMClient:
             if spent >= self.max_cost_usd:
                 raise BudgetExceeded(f"the budget of ${self.max_cost_usd:g} is spent (${spent:.4f}); no more LLM calls")
 
-    def _charge(self, endpoint: ModelEndpoint, answer: ChatAnswer) -> None:
+    def _charge(self, endpoint: ModelEndpoint, answer: Metered) -> None:
         total = self.usage.add(endpoint.role, answer.prompt_tokens, answer.completion_tokens,
                                self._cost(endpoint, answer))
         if self.max_cost_usd is not None and total.usd >= self.max_cost_usd and self.stop is not None:
@@ -227,7 +242,7 @@ class LLMClient:
                 "(spec.budget.maxCostUSD)",
             )
 
-    def _cost(self, endpoint: ModelEndpoint, answer: ChatAnswer) -> float:
+    def _cost(self, endpoint: ModelEndpoint, answer: Metered) -> float:
         if endpoint.pricing is not None:  # the spec's price wins over litellm's list
             return (answer.prompt_tokens * endpoint.pricing.input_per_million_tokens
                     + answer.completion_tokens * endpoint.pricing.output_per_million_tokens) / 1e6

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from promptopt.api.v1alpha1 import OptimizerSpec, Pricing, ScorerSpec, TaskSpec
 
@@ -33,6 +33,8 @@ class ModelEndpoint:
 
     @classmethod
     def for_task(cls, task: TaskSpec) -> ModelEndpoint:
+        if task.model is None:
+            raise ValueError("the task is an HTTP service, not a model")
         typed = {"temperature": task.temperature, "max_tokens": task.max_tokens, "top_p": task.top_p}
         return cls(
             role="task",
@@ -74,8 +76,37 @@ class ModelEndpoint:
             pricing=scorer.pricing,
         )
 
+    @classmethod
+    def for_task_service(cls, task: TaskSpec) -> ModelEndpoint:
+        """spec.task.http: the program as the user's HTTP service (`model` holds its URL)."""
+        if task.http is None:
+            raise ValueError("the task is a model, not an HTTP service")
+        return cls(role="task", model=task.http.url, description="task service", timeout_s=task.timeout_seconds,
+                   max_retries=task.max_retries, pricing=task.pricing)
+
+    @classmethod
+    def for_webhook(cls, scorer: ScorerSpec, task: TaskSpec) -> ModelEndpoint:
+        """A Webhook scorer's service (`model` holds its URL); its calls are free."""
+        if scorer.http is None:
+            raise ValueError(f"scorer {scorer.key!r} is not a webhook: it has no http")
+        return cls(role="judge", model=scorer.http.url, description=f"webhook of scorer {scorer.key!r}",
+                   timeout_s=task.timeout_seconds, max_retries=task.max_retries)
+
     def where(self) -> str:
         return f"{self.description} {self.model!r}" + (f" at {self.api_base}" if self.api_base else "")
+
+
+class Metered(Protocol):
+    """What an answer tells the client's usage meter: its tokens, and its price when known."""
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+    @property
+    def usd(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -110,6 +141,15 @@ CONTEXT_WINDOW = ("the request is longer than the model's context window: shorte
 REQUEST_REJECTED = "the request was rejected: check the model id and the completion parameters"
 UNREACHABLE = "the endpoint could not be reached"
 OVERLOADED = "the endpoint is overloaded or failing"
+
+
+# litellm's rule of what is worth retrying (litellm.should_retry): 408, 409, 429 and every 5xx.
+_RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def transient_status(status: int) -> bool:
+    """Whether an HTTP error status is worth retrying."""
+    return status in _RETRYABLE_STATUSES or status >= 500
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:

@@ -295,9 +295,11 @@ def single_job(documents: list[dict[str, Any]], path: str | Path) -> dict[str, A
 
 
 def with_simulated_models(spec: PromptOptimizationJobSpec, base_url: str) -> PromptOptimizationJobSpec:
-    """The spec with every model replaced by its simulated counterpart, priced at zero (it costs nothing)."""
+    """The spec with every model replaced by its simulated counterpart, priced at zero (it costs nothing); the job's
+    HTTP services stay as they are."""
     free = Pricing(input_per_million_tokens=0, output_per_million_tokens=0)
-    task = spec.task.model_copy(update={"model": SIMULATED_MODELS["task"], "api_base": base_url, "pricing": free})
+    task = spec.task if spec.task.http else spec.task.model_copy(update={
+        "model": SIMULATED_MODELS["task"], "api_base": base_url, "pricing": free})
     optimizer = spec.optimizer.model_copy(update={
         "reflection_model": SIMULATED_MODELS["reflection"], "reflection_api_base": base_url, "reflection_pricing": free,
     })
@@ -310,7 +312,7 @@ def missing_api_keys(spec: PromptOptimizationJobSpec) -> str:
     """The environment variables the job's models need and do not find, with the models that need them ("" when
     none is missing). Models with an apiBase (local servers) need no key."""
     endpoints = [
-        ModelEndpoint.for_task(spec.task),
+        *([ModelEndpoint.for_task(spec.task)] if spec.task.model else []),
         ModelEndpoint.for_reflection(spec.optimizer, spec.task),
         *(ModelEndpoint.for_judge(s, spec.task) for s in spec.scorers or [] if s.model),
     ]

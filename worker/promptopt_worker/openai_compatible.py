@@ -35,6 +35,7 @@ from promptopt_worker.llm_call import (
     ChatAnswer,
     ModelEndpoint,
     retry_after_s,
+    transient_status,
 )
 
 PROVIDER_PREFIX = "openai/"
@@ -42,8 +43,6 @@ OPENAI_API_BASE = "https://api.openai.com/v1"
 # OpenAI's own API takes max_completion_tokens (its reasoning models refuse max_tokens); compatible servers are
 # sent what the job wrote, since older ones know only max_tokens.
 _OPENAI_RENAMED_PARAMETERS = {"max_tokens": "max_completion_tokens"}
-# litellm's rule of what is worth retrying (litellm.should_retry): 408, 409, 429 and every 5xx.
-_RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _CONTEXT_WINDOW_CODES = ("context_length_exceeded", "string_above_max_length")
 
 _HINTS = {401: KEY_REJECTED, 403: NO_ACCESS, 404: NOT_FOUND}
@@ -149,7 +148,7 @@ def status_failure(response: httpx.Response) -> CallFailed:
     if not isinstance(error, dict):
         error = {"message": str(error)}
     said = f"HTTP {status}: {error.get('message') or response.text[:500] or response.reason_phrase}"
-    if status in _RETRYABLE_STATUSES or status >= 500:
+    if transient_status(status):
         return CallFailed(True, OVERLOADED, said, retry_after_s(response.headers))
     if error.get("code") in _CONTEXT_WINDOW_CODES:
         return CallFailed(False, CONTEXT_WINDOW, said)

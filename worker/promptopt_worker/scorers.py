@@ -1,11 +1,13 @@
-"""Built-in scorers: metrics (ExactMatch, Contains, Regex) and LLM judges (Correctness, Guidelines).
+"""The scorers: metrics (ExactMatch, Contains, Regex), LLM judges (Correctness, Guidelines, and Judge, asked the
+user's own instructions) and Webhook (the user's HTTP service).
 
 Each scorer gives an output a score in [0, 1] and a rationale. The rationales are concrete ("output
 'The sentiment is Positive.' does not equal expected 'positive'") because they become the feedback the
 reflection model reads. Every raw verdict becomes a score through one rule, `to_score`.
 
 Judges send one request each (role judge), promptopt.prompt_contract's judge request: a question and tagged
-sections (the record's inputs, the response, and the expected response or the guidelines); they expect a JSON answer
+sections (the record's inputs, the response, and the expected response or the guidelines), or for Judge the user's
+instructions with the sections where its variables stand; they expect a JSON answer
 {"result": "yes"|"no", "rationale": "..."}. An answer that holds no usable verdict is asked for again, up to
 `judge_retries` times, each a fresh call that shows the judge its answer and the format; then the judge
 gives up with a ScorerError (the example fails, see evaluation.py).
@@ -23,9 +25,12 @@ from promptopt.prompt_contract import (
     CORRECTNESS_QUESTION,
     GUIDELINES_QUESTION,
     JudgeRequest,
+    custom_judge_messages,
     judge_asked_again,
     judge_messages,
 )
+from promptopt.service_contract import ScoreRequest
+from promptopt_worker.http_services import read_webhook_verdict, resolve_headers
 from promptopt_worker.llm import LLMClient, ModelEndpoint, json_object_with
 from promptopt_worker.problem import Example, InvalidInput
 from promptopt_worker.templates import as_text, name_records
@@ -129,8 +134,6 @@ class Regex(Scorer):
 class LLMJudge(Scorer):
     """A scorer that asks a judge model one yes/no question about the output."""
 
-    question: ClassVar[str]
-
     def __init__(self, spec: ScorerSpec, task: TaskSpec, client: LLMClient, judge_retries: int = DEFAULT_JUDGE_RETRIES):
         super().__init__(spec)
         self.endpoint = ModelEndpoint.for_judge(spec, task)
@@ -138,12 +141,12 @@ class LLMJudge(Scorer):
         self.judge_retries = judge_retries
 
     @abstractmethod
-    def criteria(self, example: Example) -> dict[str, Any]:
-        """What a good response is: the JudgeRequest fields this judge fills."""
+    def conversation(self, example: Example, output: str) -> list[dict[str, str]]:
+        """The judge's first request about this output."""
 
     def verdict(self, example: Example, output: str) -> tuple[Any, str]:
         """The first usable verdict in up to 1 + judge_retries answers."""
-        conversation = judge_messages(self.question, JudgeRequest(example.inputs, output, **self.criteria(example)))
+        conversation = self.conversation(example, output)
         for _ in range(self.judge_retries + 1):
             answer = self.client.complete(self.endpoint, conversation)
             try:
@@ -157,7 +160,43 @@ class LLMJudge(Scorer):
         raise ScorerError(f"{unusable} (asked {asked})")
 
 
-class Correctness(LLMJudge):
+class BuiltInJudge(LLMJudge):
+    """A judge asked our question (MLflow's built-in judges)."""
+
+    question: ClassVar[str]
+
+    @abstractmethod
+    def criteria(self, example: Example) -> dict[str, Any]:
+        """What a good response is: the JudgeRequest fields this judge fills."""
+
+    def conversation(self, example: Example, output: str) -> list[dict[str, str]]:
+        return judge_messages(self.question, JudgeRequest(example.inputs, output, **self.criteria(example)))
+
+
+class Judge(LLMJudge):
+    """A judge asked the user's instructions (params.instructions), as MLflow's make_judge asks them."""
+
+    def conversation(self, example: Example, output: str) -> list[dict[str, str]]:
+        return custom_judge_messages(self.params.instructions or "", example.inputs, output, example.expectations)
+
+
+class Webhook(Scorer):
+    """The user's HTTP service scores the output (promptopt.service_contract's score request); its rationale becomes
+    the reflection's feedback like any scorer's."""
+
+    def __init__(self, spec: ScorerSpec, task: TaskSpec, client: LLMClient, field: str):
+        super().__init__(spec)
+        self.endpoint = ModelEndpoint.for_webhook(spec, task)
+        self.headers = resolve_headers(spec.http.headers if spec.http else None, field)
+        self.client = client
+
+    def verdict(self, example: Example, output: str) -> tuple[Any, str]:
+        request = ScoreRequest(self.key, example.inputs, output, example.expectations)
+        answer = self.client.post(self.endpoint, self.headers, request.to_json(), read_webhook_verdict)
+        return answer.score, answer.rationale
+
+
+class Correctness(BuiltInJudge):
     needs_expected_response = True
     question = CORRECTNESS_QUESTION
 
@@ -165,7 +204,7 @@ class Correctness(LLMJudge):
         return {"expected_response": as_text(example.expectations["expected_response"])}
 
 
-class Guidelines(LLMJudge):
+class Guidelines(BuiltInJudge):
     question = GUIDELINES_QUESTION
 
     def guidelines(self, example: Example) -> list[str]:
@@ -184,13 +223,22 @@ class Guidelines(LLMJudge):
 
 
 METRICS: dict[str, type[Scorer]] = {"ExactMatch": ExactMatch, "Contains": Contains, "Regex": Regex}
-JUDGES: dict[str, type[LLMJudge]] = {"Correctness": Correctness, "Guidelines": Guidelines}
+JUDGES: dict[str, type[LLMJudge]] = {"Correctness": Correctness, "Guidelines": Guidelines, "Judge": Judge}
 
 
 def build_scorers(specs: Sequence[ScorerSpec], task: TaskSpec, client: LLMClient, *,
                   judge_retries: int = DEFAULT_JUDGE_RETRIES) -> list[Scorer]:
-    """The job's scorers, in spec order; judges call their models through `client`."""
-    return [JUDGES[s.name](s, task, client, judge_retries) if s.name in JUDGES else METRICS[s.name](s) for s in specs]
+    """The job's scorers, in spec order; judges and webhooks call through `client`. InvalidInput when a webhook's
+    header names a credential the worker lacks."""
+    scorers: list[Scorer] = []
+    for index, scorer in enumerate(specs):
+        if scorer.name in JUDGES:
+            scorers.append(JUDGES[scorer.name](scorer, task, client, judge_retries))
+        elif scorer.name == "Webhook":
+            scorers.append(Webhook(scorer, task, client, f"spec.scorers[{index}].http.headers"))
+        else:
+            scorers.append(METRICS[scorer.name](scorer))
+    return scorers
 
 
 def check_records(scorers: Sequence[Scorer], examples: Sequence[Example]) -> None:
