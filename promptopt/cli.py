@@ -42,7 +42,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from promptopt_worker.main import run_local
 
-    return run_local(args.job, args.configmap_files, args.output, args.simulated_llm)
+    return run_local(args.job, args.configmap_files, args.output, args.simulated_llm, args.dry_run)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the result as JSON, shaped like the job's status (scores, prompts, cost)")
     run.add_argument("--simulated-llm", action="store_true",
                      help="answer every LLM call from the built-in simulated LLM, a test double (no API key needed)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="resolve and check everything, then print the most calls per model and service and the "
+                     "cost, without calling any; exit code 0 when the job can run (-o writes this plan as JSON)")
     run.set_defaults(handler=_run)
 
     report = commands.add_parser(

@@ -171,6 +171,11 @@ class Pricing(ApiModel):
     input_per_million_tokens: float = Field(ge=0, description="USD per million prompt tokens.")
     output_per_million_tokens: float = Field(ge=0, description="USD per million completion tokens.")
 
+    def usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The price of a call of these tokens."""
+        input_usd = prompt_tokens * self.input_per_million_tokens
+        return (input_usd + completion_tokens * self.output_per_million_tokens) / 1e6
+
 
 class OptimizerSpec(ApiModel):
     """Which optimizer runs, with which reflection model and settings."""

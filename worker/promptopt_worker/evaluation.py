@@ -41,7 +41,9 @@ CacheKey = tuple[tuple[str, ...], int]  # (prompt texts in prompt order, example
 
 
 class Program(Protocol):
-    """The program under optimization: a candidate's output on one example."""
+    """The program under optimization: a candidate's output on one example, from `endpoint` (a model or a service)."""
+
+    endpoint: ModelEndpoint
 
     def output(self, candidate: Candidate, example: Example) -> str: ...
 

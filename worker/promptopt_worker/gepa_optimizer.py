@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ from promptopt_worker.problem import (
     CandidateRecord,
     Evaluator,
     Example,
+    InvalidInput,
     Problem,
     Progress,
     Reporter,
@@ -297,22 +299,30 @@ class GepaLog:
         log.info("gepa: %s", message)
 
 
-def optimize_gepa(
-    problem: Problem,
-    progress: Progress,
-    reporter: Reporter,
-    stop: StopRequested,
-    *,
-    stall_seconds: float = STALL_SECONDS,
-) -> Result:
-    """Runs gepa.optimize on the problem; exceptions (a permanent LLM error, or any error once a stop was
-    requested) propagate to the caller, which turns them into a Result with the best so far in `progress`."""
+@dataclass(frozen=True)
+class GepaRun:
+    """How gepa.optimize will be called: its keyword arguments (the typed settings, then the job's options over
+    them), the budget of metric calls, and the most one iteration can spend."""
+
+    kwargs: Mapping[str, Any]
+    budget: int
+    budget_field: str  # where the budget comes from, for messages
+    iteration_cost: int
+
+    @property
+    def minibatch_size(self) -> int:
+        return int(self.kwargs["reflection_minibatch_size"])
+
+
+def gepa_run(problem: Problem) -> GepaRun:
+    """The run the job asks for, or InvalidInput naming the field: options gepa does not take or the worker sets,
+    a budget that is no number or does not cover scoring the seed."""
     if problem.evaluator is None or not problem.train or not problem.validation:
-        return Result("InvalidInput", "GEPA needs a dataset with training and validation examples")
+        raise InvalidInput("GEPA needs a dataset with training and validation examples")
     settings = problem.settings.gepa_settings
     options = dict(problem.settings.options)
     if problems := option_problems(options, RESERVED_OPTIONS, GEPA_PARAMETERS, f"gepa.optimize (gepa {GEPA_VERSION})"):
-        return Result("InvalidInput", "; ".join(problems))
+        raise InvalidInput("; ".join(problems))
 
     budget, budget_field = metric_call_budget(settings, len(problem.prompts), len(problem.validation))
     if "max_metric_calls" in options:
@@ -331,14 +341,33 @@ def optimize_gepa(
     }
     budget, first_step = kwargs["max_metric_calls"], len(problem.validation)  # the seed, scored on validation
     if not isinstance(budget, int) or isinstance(budget, bool):
-        return Result("InvalidInput",
-                      f"{budget_field}: {budget!r} is not a number of metric calls; GEPA needs a budget")
+        raise InvalidInput(f"{budget_field}: {budget!r} is not a number of metric calls; GEPA needs a budget")
     iteration_cost = iteration_cost_bound(kwargs["reflection_minibatch_size"], first_step, kwargs["use_merge"])
     if budget < first_step:
-        return Result("InvalidInput", (
+        raise InvalidInput(
             f"{budget_field}: {budget} metric calls do not cover GEPA's first step, scoring the original prompts on "
             f"the {first_step} validation records; set at least {first_step + iteration_cost} (that step and one "
-            f"iteration of up to {iteration_cost}), or hold out fewer records (spec.dataset.validationFraction)"))
+            f"iteration of up to {iteration_cost}), or hold out fewer records (spec.dataset.validationFraction)")
+    return GepaRun(kwargs, budget, budget_field, iteration_cost)
+
+
+def optimize_gepa(
+    problem: Problem,
+    progress: Progress,
+    reporter: Reporter,
+    stop: StopRequested,
+    *,
+    stall_seconds: float = STALL_SECONDS,
+) -> Result:
+    """Runs gepa.optimize on the problem; exceptions (a permanent LLM error, or any error once a stop was
+    requested) propagate to the caller, which turns them into a Result with the best so far in `progress`."""
+    try:
+        run = gepa_run(problem)
+    except InvalidInput as error:
+        return Result("InvalidInput", str(error))
+    settings, kwargs = problem.settings.gepa_settings, dict(run.kwargs)
+    budget, iteration_cost = run.budget, run.iteration_cost
+    budget_field, first_step = run.budget_field, len(problem.validation)
     progress.max_metric_calls = budget
 
     def rejected(problems: list[str]) -> None:

@@ -53,6 +53,16 @@ def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:
     return list(_litellm().validate_environment(model=endpoint.model)["missing_keys"])
 
 
+def list_price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """What litellm's price list charges for these tokens; None for a model it does not price."""
+    try:
+        prompt_usd, completion_usd = _litellm().cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    except Exception:  # noqa: BLE001 - litellm raises plain Exceptions for models it does not know
+        return None
+    return float(prompt_usd + completion_usd)
+
+
 class LiteLLMCaller:
     """Calls any litellm provider; litellm's clients are thread-safe."""
 

@@ -244,8 +244,7 @@ class LLMClient:
 
     def _cost(self, endpoint: ModelEndpoint, answer: Metered) -> float:
         if endpoint.pricing is not None:  # the spec's price wins over litellm's list
-            return (answer.prompt_tokens * endpoint.pricing.input_per_million_tokens
-                    + answer.completion_tokens * endpoint.pricing.output_per_million_tokens) / 1e6
+            return endpoint.pricing.usd(answer.prompt_tokens, answer.completion_tokens)
         if answer.usd is None:
             self._warn_unpriced(endpoint)
             return 0.0
@@ -261,6 +260,16 @@ class LLMClient:
             "set its pricing in the spec to track them",
             endpoint.where(),
         )
+
+
+def list_price(endpoint: ModelEndpoint, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """What a call of these tokens costs: by the spec's pricing, else by litellm's list (None when it does not price
+    the model), as the client charges it."""
+    if endpoint.pricing is not None:
+        return endpoint.pricing.usd(prompt_tokens, completion_tokens)
+    if openai_compatible.serves(endpoint):
+        return openai_compatible.list_price(endpoint.model, prompt_tokens, completion_tokens)
+    return litellm_transport.list_price(endpoint.model, prompt_tokens, completion_tokens)
 
 
 def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:

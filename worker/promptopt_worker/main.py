@@ -11,6 +11,7 @@ everything else (LLMError, Error, or a stop before any result).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ from promptopt.worker_contract import (
     LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV,
 )
 from promptopt_worker import llm
+from promptopt_worker.dry_run import plan_dry_run, render_dry_run
 from promptopt_worker.kube import kubernetes_api_client, read_job
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
 from promptopt_worker.optimizers import optimize
@@ -245,8 +247,10 @@ def run_local(
     configmap_files: list[str | Path] | None = None,
     output_json: str | Path | None = None,
     simulated_llm: bool = False,
+    dry_run: bool = False,
 ) -> int:
-    """Run the job in the YAML file `path` here; ConfigMaps come from the same file and `configmap_files`."""
+    """Run the job in the YAML file `path` here; ConfigMaps come from the same file and `configmap_files`. With
+    `dry_run`, prepare it and print what it would call and cost instead (the plan as JSON in `output_json`)."""
     configure_logging(sys.stderr, logging.WARNING)
     try:
         documents = read_manifests(Path(path))
@@ -258,6 +262,10 @@ def run_local(
     except (OSError, ValueError) as error:  # unreadable files, YAML errors, not exactly one job
         print(f"promptopt run: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT
+    if dry_run:
+        if simulated_llm:  # priced at zero; nothing is called, so no simulated LLM need run
+            spec = with_simulated_models(spec, "http://simulated-llm.invalid/v1")
+        return plan_locally(spec, configmaps, path, output_json)
 
     with ExitStack() as cleanup:
         if simulated_llm:
@@ -285,6 +293,51 @@ def run_local(
         if simulated_llm:
             print(SIMULATED_NOTICE)
     return exit_code(result)
+
+
+class NoCalls(LLMClient):
+    """The client of a dry run: preparing a job calls nothing, and this makes sure of it."""
+
+    def complete(self, endpoint: ModelEndpoint, messages: Any) -> str:
+        raise AssertionError(f"a dry run called the {endpoint.where()}")
+
+    def post(self, endpoint: ModelEndpoint, headers: Any, body: Any, read: Any) -> Any:
+        raise AssertionError(f"a dry run called the {endpoint.where()}")
+
+
+def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, path: str | Path,
+                 output_json: str | Path | None) -> int:
+    """`promptopt run --dry-run`: prepare the job as a run would, and print its calls and cost
+    (promptopt_worker.dry_run). Credentials this environment lacks are not the job's fault (in a cluster they come
+    from its Secret): they are named, and stand-ins let the preparation go on."""
+    absent = absent_credentials(spec)
+    os.environ.update({key: "dry-run-stand-in" for key in absent["headers"]})
+    problem = None
+    try:
+        problem = build_problem(spec, configmaps, NoCalls())
+        plan = plan_dry_run(spec, problem)
+    except InvalidInput as error:
+        print(f"{path}: the job cannot run: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    finally:
+        if problem is not None and problem.evaluator is not None:
+            problem.evaluator.close()
+    print(render_dry_run(plan, str(path)))
+    if missing := absent["api keys"] + absent["headers"]:
+        print(f"Not in this environment, so a local run would need them: {', '.join(missing)} (in a cluster, the "
+              "job's credentials Secret holds them).")
+    if output_json:
+        Path(output_json).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    return EXIT_SUCCEEDED
+
+
+def absent_credentials(spec: PromptOptimizationJobSpec) -> dict[str, list[str]]:
+    """The API keys and the headers' credentials keys the job needs and this environment lacks."""
+    headers = [*(spec.task.http.headers or [] if spec.task.http else []),
+               *(h for s in spec.scorers or [] if s.http for h in s.http.headers or [])]
+    keys = sorted({h.credentials_key for h in headers if h.credentials_key and h.credentials_key not in os.environ})
+    api_keys = [variable for variable in missing_api_keys(spec).split("; ") if variable]
+    return {"api keys": api_keys, "headers": keys}
 
 
 def single_job(documents: list[dict[str, Any]], path: str | Path) -> dict[str, Any]:

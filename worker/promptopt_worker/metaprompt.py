@@ -33,6 +33,7 @@ from promptopt_worker.problem import (
     Candidate,
     CandidateRecord,
     Example,
+    InvalidInput,
     Problem,
     Progress,
     Reporter,
@@ -52,14 +53,30 @@ class UnusableAnswer(ValueError):
     """The reflection model's answer holds no usable proposal."""
 
 
-def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter, stop: StopRequested) -> Result:
-    """One pass; exceptions (a permanent LLM error, the budget spent, too many failed examples) propagate to
-    the caller, which turns them into a Result with the best so far in `progress`."""
+def check_options(problem: Problem) -> None:
+    """InvalidInput naming each of spec.optimizer.options that its reflection calls cannot take."""
     options = problem.settings.options
     receiver = "litellm.completion (MetaPrompt passes options to its reflection calls)"
     known = completion_parameters() if options else frozenset()  # it imports litellm: only when there are some
     if problems := option_problems(options, WORKER_COMPLETION_PARAMETERS, known, receiver):
-        return Result("InvalidInput", "; ".join(problems))
+        raise InvalidInput("; ".join(problems))
+
+
+def metric_calls(problem: Problem) -> int:
+    """The evaluations of the pass: the seed and the proposal on the validation records, the seed on the training
+    records shown to the reflection model (none without a dataset)."""
+    if problem.evaluator is None or not problem.validation:
+        return 0
+    return 2 * len(problem.validation) + len(problem.train[: problem.settings.meta_prompt_settings.max_examples])
+
+
+def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter, stop: StopRequested) -> Result:
+    """One pass; exceptions (a permanent LLM error, the budget spent, too many failed examples) propagate to
+    the caller, which turns them into a Result with the best so far in `progress`."""
+    try:
+        check_options(problem)
+    except InvalidInput as error:
+        return Result("InvalidInput", str(error))
     seed = problem.seed_candidate
     settings = problem.settings.meta_prompt_settings
     progress.iteration, progress.candidates = 1, 1
@@ -71,7 +88,7 @@ def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter
         return Result("Completed", f"MetaPrompt (zero-shot): {verdict}. {note}", best_candidate=progress.best_candidate)
 
     train = list(problem.train[: settings.max_examples])
-    progress.max_metric_calls = 2 * len(problem.validation) + len(train)
+    progress.max_metric_calls = metric_calls(problem)
     baseline = _evaluate(problem, progress, stop, seed, problem.validation)
     initial = problem.evaluator.summarize(baseline)
     progress.initial_scores, progress.best_score, progress.best_candidate = initial, initial.aggregate, seed

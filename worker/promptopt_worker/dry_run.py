@@ -1,0 +1,215 @@
+"""`promptopt run --dry-run`: what a job will call and cost, found without calling any model or service.
+
+The job is prepared exactly as a run prepares it (every source resolved, the dataset checked against the prompts and
+the scorers, the optimizer's options and budget checked), then:
+
+Calls, upper bounds for one worker attempt (a replaced Pod re-runs the evaluations its checkpoint did not keep;
+retries of transient errors are not calls, status.cost counts them apart):
+- evaluations E: GEPA's budget of metric calls, never exceeded; MetaPrompt's pass (metaprompt.metric_calls);
+- the program: at most one call per evaluation (the job's cache answers the others);
+- each LLM judge: at most 1 + judgeRetries calls per evaluation; each webhook: one per evaluation;
+- the reflection model: MetaPrompt asks it once. GEPA asks it once per prompt a reflective iteration updates (one,
+  round robin; every prompt with options.module_selector "all"), and every reflective iteration first scores its
+  parent on a minibatch of m records, so after the seed's V validation records at most floor((E - V) / m)
+  iterations reflect. With options.cache_evaluation gepa's own cache may answer a minibatch without a metric call,
+  and no bound follows.
+
+USD: no token count bounds a call (a candidate prompt may grow with every reflection; a service reports its own
+usage), so there is no upper bound but spec.budget.maxCostUSD: new calls stop there, and the calls already in flight
+(at most task.concurrency evaluations and one reflection) finish. What is printed beside it is an estimate, and says
+so: every call as long as the seed prompts make it (4 characters a token), every answer as long as maxTokens
+(ASSUMED_* tokens where none is set), priced as the client prices it (the spec's pricing, else litellm's list).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from statistics import fmean
+from typing import Any
+
+from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
+from promptopt.prompt_contract import reflective_record
+from promptopt_worker import metaprompt
+from promptopt_worker.evaluation import ModelProgram, TaskEvaluator
+from promptopt_worker.gepa_optimizer import gepa_run
+from promptopt_worker.llm import ModelEndpoint, list_price
+from promptopt_worker.problem import Example, Problem
+from promptopt_worker.scorers import LLMJudge, Scorer, Webhook
+from promptopt_worker.templates import as_text, messages
+
+CHARACTERS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text
+ASSUMED_ANSWER_TOKENS = 100  # a program's answer, where task.maxTokens is unset
+ASSUMED_VERDICT_TOKENS = 60  # a judge's JSON verdict with a sentence of rationale
+GEPA_TEMPLATE_TOKENS = 400  # gepa's instruction-proposal prompt around the prompt and the records
+
+
+@dataclass(frozen=True)
+class CallBound:
+    """The calls of one role (the program, a judge, a webhook, the reflection model)."""
+
+    role: str  # task, judge, webhook, reflection
+    target: str  # the model id or URL
+    scorer: str | None  # the scorer's key, for judges and webhooks
+    calls: int | None  # at most; None: no bound
+    why: str
+    usd_estimate: float | None  # None: no price known, or a service that reports its own
+    no_estimate: str = "no price known: set its pricing in the spec"  # why, when usd_estimate is None
+
+
+@dataclass(frozen=True)
+class DryRun:
+    optimizer: str
+    prompts: int
+    train_records: int
+    validation_records: int
+    evaluations: int
+    evaluations_from: str
+    calls: tuple[CallBound, ...]
+    max_cost_usd: float | None
+    in_flight: int  # calls that may still finish once maxCostUSD is reached
+
+    @property
+    def total_calls(self) -> int | None:
+        counts = [bound.calls for bound in self.calls]
+        return None if None in counts else sum(c for c in counts if c is not None)
+
+    @property
+    def usd_estimate(self) -> float | None:
+        estimates = [bound.usd_estimate for bound in self.calls if bound.calls]
+        return None if None in estimates else sum(e for e in estimates if e is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "calls": [asdict(bound) for bound in self.calls], "totalCalls": self.total_calls,
+                "usdEstimate": self.usd_estimate}
+
+
+def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem) -> DryRun:
+    """The bounds of the job prepared as `problem`; InvalidInput for what the optimizer would refuse at its start."""
+    evaluator = problem.evaluator
+    if spec.optimizer.type == "GEPA":
+        run = gepa_run(problem)
+        evaluations, evaluations_from = run.budget, run.budget_field
+    else:
+        metaprompt.check_options(problem)
+        evaluations, evaluations_from = metaprompt.metric_calls(problem), "MetaPrompt's pass"
+    bounds: list[CallBound] = []
+    if isinstance(evaluator, TaskEvaluator):
+        bounds.append(_program_bound(evaluator, evaluations, problem))
+        bounds += [_scorer_bound(scorer, evaluations, spec, problem) for scorer in evaluator.scorers
+                   if isinstance(scorer, LLMJudge | Webhook)]
+    bounds.append(_reflection_bound(spec, problem, evaluations))
+    return DryRun(
+        optimizer=spec.optimizer.type, prompts=len(problem.prompts), train_records=len(problem.train),
+        validation_records=len(problem.validation), evaluations=evaluations, evaluations_from=evaluations_from,
+        calls=tuple(bounds), max_cost_usd=spec.budget.max_cost_usd if spec.budget else None,
+        in_flight=spec.task.concurrency + 1,
+    )
+
+
+def _tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARACTERS_PER_TOKEN)
+
+
+def _estimate(endpoint: ModelEndpoint, calls: int, prompt_tokens: float, completion_tokens: int) -> float | None:
+    per_call = list_price(endpoint, round(prompt_tokens), completion_tokens)
+    return None if per_call is None else calls * per_call
+
+
+def _examples(problem: Problem) -> list[Example]:
+    return list({e.index: e for e in [*problem.train, *problem.validation]}.values())
+
+
+def _program_bound(evaluator: TaskEvaluator, evaluations: int, problem: Problem) -> CallBound:
+    why, endpoint = "one per evaluation the cache does not answer", evaluator.program.endpoint
+    if not isinstance(evaluator.program, ModelProgram):
+        return CallBound("task", endpoint.model, None, evaluations, why, None, "the service reports its own usage")
+    seed = problem.seed_candidate
+    prompt_tokens = fmean(_tokens("".join(m["content"] for m in messages(problem.prompts, seed, e.inputs)))
+                          for e in _examples(problem))
+    answer = int(endpoint.params.get("max_tokens") or ASSUMED_ANSWER_TOKENS)
+    return CallBound("task", endpoint.model, None, evaluations, why,
+                     _estimate(endpoint, evaluations, prompt_tokens, answer))
+
+
+def _scorer_bound(scorer: Scorer, evaluations: int, spec: PromptOptimizationJobSpec, problem: Problem) -> CallBound:
+    if isinstance(scorer, Webhook):
+        return CallBound("webhook", scorer.endpoint.model, scorer.key, evaluations, "one per evaluation", 0.0)
+    assert isinstance(scorer, LLMJudge)
+    asks = 1 + scorer.judge_retries
+    calls = evaluations * asks
+    examples = _examples(problem)
+    request_tokens = fmean(
+        sum(_tokens(m["content"]) for m in scorer.conversation(e, as_text(e.expectations.get("expected_response", ""))))
+        for e in examples)
+    return CallBound("judge", scorer.endpoint.model, scorer.key, calls,
+                     f"up to {asks} per evaluation (1 + exampleFailurePolicy.judgeRetries)",
+                     _estimate(scorer.endpoint, calls, request_tokens, ASSUMED_VERDICT_TOKENS))
+
+
+def _reflection_bound(spec: PromptOptimizationJobSpec, problem: Problem, evaluations: int) -> CallBound:
+    endpoint = ModelEndpoint.for_reflection(spec.optimizer, spec.task)
+    seed_tokens = sum(_tokens(p.text) for p in problem.prompts)
+    if spec.optimizer.type == "MetaPrompt":
+        shown = problem.train[: spec.optimizer.meta_prompt_settings.max_examples] if problem.evaluator else []
+        request = metaprompt.build_request(problem, spec.optimizer.meta_prompt_settings.guidelines, examples=None)
+        request_tokens = _tokens(request) + _records_tokens(shown)
+        return CallBound("reflection", endpoint.model, None, 1, "one pass",
+                         _estimate(endpoint, 1, request_tokens, 2 * seed_tokens))
+    run = gepa_run(problem)
+    options = spec.optimizer.options
+    if options.get("cache_evaluation"):
+        return CallBound("reflection", endpoint.model, None, None,
+                         "no bound: with options.cache_evaluation gepa's cache may answer an iteration's minibatch "
+                         "without spending a metric call", None)
+    per_iteration = len(problem.prompts) if options.get("module_selector") == "all" else 1
+    iterations = max(0, evaluations - len(problem.validation)) // run.minibatch_size
+    calls = per_iteration * iterations
+    why = (f"{per_iteration} per reflective iteration, each spending at least a minibatch of {run.minibatch_size} "
+           "metric calls after the seed's validation")
+    # gepa's request shows one prompt (of the seed's mean length) and a minibatch of records.
+    reflection_tokens = (GEPA_TEMPLATE_TOKENS + seed_tokens / len(problem.prompts)
+                         + _records_tokens(problem.train[: run.minibatch_size]))
+    return CallBound("reflection", endpoint.model, None, calls, why,
+                     _estimate(endpoint, calls, reflection_tokens, seed_tokens + ASSUMED_ANSWER_TOKENS))
+
+
+def _records_tokens(examples: Sequence[Example]) -> int:
+    """The records as a reflection request shows them, with an answer and a line of feedback each."""
+    return sum(_tokens(json.dumps(reflective_record(e.inputs, "x" * CHARACTERS_PER_TOKEN * ASSUMED_ANSWER_TOKENS,
+                                                    e.expectations.get("expected_response"), "y" * 200),
+                                  default=str)) for e in examples)
+
+
+def render_dry_run(plan: DryRun, source: str) -> str:
+    """The console's report of a dry run."""
+    lines = [
+        f"{source}: the job is valid. {plan.optimizer}, {plan.prompts} prompt(s), {plan.train_records} training and "
+        f"{plan.validation_records} validation records; at most {plan.evaluations} evaluations "
+        f"({plan.evaluations_from}).",
+        "",
+        "calls, at most (one worker attempt; retries of transient errors are counted apart):",
+    ]
+    for bound in plan.calls:
+        who = f"{bound.role} {bound.scorer}" if bound.scorer else bound.role
+        calls = "no bound" if bound.calls is None else f"{bound.calls:,}"
+        lines.append(f"  {who:<22} {bound.target:<34} {calls:>8}   {bound.why}")
+    total = plan.total_calls
+    lines.append(f"  {'total':<22} {'':<34} {'no bound' if total is None else f'{total:,}':>8}")
+    lines.append("")
+    if plan.max_cost_usd is not None:
+        lines.append(f"USD: at most ${plan.max_cost_usd:g} (spec.budget.maxCostUSD) plus the calls in flight when it "
+                     f"is reached (up to {plan.in_flight}).")
+    else:
+        lines.append("USD: no upper bound (a candidate prompt may grow with every reflection): set "
+                     "spec.budget.maxCostUSD to cap the job.")
+    estimate = plan.usd_estimate
+    if estimate is None:
+        unpriced = {f"{b.target} ({b.no_estimate})" for b in plan.calls if b.calls and b.usd_estimate is None}
+        lines.append(f"USD estimate: none, for {'; '.join(sorted(unpriced))}.")
+    else:
+        lines.append(f"USD estimate (not a bound): ${estimate:.4f}, if every call is as long as the seed prompts make "
+                     f"it and every answer as long as maxTokens ({ASSUMED_ANSWER_TOKENS} tokens where unset).")
+    lines.append("Nothing was called.")
+    return "\n".join(lines)
