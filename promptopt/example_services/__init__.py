@@ -180,13 +180,13 @@ class JsonService:
                         service._in_flight -= 1
 
             def _answer(self, raw: bytes) -> None:
-                time.sleep(service.latency_s)
                 with service._lock:
                     fault = service._faults.pop(0) if service._faults else None
                     try:
                         service._received.append({"headers": dict(self.headers), "body": json.loads(raw or b"null")})
                     except ValueError:
                         service._received.append({"headers": dict(self.headers), "body": raw.decode(errors="replace")})
+                time.sleep(service.latency_s)
                 if fault is not None:
                     service._count("injected")
                     self._send(fault, {"error": f"injected HTTP {fault}"})

@@ -252,3 +252,11 @@ def test_the_toy_rags_answer_follows_the_prompt():
                                                                       "Graphite."
     assert rag_answer(BEST_TEXT.replace("{{question}}", question)) == answer
     assert rag_answer("Answer with a single word.\n" + question) == "Graphite"
+
+
+def test_a_service_slower_than_the_timeout_is_retried_then_named():
+    with toy_rag(latency_s=1) as rag:
+        task = TaskSpec(http=HttpService(url=rag.url), timeout_seconds=0.2, max_retries=1)
+        with evaluator(task) as evaluate, pytest.raises(RetriesExhausted, match=r"timed out after 0\.2 s"):
+            evaluate.evaluate(BEST, EXAMPLES[:1])
+        assert len(rag.received) == 2  # the call and its retry
