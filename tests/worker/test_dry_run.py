@@ -116,19 +116,26 @@ def test_the_cost_is_capped_by_the_budget_and_estimated_from_the_prices():
 
     task = {b.role: b for b in plan.calls}["task"]
     assert task.usd_estimate == pytest.approx({b.role: b for b in twice.calls}["task"].usd_estimate / 2)
+    # The bound: each of the 150 task calls fills gpt-4.1-mini's window of 1,047,576 prompt tokens and answers the
+    # task's maxTokens of 32, at litellm's $0.40 and $1.60 per million.
+    assert task.usd_bound == pytest.approx(150 * (1_047_576 * 0.4 + 32 * 1.6) / 1e6)
+    assert plan.usd_estimate < plan.usd_bound == pytest.approx(sum(b.usd_bound for b in plan.calls))
     text, uncapped = render_dry_run(plan, "job.yaml"), render_dry_run(twice, "job.yaml")
+    assert f"USD: at most ${plan.usd_bound:,.2f} if every call fills its model's context window" in text
     assert "USD: at most $2 (spec.budget.maxCostUSD) plus the calls in flight when it is reached (up to 9)" in text
     assert f"USD estimate (not a bound): ${plan.usd_estimate:.4f}" in text and plan.usd_estimate > 0
-    assert "USD: no upper bound" in uncapped and "set spec.budget.maxCostUSD" in uncapped
+    assert "maxCostUSD" not in uncapped and f"USD: at most ${twice.usd_bound:,.2f}" in uncapped
 
 
 def test_a_model_without_a_price_gets_no_estimate():
     spec = gepa_spec(maxMetricCalls=30)
     spec["task"]["apiBase"] = "http://127.0.0.1:9/v1"
     plan = plan_of(parse_spec(spec), LocalConfigMaps({}))
-    assert plan.usd_estimate is None
-    assert ("USD estimate: none, for openai/sim-judge (no price known: set its pricing in the spec)"
-            in render_dry_run(plan, "job.yaml"))
+    assert plan.usd_estimate is None and plan.usd_bound is None
+    text = render_dry_run(plan, "job.yaml")
+    assert "USD estimate: none, for openai/sim-judge (no price known: set its pricing in the spec)" in text
+    assert ("USD: no upper bound: no context window and price known for openai/sim-judge, openai/sim-reflect, "
+            "openai/sim-task") in text
 
 
 def promptopt_dry_run(*args):

@@ -14,11 +14,14 @@ retries of transient errors are not calls, status.cost counts them apart):
   iterations reflect. With options.cache_evaluation gepa's own cache may answer a minibatch without a metric call,
   and no bound follows.
 
-USD: no token count bounds a call (a candidate prompt may grow with every reflection; a service reports its own
-usage), so there is no upper bound but spec.budget.maxCostUSD: new calls stop there, and the calls already in flight
-(at most task.concurrency evaluations and one reflection) finish. What is printed beside it is an estimate, and says
-so: every call as long as the seed prompts make it (4 characters a token), every answer as long as maxTokens
-(ASSUMED_* tokens where none is set), priced as the client prices it (the spec's pricing, else litellm's list).
+USD: a candidate prompt may grow with every reflection, so the prompts bound no call's tokens; the models do. Every
+call filling its model's context window (litellm's list: max_input_tokens, and max_output_tokens or the endpoint's
+maxTokens) at its price is a true bound, far above what a run spends, and none exists for a model the list does not
+know or a service (it reports its own usage). spec.budget.maxCostUSD bounds the job too: new calls stop there, and
+the calls already in flight (at most task.concurrency evaluations and one reflection) finish. Beside the bounds, an
+estimate says it is one: every call as long as the seed prompts make it (4 characters a token), every answer as long
+as maxTokens (ASSUMED_* tokens where none is set), priced as the client prices it (the spec's pricing, else
+litellm's list).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from promptopt.prompt_contract import reflective_record
 from promptopt_worker import metaprompt
 from promptopt_worker.evaluation import ModelProgram, TaskEvaluator
 from promptopt_worker.gepa_optimizer import gepa_run
-from promptopt_worker.llm import ModelEndpoint, list_price
+from promptopt_worker.llm import ModelEndpoint, list_price, token_limits
 from promptopt_worker.problem import Example, Problem
 from promptopt_worker.scorers import LLMJudge, Scorer, Webhook
 from promptopt_worker.templates import as_text, messages
@@ -56,6 +59,7 @@ class CallBound:
     why: str
     usd_estimate: float | None  # None: no price known, or a service that reports its own
     no_estimate: str = "no price known: set its pricing in the spec"  # why, when usd_estimate is None
+    usd_bound: float | None = None  # every call filling its model's context window; None: no window or price known
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,15 @@ class DryRun:
         estimates = [bound.usd_estimate for bound in self.calls if bound.calls]
         return None if None in estimates else sum(e for e in estimates if e is not None)
 
+    @property
+    def usd_bound(self) -> float | None:
+        """The most the calls can cost if each fills its model's context window (None when one is unknown)."""
+        bounds = [bound.usd_bound for bound in self.calls if bound.calls != 0]
+        return None if None in bounds else sum(b for b in bounds if b is not None)
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "calls": [asdict(bound) for bound in self.calls], "totalCalls": self.total_calls,
-                "usdEstimate": self.usd_estimate}
+                "usdEstimate": self.usd_estimate, "usdBound": self.usd_bound}
 
 
 def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem) -> DryRun:
@@ -117,6 +127,15 @@ def _estimate(endpoint: ModelEndpoint, calls: int, prompt_tokens: float, complet
     return None if per_call is None else calls * per_call
 
 
+def _bound(endpoint: ModelEndpoint, calls: int | None) -> float | None:
+    """`calls` calls, each as long as the model's context window lets it be, at its price."""
+    limits = token_limits(endpoint)
+    if calls is None or limits is None:
+        return None
+    per_call = list_price(endpoint, *limits)
+    return None if per_call is None else calls * per_call
+
+
 def _examples(problem: Problem) -> list[Example]:
     return list({e.index: e for e in [*problem.train, *problem.validation]}.values())
 
@@ -130,12 +149,13 @@ def _program_bound(evaluator: TaskEvaluator, evaluations: int, problem: Problem)
                           for e in _examples(problem))
     answer = int(endpoint.params.get("max_tokens") or ASSUMED_ANSWER_TOKENS)
     return CallBound("task", endpoint.model, None, evaluations, why,
-                     _estimate(endpoint, evaluations, prompt_tokens, answer))
+                     _estimate(endpoint, evaluations, prompt_tokens, answer), usd_bound=_bound(endpoint, evaluations))
 
 
 def _scorer_bound(scorer: Scorer, evaluations: int, spec: PromptOptimizationJobSpec, problem: Problem) -> CallBound:
     if isinstance(scorer, Webhook):
-        return CallBound("webhook", scorer.endpoint.model, scorer.key, evaluations, "one per evaluation", 0.0)
+        return CallBound("webhook", scorer.endpoint.model, scorer.key, evaluations, "one per evaluation", 0.0,
+                         usd_bound=0.0)
     assert isinstance(scorer, LLMJudge)
     asks = 1 + scorer.judge_retries
     calls = evaluations * asks
@@ -145,7 +165,8 @@ def _scorer_bound(scorer: Scorer, evaluations: int, spec: PromptOptimizationJobS
         for e in examples)
     return CallBound("judge", scorer.endpoint.model, scorer.key, calls,
                      f"up to {asks} per evaluation (1 + exampleFailurePolicy.judgeRetries)",
-                     _estimate(scorer.endpoint, calls, request_tokens, ASSUMED_VERDICT_TOKENS))
+                     _estimate(scorer.endpoint, calls, request_tokens, ASSUMED_VERDICT_TOKENS),
+                     usd_bound=_bound(scorer.endpoint, calls))
 
 
 def _reflection_bound(spec: PromptOptimizationJobSpec, problem: Problem, evaluations: int) -> CallBound:
@@ -156,7 +177,7 @@ def _reflection_bound(spec: PromptOptimizationJobSpec, problem: Problem, evaluat
         request = metaprompt.build_request(problem, spec.optimizer.meta_prompt_settings.guidelines, examples=None)
         request_tokens = _tokens(request) + _records_tokens(shown)
         return CallBound("reflection", endpoint.model, None, 1, "one pass",
-                         _estimate(endpoint, 1, request_tokens, 2 * seed_tokens))
+                         _estimate(endpoint, 1, request_tokens, 2 * seed_tokens), usd_bound=_bound(endpoint, 1))
     run = gepa_run(problem)
     options = spec.optimizer.options
     if options.get("cache_evaluation"):
@@ -172,7 +193,8 @@ def _reflection_bound(spec: PromptOptimizationJobSpec, problem: Problem, evaluat
     reflection_tokens = (GEPA_TEMPLATE_TOKENS + seed_tokens / len(problem.prompts)
                          + _records_tokens(problem.train[: run.minibatch_size]))
     return CallBound("reflection", endpoint.model, None, calls, why,
-                     _estimate(endpoint, calls, reflection_tokens, seed_tokens + ASSUMED_ANSWER_TOKENS))
+                     _estimate(endpoint, calls, reflection_tokens, seed_tokens + ASSUMED_ANSWER_TOKENS),
+                     usd_bound=_bound(endpoint, calls))
 
 
 def _records_tokens(examples: Sequence[Example]) -> int:
@@ -198,12 +220,16 @@ def render_dry_run(plan: DryRun, source: str) -> str:
     total = plan.total_calls
     lines.append(f"  {'total':<22} {'':<34} {'no bound' if total is None else f'{total:,}':>8}")
     lines.append("")
+    if plan.usd_bound is not None:
+        lines.append(f"USD: at most ${plan.usd_bound:,.2f} if every call fills its model's context window "
+                     "(litellm's list of windows and prices, or the spec's pricing).")
     if plan.max_cost_usd is not None:
         lines.append(f"USD: at most ${plan.max_cost_usd:g} (spec.budget.maxCostUSD) plus the calls in flight when it "
                      f"is reached (up to {plan.in_flight}).")
-    else:
-        lines.append("USD: no upper bound (a candidate prompt may grow with every reflection): set "
-                     "spec.budget.maxCostUSD to cap the job.")
+    elif plan.usd_bound is None:
+        unbounded = sorted({b.target for b in plan.calls if b.calls != 0 and b.usd_bound is None})
+        lines.append(f"USD: no upper bound: no context window and price known for {', '.join(unbounded)}, and a "
+                     "candidate prompt may grow with every reflection; set spec.budget.maxCostUSD to cap the job.")
     estimate = plan.usd_estimate
     if estimate is None:
         unpriced = {f"{b.target} ({b.no_estimate})" for b in plan.calls if b.calls and b.usd_estimate is None}

@@ -63,6 +63,16 @@ def list_price(model: str, prompt_tokens: int, completion_tokens: int) -> float 
     return float(prompt_usd + completion_usd)
 
 
+def token_limits(model: str) -> tuple[int, int] | None:
+    """The most prompt and completion tokens one call can have, by litellm's model list; None when it does not say."""
+    try:
+        info = _litellm().get_model_info(model=model)
+    except Exception:  # noqa: BLE001 - litellm raises plain Exceptions for models it does not know
+        return None
+    prompt, completion = info.get("max_input_tokens"), info.get("max_output_tokens")
+    return (int(prompt), int(completion)) if prompt and completion else None
+
+
 class LiteLLMCaller:
     """Calls any litellm provider; litellm's clients are thread-safe."""
 

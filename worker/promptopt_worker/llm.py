@@ -272,6 +272,18 @@ def list_price(endpoint: ModelEndpoint, prompt_tokens: int, completion_tokens: i
     return litellm_transport.list_price(endpoint.model, prompt_tokens, completion_tokens)
 
 
+def token_limits(endpoint: ModelEndpoint) -> tuple[int, int] | None:
+    """The most prompt and completion tokens one call to the endpoint can have: its model's context window by
+    litellm's list, the completion capped by the endpoint's max_tokens; None when the list does not know the model."""
+    limits = (openai_compatible.token_limits(endpoint.model) if openai_compatible.serves(endpoint)
+              else litellm_transport.token_limits(endpoint.model))
+    if limits is None:
+        return None
+    prompt, completion = limits
+    capped = endpoint.params.get("max_tokens") or endpoint.params.get("max_completion_tokens")
+    return prompt, min(completion, int(capped)) if capped else completion
+
+
 def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:
     """The environment variables the endpoint's provider needs and does not find (none with an apiBase)."""
     if openai_compatible.serves(endpoint):

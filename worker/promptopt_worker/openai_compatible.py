@@ -189,6 +189,16 @@ def list_price(model: str, prompt_tokens: int, completion_tokens: int, cached_to
             + completion_tokens * output_price)
 
 
+def token_limits(model: str) -> tuple[int, int] | None:
+    """The most prompt and completion tokens one call of an OpenAI model can have, by litellm's bundled list; None
+    for a model the list does not know."""
+    entry = _price_list().get(model.removeprefix(PROVIDER_PREFIX))
+    if not isinstance(entry, dict) or entry.get("litellm_provider") != "openai":
+        return None
+    prompt, completion = entry.get("max_input_tokens"), entry.get("max_output_tokens")
+    return (int(prompt), int(completion)) if prompt and completion else None
+
+
 _PRICE_LIST_LOCK = threading.Lock()
 
 
