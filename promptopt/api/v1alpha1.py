@@ -30,8 +30,12 @@ SHORT_NAMES = ["poj"]
 TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 OptimizerType = Literal["GEPA", "MetaPrompt"]
-ScorerName = Literal["ExactMatch", "Contains", "Regex", "Correctness", "Guidelines", "Judge", "Webhook"]
-LLM_JUDGE_SCORERS = ("Correctness", "Guidelines", "Judge")
+ScorerName = Literal[
+    "ExactMatch", "Contains", "Regex", "Correctness", "Guidelines", "ExpectationsGuidelines", "RelevanceToQuery",
+    "Safety", "Judge", "Webhook",
+]
+LLM_JUDGE_SCORERS = ("Correctness", "Guidelines", "ExpectationsGuidelines", "RelevanceToQuery", "Safety", "Judge")
+_JUDGES_NEED_A_MODEL = f"LLM judges ({', '.join(LLM_JUDGE_SCORERS)}) need a model; other scorers take none"
 # The variables of a Judge scorer's instructions, as MLflow's make_judge names them.
 JUDGE_VARIABLES = ("inputs", "outputs", "expectations")
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
@@ -449,9 +453,8 @@ class ScorerSpec(ApiModel):
                     "{{ expectations }}",
                 },
                 {
-                    "rule": "has(self.model) == (self.name == 'Correctness' || self.name == 'Guidelines' || "
-                    "self.name == 'Judge')",
-                    "message": "LLM judges (Correctness, Guidelines, Judge) need a model; other scorers take none",
+                    "rule": f"has(self.model) == (self.name in [{', '.join(repr(n) for n in LLM_JUDGE_SCORERS)}])",
+                    "message": _JUDGES_NEED_A_MODEL,
                     "fieldPath": ".model",
                 },
                 {
@@ -464,9 +467,11 @@ class ScorerSpec(ApiModel):
     )
 
     name: ScorerName = Field(
-        description="The scorer: ExactMatch, Contains (expected_response appears in the output), Regex, "
-        "Correctness (LLM judge against expected_response), Guidelines (LLM judge against guidelines), Judge (an "
-        "LLM judge of your instructions) or Webhook (your HTTP service scores the output)."
+        description="The scorer: ExactMatch, Contains (expected_response appears in the output), Regex; LLM judges "
+        "as MLflow names them: Correctness (against expected_response), Guidelines (against params.guidelines and "
+        "each record's expectations.guidelines), ExpectationsGuidelines (against each record's "
+        "expectations.guidelines only), RelevanceToQuery (does the output address the inputs), Safety (is the "
+        "output free of harmful content), Judge (your instructions); or Webhook (your HTTP service scores it)."
     )
     label: PromptName | None = Field(
         None, description="The key of this scorer's scores in status (defaults to name); unique in the job."
@@ -503,8 +508,7 @@ class ScorerSpec(ApiModel):
         if self.name == "Judge":
             _check_judge_instructions(self.params.instructions if self.params else None)
         if (self.model is not None) != (self.name in LLM_JUDGE_SCORERS):
-            raise FieldError("model", "LLM judges (Correctness, Guidelines, Judge) need a model; other scorers take "
-                             "none")
+            raise FieldError("model", _JUDGES_NEED_A_MODEL)
         if (self.http is not None) != (self.name == "Webhook"):
             raise FieldError("http", "the Webhook scorer needs http; other scorers take none")
         return self

@@ -164,7 +164,19 @@ def _judge_answer(user: str) -> str:
         return _verdict(custom.outputs or "", str(expected) if asks_correctness else None, [custom.instructions],
                         unrecognized="No criterion recognized in the instructions; passing by default.")
     request = prompt_contract.parse_judge_request(user)
+    if request.question in _FAILURE_CHECKS:
+        what, check = _FAILURE_CHECKS[request.question]
+        failure = check(request.response)
+        return json.dumps({"result": "no", "rationale": failure} if failure else
+                          {"result": "yes", "rationale": f"Yes: the response {what}."})
     return _verdict(request.response, request.expected_response, request.guidelines)
+
+
+# The judges whose question is about the response alone (MLflow's RelevanceToQuery and Safety).
+_FAILURE_CHECKS = {
+    prompt_contract.RELEVANCE_QUESTION: ("addresses the request", world.relevance_failure),
+    prompt_contract.SAFETY_QUESTION: ("holds nothing unsafe", world.safety_failure),
+}
 
 
 # A Judge's instructions ask for correctness when they speak of the expected or correct answer.

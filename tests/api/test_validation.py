@@ -97,6 +97,7 @@ INVALID = [
     ("a header name with a space", edited(lambda s: s.update(task={"http": {
         "url": "http://rag/", "headers": [{"name": "X Token", "value": "x"}]}})),
      "spec.task.http.headers[0].name"),
+    ("safety without a model", edited(_set(["scorers", 1], {"name": "Safety"})), "spec.scorers[1]"),
     ("webhook without http", edited(_set(["scorers", 0, "name"], "Webhook")), "spec.scorers[0].http"),
     ("http on a non-webhook", edited(_set(["scorers", 0, "http"], {"url": "http://s/"})), "spec.scorers[0].http"),
     ("judge without instructions", edited(_set(["scorers", 1, "name"], "Judge")), "spec.scorers[1]"),
@@ -134,6 +135,10 @@ VALID = [
         {"name": "Regex", "params": {"pattern": "^(positive|negative)$"}},
         {"name": "Regex", "label": "short", "params": {"pattern": "^\\w+$"}},
         {"name": "Guidelines", "model": "openai/x", "params": {"guidelines": ["lowercase"]}},
+    ]))),
+    ("mlflow's other judges", edited(_set(["scorers"], [
+        {"name": "Safety", "model": "openai/x"}, {"name": "RelevanceToQuery", "model": "openai/x"},
+        {"name": "ExpectationsGuidelines", "model": "openai/x"},
     ]))),
     ("a program and a scorer as services, and a judge of one's own", edited(lambda s: s.update(
         task={"http": {"url": "https://rag.team.svc:8443/answer", "headers": [

@@ -4,15 +4,18 @@ import math
 import pytest
 
 from promptopt.api.v1alpha1 import ScorerSpec, TaskSpec
-from promptopt.prompt_contract import JUDGE_ANSWER_AGAIN
+from promptopt.prompt_contract import JUDGE_ANSWER_AGAIN, RELEVANCE_QUESTION, SAFETY_QUESTION
 from promptopt_worker.llm import LLMClient
 from promptopt_worker.problem import Example
 from promptopt_worker.scorers import (
     Contains,
     Correctness,
     ExactMatch,
+    ExpectationsGuidelines,
     Guidelines,
     Regex,
+    RelevanceToQuery,
+    Safety,
     ScorerError,
     build_scorers,
     check_records,
@@ -237,3 +240,33 @@ def test_a_judge_answer_outside_the_contract_is_a_scorer_error(llm, judge_task):
     judge = Correctness(spec("Correctness", model="openai/sim-task", label="correct"), judge_task, LLMClient())
     with pytest.raises(ScorerError, match="the judge of scorer 'correct' did not answer with a JSON verdict"):
         judge.score(record("positive"), "great")
+
+
+@pytest.mark.parametrize("output,score,why", [
+    ("The sentiment of this text is Positive.", 1.0, "addresses the request"),
+    ("echo: Classify this", 0.0, "repeats the request instead of answering it"),
+    ("I could not find that in the documentation.", 0.0, "declines to answer"),
+    ("", 0.0, "The response is empty."),
+])
+def test_relevance_to_query_asks_whether_the_output_answers_the_inputs(llm, judge_task, output, score, why):
+    judge = RelevanceToQuery(spec("RelevanceToQuery", model="openai/sim-judge"), judge_task, LLMClient())
+    assert judge.score(record(), output)[0] == score and why in judge.score(record(), output)[1]
+    assert llm.last_request(kind="judge")["messages"][1]["content"].startswith(RELEVANCE_QUESTION + "\n\n<request>")
+
+
+def test_safety_asks_whether_the_output_is_harmless(llm, judge_task):
+    judge = Safety(spec("Safety", model="openai/sim-judge"), judge_task, LLMClient())
+    assert judge.score(record(), "positive") == (1.0, "Yes: the response holds nothing unsafe.")
+    score, rationale = judge.score(record(), "Positive, you idiot.")
+    assert score == 0.0 and "offensive language: 'idiot'" in rationale
+    assert llm.last_request(kind="judge")["messages"][1]["content"].startswith(SAFETY_QUESTION)
+
+
+def test_expectations_guidelines_takes_each_records_own_and_needs_them(llm, judge_task):
+    judge = ExpectationsGuidelines(spec("ExpectationsGuidelines", model="openai/sim-judge"), judge_task, LLMClient())
+    assert judge.score(record(guidelines="Answer in lowercase."), "positive")[0] == 1.0
+    score, rationale = judge.score(record(guidelines=["Answer in lowercase."]), "Positive")
+    assert score == 0.0 and "lowercase" in rationale
+    with pytest.raises(InvalidInput, match=r"scorer 'ExpectationsGuidelines' \(ExpectationsGuidelines\) cannot score "
+                       r"record 1: no expectations.guidelines"):
+        check_records([judge], [record(guidelines="Answer in lowercase."), record(index=1)])

@@ -1,5 +1,6 @@
-"""The scorers: metrics (ExactMatch, Contains, Regex), LLM judges (Correctness, Guidelines, and Judge, asked the
-user's own instructions) and Webhook (the user's HTTP service).
+"""The scorers: metrics (ExactMatch, Contains, Regex), LLM judges (MLflow's Correctness, Guidelines,
+ExpectationsGuidelines, RelevanceToQuery and Safety, and Judge, asked the user's own instructions) and Webhook (the
+user's HTTP service).
 
 Each scorer gives an output a score in [0, 1] and a rationale. The rationales are concrete ("output
 'The sentiment is Positive.' does not equal expected 'positive'") because they become the feedback the
@@ -24,6 +25,8 @@ from promptopt.api.v1alpha1 import DEFAULT_JUDGE_RETRIES, ScorerParams, ScorerSp
 from promptopt.prompt_contract import (
     CORRECTNESS_QUESTION,
     GUIDELINES_QUESTION,
+    RELEVANCE_QUESTION,
+    SAFETY_QUESTION,
     JudgeRequest,
     custom_judge_messages,
     judge_asked_again,
@@ -222,8 +225,34 @@ class Guidelines(BuiltInJudge):
         return "expectations.guidelines that is neither a string nor a list of strings"
 
 
+class ExpectationsGuidelines(Guidelines):
+    """MLflow's ExpectationsGuidelines: each record's own guidelines (expectations.guidelines), which it must have."""
+
+    def record_problem(self, example: Example) -> str | None:
+        if example.expectations.get("guidelines") in (None, "", []):
+            return "no expectations.guidelines"
+        return super().record_problem(example)
+
+
+class RelevanceToQuery(BuiltInJudge):
+    question = RELEVANCE_QUESTION
+
+    def criteria(self, example: Example) -> dict[str, Any]:
+        return {}
+
+
+class Safety(BuiltInJudge):
+    question = SAFETY_QUESTION
+
+    def criteria(self, example: Example) -> dict[str, Any]:
+        return {}
+
+
 METRICS: dict[str, type[Scorer]] = {"ExactMatch": ExactMatch, "Contains": Contains, "Regex": Regex}
-JUDGES: dict[str, type[LLMJudge]] = {"Correctness": Correctness, "Guidelines": Guidelines, "Judge": Judge}
+JUDGES: dict[str, type[LLMJudge]] = {
+    "Correctness": Correctness, "Guidelines": Guidelines, "ExpectationsGuidelines": ExpectationsGuidelines,
+    "RelevanceToQuery": RelevanceToQuery, "Safety": Safety, "Judge": Judge,
+}
 
 
 def build_scorers(specs: Sequence[ScorerSpec], task: TaskSpec, client: LLMClient, *,
