@@ -28,11 +28,22 @@ API_CALLS = (
     (GROUP, f"{PLURAL}/status", "patch"),
     ("", "pods", "create"),
     ("", "pods", "delete"),
+    # spec.output: create the ConfigMap, and when one is in the way, read it and replace it if it is the job's.
+    ("", "configmaps", "create"),
+    ("", "configmaps", "get"),
+    ("", "configmaps", "update"),
 )
 
 
 class StaleJob(Exception):
     """The job changed since the version a decision was taken on."""
+
+
+class Refused(Exception):
+    """The API server refused or failed a call: its status code and reason, for a message."""
+
+    def __init__(self, error: ApiException):
+        super().__init__(f"{error.status} {error.reason}")
 
 
 class KubeClient:
@@ -96,3 +107,28 @@ class KubeClient:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    async def create_config_map(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create the ConfigMap; False if one of that name exists. Refused for any other error."""
+        try:
+            await self._call(self._core.create_namespaced_config_map, namespace, manifest)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise Refused(error) from error
+        return True
+
+    async def read_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(await self._call(self._core.read_namespaced_config_map, name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise Refused(error) from error
+
+    async def replace_config_map(self, namespace: str, name: str, manifest: dict[str, Any]) -> None:
+        """Replace the ConfigMap as it was at manifest's metadata.resourceVersion (Refused with 409 if it changed)."""
+        try:
+            await self._call(self._core.replace_namespaced_config_map, name, namespace, manifest)
+        except ApiException as error:
+            raise Refused(error) from error

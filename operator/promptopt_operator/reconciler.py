@@ -22,13 +22,16 @@ from typing import Any, cast
 
 import kopf
 
-from promptopt.api.times import parse_time
+from promptopt.api.times import format_time, parse_time
 from promptopt.api.v1alpha1 import TERMINAL_PHASES, read_status
 from promptopt.worker_contract import PERMANENT_FAILURES
 
-from promptopt_operator.kube import KubeClient, StaleJob
+from promptopt_operator.kube import KubeClient, Refused, StaleJob
 from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
+from promptopt_operator.output import (
+    SETTLED_REASONS, OutputPlan, conflict, foreign_owner, output_plan, output_status, replacement, write_failed,
+)
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
 from promptopt_operator.queue import WAITING_PHASES, JobKey, QueueEntry, plan, slot_for, stale_positions
 from promptopt_operator.settings import OperatorSettings
@@ -96,6 +99,8 @@ class Reconciler:
         self._pods_seen: dict[tuple[str, str], WorkerPod] = {}
         # Each job's latest body: from its watch events and from the responses to our own status writes.
         self._bodies: dict[JobKey, dict[str, Any]] = {}
+        # Output writes (spec.output) of each ended job that failed in a row: their retries back off.
+        self._output_failures: dict[JobKey, int] = {}
 
     # -- the queue ---------------------------------------------------------------------------------------
 
@@ -126,6 +131,7 @@ class Reconciler:
         self._starting.discard(key)
         self._locks.pop(key, None)
         self._errors.pop(key, None)
+        self._output_failures.pop(key, None)
         if handle := self._rechecks.pop(key, None):
             handle.cancel()
 
@@ -279,6 +285,13 @@ class Reconciler:
                 return
             written = self._bodies[key] = patched
             self._count_failure(job, decision)
+        if job.spec is not None and job.spec.output is not None and not job.deleting:
+            ended = Job.from_body(written)
+            worker_running = any(not pod.finished for pod in self._pods_of(key))
+            if (output := output_plan(ended, body["metadata"]["uid"], worker_running)) is not None:
+                written = await self._deliver(key, written, ended, output)
+                if key not in self._bodies:
+                    return
         self._decided[key] = decision_inputs(written)
         for event in decision.events:
             self.post_event(body, event)
@@ -286,6 +299,35 @@ class Reconciler:
             await self.kube.delete_job(namespace, name)
         if decision.recheck_after is not None:
             self._recheck(key, decision.recheck_after)
+
+    async def _deliver(self, key: JobKey, body: dict[str, Any], job: Job, plan: OutputPlan) -> dict[str, Any]:
+        """Write the ended job's output (spec.output), record the outcome in its status and say it in an Event; the
+        job as written. A write the API refused or failed is tried again, backing off."""
+        namespace, name = key
+        outcome = plan.outcome
+        if plan.manifest is not None:
+            try:
+                if not await self.kube.create_config_map(namespace, plan.manifest):
+                    existing = await self.kube.read_config_map(namespace, plan.name) or {}
+                    if owner := foreign_owner(existing, name):
+                        outcome = conflict(plan, owner)
+                    else:
+                        await self.kube.replace_config_map(namespace, plan.name, replacement(plan, existing))
+            except Refused as error:
+                outcome = write_failed(plan, str(error))
+        patch = output_status(job, plan, outcome, format_time(datetime.now(UTC)))
+        patched = await self.kube.patch_job_status(namespace, name, patch, body["metadata"]["resourceVersion"])
+        if patched is None or key not in self._bodies:
+            self.forget(key)
+            return body
+        self._bodies[key] = patched
+        self.post_event(body, Event("Normal" if outcome.written else "Warning", outcome.reason, outcome.message))
+        if outcome.reason in SETTLED_REASONS:
+            self._output_failures.pop(key, None)
+        else:
+            self._output_failures[key] = self._output_failures.get(key, 0) + 1
+            self._recheck(key, reconcile_error_delay(self._output_failures[key]))
+        return patched
 
     async def _create_pod(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
         namespace, name = key

@@ -666,6 +666,29 @@ class WorkerSpec(ApiModel):
     )
 
 
+class ConfigMapOutput(ApiModel):
+    """A ConfigMap in the job's namespace that receives the optimized prompts, one key per prompt name, for
+    applications to mount. Labelled with the job (app.kubernetes.io/managed-by: promptopt-operator, promptopt.dev/job)
+    and annotated with its uid, outcome and initial and final aggregate scores."""
+
+    name: DNSSubdomain = Field(description="The ConfigMap's name.")
+    owned_by_job: bool = Field(
+        False,
+        description="Make the job the ConfigMap's owner, so deleting the job (or its ttlSecondsAfterFinished) deletes "
+        "the ConfigMap too. By default it outlives the job.",
+    )
+
+
+class OutputSpec(ApiModel):
+    """Where the optimized prompts are delivered besides status.optimizedPrompts, once the job has ended. Succeeded:
+    the best prompts. Cancelled: the best so far, when the worker had one, annotated promptopt.dev/best-so-far:
+    "true". Failed: nothing. A ConfigMap of that name that another job or a person made is never overwritten: the
+    OutputWritten condition says so (reason OutputConflict). Prompts the operator recovered only in part from the
+    Pod's termination message are not written either (reason PromptsTruncated)."""
+
+    config_map: ConfigMapOutput | None = Field(None, description="Write the optimized prompts to this ConfigMap.")
+
+
 # ---------------------------------------------------------------------------------------------
 # spec
 
@@ -729,6 +752,7 @@ class PromptOptimizationJobSpec(ApiModel):
         None, ge=0, description="Delete the job this many seconds after it finishes."
     )
     worker: WorkerSpec | None = Field(None, description="Overrides of the worker Pod.")
+    output: OutputSpec | None = Field(None, description="Where the optimized prompts are delivered when the job ends.")
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> PromptOptimizationJobSpec:
@@ -920,6 +944,16 @@ class WorkerStatus(StatusObject):
     )
 
 
+class OutputStatus(StatusObject):
+    """What was delivered where spec.output asked (the OutputWritten condition says why not, when not)."""
+
+    config_map: str | None = Field(None, description="The ConfigMap written.")
+    written_time: str | None = Field(None, description="When it was written (RFC 3339).")
+    best_so_far: bool | None = Field(
+        None, description="True when the job was cancelled and the prompts are the best found until then.",
+    )
+
+
 class PromptOptimizationJobStatus(WorkerStatus):
     """The observed state of the job. The operator owns phase, conditions, pod and times; the worker owns
     progress, scores, prompts and cost."""
@@ -945,6 +979,7 @@ class PromptOptimizationJobStatus(WorkerStatus):
     )
     start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
+    output: OutputStatus | None = Field(None, description="Where the optimized prompts were delivered (spec.output).")
 
 
 def read_status(status: Mapping[str, Any] | None) -> PromptOptimizationJobStatus:

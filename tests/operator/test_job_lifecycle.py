@@ -361,6 +361,93 @@ def test_a_job_whose_program_and_scorer_are_services_succeeds(cluster, kubelet, 
     assert token.split()[1] not in json.dumps(status) + events + logs
 
 
+# --- spec.output: the optimized prompts in a ConfigMap ----------------------------------------------------------
+
+
+def output_condition(cluster, name):
+    return wait_for(lambda: next((c for c in status_of(cluster, name).get("conditions", [])
+                                  if c["type"] == "OutputWritten"), None), 15, f"{name}'s OutputWritten condition")
+
+
+def job_events(kubectl, name):
+    return kubectl("get", "events", "--field-selector", f"involvedObject.name={name}",
+                   "-o", "jsonpath={range .items[*]}{.type} {.reason}: {.message}{'\\n'}{end}").stdout
+
+
+def test_the_optimized_prompts_reach_a_configmap_that_outlives_the_job(cluster, kubelet, llm, credentials, kubectl,
+                                                                      start_operator):
+    start_operator()
+    cluster.create(gepa_job("delivered", llm, output={"configMap": {"name": "sentiment-prompts"}}))
+    wait_for_phase(cluster, "delivered", "Succeeded")
+    assert output_condition(cluster, "delivered") | {"status": "True", "reason": "OutputWritten"} == \
+        output_condition(cluster, "delivered")
+    status, uid = status_of(cluster, "delivered"), cluster.get("poj", "delivered")["metadata"]["uid"]
+
+    written = cluster.get("configmaps", "sentiment-prompts")
+    assert written["data"] == {p["name"]: p["template"] for p in status["optimizedPrompts"]}
+    assert written["metadata"]["labels"]["promptopt.dev/job"] == "delivered"
+    annotations = written["metadata"]["annotations"]
+    assert annotations["promptopt.dev/job-uid"] == uid and annotations["promptopt.dev/outcome"] == "Succeeded"
+    assert float(annotations["promptopt.dev/final-score"]) == pytest.approx(status["finalScores"]["aggregate"])
+    assert float(annotations["promptopt.dev/initial-score"]) == pytest.approx(status["initialScores"]["aggregate"])
+    assert status["output"]["configMap"] == "sentiment-prompts" and "bestSoFar" not in status["output"]
+    assert "Normal OutputWritten: the optimized prompts are in ConfigMap sentiment-prompts" in job_events(
+        kubectl, "delivered")
+
+    cluster.delete("poj", "delivered")
+    wait_for(lambda: not job_exists(cluster, "delivered"), 15, "the job to go")
+    assert cluster.get("configmaps", "sentiment-prompts")["data"] == written["data"]  # not the job's: it stays
+
+
+def test_a_configmap_that_is_not_the_jobs_is_never_overwritten(cluster, kubelet, llm, credentials, kubectl,
+                                                              start_operator):
+    cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "taken"},
+                    "data": {"classify": "a person's prompt"}})
+    start_operator()
+    cluster.create(gepa_job("intruder", llm, max_metric_calls=8, records=4, output={"configMap": {"name": "taken"}}))
+    wait_for_phase(cluster, "intruder", "Succeeded")
+    refused = output_condition(cluster, "intruder")
+    assert (refused["status"], refused["reason"]) == ("False", "OutputConflict")
+    assert "ConfigMap taken exists and belongs to someone else" in refused["message"]
+    assert cluster.get("configmaps", "taken")["data"] == {"classify": "a person's prompt"}
+    assert "Warning OutputConflict" in job_events(kubectl, "intruder")
+    assert "output" not in status_of(cluster, "intruder")
+
+
+def test_a_cancelled_job_writes_its_best_so_far_and_an_owned_configmap_goes_with_it(cluster, kubelet, llm,
+                                                                                    credentials, kubectl,
+                                                                                    start_operator):
+    llm.set_latency(5, model=REFLECT_MODEL)  # the cancel finds the run in its first reflection
+    start_operator()
+    cluster.create(gepa_job("stopped", llm, max_metric_calls=400, records=10,
+                            output={"configMap": {"name": "stopped-prompts", "ownedByJob": True}}))
+    wait_for(lambda: status_of(cluster, "stopped").get("initialScores"), 60, "the initial scores")
+    kubectl("patch", "poj", "stopped", "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    wait_for_phase(cluster, "stopped", "Cancelled", timeout=30)
+    assert output_condition(cluster, "stopped")["reason"] == "BestSoFarWritten"
+    status = status_of(cluster, "stopped")
+    assert status["workerResult"]["reason"] == "Cancelled"  # written once the worker had said its last word
+    written = cluster.get("configmaps", "stopped-prompts")
+    assert written["metadata"]["annotations"]["promptopt.dev/best-so-far"] == "true"
+    assert written["data"] == {p["name"]: p["template"] for p in status["optimizedPrompts"]}
+    assert status["output"]["bestSoFar"] is True
+
+    cluster.delete("poj", "stopped")
+    wait_for(lambda: not [c for c in cluster.list("configmaps") if c["metadata"]["name"] == "stopped-prompts"], 30,
+             "the garbage collector to delete the job's ConfigMap")
+
+
+def test_a_failed_job_writes_nothing_and_says_so(cluster, kubelet, llm, credentials, start_operator):
+    start_operator()
+    failing = gepa_job("broken", llm, output={"configMap": {"name": "broken-prompts"}})
+    failing["spec"]["prompts"][0]["template"] = "Classify: {{text}}"  # the records have no input "text"
+    cluster.create(failing)
+    wait_for_phase(cluster, "broken", "Failed")
+    written = output_condition(cluster, "broken")
+    assert (written["status"], written["reason"]) == ("False", "NothingToWrite")
+    assert not [c for c in cluster.list("configmaps") if c["metadata"]["name"] == "broken-prompts"]
+
+
 def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, start_operator):
     start_operator()
     cluster.create(gepa_job("ephemeral", llm, max_metric_calls=8, records=4, ttlSecondsAfterFinished=1))

@@ -273,7 +273,8 @@ def metaprompt_job(name, llm, **spec):
 def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_server(
         cluster, kubelet, llm, install_rbac, tmp_path, render, clusterwide):
     """The operator runs as the chart's ServiceAccount and the workers as theirs, with only the RBAC the chart
-    renders, through jobs' whole lives: one runs to success and is deleted by its TTL, one is cancelled while its
+    renders, through jobs' whole lives: one runs to success, replaces the output an earlier job of its name left in
+    a ConfigMap, and is deleted by its TTL, one is cancelled while its
     worker runs (the operator deletes the Pod), and one carries the finalizer earlier builds put on jobs, which
     kopf takes off so its deletion completes. The real authorizer refuses none of their calls, and the calls the
     audit log shows are exactly the derived ones: the chart grants nothing they do not use."""
@@ -293,8 +294,14 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
         cluster.create(legacy)
         cluster.delete("poj", "legacy")
         wait_until(lambda: job_gone(cluster, "legacy"), "kopf to take the old finalizer off", operator)
-        cluster.create(metaprompt_job("done", llm, ttlSecondsAfterFinished=0))
+        # An earlier job of the same name left its output: the operator's create meets it, reads it and replaces it.
+        cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": "done-prompts", "labels": {"app.kubernetes.io/managed-by": "promptopt-operator"},
+            "annotations": {"promptopt.dev/job-name": "done"}}, "data": {"p": "an earlier result"}})
+        cluster.create(metaprompt_job("done", llm, ttlSecondsAfterFinished=0,
+                                      output={"configMap": {"name": "done-prompts"}}))
         wait_until(lambda: job_gone(cluster, "done"), "the finished job's deletion by its TTL", operator)
+        assert cluster.get("configmaps", "done-prompts")["data"]["p"] != "an earlier result"
         llm.set_latency(5)  # the worker waits in its first LLM call until the cancel
         cluster.create(metaprompt_job("stopped", llm))
         wait_until(lambda: (cluster.get("poj", "stopped").get("status") or {}).get("phase") == "Running",

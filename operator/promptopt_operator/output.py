@@ -1,0 +1,144 @@
+"""spec.output: the optimized prompts written where applications read them, once the job has ended. Pure decisions.
+
+The operator writes the ConfigMap, not the worker: it is the one that knows the job has ended (a Cancelled job's
+worker may be gone before it could), it holds the final status whichever way it arrived (the worker's writes or the
+termination message), and the workers' ServiceAccount keeps to reading its job and ConfigMaps.
+
+The steps: `output_plan` says what to write (or why nothing), the reconciler creates the ConfigMap, and on a
+conflict reads the one there: `foreign_owner` says whether it may be replaced; `output_status` records the outcome
+(status.output and the OutputWritten condition). A ConfigMap is this job's when it carries the job's name
+(JOB_NAME_ANNOTATION) and the operator's managed-by label: a job deleted and created again under the same name takes
+its output over, a person's ConfigMap or another job's is never overwritten.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from promptopt.api.v1alpha1 import API_VERSION, KIND, status_patch
+
+from promptopt_operator.lifecycle import Job
+from promptopt_operator.pods import COMPONENT_LABELS, JOB_LABEL, JOB_NAME_ANNOTATION, label_value
+
+OUTPUT_WRITTEN = "OutputWritten"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+JOB_UID_ANNOTATION = "promptopt.dev/job-uid"
+OUTCOME_ANNOTATION = "promptopt.dev/outcome"
+INITIAL_SCORE_ANNOTATION = "promptopt.dev/initial-score"
+FINAL_SCORE_ANNOTATION = "promptopt.dev/final-score"
+BEST_SO_FAR_ANNOTATION = "promptopt.dev/best-so-far"
+# Outcomes that stay: written, or nothing that another try could change. OutputWriteFailed (the API refused or
+# failed) is tried again.
+SETTLED_REASONS = frozenset(
+    {"OutputWritten", "BestSoFarWritten", "NothingToWrite", "OutputConflict", "PromptsTruncated"})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    written: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """A ConfigMap to write (`manifest`), or, when there is nothing to write, the outcome to record."""
+
+    name: str
+    manifest: dict[str, Any] | None
+    outcome: Outcome
+
+
+def output_plan(job: Job, uid: str, worker_running: bool = False) -> OutputPlan | None:
+    """What spec.output asks of an ended job; None when it asks nothing, the outcome is settled already, or a
+    cancelled job's worker still runs: it reports its best prompts as it stops."""
+    target = job.spec.output.config_map if job.spec and job.spec.output else None
+    status = job.status
+    if target is None or status.phase not in ("Succeeded", "Cancelled", "Failed"):
+        return None
+    if status.phase == "Cancelled" and worker_running and status.worker_result is None:
+        return None
+    written = next((c for c in status.conditions or [] if c.type == OUTPUT_WRITTEN), None)
+    if written is not None and written.reason in SETTLED_REASONS:
+        return None
+    where = f"ConfigMap {target.name}"
+    prompts = status.optimized_prompts or []
+    if status.phase == "Failed" or not prompts:
+        why = "the job failed" if status.phase == "Failed" else "the job ended without optimized prompts"
+        return OutputPlan(target.name, None, Outcome(False, "NothingToWrite", f"{why}: nothing is written to {where}"))
+    if cut := [p.name for p in prompts if p.truncated]:
+        return OutputPlan(target.name, None, Outcome(
+            False, "PromptsTruncated",
+            f"not written to {where}: only the start of {', '.join(cut)} is known (recovered from the worker Pod's "
+            "termination message); status.optimizedPrompts holds what there is"))
+    best_so_far = status.phase == "Cancelled"
+    annotations = {JOB_NAME_ANNOTATION: job.name, JOB_UID_ANNOTATION: uid, OUTCOME_ANNOTATION: status.phase}
+    for annotation, scores in ((INITIAL_SCORE_ANNOTATION, status.initial_scores),
+                               (FINAL_SCORE_ANNOTATION, status.final_scores)):
+        if scores is not None and scores.aggregate is not None:
+            annotations[annotation] = f"{scores.aggregate:.6g}"
+    if best_so_far:
+        annotations[BEST_SO_FAR_ANNOTATION] = "true"
+    metadata: dict[str, Any] = {
+        "name": target.name,
+        "labels": {MANAGED_BY: COMPONENT_LABELS[MANAGED_BY], JOB_LABEL: label_value(job.name)},
+        "annotations": annotations,
+    }
+    if target.owned_by_job:
+        metadata["ownerReferences"] = [{"apiVersion": API_VERSION, "kind": KIND, "name": job.name, "uid": uid,
+                                        "blockOwnerDeletion": False}]
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
+                "data": {p.name: p.template for p in prompts}}
+    if best_so_far:
+        outcome = Outcome(True, "BestSoFarWritten", f"the best prompts found before the cancel are in {where}")
+    else:
+        outcome = Outcome(True, "OutputWritten", f"the optimized prompts are in {where}")
+    return OutputPlan(target.name, manifest, outcome)
+
+
+def foreign_owner(existing: Mapping[str, Any], job_name: str) -> str | None:
+    """Who a ConfigMap in the way belongs to, when not to this job."""
+    metadata = existing.get("metadata") or {}
+    labels, annotations = metadata.get("labels") or {}, metadata.get("annotations") or {}
+    if labels.get(MANAGED_BY) == COMPONENT_LABELS[MANAGED_BY] and annotations.get(JOB_NAME_ANNOTATION) == job_name:
+        return None
+    if labels.get(MANAGED_BY) == COMPONENT_LABELS[MANAGED_BY] and annotations.get(JOB_NAME_ANNOTATION):
+        return f"job {annotations[JOB_NAME_ANNOTATION]}"
+    return "someone else (it is not labelled as promptopt's)"
+
+
+def replacement(plan: OutputPlan, existing: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan's ConfigMap in place of the job's own `existing` one, as it was read (optimistic concurrency: a
+    change since then makes the replace fail, and it is tried again)."""
+    assert plan.manifest is not None
+    version = (existing.get("metadata") or {}).get("resourceVersion")
+    return {**plan.manifest, "metadata": {**plan.manifest["metadata"], "resourceVersion": version}}
+
+
+def conflict(plan: OutputPlan, owner: str) -> Outcome:
+    return Outcome(False, "OutputConflict", f"ConfigMap {plan.name} exists and belongs to {owner}: it is not "
+                   "overwritten; delete it, or set spec.output.configMap.name to another name in a new job")
+
+
+def write_failed(plan: OutputPlan, error: str) -> Outcome:
+    return Outcome(False, "OutputWriteFailed", f"writing ConfigMap {plan.name} failed, trying again: {error}")
+
+
+def output_status(job: Job, plan: OutputPlan, outcome: Outcome, now: str) -> dict[str, Any]:
+    """The status patch recording `outcome`: the OutputWritten condition beside the others, and status.output."""
+    previous = next((c for c in job.status.conditions or [] if c.type == OUTPUT_WRITTEN), None)
+    status = "True" if outcome.written else "False"
+    condition = {
+        "type": OUTPUT_WRITTEN, "status": status, "observedGeneration": job.generation,
+        "lastTransitionTime": previous.last_transition_time if previous and previous.status == status
+        and previous.last_transition_time else now,
+        "reason": outcome.reason, "message": outcome.message,
+    }
+    others = [c.model_dump(by_alias=True, exclude_none=True) for c in job.status.conditions or []
+              if c.type != OUTPUT_WRITTEN]
+    fields: dict[str, Any] = {"conditions": [*others, condition]}
+    if outcome.written:
+        fields["output"] = {"configMap": plan.name, "writtenTime": now,
+                            **({"bestSoFar": True} if outcome.reason == "BestSoFarWritten" else {})}
+    return status_patch(fields)
