@@ -103,6 +103,12 @@ def _resolve(node: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any
     return node
 
 
+# Fields `kubectl get poj --field-selector` filters on, as MLflow's job search filters by state: the API server
+# supports them from Kubernetes 1.31 (beta, on by default; GA in 1.32). 1.30 keeps the field and ignores it unless
+# the CustomResourceFieldSelectors feature gate is on.
+SELECTABLE_FIELDS = (".status.phase", ".spec.optimizer.type", ".status.workerResult.reason")
+
+
 def custom_resource_definition() -> dict[str, Any]:
     """The PromptOptimizationJob CRD, generated from the models."""
     spec_schema = structural_schema(v1alpha1.PromptOptimizationJobSpec)
@@ -129,6 +135,7 @@ def custom_resource_definition() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "selectableFields": [{"jsonPath": path} for path in SELECTABLE_FIELDS],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",

@@ -51,3 +51,23 @@ def test_a_misspelled_field_is_refused_by_kubectl_apply(kubectl):
     assert result.returncode != 0
     assert 'strict decoding error: unknown field "spec.optimizer.gepa.maxMetricCall"' in result.stderr
     assert "gepa-sentiment" not in kubectl("get", "poj").stdout  # nothing half-applied
+
+
+def test_jobs_are_searched_by_phase_optimizer_and_outcome_with_field_selectors(kubectl, cluster):
+    """As MLflow's job search filters by state: the CRD's selectableFields (Kubernetes 1.31 and later)."""
+    for example in ("gepa-sentiment", "metaprompt-zero-shot", "configmap-sources"):
+        kubectl("apply", "-f", str(EXAMPLES / f"{example}.yaml"))
+    for name, status in (("gepa-sentiment", {"phase": "Succeeded", "workerResult": {
+                              "reason": "GoalReached", "message": "at the goal", "succeeded": True}}),
+                         ("metaprompt-zero-shot", {"phase": "Failed"}), ("configmap-sources", {"phase": "Running"})):
+        cluster.patch("poj", name, {"status": status}, subresource="status")
+
+    def names(*selector):
+        return sorted(kubectl("get", "poj", "--field-selector", ",".join(selector), "-o", "name").stdout.split())
+
+    assert names("status.phase=Succeeded") == ["promptoptimizationjob.promptopt.dev/gepa-sentiment"]
+    assert names("status.phase!=Succeeded") == ["promptoptimizationjob.promptopt.dev/configmap-sources",
+                                                "promptoptimizationjob.promptopt.dev/metaprompt-zero-shot"]
+    assert names("spec.optimizer.type=MetaPrompt", "status.phase=Running") == [
+        "promptoptimizationjob.promptopt.dev/configmap-sources"]
+    assert names("status.workerResult.reason=GoalReached") == ["promptoptimizationjob.promptopt.dev/gepa-sentiment"]
