@@ -147,6 +147,15 @@ def emulated_cluster():
 
 
 @pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (SQLite, loopback), shared by the session: tests name their prompts apart."""
+    from promptopt_harness.mlflow_server import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def chart():
     """The Helm chart, loaded by the real Helm engine (helm-python-sdk)."""
     from promptopt_harness.chart import loaded_chart

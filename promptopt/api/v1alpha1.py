@@ -60,18 +60,24 @@ class FieldError(ValueError):
         self.field = field
 
 
-def exactly_one_of(first: str, second: str) -> ConfigDict:
-    """A model's config with the CEL rule for two mutually exclusive, one-required fields (named as on the wire)."""
-    rule: JsonDict = {
-        "rule": f"has(self.{first}) != has(self.{second})", "message": f"set exactly one of {first} or {second}",
-    }
+def _one_of_message(fields: tuple[str, ...]) -> str:
+    return f"set exactly one of {', '.join(fields[:-1])} or {fields[-1]}"
+
+
+def exactly_one_of(*fields: str) -> ConfigDict:
+    """A model's config with the CEL rule for mutually exclusive, one-required fields (named as on the wire)."""
+    if len(fields) == 2:
+        check = f"has(self.{fields[0]}) != has(self.{fields[1]})"
+    else:
+        check = f"[{', '.join(f'has(self.{name})' for name in fields)}].filter(given, given).size() == 1"
+    rule: JsonDict = {"rule": check, "message": _one_of_message(fields)}
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule]})
 
 
-def require_exactly_one(model: BaseModel, first: str, second: str) -> None:
+def require_exactly_one(model: BaseModel, *fields: str) -> None:
     """The same rule for the models."""
-    if (getattr(model, to_snake(first)) is None) == (getattr(model, to_snake(second)) is None):
-        raise ValueError(f"set exactly one of {first} or {second}")
+    if sum(getattr(model, to_snake(name)) is not None for name in fields) != 1:
+        raise ValueError(_one_of_message(fields))
 
 
 class ApiModel(BaseModel):
@@ -254,10 +260,15 @@ class ConfigMapKeyRef(ApiModel):
     key: ConfigKey = Field(description="The key whose value is read.")
 
 
+# MLflow Prompt Registry URIs, as MLflow accepts them: a version, an alias, or the latest version.
+PROMPT_URI = r"^prompts:/[A-Za-z0-9][\w.-]*(/[0-9]+|@[A-Za-z][\w-]*)$"
+RegistryPromptName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][\w.-]*$")]
+
+
 class PromptSpec(ApiModel):
     """One prompt template under optimization; `{{variable}}` placeholders are filled from a record's inputs."""
 
-    model_config = exactly_one_of("template", "configMapKeyRef")
+    model_config = exactly_one_of("template", "configMapKeyRef", "registryUri")
 
     name: PromptName = Field(description="The prompt's name: its key in status.optimizedPrompts.")
     role: Literal["system", "user", "assistant"] = Field(
@@ -265,11 +276,29 @@ class PromptSpec(ApiModel):
     )
     template: str | None = Field(None, max_length=100_000, description="The template text, inline.")
     config_map_key_ref: ConfigMapKeyRef | None = Field(None, description="Read the template from a ConfigMap key.")
+    registry_uri: Annotated[str, StringConstraints(max_length=300, pattern=PROMPT_URI)] | None = Field(
+        None,
+        description="Read the template from MLflow's Prompt Registry (spec.mlflow): prompts:/<name>/<version>, "
+        "prompts:/<name>@<alias> or prompts:/<name>@latest. The version it resolves to when the job starts is in "
+        "status.mlflow.sourcePrompts, and a replaced worker Pod reads that same version.",
+    )
+    register_as: RegistryPromptName | None = Field(
+        None,
+        description="With spec.mlflow.registerOptimizedPrompts: the registry prompt the optimized template becomes a "
+        "new version of. Default: the registryUri's prompt; a prompt from elsewhere is registered only when set.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> PromptSpec:
-        require_exactly_one(self, "template", "configMapKeyRef")
+        require_exactly_one(self, "template", "configMapKeyRef", "registryUri")
         return self
+
+    @property
+    def registry_name(self) -> str | None:
+        """The registry prompt its optimized template is registered as, if any."""
+        if self.register_as is not None:
+            return self.register_as
+        return self.registry_uri.removeprefix("prompts:/").split("/")[0].split("@")[0] if self.registry_uri else None
 
 
 class Record(ApiModel):
@@ -679,6 +708,33 @@ class ConfigMapOutput(ApiModel):
     )
 
 
+class PromptRegistration(ApiModel):
+    """Register each optimized prompt in MLflow's Prompt Registry as a new version of its prompt
+    (prompts[].registerAs, else the registryUri's prompt), tagged with the job (promptopt.dev/job, namespace, uid)
+    and its initial and final aggregate scores."""
+
+    alias: Annotated[str, StringConstraints(max_length=256, pattern=r"^[A-Za-z][\w-]*$")] | None = Field(
+        None, description="Also point this alias (for example candidate) at each new version.",
+    )
+
+
+class MlflowSpec(ApiModel):
+    """The MLflow tracking server the job's registry prompts come from and go to. Credentials come from the job's
+    credentials Secret, as MLflow's client reads them: MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD. An unreachable server, a refused login, or a missing prompt, version or alias fails
+    the job before any LLM call (reason InvalidInput), naming what to fix."""
+
+    tracking_uri: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$")] = Field(
+        description="The tracking server's URL, e.g. http://mlflow.mlops.svc:5000.",
+    )
+    register_optimized_prompts: PromptRegistration | None = Field(
+        None,
+        description="Register the optimized prompts as new versions when the run produced a result (Succeeded, or "
+        "Cancelled with a best so far). A registration that fails loses nothing: the prompts stay in status, "
+        "status.mlflow.registrationError says why, and it is tried again with back-off while the worker runs.",
+    )
+
+
 class OutputSpec(ApiModel):
     """Where the optimized prompts are delivered besides status.optimizedPrompts, once the job has ended. Succeeded:
     the best prompts. Cancelled: the best so far, when the worker had one, annotated promptopt.dev/best-so-far:
@@ -693,6 +749,7 @@ class OutputSpec(ApiModel):
 # spec
 
 
+_REGISTRY_NEEDS_MLFLOW = "prompts from or to MLflow's registry (registryUri, registerAs) need spec.mlflow"
 # Spec fields whose change applies to a running job; a change to any other field does not (see status.specHash).
 MUTABLE_SPEC_FIELDS = ("cancel", "ttl_seconds_after_finished")
 
@@ -712,6 +769,11 @@ class PromptOptimizationJobSpec(ApiModel):
                     "rule": "!has(self.dataset) || (has(self.scorers) && size(self.scorers) > 0)",
                     "message": "a job with a dataset needs at least one scorer",
                     "fieldPath": ".scorers",
+                },
+                {
+                    "rule": "!self.prompts.exists(p, has(p.registryUri) || has(p.registerAs)) || has(self.mlflow)",
+                    "message": _REGISTRY_NEEDS_MLFLOW,
+                    "fieldPath": ".mlflow",
                 },
                 {
                     "rule": "self.prompts.all(p, self.prompts.exists_one(q, q.name == p.name))",
@@ -753,6 +815,9 @@ class PromptOptimizationJobSpec(ApiModel):
     )
     worker: WorkerSpec | None = Field(None, description="Overrides of the worker Pod.")
     output: OutputSpec | None = Field(None, description="Where the optimized prompts are delivered when the job ends.")
+    mlflow: MlflowSpec | None = Field(
+        None, description="MLflow's Prompt Registry: prompts to start from (prompts[].registryUri) and to register.",
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> PromptOptimizationJobSpec:
@@ -760,6 +825,8 @@ class PromptOptimizationJobSpec(ApiModel):
             raise FieldError("dataset", "the GEPA optimizer needs a dataset")
         if self.dataset is not None and not self.scorers:
             raise FieldError("scorers", "a job with a dataset needs at least one scorer")
+        if self.mlflow is None and any(p.registry_uri or p.register_as for p in self.prompts):
+            raise FieldError("mlflow", _REGISTRY_NEEDS_MLFLOW)
         _require_unique("prompts", "prompt names", [p.name for p in self.prompts])
         _require_unique("scorers", "scorer keys (label, or name when no label)", [s.key for s in self.scorers or []])
         return self
@@ -936,11 +1003,26 @@ class WorkerStatus(StatusObject):
     )
     cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
     worker_result: WorkerResult | None = Field(None, description="How the worker's last run ended.")
+    mlflow: MlflowStatus | None = Field(None, description="The job's prompts in MLflow's Prompt Registry.")
     config_map_inputs: list[ConfigMapInput] | None = Field(
         None, description="The ConfigMap keys the job's first worker read its prompts and dataset from, with a digest "
         "of each text. A job runs the inputs it started with (as status.specHash holds it to its spec): a later "
         "worker Pod whose keys read differently ends with InvalidInput, naming the field, the ConfigMap and the "
         "key. Restore the text, or create a new job to run the new one.",
+    )
+
+
+class MlflowStatus(StatusObject):
+    """The job's prompts in MLflow's Prompt Registry (MLflow's source_prompt_uri and optimized_prompt_uri)."""
+
+    source_prompts: dict[str, str] | None = Field(
+        None, description="Prompt name → the registry version it was read from (prompts:/<name>/<version>).",
+    )
+    optimized_prompts: dict[str, str] | None = Field(
+        None, description="Prompt name → the registry version its optimized template was registered as.",
+    )
+    registration_error: str | None = Field(
+        None, description="Why registering the optimized prompts failed (the prompts stay in optimizedPrompts).",
     )
 
 

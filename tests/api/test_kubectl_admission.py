@@ -14,7 +14,7 @@ def test_examples_apply_and_list_with_their_columns(kubectl):
     header = listing.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "OPTIMIZER", "PROGRESS%", "INITIAL", "BEST", "AGE"]
     assert {line.split()[0] for line in listing.splitlines()[1:]} == {
-        "gepa-sentiment", "metaprompt-zero-shot", "configmap-sources", "http-rag"}
+        "gepa-sentiment", "metaprompt-zero-shot", "configmap-sources", "http-rag", "mlflow-sentiment"}
     wide = kubectl("get", "poj", "-o", "wide").stdout.splitlines()[0].split()
     assert wide[-4:] == ["REASON", "COST", "POD", "AGE"]
 

@@ -98,6 +98,14 @@ INVALID = [
         "url": "http://rag/", "headers": [{"name": "X Token", "value": "x"}]}})),
      "spec.task.http.headers[0].name"),
     ("safety without a model", edited(_set(["scorers", 1], {"name": "Safety"})), "spec.scorers[1]"),
+    ("a registry prompt without mlflow", edited(lambda s: s["prompts"].__setitem__(0, {
+        "name": "classify", "registryUri": "prompts:/sentiment/3"})), "spec.mlflow"),
+    ("a registry uri that is none", edited(lambda s: s.update(mlflow={"trackingUri": "http://mlflow:5000"},
+                                                              prompts=[{"name": "p", "registryUri": "sentiment:3"}])),
+     "spec.prompts[0].registryUri"),
+    ("a prompt from the registry and inline", edited(lambda s: s.update(mlflow={"trackingUri": "http://mlflow:5000"})
+                                                     or s["prompts"][0].update(registryUri="prompts:/s@latest")),
+     "spec.prompts[0]"),
     ("webhook without http", edited(_set(["scorers", 0, "name"], "Webhook")), "spec.scorers[0].http"),
     ("http on a non-webhook", edited(_set(["scorers", 0, "http"], {"url": "http://s/"})), "spec.scorers[0].http"),
     ("judge without instructions", edited(_set(["scorers", 1, "name"], "Judge")), "spec.scorers[1]"),
@@ -148,6 +156,13 @@ VALID = [
         scorers=[{"name": "Webhook", "label": "grounded", "http": {"url": "http://scorer/score"}},
                  {"name": "Judge", "label": "tone", "model": "openai/gpt-4.1-mini", "params": {
                      "instructions": "Is {{ outputs }} polite, given {{inputs}} and {{ expectations }}?"}}],
+    ))),
+    ("prompts from and to mlflow's registry", edited(lambda s: s.update(
+        mlflow={"trackingUri": "https://mlflow.mlops.svc:5000", "registerOptimizedPrompts": {"alias": "candidate"}},
+        prompts=[{"name": "classify", "registryUri": "prompts:/sentiment@production"},
+                 {"name": "system", "role": "system", "template": "Be brief.", "registerAs": "sentiment-system"},
+                 {"name": "extra", "registryUri": "prompts:/other/3"},
+                 {"name": "last", "registryUri": "prompts:/x@latest"}],
     ))),
     ("every run control", edited(lambda s: s.update({
         "cancel": False, "backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 0,
@@ -247,3 +262,5 @@ def test_examples_cover_the_documented_cases():
     assert any(s["optimizer"]["type"] == "MetaPrompt" and "dataset" not in s for s in specs)
     assert any("configMapKeyRef" in s.get("dataset", {}) and "configMapKeyRef" in s["prompts"][0] for s in specs)
     assert any("http" in s["task"] and {"Webhook", "Judge"} <= {c["name"] for c in s["scorers"]} for s in specs)
+    assert any("registryUri" in s["prompts"][0] and "registerOptimizedPrompts" in s["mlflow"] and "output" in s
+               for s in specs)

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import time
+import uuid
 
 import pytest
 
@@ -359,6 +360,31 @@ def test_a_job_whose_program_and_scorer_are_services_succeeds(cluster, kubelet, 
     events = kubectl("get", "events", "--field-selector", "involvedObject.name=rag").stdout
     logs = kubelet.logs(cluster.namespace, "rag-worker-1")
     assert token.split()[1] not in json.dumps(status) + events + logs
+
+
+def test_a_job_starts_from_mlflows_registry_and_registers_what_it_found(cluster, kubelet, llm, credentials,
+                                                                        mlflow_server, start_operator):
+    """Through the operator: the worker Pod reads the prompt by its alias and registers the optimized one as the
+    next version, tagged with the job's namespace and uid, with the alias candidate."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    prompt = f"cluster-sentiment-{uuid.uuid4().hex[:8]}"
+    client.register_prompt(prompt, "Classify the sentiment of this review.\n\n{{review}}")
+    client.set_prompt_alias(prompt, "production", 1)
+    start_operator()
+    job = gepa_job("registry", llm)
+    job["spec"]["prompts"] = [{"name": "classify", "registryUri": f"prompts:/{prompt}@production"}]
+    job["spec"]["mlflow"] = {"trackingUri": mlflow_server.url, "registerOptimizedPrompts": {"alias": "candidate"}}
+    cluster.create(job)
+    status = wait_for_phase(cluster, "registry", "Succeeded", timeout=120)
+
+    assert status["mlflow"]["sourcePrompts"] == {"classify": f"prompts:/{prompt}/1"}
+    assert status["mlflow"]["optimizedPrompts"] == {"classify": f"prompts:/{prompt}/2"}
+    registered = client.load_prompt(f"prompts:/{prompt}@candidate")
+    assert registered.template == status["optimizedPrompts"][0]["template"]
+    assert registered.tags["promptopt.dev/namespace"] == cluster.namespace
+    assert registered.tags["promptopt.dev/job-uid"] == cluster.get("poj", "registry")["metadata"]["uid"]
 
 
 # --- spec.output: the optimized prompts in a ConfigMap ----------------------------------------------------------

@@ -106,7 +106,7 @@ def test_binary_data_is_decoded():
     configmaps = LocalConfigMaps([{"kind": "ConfigMap", "metadata": {"name": "sentiment-prompts"},
                                    "binaryData": {"classify.txt": base64.b64encode(text.encode()).decode()}}])
     _, spec = example_documents()
-    assert resolve_prompts(spec, configmaps)[0].text == text
+    assert resolve_prompts(spec, configmaps)[0][0].text == text
 
 
 def test_a_missing_configmap_names_the_field_the_map_and_where_it_was_looked_up(cluster, build):

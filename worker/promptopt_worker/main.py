@@ -26,7 +26,7 @@ from typing import Any
 
 from promptopt.api.times import parse_time
 from promptopt.api.v1alpha1 import (
-    KIND, ConfigMapInput, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
+    KIND, ConfigMapInput, MlflowStatus, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
 )
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import (
@@ -37,6 +37,7 @@ from promptopt_worker import llm
 from promptopt_worker.dry_run import plan_dry_run, render_dry_run
 from promptopt_worker.kube import kubernetes_api_client, read_job
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
+from promptopt_worker.mlflow_registry import PromptRegistry
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import InvalidInput, Progress, Reporter, Result, StopRequested
 from promptopt_worker.redaction import add_secrets
@@ -92,12 +93,16 @@ def run_job(
     deadline_seconds: float | None = None,
     checkpoint_dir: str | None = None,
     started_with: Sequence[ConfigMapInput] | None = None,
+    pinned_sources: Mapping[str, str] | None = None,
+    identity: Mapping[str, str] | None = None,
 ) -> Result:
-    """Resolve the job's inputs (refusing ConfigMap keys changed since `started_with`) and optimize; the reporter
-    hears of every ending, early ones included."""
+    """Resolve the job's inputs (refusing ConfigMap keys changed since `started_with`, reading registry prompts at
+    the versions `pinned_sources` holds) and optimize; the reporter hears of every ending, early ones included.
+    `identity` (job, namespace, job-uid) tags what the job registers in MLflow."""
     try:
         problem = build_problem(spec, configmaps, llm_client, deadline_seconds=deadline_seconds,
-                                checkpoint_dir=checkpoint_dir, started_with=started_with)
+                                checkpoint_dir=checkpoint_dir, started_with=started_with,
+                                registry=prompt_registry(spec), pinned_sources=pinned_sources, identity=identity)
     except InvalidInput as error:
         return finish_early(reporter, "InvalidInput", str(error))
     except Exception as error:  # noqa: BLE001 - e.g. the API refused to show a ConfigMap: still report it
@@ -108,6 +113,11 @@ def run_job(
     finally:
         if problem.evaluator is not None:
             problem.evaluator.close()
+
+
+def prompt_registry(spec: PromptOptimizationJobSpec) -> PromptRegistry | None:
+    """MLflow's Prompt Registry, for a job with spec.mlflow (its client is imported only then)."""
+    return PromptRegistry(spec.mlflow.tracking_uri) if spec.mlflow else None
 
 
 def finish_early(reporter: Reporter, reason: WorkerOutcome, message: str) -> Result:
@@ -215,7 +225,10 @@ def run_worker() -> int:
         stop,
         deadline_seconds=remaining_deadline(spec, status.get("startTime")),
         checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None,
-        started_with=read_status(status).config_map_inputs,  # recorded by the job's first worker
+        # Recorded by the job's first worker.
+        started_with=read_status(status).config_map_inputs,
+        pinned_sources=(read_status(status).mlflow or MlflowStatus()).source_prompts,
+        identity={"job": name, "namespace": namespace, "job-uid": (job.get("metadata") or {}).get("uid") or ""},
     )
     return exit_code(result)
 
@@ -254,7 +267,8 @@ def run_local(
     configure_logging(sys.stderr, logging.WARNING)
     try:
         documents = read_manifests(Path(path))
-        spec = parse_spec(single_job(documents, path).get("spec"))
+        job = single_job(documents, path)
+        spec, job_name = parse_spec(job.get("spec")), (job.get("metadata") or {}).get("name") or Path(path).stem
         configmaps = LocalConfigMaps.from_files([path, *(configmap_files or [])])
     except InvalidSpec as error:
         print(f"{path}: the job is invalid:\n  " + "\n  ".join(error.problems), file=sys.stderr)
@@ -289,7 +303,8 @@ def run_local(
         stop_on_signals(stop)
         max_cost = spec.budget.max_cost_usd if spec.budget else None
         result = run_job(spec, configmaps, LLMClient(max_cost_usd=max_cost, stop=stop, usage=usage),
-                         Reporters(*reporters), stop, deadline_seconds=remaining_deadline(spec, None))
+                         Reporters(*reporters), stop, deadline_seconds=remaining_deadline(spec, None),
+                         identity={"job": job_name, "run": "promptopt run"})
         if simulated_llm:
             print(SIMULATED_NOTICE)
     return exit_code(result)
@@ -314,7 +329,7 @@ def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, p
     os.environ.update({key: "dry-run-stand-in" for key in absent["headers"]})
     problem = None
     try:
-        problem = build_problem(spec, configmaps, NoCalls())
+        problem = build_problem(spec, configmaps, NoCalls(), registry=prompt_registry(spec))
         plan = plan_dry_run(spec, problem)
     except InvalidInput as error:
         print(f"{path}: the job cannot run: {error}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from promptopt_worker.gepa_optimizer import optimize_gepa
 from promptopt_worker.llm import PermanentLLMError
@@ -24,11 +25,13 @@ OPTIMIZERS: dict[str, Optimizer] = {"GEPA": optimize_gepa, "MetaPrompt": optimiz
 
 
 def optimize(problem: Problem, reporter: Reporter, stop: StopRequested) -> Result:
-    progress = Progress(config_map_inputs=problem.config_map_inputs)
+    progress = Progress(config_map_inputs=problem.config_map_inputs, source_prompts=problem.source_prompts)
     try:
         result = OPTIMIZERS[problem.settings.type](problem, progress, reporter, stop)
     except Exception as error:
         result = _ended_by(error, problem, progress, stop)
+    if problem.register is not None and result.succeeded:
+        result = replace(result, registration=problem.register(result))
     reporter.finished(progress, result)
     return result
 

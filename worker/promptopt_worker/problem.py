@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -117,6 +117,14 @@ class Reflector(Protocol):
 
 
 @dataclass(frozen=True)
+class Registration:
+    """How registering a result's prompts went: prompt name → its new registry version, or why it failed."""
+
+    registered: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Problem:
     prompts: Sequence[PromptTemplate]
     train: Sequence[Example]  # empty for zero-shot MetaPrompt
@@ -128,6 +136,8 @@ class Problem:
     checkpoint_dir: str | None = None  # a persistent folder to resume from after a restart
     failure_policy: ExampleFailurePolicy = field(default_factory=ExampleFailurePolicy)
     config_map_inputs: tuple[ConfigMapInput, ...] = ()  # the ConfigMap keys read, for status.configMapInputs
+    source_prompts: Mapping[str, str] = field(default_factory=dict)  # prompt name → the registry version read
+    register: Registrar | None = None  # registers a result's prompts in MLflow's Prompt Registry (spec.mlflow)
 
     @property
     def seed_candidate(self) -> Candidate:
@@ -156,6 +166,7 @@ class Progress:
     failed_examples: int = 0  # evaluations whose example could not be scored
     cached_evaluations: int = 0  # evaluations the cache answered (the same prompts on the same record again)
     config_map_inputs: tuple[ConfigMapInput, ...] = ()  # what the run read from ConfigMaps, reported from the start
+    source_prompts: Mapping[str, str] = field(default_factory=dict)  # the registry versions read, from the start
 
 
 @dataclass(frozen=True)
@@ -180,10 +191,15 @@ class Result:
     initial_scores: ScoreSummary | None = None
     final_scores: ScoreSummary | None = None
     candidates: tuple[CandidateRecord, ...] = ()  # every candidate scored on validation, in the order found
+    registration: Registration | None = None  # the optimized prompts in MLflow's registry, when the job asks
 
     @property
     def succeeded(self) -> bool:
         return self.best_candidate is not None and self.reason in SUCCEEDED_OUTCOMES
+
+
+# Registers a result's optimized prompts (promptopt_worker.mlflow_registry).
+Registrar = Callable[["Result"], Registration]
 
 
 class Reporter(Protocol):

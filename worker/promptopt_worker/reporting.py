@@ -56,6 +56,13 @@ def worker_status(progress: Progress, result: Result | None = None, cost: Mappin
         status["optimizedPrompts"] = [{"name": name, "template": text} for name, text in best.items()]
     if result is not None and result.candidates:
         status["candidates"] = _candidates_status(result.candidates, every_candidate)
+    mlflow: dict[str, Any] = {"sourcePrompts": dict(progress.source_prompts)} if progress.source_prompts else {}
+    if result is not None and result.registration is not None:
+        mlflow["optimizedPrompts"] = dict(result.registration.registered)
+        if result.registration.error:
+            mlflow["registrationError"] = result.registration.error
+    if mlflow:
+        status["mlflow"] = mlflow
     if cost:
         status["cost"] = dict(cost)
     if result is not None:

@@ -24,6 +24,7 @@ from promptopt.api.v1alpha1 import ConfigMapInput, ConfigMapKeyRef, PromptOptimi
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.datasets import load_dataset
 from promptopt_worker.evaluation import TaskEvaluator
+from promptopt_worker.mlflow_registry import PromptRegistry, registrar
 from promptopt_worker.problem import InvalidInput, Problem, PromptTemplate, Reflector
 from promptopt_worker.scorers import build_scorers, check_records
 from promptopt_worker.templates import check_inputs
@@ -152,17 +153,26 @@ def config_map_inputs(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSour
     return inputs
 
 
-def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource) -> list[PromptTemplate]:
-    """The prompts with their texts, inline or read from ConfigMaps, in spec order."""
-    prompts = []
+def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource,
+                    registry: PromptRegistry | None = None,
+                    pinned: Mapping[str, str] | None = None) -> tuple[list[PromptTemplate], dict[str, str]]:
+    """The prompts with their texts, inline or read from ConfigMaps or MLflow's registry, in spec order; and the
+    registry version each registry prompt resolved to. `pinned` (status.mlflow.sourcePrompts of the job's first
+    worker) holds a retried worker to the versions the job started with, whatever an alias points at now."""
+    prompts, sources = [], {}
     for index, prompt in enumerate(spec.prompts):
         if prompt.config_map_key_ref is not None:
             text = read_key(configmaps, prompt.config_map_key_ref, f"spec.prompts[{index}].configMapKeyRef")
+        elif prompt.registry_uri is not None:
+            assert registry is not None  # a registry prompt needs spec.mlflow (the model's rule)
+            source = registry.load((pinned or {}).get(prompt.name, prompt.registry_uri),
+                                   f"spec.prompts[{index}].registryUri")
+            text, sources[prompt.name] = source.template, source.resolved_uri
         else:
-            assert prompt.template is not None  # exactly one of template and configMapKeyRef (the model's rule)
+            assert prompt.template is not None  # exactly one source (the model's rule)
             text = prompt.template
         prompts.append(PromptTemplate(name=prompt.name, role=prompt.role, text=text))
-    return prompts
+    return prompts, sources
 
 
 def build_problem(
@@ -173,13 +183,16 @@ def build_problem(
     deadline_seconds: float | None = None,
     checkpoint_dir: str | None = None,
     started_with: Sequence[ConfigMapInput] | None = None,
+    registry: PromptRegistry | None = None,
+    pinned_sources: Mapping[str, str] | None = None,
+    identity: Mapping[str, str] | None = None,
 ) -> Problem:
     """The job as the optimizer sees it. Raises InvalidInput for anything wrong with the prompts or the
     dataset (ConfigMap keys that changed since `started_with` included), all of it found before any LLM call.
     Close `problem.evaluator` when done."""
     configmaps = ReadOnce(configmaps)
     inputs = config_map_inputs(spec, configmaps, started_with)
-    prompts = resolve_prompts(spec, configmaps)
+    prompts, sources = resolve_prompts(spec, configmaps, registry, pinned_sources)
     train, validation, evaluator = [], [], None
     if spec.dataset is not None:
         ref = spec.dataset.config_map_key_ref
@@ -203,6 +216,8 @@ def build_problem(
         checkpoint_dir=checkpoint_dir,
         failure_policy=spec.failure_policy,
         config_map_inputs=tuple(inputs),
+        source_prompts=sources,
+        register=registrar(spec, registry, identity or {}, sources) if registry is not None else None,
     )
 
 

@@ -1,0 +1,75 @@
+"""A real MLflow tracking server on loopback, for the tests of spec.mlflow: `mlflow server` from the test
+environment (the `mlflow` package of the dev extra), a SQLite backend and artifacts in a folder of its own.
+
+    with MlflowServer(tmp_path) as server:
+        MlflowClient(tracking_uri=server.url).register_prompt("sentiment", "Classify: {{review}}")
+
+The server imports litellm, so it runs with litellm's bundled cost map (LITELLM_LOCAL_MODEL_COST_MAP): without it,
+litellm tries the network at import and the server never starts here.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from promptopt_harness.realkube import free_port
+
+START_TIMEOUT_S = 180.0
+
+
+class MlflowServer:
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", "1",
+                   "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
+                   "--default-artifact-root", str(self.workdir / "artifacts")]
+        log = (self.workdir / "server.log").open("wb")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({self.process.returncode}): {self.log()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer within {START_TIMEOUT_S:.0f} s: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        path = self.workdir / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None
+
+    def __enter__(self) -> MlflowServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

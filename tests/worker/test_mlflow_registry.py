@@ -1,0 +1,152 @@
+"""spec.mlflow against a real MLflow tracking server (SQLite, loopback) through MLflow's own client: prompts read
+from the Prompt Registry by version, alias or latest, the version recorded and pinned, the optimized prompts
+registered as new versions with their tags and alias; failures named before any LLM call, and a registration that
+fails loses nothing."""
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptopt.api.validation import parse_spec
+from promptopt.simulated_llm import SEED_INSTRUCTION, sentiment_dataset
+from promptopt_worker import mlflow_registry
+from promptopt_worker.llm import LLMClient
+from promptopt_worker.main import run_job, with_simulated_models
+from promptopt_worker.problem import StopRequested
+from promptopt_worker.reporting import Reporters, ResultFileReporter
+from promptopt_worker.sources import LocalConfigMaps
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # mlflow imports litellm
+
+PROMPTOPT = str(Path(sys.executable).with_name("promptopt"))
+
+
+@pytest.fixture
+def client(mlflow_server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+
+
+@pytest.fixture
+def prompt(client):
+    """A registry prompt of this test's own: version 1 (alias production) is the seed, version 2 another one."""
+    name = f"sentiment-{uuid.uuid4().hex[:8]}"
+    client.register_prompt(name, SEED_INSTRUCTION, commit_message="the seed")
+    client.register_prompt(name, "Say something about: {{review}}", commit_message="a worse one")
+    client.set_prompt_alias(name, "production", 1)
+    return name
+
+
+def job_spec(mlflow_server, uri, **mlflow):
+    return {
+        "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect", "gepa": {"maxMetricCalls": 40}},
+        "prompts": [{"name": "classify", "registryUri": uri}],
+        "task": {"model": "openai/sim-task"},
+        "dataset": {"records": sentiment_dataset(8, seed=2), "validationFraction": 0.5},
+        "scorers": [{"name": "ExactMatch"}],
+        "mlflow": {"trackingUri": mlflow_server.url, **mlflow},
+    }
+
+
+def run(spec, llm, tmp_path, identity=None):
+    spec = with_simulated_models(parse_spec(spec), llm.base_url)
+    out = tmp_path / "result.json"
+    result = run_job(spec, LocalConfigMaps([]), LLMClient(), Reporters(ResultFileReporter(out)), StopRequested(),
+                     identity=identity or {"job": "sentiment", "namespace": "team-a", "job-uid": "uid-1"})
+    return result, json.loads(out.read_text())
+
+
+def test_a_prompt_read_by_alias_is_optimized_and_registered_as_a_new_version(mlflow_server, client, prompt, llm,
+                                                                            monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    spec = job_spec(mlflow_server, f"prompts:/{prompt}@production", registerOptimizedPrompts={"alias": "candidate"})
+    result, status = run(spec, llm, tmp_path)
+
+    assert result.succeeded, result.message
+    assert status["mlflow"]["sourcePrompts"] == {"classify": f"prompts:/{prompt}/1"}  # the alias, resolved
+    assert status["mlflow"]["optimizedPrompts"] == {"classify": f"prompts:/{prompt}/3"}
+    assert "registrationError" not in status["mlflow"]
+    registered = client.load_prompt(f"prompts:/{prompt}@candidate")
+    assert registered.version == 3 and registered.template == status["optimizedPrompts"][0]["template"]
+    assert registered.tags | {
+        "promptopt.dev/job": "sentiment", "promptopt.dev/namespace": "team-a", "promptopt.dev/job-uid": "uid-1",
+        "promptopt.dev/source": f"prompts:/{prompt}/1",
+        "promptopt.dev/initial-score": f"{status['initialScores']['aggregate']:.6g}",
+        "promptopt.dev/final-score": f"{status['finalScores']['aggregate']:.6g}",
+    } == registered.tags
+    assert "optimized by promptopt job team-a/sentiment (Completed); aggregate" in registered.commit_message
+    assert client.load_prompt(f"prompts:/{prompt}@production").version == 1  # the alias in use is left alone
+
+
+@pytest.mark.parametrize("uri,version", [("prompts:/{}/2", 2), ("prompts:/{}@latest", 2)])
+def test_a_version_or_the_latest_is_read_and_recorded_without_registering(mlflow_server, client, prompt, llm,
+                                                                         monkeypatch, tmp_path, uri, version):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    result, status = run(job_spec(mlflow_server, uri.format(prompt)), llm, tmp_path)
+    assert result.succeeded
+    assert status["mlflow"] == {"sourcePrompts": {"classify": f"prompts:/{prompt}/{version}"}}
+    assert client.load_prompt(f"prompts:/{prompt}@latest").version == 2  # nothing registered
+
+
+@pytest.mark.parametrize("uri,meaning", [
+    ("prompts:/{}/9", "no such prompt or version in the registry"),
+    ("prompts:/{}@staging", "an alias that does not exist"),
+    ("prompts:/missing-prompt-x/1", "no such prompt or version in the registry"),
+])
+def test_a_missing_prompt_version_or_alias_fails_before_any_llm_call(mlflow_server, prompt, llm, monkeypatch,
+                                                                     tmp_path, uri, meaning):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    result, status = run(job_spec(mlflow_server, uri.format(prompt)), llm, tmp_path)
+    assert result.reason == "InvalidInput" and llm.request_count == 0
+    assert result.message.startswith(f"spec.prompts[0].registryUri: {uri.format(prompt)} could not be read")
+    assert meaning in result.message
+
+
+def test_an_unreachable_server_fails_fast_naming_the_tracking_uri(llm, monkeypatch, tmp_path):
+    from promptopt_harness.realkube import free_port
+
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    spec = job_spec(type("Gone", (), {"url": f"http://127.0.0.1:{free_port()}"}), "prompts:/sentiment/1")
+    result, _ = run(spec, llm, tmp_path)
+    assert result.reason == "InvalidInput" and llm.request_count == 0
+    assert "the server could not be reached: check spec.mlflow.trackingUri" in result.message
+
+
+def test_a_registration_that_fails_keeps_the_result_and_says_why(mlflow_server, client, prompt, llm, monkeypatch,
+                                                                 tmp_path):
+    """The optimized prompt goes to a name MLflow refuses for a prompt (a registered model's): every try fails."""
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    monkeypatch.setattr(mlflow_registry, "REGISTRATION_DELAYS_S", (0.0, 0.0))
+    taken = f"model-{uuid.uuid4().hex[:8]}"
+    client.create_registered_model(taken)
+    spec = job_spec(mlflow_server, f"prompts:/{prompt}/1", registerOptimizedPrompts={})
+    spec["prompts"][0]["registerAs"] = taken
+    result, status = run(spec, llm, tmp_path)
+
+    assert result.succeeded and status["workerResult"]["reason"] == "Completed"
+    assert status["optimizedPrompts"] and status["finalScores"]  # nothing of the result is lost
+    error = status["mlflow"]["registrationError"]
+    assert error.startswith(f"registering prompt 'classify' as '{taken}' in MLflow at {mlflow_server.url} failed "
+                            "3 times")
+    assert status["mlflow"]["optimizedPrompts"] == {}
+
+
+def test_promptopt_run_reads_and_registers_with_the_token_masked(mlflow_server, client, prompt, tmp_path):
+    token = "mlflow-token-0c9a7e31d2"
+    job = {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": "local"},
+           "spec": job_spec(mlflow_server, f"prompts:/{prompt}@production", registerOptimizedPrompts={})}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")} | {"MLFLOW_TRACKING_TOKEN": token}
+    run = subprocess.run([PROMPTOPT, "run", "--simulated-llm", str(tmp_path / "job.yaml"), "-o",
+                          str(tmp_path / "out.json")], capture_output=True, text=True, env=env, timeout=180)
+    assert run.returncode == 0, run.stderr
+    status = json.loads((tmp_path / "out.json").read_text())
+    assert status["mlflow"]["optimizedPrompts"] == {"classify": f"prompts:/{prompt}/3"}
+    assert client.load_prompt(f"prompts:/{prompt}/3").tags["promptopt.dev/job"] == "local"
+    assert token not in run.stdout + run.stderr + json.dumps(status)

@@ -1,0 +1,144 @@
+"""MLflow's Prompt Registry, through MLflow's own client (mlflow-skinny, imported only by jobs that use spec.mlflow):
+the job's registry prompts are read when it starts, and its optimized prompts registered as new versions when it
+ends.
+
+Reading fails fast: MLflow's client retries a refused connection for minutes by default, so the worker asks it for
+one retry and a short timeout (MLFLOW_HTTP_REQUEST_*), unless the job's environment sets them. Every failure
+becomes an InvalidInput that names the field and what to fix, before any LLM call. Registering, at the end, is
+retried with back-off; a registration that still fails is reported, and the result stays in status.
+
+Credentials are MLflow's own environment variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD) from the job's credentials Secret; the redaction masks them like every credential.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from promptopt.worker_contract import use_bundled_litellm_cost_map
+from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
+from promptopt_worker.problem import InvalidInput, Registrar, Registration, Result
+
+log = logging.getLogger(__name__)
+
+# What the worker asks of MLflow's HTTP client unless the job's environment says otherwise: fail in seconds, not in
+# the minutes of its default retries.
+CLIENT_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+REGISTRATION_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # between the tries of a registration
+_REFUSED = "the server refused the credentials: check MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "\
+           "MLFLOW_TRACKING_PASSWORD, in the job's credentials Secret"
+_MEANINGS = {
+    "RESOURCE_DOES_NOT_EXIST": "no such prompt or version in the registry: register it, or fix the name or version",
+    "INVALID_PARAMETER_VALUE": "the registry refused the URI (an alias that does not exist?): fix it or set the alias",
+    "UNAUTHENTICATED": _REFUSED,
+    "PERMISSION_DENIED": "the server's user may not read this prompt: grant it, or use another user",
+}
+
+
+@dataclass(frozen=True)
+class SourcePrompt:
+    """A registry prompt as read: its template and the version it resolved to."""
+
+    template: str
+    resolved_uri: str  # prompts:/<name>/<version>
+
+
+class PromptRegistry:
+    def __init__(self, tracking_uri: str, sleep: Callable[[float], None] = time.sleep):
+        for name, value in CLIENT_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+        use_bundled_litellm_cost_map()  # mlflow's genai modules import litellm
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._sleep = sleep
+
+    def load(self, uri: str, field_path: str) -> SourcePrompt:
+        """The prompt at `uri`; InvalidInput naming `field_path` and the fix."""
+        try:
+            prompt = self._client.load_prompt(uri)
+        except Exception as error:  # noqa: BLE001 - MLflow raises MlflowException, and requests' errors inside it
+            raise InvalidInput(f"{field_path}: {uri} could not be read from MLflow at {self.tracking_uri}: "
+                               f"{explain(error)}") from None
+        if prompt is None or not isinstance(prompt.template, str):
+            raise InvalidInput(f"{field_path}: {uri} is a chat prompt (a list of messages); promptopt optimizes text "
+                               "templates: register the template as text")
+        return SourcePrompt(prompt.template, f"prompts:/{prompt.name}/{prompt.version}")
+
+    def register(self, templates: Mapping[str, str], names: Mapping[str, str], tags: Mapping[str, Mapping[str, str]],
+                 message: str, alias: str | None) -> Registration:
+        """Register each template (prompt name → text) as a new version of its registry prompt (`names`), with its
+        tags and `alias` pointed at it; tried again with back-off while the server fails."""
+        registered: dict[str, str] = {}
+        for prompt, registry_name in names.items():
+            for attempt, delay in enumerate((*REGISTRATION_DELAYS_S, None)):
+                try:
+                    version = self._client.register_prompt(registry_name, templates[prompt], commit_message=message,
+                                                           tags=dict(tags[prompt]))
+                    if alias:
+                        self._client.set_prompt_alias(registry_name, alias, int(version.version))
+                    registered[prompt] = f"prompts:/{registry_name}/{version.version}"
+                    break
+                except Exception as error:  # noqa: BLE001 - MLflow's and requests' errors alike
+                    if delay is None:
+                        return Registration(registered, (
+                            f"registering prompt {prompt!r} as {registry_name!r} in MLflow at {self.tracking_uri} "
+                            f"failed {attempt + 1} times: {explain(error)}"))
+                    log.warning("registering prompt %r failed (%s); trying again in %.0f s", prompt, explain(error),
+                                delay)
+                    self._sleep(delay)
+        return Registration(registered)
+
+
+def explain(error: Exception) -> str:
+    """What an MLflow client error means for the job's author."""
+    code = getattr(error, "error_code", None)
+    text = " ".join(str(error).split())[:300]
+    if " 401" in text or "Unauthorized" in text:
+        return f"{_REFUSED} ({text})"
+    if code in _MEANINGS:
+        return f"{_MEANINGS[code]} ({text})"
+    if "Max retries exceeded" in text or "Connection" in text:
+        return f"the server could not be reached: check spec.mlflow.trackingUri and the network ({text})"
+    return text
+
+
+def version_tags(identity: Mapping[str, str], initial: float | None, final: float | None,
+                 source: str | None) -> dict[str, str]:
+    """The tags of a registered version, which link it back to its job."""
+    tags = {f"promptopt.dev/{key}": value for key, value in identity.items()}
+    if initial is not None:
+        tags["promptopt.dev/initial-score"] = f"{initial:.6g}"
+    if final is not None:
+        tags["promptopt.dev/final-score"] = f"{final:.6g}"
+    if source:
+        tags["promptopt.dev/source"] = source
+    return tags
+
+
+def registrar(spec: PromptOptimizationJobSpec, registry: PromptRegistry, identity: Mapping[str, str],
+              sources: Mapping[str, str]) -> Registrar | None:
+    """What registers a result's prompts as spec.mlflow.registerOptimizedPrompts asks (None when it does not): each
+    prompt with a registry name (prompts[].registerAs, else its registryUri's prompt), tagged with the job's
+    `identity` (job, namespace, job-uid), the scores and the version it started from."""
+    registration = spec.mlflow.register_optimized_prompts if spec.mlflow else None
+    names = {p.name: name for p in spec.prompts if (name := p.registry_name)}
+    if registration is None or not names:
+        return None
+
+    def register(result: Result) -> Registration:
+        assert result.best_candidate is not None
+        initial = result.initial_scores.aggregate if result.initial_scores else None
+        final = result.final_scores.aggregate if result.final_scores else None
+        tags = {prompt: version_tags(identity, initial, final, sources.get(prompt)) for prompt in names}
+        who = f"{identity.get('namespace', '')}/{identity.get('job', '')}".strip("/")
+        scores = f"; aggregate {initial:.3f} → {final:.3f}" if initial is not None and final is not None else ""
+        return registry.register(result.best_candidate, names, tags,
+                                 f"optimized by promptopt job {who} ({result.reason}){scores}", registration.alias)
+
+    return register
