@@ -1,4 +1,5 @@
-"""spec.output: the optimized prompts written where applications read them, once the job has ended. Pure decisions.
+"""What an ended job delivers, as pure decisions: spec.output, the optimized prompts written where applications read
+them, and the PromptsRegistered condition, which says how the worker's registration in MLflow went.
 
 The operator writes the ConfigMap, not the worker: it is the one that knows the job has ended (a Cancelled job's
 worker may be gone before it could), it holds the final status whichever way it arrived (the worker's writes or the
@@ -16,12 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from promptopt.api.v1alpha1 import API_VERSION, KIND, status_patch
+from promptopt.api.v1alpha1 import API_VERSION, KIND, TERMINAL_PHASES, status_patch
 
 from promptopt_operator.lifecycle import Job
 from promptopt_operator.pods import COMPONENT_LABELS, JOB_LABEL, JOB_NAME_ANNOTATION, label_value
 
 OUTPUT_WRITTEN = "OutputWritten"
+# The worker registers the optimized prompts in MLflow (spec.mlflow.registerOptimizedPrompts) and reports how it went
+# in status.mlflow; the operator says it in this condition.
+PROMPTS_REGISTERED = "PromptsRegistered"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 JOB_UID_ANNOTATION = "promptopt.dev/job-uid"
 OUTCOME_ANNOTATION = "promptopt.dev/outcome"
@@ -125,19 +129,45 @@ def write_failed(plan: OutputPlan, error: str) -> Outcome:
     return Outcome(False, "OutputWriteFailed", f"writing ConfigMap {plan.name} failed, trying again: {error}")
 
 
-def output_status(job: Job, plan: OutputPlan, outcome: Outcome, now: str) -> dict[str, Any]:
-    """The status patch recording `outcome`: the OutputWritten condition beside the others, and status.output."""
-    previous = next((c for c in job.status.conditions or [] if c.type == OUTPUT_WRITTEN), None)
+def _with_condition(job: Job, kind: str, outcome: Outcome, now: str) -> list[dict[str, Any]]:
+    """The job's conditions with `kind` set to `outcome` (its lastTransitionTime kept while its status holds)."""
+    previous = next((c for c in job.status.conditions or [] if c.type == kind), None)
     status = "True" if outcome.written else "False"
     condition = {
-        "type": OUTPUT_WRITTEN, "status": status, "observedGeneration": job.generation,
+        "type": kind, "status": status, "observedGeneration": job.generation,
         "lastTransitionTime": previous.last_transition_time if previous and previous.status == status
         and previous.last_transition_time else now,
         "reason": outcome.reason, "message": outcome.message,
     }
-    others = [c.model_dump(by_alias=True, exclude_none=True) for c in job.status.conditions or []
-              if c.type != OUTPUT_WRITTEN]
-    fields: dict[str, Any] = {"conditions": [*others, condition]}
+    others = [c.model_dump(by_alias=True, exclude_none=True) for c in job.status.conditions or [] if c.type != kind]
+    return [*others, condition]
+
+
+def registration_outcome(job: Job) -> Outcome | None:
+    """What the PromptsRegistered condition of an ended job should say (spec.mlflow.registerOptimizedPrompts), once
+    the worker has reported its registration; None when there is nothing (new) to say."""
+    asked = job.spec is not None and job.spec.mlflow is not None and job.spec.mlflow.register_optimized_prompts
+    reported = job.status.mlflow
+    if not asked or job.status.phase not in TERMINAL_PHASES or reported is None or (
+            reported.optimized_prompts is None and reported.registration_error is None):
+        return None
+    if reported.registration_error:
+        outcome = Outcome(False, "RegistrationFailed", f"{reported.registration_error}; the optimized prompts are in "
+                          "status.optimizedPrompts")
+    else:
+        versions = ", ".join(sorted((reported.optimized_prompts or {}).values()))
+        outcome = Outcome(True, "PromptsRegistered", f"registered in MLflow as {versions or 'nothing'}")
+    current = next((c for c in job.status.conditions or [] if c.type == PROMPTS_REGISTERED), None)
+    return None if current is not None and current.reason == outcome.reason else outcome
+
+
+def registration_status(job: Job, outcome: Outcome, now: str) -> dict[str, Any]:
+    return status_patch({"conditions": _with_condition(job, PROMPTS_REGISTERED, outcome, now)})
+
+
+def output_status(job: Job, plan: OutputPlan, outcome: Outcome, now: str) -> dict[str, Any]:
+    """The status patch recording `outcome`: the OutputWritten condition beside the others, and status.output."""
+    fields: dict[str, Any] = {"conditions": _with_condition(job, OUTPUT_WRITTEN, outcome, now)}
     if outcome.written:
         fields["output"] = {"configMap": plan.name, "writtenTime": now,
                             **({"bestSoFar": True} if outcome.reason == "BestSoFarWritten" else {})}

@@ -30,7 +30,8 @@ from promptopt_operator.kube import KubeClient, Refused, StaleJob
 from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.output import (
-    SETTLED_REASONS, OutputPlan, conflict, foreign_owner, output_plan, output_status, replacement, write_failed,
+    SETTLED_REASONS, Outcome, OutputPlan, conflict, foreign_owner, output_plan, output_status, registration_outcome,
+    registration_status, replacement, write_failed,
 )
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
 from promptopt_operator.queue import WAITING_PHASES, JobKey, QueueEntry, plan, slot_for, stale_positions
@@ -285,13 +286,17 @@ class Reconciler:
                 return
             written = self._bodies[key] = patched
             self._count_failure(job, decision)
-        if job.spec is not None and job.spec.output is not None and not job.deleting:
+        if job.spec is not None and (job.spec.output or job.spec.mlflow) and not job.deleting:
             ended = Job.from_body(written)
             worker_running = any(not pod.finished for pod in self._pods_of(key))
             if (output := output_plan(ended, body["metadata"]["uid"], worker_running)) is not None:
                 written = await self._deliver(key, written, ended, output)
-                if key not in self._bodies:
-                    return
+                ended = Job.from_body(written)
+            if key in self._bodies and (registered := registration_outcome(ended)) is not None:
+                written = await self._say(key, written, registered,
+                                          registration_status(ended, registered, format_time(datetime.now(UTC))))
+            if key not in self._bodies:
+                return
         self._decided[key] = decision_inputs(written)
         for event in decision.events:
             self.post_event(body, event)
@@ -315,18 +320,22 @@ class Reconciler:
                         await self.kube.replace_config_map(namespace, plan.name, replacement(plan, existing))
             except Refused as error:
                 outcome = write_failed(plan, str(error))
-        patch = output_status(job, plan, outcome, format_time(datetime.now(UTC)))
-        patched = await self.kube.patch_job_status(namespace, name, patch, body["metadata"]["resourceVersion"])
-        if patched is None or key not in self._bodies:
-            self.forget(key)
-            return body
-        self._bodies[key] = patched
-        self.post_event(body, Event("Normal" if outcome.written else "Warning", outcome.reason, outcome.message))
+        patched = await self._say(key, body, outcome, output_status(job, plan, outcome, format_time(datetime.now(UTC))))
         if outcome.reason in SETTLED_REASONS:
             self._output_failures.pop(key, None)
         else:
             self._output_failures[key] = self._output_failures.get(key, 0) + 1
             self._recheck(key, reconcile_error_delay(self._output_failures[key]))
+        return patched
+
+    async def _say(self, key: JobKey, body: dict[str, Any], outcome: Outcome, patch: dict[str, Any]) -> dict[str, Any]:
+        """Write an ended job's delivery outcome into its status and post it as an Event; the job as written."""
+        patched = await self.kube.patch_job_status(*key, patch, body["metadata"]["resourceVersion"])
+        if patched is None or key not in self._bodies:
+            self.forget(key)
+            return body
+        self._bodies[key] = patched
+        self.post_event(body, Event("Normal" if outcome.written else "Warning", outcome.reason, outcome.message))
         return patched
 
     async def _create_pod(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:

@@ -727,6 +727,14 @@ class MlflowSpec(ApiModel):
     tracking_uri: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$")] = Field(
         description="The tracking server's URL, e.g. http://mlflow.mlops.svc:5000.",
     )
+    experiment: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = Field(
+        None,
+        description="Log one MLflow run per job in this experiment (created when missing), as MLflow's GEPA optimizer "
+        "logs one: the optimizer's settings as params, the best score and the metric calls per iteration as metrics, "
+        "the initial and final scores per scorer, every candidate's prompts as artifacts. Its run and experiment ids "
+        "are in status.mlflow; it ends KILLED when the job is cancelled, FINISHED when it has a result, FAILED "
+        "otherwise. A replaced worker Pod logs to the same run.",
+    )
     register_optimized_prompts: PromptRegistration | None = Field(
         None,
         description="Register the optimized prompts as new versions when the run produced a result (Succeeded, or "
@@ -1024,6 +1032,8 @@ class MlflowStatus(StatusObject):
     registration_error: str | None = Field(
         None, description="Why registering the optimized prompts failed (the prompts stay in optimizedPrompts).",
     )
+    run_id: str | None = Field(None, description="The job's MLflow run (spec.mlflow.experiment).")
+    experiment_id: str | None = Field(None, description="The experiment of the job's MLflow run.")
 
 
 class OutputStatus(StatusObject):

@@ -385,6 +385,9 @@ def test_a_job_starts_from_mlflows_registry_and_registers_what_it_found(cluster,
     assert registered.template == status["optimizedPrompts"][0]["template"]
     assert registered.tags["promptopt.dev/namespace"] == cluster.namespace
     assert registered.tags["promptopt.dev/job-uid"] == cluster.get("poj", "registry")["metadata"]["uid"]
+    said = wait_for(lambda: next((c for c in status_of(cluster, "registry")["conditions"]
+                                  if c["type"] == "PromptsRegistered"), None), 15, "the PromptsRegistered condition")
+    assert (said["status"], said["message"]) == ("True", f"registered in MLflow as prompts:/{prompt}/2")
 
 
 # --- spec.output: the optimized prompts in a ConfigMap ----------------------------------------------------------

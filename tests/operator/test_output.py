@@ -6,7 +6,8 @@ from promptopt.api.v1alpha1 import read_status
 from promptopt.api.validation import parse_spec
 from promptopt_operator.lifecycle import Job
 from promptopt_operator.output import (
-    OUTPUT_WRITTEN, conflict, foreign_owner, output_plan, output_status, replacement, write_failed,
+    OUTPUT_WRITTEN, PROMPTS_REGISTERED, conflict, foreign_owner, output_plan, output_status, registration_outcome,
+    registration_status, replacement, write_failed,
 )
 
 SPEC = {
@@ -118,3 +119,37 @@ def test_only_the_jobs_own_configmap_may_be_replaced():
     assert foreign_owner({"data": {"k": "v"}}, "sentiment").startswith("someone else")
     plan = output_plan(job(ENDED), UID)
     assert replacement(plan, ours)["metadata"]["resourceVersion"] == "41"
+
+
+REGISTERING = {**SPEC, "output": None, "mlflow": {"trackingUri": "http://mlflow:5000", "registerOptimizedPrompts": {}},
+               "prompts": [{"name": "ask", "registryUri": "prompts:/ask@production"}]}
+
+
+def registering_job(status):
+    return Job(name="sentiment", generation=3, deleting=False, spec=parse_spec(REGISTERING), spec_problems=(),
+               status=read_status(status))
+
+
+def test_the_registration_the_worker_reported_becomes_a_condition_once():
+    registered = {**ENDED, "mlflow": {"sourcePrompts": {"ask": "prompts:/ask/2"},
+                                      "optimizedPrompts": {"ask": "prompts:/ask/3"}}}
+    outcome = registration_outcome(registering_job(registered))
+    assert (outcome.written, outcome.reason) == (True, "PromptsRegistered")
+    assert outcome.message == "registered in MLflow as prompts:/ask/3"
+    patch = registration_status(registering_job(registered), outcome, "2026-12-01T10:00:05Z")
+    assert patch["conditions"][-1]["type"] == PROMPTS_REGISTERED and patch["conditions"][0]["type"] == "Ready"
+    assert registration_outcome(registering_job({**registered, **patch})) is None  # said once
+
+
+def test_a_failed_registration_says_why_and_where_the_prompts_are():
+    failed = {**ENDED, "mlflow": {"optimizedPrompts": {}, "registrationError": "registering prompt 'ask' failed"}}
+    outcome = registration_outcome(registering_job(failed))
+    assert (outcome.written, outcome.reason) == (False, "RegistrationFailed")
+    assert outcome.message == "registering prompt 'ask' failed; the optimized prompts are in status.optimizedPrompts"
+
+
+def test_no_registration_condition_before_the_end_before_the_report_or_when_not_asked():
+    reported = {"mlflow": {"optimizedPrompts": {"ask": "prompts:/ask/3"}}}
+    assert registration_outcome(registering_job({**ENDED, **reported, "phase": "Running"})) is None
+    assert registration_outcome(registering_job({**ENDED, "mlflow": {"sourcePrompts": {"ask": "x"}}})) is None
+    assert registration_outcome(job({**ENDED, **reported})) is None

@@ -150,3 +150,88 @@ def test_promptopt_run_reads_and_registers_with_the_token_masked(mlflow_server, 
     assert status["mlflow"]["optimizedPrompts"] == {"classify": f"prompts:/{prompt}/3"}
     assert client.load_prompt(f"prompts:/{prompt}/3").tags["promptopt.dev/job"] == "local"
     assert token not in run.stdout + run.stderr + json.dumps(status)
+
+
+# --- the job's MLflow run (spec.mlflow.experiment) ------------------------------------------------------------------
+
+
+def tracked_spec(mlflow_server, experiment, **changes):
+    spec = job_spec(mlflow_server, "prompts:/unused/1", experiment=experiment)
+    spec["prompts"] = [{"name": "classify", "template": SEED_INSTRUCTION}]
+    return spec | changes
+
+
+def run_with(spec, llm, tmp_path, stop=None, run_id=None):
+    spec = with_simulated_models(parse_spec(spec), llm.base_url)
+    out = tmp_path / "result.json"
+    result = run_job(spec, LocalConfigMaps([]), LLMClient(), Reporters(ResultFileReporter(out)),
+                     stop or StopRequested(), identity={"job": "tracked", "namespace": "team-a"}, mlflow_run_id=run_id)
+    return result, json.loads(out.read_text())
+
+
+def test_a_job_logs_one_run_with_its_settings_progress_scores_and_candidates(mlflow_server, client, llm,
+                                                                            monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    experiment = f"optimization-{uuid.uuid4().hex[:8]}"
+    result, status = run_with(tracked_spec(mlflow_server, experiment), llm, tmp_path)
+
+    assert result.succeeded
+    run = client.get_run(status["mlflow"]["runId"])
+    assert run.info.experiment_id == status["mlflow"]["experimentId"] == \
+        client.get_experiment_by_name(experiment).experiment_id
+    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert run.data.tags["promptopt.dev/namespace"] == "team-a"
+    assert run.data.params | {"optimizer": "GEPA", "max_metric_calls": "40", "reflection_minibatch_size": "3",
+                              "scorers": "ExactMatch", "candidate_selection": "pareto"} == run.data.params
+    best = client.get_metric_history(run.info.run_id, "best_score")
+    assert [m.step for m in best] == sorted(m.step for m in best) and best[-1].value == status["progress"]["bestScore"]
+    assert run.data.metrics["final_score.aggregate"] == pytest.approx(status["finalScores"]["aggregate"])
+    initial = status["initialScores"]["scorers"]["ExactMatch"]
+    assert run.data.metrics["initial_score.ExactMatch"] == pytest.approx(initial)
+    assert run.data.metrics["cost_llmCalls"] == sum(llm.calls.values())
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "optimized_prompts")}
+    assert {"candidates.json", "optimized_prompts/classify.txt"} <= artifacts
+    logged = client.download_artifacts(run.info.run_id, "optimized_prompts/classify.txt", str(tmp_path))
+    assert Path(logged).read_text() == status["optimizedPrompts"][0]["template"]
+    candidates = json.loads(Path(client.download_artifacts(run.info.run_id, "candidates.json", str(tmp_path)))
+                            .read_text())["candidates"]
+    assert len(candidates) == status["progress"]["candidates"] and all(c["prompts"] for c in candidates)
+
+
+def test_a_run_ends_killed_when_cancelled_and_failed_on_an_llm_error(mlflow_server, client, llm, monkeypatch,
+                                                                    tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    experiment = f"endings-{uuid.uuid4().hex[:8]}"
+    stop = StopRequested()
+    stop.request("Cancelled", "stopped by the test")
+    cancelled, status = run_with(tracked_spec(mlflow_server, experiment), llm, tmp_path, stop=stop)
+    assert cancelled.reason == "Cancelled"
+    assert client.get_run(status["mlflow"]["runId"]).info.status == "KILLED"
+
+    broken = tracked_spec(mlflow_server, experiment)
+    failed, status = run_with(broken, type("Gone", (), {"base_url": "http://127.0.0.1:9/v1", "api_key": "x"}),
+                              tmp_path)
+    assert failed.reason == "LLMError"
+    assert client.get_run(status["mlflow"]["runId"]).info.status == "FAILED"
+
+
+def test_a_replaced_worker_logs_to_the_run_its_job_started(mlflow_server, client, llm, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    spec = tracked_spec(mlflow_server, f"resumed-{uuid.uuid4().hex[:8]}")
+    _, first = run_with(spec, llm, tmp_path)
+    _, second = run_with(spec, llm, tmp_path, run_id=first["mlflow"]["runId"])
+    assert second["mlflow"] == first["mlflow"]
+    assert client.get_run(first["mlflow"]["runId"]).info.status == "FINISHED"
+    assert len(client.search_runs([first["mlflow"]["experimentId"]])) == 1
+
+
+def test_a_run_that_cannot_start_fails_the_job_before_any_llm_call(llm, monkeypatch, tmp_path):
+    from promptopt_harness.realkube import free_port
+
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    gone = type("Gone", (), {"url": f"http://127.0.0.1:{free_port()}"})
+    result, _ = run_with(tracked_spec(gone, "nowhere"), llm, tmp_path)
+    assert result.reason == "InvalidInput" and llm.request_count == 0
+    assert result.message.startswith(f"spec.mlflow.experiment: MLflow at {gone.url}: the job's run could not be "
+                                     "started: the server could not be reached")

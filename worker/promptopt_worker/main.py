@@ -20,6 +20,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from promptopt_worker.dry_run import plan_dry_run, render_dry_run
 from promptopt_worker.kube import kubernetes_api_client, read_job
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
 from promptopt_worker.mlflow_registry import PromptRegistry
+from promptopt_worker.mlflow_tracking import TrackingRun
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import InvalidInput, Progress, Reporter, Result, StopRequested
 from promptopt_worker.redaction import add_secrets
@@ -95,14 +97,20 @@ def run_job(
     started_with: Sequence[ConfigMapInput] | None = None,
     pinned_sources: Mapping[str, str] | None = None,
     identity: Mapping[str, str] | None = None,
+    mlflow_run_id: str | None = None,
 ) -> Result:
     """Resolve the job's inputs (refusing ConfigMap keys changed since `started_with`, reading registry prompts at
-    the versions `pinned_sources` holds) and optimize; the reporter hears of every ending, early ones included.
-    `identity` (job, namespace, job-uid) tags what the job registers in MLflow."""
+    the versions `pinned_sources` holds), start or resume its MLflow run (`mlflow_run_id`) and optimize; the
+    reporter hears of every ending, early ones included. `identity` (job, namespace, job-uid) tags what the job
+    logs and registers in MLflow."""
     try:
         problem = build_problem(spec, configmaps, llm_client, deadline_seconds=deadline_seconds,
                                 checkpoint_dir=checkpoint_dir, started_with=started_with,
                                 registry=prompt_registry(spec), pinned_sources=pinned_sources, identity=identity)
+        if spec.mlflow is not None and spec.mlflow.experiment is not None:
+            run = TrackingRun(spec, identity or {}, mlflow_run_id, cost=lambda: llm_client.usage.snapshot().to_status())
+            problem = replace(problem, mlflow_run={"runId": run.run_id, "experimentId": run.experiment_id})
+            reporter = Reporters(reporter, run)
     except InvalidInput as error:
         return finish_early(reporter, "InvalidInput", str(error))
     except Exception as error:  # noqa: BLE001 - e.g. the API refused to show a ConfigMap: still report it
@@ -228,6 +236,7 @@ def run_worker() -> int:
         # Recorded by the job's first worker.
         started_with=read_status(status).config_map_inputs,
         pinned_sources=(read_status(status).mlflow or MlflowStatus()).source_prompts,
+        mlflow_run_id=(read_status(status).mlflow or MlflowStatus()).run_id,
         identity={"job": name, "namespace": namespace, "job-uid": (job.get("metadata") or {}).get("uid") or ""},
     )
     return exit_code(result)

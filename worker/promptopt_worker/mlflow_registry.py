@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from promptopt.worker_contract import use_bundled_litellm_cost_map
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
@@ -47,15 +48,21 @@ class SourcePrompt:
     resolved_uri: str  # prompts:/<name>/<version>
 
 
+def mlflow_client(tracking_uri: str) -> Any:
+    """MLflow's client of the server at `tracking_uri`, for its tracking and its registry alike (the package is
+    imported here, by jobs with spec.mlflow only)."""
+    for name, value in CLIENT_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    use_bundled_litellm_cost_map()  # mlflow's genai modules import litellm
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 class PromptRegistry:
     def __init__(self, tracking_uri: str, sleep: Callable[[float], None] = time.sleep):
-        for name, value in CLIENT_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
-        use_bundled_litellm_cost_map()  # mlflow's genai modules import litellm
-        from mlflow import MlflowClient
-
         self.tracking_uri = tracking_uri
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._client = mlflow_client(tracking_uri)
         self._sleep = sleep
 
     def load(self, uri: str, field_path: str) -> SourcePrompt:

@@ -138,6 +138,7 @@ class Problem:
     config_map_inputs: tuple[ConfigMapInput, ...] = ()  # the ConfigMap keys read, for status.configMapInputs
     source_prompts: Mapping[str, str] = field(default_factory=dict)  # prompt name → the registry version read
     register: Registrar | None = None  # registers a result's prompts in MLflow's Prompt Registry (spec.mlflow)
+    mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run: runId, experimentId
 
     @property
     def seed_candidate(self) -> Candidate:
@@ -167,6 +168,7 @@ class Progress:
     cached_evaluations: int = 0  # evaluations the cache answered (the same prompts on the same record again)
     config_map_inputs: tuple[ConfigMapInput, ...] = ()  # what the run read from ConfigMaps, reported from the start
     source_prompts: Mapping[str, str] = field(default_factory=dict)  # the registry versions read, from the start
+    mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run, from the start
 
 
 @dataclass(frozen=True)
