@@ -327,11 +327,17 @@ class DatasetConfigMapKeyRef(ConfigMapKeyRef):
 class DatasetSpec(ApiModel):
     """The records the prompts are evaluated on."""
 
-    model_config = exactly_one_of("records", "configMapKeyRef")
+    model_config = exactly_one_of("records", "configMapKeyRef", "mlflowDatasetId")
 
     records: list[Record] | None = Field(None, max_length=5000, description="The records, inline.")
     config_map_key_ref: DatasetConfigMapKeyRef | None = Field(
         None, description="Read the records from a ConfigMap key."
+    )
+    mlflow_dataset_id: Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9][\w-]*$")] | None = Field(
+        None,
+        description="Read the records from this MLflow evaluation dataset (MLflow's dataset_id, e.g. d-3f2a...; "
+        "spec.mlflow names the server). A digest of its records is in status.mlflow.datasetDigest: a replaced "
+        "worker Pod refuses records that changed since the job started.",
     )
     validation_fraction: float | None = Field(
         None, gt=0, lt=1,
@@ -342,7 +348,7 @@ class DatasetSpec(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DatasetSpec:
-        require_exactly_one(self, "records", "configMapKeyRef")
+        require_exactly_one(self, "records", "configMapKeyRef", "mlflowDatasetId")
         return self
 
 
@@ -758,6 +764,7 @@ class OutputSpec(ApiModel):
 
 
 _REGISTRY_NEEDS_MLFLOW = "prompts from or to MLflow's registry (registryUri, registerAs) need spec.mlflow"
+_DATASET_NEEDS_MLFLOW = "a dataset from MLflow (dataset.mlflowDatasetId) needs spec.mlflow"
 # Spec fields whose change applies to a running job; a change to any other field does not (see status.specHash).
 MUTABLE_SPEC_FIELDS = ("cancel", "ttl_seconds_after_finished")
 
@@ -781,6 +788,11 @@ class PromptOptimizationJobSpec(ApiModel):
                 {
                     "rule": "!self.prompts.exists(p, has(p.registryUri) || has(p.registerAs)) || has(self.mlflow)",
                     "message": _REGISTRY_NEEDS_MLFLOW,
+                    "fieldPath": ".mlflow",
+                },
+                {
+                    "rule": "!has(self.dataset) || !has(self.dataset.mlflowDatasetId) || has(self.mlflow)",
+                    "message": _DATASET_NEEDS_MLFLOW,
                     "fieldPath": ".mlflow",
                 },
                 {
@@ -835,6 +847,8 @@ class PromptOptimizationJobSpec(ApiModel):
             raise FieldError("scorers", "a job with a dataset needs at least one scorer")
         if self.mlflow is None and any(p.registry_uri or p.register_as for p in self.prompts):
             raise FieldError("mlflow", _REGISTRY_NEEDS_MLFLOW)
+        if self.mlflow is None and self.dataset is not None and self.dataset.mlflow_dataset_id is not None:
+            raise FieldError("mlflow", _DATASET_NEEDS_MLFLOW)
         _require_unique("prompts", "prompt names", [p.name for p in self.prompts])
         _require_unique("scorers", "scorer keys (label, or name when no label)", [s.key for s in self.scorers or []])
         return self
@@ -998,6 +1012,26 @@ class ConfigMapInput(StatusObject):
     digest: str = Field(description="The first 16 hex digits of the SHA-256 of the key's text.")
 
 
+class MlflowStatus(StatusObject):
+    """The job's prompts in MLflow's Prompt Registry (MLflow's source_prompt_uri and optimized_prompt_uri)."""
+
+    source_prompts: dict[str, str] | None = Field(
+        None, description="Prompt name → the registry version it was read from (prompts:/<name>/<version>).",
+    )
+    optimized_prompts: dict[str, str] | None = Field(
+        None, description="Prompt name → the registry version its optimized template was registered as.",
+    )
+    registration_error: str | None = Field(
+        None, description="Why registering the optimized prompts failed (the prompts stay in optimizedPrompts).",
+    )
+    dataset_digest: str | None = Field(
+        None, description="The first 16 hex digits of the SHA-256 of the MLflow evaluation dataset's records as the "
+        "job's first worker read them (dataset.mlflowDatasetId).",
+    )
+    run_id: str | None = Field(None, description="The job's MLflow run (spec.mlflow.experiment).")
+    experiment_id: str | None = Field(None, description="The experiment of the job's MLflow run.")
+
+
 class WorkerStatus(StatusObject):
     """The part of the status the worker owns (it writes these fields; the operator writes every other one)."""
 
@@ -1018,22 +1052,6 @@ class WorkerStatus(StatusObject):
         "worker Pod whose keys read differently ends with InvalidInput, naming the field, the ConfigMap and the "
         "key. Restore the text, or create a new job to run the new one.",
     )
-
-
-class MlflowStatus(StatusObject):
-    """The job's prompts in MLflow's Prompt Registry (MLflow's source_prompt_uri and optimized_prompt_uri)."""
-
-    source_prompts: dict[str, str] | None = Field(
-        None, description="Prompt name → the registry version it was read from (prompts:/<name>/<version>).",
-    )
-    optimized_prompts: dict[str, str] | None = Field(
-        None, description="Prompt name → the registry version its optimized template was registered as.",
-    )
-    registration_error: str | None = Field(
-        None, description="Why registering the optimized prompts failed (the prompts stay in optimizedPrompts).",
-    )
-    run_id: str | None = Field(None, description="The job's MLflow run (spec.mlflow.experiment).")
-    experiment_id: str | None = Field(None, description="The experiment of the job's MLflow run.")
 
 
 class OutputStatus(StatusObject):

@@ -106,6 +106,7 @@ INVALID = [
     ("a prompt from the registry and inline", edited(lambda s: s.update(mlflow={"trackingUri": "http://mlflow:5000"})
                                                      or s["prompts"][0].update(registryUri="prompts:/s@latest")),
      "spec.prompts[0]"),
+    ("an mlflow dataset without mlflow", edited(_set(["dataset"], {"mlflowDatasetId": "d-3f2a"})), "spec.mlflow"),
     ("webhook without http", edited(_set(["scorers", 0, "name"], "Webhook")), "spec.scorers[0].http"),
     ("http on a non-webhook", edited(_set(["scorers", 0, "http"], {"url": "http://s/"})), "spec.scorers[0].http"),
     ("judge without instructions", edited(_set(["scorers", 1, "name"], "Judge")), "spec.scorers[1]"),
@@ -164,6 +165,9 @@ VALID = [
                  {"name": "extra", "registryUri": "prompts:/other/3"},
                  {"name": "last", "registryUri": "prompts:/x@latest"}],
     ))),
+    ("records from an mlflow evaluation dataset, and a run", edited(lambda s: s.update(
+        mlflow={"trackingUri": "http://mlflow:5000", "experiment": "prompt-optimization"},
+        dataset={"mlflowDatasetId": "d-3f2a9c", "validationFraction": 0.25}))),
     ("every run control", edited(lambda s: s.update({
         "cancel": False, "backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 0,
         "budget": {"maxCostUSD": 1.5}, "credentials": {"secretRef": {"name": "llm-keys"}},

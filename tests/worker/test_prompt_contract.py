@@ -9,7 +9,9 @@ from gepa.strategies.instruction_proposal import InstructionProposalSignature
 
 from promptopt.api.v1alpha1 import OptimizerSpec, ScorerSpec, TaskSpec
 from promptopt.prompt_contract import (
+    CORRECTNESS_QUESTION,
     GEPA_REFLECTION_MARKERS,
+    GUIDELINES_QUESTION,
     JUDGE_SYSTEM_MESSAGE,
     METAPROMPT_SYSTEM_MESSAGE,
     Feedback,
@@ -72,9 +74,11 @@ def test_the_judge_requests_of_the_worker_parse_back_into_what_they_ask():
                                     guidelines=["Answer in lowercase.", "No punctuation."])
 
     assert correctness[0] == guidelines[0] == {"role": "system", "content": JUDGE_SYSTEM_MESSAGE}
-    assert parse_judge_request(correctness[1]["content"]) == JudgeRequest(INPUTS, output, expected_response="positive")
+    assert parse_judge_request(correctness[1]["content"]) == JudgeRequest(
+        INPUTS, output, expected_response="positive", question=CORRECTNESS_QUESTION)
     assert parse_judge_request(guidelines[1]["content"]) == JudgeRequest(
-        INPUTS, output, guidelines=["Answer in lowercase.", "No punctuation.", "One word."])
+        INPUTS, output, guidelines=["Answer in lowercase.", "No punctuation.", "One word."],
+        question=GUIDELINES_QUESTION)
     # The simulated judge reads them as they are meant: the output gives the label but breaks each guideline.
     assert json.loads(respond(JUDGE_MODEL, correctness))["result"] == "yes"
     verdict = json.loads(respond(JUDGE_MODEL, guidelines))

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -36,11 +36,14 @@ class Split:
     validation: list[Example]
 
 
-def load_dataset(spec: DatasetSpec, text: str | None = None) -> Split:
-    """The examples of the job's dataset, split; `text` is the ConfigMap key's value when the records
-    come from a ConfigMap."""
+def load_dataset(spec: DatasetSpec, text: str | None = None, rows: Sequence[Mapping[str, Any]] | None = None) -> Split:
+    """The examples of the job's dataset, split; `text` is the ConfigMap key's value when the records come from a
+    ConfigMap, `rows` the records of the MLflow evaluation dataset when they come from MLflow."""
     if spec.records is not None:
         records = spec.records
+    elif spec.mlflow_dataset_id is not None:
+        records = _validated([(f"record {index}", row) for index, row in enumerate(rows or [])],
+                             f"MLflow dataset {spec.mlflow_dataset_id}")
     elif text is None:
         raise ValueError("the dataset is in a ConfigMap: pass the key's text")
     else:
@@ -69,7 +72,11 @@ def dataset_format(ref: DatasetConfigMapKeyRef) -> DatasetFormat:
 def parse_records(text: str, fmt: DatasetFormat, *, source: str = "the dataset") -> list[Record]:
     """The records in `text`; a DatasetError lists every problem, each naming its record or line."""
     text = text.removeprefix("\ufeff")  # a byte-order mark left by spreadsheet exports
-    located = {"json": _json_records, "jsonl": _jsonl_records, "csv": _csv_records}[fmt](text)
+    return _validated({"json": _json_records, "jsonl": _jsonl_records, "csv": _csv_records}[fmt](text), source)
+
+
+def _validated(located: Located, source: str) -> list[Record]:
+    """The records, each checked by the API model; a DatasetError lists every problem, each naming its place."""
     records, problems = [], []
     for where, data in located:
         if isinstance(data, str):  # a problem found while reading

@@ -38,7 +38,7 @@ from promptopt_worker import llm
 from promptopt_worker.dry_run import plan_dry_run, render_dry_run
 from promptopt_worker.kube import kubernetes_api_client, read_job
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
-from promptopt_worker.mlflow_registry import PromptRegistry
+from promptopt_worker.mlflow_store import MlflowStore
 from promptopt_worker.mlflow_tracking import TrackingRun
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import InvalidInput, Progress, Reporter, Result, StopRequested
@@ -95,20 +95,21 @@ def run_job(
     deadline_seconds: float | None = None,
     checkpoint_dir: str | None = None,
     started_with: Sequence[ConfigMapInput] | None = None,
-    pinned_sources: Mapping[str, str] | None = None,
+    mlflow_started: MlflowStatus | None = None,
     identity: Mapping[str, str] | None = None,
-    mlflow_run_id: str | None = None,
 ) -> Result:
-    """Resolve the job's inputs (refusing ConfigMap keys changed since `started_with`, reading registry prompts at
-    the versions `pinned_sources` holds), start or resume its MLflow run (`mlflow_run_id`) and optimize; the
-    reporter hears of every ending, early ones included. `identity` (job, namespace, job-uid) tags what the job
-    logs and registers in MLflow."""
+    """Resolve the job's inputs (refusing ConfigMap keys changed since `started_with`, and reading MLflow's prompts and
+    dataset as `mlflow_started`, status.mlflow of the job's first worker, says they were), start or resume its MLflow
+    run and optimize; the reporter hears of every ending, early ones included. `identity` (job, namespace, job-uid)
+    tags what the job logs and registers in MLflow."""
+    mlflow_started = mlflow_started or MlflowStatus()
     try:
         problem = build_problem(spec, configmaps, llm_client, deadline_seconds=deadline_seconds,
                                 checkpoint_dir=checkpoint_dir, started_with=started_with,
-                                registry=prompt_registry(spec), pinned_sources=pinned_sources, identity=identity)
+                                mlflow=mlflow_store(spec), mlflow_started=mlflow_started, identity=identity)
         if spec.mlflow is not None and spec.mlflow.experiment is not None:
-            run = TrackingRun(spec, identity or {}, mlflow_run_id, cost=lambda: llm_client.usage.snapshot().to_status())
+            run = TrackingRun(spec, identity or {}, mlflow_started.run_id,
+                              cost=lambda: llm_client.usage.snapshot().to_status())
             problem = replace(problem, mlflow_run={"runId": run.run_id, "experimentId": run.experiment_id})
             reporter = Reporters(reporter, run)
     except InvalidInput as error:
@@ -123,9 +124,9 @@ def run_job(
             problem.evaluator.close()
 
 
-def prompt_registry(spec: PromptOptimizationJobSpec) -> PromptRegistry | None:
+def mlflow_store(spec: PromptOptimizationJobSpec) -> MlflowStore | None:
     """MLflow's Prompt Registry, for a job with spec.mlflow (its client is imported only then)."""
-    return PromptRegistry(spec.mlflow.tracking_uri) if spec.mlflow else None
+    return MlflowStore(spec.mlflow.tracking_uri) if spec.mlflow else None
 
 
 def finish_early(reporter: Reporter, reason: WorkerOutcome, message: str) -> Result:
@@ -235,8 +236,7 @@ def run_worker() -> int:
         checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None,
         # Recorded by the job's first worker.
         started_with=read_status(status).config_map_inputs,
-        pinned_sources=(read_status(status).mlflow or MlflowStatus()).source_prompts,
-        mlflow_run_id=(read_status(status).mlflow or MlflowStatus()).run_id,
+        mlflow_started=read_status(status).mlflow,
         identity={"job": name, "namespace": namespace, "job-uid": (job.get("metadata") or {}).get("uid") or ""},
     )
     return exit_code(result)
@@ -338,7 +338,7 @@ def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, p
     os.environ.update({key: "dry-run-stand-in" for key in absent["headers"]})
     problem = None
     try:
-        problem = build_problem(spec, configmaps, NoCalls(), registry=prompt_registry(spec))
+        problem = build_problem(spec, configmaps, NoCalls(), mlflow=mlflow_store(spec))
         plan = plan_dry_run(spec, problem)
     except InvalidInput as error:
         print(f"{path}: the job cannot run: {error}", file=sys.stderr)

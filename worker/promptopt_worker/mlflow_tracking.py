@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
-from promptopt_worker.mlflow_registry import explain, mlflow_client
+from promptopt_worker.mlflow_store import explain, mlflow_client
 from promptopt_worker.problem import InvalidInput, Progress, Result, ScoreSummary
 from promptopt_worker.reporting import CostSource, no_cost, worker_status
 

@@ -139,6 +139,7 @@ class Problem:
     source_prompts: Mapping[str, str] = field(default_factory=dict)  # prompt name → the registry version read
     register: Registrar | None = None  # registers a result's prompts in MLflow's Prompt Registry (spec.mlflow)
     mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run: runId, experimentId
+    dataset_digest: str | None = None  # of the MLflow evaluation dataset's records (dataset.mlflowDatasetId)
 
     @property
     def seed_candidate(self) -> Candidate:
@@ -169,6 +170,7 @@ class Progress:
     config_map_inputs: tuple[ConfigMapInput, ...] = ()  # what the run read from ConfigMaps, reported from the start
     source_prompts: Mapping[str, str] = field(default_factory=dict)  # the registry versions read, from the start
     mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run, from the start
+    dataset_digest: str | None = None  # of the MLflow dataset's records, from the start
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ class Result:
         return self.best_candidate is not None and self.reason in SUCCEEDED_OUTCOMES
 
 
-# Registers a result's optimized prompts (promptopt_worker.mlflow_registry).
+# Registers a result's optimized prompts (promptopt_worker.mlflow_store).
 Registrar = Callable[["Result"], Registration]
 
 

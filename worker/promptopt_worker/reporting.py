@@ -58,6 +58,8 @@ def worker_status(progress: Progress, result: Result | None = None, cost: Mappin
         status["candidates"] = _candidates_status(result.candidates, every_candidate)
     mlflow: dict[str, Any] = {"sourcePrompts": dict(progress.source_prompts)} if progress.source_prompts else {}
     mlflow.update(progress.mlflow_run)
+    if progress.dataset_digest:
+        mlflow["datasetDigest"] = progress.dataset_digest
     if result is not None and result.registration is not None:
         mlflow["optimizedPrompts"] = dict(result.registration.registered)
         if result.registration.error:

@@ -14,17 +14,18 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
-from promptopt.api.v1alpha1 import ConfigMapInput, ConfigMapKeyRef, PromptOptimizationJobSpec
+from promptopt.api.v1alpha1 import ConfigMapInput, ConfigMapKeyRef, MlflowStatus, PromptOptimizationJobSpec
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.datasets import load_dataset
 from promptopt_worker.evaluation import TaskEvaluator
-from promptopt_worker.mlflow_registry import PromptRegistry, registrar
+from promptopt_worker.mlflow_store import MlflowStore, registrar
 from promptopt_worker.problem import InvalidInput, Problem, PromptTemplate, Reflector
 from promptopt_worker.scorers import build_scorers, check_records
 from promptopt_worker.templates import check_inputs
@@ -154,7 +155,7 @@ def config_map_inputs(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSour
 
 
 def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource,
-                    registry: PromptRegistry | None = None,
+                    mlflow: MlflowStore | None = None,
                     pinned: Mapping[str, str] | None = None) -> tuple[list[PromptTemplate], dict[str, str]]:
     """The prompts with their texts, inline or read from ConfigMaps or MLflow's registry, in spec order; and the
     registry version each registry prompt resolved to. `pinned` (status.mlflow.sourcePrompts of the job's first
@@ -164,8 +165,8 @@ def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource
         if prompt.config_map_key_ref is not None:
             text = read_key(configmaps, prompt.config_map_key_ref, f"spec.prompts[{index}].configMapKeyRef")
         elif prompt.registry_uri is not None:
-            assert registry is not None  # a registry prompt needs spec.mlflow (the model's rule)
-            source = registry.load((pinned or {}).get(prompt.name, prompt.registry_uri),
+            assert mlflow is not None  # a registry prompt needs spec.mlflow (the model's rule)
+            source = mlflow.load((pinned or {}).get(prompt.name, prompt.registry_uri),
                                    f"spec.prompts[{index}].registryUri")
             text, sources[prompt.name] = source.template, source.resolved_uri
         else:
@@ -173,6 +174,11 @@ def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource
             text = prompt.template
         prompts.append(PromptTemplate(name=prompt.name, role=prompt.role, text=text))
     return prompts, sources
+
+
+def records_digest(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The first 16 hex digits of the SHA-256 of records (as JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def build_problem(
@@ -183,8 +189,8 @@ def build_problem(
     deadline_seconds: float | None = None,
     checkpoint_dir: str | None = None,
     started_with: Sequence[ConfigMapInput] | None = None,
-    registry: PromptRegistry | None = None,
-    pinned_sources: Mapping[str, str] | None = None,
+    mlflow: MlflowStore | None = None,
+    mlflow_started: MlflowStatus | None = None,
     identity: Mapping[str, str] | None = None,
 ) -> Problem:
     """The job as the optimizer sees it. Raises InvalidInput for anything wrong with the prompts or the
@@ -192,12 +198,23 @@ def build_problem(
     Close `problem.evaluator` when done."""
     configmaps = ReadOnce(configmaps)
     inputs = config_map_inputs(spec, configmaps, started_with)
-    prompts, sources = resolve_prompts(spec, configmaps, registry, pinned_sources)
-    train, validation, evaluator = [], [], None
+    started = mlflow_started or MlflowStatus()
+    prompts, sources = resolve_prompts(spec, configmaps, mlflow, started.source_prompts)
+    train, validation, evaluator, dataset_digest = [], [], None, None
     if spec.dataset is not None:
         ref = spec.dataset.config_map_key_ref
         text = read_key(configmaps, ref, "spec.dataset.configMapKeyRef") if ref is not None else None
-        split = load_dataset(spec.dataset, text)
+        rows = None
+        if spec.dataset.mlflow_dataset_id is not None:
+            assert mlflow is not None  # a dataset from MLflow needs spec.mlflow (the model's rule)
+            rows = mlflow.dataset_records(spec.dataset.mlflow_dataset_id)
+            dataset_digest = records_digest(rows)
+            if started.dataset_digest and started.dataset_digest != dataset_digest:
+                raise InvalidInput(
+                    f"spec.dataset.mlflowDatasetId: the records of MLflow dataset {spec.dataset.mlflow_dataset_id} "
+                    f"changed since the job started (digest {started.dataset_digest}, now {dataset_digest}): restore "
+                    "them, or create a new job to run the new ones")
+        split = load_dataset(spec.dataset, text, rows)
         train, validation = split.train, split.validation
         examples = list({e.index: e for e in [*train, *validation]}.values())
         check_inputs(prompts, examples)
@@ -217,7 +234,8 @@ def build_problem(
         failure_policy=spec.failure_policy,
         config_map_inputs=tuple(inputs),
         source_prompts=sources,
-        register=registrar(spec, registry, identity or {}, sources) if registry is not None else None,
+        dataset_digest=dataset_digest,
+        register=registrar(spec, mlflow, identity or {}, sources) if mlflow is not None else None,
     )
 
 

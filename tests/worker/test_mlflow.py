@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from promptopt.api.v1alpha1 import MlflowStatus
 from promptopt.api.validation import parse_spec
 from promptopt.simulated_llm import SEED_INSTRUCTION, sentiment_dataset
-from promptopt_worker import mlflow_registry
+from promptopt_worker import mlflow_store
 from promptopt_worker.llm import LLMClient
 from promptopt_worker.main import run_job, with_simulated_models
 from promptopt_worker.problem import StopRequested
@@ -95,9 +96,9 @@ def test_a_version_or_the_latest_is_read_and_recorded_without_registering(mlflow
 
 
 @pytest.mark.parametrize("uri,meaning", [
-    ("prompts:/{}/9", "no such prompt or version in the registry"),
+    ("prompts:/{}/9", "MLflow has no such prompt, version or dataset"),
     ("prompts:/{}@staging", "an alias that does not exist"),
-    ("prompts:/missing-prompt-x/1", "no such prompt or version in the registry"),
+    ("prompts:/missing-prompt-x/1", "MLflow has no such prompt, version or dataset"),
 ])
 def test_a_missing_prompt_version_or_alias_fails_before_any_llm_call(mlflow_server, prompt, llm, monkeypatch,
                                                                      tmp_path, uri, meaning):
@@ -122,7 +123,7 @@ def test_a_registration_that_fails_keeps_the_result_and_says_why(mlflow_server, 
                                                                  tmp_path):
     """The optimized prompt goes to a name MLflow refuses for a prompt (a registered model's): every try fails."""
     monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
-    monkeypatch.setattr(mlflow_registry, "REGISTRATION_DELAYS_S", (0.0, 0.0))
+    monkeypatch.setattr(mlflow_store, "REGISTRATION_DELAYS_S", (0.0, 0.0))
     taken = f"model-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(taken)
     spec = job_spec(mlflow_server, f"prompts:/{prompt}/1", registerOptimizedPrompts={})
@@ -165,7 +166,8 @@ def run_with(spec, llm, tmp_path, stop=None, run_id=None):
     spec = with_simulated_models(parse_spec(spec), llm.base_url)
     out = tmp_path / "result.json"
     result = run_job(spec, LocalConfigMaps([]), LLMClient(), Reporters(ResultFileReporter(out)),
-                     stop or StopRequested(), identity={"job": "tracked", "namespace": "team-a"}, mlflow_run_id=run_id)
+                     stop or StopRequested(), identity={"job": "tracked", "namespace": "team-a"},
+                     mlflow_started=MlflowStatus(run_id=run_id))
     return result, json.loads(out.read_text())
 
 
@@ -235,3 +237,53 @@ def test_a_run_that_cannot_start_fails_the_job_before_any_llm_call(llm, monkeypa
     assert result.reason == "InvalidInput" and llm.request_count == 0
     assert result.message.startswith(f"spec.mlflow.experiment: MLflow at {gone.url}: the job's run could not be "
                                      "started: the server could not be reached")
+
+
+# --- records from an MLflow evaluation dataset ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def dataset_id(mlflow_server):
+    import mlflow
+    from mlflow.genai.datasets import create_dataset
+
+    mlflow.set_tracking_uri(mlflow_server.url)
+    dataset = create_dataset(name=f"reviews-{uuid.uuid4().hex[:8]}")
+    dataset.merge_records(sentiment_dataset(8, seed=4))
+    return dataset.dataset_id
+
+
+def dataset_spec(mlflow_server, dataset_id):
+    spec = tracked_spec(mlflow_server, None)
+    spec["mlflow"] = {"trackingUri": mlflow_server.url}
+    spec["dataset"] = {"mlflowDatasetId": dataset_id, "validationFraction": 0.5}
+    return spec
+
+
+def test_the_records_come_from_an_mlflow_evaluation_dataset(mlflow_server, dataset_id, llm, monkeypatch, tmp_path):
+    from promptopt_worker.sources import records_digest
+
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    result, status = run_with(dataset_spec(mlflow_server, dataset_id), llm, tmp_path)
+    assert result.succeeded and status["finalScores"]["aggregate"] > status["initialScores"]["aggregate"]
+    records = [{"inputs": r["inputs"], "expectations": r["expectations"]} for r in sentiment_dataset(8, seed=4)]
+    canonical = sorted(records, key=lambda r: json.dumps(r, sort_keys=True))  # MLflow keeps no order
+    assert status["mlflow"]["datasetDigest"] == records_digest(canonical)  # MLflow gives back what it was given
+    assert status["progress"]["metricCalls"] > 0
+
+
+def test_a_replaced_worker_refuses_records_that_changed_and_a_missing_dataset_is_named(mlflow_server, dataset_id, llm,
+                                                                                      monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    spec = with_simulated_models(parse_spec(dataset_spec(mlflow_server, dataset_id)), llm.base_url)
+    changed = run_job(spec, LocalConfigMaps([]), LLMClient(), Reporters(), StopRequested(),
+                      mlflow_started=MlflowStatus(dataset_digest="0123456789abcdef"))
+    assert changed.reason == "InvalidInput" and llm.request_count == 0
+    assert changed.message.startswith(f"spec.dataset.mlflowDatasetId: the records of MLflow dataset {dataset_id} "
+                                      "changed since the job started (digest 0123456789abcdef, now ")
+
+    missing = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"mlflow_dataset_id": "d-0000"})})
+    gone = run_job(missing, LocalConfigMaps([]), LLMClient(), Reporters(), StopRequested())
+    assert gone.reason == "InvalidInput" and llm.request_count == 0
+    assert gone.message.startswith("spec.dataset.mlflowDatasetId: d-0000 could not be read from MLflow")
+    assert "MLflow has no such prompt, version or dataset" in gone.message

@@ -1,6 +1,6 @@
-"""MLflow's Prompt Registry, through MLflow's own client (mlflow-skinny, imported only by jobs that use spec.mlflow):
-the job's registry prompts are read when it starts, and its optimized prompts registered as new versions when it
-ends.
+"""MLflow as the job's store, through MLflow's own client (mlflow-skinny, imported only by jobs that use spec.mlflow):
+the job's registry prompts and its evaluation dataset are read when it starts, and its optimized prompts registered
+as new versions in the Prompt Registry when it ends.
 
 Reading fails fast: MLflow's client retries a refused connection for minutes by default, so the worker asks it for
 one retry and a short timeout (MLFLOW_HTTP_REQUEST_*), unless the job's environment sets them. Every failure
@@ -12,6 +12,7 @@ MLFLOW_TRACKING_PASSWORD) from the job's credentials Secret; the redaction masks
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ REGISTRATION_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # between the tries of a registrat
 _REFUSED = "the server refused the credentials: check MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "\
            "MLFLOW_TRACKING_PASSWORD, in the job's credentials Secret"
 _MEANINGS = {
-    "RESOURCE_DOES_NOT_EXIST": "no such prompt or version in the registry: register it, or fix the name or version",
+    "RESOURCE_DOES_NOT_EXIST": "MLflow has no such prompt, version or dataset: create it, or fix the name or id",
     "INVALID_PARAMETER_VALUE": "the registry refused the URI (an alias that does not exist?): fix it or set the alias",
     "UNAUTHENTICATED": _REFUSED,
     "PERMISSION_DENIED": "the server's user may not read this prompt: grant it, or use another user",
@@ -54,12 +55,15 @@ def mlflow_client(tracking_uri: str) -> Any:
     for name, value in CLIENT_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     use_bundled_litellm_cost_map()  # mlflow's genai modules import litellm
+    import mlflow
     from mlflow import MlflowClient
 
+    # An evaluation dataset reads its records through the process's tracking URI, not its client's.
+    mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-class PromptRegistry:
+class MlflowStore:
     def __init__(self, tracking_uri: str, sleep: Callable[[float], None] = time.sleep):
         self.tracking_uri = tracking_uri
         self._client = mlflow_client(tracking_uri)
@@ -76,6 +80,19 @@ class PromptRegistry:
             raise InvalidInput(f"{field_path}: {uri} is a chat prompt (a list of messages); promptopt optimizes text "
                                "templates: register the template as text")
         return SourcePrompt(prompt.template, f"prompts:/{prompt.name}/{prompt.version}")
+
+    def dataset_records(self, dataset_id: str) -> list[dict[str, Any]]:
+        """The records of an evaluation dataset, in MLflow's format ({"inputs", "expectations"}) and a canonical order;
+        InvalidInput naming the field and the fix."""
+        try:
+            records = self._client.get_dataset(dataset_id).records
+        except Exception as error:  # noqa: BLE001 - MLflow's and requests' errors alike
+            raise InvalidInput(f"spec.dataset.mlflowDatasetId: {dataset_id} could not be read from MLflow at "
+                               f"{self.tracking_uri}: {explain(error)}") from None
+        rows = [{"inputs": record.inputs or {}, "expectations": record.expectations or {}} for record in records]
+        # MLflow keeps no order of a dataset's records: a canonical one makes the job's split (and digest) the same
+        # for every worker that reads them.
+        return sorted(rows, key=lambda row: json.dumps(row, sort_keys=True, default=str))
 
     def register(self, templates: Mapping[str, str], names: Mapping[str, str], tags: Mapping[str, Mapping[str, str]],
                  message: str, alias: str | None) -> Registration:
@@ -128,7 +145,7 @@ def version_tags(identity: Mapping[str, str], initial: float | None, final: floa
     return tags
 
 
-def registrar(spec: PromptOptimizationJobSpec, registry: PromptRegistry, identity: Mapping[str, str],
+def registrar(spec: PromptOptimizationJobSpec, registry: MlflowStore, identity: Mapping[str, str],
               sources: Mapping[str, str]) -> Registrar | None:
     """What registers a result's prompts as spec.mlflow.registerOptimizedPrompts asks (None when it does not): each
     prompt with a registry name (prompts[].registerAs, else its registryUri's prompt), tagged with the job's
