@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 from promptopt_harness.client import ApiError
 from promptopt_harness.operator_process import OperatorProcess
@@ -362,10 +363,12 @@ def test_a_job_whose_program_and_scorer_are_services_succeeds(cluster, kubelet, 
     assert token.split()[1] not in json.dumps(status) + events + logs
 
 
-def test_a_job_starts_from_mlflows_registry_and_registers_what_it_found(cluster, kubelet, llm, credentials,
-                                                                        mlflow_server, start_operator):
-    """Through the operator: the worker Pod reads the prompt by its alias and registers the optimized one as the
-    next version, tagged with the job's namespace and uid, with the alias candidate."""
+def test_a_job_starts_from_mlflows_registry_and_delivers_to_mlflow_and_a_configmap(cluster, kubelet, llm, credentials,
+                                                                                   kubectl, mlflow_server,
+                                                                                   start_operator, tmp_path):
+    """The flow of examples/mlflow-registry.yaml, applied with kubectl: the worker Pod reads the prompt by its alias,
+    logs its run, registers the optimized prompt as the next version (tagged with the job's namespace and uid, with
+    the alias candidate), and the operator writes it to a ConfigMap; all read back through MLflow's client."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
@@ -375,8 +378,11 @@ def test_a_job_starts_from_mlflows_registry_and_registers_what_it_found(cluster,
     start_operator()
     job = gepa_job("registry", llm)
     job["spec"]["prompts"] = [{"name": "classify", "registryUri": f"prompts:/{prompt}@production"}]
-    job["spec"]["mlflow"] = {"trackingUri": mlflow_server.url, "registerOptimizedPrompts": {"alias": "candidate"}}
-    cluster.create(job)
+    job["spec"]["mlflow"] = {"trackingUri": mlflow_server.url, "experiment": f"cluster-{prompt}",
+                             "registerOptimizedPrompts": {"alias": "candidate"}}
+    job["spec"]["output"] = {"configMap": {"name": "registry-prompts"}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    kubectl("apply", "-f", str(tmp_path / "job.yaml"))
     status = wait_for_phase(cluster, "registry", "Succeeded", timeout=120)
 
     assert status["mlflow"]["sourcePrompts"] == {"classify": f"prompts:/{prompt}/1"}
@@ -388,6 +394,14 @@ def test_a_job_starts_from_mlflows_registry_and_registers_what_it_found(cluster,
     said = wait_for(lambda: next((c for c in status_of(cluster, "registry")["conditions"]
                                   if c["type"] == "PromptsRegistered"), None), 15, "the PromptsRegistered condition")
     assert (said["status"], said["message"]) == ("True", f"registered in MLflow as prompts:/{prompt}/2")
+
+    run = client.get_run(status["mlflow"]["runId"])
+    assert run.info.status == "FINISHED" and run.info.experiment_id == status["mlflow"]["experimentId"]
+    assert run.data.tags["promptopt.dev/job"] == "registry" and run.data.params["optimizer"] == "GEPA"
+    assert run.data.metrics["final_score.aggregate"] == pytest.approx(status["finalScores"]["aggregate"])
+    assert "candidates.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    output_condition(cluster, "registry")
+    assert cluster.get("configmaps", "registry-prompts")["data"] == {"classify": registered.template}
 
 
 # --- spec.output: the optimized prompts in a ConfigMap ----------------------------------------------------------
