@@ -25,6 +25,7 @@ from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
 # index, so it never reads a job or a Pod itself).
 API_CALLS = (
     (GROUP, PLURAL, "delete"),
+    (GROUP, PLURAL, "patch"),  # the labels of a job's source prompts
     (GROUP, f"{PLURAL}/status", "patch"),
     ("", "pods", "create"),
     ("", "pods", "delete"),
@@ -78,6 +79,17 @@ class KubeClient:
         except ApiException as error:
             if error.status == 409:
                 raise StaleJob(f"{namespace}/{name} changed since resourceVersion {resource_version}") from error
+            if error.status == 404:
+                return None
+            raise
+        return json.loads(response)
+
+    async def label_job(self, namespace: str, name: str, labels: dict[str, str]) -> dict[str, Any] | None:
+        """Merge `labels` into the job's; the job as written (None if it is gone)."""
+        try:
+            response = await self._call(self._custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+                                        name, {"metadata": {"labels": labels}})
+        except ApiException as error:
             if error.status == 404:
                 return None
             raise

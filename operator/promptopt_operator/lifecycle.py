@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from promptopt.worker_contract import (
 )
 
 from promptopt_operator.conditions import SPEC_APPLIED, condition_status, conditions_for
-from promptopt_operator.pods import WorkerPod, pod_name
+from promptopt_operator.pods import WorkerPod, label_value, pod_name
 from promptopt_operator.settings import OperatorSettings
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Job:
     spec_problems: Sequence[str]
     status: PromptOptimizationJobStatus
     size_bytes: int = 0  # the whole object as JSON: it must fit in the API's object size limit with its status
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Job:
@@ -49,7 +50,8 @@ class Job:
         metadata = body["metadata"]
         return cls(name=metadata["name"], generation=int(metadata.get("generation") or 1),
                    deleting=bool(metadata.get("deletionTimestamp")), spec=spec, spec_problems=problems,
-                   status=read_status(body.get("status")), size_bytes=len(json.dumps(body, separators=(",", ":"))))
+                   status=read_status(body.get("status")), size_bytes=len(json.dumps(body, separators=(",", ":"))),
+                   labels=metadata.get("labels") or {})
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Decision:
     delete_job: bool = False
     recheck_after: float | None = None  # seconds until time alone changes the decision
     pod_active_deadline: int | None = None  # for a Pod created now: the job's remaining deadline
+    labels: dict[str, str] | None = None  # labels the job lacks: to merge into its metadata
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,32 @@ def reconcile_error_delay(errors_in_a_row: int) -> float:
     return min(2.0 ** max(0, errors_in_a_row - 1), 60.0)
 
 
+# A job's labels that say which registry prompts it starts from, as MLflow's job search filters by source prompt:
+# prompt.promptopt.dev/<registry prompt name> = the version or alias its registryUri names.
+SOURCE_PROMPT_LABEL_PREFIX = "prompt.promptopt.dev/"
+
+
+def source_prompt_labels(spec: PromptOptimizationJobSpec | None) -> dict[str, str]:
+    """The labels a job's registry prompts give it (a name longer than a label allows is cut, with a hash)."""
+    labels = {}
+    for prompt in spec.prompts if spec else []:
+        if prompt.registry_uri is not None:
+            # prompts:/<name>/<version> or prompts:/<name>@<alias> (the API's pattern)
+            reference = prompt.registry_uri.removeprefix("prompts:/")
+            name, version = reference.split("@", 1) if "@" in reference else reference.split("/", 1)
+            labels[SOURCE_PROMPT_LABEL_PREFIX + label_value(name.strip("_.-"))] = version
+    return labels
+
+
 def decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: OperatorSettings, slot: Slot) -> Decision:
+    decision = _decide(job, pods, now, settings, slot)
+    wanted = {} if job.deleting else source_prompt_labels(job.spec)
+    if any(job.labels.get(key) != value for key, value in wanted.items()):
+        return replace(decision, labels=wanted)
+    return decision
+
+
+def _decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: OperatorSettings, slot: Slot) -> Decision:
     status = job.status
     live = tuple(p.name for p in pods if not p.finished and not p.deleting)
 

@@ -297,6 +297,12 @@ class Reconciler:
                                           registration_status(ended, registered, format_time(datetime.now(UTC))))
             if key not in self._bodies:
                 return
+        if decision.labels:  # after the status write, which is decided on the body's resourceVersion
+            labelled = await self.kube.label_job(namespace, name, decision.labels)
+            if labelled is None or key not in self._bodies:
+                self.forget(key)
+                return
+            written = self._bodies[key] = labelled
         self._decided[key] = decision_inputs(written)
         for event in decision.events:
             self.post_event(body, event)

@@ -395,6 +395,9 @@ def test_a_job_starts_from_mlflows_registry_and_delivers_to_mlflow_and_a_configm
                                   if c["type"] == "PromptsRegistered"), None), 15, "the PromptsRegistered condition")
     assert (said["status"], said["message"]) == ("True", f"registered in MLflow as prompts:/{prompt}/2")
 
+    # Searched by source prompt, as MLflow's job search filters by it: the operator labels the job with it.
+    assert kubectl("get", "poj", "-l", f"prompt.promptopt.dev/{prompt}=production", "-o", "name").stdout.split() == [
+        "promptoptimizationjob.promptopt.dev/registry"]
     run = client.get_run(status["mlflow"]["runId"])
     assert run.info.status == "FINISHED" and run.info.experiment_id == status["mlflow"]["experimentId"]
     assert run.data.tags["promptopt.dev/job"] == "registry" and run.data.params["optimizer"] == "GEPA"

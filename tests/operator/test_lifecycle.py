@@ -1,4 +1,5 @@
 """The job's lifecycle decisions, as pure functions over plain data."""
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -338,3 +339,16 @@ def test_a_job_whose_status_would_not_fit_fails_before_any_pod():
     d = decide(crowded, [], NOW, SETTINGS, START)
     assert d.create_attempt is None and d.status["phase"] == "Failed"
     assert ready_condition(d)["reason"] == "JobTooLarge" and "spec.dataset.records" in d.status["message"]
+
+
+def test_a_job_from_registry_prompts_is_labelled_with_them_for_search():
+    registry = job(prompts=[{"name": "p", "registryUri": "prompts:/sentiment@production"},
+                            {"name": "q", "registryUri": "prompts:/support.triage/3"}],
+                   mlflow={"trackingUri": "http://mlflow:5000"})
+    decision = decide(registry, [], NOW, SETTINGS, START)
+    assert decision.labels == {"prompt.promptopt.dev/sentiment": "production",
+                               "prompt.promptopt.dev/support.triage": "3"}
+    assert decision.create_attempt == 1  # the rest of the decision is as it would be
+    labelled = dataclasses.replace(registry, labels=decision.labels)
+    assert decide(labelled, [], NOW, SETTINGS, START).labels is None
+    assert decide(job(), [], NOW, SETTINGS, START).labels is None
