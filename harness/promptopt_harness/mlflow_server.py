@@ -24,9 +24,12 @@ START_TIMEOUT_S = 180.0
 
 
 class MlflowServer:
-    def __init__(self, workdir: Path):
+    """With `admin_password`, MLflow's basic-auth app: every request needs a user (the admin is "admin")."""
+
+    def __init__(self, workdir: Path, admin_password: str | None = None):
         self.workdir = Path(workdir)
         self.port = free_port()
+        self.admin_password = admin_password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -39,9 +42,14 @@ class MlflowServer:
                    "--port", str(self.port), "--workers", "1",
                    "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
                    "--default-artifact-root", str(self.workdir / "artifacts")]
+        environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        if self.admin_password is not None:
+            command += ["--app-name", "basic-auth"]
+            environment |= {"MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,
+                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "promptopt-tests"}
         log = (self.workdir / "server.log").open("wb")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+                                        env=environment)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

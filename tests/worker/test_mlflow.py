@@ -287,3 +287,46 @@ def test_a_replaced_worker_refuses_records_that_changed_and_a_missing_dataset_is
     assert gone.reason == "InvalidInput" and llm.request_count == 0
     assert gone.message.startswith("spec.dataset.mlflowDatasetId: d-0000 could not be read from MLflow")
     assert "MLflow has no such prompt, version or dataset" in gone.message
+
+
+# --- a server that wants a login -------------------------------------------------------------------------------------
+
+ADMIN_PASSWORD = "Adm1n-passw0rd-for-tests"
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    """MLflow's basic-auth app: every request needs a user."""
+    from promptopt_harness.mlflow_server import MlflowServer
+
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-auth"), admin_password=ADMIN_PASSWORD) as server:
+        yield server
+
+
+def test_a_refused_login_fails_before_any_llm_call_and_the_password_stays_secret(auth_server, llm, monkeypatch,
+                                                                                  tmp_path):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    MlflowClient(tracking_uri=auth_server.url, registry_uri=auth_server.url).register_prompt(
+        "guarded", SEED_INSTRUCTION)
+    allowed, status = run(job_spec(auth_server, "prompts:/guarded/1"), llm, tmp_path)
+    assert allowed.succeeded and status["mlflow"]["sourcePrompts"] == {"classify": "prompts:/guarded/1"}
+
+    # A process of its own, as a worker Pod is: MLflow's client keeps a process's credentials and prompts.
+    wrong = "Wr0ng-passw0rd-guess"
+    job = {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": "guarded"},
+           "spec": job_spec(auth_server, "prompts:/guarded/1")}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")} | {"MLFLOW_TRACKING_PASSWORD": wrong}
+    refused = subprocess.run([PROMPTOPT, "run", "--simulated-llm", str(tmp_path / "job.yaml"), "-o",
+                              str(tmp_path / "refused.json")], capture_output=True, text=True, env=env, timeout=180)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    status = json.loads((tmp_path / "refused.json").read_text())
+    assert status["workerResult"]["reason"] == "InvalidInput"
+    assert (status.get("cost") or {}).get("llmCalls", 0) == 0  # before any LLM call
+    assert "the server refused the credentials: check MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and " \
+           "MLFLOW_TRACKING_PASSWORD, in the job's credentials Secret" in status["workerResult"]["message"]
+    assert wrong not in refused.stdout + refused.stderr + json.dumps(status)
