@@ -36,7 +36,7 @@ from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
 from promptopt.prompt_contract import reflective_record
 from promptopt_worker import metaprompt
 from promptopt_worker.evaluation import ModelProgram, TaskEvaluator
-from promptopt_worker.gepa_optimizer import gepa_run
+from promptopt_worker.gepa_optimizer import GepaRun, gepa_run
 from promptopt_worker.llm import ModelEndpoint, list_price, token_limits
 from promptopt_worker.problem import Example, Problem
 from promptopt_worker.scorers import LLMJudge, Scorer, Webhook
@@ -97,7 +97,7 @@ class DryRun:
 
 def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem) -> DryRun:
     """The bounds of the job prepared as `problem`; InvalidInput for what the optimizer would refuse at its start."""
-    evaluator = problem.evaluator
+    evaluator, run = problem.evaluator, None
     if spec.optimizer.type == "GEPA":
         run = gepa_run(problem)
         evaluations, evaluations_from = run.budget, run.budget_field
@@ -107,9 +107,9 @@ def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem) -> DryRun:
     bounds: list[CallBound] = []
     if isinstance(evaluator, TaskEvaluator):
         bounds.append(_program_bound(evaluator, evaluations, problem))
-        bounds += [_scorer_bound(scorer, evaluations, spec, problem) for scorer in evaluator.scorers
+        bounds += [_scorer_bound(scorer, evaluations, problem) for scorer in evaluator.scorers
                    if isinstance(scorer, LLMJudge | Webhook)]
-    bounds.append(_reflection_bound(spec, problem, evaluations))
+    bounds.append(_reflection_bound(spec, problem, evaluations, run))
     return DryRun(
         optimizer=spec.optimizer.type, prompts=len(problem.prompts), train_records=len(problem.train),
         validation_records=len(problem.validation), evaluations=evaluations, evaluations_from=evaluations_from,
@@ -152,7 +152,7 @@ def _program_bound(evaluator: TaskEvaluator, evaluations: int, problem: Problem)
                      _estimate(endpoint, evaluations, prompt_tokens, answer), usd_bound=_bound(endpoint, evaluations))
 
 
-def _scorer_bound(scorer: Scorer, evaluations: int, spec: PromptOptimizationJobSpec, problem: Problem) -> CallBound:
+def _scorer_bound(scorer: Scorer, evaluations: int, problem: Problem) -> CallBound:
     if isinstance(scorer, Webhook):
         return CallBound("webhook", scorer.endpoint.model, scorer.key, evaluations, "one per evaluation", 0.0,
                          usd_bound=0.0)
@@ -169,7 +169,8 @@ def _scorer_bound(scorer: Scorer, evaluations: int, spec: PromptOptimizationJobS
                      usd_bound=_bound(scorer.endpoint, calls))
 
 
-def _reflection_bound(spec: PromptOptimizationJobSpec, problem: Problem, evaluations: int) -> CallBound:
+def _reflection_bound(spec: PromptOptimizationJobSpec, problem: Problem, evaluations: int,
+                      run: GepaRun | None) -> CallBound:
     endpoint = ModelEndpoint.for_reflection(spec.optimizer, spec.task)
     seed_tokens = sum(_tokens(p.text) for p in problem.prompts)
     if spec.optimizer.type == "MetaPrompt":
@@ -178,7 +179,7 @@ def _reflection_bound(spec: PromptOptimizationJobSpec, problem: Problem, evaluat
         request_tokens = _tokens(request) + _records_tokens(shown)
         return CallBound("reflection", endpoint.model, None, 1, "one pass",
                          _estimate(endpoint, 1, request_tokens, 2 * seed_tokens), usd_bound=_bound(endpoint, 1))
-    run = gepa_run(problem)
+    assert run is not None  # GEPA's
     options = spec.optimizer.options
     if options.get("cache_evaluation"):
         return CallBound("reflection", endpoint.model, None, None,
