@@ -286,15 +286,9 @@ class Reconciler:
                 return
             written = self._bodies[key] = patched
             self._count_failure(job, decision)
-        if job.spec is not None and (job.spec.output or job.spec.mlflow) and not job.deleting:
-            ended = Job.from_body(written)
-            worker_running = any(not pod.finished for pod in self._pods_of(key))
-            if (output := output_plan(ended, body["metadata"]["uid"], worker_running)) is not None:
-                written = await self._deliver(key, written, ended, output)
-                ended = Job.from_body(written)
-            if key in self._bodies and (registered := registration_outcome(ended)) is not None:
-                written = await self._say(key, written, registered,
-                                          registration_status(ended, registered, format_time(datetime.now(UTC))))
+        delivers = job.spec is not None and (job.spec.output or job.spec.mlflow) and not job.deleting
+        if delivers and (written.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            written = await self._deliver_ending(key, body["metadata"]["uid"], written)
             if key not in self._bodies:
                 return
         if decision.labels:  # after the status write, which is decided on the body's resourceVersion
@@ -310,6 +304,21 @@ class Reconciler:
             await self.kube.delete_job(namespace, name)
         if decision.recheck_after is not None:
             self._recheck(key, decision.recheck_after)
+
+    async def _deliver_ending(self, key: JobKey, uid: str, written: dict[str, Any]) -> dict[str, Any]:
+        """What an ended job delivers: its output (spec.output) and the condition of its MLflow registration; the
+        job as written."""
+        ended = Job.from_body(written)
+        worker_running = any(not pod.finished for pod in self._pods_of(key))
+        if (output := output_plan(ended, uid, worker_running)) is not None:
+            written = await self._deliver(key, written, ended, output)
+            if key not in self._bodies:
+                return written
+            ended = Job.from_body(written)
+        if (registered := registration_outcome(ended)) is not None:
+            written = await self._say(key, written, registered,
+                                      registration_status(ended, registered, format_time(datetime.now(UTC))))
+        return written
 
     async def _deliver(self, key: JobKey, body: dict[str, Any], job: Job, plan: OutputPlan) -> dict[str, Any]:
         """Write the ended job's output (spec.output), record the outcome in its status and say it in an Event; the

@@ -19,7 +19,7 @@ import httpx
 from promptopt.api.v1alpha1 import HttpHeader, TaskSpec
 from promptopt.service_contract import VERSION, ContractError, ProgramAnswer, ProgramRequest, ScoreAnswer
 from promptopt_worker.llm_call import (
-    KEY_REJECTED, OVERLOADED, UNREACHABLE, CallFailed, ChatAnswer, Metered, ModelEndpoint, retry_after_s,
+    OVERLOADED, UNREACHABLE, CallFailed, ChatAnswer, Metered, ModelEndpoint, retry_after_s,
     transient_status,
 )
 from promptopt_worker.problem import Candidate, Example, InvalidInput, PromptTemplate
@@ -30,7 +30,8 @@ Answer = TypeVar("Answer", bound=Metered)
 
 ANSWER_QUOTE_LIMIT = 500
 SERVICE_HINTS = {
-    401: KEY_REJECTED.replace("API key", "service's credentials (a header's credentialsKey)"),
+    401: "the service refused the request's credentials: check the header's credentialsKey and its value in the "
+         "job's credentials Secret",
     403: "the service refused the request's credentials: check the headers the job sends it",
     404: "the service has no such endpoint: check the url",
     405: "the service does not take POST at this url: check the url",

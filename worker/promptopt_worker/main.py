@@ -125,7 +125,8 @@ def run_job(
 
 
 def mlflow_store(spec: PromptOptimizationJobSpec) -> MlflowStore | None:
-    """MLflow's Prompt Registry, for a job with spec.mlflow (its client is imported only then)."""
+    """MLflow as the job's store of prompts and records, for a job with spec.mlflow (its client is imported only
+    then)."""
     return MlflowStore(spec.mlflow.tracking_uri) if spec.mlflow else None
 
 
@@ -226,6 +227,7 @@ def run_worker() -> int:
         message = f"earlier attempts spent the budget of ${max_cost:g} (spec.budget.maxCostUSD)"
         return exit_code(finish_early(reporter, "BudgetExhausted", message))
     log.info("optimizing job %s/%s with %s", namespace, name, spec.optimizer.type)
+    recorded = read_status(status)
     result = run_job(
         spec,
         KubernetesConfigMaps(kubernetes.client.CoreV1Api(api_client), namespace),
@@ -235,8 +237,8 @@ def run_worker() -> int:
         deadline_seconds=remaining_deadline(spec, status.get("startTime")),
         checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None,
         # Recorded by the job's first worker.
-        started_with=read_status(status).config_map_inputs,
-        mlflow_started=read_status(status).mlflow,
+        started_with=recorded.config_map_inputs,
+        mlflow_started=recorded.mlflow,
         identity={"job": name, "namespace": namespace, "job-uid": (job.get("metadata") or {}).get("uid") or ""},
     )
     return exit_code(result)
@@ -334,8 +336,8 @@ def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, p
     """`promptopt run --dry-run`: prepare the job as a run would, and print its calls and cost
     (promptopt_worker.dry_run). Credentials this environment lacks are not the job's fault (in a cluster they come
     from its Secret): they are named, and stand-ins let the preparation go on."""
-    absent = absent_credentials(spec)
-    os.environ.update({key: "dry-run-stand-in" for key in absent["headers"]})
+    absent_headers = absent_header_credentials(spec)
+    os.environ.update({key: "dry-run-stand-in" for key in absent_headers})
     problem = None
     try:
         problem = build_problem(spec, configmaps, NoCalls(), mlflow=mlflow_store(spec))
@@ -347,21 +349,19 @@ def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, p
         if problem is not None and problem.evaluator is not None:
             problem.evaluator.close()
     print(render_dry_run(plan, str(path)))
-    if missing := absent["api keys"] + absent["headers"]:
-        print(f"Not in this environment, so a local run would need them: {', '.join(missing)} (in a cluster, the "
-              "job's credentials Secret holds them).")
+    if missing := "; ".join(filter(None, [missing_api_keys(spec), ", ".join(absent_headers)])):
+        print(f"Not in this environment, so a local run would need them: {missing} (in a cluster, the job's "
+              "credentials Secret holds them).")
     if output_json:
         Path(output_json).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
     return EXIT_SUCCEEDED
 
 
-def absent_credentials(spec: PromptOptimizationJobSpec) -> dict[str, list[str]]:
-    """The API keys and the headers' credentials keys the job needs and this environment lacks."""
+def absent_header_credentials(spec: PromptOptimizationJobSpec) -> list[str]:
+    """The credentials keys of the job's service headers that this environment lacks."""
     headers = [*(spec.task.http.headers or [] if spec.task.http else []),
                *(h for s in spec.scorers or [] if s.http for h in s.http.headers or [])]
-    keys = sorted({h.credentials_key for h in headers if h.credentials_key and h.credentials_key not in os.environ})
-    api_keys = [variable for variable in missing_api_keys(spec).split("; ") if variable]
-    return {"api keys": api_keys, "headers": keys}
+    return sorted({h.credentials_key for h in headers if h.credentials_key and h.credentials_key not in os.environ})
 
 
 def single_job(documents: list[dict[str, Any]], path: str | Path) -> dict[str, Any]:

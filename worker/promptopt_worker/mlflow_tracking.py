@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,8 +116,6 @@ def _param(key: str, value: str) -> Any:
 
 
 def _metric(key: str, value: float, step: int) -> Any:
-    import time
-
     from mlflow.entities import Metric
 
     return Metric(key, float(value), int(time.time() * 1000), step)
