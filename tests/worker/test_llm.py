@@ -6,6 +6,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +24,7 @@ from promptopt_worker.llm import (
     INITIAL_RETRY_DELAY_S,
     RETRY_JITTER_S,
     BudgetExceeded,
+    CallAbandoned,
     LLMClient,
     ModelEndpoint,
     PermanentLLMError,
@@ -279,6 +282,44 @@ def test_the_budget_stops_the_job_and_refuses_further_calls(sim):
     with pytest.raises(BudgetExceeded, match=f"budget of \\${2 * prompt_tokens} is spent"):
         client.complete(endpoint, HELLO)
     assert sim.request_count == 2
+
+
+def test_a_terminating_worker_abandons_a_call_in_flight_at_once(sim):
+    """SIGTERM gives the Pod its grace period (60 s by default), shorter than a hung call's timeout and retries:
+    the call is left unanswered so that the best result so far can still be reported."""
+    sim.set_latency(30)
+    stop = StopRequested()
+    client = LLMClient(stop=stop)
+    threading.Timer(0.5, stop.terminate, args=("Cancelled", "stopped by SIGTERM")).start()
+    started = time.monotonic()
+    with pytest.raises(CallAbandoned, match="task model 'openai/sim-task'.*abandoned.*stopped by SIGTERM"):
+        client.complete(task_endpoint(sim), HELLO)
+    assert time.monotonic() - started < 2
+    assert client.usage.snapshot().calls == {}  # an answer nobody read is charged to nobody
+
+
+def test_once_terminating_no_call_is_sent_and_the_retry_back_off_is_cut_short(sim):
+    stop = StopRequested()
+    client = LLMClient(stop=stop)
+    sim.inject(503, times=1)
+    threading.Timer(0.2, stop.terminate, args=("Cancelled", "stopped by SIGTERM")).start()
+    started = time.monotonic()
+    with pytest.raises(CallAbandoned):
+        # The 503 is retried after INITIAL_RETRY_DELAY_S; terminate() comes during that wait.
+        client.complete(task_endpoint(sim, max_retries=5), HELLO)
+    assert sim.request_count == 1 and time.monotonic() - started < INITIAL_RETRY_DELAY_S + 0.3
+    with pytest.raises(CallAbandoned):
+        client.complete(task_endpoint(sim), HELLO)
+    assert sim.request_count == 1
+
+
+def test_a_stop_that_is_not_terminating_lets_calls_in_flight_finish(sim):
+    sim.set_latency(0.5)
+    stop = StopRequested()
+    client = LLMClient(stop=stop)
+    threading.Timer(0.1, stop.request, args=("BudgetExhausted", "the budget is spent")).start()
+    assert client.complete(task_endpoint(sim), HELLO)  # answered and charged: its cost is real
+    assert client.usage.snapshot().calls == {"task": 1}
 
 
 # --- litellm's cost map ----------------------------------------------------------------------------------------

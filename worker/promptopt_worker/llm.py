@@ -44,6 +44,8 @@ Answer = TypeVar("Answer", bound=Metered)
 PROVIDER_MESSAGE_LIMIT = 500
 INITIAL_RETRY_DELAY_S = 0.5
 MAX_RETRY_DELAY_S = 8.0
+# How soon a call in flight notices that the worker is terminating.
+ABANDON_CHECK_S = 0.1
 RETRY_JITTER_S = 0.75
 MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is not waited for: the backoff applies
 
@@ -89,6 +91,11 @@ class RetriesExhausted(PermanentLLMError):
 
 class BudgetExceeded(RuntimeError):
     """The job's maxCostUSD is spent: no more LLM calls; the optimizer should finish with its best result."""
+
+
+class CallAbandoned(RuntimeError):
+    """The worker is terminating (StopRequested.terminate): the call is left unanswered, so that the best result so
+    far is reported within the Pod's grace period."""
 
 
 def retry_delay(attempt: int, retry_after_s: float | None) -> float:
@@ -169,6 +176,10 @@ class LLMClient:
     With `max_cost_usd`, the call that brings the total cost to the budget requests a stop
     ("BudgetExhausted") on `stop`, and every later call raises `BudgetExceeded`. Calls already in flight
     when the budget is reached still finish, so the total may pass it by at most those calls.
+
+    Once `stop` is terminating (SIGTERM), every call raises `CallAbandoned` at once, those in flight too: their
+    requests go on in daemon threads whose answers nobody reads (nor charges: the worker exits right after its
+    last report), and the back-off between retries is cut short.
     """
 
     def __init__(
@@ -177,7 +188,7 @@ class LLMClient:
         max_cost_usd: float | None = None,
         stop: StopRequested | None = None,
         usage: UsageMeter | None = None,
-        sleep: Callable[[float], None] = time.sleep,  # tests replace the backoff sleep
+        sleep: Callable[[float], None] | None = None,  # tests replace the backoff sleep
     ):
         self.max_cost_usd = max_cost_usd
         self.stop = stop
@@ -211,7 +222,7 @@ class LLMClient:
         """`send` until it answers, retrying transient failures; the answer is charged to the job."""
         for attempt in range(endpoint.max_retries + 1):
             try:
-                answer = send()
+                answer = self._send(endpoint, send)
                 break
             except CallFailed as failure:
                 said = _redacted(failure.provider_says)
@@ -222,9 +233,44 @@ class LLMClient:
                         f"{endpoint.where()}: still failing after {endpoint.max_retries} retries; {said}"
                     ) from None
                 self.usage.add_retry()
-                self._sleep(retry_delay(attempt, failure.retry_after_s))
+                self._pause(retry_delay(attempt, failure.retry_after_s))
         self._charge(endpoint, answer)
         return answer
+
+    def _send(self, endpoint: ModelEndpoint, send: Callable[[], Answer]) -> Answer:
+        """`send()` in a thread of its own, waited for until it answers or the worker is terminating."""
+        stop = self.stop
+        if stop is None:
+            return send()
+        outcome: list[Answer] = []
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append(send())
+            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread as it is
+                failure.append(error)
+            finally:
+                done.set()
+
+        if not stop.terminating:
+            threading.Thread(target=run, name="llm-call", daemon=True).start()
+            while not done.wait(ABANDON_CHECK_S) and not stop.terminating:
+                pass
+        if not done.is_set():
+            raise CallAbandoned(f"{endpoint.where()}: abandoned, the worker is stopping ({stop.message})")
+        if failure:
+            raise failure[0]
+        return outcome[0]
+
+    def _pause(self, seconds: float) -> None:
+        if self._sleep is not None:
+            self._sleep(seconds)
+        elif self.stop is not None:
+            self.stop.sleep(seconds)
+        else:
+            time.sleep(seconds)
 
     def _check_budget(self) -> None:
         if self.max_cost_usd is not None:

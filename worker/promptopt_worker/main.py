@@ -138,15 +138,15 @@ def finish_early(reporter: Reporter, reason: WorkerOutcome, message: str) -> Res
 
 
 def stop_on_signals(stop: StopRequested) -> None:
-    """SIGTERM (the Pod is deleted or hits its deadline) and ^C stop the optimizer cleanly: it reports the
-    best result so far. A second ^C aborts at once."""
+    """SIGTERM (the Pod is deleted or hits its deadline) and ^C stop the optimizer cleanly: LLM calls in flight
+    are abandoned and it reports the best result so far. A second ^C aborts at once."""
 
     def handle(signum: int, _frame: Any) -> None:
         if stop and signum == signal.SIGINT:
             raise KeyboardInterrupt
         name = signal.Signals(signum).name
-        stop.request("Cancelled", f"stopped by {name}")
-        log.warning("%s received: stopping after the current step", name)
+        stop.terminate("Cancelled", f"stopped by {name}")
+        log.warning("%s received: stopping now, with the best result so far", name)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handle)

@@ -220,6 +220,7 @@ class StopRequested:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._terminating = threading.Event()
         self.reason: WorkerOutcome | None = None
         self.message = ""
 
@@ -227,6 +228,21 @@ class StopRequested:
         if not self._event.is_set():
             self.reason, self.message = reason, message
             self._event.set()
+
+    def terminate(self, reason: WorkerOutcome, message: str) -> None:
+        """A stop with no time to lose (SIGTERM: the Pod is deleted, cancelled or past its deadline): LLM calls in
+        flight are abandoned too, since one may take longer than the Pod's grace period, and the best result so far
+        must be reported within it."""
+        self.request(reason, message)
+        self._terminating.set()
+
+    @property
+    def terminating(self) -> bool:
+        return self._terminating.is_set()
+
+    def sleep(self, seconds: float) -> None:
+        """time.sleep, cut short by `terminate`."""
+        self._terminating.wait(seconds)
 
     def __bool__(self) -> bool:
         return self._event.is_set()
