@@ -319,6 +319,10 @@ def _describe_pod_failure(pod: WorkerPod) -> str:
     detail = pod.termination_message if pod.reason in (None, "Error") else pod.message or pod.termination_message
     exit_part = f" (exit code {pod.exit_code})" if pod.exit_code is not None else ""
     text = f"worker Pod {pod.name} failed: {pod.reason or 'Error'}{exit_part}"
+    if pod.reason == "OOMKilled":
+        # The log's last line says nothing of why: the kernel killed the worker mid-sentence.
+        return (f"{text}: the worker needed more memory than its limit; raise spec.worker.resources.limits.memory "
+                "(or the chart's worker.resources for every job)")
     summary = _summary_message(detail)
     return f"{text}: {summary}" if summary else text
 

@@ -138,7 +138,7 @@ def worker_pod_manifest(
 
 # Waiting reasons that mean the Pod cannot start until someone fixes something.
 STUCK_REASONS = frozenset({
-    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+    "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError",
     "CreateContainerError", "Unschedulable",
 })
 

@@ -148,6 +148,18 @@ def test_failed_pod_is_retried_after_an_exponential_delay():
     assert later.create_attempt == 3 and later.status["attempts"] == 3 and later.status["podName"] == "j-worker-3"
 
 
+def test_an_oomkilled_worker_is_told_to_get_more_memory():
+    status = {"phase": "Running", "attempts": 1, "startTime": ago(100)}
+    # What FallbackToLogsOnError leaves of a worker killed by the kernel: its last log line, of no help.
+    oom = pod(phase="Failed", reason="OOMKilled", exit_code=137, finished_at=ago(5),
+              termination_message="INFO promptopt_worker.main: optimizing job ns/j with GEPA")
+    d = decide(job(status, backoffLimit=0), [oom], NOW, SETTINGS, START)
+    assert d.status["message"] == (
+        "the worker failed 1 time(s), more than backoffLimit 0; last: worker Pod j-worker-1 failed: OOMKilled (exit "
+        "code 137): the worker needed more memory than its limit; raise spec.worker.resources.limits.memory (or the "
+        "chart's worker.resources for every job)")
+
+
 def test_retry_delay_doubles_and_is_capped():
     assert [retry_delay(n, SETTINGS) for n in (1, 2, 3, 10)] == [10, 20, 40, 360]
 

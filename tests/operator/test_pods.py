@@ -1,4 +1,6 @@
 """The worker Pod manifest and the reading of Pod status."""
+import pytest
+
 from promptopt.api.validation import parse_spec
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
 from promptopt_operator.pods import (
@@ -86,11 +88,16 @@ def test_observe_a_running_pod():
     assert (observed.phase, observed.attempt, observed.finished, observed.stuck) == ("Running", 1, False, False)
 
 
-def test_observe_image_pull_back_off():
-    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'}
+@pytest.mark.parametrize("waiting", [
+    {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'},
+    # The real kubelet's words for an image that is not on the node, with imagePullPolicy Never.
+    {"reason": "ErrImageNeverPull",
+     "message": 'Container image "x" is not present with pull policy of Never'},
+])
+def test_observe_an_image_that_cannot_be_had(waiting):
     observed = observe_pod(status_of(phase="Pending", containerStatuses=[
         {"name": "worker", "state": {"waiting": waiting}}]))
-    assert observed.stuck and observed.reason == "ImagePullBackOff" and "Back-off" in observed.message
+    assert observed.stuck and observed.reason == waiting["reason"] and observed.message == waiting["message"]
 
 
 def test_observe_unschedulable():
