@@ -25,6 +25,7 @@ import copy
 import hashlib
 import json
 import re
+import signal
 import sys
 import threading
 import time
@@ -467,10 +468,13 @@ class SimulatedLLM:
 
 
 def serve_until_interrupted(stop: Callable[[], None]) -> None:
-    """Block a foreground server's main thread until ^C, then `stop` it (the `python -m` entry points)."""
+    """Block a foreground server's main thread until ^C or SIGTERM, then `stop` it (the `python -m` entry points).
+    SIGTERM needs a handler: as a container's PID 1 the process would ignore it and be killed only at the end of the
+    Pod's grace period."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
-        while True:
-            time.sleep(3600)
+        stopped.wait()
     except KeyboardInterrupt:
         pass
     finally:

@@ -516,6 +516,20 @@ def test_command_line_prints_base_url_and_serves():
         proc.wait(timeout=10)
 
 
+@pytest.mark.parametrize("command", [["promptopt.simulated_llm"], ["promptopt.example_services", "rag"]])
+def test_the_servers_stop_at_once_on_sigterm(command):
+    """As a container's PID 1 (the e2e manifests, examples/http-rag.yaml), a process without a SIGTERM handler
+    ignores SIGTERM and is killed only when the Pod's grace period is over."""
+    proc = subprocess.Popen([sys.executable, "-m", *command, "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert proc.stdout.readline().startswith("http://127.0.0.1:")
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+    finally:
+        proc.kill()
+
+
 def test_gepa_reflection_reads_mlflows_reflective_records():
     """MLflow's GepaPromptOptimizer sends records keyed inputs/outputs/expectations/score/rationales."""
     from gepa.strategies.instruction_proposal import InstructionProposalSignature
