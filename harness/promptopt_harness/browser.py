@@ -11,16 +11,16 @@ Standard library only, like build_kube.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+from promptopt_harness import debian
+
 PACKAGE = "chromium"  # Debian's build (bookworm-security carries current releases)
-INSTALL_HINT = "apt-get install -y --no-install-recommends chromium (as root)"
+INSTALL_HINT = debian.install_hint([PACKAGE])
 # Flags every run needs here: no display, root in a container (the sandbox needs user namespaces), no GPU.
 HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
                   "--no-default-browser-check")
@@ -38,31 +38,21 @@ def find_chromium() -> Path | None:
     return None
 
 
-def install_chromium() -> Path:
-    """apt-get install chromium, saying what it does and how long it took (a first install downloads ~100 MB)."""
-    apt_get = shutil.which("apt-get")
-    if apt_get is None or os.geteuid() != 0:
-        why = "apt-get is not available" if apt_get is None else "not running as root"
-        raise BrowserUnavailable(f"chromium is not on PATH and cannot be installed ({why}); install it with "
-                                 f"{INSTALL_HINT}")
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    started = time.monotonic()
-    for command in ([apt_get, "update"], [apt_get, "install", "-y", "--no-install-recommends", PACKAGE]):
-        print(f"browser: running {' '.join(command)}", file=sys.stderr, flush=True)
-        result = subprocess.run(command, env=environment, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise BrowserUnavailable(f"{' '.join(command)} failed ({result.returncode}): "
-                                     f"{result.stderr.strip()[-2000:]}; install it with {INSTALL_HINT}")
+def ensure_chromium() -> Path:
+    """chromium's path, installed first when missing and possible (a first install downloads ~100 MB);
+    else BrowserUnavailable."""
+    found = find_chromium()
+    if found:
+        return found
+    try:
+        debian.ensure_installed({"chromium": PACKAGE}, "browser")
+    except debian.PackagesUnavailable as unavailable:
+        raise BrowserUnavailable(str(unavailable)) from None
     found = find_chromium()
     if found is None:
         raise BrowserUnavailable(f"apt-get installed {PACKAGE}, but no chromium is on PATH")
-    print(f"browser: installed {version(found)} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    print(f"browser: {version(found)}", file=sys.stderr, flush=True)
     return found
-
-
-def ensure_chromium() -> Path:
-    """chromium's path, installed first when missing and possible; else BrowserUnavailable."""
-    return find_chromium() or install_chromium()
 
 
 def version(chromium: Path) -> str:

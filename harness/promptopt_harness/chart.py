@@ -1,5 +1,6 @@
-"""The Helm chart rendered as `helm template` renders it, by the real Helm engine (helm-python-sdk): these
-machines have no helm binary. Like `helm template`, it takes the chart's folder (deploy/helm/promptopt).
+"""The Helm chart rendered as `helm template` renders it, by the real Helm engine (helm-python-sdk), and installed
+by the real helm CLI (`HelmCli`, built by promptopt_harness.build_kube from Helm's Go module: these machines have no
+helm package). Like `helm template`, it takes the chart's folder (deploy/helm/promptopt).
 
     python -m promptopt_harness.chart deploy/helm/promptopt --values '{"jobNamespaces": ["default"]}' --kind Role \
         | kubectl apply -f -
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,38 @@ def render(chart: Any, values: dict[str, Any], namespace: str = RELEASE_NAMESPAC
     rendered = chart.render(values, name=RELEASE, namespace=namespace)
     return [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
             for doc in yaml.safe_load_all(text) if doc]
+
+
+class HelmCli:
+    """The helm CLI against one cluster: what a user runs. Each call fails with helm's own message."""
+
+    def __init__(self, helm: Path, kubeconfig: Path, namespace: str = RELEASE_NAMESPACE):
+        self.helm, self.kubeconfig, self.namespace = helm, kubeconfig, namespace
+
+    def run(self, *args: str, timeout: float = 180) -> str:
+        command = [str(self.helm), "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace, *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result.stdout
+
+    def _with_values(self, verb: str, chart: Path, values: dict[str, Any], *flags: str) -> str:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="values-") as file:
+            json.dump(values, file)  # JSON is YAML: a values file, as users pass them
+            file.flush()
+            return self.run(verb, RELEASE, str(chart), "--values", file.name, "--wait", "--timeout", "120s", *flags)
+
+    def install(self, chart: Path, values: dict[str, Any]) -> str:
+        return self._with_values("install", chart, values)
+
+    def upgrade(self, chart: Path, values: dict[str, Any]) -> str:
+        return self._with_values("upgrade", chart, values)
+
+    def uninstall(self) -> str:
+        return self.run("uninstall", RELEASE, "--wait", "--timeout", "120s")
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.run("status", RELEASE, "--output", "json"))
 
 
 def main(argv: list[str] | None = None) -> int:

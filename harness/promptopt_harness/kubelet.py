@@ -1,5 +1,9 @@
 """A local node for tests: a scheduler and a kubelet that run Pods as local processes.
 
+The fast tiers' node: where a test needs a container (an image, memory limits, isolation, the product's images
+under Pod Security), it runs on the real node (promptopt_harness.node), and what both report for the same Pods is
+compared by tests/pods/test_kubelet_differential.py.
+
 `LocalKubelet` watches Pods through the Kubernetes API (the emulator in `promptopt_harness.emulator`, or
 any API server a kubeconfig points at) and does for each one what the default scheduler and the kubelet
 of a one-node cluster would do, with the status a real cluster reports:
@@ -12,11 +16,12 @@ of a one-node cluster would do, with the status a real cluster reports:
 - the first container's `command` + `args` run as a local process in a session of its own, with the
   container's environment (`env`, `envFrom`, Secrets, ConfigMaps, `fieldRef`, `$(VAR)` references);
   its output goes to a per-pod log (`LocalKubelet.logs`);
-- status goes through `pods/NAME/status` (merge patch): waiting reasons (CreateContainerConfigError,
-  ErrImagePull, ImagePullBackOff), running, terminated (Completed, Error, OOMKilled, StartError) with
-  the termination message, phase, and the Pod conditions; Events as a node posts them;
+- status goes through `pods/NAME/status` (merge patch): waiting reasons (CreateContainerConfigError),
+  running, terminated (Completed, Error, StartError) with the termination message, phase, and the Pod
+  conditions; Events as a node posts them;
 - `activeDeadlineSeconds` (phase Failed, reason DeadlineExceeded) and graceful deletion (SIGTERM to the
-  process group, SIGKILL after the grace period, then the final DELETE with gracePeriodSeconds=0).
+  main process if it handles it, as a container's PID 1 only gets signals it handles; SIGKILL to the process
+  group after the grace period; then the final DELETE with gracePeriodSeconds=0).
 
 Containers without containers: there is no image, so nothing is isolated; the kubelet translates the
 paths a container would see instead of mounting them. Each Pod gets a private directory (the sandbox)
@@ -31,18 +36,16 @@ container; KUBECONFIG points at the kubelet's kubeconfig (the stand-in for the s
 PATH starts with this Python's scripts directory (so `promptopt` resolves), PYTHONUNBUFFERED=1. Nothing
 else from the caller's environment leaks in; `extra_env` adds variables to every container.
 
-A waiting container (missing Secret/ConfigMap/key, image pull failure) is retried every second, so
-creating the Secret later starts it. Failure injection by image name (exact match): "ImagePullBackOff"
-keeps the container waiting with ErrImagePull and ImagePullBackOff in turn, a second each (the real
-back-off starts at 10 s); "OOMKilled" starts the process and kills it (SIGKILL) a moment later,
-reported as OOMKilled with exit code 137 (a process that ends before that ends normally).
+A waiting container (missing Secret/ConfigMap/key) is retried every second, so creating the Secret later
+starts it.
 
 Commands by image (exact match): `command_overrides` maps an image to the argv that containers of that
 image run instead of their `command` + `args` (CLI: `--command-override IMAGE=COMMAND`). Everything else
 about the Pod (environment, mounts, status, Events, deletion) stays as described above. Benchmarks use it
 to give an operator's worker Pods a trivial process (`true`, `sleep 3600`) without changing the operator.
 
-Limitations, on purpose: only `spec.containers[0]` runs (init containers and other containers are
+Limitations, on purpose: no images (nothing is pulled, so no pull failure), no memory limits (no OOMKilled);
+only `spec.containers[0]` runs (init containers and other containers are
 ignored); the container runs once whatever its restartPolicy (OnFailure/Always pods end Succeeded or
 Failed like Never ones); there is no image ENTRYPOINT, so a container must set `command` (or `args`
 whose first element is the program); only emptyDir volumes exist (secret, configMap and other volumes
@@ -86,10 +89,6 @@ from kubernetes.utils import parse_quantity
 
 log = logging.getLogger(__name__)
 
-IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
-OOM_KILLED = "OOMKilled"
-IMAGE_BEHAVIOURS = frozenset({IMAGE_PULL_BACK_OFF, OOM_KILLED})
-
 DEFAULT_CAPACITY = {"cpu": "256", "memory": "1Ti", "ephemeral-storage": "1Ti"}
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 DEADLINE_EXCEEDED_MESSAGE = "Pod was active on the node longer than the specified deadline"
@@ -107,7 +106,6 @@ DEFAULT_GRACE_SECONDS = 30
 # How often a waiting container (config error, image pull) is retried: about the real kubelet's pace
 # for config errors, much faster than its image back-off (10 s doubling) so tests stay short.
 RETRY_SECONDS = 1.0
-OOM_KILL_DELAY_SECONDS = 0.3
 REQUEST_TIMEOUT_SECONDS = 10
 # Bounded because the emulator serves one request at a time anyway; more threads just queue.
 API_CONNECTIONS = 32
@@ -361,10 +359,10 @@ def termination_message(message_file: bytes, policy: str | None, exit_code: int,
 
 
 def terminated_state(
-    exit_code: int, *, oom_killed: bool, message: str, started_at: str, finished_at: str, container_id: str
+    exit_code: int, *, message: str, started_at: str, finished_at: str, container_id: str
 ) -> dict[str, Any]:
     """A container status's `state.terminated` for a process that ended with `exit_code`."""
-    reason = OOM_KILLED if oom_killed else "Completed" if exit_code == 0 else "Error"
+    reason = "Completed" if exit_code == 0 else "Error"
     state = {
         "exitCode": exit_code,
         "reason": reason,
@@ -713,6 +711,15 @@ class _ContainerProcess:
             if self.exit_code is None:
                 _signal_group(self.pid, signum)
 
+    def terminate(self) -> None:
+        """SIGTERM as a container's PID 1 gets it: the kernel delivers a signal to a namespace's init only if it
+        handles it, so a process without a SIGTERM handler (a shell, a plain `python -m http.server`) runs on
+        until SIGKILL, as in a real Pod."""
+        with self._lock:
+            if self.exit_code is None and _catches(self.pid, signal.SIGTERM):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGTERM)
+
     def wait_in_background(self, on_exit: Callable[[], None]) -> None:
         threading.Thread(target=self._wait, args=(on_exit,), name=f"wait-{self.pid}", daemon=True).start()
 
@@ -729,6 +736,16 @@ class _ContainerProcess:
 def _signal_group(group_id: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group_id, signum)
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next((line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(caught, 16) >> (signum - 1) & 1)
 
 
 class _PodGone(Exception):
@@ -786,7 +803,6 @@ class Node:
     base_env: Mapping[str, str]  # every container's environment, before the Pod's own
     resources: NodeResources
     stopping: threading.Event  # set when the kubelet stops: its workers end and write nothing more
-    image_behaviour: Callable[[str], str | None]  # an injected failure for containers of an image
     command_override: Callable[[str], list[str] | None]  # the argv that containers of an image run instead
 
 
@@ -820,7 +836,6 @@ class _PodWorker:
         self._start_time = ""
         self._deadline: float | None = None  # time.monotonic() after which activeDeadlineSeconds is exceeded
         self._deadline_exceeded = False
-        self._oom_killed = False
 
     # --- called from other threads -----------------------------------------------------------------
 
@@ -932,17 +947,14 @@ class _PodWorker:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self._fail_deadline_exceeded()
                 return None
-            if self._node.image_behaviour(self.container["image"]) == IMAGE_PULL_BACK_OFF:
-                self._report_image_pull_failure()
-            else:
-                if not pulled:
-                    self._post_pull_events()
-                    pulled = True
-                try:
-                    return self._plan_launch()
-                except ContainerConfigError as error:
-                    self._report_waiting("CreateContainerConfigError", str(error))
-                    self._post_event("Failed", f"Error: {error}", warning=True)
+            if not pulled:
+                self._post_pull_events()
+                pulled = True
+            try:
+                return self._plan_launch()
+            except ContainerConfigError as error:
+                self._report_waiting("CreateContainerConfigError", str(error))
+                self._post_event("Failed", f"Error: {error}", warning=True)
             self._sleep(RETRY_SECONDS)
 
     def _plan_launch(self) -> LaunchPlan:
@@ -1013,7 +1025,6 @@ class _PodWorker:
         )
         state = terminated_state(
             exit_code,
-            oom_killed=self._oom_killed,
             message=message,
             started_at=started_at,
             finished_at=_now(),
@@ -1029,10 +1040,7 @@ class _PodWorker:
             self._api.delete_pod_now(self.namespace, self.name, self.uid)
 
     def _supervise(self, process: _ContainerProcess) -> int:
-        """Signal the process as deletion, the deadline, injected OOM or stop require; its exit code."""
-        oom_at = None
-        if self._node.image_behaviour(self.container["image"]) == OOM_KILLED:
-            oom_at = time.monotonic() + OOM_KILL_DELAY_SECONDS
+        """Signal the process as deletion, the deadline or stop require; its exit code."""
         terminating = False
         kill_at = None  # when SIGKILL follows the SIGTERM already sent
         while process.exit_code is None:
@@ -1040,16 +1048,12 @@ class _PodWorker:
             if self._node.stopping.is_set() or (kill_at is not None and now >= kill_at):
                 process.signal(signal.SIGKILL)
                 kill_at = None
-            elif oom_at is not None and now >= oom_at:
-                self._oom_killed = True
-                process.signal(signal.SIGKILL)
-                oom_at = None
             elif not terminating and self._must_stop(now):
                 terminating = True
                 self._post_event("Killing", f"Stopping container {self.container['name']}")
-                process.signal(signal.SIGTERM)
+                process.terminate()
                 kill_at = now + self._grace_seconds()
-            due = [moment for moment in (oom_at, kill_at) if moment is not None]
+            due = [kill_at] if kill_at is not None else []
             if not terminating and self._deadline is not None:
                 due.append(self._deadline)
             self._wakeup.wait(max(0.0, min(due) - now) if due else None)
@@ -1094,23 +1098,6 @@ class _PodWorker:
         waiting = {"waiting": {"reason": reason, "message": message}}
         if self._container_status["state"] != waiting:
             self._write_kubelet_status("Pending", "waiting", waiting)
-
-    def _report_image_pull_failure(self) -> None:
-        image = self.container["image"]
-        if self._container_status["state"].get("waiting", {}).get("reason") == "ErrImagePull":
-            self._post_event("BackOff", f'Back-off pulling image "{image}"')
-            self._post_event("Failed", "Error: ImagePullBackOff", warning=True)
-            self._report_waiting("ImagePullBackOff", f'Back-off pulling image "{image}"')
-        else:
-            error = (
-                f'rpc error: code = Unknown desc = failed to pull and unpack image "{image}": failed to resolve '
-                f'reference "{image}": pull access denied, repository does not exist or may require authorization: '
-                "server message: insufficient_scope: authorization failed"
-            )
-            self._post_event("Pulling", f'Pulling image "{image}"')
-            self._post_event("Failed", f'Failed to pull image "{image}": {error}', warning=True)
-            self._post_event("Failed", "Error: ErrImagePull", warning=True)
-            self._report_waiting("ErrImagePull", error)
 
     def _post_pull_events(self) -> None:
         image = self.container["image"]
@@ -1213,7 +1200,7 @@ class LocalKubelet:
     """Schedules and runs the Pods of a (emulated) cluster as local processes; see the module docstring.
 
     Use as a context manager, or call start() and stop(). `capacity` and `node_labels` are added to the
-    defaults; `image_behaviours` maps an image to "ImagePullBackOff" or "OOMKilled"; `command_overrides`
+    defaults; `command_overrides`
     maps an image to the argv its containers run instead of their own command; `state_dir` keeps
     the per-pod sandboxes and logs there (default: a temporary directory removed by stop()).
     """
@@ -1224,7 +1211,6 @@ class LocalKubelet:
         namespace: str | None = None,
         node_name: str = "local-kubelet",
         capacity: Mapping[str, str] | None = None,
-        image_behaviours: Mapping[str, str] | None = None,
         extra_env: Mapping[str, str] | None = None,
         node_labels: Mapping[str, str] | None = None,
         state_dir: str | os.PathLike[str] | None = None,
@@ -1247,9 +1233,6 @@ class LocalKubelet:
         self._resources = NodeResources(
             {resource: parse_quantity(quantity) for resource, quantity in self._capacity_text.items()},
             self.node_labels)
-        self._image_behaviours: dict[str, str] = {}
-        for image, behaviour in (image_behaviours or {}).items():
-            self.set_image_behaviour(image, behaviour)
         self._command_overrides = {image: list(argv) for image, argv in (command_overrides or {}).items()}
         self._base_env = {
             "PATH": os.pathsep.join([sysconfig.get_path("scripts"), CONTAINER_PATH]),
@@ -1275,8 +1258,7 @@ class LocalKubelet:
         api = _ApiServer(self.kubeconfig)
         scheduler_api = _ApiServer(self.scheduler_kubeconfig) if self.scheduler_kubeconfig != self.kubeconfig else api
         self._node = Node(name=self.node_name, api=api, scheduler_api=scheduler_api, base_env=self._base_env,
-                          resources=self._resources, stopping=self._stopping, image_behaviour=self.image_behaviour,
-                          command_override=self.command_override)
+                          resources=self._resources, stopping=self._stopping, command_override=self.command_override)
         try:
             api.register_node(node_manifest(self.node_name, self.node_labels, self._capacity_text))
         except NotFound:
@@ -1319,18 +1301,6 @@ class LocalKubelet:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-    def set_image_behaviour(self, image: str, behaviour: str | None) -> None:
-        """Make containers of `image` fail ("ImagePullBackOff", "OOMKilled"), or behave again (None)."""
-        if behaviour is None:
-            self._image_behaviours.pop(image, None)
-            return
-        if behaviour not in IMAGE_BEHAVIOURS:
-            raise ValueError(f"unknown image behaviour {behaviour!r}; known: {sorted(IMAGE_BEHAVIOURS)}")
-        self._image_behaviours[image] = behaviour
-
-    def image_behaviour(self, image: str) -> str | None:
-        return self._image_behaviours.get(image)
 
     def command_override(self, image: str) -> list[str] | None:
         """The argv that containers of `image` run instead of their command, if one was given."""

@@ -9,6 +9,7 @@ litellm tries the network at import and the server never starts here.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,27 +19,32 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from promptopt_harness.netns import NetworkNamespace
 from promptopt_harness.realkube import free_port
 
 START_TIMEOUT_S = 180.0
 
 
 class MlflowServer:
-    """With `admin_password`, MLflow's basic-auth app: every request needs a user (the admin is "admin")."""
+    """With `admin_password`, MLflow's basic-auth app: every request needs a user (the admin is "admin").
+    With `network`, the server runs inside that network namespace, on `host` (a real node's address, where its
+    Pods reach it); `url` is then that address."""
 
-    def __init__(self, workdir: Path, admin_password: str | None = None):
+    def __init__(self, workdir: Path, admin_password: str | None = None, *, host: str = "127.0.0.1",
+                 network: NetworkNamespace | None = None):
         self.workdir = Path(workdir)
+        self.host, self.network = host, network
         self.port = free_port()
         self.admin_password = admin_password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", self.host,
                    "--port", str(self.port), "--workers", "1",
                    "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
                    "--default-artifact-root", str(self.workdir / "artifacts")]
@@ -48,6 +54,8 @@ class MlflowServer:
             environment |= {"MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,
                             "MLFLOW_FLASK_SERVER_SECRET_KEY": "promptopt-tests"}
         log = (self.workdir / "server.log").open("wb")
+        if self.network is not None:
+            command = self.network.command(command)
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                         env=environment)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -55,7 +63,9 @@ class MlflowServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mlflow server exited ({self.process.returncode}): {self.log()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                with self.network.entered() if self.network else contextlib.nullcontext():
+                    answer = urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                with answer:
                     if answer.status == 200:
                         return self
             except (urllib.error.URLError, OSError):

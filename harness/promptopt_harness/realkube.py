@@ -18,6 +18,12 @@ Go modules by promptopt_harness.build_kube, on free loopback ports, and serves t
 - the controllers a job's life touches: garbage collection (objects whose owner is gone), namespace deletion,
   the default ServiceAccount and the kube-root-ca.crt ConfigMap of every namespace. No scheduler and no kubelet:
   promptopt_harness.kubelet plays both.
+
+Given a `NetworkNamespace` and an address in it, the same control plane runs inside that namespace for a real
+node (promptopt_harness.node): kube-apiserver serves on that address, port 443, which is also the `kubernetes`
+Service's ClusterIP (the service range is chosen so), so Pods reach it by in-cluster config without kube-proxy;
+the controller manager adds the controllers a node and a Deployment need; clients outside reach the server
+through a loopback forwarder (`url`), processes inside through `inside()`.
 """
 from __future__ import annotations
 
@@ -30,12 +36,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from promptopt.api.crd import custom_resource_definition
 from promptopt_harness import build_kube
 from promptopt_harness.client import ApiError, ClusterApi
+from promptopt_harness.netns import LoopbackForwarder, NetworkNamespace
 
 ADMIN_USER = "promptopt-test-admin"
 NODE_NAME = "local-kubelet"
@@ -46,6 +54,11 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 START_TIMEOUT_SECONDS = 60
 CONTROLLERS = ("garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
                "root-ca-certificate-publisher-controller")
+# With a real node: the node lifecycle controller lifts the not-ready taint a new Node starts with, and the chart's
+# operator is a Deployment.
+NODE_CONTROLLERS = ("node-lifecycle-controller", "deployment-controller", "replicaset-controller")
+# The serving certificate's names: what clients outside (loopback) and Pods inside (the Service) connect to.
+SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
 # Every request, with who made it and the answer's code; no bodies (Metadata level).
 AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
                 "rules": [{"level": "Metadata"}]}
@@ -94,25 +107,94 @@ def _service_account_keys(directory: Path) -> tuple[Path, Path]:
     return private, public
 
 
+@dataclass(frozen=True)
+class Pki:
+    """The cluster's CA and what it signs: the API server's serving certificate (for every name and address a
+    client uses) and its client certificate towards kubelets (`kubectl logs` goes through it)."""
+
+    ca: Path
+    serving: tuple[Path, Path]
+    kubelet_client: tuple[Path, Path]
+
+
+def _pki(directory: Path, addresses: tuple[str, ...]) -> Pki:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def write(name: str, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+        crt, pem = directory / f"{name}.crt", directory / f"{name}.key"
+        crt.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+        pem.chmod(0o600)
+        return crt, pem
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
+                    issuer_key: ec.EllipticCurvePrivateKey, *extensions: tuple[x509.ExtensionType, bool]):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=2)))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("promptopt-test-ca", ca_key, None, ca_key,
+                     (x509.BasicConstraints(ca=True, path_length=None), True))
+    ca_path, _ = write("ca", ca, ca_key)
+    serving_key = ec.generate_private_key(ec.SECP256R1())
+    alternative_names = [*(x509.IPAddress(ipaddress.ip_address(address)) for address in addresses),
+                         *(x509.DNSName(name) for name in ("localhost", *SERVICE_NAMES))]
+    serving = certificate("kube-apiserver", serving_key, ca.subject, ca_key,
+                          (x509.SubjectAlternativeName(alternative_names), False),
+                          (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False))
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = certificate("kube-apiserver-kubelet-client", client_key, ca.subject, ca_key,
+                         (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False))
+    return Pki(ca_path, write("apiserver", serving, serving_key), write("kubelet-client", client, client_key))
+
+
 class RealCluster(ClusterApi):
     """etcd and kube-apiserver on loopback, as the test admin (see the module docstring). A context manager.
-    It serves the CRD objects ``crds``: promptopt's, from its API models, unless given (``()`` for none)."""
+    It serves the CRD objects ``crds``: promptopt's, from its API models, unless given (``()`` for none).
+
+    With ``network`` (a created NetworkNamespace) and ``address`` (the node's address in it), the control plane
+    runs inside that namespace, kube-apiserver on ``address``:443, the `kubernetes` Service's ClusterIP."""
 
     def __init__(self, workdir: str | Path | None = None, *, crds: Iterable[Mapping[str, Any]] | None = None,
-                 extra_flags: tuple[str, ...] = ()):
+                 extra_flags: tuple[str, ...] = (), network: NetworkNamespace | None = None,
+                 address: str = "127.0.0.1", node_name: str = NODE_NAME):
         super().__init__("https://127.0.0.1:0")
         self._tempdir = None if workdir else tempfile.TemporaryDirectory(prefix="promptopt-kube-")
         self.workdir = Path(workdir or self._tempdir.name)  # type: ignore[union-attr]
         self.crds = [custom_resource_definition()] if crds is None else [dict(crd) for crd in crds]
         self.extra_flags = extra_flags
+        self.network, self.address, self.node_name = network, address, node_name
         self.version = build_kube.kubernetes_version()
         self._processes: dict[str, subprocess.Popen] = {}
+        self._forwarder: LoopbackForwarder | None = None
+        self.internal_url = ""
         self.kubelet_token, self.scheduler_token = os.urandom(16).hex(), os.urandom(16).hex()
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.kubelet_kubeconfig = self.workdir / "kubelet.kubeconfig"
         self.scheduler_kubeconfig = self.workdir / "scheduler.kubeconfig"
         self.audit_log = self.workdir / "audit.log"
+        self.pki: Pki | None = None
         self.startup_seconds = 0.0
+
+    @property
+    def kubelet_user(self) -> str:
+        return f"system:node:{self.node_name}"
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -131,7 +213,9 @@ class RealCluster(ClusterApi):
         binaries = ensure_binaries()
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_port, etcd_peer_port = free_port(), free_port()
+        # Inside a namespace of its own the server takes the HTTPS port, as the Service's targetPort says.
+        api_port = free_port() if self.network is None else 443
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         self._start("etcd", [
             str(binaries["etcd"]), "--data-dir", str(self.workdir / "etcd"), "--name", "promptopt-test",
@@ -145,50 +229,71 @@ class RealCluster(ClusterApi):
         admin_token = os.urandom(16).hex()
         tokens = self.workdir / "tokens.csv"
         tokens.write_text(f'{admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
-                          f'{self.kubelet_token},{KUBELET_USER},{KUBELET_USER},"system:nodes"\n'
+                          f'{self.kubelet_token},{self.kubelet_user},{self.kubelet_user},"system:nodes"\n'
                           f'{self.scheduler_token},{SCHEDULER_USER},{SCHEDULER_USER}\n')
         tokens.chmod(0o600)
         signing_key, public_key = _service_account_keys(self.workdir)
+        self.pki = pki = _pki(self.workdir / "pki", tuple(dict.fromkeys(("127.0.0.1", self.address))))
         policy = self.workdir / "audit-policy.yaml"
         policy.write_text(json.dumps(AUDIT_POLICY))
-        certs = self.workdir / "certs"
+        # The `kubernetes` Service takes the range's first address: inside a namespace, the server's own.
+        service_range = "10.0.0.0/24" if self.network is None else f"{self.address}/26"
         self._start("kube-apiserver", [
             str(binaries["kube-apiserver"]),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
-            f"--cert-dir={certs}",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}", f"--secure-port={api_port}",
+            f"--tls-cert-file={pki.serving[0]}", f"--tls-private-key-file={pki.serving[1]}",
+            f"--kubelet-client-certificate={pki.kubelet_client[0]}",
+            f"--kubelet-client-key={pki.kubelet_client[1]}",
+            "--kubelet-preferred-address-types=InternalIP",
             f"--token-auth-file={tokens}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={public_key}",
             f"--service-account-signing-key-file={signing_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={service_range}",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
             "--audit-log-mode=batch", "--audit-log-batch-max-wait=1s",
             "--profiling=false",
             *self.extra_flags,
         ])
-        self.url = f"https://127.0.0.1:{api_port}"
+        self.internal_url = f"https://{self.address}:{api_port}"
+        if self.network is None:
+            self.url = self.internal_url
+        else:
+            self._forwarder = LoopbackForwarder(self.network, (self.address, api_port)).start()
+            self.url = f"https://127.0.0.1:{self._forwarder.port}"
         self.token = admin_token
-        self._wait_ready(certs / "apiserver.crt")
+        self._trust(pki.ca)
+        self._wait_ready()
         self.write_kubeconfig(self.kubeconfig)
+        inside = self.inside()
         # The control plane itself is not under test: it runs as the admin.
+        controllers = CONTROLLERS if self.network is None else CONTROLLERS + NODE_CONTROLLERS
         self._start("kube-controller-manager", [
-            str(binaries["kube-controller-manager"]), f"--kubeconfig={self.kubeconfig}",
-            f"--controllers={','.join(CONTROLLERS)}", "--leader-elect=false", "--secure-port=0",
-            f"--root-ca-file={certs / 'apiserver.crt'}",
+            str(binaries["kube-controller-manager"]),
+            f"--kubeconfig={inside.write_kubeconfig(self.workdir / 'controller-manager.kubeconfig')}",
+            f"--controllers={','.join(controllers)}", "--leader-elect=false", "--secure-port=0",
+            f"--root-ca-file={pki.ca}",
             # Garbage collection reacts at once; its default resync would leave owned objects for seconds more.
             "--concurrent-gc-syncs=5",
         ])
-        self.as_user(self.kubelet_token).write_kubeconfig(self.kubelet_kubeconfig)
-        self.as_user(self.scheduler_token).write_kubeconfig(self.scheduler_kubeconfig)
+        inside.as_user(self.kubelet_token).write_kubeconfig(self.kubelet_kubeconfig)
+        inside.as_user(self.scheduler_token).write_kubeconfig(self.scheduler_kubeconfig)
         for crd in self.crds:
             self.install_crd(crd)
         self.startup_seconds = time.monotonic() - started
         return self
 
+    def inside(self) -> ClusterApi:
+        """This server as processes beside it reach it (inside its network namespace, when it has one)."""
+        return ClusterApi(self.internal_url, token=self.token, ca_file=self.ca_file, namespace=self.namespace)
+
     def stop(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.stop()
+            self._forwarder = None
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             process = self._processes.pop(name, None)
             if process is None or process.poll() is not None:
@@ -205,32 +310,30 @@ class RealCluster(ClusterApi):
 
     def _start(self, name: str, argv: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
-        self._processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+        command = argv if self.network is None else self.network.command(argv)
+        self._processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def _wait_ready(self, serving_certificate: Path) -> None:
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             for name, process in self._processes.items():
                 if process.poll() is not None:
                     raise RealKubeUnavailable(f"{name} exited with {process.returncode}:\n{self.log(name)[-3000:]}")
-            if serving_certificate.exists():
-                self._trust(serving_certificate)
-                try:
-                    if self.request("GET", "/readyz") == "ok":
-                        return
-                except (ApiError, OSError):
-                    pass  # not serving yet, or serving but not ready (its post-start hooks run)
+            try:
+                if self.request("GET", "/readyz") == "ok":
+                    return
+            except (ApiError, OSError):
+                pass  # not serving yet, or serving but not ready (its post-start hooks run)
             time.sleep(0.1)
         raise RealKubeUnavailable(f"kube-apiserver was not ready in {START_TIMEOUT_SECONDS}s:\n"
                                   f"{self.log('kube-apiserver')[-3000:]}")
 
-    def _trust(self, serving_certificate: Path) -> None:
-        """The server signs its own serving certificate at start; its chain is the clients' CA bundle."""
+    def _trust(self, ca: Path) -> None:
         import ssl
 
-        self.ca_file = serving_certificate
-        self._ssl = ssl.create_default_context(cafile=str(serving_certificate))
+        self.ca_file = ca
+        self._ssl = ssl.create_default_context(cafile=str(ca))
 
     def pids(self) -> dict[str, int]:
         """The control plane's processes (etcd, kube-apiserver, kube-controller-manager): benchmarks read their CPU."""
