@@ -29,6 +29,7 @@ def llm():
 # --- Kubernetes: a real kube-apiserver and etcd (promptopt_harness.realkube), the emulator where it earns its place ---
 import re  # noqa: E402
 import subprocess  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
@@ -36,37 +37,64 @@ from promptopt_harness.chart import RBAC_KINDS, RELEASE_NAMESPACE  # noqa: E402
 
 # "required" (CI sets it): a real API server that cannot be built or started fails the run instead of skipping.
 REAL_KUBE_ENV = "PROMPTOPT_REAL_KUBE"
+REPO = Path(__file__).resolve().parents[1]
 # The chart under test: the harness renders the chart it is given, as `helm template` does.
-CHART = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "promptopt"
+CHART = REPO / "deploy" / "helm" / "promptopt"
 
 
-# What the real tier did this session, for the summary at the end: (ran, what).
-_real_tier: list[tuple[bool, str]] = []
+# "required" (CI sets it): a real node (kubelet, containerd, the product's images) that cannot be built or started
+# fails the run instead of skipping.
+REAL_PODS_ENV = "PROMPTOPT_REAL_PODS"
+
+# What the real tiers did this session, for the summary at the end: (tier, ran, what).
+_tiers: list[tuple[str, bool, str]] = []
+
+
+BUILT_IMAGES = pytest.StashKey[object]()  # the real Pods tier's images, or why they could not be built
+
+
+def needs(session, fixture: str) -> bool:
+    return any(fixture in item.fixturenames for item in session.items)
 
 
 def pytest_collection_finish(session):
-    """Build the real API server before the first test that needs it, outside every test's timeout: a first
-    build on a new machine takes minutes, and says what it does meanwhile."""
-    if any("real_cluster" in item.fixturenames for item in session.items):
-        from promptopt_harness.realkube import RealKubeUnavailable, ensure_binaries
+    """Build what the real tiers need before the first test that needs it, outside every test's timeout: a first
+    build on a new machine takes minutes, and says what it does meanwhile. The images (mostly downloads and
+    unpacking) build while Go compiles (two cores' work)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-        capture = session.config.pluginmanager.getplugin("capturemanager")
-        try:
-            with capture.global_and_fixture_disabled():
+    from promptopt_harness import build_kube, images
+    from promptopt_harness.realkube import RealKubeUnavailable, ensure_binaries
+
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled(), ThreadPoolExecutor(1) as pool:
+        built_images = pool.submit(images.ensure_built, REPO) if needs(session, "real_pods") else None
+        if needs(session, "real_cluster") or built_images:
+            try:
                 ensure_binaries()
-        except RealKubeUnavailable:
-            pass  # the real_cluster fixture says so, once, and skips (or fails, when required)
+                if built_images:
+                    build_kube.ensure_helm()
+            except (RealKubeUnavailable, subprocess.CalledProcessError, SystemExit):
+                pass  # the fixtures say so, once, and skip (or fail, when required)
+        if built_images:
+            try:
+                session.config.stash[BUILT_IMAGES] = built_images.result()
+            except images.ImagesUnavailable as unavailable:
+                session.config.stash[BUILT_IMAGES] = unavailable
 
 
 def pytest_terminal_summary(terminalreporter):
-    for ran, what in _real_tier:
-        terminalreporter.write_line(f"real Kubernetes tier: {what}", **({"green": True} if ran else {"yellow": True}))
+    for tier, ran, what in _tiers:
+        terminalreporter.write_line(f"{tier} tier: {what}", **({"green": True} if ran else {"yellow": True}))
 
 
 def pytest_sessionfinish(session):
-    needed = any("real_cluster" in item.fixturenames for item in session.items)
-    if os.environ.get(REAL_KUBE_ENV) == "required" and needed and not any(ran for ran, _ in _real_tier):
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # CI never passes without the real tier
+    # CI never passes without the real tiers.
+    for tier, variable, fixture in (("real Kubernetes", REAL_KUBE_ENV, "real_cluster"),
+                                    ("real Pods", REAL_PODS_ENV, "real_pods")):
+        required = os.environ.get(variable) == "required" and needs(session, fixture)
+        if required and not any(ran for name, ran, _ in _tiers if name == tier):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -82,15 +110,96 @@ def real_cluster(request, tmp_path_factory):
             cluster.start()
     except RealKubeUnavailable as unavailable:
         cluster.stop()
-        _real_tier.append((False, f"NOT RUN, its tests are skipped: {unavailable}"))
+        _tiers.append(("real Kubernetes", False, f"NOT RUN, its tests are skipped: {unavailable}"))
         if os.environ.get(REAL_KUBE_ENV) == "required":
             pytest.fail(f"{REAL_KUBE_ENV}=required, but the real Kubernetes API server cannot run: {unavailable}")
         pytest.skip(f"the real Kubernetes API server cannot run here: {unavailable}")
-    _real_tier.append((True, f"kube-apiserver v{cluster.version} with etcd and kube-controller-manager "
-                             f"(started in {cluster.startup_seconds:.1f} s)"))
+    _tiers.append(("real Kubernetes", True, f"kube-apiserver v{cluster.version} with etcd and kube-controller-manager "
+                                            f"(started in {cluster.startup_seconds:.1f} s)"))
     cluster.create_namespace(RELEASE_NAMESPACE)
     yield cluster
     cluster.stop()
+
+
+# The real Pods tier: its namespaces, restricted by Pod Security admission like the jobs' in a careful cluster.
+JOBS_NAMESPACE = "promptopt-jobs"
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+def chart_values(built_images, **overrides):
+    """The values a user who built the images would install the chart with: the images as built, one namespace
+    for jobs; the rest as the chart's defaults, except quick retries."""
+    values = {
+        "operator": {"image": {"repository": built_images.operator.repository, "tag": built_images.operator.tag}},
+        "worker": {"image": {"repository": built_images.worker.repository, "tag": built_images.worker.tag}},
+        "jobNamespaces": [JOBS_NAMESPACE],
+        "retryBaseDelaySeconds": 1,
+    }
+    return {**values, **overrides}
+
+
+@pytest.fixture(scope="session")
+def real_pods(request, tmp_path_factory):
+    """A real node (promptopt_harness.node: kubelet on containerd, the control plane, all in a network namespace
+    of the run's own) running the product's images, and the chart installed on it with the helm CLI: the operator
+    is the chart's Deployment. Skipped, with the reason said once, where it cannot run (or failed when
+    PROMPTOPT_REAL_PODS=required)."""
+    from promptopt_harness import build_kube
+    from promptopt_harness.chart import HelmCli
+    from promptopt_harness.node import NodeUnavailable, RealNode
+    from promptopt_harness.realkube import RealKubeUnavailable
+
+    built = request.config.stash.get(BUILT_IMAGES, None)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    node = None
+    try:
+        if built is None or isinstance(built, Exception):
+            raise NodeUnavailable(f"the images could not be built: {built}")
+        node = RealNode(tmp_path_factory.mktemp("real-node"), built)
+        with capture.global_and_fixture_disabled():
+            node.start()
+            helm = HelmCli(build_kube.ensure_helm(), node.kubeconfig)
+    except (NodeUnavailable, RealKubeUnavailable, subprocess.CalledProcessError, SystemExit) as unavailable:
+        if node is not None:
+            node.stop()
+        _tiers.append(("real Pods", False, f"NOT RUN, its tests are skipped: {unavailable}"))
+        if os.environ.get(REAL_PODS_ENV) == "required":
+            pytest.fail(f"{REAL_PODS_ENV}=required, but the real node cannot run: {unavailable}")
+        pytest.skip(f"a real node cannot run here: {unavailable}")
+    cluster = node.cluster
+    for namespace in (RELEASE_NAMESPACE, JOBS_NAMESPACE):
+        cluster.create_namespace(namespace, RESTRICTED)
+    started = time.monotonic()
+    helm.install(CHART, chart_values(built))
+    versions = node.versions()
+    built_seconds = sum(image.built_seconds for image in built.all())
+    _tiers.append(("real Pods", True, (
+        f"kubelet {versions['kubelet']} on containerd {versions['containerd']}, images "
+        f"promptopt/worker:{built.worker.tag} and promptopt/operator:{built.operator.tag} "
+        f"({f'built in {built_seconds:.0f} s' if built_seconds else 'as built before'}); node up in "
+        f"{node.startup_seconds:.1f} s, chart installed by helm {build_kube.HELM_VERSION} in "
+        f"{time.monotonic() - started:.1f} s")))
+    yield RealPods(node, cluster.in_namespace(JOBS_NAMESPACE), helm, built)
+    node.stop()
+
+
+class RealPods:
+    """The real Pods tier as tests use it: ``cluster`` (the admin, in the jobs namespace), ``node``
+    (``node.inside()``, ``node.expose(port)``, ``node.address``), ``helm`` (the CLI, on the release) with ``chart``
+    and ``values()`` (as installed), ``images``."""
+
+    chart = CHART
+
+    def __init__(self, node, cluster, helm, built_images):
+        self.node, self.cluster, self.helm, self.images = node, cluster, helm, built_images
+
+    def values(self, **overrides):
+        return chart_values(self.images, **overrides)
+
+    def operator_pods(self):
+        return self.cluster.in_namespace(RELEASE_NAMESPACE).list(
+            "pods", label_selector="app.kubernetes.io/component=operator")
 
 
 _namespaces_made = 0
@@ -216,9 +325,7 @@ def kubectl(cluster, tmp_path_factory):
 @pytest.fixture
 def kubelet(cluster):
     """A started LocalKubelet on `cluster` (all namespaces, node "local-kubelet"); stopped after the test,
-    which kills every process it started. ``kubelet.logs(ns, name)``, ``kubelet.running_pods()``,
-    ``kubelet.set_image_behaviour(image, "ImagePullBackOff" | "OOMKilled" | None)``.
-    """
+    which kills every process it started. ``kubelet.logs(ns, name)``, ``kubelet.running_pods()``."""
     from promptopt_harness.kubelet import LocalKubelet
 
     # The containers' environment is clean, so pass on what any litellm-importing process here needs.

@@ -243,12 +243,11 @@ def test_fallback_to_logs_on_error_uses_the_logs_tail_only_for_a_failure_without
 
 def test_terminated_state_reasons():
     times = {"started_at": "t0", "finished_at": "t1", "container_id": "local://1"}
-    assert terminated_state(0, oom_killed=False, message="", **times) == {
+    assert terminated_state(0, message="", **times) == {
         "exitCode": 0, "reason": "Completed", "startedAt": "t0", "finishedAt": "t1", "containerID": "local://1",
     }
-    assert terminated_state(2, oom_killed=False, message="bad", **times)["reason"] == "Error"
-    assert terminated_state(2, oom_killed=False, message="bad", **times)["message"] == "bad"
-    assert terminated_state(137, oom_killed=True, message="", **times)["reason"] == "OOMKilled"
+    assert terminated_state(2, message="bad", **times)["reason"] == "Error"
+    assert terminated_state(2, message="bad", **times)["message"] == "bad"
 
 
 def test_conditions_keep_their_transition_time_while_their_status_holds():
@@ -411,7 +410,8 @@ def test_a_missing_secret_holds_the_container_until_it_exists(cluster, kubelet):
 def test_pods_that_do_not_fit_stay_pending_until_capacity_frees_up(cluster):
     with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
                       capacity={"memory": "1Gi"}) as kubelet:
-        create_pod(cluster, "big", ["sleep", "30"], resources={"requests": {"memory": "768Mi"}})
+        create_pod(cluster, "big", ["sh", "-c", "trap 'exit 0' TERM; sleep 30 & wait"],
+                   resources={"requests": {"memory": "768Mi"}})
         wait_for_pod(cluster, "big", phase_is("Running"))
         create_pod(cluster, "second", ["true"], resources={"requests": {"memory": "512Mi"}})
         pod = wait_for_pod(cluster, "second", lambda p: p["status"].get("conditions"))
@@ -437,36 +437,20 @@ def test_a_node_selector_the_node_does_not_match_is_unschedulable(cluster, kubel
     wait_for_pod(cluster, "ssd-only", lambda p: p is None)
 
 
-def test_image_pull_back_off_until_the_image_behaves(cluster, kubelet):
-    kubelet.set_image_behaviour("example.com/missing:1", "ImagePullBackOff")
-    create_pod(cluster, "no-image", ["true"], image="example.com/missing:1")
-    pod = wait_for_pod(cluster, "no-image", waiting_reason_is("ErrImagePull"))
-    assert "pull access denied" in container_state(pod)["waiting"]["message"]
-    pod = wait_for_pod(cluster, "no-image", waiting_reason_is("ImagePullBackOff"))
-    assert container_state(pod)["waiting"]["message"] == 'Back-off pulling image "example.com/missing:1"'
-    assert pod["status"]["phase"] == "Pending"
-    assert {"Pulling", "Failed", "BackOff"} <= event_reasons(cluster, "no-image")
-
-    kubelet.set_image_behaviour("example.com/missing:1", None)
-    wait_for_pod(cluster, "no-image", phase_is("Succeeded"))
-
-
-def test_an_oom_killed_container(cluster):
-    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
-                      image_behaviours={"example.com/hungry:1": "OOMKilled"}):
-        create_pod(cluster, "hungry", ["sleep", "30"], image="example.com/hungry:1")
-        pod = wait_for_pod(cluster, "hungry", phase_is("Failed"))
-    terminated = container_state(pod)["terminated"]
-    assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled")
-    wait_until_no_process_left(terminated["containerID"])
-
-
 def test_the_active_deadline_fails_the_pod(cluster, kubelet):
-    create_pod(cluster, "slow", ["sleep", "30"], spec={"activeDeadlineSeconds": 1})
+    create_pod(cluster, "slow", ["sleep", "30"], spec={"activeDeadlineSeconds": 1, "terminationGracePeriodSeconds": 1})
     pod = wait_for_pod(cluster, "slow", phase_is("Failed"))
     assert (pod["status"]["reason"], pod["status"]["message"]) == ("DeadlineExceeded", DEADLINE_EXCEEDED_MESSAGE)
-    assert container_state(pod)["terminated"]["exitCode"] == 143  # SIGTERM
+    # sleep has no SIGTERM handler: as a container's PID 1 it ignores SIGTERM and ends by SIGKILL.
+    assert container_state(pod)["terminated"]["exitCode"] == 137
     assert {"DeadlineExceeded", "Killing"} <= event_reasons(cluster, "slow")
+
+
+def test_sigterm_reaches_a_process_that_handles_it_and_its_exit_code_is_its_own(cluster, kubelet):
+    script = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(7)); time.sleep(30)"
+    create_pod(cluster, "handles-term", [sys.executable, "-c", script], spec={"activeDeadlineSeconds": 1})
+    pod = wait_for_pod(cluster, "handles-term", phase_is("Failed"))
+    assert container_state(pod)["terminated"]["exitCode"] == 7
 
 
 def test_graceful_deletion_lets_the_process_finish_within_the_grace_period(cluster, kubelet):
@@ -486,7 +470,8 @@ def test_graceful_deletion_lets_the_process_finish_within_the_grace_period(clust
 
 @pytest.mark.parametrize("grace_seconds", [30, 0])
 def test_deleting_a_pod_leaves_no_process_behind(cluster, kubelet, grace_seconds):
-    create_pod(cluster, "sleeper", ["sh", "-c", "sleep 300 & sleep 300"])
+    # The shell ends on SIGTERM (it handles it, as a container's PID 1 must); its background sleeps are the kubelet's.
+    create_pod(cluster, "sleeper", ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & sleep 300 & wait"])
     pod = wait_for_pod(cluster, "sleeper", phase_is("Running"))
     container_id = pod["status"]["containerStatuses"][0]["containerID"]
 
