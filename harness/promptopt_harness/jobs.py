@@ -13,7 +13,7 @@ T = TypeVar("T")
 JOB_LABEL = "promptopt.dev/job"
 
 
-def eventually(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def eventually(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """The first truthy value `predicate()` returns within `timeout` seconds; AssertionError naming `what` if none."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """A real MLflow tracking server on loopback, for the tests of spec.mlflow: `mlflow server` from the test
-environment (the `mlflow` package of the dev extra), a SQLite backend and artifacts in a folder of its own.
+environment (the `mlflow` package of the dev extra), a SQLite backend, and artifacts served by it from a folder of its
+own.
 
     with MlflowServer(tmp_path) as server:
         MlflowClient(tracking_uri=server.url).register_prompt("sentiment", "Classify: {{review}}")
@@ -47,7 +48,10 @@ class MlflowServer:
         command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", self.host,
                    "--port", str(self.port), "--workers", "1",
                    "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
-                   "--default-artifact-root", str(self.workdir / "artifacts")]
+                   # Artifacts go through the server (mlflow-artifacts:/), as a shared tracking server serves them:
+                   # with a local --default-artifact-root every client would write that path on its own machine,
+                   # which a worker in a Pod does into its own filesystem (lost, with no error).
+                   "--artifacts-destination", str(self.workdir / "artifacts")]
         environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         if self.admin_password is not None:
             command += ["--app-name", "basic-auth"]

@@ -50,7 +50,7 @@ def test_the_readme_job(pods, node_llm, node_kubectl, example):
     apply(node_kubectl, example("gepa-sentiment"))
     status = assert_succeeded_in_a_real_pod(pods, node_kubectl, "gepa-sentiment")
     assert status["finalScores"]["aggregate"] > status["initialScores"]["aggregate"]
-    assert set(status["finalScores"]["scorers"]) == {"ExactMatch"}
+    assert set(status["finalScores"]["scorers"]) == {"ExactMatch", "Correctness"}  # the example's two
     assert "{{review}}" in status["optimizedPrompts"][0]["template"]
     assert status["workerResult"]["reason"] == "Completed" and status["completionTime"] >= status["startTime"]
     assert condition(status, "Stalled")["status"] == "False" and status["observedGeneration"] == 1
