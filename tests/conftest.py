@@ -304,21 +304,31 @@ def install_rbac(cluster, render, tmp_path):
 
 
 @pytest.fixture
-def kubectl(cluster, tmp_path_factory):
-    """``kubectl(*args, check=True, input=None, timeout=30)`` runs /usr/bin/kubectl against `cluster`.
+def kubectl_for(tmp_path_factory):
+    """``kubectl_for(kubeconfig)``: a runner of /usr/bin/kubectl with that kubeconfig (see `kubectl`)."""
+
+    def runner(kubeconfig):
+        cache_dir = tmp_path_factory.mktemp("kubectl-cache")  # own discovery cache: ports get reused
+
+        def run(*args, check=True, input=None, timeout=60):
+            command = ["/usr/bin/kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache_dir), *args]
+            result = subprocess.run(command, capture_output=True, text=True, input=input, timeout=timeout)
+            if check and result.returncode != 0:
+                raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+            return result
+
+        return run
+
+    return runner
+
+
+@pytest.fixture
+def kubectl(cluster, kubectl_for):
+    """``kubectl(*args, check=True, input=None, timeout=60)`` runs /usr/bin/kubectl against `cluster`.
 
     Returns the CompletedProcess (text); fails with kubectl's stderr unless ``check=False``.
     """
-    cache_dir = tmp_path_factory.mktemp("kubectl-cache")  # own discovery cache: ports get reused
-
-    def run(*args, check=True, input=None, timeout=30):
-        command = ["/usr/bin/kubectl", "--kubeconfig", str(cluster.kubeconfig), "--cache-dir", str(cache_dir), *args]
-        result = subprocess.run(command, capture_output=True, text=True, input=input, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
-        return result
-
-    return run
+    return kubectl_for(cluster.kubeconfig)
 
 
 # --- Local kubelet: runs the emulated cluster's Pods as local processes (promptopt_harness.kubelet) ---

@@ -89,10 +89,16 @@ def _go() -> str:
     return go
 
 
+def user_cache(name: str, override: str) -> Path:
+    """promptopt/<name> in the user's cache ($XDG_CACHE_HOME or ~/.cache), or $<override> when set: what the real
+    tiers build is shared by every clone on the machine."""
+    if os.environ.get(override):
+        return Path(os.environ[override])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptopt" / name
+
+
 def _cache_root() -> Path:
-    if os.environ.get("PROMPTOPT_KUBE_CACHE"):
-        return Path(os.environ["PROMPTOPT_KUBE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptopt" / "kube"
+    return user_cache("kube", "PROMPTOPT_KUBE_CACHE")
 
 
 def cache_dir(version: str) -> Path:

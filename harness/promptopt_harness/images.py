@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from promptopt_harness import debian
+from promptopt_harness import build_kube, debian
 
 HERE = Path(__file__).resolve().parent
 BASE_IMAGE = "docker.io/library/python:3.11-slim"
@@ -53,10 +53,7 @@ class ImagesUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("PROMPTOPT_IMAGE_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptopt" / "images"
+    return build_kube.user_cache("images", "PROMPTOPT_IMAGE_CACHE")
 
 
 def log(message: str) -> None:

@@ -68,10 +68,7 @@ class NodeUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("PROMPTOPT_NODE_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "promptopt" / "node"
+    return build_kube.user_cache("node", "PROMPTOPT_NODE_CACHE")
 
 
 def check_machine() -> None:

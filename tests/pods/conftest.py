@@ -2,7 +2,6 @@
 Deployment installed with helm, the jobs' namespace enforces Pod Security "restricted" (the `real_pods` fixture of
 tests/conftest.py). Everything Pods call (the simulated LLM, MLflow, the example services) listens on the node's
 address, inside the node's network namespace."""
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,20 +46,10 @@ def pods(real_pods):
 
 
 @pytest.fixture
-def node_kubectl(real_pods, tmp_path):
+def node_kubectl(real_pods, kubectl_for, tmp_path):
     """``node_kubectl(*args, check=True, input=None, timeout=60)``: kubectl against the real node, in the jobs'
     namespace, as the admin."""
-    kubeconfig = real_pods.cluster.write_kubeconfig(tmp_path / "kubeconfig", real_pods.cluster.namespace)
-
-    def run(*args, check=True, input=None, timeout=60):
-        result = subprocess.run(["/usr/bin/kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir",
-                                 str(tmp_path / "kube-cache"), *args],
-                                capture_output=True, text=True, input=input, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
-        return result
-
-    return run
+    return kubectl_for(real_pods.cluster.write_kubeconfig(tmp_path / "kubeconfig", real_pods.cluster.namespace))
 
 
 @pytest.fixture
