@@ -3,7 +3,8 @@
 kstatus (Flux, kpt, Config Sync) reads three condition types: Reconciling=True means in progress,
 Stalled=True means failed, and otherwise Ready=True means current. So a job that is queued or running
 says Reconciling=True (healthy and progressing, however long it runs), a job that ended badly says
-Stalled=True, and only a job that succeeded says Ready=True. Every condition carries the same reason and
+Stalled=True, and only a job that succeeded says Ready=True. Batch users wait as for a Job: Complete=True or
+Failed=True appear when the job ends. Every condition carries the same reason and
 message so `kubectl get poj -o wide` and `kubectl describe` explain the state without looking at Pods.
 """
 from __future__ import annotations
@@ -17,6 +18,12 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 CONDITION_TYPES = (READY, RECONCILING, STALLED)
+# batch/v1 Job's end conditions, so that `kubectl wait --for=condition=Complete` (or Failed) works as for a Job:
+# added, True, when the job ends, as the Job controller adds them. A cancelled job did not complete: Failed,
+# reason Cancelled.
+COMPLETE = "Complete"
+FAILED = "Failed"
+_END_CONDITIONS = {"Succeeded": COMPLETE, "Failed": FAILED, "Cancelled": FAILED}
 # False when the spec changed after the job started: the change is not applied to the running job.
 SPEC_APPLIED = "SpecApplied"
 
@@ -47,6 +54,8 @@ def conditions_for(
     before = {c.type: c for c in previous or []}
     wanted = [(kind, status, reason, message)
               for kind, status in zip(CONDITION_TYPES, _PHASE_CONDITIONS[phase], strict=True)]
+    if phase in _END_CONDITIONS:
+        wanted.append((_END_CONDITIONS[phase], "True", reason, message))
     if spec_applied is not None:
         applied, applied_reason, applied_message = spec_applied
         wanted.append((SPEC_APPLIED, "True" if applied else "False", applied_reason, applied_message))

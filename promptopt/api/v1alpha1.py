@@ -878,7 +878,9 @@ def _require_unique(field: str, what: str, names: list[str]) -> None:
 class Condition(StatusObject):
     """A condition in the Kubernetes shape."""
 
-    type: str = Field(description="The condition type, e.g. Ready, Running, Succeeded, Failed.")
+    type: str = Field(description="The condition type: Ready, Reconciling and Stalled (kstatus, read by Flux and Argo "
+                      "CD); Complete or Failed once the job ends (as a batch/v1 Job's, for kubectl wait); "
+                      "SpecApplied, OutputWritten, PromptsRegistered.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     observed_generation: int | None = Field(None, description="The spec generation the condition was set from.")
     last_transition_time: str | None = Field(None, description="When the status last changed (RFC 3339).")

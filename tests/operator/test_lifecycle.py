@@ -71,6 +71,27 @@ def test_conditions_follow_kstatus_for_every_phase():
     assert all(c["observedGeneration"] == 1 and c["reason"] == "Running" for c in running.status["conditions"])
 
 
+@pytest.mark.parametrize("status,pods,ended", [
+    ({"phase": "Running", "attempts": 1, "startTime": ago(60)}, [{"phase": "Succeeded", "exit_code": 0}],
+     ("Complete", "Succeeded")),
+    ({"phase": "Running", "attempts": 1, "startTime": ago(60)},
+     [{"phase": "Failed", "reason": "Error", "exit_code": 1}], ("Failed", "BackoffLimitExceeded")),
+    ({"phase": "Pending", "attempts": 1, "startTime": ago(60)}, [{}], None),  # its Pod runs
+])
+def test_a_job_that_ends_says_complete_or_failed_as_a_batch_job_does(status, pods, ended):
+    d = decide(job(status, backoffLimit=0), [pod(**p) for p in pods], NOW, SETTINGS, START)
+    end_conditions = [(c["type"], c["reason"]) for c in d.status.get("conditions", [])
+                      if c["type"] in ("Complete", "Failed") and c["status"] == "True"]
+    assert end_conditions == ([ended] if ended else [])
+
+
+def test_a_cancelled_job_is_failed_for_kubectl_wait():
+    d = decide(job({"phase": "Running", "attempts": 1, "startTime": ago(60)}, cancel=True), [pod()], NOW, SETTINGS,
+               START)
+    assert d.status["phase"] == "Cancelled"
+    assert {c["type"]: (c["status"], c["reason"]) for c in d.status["conditions"]}["Failed"] == ("True", "Cancelled")
+
+
 def test_last_transition_time_moves_only_on_status_change():
     first = decide(job({"phase": "Pending", "attempts": 1, "startTime": ago(5)}), [pod(phase="Pending")],
                    NOW, SETTINGS, START)

@@ -33,7 +33,8 @@ def test_every_example_is_run_here():
 def assert_succeeded_in_a_real_pod(pods, node_kubectl, name, timeout=120):
     status = wait_for_phase(pods.cluster, name, "Succeeded", timeout=timeout)
     assert condition(status, "Ready")["status"] == "True" and status["attempts"] == 1
-    node_kubectl("wait", "--for=condition=Ready", f"poj/{name}", "--timeout=10s")
+    for ready in ("Complete", "Ready"):  # a batch user's wait and a GitOps tool's
+        node_kubectl("wait", f"--for=condition={ready}", f"poj/{name}", "--timeout=10s")
     (pod,) = worker_pods(pods.cluster, name)
     container = pod["status"]["containerStatuses"][0]
     # The worker image as built, run by containerd; it ended by itself, and said so in its termination message.

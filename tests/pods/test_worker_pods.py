@@ -80,11 +80,13 @@ def test_a_worker_pod_deleted_by_hand_is_replaced_and_the_job_succeeds(pods, nod
     assert "BackoffRetry" in node_kubectl("describe", "poj", "survivor").stdout
 
 
-def test_a_worker_over_its_memory_limit_is_oomkilled_retried_and_the_message_says_what_to_raise(pods, readme_job):
+def test_a_worker_over_its_memory_limit_is_oomkilled_retried_and_the_message_says_what_to_raise(
+        pods, readme_job, node_kubectl):
     # Python and the worker's imports need about 60 MiB: with 40 the kernel kills the container as it starts.
     memory = {"requests": {"memory": "40Mi"}, "limits": {"memory": "40Mi"}}
     pods.cluster.create(readme_job("oom", backoffLimit=1, worker={"resources": memory}))
-    status = wait_for_phase(pods.cluster, "oom", "Failed", timeout=120)
+    node_kubectl("wait", "--for=condition=Failed", "poj/oom", "--timeout=120s", timeout=130)  # as for a batch Job
+    status = wait_for_phase(pods.cluster, "oom", "Failed", timeout=10)
     assert condition(status, "Ready")["reason"] == "BackoffLimitExceeded" and status["attempts"] == 2
     assert "OOMKilled (exit code 137)" in status["message"]
     assert "raise spec.worker.resources.limits.memory" in status["message"]
