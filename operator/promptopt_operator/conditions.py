@@ -46,14 +46,17 @@ def conditions_for(
     now: str,
     previous: Sequence[Condition] | None,
     spec_applied: tuple[bool, str, str] | None = None,
+    stalled: bool = False,
 ) -> list[dict[str, Any]]:
     """The job's conditions for a phase, and SpecApplied (status, reason, message) once the job has started.
+    `stalled`: the job waits on something only a person can fix (Stalled=True while it still waits).
 
     lastTransitionTime moves only when a condition's status changes.
     """
     before = {c.type: c for c in previous or []}
+    ready, reconciling, stall = _PHASE_CONDITIONS[phase]
     wanted = [(kind, status, reason, message)
-              for kind, status in zip(CONDITION_TYPES, _PHASE_CONDITIONS[phase], strict=True)]
+              for kind, status in zip(CONDITION_TYPES, (ready, reconciling, "True" if stalled else stall), strict=True)]
     if phase in _END_CONDITIONS:
         wanted.append((_END_CONDITIONS[phase], "True", reason, message))
     if spec_applied is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import kopf
@@ -15,6 +16,7 @@ from promptopt_operator.reconciler import Reconciler, queue_entry
 from promptopt_operator.settings import OperatorSettings
 
 JOBS = (GROUP, VERSION, PLURAL)
+EVENT_SOURCE = COMPONENT_LABELS["app.kubernetes.io/managed-by"]  # promptopt-operator
 # Earlier builds of the operator put this finalizer on every job; kopf takes it off any job that still has it, as no
 # handler here needs one: a job's Pods are its dependents (ownerReferences), and the garbage collector deletes
 # them with the job, with their grace period, whether the operator runs or not.
@@ -44,6 +46,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.persistence.diffbase_storage = NoDiffBase()
     # Events are for the job's transitions (posted explicitly); handler chatter stays in the operator's log.
     settings.posting.level = logging.WARNING
+    # Who posted them, in `kubectl describe`'s From column (kopf's default says "kopf"); the instance is the Pod.
+    settings.posting.reporting_component = EVENT_SOURCE
+    settings.posting.reporting_instance = socket.gethostname()
     settings.watching.server_timeout = 300
     metrics = OperatorMetrics(lambda: memo.reconciler.phases())
     memo.reconciler = Reconciler(KubeClient(), operator_settings, metrics)

@@ -40,6 +40,19 @@ class StaleJob(Exception):
     """The job changed since the version a decision was taken on."""
 
 
+class PodRefused(Exception):
+    """The API server refused the worker Pod for good (RBAC, a missing ServiceAccount, a quota, admission, an invalid
+    Pod): retrying the same request gets the same answer until someone changes something. The message is the
+    server's."""
+
+
+def _status_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{error.status} {error.reason}"
+
+
 class Refused(Exception):
     """The API server refused or failed a call: its status code and reason, for a message."""
 
@@ -104,12 +117,15 @@ class KubeClient:
                 raise
 
     async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        """Create the Pod; False if it already exists (it is then adopted, never duplicated)."""
+        """Create the Pod; False if it already exists (it is then adopted, never duplicated). PodRefused when the
+        server refuses it (4xx); other errors (5xx, timeouts, 429) as they come, to be retried."""
         try:
             await self._call(self._core.create_namespaced_pod, namespace, manifest)
         except ApiException as error:
             if error.status == 409:
                 return False
+            if 400 <= error.status < 500 and error.status != 429:
+                raise PodRefused(_status_message(error)) from error
             raise
         return True
 

@@ -8,6 +8,7 @@ create or delete, Events to post, when to look again); the kopf handlers carry i
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -394,6 +395,41 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
         recheck_after=recheck_after,
         pod_active_deadline=pod_deadline,
     )
+
+
+def pod_refused(job: Job, namespace: str, attempt: int, refusal: str, now: datetime, settings: OperatorSettings,
+                refusals_in_a_row: int) -> Decision:
+    """The job when the API server refused its worker Pod (PodRefused: `refusal` is what it said): it waits, Pending,
+    with Stalled=True and a message that says what to do; a FailedCreate Event (the Job controller's reason) says it
+    when it is news. It is tried again, backing off, as the fix may come at any time."""
+    name = pod_name(job.name, attempt)
+    advice = _refusal_advice(namespace, refusal, settings)
+    message = f"worker Pod {name} could not be created: {advice + '; the API server said: ' if advice else ''}{refusal}"
+    fields = {"phase": "Pending", "message": message, "observedGeneration": job.generation,
+              "conditions": conditions_for("Pending", "FailedCreate", message, job.generation, format_time(now),
+                                           job.status.conditions, stalled=True)}
+    patch = _only_changes(job.status, status_patch(fields))
+    return Decision(status=patch, events=(Event("Warning", "FailedCreate", f"Error creating: {refusal}"),) if patch
+                    else (), recheck_after=reconcile_error_delay(refusals_in_a_row))
+
+
+def _refusal_advice(namespace: str, refusal: str, settings: OperatorSettings) -> str:
+    """What to do about a refused worker Pod, for the refusals a misconfigured namespace meets."""
+    if missing := re.search(r'serviceaccount "([^"]+)" not found', refusal):
+        if missing.group(1) != settings.worker_service_account:
+            return (f"spec.worker.serviceAccountName names {missing.group(1)}, which namespace {namespace} lacks: "
+                    "create it, or leave the field out for the chart's worker ServiceAccount")
+        return (f"namespace {namespace} has no worker ServiceAccount {missing.group(1)}: add {namespace} to the "
+                "chart's jobNamespaces (which creates it, with its Role), or apply the job in a namespace it lists")
+    if 'cannot create resource "pods"' in refusal:
+        return (f"the operator may not create Pods in namespace {namespace}: add {namespace} to the chart's "
+                "watchNamespaces and jobNamespaces, or apply the job in a namespace they list")
+    if "exceeded quota" in refusal:
+        return f"a ResourceQuota of namespace {namespace} is used up: raise it, or lower spec.worker.resources"
+    if "violates PodSecurity" in refusal:
+        return (f"Pod Security admission of namespace {namespace} refuses the worker: check spec.worker (image, "
+                "volumes) against the namespace's level")
+    return ""
 
 
 def _spec_applied(job: Job, started_hash: str | None) -> tuple[bool, str, str] | None:

@@ -26,8 +26,8 @@ from promptopt.api.times import format_time, parse_time
 from promptopt.api.v1alpha1 import TERMINAL_PHASES, read_status
 from promptopt.worker_contract import PERMANENT_FAILURES
 
-from promptopt_operator.kube import KubeClient, Refused, StaleJob
-from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, reconcile_error_delay
+from promptopt_operator.kube import KubeClient, PodRefused, Refused, StaleJob
+from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, pod_refused, reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.output import (
     SETTLED_REASONS, Outcome, OutputPlan, conflict, foreign_owner, output_plan, output_status, registration_outcome,
@@ -235,6 +235,8 @@ class Reconciler:
             try:
                 await self._reconcile(key, queue_position)
                 self._errors.pop(key, None)
+            except PodRefused:
+                pass  # said in the job's status, retried on its own back-off (_act)
             except Exception:
                 self.metrics.reconcile_errors.inc()
                 self._errors[key] = self._errors.get(key, 0) + 1
@@ -274,7 +276,16 @@ class Reconciler:
     async def _act(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
         namespace, name = key
         if decision.create_attempt is not None:
-            await self._create_pod(key, body, job, decision)
+            try:
+                await self._create_pod(key, body, job, decision)
+            except PodRefused as refused:
+                self._errors[key] = self._errors.get(key, 0) + 1
+                logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", namespace, name,
+                               self._errors[key], refused)
+                decision = pod_refused(job, namespace, decision.create_attempt, str(refused), datetime.now(UTC),
+                                       self.settings, self._errors[key])
+                await self._act(key, body, job, decision)
+                raise
         for pod in decision.delete_pods:
             await self.kube.delete_pod(namespace, pod, self.settings.worker_grace_period_seconds)
         written = body

@@ -120,6 +120,37 @@ def test_a_spec_the_models_reject_fails_without_a_pod(cluster, kubelet, llm, cre
     assert not worker_pods(cluster, "bad-regex")
 
 
+def test_a_job_where_the_chart_made_no_worker_service_account_says_so_and_starts_once_it_exists(
+        cluster, kubelet, llm, credentials, kubectl, install_rbac, start_operator):
+    """Issue 21: a job in a namespace outside the chart's jobNamespaces (the operator watches every namespace) used to
+    sit with no phase, the 403 only in the operator's log."""
+    team_b = f"{cluster.namespace}-b"
+    cluster.create_namespace(team_b)
+    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials", "namespace": team_b},
+                    "stringData": {"OPENAI_API_KEY": llm.api_key}})
+    start_operator()
+    job = gepa_job("elsewhere", llm, max_metric_calls=8, records=4)
+    job["metadata"]["namespace"] = team_b
+    cluster.create(job)
+
+    def stalled():
+        status = cluster.get("poj", "elsewhere", namespace=team_b).get("status") or {}
+        return status if (condition(status, "Stalled") or {}).get("status") == "True" else None
+
+    status = eventually(stalled, 15, "the refused Pod in the job's Stalled condition")
+    assert status["phase"] == "Pending" and condition(status, "Stalled")["reason"] == "FailedCreate"
+    assert (f"namespace {team_b} has no worker ServiceAccount promptopt-worker: add {team_b} to the chart's "
+            "jobNamespaces") in status["message"]
+    events = kubectl("get", "events", "-n", team_b, "--field-selector", "involvedObject.name=elsewhere",
+                     "-o", "jsonpath={range .items[*]}{.type} {.reason}: {.message}{'\\n'}{end}").stdout
+    assert 'Warning FailedCreate: Error creating: pods "elsewhere-worker-1" is forbidden' in events
+    assert not cluster.list("pods", namespace=team_b)
+
+    install_rbac(jobNamespaces=[cluster.namespace, team_b])  # helm upgrade --set 'jobNamespaces={..., team-b}'
+    eventually(lambda: (cluster.get("poj", "elsewhere", namespace=team_b).get("status") or {}).get("phase")
+               == "Succeeded", 60, "the job to start and succeed once the ServiceAccount exists")
+
+
 def test_metrics_count_jobs_and_pods(cluster, kubelet, llm, credentials, start_operator):
     operator = start_operator()
     cluster.create(gepa_job("measured", llm, max_metric_calls=8, records=4))

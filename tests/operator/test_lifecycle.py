@@ -8,7 +8,7 @@ import pytest
 from promptopt.api.times import format_time
 from promptopt.api.v1alpha1 import read_status, status_patch
 from promptopt.api.validation import parse_spec
-from promptopt_operator.lifecycle import Job, Slot, decide, retry_delay
+from promptopt_operator.lifecycle import Event, Job, Slot, decide, pod_refused, retry_delay
 from promptopt_operator.pods import WorkerPod
 from promptopt_operator.settings import OperatorSettings
 
@@ -90,6 +90,37 @@ def test_a_cancelled_job_is_failed_for_kubectl_wait():
                START)
     assert d.status["phase"] == "Cancelled"
     assert {c["type"]: (c["status"], c["reason"]) for c in d.status["conditions"]}["Failed"] == ("True", "Cancelled")
+
+
+NO_SERVICE_ACCOUNT = ('pods "j-worker-1" is forbidden: error looking up service account team-b/promptopt-worker: '
+                      'serviceaccount "promptopt-worker" not found')
+
+
+@pytest.mark.parametrize("refusal,advice", [
+    (NO_SERVICE_ACCOUNT, "namespace team-b has no worker ServiceAccount promptopt-worker: add team-b to the chart's "
+                         "jobNamespaces"),
+    ('pods "j-worker-1" is forbidden: error looking up service account team-b/mine: serviceaccount "mine" not found',
+     "spec.worker.serviceAccountName names mine, which namespace team-b lacks"),
+    ('pods is forbidden: User "system:serviceaccount:promptopt-system:promptopt" cannot create resource "pods" in '
+     'API group "" in the namespace "team-b"', "the operator may not create Pods in namespace team-b"),
+    ('pods "j-worker-1" is forbidden: exceeded quota: compute, requested: requests.memory=512Mi',
+     "a ResourceQuota of namespace team-b is used up"),
+    ('Pod "j-worker-1" is invalid: spec.containers[0].image: Required value', ""),
+])
+def test_a_refused_worker_pod_stalls_the_job_saying_what_to_do_once(refusal, advice):
+    waiting = job({"phase": "Queued"})
+    d = pod_refused(waiting, "team-b", 1, refusal, NOW, SETTINGS, refusals_in_a_row=1)
+    assert d.status["phase"] == "Pending" and d.create_attempt is None and "attempts" not in d.status
+    assert d.status["message"].startswith(f"worker Pod j-worker-1 could not be created: {advice}")
+    assert d.status["message"].endswith(refusal)
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in d.status["conditions"]}
+    assert conditions == {"Ready": ("False", "FailedCreate"), "Reconciling": ("True", "FailedCreate"),
+                          "Stalled": ("True", "FailedCreate")}
+    assert d.events == (Event("Warning", "FailedCreate", f"Error creating: {refusal}"),)
+    assert d.recheck_after == 1
+    # Refused again, the same way: nothing new to write or say, and the next try waits longer.
+    again = pod_refused(job({"phase": "Queued", **d.status}), "team-b", 1, refusal, NOW, SETTINGS, 3)
+    assert again.status == {} and again.events == () and again.recheck_after == 4
 
 
 def test_last_transition_time_moves_only_on_status_change():

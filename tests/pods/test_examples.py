@@ -2,6 +2,7 @@
 Pod Security "restricted": what `kubectl apply -f examples/<name>.yaml` does on a user's cluster, with the
 simulated LLM's models (as `promptopt run --simulated-llm` swaps them) and this node's addresses."""
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def test_the_readme_job(pods, node_llm, node_kubectl, example):
     wide = dict(zip(header.split(), row.split(), strict=True))
     assert (wide["REASON"], wide["POD"]) == ("Succeeded", "gepa-sentiment-worker-1")
     described = node_kubectl("describe", "poj", "gepa-sentiment").stdout
-    assert "PodCreated" in described and "Succeeded" in described  # the Events of its transitions
+    # The Events of its transitions, from the operator by name.
+    assert re.search(r"Normal\s+PodCreated\s+\S+\s+promptopt-operator\s+worker Pod 1 created", described), described
+    assert re.search(r"Normal\s+Succeeded\s+\S+\s+promptopt-operator\s", described), described
     explained = node_kubectl("explain", "poj.spec.optimizer").stdout
     assert "reflectionModel" in explained and "The optimizer and its settings." in explained
     (pod,) = worker_pods(pods.cluster, "gepa-sentiment")
