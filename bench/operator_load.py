@@ -2,7 +2,8 @@
 
 Processes (each its own, so no two share a GIL): the API server, emulated or real (bench/api_servers.py: the
 scenarios run the same on both), the local kubelet (`python -m promptopt_harness.kubelet`) whose
-`--command-override` turns every benchmark worker Pod into a trivial process (`sleep 3600`, or `true`),
+`--command-override` turns every benchmark worker Pod into a trivial process (a shell that sleeps until SIGTERM, or
+`true`),
 the operator under test (`promptopt operator`, or kopf running bench/floor_operator.py), and this one, which
 creates and cancels jobs and watches jobs and Pods. Every time is taken here, on one monotonic clock, when
 the request is sent or the watch event arrives: the API's timestamps have one-second resolution.
@@ -40,9 +41,11 @@ from promptopt_harness.operator_process import OperatorProcess, free_port
 
 JOBS_PATH = f"/apis/promptopt.dev/v1alpha1/namespaces/{NAMESPACE}/promptoptimizationjobs"
 PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
-SLEEP_IMAGE = "bench/sleep:1"  # the kubelet runs `sleep 3600`: a worker that runs until stopped
+SLEEP_IMAGE = "bench/sleep:1"  # a worker that runs until stopped, and stops on SIGTERM as the worker does
 INSTANT_IMAGE = "bench/instant:1"  # the kubelet runs `true`: a worker that succeeds at once
-COMMAND_OVERRIDES = {SLEEP_IMAGE: "sleep 3600", INSTANT_IMAGE: "true"}
+# The kubelet signals only a main process that handles SIGTERM (a container's PID 1): a bare `sleep` would run on
+# until the grace period's SIGKILL.
+COMMAND_OVERRIDES = {SLEEP_IMAGE: "sh -c 'trap \"exit 0\" TERM; sleep 3600 & wait'", INSTANT_IMAGE: "true"}
 TERMINAL_POD_PHASES = ("Succeeded", "Failed")
 
 
