@@ -59,11 +59,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("promptopt")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="promptopt",
         description="Run LLM prompt-optimization jobs (GEPA, MetaPrompt) on Kubernetes or locally.",
     )
+    parser.add_argument("--version", action="version", version=f"promptopt {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     crd = commands.add_parser("crd", help="print the PromptOptimizationJob CRD generated from the API models")

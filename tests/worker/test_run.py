@@ -93,6 +93,34 @@ def test_an_invalid_job_is_rejected_with_the_field_named(tmp_path):
     assert run.returncode == 2 and "spec.scorers[0].weight" in run.stderr
 
 
+def test_malformed_yaml_is_one_line_naming_the_place(tmp_path):
+    (tmp_path / "job.yaml").write_text("apiVersion: promptopt.dev/v1alpha1\nkind: PromptOptimizationJob\nspec:\n"
+                                       "  prompts: [unclosed\n  task: {}\n")
+    run = promptopt_run("--simulated-llm", tmp_path / "job.yaml")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.splitlines() == [f"promptopt run: {tmp_path / 'job.yaml'}:5:7: not valid YAML: expected ',' or "
+                                       "']', but got ':'"]
+
+
+def test_a_file_with_another_kind_or_api_version_says_what_it_found(tmp_path):
+    job = yaml.safe_load((EXAMPLES / "gepa-sentiment.yaml").read_text())
+    (tmp_path / "deployment.yaml").write_text(yaml.safe_dump({"apiVersion": "apps/v1", "kind": "Deployment"}))
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**job, "apiVersion": "promptopt.dev/v1"}))
+
+    other_kind = promptopt_run("--simulated-llm", tmp_path / "deployment.yaml")
+    assert other_kind.returncode == 2 and (
+        "must hold exactly one promptopt.dev/v1alpha1 PromptOptimizationJob; it holds 0 (found: apps/v1/Deployment)"
+        in other_kind.stderr)
+    wrong_version = promptopt_run("--simulated-llm", tmp_path / "old.yaml")
+    assert wrong_version.returncode == 2 and (
+        "apiVersion is 'promptopt.dev/v1'; a PromptOptimizationJob is promptopt.dev/v1alpha1" in wrong_version.stderr)
+
+
+def test_version():
+    shown = subprocess.run([PROMPTOPT, "--version"], capture_output=True, text=True, check=True).stdout
+    assert shown == "promptopt 0.1.0\n"
+
+
 def test_the_http_example_optimizes_a_rag_service_scored_by_a_webhook(tmp_path, monkeypatch):
     """examples/http-rag.yaml with its two services on loopback instead of in the cluster: the toy RAG (which requires
     the Authorization header the job takes from its credentials) and the webhook scorer."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from promptopt.api.times import parse_time
 from promptopt.api.v1alpha1 import (
-    KIND, ConfigMapInput, MlflowStatus, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
+    API_VERSION, KIND, ConfigMapInput, MlflowStatus, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
 )
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import (
@@ -367,7 +367,10 @@ def absent_header_credentials(spec: PromptOptimizationJobSpec) -> list[str]:
 def single_job(documents: list[dict[str, Any]], path: str | Path) -> dict[str, Any]:
     jobs = [doc for doc in documents if doc.get("kind") == KIND]
     if len(jobs) != 1:
-        raise ValueError(f"{path} must hold exactly one {KIND}; it holds {len(jobs)}")
+        found = ", ".join(f"{doc.get('apiVersion')}/{doc.get('kind')}" for doc in documents) or "no document"
+        raise ValueError(f"{path} must hold exactly one {API_VERSION} {KIND}; it holds {len(jobs)} (found: {found})")
+    if jobs[0].get("apiVersion") != API_VERSION:
+        raise ValueError(f"{path}: apiVersion is {jobs[0].get('apiVersion')!r}; a {KIND} is {API_VERSION}")
     return jobs[0]
 
 

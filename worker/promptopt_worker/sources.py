@@ -99,9 +99,20 @@ class ReadOnce:
 
 
 def read_manifests(path: Path) -> list[dict[str, Any]]:
-    """The YAML documents of a file, empty ones skipped."""
+    """The YAML documents of a file, empty ones skipped; ValueError `file:line:column: what is wrong` when it is not
+    YAML, or a document is not a mapping."""
     with path.open(encoding="utf-8") as file:
-        return [doc for doc in yaml.safe_load_all(file) if doc]
+        try:
+            documents = [doc for doc in yaml.safe_load_all(file) if doc]
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(error, "problem", None) or str(error)
+            raise ValueError(f"{where}: not valid YAML: {problem}") from None
+    for index, document in enumerate(documents):
+        if not isinstance(document, dict):
+            raise ValueError(f"{path}: document {index + 1} is a {type(document).__name__}, not a Kubernetes object")
+    return documents
 
 
 def _texts(name: str, data: Mapping[str, str] | None, binary_data: Mapping[str, str] | None) -> dict[str, str]:
