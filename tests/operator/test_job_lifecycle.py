@@ -149,6 +149,9 @@ def test_a_job_where_the_chart_made_no_worker_service_account_says_so_and_starts
     install_rbac(jobNamespaces=[cluster.namespace, team_b])  # helm upgrade --set 'jobNamespaces={..., team-b}'
     eventually(lambda: (cluster.get("poj", "elsewhere", namespace=team_b).get("status") or {}).get("phase")
                == "Succeeded", 60, "the job to start and succeed once the ServiceAccount exists")
+    # Its job would count in the next test's cluster-wide operator: gone before the test ends.
+    cluster.delete("namespaces", team_b)
+    eventually(lambda: not cluster.list("poj", namespace=team_b), 60, "the namespace's job to go")
 
 
 def test_metrics_count_jobs_and_pods(cluster, kubelet, llm, credentials, start_operator):
