@@ -275,7 +275,8 @@ def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, s
                               f"worker Pod {pod.name} was stopped before it finished", pod.finished_at)
     reason = result.reason if result else "Completed"
     message = result.message if result else "the optimization finished"
-    return _Next("Succeeded", "Succeeded" if reason == "Completed" else reason, message, fields=recovered)
+    # The worker's reason (Completed, GoalReached, NoImprovement): what `-o wide`'s REASON adds to PHASE.
+    return _Next("Succeeded", reason, message, fields=recovered)
 
 
 def _after_pod_failure(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _Next:

@@ -73,7 +73,7 @@ def test_conditions_follow_kstatus_for_every_phase():
 
 @pytest.mark.parametrize("status,pods,ended", [
     ({"phase": "Running", "attempts": 1, "startTime": ago(60)}, [{"phase": "Succeeded", "exit_code": 0}],
-     ("Complete", "Succeeded")),
+     ("Complete", "Completed")),
     ({"phase": "Running", "attempts": 1, "startTime": ago(60)},
      [{"phase": "Failed", "reason": "Error", "exit_code": 1}], ("Failed", "BackoffLimitExceeded")),
     ({"phase": "Pending", "attempts": 1, "startTime": ago(60)}, [{}], None),  # its Pod runs

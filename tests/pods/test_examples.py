@@ -66,11 +66,11 @@ def test_the_readme_job(pods, node_llm, node_kubectl, example):
     assert listing[1].split()[:4] == ["gepa-sentiment", "Succeeded", "GEPA", percent]
     header, row = node_kubectl("get", "poj", "gepa-sentiment", "-o", "wide").stdout.splitlines()
     wide = dict(zip(header.split(), row.split(), strict=True))
-    assert (wide["REASON"], wide["POD"]) == ("Succeeded", "gepa-sentiment-worker-1")
+    assert (wide["REASON"], wide["POD"]) == ("Completed", "gepa-sentiment-worker-1")  # the worker's reason
     described = node_kubectl("describe", "poj", "gepa-sentiment").stdout
     # The Events of its transitions, from the operator by name.
     assert re.search(r"Normal\s+PodCreated\s+\S+\s+promptopt-operator\s+worker Pod 1 created", described), described
-    assert re.search(r"Normal\s+Succeeded\s+\S+\s+promptopt-operator\s", described), described
+    assert re.search(r"Normal\s+Completed\s+\S+\s+promptopt-operator\s", described), described
     explained = node_kubectl("explain", "poj.spec.optimizer").stdout
     assert "reflectionModel" in explained and "The optimizer and its settings." in explained
     (pod,) = worker_pods(pods.cluster, "gepa-sentiment")
