@@ -174,12 +174,13 @@ def real_pods(request, tmp_path_factory):
     helm.install(CHART, chart_values(built))
     versions = node.versions()
     built_seconds = sum(image.built_seconds for image in built.all())
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in node.timings.items())
     _tiers.append(("real Pods", True, (
         f"kubelet {versions['kubelet']} on containerd {versions['containerd']}, images "
         f"promptopt/worker:{built.worker.tag} and promptopt/operator:{built.operator.tag} "
         f"({f'built in {built_seconds:.0f} s' if built_seconds else 'as built before'}); node up in "
-        f"{node.startup_seconds:.1f} s ({', '.join(f'{step} {seconds:.1f} s' for step, seconds in node.timings.items())}"
-        f"), chart installed by helm {build_kube.HELM_VERSION} in {time.monotonic() - started:.1f} s")))
+        f"{node.startup_seconds:.1f} s ({steps}), chart installed by helm {build_kube.HELM_VERSION} in "
+        f"{time.monotonic() - started:.1f} s")))
     yield RealPods(node, cluster.in_namespace(JOBS_NAMESPACE), helm, built)
     node.stop()
 
