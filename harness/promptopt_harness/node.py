@@ -26,6 +26,7 @@ Facts this rests on: ../shared/notes/real-pods.md.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -55,7 +56,7 @@ CNI_NETWORK = "promptopt-node"
 PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd",
             "/usr/lib/cni/bridge": "containernetworking-plugins"}
 CNI_BIN_DIR = "/usr/lib/cni"
-CGROUP_ROOT = "promptopt-node"
+CGROUP_ROOT_PREFIX = "promptopt-node-"  # + the PID of the test run: two runs on a machine never share one
 CGROUP_V1 = Path("/sys/fs/cgroup")
 READY_TIMEOUT_SECONDS = 90
 # Folders containerd's shims, CNI and the kubelet write whatever they are configured with: what the run adds to
@@ -99,12 +100,14 @@ class RealNode:
         self.images = images
         # One namespace per run: its name carries the PID, so a crashed run's is told apart (and removed).
         self.network = NetworkNamespace(f"promptopt-node-{os.getpid()}")
+        self.cgroup_root = f"{CGROUP_ROOT_PREFIX}{os.getpid()}"
         self.cluster: RealCluster | None = None
         self.containerd_socket = self.workdir / "containerd" / "containerd.sock"
         self.kubelet_root = self.workdir / "kubelet"
         self._processes: dict[str, subprocess.Popen] = {}
         self._forwarders: list[LoopbackForwarder] = []
         self._found_in_fixed_paths: set[Path] | None = None
+        self._root_lock: IO[str] | None = None
         self.timings: dict[str, float] = {}
         self.startup_seconds = 0.0
 
@@ -165,6 +168,7 @@ class RealNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._found_in_fixed_paths = self._fixed_paths_content()
         self._remove_stale_namespaces()
+        self._remove_stale_cgroups()
         self.network.create()
         self.network.ip("link", "add", BRIDGE, "type", "bridge")
         self.network.ip("addr", "add", f"{ADDRESS}/{PREFIX}", "dev", BRIDGE)
@@ -210,6 +214,22 @@ class RealNode:
 
     # --- containerd ----------------------------------------------------------------------------------------------
 
+    def _containerd_root(self) -> Path:
+        """The kept root in the cache (images imported once), unless another run on this machine holds it: then one
+        of this run's own, which imports the images again."""
+        kept = cache_dir() / "containerd"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        lock = (kept.parent / "containerd.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            print(f"node: {kept} is in use by another test run; this one imports its images into a root of its own",
+                  file=sys.stderr, flush=True)
+            return self.workdir / "containerd" / "root"
+        self._root_lock = lock  # held until the process ends or stop() closes it
+        return kept
+
     def _containerd_config(self) -> Path:
         folder = self.workdir / "containerd"
         folder.mkdir(parents=True, exist_ok=True)
@@ -226,7 +246,7 @@ class RealNode:
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = folder / "config.toml"
         config.write_text(f"""version = 2
-root = "{cache_dir() / 'containerd'}"
+root = "{self._containerd_root()}"
 state = "{folder / 'state'}"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
                     "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
@@ -309,7 +329,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     def _make_cgroup_root(self) -> None:
         """The kubelet's cgroupRoot must exist in every v1 hierarchy; cpuset's needs its parent's CPUs and nodes."""
         for hierarchy in self._cgroup_hierarchies():
-            folder = hierarchy / CGROUP_ROOT
+            folder = hierarchy / self.cgroup_root
             folder.mkdir(exist_ok=True)
             for inherited in ("cpuset.cpus", "cpuset.mems"):
                 if (hierarchy / inherited).is_file() and not (folder / inherited).read_text().strip():
@@ -325,7 +345,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
             # This machine's cgroups are v1 (hybrid), which the kubelet refuses unless told.
-            "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{CGROUP_ROOT}",
+            "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{self.cgroup_root}",
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "address": ADDRESS, "port": 10250, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
             # Only the API server (its client certificate, from the cluster's CA) may call the kubelet.
@@ -389,14 +409,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             with contextlib.suppress(NodeUnavailable):
                 self._remove_containers()
         self._stop_process("containerd")
+        self._release_containerd_root()
         self._unmount(self.kubelet_root)
         self._unmount(self.workdir / "containerd")
-        self._remove_cgroups()
+        self._remove_cgroups(self.cgroup_root)
         self.network.delete()
         self._clean_fixed_paths()
         if self._tempdir is not None:
             self._tempdir.cleanup()
             self._tempdir = None
+
+    def _release_containerd_root(self) -> None:
+        if self._root_lock is not None:
+            self._root_lock.close()
+            self._root_lock = None
 
     def _stop_process(self, name: str) -> None:
         process = self._processes.pop(name, None)
@@ -418,9 +444,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for mount in sorted({m for m in mounts if m == prefix or m.startswith(prefix + "/")}, key=len, reverse=True):
             subprocess.run(["umount", "--lazy", mount], capture_output=True)
 
-    def _remove_cgroups(self) -> None:
-        for hierarchy in self._cgroup_hierarchies():
-            root = hierarchy / CGROUP_ROOT
+    @classmethod
+    def _remove_cgroups(cls, name: str) -> None:
+        """The cgroup tree `name` in every hierarchy, deepest first (only empty cgroups can go)."""
+        for hierarchy in cls._cgroup_hierarchies():
+            root = hierarchy / name
             if not root.is_dir():
                 continue
             for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
@@ -429,6 +457,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     folder.rmdir()
             with contextlib.suppress(OSError):
                 root.rmdir()
+
+    @classmethod
+    def _remove_stale_cgroups(cls) -> None:
+        """A killed run's cgroup tree: its processes are gone with it, so it is empty."""
+        memory = CGROUP_V1 / "memory"
+        for root in memory.glob(f"{CGROUP_ROOT_PREFIX}*") if memory.is_dir() else ():
+            pid = root.name.removeprefix(CGROUP_ROOT_PREFIX)
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                cls._remove_cgroups(root.name)
 
     @staticmethod
     def _fixed_paths_content() -> set[Path]:
