@@ -300,17 +300,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             return False
         return True
 
+    def _image_digests(self) -> dict[str, str]:
+        """Every image reference in the node's containerd and the digest it points to."""
+        lines = self.ctr("images", "list").splitlines()[1:]
+        return {fields[0]: fields[2] for fields in (line.split() for line in lines) if len(fields) > 2}
+
     def _import_images(self) -> None:
-        present = set(self.ctr("images", "list", "--quiet").split())
+        present = self._image_digests()
         for image in self.images.all():
             if image.reference not in present:
                 print(f"node: importing {image.reference} into containerd", file=sys.stderr, flush=True)
                 self.ctr("images", "import", "--no-unpack=false", str(image.archive))
-        # Older builds of the product's images: hundreds of megabytes each.
-        wanted = {image.reference for image in self.images.all()}
-        for reference in present - wanted:
-            if reference.startswith(("docker.io/promptopt/", "registry.k8s.io/pause:promptopt")):
-                self._ctr_ok("images", "remove", reference)
+        # Older builds, hundreds of megabytes each: every reference to anything else goes, the CRI's own by image ID
+        # (sha256:...) too, or their layers stay. This root is the test runs' alone (_containerd_root).
+        present = self._image_digests()
+        wanted = {present[image.reference] for image in self.images.all()}
+        stale = [reference for reference, digest in present.items() if digest not in wanted]
+        if stale:
+            self._ctr_ok("images", "remove", "--sync", *stale)
 
     def _remove_containers(self) -> None:
         """Every container and task containerd has (each Pod's sandbox and containers): none may outlive the run."""
