@@ -91,7 +91,10 @@ def test_queue_runs_two_at_a_time_in_creation_order(cluster, kubelet, llm, crede
         assert all(s.get("queuePosition") for s in statuses.values() if s.get("phase") == "Queued"), statuses
         time.sleep(0.05)
     assert most_running <= 2
-    assert started_order == names  # first come, first started
+    # First come, first started, two at a time: jobs that take the two slots at once are written concurrently, so
+    # within each pair the order seen is the API's, not the queue's.
+    started_in_pairs = [set(started_order[i:i + 2]) for i in range(0, len(names), 2)]
+    assert started_in_pairs == [set(names[i:i + 2]) for i in range(0, len(names), 2)], started_order
 
 
 def test_queue_positions_move_when_a_job_ahead_leaves_the_line(cluster, kubelet, llm, credentials, kubectl,
