@@ -20,7 +20,6 @@ import abc
 import collections
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,12 +32,14 @@ import yaml
 from bench.counting_emulator import by_client, client_of
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
 from promptopt_harness import chart, realkube
+from promptopt_harness.processes import stop_process
 
 BENCH_DIR = Path(__file__).resolve().parent
 CHART = BENCH_DIR.parent / "deploy" / "helm" / "promptopt"
 NAMESPACE = "default"  # where the benchmark's jobs and Pods live
 FLOOR_RBAC = BENCH_DIR / "floor_rbac.yaml"
 FLOOR_SERVICE_ACCOUNT = (chart.RELEASE_NAMESPACE, "promptopt-bench-floor")
+STOP_TIMEOUT_S = 20  # how long a stopped server or kubelet gets before SIGKILL
 
 
 def start(name: str, command: list[str], workdir: Path, ready: Callable[[Path], Any], timeout: float = 30,
@@ -53,19 +54,9 @@ def start(name: str, command: list[str], workdir: Path, ready: Callable[[Path], 
         wait_until(lambda: ready(log_path), timeout, lambda: f"the {name} did not start:\n{log_path.read_text()}",
                    process=process)
     except BaseException:
-        stop_process(process)
+        stop_process(process, STOP_TIMEOUT_S)
         raise
     return process
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, describe: Callable[[], str],
@@ -139,7 +130,7 @@ class EmulatedApiServer(ApiServer):
 
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
-            stop_process(self._process)
+            stop_process(self._process, STOP_TIMEOUT_S)
 
     def operator_kubeconfig(self, operator: str) -> Path:
         return self.admin_kubeconfig

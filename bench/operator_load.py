@@ -35,9 +35,10 @@ from typing import Any
 import urllib3
 import yaml
 
-from bench.api_servers import BENCH_DIR, NAMESPACE, SERVERS, ApiServer, start, stop_process, wait_until
+from bench.api_servers import BENCH_DIR, NAMESPACE, SERVERS, STOP_TIMEOUT_S, ApiServer, start, wait_until
 from promptopt.api.times import parse_time
 from promptopt_harness.operator_process import OperatorProcess, free_port
+from promptopt_harness.processes import stop_process
 
 JOBS_PATH = f"/apis/promptopt.dev/v1alpha1/namespaces/{NAMESPACE}/promptoptimizationjobs"
 PODS_PATH = f"/api/v1/namespaces/{NAMESPACE}/pods"
@@ -159,7 +160,7 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         if self._kubelet is not None:
-            stop_process(self._kubelet)
+            stop_process(self._kubelet, STOP_TIMEOUT_S)
         self.server.__exit__()
         self.requests = self.server.requests()
 

@@ -127,16 +127,15 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
-def chart_values(built_images, **overrides):
+def chart_values(built_images):
     """The values a user who built the images would install the chart with: the images as built, one namespace
     for jobs; the rest as the chart's defaults, except quick retries."""
-    values = {
+    return {
         "operator": {"image": {"repository": built_images.operator.repository, "tag": built_images.operator.tag}},
         "worker": {"image": {"repository": built_images.worker.repository, "tag": built_images.worker.tag}},
         "jobNamespaces": [JOBS_NAMESPACE],
         "retryBaseDelaySeconds": 1,
     }
-    return {**values, **overrides}
 
 
 @pytest.fixture(scope="session")
@@ -195,8 +194,8 @@ class RealPods:
     def __init__(self, node, cluster, helm, built_images):
         self.node, self.cluster, self.helm, self.images = node, cluster, helm, built_images
 
-    def values(self, **overrides):
-        return chart_values(self.images, **overrides)
+    def values(self):
+        return chart_values(self.images)
 
     def operator_pods(self):
         return self.cluster.in_namespace(RELEASE_NAMESPACE).list(

@@ -56,11 +56,11 @@ class HelmCli:
             raise RuntimeError(f"helm {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result.stdout
 
-    def _with_values(self, verb: str, chart: Path, values: dict[str, Any], *flags: str) -> str:
+    def _with_values(self, verb: str, chart: Path, values: dict[str, Any]) -> str:
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="values-") as file:
             json.dump(values, file)  # JSON is YAML: a values file, as users pass them
             file.flush()
-            return self.run(verb, RELEASE, str(chart), "--values", file.name, "--wait", "--timeout", "120s", *flags)
+            return self.run(verb, RELEASE, str(chart), "--values", file.name, "--wait", "--timeout", "120s")
 
     def install(self, chart: Path, values: dict[str, Any]) -> str:
         return self._with_values("install", chart, values)

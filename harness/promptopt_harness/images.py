@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,7 @@ class Images:
         return (self.pause, self.worker, self.operator)
 
 
-def _timed(what: str, build) -> float:
+def _timed(what: str, build: Callable[[], object]) -> float:
     log(f"building {what}")
     started = time.monotonic()
     build()
@@ -272,11 +273,15 @@ def _ensure_pause(buildah: Buildah, cache: Path) -> BuiltImage:
     return BuiltImage(reference, buildah.archive(reference, archive), seconds)
 
 
+def product_reference(context: Path, name: str, base_id: str) -> str:
+    """docker.io/promptopt/<name>:<hash of what Dockerfile.<name> builds from>."""
+    return f"docker.io/promptopt/{name}:{content_hash(context, context / f'Dockerfile.{name}', base_id)}"
+
+
 def _ensure_product_image(buildah: Buildah, cache: Path, context: Path, name: str, base_id: str) -> BuiltImage:
     dockerfile = context / f"Dockerfile.{name}"
-    tag = content_hash(context, dockerfile, base_id)
-    repository = f"docker.io/promptopt/{name}"
-    reference = f"{repository}:{tag}"
+    reference = product_reference(context, name, base_id)
+    repository, tag = reference.rsplit(":", 1)
     seconds = 0.0
     if not buildah.image_id(reference):
         mounts = [argument for path in HOST_FILES_FOR_PIP if Path(path).is_file()
@@ -316,9 +321,8 @@ def built(context: Path) -> bool:
         return False
     buildah = Buildah(cache_dir() / "buildah")
     base_id = buildah.image_id(BASE_IMAGE)
-    return bool(base_id) and all(
-        buildah.image_id(f"docker.io/promptopt/{name}:{content_hash(context, context / f'Dockerfile.{name}', base_id)}")
-        for name in PRODUCT_IMAGES)
+    return bool(base_id) and all(buildah.image_id(product_reference(context, name, base_id))
+                                 for name in PRODUCT_IMAGES)
 
 
 def main(argv: list[str] | None = None) -> int:

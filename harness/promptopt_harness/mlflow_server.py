@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from promptopt_harness.netns import NetworkNamespace
+from promptopt_harness.processes import stop_process
 from promptopt_harness.realkube import free_port
 
 START_TIMEOUT_S = 180.0
@@ -82,12 +83,8 @@ class MlflowServer:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_process(self.process)
         self.process = None
 
     def __enter__(self) -> MlflowServer:

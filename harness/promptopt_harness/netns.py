@@ -53,9 +53,6 @@ class NetworkNamespace:
         if self.path.exists():
             subprocess.run(["ip", "netns", "delete", self.name], check=False, capture_output=True)
 
-    def exists(self) -> bool:
-        return self.path.exists()
-
     def command(self, argv: list[str]) -> list[str]:
         """`argv` as a command that runs inside the namespace. nsenter rather than `ip netns exec`, which also
         gives each command a mount namespace of its own: the kubelet's volume mounts must be seen by containerd."""
@@ -89,7 +86,7 @@ class NetworkNamespace:
 class LoopbackForwarder:
     """Listens on 127.0.0.1 (outside) and relays each connection to `target` inside `namespace`, byte for byte
     (TLS passes through untouched), two threads a connection so that a reader who stops reading (a watch left
-    open) holds back only its own. A context manager; `port` is where it listens."""
+    open) holds back only its own. `port` is where it listens."""
 
     def __init__(self, namespace: NetworkNamespace, target: tuple[str, int]):
         self.namespace, self.target = namespace, target
@@ -110,12 +107,6 @@ class LoopbackForwarder:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
             self._open.clear()
-
-    def __enter__(self) -> LoopbackForwarder:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def _accept(self) -> None:
         while True:

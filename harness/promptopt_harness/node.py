@@ -14,8 +14,8 @@ network namespace of the run's own, running the product's images.
    from the same Go module), with the two settings this machine's kernel needs: cgroup v1 (`failCgroupV1:
    false`, cgroupfs) and no CAP_SYS_RESOURCE in root's bounding set (containerd's `restrict_oom_score_adj`);
 5. once the Node is Ready and untainted: `url`/`kubeconfig` reach the API server from outside through a loopback
-   forwarder; `serve()` starts a listener Pods can reach (the simulated LLM, an example service) on the node's
-   address; `expose()` forwards a port of it to loopback (MLflow, for the test's own client).
+   forwarder; a server started `inside()` the node listens where Pods reach it (the simulated LLM, an example
+   service), on `address`; `expose()` forwards a port of it to loopback (MLflow, for the test's own client).
 
 `stop()` tears everything down in the order that leaves nothing behind: Pods, the kubelet and the control plane,
 any sandbox left, containerd, the kubelet's mounts, the cgroups, the namespace (and with it the bridge), and the
@@ -33,11 +33,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import yaml
 
@@ -45,6 +44,7 @@ from promptopt_harness import build_kube, debian
 from promptopt_harness.client import ApiError
 from promptopt_harness.images import Images
 from promptopt_harness.netns import LoopbackForwarder, NetworkNamespace
+from promptopt_harness.processes import ManagedProcesses
 from promptopt_harness.realkube import RealCluster, RealKubeUnavailable
 
 NODE_NAME = "promptopt-node"
@@ -90,21 +90,20 @@ def _version(argv: list[str]) -> str:
     return subprocess.run(argv, capture_output=True, text=True).stdout.split("\n")[0].strip()
 
 
-class RealNode:
+class RealNode(ManagedProcesses):
     """One real node and its control plane (see the module docstring). ``cluster`` is the RealCluster: tests use
     it as the admin, as with the process kubelet."""
 
+    network: NetworkNamespace
+
     def __init__(self, workdir: str | Path | None, images: Images):
-        self._tempdir = None if workdir else tempfile.TemporaryDirectory(prefix="promptopt-node-")
-        self.workdir = Path(workdir or self._tempdir.name)  # type: ignore[union-attr]
-        self.images = images
         # One namespace per run: its name carries the PID, so a crashed run's is told apart (and removed).
-        self.network = NetworkNamespace(f"promptopt-node-{os.getpid()}")
+        super().__init__(workdir, "promptopt-node-", NetworkNamespace(f"promptopt-node-{os.getpid()}"))
+        self.images = images
         self.cgroup_root = f"{CGROUP_ROOT_PREFIX}{os.getpid()}"
         self.cluster: RealCluster | None = None
         self.containerd_socket = self.workdir / "containerd" / "containerd.sock"
         self.kubelet_root = self.workdir / "kubelet"
-        self._processes: dict[str, subprocess.Popen] = {}
         self._forwarders: list[LoopbackForwarder] = []
         self._found_in_fixed_paths: set[Path] | None = None
         self._root_lock: IO[str] | None = None
@@ -135,31 +134,12 @@ class RealNode:
         self._forwarders.append(forwarder)
         return forwarder.port
 
-    def command(self, argv: list[str]) -> list[str]:
-        """`argv` run inside the node's network namespace (a process that Pods must reach, e.g. MLflow)."""
-        return self.network.command(argv)
-
     def versions(self) -> dict[str, str]:
         return {"kubelet": f"v{build_kube.kubernetes_version()}",
                 "containerd": _version(["containerd", "--version"]).split()[2],
                 "runc": _version(["runc", "--version"]).split()[2]}
 
-    def log(self, name: str) -> str:
-        path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
     # --- lifecycle -----------------------------------------------------------------------------------------------
-
-    def __enter__(self) -> RealNode:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def start(self) -> RealNode:
         check_machine()
@@ -189,20 +169,14 @@ class RealNode:
         self.startup_seconds = time.monotonic() - started
         return self
 
-    def _step(self, what: str, run: Any) -> None:
+    def _step(self, what: str, run: Callable[[], object]) -> None:
         started = time.monotonic()
         run()
         self.timings[what] = time.monotonic() - started
 
-    def _start(self, name: str, argv: list[str]) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        self._processes[name] = subprocess.Popen(self.network.command(argv), stdout=log, stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL, start_new_session=True)
-
     def _check_running(self) -> None:
-        for name, process in self._processes.items():
-            if process.poll() is not None:
-                raise NodeUnavailable(f"{name} exited with {process.returncode}:\n{self.log(name)[-4000:]}")
+        if exited := self._exited():
+            raise NodeUnavailable(exited)
 
     @staticmethod
     def _remove_stale_namespaces() -> None:
@@ -422,25 +396,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self._remove_cgroups(self.cgroup_root)
         self.network.delete()
         self._clean_fixed_paths()
-        if self._tempdir is not None:
-            self._tempdir.cleanup()
-            self._tempdir = None
+        self.remove_workdir()
 
     def _release_containerd_root(self) -> None:
         if self._root_lock is not None:
             self._root_lock.close()
             self._root_lock = None
-
-    def _stop_process(self, name: str) -> None:
-        process = self._processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
     @staticmethod
     def _unmount(folder: Path) -> None:

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
+from promptopt_harness.processes import stop_process
 
 
 def free_port() -> int:
@@ -50,14 +51,8 @@ class OperatorProcess:
         raise TimeoutError(f"the operator did not become live in {timeout}s:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout, sig)
 
     def kill(self) -> None:
         """Dies at once, as a crashed or OOM-killed operator would: no cleanup of any kind."""

@@ -33,7 +33,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from promptopt.api.crd import custom_resource_definition
 from promptopt_harness import build_kube
 from promptopt_harness.client import ApiError, ClusterApi
 from promptopt_harness.netns import LoopbackForwarder, NetworkNamespace
+from promptopt_harness.processes import ManagedProcesses
 
 ADMIN_USER = "promptopt-test-admin"
 NODE_NAME = "local-kubelet"
@@ -164,7 +164,7 @@ def _pki(directory: Path, addresses: tuple[str, ...]) -> Pki:
     return Pki(ca_path, write("apiserver", serving, serving_key), write("kubelet-client", client, client_key))
 
 
-class RealCluster(ClusterApi):
+class RealCluster(ClusterApi, ManagedProcesses):
     """etcd and kube-apiserver on loopback, as the test admin (see the module docstring). A context manager.
     It serves the CRD objects ``crds``: promptopt's, from its API models, unless given (``()`` for none).
 
@@ -174,14 +174,12 @@ class RealCluster(ClusterApi):
     def __init__(self, workdir: str | Path | None = None, *, crds: Iterable[Mapping[str, Any]] | None = None,
                  extra_flags: tuple[str, ...] = (), network: NetworkNamespace | None = None,
                  address: str = "127.0.0.1", node_name: str = NODE_NAME):
-        super().__init__("https://127.0.0.1:0")
-        self._tempdir = None if workdir else tempfile.TemporaryDirectory(prefix="promptopt-kube-")
-        self.workdir = Path(workdir or self._tempdir.name)  # type: ignore[union-attr]
+        ClusterApi.__init__(self, "https://127.0.0.1:0")
+        ManagedProcesses.__init__(self, workdir, "promptopt-kube-", network)
         self.crds = [custom_resource_definition()] if crds is None else [dict(crd) for crd in crds]
         self.extra_flags = extra_flags
-        self.network, self.address, self.node_name = network, address, node_name
+        self.address, self.node_name = address, node_name
         self.version = build_kube.kubernetes_version()
-        self._processes: dict[str, subprocess.Popen] = {}
         self._forwarder: LoopbackForwarder | None = None
         self.internal_url = ""
         self.kubelet_token, self.scheduler_token = os.urandom(16).hex(), os.urandom(16).hex()
@@ -197,17 +195,6 @@ class RealCluster(ClusterApi):
         return f"system:node:{self.node_name}"
 
     # --- lifecycle ---------------------------------------------------------------------------------
-
-    def __enter__(self) -> RealCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def start(self) -> RealCluster:
         binaries = ensure_binaries()
@@ -295,31 +282,14 @@ class RealCluster(ClusterApi):
             self._forwarder.stop()
             self._forwarder = None
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
-            process = self._processes.pop(name, None)
-            if process is None or process.poll() is not None:
-                continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._tempdir is not None:
-            self._tempdir.cleanup()
-            self._tempdir = None
-
-    def _start(self, name: str, argv: list[str]) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        command = argv if self.network is None else self.network.command(argv)
-        self._processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL, start_new_session=True)
+            self._stop_process(name, timeout=10)
+        self.remove_workdir()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            for name, process in self._processes.items():
-                if process.poll() is not None:
-                    raise RealKubeUnavailable(f"{name} exited with {process.returncode}:\n{self.log(name)[-3000:]}")
+            if exited := self._exited():
+                raise RealKubeUnavailable(exited)
             try:
                 if self.request("GET", "/readyz") == "ok":
                     return
@@ -334,14 +304,6 @@ class RealCluster(ClusterApi):
 
         self.ca_file = ca
         self._ssl = ssl.create_default_context(cafile=str(ca))
-
-    def pids(self) -> dict[str, int]:
-        """The control plane's processes (etcd, kube-apiserver, kube-controller-manager): benchmarks read their CPU."""
-        return {name: process.pid for name, process in self._processes.items()}
-
-    def log(self, name: str) -> str:
-        path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     # --- set-up conveniences ----------------------------------------------------------------------
 

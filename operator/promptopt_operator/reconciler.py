@@ -236,7 +236,7 @@ class Reconciler:
                 await self._reconcile(key, queue_position)
                 self._errors.pop(key, None)
             except PodRefused:
-                pass  # said in the job's status, retried on its own back-off (_act)
+                pass  # said in the job's status, retried on its own back-off (_decide_and_act)
             except Exception:
                 self.metrics.reconcile_errors.inc()
                 self._errors[key] = self._errors.get(key, 0) + 1
@@ -271,21 +271,22 @@ class Reconciler:
                 if job.status.phase == "Queued":
                     slot = Slot(slot.may_start)
         decision = decide(job, pods, datetime.now(UTC), self.settings, slot)
-        await self._act(key, body, job, decision)
+        try:
+            await self._act(key, body, job, decision)
+        except PodRefused as refused:
+            # The Pod create comes first in _act: nothing else was done. Say it, and leave the count of refusals in a
+            # row to reconcile(), which resets it only on success.
+            self._errors[key] = self._errors.get(key, 0) + 1
+            logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", *key, self._errors[key], refused)
+            assert decision.create_attempt is not None
+            await self._act(key, body, job, pod_refused(job, key[0], decision.create_attempt, str(refused),
+                                                        datetime.now(UTC), self.settings, self._errors[key]))
+            raise
 
     async def _act(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
         namespace, name = key
         if decision.create_attempt is not None:
-            try:
-                await self._create_pod(key, body, job, decision)
-            except PodRefused as refused:
-                self._errors[key] = self._errors.get(key, 0) + 1
-                logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", namespace, name,
-                               self._errors[key], refused)
-                decision = pod_refused(job, namespace, decision.create_attempt, str(refused), datetime.now(UTC),
-                                       self.settings, self._errors[key])
-                await self._act(key, body, job, decision)
-                raise
+            await self._create_pod(key, body, job, decision)
         for pod in decision.delete_pods:
             await self.kube.delete_pod(namespace, pod, self.settings.worker_grace_period_seconds)
         written = body
