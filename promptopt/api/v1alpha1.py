@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -329,7 +329,7 @@ class DatasetSpec(ApiModel):
 
     model_config = exactly_one_of("records", "configMapKeyRef", "mlflowDatasetId")
 
-    records: list[Record] | None = Field(None, max_length=5000, description="The records, inline.")
+    records: list[Record] | None = Field(None, min_length=1, max_length=5000, description="The records, inline.")
     config_map_key_ref: DatasetConfigMapKeyRef | None = Field(
         None, description="Read the records from a ConfigMap key."
     )
@@ -851,6 +851,12 @@ class PromptOptimizationJobSpec(ApiModel):
             raise FieldError("mlflow", _DATASET_NEEDS_MLFLOW)
         _require_unique("prompts", "prompt names", [p.name for p in self.prompts])
         _require_unique("scorers", "scorer keys (label, or name when no label)", [s.key for s in self.scorers or []])
+        if self.dataset is not None and self.dataset.records:
+            # Not a CEL rule as well: CEL gives no type to free-form data (records[].inputs), so the API server
+            # cannot look inside it; the operator fails such a job at once, before any Pod.
+            inline = {p.name: p.template for p in self.prompts if p.template is not None}
+            if problems := unfilled_variables(inline, dict(enumerate(r.inputs for r in self.dataset.records))):
+                raise FieldError("dataset.records", "the records do not fit the prompts: " + "; ".join(problems))
         return self
 
     @property
@@ -1129,3 +1135,28 @@ class PromptOptimizationJob(ApiModel):
 def template_variables(template: str) -> set[str]:
     """The `{{variable}}` names a template uses."""
     return set(TEMPLATE_VARIABLE.findall(template))
+
+
+MAX_LISTED_RECORDS = 10  # records named in one problem message; the rest are counted
+
+
+def name_records(indexes: Iterable[int]) -> str:
+    """Names records in problem messages: record 3, or records 1, 4, 9 (the first MAX_LISTED_RECORDS, then a
+    count)."""
+    indexes = list(indexes)
+    listed = ", ".join(str(i) for i in indexes[:MAX_LISTED_RECORDS])
+    more = f" and {len(indexes) - MAX_LISTED_RECORDS} more" if len(indexes) > MAX_LISTED_RECORDS else ""
+    return f"record{'s' if len(indexes) > 1 else ''} {listed}{more}"
+
+
+def unfilled_variables(templates: Mapping[str, str], inputs: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    """One problem per (prompt, variable) that some records cannot fill: `templates` are prompt texts by name,
+    `inputs` each record's inputs by its index in the dataset."""
+    problems = []
+    for prompt, text in templates.items():
+        for variable in sorted(template_variables(text)):
+            lacking = [index for index, record in inputs.items() if variable not in record]
+            if lacking:
+                problems.append(f"prompt {prompt!r} uses {{{{{variable}}}}}, but {name_records(lacking)} "
+                                f"{'has' if len(lacking) == 1 else 'have'} no input {variable!r}")
+    return problems

@@ -52,6 +52,7 @@ def _delete(path):
 # (id, spec, the field path both layers must name)
 INVALID = [
     ("unknown optimizer", edited(_set(["optimizer", "type"], "Bayes")), "spec.optimizer.type"),
+    ("empty inline dataset", edited(_set(["dataset", "records"], [])), "spec.dataset.records"),
     ("no reflection model", edited(_delete(["optimizer", "reflectionModel"])), "spec.optimizer.reflectionModel"),
     ("zero budget", edited(_set(["optimizer", "gepa", "maxMetricCalls"], 0)), "spec.optimizer.gepa.maxMetricCalls"),
     ("unknown budget preset", edited(_set(["optimizer", "gepa", "auto"], "huge")), "spec.optimizer.gepa.auto"),
@@ -238,6 +239,20 @@ def test_regex_scorer_pattern_must_compile():
     spec = edited(_set(["scorers", 0], {"name": "Regex", "params": {"pattern": "("}}))
     with pytest.raises(InvalidSpec, match=r"spec\.scorers\[0\]: params\.pattern is not a valid regular expression"):
         parse_spec(spec)
+
+
+def test_inline_records_must_fill_every_variable_of_the_inline_templates():
+    """The models check what CEL cannot (records' inputs are free-form, untyped for CEL): the operator then fails
+    the job before any Pod. Templates from elsewhere are the worker's to check, once read."""
+    spec = edited(_set(["prompts"], [{"name": "classify", "template": "{{text}} in {{language}}"},
+                                     {"name": "hint", "configMapKeyRef": {"name": "p", "key": "hint"}}]))
+    spec["dataset"]["records"] += [{"inputs": {"text": "yo", "language": "en"}}, {"inputs": {"text": "ciao"}}]
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(spec)
+    assert refused.value.problems == ["spec.dataset.records: the records do not fit the prompts: prompt 'classify' "
+                                      "uses {{language}}, but records 0, 2 have no input 'language'"]
+    spec["dataset"]["records"] = spec["dataset"]["records"][1:2]
+    parse_spec(spec)
 
 
 def test_missing_spec_is_named():

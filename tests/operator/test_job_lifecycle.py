@@ -113,14 +113,23 @@ def test_queue_positions_move_when_a_job_ahead_leaves_the_line(cluster, kubelet,
 
 
 def test_a_spec_the_models_reject_fails_without_a_pod(cluster, kubelet, llm, credentials, start_operator):
+    """Rules the API server cannot check (a regex's syntax; inside records' free-form inputs, which CEL gives no
+    type) fail the job at once, naming the field, before any Pod."""
     start_operator()
     job = gepa_job("bad-regex", llm)
     job["spec"]["scorers"] = [{"name": "Regex", "params": {"pattern": "(unclosed"}}]  # passes CEL, not the models
     cluster.create(job)
+    unfit = gepa_job("unfit-records", llm, records=3)
+    unfit["spec"]["prompts"][0]["template"] += " ({{language}})"  # no record has that input
+    cluster.create(unfit)
     status = wait_for_phase(cluster, "bad-regex", "Failed", timeout=15)
     assert condition(status, "Ready")["reason"] == "InvalidSpec"
     assert "spec.scorers[0]" in status["message"] and "regular expression" in status["message"]
-    assert not worker_pods(cluster, "bad-regex")
+    status = wait_for_phase(cluster, "unfit-records", "Failed", timeout=15)
+    assert condition(status, "Ready")["reason"] == "InvalidSpec"
+    assert ("spec.dataset.records: the records do not fit the prompts: prompt 'classify' uses {{language}}, but "
+            "records 0, 1, 2 have no input 'language'") in status["message"]
+    assert not worker_pods(cluster, "bad-regex") and not worker_pods(cluster, "unfit-records")
 
 
 def test_a_job_where_the_chart_made_no_worker_service_account_says_so_and_starts_once_it_exists(

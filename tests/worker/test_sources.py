@@ -1,6 +1,7 @@
 """Sources: prompts and datasets from inline values, ConfigMaps through the API, or local manifest files."""
 import base64
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -187,10 +188,13 @@ def test_a_configmap_key_changed_since_the_job_started_is_refused_naming_the_fie
 
 
 def test_records_that_do_not_fit_the_prompts_are_found_before_any_llm_call(build):
-    spec = gepa_spec(records=[{"inputs": {"text": "no review here"}, "expectations": {"expected_response": "x"}}])
+    """Records from a ConfigMap (inline ones the spec's own rule checks) are checked once read."""
+    spec = gepa_spec(configMapKeyRef={"name": "records", "key": "records.jsonl"})
+    record = {"inputs": {"text": "no review here"}, "expectations": {"expected_response": "x"}}
+    config_map = {"kind": "ConfigMap", "metadata": {"name": "records"}, "data": {"records.jsonl": json.dumps(record)}}
     missing = r"prompt 'classify' uses \{\{review\}\}, but record 0 has no input 'review'"
     with pytest.raises(InvalidInput, match=missing):
-        build(spec, LocalConfigMaps())
+        build(spec, LocalConfigMaps([config_map]))
 
 
 def test_the_reflection_model_gets_the_system_message_and_the_prompt(llm, monkeypatch):

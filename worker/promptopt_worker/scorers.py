@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from promptopt.api.v1alpha1 import DEFAULT_JUDGE_RETRIES, ScorerParams, ScorerSpec, TaskSpec
+from promptopt.api.v1alpha1 import DEFAULT_JUDGE_RETRIES, ScorerParams, ScorerSpec, TaskSpec, name_records
 from promptopt.prompt_contract import (
     CORRECTNESS_QUESTION,
     GUIDELINES_QUESTION,
@@ -36,7 +36,7 @@ from promptopt.service_contract import ScoreRequest
 from promptopt_worker.http_services import read_webhook_verdict, resolve_headers
 from promptopt_worker.llm import LLMClient, ModelEndpoint, json_object_with
 from promptopt_worker.problem import Example, InvalidInput
-from promptopt_worker.templates import as_text, name_records
+from promptopt_worker.templates import as_text
 
 QUOTE_LIMIT = 200  # characters of an output quoted in a rationale or an error
 

@@ -7,15 +7,12 @@ checked records.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from promptopt.api.v1alpha1 import TEMPLATE_VARIABLE, template_variables
+from promptopt.api.v1alpha1 import TEMPLATE_VARIABLE, unfilled_variables
 from promptopt_worker.problem import Candidate, Example, PromptTemplate
 from promptopt_worker.problem import InvalidInput
-
-MAX_LISTED = 10  # records named in one problem message; the rest are counted
-
 
 class TemplateError(InvalidInput):
     """A record lacks an input a prompt template uses."""
@@ -54,22 +51,5 @@ def messages(
 
 def check_inputs(prompts: Sequence[PromptTemplate], examples: Sequence[Example]) -> None:
     """Raise one TemplateError listing every (prompt, variable) that some records cannot fill."""
-    problems = []
-    for prompt in prompts:
-        for variable in sorted(template_variables(prompt.text)):
-            lacking = [e.index for e in examples if variable not in e.inputs]
-            if lacking:
-                problems.append(
-                    f"prompt {prompt.name!r} uses {{{{{variable}}}}}, but {name_records(lacking)} "
-                    f"{'has' if len(lacking) == 1 else 'have'} no input {variable!r}"
-                )
-    if problems:
+    if problems := unfilled_variables({p.name: p.text for p in prompts}, {e.index: e.inputs for e in examples}):
         raise TemplateError("the dataset does not fit the prompts: " + "; ".join(problems))
-
-
-def name_records(indexes: Iterable[int]) -> str:
-    """Names records in problem messages: record 3, or records 1, 4, 9 (the first MAX_LISTED, then a count)."""
-    indexes = list(indexes)
-    listed = ", ".join(str(i) for i in indexes[:MAX_LISTED])
-    more = f" and {len(indexes) - MAX_LISTED} more" if len(indexes) > MAX_LISTED else ""
-    return f"record{'s' if len(indexes) > 1 else ''} {listed}{more}"
