@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,6 +22,16 @@ def eventually(predicate: Callable[[], T | None], timeout: float, what: str, int
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def table_rows(listing: str) -> list[dict[str, str]]:
+    """The rows of `kubectl get`'s table as {COLUMN: cell}: each cell is read under its header (kubectl left-aligns
+    both), so an empty one (a field not set yet) stays empty instead of shifting the rest."""
+    header, *rows = listing.splitlines()
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    names = header.split()
+    return [{name: row[start:end].strip() for name, start, end in zip(names, starts, [*starts[1:], None], strict=True)}
+            for row in rows]
 
 
 def job_exists(cluster: ClusterApi, name: str) -> bool:

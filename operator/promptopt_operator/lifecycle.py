@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from promptopt.api.times import format_time, parse_time
+from promptopt.api.times import format_duration, format_time, parse_time
 from promptopt.api.v1alpha1 import (
     TERMINAL_PHASES, PromptOptimizationJobSpec, PromptOptimizationJobStatus, WorkerResult, read_status, status_patch,
 )
@@ -371,6 +371,8 @@ def _decision(job: Job, step: _Next, now: datetime) -> Decision:
     if step.phase in TERMINAL_PHASES and not status.completion_time:
         fields["completionTime"] = format_time(now)
         fields["queuePosition"] = None
+        if started := parse_time(fields.get("startTime") or status.start_time):
+            fields["duration"] = format_duration((now - started).total_seconds())
         if job.spec and job.spec.ttl_seconds_after_finished is not None:
             recheck_after = float(job.spec.ttl_seconds_after_finished)  # then the TTL deletes the job
     spec_applied = _spec_applied(job, fields.get("specHash") or status.spec_hash)

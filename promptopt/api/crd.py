@@ -31,13 +31,18 @@ PRINTER_COLUMNS = [
         "name": "Progress%", "type": "integer", "jsonPath": ".status.progress.percent",
         "description": "Metric calls spent, in percent of the budget.",
     },
+    # Scores and cost are the worker's formatted copies (status.display): a number column prints every digit.
     {
-        "name": "Initial", "type": "number", "jsonPath": ".status.initialScores.aggregate",
+        "name": "Initial", "type": "string", "jsonPath": ".status.display.initialScore",
         "description": "Aggregate score of the original prompts.",
     },
     {
-        "name": "Best", "type": "number", "jsonPath": ".status.progress.bestScore",
+        "name": "Best", "type": "string", "jsonPath": ".status.display.bestScore",
         "description": "Best aggregate score so far.",
+    },
+    {
+        "name": "Duration", "type": "string", "jsonPath": ".status.duration",
+        "description": "How long the job ran, once it ended.",
     },
     {
         "name": "Reason", "type": "string", "priority": 1,
@@ -45,8 +50,12 @@ PRINTER_COLUMNS = [
         "description": "Why the job is (not) ready.",
     },
     {
-        "name": "Cost", "type": "number", "priority": 1, "jsonPath": ".status.cost.usd",
+        "name": "Cost", "type": "string", "priority": 1, "jsonPath": ".status.display.cost",
         "description": "US dollars spent on LLM calls.",
+    },
+    {
+        "name": "Started", "type": "date", "priority": 1, "jsonPath": ".status.startTime",
+        "description": "When the job started running.",
     },
     {"name": "Pod", "type": "string", "priority": 1, "jsonPath": ".status.podName", "description": "The worker Pod."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

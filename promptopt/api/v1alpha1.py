@@ -1040,6 +1040,24 @@ class MlflowStatus(StatusObject):
     experiment_id: str | None = Field(None, description="The experiment of the job's MLflow run.")
 
 
+class Display(StatusObject):
+    """The worker's numbers as `kubectl get poj` shows them: a CRD's printer columns print a number in full
+    (0.8333333333333334) and cannot format a currency."""
+
+    initial_score: str | None = Field(None, description="initialScores.aggregate to 3 decimals.")
+    best_score: str | None = Field(None, description="progress.bestScore to 3 decimals.")
+    cost: str | None = Field(None, description="cost.usd in US dollars, e.g. $0.0123.")
+
+
+def format_score(score: float) -> str:
+    return f"{score:.3f}"
+
+
+def format_usd(usd: float) -> str:
+    """Dollars to the cent, and to a hundredth of a cent under one dollar (what test runs cost)."""
+    return f"${usd:,.2f}" if usd >= 1 else f"${usd:.4f}"
+
+
 class WorkerStatus(StatusObject):
     """The part of the status the worker owns (it writes these fields; the operator writes every other one)."""
 
@@ -1052,6 +1070,7 @@ class WorkerStatus(StatusObject):
         "lineage; the result file of promptopt run keeps every one, with its prompts.",
     )
     cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
+    display: Display | None = Field(None, description="The scores and cost as kubectl get shows them.")
     worker_result: WorkerResult | None = Field(None, description="How the worker's last run ended.")
     mlflow: MlflowStatus | None = Field(None, description="The job's prompts in MLflow's Prompt Registry.")
     config_map_inputs: list[ConfigMapInput] | None = Field(
@@ -1097,6 +1116,10 @@ class PromptOptimizationJobStatus(WorkerStatus):
     )
     start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
+    duration: str | None = Field(
+        None, description="How long the job ran, from startTime to completionTime, as kubectl prints durations "
+        "(2m13s); set when it ends.",
+    )
     output: OutputStatus | None = Field(None, description="Where the optimized prompts were delivered (spec.output).")
 
 

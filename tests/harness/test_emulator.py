@@ -590,7 +590,7 @@ def test_kubectl_works_with_custom_resources(kubectl):
     kubectl("patch", "poj", "j1", "--subresource=status", "--type=merge",
             "-p", json.dumps({"status": {"phase": "Running", "conditions": [ready]}}))
     listing = kubectl("get", "poj").stdout.splitlines()
-    assert listing[0].split() == ["NAME", "PHASE", "OPTIMIZER", "PROGRESS%", "INITIAL", "BEST", "AGE"]
+    assert listing[0].split() == ["NAME", "PHASE", "OPTIMIZER", "PROGRESS%", "INITIAL", "BEST", "DURATION", "AGE"]
     assert listing[1].split()[:3] == ["j1", "Running", "GEPA"]
     assert "Optimizing" in kubectl("get", "poj", "-o", "wide", "-l", "team=x").stdout
     fetched = yaml.safe_load(kubectl("get", "poj", "j1", "-o", "yaml").stdout)

@@ -158,6 +158,7 @@ def test_success_takes_the_workers_result():
               "workerResult": {"reason": "Completed", "message": "best 0.9", "succeeded": True}}
     d = decide(job(status), [pod(phase="Succeeded", exit_code=0)], NOW, SETTINGS, START)
     assert d.status["phase"] == "Succeeded" and d.status["completionTime"] == format_time(NOW)
+    assert d.status["duration"] == "60s"  # kubectl get's DURATION column
     assert {c["type"]: c["status"] for c in d.status["conditions"]}["Ready"] == "True"
 
 
