@@ -1,10 +1,12 @@
 """`promptopt report`: a run's result file (`promptopt run -o result.json`) as one self-contained HTML page.
 
-The page shows how the run ended and its scores, the best validation score against metric calls, the lineage of
-the candidates and the winning prompts' line diff against the original ones. It is self-contained on purpose: it
-is read from disk, mailed or attached to a ticket, so it loads nothing (static SVG drawn here, inline CSS, no
-script; its Content-Security-Policy forbids every fetch). Standard library only besides the API models: the
-operator image and a plain install render it too.
+The page shows how the run ended and its scores, what produced it (the job, the optimizer and its settings, the models,
+when it ran, promptopt's version, and a mark when a simulated LLM answered), the best validation score against metric
+calls, the lineage of the candidates and the winning prompts' line diff against the original ones. It is
+self-contained on purpose: it is read from disk, mailed or attached to a ticket, so it loads nothing (static SVG drawn
+here, inline CSS, no script; its Content-Security-Policy forbids every fetch). Standard library only besides the API
+models and the result file's (promptopt.worker_contract.ResultFile): the operator image and a plain install render it
+too.
 
 `render_report` is pure (the parsed result in, the page out); `read_result` and `write_report` are the file edges.
 Every text from the result is escaped: prompts, messages and scorer names are user text.
@@ -22,7 +24,9 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from promptopt.api.v1alpha1 import CandidateReport, Progress, Scores, WorkerStatus
+from promptopt.api.times import parse_time
+from promptopt.api.v1alpha1 import CandidateReport, Progress, Scores, format_usd
+from promptopt.worker_contract import ResultFile, RunInfo
 
 # ---------------------------------------------------------------------------------------------
 # Reading
@@ -32,8 +36,8 @@ class NotAResult(ValueError):
     """The file is not a result of `promptopt run -o`; the message names the file and says what is wrong."""
 
 
-def read_result(path: Path) -> WorkerStatus:
-    """The result file parsed by the API model; NotAResult when it cannot be read or is not a result."""
+def read_result(path: Path) -> ResultFile:
+    """The result file parsed by its model; NotAResult when it cannot be read or is not a result."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -45,7 +49,7 @@ def read_result(path: Path) -> WorkerStatus:
     if not isinstance(data, dict):
         raise NotAResult(f"{path} is not a promptopt result: it holds a JSON {type(data).__name__}, not an object")
     try:
-        status = WorkerStatus.model_validate(data)
+        status = ResultFile.model_validate(data)
     except ValidationError as error:
         problems = [f"{'.'.join(map(str, problem['loc'])) or 'the object'}: {problem['msg']}"
                     for problem in error.errors()]
@@ -165,7 +169,7 @@ def _change(before: float | None, after: float | None) -> str:
 def _usd(value: float | None) -> str:
     if value is None:
         return "unknown (a model's price is not known)"
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
+    return format_usd(value)
 
 
 def _number(value: float) -> str:
@@ -221,7 +225,7 @@ def _tooltip(candidate: CandidateReport) -> str:
 # The page's sections
 
 
-def _summary(status: WorkerStatus, source: str) -> str:
+def _summary(status: ResultFile, source: str) -> str:
     result = status.worker_result
     reason = result.reason if result else "Unknown"
     outcome = "succeeded" if result and result.succeeded else "failed"
@@ -259,7 +263,7 @@ def _summary(status: WorkerStatus, source: str) -> str:
     fact_list = "".join(f"<div><dt>{_text(name)}</dt><dd>{_text(value)}</dd></div>" for name, value in facts)
     return f"""<header id="summary">
 <p class="source">promptopt report{f" of {_text(source)}" if source else ""}</p>
-<h1><span class="outcome {outcome}">{_text(reason)}</span></h1>
+<h1><span class="outcome {outcome}">{_text(reason)}</span>{_simulated_mark(status.run)}</h1>
 <p class="message">{_text(result.message if result else "The file does not say how the run ended.")}</p>
 <div class="columns">
 <table class="scores"><caption>Validation scores</caption>
@@ -267,7 +271,46 @@ def _summary(status: WorkerStatus, source: str) -> str:
 <tbody>{"".join(rows)}</tbody></table>
 <dl class="facts">{fact_list}</dl>
 </div>
+{_provenance(status.run)}
 </header>"""
+
+
+def _simulated_mark(run: RunInfo | None) -> str:
+    if not (run and run.simulated_llm):
+        return ""
+    return ('<span class="simulated" title="Every answer came from promptopt\'s simulated LLM, a deterministic test '
+            'double: these scores say nothing about a real model.">simulated LLM</span>')
+
+
+def _duration(started: str | None, finished: str | None) -> str:
+    start, end = parse_time(started), parse_time(finished)
+    if start is None or end is None:
+        return ""
+    minutes, seconds = divmod(round((end - start).total_seconds()), 60)
+    return f" ({minutes} min {seconds} s)" if minutes else f" ({seconds} s)"
+
+
+def _provenance(run: RunInfo | None) -> str:
+    """What produced the result: the job, the optimizer, the models, when, and which promptopt."""
+    if run is None:
+        return ('<p id="run" class="empty">The file does not say what produced it (the job, the optimizer, the '
+                "models): an older promptopt wrote it.</p>")
+    models = run.models
+    judges = ", ".join(f"{model} ({scorer})" for scorer, model in (models.judges or {}).items()) if models else ""
+    settings = ", ".join(f"{key} {json.dumps(value)}" for key, value in (run.optimizer_settings or {}).items())
+    facts = [
+        ("job", f"{run.job or '—'}" + (f" in namespace {run.namespace}" if run.namespace else "")),
+        ("optimizer", f"{run.optimizer or '—'}" + (f" ({settings})" if settings else "")),
+        ("task", (models.task if models else None) or "—"),
+        ("judges", judges or "none"),
+        ("reflection model", (models.reflection if models else None) or "—"),
+        ("ran", f"{run.started_at or '?'} to {run.finished_at or '?'}{_duration(run.started_at, run.finished_at)}"),
+        ("promptopt", run.promptopt_version or "—"),
+    ]
+    if run.simulated_llm:
+        facts.append(("LLM", "simulated: every answer came from promptopt's simulated LLM, a test double"))
+    rows = "".join(f'<div><dt>{_text(name)}</dt><dd>{_text(value)}</dd></div>' for name, value in facts)
+    return f'<dl id="run" class="facts run">{rows}</dl>'
 
 
 # The curve's frame, in SVG user units.
@@ -493,7 +536,7 @@ def _diff_line(kind: LineKind, text: str) -> str:
             f'<span class="text">{_text(text) or " "}</span></{tag}>')
 
 
-def _prompts(status: WorkerStatus, candidates: Sequence[CandidateReport]) -> str:
+def _prompts(status: ResultFile, candidates: Sequence[CandidateReport]) -> str:
     best = best_candidate(candidates)
     seed = next((candidate for candidate in candidates if candidate.id == 0), None)
     optimized = {prompt.name: prompt.template for prompt in status.optimized_prompts or []}
@@ -544,6 +587,9 @@ h3 { margin: 16px 0 6px; font-size: 15px; font-family: ui-monospace, "DejaVu San
 .outcome { padding: 2px 12px; border-radius: 999px; color: #fff; }
 .outcome.succeeded { background: var(--good); }
 .outcome.failed { background: var(--bad); }
+.simulated { margin-left: 12px; padding: 2px 12px; border-radius: 999px; font-size: 18px; vertical-align: 3px;
+  color: #6e4b00; background: #fff8c5; border: 2px dashed var(--best); }
+.facts.run { margin-top: 16px; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); }
 .columns { display: flex; flex-wrap: wrap; gap: 24px 48px; align-items: flex-start; }
 table { border-collapse: collapse; }
 caption { text-align: left; font-weight: 600; padding-bottom: 4px; }
@@ -610,11 +656,14 @@ tr.best th, tr.best td { background: #fff8c5; }
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
-def render_report(status: WorkerStatus, *, source: str = "") -> str:
-    """The whole page for a parsed result; `source` (the file's name) goes in the title."""
+def render_report(status: ResultFile, *, source: str = "") -> str:
+    """The whole page for a parsed result; `source` (the file's name) goes in the title, with the job's name and the
+    simulated LLM's mark."""
     candidates = status.candidates or []
     progress = status.progress or Progress()
-    title = f"promptopt report{f': {source}' if source else ''}"
+    job = f" ({status.run.job})" if status.run and status.run.job else ""
+    simulated = " [simulated LLM]" if status.run and status.run.simulated_llm else ""
+    title = f"promptopt report{f': {source}' if source else ''}{job}{simulated}"
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

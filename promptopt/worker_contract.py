@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import get_args
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
-from promptopt.api.v1alpha1 import WorkerOutcome, WorkerStatus
+from promptopt.api.v1alpha1 import StatusObject, WorkerOutcome, WorkerStatus
 
 JOB_NAME_ENV = "PROMPTOPT_JOB_NAME"
 JOB_NAMESPACE_ENV = "PROMPTOPT_JOB_NAMESPACE"
@@ -80,3 +80,37 @@ def parse_termination_message(text: str | None) -> TerminationMessage | None:
         return TerminationMessage.model_validate(document)
     except ValidationError:
         return None
+
+
+class ModelsUsed(StatusObject):
+    """The models a run called."""
+
+    task: str | None = Field(None, description="The task model, or the URL of the job's HTTP task service.")
+    judges: dict[str, str] | None = Field(None, description="Scorer key → the model of that LLM judge.")
+    reflection: str | None = Field(
+        None, description="The model that proposes prompts (GEPA's reflection model, MetaPrompt's metaprompt model).")
+
+
+class RunInfo(StatusObject):
+    """What produced a result: the job, the optimizer and its settings, the models, when it ran, with which promptopt,
+    and whether a simulated LLM answered. Every field is optional: older writers left it out."""
+
+    job: str | None = Field(None, description="The job's name.")
+    namespace: str | None = Field(None, description="The job's namespace (none when its file set none).")
+    optimizer: str | None = Field(None, description="spec.optimizer.type.")
+    optimizer_settings: dict[str, Any] | None = Field(
+        None, description="spec.optimizer without its type and reflection model, with its wire names.")
+    models: ModelsUsed | None = Field(None, description="The models the run called.")
+    started_at: str | None = Field(None, description="When the run started (RFC 3339, UTC).")
+    finished_at: str | None = Field(None, description="When the run ended (RFC 3339, UTC).")
+    promptopt_version: str | None = Field(None, description="The version of promptopt that ran it.")
+    simulated_llm: bool | None = Field(
+        None, description="True when every model was promptopt's simulated LLM (`promptopt run --simulated-llm`), a "
+        "test double: the scores say nothing about a real model.")
+
+
+class ResultFile(WorkerStatus):
+    """The result file of `promptopt run -o`: the worker's status fields (every candidate with its prompts), and what
+    produced them. `promptopt report` reads it back with this model."""
+
+    run: RunInfo | None = Field(None, description="What produced the result; files of older versions lack it.")

@@ -57,8 +57,9 @@ MAY_IMPORT = {
     # The example services (test doubles of a user's RAG and scorer) answer in the simulated world's terms.
     "promptopt.example_services": {"promptopt.example_services", "promptopt.service_contract",
                                    "promptopt.simulated_llm"},
-    # The report reads a run's result file: the API's plain data, nothing of what produced it.
-    "promptopt.report": {"promptopt.api"},
+    # The report reads a run's result file: the API's plain data and the contract's model of the file, nothing of the
+    # code that produced it.
+    "promptopt.report": {"promptopt.api", "promptopt.worker_contract"},
     "promptopt.cli": {"promptopt.api", "promptopt.report", "promptopt_operator", "promptopt_worker"},  # the entry point
 }
 # `promptopt run --simulated-llm` starts the simulated LLM, a test double the product ships for the quickstart.

@@ -7,15 +7,16 @@ import struct
 import subprocess
 import sys
 import zlib
+from html import unescape
 from html.parser import HTMLParser
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
-from promptopt.api.v1alpha1 import WorkerStatus
 from promptopt.cli import main
 from promptopt.report import Step, best_so_far, diff_lines, generations, render_report
+from promptopt.worker_contract import ResultFile
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTOPT = str(Path(sys.executable).with_name("promptopt"))
@@ -47,7 +48,7 @@ def gepa_result(**changes):
         "cost": {"promptTokens": 1000, "completionTokens": 200, "usd": 0.0123, "llmCalls": 40, "retries": 0},
         "workerResult": {"reason": "Completed", "message": "GEPA finished", "succeeded": True},
     }
-    return WorkerStatus.model_validate({**result, **changes})
+    return ResultFile.model_validate({**result, **changes})
 
 
 class Elements(HTMLParser):
@@ -100,7 +101,7 @@ def test_the_seed_without_a_metric_call_count_starts_the_curve_at_zero():
     for listed in result["candidates"]:
         if listed["id"] == 0:
             del listed["foundAtMetricCalls"]
-    assert best_so_far(WorkerStatus.model_validate(result).candidates)[0] == Step(0, 0.3, 0)
+    assert best_so_far(ResultFile.model_validate(result).candidates)[0] == Step(0, 0.3, 0)
 
 
 # --- the tree ------------------------------------------------------------------------------------------------------
@@ -189,6 +190,46 @@ def test_a_result_without_candidates_renders_and_says_so():
     assert page.count("This result has no candidates") == 2  # the curve's and the tree's places
     assert "<svg" not in page and "The file holds no prompts." in page
     assert 'class="outcome failed">LLMError<' in page and "bad key" in page
+
+
+# --- what produced it ----------------------------------------------------------------------------------------------
+
+RUN = {"job": "gepa-sentiment", "namespace": "team-a", "optimizer": "GEPA",
+       "optimizerSettings": {"maxMetricCalls": 150, "candidateSelection": "pareto"},
+       "models": {"task": "openai/sim-task", "judges": {"Correctness": "openai/sim-judge"},
+                  "reflection": "openai/sim-reflect"},
+       "startedAt": "2026-01-01T10:00:00Z", "finishedAt": "2026-01-01T10:02:05Z", "promptoptVersion": "0.1.0",
+       "simulatedLlm": True}
+
+
+def test_the_page_says_what_produced_the_result_and_marks_a_simulated_llm(tmp_path):
+    result = write_json(tmp_path / "result.json", {**gepa_result().model_dump(mode="json", by_alias=True), "run": RUN})
+    assert main(["report", str(result), "-o", str(tmp_path / "report.html")]) == 0  # read back through its model
+    page = (tmp_path / "report.html").read_text()
+
+    [run] = re.findall(r'<dl id="run" class="facts run">(.*?)</dl>', page)
+    shown = {unescape(name): unescape(value) for name, value in re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", run)}
+    assert shown == {
+        "job": "gepa-sentiment in namespace team-a",
+        "optimizer": 'GEPA (maxMetricCalls 150, candidateSelection "pareto")',
+        "task": "openai/sim-task",
+        "judges": "openai/sim-judge (Correctness)",
+        "reflection model": "openai/sim-reflect",
+        "ran": "2026-01-01T10:00:00Z to 2026-01-01T10:02:05Z (2 min 5 s)",
+        "promptopt": "0.1.0",
+        "LLM": "simulated: every answer came from promptopt's simulated LLM, a test double",
+    }
+    [mark] = Elements(page).having("span", "simulated")  # beside the outcome, at the top
+    assert "test double" in mark["title"]
+    assert "<title>promptopt report: result.json (gepa-sentiment) [simulated LLM]</title>" in page
+
+
+def test_a_run_with_real_models_has_no_simulated_mark_and_an_old_file_says_it_does_not_know():
+    real = render_report(gepa_result(run={**RUN, "simulatedLlm": False}))
+    assert not Elements(real).having("span", "simulated") and "simulated LLM" not in real
+    old = Elements(render_report(gepa_result()))  # written before results said what produced them
+    assert not old.having("span", "simulated") and old.by_id("run")
+    assert "The file does not say what produced it" in "".join(old.text)
 
 
 # --- the command ---------------------------------------------------------------------------------------------------
@@ -293,7 +334,7 @@ def test_the_report_of_a_real_run_in_headless_chromium(chromium, tmp_path):
     dom = Elements(dump_dom(chromium, report))
     assert dom.by_id("curve-svg")[0][0] == "svg" and dom.by_id("tree-svg")[0][0] == "svg"
     assert len(dom.having("circle", "point")) == len(candidates)
-    assert len(dom.having("circle", "raised")) == len(best_so_far(WorkerStatus.model_validate(
+    assert len(dom.having("circle", "raised")) == len(best_so_far(ResultFile.model_validate(
         {"candidates": candidates}).candidates or []))
     assert len(dom.having("polyline", "best-so-far")) == 1
     nodes = dom.having("g", "node")
@@ -301,6 +342,7 @@ def test_the_report_of_a_real_run_in_headless_chromium(chromium, tmp_path):
     assert [int(node["data-candidate"]) for node in dom.having("g", "best")] == [candidates[0]["id"]]
     assert len(dom.having("path", "edge")) == sum(len(c["parents"]) for c in candidates)
     assert dom.having("ins", "added")  # the winning prompt adds a line to the seed's
+    assert dom.having("span", "simulated") and dom.by_id("run")[0][0] == "dl"  # what produced it, simulated LLM
 
     shot = screenshot(chromium, report, tmp_path / "report.png", width=1200, height=1600)
     width, height, distinct_rows = png_facts(shot)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, get_origin, get_type_hints
 
@@ -94,14 +94,14 @@ class _Extend(argparse.Action):
         setattr(namespace, self.dest, (*(() if so_far is self.default else so_far), *values))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, environment: Mapping[str, str] = os.environ) -> None:
     kinds, defaults = get_type_hints(OperatorSettings), OperatorSettings()
     for setting in flag_settings():
         option: Flag = setting.metadata[_FLAG]
         variable, kind = environment_variable(setting), kinds[setting.name]
         names: Sequence[str] = option.names or [f"--{setting.name.replace('_', '-')}"]
         # A default read from the environment is text, which argparse parses as it parses the flag's value.
-        default = os.environ.get(variable, getattr(defaults, setting.name))
+        default = environment.get(variable, getattr(defaults, setting.name))
         parser.add_argument(*names, dest=setting.name, type=_parser(kind), default=default,
                             action=_Extend if get_origin(kind) is tuple else "store",
                             help=f"{option.help} (env {variable})")
@@ -109,3 +109,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_arguments(args: argparse.Namespace) -> OperatorSettings:
     return OperatorSettings(**{setting.name: getattr(args, setting.name) for setting in flag_settings()})
+
+
+def from_environment(environment: Mapping[str, str]) -> OperatorSettings:
+    """The settings an operator with this environment (and no flags) runs with, e.g. as a Deployment sets them."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser, environment)
+    return from_arguments(parser.parse_args([]))

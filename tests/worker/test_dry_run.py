@@ -13,7 +13,7 @@ import yaml
 from promptopt.api.validation import parse_spec
 from promptopt.example_services import toy_rag, webhook_scorer
 from promptopt.simulated_llm import sentiment_dataset
-from promptopt_worker.dry_run import plan_dry_run, render_dry_run
+from promptopt_worker.dry_run import plan_dry_run, render_dry_run, unknown_models
 from promptopt_worker.llm import LLMClient
 from promptopt_worker.main import NoCalls, run_job, with_simulated_models
 from promptopt_worker.problem import StopRequested
@@ -22,6 +22,9 @@ from promptopt_worker.sources import LocalConfigMaps, build_problem
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
+EXAMPLE_JOBS = sorted(path.name for path in EXAMPLES.glob("*.yaml")
+                      if "kind: PromptOptimizationJob" in path.read_text())
+OPENAI_BASE_URL_ENV = ("OPENAI_BASE_URL", "OPENAI_API_BASE")  # as litellm and the openai SDK read it
 PROMPTOPT = str(Path(sys.executable).with_name("promptopt"))
 
 
@@ -138,8 +141,16 @@ def test_a_model_without_a_price_gets_no_estimate():
             "openai/sim-task") in text
 
 
+def test_models_priced_at_zero_are_bounded_at_zero_whatever_their_window():
+    """The keyless demo's models (the chart's simulated LLM) are free: no window is needed to bound them."""
+    plan = plan_of(parse_spec(example("simulated-llm-demo.yaml")), LocalConfigMaps({}))
+    assert plan.usd_bound == 0 and all(b.usd_bound == 0 for b in plan.calls)
+    assert "USD: at most $0.00" in render_dry_run(plan, "job.yaml")
+
+
 def promptopt_dry_run(*args):
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "RAG_AUTHORIZATION"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.endswith("_API_KEY") and k not in ("RAG_AUTHORIZATION", *OPENAI_BASE_URL_ENV)}
     return subprocess.run([PROMPTOPT, "run", "--dry-run", *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=120, cwd=REPO)
 
@@ -167,6 +178,7 @@ def test_the_http_example_is_planned_without_its_credentials(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "http://toy-rag:8080/answer" in run.stdout and "webhook answer" in run.stdout
     assert "RAG_AUTHORIZATION" in run.stdout and "(the service reports its own usage)" in run.stdout
+    assert "warning" not in run.stdout
 
 
 @pytest.mark.parametrize("change,message", [
@@ -185,3 +197,79 @@ def test_what_a_run_would_refuse_is_refused_naming_it(tmp_path, change, message)
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     run = promptopt_dry_run(tmp_path / "job.yaml")
     assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+# --- the models a job names ------------------------------------------------------------------
+
+TYPO = "openai/gpt-4.1-mni"  # issue 21: this passed as "the job is valid"
+
+
+def write_job(tmp_path, spec):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
+                                    "metadata": {"name": "j"}, "spec": spec}))
+    return path
+
+
+def test_a_model_id_typo_is_a_warning_naming_its_field_and_the_closest_listed_id(tmp_path):
+    spec = example("gepa-sentiment.yaml")
+    spec["task"]["model"] = TYPO
+    run = promptopt_dry_run(write_job(tmp_path, spec), "-o", tmp_path / "plan.json")
+    assert run.returncode == 0, run.stderr
+    warning = "unknown model openai/gpt-4.1-mni (spec.task.model): did you mean openai/gpt-4.1-mini?"
+    assert f"the job is valid. GEPA, 1 prompt(s), 9 training and 3 validation records; at most 150 evaluations " \
+           f"(spec.optimizer.gepa.maxMetricCalls).\nwarning: {warning}\n" in run.stdout
+    assert json.loads((tmp_path / "plan.json").read_text())["warnings"] == [warning]
+
+
+def test_strict_fails_the_dry_run_on_a_warning(tmp_path):
+    spec = example("gepa-sentiment.yaml")
+    spec["task"]["model"] = TYPO
+    run = promptopt_dry_run(write_job(tmp_path, spec), "--strict")
+    assert run.returncode == 2
+    assert ("the job cannot run: unknown model openai/gpt-4.1-mni (spec.task.model): did you mean "
+            "openai/gpt-4.1-mini? (--strict)") in run.stderr
+    assert promptopt_dry_run(EXAMPLES / "gepa-sentiment.yaml", "--strict").returncode == 0
+
+
+def test_every_model_the_job_names_is_looked_up_with_the_fields_naming_it(monkeypatch):
+    for name in OPENAI_BASE_URL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    spec = example("gepa-sentiment.yaml")
+    spec["task"]["model"] = spec["scorers"][1]["model"] = TYPO
+    spec["optimizer"]["reflectionModel"] = "opnai/gpt-4.1"
+    assert unknown_models(parse_spec(spec)) == (
+        "unknown model openai/gpt-4.1-mni (spec.task.model, spec.scorers[1].model): did you mean openai/gpt-4.1-mini?",
+        "unknown model opnai/gpt-4.1 (spec.optimizer.reflectionModel): litellm knows no provider of it; did you mean "
+        "openai/gpt-4.1?",
+    )
+
+
+SERVER = "http://vllm.ml.svc:8000/v1"
+
+
+@pytest.mark.parametrize("task,environment", [
+    ({"model": "openai/gpt-4.1-mini"}, {}),
+    ({"model": "anthropic/claude-haiku-4-5"}, {}),
+    ({"model": "openai/my-finetune", "apiBase": SERVER}, {}),  # the judge and the reflection model use it too
+    ({"model": "hosted_vllm/Qwen/Qwen3-8B", "apiBase": SERVER}, {}),
+    ({"model": "ollama/my-pulled-model"}, {}),  # Ollama serves whatever was pulled, on localhost by default
+    ({"model": "openai/sim-task"}, {"OPENAI_BASE_URL": SERVER}),  # the worker sends openai/ models there
+], ids=["listed", "listed, another provider", "apiBase", "vLLM", "Ollama", "OPENAI_BASE_URL"])
+def test_listed_models_and_models_on_a_server_of_the_users_do_not_warn(monkeypatch, task, environment):
+    for name in OPENAI_BASE_URL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    spec = example("gepa-sentiment.yaml")
+    spec["task"] |= task
+    if "apiBase" in task or environment:
+        spec["scorers"][1]["model"] = spec["optimizer"]["reflectionModel"] = task["model"]
+    assert unknown_models(parse_spec(spec)) == ()
+
+
+@pytest.mark.parametrize("name", EXAMPLE_JOBS)
+def test_the_examples_name_no_unknown_model(monkeypatch, name):
+    for variable in OPENAI_BASE_URL_ENV:
+        monkeypatch.delenv(variable, raising=False)
+    assert unknown_models(parse_spec(example(name))) == ()

@@ -246,6 +246,33 @@ def test_a_provider_message_echoing_the_key_is_redacted(monkeypatch):
     assert "Incorrect API key provided: ***" in str(caught.value)
 
 
+def test_a_long_provider_error_is_cut_at_a_word_boundary_after_the_hint(monkeypatch):
+    """litellm's BadRequestError can echo the whole request: several KB that must not bury what to do."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_LOOKING_KEY)
+    review = "I bought the Aurora X2 headphones last spring and have worn them every day since. " * 60
+    asked = [{"role": "user", "content": f"Classify the sentiment of this review.\n\n{review}"}]
+    request = json.dumps({"model": "claude-haiku-4-5", "temperature": 1.5, "api_key": REAL_LOOKING_KEY,
+                          "messages": asked})
+    error = litellm.BadRequestError(
+        message='AnthropicException - {"type":"error","error":{"type":"invalid_request_error","message":'
+        f'"temperature: range: 0..1"}}}}. Received request: {request}',
+        llm_provider="anthropic", model="claude-haiku-4-5")
+    assert len(str(error)) > 4000
+    endpoint = ModelEndpoint(role="task", model="anthropic/claude-haiku-4-5", description="task model",
+                             params={"mock_response": error})
+    with pytest.raises(PermanentLLMError) as caught:
+        LLMClient().complete(endpoint, HELLO)
+    where_and_hint, said = str(caught.value).split("; ", 1)
+    assert where_and_hint == ("task model 'anthropic/claude-haiku-4-5': the request was rejected: check the model id "
+                              "(litellm's provider/model form) and the completion parameters")
+    assert said.startswith('litellm.BadRequestError: AnthropicException - {"type":"error"')
+    assert "temperature: range: 0..1" in said and REAL_LOOKING_KEY not in said
+    kept = said.removesuffix(" ...")
+    assert kept != said and len(kept) <= 500
+    whole = " ".join(redaction.redact(str(error)).split())
+    assert whole.startswith(kept) and whole[len(kept)] == " "  # no word cut in two
+
+
 def test_a_missing_key_says_which_variable_to_set(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     endpoint = ModelEndpoint(role="task", model="openai/gpt-4o-mini", description="task model", max_retries=0)

@@ -2,13 +2,18 @@
 import io
 import json
 import logging
+import re
+from datetime import UTC, datetime
 
 import pytest
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
+from promptopt.api.times import format_time
 from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
-from promptopt.worker_contract import WORKER_STATUS_FIELDS, parse_termination_message
+from promptopt.worker_contract import (
+    WORKER_STATUS_FIELDS, ModelsUsed, ResultFile, RunInfo, parse_termination_message,
+)
 from promptopt_worker.problem import CandidateRecord, Progress, Result, ScoreSummary
 from promptopt_worker.reporting import (
     ConsoleReporter,
@@ -114,10 +119,11 @@ def test_status_reporter_patches_only_worker_owned_fields(cluster):
                                      "failedExamples": 0}
     assert status["optimizedPrompts"] == [{"name": "classify", "template": BEST["classify"]}]
     assert status["cost"] == {"llmCalls": 3, "promptTokens": 90, "completionTokens": 9}
+    assert status["display"] == {"initialScore": "0.250", "bestScore": "1.000"}  # kubectl get's columns; no price
     assert status["workerResult"] == {"reason": "Completed", "message": "budget of metric calls spent",
                                       "succeeded": True}
     assert len(sent) == 2 and all(set(patch) <= set(WORKER_STATUS_FIELDS) for patch in sent)
-    assert set(sent[1]) == {"progress", "finalScores", "workerResult"}  # unchanged fields are not resent
+    assert set(sent[1]) == {"progress", "finalScores", "display", "workerResult"}  # unchanged fields are not resent
 
 
 def test_status_is_rate_limited_but_important_events_and_the_end_go_out_at_once():
@@ -186,8 +192,17 @@ def test_termination_message_holds_the_whole_result_when_small(tmp_path):
         "finalScores": {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0}, "failedExamples": 0},
         "optimizedPrompts": [{"name": "classify", "template": BEST["classify"]}],
         "cost": {"llmCalls": 5},
+        "display": {"initialScore": "0.250"},
         "workerResult": {"reason": "Completed", "message": "budget of metric calls spent", "succeeded": True},
     }
+
+
+def test_scores_and_cost_are_formatted_for_kubectls_columns():
+    """A printer column shows a number in full (0.8333333333333334) and no currency: the worker writes both."""
+    status = worker_status(running(12, best=5 / 6), cost={"llmCalls": 4, "usd": 0.0123456})
+    assert status.display is not None
+    assert (status.display.best_score, status.display.cost) == ("0.833", "$0.0123")
+    assert worker_status(running(12), cost={"usd": 12.345}).display.cost == "$12.35"
 
 
 def seven_candidates() -> tuple[CandidateRecord, ...]:
@@ -210,6 +225,30 @@ def test_status_keeps_the_best_candidates_and_the_result_file_all_of_them(tmp_pa
     assert [c["id"] for c in in_file] == [3, 6, 2, 5, 1, 4, 0]
     assert in_file[-1] == {"id": 0, "parents": [], "score": 0.25, "scorers": {"ExactMatch": 0.25},
                            "foundAtMetricCalls": 0, "prompts": {"classify": "v0"}}
+
+
+def test_the_result_file_says_what_produced_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    run = RunInfo(job="sentiment", namespace="team-a", optimizer="GEPA",
+                  optimizer_settings={"maxMetricCalls": 60, "options": {"note": f"key {SECRET}"}},
+                  models=ModelsUsed(task="openai/gpt-4.1-mini", judges={"Correctness": "openai/gpt-4.1"},
+                                    reflection="openai/gpt-4.1"),
+                  started_at="2026-01-01T00:00:00Z", promptopt_version="0.1.0", simulated_llm=False)
+    path = tmp_path / "result.json"
+    ResultFileReporter(path, run=run).finished(running(60, best=1.0), completed())
+
+    written = json.loads(path.read_text())
+    assert written["run"] == {
+        "job": "sentiment", "namespace": "team-a", "optimizer": "GEPA",
+        "optimizerSettings": {"maxMetricCalls": 60, "options": {"note": "key ***"}},
+        "models": {"task": "openai/gpt-4.1-mini", "judges": {"Correctness": "openai/gpt-4.1"},
+                   "reflection": "openai/gpt-4.1"},
+        "startedAt": "2026-01-01T00:00:00Z", "finishedAt": written["run"]["finishedAt"],
+        "promptoptVersion": "0.1.0", "simulatedLlm": False,
+    }
+    assert "2026-01-01T00:00:00Z" < written["run"]["finishedAt"] <= format_time(datetime.now(UTC))
+    assert ResultFile.model_validate(written).run == run.model_copy(update={  # `promptopt report` reads it back
+        "finished_at": written["run"]["finishedAt"], "optimizer_settings": written["run"]["optimizerSettings"]})
 
 
 def test_termination_message_leaves_the_candidates_to_the_status(tmp_path):
@@ -265,8 +304,11 @@ def test_console_reporter_logs_sparse_lines_and_a_score_table_at_the_end():
 
     text = out.getvalue()
     assert "\r" not in text
-    progress_lines = [line for line in text.splitlines() if line.startswith("progress:")]
-    assert len(progress_lines) == 2 and "3/60 metric calls" in progress_lines[1] and "best 0.250" in progress_lines[1]
+    progress_lines = [line for line in text.splitlines() if " progress: " in line]
+    assert len(progress_lines) == 2
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d progress: ", line) for line in progress_lines)  # when
+    # 2 metric calls in the 5 s since the first report: the 57 left take 142.5 s more.
+    assert "3/60 metric calls, best 0.250, 0:05 elapsed, ETA 2:22" in progress_lines[1]
     assert "result: Completed - budget of metric calls spent" in text
     table = text[text.index("scorer"):].splitlines()[:4]
     assert table[1].split() == ["ExactMatch", "0.000", "1.000"]
@@ -300,14 +342,44 @@ def test_console_result_counts_the_retries_of_transient_llm_errors():
 
 
 def test_console_reporter_draws_a_live_bar_on_a_terminal():
-    out = io.StringIO()
-    console = ConsoleReporter(out, live=True)
+    out, clock = io.StringIO(), FakeClock()
+    console = ConsoleReporter(out, live=True, clock=clock, columns=lambda: 120)
     console.progress(running(30, best=0.5, iteration=2), important=True)
-    console.finished(running(60, best=1.0), completed())
+    clock.now = 75
+    console.finished(running(40, best=1.0), completed())
 
     text = out.getvalue()
-    assert text.startswith("\r[" + "#" * 12 + "." * 12 + "] 30/60 metric calls, iteration 2")
-    assert "\r[" + "#" * 24 + "] 60/60" in text
+    assert text.startswith("\r[#####.....] 30/60 metric calls, best 0.500, 0:00 elapsed, iteration 2, 0 candidates"
+                           "\x1b[K")
+    # 10 metric calls in 75 s: the 20 left take 150 s.
+    assert "\r[######....] 40/60 metric calls, best 1.000, 1:15 elapsed, ETA 2:30, iteration 0" in text
+
+
+FACTS = ["1230/2000 metric calls", "best 0.875", "1:02:05 elapsed", "ETA 26:33:28", "7 not scored", "iteration 400",
+         "50 candidates", "123456 LLM calls", "987 from the cache"]
+
+
+@pytest.mark.parametrize(("columns", "shown"), [
+    (20, []),  # not even the metric calls fit whole: cut
+    (40, FACTS[:2]),
+    (80, FACTS[:4]),  # with the bar
+    (200, FACTS[:7] + FACTS[8:]),  # all but the cost, too long for the room left
+])
+def test_the_live_bar_fits_the_terminal_keeping_the_most_telling_facts(columns, shown):
+    out, clock = io.StringIO(), FakeClock()
+    cost = {"llmCalls": 123456, "promptTokens": 98765432, "completionTokens": 1234567, "usd": 1234.5678, "retries": 12}
+    console = ConsoleReporter(out, live=True, clock=clock, columns=lambda: columns, cost=lambda: cost)
+    console.progress(Progress(metric_calls=1200, max_metric_calls=2000), important=True)
+    clock.now = 3725  # 30 metric calls in 3725 s: the 770 left take 95608 s
+    console.progress(Progress(metric_calls=1230, max_metric_calls=2000, iteration=400, candidates=50, best_score=0.875,
+                              failed_examples=7, cached_evaluations=987), important=True)
+
+    line = out.getvalue().split("\r")[-1].removesuffix("\x1b[K")
+    assert len(line) <= columns - 1  # the last column stays free: a full line wraps on some terminals
+    assert [fact for fact in FACTS if fact in line] == shown
+    assert line.startswith("[######....] ") == (columns >= 80)  # the bar only with room for the main facts too
+    if not shown:
+        assert line == "1230/2000 metric calls"[:19]
 
 
 def test_one_failing_reporter_does_not_stop_the_others():
@@ -327,26 +399,21 @@ def test_one_failing_reporter_does_not_stop_the_others():
 # --- secrets ------------------------------------------------------------------------------------
 
 
-def test_secrets_are_masked_in_status_logs_and_termination_message(tmp_path, monkeypatch):
+def test_secrets_are_masked_in_status_logs_and_termination_message(tmp_path, monkeypatch, logging_restored):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     log_stream, console_out, termination = io.StringIO(), io.StringIO(), tmp_path / "termination-log"
-    root, litellm_logger = logging.getLogger(), logging.getLogger("LiteLLM")
-    saved = [(logger, logger.handlers[:], logger.level) for logger in (root, litellm_logger)]
+    litellm_logger = logging.getLogger("LiteLLM")
     configure_logging(log_stream)
-    try:
-        api = RecordingStatusApi([ApiException(status=403, reason=f"Forbidden for token {SECRET}")])
-        leaky = {"classify": f"Use key {SECRET} for {{{{review}}}}"}
-        result = Result(reason="LLMError", message=f"AuthenticationError: Incorrect API key provided: {SECRET}",
-                        best_candidate=leaky, initial_scores=INITIAL)
-        reporters = Reporters(reporter_for(api), ConsoleReporter(console_out, live=False),
-                              TerminationMessageReporter(str(termination)))
-        reporters.progress(running(1, best=0.25, best_candidate=leaky), important=True)  # 403 with the secret: logged
-        reporters.finished(running(2, best=0.25), result)
-        litellm_logger.warning("retrying after error with key %s", SECRET)
-        assert litellm_logger.handlers == []  # its own handler would bypass redaction
-    finally:
-        for logger, handlers, level in saved:
-            logger.handlers[:], logger.level = handlers, level
+    api = RecordingStatusApi([ApiException(status=403, reason=f"Forbidden for token {SECRET}")])
+    leaky = {"classify": f"Use key {SECRET} for {{{{review}}}}"}
+    result = Result(reason="LLMError", message=f"AuthenticationError: Incorrect API key provided: {SECRET}",
+                    best_candidate=leaky, initial_scores=INITIAL)
+    reporters = Reporters(reporter_for(api), ConsoleReporter(console_out, live=False),
+                          TerminationMessageReporter(str(termination)))
+    reporters.progress(running(1, best=0.25, best_candidate=leaky), important=True)  # 403 with the secret: logged
+    reporters.finished(running(2, best=0.25), result)
+    litellm_logger.warning("retrying after error with key %s", SECRET)
+    assert litellm_logger.handlers == []  # its own handler would bypass redaction
 
     everything = {
         "status": json.dumps(api.patches),

@@ -1,9 +1,11 @@
 """`promptopt run`: the examples end to end against the simulated LLM, as a user runs them."""
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -41,6 +43,22 @@ def test_gepa_example_improves_the_prompt(tmp_path):
     assert 150 - 9 < result["progress"]["metricCalls"] <= result["progress"]["maxMetricCalls"] == 150
     assert result["cost"]["llmCalls"] > 0 and result["cost"]["promptTokens"] > 0
     assert "ExactMatch" in run.stdout and prompt["template"] in run.stdout  # the console's table and prompts
+    # Without a terminal, progress comes as a timestamped line.
+    progress = [line for line in lines if " progress: " in line]
+    assert progress and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d progress: \d+/150 metric calls, ", line)
+                            for line in progress)
+    # What produced the result (the example sets no namespace).
+    run_info = result["run"]
+    assert {key: run_info[key] for key in ("job", "optimizer", "models", "promptoptVersion", "simulatedLlm")} == {
+        "job": "gepa-sentiment", "optimizer": "GEPA", "promptoptVersion": "0.1.0", "simulatedLlm": True,
+        "models": {"task": "openai/sim-task", "judges": {"Correctness": "openai/sim-judge"},
+                   "reflection": "openai/sim-reflect"},
+    }
+    assert "namespace" not in run_info
+    assert run_info["optimizerSettings"]["maxMetricCalls"] == 150
+    assert run_info["optimizerSettings"]["candidateSelection"] == "pareto"
+    started, finished = (datetime.fromisoformat(run_info[key]) for key in ("startedAt", "finishedAt"))
+    assert started <= finished <= datetime.now(UTC)
 
 
 def test_zero_shot_metaprompt_rewrites_every_prompt_without_scores(tmp_path):

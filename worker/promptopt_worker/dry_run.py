@@ -22,6 +22,10 @@ the calls already in flight (at most task.concurrency evaluations and one reflec
 estimate says it is one: every call as long as the seed prompts make it (4 characters a token), every answer as long
 as maxTokens (ASSUMED_* tokens where none is set), priced as the client prices it (the spec's pricing, else
 litellm's list).
+
+Models: every model the job names is looked up in litellm's offline model list, and one it does not know is a
+warning naming its field and the listed id closest to it (with --strict, the dry run fails). A model on a server of
+the user's is not looked up: any name is valid there.
 """
 from __future__ import annotations
 
@@ -34,11 +38,11 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
 from promptopt.prompt_contract import reflective_record
-from promptopt_worker import metaprompt
+from promptopt_worker import litellm_transport, metaprompt, openai_compatible
 from promptopt_worker.evaluation import ModelProgram, TaskEvaluator
 from promptopt_worker.gepa_optimizer import GepaRun, gepa_run
 from promptopt_worker.llm import ModelEndpoint, list_price, token_limits
-from promptopt_worker.problem import Example, Problem
+from promptopt_worker.problem import Example, InvalidInput, Problem
 from promptopt_worker.scorers import LLMJudge, Scorer, Webhook
 from promptopt_worker.templates import as_text, messages
 
@@ -73,6 +77,7 @@ class DryRun:
     calls: tuple[CallBound, ...]
     max_cost_usd: float | None
     in_flight: int  # calls that may still finish once maxCostUSD is reached
+    warnings: tuple[str, ...] = ()  # models litellm's list does not know
 
     @property
     def total_calls(self) -> int | None:
@@ -95,8 +100,9 @@ class DryRun:
                 "usdEstimate": self.usd_estimate, "usdBound": self.usd_bound}
 
 
-def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem) -> DryRun:
-    """The bounds of the job prepared as `problem`; InvalidInput for what the optimizer would refuse at its start."""
+def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem, strict: bool = False) -> DryRun:
+    """The bounds of the job prepared as `problem`; InvalidInput for what the optimizer would refuse at its start,
+    and with `strict` for a warning too."""
     evaluator, run = problem.evaluator, None
     if spec.optimizer.type == "GEPA":
         run = gepa_run(problem)
@@ -110,12 +116,43 @@ def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem) -> DryRun:
         bounds += [_scorer_bound(scorer, evaluations, problem) for scorer in evaluator.scorers
                    if isinstance(scorer, LLMJudge | Webhook)]
     bounds.append(_reflection_bound(spec, problem, evaluations, run))
+    warnings = unknown_models(spec)
+    if strict and warnings:
+        raise InvalidInput("; ".join(warnings) + " (--strict)")
     return DryRun(
         optimizer=spec.optimizer.type, prompts=len(problem.prompts), train_records=len(problem.train),
         validation_records=len(problem.validation), evaluations=evaluations, evaluations_from=evaluations_from,
         calls=tuple(bounds), max_cost_usd=spec.budget.max_cost_usd if spec.budget else None,
-        in_flight=spec.task.concurrency + 1,
+        in_flight=spec.task.concurrency + 1, warnings=warnings,
     )
+
+
+def unknown_models(spec: PromptOptimizationJobSpec) -> tuple[str, ...]:
+    """One warning per model the job names that litellm's offline model list does not know, naming the fields that
+    name it and the listed id closest to it."""
+    fields_by_model: dict[str, list[str]] = {}
+    for field, endpoint in _named_models(spec):
+        if not _serves_any_name(endpoint):
+            fields_by_model.setdefault(endpoint.model, []).append(field)
+    found = ((model, fields, litellm_transport.unknown_model(model)) for model, fields in fields_by_model.items())
+    return tuple(f"unknown model {model} ({', '.join(fields)}): {why}" for model, fields, why in found if why)
+
+
+def _named_models(spec: PromptOptimizationJobSpec) -> list[tuple[str, ModelEndpoint]]:
+    """The job's models, each with its field, as the worker will call them (an apiBase defaults to the task's)."""
+    task = [("spec.task.model", ModelEndpoint.for_task(spec.task))] if spec.task.model else []
+    judges = [(f"spec.scorers[{index}].model", ModelEndpoint.for_judge(scorer, spec.task))
+              for index, scorer in enumerate(spec.scorers or []) if scorer.model]
+    return [*task, *judges, ("spec.optimizer.reflectionModel", ModelEndpoint.for_reflection(spec.optimizer, spec.task))]
+
+
+def _serves_any_name(endpoint: ModelEndpoint) -> bool:
+    """Whether the model is called on a server of the user's (vLLM, Ollama, a gateway, promptopt's simulated sim-*
+    models), which answers to whatever names it chooses: the endpoint's apiBase, or for openai/ models the
+    OPENAI_BASE_URL of this environment, read as the worker reads it. (A base URL that only the job's credentials
+    Secret sets cannot be seen here: such a model warns.)"""
+    return bool(endpoint.api_base) or (endpoint.model.startswith(openai_compatible.PROVIDER_PREFIX)
+                                       and openai_compatible.base_url(endpoint) != openai_compatible.OPENAI_API_BASE)
 
 
 def _tokens(text: str) -> int:
@@ -129,8 +166,13 @@ def _estimate(endpoint: ModelEndpoint, calls: int, prompt_tokens: float, complet
 
 def _bound(endpoint: ModelEndpoint, calls: int | None) -> float | None:
     """`calls` calls, each as long as the model's context window lets it be, at its price."""
+    if calls is None:
+        return None
+    if endpoint.pricing is not None and not (endpoint.pricing.input_per_million_tokens
+                                             or endpoint.pricing.output_per_million_tokens):
+        return 0.0  # free whatever the calls' length (a local model, the simulated LLM)
     limits = token_limits(endpoint)
-    if calls is None or limits is None:
+    if limits is None:
         return None
     per_call = list_price(endpoint, *limits)
     return None if per_call is None else calls * per_call
@@ -211,6 +253,7 @@ def render_dry_run(plan: DryRun, source: str) -> str:
         f"{source}: the job is valid. {plan.optimizer}, {plan.prompts} prompt(s), {plan.train_records} training and "
         f"{plan.validation_records} validation records; at most {plan.evaluations} evaluations "
         f"({plan.evaluations_from}).",
+        *(f"warning: {warning}" for warning in plan.warnings),
         "",
         "calls, at most (one worker attempt; retries of transient errors are counted apart):",
     ]

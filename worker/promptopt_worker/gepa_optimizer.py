@@ -68,6 +68,7 @@ RESERVED_OPTIONS: dict[str, str] = {
 }
 GEPA_PARAMETERS = frozenset(inspect.signature(gepa.optimize).parameters)
 GEPA_VERSION = version("gepa")
+GEPA_PERFECT_SCORE = inspect.signature(gepa.optimize).parameters["perfect_score"].default
 
 # DSPy's GEPA `auto` presets: how many candidates each budget is sized for.
 PRESET_CANDIDATES: dict[str, int] = {"light": 6, "medium": 12, "heavy": 18}
@@ -267,6 +268,19 @@ def iteration_cost_bound(minibatch_size: int, validation_size: int, use_merge: b
     return proposal + validation_size
 
 
+class PerfectSeed:
+    """Stops a run whose seed scores perfectly on validation: no candidate can beat it (ties keep the seed), yet gepa
+    would spend the whole budget, skipping minibatches scored perfectly (microseconds each, from the evaluator's
+    cache) or proposing prompts that cannot score higher."""
+
+    def __init__(self, perfect_score: float):
+        self.perfect_score = perfect_score
+
+    def __call__(self, gepa_state: Any) -> bool:
+        scores = gepa_state.program_full_scores_val_set
+        return bool(scores) and scores[0] >= self.perfect_score
+
+
 class MetricCallBudget:
     """Keeps the run within max_metric_calls. gepa checks its budget between iterations only, so its last
     iteration may pass it (42 of 40); this stopper starts an iteration only when the calls left cover the
@@ -397,6 +411,9 @@ def optimize_gepa(
     goal = Recorded(ScoreThresholdStopper(goal_score)) if goal_score is not None else None
     patience = Recorded(NoImprovementStopper(patience_iterations)) if patience_iterations is not None else None
     stoppers.extend(stopper for stopper in (goal, patience) if stopper is not None)
+    perfect_score = kwargs.get("perfect_score", GEPA_PERFECT_SCORE)
+    perfect = Recorded(PerfectSeed(perfect_score))
+    stoppers.append(perfect)
 
     result = gepa.optimize(
         seed_candidate=problem.seed_candidate,
@@ -432,6 +449,10 @@ def optimize_gepa(
         reason, message = "DeadlineReached", f"the deadline of {problem.deadline_seconds:g} s passed; {summary}"
     elif goal is not None and goal.fired:
         reason, message = "GoalReached", f"GEPA stopped at its goal of {goal_score:g}; {summary}"
+    elif perfect.fired:
+        reason = "Completed"
+        message = (f"GEPA stopped: the original prompts score {perfect_score:g} on validation, a perfect score that "
+                   f"no candidate can beat; {summary}")
     elif patience is not None and patience.fired:
         reason = "NoImprovement"
         message = f"GEPA stopped: no better candidate in {patience_iterations} iterations; {summary}"

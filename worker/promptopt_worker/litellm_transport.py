@@ -7,9 +7,10 @@ This module sends one request and classifies what came back; retries, budgets an
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -29,6 +30,13 @@ from promptopt_worker.llm_call import (
 
 # litellm's OpenAI-compatible provider insists on a key; local servers (vLLM, llama.cpp) ignore it.
 PLACEHOLDER_API_KEY = "not-needed"
+# Providers whose model names are the user's own: a server they run, a deployment or endpoint they named, a model
+# they pulled, any repository of a hub. litellm's list cannot tell a typo there from a name it never heard of.
+USER_NAMED_PROVIDERS = frozenset({
+    "hosted_vllm", "vllm", "ollama", "ollama_chat", "lm_studio", "llamafile", "lemonade", "xinference",
+    "docker_model_runner", "oobabooga", "triton", "openai_like", "custom_openai", "litellm_proxy",
+    "azure", "sagemaker", "sagemaker_chat", "databricks", "huggingface",
+})
 
 @functools.cache
 def _litellm() -> ModuleType:
@@ -51,6 +59,40 @@ def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:
     if endpoint.api_base:
         return []
     return list(_litellm().validate_environment(model=endpoint.model)["missing_keys"])
+
+
+def unknown_model(model: str) -> str | None:
+    """Why litellm's offline model list does not know `model`, with the listed chat model closest to it; None when
+    the list knows it, or cannot tell: a provider whose model names are the user's own, or one it lists no model of.
+    The caller skips models on a server of the user's (an apiBase), which answers to any name."""
+    litellm = _litellm()
+    try:
+        name, provider, _, _ = litellm.get_llm_provider(model)
+    except Exception:  # noqa: BLE001 - litellm raises a BadRequestError when no provider prefix matches
+        close = difflib.get_close_matches(model, _chat_model_ids(litellm.models_by_provider), n=1)
+        return "litellm knows no provider of it" + (f"; did you mean {close[0]}?" if close else
+                                                    ": write it as provider/model")
+    listed = litellm.models_by_provider.get(provider) or set()
+    if provider in USER_NAMED_PROVIDERS or not listed:
+        return None
+    if model in litellm.model_cost or not listed.isdisjoint({name, f"{provider}/{name}"}):
+        return None
+    # Names compared without the provider, which every candidate shares and would make any two ids look alike.
+    prefix = f"{provider}/"
+    close = difflib.get_close_matches(name, [i.removeprefix(prefix) for i in _chat_model_ids([provider])], n=1)
+    return f"did you mean {prefix}{close[0]}?" if close else "litellm's model list does not know it: check the id"
+
+
+def _chat_model_ids(providers: Iterable[str]) -> list[str]:
+    """The chat models litellm lists for these providers, as provider/name."""
+    litellm = _litellm()
+    ids = set()
+    for provider in providers:
+        for listed in litellm.models_by_provider.get(provider) or ():
+            entry = litellm.model_cost.get(listed) or litellm.model_cost.get(f"{provider}/{listed}") or {}
+            if entry.get("mode") == "chat":
+                ids.add(listed if listed.startswith(f"{provider}/") else f"{provider}/{listed}")
+    return sorted(ids)
 
 
 def list_price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:

@@ -338,7 +338,12 @@ def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:
 
 
 def _redacted(provider_says: str) -> str:
+    """What the provider said, masked, on one line and cut at a word boundary: a BadRequestError can echo the
+    whole request, several KB that would bury the hint before it."""
     message = " ".join(redact(provider_says).split())
-    if len(message) > PROVIDER_MESSAGE_LIMIT:
-        message = message[:PROVIDER_MESSAGE_LIMIT] + "..."
-    return message
+    if len(message) <= PROVIDER_MESSAGE_LIMIT:
+        return message
+    cut = message[:PROVIDER_MESSAGE_LIMIT + 1]
+    space = cut.rfind(" ")
+    # At the last space, unless a long run without one (a URL, compact JSON) would leave little of the text.
+    return (cut[:space] if space > PROVIDER_MESSAGE_LIMIT // 2 else cut[:-1]) + " ..."

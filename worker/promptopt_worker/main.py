@@ -25,14 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from promptopt.api.times import parse_time
+from promptopt.api.times import format_time, parse_time
 from promptopt.api.v1alpha1 import (
     API_VERSION, KIND, ConfigMapInput, MlflowStatus, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
 )
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import (
     CHECKPOINT_DIR_ENV, EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_SUCCEEDED, JOB_NAME_ENV, JOB_NAMESPACE_ENV,
-    LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV,
+    LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV, ModelsUsed, RunInfo,
 )
 from promptopt_worker import llm
 from promptopt_worker.dry_run import plan_dry_run, render_dry_run
@@ -47,6 +47,8 @@ from promptopt_worker.reporting import (
     ConsoleReporter,
     CostSource,
     KubernetesStatusReporter,
+    LogFormat,
+    LogReporter,
     Reporters,
     ResultFileReporter,
     TerminationMessageReporter,
@@ -183,11 +185,12 @@ def usage_so_far(cost: Mapping[str, Any] | None) -> Usage:
 # promptopt worker
 
 
-def run_worker() -> int:
-    """Run the job named by PROMPTOPT_JOB_NAME / PROMPTOPT_JOB_NAMESPACE, reporting into its status."""
+def run_worker(log_format: LogFormat = "text") -> int:
+    """Run the job named by PROMPTOPT_JOB_NAME / PROMPTOPT_JOB_NAMESPACE, reporting into its status and its log
+    (`log_format` json: one JSON object per line)."""
     import kubernetes
 
-    configure_logging(sys.stdout)
+    configure_logging(sys.stdout, log_format=log_format)
     stop = StopRequested()
     stop_on_signals(stop)
     name, namespace = os.environ.get(JOB_NAME_ENV), os.environ.get(JOB_NAMESPACE_ENV)
@@ -258,8 +261,8 @@ def credential_values(environ: Mapping[str, str], spec: PromptOptimizationJobSpe
 
 
 def pod_reporters(cost: CostSource = no_cost) -> list[Reporter]:
-    """What a worker reports to besides the job's status: log lines, and the termination message."""
-    return [ConsoleReporter(sys.stdout, live=False, cost=cost), TerminationMessageReporter(cost=cost)]
+    """What a worker reports to besides the job's status: its log, and the termination message."""
+    return [LogReporter(cost=cost), TerminationMessageReporter(cost=cost)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,14 +275,21 @@ def run_local(
     output_json: str | Path | None = None,
     simulated_llm: bool = False,
     dry_run: bool = False,
+    *,
+    log_format: LogFormat = "text",
+    strict: bool = False,
+    promptopt_version: str | None = None,
 ) -> int:
     """Run the job in the YAML file `path` here; ConfigMaps come from the same file and `configmap_files`. With
-    `dry_run`, prepare it and print what it would call and cost instead (the plan as JSON in `output_json`)."""
-    configure_logging(sys.stderr, logging.WARNING)
+    `dry_run`, prepare it and print what it would call and cost instead (the plan as JSON in `output_json`). Warnings
+    and errors go to stderr (`log_format` json: one JSON object per line). The result file names the
+    `promptopt_version` that ran it (the entry point's)."""
+    configure_logging(sys.stderr, logging.WARNING, log_format)
     try:
         documents = read_manifests(Path(path))
         job = single_job(documents, path)
-        spec, job_name = parse_spec(job.get("spec")), (job.get("metadata") or {}).get("name") or Path(path).stem
+        metadata = job.get("metadata") or {}
+        spec, job_name = parse_spec(job.get("spec")), metadata.get("name") or Path(path).stem
         configmaps = LocalConfigMaps.from_files([path, *(configmap_files or [])])
     except InvalidSpec as error:
         print(f"{path}: the job is invalid:\n  " + "\n  ".join(error.problems), file=sys.stderr)
@@ -290,7 +300,7 @@ def run_local(
     if dry_run:
         if simulated_llm:  # priced at zero; nothing is called, so no simulated LLM need run
             spec = with_simulated_models(spec, "http://simulated-llm.invalid/v1")
-        return plan_locally(spec, configmaps, path, output_json)
+        return plan_locally(spec, configmaps, path, output_json, strict)
 
     with ExitStack() as cleanup:
         if simulated_llm:
@@ -309,7 +319,9 @@ def run_local(
 
         reporters: list[Reporter] = [ConsoleReporter(sys.stdout, cost=cost)]
         if output_json:
-            reporters.append(ResultFileReporter(output_json, cost=cost))
+            run = run_info(spec, job_name, metadata.get("namespace"), simulated_llm=simulated_llm,
+                           promptopt_version=promptopt_version)
+            reporters.append(ResultFileReporter(output_json, cost=cost, run=run))
         stop = StopRequested()
         stop_on_signals(stop)
         max_cost = spec.budget.max_cost_usd if spec.budget else None
@@ -319,6 +331,28 @@ def run_local(
         if simulated_llm:
             print(SIMULATED_NOTICE)
     return exit_code(result)
+
+
+def run_info(spec: PromptOptimizationJobSpec, job: str, namespace: str | None, *, simulated_llm: bool,
+             promptopt_version: str | None) -> RunInfo:
+    """What produces a run starting now, for its result file (which sets the end)."""
+    optimizer = spec.optimizer
+    settings = optimizer.gepa_settings if optimizer.type == "GEPA" else optimizer.meta_prompt_settings
+    return RunInfo(
+        job=job,
+        namespace=namespace,
+        optimizer=optimizer.type,
+        optimizer_settings={**settings.model_dump(mode="json", by_alias=True, exclude_none=True),
+                            **({"options": optimizer.options} if optimizer.options else {})},
+        models=ModelsUsed(
+            task=spec.task.model or (spec.task.http.url if spec.task.http else None),
+            judges={scorer.key: scorer.model for scorer in spec.scorers or [] if scorer.model} or None,
+            reflection=optimizer.reflection_model,
+        ),
+        started_at=format_time(datetime.now(UTC)),
+        promptopt_version=promptopt_version,
+        simulated_llm=simulated_llm,
+    )
 
 
 class NoCalls(LLMClient):
@@ -332,16 +366,16 @@ class NoCalls(LLMClient):
 
 
 def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, path: str | Path,
-                 output_json: str | Path | None) -> int:
+                 output_json: str | Path | None, strict: bool = False) -> int:
     """`promptopt run --dry-run`: prepare the job as a run would, and print its calls and cost
-    (promptopt_worker.dry_run). Credentials this environment lacks are not the job's fault (in a cluster they come
-    from its Secret): they are named, and stand-ins let the preparation go on."""
+    (promptopt_worker.dry_run; with `strict`, its warnings fail it). Credentials this environment lacks are not the
+    job's fault (in a cluster they come from its Secret): they are named, and stand-ins let the preparation go on."""
     absent_headers = absent_header_credentials(spec)
     os.environ.update({key: "dry-run-stand-in" for key in absent_headers})
     problem = None
     try:
         problem = build_problem(spec, configmaps, NoCalls(), mlflow=mlflow_store(spec))
-        plan = plan_dry_run(spec, problem)
+        plan = plan_dry_run(spec, problem, strict)
     except InvalidInput as error:
         print(f"{path}: the job cannot run: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT

@@ -15,13 +15,27 @@ _SECRET_ENV_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 # (e.g. MAX_TOKENS=1000 would mask every "1000").
 MIN_SECRET_LENGTH = 8
 MASK = "***"
+# Only values are masked, never names: a field or header named like a credential holds one, but a word such as
+# RAG_AUTHORIZATION or "API key" in a sentence is no value ("the Secret has no key 'RAG_AUTHORIZATION': add it").
+_CREDENTIAL_NAME = r"(?:proxy-)?authorization|(?:x-(?:goog-)?)?api[-_]?key|access[-_]?token|client[-_]?secret|password"
+# An unquoted value counts when it is token-like and holds a digit, as keys do and words of a sentence do not.
+_CREDENTIAL = r"(?=[\w.~+/=-]*\d)[\w.~+/=-]{8,}"
 _SECRET_PATTERNS = (  # (pattern, replacement)
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), MASK),  # OpenAI-style keys (sk-..., sk-proj-..., sk-ant-...)
-    (  # Authorization headers, in any quoting: Authorization: Bearer xyz, {'Authorization': 'Basic xyz'}
-        re.compile(r"(Authorization['\"]?\s*[:=]\s*['\"]?(?:(?:Bearer|Basic|Token)\s+)?)[^\s'\",}]+", re.IGNORECASE),
-        rf"\1{MASK}",
-    ),
-    (re.compile(r"(api[_-]?key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}&]+", re.IGNORECASE), rf"\1{MASK}"),
+    # Key formats: OpenAI and Anthropic (sk-...), Google (AIza...), Hugging Face, Groq, xAI, GitHub, AWS key ids,
+    # and JWTs (service account and MLflow tokens).
+    (re.compile(r"\b(?:sk-[\w-]{8,}|AIza[\w-]{30,}|hf_[A-Za-z0-9]{20,}|gsk_[A-Za-z0-9]{20,}|xai-[A-Za-z0-9]{20,}"
+                r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+                r"|eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]+)"), MASK),
+    # A quoted pair, as JSON or a Python dict shows it: "api_key": "...", {'Authorization': 'Bearer ...'}
+    (re.compile(rf"((['\"])(?:{_CREDENTIAL_NAME})\2\s*:\s*(['\"])(?:(?:Bearer|Basic|Token)\s+)?)[^'\"]+(?=\3)",
+                re.IGNORECASE), rf"\1{MASK}"),
+    # A query or keyword argument: ?api_key=..., api_key='...'
+    (re.compile(rf"((?<![\w-])(?:{_CREDENTIAL_NAME})=['\"]?)[^\s'\"&,;)}}]+", re.IGNORECASE), rf"\1{MASK}"),
+    # A header line, where prose may look alike ("Authorization: add it"): x-api-key: ..., Authorization: Token ...
+    (re.compile(rf"((?<![\w-])(?:{_CREDENTIAL_NAME}):\s*(?:(?:Bearer|Basic|Token)\s+)?){_CREDENTIAL}", re.IGNORECASE),
+     rf"\1{MASK}"),
+    # A credential after its scheme, whichever header carries it: Authorization: Bearer ..., X-Rag-Auth: Basic ...
+    (re.compile(rf"(\b(?:Bearer|Basic)\s+){_CREDENTIAL}"), rf"\1{MASK}"),
 )
 _extra_secrets: set[str] = set()
 
@@ -34,8 +48,8 @@ def add_secrets(values: Iterable[str]) -> None:
 
 def redact(text: str) -> str:
     """`text` with every secret masked: values of environment variables named like *KEY*, *TOKEN*,
-    *SECRET*, *PASSWORD*, values given to `add_secrets`, and key-like strings (sk-..., Authorization
-    headers, api_key=...)."""
+    *SECRET*, *PASSWORD*, values given to `add_secrets`, keys in known formats (sk-..., AIza...), and the values of
+    fields and headers that carry credentials (Authorization, api-key, api_key=...). Names stay."""
     secrets = {v for k, v in os.environ.items() if _SECRET_ENV_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
     for secret in sorted(secrets | _extra_secrets, key=len, reverse=True):  # longest first: one may contain another
         text = text.replace(secret, MASK)

@@ -1,6 +1,7 @@
-"""Where the worker's progress and result go: the job's status, the console, the termination message.
+"""Where the worker's progress and result go: the job's status, the console, the log, the termination message and
+the result file; and how the worker logs.
 
-All three implement `problem.Reporter`; `Reporters` fans out to several. The worker writes only the
+Each implements `problem.Reporter`; `Reporters` fans out to several. The worker writes only the
 status fields it owns (the API's WorkerStatus model); phase, conditions, times and the rest belong to the
 operator. Every text that leaves the worker goes through `redaction.redact`, so an API key that leaked into an
 error message or a prompt is masked in status, logs and the termination message alike.
@@ -10,16 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
 
-from promptopt.api.v1alpha1 import GROUP, PLURAL, STATUS_CANDIDATES, VERSION, OptimizedPrompt, WorkerStatus
+from promptopt.api.times import format_time
+from promptopt.api.v1alpha1 import (
+    GROUP, PLURAL, STATUS_CANDIDATES, VERSION, OptimizedPrompt, WorkerStatus, format_score, format_usd,
+)
 from promptopt.worker_contract import (
-    TERMINATION_MESSAGE_LIMIT_BYTES, TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV, TerminationMessage,
-    render_termination_message,
+    TERMINATION_MESSAGE_LIMIT_BYTES, TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV, ResultFile, RunInfo,
+    TerminationMessage, render_termination_message,
 )
 from promptopt_worker.kube import retry_api_call
 from promptopt_worker.problem import CandidateRecord, Progress, Reporter, Result, ScoreSummary
@@ -68,6 +76,15 @@ def worker_status(progress: Progress, result: Result | None = None, cost: Mappin
         status["mlflow"] = mlflow
     if cost:
         status["cost"] = dict(cost)
+    display = {}  # what kubectl get's columns show
+    if initial is not None and initial.aggregate is not None:
+        display["initialScore"] = format_score(initial.aggregate)
+    if progress.best_score is not None:
+        display["bestScore"] = format_score(progress.best_score)
+    if cost and cost.get("usd") is not None:
+        display["cost"] = format_usd(cost["usd"])
+    if display:
+        status["display"] = display
     if result is not None:
         status["workerResult"] = {"reason": result.reason, "message": result.message, "succeeded": result.succeeded}
     return WorkerStatus.model_validate(redacted(status), extra="forbid")
@@ -119,6 +136,13 @@ class RateLimit:
 
     def mark(self) -> None:
         self._last = self.clock()
+
+    def take(self, important: bool = False) -> bool:
+        """Whether an event goes now (an important one always does), counted as sent if so."""
+        if not (important or self.ready()):
+            return False
+        self.mark()
+        return True
 
 
 class Reporters:
@@ -229,9 +253,82 @@ class KubernetesStatusReporter:
 # The console
 
 
+class Pace:
+    """The time since the run started, and the time left at the pace so far: the metric calls the budget has left
+    (maxMetricCalls less those spent) at the rate spent since the first report (a resumed run starts with some)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.started = clock()
+        self._first: tuple[float, int] | None = None  # (time, metric calls) of the first report
+
+    def measure(self, progress: Progress) -> tuple[float, float | None]:
+        """(seconds elapsed, seconds left or None while the rate is unknown)."""
+        now = self.clock()
+        if self._first is None:
+            self._first = (now, progress.metric_calls)
+        since, spent_before = self._first
+        spent = progress.metric_calls - spent_before
+        if not progress.max_metric_calls or spent <= 0 or now <= since:
+            return now - self.started, None
+        return now - self.started, max(0, progress.max_metric_calls - progress.metric_calls) * (now - since) / spent
+
+
+def duration_text(seconds: float) -> str:
+    """"m:ss", or "h:mm:ss" from an hour on: a clock, which a live line ticks second by second (kubectl's coarser
+    durations, api.times.format_duration, are for the status)."""
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"
+
+
+def progress_parts(progress: Progress, cost: Mapping[str, Any] | None, elapsed: float,
+                   remaining: float | None) -> list[tuple[int, str]]:
+    """The facts of a progress line in display order, each with its rank: a line too narrow for all keeps the
+    lowest ranks."""
+    calls = (f"{progress.metric_calls}/{progress.max_metric_calls}" if progress.max_metric_calls
+             else str(progress.metric_calls))
+    parts = [(0, f"{calls} metric calls")]
+    if progress.best_score is not None:
+        parts.append((1, f"best {format_score(progress.best_score)}"))
+    parts.append((2, f"{duration_text(elapsed)} elapsed"))
+    if remaining is not None:
+        parts.append((3, f"ETA {duration_text(remaining)}"))
+    if progress.failed_examples:
+        parts.append((4, f"{progress.failed_examples} not scored"))
+    parts += [(5, f"iteration {progress.iteration}"), (6, f"{progress.candidates} candidates")]
+    if progress.cached_evaluations:
+        parts.append((8, f"{progress.cached_evaluations} from the cache"))
+    if cost:
+        parts.append((7, _cost_text(cost)))
+    return parts
+
+
+def fit_line(parts: Sequence[tuple[int, str]], width: int, separator: str = ", ") -> str:
+    """The parts that fit in `width` columns, taken by rank, shown in their order; the first-ranked part cut when
+    not even it fits."""
+    by_rank = sorted(range(len(parts)), key=lambda i: parts[i][0])
+    if len(parts[by_rank[0]][1]) > width:
+        return parts[by_rank[0]][1][:width]
+    kept: set[int] = set()
+    used = 0
+    for index in by_rank:
+        length = len(parts[index][1]) + (len(separator) if kept else 0)
+        if used + length <= width:
+            kept.add(index)
+            used += length
+    return separator.join(text for index, (_, text) in enumerate(parts) if index in kept)
+
+
+# The live bar's width in characters, brackets included; it is left out on a terminal without room for it and
+# the main facts (metric calls, best score, elapsed, ETA).
+BAR_WIDTH, MIN_FACTS_WIDTH = 12, 56
+
+
 class ConsoleReporter:
-    """Progress for people: a live one-line bar on a terminal, a log line every few seconds otherwise; at
-    the end, initial and final scores per scorer and the optimized prompts."""
+    """Progress for people: on a terminal, a live one-line bar fitted to its width; otherwise a timestamped line
+    every few seconds. Both say the time elapsed, the time left at the pace so far, and the best score. At the end,
+    initial and final scores per scorer and the optimized prompts."""
 
     def __init__(
         self,
@@ -241,25 +338,29 @@ class ConsoleReporter:
         live: bool | None = None,
         log_interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        columns: Callable[[], int] = lambda: shutil.get_terminal_size().columns,
     ):
         self.stream = stream or sys.stdout
         self.cost = cost
         self.live = self.stream.isatty() if live is None else live
+        self.columns = columns
         # A terminal redraws cheaply; log lines are kept sparse.
         self.rate_limit = RateLimit(0.2 if self.live else log_interval_s, clock)
+        self.pace = Pace(clock)
         self._bar_shown = False
         self._lock = threading.Lock()
 
     def progress(self, progress: Progress, *, important: bool = False) -> None:
         with self._lock:
-            if not (important or self.rate_limit.ready()):
+            if not self.rate_limit.take(important):
                 return
-            self.rate_limit.mark()
             if self.live:
                 self._write(f"\r{self._bar(progress)}\x1b[K")
                 self._bar_shown = True
             else:
-                self._write(f"progress: {self._summary(progress)}\n")
+                parts = progress_parts(progress, self.cost(), *self.pace.measure(progress))
+                stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S")
+                self._write(f"{stamp} progress: {', '.join(text for _, text in parts)}\n")
 
     def finished(self, progress: Progress, result: Result) -> None:
         with self._lock:
@@ -274,8 +375,7 @@ class ConsoleReporter:
         if initial or result.final_scores:
             lines += ["", *score_table(initial, result.final_scores)]
         if progress.failed_examples:
-            lines += ["", f"{progress.failed_examples} evaluations could not be scored (the log says why); the "
-                          "scores above leave those records out"]
+            lines += ["", _failed_examples_text(progress.failed_examples)]
         if result.best_candidate:
             lines += ["", "optimized prompts:"]
             for name, text in result.best_candidate.items():
@@ -284,34 +384,63 @@ class ConsoleReporter:
             lines += ["", f"cost: {_cost_text(cost)}"]
         return redact("\n".join(lines)) + "\n"
 
-    def _bar(self, progress: Progress, width: int = 24) -> str:
-        if progress.max_metric_calls:
-            done = min(width, width * progress.metric_calls // progress.max_metric_calls)
-            head = f"[{'#' * done}{'.' * (width - done)}] "
-        else:
-            head = ""
-        return head + self._summary(progress)
-
-    def _summary(self, progress: Progress) -> str:
-        parts = [
-            f"{progress.metric_calls}/{progress.max_metric_calls} metric calls"
-            if progress.max_metric_calls else f"{progress.metric_calls} metric calls",
-            f"iteration {progress.iteration}",
-            f"{progress.candidates} candidates",
-        ]
-        if progress.best_score is not None:
-            parts.append(f"best {progress.best_score:.3f}")
-        if progress.failed_examples:
-            parts.append(f"{progress.failed_examples} not scored")
-        if progress.cached_evaluations:
-            parts.append(f"{progress.cached_evaluations} from the cache")
-        if cost := self.cost():
-            parts.append(_cost_text(cost))
-        return ", ".join(parts)
+    def _bar(self, progress: Progress) -> str:
+        """The bar and the facts that fit beside it in the terminal's width less one column: a line that filled
+        the last column would wrap on some terminals, and every redraw would leave a line behind. A terminal too
+        narrow for the bar and the main facts gets the facts alone."""
+        width = max(1, self.columns() - 1)
+        # Redacted before they are cut: a secret cut in two would no longer be recognised.
+        parts = [(rank, redact(text)) for rank, text in
+                 progress_parts(progress, self.cost(), *self.pace.measure(progress))]
+        if not progress.max_metric_calls or width < BAR_WIDTH + MIN_FACTS_WIDTH:
+            return fit_line(parts, width)
+        inner = BAR_WIDTH - 2
+        done = min(inner, inner * progress.metric_calls // progress.max_metric_calls)
+        return f"[{'#' * done}{'.' * (inner - done)}] {fit_line(parts, width - BAR_WIDTH - 1)}"
 
     def _write(self, text: str) -> None:
         self.stream.write(redact(text))
         self.stream.flush()
+
+
+class LogReporter:
+    """Progress and result as log records, for the worker Pod's log: a progress record every `interval_s` (the
+    first score and each new best at once), and at the end one record each for the outcome, the scores, every
+    optimized prompt and the cost, with their data as extras (fields of `--log-format json`)."""
+
+    def __init__(self, *, cost: CostSource = no_cost, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.cost = cost
+        self.rate_limit = RateLimit(interval_s, clock)
+        self.pace = Pace(clock)
+        self._lock = threading.Lock()
+
+    def progress(self, progress: Progress, *, important: bool = False) -> None:
+        with self._lock:
+            if not self.rate_limit.take(important):
+                return
+            parts = progress_parts(progress, self.cost(), *self.pace.measure(progress))
+            log.info("progress: %s", ", ".join(text for _, text in parts),
+                     extra={"progress": _progress_status(progress)})
+
+    def finished(self, progress: Progress, result: Result) -> None:
+        outcome = {"reason": result.reason, "message": result.message, "succeeded": result.succeeded}
+        log.info("result: %s - %s", result.reason, result.message, extra={"workerResult": outcome})
+        initial = result.initial_scores or progress.initial_scores
+        if initial or result.final_scores:
+            final = result.final_scores
+            scorers = dict.fromkeys([*(initial.scorers if initial else ()), *(final.scorers if final else ())])
+            changes = [f"{key} {_score(initial, key)} -> {_score(final, key)}" for key in scorers]
+            changes.append(f"aggregate {_score(initial, None)} -> {_score(final, None)}")
+            log.info("scores (initial -> final): %s", ", ".join(changes),
+                     extra={"initialScores": initial.to_status() if initial else None,
+                            "finalScores": final.to_status() if final else None})
+        if progress.failed_examples:
+            log.warning("%s", _failed_examples_text(progress.failed_examples))
+        for name, text in (result.best_candidate or {}).items():
+            log.info("optimized prompt %s: %s", name, text, extra={"prompt": name})
+        if cost := self.cost():
+            log.info("cost: %s", _cost_text(cost), extra={"cost": dict(cost)})
 
 
 def score_table(initial: ScoreSummary | None, final: ScoreSummary | None) -> list[str]:
@@ -333,14 +462,18 @@ def _score(summary: ScoreSummary | None, scorer: str | None) -> str:
     if summary is None:
         return "-"
     value = summary.aggregate if scorer is None else summary.scorers.get(scorer)
-    return "-" if value is None else f"{value:.3f}"
+    return "-" if value is None else format_score(value)
+
+
+def _failed_examples_text(count: int) -> str:
+    return f"{count} evaluations could not be scored (the log says why); the scores above leave those records out"
 
 
 def _cost_text(cost: Mapping[str, Any]) -> str:
     parts = [f"{cost.get('llmCalls', 0)} LLM calls",
              f"{cost.get('promptTokens', 0)}+{cost.get('completionTokens', 0)} tokens"]
     if cost.get("usd") is not None:
-        parts.append(f"${cost['usd']:.4f}")
+        parts.append(format_usd(cost["usd"]))
     if cost.get("retries"):  # a run that survived rate limits or outages says so
         parts.append(f"{cost['retries']} retries of transient errors")
     return ", ".join(parts)
@@ -414,18 +547,26 @@ def _cut_prompts(prompts: list[OptimizedPrompt], length: int) -> list[OptimizedP
 
 
 class ResultFileReporter:
-    """Writes the worker-owned status fields as indented JSON at the end (`promptopt run -o result.json`)."""
+    """Writes the result file (`promptopt run -o result.json`, `worker_contract.ResultFile`) at the end: the
+    worker-owned status fields as indented JSON, with every candidate, and `run`, what produced them (its end time
+    set here)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, cost: CostSource = no_cost):
+    def __init__(self, path: str | os.PathLike[str], *, cost: CostSource = no_cost, run: RunInfo | None = None):
         self.path = path
         self.cost = cost
+        self.run = run
 
     def progress(self, progress: Progress, *, important: bool = False) -> None:
         """Only the end result is written."""
 
     def finished(self, progress: Progress, result: Result) -> None:
+        fields = status_fields(worker_status(progress, result, self.cost(), every_candidate=True))
+        if self.run is not None:
+            run = self.run.model_copy(update={"finished_at": format_time(datetime.now(UTC))})
+            fields["run"] = redacted(run.model_dump(mode="json", by_alias=True, exclude_none=True))
+        result_file = ResultFile.model_validate(fields, extra="forbid")  # the shape `promptopt report` reads
         with open(self.path, "w", encoding="utf-8") as file:
-            json.dump(status_fields(worker_status(progress, result, self.cost(), every_candidate=True)), file, indent=2,
+            json.dump(result_file.model_dump(mode="json", by_alias=True, exclude_unset=True), file, indent=2,
                       ensure_ascii=False)
             file.write("\n")
 
@@ -433,23 +574,133 @@ class ResultFileReporter:
 # ---------------------------------------------------------------------------------------------
 # Logging
 
+LogFormat = Literal["text", "json"]
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def one_line(text: str) -> str:
+    """`text` on one line, its line breaks written as \\n: one record is one line of the log, whatever prompt or
+    traceback it holds, so a log pipeline never splits it."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
 
 class RedactingFormatter(logging.Formatter):
-    """Masks secrets in every log record, whichever library wrote it (litellm, gepa, kubernetes...)."""
+    """Masks secrets in every log record, whichever library wrote it (litellm, gepa, kubernetes...), and writes
+    it on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return one_line(redact(super().format(record)))
 
+
+# What every LogRecord holds; any other attribute came in through `extra=` and goes into the JSON object.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """`--log-format json`: one JSON object per record and line: time (RFC 3339, UTC, milliseconds), level,
+    logger, message, the record's extras, and the traceback when there is one; every string redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, Any] = {
+            "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update((key, value) for key, value in vars(record).items() if key not in _RECORD_ATTRIBUTES)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # Values JSON has no type for are written as their (redacted) text.
+        return json.dumps(redacted(entry), ensure_ascii=False, default=lambda value: redact(str(value)))
+
+
+@dataclass
+class _Window:
+    """One kind of record in the window that started at `started`: how many went out, how many were held back
+    and the last one held back."""
+
+    started: float
+    passed: int = 0
+    held: int = 0
+    last_held: logging.LogRecord | None = None
+
+
+class RepeatLimitingHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that lets at most `burst` records of one kind through per `window_s`, so no library can
+    flood the log (gepa logs a few lines per iteration, and an iteration that finds nothing to do takes
+    microseconds). A kind is the logger, the level and the message with its numbers masked: "Iteration 7: ..."
+    and "Iteration 8: ..." are one kind. Records held back are counted; a record says how many, with the last
+    one's text, when the kind's window ends (at its next record) or the handler closes (at exit)."""
+
+    def __init__(self, stream: TextIO, *, burst: int = 10, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(stream)
+        self.burst, self.window_s, self.clock = burst, window_s, clock
+        self._windows: dict[tuple[str, int, str], _Window] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not super().filter(record):
+            return False
+        kind = (record.name, record.levelno, _NUMBERS.sub("#", record.getMessage())[:_KIND_PREFIX])
+        with self.lock:  # type: ignore[union-attr]  # created by the constructor
+            now = self.clock()
+            window = self._windows.get(kind)
+            if window is None or now - window.started >= self.window_s:
+                if window is not None:
+                    self._say_held_back(window)
+                if len(self._windows) >= _MAX_KINDS:
+                    self._end_windows(lambda old: now - old.started >= self.window_s)
+                window = self._windows[kind] = _Window(now)
+            if window.passed < self.burst:
+                window.passed += 1
+                return True
+            window.held += 1
+            window.last_held = record
+            return False
+
+    def close(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if not getattr(self.stream, "closed", False):
+                self._end_windows(lambda window: True)
+        super().close()
+
+    def _end_windows(self, ended: Callable[[_Window], bool]) -> None:
+        for kind, window in list(self._windows.items()):
+            if ended(window):
+                self._say_held_back(window)
+                del self._windows[kind]
+
+    def _say_held_back(self, window: _Window) -> None:
+        if window.last_held is None:
+            return
+        last = window.last_held
+        summary = logging.makeLogRecord({
+            "name": last.name, "levelno": last.levelno, "levelname": last.levelname,
+            "msg": "held back %d more records like this one (at most %d of a kind go out per %g s): %s",
+            "args": (window.held, self.burst, self.window_s, last.getMessage()), "heldBack": window.held,
+        })
+        self.emit(summary)
+
+
+_NUMBERS = re.compile(r"\d+")
+# Enough of a message to tell its kind; the rest (a prompt, a traceback) would only make every record a kind of its own.
+_KIND_PREFIX = 120
+# Windows kept at most before ended ones are dropped (a run logging ever new kinds must not grow without bound).
+_MAX_KINDS = 1000
 
 # litellm installs handlers of its own (which would bypass redaction) and logs every request at INFO, as
 # does httpx: they keep to warnings, through our handler.
 CHATTY_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx")
 
 
-def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -> None:
-    """Send all logging to `stream` through the redacting formatter."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def configure_logging(stream: TextIO | None = None, level: int = logging.INFO, log_format: LogFormat = "text") -> None:
+    """Send all logging to `stream` through the redacting formatter (`log_format` json: one JSON object per line),
+    each kind of record limited to a burst a minute."""
+    handler = RepeatLimitingHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else RedactingFormatter(TEXT_LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -457,3 +708,8 @@ def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -
         chatty = logging.getLogger(name)
         chatty.handlers.clear()
         chatty.setLevel(max(level, logging.WARNING))
+    # Library warnings (urllib3's InsecureRequestWarning or NotOpenSSLWarning, deprecations) become log records,
+    # redacted like any; they concern the libraries, not the job, so a worker's log shows them and a local run's
+    # console (at WARNING) does not print them before its own lines.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if level <= logging.INFO else logging.ERROR)
