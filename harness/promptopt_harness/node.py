@@ -10,9 +10,11 @@ network namespace of the run's own, running the product's images.
 2. Debian's containerd and runc (installed with apt on first use), with root in the cache, so images imported
    once are there on the next run, and state, socket and the CNI configuration in the run's folder;
 3. the images (promptopt_harness.images) imported into containerd when it lacks them;
-4. the control plane (promptopt_harness.realkube) inside the namespace, kube-scheduler, and the kubelet (built
-   from the same Go module), with the two settings this machine's kernel needs: cgroup v1 (`failCgroupV1:
-   false`, cgroupfs) and no CAP_SYS_RESOURCE in root's bounding set (containerd's `restrict_oom_score_adj`);
+4. the control plane (promptopt_harness.realkube) inside the namespace, the cluster DNS (CoreDNS, which answers
+   a headless Service's name with its Pods' addresses: no Service proxy, so no NAT, is needed), kube-scheduler,
+   and the kubelet (built from the same Go module), with the two settings this machine's kernel needs: cgroup v1
+   (`failCgroupV1: false`, cgroupfs) and no CAP_SYS_RESOURCE in root's bounding set (containerd's
+   `restrict_oom_score_adj`);
 5. once the Node is Ready and untainted: `url`/`kubeconfig` reach the API server from outside through a loopback
    forwarder; a server started `inside()` the node listens where Pods reach it (the simulated LLM, an example
    service), on `address`; `expose()` forwards a port of it to loopback (MLflow, for the test's own client).
@@ -34,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -52,6 +55,8 @@ ADDRESS = "10.96.0.1"  # the bridge, the node, kube-apiserver and the `kubernete
 PREFIX = 24
 POD_RANGE = ("10.96.0.64", "10.96.0.250")  # above the Service range (the first 64 addresses)
 BRIDGE = "promptopt0"
+CLUSTER_DOMAIN = "cluster.local"
+DNS_READY_PORT = 8181
 CNI_NETWORK = "promptopt-node"
 PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd",
             "/usr/lib/cni/bridge": "containernetworking-plugins"}
@@ -145,6 +150,7 @@ class RealNode(ManagedProcesses):
         check_machine()
         started = time.monotonic()
         binaries = build_kube.ensure_built()
+        coredns = build_kube.ensure_tool(build_kube.COREDNS)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._found_in_fixed_paths = self._fixed_paths_content()
         self._remove_stale_namespaces()
@@ -159,6 +165,7 @@ class RealNode(ManagedProcesses):
                                    node_name=NODE_NAME)
         self._step("control plane", self.cluster.start)
         self._make_cgroup_root()
+        self._step("cluster DNS", lambda: self._start_cluster_dns(coredns))
         self._start("kube-scheduler", [
             str(binaries["kube-scheduler"]), f"--kubeconfig={self.cluster.scheduler_kubeconfig}",
             f"--authentication-kubeconfig={self.cluster.scheduler_kubeconfig}",
@@ -185,6 +192,36 @@ class RealNode(ManagedProcesses):
             pid = path.name.rsplit("-", 1)[1]
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 NetworkNamespace(path.name).delete()
+
+    # --- cluster DNS -----------------------------------------------------------------------------------------------
+
+    def _start_cluster_dns(self, coredns: Path) -> None:
+        """CoreDNS on the node's address, answering the cluster's names from the API (Services and their
+        EndpointSlices), as kubeadm's clusters do; other names get no answer, as nothing leaves the namespace. Like
+        the rest of the control plane it is not under test, and runs as the admin."""
+        assert self.cluster is not None
+        kubeconfig = self.cluster.inside().write_kubeconfig(self.workdir / "coredns.kubeconfig")
+        corefile = self.workdir / "Corefile"
+        corefile.write_text(
+            f"{CLUSTER_DOMAIN}:53 {{\n  bind {ADDRESS}\n  errors\n  ready {ADDRESS}:{DNS_READY_PORT}\n"
+            f"  kubernetes {CLUSTER_DOMAIN} {{\n    kubeconfig {kubeconfig}\n  }}\n}}\n")
+        self._start("coredns", [str(coredns), "-conf", str(corefile)])
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not self._dns_ready():
+            self._check_running()
+            if time.monotonic() > deadline:
+                raise NodeUnavailable(f"CoreDNS was not ready in {READY_TIMEOUT_SECONDS} s:\n"
+                                      f"{self.log('coredns')[-4000:]}")
+            time.sleep(0.2)
+
+    def _dns_ready(self) -> bool:
+        """CoreDNS's `ready` plugin: 200 once the kubernetes plugin has synced with the API."""
+        with self.inside():
+            try:
+                with urllib.request.urlopen(f"http://{ADDRESS}:{DNS_READY_PORT}/ready", timeout=2) as answer:
+                    return answer.status == 200
+            except OSError:
+                return False
 
     # --- containerd ----------------------------------------------------------------------------------------------
 
@@ -333,8 +370,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
                                "x509": {"clientCAFile": str(self.cluster.pki.ca)}},
             "authorization": {"mode": "AlwaysAllow"},
-            # No cluster DNS: Pods reach what they call by address.
-            "resolvConf": "", "failSwapOn": False,
+            # Pods resolve through the cluster DNS only (no upstream: nothing outside is reachable).
+            "clusterDNS": [ADDRESS], "clusterDomain": CLUSTER_DOMAIN, "resolvConf": "", "failSwapOn": False,
             # No iptables chains of its own (they would include a KUBE-FIREWALL rule on the machine).
             "makeIPTablesUtilChains": False,
             "podLogsDir": str(self.workdir / "pod-logs"),
@@ -382,7 +419,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for forwarder in self._forwarders:
             forwarder.stop()
         self._forwarders.clear()
-        for name in ("kubelet", "kube-scheduler"):
+        for name in ("kubelet", "kube-scheduler", "coredns"):
             self._stop_process(name)
         if self.cluster is not None:
             self.cluster.stop()

@@ -54,9 +54,10 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 START_TIMEOUT_SECONDS = 60
 CONTROLLERS = ("garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
                "root-ca-certificate-publisher-controller")
-# With a real node: the node lifecycle controller lifts the not-ready taint a new Node starts with, and the chart's
-# operator is a Deployment.
-NODE_CONTROLLERS = ("node-lifecycle-controller", "deployment-controller", "replicaset-controller")
+# With a real node: the node lifecycle controller lifts the not-ready taint a new Node starts with, the chart's
+# operator is a Deployment, and the cluster DNS answers a Service's name from its EndpointSlices.
+NODE_CONTROLLERS = ("node-lifecycle-controller", "deployment-controller", "replicaset-controller",
+                    "endpointslice-controller")
 # The serving certificate's names: what clients outside (loopback) and Pods inside (the Service) connect to.
 SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
 # Every request, with who made it and the answer's code; no bodies (Metadata level).

@@ -12,11 +12,12 @@ def test_examples_apply_and_list_with_their_columns(kubectl):
         kubectl("apply", "-f", str(example))
     listing = kubectl("get", "poj").stdout
     header = listing.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "OPTIMIZER", "PROGRESS%", "INITIAL", "BEST", "AGE"]
+    assert header == ["NAME", "PHASE", "OPTIMIZER", "PROGRESS%", "INITIAL", "BEST", "DURATION", "AGE"]
     assert {line.split()[0] for line in listing.splitlines()[1:]} == {
-        "gepa-sentiment", "metaprompt-zero-shot", "configmap-sources", "http-rag", "mlflow-sentiment"}
+        "gepa-sentiment", "metaprompt-zero-shot", "configmap-sources", "http-rag", "mlflow-sentiment",
+        "simulated-llm-demo"}
     wide = kubectl("get", "poj", "-o", "wide").stdout.splitlines()[0].split()
-    assert wide[-4:] == ["REASON", "COST", "POD", "AGE"]
+    assert wide[-5:] == ["REASON", "COST", "STARTED", "POD", "AGE"]
 
 
 def test_api_server_defaults_are_visible(kubectl):

@@ -5,8 +5,9 @@
 #   E2E_LOCAL=1 (the default, CI): this machine is the cluster. The script starts a real kube-apiserver and
 #       etcd (promptopt_harness.realkube), the local kubelet (Pods run as local processes), the simulated LLM and
 #       `promptopt operator` with the chart's RBAC, and stops them all on exit.
-#   E2E_LOCAL=0: the cluster of the current kubeconfig, with the chart already installed (docs/install.md).
-#       The simulated LLM runs there from the worker image: set E2E_WORKER_IMAGE. Nothing starts locally.
+#   E2E_LOCAL=0: the cluster of the current kubeconfig, with the chart already installed (docs/install.md) as
+#       release promptopt in promptopt-system, with its demo LLM on (demo.simulatedLLM.enabled=true). Nothing
+#       starts locally.
 #
 # Other settings: E2E_NAMESPACE (default: default; on a cluster it must be one of the chart's jobNamespaces),
 # E2E_TIMEOUT (kubectl wait timeout, default 120s), PYTHON (the venv's python, for E2E_LOCAL=1).
@@ -70,8 +71,7 @@ on_exit() {
   else
     k delete --ignore-not-found -f "$HERE/manifests/examples.yaml" -f "$HERE/manifests/long-job.yaml" \
       --wait=false >/dev/null 2>&1 || true
-    k delete --ignore-not-found deployment/simulated-llm service/simulated-llm secret/llm-credentials \
-      >/dev/null 2>&1 || true
+    k delete --ignore-not-found secret/llm-credentials >/dev/null 2>&1 || true
   fi
   rm -rf "$WORK"
   [[ $status -eq 0 ]] && log "e2e passed" || log "e2e failed (exit $status)"
@@ -105,10 +105,9 @@ if [[ "$E2E_LOCAL" == 1 ]]; then
     PROMPTOPT_RETRY_BASE_DELAY_SECONDS=1 PROMPTOPT_WORKER_IMAGE=promptopt-worker:e2e \
     "$(dirname "$PYTHON")/promptopt" operator
 else
-  [[ -n "${E2E_WORKER_IMAGE:-}" ]] || fail "E2E_LOCAL=0 needs E2E_WORKER_IMAGE (the simulated LLM runs from it)"
-  sed "s|WORKER_IMAGE|$E2E_WORKER_IMAGE|" "$HERE/manifests/simulated-llm.yaml" | k apply -f -
-  k rollout status deployment/simulated-llm --timeout="$TIMEOUT"
-  LLM_URL="http://simulated-llm.$NAMESPACE.svc:8000/v1"
+  kubectl rollout status deployment/promptopt-simulated-llm -n "$RELEASE_NAMESPACE" --timeout="$TIMEOUT" ||
+    fail "no demo LLM: install the chart with --set demo.simulatedLLM.enabled=true"
+  LLM_URL="http://promptopt-simulated-llm.$RELEASE_NAMESPACE.svc:8000/v1"
 fi
 log "simulated LLM at $LLM_URL"
 

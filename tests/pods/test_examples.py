@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptopt_harness.jobs import condition, eventually, status_of, wait_for_phase, worker_pods
+from promptopt_harness.jobs import condition, eventually, status_of, table_rows, wait_for_phase, worker_pods
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -25,10 +25,11 @@ def credentials(pods, llm):
 
 
 def test_every_example_is_run_here():
-    """A new example needs its test below (the Secret template is the others' companion)."""
+    """A new example needs its test below (the Secret template is the others' companion; the keyless demo's test is
+    the README's flow in test_install.py)."""
     assert sorted(path.stem for path in EXAMPLES.glob("*.yaml")) == [
         "configmap-sources", "gepa-sentiment", "http-rag", "llm-credentials-secret", "metaprompt-zero-shot",
-        "mlflow-registry"]
+        "mlflow-registry", "simulated-llm-demo"]
 
 
 def assert_succeeded_in_a_real_pod(pods, node_kubectl, name, timeout=120):
@@ -64,8 +65,7 @@ def test_the_readme_job(pods, node_llm, node_kubectl, example):
     assert progress["metricCalls"] <= progress["maxMetricCalls"]  # the budget is never overshot
     percent = str(progress["metricCalls"] * 100 // progress["maxMetricCalls"])
     assert listing[1].split()[:4] == ["gepa-sentiment", "Succeeded", "GEPA", percent]
-    header, row = node_kubectl("get", "poj", "gepa-sentiment", "-o", "wide").stdout.splitlines()
-    wide = dict(zip(header.split(), row.split(), strict=True))
+    (wide,) = table_rows(node_kubectl("get", "poj", "gepa-sentiment", "-o", "wide").stdout)
     assert (wide["REASON"], wide["POD"]) == ("Completed", "gepa-sentiment-worker-1")  # the worker's reason
     described = node_kubectl("describe", "poj", "gepa-sentiment").stdout
     # The Events of its transitions, from the operator by name.

@@ -1,14 +1,18 @@
 """The chart as a platform engineer runs it: `helm install` (done by the `real_pods` fixture), `helm upgrade` to a
 new operator image while jobs run, and `helm uninstall`, with the helm CLI against a real node."""
+import re
+from pathlib import Path
+
 import pytest
 
 from promptopt_harness.client import ApiError
-from promptopt_harness.jobs import eventually, wait_for_phase, worker_pods
+from promptopt_harness.jobs import eventually, table_rows, wait_for_phase, worker_pods
 
 pytestmark = pytest.mark.slow
 
 RELEASE_NAMESPACE = "promptopt-system"
 CRD = "promptoptimizationjobs.promptopt.dev"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture
@@ -96,3 +100,25 @@ def test_uninstall_leaves_the_crd_and_the_jobs_and_a_new_install_finishes_them(p
         pods.helm.install(pods.chart, pods.values())
     status = wait_for_phase(pods.cluster, "across-reinstall", "Succeeded", timeout=120)
     assert status["finalScores"]["aggregate"] is not None and status["attempts"] == 1
+
+
+def test_the_readme_flow_without_a_key_helm_apply_wait_get_and_the_configmap(pods, node_kubectl):
+    """Issue 21: a first cluster run with no API key. The chart deploys the simulated LLM as a demo, the example
+    job (unchanged) reaches it by its Service's name through the cluster DNS, and `kubectl wait` sees it complete."""
+    values = pods.values()
+    values["demo"] = {"simulatedLLM": {"enabled": True}}
+    pods.helm.upgrade(pods.chart, values)  # --wait: the demo LLM is Ready (readiness probe) when this returns
+    try:
+        node_kubectl("apply", "-f", str(EXAMPLES / "simulated-llm-demo.yaml"))
+        waited = node_kubectl("wait", "--for=condition=Complete", "poj/simulated-llm-demo", "--timeout=240s",
+                              timeout=260)
+        assert "condition met" in waited.stdout
+        (columns,) = table_rows(node_kubectl("get", "poj", "simulated-llm-demo").stdout)
+        assert columns["PHASE"] == "Succeeded" and columns["PROGRESS%"].isdigit() and columns["DURATION"]
+        assert re.fullmatch(r"\d\.\d{3}", columns["BEST"]) and columns["BEST"] >= columns["INITIAL"]
+        prompts = node_kubectl("get", "configmap", "simulated-llm-demo-prompts", "-o", "jsonpath={.data.classify}")
+        assert "{{review}}" in prompts.stdout
+    finally:
+        pods.helm.upgrade(pods.chart, pods.values())
+    eventually(lambda: not pods.cluster.in_namespace(RELEASE_NAMESPACE).list(
+        "pods", label_selector="app.kubernetes.io/component=simulated-llm"), 60, "the demo LLM to go with its value")

@@ -35,6 +35,7 @@ VALUE_SETS = {
                                    "ports": [{"protocol": "TCP", "port": 8000}]}],
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "demo": {"simulatedLLM": {"enabled": True}},
     },
     "minimal": {
         "rbac": {"create": False},

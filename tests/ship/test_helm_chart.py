@@ -27,14 +27,20 @@ def objects(manifests, kind):
     return [m for m in manifests if m["kind"] == kind]
 
 
+def operator_deployment(manifests):
+    (deployment,) = [d for d in objects(manifests, "Deployment")
+                     if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
+    return deployment
+
+
 def job_namespaces(merged_values, manifests):
     """Where the chart lets jobs run: where the worker's ServiceAccount and NetworkPolicy must be."""
-    (deployment,) = objects(manifests, "Deployment")
+    deployment = operator_deployment(manifests)
     return merged_values["jobNamespaces"] or merged_values["watchNamespaces"] or [deployment["metadata"]["namespace"]]
 
 
 def operator_container(manifests):
-    (deployment,) = objects(manifests, "Deployment")
+    deployment = operator_deployment(manifests)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return container
 
@@ -75,7 +81,7 @@ def test_the_crd_itself_is_valid_for_kubernetes(version):
 
 
 def test_operator_runs_once_with_a_liveness_probe_and_metrics(manifests, values):
-    (deployment,) = objects(manifests, "Deployment")
+    deployment = operator_deployment(manifests)
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
     container = operator_container(manifests)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -143,7 +149,7 @@ def test_network_policies_select_the_operator_and_the_worker_pods(chart, manifes
     if not values.get("networkPolicy", {}).get("enabled"):
         assert policies == []
         return
-    (deployment,) = objects(manifests, "Deployment")
+    deployment = operator_deployment(manifests)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     operator_policies = [p for p in policies if p["metadata"]["namespace"] == deployment["metadata"]["namespace"]
                          and p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
@@ -165,7 +171,7 @@ def test_service_monitor_scrapes_the_metrics_service(manifests, values):
         assert monitors == []
         return
     (monitor,) = monitors
-    (service,) = objects(manifests, "Service")
+    (service,) = [s for s in objects(manifests, "Service") if s["metadata"]["name"].endswith("-metrics")]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
 

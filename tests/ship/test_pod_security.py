@@ -6,16 +6,12 @@ The checker is plain functions over a Pod spec, following the profile's controls
 (https://kubernetes.io/docs/concepts/security/pod-security-standards/), baseline ones included.
 """
 import copy
-from pathlib import Path
 
 import pytest
-import yaml
 
 from promptopt.api.validation import parse_spec
 from promptopt_operator.pods import worker_pod_manifest
 from promptopt_operator.settings import OperatorSettings
-
-REPO = Path(__file__).resolve().parents[2]
 
 ALLOWED_VOLUME_SOURCES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                           "projected", "secret"}
@@ -134,9 +130,12 @@ def test_checker_rejects_each_control(path, value):
 
 # --- the project's Pods ----------------------------------------------------------------------------------
 
-def test_operator_pod_is_restricted(manifests):
-    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
-    assert restricted_violations(deployment["spec"]["template"]["spec"]) == []
+def test_the_charts_pods_are_restricted(manifests):
+    """The operator's, and the demo LLM's where the values deploy it."""
+    deployments = [m for m in manifests if m["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        assert restricted_violations(deployment["spec"]["template"]["spec"]) == [], deployment["metadata"]["name"]
 
 
 WORKER_SPECS = {
@@ -170,10 +169,3 @@ def test_worker_pod_is_restricted(spec):
     pod = worker_pod_manifest(job_name="job", job_uid="0c1d", spec=parse_spec(spec), attempt=1,
                               settings=OperatorSettings(), active_deadline_seconds=600, spec_hash="hash")
     assert restricted_violations(pod["spec"]) == []
-
-
-def test_e2e_simulated_llm_pod_is_restricted():
-    """The simulated LLM the end-to-end test deploys on a real cluster runs beside the jobs, so it is restricted too."""
-    manifests = yaml.safe_load_all((REPO / "tests" / "e2e" / "manifests" / "simulated-llm.yaml").read_text())
-    (deployment,) = [m for m in manifests if m and m["kind"] == "Deployment"]
-    assert restricted_violations(deployment["spec"]["template"]["spec"]) == []

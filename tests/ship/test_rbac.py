@@ -185,7 +185,8 @@ def granted(manifests: list[dict], service_account: str, namespace: str) -> dict
 
 
 def operator_account(manifests):
-    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"]
+    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"
+                     and m["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
     return deployment["spec"]["template"]["spec"]["serviceAccountName"], deployment["metadata"]["namespace"]
 
 

@@ -82,3 +82,10 @@ app.kubernetes.io/managed-by: promptopt-operator
       port: {{ . }}
     {{- end }}
 {{- end }}
+
+{{/* The demo's simulated LLM Pod, as its Service and the workers' NetworkPolicy select it. */}}
+{{- define "promptopt.simulatedLLMSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "promptopt.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: simulated-llm
+{{- end }}
