@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from promptopt.api.times import parse_time
-from promptopt.api.v1alpha1 import CandidateReport, Progress, Scores, format_usd
+from promptopt.api.v1alpha1 import CandidateReport, HeldOutScores, Progress, Scores, format_usd
 from promptopt.worker_contract import ResultFile, RunInfo
 
 # ---------------------------------------------------------------------------------------------
@@ -230,16 +230,10 @@ def _summary(status: ResultFile, source: str) -> str:
     reason = result.reason if result else "Unknown"
     outcome = "succeeded" if result and result.succeeded else "failed"
     initial, final = status.initial_scores or Scores(), status.final_scores or Scores()
-    scorer_names = list(dict.fromkeys([*(initial.scorers or {}), *(final.scorers or {})]))
-    rows = [f'<tr><th scope="row">aggregate</th><td class="num">{_score(initial.aggregate)}</td>'
-            f'<td class="num">{_score(final.aggregate)}</td>{_change(initial.aggregate, final.aggregate)}</tr>']
-    for name in scorer_names:
-        before, after = (initial.scorers or {}).get(name), (final.scorers or {}).get(name)
-        rows.append(f'<tr><th scope="row">{_text(name)}</th><td class="num">{_score(before)}</td>'
-                    f'<td class="num">{_score(after)}</td>{_change(before, after)}</tr>')
-    if initial.failed_examples or final.failed_examples:
-        rows.append(f'<tr><th scope="row">records not scored</th><td class="num">{_count(initial.failed_examples)}'
-                    f'</td><td class="num">{_count(final.failed_examples)}</td><td class="num"></td></tr>')
+    tables = _score_table("Validation scores", initial, final)
+    if initial.test and final.test:
+        tables += _score_table(f"Test scores: {_count(final.test.records)} held-out records, never shown to the "
+                               "optimizer", initial.test, final.test)
 
     progress, cost = status.progress or Progress(), status.cost
     budget = f" of {progress.max_metric_calls:,}" if progress.max_metric_calls is not None else ""
@@ -266,13 +260,28 @@ def _summary(status: ResultFile, source: str) -> str:
 <h1><span class="outcome {outcome}">{_text(reason)}</span>{_simulated_mark(status.run)}</h1>
 <p class="message">{_text(result.message if result else "The file does not say how the run ended.")}</p>
 <div class="columns">
-<table class="scores"><caption>Validation scores</caption>
-<thead><tr><th></th><th scope="col">initial</th><th scope="col">final</th><th scope="col">change</th></tr></thead>
-<tbody>{"".join(rows)}</tbody></table>
+<div>{tables}</div>
 <dl class="facts">{fact_list}</dl>
 </div>
 {_provenance(status.run)}
 </header>"""
+
+
+def _score_table(caption: str, initial: Scores | HeldOutScores, final: Scores | HeldOutScores) -> str:
+    """Initial and final aggregate and per-scorer scores, with the change, and the records not scored if any."""
+    scorer_names = list(dict.fromkeys([*(initial.scorers or {}), *(final.scorers or {})]))
+    rows = [f'<tr><th scope="row">aggregate</th><td class="num">{_score(initial.aggregate)}</td>'
+            f'<td class="num">{_score(final.aggregate)}</td>{_change(initial.aggregate, final.aggregate)}</tr>']
+    for name in scorer_names:
+        before, after = (initial.scorers or {}).get(name), (final.scorers or {}).get(name)
+        rows.append(f'<tr><th scope="row">{_text(name)}</th><td class="num">{_score(before)}</td>'
+                    f'<td class="num">{_score(after)}</td>{_change(before, after)}</tr>')
+    if initial.failed_examples or final.failed_examples:
+        rows.append(f'<tr><th scope="row">records not scored</th><td class="num">{_count(initial.failed_examples)}'
+                    f'</td><td class="num">{_count(final.failed_examples)}</td><td class="num"></td></tr>')
+    return f"""<table class="scores"><caption>{_text(caption)}</caption>
+<thead><tr><th></th><th scope="col">initial</th><th scope="col">final</th><th scope="col">change</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table>"""
 
 
 def _simulated_mark(run: RunInfo | None) -> str:

@@ -44,7 +44,7 @@ PERMANENT_FAILURES: tuple[WorkerOutcome, ...] = ("InvalidInput", "LLMError", "To
 assert set(PERMANENT_FAILURES) <= set(get_args(WorkerOutcome))
 # Outcomes that end with a usable result when a best candidate exists: finished, or stopped early with the best so far.
 SUCCEEDED_OUTCOMES: tuple[WorkerOutcome, ...] = (
-    "Completed", "GoalReached", "NoImprovement", "BudgetExhausted", "DeadlineReached", "Cancelled")
+    "Completed", "GoalReached", "NoImprovement", "PerfectScore", "BudgetExhausted", "DeadlineReached", "Cancelled")
 
 # The status fields the worker writes; the operator writes every other one.
 WORKER_STATUS_FIELDS: tuple[str, ...] = tuple(

@@ -192,6 +192,19 @@ def test_a_result_without_candidates_renders_and_says_so():
     assert 'class="outcome failed">LLMError<' in page and "bad key" in page
 
 
+def test_test_scores_get_a_table_of_their_own_beside_the_validation_scores():
+    test = {"scorers": {"ExactMatch": 0.25}, "failedExamples": 0, "records": 8}
+    status = gepa_result(initialScores={"aggregate": 0.3, "scorers": {"ExactMatch": 0.3},
+                                        "test": {**test, "aggregate": 0.25}},
+                         finalScores={"aggregate": 0.8, "scorers": {"ExactMatch": 0.8},
+                                      "test": {**test, "aggregate": 0.625, "scorers": {"ExactMatch": 0.625}}})
+    page = render_report(status)
+    assert "<caption>Validation scores</caption>" in page
+    test_table = page.split("<caption>Test scores: 8 held-out records, never shown to the optimizer</caption>")[1]
+    assert "0.250" in test_table.split("</table>")[0] and "0.625" in test_table.split("</table>")[0]
+    assert "Test scores" not in render_report(gepa_result())  # none without a test set
+
+
 # --- what produced it ----------------------------------------------------------------------------------------------
 
 RUN = {"job": "gepa-sentiment", "namespace": "team-a", "optimizer": "GEPA",

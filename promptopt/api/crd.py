@@ -50,6 +50,10 @@ PRINTER_COLUMNS = [
         "description": "Why the job is (not) ready.",
     },
     {
+        "name": "Test", "type": "string", "priority": 1, "jsonPath": ".status.display.testScore",
+        "description": "Aggregate score of the optimized prompts on the held-out test records.",
+    },
+    {
         "name": "Cost", "type": "string", "priority": 1, "jsonPath": ".status.display.cost",
         "description": "US dollars spent on LLM calls.",
     },

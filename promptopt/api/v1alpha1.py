@@ -64,14 +64,15 @@ def _one_of_message(fields: tuple[str, ...]) -> str:
     return f"set exactly one of {', '.join(fields[:-1])} or {fields[-1]}"
 
 
-def exactly_one_of(*fields: str) -> ConfigDict:
-    """A model's config with the CEL rule for mutually exclusive, one-required fields (named as on the wire)."""
+def exactly_one_of(*fields: str, more_rules: tuple[JsonDict, ...] = ()) -> ConfigDict:
+    """A model's config with the CEL rule for mutually exclusive, one-required fields (named as on the wire), and
+    `more_rules` of the model's own."""
     if len(fields) == 2:
         check = f"has(self.{fields[0]}) != has(self.{fields[1]})"
     else:
         check = f"[{', '.join(f'has(self.{name})' for name in fields)}].filter(given, given).size() == 1"
     rule: JsonDict = {"rule": check, "message": _one_of_message(fields)}
-    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule]})
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule, *more_rules]})
 
 
 def require_exactly_one(model: BaseModel, *fields: str) -> None:
@@ -159,6 +160,14 @@ class GepaSettings(ApiModel):
     )
     use_merge: bool = Field(False, description="Also propose candidates that merge two good candidates' prompts.")
     seed: int = Field(0, ge=0, description="Random seed for candidate and minibatch selection.")
+    # Optional rather than a default of true: a new default would change the fingerprint (status.specHash) of every
+    # job stored before it, which would read as changed.
+    stop_at_perfect_score: bool | None = Field(
+        None,
+        description="Stop once a candidate, the original prompts included, scores the maximum on validation "
+        "(aggregate 1, or spec.optimizer.options.perfect_score): no candidate can beat it, and gepa would spend the "
+        "rest of the budget re-scoring it (reason PerfectScore). On unless set to false.",
+    )
 
 
 class MetaPromptSettings(ApiModel):
@@ -324,10 +333,16 @@ class DatasetConfigMapKeyRef(ConfigMapKeyRef):
     )
 
 
+_TRAINING_LEFT = "testFraction and validationFraction must leave records to train on: their sum is under 1"
+
+
 class DatasetSpec(ApiModel):
     """The records the prompts are evaluated on."""
 
-    model_config = exactly_one_of("records", "configMapKeyRef", "mlflowDatasetId")
+    model_config = exactly_one_of("records", "configMapKeyRef", "mlflowDatasetId", more_rules=({
+        "rule": "!has(self.testFraction) || (has(self.validationFraction) ? self.validationFraction : 0.0) "
+                "+ self.testFraction < 1.0",
+        "message": _TRAINING_LEFT, "fieldPath": ".testFraction"},))
 
     records: list[Record] | None = Field(None, min_length=1, max_length=5000, description="The records, inline.")
     config_map_key_ref: DatasetConfigMapKeyRef | None = Field(
@@ -344,11 +359,20 @@ class DatasetSpec(ApiModel):
         description="Hold out this fraction of the records (at least one) for validation: GEPA selects "
         "candidates on it and the reported scores come from it. By default all records are used for both.",
     )
-    shuffle_seed: int = Field(0, ge=0, description="Seed of the shuffle that makes the validation split.")
+    test_fraction: float | None = Field(
+        None, gt=0, lt=1,
+        description="Hold out this fraction of the records (at least one) as a test set, before the validation split: "
+        "the optimizer never sees them, and at the end the original and the optimized prompts are scored on them "
+        "(initialScores.test, finalScores.test): an estimate of how the prompts do on new records, which the "
+        "validation scores (used to select the best candidate) overstate. Its evaluations are not metric calls.",
+    )
+    shuffle_seed: int = Field(0, ge=0, description="Seed of the shuffle that makes the test and validation splits.")
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DatasetSpec:
         require_exactly_one(self, "records", "configMapKeyRef", "mlflowDatasetId")
+        if (self.test_fraction or 0) + (self.validation_fraction or 0) >= 1:
+            raise FieldError("testFraction", _TRAINING_LEFT)
         return self
 
 
@@ -894,6 +918,15 @@ class Condition(StatusObject):
     message: str | None = Field(None, description="A human-readable explanation.")
 
 
+class HeldOutScores(StatusObject):
+    """Scores of one prompt candidate on the held-out test records (spec.dataset.testFraction)."""
+
+    aggregate: float | None = Field(None, description="The weighted mean of the scorers' means.")
+    scorers: dict[str, float] | None = Field(None, description="Mean score per scorer key.")
+    failed_examples: int | None = Field(None, description="Test records that could not be scored.")
+    records: int | None = Field(None, description="The test records.")
+
+
 class Scores(StatusObject):
     """Scores of one prompt candidate on the validation records (MLflow's eval scores)."""
 
@@ -904,6 +937,10 @@ class Scores(StatusObject):
     failed_examples: int | None = Field(
         None, description="Validation records that could not be scored for these prompts (see "
         "spec.exampleFailurePolicy); the means leave them out.",
+    )
+    test: HeldOutScores | None = Field(
+        None, description="The same prompts on the held-out test records, which the optimizer never saw "
+        "(spec.dataset.testFraction); set at the end of a run that succeeded.",
     )
 
 
@@ -984,8 +1021,8 @@ class OptimizedPrompt(StatusObject):
 
 
 WorkerOutcome = Literal[
-    "Completed", "GoalReached", "NoImprovement", "BudgetExhausted", "DeadlineReached", "Cancelled", "InvalidInput",
-    "LLMError", "TooManyFailedExamples", "Error",
+    "Completed", "GoalReached", "NoImprovement", "PerfectScore", "BudgetExhausted", "DeadlineReached", "Cancelled",
+    "InvalidInput", "LLMError", "TooManyFailedExamples", "Error",
 ]
 
 
@@ -994,7 +1031,8 @@ class WorkerResult(StatusObject):
 
     reason: WorkerOutcome = Field(
         description="Completed (budget of metric calls spent or optimizer done), GoalReached and NoImprovement "
-        "(stopped early by optimizer.gepa.earlyStopping), BudgetExhausted (maxCostUSD reached), DeadlineReached, "
+        "(stopped early by optimizer.gepa.earlyStopping), PerfectScore (a candidate scored the maximum on "
+        "validation: optimizer.gepa.stopAtPerfectScore), BudgetExhausted (maxCostUSD reached), DeadlineReached, "
         "Cancelled, InvalidInput (prompts or dataset unusable), LLMError (a permanent error of an LLM or HTTP service "
         "call, such as a bad key, an unknown model or a service that breaks its contract), TooManyFailedExamples "
         "(more records could not be scored than "
@@ -1047,6 +1085,7 @@ class Display(StatusObject):
     initial_score: str | None = Field(None, description="initialScores.aggregate to 3 decimals.")
     best_score: str | None = Field(None, description="progress.bestScore to 3 decimals.")
     cost: str | None = Field(None, description="cost.usd in US dollars, e.g. $0.0123.")
+    test_score: str | None = Field(None, description="finalScores.test.aggregate to 3 decimals.")
 
 
 def format_score(score: float) -> str:

@@ -17,7 +17,7 @@ def test_examples_apply_and_list_with_their_columns(kubectl):
         "gepa-sentiment", "metaprompt-zero-shot", "configmap-sources", "http-rag", "mlflow-sentiment",
         "simulated-llm-demo"}
     wide = kubectl("get", "poj", "-o", "wide").stdout.splitlines()[0].split()
-    assert wide[-5:] == ["REASON", "COST", "STARTED", "POD", "AGE"]
+    assert wide[-6:] == ["REASON", "TEST", "COST", "STARTED", "POD", "AGE"]
 
 
 def test_api_server_defaults_are_visible(kubectl):

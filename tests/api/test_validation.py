@@ -53,6 +53,11 @@ def _delete(path):
 INVALID = [
     ("unknown optimizer", edited(_set(["optimizer", "type"], "Bayes")), "spec.optimizer.type"),
     ("empty inline dataset", edited(_set(["dataset", "records"], [])), "spec.dataset.records"),
+    ("test and validation fractions leave nothing to train on",
+     edited(_set(["dataset"], {"records": [{"inputs": {"text": "hi"}}], "validationFraction": 0.5,
+                               "testFraction": 0.5})), "spec.dataset.testFraction"),
+    ("a test fraction of 1", edited(_set(["dataset"], {"records": [{"inputs": {"text": "hi"}}], "testFraction": 1})),
+     "spec.dataset.testFraction"),
     ("no reflection model", edited(_delete(["optimizer", "reflectionModel"])), "spec.optimizer.reflectionModel"),
     ("zero budget", edited(_set(["optimizer", "gepa", "maxMetricCalls"], 0)), "spec.optimizer.gepa.maxMetricCalls"),
     ("unknown budget preset", edited(_set(["optimizer", "gepa", "auto"], "huge")), "spec.optimizer.gepa.auto"),
@@ -133,6 +138,8 @@ INVALID = [
 
 VALID = [
     ("the base document", VALID_SPEC),
+    ("a held-out test set beside validation", edited(_set(["dataset"], {
+        "records": [{"inputs": {"text": t}} for t in "abcd"], "validationFraction": 0.25, "testFraction": 0.5}))),
     ("a budget preset with early stopping", edited(_set(["optimizer", "gepa"], {
         "auto": "medium", "earlyStopping": {"goal": 0.9, "patience": 4}}))),
     ("zero-shot metaprompt", {

@@ -85,7 +85,7 @@ def test_promptopt_run_draws_one_progress_line_within_80_columns():
 
     final = assert_one_fitted_progress_line(output)
     assert final.startswith("[") and "elapsed" in final and "ETA" in final and "best 1.000" in final
-    assert "result: Completed" in output
+    assert "result: PerfectScore" in output
 
 
 # The reporter alone, on a terminal it detects, with the longest facts a run can have and a clock it is given.

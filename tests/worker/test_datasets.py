@@ -167,3 +167,27 @@ def test_each_side_keeps_at_least_one_record(n, fraction, validation):
 def test_without_a_fraction_or_with_one_record_both_sides_hold_everything():
     assert split_examples(examples(4), None, 0).train == split_examples(examples(4), None, 0).validation == examples(4)
     assert split_examples(examples(1), 0.5, 0).validation == examples(1)
+
+
+def records(n):
+    return [{"inputs": {"i": i}, "expectations": {"expected_response": str(i)}} for i in range(n)]
+
+
+def test_the_test_records_are_held_out_first_and_the_rest_split_as_without_them():
+    split = load_dataset(DatasetSpec(records=records(20), test_fraction=0.2, validation_fraction=0.25, shuffle_seed=3))
+    test, seen = {e.index for e in split.test}, {e.index for e in split.train + split.validation}
+    assert len(test) == 4 and not test & seen and test | seen == set(range(20))
+    assert (len(split.train), len(split.validation)) == (12, 4)  # 25% of the 16 left
+    assert split == load_dataset(DatasetSpec(records=records(20), test_fraction=0.2, validation_fraction=0.25,
+                                             shuffle_seed=3))  # the same on every attempt
+
+
+@pytest.mark.parametrize(("n", "fraction", "test"), [(3, 0.01, 1), (3, 0.9, 1), (10, 0.99, 8)])
+def test_a_test_set_leaves_records_to_train_and_validate_on(n, fraction, test):
+    split = load_dataset(DatasetSpec(records=records(n), test_fraction=fraction))
+    assert len(split.test) == test and len(split.train) == len(split.validation) == n - test
+
+
+def test_too_few_records_for_a_test_set_name_the_field():
+    with pytest.raises(DatasetError, match=r"spec.dataset.testFraction: 2 records cannot make a test set"):
+        load_dataset(DatasetSpec(records=records(2), test_fraction=0.5))

@@ -36,6 +36,7 @@ from promptopt_worker.problem import (
     ScoreSummary,
     StopRequested,
 )
+from promptopt_worker.reporting import status_fields, worker_status
 from promptopt_worker.scorers import build_scorers
 
 SEED = "Classify the sentiment of the review.\n\n{{text}}"
@@ -144,11 +145,16 @@ class RecordingReporter:
         return [progress for progress, important in self.reports if important]
 
 
-def gepa_problem(evaluator=None, reflect=None, *, max_metric_calls=40, options=None, **fields) -> Problem:
+def gepa_problem(evaluator=None, reflect=None, *, max_metric_calls=40, options=None, stop_at_perfect_score=False,
+                 **fields) -> Problem:
+    """The fakes' problem. The fakes reach a perfect score in two iterations, so the run goes on past it unless
+    `stop_at_perfect_score` is None (the default of the API) or True: the budget, patience and resume tests need
+    iterations."""
     settings = OptimizerSpec(
         type="GEPA",
         reflection_model="sim-reflect",
-        gepa=GepaSettings(max_metric_calls=max_metric_calls, candidate_selection=fields.pop("selection", "pareto")),
+        gepa=GepaSettings(max_metric_calls=max_metric_calls, candidate_selection=fields.pop("selection", "pareto"),
+                          stop_at_perfect_score=stop_at_perfect_score),
         options=options or {},
     )
     return Problem(
@@ -268,6 +274,57 @@ def test_gepa_improves_the_prompt_and_reports_progress():
     assert result.candidates[2].prompts == result.best_candidate
     found = [c.found_at_metric_calls for c in result.candidates]
     assert found[0] == 0 and found == sorted(found) and found[-1] <= progress.metric_calls
+
+
+def test_by_default_a_perfect_candidate_ends_the_run_with_the_budget_left():
+    """Issue 23: with the simulated LLM the README job reached 1.000 at metric call 9, then spent 144 more calls (29
+    iterations) re-scoring a candidate nothing could beat."""
+    result, progress, _ = run(gepa_problem(stop_at_perfect_score=None))
+    assert result.reason == "PerfectScore" and result.succeeded
+    assert result.message.startswith("GEPA stopped: candidate 2 scores 1 on validation, which no candidate can beat")
+    assert result.final_scores == ScoreSummary(1.0, {"lowercase": 1.0, "exact": 1.0})
+    assert progress.iteration == 2 and progress.metric_calls == 24 < progress.max_metric_calls == 40
+
+
+class BatchRecordingEvaluator(FakeEvaluator):
+    """Records which examples each evaluation was asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[set[int]] = []
+
+    def evaluate(self, candidate: Candidate, examples: Sequence[Example]) -> list[ScoredOutput]:
+        self.batches.append({example.index for example in examples})
+        return super().evaluate(candidate, examples)
+
+
+def test_held_out_test_records_are_scored_at_the_end_and_never_shown_to_the_optimizer():
+    """Issue 23: the validation scores select the best candidate, so they overstate it; the test records give the
+    estimate an MLflow user compares."""
+    evaluator, held_out = BatchRecordingEvaluator(), examples(range(10, 13))
+    problem = dataclasses.replace(gepa_problem(evaluator, stop_at_perfect_score=None), test=held_out)
+    reporter = RecordingReporter()
+    result = optimize(problem, reporter, StopRequested())
+
+    test = {example.index for example in held_out}
+    assert evaluator.batches[-2:] == [test, test]  # the original prompts, then the best
+    assert all(not batch & test for batch in evaluator.batches[:-2])  # the optimizer never saw them
+    assert result.initial_test_scores == ScoreSummary(0.0, {"lowercase": 0.0, "exact": 0.0})
+    assert result.final_test_scores == ScoreSummary(1.0, {"lowercase": 1.0, "exact": 1.0})
+    [(progress, _)] = reporter.finished_with
+    status = status_fields(worker_status(progress, result))
+    assert status["initialScores"]["test"] == {"aggregate": 0.0, "scorers": {"lowercase": 0.0, "exact": 0.0},
+                                               "failedExamples": 0, "records": 3}
+    assert status["finalScores"]["test"]["aggregate"] == 1.0 and status["display"]["testScore"] == "1.000"
+
+
+def test_a_stopped_run_skips_the_test_records():
+    evaluator = BatchRecordingEvaluator()
+    problem = dataclasses.replace(gepa_problem(evaluator), test=examples(range(10, 13)))
+    stop = StopRequested()
+    stop.request("Cancelled", "cancelled by spec.cancel")
+    result = optimize(problem, RecordingReporter(), stop)
+    assert result.final_test_scores is None and all(not batch & {10, 11, 12} for batch in evaluator.batches)
 
 
 @pytest.mark.parametrize(
@@ -486,7 +543,8 @@ def test_gepa_never_spends_more_metric_calls_than_the_budget(max_metric_calls):
 def test_with_merge_the_budget_holds_too():
     problem = gepa_problem(max_metric_calls=50)
     problem = dataclasses.replace(problem, settings=problem.settings.model_copy(update={
-        "gepa": GepaSettings(max_metric_calls=50, use_merge=True, reflection_minibatch_size=1)}))
+        "gepa": GepaSettings(max_metric_calls=50, use_merge=True, reflection_minibatch_size=1,
+                             stop_at_perfect_score=False)}))
     result, progress, _ = run(problem)
     assert result.reason == "Completed" and progress.metric_calls <= 50
 
@@ -566,7 +624,7 @@ def test_gepa_with_the_simulated_llm_raises_the_score_above_the_seed(sentiment_g
     reporter = RecordingReporter()
     result = optimize(sentiment_gepa(REFLECT_MODEL, max_metric_calls=60), reporter, StopRequested())
 
-    assert result.reason == "Completed", result.message
+    assert result.reason in ("Completed", "PerfectScore"), result.message
     assert set(result.initial_scores.scorers) == set(result.final_scores.scorers) == {"ExactMatch", "Correctness"}
     assert result.initial_scores.scorers["ExactMatch"] == 0.0
     assert result.final_scores.aggregate > result.initial_scores.aggregate

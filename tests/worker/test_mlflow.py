@@ -81,7 +81,7 @@ def test_a_prompt_read_by_alias_is_optimized_and_registered_as_a_new_version(mlf
         "promptopt.dev/initial-score": f"{status['initialScores']['aggregate']:.6g}",
         "promptopt.dev/final-score": f"{status['finalScores']['aggregate']:.6g}",
     } == registered.tags
-    assert "optimized by promptopt job team-a/sentiment (Completed); aggregate" in registered.commit_message
+    assert "optimized by promptopt job team-a/sentiment (PerfectScore); aggregate" in registered.commit_message
     assert client.load_prompt(f"prompts:/{prompt}@production").version == 1  # the alias in use is left alone
 
 
@@ -130,7 +130,7 @@ def test_a_registration_that_fails_keeps_the_result_and_says_why(mlflow_server, 
     spec["prompts"][0]["registerAs"] = taken
     result, status = run(spec, llm, tmp_path)
 
-    assert result.succeeded and status["workerResult"]["reason"] == "Completed"
+    assert result.succeeded and status["workerResult"]["reason"] == "PerfectScore"
     assert status["optimizedPrompts"] and status["finalScores"]  # nothing of the result is lost
     error = status["mlflow"]["registrationError"]
     assert error.startswith(f"registering prompt 'classify' as '{taken}' in MLflow at {mlflow_server.url} failed "

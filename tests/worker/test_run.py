@@ -31,7 +31,8 @@ def test_gepa_example_improves_the_prompt(tmp_path):
     lines = run.stdout.strip().splitlines()
     assert SIMULATED_NOTICE in lines[0] and SIMULATED_NOTICE in lines[-1]  # said at the start and at the end
     result = json.loads(out.read_text())
-    assert result["workerResult"] == {"reason": "Completed", "message": result["workerResult"]["message"],
+    # The simulated LLM's best candidate scores 1.000: the run stops there instead of spending the budget.
+    assert result["workerResult"] == {"reason": "PerfectScore", "message": result["workerResult"]["message"],
                                       "succeeded": True}
     initial, final = result["initialScores"], result["finalScores"]
     assert final["aggregate"] > initial["aggregate"]
@@ -39,8 +40,7 @@ def test_gepa_example_improves_the_prompt(tmp_path):
     assert final["scorers"]["ExactMatch"] > initial["scorers"]["ExactMatch"]
     [prompt] = result["optimizedPrompts"]
     assert prompt["name"] == "classify" and "{{review}}" in prompt["template"]
-    # Within the budget; it stops when an iteration (up to 3 + 3 train, then the 3 validation records) might not fit.
-    assert 150 - 9 < result["progress"]["metricCalls"] <= result["progress"]["maxMetricCalls"] == 150
+    assert final["aggregate"] == 1.0 and result["progress"]["metricCalls"] < result["progress"]["maxMetricCalls"]
     assert result["cost"]["llmCalls"] > 0 and result["cost"]["promptTokens"] > 0
     assert "ExactMatch" in run.stdout and prompt["template"] in run.stdout  # the console's table and prompts
     # Without a terminal, progress comes as a timestamped line.

@@ -58,7 +58,7 @@ def test_a_worker_whose_original_prompts_score_perfectly_stops_at_once_with_a_fe
                      Reporters(*pod_reporters(lambda: usage.snapshot().to_status())), StopRequested())
     logging.getLogger().handlers[0].close()  # as at exit: anything held back is counted
 
-    assert result.reason == "Completed" and "perfect score" in result.message, result.message
+    assert result.reason == "PerfectScore" and "which no candidate can beat" in result.message, result.message
     assert "after 0 iterations" in result.message  # gepa spun through 3000 metric calls before
     lines = log.getvalue().splitlines()
     # Before: ~3,400 lines (12 MB in the user's run), gepa iteration after iteration finding nothing to do.
@@ -195,7 +195,7 @@ def test_promptopt_run_logs_json_lines_to_stderr(llm, tmp_path):
     entries = [json.loads(line) for line in run.stderr.splitlines()]
     assert entries and all(entry["level"] == "WARNING" for entry in entries), run.stderr
     assert any("litellm does not know the price of task model" in entry["message"] for entry in entries)
-    assert "perfect score" in run.stdout and llm.api_key not in run.stdout + run.stderr
+    assert "which no candidate can beat" in run.stdout and llm.api_key not in run.stdout + run.stderr
 
 
 def test_log_format_is_a_flag_of_worker_and_run_and_defaults_from_the_environment(monkeypatch, capsys):

@@ -100,20 +100,20 @@ def test_the_worker_reports_scores_early_and_its_result_at_the_end(cluster, kube
     logs = kubelet.logs(cluster.namespace, "worker")
     assert pod["status"]["phase"] == "Succeeded", logs
     status = job_status(cluster)
-    assert status["workerResult"]["reason"] == "Completed" and status["workerResult"]["succeeded"] is True
+    assert status["workerResult"]["reason"] == "PerfectScore" and status["workerResult"]["succeeded"] is True
     assert status["finalScores"]["aggregate"] > status["initialScores"]["aggregate"]
     assert status["optimizedPrompts"][0]["name"] == "classify"
     assert "{{review}}" in status["optimizedPrompts"][0]["template"]
     assert status["cost"]["llmCalls"] == sum(llm.calls.values())
     assert status["cost"]["retries"] == 2 and "2 retries of transient errors" in logs
     progress = status["progress"]
-    assert 30 < progress["metricCalls"] <= progress["maxMetricCalls"] == 40  # within the budget, most of it spent
+    assert progress["metricCalls"] < progress["maxMetricCalls"] == 40  # stopped at the perfect score, within budget
     assert progress["percent"] == progress["metricCalls"] * 100 // 40
     assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
 
     message = json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])
     assert message["workerResult"] == status["workerResult"] and message["finalScores"] == status["finalScores"]
-    assert "result: Completed" in logs
+    assert "result: PerfectScore" in logs
     assert llm.api_key not in logs + json.dumps(status)
 
 

@@ -12,7 +12,7 @@ import io
 import json
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
@@ -34,6 +34,7 @@ class DatasetError(InvalidInput):
 class Split:
     train: list[Example]
     validation: list[Example]
+    test: list[Example] = field(default_factory=list)  # held out from the optimizer (dataset.testFraction)
 
 
 def load_dataset(spec: DatasetSpec, text: str | None = None, rows: Sequence[Mapping[str, Any]] | None = None) -> Split:
@@ -53,7 +54,15 @@ def load_dataset(spec: DatasetSpec, text: str | None = None, rows: Sequence[Mapp
     if not records:
         raise DatasetError("the dataset has no records")
     examples = [Example(index=i, inputs=r.inputs, expectations=r.expectations) for i, r in enumerate(records)]
-    return split_examples(examples, spec.validation_fraction, spec.shuffle_seed)
+    if spec.test_fraction is None:
+        return split_examples(examples, spec.validation_fraction, spec.shuffle_seed)
+    if len(examples) < 3:
+        raise DatasetError(f"spec.dataset.testFraction: {len(examples)} records cannot make a test set and still "
+                           "train and validate: at least 3 are needed")
+    # The test set first: the optimizer sees only what is left, split into training and validation as without one.
+    rest, test = _held_out(examples, spec.test_fraction, spec.shuffle_seed, keep=2)
+    split = split_examples(rest, spec.validation_fraction, spec.shuffle_seed)
+    return Split(train=split.train, validation=split.validation, test=test)
 
 
 def dataset_format(ref: DatasetConfigMapKeyRef) -> DatasetFormat:
@@ -99,14 +108,18 @@ def split_examples(examples: Sequence[Example], validation_fraction: float | Non
     restart), at least one on each side; without a fraction, or with a single example, both sides hold all."""
     if validation_fraction is None or len(examples) < 2:
         return Split(train=list(examples), validation=list(examples))
+    train, validation = _held_out(examples, validation_fraction, shuffle_seed, keep=1)
+    return Split(train=train, validation=validation)
+
+
+def _held_out(examples: Sequence[Example], fraction: float, shuffle_seed: int, keep: int
+              ) -> tuple[list[Example], list[Example]]:
+    """(the rest, `fraction` of the examples held out by a seeded shuffle): at least one held out, at least `keep`
+    left, in their dataset order."""
     positions = list(range(len(examples)))
     random.Random(shuffle_seed).shuffle(positions)
-    held_out = min(max(round(len(examples) * validation_fraction), 1), len(examples) - 1)
-    validation = set(positions[:held_out])
-    return Split(
-        train=[e for i, e in enumerate(examples) if i not in validation],
-        validation=[e for i, e in enumerate(examples) if i in validation],
-    )
+    held = set(positions[:min(max(round(len(examples) * fraction), 1), len(examples) - keep)])
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
 
 
 # Readers yield (where, record data) or (where, problem text).

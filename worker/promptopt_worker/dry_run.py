@@ -72,6 +72,7 @@ class DryRun:
     prompts: int
     train_records: int
     validation_records: int
+    test_records: int
     evaluations: int
     evaluations_from: str
     calls: tuple[CallBound, ...]
@@ -112,8 +113,10 @@ def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem, strict: bool
         evaluations, evaluations_from = metaprompt.metric_calls(problem), "MetaPrompt's pass"
     bounds: list[CallBound] = []
     if isinstance(evaluator, TaskEvaluator):
-        bounds.append(_program_bound(evaluator, evaluations, problem))
-        bounds += [_scorer_bound(scorer, evaluations, problem) for scorer in evaluator.scorers
+        # The held-out test records are scored once more at the end, with the original and the best prompts.
+        scored = evaluations + 2 * len(problem.test)
+        bounds.append(_program_bound(evaluator, scored, problem))
+        bounds += [_scorer_bound(scorer, scored, problem) for scorer in evaluator.scorers
                    if isinstance(scorer, LLMJudge | Webhook)]
     bounds.append(_reflection_bound(spec, problem, evaluations, run))
     warnings = unknown_models(spec)
@@ -121,7 +124,8 @@ def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem, strict: bool
         raise InvalidInput("; ".join(warnings) + " (--strict)")
     return DryRun(
         optimizer=spec.optimizer.type, prompts=len(problem.prompts), train_records=len(problem.train),
-        validation_records=len(problem.validation), evaluations=evaluations, evaluations_from=evaluations_from,
+        validation_records=len(problem.validation), test_records=len(problem.test), evaluations=evaluations,
+        evaluations_from=evaluations_from,
         calls=tuple(bounds), max_cost_usd=spec.budget.max_cost_usd if spec.budget else None,
         in_flight=spec.task.concurrency + 1, warnings=warnings,
     )
@@ -252,7 +256,8 @@ def render_dry_run(plan: DryRun, source: str) -> str:
     lines = [
         f"{source}: the job is valid. {plan.optimizer}, {plan.prompts} prompt(s), {plan.train_records} training and "
         f"{plan.validation_records} validation records; at most {plan.evaluations} evaluations "
-        f"({plan.evaluations_from}).",
+        f"({plan.evaluations_from})"
+        + (f", then 2 × {plan.test_records} on the held-out test records." if plan.test_records else "."),
         *(f"warning: {warning}" for warning in plan.warnings),
         "",
         "calls, at most (one worker attempt; retries of transient errors are counted apart):",

@@ -268,17 +268,16 @@ def iteration_cost_bound(minibatch_size: int, validation_size: int, use_merge: b
     return proposal + validation_size
 
 
-class PerfectSeed:
-    """Stops a run whose seed scores perfectly on validation: no candidate can beat it (ties keep the seed), yet gepa
-    would spend the whole budget, skipping minibatches scored perfectly (microseconds each, from the evaluator's
-    cache) or proposing prompts that cannot score higher."""
+class PerfectScore:
+    """Stops a run once a candidate (the seed included) scores perfectly on validation: none can beat it (ties keep
+    the earlier one), yet gepa would spend the rest of the budget skipping minibatches scored perfectly (microseconds
+    each, from the evaluator's cache) or proposing prompts that cannot score higher."""
 
     def __init__(self, perfect_score: float):
         self.perfect_score = perfect_score
 
     def __call__(self, gepa_state: Any) -> bool:
-        scores = gepa_state.program_full_scores_val_set
-        return bool(scores) and scores[0] >= self.perfect_score
+        return max(gepa_state.program_full_scores_val_set, default=-math.inf) >= self.perfect_score
 
 
 class MetricCallBudget:
@@ -412,8 +411,9 @@ def optimize_gepa(
     patience = Recorded(NoImprovementStopper(patience_iterations)) if patience_iterations is not None else None
     stoppers.extend(stopper for stopper in (goal, patience) if stopper is not None)
     perfect_score = kwargs.get("perfect_score", GEPA_PERFECT_SCORE)
-    perfect = Recorded(PerfectSeed(perfect_score))
-    stoppers.append(perfect)
+    perfect = Recorded(PerfectScore(perfect_score)) if settings.stop_at_perfect_score is not False else None
+    if perfect is not None:
+        stoppers.append(perfect)
 
     result = gepa.optimize(
         seed_candidate=problem.seed_candidate,
@@ -449,10 +449,10 @@ def optimize_gepa(
         reason, message = "DeadlineReached", f"the deadline of {problem.deadline_seconds:g} s passed; {summary}"
     elif goal is not None and goal.fired:
         reason, message = "GoalReached", f"GEPA stopped at its goal of {goal_score:g}; {summary}"
-    elif perfect.fired:
-        reason = "Completed"
-        message = (f"GEPA stopped: the original prompts score {perfect_score:g} on validation, a perfect score that "
-                   f"no candidate can beat; {summary}")
+    elif perfect is not None and perfect.fired:
+        scorer = "the original prompts score" if result.best_idx == 0 else f"candidate {result.best_idx} scores"
+        reason = "PerfectScore"
+        message = f"GEPA stopped: {scorer} {perfect_score:g} on validation, which no candidate can beat; {summary}"
     elif patience is not None and patience.fired:
         reason = "NoImprovement"
         message = f"GEPA stopped: no better candidate in {patience_iterations} iterations; {summary}"

@@ -31,6 +31,8 @@ def optimize(problem: Problem, reporter: Reporter, stop: StopRequested) -> Resul
         result = OPTIMIZERS[problem.settings.type](problem, progress, reporter, stop)
     except Exception as error:
         result = _ended_by(error, problem, progress, stop)
+    if problem.test and result.succeeded and not stop:
+        result = _with_test_scores(problem, result)
     if problem.register is not None and result.succeeded:
         result = replace(result, registration=problem.register(result))
     reporter.finished(progress, result)
@@ -53,6 +55,20 @@ def _ended_by(error: Exception, problem: Problem, progress: Progress, stop: Stop
         initial_scores=progress.initial_scores,
         final_scores=_cached_scores(problem, best) if best is not None else None,
     )
+
+
+def _with_test_scores(problem: Problem, result: Result) -> Result:
+    """The result with the original and the best prompts scored on the held-out test records, which the optimizer
+    never saw. Not for a stopped run (its grace period is for writing the result), nor when scoring fails: the
+    result stands without them, and the log says why."""
+    assert problem.evaluator is not None and result.best_candidate is not None  # a test set comes with a dataset
+    try:
+        initial, final = (problem.evaluator.summarize(problem.evaluator.evaluate(candidate, problem.test))
+                          for candidate in (problem.seed_candidate, result.best_candidate))
+    except Exception:
+        log.warning("the held-out test records could not be scored", exc_info=True)
+        return result
+    return replace(result, initial_test_scores=initial, final_test_scores=final, test_records=len(problem.test))
 
 
 def _cached_scores(problem: Problem, candidate: dict[str, str]) -> ScoreSummary | None:

@@ -140,6 +140,7 @@ class Problem:
     register: Registrar | None = None  # registers a result's prompts in MLflow's Prompt Registry (spec.mlflow)
     mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run: runId, experimentId
     dataset_digest: str | None = None  # of the MLflow evaluation dataset's records (dataset.mlflowDatasetId)
+    test: Sequence[Example] = ()  # held out: never given to the optimizer, scored at the end (dataset.testFraction)
 
     @property
     def seed_candidate(self) -> Candidate:
@@ -196,6 +197,9 @@ class Result:
     final_scores: ScoreSummary | None = None
     candidates: tuple[CandidateRecord, ...] = ()  # every candidate scored on validation, in the order found
     registration: Registration | None = None  # the optimized prompts in MLflow's registry, when the job asks
+    initial_test_scores: ScoreSummary | None = None  # the original prompts on the held-out test records
+    final_test_scores: ScoreSummary | None = None  # the best candidate on them
+    test_records: int = 0
 
     @property
     def succeeded(self) -> bool:

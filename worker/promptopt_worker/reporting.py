@@ -59,6 +59,9 @@ def worker_status(progress: Progress, result: Result | None = None, cost: Mappin
         status["initialScores"] = initial.to_status()
     if result is not None and result.final_scores is not None:
         status["finalScores"] = result.final_scores.to_status()
+    if result is not None and result.initial_test_scores and result.final_test_scores:
+        for key, held_out in (("initialScores", result.initial_test_scores), ("finalScores", result.final_test_scores)):
+            status.setdefault(key, {})["test"] = {**held_out.to_status(), "records": result.test_records}
     best = (result and result.best_candidate) or progress.best_candidate
     if best:
         status["optimizedPrompts"] = [{"name": name, "template": text} for name, text in best.items()]
@@ -83,6 +86,8 @@ def worker_status(progress: Progress, result: Result | None = None, cost: Mappin
         display["bestScore"] = format_score(progress.best_score)
     if cost and cost.get("usd") is not None:
         display["cost"] = format_usd(cost["usd"])
+    if result is not None and result.final_test_scores and result.final_test_scores.aggregate is not None:
+        display["testScore"] = format_score(result.final_test_scores.aggregate)
     if display:
         status["display"] = display
     if result is not None:
@@ -374,6 +379,9 @@ class ConsoleReporter:
         initial = result.initial_scores or progress.initial_scores
         if initial or result.final_scores:
             lines += ["", *score_table(initial, result.final_scores)]
+        if result.final_test_scores:
+            lines += ["", f"on the {result.test_records} held-out test records, which the optimizer never saw:",
+                      *score_table(result.initial_test_scores, result.final_test_scores)]
         if progress.failed_examples:
             lines += ["", _failed_examples_text(progress.failed_examples)]
         if result.best_candidate:
@@ -429,18 +437,27 @@ class LogReporter:
         initial = result.initial_scores or progress.initial_scores
         if initial or result.final_scores:
             final = result.final_scores
-            scorers = dict.fromkeys([*(initial.scorers if initial else ()), *(final.scorers if final else ())])
-            changes = [f"{key} {_score(initial, key)} -> {_score(final, key)}" for key in scorers]
-            changes.append(f"aggregate {_score(initial, None)} -> {_score(final, None)}")
-            log.info("scores (initial -> final): %s", ", ".join(changes),
+            log.info("scores (initial -> final): %s", _score_changes(initial, final),
                      extra={"initialScores": initial.to_status() if initial else None,
                             "finalScores": final.to_status() if final else None})
+        if result.initial_test_scores and result.final_test_scores:
+            log.info("on the %d held-out test records (initial -> final): %s", result.test_records,
+                     _score_changes(result.initial_test_scores, result.final_test_scores),
+                     extra={"initialTestScores": result.initial_test_scores.to_status(),
+                            "finalTestScores": result.final_test_scores.to_status()})
         if progress.failed_examples:
             log.warning("%s", _failed_examples_text(progress.failed_examples))
         for name, text in (result.best_candidate or {}).items():
             log.info("optimized prompt %s: %s", name, text, extra={"prompt": name})
         if cost := self.cost():
             log.info("cost: %s", _cost_text(cost), extra={"cost": dict(cost)})
+
+
+def _score_changes(initial: ScoreSummary | None, final: ScoreSummary | None) -> str:
+    """Per scorer, then the aggregate: "exact 0.250 -> 1.000, ..." """
+    scorers = dict.fromkeys([*(initial.scorers if initial else ()), *(final.scorers if final else ())])
+    changes = [f"{key} {_score(initial, key)} -> {_score(final, key)}" for key in scorers]
+    return ", ".join([*changes, f"aggregate {_score(initial, None)} -> {_score(final, None)}"])
 
 
 def score_table(initial: ScoreSummary | None, final: ScoreSummary | None) -> list[str]:

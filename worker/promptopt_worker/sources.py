@@ -211,7 +211,7 @@ def build_problem(
     inputs = config_map_inputs(spec, configmaps, started_with)
     started = mlflow_started or MlflowStatus()
     prompts, sources = resolve_prompts(spec, configmaps, mlflow, started.source_prompts)
-    train, validation, evaluator, dataset_digest = [], [], None, None
+    train, validation, test, evaluator, dataset_digest = [], [], [], None, None
     if spec.dataset is not None:
         ref = spec.dataset.config_map_key_ref
         text = read_key(configmaps, ref, "spec.dataset.configMapKeyRef") if ref is not None else None
@@ -226,8 +226,8 @@ def build_problem(
                     f"changed since the job started (digest {started.dataset_digest}, now {dataset_digest}): restore "
                     "them, or create a new job to run the new ones")
         split = load_dataset(spec.dataset, text, rows)
-        train, validation = split.train, split.validation
-        examples = list({e.index: e for e in [*train, *validation]}.values())
+        train, validation, test = split.train, split.validation, split.test
+        examples = list({e.index: e for e in [*train, *validation, *test]}.values())
         check_inputs(prompts, examples)
         scorers = build_scorers(spec.scorers or [], spec.task, llm_client,
                                 judge_retries=spec.failure_policy.judge_retries)
@@ -237,6 +237,7 @@ def build_problem(
         prompts=prompts,
         train=train,
         validation=validation,
+        test=test,
         evaluator=evaluator,
         reflect=reflection_model(spec, llm_client),
         settings=spec.optimizer,
