@@ -124,7 +124,9 @@ def test_text_log_lines_keep_a_multi_line_prompt_and_a_traceback_on_one_line(log
     except ValueError:
         logger.exception("the reflection failed")
 
-    lines = log.getvalue().splitlines()
+    # The test's own records: a warning of the interpreter's (an unclosed socket an earlier test left to the garbage
+    # collector) may come through the log too, as configure_logging routes warnings there.
+    lines = [line for line in log.getvalue().splitlines() if " promptopt_worker.test: " in line]
     assert len(lines) == 2
     assert lines[0].endswith("Proposed new text for classify: Classify the sentiment.\\nAnswer in one word.\\n\\n"
                              "{{review}}\\nkey ***")
@@ -145,9 +147,9 @@ def test_json_log_lines_are_objects_with_the_fields_extras_and_secrets_masked(lo
     except RuntimeError:
         logging.getLogger("LiteLLM").error("call failed", exc_info=True)
 
-    lines = log.getvalue().splitlines()
-    assert len(lines) == 2
-    first, second = map(json.loads, lines)
+    entries = [json.loads(line) for line in log.getvalue().splitlines()]
+    # The test's own records (a ResourceWarning of an earlier test's socket may come through too, see above).
+    first, second = [entry for entry in entries if entry["logger"] in ("promptopt_worker.test", "LiteLLM")]
     assert set(first) == {"time", "level", "logger", "message", "record", "request", "at"}
     assert first["time"].endswith("Z") and len(first["time"]) == len("2026-01-01T00:00:00.000Z")
     assert (first["level"], first["logger"], first["record"]) == ("WARNING", "promptopt_worker.test", 7)
