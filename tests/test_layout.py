@@ -65,7 +65,7 @@ MAY_IMPORT = {
 # `promptopt run --simulated-llm` starts the simulated LLM, a test double the product ships for the quickstart.
 EXCEPTIONS = {("promptopt_worker.main", "promptopt.simulated_llm"),
               ("promptopt.api.docs", "promptopt.service_contract")}  # the API reference documents the contract
-TEST_CODE = ("promptopt_harness", "promptopt.testing")
+TEST_CODE = ("promptopt_harness",)
 
 
 def product_modules() -> dict[str, Path]:

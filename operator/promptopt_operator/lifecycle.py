@@ -1,9 +1,9 @@
 """The job's lifecycle as one pure function: what the job and its Pods look like now → what to do next.
 
 `decide` is level-based: it looks at the whole observed state every time (the job's status and every
-worker Pod of the job, listed fresh), never at the event that woke it, so a restarted operator, a missed
-event or a repeated one all lead to the same decision. Its output is data (a status to write, a Pod to
-create or delete, Events to post, when to look again); the kopf handlers carry it out.
+worker Pod of the job, as the operator's watches last delivered them), never at the event that woke it, so a
+restarted operator, a missed event or a repeated one all lead to the same decision. Its output is data (a status to
+write, a Pod to create or delete, Events to post, when to look again); the reconciler (reconciler.py) carries it out.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class Slot:
 
 
 @dataclass
-class _Next:
+class _NextStep:
     """The decision under construction."""
 
     phase: str
@@ -181,19 +181,19 @@ def _acknowledge_generation(job: Job) -> dict[str, Any]:
 
 def _next_step(
     job: Job, pods: Sequence[WorkerPod], now: datetime, settings: OperatorSettings, slot: Slot, live: tuple[str, ...]
-) -> _Next:
+) -> _NextStep:
     spec, status = job.spec, job.status
     if spec is None:
-        return _Next("Failed", "InvalidSpec", "invalid spec: " + "; ".join(job.spec_problems))
+        return _NextStep("Failed", "InvalidSpec", "invalid spec: " + "; ".join(job.spec_problems))
     if spec.cancel:
-        return _Next("Cancelled", "Cancelled",
+        return _NextStep("Cancelled", "Cancelled",
                      "cancelled by spec.cancel; the worker's best result so far is kept", delete_pods=live)
 
     started = parse_time(status.start_time)
     if started and spec.active_deadline_seconds is not None:
         remaining = (started + timedelta(seconds=spec.active_deadline_seconds) - now).total_seconds()
         if remaining <= 0:
-            return _Next("Failed", "DeadlineExceeded",
+            return _NextStep("Failed", "DeadlineExceeded",
                          f"the job ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds}s)",
                          delete_pods=live)
 
@@ -201,14 +201,14 @@ def _next_step(
     current = max(pods, key=lambda p: p.attempt, default=None)
     if attempts == 0:
         if too_large := _too_large(job, settings):
-            return _Next("Failed", "JobTooLarge", too_large)
+            return _NextStep("Failed", "JobTooLarge", too_large)
         return _first_attempt(spec, slot, now)
     if current is None or current.attempt < attempts:
         # The Pod of the latest attempt is gone before it finished (deleted by hand, evicted, lost node).
         return _after_failure(spec, status, attempts, now, settings, f"worker Pod of attempt {attempts} disappeared",
                               finished_at=None)
     if current.deleting:
-        return _Next(status.phase or "Running", "PodTerminating", f"worker Pod {current.name} is terminating")
+        return _NextStep(status.phase or "Running", "PodTerminating", f"worker Pod {current.name} is terminating")
     if current.phase == "Succeeded":
         return _after_success(spec, status, current, attempts, now, settings)
     if current.phase == "Failed":
@@ -235,28 +235,29 @@ def _too_large(job: Job, settings: OperatorSettings) -> str | None:
             "(spec.dataset.configMapKeyRef), use fewer records, or shorten spec.prompts[].template")
 
 
-def _first_attempt(spec: PromptOptimizationJobSpec, slot: Slot, now: datetime) -> _Next:
+def _first_attempt(spec: PromptOptimizationJobSpec, slot: Slot, now: datetime) -> _NextStep:
     if not slot.may_start:
         fields = {} if slot.position is None else {"queuePosition": slot.position}
-        return _Next("Queued", "Queued", "waiting for a free slot in the operator's queue (see queuePosition)",
+        return _NextStep("Queued", "Queued", "waiting for a free slot in the operator's queue (see queuePosition)",
                      fields=fields)
-    return _Next("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
+    return _NextStep("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
                  fields={"attempts": 1, "startTime": format_time(now), "queuePosition": None,
                          "specHash": spec.run_hash()})
 
 
-def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _Next:
+def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _NextStep:
     deadline_left = _deadline_left(job, now)
     if pod.phase == "Running":
-        return _Next("Running", "Running", f"worker Pod {pod.name} is running (attempt {attempts})",
+        return _NextStep("Running", "Running", f"worker Pod {pod.name} is running (attempt {attempts})",
                      recheck_after=deadline_left)
     if pod.stuck:
-        return _Next("Pending", pod.reason or "PodPending", f"worker Pod {pod.name}: {pod.message or pod.reason}",
+        return _NextStep("Pending", pod.reason or "PodPending", f"worker Pod {pod.name}: {pod.message or pod.reason}",
                      recheck_after=deadline_left)
     if _ready_reason(job.status) == "PodCreated" and job.status.message:
         # Every new Pod waits a moment before it runs: that is no news, and no status write.
-        return _Next("Pending", "PodCreated", job.status.message, recheck_after=deadline_left)
-    return _Next("Pending", "PodPending", f"waiting for worker Pod {pod.name} to start", recheck_after=deadline_left)
+        return _NextStep("Pending", "PodCreated", job.status.message, recheck_after=deadline_left)
+    return _NextStep("Pending", "PodPending", f"waiting for worker Pod {pod.name} to start",
+                     recheck_after=deadline_left)
 
 
 def _deadline_left(job: Job, now: datetime) -> float | None:
@@ -266,7 +267,7 @@ def _deadline_left(job: Job, now: datetime) -> float | None:
     return max(0.0, (started + timedelta(seconds=job.spec.active_deadline_seconds) - now).total_seconds())
 
 
-def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _Next:
+def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _NextStep:
     recovered = _recover_worker_fields(status, pod)
     result = _worker_result(status, recovered)
     if result is not None and result.reason == "Cancelled":
@@ -276,15 +277,15 @@ def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, s
     reason = result.reason if result else "Completed"
     message = result.message if result else "the optimization finished"
     # The worker's reason (Completed, GoalReached, NoImprovement): what `-o wide`'s REASON adds to PHASE.
-    return _Next("Succeeded", reason, message, fields=recovered)
+    return _NextStep("Succeeded", reason, message, fields=recovered)
 
 
-def _after_pod_failure(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _Next:
+def _after_pod_failure(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _NextStep:
     recovered = _recover_worker_fields(status, pod)
     result = _worker_result(status, recovered)
     if pod.exit_code == EXIT_INVALID_INPUT or (result is not None and result.reason in PERMANENT_FAILURES):
         reason = result.reason if result else "InvalidInput"
-        return _Next("Failed", reason, (result.message if result else None) or _describe_pod_failure(pod),
+        return _NextStep("Failed", reason, (result.message if result else None) or _describe_pod_failure(pod),
                      fields=recovered)
     step = _after_failure(spec, status, attempts, now, settings, _describe_pod_failure(pod), pod.finished_at)
     step.fields.update(recovered)
@@ -298,9 +299,9 @@ def _worker_result(status: PromptOptimizationJobStatus, recovered: dict[str, Any
 
 
 def _after_failure(spec, status: PromptOptimizationJobStatus, attempts: int, now: datetime, settings, what: str,
-                   finished_at: str | None) -> _Next:
+                   finished_at: str | None) -> _NextStep:
     if attempts > spec.backoff_limit:
-        return _Next("Failed", "BackoffLimitExceeded",
+        return _NextStep("Failed", "BackoffLimitExceeded",
                      f"the worker failed {attempts} time(s), more than backoffLimit {spec.backoff_limit}; last: {what}")
     delay = retry_delay(attempts, settings)
     # A Pod that vanished has no finish time: the first reconcile that misses it records one, and the back-off
@@ -310,10 +311,10 @@ def _after_failure(spec, status: PromptOptimizationJobStatus, attempts: int, now
     wait = (failed + timedelta(seconds=delay) - now).total_seconds()
     fields: dict[str, Any] = {"lastFailure": {"attempt": attempts, "time": format_time(failed), "message": what}}
     if wait > 0:
-        return _Next("Pending", "BackoffRetry", f"attempt {attempts} failed ({what}); retrying in {wait:.0f}s",
+        return _NextStep("Pending", "BackoffRetry", f"attempt {attempts} failed ({what}); retrying in {wait:.0f}s",
                      fields=fields, recheck_after=wait)
     fields["attempts"] = attempts + 1
-    return _Next("Pending", "PodCreated", f"worker Pod {attempts + 1} created after: {what}",
+    return _NextStep("Pending", "PodCreated", f"worker Pod {attempts + 1} created after: {what}",
                  fields=fields, create_attempt=attempts + 1)
 
 
@@ -356,7 +357,7 @@ def _recover_worker_fields(status: PromptOptimizationJobStatus, pod: WorkerPod) 
 SILENT_REASONS = frozenset({"Running"})
 
 
-def _decision(job: Job, step: _Next, now: datetime) -> Decision:
+def _decision(job: Job, step: _NextStep, now: datetime) -> Decision:
     status = job.status
     changed = (status.phase, _ready_reason(status)) != (step.phase, step.reason)
     fields: dict[str, Any] = {

@@ -39,7 +39,7 @@ SETTLED_REASONS = frozenset(
 
 
 @dataclass(frozen=True)
-class Outcome:
+class DeliveryOutcome:
     written: bool
     reason: str
     message: str
@@ -51,7 +51,7 @@ class OutputPlan:
 
     name: str
     manifest: dict[str, Any] | None
-    outcome: Outcome
+    outcome: DeliveryOutcome
 
 
 def output_plan(job: Job, uid: str, worker_running: bool = False) -> OutputPlan | None:
@@ -70,9 +70,10 @@ def output_plan(job: Job, uid: str, worker_running: bool = False) -> OutputPlan 
     prompts = status.optimized_prompts or []
     if status.phase == "Failed" or not prompts:
         why = "the job failed" if status.phase == "Failed" else "the job ended without optimized prompts"
-        return OutputPlan(target.name, None, Outcome(False, "NothingToWrite", f"{why}: nothing is written to {where}"))
+        return OutputPlan(target.name, None,
+                          DeliveryOutcome(False, "NothingToWrite", f"{why}: nothing is written to {where}"))
     if cut := [p.name for p in prompts if p.truncated]:
-        return OutputPlan(target.name, None, Outcome(
+        return OutputPlan(target.name, None, DeliveryOutcome(
             False, "PromptsTruncated",
             f"not written to {where}: only the start of {', '.join(cut)} is known (recovered from the worker Pod's "
             "termination message); status.optimizedPrompts holds what there is"))
@@ -95,9 +96,9 @@ def output_plan(job: Job, uid: str, worker_running: bool = False) -> OutputPlan 
     manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
                 "data": {p.name: p.template for p in prompts}}
     if best_so_far:
-        outcome = Outcome(True, "BestSoFarWritten", f"the best prompts found before the cancel are in {where}")
+        outcome = DeliveryOutcome(True, "BestSoFarWritten", f"the best prompts found before the cancel are in {where}")
     else:
-        outcome = Outcome(True, "OutputWritten", f"the optimized prompts are in {where}")
+        outcome = DeliveryOutcome(True, "OutputWritten", f"the optimized prompts are in {where}")
     return OutputPlan(target.name, manifest, outcome)
 
 
@@ -120,16 +121,16 @@ def replacement(plan: OutputPlan, existing: Mapping[str, Any]) -> dict[str, Any]
     return {**plan.manifest, "metadata": {**plan.manifest["metadata"], "resourceVersion": version}}
 
 
-def conflict(plan: OutputPlan, owner: str) -> Outcome:
-    return Outcome(False, "OutputConflict", f"ConfigMap {plan.name} exists and belongs to {owner}: it is not "
+def conflict(plan: OutputPlan, owner: str) -> DeliveryOutcome:
+    return DeliveryOutcome(False, "OutputConflict", f"ConfigMap {plan.name} exists and belongs to {owner}: it is not "
                    "overwritten; delete it, or set spec.output.configMap.name to another name in a new job")
 
 
-def write_failed(plan: OutputPlan, error: str) -> Outcome:
-    return Outcome(False, "OutputWriteFailed", f"writing ConfigMap {plan.name} failed, trying again: {error}")
+def write_failed(plan: OutputPlan, error: str) -> DeliveryOutcome:
+    return DeliveryOutcome(False, "OutputWriteFailed", f"writing ConfigMap {plan.name} failed, trying again: {error}")
 
 
-def _with_condition(job: Job, kind: str, outcome: Outcome, now: str) -> list[dict[str, Any]]:
+def _with_condition(job: Job, kind: str, outcome: DeliveryOutcome, now: str) -> list[dict[str, Any]]:
     """The job's conditions with `kind` set to `outcome` (its lastTransitionTime kept while its status holds)."""
     previous = next((c for c in job.status.conditions or [] if c.type == kind), None)
     status = "True" if outcome.written else "False"
@@ -143,7 +144,7 @@ def _with_condition(job: Job, kind: str, outcome: Outcome, now: str) -> list[dic
     return [*others, condition]
 
 
-def registration_outcome(job: Job) -> Outcome | None:
+def registration_outcome(job: Job) -> DeliveryOutcome | None:
     """What the PromptsRegistered condition of an ended job should say (spec.mlflow.registerOptimizedPrompts), once
     the worker has reported its registration; None when there is nothing (new) to say."""
     asked = job.spec is not None and job.spec.mlflow is not None and job.spec.mlflow.register_optimized_prompts
@@ -152,20 +153,20 @@ def registration_outcome(job: Job) -> Outcome | None:
             reported.optimized_prompts is None and reported.registration_error is None):
         return None
     if reported.registration_error:
-        outcome = Outcome(False, "RegistrationFailed", f"{reported.registration_error}; the optimized prompts are in "
-                          "status.optimizedPrompts")
+        outcome = DeliveryOutcome(False, "RegistrationFailed", f"{reported.registration_error}; the optimized "
+                                  "prompts are in status.optimizedPrompts")
     else:
         versions = ", ".join(sorted((reported.optimized_prompts or {}).values()))
-        outcome = Outcome(True, "PromptsRegistered", f"registered in MLflow as {versions or 'nothing'}")
+        outcome = DeliveryOutcome(True, "PromptsRegistered", f"registered in MLflow as {versions or 'nothing'}")
     current = next((c for c in job.status.conditions or [] if c.type == PROMPTS_REGISTERED), None)
     return None if current is not None and current.reason == outcome.reason else outcome
 
 
-def registration_status(job: Job, outcome: Outcome, now: str) -> dict[str, Any]:
+def registration_status(job: Job, outcome: DeliveryOutcome, now: str) -> dict[str, Any]:
     return status_patch({"conditions": _with_condition(job, PROMPTS_REGISTERED, outcome, now)})
 
 
-def output_status(job: Job, plan: OutputPlan, outcome: Outcome, now: str) -> dict[str, Any]:
+def output_status(job: Job, plan: OutputPlan, outcome: DeliveryOutcome, now: str) -> dict[str, Any]:
     """The status patch recording `outcome`: the OutputWritten condition beside the others, and status.output."""
     fields: dict[str, Any] = {"conditions": _with_condition(job, OUTPUT_WRITTEN, outcome, now)}
     if outcome.written:

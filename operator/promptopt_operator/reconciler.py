@@ -30,8 +30,8 @@ from promptopt_operator.kube import KubeClient, PodRefused, Refused, StaleJob
 from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, pod_refused, reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.output import (
-    SETTLED_REASONS, Outcome, OutputPlan, conflict, foreign_owner, output_plan, output_status, registration_outcome,
-    registration_status, replacement, write_failed,
+    SETTLED_REASONS, DeliveryOutcome, OutputPlan, conflict, foreign_owner, output_plan, output_status,
+    registration_outcome, registration_status, replacement, write_failed,
 )
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
 from promptopt_operator.queue import WAITING_PHASES, JobKey, QueueEntry, plan, slot_for, stale_positions
@@ -328,7 +328,7 @@ class Reconciler:
                 return written
             ended = Job.from_body(written)
         if (registered := registration_outcome(ended)) is not None:
-            written = await self._say(key, written, registered,
+            written = await self._record_delivery(key, written, registered,
                                       registration_status(ended, registered, format_time(datetime.now(UTC))))
         return written
 
@@ -347,7 +347,8 @@ class Reconciler:
                         await self.kube.replace_config_map(namespace, plan.name, replacement(plan, existing))
             except Refused as error:
                 outcome = write_failed(plan, str(error))
-        patched = await self._say(key, body, outcome, output_status(job, plan, outcome, format_time(datetime.now(UTC))))
+        patched = await self._record_delivery(key, body, outcome,
+                                              output_status(job, plan, outcome, format_time(datetime.now(UTC))))
         if outcome.reason in SETTLED_REASONS:
             self._output_failures.pop(key, None)
         else:
@@ -355,7 +356,8 @@ class Reconciler:
             self._recheck(key, reconcile_error_delay(self._output_failures[key]))
         return patched
 
-    async def _say(self, key: JobKey, body: dict[str, Any], outcome: Outcome, patch: dict[str, Any]) -> dict[str, Any]:
+    async def _record_delivery(self, key: JobKey, body: dict[str, Any], outcome: DeliveryOutcome,
+                               patch: dict[str, Any]) -> dict[str, Any]:
         """Write an ended job's delivery outcome into its status and post it as an Event; the job as written."""
         patched = await self.kube.patch_job_status(*key, patch, body["metadata"]["resourceVersion"])
         if patched is None or key not in self._bodies:

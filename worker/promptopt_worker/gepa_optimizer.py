@@ -52,18 +52,19 @@ STALL_SECONDS = 600.0
 
 # gepa.optimize parameters the worker owns, and where the job sets them instead; `optimizer.options` may set
 # any other one.
-_THE_PROBLEM = "the worker builds it from spec.prompts, spec.dataset, spec.task and spec.scorers"
-_METERED = "the reflection model is spec.optimizer.reflectionModel, called through the worker's metered LLM client"
-_REPORTED = "the worker reports progress into the job's status and its log"
+_BUILT_FROM_THE_JOB = "the worker builds it from spec.prompts, spec.dataset, spec.task and spec.scorers"
+_METERED_REFLECTION = ("the reflection model is spec.optimizer.reflectionModel, called through the worker's metered "
+                       "LLM client")
+_REPORTERS = "the worker reports progress into the job's status and its log"
 RESERVED_OPTIONS: dict[str, str] = {
-    **dict.fromkeys(["seed_candidate", "trainset", "valset", "adapter", "task_lm", "evaluator"], _THE_PROBLEM),
-    **dict.fromkeys(["reflection_lm", "reflection_lm_kwargs"], _METERED),
+    **dict.fromkeys(["seed_candidate", "trainset", "valset", "adapter", "task_lm", "evaluator"], _BUILT_FROM_THE_JOB),
+    **dict.fromkeys(["reflection_lm", "reflection_lm_kwargs"], _METERED_REFLECTION),
     **dict.fromkeys(["reflection_strategy", "custom_candidate_proposer"],
                     "the worker's reflection rejects proposals that lose or invent a {{variable}}"),
     "max_reflection_cost": "set spec.budget.maxCostUSD, which covers every LLM call of the job",
     "stop_callbacks": "set spec.optimizer.gepa.earlyStopping or spec.activeDeadlineSeconds, or stop the job with "
                       "spec.cancel",
-    **dict.fromkeys(["callbacks", "logger", "display_progress_bar"], _REPORTED),
+    **dict.fromkeys(["callbacks", "logger", "display_progress_bar"], _REPORTERS),
     "run_dir": "set spec.worker.checkpointClaimName to keep checkpoints across worker Pods",
 }
 GEPA_PARAMETERS = frozenset(inspect.signature(gepa.optimize).parameters)
@@ -293,7 +294,7 @@ class MetricCallBudget:
         return gepa_state.total_num_evals + self.iteration_cost > self.max_metric_calls
 
 
-class Recorded:
+class FiringRecorder:
     """A gepa stopper that remembers whether it fired, so the result can name why the run ended."""
 
     def __init__(self, stopper: StopperProtocol):
@@ -396,22 +397,22 @@ def optimize_gepa(
         rejected,
     )
     callback = ProgressCallback(problem, progress, reporter)
-    stall = Recorded(StallStopper(stall_seconds))
-    within_budget = Recorded(MetricCallBudget(budget, iteration_cost))
+    stall = FiringRecorder(StallStopper(stall_seconds))
+    within_budget = FiringRecorder(MetricCallBudget(budget, iteration_cost))
     stoppers: list[StopperProtocol] = [lambda _state: bool(stop), stall, within_budget]
     deadline = None
     if problem.deadline_seconds is not None:
-        deadline = Recorded(TimeoutStopCondition(problem.deadline_seconds))  # its clock starts now
+        deadline = FiringRecorder(TimeoutStopCondition(problem.deadline_seconds))  # its clock starts now
         stoppers.append(deadline)
     # gepa asks its stoppers once before each iteration (the first time, the seed's score is the best).
     early = settings.early_stopping
     goal_score = early.goal if early else None
     patience_iterations = early.patience if early else None
-    goal = Recorded(ScoreThresholdStopper(goal_score)) if goal_score is not None else None
-    patience = Recorded(NoImprovementStopper(patience_iterations)) if patience_iterations is not None else None
+    goal = FiringRecorder(ScoreThresholdStopper(goal_score)) if goal_score is not None else None
+    patience = FiringRecorder(NoImprovementStopper(patience_iterations)) if patience_iterations is not None else None
     stoppers.extend(stopper for stopper in (goal, patience) if stopper is not None)
     perfect_score = kwargs.get("perfect_score", GEPA_PERFECT_SCORE)
-    perfect = Recorded(PerfectScore(perfect_score)) if settings.stop_at_perfect_score is not False else None
+    perfect = FiringRecorder(PerfectScore(perfect_score)) if settings.stop_at_perfect_score is not False else None
     if perfect is not None:
         stoppers.append(perfect)
 

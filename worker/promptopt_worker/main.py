@@ -78,6 +78,9 @@ SIMULATED_NOTICE = (
 
 
 def exit_code(result: Result) -> int:
+    """EXIT_SUCCEEDED for a usable result (Completed, GoalReached, NoImprovement, PerfectScore, and a stop with the
+    best so far: BudgetExhausted, DeadlineReached, Cancelled); EXIT_INVALID_INPUT when no attempt can fix it;
+    EXIT_FAILED otherwise (LLMError, TooManyFailedExamples, Error: the operator's PERMANENT_FAILURES decide)."""
     if result.succeeded:
         return EXIT_SUCCEEDED
     return EXIT_INVALID_INPUT if result.reason == "InvalidInput" else EXIT_FAILED
