@@ -1,9 +1,10 @@
 """Built-in scorers: the one conversion rule, metrics with concrete rationales, LLM judges, up-front checks."""
 import math
+from typing import get_args
 
 import pytest
 
-from promptopt.api.v1alpha1 import ScorerSpec, TaskSpec
+from promptopt.api.v1alpha1 import LLM_JUDGE_SCORERS, ScorerName, ScorerSpec, TaskSpec
 from promptopt.prompt_contract import JUDGE_ANSWER_AGAIN, RELEVANCE_QUESTION, SAFETY_QUESTION
 from promptopt_worker.llm import LLMClient
 from promptopt_worker.problem import Example
@@ -13,6 +14,8 @@ from promptopt_worker.scorers import (
     ExactMatch,
     ExpectationsGuidelines,
     Guidelines,
+    JUDGES,
+    METRICS,
     Regex,
     RelevanceToQuery,
     Safety,
@@ -270,3 +273,10 @@ def test_expectations_guidelines_takes_each_records_own_and_needs_them(llm, judg
     with pytest.raises(InvalidInput, match=r"scorer 'ExpectationsGuidelines' \(ExpectationsGuidelines\) cannot score "
                        r"record 1: no expectations.guidelines"):
         check_records([judge], [record(guidelines="Answer in lowercase."), record(index=1)])
+
+
+def test_every_scorer_name_the_api_admits_is_one_the_worker_builds():
+    """A name added to the API's ScorerName without a scorer would pass admission and fail at run time."""
+    built = {*METRICS, *JUDGES, "Webhook"}
+    assert built == set(get_args(ScorerName))
+    assert set(JUDGES) == set(LLM_JUDGE_SCORERS)  # the ones the CRD requires a model for
