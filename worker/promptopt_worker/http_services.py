@@ -9,17 +9,16 @@ never leave the worker.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import httpx
 
 from promptopt.api.v1alpha1 import HttpHeader, TaskSpec
 from promptopt.service_contract import VERSION, ContractError, ProgramAnswer, ProgramRequest, ScoreAnswer
+from promptopt_worker.http_client import PooledPoster
 from promptopt_worker.llm_call import (
-    OVERLOADED, UNREACHABLE, CallFailed, ChatAnswer, Metered, ModelEndpoint, retry_after_s,
+    OVERLOADED, CallFailed, ChatAnswer, Metered, ModelEndpoint, retry_after_s,
     transient_status,
 )
 from promptopt_worker.problem import Candidate, Example, InvalidInput, PromptTemplate
@@ -62,24 +61,15 @@ def resolve_headers(headers: Sequence[HttpHeader] | None, field: str,
 
 
 class ServiceCaller:
-    """POSTs JSON; one connection pool for all services, shared by the job's threads (httpx.Client is thread-safe).
-    No pool limit of its own: spec.task.concurrency already bounds the calls in flight."""
+    """POSTs JSON to the job's services, a connection pool per URL."""
 
     def __init__(self) -> None:
-        self._client: httpx.Client | None = None
-        self._lock = threading.Lock()
+        self._poster = PooledPoster()
 
     def post(self, endpoint: ModelEndpoint, headers: Mapping[str, str], body: Mapping[str, Any],
              read: Callable[[Any], Answer]) -> Answer:
         """One call to the URL in endpoint.model; CallFailed (transient or not) for whatever is no usable answer."""
-        try:
-            response = self._http().post(endpoint.model, json=dict(body), headers=dict(headers),
-                                         timeout=endpoint.timeout_s)
-        except httpx.TimeoutException as error:
-            said = f"timed out after {endpoint.timeout_s:g} s ({type(error).__name__})"
-            raise CallFailed(True, UNREACHABLE, said) from None
-        except httpx.TransportError as error:  # connection refused or reset, DNS, a broken response
-            raise CallFailed(True, UNREACHABLE, f"{type(error).__name__}: {error}") from None
+        response = self._poster.post(endpoint.model, endpoint.model, body, headers, endpoint.timeout_s)
         said = f"HTTP {response.status_code}: {response.text[:ANSWER_QUOTE_LIMIT] or response.reason_phrase}"
         if response.status_code >= 400:
             if transient_status(response.status_code):
@@ -91,14 +81,6 @@ class ServiceCaller:
             raise CallFailed(False, f"its answer breaks contract {VERSION}: {error}", said) from None
         except ValueError:
             raise CallFailed(False, "its answer is not JSON", said) from None
-
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-                    self._client = httpx.Client(limits=limits, follow_redirects=False)
-        return self._client
 
 
 class Poster(Protocol):

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from promptopt_worker.http_client import PooledPoster
 from promptopt_worker.llm_call import (
     CONTEXT_WINDOW,
     KEY_REJECTED,
@@ -30,7 +31,6 @@ from promptopt_worker.llm_call import (
     NOT_FOUND,
     OVERLOADED,
     REQUEST_REJECTED,
-    UNREACHABLE,
     CallFailed,
     ChatAnswer,
     ModelEndpoint,
@@ -81,41 +81,19 @@ def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:
 
 
 class OpenAICompatibleCaller:
-    """POSTs chat completions; one connection pool per base URL, shared by the job's threads (httpx.Client is
-    thread-safe)."""
+    """POSTs chat completions, a connection pool per base URL."""
 
     def __init__(self) -> None:
-        # No pool limit of its own: spec.task.concurrency (up to 256) already bounds the calls in flight, and a
-        # smaller pool would make calls past it wait, then time out.
-        self._limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self._clients: dict[str, httpx.Client] = {}
-        self._lock = threading.Lock()
+        self._poster = PooledPoster()
 
     def complete(self, endpoint: ModelEndpoint, messages: Sequence[Mapping[str, str]]) -> ChatAnswer:
         """One call; raises CallFailed (transient or not) for whatever is not an answer."""
         url = base_url(endpoint)
-        body = request_body(endpoint, messages, url)
-        try:
-            response = self._client(url).post(
-                f"{url}/chat/completions", json=body, headers=request_headers(endpoint), timeout=endpoint.timeout_s
-            )
-        except httpx.TimeoutException as error:
-            said = f"timed out after {endpoint.timeout_s:g} s ({type(error).__name__})"
-            raise CallFailed(True, UNREACHABLE, said) from None
-        except httpx.TransportError as error:  # connection refused or reset, DNS, a broken response
-            raise CallFailed(True, UNREACHABLE, f"{type(error).__name__}: {error}") from None
+        response = self._poster.post(url, f"{url}/chat/completions", request_body(endpoint, messages, url),
+                                     request_headers(endpoint), endpoint.timeout_s)
         if response.status_code >= 400:
             raise status_failure(response)
         return chat_answer(endpoint, response)
-
-    def _client(self, url: str) -> httpx.Client:
-        client = self._clients.get(url)  # no lock once it exists: every call of every thread passes here
-        if client is None:
-            with self._lock:
-                client = self._clients.get(url)
-                if client is None:
-                    client = self._clients[url] = httpx.Client(limits=self._limits, follow_redirects=False)
-        return client
 
 
 def request_body(endpoint: ModelEndpoint, messages: Sequence[Mapping[str, str]], url: str) -> dict[str, Any]:
