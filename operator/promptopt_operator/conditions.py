@@ -62,20 +62,29 @@ def conditions_for(
     if spec_applied is not None:
         applied, applied_reason, applied_message = spec_applied
         wanted.append((SPEC_APPLIED, "True" if applied else "False", applied_reason, applied_message))
-    result = []
-    for kind, status, why, text in wanted:
-        old = before.get(kind)
-        unchanged_since = old.last_transition_time if old is not None and old.status == status else None
-        result.append({
-            "type": kind,
-            "status": status,
-            "observedGeneration": generation,
-            "lastTransitionTime": unchanged_since or now,
-            "reason": why,
-            "message": text,
-        })
-    return result
+    return [_condition(kind, status, why, text, generation, now, before.get(kind))
+            for kind, status, why, text in wanted]
+
+
+def set_condition(conditions: Sequence[Condition] | None, kind: str, status: str, reason: str, message: str,
+                  generation: int | None, now: str) -> list[dict[str, Any]]:
+    """The conditions with `kind` set, the others as they are (apimachinery's SetStatusCondition)."""
+    others = [c.model_dump(by_alias=True, exclude_none=True) for c in conditions or [] if c.type != kind]
+    return [*others, _condition(kind, status, reason, message, generation, now, find_condition(conditions, kind))]
+
+
+def find_condition(conditions: Sequence[Condition] | None, kind: str) -> Condition | None:
+    """apimachinery's FindStatusCondition."""
+    return next((c for c in conditions or [] if c.type == kind), None)
 
 
 def condition_status(conditions: Sequence[Condition] | None, kind: str) -> str | None:
-    return next((c.status for c in conditions or [] if c.type == kind), None)
+    return condition.status if (condition := find_condition(conditions, kind)) else None
+
+
+def _condition(kind: str, status: str, reason: str, message: str, generation: int | None, now: str,
+               previous: Condition | None) -> dict[str, Any]:
+    """One condition; its lastTransitionTime moves only when its status changes."""
+    unchanged_since = previous.last_transition_time if previous is not None and previous.status == status else None
+    return {"type": kind, "status": status, "observedGeneration": generation,
+            "lastTransitionTime": unchanged_since or now, "reason": reason, "message": message}

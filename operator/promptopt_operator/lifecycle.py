@@ -23,7 +23,7 @@ from promptopt.worker_contract import (
     EXIT_INVALID_INPUT, PERMANENT_FAILURES, WORKER_STATUS_FIELDS, parse_termination_message,
 )
 
-from promptopt_operator.conditions import SPEC_APPLIED, condition_status, conditions_for
+from promptopt_operator.conditions import READY, SPEC_APPLIED, condition_status, conditions_for, find_condition
 from promptopt_operator.pods import WorkerPod, label_value, pod_name
 from promptopt_operator.settings import OperatorSettings
 
@@ -448,7 +448,7 @@ def _spec_applied(job: Job, started_hash: str | None) -> tuple[bool, str, str] |
 
 
 def _ready_reason(status: PromptOptimizationJobStatus) -> str | None:
-    return next((c.reason for c in status.conditions or [] if c.type == "Ready"), None)
+    return ready.reason if (ready := find_condition(status.conditions, READY)) else None
 
 
 def _only_changes(status: PromptOptimizationJobStatus, patch: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import API_VERSION, KIND, TERMINAL_PHASES, status_patch
 
+from promptopt_operator.conditions import find_condition, set_condition
 from promptopt_operator.lifecycle import Job
 from promptopt_operator.pods import COMPONENT_LABELS, JOB_LABEL, JOB_NAME_ANNOTATION, label_value
 
@@ -63,7 +64,7 @@ def output_plan(job: Job, uid: str, worker_running: bool = False) -> OutputPlan 
         return None
     if status.phase == "Cancelled" and worker_running and status.worker_result is None:
         return None
-    written = next((c for c in status.conditions or [] if c.type == OUTPUT_WRITTEN), None)
+    written = find_condition(status.conditions, OUTPUT_WRITTEN)
     if written is not None and written.reason in SETTLED_REASONS:
         return None
     where = f"ConfigMap {target.name}"
@@ -131,17 +132,8 @@ def write_failed(plan: OutputPlan, error: str) -> DeliveryOutcome:
 
 
 def _with_condition(job: Job, kind: str, outcome: DeliveryOutcome, now: str) -> list[dict[str, Any]]:
-    """The job's conditions with `kind` set to `outcome` (its lastTransitionTime kept while its status holds)."""
-    previous = next((c for c in job.status.conditions or [] if c.type == kind), None)
-    status = "True" if outcome.written else "False"
-    condition = {
-        "type": kind, "status": status, "observedGeneration": job.generation,
-        "lastTransitionTime": previous.last_transition_time if previous and previous.status == status
-        and previous.last_transition_time else now,
-        "reason": outcome.reason, "message": outcome.message,
-    }
-    others = [c.model_dump(by_alias=True, exclude_none=True) for c in job.status.conditions or [] if c.type != kind]
-    return [*others, condition]
+    return set_condition(job.status.conditions, kind, "True" if outcome.written else "False", outcome.reason,
+                         outcome.message, job.generation, now)
 
 
 def registration_outcome(job: Job) -> DeliveryOutcome | None:
@@ -158,7 +150,7 @@ def registration_outcome(job: Job) -> DeliveryOutcome | None:
     else:
         versions = ", ".join(sorted((reported.optimized_prompts or {}).values()))
         outcome = DeliveryOutcome(True, "PromptsRegistered", f"registered in MLflow as {versions or 'nothing'}")
-    current = next((c for c in job.status.conditions or [] if c.type == PROMPTS_REGISTERED), None)
+    current = find_condition(job.status.conditions, PROMPTS_REGISTERED)
     return None if current is not None and current.reason == outcome.reason else outcome
 
 
