@@ -4,12 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from promptopt.api.v1alpha1 import ACTIVE_PHASES, WAITING_PHASES
 from promptopt_operator.lifecycle import Slot
-
-# Phases that hold a slot: the job has (or is about to get) a worker Pod.
-ACTIVE_PHASES = ("Pending", "Running")
-# Phases of jobs that have not started yet.
-WAITING_PHASES = (None, "Queued")
 
 JobKey = tuple[str, str]  # (namespace, name)
 

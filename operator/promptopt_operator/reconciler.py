@@ -23,7 +23,7 @@ from typing import Any, cast
 import kopf
 
 from promptopt.api.times import format_time, parse_time
-from promptopt.api.v1alpha1 import TERMINAL_PHASES, read_status
+from promptopt.api.v1alpha1 import TERMINAL_PHASES, WAITING_PHASES, read_status
 from promptopt.worker_contract import PERMANENT_FAILURES
 
 from promptopt_operator.kube import KubeClient, PodRefused, Refused, StaleJob
@@ -34,7 +34,7 @@ from promptopt_operator.output import (
     registration_outcome, registration_status, replacement, write_failed,
 )
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
-from promptopt_operator.queue import WAITING_PHASES, JobKey, QueueEntry, plan, slot_for, stale_positions
+from promptopt_operator.queue import JobKey, QueueEntry, plan, slot_for, stale_positions
 from promptopt_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)

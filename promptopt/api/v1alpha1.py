@@ -40,6 +40,15 @@ _JUDGES_NEED_A_MODEL = f"LLM judges ({', '.join(LLM_JUDGE_SCORERS)}) need a mode
 JUDGE_VARIABLES = ("inputs", "outputs", "expectations")
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
 TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
+# Phases that hold one of the operator's slots: the job has (or is about to get) a worker Pod.
+ACTIVE_PHASES = ("Pending", "Running")
+# Phases of jobs that have not started yet (None: not seen by an operator).
+WAITING_PHASES = (None, "Queued")
+
+
+def content_digest(text: str) -> str:
+    """The first 16 hex digits of the SHA-256 of `text`: the digests status reports of what a job read or ran."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 # Kubernetes object names (RFC 1123 subdomain) and ConfigMap/Secret keys.
 DNSSubdomain = Annotated[
@@ -892,7 +901,7 @@ class PromptOptimizationJobSpec(ApiModel):
         are left out, so a field added to the API does not change the fingerprint of a job that does not use it
         (a running job would read as changed after an operator upgrade)."""
         content = self.model_dump(mode="json", by_alias=True, exclude=set(MUTABLE_SPEC_FIELDS), exclude_none=True)
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+        return content_digest(json.dumps(content, sort_keys=True))
 
 
 def _require_unique(field: str, what: str, names: list[str]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,9 @@ from typing import Any, Protocol
 
 import yaml
 
-from promptopt.api.v1alpha1 import ConfigMapInput, ConfigMapKeyRef, MlflowStatus, PromptOptimizationJobSpec
+from promptopt.api.v1alpha1 import (
+    ConfigMapInput, ConfigMapKeyRef, MlflowStatus, PromptOptimizationJobSpec, content_digest,
+)
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.datasets import load_dataset
 from promptopt_worker.evaluation import TaskEvaluator
@@ -153,7 +154,7 @@ def config_map_inputs(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSour
     inputs: list[ConfigMapInput] = []
     for field, ref in config_map_refs(spec):
         text = read_key(configmaps, ref, field)
-        found = ConfigMapInput(name=ref.name, key=ref.key, digest=hashlib.sha256(text.encode()).hexdigest()[:16])
+        found = ConfigMapInput(name=ref.name, key=ref.key, digest=content_digest(text))
         if recorded.get((ref.name, ref.key), found.digest) != found.digest:
             raise InvalidInput(
                 f"{field}: ConfigMap {ref.name!r} key {ref.key!r} changed since the job started "
@@ -189,7 +190,7 @@ def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource
 
 def records_digest(rows: Sequence[Mapping[str, Any]]) -> str:
     """The first 16 hex digits of the SHA-256 of records (as JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_digest(json.dumps(list(rows), sort_keys=True, default=str))
 
 
 def build_problem(
