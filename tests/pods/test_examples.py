@@ -71,7 +71,7 @@ def test_the_readme_job(pods, node_llm, node_kubectl, example):
     described = node_kubectl("describe", "poj", "gepa-sentiment").stdout
     # The Events of its transitions, from the operator by name.
     assert re.search(r"Normal\s+PodCreated\s+\S+\s+promptopt-operator\s+worker Pod 1 created", described), described
-    assert re.search(r"Normal\s+Completed\s+\S+\s+promptopt-operator\s", described), described
+    assert re.search(r"Normal\s+PerfectScore\s+\S+\s+promptopt-operator\s", described), described
     explained = node_kubectl("explain", "poj.spec.optimizer").stdout
     assert "reflectionModel" in explained and "The optimizer and its settings." in explained
     (pod,) = worker_pods(pods.cluster, "gepa-sentiment")
