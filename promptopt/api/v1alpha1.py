@@ -1083,6 +1083,10 @@ class MlflowStatus(StatusObject):
         None, description="The first 16 hex digits of the SHA-256 of the MLflow evaluation dataset's records as the "
         "job's first worker read them (dataset.mlflowDatasetId).",
     )
+    mlflow_dataset_digest: str | None = Field(
+        None, description="MLflow's own digest of that evaluation dataset, as the run's dataset input and MLflow's "
+        "dataset page show it (it changes with every change of its records).",
+    )
     run_id: str | None = Field(None, description="The job's MLflow run (spec.mlflow.experiment).")
     experiment_id: str | None = Field(None, description="The experiment of the job's MLflow run.")
 

@@ -149,8 +149,8 @@ def test_mlflow_registry(pods, node_llm, node_kubectl, example, node_mlflow):
         == ["promptoptimizationjob.promptopt.dev/mlflow-sentiment"]
     run = client.get_run(status["mlflow"]["runId"])
     assert run.info.status == "FINISHED" and run.info.experiment_id == status["mlflow"]["experimentId"]
-    assert run.data.tags["promptopt.dev/job"] == "mlflow-sentiment" and run.data.params["optimizer"] == "GEPA"
-    assert run.data.metrics["final_score.aggregate"] == pytest.approx(status["finalScores"]["aggregate"])
+    assert run.data.tags["promptopt.dev/job"] == "mlflow-sentiment" and run.data.params["optimizer_type"] == "gepa"
+    assert run.data.metrics["final_eval_score"] == pytest.approx(status["finalScores"]["aggregate"])
     assert "candidates.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     written = eventually(lambda: condition(status_of(pods.cluster, "mlflow-sentiment"), "OutputWritten"), 30,
                          "the OutputWritten condition")

@@ -1,7 +1,7 @@
 """spec.mlflow against a real MLflow tracking server (SQLite, loopback) through MLflow's own client: prompts read
 from the Prompt Registry by version, alias or latest, the version recorded and pinned, the optimized prompts
-registered as new versions with their tags and alias; failures named before any LLM call, and a registration that
-fails loses nothing."""
+registered as new versions with their tags, model_config and alias; failures named before any LLM call (by the dry
+run too), and a registration that fails loses nothing; the job's run as MLflow's own prompt optimization logs one."""
 import json
 import os
 import subprocess
@@ -25,6 +25,8 @@ from promptopt_worker.sources import LocalConfigMaps
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # mlflow imports litellm
 
 PROMPTOPT = str(Path(sys.executable).with_name("promptopt"))
+# A prompt version's model_config, as MLflow's server-side optimization needs it (provider and model_name).
+MODEL_CONFIG = {"provider": "openai", "model_name": "gpt-4.1-mini", "temperature": 0.2}
 
 
 @pytest.fixture
@@ -36,9 +38,10 @@ def client(mlflow_server):
 
 @pytest.fixture
 def prompt(client):
-    """A registry prompt of this test's own: version 1 (alias production) is the seed, version 2 another one."""
+    """A registry prompt of this test's own: version 1 (alias production) is the seed, with the model it was written
+    for (MODEL_CONFIG), version 2 another one."""
     name = f"sentiment-{uuid.uuid4().hex[:8]}"
-    client.register_prompt(name, SEED_INSTRUCTION, commit_message="the seed")
+    client.register_prompt(name, SEED_INSTRUCTION, commit_message="the seed", model_config=MODEL_CONFIG)
     client.register_prompt(name, "Say something about: {{review}}", commit_message="a worse one")
     client.set_prompt_alias(name, "production", 1)
     return name
@@ -82,6 +85,7 @@ def test_a_prompt_read_by_alias_is_optimized_and_registered_as_a_new_version(mlf
         "promptopt.dev/final-score": f"{status['finalScores']['aggregate']:.6g}",
     } == registered.tags
     assert "optimized by promptopt job team-a/sentiment (PerfectScore); aggregate" in registered.commit_message
+    assert registered.model_config == MODEL_CONFIG  # copied from the source version, as MLflow copies it
     assert client.load_prompt(f"prompts:/{prompt}@production").version == 1  # the alias in use is left alone
 
 
@@ -93,6 +97,19 @@ def test_a_version_or_the_latest_is_read_and_recorded_without_registering(mlflow
     assert result.succeeded
     assert status["mlflow"] == {"sourcePrompts": {"classify": f"prompts:/{prompt}/{version}"}}
     assert client.load_prompt(f"prompts:/{prompt}@latest").version == 2  # nothing registered
+
+
+def test_a_prompt_from_elsewhere_is_registered_with_the_task_model_as_its_model_config(mlflow_server, client, llm,
+                                                                                       monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    name = f"inline-{uuid.uuid4().hex[:8]}"
+    spec = job_spec(mlflow_server, "prompts:/unused/1", registerOptimizedPrompts={})
+    spec["prompts"] = [{"name": "classify", "template": SEED_INSTRUCTION, "registerAs": name}]
+    spec["task"] |= {"temperature": 0.5, "maxTokens": 64}
+    result, status = run(spec, llm, tmp_path)
+    assert result.succeeded and status["mlflow"]["optimizedPrompts"] == {"classify": f"prompts:/{name}/1"}
+    assert client.load_prompt(f"prompts:/{name}/1").model_config == {
+        "provider": "openai", "model_name": "sim-task", "temperature": 0.5, "max_tokens": 64}
 
 
 @pytest.mark.parametrize("uri,meaning", [
@@ -117,6 +134,38 @@ def test_an_unreachable_server_fails_fast_naming_the_tracking_uri(llm, monkeypat
     result, _ = run(spec, llm, tmp_path)
     assert result.reason == "InvalidInput" and llm.request_count == 0
     assert "the server could not be reached: check spec.mlflow.trackingUri" in result.message
+
+
+def dry_run(spec, tmp_path):
+    job = {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": "planned"},
+           "spec": spec}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    return subprocess.run([PROMPTOPT, "run", "--dry-run", "--simulated-llm", str(tmp_path / "job.yaml")],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_dry_run_reaches_the_server_as_the_run_does(mlflow_server, client, prompt, dataset_id, tmp_path):
+    from promptopt_harness.realkube import free_port
+
+    gone = type("Gone", (), {"url": f"http://127.0.0.1:{free_port()}"})
+    refused = dry_run(tracked_spec(gone, "nowhere"), tmp_path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"spec.mlflow.experiment: MLflow at {gone.url}: the server could not be reached: check " \
+           "spec.mlflow.trackingUri" in refused.stderr
+
+    experiment = f"planned-{uuid.uuid4().hex[:8]}"
+    planned = dry_run(job_spec(mlflow_server, f"prompts:/{prompt}@production", experiment=experiment), tmp_path)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert f"prompt classify reads prompts:/{prompt}/1 (prompts:/{prompt}@production now)" in planned.stdout
+    assert f"experiment {experiment!r} does not exist: the run creates it" in planned.stdout
+    assert client.get_experiment_by_name(experiment) is None  # a dry run creates nothing
+    existing = client.create_experiment(experiment)
+    spec = job_spec(mlflow_server, f"prompts:/{prompt}@latest", experiment=experiment)
+    spec["dataset"] = dataset_spec(mlflow_server, dataset_id)["dataset"]
+    planned = dry_run(spec, tmp_path)
+    assert f"prompt classify reads prompts:/{prompt}/2 (prompts:/{prompt}@latest now)" in planned.stdout
+    assert f"experiment {experiment!r} (id {existing}): the run goes there" in planned.stdout
+    assert f"MLflow: dataset {dataset_id} reads digest {client.get_dataset(dataset_id).digest}" in planned.stdout
 
 
 def test_a_registration_that_fails_keeps_the_result_and_says_why(mlflow_server, client, prompt, llm, monkeypatch,
@@ -171,11 +220,18 @@ def run_with(spec, llm, tmp_path, stop=None, run_id=None):
     return result, json.loads(out.read_text())
 
 
+def history(client, run_id, name):
+    """A metric's points in step order."""
+    return sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
+
+
 def test_a_job_logs_one_run_with_its_settings_progress_scores_and_candidates(mlflow_server, client, llm,
                                                                             monkeypatch, tmp_path):
     monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
     experiment = f"optimization-{uuid.uuid4().hex[:8]}"
-    result, status = run_with(tracked_spec(mlflow_server, experiment), llm, tmp_path)
+    spec = tracked_spec(mlflow_server, experiment)
+    spec["dataset"]["testFraction"] = 0.25
+    result, status = run_with(spec, llm, tmp_path)
 
     assert result.succeeded
     run = client.get_run(status["mlflow"]["runId"])
@@ -183,22 +239,94 @@ def test_a_job_logs_one_run_with_its_settings_progress_scores_and_candidates(mlf
         client.get_experiment_by_name(experiment).experiment_id
     assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
     assert run.data.tags["promptopt.dev/namespace"] == "team-a"
-    assert run.data.params | {"optimizer": "GEPA", "max_metric_calls": "40", "reflection_minibatch_size": "3",
-                              "scorers": "ExactMatch", "candidate_selection": "pareto"} == run.data.params
-    best = client.get_metric_history(run.info.run_id, "best_score")
-    assert [m.step for m in best] == sorted(m.step for m in best) and best[-1].value == status["progress"]["bestScore"]
-    assert run.data.metrics["final_score.aggregate"] == pytest.approx(status["finalScores"]["aggregate"])
-    initial = status["initialScores"]["scorers"]["ExactMatch"]
-    assert run.data.metrics["initial_score.ExactMatch"] == pytest.approx(initial)
-    assert run.data.metrics["cost_llmCalls"] == sum(llm.calls.values())
+    assert run.data.params | {"max_metric_calls": "40", "reflection_minibatch_size": "3",
+                              "candidate_selection": "pareto"} == run.data.params
+    # The scores under the names MLflow's optimization job reads back (and no others).
+    metrics, final, initial = run.data.metrics, status["finalScores"], status["initialScores"]
+    assert {name: value for name, value in metrics.items() if "_eval_score" in name or "_test_score" in name} == \
+        pytest.approx({"initial_eval_score": initial["aggregate"], "final_eval_score": final["aggregate"],
+                       "initial_eval_score.ExactMatch": initial["scorers"]["ExactMatch"],
+                       "final_eval_score.ExactMatch": final["scorers"]["ExactMatch"],
+                       "initial_test_score": initial["test"]["aggregate"],
+                       "final_test_score": final["test"]["aggregate"],
+                       "initial_test_score.ExactMatch": initial["test"]["scorers"]["ExactMatch"],
+                       "final_test_score.ExactMatch": final["test"]["scorers"]["ExactMatch"]})
+    assert metrics["cost_llmCalls"] == sum(llm.calls.values())
+    assert metrics["total_iterations"] == status["progress"]["iteration"]
+    assert metrics["total_candidates"] == status["progress"]["candidates"]
+    # Progress as gepa names it: one point per iteration, the last one the run's end.
+    for name, last in (("best_score_on_valset", "bestScore"), ("total_metric_calls", "metricCalls")):
+        points = history(client, run.info.run_id, name)
+        assert len({m.step for m in points}) == len(points), f"{name}: two values at one step"
+        assert points[-1].step == status["progress"]["iteration"] and points[-1].value == status["progress"][last]
+    # Every candidate's validation scores, as MLflow's GEPA optimizer logs them (step: the candidate).
+    candidates = json.loads(Path(client.download_artifacts(run.info.run_id, "candidates.json", str(tmp_path)))
+                            .read_text())["candidates"]
+    assert len(candidates) == status["progress"]["candidates"] and all(c["prompts"] for c in candidates)
+    found = sorted(candidates, key=lambda c: c["id"])  # the file ranks them by score
+    for name, scores in (("eval_score", [c["score"] for c in found]),
+                         ("eval_score.ExactMatch", [c["scorers"]["ExactMatch"] for c in found])):
+        points = history(client, run.info.run_id, name)
+        assert [m.step for m in points] == [c["id"] for c in found]
+        assert [m.value for m in points] == pytest.approx(scores)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for a in client.list_artifacts(run.info.run_id, "optimized_prompts")}
     assert {"candidates.json", "optimized_prompts/classify.txt"} <= artifacts
     logged = client.download_artifacts(run.info.run_id, "optimized_prompts/classify.txt", str(tmp_path))
     assert Path(logged).read_text() == status["optimizedPrompts"][0]["template"]
-    candidates = json.loads(Path(client.download_artifacts(run.info.run_id, "candidates.json", str(tmp_path)))
-                            .read_text())["candidates"]
-    assert len(candidates) == status["progress"]["candidates"] and all(c["prompts"] for c in candidates)
+
+
+def test_the_run_reads_as_an_mlflow_optimization_run(mlflow_server, client, prompt, llm, monkeypatch, tmp_path):
+    """Params, tags and linked prompt versions as mlflow.genai.optimize_prompts and MLflow's optimization job write
+    them, promptopt's beside them."""
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+
+    def nameless():  # as in a worker Pod, whose uid has no passwd entry
+        raise KeyError("getpwuid(): uid not found: 65532")
+
+    monkeypatch.setattr("getpass.getuser", nameless)
+    spec = job_spec(mlflow_server, f"prompts:/{prompt}@production", experiment=f"names-{uuid.uuid4().hex[:8]}",
+                    registerOptimizedPrompts={})
+    result, status = run(spec, llm, tmp_path)
+    assert result.succeeded
+
+    logged = client.get_run(status["mlflow"]["runId"])
+    params = logged.data.params
+    assert params | {"optimizer": "GepaPromptOptimizer", "optimizer_type": "gepa",
+                     "source_prompt_uri": f"prompts:/{prompt}/1", "scorer_names": '["ExactMatch"]',
+                     "num_prompts": "1", "num_training_samples": "8", "trainset_size": "4", "valset_size": "4",
+                     "reflection_model": "openai/sim-reflect", "task": "openai/sim-task"} == params
+    assert "dataset_id" not in params  # the records are the job's own
+    config = json.loads(params["optimizer_config_json"])
+    assert config["reflection_model"] == "openai:/sim-reflect" and config["max_metric_calls"] == 40
+    assert config["gepa_kwargs"] | {"reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto",
+                                    "seed": 0} == config["gepa_kwargs"]
+    tags = logged.data.tags
+    assert (tags["mlflow.source.type"], tags["mlflow.source.name"]) == ("JOB", "PromptOptimizationJob team-a/sentiment")
+    assert logged.info.user_id == "unknown" and "mlflow.user" not in tags  # MLflow's word for no user
+    # The version it started from and the one it registered, linked to the run as MLflow links them.
+    assert json.loads(tags["mlflow.linkedPrompts"]) == [{"name": prompt, "version": "1"},
+                                                        {"name": prompt, "version": "3"}]
+
+
+def test_a_metaprompt_run_reads_as_mlflows_metaprompt_optimization(mlflow_server, client, llm, monkeypatch,
+                                                                    tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    spec = tracked_spec(mlflow_server, f"metaprompt-{uuid.uuid4().hex[:8]}")
+    spec["optimizer"] = {"type": "MetaPrompt", "reflectionModel": "openai/sim-reflect",
+                         "metaPrompt": {"guidelines": "Answer with one word."}, "options": {"temperature": 0.3}}
+    result, status = run_with(spec, llm, tmp_path)
+    assert result.succeeded
+
+    logged = client.get_run(status["mlflow"]["runId"])
+    params, metrics = logged.data.params, logged.data.metrics
+    assert (params["optimizer"], params["optimizer_type"]) == ("MetaPromptOptimizer", "metaprompt")
+    assert json.loads(params["optimizer_config_json"]) == {
+        "reflection_model": "openai:/sim-reflect", "lm_kwargs": {"temperature": 0.3},
+        "guidelines": "Answer with one word."}
+    assert metrics["total_metric_calls"] == status["progress"]["metricCalls"]
+    assert metrics["final_eval_score"] == pytest.approx(status["finalScores"]["aggregate"])
 
 
 def test_a_run_ends_killed_when_cancelled_and_failed_on_an_llm_error(mlflow_server, client, llm, monkeypatch,
@@ -260,16 +388,28 @@ def dataset_spec(mlflow_server, dataset_id):
     return spec
 
 
-def test_the_records_come_from_an_mlflow_evaluation_dataset(mlflow_server, dataset_id, llm, monkeypatch, tmp_path):
+def test_the_records_come_from_an_mlflow_evaluation_dataset(mlflow_server, client, dataset_id, llm, monkeypatch,
+                                                            tmp_path):
     from promptopt_worker.sources import records_digest
 
     monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
-    result, status = run_with(dataset_spec(mlflow_server, dataset_id), llm, tmp_path)
+    spec = dataset_spec(mlflow_server, dataset_id)
+    spec["mlflow"]["experiment"] = f"datasets-{uuid.uuid4().hex[:8]}"
+    result, status = run_with(spec, llm, tmp_path)
     assert result.succeeded and status["finalScores"]["aggregate"] > status["initialScores"]["aggregate"]
     records = [{"inputs": r["inputs"], "expectations": r["expectations"]} for r in sentiment_dataset(8, seed=4)]
     canonical = sorted(records, key=lambda r: json.dumps(r, sort_keys=True))  # MLflow keeps no order
     assert status["mlflow"]["datasetDigest"] == records_digest(canonical)  # MLflow gives back what it was given
     assert status["progress"]["metricCalls"] > 0
+
+    # The dataset as MLflow knows it: its digest in the status, and an input of the run, as MLflow's job logs it.
+    dataset = client.get_dataset(dataset_id)
+    assert status["mlflow"]["mlflowDatasetDigest"] == dataset.digest
+    run = client.get_run(status["mlflow"]["runId"])
+    (logged,) = run.inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == (dataset.name, dataset.digest)
+    assert {tag.key: tag.value for tag in logged.tags} == {"mlflow.data.context": "optimization"}
+    assert run.data.params["dataset_id"] == dataset_id
 
 
 def test_a_replaced_worker_refuses_records_that_changed_and_a_missing_dataset_is_named(mlflow_server, dataset_id, llm,
@@ -310,10 +450,12 @@ def test_a_refused_login_fails_before_any_llm_call_and_the_password_stays_secret
     monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
-    MlflowClient(tracking_uri=auth_server.url, registry_uri=auth_server.url).register_prompt(
-        "guarded", SEED_INSTRUCTION)
-    allowed, status = run(job_spec(auth_server, "prompts:/guarded/1"), llm, tmp_path)
+    admin = MlflowClient(tracking_uri=auth_server.url, registry_uri=auth_server.url)
+    admin.register_prompt("guarded", SEED_INSTRUCTION)
+    allowed, status = run(job_spec(auth_server, "prompts:/guarded/1", experiment="guarded"), llm, tmp_path)
     assert allowed.succeeded and status["mlflow"]["sourcePrompts"] == {"classify": "prompts:/guarded/1"}
+    logged = admin.get_run(status["mlflow"]["runId"])  # made as the login, as mlflow.start_run makes it
+    assert logged.info.user_id == logged.data.tags["mlflow.user"] == "admin"
 
     # A process of its own, as a worker Pod is: MLflow's client keeps a process's credentials and prompts.
     wrong = "Wr0ng-passw0rd-guess"

@@ -79,6 +79,7 @@ class DryRun:
     max_cost_usd: float | None
     in_flight: int  # calls that may still finish once maxCostUSD is reached
     warnings: tuple[str, ...] = ()  # models litellm's list does not know
+    mlflow: tuple[str, ...] = ()  # what the job's MLflow server answered (mlflow_tracking.dry_run_notes)
 
     @property
     def total_calls(self) -> int | None:
@@ -259,6 +260,7 @@ def render_dry_run(plan: DryRun, source: str) -> str:
         f"({plan.evaluations_from})"
         + (f", then 2 × {plan.test_records} on the held-out test records." if plan.test_records else "."),
         *(f"warning: {warning}" for warning in plan.warnings),
+        *(f"MLflow: {note}" for note in plan.mlflow),
         "",
         "calls, at most (one worker attempt; retries of transient errors are counted apart):",
     ]

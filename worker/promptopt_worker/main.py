@@ -39,7 +39,7 @@ from promptopt_worker.dry_run import plan_dry_run, render_dry_run
 from promptopt_worker.kube import kubernetes_api_client, read_job
 from promptopt_worker.llm import LLMClient, ModelEndpoint, Usage, UsageMeter
 from promptopt_worker.mlflow_store import MlflowStore
-from promptopt_worker.mlflow_tracking import TrackingRun
+from promptopt_worker.mlflow_tracking import TrackingRun, dry_run_notes
 from promptopt_worker.optimizers import optimize
 from promptopt_worker.problem import InvalidInput, Progress, Reporter, Result, StopRequested
 from promptopt_worker.redaction import add_secrets
@@ -113,7 +113,7 @@ def run_job(
                                 checkpoint_dir=checkpoint_dir, started_with=started_with,
                                 mlflow=mlflow_store(spec), mlflow_started=mlflow_started, identity=identity)
         if spec.mlflow is not None and spec.mlflow.experiment is not None:
-            run = TrackingRun(spec, identity or {}, mlflow_started.run_id,
+            run = TrackingRun(spec, problem, identity or {}, mlflow_started.run_id,
                               cost=lambda: llm_client.usage.snapshot().to_status())
             problem = replace(problem, mlflow_run={"runId": run.run_id, "experimentId": run.experiment_id})
             reporter = Reporters(reporter, run)
@@ -370,15 +370,16 @@ class NoCalls(LLMClient):
 
 def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, path: str | Path,
                  output_json: str | Path | None, strict: bool = False) -> int:
-    """`promptopt run --dry-run`: prepare the job as a run would, and print its calls and cost
-    (promptopt_worker.dry_run; with `strict`, its warnings fail it). Credentials this environment lacks are not the
-    job's fault (in a cluster they come from its Secret): they are named, and stand-ins let the preparation go on."""
+    """`promptopt run --dry-run`: prepare the job as a run would, its MLflow server reached as the run reaches it
+    (read only), and print its calls and cost (promptopt_worker.dry_run; with `strict`, its warnings fail it).
+    Credentials this environment lacks are not the job's fault (in a cluster they come from its Secret): they are
+    named, and stand-ins let the preparation go on."""
     absent_headers = absent_header_credentials(spec)
     os.environ.update({key: "dry-run-stand-in" for key in absent_headers})
     problem = None
     try:
         problem = build_problem(spec, configmaps, NoCalls(), mlflow=mlflow_store(spec))
-        plan = plan_dry_run(spec, problem, strict)
+        plan = replace(plan_dry_run(spec, problem, strict), mlflow=tuple(dry_run_notes(spec, problem)))
     except InvalidInput as error:
         print(f"{path}: the job cannot run: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT

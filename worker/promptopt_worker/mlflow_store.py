@@ -1,6 +1,8 @@
 """MLflow as the job's store, through MLflow's own client (mlflow-skinny, imported only by jobs that use spec.mlflow):
 the job's registry prompts and its evaluation dataset are read when it starts, and its optimized prompts registered
-as new versions in the Prompt Registry when it ends.
+as new versions in the Prompt Registry when it ends, with the model_config of the version each started from (as
+MLflow's optimize_prompts copies it, and as its server-side optimization needs it: provider and model_name), or the
+job's task model for a prompt from elsewhere or a version without one.
 
 Reading fails fast: MLflow's client retries a refused connection for minutes by default, so the worker asks it for
 one retry and a short timeout (MLFLOW_HTTP_REQUEST_*), unless the job's environment sets them. Every failure
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptopt.worker_contract import use_bundled_litellm_cost_map
-from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
+from promptopt.api.v1alpha1 import PromptOptimizationJobSpec, TaskSpec
 from promptopt_worker.problem import InvalidInput, Registrar, Registration, Result
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,15 @@ class SourcePrompt:
     resolved_uri: str  # prompts:/<name>/<version>
 
 
+@dataclass(frozen=True)
+class MlflowDataset:
+    """An evaluation dataset as read: its records, in MLflow's format ({"inputs", "expectations"}) and a canonical
+    order, and MLflow's digest of it (which changes with its records)."""
+
+    records: list[dict[str, Any]]
+    digest: str
+
+
 def mlflow_client(tracking_uri: str) -> Any:
     """MLflow's client of the server at `tracking_uri`, for its tracking and its registry alike (the package is
     imported here, by jobs with spec.mlflow only)."""
@@ -68,6 +79,7 @@ class MlflowStore:
         self.tracking_uri = tracking_uri
         self._client = mlflow_client(tracking_uri)
         self._sleep = sleep
+        self.model_configs: dict[str, dict[str, Any]] = {}  # of the versions read (prompts:/<name>/<version>)
 
     def load(self, uri: str, field_path: str) -> SourcePrompt:
         """The prompt at `uri`; InvalidInput naming `field_path` and the fix."""
@@ -79,31 +91,37 @@ class MlflowStore:
         if prompt is None or not isinstance(prompt.template, str):
             raise InvalidInput(f"{field_path}: {uri} is a chat prompt (a list of messages); promptopt optimizes text "
                                "templates: register the template as text")
-        return SourcePrompt(prompt.template, f"prompts:/{prompt.name}/{prompt.version}")
+        resolved = f"prompts:/{prompt.name}/{prompt.version}"
+        if prompt.model_config:
+            self.model_configs[resolved] = prompt.model_config
+        return SourcePrompt(prompt.template, resolved)
 
-    def dataset_records(self, dataset_id: str) -> list[dict[str, Any]]:
-        """The records of an evaluation dataset, in MLflow's format ({"inputs", "expectations"}) and a canonical order;
-        InvalidInput naming the field and the fix."""
+    def dataset(self, dataset_id: str) -> MlflowDataset:
+        """An evaluation dataset's records and digest; InvalidInput naming the field and the fix."""
         try:
-            records = self._client.get_dataset(dataset_id).records
+            dataset = self._client.get_dataset(dataset_id)
+            records = dataset.records
         except Exception as error:  # noqa: BLE001 - MLflow's and requests' errors alike
             raise InvalidInput(f"spec.dataset.mlflowDatasetId: {dataset_id} could not be read from MLflow at "
                                f"{self.tracking_uri}: {explain(error)}") from None
         rows = [{"inputs": record.inputs or {}, "expectations": record.expectations or {}} for record in records]
         # MLflow keeps no order of a dataset's records: a canonical one makes the job's split (and digest) the same
         # for every worker that reads them.
-        return sorted(rows, key=lambda row: json.dumps(row, sort_keys=True, default=str))
+        return MlflowDataset(sorted(rows, key=lambda row: json.dumps(row, sort_keys=True, default=str)),
+                             dataset.digest)
 
     def register(self, templates: Mapping[str, str], names: Mapping[str, str], tags: Mapping[str, Mapping[str, str]],
-                 message: str, alias: str | None) -> Registration:
+                 model_configs: Mapping[str, dict[str, Any] | None], message: str,
+                 alias: str | None) -> Registration:
         """Register each template (prompt name → text) as a new version of its registry prompt (`names`), with its
-        tags and `alias` pointed at it; tried again with back-off while the server fails."""
+        tags and model_config and `alias` pointed at it; tried again with back-off while the server fails."""
         registered: dict[str, str] = {}
         for prompt, registry_name in names.items():
             for attempt, delay in enumerate((*REGISTRATION_DELAYS_S, None)):
                 try:
-                    version = self._client.register_prompt(registry_name, templates[prompt], commit_message=message,
-                                                           tags=dict(tags[prompt]))
+                    version = self._client.register_prompt(
+                        registry_name, templates[prompt], commit_message=message, tags=dict(tags[prompt]),
+                        model_config=model_configs.get(prompt))
                     if alias:
                         self._client.set_prompt_alias(registry_name, alias, int(version.version))
                     registered[prompt] = f"prompts:/{registry_name}/{version.version}"
@@ -132,6 +150,24 @@ def explain(error: Exception) -> str:
     return text
 
 
+def mlflow_model_uri(model: str) -> str:
+    """A litellm model id as MLflow writes a model (openai/gpt-4.1-mini: openai:/gpt-4.1-mini); an id without a
+    provider as it is."""
+    provider, _, name = model.partition("/")
+    return f"{provider}:/{name}" if name else model
+
+
+def task_model_config(task: TaskSpec) -> dict[str, Any] | None:
+    """The job's task model as a prompt version's model_config (MLflow's PromptModelConfig); None for an HTTP
+    service, or a model id without a provider."""
+    provider, _, name = (task.model or "").partition("/")
+    if not name:
+        return None
+    config = {"provider": provider, "model_name": name, "temperature": task.temperature,
+              "max_tokens": task.max_tokens, "top_p": task.top_p}
+    return {key: value for key, value in config.items() if value is not None}
+
+
 def version_tags(identity: Mapping[str, str], initial: float | None, final: float | None,
                  source: str | None) -> dict[str, str]:
     """The tags of a registered version, which link it back to its job."""
@@ -149,7 +185,8 @@ def registrar(spec: PromptOptimizationJobSpec, registry: MlflowStore, identity: 
               sources: Mapping[str, str]) -> Registrar | None:
     """What registers a result's prompts as spec.mlflow.registerOptimizedPrompts asks (None when it does not): each
     prompt with a registry name (prompts[].registerAs, else its registryUri's prompt), tagged with the job's
-    `identity` (job, namespace, job-uid), the scores and the version it started from."""
+    `identity` (job, namespace, job-uid), the scores and the version it started from, whose model_config it takes
+    (the task model's when it has none)."""
     registration = spec.mlflow.register_optimized_prompts if spec.mlflow else None
     names = {p.name: name for p in spec.prompts if (name := p.registry_name)}
     if registration is None or not names:
@@ -160,9 +197,11 @@ def registrar(spec: PromptOptimizationJobSpec, registry: MlflowStore, identity: 
         initial = result.initial_scores.aggregate if result.initial_scores else None
         final = result.final_scores.aggregate if result.final_scores else None
         tags = {prompt: version_tags(identity, initial, final, sources.get(prompt)) for prompt in names}
+        model_configs = {prompt: registry.model_configs.get(sources.get(prompt, "")) or task_model_config(spec.task)
+                         for prompt in names}
         who = f"{identity.get('namespace', '')}/{identity.get('job', '')}".strip("/")
         scores = f"; aggregate {initial:.3f} → {final:.3f}" if initial is not None and final is not None else ""
-        return registry.register(result.best_candidate, names, tags,
+        return registry.register(result.best_candidate, names, tags, model_configs,
                                  f"optimized by promptopt job {who} ({result.reason}){scores}", registration.alias)
 
     return register

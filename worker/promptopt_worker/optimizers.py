@@ -26,7 +26,8 @@ OPTIMIZERS: dict[str, Optimizer] = {"GEPA": optimize_gepa, "MetaPrompt": optimiz
 
 def optimize(problem: Problem, reporter: Reporter, stop: StopRequested) -> Result:
     progress = Progress(config_map_inputs=problem.config_map_inputs, source_prompts=problem.source_prompts,
-                        mlflow_run=problem.mlflow_run, dataset_digest=problem.dataset_digest)
+                        mlflow_run=problem.mlflow_run, dataset_digest=problem.dataset_digest,
+                        mlflow_dataset_digest=problem.mlflow_dataset_digest)
     try:
         result = OPTIMIZERS[problem.settings.type](problem, progress, reporter, stop)
     except Exception as error:

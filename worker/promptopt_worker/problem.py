@@ -140,6 +140,7 @@ class Problem:
     register: Registrar | None = None  # registers a result's prompts in MLflow's Prompt Registry (spec.mlflow)
     mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run: runId, experimentId
     dataset_digest: str | None = None  # of the MLflow evaluation dataset's records (dataset.mlflowDatasetId)
+    mlflow_dataset_digest: str | None = None  # MLflow's own digest of that dataset
     test: Sequence[Example] = ()  # held out: never given to the optimizer, scored at the end (dataset.testFraction)
 
     @property
@@ -172,6 +173,7 @@ class Progress:
     source_prompts: Mapping[str, str] = field(default_factory=dict)  # the registry versions read, from the start
     mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run, from the start
     dataset_digest: str | None = None  # of the MLflow dataset's records, from the start
+    mlflow_dataset_digest: str | None = None  # MLflow's own digest of that dataset, from the start
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,8 @@ def worker_status(progress: Progress, result: Result | None = None, cost: Mappin
     mlflow.update(progress.mlflow_run)
     if progress.dataset_digest:
         mlflow["datasetDigest"] = progress.dataset_digest
+    if progress.mlflow_dataset_digest:
+        mlflow["mlflowDatasetDigest"] = progress.mlflow_dataset_digest
     if result is not None and result.registration is not None:
         mlflow["optimizedPrompts"] = dict(result.registration.registered)
         if result.registration.error:

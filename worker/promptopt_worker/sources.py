@@ -212,14 +212,15 @@ def build_problem(
     inputs = config_map_inputs(spec, configmaps, started_with)
     started = mlflow_started or MlflowStatus()
     prompts, sources = resolve_prompts(spec, configmaps, mlflow, started.source_prompts)
-    train, validation, test, evaluator, dataset_digest = [], [], [], None, None
+    train, validation, test, evaluator, dataset_digest, mlflow_dataset_digest = [], [], [], None, None, None
     if spec.dataset is not None:
         ref = spec.dataset.config_map_key_ref
         text = read_key(configmaps, ref, "spec.dataset.configMapKeyRef") if ref is not None else None
         rows = None
         if spec.dataset.mlflow_dataset_id is not None:
             assert mlflow is not None  # a dataset from MLflow needs spec.mlflow (the model's rule)
-            rows = mlflow.dataset_records(spec.dataset.mlflow_dataset_id)
+            dataset = mlflow.dataset(spec.dataset.mlflow_dataset_id)
+            rows, mlflow_dataset_digest = dataset.records, dataset.digest
             dataset_digest = records_digest(rows)
             if started.dataset_digest and started.dataset_digest != dataset_digest:
                 raise InvalidInput(
@@ -248,6 +249,7 @@ def build_problem(
         config_map_inputs=tuple(inputs),
         source_prompts=sources,
         dataset_digest=dataset_digest,
+        mlflow_dataset_digest=mlflow_dataset_digest,
         register=registrar(spec, mlflow, identity or {}, sources) if mlflow is not None else None,
     )
 
