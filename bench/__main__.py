@@ -4,10 +4,12 @@
     .venv/bin/python -m bench --quick              # toy sizes, seconds: checks that every path works
     .venv/bin/python -m bench --jobs 100 --queue-jobs 300 --mlflow-python /path/to/venv-with-mlflow/bin/python
     .venv/bin/python -m bench --only operator --only queue --api real   # the operator on kube-apiserver only
+    .venv/bin/python -m bench --only real-model    # opt-in: real small models (~30 min; the first run sets up more)
 
 Prints one table per benchmark (target, measured value, PASS/MISS) on stdout, progress on stderr, and
-writes everything measured as JSON (default: bench/results/latest.json, or bench/results/quick.json with
---quick). The exit status is 0 whatever the verdicts: targets are reported, not asserted.
+writes everything measured as JSON (default: bench/results/latest.json, bench/results/quick.json with --quick,
+bench/results/real-model.json for the real-model benchmark alone). The exit status is 0 whatever the verdicts:
+targets are reported, not asserted.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import operator_load, optimization, report
+from bench import operator_load, optimization, real_model, report
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("operator", "queue", "optimization")
+BENCHMARKS = ("operator", "queue", "optimization")  # the default run
+OPT_IN = ("real-model",)  # run only when named with --only
 QUICK = {"jobs": 5, "queue_jobs": 10, "queue_limit": 3, "large_queue_jobs": 12, "large_queue_limit": 4,
-         "metric_calls": 20, "records": 8, "latency": 0.02}
+         "metric_calls": 20, "records": 8, "latency": 0.02, "real_train": 6, "real_test": 6, "real_metric_calls": 20}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,9 +49,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8, help="LLM calls of one evaluation at once (8)")
     parser.add_argument("--quick", action="store_true",
                         help="toy sizes for a smoke test: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
-    parser.add_argument("--only", choices=BENCHMARKS, action="append",
+    parser.add_argument("--real-train", type=int, default=real_model.RealModelConfig.train,
+                        help="real-model: training (= validation) records (%(default)s)")
+    parser.add_argument("--real-test", type=int, default=real_model.RealModelConfig.test,
+                        help="real-model: held-out test records (%(default)s)")
+    parser.add_argument("--real-metric-calls", type=int, default=real_model.RealModelConfig.metric_calls,
+                        help="real-model: GEPA max_metric_calls (%(default)s)")
+    parser.add_argument("--only", choices=(*BENCHMARKS, *OPT_IN), action="append",
                         help="run this benchmark only (repeatable; operator: ours and the floor at --jobs; queue; "
-                             "optimization)")
+                             "optimization; real-model, never run otherwise: real small models served by llama.cpp, "
+                             "set up in the user's cache on first use)")
     parser.add_argument("--api", choices=(*operator_load.SERVERS, "both"), default="both",
                         help="the API server of the operator benchmarks: the emulator, a real kube-apiserver "
                              "(skipped, saying why, where it cannot be built), or both in turn (default)")
@@ -66,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if getattr(args, name) == parser.get_default(name):
                 setattr(args, name, value)
     if args.json is None:
-        args.json = RESULTS_DIR / ("quick.json" if args.quick else "latest.json")
+        name = "real-model" if args.only and set(args.only) == set(OPT_IN) else "latest"
+        args.json = RESULTS_DIR / f"{'quick' if args.quick else name}.json"
     return args
 
 
@@ -104,16 +115,26 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency, mlflow_python=args.mlflow_python, skip_mlflow=args.skip_mlflow)
         progress(f"optimization: GEPA, {args.metric_calls} metric calls, ours then MLflow")
         results["optimization"] = optimization.run(optimization_config)
+    if "real-model" in chosen:
+        real_model_config = real_model.RealModelConfig(
+            train=args.real_train, test=args.real_test, metric_calls=args.real_metric_calls,
+            mlflow_python=args.mlflow_python, skip_mlflow=args.skip_mlflow)
+        results["real_model"] = real_model.run(real_model_config, progress)
     results["elapsed_s"] = time.monotonic() - started
     found = report.sections(results)
     results["verdicts"] = report.verdicts(found)
     results["tables"] = [dataclasses.asdict(section) for section in found]
+    systems = report.real_model_table(results["real_model"]) if "real_model" in results else None
+    if systems:
+        results["tables"].append(dataclasses.asdict(systems))
 
     meta = results["machine"]
     print(f"promptopt benchmark, {meta['date']}, commit {meta['commit'] or '?'}, Python {meta['python']}, "
           f"{meta['cpus']} CPUs; {results['elapsed_s']:.0f} s in all")
     print()
     print(report.render(found))
+    if systems:
+        print(report.render_systems(systems))
     for mode, run in results.get("operator", {}).get("servers", {}).items():
         if "unavailable" in run:
             print(f"Operator benchmarks on the {mode} API server not run: {run['unavailable']}")

@@ -1,6 +1,7 @@
-"""MLflow's prompt optimization (the reference users know) on the benchmark's data, budget and simulated LLM.
+"""MLflow's prompt optimization (the reference users know) on a benchmark's data, budget and models.
 
-Run by bench/optimization.py in a child process, possibly under another interpreter that has mlflow:
+Run by bench/optimization.py (the simulated LLM) and bench/real_model.py (real models behind a loopback endpoint) in
+a child process, possibly under another interpreter that has mlflow:
 
     python bench/mlflow_peer.py CONFIG.json RESULT.json
 
@@ -9,10 +10,11 @@ sets up (tracking store, prompt registration, one warm-up call) and prints ``rea
 line, runs `mlflow.genai.optimize_prompts` with `GepaPromptOptimizer` under the clock, writes RESULT.json.
 
 Like-for-like with promptopt's run: the task is the prompt formatted with the record's inputs, sent as one
-user message to the same simulated task model; the scorers are an exact match and a Correctness judge that
-sends the worker's own judge request (the simulated judge does not read MLflow's built-in judge prompt);
-MLflow's default aggregation is their mean, as ours; evaluation threads = the same concurrency
-(MLFLOW_GENAI_EVAL_MAX_WORKERS); tracking stays on, as in MLflow's own job service.
+user message to the same task model with the same parameters (config "task_parameters"); the scorers (config
+"scorers") are an exact match and, for the simulated LLM, a Correctness judge that sends the worker's own judge
+request (the simulated judge does not read MLflow's built-in judge prompt); MLflow's default aggregation is their
+mean, as ours; evaluation threads = the same concurrency (MLFLOW_GENAI_EVAL_MAX_WORKERS); tracking stays on, as in
+MLflow's own job service.
 """
 from __future__ import annotations
 
@@ -51,13 +53,14 @@ def main(config_path: str, result_path: str) -> int:
     mlflow.set_experiment("promptopt-bench")
     prompt = mlflow.genai.register_prompt(name=config["prompt_name"], template=config["template"])
 
-    def complete(model: str, messages: list[dict[str, str]]) -> str:
+    def complete(model: str, messages: list[dict[str, str]], **parameters: object) -> str:
         response = litellm.completion(model=f"openai/{model}", api_base=base_url, api_key="sk-simulated",
-                                      messages=messages, temperature=0)
+                                      messages=messages, **{"temperature": 0, **parameters})
         return response.choices[0].message.content
 
     def predict_fn(review: str) -> str:
-        return complete(models["task"], [{"role": "user", "content": prompt.format(review=review)}])
+        return complete(models["task"], [{"role": "user", "content": prompt.format(review=review)}],
+                        **config["task_parameters"])
 
     @scorer(name="ExactMatch")
     def exact_match(outputs: str, expectations: dict) -> Feedback:
@@ -73,6 +76,7 @@ def main(config_path: str, result_path: str) -> int:
         return Feedback(value=1.0 if answer["result"] == "yes" else 0.0, rationale=answer.get("rationale", ""))
 
     train_data = [{"inputs": r["inputs"], "expectations": r["expectations"]} for r in config["records"]]
+    scorers = {"ExactMatch": exact_match, "Correctness": correctness}
     optimizer = GepaPromptOptimizer(reflection_model=f"openai:/{models['reflect']}",
                                     max_metric_calls=config["max_metric_calls"],
                                     gepa_kwargs=config["gepa_kwargs"])
@@ -80,9 +84,10 @@ def main(config_path: str, result_path: str) -> int:
 
     print("ready", flush=True)
     sys.stdin.readline()
+    sys.stdout = sys.stderr  # the parent reads no more of the pipe: what gepa prints goes to the log instead
     cpu_started, started = time.process_time(), time.perf_counter()
     result = mlflow.genai.optimize_prompts(predict_fn=predict_fn, train_data=train_data, prompt_uris=[prompt.uri],
-                                           optimizer=optimizer, scorers=[exact_match, correctness])
+                                           optimizer=optimizer, scorers=[scorers[name] for name in config["scorers"]])
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     Path(result_path).write_text(json.dumps({
         "available": True,

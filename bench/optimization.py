@@ -241,14 +241,20 @@ def job_manifest(spec: dict[str, Any]) -> dict[str, Any]:
             "metadata": {"name": "bench-worker-process"}, "spec": spec}
 
 
+def promptopt_command() -> str:
+    """The promptopt console script of this interpreter's environment."""
+    command = shutil.which("promptopt", path=str(Path(sys.executable).parent))
+    if command is None:
+        raise RuntimeError(f"no promptopt console script beside {sys.executable}")
+    return command
+
+
 def run_worker_process(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
     """`promptopt run` of the benchmark's job in a child process: the life of a worker Pod's process.
 
     The child is sampled every 20 ms from /proc (its CPU seconds and VmHWM) once it has executed: the rusage a
     parent gets at exit counts, as peak RSS, the copy of this process the child was forked from."""
-    command = shutil.which("promptopt", path=str(Path(sys.executable).parent))
-    if command is None:
-        raise RuntimeError(f"no promptopt console script beside {sys.executable}")
+    command = promptopt_command()
     ticks = os.sysconf("SC_CLK_TCK")
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as workdir:
         job_path, result_path = Path(workdir) / "job.yaml", Path(workdir) / "result.json"
@@ -306,24 +312,27 @@ def run_worker_process(llm: LLMServer, records: list[dict[str, Any]], config: Op
 # ------------------------------------------------------------------------------------------------
 # The peer: MLflow, in a child process.
 
-def mlflow_config(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig,
-                  workdir: Path) -> dict[str, Any]:
+GEPA_KWARGS = {"reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto", "seed": 0}  # ours' defaults
+
+
+def mlflow_config(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
     return {
         "base_url": llm.base_url, "records": records, "prompt_name": PROMPT_NAME, "template": SEED_INSTRUCTION,
         "max_metric_calls": config.metric_calls, "concurrency": config.concurrency,
         "models": {"task": TASK_MODEL, "judge": JUDGE_MODEL, "reflect": REFLECT_MODEL},
-        "gepa_kwargs": {"reflection_minibatch_size": 3, "candidate_selection_strategy": "pareto", "seed": 0},
-        "workdir": str(workdir),
+        "scorers": ["ExactMatch", "Correctness"], "task_parameters": {"temperature": 0},
+        "gepa_kwargs": GEPA_KWARGS,
     }
 
 
-def run_mlflow(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
-    """MLflow's run, or {"available": False, "reason": ...} when mlflow cannot be imported there."""
-    python = config.mlflow_python or sys.executable
+def run_mlflow_peer(python: str, peer_config: dict[str, Any], llm: Any) -> dict[str, Any]:
+    """bench/mlflow_peer.py under `python` with `peer_config` (its workdir added), the calls it made counted by
+    `llm` (an object with reset() and stats() -> {"calls": {kind: n}}) from its "ready" on; or {"available": False,
+    "reason": ...} when mlflow cannot be imported there or the peer failed."""
     with tempfile.TemporaryDirectory(prefix="bench-mlflow-") as workdir:
         config_path = Path(workdir) / "config.json"
         result_path = Path(workdir) / "result.json"
-        config_path.write_text(json.dumps(mlflow_config(llm, records, config, Path(workdir))))
+        config_path.write_text(json.dumps({**peer_config, "workdir": workdir}))
         # The peer may run in an interpreter without promptopt: it finds the setting in its environment.
         env = {**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV, "PYTHONUNBUFFERED": "1"}
         log_path = Path(workdir) / "peer.log"
@@ -348,7 +357,14 @@ def run_mlflow(llm: LLMServer, records: list[dict[str, Any]], config: Optimizati
     calls = llm.stats()["calls"]
     result["llm_calls"] = {kind: calls.get(kind, 0) for kind in ("task", "judge", "reflection")}
     result["llm_calls_total"] = sum(result["llm_calls"].values())
-    result["rescored"] = rescore(result["best_template"], records)
+    return result
+
+
+def run_mlflow(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
+    """MLflow's run, or {"available": False, "reason": ...} when mlflow cannot be imported there."""
+    result = run_mlflow_peer(config.mlflow_python or sys.executable, mlflow_config(llm, records, config), llm)
+    if result.get("available"):
+        result["rescored"] = rescore(result["best_template"], records)
     return result
 
 

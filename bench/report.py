@@ -5,7 +5,7 @@ Targets are reported, never asserted: a MISS is a finding for docs/performance.m
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 # The targets of issue #6.
@@ -210,8 +210,20 @@ def sections(results: dict[str, Any]) -> list[Section]:
     return found
 
 
+def pipe_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells, the first one the header, as the lines of a pipe table (readable in a terminal and as
+    Markdown)."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) + " |")
+        if index == 0:
+            lines.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return lines
+
+
 def render(found: Iterable[Section]) -> str:
-    """Each section as a pipe table (readable in a terminal and as Markdown)."""
+    """Each section as a pipe table."""
     out = []
     for section in found:
         out.append(f"### {section.title}")
@@ -219,16 +231,74 @@ def render(found: Iterable[Section]) -> str:
             out.append(f"reference: {section.reference}")
         out.append("")
         header = Row("metric", "promptopt", "reference", "ratio", "target", "result")
-        table = [header, *section.rows]
-        widths = [max(len(getattr(row, f.name)) for row in table) for f in dataclasses.fields(Row)]
-        for index, row in enumerate(table):
-            cells = [getattr(row, f.name).ljust(width)
-                     for f, width in zip(dataclasses.fields(Row), widths, strict=True)]
-            out.append("| " + " | ".join(cells) + " |")
-            if index == 0:
-                out.append("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+        out.extend(pipe_table([dataclasses.astuple(row) for row in (header, *section.rows)]))
         out.append("")
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# The real-model benchmark (bench/real_model.py): one row per system, no targets.
+
+@dataclasses.dataclass(frozen=True)
+class SystemRow:
+    system: str
+    optimizer: str
+    test_accuracy: str  # before → after
+    validation: str  # seed → best, as the system itself reports it
+    wall_s: str
+    llm_calls: str  # task / reflection
+    tokens: str  # prompt + completion
+    test_answers: str  # of the best prompt: how often each label, and anything else
+
+
+SYSTEM_HEADER = SystemRow("system", "optimizer", "test accuracy, seed → best prompt", "validation, seed → best",
+                          "wall time (s)", "LLM calls task / reflection", "tokens prompt + completion",
+                          "test answers fresh / rotten / other")
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemsTable:
+    title: str
+    notes: list[str]
+    rows: list[SystemRow]
+
+
+def score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def answer_counts(counts: dict[str, int]) -> str:
+    return " / ".join(str(count) for count in counts.values())
+
+
+def real_model_table(results: dict[str, Any]) -> SystemsTable:
+    config, models = results["config"], results["models"]
+    before = results["test_before"]
+    rows = []
+    notes = [f"task model {models['task']['served_as']}, reflection model {models['reflection']['served_as']} "
+             f"(Q4_K_M GGUF, {results['llama_cpp_python']}); seed prompt {results['seed_template']!r}, its test "
+             f"answers fresh / rotten / other: {answer_counts(results['test_answers_before'])}"]
+    for run in results["runs"]:
+        system = f"{run['system']} {run['version']}" if run.get("version") else run["system"]
+        if "error" in run:
+            rows.append(SystemRow(system, run["optimizer"], f"{score(before)} → —", "—", "—", "—", "—", "—"))
+            notes.append(f"{run['system']} {run['optimizer']} did not finish: {run['error'].splitlines()[0]}")
+            continue
+        calls, tokens = run["llm_calls"], run["tokens"]
+        rows.append(SystemRow(
+            system, run["optimizer"], f"{score(before)} → {score(run['test_after'])}",
+            f"{score(run['validation_initial'])} → {score(run['validation_best'])}", f"{run['wall_s']:.0f}",
+            f"{calls['task']} / {calls['reflection']}", f"{tokens['prompt']:,} + {tokens['completion']:,}",
+            answer_counts(run["test_answers"])))
+    title = (f"Real model: Rotten Tomatoes snippets, {config['train']} training (= validation) and {config['test']} "
+             f"test records, GEPA max_metric_calls {config['metric_calls']}")
+    return SystemsTable(title, notes, rows)
+
+
+def render_systems(table: SystemsTable) -> str:
+    lines = [f"### {table.title}", *table.notes, ""]
+    lines.extend(pipe_table([dataclasses.astuple(row) for row in (SYSTEM_HEADER, *table.rows)]))
+    return "\n".join([*lines, ""])
 
 
 def verdicts(found: Iterable[Section]) -> dict[str, str]:
