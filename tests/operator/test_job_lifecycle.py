@@ -16,6 +16,7 @@ from promptopt_harness.jobs import (
 )
 from promptopt_harness.operator_process import OperatorProcess
 from promptopt.simulated_llm import REFLECT_MODEL, sentiment_dataset
+from promptopt.worker_contract import SUCCEEDED_OUTCOMES
 
 pytestmark = pytest.mark.slow
 
@@ -288,11 +289,14 @@ def test_a_failed_job_writes_nothing_and_says_so(cluster, kubelet, llm, credenti
     assert not [c for c in cluster.list("configmaps") if c["metadata"]["name"] == "broken-prompts"]
 
 
-def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, start_operator):
+def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, kubectl, start_operator):
     start_operator()
     cluster.create(gepa_job("ephemeral", llm, max_metric_calls=8, records=4, ttlSecondsAfterFinished=1))
-    wait_for_phase(cluster, "ephemeral", "Succeeded")
-    eventually(lambda: not job_exists(cluster, "ephemeral"), 15, "the TTL to delete the job")
+    # A one-second TTL can delete the job before a poll sees it Succeeded: its end Event outlives it.
+    eventually(lambda: not job_exists(cluster, "ephemeral"), 60, "the TTL to delete the job")
+    ends = [line.split(":")[0].split() for line in job_events(kubectl, "ephemeral").splitlines()]
+    assert any(kind == "Normal" and reason in SUCCEEDED_OUTCOMES for kind, reason in ends), ends
+    assert not any(kind == "Warning" for kind, _ in ends), ends
 
 
 
