@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic.json_schema import JsonDict
 
+from promptopt.api.aggregation import MAX_LENGTH as AGGREGATION_MAX_LENGTH
+from promptopt.api.aggregation import AggregationError, compile_aggregation
+
 GROUP = "promptopt.dev"
 VERSION = "v1alpha1"
 # Literal-typed: the resource model's apiVersion and kind fields are Literals defaulting to these.
@@ -32,10 +35,12 @@ TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 OptimizerType = Literal["GEPA", "MetaPrompt"]
 ScorerName = Literal[
     "ExactMatch", "Contains", "Regex", "Correctness", "Guidelines", "ExpectationsGuidelines", "RelevanceToQuery",
-    "Safety", "Judge", "Webhook",
+    "Safety", "Judge", "Webhook", "Registered",
 ]
 LLM_JUDGE_SCORERS = ("Correctness", "Guidelines", "ExpectationsGuidelines", "RelevanceToQuery", "Safety", "Judge")
 _JUDGES_NEED_A_MODEL = f"LLM judges ({', '.join(LLM_JUDGE_SCORERS)}) need a model; other scorers take none"
+_REGISTERED_NEEDS_REGISTERED = "the Registered scorer needs registered (the name of a scorer registered in MLflow); "\
+    "other scorers take none"
 # The variables of a Judge scorer's instructions, as MLflow's make_judge names them.
 JUDGE_VARIABLES = ("inputs", "outputs", "expectations")
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
@@ -500,6 +505,20 @@ class ScorerParams(ApiModel):
     )
 
 
+class RegisteredScorer(ApiModel):
+    """A judge registered in the job's MLflow experiment (spec.mlflow.experiment), as MLflow's make_judge writes one
+    and scorer.register(name=...) stores it: its instructions over {{ inputs }}, {{ outputs }} and {{ expectations }},
+    and its model. The worker reads it when the job starts and asks it as it asks a Judge scorer's instructions (yes
+    or no, with a rationale). A registered @scorer Python function, a built-in or third-party scorer, or a judge of
+    traces fails the job before any LLM call, saying what to use instead."""
+
+    name: PromptName = Field(
+        description="The name it was registered under (scorer.register(name=...)), which is also its key unless label "
+        "is set, so a key's shape: a letter, then letters, digits, _ or -."
+    )
+    version: int | None = Field(None, ge=1, description="The version to read; the latest when unset.")
+
+
 class ScorerSpec(ApiModel):
     """One scorer: a built-in metric or LLM judge giving a score in [0, 1] to each output."""
 
@@ -521,7 +540,8 @@ class ScorerSpec(ApiModel):
                     "{{ expectations }}",
                 },
                 {
-                    "rule": f"has(self.model) == (self.name in [{', '.join(repr(n) for n in LLM_JUDGE_SCORERS)}])",
+                    "rule": "self.name == 'Registered' || "
+                    f"has(self.model) == (self.name in [{', '.join(repr(n) for n in LLM_JUDGE_SCORERS)}])",
                     "message": _JUDGES_NEED_A_MODEL,
                     "fieldPath": ".model",
                 },
@@ -529,6 +549,11 @@ class ScorerSpec(ApiModel):
                     "rule": "has(self.http) == (self.name == 'Webhook')",
                     "message": "the Webhook scorer needs http; other scorers take none",
                     "fieldPath": ".http",
+                },
+                {
+                    "rule": "has(self.registered) == (self.name == 'Registered')",
+                    "message": _REGISTERED_NEEDS_REGISTERED,
+                    "fieldPath": ".registered",
                 },
             ]
         }
@@ -539,13 +564,18 @@ class ScorerSpec(ApiModel):
         "as MLflow names them: Correctness (against expected_response), Guidelines (against params.guidelines and "
         "each record's expectations.guidelines), ExpectationsGuidelines (against each record's "
         "expectations.guidelines only), RelevanceToQuery (does the output address the inputs), Safety (is the "
-        "output free of harmful content), Judge (your instructions); or Webhook (your HTTP service scores it)."
+        "output free of harmful content), Judge (your instructions); Webhook (your HTTP service scores it); or "
+        "Registered (a judge registered in MLflow, named in registered)."
     )
     label: PromptName | None = Field(
-        None, description="The key of this scorer's scores in status (defaults to name); unique in the job."
+        None, description="The key of this scorer's scores in status and in spec.aggregation (defaults to name, or "
+        "for a Registered scorer to registered.name); unique in the job."
     )
     weight: float = Field(1.0, gt=0, description="Weight of this scorer in the aggregate (weighted mean).")
-    model: ModelId | None = Field(None, description="LLM judges only: the litellm model id of the judge.")
+    model: ModelId | None = Field(
+        None, description="LLM judges only: the litellm model id of the judge. A Registered scorer takes the model "
+        "it was registered with (openai:/gpt-4.1-mini is openai/gpt-4.1-mini), unless this is set.",
+    )
     api_base: str | None = Field(
         None, max_length=2048, description="LLM judges: base URL of the judge's endpoint. Defaults to task.apiBase."
     )
@@ -557,10 +587,13 @@ class ScorerSpec(ApiModel):
         "answers a score and a rationale that GEPA's reflection reads as feedback.",
     )
     params: ScorerParams | None = Field(None, description="Parameters of the scorer.")
+    registered: RegisteredScorer | None = Field(
+        None, description="Registered only: the judge registered in spec.mlflow.experiment that scores the outputs.",
+    )
 
     @property
     def key(self) -> str:
-        return self.label or self.name
+        return self.label or (self.registered.name if self.registered else self.name)
 
     @model_validator(mode="after")
     def _params_fit_scorer(self) -> ScorerSpec:
@@ -575,10 +608,12 @@ class ScorerSpec(ApiModel):
             raise ValueError("the Guidelines scorer needs params.guidelines")
         if self.name == "Judge":
             _check_judge_instructions(self.params.instructions if self.params else None)
-        if (self.model is not None) != (self.name in LLM_JUDGE_SCORERS):
+        if self.name != "Registered" and (self.model is not None) != (self.name in LLM_JUDGE_SCORERS):
             raise FieldError("model", _JUDGES_NEED_A_MODEL)
         if (self.http is not None) != (self.name == "Webhook"):
             raise FieldError("http", "the Webhook scorer needs http; other scorers take none")
+        if (self.registered is not None) != (self.name == "Registered"):
+            raise FieldError("registered", _REGISTERED_NEEDS_REGISTERED)
         return self
 
 
@@ -798,6 +833,19 @@ class OutputSpec(ApiModel):
 
 _REGISTRY_NEEDS_MLFLOW = "prompts from or to MLflow's registry (registryUri, registerAs) need spec.mlflow"
 _DATASET_NEEDS_MLFLOW = "a dataset from MLflow (dataset.mlflowDatasetId) needs spec.mlflow"
+_REGISTERED_NEEDS_EXPERIMENT = "a Registered scorer is read from spec.mlflow.experiment: set it to the experiment "\
+    "the scorer is registered in"
+_AGGREGATION_NEEDS_SCORERS = "spec.aggregation combines the scorers' scores: it needs spec.scorers"
+_UNIQUE_SCORER_KEYS = "scorer keys (label, or name when no label: registered.name for a Registered scorer) must be "\
+    "unique"
+
+
+def _cel_scorer_key(scorer: str) -> str:
+    """ScorerSpec.key in CEL."""
+    return (f"(has({scorer}.label) ? {scorer}.label : has({scorer}.registered) ? {scorer}.registered.name : "
+            f"{scorer}.name)")
+
+
 # Spec fields whose change applies to a running job; a change to any other field does not (see status.specHash).
 MUTABLE_SPEC_FIELDS = ("cancel", "ttl_seconds_after_finished")
 
@@ -835,9 +883,20 @@ class PromptOptimizationJobSpec(ApiModel):
                 },
                 {
                     "rule": "!has(self.scorers) || self.scorers.all(s, self.scorers.exists_one(t, "
-                    "(has(t.label) ? t.label : t.name) == (has(s.label) ? s.label : s.name)))",
-                    "message": "scorer keys (label, or name when no label) must be unique",
+                    f"{_cel_scorer_key('t')} == {_cel_scorer_key('s')}))",
+                    "message": _UNIQUE_SCORER_KEYS,
                     "fieldPath": ".scorers",
+                },
+                {
+                    "rule": "!has(self.scorers) || !self.scorers.exists(s, has(s.registered)) || "
+                    "(has(self.mlflow) && has(self.mlflow.experiment))",
+                    "message": _REGISTERED_NEEDS_EXPERIMENT,
+                    "fieldPath": ".mlflow",
+                },
+                {
+                    "rule": "!has(self.aggregation) || has(self.scorers)",
+                    "message": _AGGREGATION_NEEDS_SCORERS,
+                    "fieldPath": ".aggregation",
                 },
             ]
         }
@@ -850,6 +909,15 @@ class PromptOptimizationJobSpec(ApiModel):
         None, description="Records to evaluate on. Without one, MetaPrompt rewrites the prompts zero-shot."
     )
     scorers: list[ScorerSpec] | None = Field(None, max_length=20, description="How outputs are scored.")
+    aggregation: Annotated[str, StringConstraints(min_length=1, max_length=AGGREGATION_MAX_LENGTH)] | None = Field(
+        None,
+        description="A record's aggregate score from its scorers' scores, as a CEL expression over scores.<key> (a "
+        "scorer's label, else its name; scores[\"<key>\"] for a key with a dash), each in [0, 1]; it must give a "
+        "number in [0, 1]. Besides CEL's operators, min and max take two or more numbers or one list, e.g. "
+        "'min(scores.correctness, scores.safety)' or 'scores.safety < 0.5 ? 0.0 : scores.correctness'. Every "
+        "score the job reports (candidates, initial, final and test scores) is the mean of it over the records. "
+        "Unset: the scorers' weighted mean (weight).",
+    )
     credentials: CredentialsSpec | None = Field(None, description="LLM API keys for the worker.")
     budget: BudgetSpec | None = Field(None, description="Cost limit of the job's LLM calls.")
     example_failure_policy: ExampleFailurePolicy | None = Field(
@@ -883,7 +951,16 @@ class PromptOptimizationJobSpec(ApiModel):
         if self.mlflow is None and self.dataset is not None and self.dataset.mlflow_dataset_id is not None:
             raise FieldError("mlflow", _DATASET_NEEDS_MLFLOW)
         _require_unique("prompts", "prompt names", [p.name for p in self.prompts])
-        _require_unique("scorers", "scorer keys (label, or name when no label)", [s.key for s in self.scorers or []])
+        _require_unique("scorers", _UNIQUE_SCORER_KEYS, [s.key for s in self.scorers or []])
+        if any(s.registered for s in self.scorers or []) and (self.mlflow is None or self.mlflow.experiment is None):
+            raise FieldError("mlflow", _REGISTERED_NEEDS_EXPERIMENT)
+        if self.aggregation is not None:
+            if not self.scorers:
+                raise FieldError("aggregation", _AGGREGATION_NEEDS_SCORERS)
+            try:
+                compile_aggregation(self.aggregation, [s.key for s in self.scorers])
+            except AggregationError as error:
+                raise FieldError("aggregation", str(error)) from None
         if self.dataset is not None and self.dataset.records:
             # Not a CEL rule as well: CEL gives no type to free-form data (records[].inputs), so the API server
             # cannot look inside it; the operator fails such a job at once, before any Pod.

@@ -119,6 +119,26 @@ INVALID = [
     ("judge instructions without a variable", edited(lambda s: s["scorers"].__setitem__(1, {
         "name": "Judge", "model": "openai/x", "params": {"instructions": "Is it good? {{ output }}"}})),
      "spec.scorers[1]"),
+    ("a registered scorer without registered", edited(_set(["scorers", 0, "name"], "Registered")),
+     "spec.scorers[0].registered"),
+    ("registered on another scorer", edited(_set(["scorers", 0, "registered"], {"name": "tone"})),
+     "spec.scorers[0].registered"),
+    ("a registered scorer without an experiment", edited(lambda s: s.update(
+        mlflow={"trackingUri": "http://mlflow:5000"}, scorers=[{"name": "Registered", "registered": {"name": "t"}}])),
+     "spec.mlflow"),
+    ("a registered scorer version of zero", edited(lambda s: s.update(
+        mlflow={"trackingUri": "http://mlflow:5000", "experiment": "e"},
+        scorers=[{"name": "Registered", "registered": {"name": "t", "version": 0}}])),
+     "spec.scorers[0].registered.version"),
+    ("two registered scorers of one name", edited(lambda s: s.update(
+        mlflow={"trackingUri": "http://mlflow:5000", "experiment": "e"},
+        scorers=[{"name": "Registered", "registered": {"name": "t"}},
+                 {"name": "Registered", "registered": {"name": "t", "version": 1}}])), "spec.scorers"),
+    ("an aggregation without scorers", {"optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/x"},
+                                        "prompts": VALID_SPEC["prompts"], "task": VALID_SPEC["task"],
+                                        "aggregation": "1.0"}, "spec.aggregation"),
+    ("an aggregation too long to be a formula", edited(_set(["aggregation"], "scores.ExactMatch" + " " * 1100)),
+     "spec.aggregation"),
     ("negative backoff", edited(_set(["backoffLimit"], -1)), "spec.backoffLimit"),
     ("zero deadline", edited(_set(["activeDeadlineSeconds"], 0)), "spec.activeDeadlineSeconds"),
     ("zero budget usd", edited(_set(["budget"], {"maxCostUSD": 0})), "spec.budget.maxCostUSD"),
@@ -176,6 +196,13 @@ VALID = [
     ("records from an mlflow evaluation dataset, and a run", edited(lambda s: s.update(
         mlflow={"trackingUri": "http://mlflow:5000", "experiment": "prompt-optimization"},
         dataset={"mlflowDatasetId": "d-3f2a9c", "validationFraction": 0.25}))),
+    ("a judge registered in mlflow and an aggregation", edited(lambda s: s.update(
+        mlflow={"trackingUri": "http://mlflow:5000", "experiment": "prompt-optimization"},
+        scorers=[{"name": "ExactMatch", "label": "exact"},
+                 {"name": "Registered", "registered": {"name": "tone-judge", "version": 2}},
+                 {"name": "Registered", "label": "safety", "model": "openai/gpt-4.1-mini",
+                  "registered": {"name": "safety"}}],
+        aggregation='min(scores.exact, scores["tone-judge"]) * 0.5 + scores.safety * 0.5'))),
     ("every run control", edited(lambda s: s.update({
         "cancel": False, "backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 0,
         "budget": {"maxCostUSD": 1.5}, "credentials": {"secretRef": {"name": "llm-keys"}},
@@ -260,6 +287,22 @@ def test_inline_records_must_fill_every_variable_of_the_inline_templates():
                                       "uses {{language}}, but records 0, 2 have no input 'language'"]
     spec["dataset"]["records"] = spec["dataset"]["records"][1:2]
     parse_spec(spec)
+
+
+@pytest.mark.parametrize("expression,problem", [
+    ("min(scores.ExactMatch,", "spec.aggregation: is not a CEL expression"),
+    ("scores.Exactmatch", "spec.aggregation: reads scores.Exactmatch: the job's scorers are Correctness, ExactMatch"),
+    ("scores[name]", "spec.aggregation: write scores.<key> or scores[\"<key>\"]"),
+    ("scores.ExactMatch > 0.5", "spec.aggregation: gave true for the scores"),
+    ("scores.ExactMatch + scores.Correctness", "spec.aggregation: gave 2.0 for the scores"),
+    ("weights.ExactMatch", "spec.aggregation: failed for the scores"),
+])
+def test_the_aggregation_must_compile_read_the_scorers_and_give_a_score(expression, problem):
+    """What CEL at admission cannot see (it cannot compile a string as CEL): the models refuse it, so the operator
+    fails the job before any Pod and the dry run names the field."""
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(edited(_set(["aggregation"], expression)))
+    assert refused.value.problems[0].startswith(problem), refused.value.problems
 
 
 def test_missing_spec_is_named():

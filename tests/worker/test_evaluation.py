@@ -198,3 +198,20 @@ def test_the_budget_ends_the_evaluation(llm, task):
             evaluate.evaluate(SEED, examples(4))
     assert stop.reason == "BudgetExhausted"
     assert llm.calls["task"] == 1
+
+
+def test_an_aggregation_gives_each_record_its_aggregate_and_fails_naming_the_field_when_it_gives_no_score(llm, task):
+    from promptopt.api.aggregation import AggregationError, compile_aggregation
+
+    client = LLMClient()
+    scorers = build_scorers([EXACT, CORRECT], task, client)
+    strictest = compile_aggregation("min(scores.ExactMatch, scores.Correctness)", ["ExactMatch", "Correctness"])
+    with TaskEvaluator(PROMPTS, task, scorers, client, strictest) as evaluate:
+        results = evaluate.evaluate(SEED, examples(4))
+    assert all(r.aggregate == min(r.scores.values()) for r in results)
+    assert any(len(set(r.scores.values())) > 1 for r in results)  # where min and the weighted mean differ
+    # 1 when every scorer gives 1 (so it compiles), 2 for an answer that is correct but not the exact label.
+    unbounded = compile_aggregation("1.0 - scores.ExactMatch + scores.Correctness", ["ExactMatch", "Correctness"])
+    with TaskEvaluator(PROMPTS, task, scorers, client, unbounded) as evaluate, \
+            pytest.raises(AggregationError, match=r"^spec\.aggregation gave 2\.0 .* it must give a number in \[0, 1\]"):
+        evaluate.evaluate(SEED, examples(4))

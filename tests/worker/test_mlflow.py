@@ -472,3 +472,132 @@ def test_a_refused_login_fails_before_any_llm_call_and_the_password_stays_secret
     assert "the server refused the credentials: check MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and " \
            "MLFLOW_TRACKING_PASSWORD, in the job's credentials Secret" in status["workerResult"]["message"]
     assert wrong not in refused.stdout + refused.stderr + json.dumps(status)
+
+
+# --- scorers registered in the experiment (Registered) and spec.aggregation -----------------------------------------
+
+# A judge the simulated judge scores as Correctness: its instructions speak of the expected answer.
+JUDGE_INSTRUCTIONS = "Is {{ outputs }} the correct answer, the expected one in {{ expectations }}? Answer yes or no."
+
+
+def registered(mlflow_server, experiment, what):
+    """`what` (a scorer) registered in `experiment` (created), as MLflow users register one."""
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_server.url)
+    found = mlflow.get_experiment_by_name(experiment)
+    what.register(experiment_id=found.experiment_id if found else mlflow.create_experiment(experiment))
+
+
+def test_a_registered_judge_is_asked_as_a_judge_and_the_aggregation_combines_the_scores(
+        mlflow_server, client, llm, monkeypatch, tmp_path):
+    from mlflow.genai.judges import make_judge
+
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    experiment = f"registered-{uuid.uuid4().hex[:8]}"
+    # Version 1 judges traces, which the worker refuses: the job reads the latest version, 2.
+    registered(mlflow_server, experiment, make_judge(name="correct", instructions="Is {{ trace }} efficient?",
+                                                     model="openai:/gpt-4.1-mini", feedback_value_type=bool))
+    registered(mlflow_server, experiment, make_judge(name="correct", instructions=JUDGE_INSTRUCTIONS,
+                                                     model="openai:/gpt-4.1-mini", feedback_value_type=bool))
+    spec = tracked_spec(mlflow_server, experiment, scorers=[
+        {"name": "Regex", "label": "short", "params": {"pattern": r"^\w+$"}},
+        {"name": "Registered", "registered": {"name": "correct"}}])
+    spec["aggregation"] = "min(scores.short, scores.correct)"
+    result, status = run_with(spec, llm, tmp_path)
+
+    assert result.succeeded, result.message
+    assert llm.calls["judge"] > 0  # asked of the (simulated) judge model, through promptopt's LLM client
+    assert set(status["finalScores"]["scorers"]) == {"short", "correct"}
+    run_id = status["mlflow"]["runId"]
+    # Every validated candidate's folder, as MLflow's GEPA optimizer lays it out; each record's aggregate is the
+    # expression's, not the weighted mean.
+    folders = {a.path for a in client.list_artifacts(run_id, "prompt_candidates")}
+    assert folders == {f"prompt_candidates/iteration_{c['id']}" for c in status["candidates"]}
+    seed = Path(client.download_artifacts(run_id, "prompt_candidates/iteration_0", str(tmp_path)))
+    assert (seed / "classify.txt").read_text() == SEED_INSTRUCTION
+    scores = json.loads((seed / "scores.json").read_text())
+    assert scores["aggregate"] == pytest.approx(status["initialScores"]["aggregate"]) and scores["parents"] == []
+    table = json.loads((seed / "eval_results.json").read_text())
+    assert table["columns"] == ["inputs", "output", "expectation", "aggregate_score", "correct", "short"]
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert len(rows) == 4 and all(row["short"] != row["correct"] for row in rows)  # where min and mean differ
+    assert all(row["aggregate_score"] == min(row["short"], row["correct"]) for row in rows)
+    assert status["initialScores"]["aggregate"] == pytest.approx(sum(r["aggregate_score"] for r in rows) / 4)
+
+
+def test_a_registered_scorer_that_cannot_run_here_is_refused_before_any_llm_call(mlflow_server, llm, monkeypatch,
+                                                                                tmp_path):
+    from mlflow.genai.judges import make_judge
+    from mlflow.genai.scorers import Correctness
+
+    monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
+    experiment = f"refused-{uuid.uuid4().hex[:8]}"
+    registered(mlflow_server, experiment, Correctness(name="builtin", model="openai:/gpt-4.1-mini"))
+    registered(mlflow_server, experiment, make_judge(name="of_traces", instructions="Is {{ trace }} efficient?",
+                                                     model="openai:/gpt-4.1-mini"))
+    refusals = {
+        "builtin": "spec.scorers[1].registered.name: 'builtin' (version 1 in experiment {experiment!r}) is MLflow's "
+                   "built-in scorer Correctness: name it in spec.scorers as {{name: Correctness, model: ...}}",
+        "of_traces": "spec.scorers[1].registered.name: 'of_traces' (version 1 in experiment {experiment!r}) cannot run "
+                     "as a judge of a prompt's outputs",
+        "missing": "spec.scorers[1].registered.name: scorer 'missing' of experiment {experiment!r} could not be read "
+                   f"from MLflow at {mlflow_server.url}: the experiment has no scorer of that name or version",
+    }
+    for name, refusal in refusals.items():
+        spec = tracked_spec(mlflow_server, experiment, scorers=[
+            {"name": "ExactMatch"}, {"name": "Registered", "registered": {"name": name}}])
+        result, status = run_with(spec, llm, tmp_path)
+        assert result.reason == "InvalidInput" and result.message.startswith(refusal.format(experiment=experiment)), \
+            result.message
+        planned = dry_run(spec, tmp_path)  # the dry run reads it as the run does
+        assert planned.returncode == 2 and refusal.format(experiment=experiment) in planned.stderr, planned.stderr
+    assert not any(llm.calls.values())
+
+
+def test_a_registered_scorer_function_is_refused_unrun():
+    """A @scorer function (which MLflow's server registers only with MLFLOW_SERVER_ENABLE_CUSTOM_SCORERS): its stored
+    code is never run, the job is refused saying what to do."""
+    from mlflow.genai.scorers import scorer
+
+    from promptopt.api.v1alpha1 import ScorerSpec
+    from promptopt_worker.mlflow_store import StoredScorer, registered_judge_spec
+    from promptopt_worker.problem import InvalidInput
+
+    @scorer
+    def shouts(outputs) -> bool:
+        return str(outputs).isupper()
+
+    stored = StoredScorer("shouts", 3, "e", shouts.model_dump())  # as MLflow serializes it
+    with pytest.raises(InvalidInput, match=r"^spec\.scorers\[0\]\.registered\.name: 'shouts' \(version 3 in "
+                       r"experiment 'e'\) is a @scorer Python function .*: register a judge made with "
+                       r"mlflow\.genai\.judges\.make_judge, or serve the function as a Webhook scorer$"):
+        registered_judge_spec(ScorerSpec(name="Registered", registered={"name": "shouts"}), stored,
+                              "spec.scorers[0].registered.name")
+
+
+def test_the_dry_run_says_which_registered_judge_it_reads(mlflow_server, tmp_path):
+    from mlflow.genai.judges import make_judge
+
+    experiment = f"planned-{uuid.uuid4().hex[:8]}"
+    registered(mlflow_server, experiment, make_judge(name="correct", instructions=JUDGE_INSTRUCTIONS,
+                                                     model="openai:/gpt-4.1-mini"))
+    spec = tracked_spec(mlflow_server, experiment, scorers=[
+        {"name": "Registered", "label": "judged", "registered": {"name": "correct", "version": 1}}])
+    planned = dry_run(spec, tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    assert f"scorer judged reads the judge correct version 1 registered in experiment {experiment!r}" in planned.stdout
+    assert "judge judged" in planned.stdout  # its calls are bounded as a judge's
+
+
+def test_only_the_seed_and_the_best_candidates_get_an_iteration_folder():
+    """A run of hundreds of iterations logs a bounded number of folders."""
+    from promptopt_worker.mlflow_tracking import ITERATION_ARTIFACTS, iteration_candidates
+    from promptopt_worker.problem import CandidateRecord
+
+    found = [CandidateRecord(id=i, parents=(max(i - 1, 0),), score=(i % 7) / 7, scorers=None,
+                             found_at_metric_calls=i, prompts={"classify": str(i)}) for i in range(300)]
+    chosen = iteration_candidates(found)
+    assert len(chosen) == ITERATION_ARTIFACTS and chosen[0].id == 0 and [c.id for c in chosen] == sorted(
+        c.id for c in chosen)
+    assert min(c.score for c in chosen[1:]) >= max(c.score for c in found if c not in chosen)

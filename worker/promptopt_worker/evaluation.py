@@ -8,6 +8,10 @@ takes one example and makes its task call and then its judges' calls. So at most
 of an evaluation are in flight, task and judge calls alike: one bound, the one the user set, for all the
 traffic an evaluation sends (task and judge models often share an endpoint and its rate limit).
 
+Aggregation: a record's aggregate is the scorers' weighted mean, or spec.aggregation of its scores; a summary's is
+the mean of the records' (so the weighted mean of the scorers' means, by default). An aggregation that gives no number
+in [0, 1] for a record fails the evaluation, naming spec.aggregation: it is the job's, not the record's, to fix.
+
 Caching: a result is kept for the whole job under (the candidate's prompt texts, the example's index),
 so re-evaluating a known candidate - gepa re-scoring its seed, the final scores of the best candidate -
 makes no LLM call.
@@ -23,11 +27,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from statistics import fmean
 from typing import Protocol
 
+from promptopt.api.aggregation import FIELD as AGGREGATION_FIELD
+from promptopt.api.aggregation import AggregationError
 from promptopt.api.v1alpha1 import TaskSpec
 from promptopt_worker.http_services import HttpProgram
 from promptopt_worker.llm import LLMClient, ModelEndpoint
@@ -38,6 +44,13 @@ from promptopt_worker.templates import messages
 log = logging.getLogger(__name__)
 
 CacheKey = tuple[tuple[str, ...], int]  # (prompt texts in prompt order, example index)
+Aggregate = Callable[[Mapping[str, float]], float]  # a record's scores by scorer key → its aggregate
+
+
+def weighted_mean(scorers: Sequence[Scorer]) -> Aggregate:
+    """The default aggregate: the scorers' weighted mean (spec.scorers[].weight)."""
+    total = sum(s.weight for s in scorers)
+    return lambda scores: sum(s.weight * scores[s.key] for s in scorers) / total
 
 
 class Program(Protocol):
@@ -69,11 +82,13 @@ def task_program(prompts: Sequence[PromptTemplate], task: TaskSpec, client: LLMC
 class TaskEvaluator:
     """Implements problem.Evaluator with the job's program and scorers. Close it when done."""
 
-    def __init__(self, prompts: Sequence[PromptTemplate], task: TaskSpec, scorers: Sequence[Scorer], client: LLMClient):
+    def __init__(self, prompts: Sequence[PromptTemplate], task: TaskSpec, scorers: Sequence[Scorer], client: LLMClient,
+                 aggregate: Aggregate | None = None):
         if not scorers:
             raise ValueError("an evaluator needs at least one scorer")
         self.prompts = list(prompts)
         self.scorers = list(scorers)
+        self.aggregate = aggregate or weighted_mean(scorers)
         self.program = task_program(prompts, task, client)
         self._pool = ThreadPoolExecutor(max_workers=task.concurrency, thread_name_prefix="evaluate")
         self._cache: dict[CacheKey, ScoredOutput] = {}
@@ -96,9 +111,15 @@ class TaskEvaluator:
         found.update((f.result().example.index, f.result()) for f in futures)
         return [found[e.index] for e in examples]
 
+    def cached(self, candidate: Candidate, examples: Sequence[Example]) -> list[ScoredOutput]:
+        """The results of these examples that its cache holds, in order, without an LLM call."""
+        texts = tuple(candidate[p.name] for p in self.prompts)
+        with self._lock:
+            return [self._cache[texts, e.index] for e in examples if (texts, e.index) in self._cache]
+
     def summarize(self, results: Sequence[ScoredOutput]) -> ScoreSummary:
-        """Per-scorer means, and the mean of the examples' aggregates (= the weighted mean of the scorer means),
-        over the examples that were scored; failed ones are counted, not averaged as 0."""
+        """Per-scorer means, and the mean of the examples' aggregates (by default the weighted mean of the scorer
+        means), over the examples that were scored; failed ones are counted, not averaged as 0."""
         if not results:
             raise ValueError("no results to summarize")
         scored = [r for r in results if r.failure is None]
@@ -135,14 +156,19 @@ class TaskEvaluator:
             output=output,
             scores=scores,
             rationales=rationales,
-            aggregate=0.0 if failure else
-            sum(s.weight * scores[s.key] for s in self.scorers) / sum(s.weight for s in self.scorers),
+            aggregate=0.0 if failure else self._aggregate(scores),
             failure=failure,
         )
         with self._lock:
             self._cache[texts, example.index] = result
             self.examples_run += 1
         return result
+
+    def _aggregate(self, scores: Mapping[str, float]) -> float:
+        try:
+            return self.aggregate(scores)
+        except AggregationError as error:
+            raise AggregationError(f"{AGGREGATION_FIELD} {error}") from None
 
     @staticmethod
     def _wait(futures: Sequence[Future[ScoredOutput]]) -> None:

@@ -413,8 +413,8 @@ def single_job(documents: list[dict[str, Any]], path: str | Path) -> dict[str, A
 
 
 def with_simulated_models(spec: PromptOptimizationJobSpec, base_url: str) -> PromptOptimizationJobSpec:
-    """The spec with every model replaced by its simulated counterpart, priced at zero (it costs nothing); the job's
-    HTTP services stay as they are."""
+    """The spec with every model (a Registered judge's too) replaced by its simulated counterpart, priced at zero (it
+    costs nothing); the job's HTTP services stay as they are."""
     free = Pricing(input_per_million_tokens=0, output_per_million_tokens=0)
     task = spec.task if spec.task.http else spec.task.model_copy(update={
         "model": SIMULATED_MODELS["task"], "api_base": base_url, "pricing": free})
@@ -422,7 +422,7 @@ def with_simulated_models(spec: PromptOptimizationJobSpec, base_url: str) -> Pro
         "reflection_model": SIMULATED_MODELS["reflection"], "reflection_api_base": base_url, "reflection_pricing": free,
     })
     judge = {"model": SIMULATED_MODELS["judge"], "api_base": base_url, "pricing": free}
-    scorers = spec.scorers and [s.model_copy(update=judge) if s.model else s for s in spec.scorers]
+    scorers = spec.scorers and [s.model_copy(update=judge) if s.model or s.registered else s for s in spec.scorers]
     return spec.model_copy(update={"task": task, "optimizer": optimizer, "scorers": scorers})
 
 

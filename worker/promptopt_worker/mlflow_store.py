@@ -2,7 +2,9 @@
 the job's registry prompts and its evaluation dataset are read when it starts, and its optimized prompts registered
 as new versions in the Prompt Registry when it ends, with the model_config of the version each started from (as
 MLflow's optimize_prompts copies it, and as its server-side optimization needs it: provider and model_name), or the
-job's task model for a prompt from elsewhere or a version without one.
+job's task model for a prompt from elsewhere or a version without one. A Registered scorer is read from the job's
+experiment in its stored form, never rebuilt by MLflow (which would run a registered @scorer function's code), and
+becomes a Judge scorer when it is a make_judge judge (`registered_judge_spec`).
 
 Reading fails fast: MLflow's client retries a refused connection for minutes by default, so the worker asks it for
 one retry and a short timeout (MLFLOW_HTTP_REQUEST_*), unless the job's environment sets them. Every failure
@@ -14,6 +16,7 @@ MLFLOW_TRACKING_PASSWORD) from the job's credentials Secret; the redaction masks
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,8 +25,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from promptopt.worker_contract import use_bundled_litellm_cost_map
-from promptopt.api.v1alpha1 import PromptOptimizationJobSpec, TaskSpec
+from promptopt.api.v1alpha1 import (
+    JUDGE_VARIABLES, LLM_JUDGE_SCORERS, PromptOptimizationJobSpec, ScorerParams, ScorerSpec, TaskSpec,
+)
 from promptopt_worker.problem import InvalidInput, Registrar, Registration, Result
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,30 @@ class SourcePrompt:
 
     template: str
     resolved_uri: str  # prompts:/<name>/<version>
+
+
+@dataclass(frozen=True)
+class StoredScorer:
+    """A scorer registered in an MLflow experiment, as MLflow stores it (MLflow's SerializedScorer, as a dict)."""
+
+    name: str
+    version: int
+    experiment: str
+    serialized: Mapping[str, Any]
+
+
+# The fields of MLflow's serialized scorers that the worker cannot run, with what to do instead.
+_NOT_RUNNABLE = {
+    "call_source": ("a @scorer Python function (MLflow stores its code, which the worker never runs)",
+                    "register a judge made with mlflow.genai.judges.make_judge, or serve the function as a Webhook "
+                    "scorer"),
+    "memory_augmented_judge_data": ("an aligned judge (its examples live in MLflow)",
+                                    "register its instructions as a make_judge judge"),
+    "third_party_scorer_data": ("a third-party scorer (RAGAS, DeepEval, TruLens, Phoenix)",
+                                "register a make_judge judge, or serve it as a Webhook scorer"),
+    "ensemble_scorer_data": ("an ensemble of scorers", "name each of them in spec.scorers and combine them with "
+                             "spec.aggregation"),
+}
 
 
 @dataclass(frozen=True)
@@ -95,6 +126,28 @@ class MlflowStore:
         if prompt.model_config:
             self.model_configs[resolved] = prompt.model_config
         return SourcePrompt(prompt.template, resolved)
+
+    def registered_scorer(self, experiment: str, name: str, version: int | None, field: str) -> StoredScorer:
+        """The scorer registered as `name` (its `version`, else its latest) in `experiment`; InvalidInput naming
+        `field` and the fix."""
+        where = f"{field}: scorer {name!r}{f' version {version}' if version else ''} of experiment {experiment!r}"
+        try:
+            found = self._client.get_experiment_by_name(experiment)
+            if found is None:
+                raise InvalidInput(f"{where}: MLflow at {self.tracking_uri} has no such experiment: register the "
+                                   "scorer there, or fix spec.mlflow.experiment")
+            # MLflow's client has no scorer calls, and mlflow.genai.scorers.get_scorer rebuilds a registered @scorer
+            # function by running its stored code: the tracking store's call returns the stored form only.
+            stored = self._client._tracking_client.store.get_scorer(found.experiment_id, name, version)
+            serialized = dataclasses.asdict(stored.serialized_scorer)
+        except InvalidInput:
+            raise
+        except Exception as error:  # noqa: BLE001 - MLflow's and requests' errors alike
+            why = ("the experiment has no scorer of that name or version: register it there (scorer.register(name=..., "
+                   "experiment_id=...)), or fix the name" if getattr(error, "error_code", None) ==
+                   "RESOURCE_DOES_NOT_EXIST" else explain(error))
+            raise InvalidInput(f"{where} could not be read from MLflow at {self.tracking_uri}: {why}") from None
+        return StoredScorer(name, int(stored.scorer_version), experiment, serialized)
 
     def dataset(self, dataset_id: str) -> MlflowDataset:
         """An evaluation dataset's records and digest; InvalidInput naming the field and the fix."""
@@ -155,6 +208,55 @@ def mlflow_model_uri(model: str) -> str:
     provider as it is."""
     provider, _, name = model.partition("/")
     return f"{provider}:/{name}" if name else model
+
+
+def litellm_model_id(uri: str) -> str | None:
+    """A model as MLflow writes it (openai:/gpt-4.1-mini) as a litellm model id (openai/gpt-4.1-mini); None for one
+    without a provider (MLflow's "databricks" default judge)."""
+    provider, separator, name = uri.partition(":/")
+    return f"{provider}/{name}" if separator and provider and name else None
+
+
+def registered_judge_spec(scorer: ScorerSpec, stored: StoredScorer, field: str) -> ScorerSpec:
+    """The Judge scorer that a registered make_judge judge is: its instructions, asked of its model (or of
+    scorer.model), under the scorer's key and weight. InvalidInput naming `field` and what to do for a scorer the
+    worker cannot run: a @scorer function, a built-in, third-party, aligned or ensemble scorer, a judge of traces or
+    one whose answers are not yes or no."""
+    what = f"{field}: {stored.name!r} (version {stored.version} in experiment {stored.experiment!r})"
+    serialized = stored.serialized
+    if builtin := serialized.get("builtin_scorer_class"):
+        use = (f"name it in spec.scorers as {{name: {builtin}, model: ...}}" if builtin in LLM_JUDGE_SCORERS
+               else "use one of promptopt's scorers, or a Judge")
+        raise InvalidInput(f"{what} is MLflow's built-in scorer {builtin}: {use}")
+    for key, (kind, fix) in _NOT_RUNNABLE.items():
+        if serialized.get(key) is not None:
+            raise InvalidInput(f"{what} is {kind}, which the worker cannot run: {fix}")
+    judge = serialized.get("instructions_judge_pydantic_data") or {}
+    feedback = judge.get("feedback_value_type")
+    if not _answers_yes_or_no(feedback):
+        raise InvalidInput(f"{what} answers {json.dumps(feedback)}; promptopt's judges answer yes or no: register it "
+                           "with feedback_value_type=bool or str")
+    model = scorer.model or litellm_model_id(str(judge.get("model") or ""))
+    if model is None:
+        raise InvalidInput(f"{what} has the model {judge.get('model')!r}, which the worker cannot call: set "
+                           f"{field.removesuffix('.registered.name')}.model to a litellm model id")
+    try:
+        return ScorerSpec(name="Judge", label=scorer.key, weight=scorer.weight, model=model, api_base=scorer.api_base,
+                          pricing=scorer.pricing, params=ScorerParams(instructions=judge.get("instructions")))
+    except ValidationError as error:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors(include_url=False))
+        variables = ", ".join("{{ " + name + " }}" for name in JUDGE_VARIABLES)
+        raise InvalidInput(f"{what} cannot run as a judge of a prompt's outputs ({problems}): register instructions "
+                           f"over {variables}") from None
+
+
+def _answers_yes_or_no(feedback: Mapping[str, Any] | None) -> bool:
+    """Whether a make_judge judge's feedback_value_type (a JSON schema; none: str) fits a yes-or-no verdict."""
+    if feedback is None:
+        return True
+    if "enum" in feedback:
+        return {str(value).lower() for value in feedback["enum"]} <= {"yes", "no"}
+    return feedback.get("type") in ("string", "boolean")
 
 
 def task_model_config(task: TaskSpec) -> dict[str, Any] | None:

@@ -14,7 +14,12 @@ the server's optimization job, which reads the scores back from the run's metric
   end: eval_score and eval_score.<scorer> of every candidate on the validation records (step: the candidate),
   initial_eval_score and final_eval_score (and .<scorer>), initial_test_score and final_test_score (and .<scorer>)
   on the held-out test records, total_iterations, total_candidates and the cost (cost_<field of status.cost>);
-- artifacts: every candidate's prompts (candidates.json) and the optimized prompts (optimized_prompts/<name>.txt).
+- artifacts: every candidate's prompts (candidates.json), the optimized prompts (optimized_prompts/<name>.txt), and
+  per candidate as MLflow's GEPA optimizer lays out each validated one (prompt_candidates/iteration_<candidate id>/):
+  its prompts (<name>.txt), its scores (scores.json: aggregate, per_scorer, and promptopt's parents) and its
+  validation records' results (eval_results.json, MLflow's table: inputs, output, expectation, aggregate_score and a
+  column per scorer). Bounded for a run of hundreds of iterations: the seed and the best candidates, at most
+  ITERATION_ARTIFACTS in all, each output cut at OUTPUT_CHARACTERS.
 The run ends as the job does: KILLED when cancelled (its best so far logged all the same), FINISHED with a result,
 FAILED without one.
 
@@ -27,16 +32,21 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
+from promptopt_worker.evaluation import TaskEvaluator
 from promptopt_worker.gepa_optimizer import gepa_run
 from promptopt_worker.mlflow_store import explain, mlflow_client, mlflow_model_uri
-from promptopt_worker.problem import InvalidInput, Problem, Progress, Result, ScoreSummary
+from promptopt_worker.problem import (
+    CandidateRecord, InvalidInput, Problem, Progress, Result, ScoredOutput, ScoreSummary,
+)
 from promptopt_worker.reporting import CostSource, no_cost, worker_status
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,11 @@ log = logging.getLogger(__name__)
 # MLflow's optimizer classes, by spec.optimizer.type: its runs' param `optimizer`.
 MLFLOW_OPTIMIZERS = {"GEPA": "GepaPromptOptimizer", "MetaPrompt": "MetaPromptOptimizer"}
 DATASET_CONTEXT = "optimization"  # the context MLflow's optimization job logs its dataset input in
+# The per-candidate artifacts, as MLflow's GEPA optimizer names them; a job may find hundreds of candidates, so only
+# the seed and the best ones get a folder, and an output is cut where a reader has seen enough of it.
+CANDIDATES_FOLDER = "prompt_candidates"
+ITERATION_ARTIFACTS = 50
+OUTPUT_CHARACTERS = 2000
 
 
 def run_params(spec: PromptOptimizationJobSpec, problem: Problem) -> dict[str, str]:
@@ -124,6 +139,8 @@ def dry_run_notes(spec: PromptOptimizationJobSpec, problem: Problem) -> list[str
              for p in spec.prompts if p.registry_uri is not None]
     if spec.dataset is not None and spec.dataset.mlflow_dataset_id is not None:
         notes.append(f"dataset {spec.dataset.mlflow_dataset_id} reads digest {problem.mlflow_dataset_digest}")
+    notes += [f"scorer {key} reads the judge {read} registered in experiment {spec.mlflow.experiment!r}"
+              for key, read in problem.registered_scorers.items()]
     if spec.mlflow.experiment is not None:
         try:
             experiment = mlflow_client(spec.mlflow.tracking_uri).get_experiment_by_name(spec.mlflow.experiment)
@@ -162,6 +179,7 @@ class TrackingRun:
         assert spec.mlflow is not None and spec.mlflow.experiment is not None
         params = run_params(spec, problem)
         self._client = mlflow_client(spec.mlflow.tracking_uri)
+        self._problem = problem
         self._cost = cost
         self._lock = threading.Lock()
         self._step: _Step | None = None  # the iteration in progress, logged once it is over
@@ -220,6 +238,7 @@ class TrackingRun:
             mode="json", by_alias=True, exclude_unset=True)
         self._safely("log the candidates", lambda: self._client.log_dict(
             self.run_id, {"candidates": status.get("candidates", [])}, "candidates.json"))
+        self._safely("log the candidates' iterations", lambda: self._log_iterations(result.candidates))
         for prompt in status.get("optimizedPrompts") or []:
             self._safely("log an optimized prompt", lambda prompt=prompt: self._client.log_text(
                 self.run_id, prompt["template"], f"optimized_prompts/{prompt['name']}.txt"))
@@ -227,6 +246,21 @@ class TrackingRun:
             self._link(result.registration.registered.values())
         ended = "KILLED" if result.reason == "Cancelled" else "FINISHED" if result.succeeded else "FAILED"
         self._safely("end the run", lambda: self._client.set_terminated(self.run_id, status=ended))
+
+    def _log_iterations(self, candidates: Sequence[CandidateRecord]) -> None:
+        """prompt_candidates/iteration_<id>/ of the seed and the best candidates, from the evaluator's cache (no LLM
+        call), uploaded as one folder."""
+        evaluator = self._problem.evaluator
+        if not isinstance(evaluator, TaskEvaluator) or not candidates:  # no dataset, or no cache to read
+            return
+        with tempfile.TemporaryDirectory() as scratch:
+            for candidate in iteration_candidates(candidates):
+                folder = Path(scratch) / f"iteration_{candidate.id}"
+                folder.mkdir()
+                for file, content in iteration_files(candidate, evaluator.cached(candidate.prompts,
+                                                                                 self._problem.validation)).items():
+                    (folder / file).write_text(content)
+            self._client.log_artifacts(self.run_id, scratch, CANDIDATES_FOLDER)
 
     def _link(self, versions: Iterable[str]) -> None:
         """Link registry versions (prompts:/<name>/<version>) to the run, one at a time: MLflow's linking rewrites
@@ -239,6 +273,28 @@ class TrackingRun:
             call()
         except Exception as error:  # noqa: BLE001 - logging to MLflow never stops the optimization
             log.warning("could not %s to MLflow run %s: %s", what, self.run_id, explain(error))
+
+
+def iteration_candidates(candidates: Sequence[CandidateRecord]) -> list[CandidateRecord]:
+    """The candidates that get an iteration folder: the seed (id 0) and the best by validation score, at most
+    ITERATION_ARTIFACTS, in id order."""
+    ranked = sorted(candidates, key=lambda c: (c.id != 0, -c.score, c.id))[:ITERATION_ARTIFACTS]
+    return sorted(ranked, key=lambda c: c.id)
+
+
+def iteration_files(candidate: CandidateRecord, results: Sequence[ScoredOutput]) -> dict[str, str]:
+    """A candidate's iteration folder, file name → content, as MLflow's GEPA optimizer writes one: its prompts, its
+    scores and its validation records' results (MLflow's table format, as mlflow.log_table writes it)."""
+    keys = sorted({key for result in results for key in result.scores} | set(candidate.scorers or {}))
+    table = {
+        "columns": ["inputs", "output", "expectation", "aggregate_score", *keys],
+        "data": [[dict(r.example.inputs), r.output[:OUTPUT_CHARACTERS], dict(r.example.expectations),
+                  None if r.failure else r.aggregate, *(r.scores.get(key) for key in keys)] for r in results],
+    }
+    scores = {"aggregate": candidate.score, "per_scorer": dict(candidate.scorers or {}),
+              "parents": list(candidate.parents)}
+    return {**{f"{name}.txt": text for name, text in candidate.prompts.items()},
+            "scores.json": json.dumps(scores, indent=2), "eval_results.json": json.dumps(table, default=str)}
 
 
 def _dataset_input(dataset_id: str) -> Any:

@@ -69,7 +69,7 @@ class ScoredOutput:
     output: str
     scores: Mapping[str, float]  # scorer key → score in [0, 1]
     rationales: Mapping[str, str]  # scorer key → why (judges' rationales, metric explanations)
-    aggregate: float  # weighted mean over scorers; 0 for a failed example
+    aggregate: float  # spec.aggregation of the scores (default: their weighted mean); 0 for a failed example
     failure: str | None = None
 
     def feedback(self) -> str:
@@ -141,6 +141,7 @@ class Problem:
     mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run: runId, experimentId
     dataset_digest: str | None = None  # of the MLflow evaluation dataset's records (dataset.mlflowDatasetId)
     mlflow_dataset_digest: str | None = None  # MLflow's own digest of that dataset
+    registered_scorers: Mapping[str, str] = field(default_factory=dict)  # scorer key → the MLflow scorer version read
     test: Sequence[Example] = ()  # held out: never given to the optimizer, scored at the end (dataset.testFraction)
 
     @property

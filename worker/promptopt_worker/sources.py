@@ -20,13 +20,14 @@ from typing import Any, Protocol
 
 import yaml
 
+from promptopt.api.aggregation import compile_aggregation
 from promptopt.api.v1alpha1 import (
-    ConfigMapInput, ConfigMapKeyRef, MlflowStatus, PromptOptimizationJobSpec, content_digest,
+    ConfigMapInput, ConfigMapKeyRef, MlflowStatus, PromptOptimizationJobSpec, ScorerSpec, content_digest,
 )
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.datasets import load_dataset
-from promptopt_worker.evaluation import TaskEvaluator
-from promptopt_worker.mlflow_store import MlflowStore, registrar
+from promptopt_worker.evaluation import TaskEvaluator, weighted_mean
+from promptopt_worker.mlflow_store import MlflowStore, registered_judge_spec, registrar
 from promptopt_worker.problem import InvalidInput, Problem, PromptTemplate, Reflector
 from promptopt_worker.scorers import build_scorers, check_records
 from promptopt_worker.templates import check_inputs
@@ -213,6 +214,7 @@ def build_problem(
     started = mlflow_started or MlflowStatus()
     prompts, sources = resolve_prompts(spec, configmaps, mlflow, started.source_prompts)
     train, validation, test, evaluator, dataset_digest, mlflow_dataset_digest = [], [], [], None, None, None
+    registered_scorers: dict[str, str] = {}
     if spec.dataset is not None:
         ref = spec.dataset.config_map_key_ref
         text = read_key(configmaps, ref, "spec.dataset.configMapKeyRef") if ref is not None else None
@@ -231,10 +233,12 @@ def build_problem(
         train, validation, test = split.train, split.validation, split.test
         examples = list({e.index: e for e in [*train, *validation, *test]}.values())
         check_inputs(prompts, examples)
-        scorers = build_scorers(spec.scorers or [], spec.task, llm_client,
-                                judge_retries=spec.failure_policy.judge_retries)
+        scorer_specs, registered_scorers = resolve_scorers(spec, mlflow)
+        scorers = build_scorers(scorer_specs, spec.task, llm_client, judge_retries=spec.failure_policy.judge_retries)
         check_records(scorers, examples)
-        evaluator = TaskEvaluator(prompts, spec.task, scorers, llm_client)
+        aggregate = (weighted_mean(scorers) if spec.aggregation is None
+                     else compile_aggregation(spec.aggregation, [s.key for s in scorers]))
+        evaluator = TaskEvaluator(prompts, spec.task, scorers, llm_client, aggregate)
     return Problem(
         prompts=prompts,
         train=train,
@@ -250,8 +254,29 @@ def build_problem(
         source_prompts=sources,
         dataset_digest=dataset_digest,
         mlflow_dataset_digest=mlflow_dataset_digest,
+        registered_scorers=registered_scorers,
         register=registrar(spec, mlflow, identity or {}, sources) if mlflow is not None else None,
     )
+
+
+def resolve_scorers(spec: PromptOptimizationJobSpec,
+                    mlflow: MlflowStore | None) -> tuple[list[ScorerSpec], dict[str, str]]:
+    """The job's scorers with each Registered one read from spec.mlflow.experiment as the Judge it is, and what each
+    of those read (scorer key → "<name> version <n>"); InvalidInput naming spec.scorers[i].registered.name for one
+    that is missing or cannot run here."""
+    specs, read = [], {}
+    for index, scorer in enumerate(spec.scorers or []):
+        if scorer.registered is None:
+            specs.append(scorer)
+            continue
+        # A Registered scorer needs spec.mlflow.experiment (the model's rule).
+        assert mlflow is not None and spec.mlflow is not None and spec.mlflow.experiment is not None
+        field = f"spec.scorers[{index}].registered.name"
+        stored = mlflow.registered_scorer(spec.mlflow.experiment, scorer.registered.name, scorer.registered.version,
+                                          field)
+        specs.append(registered_judge_spec(scorer, stored, field))
+        read[scorer.key] = f"{stored.name} version {stored.version}"
+    return specs, read
 
 
 def reflection_model(spec: PromptOptimizationJobSpec, llm_client: LLMClient) -> Reflector:
