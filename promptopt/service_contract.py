@@ -3,7 +3,8 @@ webhook scorer (a scorer named Webhook). Version v1, documented in the API refer
 
 Why it lives here: the worker sends these requests and reads the answers, and the example services
 (promptopt.example_services, run by the tests and by examples/http-rag.yaml from the worker image) read the requests
-and send the answers; both import this one definition, which imports only the standard library.
+and send the answers; both import this one definition: pydantic models that validate the JSON and give the API
+reference its JSON Schema.
 
 Program: the worker POSTs, for one record,
     {"version": "v1", "prompts": [{"name", "role", "template"}...], "messages": [{"role", "content"}...],
@@ -17,142 +18,163 @@ Webhook scorer: the worker POSTs {"version": "v1", "scorer": "<key>", "inputs": 
 "expectations": {...}}; the service answers {"version": "v1", "score": <number in [0, 1] | "yes" | "no" | boolean>,
 "rationale": "<why>"}, and the rationale becomes the feedback GEPA's reflection reads.
 
-A request or an answer that breaks the contract raises ContractError saying what is wrong.
+A request or an answer that breaks the contract raises ContractError saying what is wrong: the prompt contract's
+(promptopt.prompt_contract), one error for every contract the worker and the product's test doubles hold each other
+to.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from itertools import takewhile
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-VERSION = "v1"
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from promptopt.prompt_contract import ContractError
 
-class ContractError(ValueError):
-    """A request or answer that does not follow the contract: says what is missing or malformed."""
-
-
-@dataclass(frozen=True)
-class ServiceUsage:
-    """What a program's answer says it cost."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    usd: float | None = None
+VERSION: Literal["v1"] = "v1"
 
 
-@dataclass(frozen=True)
-class ProgramRequest:
-    prompts: Sequence[Mapping[str, str]]  # {"name", "role", "template"} in the job's order
-    messages: Sequence[Mapping[str, str]]  # {"role", "content"}: the prompts rendered with the inputs
-    inputs: Mapping[str, Any]
+def _version_required(schema: dict[str, Any]) -> None:
+    # "version" has a default so that code need not pass it, yet a body without it is refused: say so in the schema.
+    schema["required"] = ["version", *schema.get("required", [])]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"version": VERSION, "prompts": [dict(p) for p in self.prompts],
-                "messages": [dict(m) for m in self.messages], "inputs": dict(self.inputs)}
+
+class _Message(BaseModel):
+    """A body of the contract: strict JSON types (no "3" for 3, no true for 1), unknown keys ignored."""
+
+    model_config = ConfigDict(strict=True, frozen=True, populate_by_name=True, json_schema_extra=_version_required)
+    what: ClassVar[str]  # the body's name in messages: "program request"
+
+    version: Literal["v1"] = Field(VERSION, description="The contract's version; a body of another one is refused.")
 
     @classmethod
-    def from_json(cls, body: Any) -> ProgramRequest:
-        body = _versioned(body, "program request")
-        prompts, messages, inputs = body.get("prompts"), body.get("messages"), body.get("inputs")
-        if not isinstance(prompts, list) or not all(
-            isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("name", "role", "template"))
-            for p in prompts
-        ):
-            raise ContractError('program request: "prompts" must be a list of {"name", "role", "template"} strings')
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
-        ):
-            raise ContractError('program request: "messages" must be a list of {"role", "content"} strings')
-        if not isinstance(inputs, dict):
-            raise ContractError('program request: "inputs" must be an object')
-        return cls(prompts=prompts, messages=messages, inputs=inputs)
+    def from_json(cls, body: Any) -> Self:
+        """The body read, or ContractError naming its first problem."""
+        if not isinstance(body, dict):
+            raise ContractError(f"{cls.what}: the body must be a JSON object, not {_kind(body)}")
+        # First, as a body of another version may differ in every other field too.
+        if body.get("version") != VERSION:
+            raise ContractError(f'{cls.what}: "version" must be {VERSION!r} (the contract this worker speaks), '
+                                f"not {body.get('version')!r}")
+        try:
+            return cls.model_validate(body)
+        except ValidationError as error:
+            raise ContractError(f"{cls.what}: {_problem(cls, error.errors()[0])}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ServicePrompt(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    name: str
+    role: str
+    template: str
+
+
+class ServiceMessage(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    role: str
+    content: str
+
+
+class ProgramRequest(_Message):
+    what = "program request"
+
+    prompts: list[ServicePrompt] = Field(description="The candidate's templates, in the job's order.")
+    messages: list[ServiceMessage] = Field(
+        description="The same prompts rendered with the record's inputs: what a model program would be sent.")
+    inputs: dict[str, Any] = Field(description="The record's inputs.")
 
     def template(self, name: str) -> str | None:
-        return next((p["template"] for p in self.prompts if p["name"] == name), None)
+        return next((p.template for p in self.prompts if p.name == name), None)
 
 
-@dataclass(frozen=True)
-class ProgramAnswer:
-    output: str
-    usage: ServiceUsage = field(default_factory=ServiceUsage)
+Tokens = Annotated[int, Field(ge=0)]
 
-    def to_json(self) -> dict[str, Any]:
-        answer: dict[str, Any] = {"version": VERSION, "output": self.output}
-        usage = {"promptTokens": self.usage.prompt_tokens, "completionTokens": self.usage.completion_tokens}
-        answer["usage"] = usage if self.usage.usd is None else {**usage, "usd": self.usage.usd}
-        return answer
 
+class ServiceUsage(BaseModel):
+    """What a program's answer says it cost."""
+
+    model_config = ConfigDict(strict=True, frozen=True, populate_by_name=True)
+
+    prompt_tokens: Tokens = Field(0, alias="promptTokens", description="Tokens the program sent to its models.")
+    completion_tokens: Tokens = Field(0, alias="completionTokens", description="Tokens its models answered.")
+    usd: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="What the call cost, taken as given unless spec.task.pricing prices its tokens.")
+
+
+class ProgramAnswer(_Message):
+    what = "program answer"
+
+    output: str = Field(description="What the scorers score.")
+    usage: ServiceUsage = Field(default_factory=ServiceUsage, description="Optional: what the call cost.")
+
+    @field_validator("usage", mode="before")
     @classmethod
-    def from_json(cls, body: Any) -> ProgramAnswer:
-        body = _versioned(body, "program answer")
-        output = body.get("output")
-        if not isinstance(output, str):
-            raise ContractError(f'program answer: "output" must be a string, not {_kind(output)}')
-        usage = body.get("usage") or {}
-        if not isinstance(usage, dict):
-            raise ContractError('program answer: "usage" must be an object of promptTokens, completionTokens, usd')
-        tokens = {key: usage.get(key, 0) for key in ("promptTokens", "completionTokens")}
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in tokens.values()):
-            raise ContractError("program answer: usage.promptTokens and usage.completionTokens must be whole "
-                                "numbers of at least 0")
-        usd = usage.get("usd")
-        if usd is not None and (isinstance(usd, bool) or not isinstance(usd, (int, float)) or usd < 0):
-            raise ContractError("program answer: usage.usd must be a number of at least 0")
-        return cls(output, ServiceUsage(tokens["promptTokens"], tokens["completionTokens"],
-                                        None if usd is None else float(usd)))
+    def _null_usage(cls, usage: Any) -> Any:
+        return ServiceUsage() if usage is None else usage
 
 
-@dataclass(frozen=True)
-class ScoreRequest:
-    scorer: str
-    inputs: Mapping[str, Any]
-    outputs: str
-    expectations: Mapping[str, Any]
+class ScoreRequest(_Message):
+    what = "score request"
 
-    def to_json(self) -> dict[str, Any]:
-        return {"version": VERSION, "scorer": self.scorer, "inputs": dict(self.inputs), "outputs": self.outputs,
-                "expectations": dict(self.expectations)}
+    scorer: str = Field(description="The scorer's key (its label, else its name).")
+    inputs: dict[str, Any] = Field(description="The record's inputs.")
+    outputs: str = Field(description="The output to score.")
+    expectations: dict[str, Any] = Field(description="The record's expectations.")
 
+
+class ScoreAnswer(_Message):
+    what = "score answer"
+
+    # Any value passes the contract: the worker's scorers.to_score reads it, and one it cannot read fails that record
+    # (as an unusable judge verdict does), not the job.
+    score: Any = Field(
+        description='a number in [0, 1], "yes"/"no" or a boolean',
+        json_schema_extra={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"enum": ["yes", "no"]},
+                                     {"type": "boolean"}]},
+    )
+    rationale: str = Field("", description="Why: the feedback GEPA's reflection reads.")
+
+    @field_validator("rationale", mode="before")
     @classmethod
-    def from_json(cls, body: Any) -> ScoreRequest:
-        body = _versioned(body, "score request")
-        scorer, inputs, outputs, expectations = (body.get(k) for k in ("scorer", "inputs", "outputs", "expectations"))
-        if not isinstance(scorer, str) or not isinstance(outputs, str):
-            raise ContractError('score request: "scorer" and "outputs" must be strings')
-        if not isinstance(inputs, dict) or not isinstance(expectations, dict):
-            raise ContractError('score request: "inputs" and "expectations" must be objects')
-        return cls(scorer, inputs, outputs, expectations)
+    def _null_rationale(cls, rationale: Any) -> Any:
+        return "" if rationale is None else rationale
 
 
-@dataclass(frozen=True)
-class ScoreAnswer:
-    score: Any  # a number in [0, 1], "yes"/"no" or a boolean: the worker's scorers.to_score reads it
-    rationale: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": VERSION, "score": self.score, "rationale": self.rationale}
-
-    @classmethod
-    def from_json(cls, body: Any) -> ScoreAnswer:
-        body = _versioned(body, "score answer")
-        if "score" not in body:
-            raise ContractError('score answer: no "score" (a number in [0, 1], "yes"/"no" or a boolean)')
-        rationale = body.get("rationale") or ""
-        if not isinstance(rationale, str):
-            raise ContractError(f'score answer: "rationale" must be a string, not {_kind(rationale)}')
-        return cls(body["score"], rationale)
+# What a value must be, by pydantic's error type.
+_EXPECTED = {"string_type": "a string", "int_type": "a whole number", "float_type": "a number",
+             "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
+             "list_type": "a list"}
 
 
-def _versioned(body: Any, what: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ContractError(f"{what}: the body must be a JSON object, not {_kind(body)}")
-    if body.get("version") != VERSION:
-        raise ContractError(f'{what}: "version" must be {VERSION!r} (the contract this worker speaks), '
-                            f"not {body.get('version')!r}")
-    return body
+def _problem(model: type[BaseModel], error: Mapping[str, Any]) -> str:
+    """One validation error in the contract's words, at the outermost field it is in (a list names its items'
+    keys): '"output" must be a string, not int', '"usage.promptTokens" must be at least 0'."""
+    path = list(takewhile(lambda part: isinstance(part, str), error["loc"]))
+    fields: Mapping[str, Any] = model.model_fields
+    field = None
+    for name in path:
+        field = next(f for key, f in fields.items() if name in (key, f.alias))
+        fields = getattr(field.annotation, "model_fields", {})
+    assert field is not None
+    shown = ".".join(str(part) for part in path)
+    if len(path) < len(error["loc"]):  # within a list: name what its items must hold
+        items = getattr(field.annotation, "__args__", [None])[0]
+        keys = ", ".join(f'"{key}"' for key in getattr(items, "model_fields", {}))
+        return f'"{shown}" must be a list of {{{keys}}} objects with string values'
+    if error["type"] == "missing":
+        return f'no "{shown}"' + (f" ({field.description})" if field.description else "")
+    if error["type"] in _EXPECTED:
+        return f'"{shown}" must be {_EXPECTED[error["type"]]}, not {_kind(error["input"])}'
+    if error["type"] == "greater_than_equal":
+        return f'"{shown}" must be at least {error.get("ctx", {}).get("ge")}'
+    return f'"{shown}": {error["msg"]}'
 
 
 def _kind(value: Any) -> str:
@@ -162,16 +184,24 @@ def _kind(value: Any) -> str:
 def reference_markdown() -> str:
     """The contract's section of the API reference, its examples rendered by the classes above."""
     program = ProgramRequest(
-        prompts=[{"name": "answer", "role": "user", "template": "Answer from the documentation.\n\n{{question}}"}],
-        messages=[{"role": "user", "content": "Answer from the documentation.\n\nHow long does the battery last?"}],
+        prompts=[ServicePrompt(name="answer", role="user", template="Answer from the documentation.\n\n{{question}}")],
+        messages=[ServiceMessage(role="user",
+                                 content="Answer from the documentation.\n\nHow long does the battery last?")],
         inputs={"question": "How long does the battery last?"},
     )
-    output = ProgramAnswer("fourteen hours", ServiceUsage(prompt_tokens=812, completion_tokens=4, usd=0.00021))
-    score = ScoreRequest("answer", program.inputs, output.output, {"expected_response": "fourteen hours"})
-    verdict = ScoreAnswer(1.0, "the output is exactly the expected answer")
+    output = ProgramAnswer(output="fourteen hours",
+                           usage=ServiceUsage(prompt_tokens=812, completion_tokens=4, usd=0.00021))
+    score = ScoreRequest(scorer="answer", inputs=program.inputs, outputs=output.output,
+                         expectations={"expected_response": "fourteen hours"})
+    verdict = ScoreAnswer(score=1.0, rationale="the output is exactly the expected answer")
 
     def shown(body: Mapping[str, Any]) -> str:
         return "```json\n" + json.dumps(body, indent=2, ensure_ascii=False) + "\n```"
+
+    def schema(message: type[_Message]) -> str:
+        """The body's JSON Schema, folded away under its example."""
+        return (f"<details><summary>JSON Schema of the {message.what}</summary>\n\n"
+                + shown(message.model_json_schema(by_alias=True)) + "\n\n</details>")
 
     return "\n\n".join([
         f"## HTTP services (contract {VERSION})",
@@ -186,12 +216,16 @@ def reference_markdown() -> str:
         "`prompts` are the candidate's templates in the job's order, `messages` the same prompts rendered with the "
         "record's inputs (what a model program would be sent), `inputs` the record's inputs.",
         shown(program.to_json()),
+        schema(ProgramRequest),
         "The answer: `output` (a string) is what the scorers score. `usage` is optional: its tokens count in "
         "`status.cost` and are priced by `spec.task.pricing` when set, else `usd` is taken as given (0 without it).",
         shown(output.to_json()),
+        schema(ProgramAnswer),
         "### A Webhook scorer: one request per output",
         shown(score.to_json()),
+        schema(ScoreRequest),
         "The answer: `score` is a number in [0, 1], `\"yes\"`/`\"no\"` or a boolean (a score outside [0, 1] fails that "
         "record, as an unusable judge verdict does); `rationale` becomes the feedback GEPA's reflection reads.",
         shown(verdict.to_json()),
+        schema(ScoreAnswer),
     ]) + "\n"

@@ -45,7 +45,8 @@ MAY_IMPORT = {
     "promptopt.api": {"promptopt.api"},  # the API is defined once, by itself
     "promptopt.worker_contract": {"promptopt.api"},
     "promptopt.prompt_contract": set(),  # stdlib only: the simulated LLM parses with it where litellm is absent
-    "promptopt.service_contract": set(),  # stdlib only, for the same reason: the example services read it
+    # Its ContractError is the prompt contract's: one for both. No litellm or gepa either: the example services read it.
+    "promptopt.service_contract": {"promptopt.prompt_contract"},
     # The operator and the worker meet only in the API and the contracts (the Pod's environment and result).
     "promptopt_operator": {"promptopt_operator", "promptopt.api", "promptopt.worker_contract"},
     "promptopt_worker": {"promptopt_worker", "promptopt.api", "promptopt.worker_contract", "promptopt.prompt_contract",

@@ -15,7 +15,7 @@ DOUBLES of a user's RAG pipeline and scoring webhook, not products.
 Both speak promptopt.service_contract (v1) and refuse what breaks it with a 400, as a strict service would. They ship
 in the product, like the simulated LLM, so that examples/http-rag.yaml can run them from the worker image
 (``python -m promptopt.example_services rag|scorer --host 0.0.0.0 --port 8080``); they import only the standard
-library and the contract.
+library and the contract (and pydantic, which it is written in).
 """
 from __future__ import annotations
 
@@ -86,25 +86,27 @@ def rag_answer(prompt: str) -> str:
 
 
 def rag_service(request: ProgramRequest) -> ProgramAnswer:
-    prompt = "\n".join(message["content"] for message in request.messages)
+    prompt = "\n".join(message.content for message in request.messages)
     output = rag_answer(prompt)
     # Tokens as a model behind it would count them, roughly: one per four characters.
     usage = ServiceUsage(prompt_tokens=len(prompt) // 4 + 1, completion_tokens=len(output) // 4 + 1)
-    return ProgramAnswer(output, usage)
+    return ProgramAnswer(output=output, usage=usage)
 
 
 def webhook_score(request: ScoreRequest) -> ScoreAnswer:
     """The scorer's verdict on one output (see the module docstring)."""
     expected = request.expectations.get("expected_response")
     if not isinstance(expected, str):
-        return ScoreAnswer(0.0, "the record has no expectations.expected_response to compare with")
+        return ScoreAnswer(score=0.0, rationale="the record has no expectations.expected_response to compare with")
     output = request.outputs.strip()
     if output == expected.strip():
-        return ScoreAnswer(1.0, f"the output is exactly the expected answer {expected!r}")
+        return ScoreAnswer(score=1.0, rationale=f"the output is exactly the expected answer {expected!r}")
     if f" {expected.strip().lower()} " in f" {world.normalize(output)} ":
-        return ScoreAnswer(0.5, f"the output contains the expected answer {expected!r} but is not exactly it: "
+        return ScoreAnswer(score=0.5,
+                           rationale=f"the output contains the expected answer {expected!r} but is not exactly it: "
                            f"{output[:120]!r}")
-    return ScoreAnswer(0.0, f"the output {output[:120]!r} does not give the expected answer {expected!r}")
+    return ScoreAnswer(score=0.0,
+                       rationale=f"the output {output[:120]!r} does not give the expected answer {expected!r}")
 
 
 class JsonService:

@@ -21,6 +21,7 @@ One concern per module:
   make one better, and what the judge counts as correct;
 - ``models``: the models (``sim-task``, ``sim-judge``, ``sim-reflect`` and two that break template variables),
   which request each recognises and its answer;
+- ``requests``: the worker's requests parsed back (the judge, MetaPrompt and gepa reflection requests);
 - ``datasets``: records of the world (``sentiment_dataset``);
 - ``server``: the HTTP server (``SimulatedLLM``), with fault injection, latency and counters;
 - ``__main__``: the command line.

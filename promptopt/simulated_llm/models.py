@@ -1,6 +1,7 @@
 """The simulated models: their names, which request each one recognises, and its answer. A pure function of the
-request (:func:`respond`); the requests are read with promptopt.prompt_contract, the definition the worker renders
-them from, so a request the worker changed is one the simulator reads the same way, or refuses with a 400.
+request (:func:`respond`); the requests are read by promptopt.simulated_llm.requests from the definition the worker
+renders them from (promptopt.prompt_contract), so a request the worker changed is one the simulator reads the same
+way, or refuses with a 400.
 
 ``sim-task`` (TASK_MODEL)
     The program under optimization: :func:`promptopt.simulated_llm.world.classify` of every message content joined
@@ -40,7 +41,7 @@ from typing import Any
 
 from promptopt import prompt_contract
 from promptopt.prompt_contract import ContractError
-from promptopt.simulated_llm import world
+from promptopt.simulated_llm import requests, world
 from promptopt.simulated_llm.world import RULE_LOWERCASE, RULE_ONE_LOWERCASE_WORD, RULE_SINGLE_WORD
 
 TASK_MODEL = "sim-task"
@@ -97,7 +98,7 @@ def _misbehave(model: str, template: str) -> str:
 
 
 def _reflection_answer(model: str, text: str) -> str:
-    request = prompt_contract.parse_reflection_request(text)
+    request = requests.parse_reflection_request(text)
     evidence = []
     for example in request.examples:
         if example.scores:
@@ -117,7 +118,7 @@ def _reflection_answer(model: str, text: str) -> str:
 
 
 def _metaprompt_answer(model: str, system: str | None, user: str) -> str:
-    request = prompt_contract.parse_metaprompt_request(system, user)
+    request = requests.parse_metaprompt_request(system, user)
     evidence: list[list[str]] = []
     for example in request.examples or []:
         inputs_text = "\n".join(str(value) for value in example.inputs.values())
@@ -157,13 +158,13 @@ def _metaprompt_answer(model: str, system: str | None, user: str) -> str:
 
 
 def _judge_answer(user: str) -> str:
-    if prompt_contract.is_custom_judge_request(user):
-        custom = prompt_contract.parse_custom_judge_request(user)
+    if requests.is_custom_judge_request(user):
+        custom = requests.parse_custom_judge_request(user)
         expected = (custom.expectations or {}).get("expected_response")
         asks_correctness = expected is not None and _ASKS_CORRECTNESS.search(custom.instructions) is not None
         return _verdict(custom.outputs or "", str(expected) if asks_correctness else None, [custom.instructions],
                         unrecognized="No criterion recognized in the instructions; passing by default.")
-    request = prompt_contract.parse_judge_request(user)
+    request = requests.parse_judge_request(user)
     if request.question in _FAILURE_CHECKS:
         what, check = _FAILURE_CHECKS[request.question]
         failure = check(request.response)
@@ -227,11 +228,11 @@ def answer(model: str, messages: list[dict[str, Any]]) -> tuple[str, str]:
             return "task", world.classify(full)
         if model == JUDGE_MODEL:
             return "judge", _judge_answer(next((text for role, text in chat if role == "user"), ""))
-        if prompt_contract.is_metaprompt_request(full):
+        if requests.is_metaprompt_request(full):
             system = next((text for role, text in chat if role == "system"), None)
             user = "\n".join(text for role, text in chat if role != "system")
             return "metaprompt", _metaprompt_answer(model, system, user)
-        if prompt_contract.is_reflection_request(full):
+        if requests.is_reflection_request(full):
             return "reflection", _reflection_answer(model, full)
     except ContractError as error:
         raise SimulatedLLMError(400, str(error)) from None

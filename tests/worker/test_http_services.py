@@ -220,14 +220,14 @@ def test_a_judge_that_speaks_of_the_expected_answer_checks_it(llm, monkeypatch):
 
 
 def test_requests_and_answers_round_trip():
-    request = ProgramRequest([{"name": "p", "role": "user", "template": "t"}], [{"role": "user", "content": "c"}],
-                             {"q": 1})
+    request = ProgramRequest(prompts=[{"name": "p", "role": "user", "template": "t"}],
+                             messages=[{"role": "user", "content": "c"}], inputs={"q": 1})
     assert ProgramRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
-    answer = ProgramAnswer("out")
+    answer = ProgramAnswer(output="out")
     assert ProgramAnswer.from_json(answer.to_json()) == answer
-    score = ScoreRequest("s", {"q": 1}, "out", {"expected_response": "x"})
+    score = ScoreRequest(scorer="s", inputs={"q": 1}, outputs="out", expectations={"expected_response": "x"})
     assert ScoreRequest.from_json(score.to_json()) == score
-    assert ScoreAnswer.from_json({"version": "v1", "score": "yes"}) == ScoreAnswer("yes", "")
+    assert ScoreAnswer.from_json({"version": "v1", "score": "yes"}) == ScoreAnswer(score="yes", rationale="")
 
 
 @pytest.mark.parametrize("body,message", [

@@ -1,7 +1,7 @@
-"""The prompt contract (promptopt.prompt_contract): the requests that the worker's own code renders parse back into
-what the worker meant to ask, and the simulated LLM answers them; gepa 0.1.4's own reflection prompt, built from
-the records our GEPA adapter made, too (so a gepa upgrade that changes its wording or its rendering of the records
-fails here, not in a benchmark run)."""
+"""The prompt contract (promptopt.prompt_contract) round trip: the requests that the worker's own code renders parse
+back (promptopt.simulated_llm.requests) into what the worker meant to ask, and the simulated LLM answers them; gepa's
+own reflection prompt, built from the records our GEPA adapter made, too (so a gepa upgrade that changes its wording
+or its rendering of the records fails here, not in a benchmark run)."""
 import json
 
 from gepa.proposer.reflective_mutation.reflection_lm import StatelessReflectionLM
@@ -10,7 +10,6 @@ from gepa.strategies.instruction_proposal import InstructionProposalSignature
 from promptopt.api.v1alpha1 import OptimizerSpec, ScorerSpec, TaskSpec
 from promptopt.prompt_contract import (
     CORRECTNESS_QUESTION,
-    GEPA_REFLECTION_MARKERS,
     GUIDELINES_QUESTION,
     JUDGE_SYSTEM_MESSAGE,
     METAPROMPT_SYSTEM_MESSAGE,
@@ -18,10 +17,6 @@ from promptopt.prompt_contract import (
     JudgeRequest,
     MetaPromptExample,
     MetaPromptRequest,
-    ReflectionExample,
-    parse_judge_request,
-    parse_metaprompt_request,
-    parse_reflection_request,
 )
 from promptopt.simulated_llm import (
     JUDGE_MODEL,
@@ -33,6 +28,14 @@ from promptopt.simulated_llm import (
     TASK_MODEL,
     respond,
     sentiment_dataset,
+)
+from promptopt.simulated_llm.requests import (
+    GEPA_REFLECTION_MARKERS,
+    ReflectionExample,
+    parse_feedback,
+    parse_judge_request,
+    parse_metaprompt_request,
+    parse_reflection_request,
 )
 from promptopt_worker.evaluation import TaskEvaluator
 from promptopt_worker.gepa_optimizer import EvaluatorAdapter
@@ -113,7 +116,7 @@ def test_the_feedback_of_a_scored_output_parses_back_into_its_verdicts():
     result = ScoredOutput(Example(0, INPUTS, {}), "Positive", {"exact": 0.0, "judge: strict": 0.5, "lower": 1.0},
                           {"exact": "no match", "judge: strict": "two lines:\nthe second"}, 0.0,
                           failure="the judge of scorer 'other' gave no verdict\n(asked 3 times)")
-    assert Feedback.parse(result.feedback()) == Feedback(result.scores, result.rationales, result.failure)
+    assert parse_feedback(result.feedback()) == Feedback(result.scores, result.rationales, result.failure)
 
 
 class Quiet:

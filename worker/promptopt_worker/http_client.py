@@ -1,5 +1,6 @@
 """The worker's HTTP client for the calls it makes directly (OpenAI-compatible models, the job's services): pooled
-connections, and a failure to connect or answer in time raised as the transient CallFailed the LLM client retries."""
+connections, a failure to connect or answer in time raised as the transient CallFailed the LLM client retries, and an
+error status classified the same way for both."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from promptopt_worker.llm_call import UNREACHABLE, CallFailed
+from promptopt_worker.llm_call import OVERLOADED, UNREACHABLE, CallFailed, retry_after_s, transient_status
 
 
 class PooledPoster:
@@ -39,3 +40,11 @@ class PooledPoster:
                 if client is None:
                     client = self._clients[pool] = httpx.Client(limits=self._limits, follow_redirects=False)
         return client
+
+
+def failure_for_status(response: httpx.Response, said: str, hint: str) -> CallFailed:
+    """An error answer: transient for 408, 409, 429 and 5xx (with the wait it asks for), else permanent with `hint`,
+    what to fix; `said` is what the server said."""
+    if transient_status(response.status_code):
+        return CallFailed(True, OVERLOADED, said, retry_after_s(response.headers))
+    return CallFailed(False, hint, said)

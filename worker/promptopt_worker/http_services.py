@@ -15,12 +15,11 @@ from typing import Any, Protocol, TypeVar
 
 
 from promptopt.api.v1alpha1 import HttpHeader, TaskSpec
-from promptopt.service_contract import VERSION, ContractError, ProgramAnswer, ProgramRequest, ScoreAnswer
-from promptopt_worker.http_client import PooledPoster
-from promptopt_worker.llm_call import (
-    OVERLOADED, CallFailed, ChatAnswer, Metered, ModelEndpoint, retry_after_s,
-    transient_status,
+from promptopt.service_contract import (
+    VERSION, ContractError, ProgramAnswer, ProgramRequest, ScoreAnswer, ServiceMessage, ServicePrompt,
 )
+from promptopt_worker.http_client import PooledPoster, failure_for_status
+from promptopt_worker.llm_call import CallFailed, ChatAnswer, Metered, ModelEndpoint
 from promptopt_worker.problem import Candidate, Example, InvalidInput, PromptTemplate
 from promptopt_worker.redaction import add_secrets
 from promptopt_worker.templates import messages
@@ -72,9 +71,7 @@ class ServiceCaller:
         response = self._poster.post(endpoint.model, endpoint.model, body, headers, endpoint.timeout_s)
         said = f"HTTP {response.status_code}: {response.text[:ANSWER_QUOTE_LIMIT] or response.reason_phrase}"
         if response.status_code >= 400:
-            if transient_status(response.status_code):
-                raise CallFailed(True, OVERLOADED, said, retry_after_s(response.headers))
-            raise CallFailed(False, SERVICE_HINTS.get(response.status_code, SERVICE_REFUSED), said)
+            raise failure_for_status(response, said, SERVICE_HINTS.get(response.status_code, SERVICE_REFUSED))
         try:
             return read(response.json())
         except ContractError as error:
@@ -110,9 +107,10 @@ class HttpProgram:
 
     def output(self, candidate: Candidate, example: Example) -> str:
         request = ProgramRequest(
-            prompts=[{"name": p.name, "role": p.role, "template": candidate[p.name]} for p in self.prompts],
-            messages=messages(self.prompts, candidate, example.inputs, record=example.index),
-            inputs=example.inputs,
+            prompts=[ServicePrompt(name=p.name, role=p.role, template=candidate[p.name]) for p in self.prompts],
+            messages=[ServiceMessage(**message)
+                      for message in messages(self.prompts, candidate, example.inputs, record=example.index)],
+            inputs=dict(example.inputs),
         )
         return self.client.post(self.endpoint, self.headers, request.to_json(), read_program_answer).text
 

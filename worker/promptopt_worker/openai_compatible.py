@@ -23,19 +23,16 @@ from typing import Any
 
 import httpx
 
-from promptopt_worker.http_client import PooledPoster
+from promptopt_worker.http_client import PooledPoster, failure_for_status
 from promptopt_worker.llm_call import (
     CONTEXT_WINDOW,
     KEY_REJECTED,
     NO_ACCESS,
     NOT_FOUND,
-    OVERLOADED,
     REQUEST_REJECTED,
     CallFailed,
     ChatAnswer,
     ModelEndpoint,
-    retry_after_s,
-    transient_status,
 )
 
 PROVIDER_PREFIX = "openai/"
@@ -116,8 +113,8 @@ def request_headers(endpoint: ModelEndpoint) -> dict[str, str]:
 
 
 def status_failure(response: httpx.Response) -> CallFailed:
-    """An error answer, classified: worth retrying (408, 409, 429, 5xx, with the wait it asks for) or not, and the
-    hint for what to fix."""
+    """An error answer, classified: worth retrying or not, and the hint for what to fix (OpenAI's error code tells a
+    prompt past the context window)."""
     status = response.status_code
     try:
         error = response.json().get("error") or {}
@@ -126,11 +123,8 @@ def status_failure(response: httpx.Response) -> CallFailed:
     if not isinstance(error, dict):
         error = {"message": str(error)}
     said = f"HTTP {status}: {error.get('message') or response.text[:500] or response.reason_phrase}"
-    if transient_status(status):
-        return CallFailed(True, OVERLOADED, said, retry_after_s(response.headers))
-    if error.get("code") in _CONTEXT_WINDOW_CODES:
-        return CallFailed(False, CONTEXT_WINDOW, said)
-    return CallFailed(False, _HINTS.get(status, REQUEST_REJECTED), said)
+    hint = CONTEXT_WINDOW if error.get("code") in _CONTEXT_WINDOW_CODES else _HINTS.get(status, REQUEST_REJECTED)
+    return failure_for_status(response, said, hint)
 
 
 def chat_answer(endpoint: ModelEndpoint, response: httpx.Response) -> ChatAnswer:

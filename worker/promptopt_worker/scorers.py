@@ -194,7 +194,8 @@ class Webhook(Scorer):
         self.client = client
 
     def verdict(self, example: Example, output: str) -> tuple[Any, str]:
-        request = ScoreRequest(self.key, example.inputs, output, example.expectations)
+        request = ScoreRequest(scorer=self.key, inputs=dict(example.inputs), outputs=output,
+                               expectations=dict(example.expectations))
         answer = self.client.post(self.endpoint, self.headers, request.to_json(), read_webhook_verdict)
         return answer.score, answer.rationale
 
