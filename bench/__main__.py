@@ -31,7 +31,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("operator", "queue", "optimization")  # the default run
 OPT_IN = ("real-model",)  # run only when named with --only
 QUICK = {"jobs": 5, "queue_jobs": 10, "queue_limit": 3, "large_queue_jobs": 12, "large_queue_limit": 4,
-         "metric_calls": 20, "records": 8, "latency": 0.02, "real_train": 6, "real_test": 6, "real_metric_calls": 20}
+         "memory_jobs": 6, "memory_job_kib": 64, "metric_calls": 20, "records": 8, "latency": 0.02, "real_train": 6,
+         "real_test": 6, "real_metric_calls": 20}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +44,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="jobs of the queue benchmark's larger run (5000; 0: none)")
     parser.add_argument("--large-queue-limit", type=int, default=200,
                         help="--max-running-jobs of the larger run (200)")
+    parser.add_argument("--memory-jobs", type=int, default=200,
+                        help="jobs of the memory comparison, small and then large, at --queue-limit (200; 0: none)")
+    parser.add_argument("--memory-job-kib", type=int, default=1024,
+                        help="KiB of inline records in each large job of the memory comparison (1024)")
     parser.add_argument("--metric-calls", type=int, default=200, help="GEPA max_metric_calls (200)")
     parser.add_argument("--records", type=int, default=30, help="records of the classification dataset (30)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per simulated LLM call (0.1)")
@@ -104,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if chosen & {"operator", "queue"}:
         operator_config = operator_load.OperatorConfig(
             jobs=args.jobs, queue_jobs=args.queue_jobs, queue_limit=args.queue_limit,
-            large_queue_jobs=args.large_queue_jobs, large_queue_limit=args.large_queue_limit, timeout_s=args.timeout,
+            large_queue_jobs=args.large_queue_jobs, large_queue_limit=args.large_queue_limit,
+            memory_jobs=args.memory_jobs, memory_job_kib=args.memory_job_kib, timeout_s=args.timeout,
             queue_timeout_s=args.queue_timeout, skip_latency="operator" not in chosen,
             skip_queue=args.skip_queue or "queue" not in chosen,
             servers=tuple(operator_load.SERVERS) if args.api == "both" else (args.api,))

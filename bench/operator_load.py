@@ -14,6 +14,8 @@ Scenarios (each on a fresh cluster of the server given):
   (N / first create → last Pod); the operator's peak RSS (VmHWM). Run for ours and for the kopf floor.
 - queue: M jobs with --max-running-jobs L, Pods that exit 0 at once: every job Succeeded, exactly one Pod
   per job, never more than L at once, Pods created in creation order; wall time, jobs/s, peak RSS.
+- memory: the queue scenario with small jobs, then with jobs of about a MiB of inline records: the operator's
+  peak RSS should not grow with what users put in specs.
 """
 from __future__ import annotations
 
@@ -57,6 +59,10 @@ class OperatorConfig:
     queue_limit: int = 50
     large_queue_jobs: int = 5000  # the same scenario at another scale (0: not run)
     large_queue_limit: int = 200
+    # Memory by job size: the queue scenario at --queue-limit with this many small jobs, then as many of about
+    # memory_job_kib KiB of inline records each (0 jobs: not run).
+    memory_jobs: int = 200
+    memory_job_kib: int = 1024
     timeout_s: float = 600.0  # the latency scenarios' longest wait
     queue_timeout_s: float = 900.0  # the queue scenario reports what finished by then
     skip_latency: bool = False
@@ -291,28 +297,31 @@ def observing(api: Api) -> Iterator[Observer]:
             thread.join(10)
 
 
-def job_manifest(name: str) -> dict[str, Any]:
-    """A small valid GEPA job; its worker never calls a model (the kubelet runs a trivial command)."""
+def job_manifest(name: str, kib: int = 0) -> dict[str, Any]:
+    """A small valid GEPA job; its worker never calls a model (the kubelet runs a trivial command). With `kib`, inline
+    records make it about that many KiB, as a dataset pasted into the spec does."""
+    records = [{"inputs": {"review": "I love it."}, "expectations": {"expected_response": "positive"}},
+               {"inputs": {"review": "I hate it."}, "expectations": {"expected_response": "negative"}}]
+    if kib:
+        record = {"inputs": {"review": "It is fine. " * 40}, "expectations": {"expected_response": "neutral"}}
+        records = [record] * (kib * 1024 // len(json.dumps(record)))
     return {
         "apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": name},
         "spec": {
             "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect", "gepa": {"maxMetricCalls": 10}},
             "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
             "task": {"model": "openai/sim-task", "apiBase": "http://127.0.0.1:9/v1"},
-            "dataset": {"records": [
-                {"inputs": {"review": "I love it."}, "expectations": {"expected_response": "positive"}},
-                {"inputs": {"review": "I hate it."}, "expectations": {"expected_response": "negative"}},
-            ]},
+            "dataset": {"records": records},
             "scorers": [{"name": "ExactMatch"}],
         },
     }
 
 
-def create_jobs(api: Api, observer: Observer, names: list[str]) -> None:
+def create_jobs(api: Api, observer: Observer, names: list[str], kib: int = 0) -> None:
     """Create every job as fast as one client can, in order (each one's clock starts as its request leaves)."""
     for name in names:
         observer.created[name] = time.monotonic()
-        api.request("POST", JOBS_PATH, job_manifest(name))
+        api.request("POST", JOBS_PATH, job_manifest(name, kib))
 
 
 def cancel_jobs(api: Api, observer: Observer, names: list[str]) -> None:
@@ -396,8 +405,9 @@ def latency_scenario(server: type[ApiServer], which: str, jobs: int, timeout: fl
 
 
 def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: float,
-                   progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+                   progress: Callable[[str], None] = lambda _: None, kib: int = 0) -> dict[str, Any]:
     """M jobs at once, at most `limit` running, Pods that succeed at once: all finish, one Pod each, in order.
+    `kib`: jobs of about that many KiB (job_manifest), else small ones.
 
     A run that outlasts `timeout` is a result too: what finished by then, and how fast, is reported.
     """
@@ -408,7 +418,7 @@ def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: floa
                 observing(cluster.api) as seen:
             cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
             started = time.monotonic()
-            create_jobs(cluster.api, seen, names)
+            create_jobs(cluster.api, seen, names, kib)
             finished = lambda: seen.jobs_in("Succeeded") + seen.jobs_in("Failed")  # noqa: E731
             deadline, next_note = started + timeout, started + 60
             while finished() < jobs and time.monotonic() < deadline and process.poll() is None:
@@ -451,6 +461,7 @@ def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: floa
         return {
             "server": cluster.server.describe(),
             "jobs": jobs,
+            "job_kib": len(json.dumps(job_manifest(names[0], kib))) / 1024,
             "limit": limit,
             "timeout_s": timeout,
             "timed_out": timed_out,
@@ -513,6 +524,12 @@ def on_server(server: type[ApiServer], config: OperatorConfig, progress: Callabl
                      "at most)")
             results["large_queue"] = queue_scenario(server, config.large_queue_jobs, config.large_queue_limit,
                                                     config.queue_timeout_s, progress)
+        for scenario, kib in (("memory_small", 0), ("memory_large", config.memory_job_kib)):
+            if config.memory_jobs:
+                progress(f"operator ({server.mode} API server): {config.memory_jobs} jobs of "
+                         f"{'about ' + str(kib) if kib else 'a few'} KiB, at most {config.queue_limit} running")
+                results[scenario] = queue_scenario(server, config.memory_jobs, config.queue_limit,
+                                                   config.queue_timeout_s, progress, kib)
     return results
 
 

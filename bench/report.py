@@ -19,6 +19,8 @@ START_TO_FIRST_REQUEST_S = 1.0
 REPORT_TO_EXIT_S = 0.3
 CPU_PER_CALL_MS = 2.0
 PEAK_RSS_MIB = 150
+# The target of issue #24: the operator's peak RSS with ~1 MiB jobs at most this many times that with small ones.
+RSS_LARGE_VS_SMALL_JOBS = 1.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,32 @@ def queue_section(queue: dict[str, Any]) -> Section:
                    f"--max-running-jobs {limit}, Pods that exit at once", "", rows)
 
 
+def memory_section(small: dict[str, Any], large: dict[str, Any]) -> Section:
+    """The same queue with small jobs (the reference) and with large ones: what the jobs' size costs."""
+
+    def finished(queue: dict[str, Any]) -> str:
+        return f"{queue['succeeded']} / {queue['jobs']} ({queue['failed']} / {queue['duplicated']})"
+
+    rss = ratio(large["peak_rss_mib"], small["peak_rss_mib"])
+    correct = all(q["succeeded"] == q["jobs"] and q["duplicated"] == q["without_pod"] == 0 for q in (small, large))
+    small_cpu, large_cpu = small["cpu_seconds"]["operator"], large["cpu_seconds"]["operator"]
+    rows = [
+        Row("operator peak RSS (MiB, VmHWM)", f"{large['peak_rss_mib']:.0f}", f"{small['peak_rss_mib']:.0f}",
+            times(rss), target=f"≤ {RSS_LARGE_VS_SMALL_JOBS}× small jobs",
+            result=verdict(rss is not None and rss <= RSS_LARGE_VS_SMALL_JOBS)),
+        Row("jobs Succeeded (Failed / duplicated)", finished(large), finished(small), target="all (0 / 0)",
+            result=verdict(correct)),
+        Row("wall time, first create → last Succeeded (s)", f"{large['wall_s']:.1f}", f"{small['wall_s']:.1f}",
+            times(ratio(large["wall_s"], small["wall_s"]))),
+        Row("operator CPU (s)", f"{large_cpu:.1f}", f"{small_cpu:.1f}", times(ratio(large_cpu, small_cpu))),
+        Row("operator API requests per job", f"{large['api_requests']['operator_per_job']:.1f}",
+            f"{small['api_requests']['operator_per_job']:.1f}"),
+    ]
+    return Section(f"Operator memory on {large['server']['title']}: {large['jobs']} jobs of {large['job_kib']:,.0f} "
+                   f"KiB created at once, --max-running-jobs {large['limit']}, Pods that exit at once",
+                   f"the same with jobs of {small['job_kib']:.1f} KiB", rows)
+
+
 def optimization_section(results: dict[str, Any]) -> Section:
     config, ours, peer = results["config"], results["ours"], results["mlflow"]
     available = peer.get("available", False)
@@ -204,6 +232,8 @@ def sections(results: dict[str, Any]) -> list[Section]:
         if "ours" in run:
             found.append(operator_section(run))
         found.extend(queue_section(run[scenario]) for scenario in ("queue", "large_queue") if scenario in run)
+        if "memory_large" in run:
+            found.append(memory_section(run["memory_small"], run["memory_large"]))
     if "optimization" in results:
         found.append(optimization_section(results["optimization"]))
         found.append(worker_process_section(results["optimization"]))

@@ -27,6 +27,69 @@ from promptopt_operator.conditions import READY, SPEC_APPLIED, condition_status,
 from promptopt_operator.pods import WorkerPod, label_value, pod_name
 from promptopt_operator.settings import OperatorSettings
 
+
+@dataclass(frozen=True)
+class SpecView:
+    """What decisions read of one generation of a job's spec. The inline records and prompt templates are left out:
+    they grow with what users put in a spec (over a MiB a job), only the worker reads them, and the operator keeps
+    every job between events. What decisions need of them is measured before they are dropped."""
+
+    # Without inline records and templates (so its own run_hash() is not the job's); None when the spec is invalid.
+    spec: PromptOptimizationJobSpec | None
+    problems: tuple[str, ...]
+    run_hash: str | None  # spec.run_hash() of the whole spec: the fingerprint a started job holds to
+    template_bytes: int  # the inline templates, whose optimized versions go into the status
+    json_bytes: int  # the spec as JSON, a part of the object's size
+
+
+def view_spec(raw: Mapping[str, Any] | None) -> SpecView:
+    size = len(json.dumps(raw, separators=(",", ":")))
+    try:
+        spec = parse_spec(raw)
+    except InvalidSpec as invalid:
+        return SpecView(None, tuple(invalid.problems), None, 0, size)
+    templates = sum(len((p.template or "").encode()) for p in spec.prompts)
+    slim = spec.model_copy(update={"prompts": [p.model_copy(update={"template": None}) for p in spec.prompts]})
+    if spec.dataset is not None:
+        slim = slim.model_copy(update={"dataset": spec.dataset.model_copy(update={"records": None})})
+    return SpecView(slim, (), spec.run_hash(), templates, size)
+
+
+# What the operator reads of a job's metadata: decisions, its writes (resourceVersion), its Events and its Pods' owner
+# references and labels (kopf.adopt). Not kept: managedFields, and annotations, where `kubectl apply` keeps a copy
+# of the whole spec.
+KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",
+                 "deletionTimestamp", "labels")
+
+
+@dataclass(frozen=True)
+class SlimJob:
+    """A job as the operator keeps it between events: its body without the spec and with KEPT_METADATA only
+    (apiVersion, kind, metadata and status), the view of its spec, and the whole object's size."""
+
+    body: dict[str, Any]
+    spec: SpecView
+    size_bytes: int
+
+
+def slim_job(body: Mapping[str, Any], previous: SlimJob | None = None) -> SlimJob:
+    """The job to keep from a body (a watch event's or a write's response). A spec is parsed once per generation:
+    `previous`'s view is kept when the body is the same object at the same generation (a status write's response,
+    the worker's progress)."""
+    metadata = body["metadata"]
+    if previous is not None and all(previous.body["metadata"].get(key) == metadata.get(key)
+                                    for key in ("uid", "generation")):
+        view = previous.spec
+    else:
+        view = view_spec(body.get("spec"))
+    rest = {key: value for key, value in body.items() if key != "spec"}
+    # The size of the body as JSON, without serializing the spec again: its place holds `"spec":<spec>`.
+    size = len(json.dumps(rest, separators=(",", ":"))) + (len(',"spec":') + view.json_bytes if "spec" in body
+                                                            else 0)
+    rest["metadata"] = {key: metadata[key] for key in KEPT_METADATA if key in metadata}
+    return SlimJob(rest, view, size)
+
+
 @dataclass(frozen=True)
 class Job:
     """The plain data of a PromptOptimizationJob that decisions need."""
@@ -34,24 +97,26 @@ class Job:
     name: str
     generation: int
     deleting: bool
-    spec: PromptOptimizationJobSpec | None  # None when the spec is invalid
+    spec: PromptOptimizationJobSpec | None  # None when the spec is invalid; without inline records and templates
     spec_problems: Sequence[str]
     status: PromptOptimizationJobStatus
+    run_hash: str | None = None  # the whole spec's fingerprint (None when it is invalid)
     size_bytes: int = 0  # the whole object as JSON: it must fit in the API's object size limit with its status
+    template_bytes: int = 0  # the inline templates
     labels: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Job:
         """A job as the API returns it; an invalid spec becomes spec None with the problems named."""
-        problems: tuple[str, ...] = ()
-        try:
-            spec = parse_spec(body.get("spec"))
-        except InvalidSpec as invalid:
-            spec, problems = None, tuple(invalid.problems)
-        metadata = body["metadata"]
+        return cls.from_slim(slim_job(body))
+
+    @classmethod
+    def from_slim(cls, job: SlimJob) -> Job:
+        metadata = job.body["metadata"]
         return cls(name=metadata["name"], generation=int(metadata.get("generation") or 1),
-                   deleting=bool(metadata.get("deletionTimestamp")), spec=spec, spec_problems=problems,
-                   status=read_status(body.get("status")), size_bytes=len(json.dumps(body, separators=(",", ":"))),
+                   deleting=bool(metadata.get("deletionTimestamp")), spec=job.spec.spec,
+                   spec_problems=job.spec.problems, status=read_status(job.body.get("status")),
+                   run_hash=job.spec.run_hash, size_bytes=job.size_bytes, template_bytes=job.spec.template_bytes,
                    labels=metadata.get("labels") or {})
 
 
@@ -202,7 +267,7 @@ def _next_step(
     if attempts == 0:
         if too_large := _too_large(job, settings):
             return _NextStep("Failed", "JobTooLarge", too_large)
-        return _first_attempt(spec, slot, now)
+        return _first_attempt(job, slot, now)
     if current is None or current.attempt < attempts:
         # The Pod of the latest attempt is gone before it finished (deleted by hand, evicted, lost node).
         return _after_failure(spec, status, attempts, now, settings, f"worker Pod of attempt {attempts} disappeared",
@@ -224,9 +289,7 @@ def _too_large(job: Job, settings: OperatorSettings) -> str | None:
     """Why the job cannot work, if its status would not fit beside it: the API server stores an object whole,
     and a status write that takes it over the limit fails, losing the result. The optimized prompts go into
     the status, and GEPA may lengthen them: room for twice the inline templates is kept."""
-    assert job.spec is not None
-    templates = sum(len((p.template or "").encode()) for p in job.spec.prompts)
-    needed = job.size_bytes + STATUS_BASE_BYTES + 2 * templates
+    needed = job.size_bytes + STATUS_BASE_BYTES + 2 * job.template_bytes
     if needed <= settings.max_object_bytes:
         return None
     return (f"the job is {job.size_bytes / 2**20:.2f} MiB and its status needs up to "
@@ -235,14 +298,14 @@ def _too_large(job: Job, settings: OperatorSettings) -> str | None:
             "(spec.dataset.configMapKeyRef), use fewer records, or shorten spec.prompts[].template")
 
 
-def _first_attempt(spec: PromptOptimizationJobSpec, slot: Slot, now: datetime) -> _NextStep:
+def _first_attempt(job: Job, slot: Slot, now: datetime) -> _NextStep:
     if not slot.may_start:
         fields = {} if slot.position is None else {"queuePosition": slot.position}
         return _NextStep("Queued", "Queued", "waiting for a free slot in the operator's queue (see queuePosition)",
                      fields=fields)
     return _NextStep("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
                  fields={"attempts": 1, "startTime": format_time(now), "queuePosition": None,
-                         "specHash": spec.run_hash()})
+                         "specHash": job.run_hash})
 
 
 def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _NextStep:
@@ -438,9 +501,9 @@ def _refusal_advice(namespace: str, refusal: str, settings: OperatorSettings) ->
 
 def _spec_applied(job: Job, started_hash: str | None) -> tuple[bool, str, str] | None:
     """Whether the running job still runs the current spec (None before it starts)."""
-    if started_hash is None or job.spec is None:
+    if started_hash is None or job.run_hash is None:
         return None
-    if job.spec.run_hash() == started_hash:
+    if job.run_hash == started_hash:
         return True, "SpecUnchanged", "the job runs its current spec"
     return (False, "SpecChangedAfterStart",
             "the spec changed after the job started and is not applied to it (only cancel and "

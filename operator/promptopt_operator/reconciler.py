@@ -27,7 +27,9 @@ from promptopt.api.v1alpha1 import TERMINAL_PHASES, WAITING_PHASES, read_status
 from promptopt.worker_contract import PERMANENT_FAILURES
 
 from promptopt_operator.kube import KubeClient, PodRefused, Refused, StaleJob
-from promptopt_operator.lifecycle import Decision, Event, Job, Slot, decide, pod_refused, reconcile_error_delay
+from promptopt_operator.lifecycle import (
+    Decision, Event, Job, SlimJob, Slot, decide, pod_refused, reconcile_error_delay, slim_job,
+)
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.output import (
     SETTLED_REASONS, DeliveryOutcome, OutputPlan, conflict, foreign_owner, output_plan, output_status,
@@ -98,8 +100,9 @@ class Reconciler:
         # decision_inputs of each job as the last reconcile left it, and observe_pod of each Pod last seen.
         self._decided: dict[JobKey, tuple] = {}
         self._pods_seen: dict[tuple[str, str], WorkerPod] = {}
-        # Each job's latest body: from its watch events and from the responses to our own status writes.
-        self._bodies: dict[JobKey, dict[str, Any]] = {}
+        # Each job as last seen, from its watch events and from the responses to our own writes: slim_job's form,
+        # without the inline records and templates, so that memory does not grow with what users put in specs.
+        self._bodies: dict[JobKey, SlimJob] = {}
         # Output writes (spec.output) of each ended job that failed in a row: their retries back off.
         self._output_failures: dict[JobKey, int] = {}
 
@@ -109,9 +112,13 @@ class Reconciler:
         return [entry for store in self.index.values() for entry in store]
 
     def job_seen(self, key: JobKey, body: dict[str, Any]) -> bool:
-        """Keep the job's latest body; whether it says something a decision has not taken into account yet."""
-        self._bodies[key] = body
-        return self._decided.get(key) != decision_inputs(body)
+        """Keep the job as last seen; whether it says something a decision has not taken into account yet."""
+        return self._decided.get(key) != decision_inputs(self._keep(key, body).body)
+
+    def _keep(self, key: JobKey, body: dict[str, Any]) -> SlimJob:
+        """Keep the job as a watch event or a write's response shows it (its spec parsed once per generation)."""
+        kept = self._bodies[key] = slim_job(body, self._bodies.get(key))
+        return kept
 
     def pod_changed(self, namespace: str, pod: dict[str, Any], deleted: bool) -> bool:
         """Whether a Pod event says something new (the kubelet also writes what no decision reads)."""
@@ -248,19 +255,19 @@ class Reconciler:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
     async def _reconcile(self, key: JobKey, queue_position: int | None) -> None:
-        body = self._bodies.get(key)
-        if body is None:
+        kept = self._bodies.get(key)
+        if kept is None:
             return  # gone, or not seen yet (a Pod's event before its job's, after a restart): its job's event decides
         try:
-            await self._decide_and_act(key, body, queue_position)
+            await self._decide_and_act(key, kept, queue_position)
         except StaleJob:
             # A write crossed the body we decided on (the worker's report, a user's edit): the watch brings the job
             # as it is now, and its event is reconciled whatever it says.
             logger.debug("%s/%s changed under a decision; deciding again on its next event", *key)
             self._decided.pop(key, None)
 
-    async def _decide_and_act(self, key: JobKey, body: dict[str, Any], queue_position: int | None) -> None:
-        job = Job.from_body(body)
+    async def _decide_and_act(self, key: JobKey, kept: SlimJob, queue_position: int | None) -> None:
+        job = Job.from_slim(kept)
         pods = self._pods_of(key)
         slot = Slot(may_start=False)
         if not job.status.attempts and job.status.phase in WAITING_PHASES:
@@ -272,34 +279,35 @@ class Reconciler:
                     slot = Slot(slot.may_start)
         decision = decide(job, pods, datetime.now(UTC), self.settings, slot)
         try:
-            await self._act(key, body, job, decision)
+            await self._act(key, kept, job, decision)
         except PodRefused as refused:
             # The Pod create comes first in _act: nothing else was done. Say it, and leave the count of refusals in a
             # row to reconcile(), which resets it only on success.
             self._errors[key] = self._errors.get(key, 0) + 1
             logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", *key, self._errors[key], refused)
             assert decision.create_attempt is not None
-            await self._act(key, body, job, pod_refused(job, key[0], decision.create_attempt, str(refused),
+            await self._act(key, kept, job, pod_refused(job, key[0], decision.create_attempt, str(refused),
                                                         datetime.now(UTC), self.settings, self._errors[key]))
             raise
 
-    async def _act(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
+    async def _act(self, key: JobKey, kept: SlimJob, job: Job, decision: Decision) -> None:
         namespace, name = key
+        body = kept.body
         if decision.create_attempt is not None:
             await self._create_pod(key, body, job, decision)
         for pod in decision.delete_pods:
             await self.kube.delete_pod(namespace, pod, self.settings.worker_grace_period_seconds)
-        written = body
+        written = kept
         if decision.status:
             patched = await self.kube.patch_job_status(namespace, name, decision.status,
                                                        body["metadata"]["resourceVersion"])
             if patched is None or key not in self._bodies:  # deleted (and forgotten) while this reconcile ran
                 self.forget(key)
                 return
-            written = self._bodies[key] = patched
+            written = self._keep(key, patched)
             self._count_failure(job, decision)
         delivers = job.spec is not None and (job.spec.output or job.spec.mlflow) and not job.deleting
-        if delivers and (written.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        if delivers and (written.body.get("status") or {}).get("phase") in TERMINAL_PHASES:
             written = await self._deliver_ending(key, body["metadata"]["uid"], written)
             if key not in self._bodies:
                 return
@@ -308,8 +316,8 @@ class Reconciler:
             if labelled is None or key not in self._bodies:
                 self.forget(key)
                 return
-            written = self._bodies[key] = labelled
-        self._decided[key] = decision_inputs(written)
+            written = self._keep(key, labelled)
+        self._decided[key] = decision_inputs(written.body)
         for event in decision.events:
             self.post_event(body, event)
         if decision.delete_job:
@@ -317,22 +325,22 @@ class Reconciler:
         if decision.recheck_after is not None:
             self._recheck(key, decision.recheck_after)
 
-    async def _deliver_ending(self, key: JobKey, uid: str, written: dict[str, Any]) -> dict[str, Any]:
+    async def _deliver_ending(self, key: JobKey, uid: str, written: SlimJob) -> SlimJob:
         """What an ended job delivers: its output (spec.output) and the condition of its MLflow registration; the
         job as written."""
-        ended = Job.from_body(written)
+        ended = Job.from_slim(written)
         worker_running = any(not pod.finished for pod in self._pods_of(key))
         if (output := output_plan(ended, uid, worker_running)) is not None:
             written = await self._deliver(key, written, ended, output)
             if key not in self._bodies:
                 return written
-            ended = Job.from_body(written)
+            ended = Job.from_slim(written)
         if (registered := registration_outcome(ended)) is not None:
             written = await self._record_delivery(key, written, registered,
                                       registration_status(ended, registered, format_time(datetime.now(UTC))))
         return written
 
-    async def _deliver(self, key: JobKey, body: dict[str, Any], job: Job, plan: OutputPlan) -> dict[str, Any]:
+    async def _deliver(self, key: JobKey, kept: SlimJob, job: Job, plan: OutputPlan) -> SlimJob:
         """Write the ended job's output (spec.output), record the outcome in its status and say it in an Event; the
         job as written. A write the API refused or failed is tried again, backing off."""
         namespace, name = key
@@ -347,7 +355,7 @@ class Reconciler:
                         await self.kube.replace_config_map(namespace, plan.name, replacement(plan, existing))
             except Refused as error:
                 outcome = write_failed(plan, str(error))
-        patched = await self._record_delivery(key, body, outcome,
+        patched = await self._record_delivery(key, kept, outcome,
                                               output_status(job, plan, outcome, format_time(datetime.now(UTC))))
         if outcome.reason in SETTLED_REASONS:
             self._output_failures.pop(key, None)
@@ -356,21 +364,21 @@ class Reconciler:
             self._recheck(key, reconcile_error_delay(self._output_failures[key]))
         return patched
 
-    async def _record_delivery(self, key: JobKey, body: dict[str, Any], outcome: DeliveryOutcome,
-                               patch: dict[str, Any]) -> dict[str, Any]:
+    async def _record_delivery(self, key: JobKey, kept: SlimJob, outcome: DeliveryOutcome,
+                               patch: dict[str, Any]) -> SlimJob:
         """Write an ended job's delivery outcome into its status and post it as an Event; the job as written."""
-        patched = await self.kube.patch_job_status(*key, patch, body["metadata"]["resourceVersion"])
+        patched = await self.kube.patch_job_status(*key, patch, kept.body["metadata"]["resourceVersion"])
         if patched is None or key not in self._bodies:
             self.forget(key)
-            return body
-        self._bodies[key] = patched
-        self.post_event(body, Event("Normal" if outcome.written else "Warning", outcome.reason, outcome.message))
-        return patched
+            return kept
+        written = self._keep(key, patched)
+        self.post_event(kept.body, Event("Normal" if outcome.written else "Warning", outcome.reason, outcome.message))
+        return written
 
     async def _create_pod(self, key: JobKey, body: dict[str, Any], job: Job, decision: Decision) -> None:
         namespace, name = key
-        assert job.spec is not None and decision.create_attempt is not None
-        spec_hash = job.status.spec_hash or decision.status.get("specHash") or job.spec.run_hash()
+        assert job.spec is not None and job.run_hash is not None and decision.create_attempt is not None
+        spec_hash = job.status.spec_hash or decision.status.get("specHash") or job.run_hash
         manifest = worker_pod_manifest(name, body["metadata"]["uid"], job.spec, decision.create_attempt,
                                        self.settings, decision.pod_active_deadline, spec_hash)
         kopf.adopt(manifest, owner=cast(kopf.Body, body))

@@ -28,6 +28,10 @@ QUEUE_ROWS = [
     "queue order", "wall time, first create → last Succeeded (s)", "end-to-end throughput (jobs/s)",
     "jobs Succeeded by minute", "operator peak RSS (MiB, VmHWM)", "operator API requests per job",
 ]
+MEMORY_ROWS = [
+    "operator peak RSS (MiB, VmHWM)", "jobs Succeeded (Failed / duplicated)",
+    "wall time, first create → last Succeeded (s)", "operator CPU (s)", "operator API requests per job",
+]
 OPTIMIZATION_ROWS = [
     "wall time (s)", "bound (s)", "wall time / bound", "wall time / critical path", "LLM calls task / judge",
     "evaluations / cache hits", "CPU in the optimizing process (s)", "final score (own report)",
@@ -41,7 +45,7 @@ TARGET_ROWS = ["create → Pod created, p99 (ms)", "jobs Succeeded", "jobs Faile
                "most worker Pods at once", "queue order", "wall time / bound", "wall time / critical path",
                "final score, best prompt rescored on all records", "speed-up vs MLflow",
                "process start → first LLM request (s)", "result written → process exit (s)", "CPU per LLM call",
-               "peak RSS (MiB)", "operator API requests per job"]
+               "peak RSS (MiB)", "operator API requests per job", "operator peak RSS (MiB, VmHWM)"]
 
 
 def operator_rows(server: str, api_cpu: str) -> dict[str, list[str]]:
@@ -50,7 +54,8 @@ def operator_rows(server: str, api_cpu: str) -> dict[str, list[str]]:
             f"Operator queue on {server}: 10 jobs created at once, --max-running-jobs 3":
                 [*QUEUE_ROWS, f"operator / {api_cpu} CPU (s)"],
             f"Operator queue on {server}: 12 jobs created at once, --max-running-jobs 4":
-                [*QUEUE_ROWS, f"operator / {api_cpu} CPU (s)"]}
+                [*QUEUE_ROWS, f"operator / {api_cpu} CPU (s)"],
+            f"Operator memory on {server}: 6 jobs of": MEMORY_ROWS}
 
 
 def run_quick(tmp_path: Path, *flags: str) -> tuple[dict, str]:
@@ -85,7 +90,7 @@ def assert_tables(results: dict, stdout: str, expected: dict[str, list[str]]) ->
 
 def assert_queues_correct(scenarios: dict) -> None:
     """Correctness holds at any size: every queued job finished with exactly one Pod, in both queue runs."""
-    for scenario, jobs in (("queue", 10), ("large_queue", 12)):
+    for scenario, jobs in (("queue", 10), ("large_queue", 12), ("memory_small", 6), ("memory_large", 6)):
         queue = scenarios[scenario]
         assert queue["jobs"] == queue["succeeded"] == jobs and queue["duplicated"] == 0 and queue["without_pod"] == 0
 
@@ -105,6 +110,7 @@ def test_quick_run_prints_the_table_with_every_row_and_writes_json(tmp_path):
     worker = results["optimization"]["worker_process"]
     assert worker["final_score"] is not None and worker["samples"] > 0 and worker["llm_calls_total"] > 0
     assert_queues_correct(emulated)
+    assert emulated["memory_large"]["job_kib"] > 60 > 2 > emulated["memory_small"]["job_kib"]
     # The MLflow peer either ran or said clearly why not.
     peer = results["optimization"]["mlflow"]
     assert peer["available"] or "MLflow peer not run" in stdout
@@ -120,7 +126,7 @@ def test_operator_benchmarks_run_on_a_real_api_server(real_cluster, tmp_path):
 
     real = results["operator"]["servers"]["real"]
     assert_queues_correct(real)
-    for scenario in (real["floor"], real["ours"], real["queue"], real["large_queue"]):
+    for scenario in (real["floor"], real["ours"], real["queue"], real["large_queue"], real["memory_large"]):
         assert scenario["server"]["title"] == server
         requests = scenario["api_requests"]
         assert requests["operator_per_job"] > 0 and requests["kubelet_per_job"] > 0

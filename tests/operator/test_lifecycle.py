@@ -8,8 +8,10 @@ import pytest
 from promptopt.api.times import format_time
 from promptopt.api.v1alpha1 import read_status, status_patch
 from promptopt.api.validation import parse_spec
-from promptopt_operator.lifecycle import Event, Job, Slot, decide, pod_refused, retry_delay
-from promptopt_operator.pods import WorkerPod
+from promptopt_operator.lifecycle import (
+    Event, Job, Slot, decide, pod_refused, retry_delay, slim_job, view_spec,
+)
+from promptopt_operator.pods import WorkerPod, worker_pod_manifest
 from promptopt_operator.settings import OperatorSettings
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -25,9 +27,9 @@ SPEC = {
 
 
 def job(status=None, generation=1, deleting=False, **spec_changes):
-    spec = parse_spec({**SPEC, **spec_changes})
-    return Job(name="j", generation=generation, deleting=deleting, spec=spec, spec_problems=(),
-               status=read_status(status))
+    view = view_spec({**SPEC, **spec_changes})
+    return Job(name="j", generation=generation, deleting=deleting, spec=view.spec, spec_problems=view.problems,
+               status=read_status(status), run_hash=view.run_hash, template_bytes=view.template_bytes)
 
 
 def pod(attempt=1, phase="Running", **kw):
@@ -344,12 +346,12 @@ def test_pods_are_the_truth_after_an_operator_crash_between_create_and_record():
 
 def test_first_pod_records_the_spec_fingerprint():
     d = decide(job(), [], NOW, SETTINGS, START)
-    assert d.status["specHash"] == job().spec.run_hash()
+    assert d.status["specHash"] == parse_spec(SPEC).run_hash()
     assert {c["type"]: c["status"] for c in d.status["conditions"]}["SpecApplied"] == "True"
 
 
 def test_spec_change_after_start_is_not_applied_and_said_once():
-    original = job().spec.run_hash()
+    original = job().run_hash
     status = {"phase": "Running", "attempts": 1, "startTime": ago(10), "specHash": original}
     changed = job(status, generation=2, task={"model": "openai/other"})
     d = decide(changed, [pod()], NOW, SETTINGS, START)
@@ -363,7 +365,7 @@ def test_spec_change_after_start_is_not_applied_and_said_once():
 
 
 def test_cancel_and_ttl_changes_do_not_count_as_spec_changes():
-    assert job(cancel=True, ttlSecondsAfterFinished=5).spec.run_hash() == job().spec.run_hash()
+    assert job(cancel=True, ttlSecondsAfterFinished=5).run_hash == job().run_hash
 
 
 def test_a_finished_job_acknowledges_a_new_generation():
@@ -417,3 +419,84 @@ def test_a_job_from_registry_prompts_is_labelled_with_them_for_search():
     labelled = dataclasses.replace(registry, labels=decision.labels)
     assert decide(labelled, [], NOW, SETTINGS, START).labels is None
     assert decide(job(), [], NOW, SETTINGS, START).labels is None
+
+
+def large_body(records=2000, status=None, generation=1, **spec_changes):
+    """A job as the watch delivers it, with about a MiB of inline records and a long template."""
+    spec = {**SPEC, "prompts": [{"name": "p", "template": "Answer this question well. " * 400 + "{{q}}"}],
+            "dataset": {"validationFraction": 0.25, "records": [
+                {"inputs": {"q": f"question {i} " + "x" * 480}, "expectations": {"expected_response": str(i)}}
+                for i in range(records)]},
+            "worker": {"image": "example/worker:1", "env": [{"name": "A", "value": "b"}]},
+            "credentials": {"secretRef": {"name": "llm"}}, **spec_changes}
+    return {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
+            "metadata": {"name": "j", "namespace": "ns", "uid": "u1", "generation": generation,
+                         "resourceVersion": "7", "creationTimestamp": ago(100), "labels": {"team": "a"},
+                         "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+            "spec": spec, "status": status or {}}
+
+
+def as_read_whole(body):
+    """The job as decisions saw it before bodies were slimmed: the whole spec parsed."""
+    spec = parse_spec(body["spec"])
+    return Job(name="j", generation=body["metadata"]["generation"], deleting=False, spec=spec, spec_problems=(),
+               status=read_status(body["status"]), run_hash=spec.run_hash(),
+               size_bytes=len(json.dumps(body, separators=(",", ":"))),
+               template_bytes=sum(len(p.template.encode()) for p in spec.prompts), labels={"team": "a"})
+
+
+def test_a_kept_job_drops_its_records_templates_and_managed_fields_and_keeps_the_rest():
+    body = large_body()
+    # kubectl apply keeps the whole spec in an annotation
+    body["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(body)}
+    assert len(json.dumps(body)) > 2 * 2**20
+    kept = slim_job(body)
+    assert "spec" not in kept.body
+    assert kept.body["metadata"] == {k: v for k, v in body["metadata"].items()
+                                     if k not in ("managedFields", "annotations")}
+    assert kept.body["status"] is body["status"] and kept.body["kind"] == body["kind"]
+    assert kept.spec.spec.dataset.records is None and kept.spec.spec.dataset.validation_fraction == 0.25
+    assert [p.template for p in kept.spec.spec.prompts] == [None]
+    # What decisions need of what was dropped, measured on the whole job.
+    assert kept.spec.run_hash == parse_spec(body["spec"]).run_hash()
+    assert kept.size_bytes == len(json.dumps(body, separators=(",", ":")))
+    assert kept.spec.template_bytes == len(body["spec"]["prompts"][0]["template"])
+    assert len(json.dumps(kept.body)) + len(kept.spec.spec.model_dump_json()) < 4096
+
+
+@pytest.mark.parametrize("status, pods, spec_changes", [
+    (None, [], {}),  # new: the first Pod, with the spec's fingerprint
+    ({"phase": "Queued", "queuePosition": 3}, [], {}),
+    ({"phase": "Pending", "attempts": 1, "startTime": ago(5), "specHash": "0" * 16}, [pod()], {}),  # spec changed
+    ({"phase": "Running", "attempts": 1, "startTime": ago(5)}, [pod()], {"cancel": True}),
+    ({"phase": "Running", "attempts": 1, "startTime": ago(50)}, [pod(phase="Failed", exit_code=1)], {}),
+    ({"phase": "Running", "attempts": 1, "startTime": ago(50)}, [pod()], {"activeDeadlineSeconds": 10}),
+])
+def test_decisions_on_a_kept_job_are_those_on_the_whole_one(status, pods, spec_changes):
+    body = large_body(status=status, **spec_changes)
+    if status and "specHash" not in status:
+        status["specHash"] = parse_spec(body["spec"]).run_hash()
+    whole, kept = as_read_whole(body), Job.from_slim(slim_job(body))
+    assert decide(kept, pods, NOW, SETTINGS, START) == decide(whole, pods, NOW, SETTINGS, START)
+    assert (worker_pod_manifest("j", "u1", kept.spec, 2, SETTINGS, 60, kept.run_hash)
+            == worker_pod_manifest("j", "u1", whole.spec, 2, SETTINGS, 60, whole.run_hash))
+
+
+def test_a_kept_job_too_large_for_its_status_fails_as_the_whole_one_does():
+    body = large_body(records=2900)
+    whole, kept = as_read_whole(body), Job.from_slim(slim_job(body))
+    decision = decide(kept, [], NOW, SETTINGS, START)
+    assert ready_condition(decision)["reason"] == "JobTooLarge"
+    assert decision == decide(whole, [], NOW, SETTINGS, START)
+
+
+def test_a_spec_is_parsed_once_per_generation_and_an_invalid_one_keeps_its_problems():
+    first = slim_job(large_body(records=3))
+    written = slim_job(large_body(records=3, status={"phase": "Pending"}), previous=first)
+    assert written.spec is first.spec and written.body["status"] == {"phase": "Pending"}
+    changed = slim_job(large_body(records=3, generation=2, cancel=True), previous=written)
+    assert changed.spec is not first.spec and changed.spec.spec.cancel
+    invalid = large_body(records=3, task={})
+    kept = Job.from_slim(slim_job(invalid))
+    assert kept.spec is None and kept.run_hash is None and kept.spec_problems
+    assert decide(kept, [], NOW, SETTINGS, START).status["phase"] == "Failed"

@@ -114,6 +114,7 @@ def test_a_job_changed_under_a_decision_is_decided_again_on_its_next_event():
     async def run():
         reconciler = reconciler_for(kube, events)
         kube.jobs["a"]["spec"]["cancel"] = True  # the user cancels; the watch has not said so yet
+        kube.jobs["a"]["metadata"]["generation"] = 2  # as the API server counts every change of a spec
         kube.changed("a")
         await reconciler.reconcile("ns", "a")
         assert reconciler._errors == {}  # a conflict is no error: nothing to back off from
