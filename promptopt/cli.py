@@ -144,8 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator (needs the 'operator' extra)")
     add_operator_arguments(operator)
-    operator.add_argument("--peering", action="store_true",
-                          help="coordinate replicas through kopf peering (needs its CRDs); default: standalone")
     operator.add_argument("--verbose", action="store_true", help="log debug messages")
     operator.set_defaults(handler=_operator)
 

@@ -168,10 +168,14 @@ def real_pods(request, tmp_path_factory):
             pytest.fail(f"{REAL_PODS_ENV}=required, but the real node cannot run: {unavailable}")
         pytest.skip(f"a real node cannot run here: {unavailable}")
     cluster = node.cluster
-    for namespace in (RELEASE_NAMESPACE, JOBS_NAMESPACE):
-        cluster.create_namespace(namespace, RESTRICTED)
     started = time.monotonic()
-    helm.install(CHART, chart_values(built))
+    try:
+        for namespace in (RELEASE_NAMESPACE, JOBS_NAMESPACE):
+            cluster.create_namespace(namespace, RESTRICTED)
+        helm.install(CHART, chart_values(built))
+    except BaseException:
+        node.stop()  # a failed install must not leave the node's processes and mounts behind
+        raise
     versions = node.versions()
     built_seconds = sum(image.built_seconds for image in built.all())
     steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in node.timings.items())
@@ -201,6 +205,15 @@ class RealPods:
     def operator_pods(self):
         return self.cluster.in_namespace(RELEASE_NAMESPACE).list(
             "pods", label_selector="app.kubernetes.io/component=operator")
+
+    def lease_holder(self) -> str:
+        """The identity of the operator process that holds the leader Lease: its Pod's name, "_", a random part."""
+        return self.cluster.get("leases", "promptopt", namespace=RELEASE_NAMESPACE)["spec"].get("holderIdentity") or ""
+
+    def leader_pod(self):
+        """The operator replica that holds the leader Lease, or None."""
+        holder = self.lease_holder()
+        return next((p for p in self.operator_pods() if holder.startswith(p["metadata"]["name"] + "_")), None)
 
 
 _namespaces_made = 0

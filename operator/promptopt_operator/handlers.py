@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from typing import Any
 
 import kopf
@@ -10,6 +11,7 @@ import kopf
 from promptopt.api.v1alpha1 import GROUP, PLURAL, TERMINAL_PHASES, VERSION, read_status
 
 from promptopt_operator.kube import KubeClient
+from promptopt_operator.leadership import LeaseElector
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.pods import COMPONENT_LABELS, JOB_NAME_ANNOTATION, observe_pod
 from promptopt_operator.reconciler import Reconciler, queue_entry
@@ -51,10 +53,32 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.reporting_instance = socket.gethostname()
     settings.watching.server_timeout = 300
     metrics = OperatorMetrics(lambda: memo.reconciler.phases())
-    memo.reconciler = Reconciler(KubeClient(), operator_settings, metrics)
-    memo.reconciler.start_sweeping()
+    kube = KubeClient()
+    reconciler = memo.reconciler = Reconciler(kube, operator_settings, metrics)
+    reconciler.start_sweeping()
     if operator_settings.metrics_port:
         metrics.serve(operator_settings.metrics_port)
+    memo.elector = None
+    if operator_settings.leader_election_namespace:
+        # A follower until the Lease is won: it watches and indexes everything, and acts on nothing.
+        reconciler.stop_leading()
+
+        async def lost() -> None:
+            reconciler.stop_leading()
+            memo.lost_leadership.set()
+
+        memo.elector = LeaseElector(kube, operator_settings.leader_election_namespace,
+                                    operator_settings.leader_election_lease,
+                                    f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}", reconciler.take_over, lost)
+        memo.elector.start()
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    # Stop acting before the Lease is handed back: the follower that takes it must be the only one that acts.
+    await memo.reconciler.close()
+    if memo.elector is not None:
+        await memo.elector.stop()
 
 
 WORKER_PODS = {"app.kubernetes.io/managed-by": COMPONENT_LABELS["app.kubernetes.io/managed-by"]}

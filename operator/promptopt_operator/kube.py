@@ -33,6 +33,10 @@ API_CALLS = (
     ("", "configmaps", "create"),
     ("", "configmaps", "get"),
     ("", "configmaps", "update"),
+    # Leader election: the Lease in the operator's own namespace (leadership.py).
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
 )
 
 
@@ -71,6 +75,7 @@ class KubeClient:
             api_client = kubernetes.client.ApiClient(configuration)
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._coordination = kubernetes.client.CoordinationV1Api(api_client)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
 
     async def _call(self, function, *args, **kwargs) -> bytes:
@@ -159,4 +164,31 @@ class KubeClient:
         try:
             await self._call(self._core.replace_namespaced_config_map, name, namespace, manifest)
         except ApiException as error:
+            raise Refused(error) from error
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(await self._call(self._coordination.read_namespaced_lease, name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise Refused(error) from error
+
+    async def create_lease(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """The Lease as created; None if one of that name exists (another replica created it first)."""
+        try:
+            return json.loads(await self._call(self._coordination.create_namespaced_lease, namespace, manifest))
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise Refused(error) from error
+
+    async def replace_lease(self, namespace: str, name: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """The Lease as written; None if it changed since manifest's resourceVersion (another replica wrote it)."""
+        try:
+            return json.loads(await self._call(self._coordination.replace_namespaced_lease, name, namespace,
+                                               manifest))
+        except ApiException as error:
+            if error.status == 409:
+                return None
             raise Refused(error) from error

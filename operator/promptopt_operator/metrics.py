@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 from promptopt.api.v1alpha1 import Phase
@@ -30,6 +30,8 @@ class OperatorMetrics:
                                     ["reason"], registry=self.registry)
         self.retries = Counter("promptopt_worker_retries", "Worker Pods created to replace a failed one.",
                                registry=self.registry)
+        self.leader = Gauge("promptopt_leader", "1 while this replica leads (acts on jobs), 0 while it follows.",
+                            registry=self.registry)
         self.reconcile_errors = Counter("promptopt_reconcile_errors", "Reconciles that failed (and are retried).",
                                         registry=self.registry)
 

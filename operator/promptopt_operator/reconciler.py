@@ -81,6 +81,10 @@ class Reconciler:
     def __init__(self, kube: KubeClient, settings: OperatorSettings, metrics: OperatorMetrics,
                  post_event: EventPoster = post_with_kopf):
         self.kube, self.settings, self.metrics, self.post_event = kube, settings, metrics, post_event
+        # Whether this replica acts on jobs: always, unless replicas elect a leader (leadership.py). A follower
+        # keeps every job's latest body and kopf's indexes as the leader does, so that it can take over at once.
+        self.leading = True
+        metrics.leader.set(1)
         # kopf's index of every job (filled from the initial list before any handler runs, so a restarted
         # operator knows every running job before it starts a waiting one).
         self.index: Mapping[JobKey, Iterable[QueueEntry]] = {}
@@ -142,6 +146,34 @@ class Reconciler:
         self._output_failures.pop(key, None)
         if handle := self._rechecks.pop(key, None):
             handle.cancel()
+
+    # -- leadership ----------------------------------------------------------------------------------------
+
+    def take_over(self) -> None:
+        """This replica leads from now on: decide on every job, as a restarted operator does on its first list (what
+        the last leader left undone, a TTL or an output delivery due, a queue slot freed), running jobs first."""
+        self.leading = True
+        self.metrics.leader.set(1)
+        self._spawn(self._reconcile_all())
+
+    def stop_leading(self) -> None:
+        self.leading = False
+        self.metrics.leader.set(0)
+        for handle in self._rechecks.values():
+            handle.cancel()
+        self._rechecks.clear()
+
+    async def close(self) -> None:
+        """Stop every task of this reconciler (the operator is stopping): kopf would wait 5 s for them to end."""
+        self.stop_leading()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _reconcile_all(self) -> None:
+        for entry in sorted(self.entries(), key=lambda entry: entry.phase in (*WAITING_PHASES, *TERMINAL_PHASES)):
+            await self.reconcile(*entry.key)
+        self.wake_waiting()
 
     def phases(self) -> list[str | None]:
         return [e.phase for e in self.entries()]
@@ -235,6 +267,8 @@ class Reconciler:
         """Decide and act for one job. `queue_position`: a waiting job's place in line from a plan the caller made,
         written as it is (such a reconcile never starts the job: starts are wake_waiting's, from a fresh plan);
         None: a waiting job is planned now and keeps the position stored, unless it is new."""
+        if not self.leading:
+            return
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:

@@ -53,6 +53,10 @@ class OperatorSettings:
     retry_max_delay_seconds: float = 360.0
     liveness_port: int = flag(8080, help="port of kopf's liveness endpoint /healthz (0: none)")
     metrics_port: int = flag(9090, help="port of the Prometheus metrics (0: none)")
+    leader_election_namespace: str = flag(
+        "", help="hold a Lease in this namespace so that, of several replicas, one acts at a time (the chart sets "
+                 "the operator's namespace); empty: no election, this process acts alone")
+    leader_election_lease: str = flag("promptopt", help="the name of the leader election Lease")
     # etcd's default request limit (1.5 MiB), which kubeadm, EKS, GKE and AKS keep: a job and its status must fit.
     max_object_bytes: int = flag(
         1536 * 1024,

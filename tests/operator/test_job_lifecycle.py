@@ -7,10 +7,14 @@ Every test drives the system only through the API (or kubectl) and watches the j
 """
 import base64
 import re
+import socket
+import threading
 import time
 
 import pytest
 
+from promptopt_harness.chart import RELEASE_NAMESPACE
+from promptopt_harness.client import ApiError
 from promptopt_harness.jobs import (
     condition, eventually, job_exists, status_of, table_rows, wait_for_phase, worker_pods,
 )
@@ -361,3 +365,110 @@ def test_a_job_near_the_size_limit_runs_is_cancelled_and_deleted(cluster, kubele
         assert not job_exists(cluster, name)
     eventually(lambda: not worker_pods(cluster, "big-done") and not worker_pods(cluster, "big-cancelled"), 60,
              "the worker Pods to go")
+
+
+# --- two replicas electing a leader -----------------------------------------------------------------------------
+
+PHASE_ORDER = {None: 0, "Queued": 1, "Pending": 2, "Running": 3, "Succeeded": 4, "Failed": 4}
+
+
+class StatusRecorder(threading.Thread):
+    """Every (phase, attempts) a job shows, polled until stopped: a status that goes back is a regression."""
+
+    def __init__(self, cluster, name):
+        super().__init__(daemon=True)
+        self.cluster, self.name, self.seen, self.done = cluster, name, [], threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            if job_exists(self.cluster, self.name):
+                status = status_of(self.cluster, self.name)
+                step = (status.get("phase"), status.get("attempts") or 0)
+                if not self.seen or self.seen[-1] != step:
+                    self.seen.append(step)
+            time.sleep(0.05)
+
+    def regressions(self):
+        return [(a, b) for a, b in zip(self.seen, self.seen[1:], strict=False)
+                if PHASE_ORDER[b[0]] < PHASE_ORDER[a[0]] or b[1] < a[1]]
+
+
+@pytest.fixture
+def elect(cluster, start_operator):
+    """elect(): start an operator replica that campaigns for the chart's leader Lease (none is held at first)."""
+    try:
+        cluster.delete("leases", LEASE, namespace=RELEASE_NAMESPACE)
+    except ApiError as error:
+        assert error.code == 404
+
+    def start():
+        return start_operator("--leader-election-namespace", RELEASE_NAMESPACE, "--leader-election-lease", LEASE)
+
+    return start
+
+
+LEASE = "promptopt"  # the chart's name for it, which its Role lets the operator read and write
+
+
+def lease_holder(cluster):
+    return cluster.get("leases", LEASE, namespace=RELEASE_NAMESPACE)["spec"].get("holderIdentity")
+
+
+def metric(operator, name):
+    (value,) = [float(line.split()[1]) for line in operator.scrape().splitlines() if line.startswith(f"{name} ")]
+    return value
+
+
+def leader_gauge(operator):
+    return metric(operator, "promptopt_leader")
+
+
+def test_a_follower_acts_on_nothing_and_finishes_the_job_of_a_leader_killed_mid_job(
+        cluster, kubelet, llm, credentials, elect):
+    llm.set_latency(0.05)
+    leader = elect()
+    eventually(lambda: leader_gauge(leader) == 1, 15, "the first replica to lead")
+    follower = elect()
+    assert leader_gauge(follower) == 0
+    cluster.create(gepa_job("through-failover", llm, max_metric_calls=40))
+    recorder = StatusRecorder(cluster, "through-failover")
+    recorder.start()
+    wait_for_phase(cluster, "through-failover", "Running")
+    assert metric(follower, "promptopt_reconcile_seconds_count") == 0  # it saw the job, and left it to the leader
+    leader.kill()  # SIGKILL: no hand-back, the Lease runs out
+    status = wait_for_phase(cluster, "through-failover", "Succeeded", timeout=90)
+    recorder.done.set()
+    recorder.join()
+    assert status["attempts"] == 1 and recorder.regressions() == [], recorder.seen
+    assert [p["metadata"]["name"] for p in worker_pods(cluster, "through-failover")] == ["through-failover-worker-1"]
+    assert leader_gauge(follower) == 1 and lease_holder(cluster).startswith(socket.gethostname())
+    # The new leader acts on new jobs too.
+    cluster.create(gepa_job("after-failover", llm, max_metric_calls=8, records=4))
+    wait_for_phase(cluster, "after-failover", "Succeeded")
+
+
+def test_a_leader_stopped_gracefully_hands_the_lease_to_a_follower_which_finishes_the_job(
+        cluster, kubelet, llm, credentials, elect):
+    llm.set_latency(0.05)
+    first = elect()
+    eventually(lambda: leader_gauge(first) == 1, 15, "the first replica to lead")
+    second = elect()
+    cluster.create(gepa_job("handed-over", llm, max_metric_calls=40))
+    wait_for_phase(cluster, "handed-over", "Running")
+    held_by_first = lease_holder(cluster)
+    first.stop()  # SIGTERM, as a rolling update sends
+    assert first.process.returncode == 0
+    assert "handed the leader Lease" in first.log() and held_by_first in first.log()
+    eventually(lambda: lease_holder(cluster) not in (None, held_by_first), 15, "the follower to take the Lease")
+    status = wait_for_phase(cluster, "handed-over", "Succeeded", timeout=90)
+    assert status["attempts"] == 1
+    assert [p["metadata"]["name"] for p in worker_pods(cluster, "handed-over")] == ["handed-over-worker-1"]
+    assert leader_gauge(second) == 1
+
+
+def test_a_leader_that_loses_its_lease_exits_to_restart_as_a_follower(cluster, elect):
+    leader = elect()
+    eventually(lambda: leader_gauge(leader) == 1, 15, "the replica to lead")
+    cluster.patch("leases", LEASE, {"spec": {"holderIdentity": "another-replica"}}, namespace=RELEASE_NAMESPACE)
+    assert eventually(lambda: leader.process.poll(), 30, "the replica to exit") == 1
+    assert "lost the leader Lease" in leader.log()

@@ -1,5 +1,6 @@
 """A job's worker Pod as a real kubelet runs it: SIGTERM and grace periods, memory limits, deadlines, a missing
-Secret or image, the termination message, and the chart's operator Pod replaced under a running job.
+Secret or image, the termination message, and the chart's two operator replicas failing over under a running job
+(the leader deleted, killed, rolled).
 
 Each job is the README's (examples/gepa-sentiment.yaml with the simulated LLM's models), changed where the test
 says so."""
@@ -155,17 +156,61 @@ def test_a_worker_that_cannot_write_status_is_heard_through_its_termination_mess
     assert [p["template"] for p in status["optimizedPrompts"]] == [p["template"] for p in reported["optimizedPrompts"]]
 
 
-def test_the_operator_pod_deleted_mid_job_is_replaced_by_its_deployment_which_adopts_the_job(
+def leader_during_a_job(pods, readme_job, name):
+    """The README job, running under the leading operator replica (returned) while a follower stands by."""
+    pods.cluster.create(set_budget(readme_job(name), 40))
+    wait_for_phase(pods.cluster, name, "Running", timeout=60)
+    eventually(lambda: len([p for p in pods.operator_pods() if p["status"].get("phase") == "Running"]) == 2, 90,
+               "both operator replicas")
+    return eventually(pods.leader_pod, 30, "a leader")
+
+
+def finished_once(pods, name):
+    """The job succeeded on its first worker Pod: no status lost, no Pod started twice, whoever led."""
+    status = wait_for_phase(pods.cluster, name, "Succeeded", timeout=120)
+    assert status["attempts"] == 1
+    assert [p["metadata"]["name"] for p in worker_pods(pods.cluster, name)] == [f"{name}-worker-1"]
+
+
+def new_leader(pods, former):
+    """The operator Pod that leads once the process `former` (a Lease holder identity) no longer does."""
+    eventually(lambda: pods.lease_holder() not in ("", former), 60, "another operator process to lead")
+    return eventually(pods.leader_pod, 30, "the new leader's Pod")
+
+
+def test_the_leader_deleted_mid_job_hands_over_to_the_follower_and_the_deployment_replaces_it(
         pods, node_llm, readme_job, node_kubectl):
     node_llm.set_latency(0.2)
-    pods.cluster.create(set_budget(readme_job("adopted"), 40))
-    wait_for_phase(pods.cluster, "adopted", "Running", timeout=60)
-    (operator,) = pods.operator_pods()
-    node_kubectl("delete", "pod", "-n", "promptopt-system", operator["metadata"]["name"], "--wait=false")
+    leader_during_a_job(pods, readme_job, "adopted")
+    holder = pods.lease_holder()
+    leader = pods.leader_pod()["metadata"]["name"]
+    node_kubectl("delete", "pod", "-n", "promptopt-system", leader, "--wait=false")
+    assert new_leader(pods, holder)["metadata"]["name"] != leader
+    finished_once(pods, "adopted")
+    eventually(lambda: len([p for p in pods.operator_pods() if not p["metadata"].get("deletionTimestamp")
+                            and p["metadata"]["name"] != leader]) == 2, 90, "the Deployment's replacement")
 
-    status = wait_for_phase(pods.cluster, "adopted", "Succeeded", timeout=120)
-    assert status["attempts"] == 1
-    assert [p["metadata"]["name"] for p in worker_pods(pods.cluster, "adopted")] == ["adopted-worker-1"]
-    (replacement,) = eventually(lambda: [p for p in pods.operator_pods() if not p["metadata"].get(
-        "deletionTimestamp")], 60, "one operator Pod")
-    assert replacement["metadata"]["name"] != operator["metadata"]["name"]
+
+def test_a_leader_killed_mid_job_is_replaced_by_the_follower_when_its_lease_runs_out(pods, node_llm, readme_job):
+    node_llm.set_latency(0.2)
+    leader = leader_during_a_job(pods, readme_job, "through-a-kill")
+    holder = pods.lease_holder()
+    (container,) = leader["status"]["containerStatuses"]
+    # SIGKILL to the operator's process, as the kernel's OOM killer sends it: no hand-back of the Lease. The kubelet
+    # restarts the container, which may win the Lease back as a new process once it runs out.
+    pods.node.ctr("tasks", "kill", "--signal", "SIGKILL", container["containerID"].removeprefix("containerd://"))
+    new_leader(pods, holder)
+    finished_once(pods, "through-a-kill")
+    eventually(lambda: pods.cluster.get("pods", leader["metadata"]["name"], namespace="promptopt-system")[
+        "status"]["containerStatuses"][0]["restartCount"] == 1, 60, "the kubelet to restart the killed operator")
+
+
+def test_a_rollout_restart_mid_job_loses_and_duplicates_nothing(pods, node_llm, readme_job, node_kubectl):
+    node_llm.set_latency(0.2)
+    before = {p["metadata"]["name"] for p in pods.operator_pods()}
+    leader_during_a_job(pods, readme_job, "through-a-rollout")
+    node_kubectl("rollout", "restart", "deployment/promptopt", "-n", "promptopt-system")
+    node_kubectl("rollout", "status", "deployment/promptopt", "-n", "promptopt-system", "--timeout=120s",
+                 timeout=150)
+    finished_once(pods, "through-a-rollout")
+    assert eventually(pods.leader_pod, 60, "a leader")["metadata"]["name"] not in before

@@ -38,6 +38,7 @@ VALUE_SETS = {
         "demo": {"simulatedLLM": {"enabled": True}},
     },
     "minimal": {
+        "operator": {"replicas": 1},
         "rbac": {"create": False},
         "serviceAccount": {"create": False, "name": "existing-operator"},
         "worker": {"serviceAccount": {"create": False, "name": "existing-worker"}},

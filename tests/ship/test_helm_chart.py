@@ -1,5 +1,6 @@
 """The Helm chart, rendered and linted by the real Helm engine (helm-python-sdk): valid Kubernetes objects, the
 CRD of crds/, an operator configured as the values say, and bad values refused with a message naming them."""
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from helm_python.errors import HelmError
 
 from promptopt.api.crd import CRD_FILE_NAME
 from promptopt.cli import build_parser
+from promptopt_harness.chart import RELEASE_NAMESPACE
 from promptopt_operator.pods import COMPONENT_LABELS
 from promptopt_operator.settings import OperatorSettings, environment_variable, flag_settings, from_arguments
 
@@ -80,14 +82,22 @@ def test_the_crd_itself_is_valid_for_kubernetes(version):
     kubernetes_validate.validate(crd, version, strict=True)
 
 
-def test_operator_runs_once_with_a_liveness_probe_and_metrics(manifests, values):
+def test_operator_replicas_elect_a_leader_roll_without_a_gap_and_have_probes_and_metrics(manifests, values):
     deployment = operator_deployment(manifests)
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    replicas = values.get("operator", {}).get("replicas", 2)
+    assert deployment["spec"]["replicas"] == replicas
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    budgets = [m for m in manifests if m["kind"] == "PodDisruptionBudget"]
+    assert [b["spec"] for b in budgets] == ([{"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}]
+                                            if replicas > 1 else [])
     container = operator_container(manifests)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e.get("value") for e in container["env"]}
-    probe = container["livenessProbe"]["httpGet"]
-    assert probe["path"] == "/healthz" and ports[probe["port"]] == int(env["PROMPTOPT_LIVENESS_PORT"])
+    assert env["PROMPTOPT_LEADER_ELECTION_NAMESPACE"] == deployment["metadata"]["namespace"]
+    assert env["PROMPTOPT_LEADER_ELECTION_LEASE"] == deployment["metadata"]["name"]
+    for probe in (container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]):
+        assert probe["path"] == "/healthz" and ports[probe["port"]] == int(env["PROMPTOPT_LIVENESS_PORT"])
     metrics_enabled = values.get("metrics", {}).get("enabled", True)
     assert ("metrics" in ports) == metrics_enabled
     assert int(env["PROMPTOPT_METRICS_PORT"]) == (ports["metrics"] if metrics_enabled else 0)
@@ -114,7 +124,8 @@ def test_every_operator_setting_comes_from_the_chart():
 
 def test_default_values_configure_the_operator_defaults(render, monkeypatch):
     settings = settings_from_container(operator_container(render({})), monkeypatch)
-    assert settings == OperatorSettings()
+    # Replicas elect a leader in the release namespace; `promptopt operator` run by hand acts alone.
+    assert settings == dataclasses.replace(OperatorSettings(), leader_election_namespace=RELEASE_NAMESPACE)
 
 
 def test_values_configure_the_operator(chart, manifests, values, monkeypatch):

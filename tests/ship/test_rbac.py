@@ -19,6 +19,7 @@ import kubernetes
 import pytest
 
 from promptopt.api.v1alpha1 import API_VERSION, KIND
+from promptopt_harness.chart import RELEASE_NAMESPACE
 from promptopt_harness.client import ApiError
 from promptopt_harness.emulator import parse_api_path
 from promptopt_harness.operator_process import OperatorProcess
@@ -30,7 +31,7 @@ from promptopt_operator.settings import OperatorSettings
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_PACKAGE = REPO / "operator" / "promptopt_operator"
 WORKER_PACKAGE = REPO / "worker" / "promptopt_worker"
-CLIENT_APIS = (kubernetes.client.CoreV1Api, kubernetes.client.CustomObjectsApi)
+CLIENT_APIS = (kubernetes.client.CoreV1Api, kubernetes.client.CustomObjectsApi, kubernetes.client.CoordinationV1Api)
 HTTP_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update"}
 # The client's methods that call the API (not close(), ...).
 API_OPERATION = re.compile(r"^(connect|create|delete|get|list|patch|read|replace)_")
@@ -158,6 +159,9 @@ def kopf_calls(clusterwide: bool) -> set[tuple[str, str, str]]:
     return calls
 
 
+LEASE_CALLS = {call for call in kube.API_CALLS if call[1] == "leases"}  # in the release namespace only
+
+
 def operator_calls(clusterwide: bool) -> set[tuple[str, str, str]]:
     return set(kube.API_CALLS) | kopf_calls(clusterwide)
 
@@ -196,15 +200,23 @@ CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
 def test_cluster_wide_operator_is_granted_exactly_its_calls(render):
     manifests = render({})
     grants = granted(manifests, *operator_account(manifests))
-    assert grants == {None: operator_calls(clusterwide=True)}
+    assert grants == {None: operator_calls(clusterwide=True) - LEASE_CALLS, RELEASE_NAMESPACE: LEASE_CALLS}
 
 
 def test_namespaced_operator_is_granted_exactly_its_calls_in_each_namespace(render):
     manifests = render({"watchNamespaces": ["team-a", "team-b"]})
     grants = granted(manifests, *operator_account(manifests))
-    wanted = operator_calls(clusterwide=False)
+    wanted = operator_calls(clusterwide=False) - LEASE_CALLS
     cluster_scoped = {call for call in wanted if call[1] in CLUSTER_SCOPED}
-    assert grants == {None: cluster_scoped, "team-a": wanted - cluster_scoped, "team-b": wanted - cluster_scoped}
+    assert grants == {None: cluster_scoped, "team-a": wanted - cluster_scoped, "team-b": wanted - cluster_scoped,
+                      RELEASE_NAMESPACE: LEASE_CALLS}
+
+
+def test_only_the_leader_election_lease_may_be_read_and_written(render):
+    (role,) = [m for m in render({}) if m["kind"] == "Role" and m["metadata"]["name"] == "promptopt-leader-election"]
+    by_verb = {verb: rule.get("resourceNames") for rule in role["rules"] for verb in rule["verbs"]}
+    # Kubernetes cannot limit create to a name (the object has none yet when it is authorized).
+    assert by_verb == {"create": None, "get": ["promptopt"], "update": ["promptopt"]}
 
 
 @pytest.mark.parametrize("values, namespaces", [
@@ -287,7 +299,13 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
     kubeconfig = install_rbac(**values)
     cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
                     "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()}})
-    flags = () if clusterwide else ("--namespace", cluster.namespace)
+    # As the chart runs it: electing a leader through the Lease it grants (none yet, so it is created).
+    try:
+        cluster.delete("leases", "promptopt", namespace=RELEASE_NAMESPACE)
+    except ApiError as error:
+        assert error.code == 404
+    flags = ("--leader-election-namespace", RELEASE_NAMESPACE, "--leader-election-lease", "promptopt",
+             *(() if clusterwide else ("--namespace", cluster.namespace)))
     operator = OperatorProcess(kubeconfig, *flags, log_path=tmp_path / "operator.log").start()
     try:
         legacy = metaprompt_job("legacy", llm, cancel=True)
