@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--require-header {name}: set {variable} to the value to require")
         required[name] = os.environ[variable]
     service = SERVICES[args.service](host=args.host, port=args.port, required_headers=required).start()
-    print(service.url, flush=True)
-    serve_until_interrupted(service.stop)
+    serve_until_interrupted(service.stop, lambda: print(service.url, flush=True))
     return 0
 
 

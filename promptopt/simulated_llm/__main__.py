@@ -25,14 +25,17 @@ def main(argv: list[str] | None = None) -> int:
         api_key=args.api_key, latency_s=args.latency, host=args.host, port=args.port, verbose=args.verbose
     )
     llm.start()
-    print(llm.base_url, flush=True)
-    print(
-        f"simulated LLM (test double) serving {', '.join(KNOWN_MODELS)}; litellm model 'openai/<name>', "
-        f"api_base={llm.base_url}. Ctrl-C stops it.",
-        file=sys.stderr,
-        flush=True,
-    )
-    serve_until_interrupted(llm.stop)
+
+    def announce() -> None:
+        print(llm.base_url, flush=True)
+        print(
+            f"simulated LLM (test double) serving {', '.join(KNOWN_MODELS)}; litellm model 'openai/<name>', "
+            f"api_base={llm.base_url}. Ctrl-C stops it.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    serve_until_interrupted(llm.stop, announce)
     return 0
 
 

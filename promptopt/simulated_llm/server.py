@@ -467,12 +467,14 @@ class SimulatedLLM:
         return 200, body, None
 
 
-def serve_until_interrupted(stop: Callable[[], None]) -> None:
+def serve_until_interrupted(stop: Callable[[], None], announce: Callable[[], None]) -> None:
     """Block a foreground server's main thread until ^C or SIGTERM, then `stop` it (the `python -m` entry points).
     SIGTERM needs a handler: as a container's PID 1 the process would ignore it and be killed only at the end of the
-    Pod's grace period."""
+    Pod's grace period. `announce` says the server is ready (its URL) once the handler is in place: a SIGTERM sent as
+    soon as the URL is read must find it."""
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    announce()
     try:
         stopped.wait()
     except KeyboardInterrupt:
