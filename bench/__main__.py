@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import operator_load, optimization, real_model, report
+from bench import failover, operator_load, optimization, real_model, report
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("operator", "queue", "optimization")  # the default run
+BENCHMARKS = ("operator", "queue", "failover", "optimization")  # the default run
 OPT_IN = ("real-model",)  # run only when named with --only
 QUICK = {"jobs": 5, "queue_jobs": 10, "queue_limit": 3, "large_queue_jobs": 12, "large_queue_limit": 4,
          "memory_jobs": 6, "memory_job_kib": 64, "metric_calls": 20, "records": 8, "latency": 0.02, "real_train": 6,
-         "real_test": 6, "real_metric_calls": 20}
+         "real_test": 6, "real_metric_calls": 20, "failover_rounds": 1}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="jobs of the memory comparison, small and then large, at --queue-limit (200; 0: none)")
     parser.add_argument("--memory-job-kib", type=int, default=1024,
                         help="KiB of inline records in each large job of the memory comparison (1024)")
+    parser.add_argument("--failover-rounds", type=int, default=5,
+                        help="failover: rounds of the leader killed, then stopped, on a real kube-apiserver (5)")
     parser.add_argument("--metric-calls", type=int, default=200, help="GEPA max_metric_calls (200)")
     parser.add_argument("--records", type=int, default=30, help="records of the classification dataset (30)")
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per simulated LLM call (0.1)")
@@ -62,8 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="real-model: GEPA max_metric_calls (%(default)s)")
     parser.add_argument("--only", choices=(*BENCHMARKS, *OPT_IN), action="append",
                         help="run this benchmark only (repeatable; operator: ours and the floor at --jobs; queue; "
-                             "optimization; real-model, never run otherwise: real small models served by llama.cpp, "
-                             "set up in the user's cache on first use)")
+                             "failover: two replicas on a real kube-apiserver; optimization; real-model, never run "
+                             "otherwise: real small models served by llama.cpp, set up in the user's cache on first "
+                             "use)")
     parser.add_argument("--api", choices=(*operator_load.SERVERS, "both"), default="both",
                         help="the API server of the operator benchmarks: the emulator, a real kube-apiserver "
                              "(skipped, saying why, where it cannot be built), or both in turn (default)")
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             skip_queue=args.skip_queue or "queue" not in chosen,
             servers=tuple(operator_load.SERVERS) if args.api == "both" else (args.api,))
         results["operator"] = operator_load.run(operator_config, progress)
+    if "failover" in chosen:
+        progress(f"failover: {args.failover_rounds} rounds of two replicas, the leader killed then stopped")
+        results["failover"] = failover.run(failover.FailoverConfig(rounds=args.failover_rounds), progress)
     if "optimization" in chosen:
         optimization_config = optimization.OptimizationConfig(
             metric_calls=args.metric_calls, records=args.records, latency_s=args.latency,

@@ -68,6 +68,7 @@ def run(config: FailoverConfig, progress: Callable[[str], None] = lambda _: None
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "lease_seconds": timing.lease_seconds,
                                "retry_seconds": timing.retry_seconds}
     with tempfile.TemporaryDirectory(prefix="promptopt-bench-") as workdir, Cluster(server(Path(workdir))) as cluster:
+        results["server"] = cluster.server.title
         kubeconfig = cluster.server.operator_kubeconfig("ours")
         logs = iter(range(1, 1000))
 

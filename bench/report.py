@@ -21,6 +21,9 @@ CPU_PER_CALL_MS = 2.0
 PEAK_RSS_MIB = 150
 # The target of issue #24: the operator's peak RSS with ~1 MiB jobs at most this many times that with small ones.
 RSS_LARGE_VS_SMALL_JOBS = 1.2
+# The failover targets of issue #24: the new leader's first action at most a lease duration after the leader is
+# killed, and this soon after it is stopped.
+STOPPED_LEADER_TO_FIRST_ACTION_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +163,28 @@ def memory_section(small: dict[str, Any], large: dict[str, Any]) -> Section:
                    f"the same with jobs of {small['job_kib']:.1f} KiB", rows)
 
 
+def failover_section(results: dict[str, Any]) -> Section:
+    """Two replicas: the time from the leader's end to the new leader's first action (a Pod for a new job)."""
+    lease, first_action = results["lease_seconds"], results["first_action_s"]
+
+    def seconds(how: str) -> str:
+        found = first_action[how]
+        return f"{found['p50']:.1f} / {found['max']:.1f} (n={found['n']})" if found["n"] else "—"
+
+    def within(how: str, limit: float) -> str:
+        return verdict(first_action[how]["n"] > 0 and first_action[how]["max"] <= limit)
+
+    rows = [
+        Row("leader killed (SIGKILL) → first action, p50 / max (s)", seconds("kill"), f"{lease} s lease",
+            target=f"≤ {lease} s", result=within("kill", lease)),
+        Row("leader stopped (SIGTERM) → first action, p50 / max (s)", seconds("stop"), "",
+            target=f"≤ {STOPPED_LEADER_TO_FIRST_ACTION_S:.0f} s",
+            result=within("stop", STOPPED_LEADER_TO_FIRST_ACTION_S)),
+    ]
+    return Section(f"Operator failover on {results['server']}: two replicas, the leader ended while a job is "
+                   "created", "the Lease's duration", rows)
+
+
 def optimization_section(results: dict[str, Any]) -> Section:
     config, ours, peer = results["config"], results["ours"], results["mlflow"]
     available = peer.get("available", False)
@@ -234,6 +259,8 @@ def sections(results: dict[str, Any]) -> list[Section]:
         found.extend(queue_section(run[scenario]) for scenario in ("queue", "large_queue") if scenario in run)
         if "memory_large" in run:
             found.append(memory_section(run["memory_small"], run["memory_large"]))
+    if "first_action_s" in results.get("failover", {}):
+        found.append(failover_section(results["failover"]))
     if "optimization" in results:
         found.append(optimization_section(results["optimization"]))
         found.append(worker_process_section(results["optimization"]))

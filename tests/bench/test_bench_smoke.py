@@ -41,7 +41,10 @@ WORKER_PROCESS_ROWS = [
     "process start → first LLM request (s)", "result written → process exit (s)", "CPU per LLM call",
     "peak RSS (MiB)", "wall time / CPU, start to exit (s)", "final score (own report)",
 ]
-TARGET_ROWS = ["create → Pod created, p99 (ms)", "jobs Succeeded", "jobs Failed / duplicated / Succeeded without Pod",
+FAILOVER_ROWS = ["leader killed (SIGKILL) → first action, p50 / max (s)",
+                 "leader stopped (SIGTERM) → first action, p50 / max (s)"]
+TARGET_ROWS = [*FAILOVER_ROWS, "create → Pod created, p99 (ms)", "jobs Succeeded",
+               "jobs Failed / duplicated / Succeeded without Pod",
                "most worker Pods at once", "queue order", "wall time / bound", "wall time / critical path",
                "final score, best prompt rescored on all records", "speed-up vs MLflow",
                "process start → first LLM request (s)", "result written → process exit (s)", "CPU per LLM call",
@@ -96,7 +99,8 @@ def assert_queues_correct(scenarios: dict) -> None:
 
 
 def test_quick_run_prints_the_table_with_every_row_and_writes_json(tmp_path):
-    results, stdout = run_quick(tmp_path, "--api", "emulator")
+    results, stdout = run_quick(tmp_path, "--api", "emulator", "--only", "operator", "--only", "queue", "--only",
+                                "optimization")
     assert_tables(results, stdout, {**operator_rows("the emulated API", "emulator"),
                                     "Optimization: GEPA, max_metric_calls 20, 8 records": OPTIMIZATION_ROWS,
                                     "Worker process: promptopt run of the same job (20 metric calls":
@@ -120,9 +124,13 @@ def test_operator_benchmarks_run_on_a_real_api_server(real_cluster, tmp_path):
     """The same scenarios and rows on kube-apiserver, requests counted from its audit log. `real_cluster` is
     asked for its rule only (skip where the real tier cannot run, fail where CI requires it): the benchmark
     starts fresh clusters of its own."""
-    results, stdout = run_quick(tmp_path, "--api", "real", "--only", "operator", "--only", "queue")
+    results, stdout = run_quick(tmp_path, "--api", "real", "--only", "operator", "--only", "queue", "--only",
+                                "failover")
     server = f"kube-apiserver v{real_cluster.version}"
-    assert_tables(results, stdout, operator_rows(server, "kube-apiserver + etcd"))
+    assert_tables(results, stdout, {**operator_rows(server, "kube-apiserver + etcd"),
+                                    f"Operator failover on {server}": FAILOVER_ROWS})
+    # One round of each: the new leader acted on the job created as the old one went.
+    assert {how: found["n"] for how, found in results["failover"]["first_action_s"].items()} == {"kill": 1, "stop": 1}
 
     real = results["operator"]["servers"]["real"]
     assert_queues_correct(real)
