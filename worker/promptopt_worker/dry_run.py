@@ -40,6 +40,7 @@ from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
 from promptopt.prompt_contract import reflective_record
 from promptopt_worker import litellm_transport, metaprompt, openai_compatible
 from promptopt_worker.evaluation import ModelProgram, TaskEvaluator
+from promptopt_worker.gepa_compat import GEPA_TEMPLATE_TOKENS
 from promptopt_worker.gepa_optimizer import GepaRun, gepa_run
 from promptopt_worker.llm import ModelEndpoint, list_price, token_limits
 from promptopt_worker.problem import Example, InvalidInput, Problem
@@ -49,7 +50,6 @@ from promptopt_worker.templates import as_text, messages
 CHARACTERS_PER_TOKEN = 4  # OpenAI's rule of thumb for English text
 ASSUMED_ANSWER_TOKENS = 100  # a program's answer, where task.maxTokens is unset
 ASSUMED_VERDICT_TOKENS = 60  # a judge's JSON verdict with a sentence of rationale
-GEPA_TEMPLATE_TOKENS = 400  # gepa's instruction-proposal prompt around the prompt and the records
 
 
 @dataclass(frozen=True)

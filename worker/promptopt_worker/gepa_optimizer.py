@@ -3,28 +3,35 @@
 gepa knows nothing of the task: `EvaluatorAdapter` hands it examples, outputs and per-scorer scores, and the
 reflection model is called through `problem.reflect`, so every LLM call is metered by our LLMClient (which
 is why gepa's max_reflection_cost is not used: budget stops arrive through StopRequested). Progress comes
-from gepa's callbacks, stops from gepa's stoppers, and checkpoints from gepa's run_dir.
+from gepa's callbacks, stops from gepa's stoppers, and checkpoints from gepa's run_dir. What the worker relies on
+of gepa beyond its public seams is in gepa_compat.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any, cast
 
 import gepa
-from gepa.core.adapter import GEPAAdapter
-from gepa.core.callbacks import GEPACallback
-from gepa.proposer.reflective_mutation.base import LanguageModel
-from gepa.proposer.reflective_mutation.reflection_lm import ReflectionJob, ReflectionProposal, StatelessReflectionLM
-from gepa.utils import NoImprovementStopper, ScoreThresholdStopper, StopperProtocol, TimeoutStopCondition
 
 from promptopt import prompt_contract
 from promptopt.api.v1alpha1 import DEFAULT_MAX_METRIC_CALLS, BudgetPreset, GepaSettings
+from promptopt_worker.gepa_compat import (
+    GEPA_PARAMETERS,
+    GEPA_PERFECT_SCORE,
+    GEPA_VERSION,
+    GEPACallback,
+    GEPAState,
+    LanguageModel,
+    ScreenedReflection,
+    best_on_validation,
+    candidates_found,
+    iteration_cost_bound,
+    metric_calls_spent,
+)
 from promptopt_worker.llm import PermanentLLMError
 from promptopt_worker.problem import (
     Candidate,
@@ -67,9 +74,6 @@ RESERVED_OPTIONS: dict[str, str] = {
     **dict.fromkeys(["callbacks", "logger", "display_progress_bar"], _REPORTERS),
     "run_dir": "set spec.worker.checkpointClaimName to keep checkpoints across worker Pods",
 }
-GEPA_PARAMETERS = frozenset(inspect.signature(gepa.optimize).parameters)
-GEPA_VERSION = version("gepa")
-GEPA_PERFECT_SCORE = inspect.signature(gepa.optimize).parameters["perfect_score"].default
 
 # DSPy's GEPA `auto` presets: how many candidates each budget is sized for.
 PRESET_CANDIDATES: dict[str, int] = {"light": 6, "medium": 12, "heavy": 18}
@@ -95,7 +99,7 @@ def metric_call_budget(settings: GepaSettings, prompts: int, validation_records:
     return DEFAULT_MAX_METRIC_CALLS, "spec.optimizer.gepa.maxMetricCalls"
 
 
-class EvaluatorAdapter(GEPAAdapter[Example, ScoredOutput, str]):
+class EvaluatorAdapter(gepa.GEPAAdapter[Example, ScoredOutput, str]):
     """gepa's adapter protocol over the problem's Evaluator. Trajectories are the ScoredOutputs themselves.
 
     As gepa's adapter contract asks, one example that cannot be scored does not raise: it enters gepa's scores
@@ -152,45 +156,6 @@ def reflective_record(result: ScoredOutput) -> dict[str, Any]:
                                              result.example.expectations.get("expected_response"), result.feedback())
 
 
-class VariableSafeReflection:
-    """gepa's default reflection (its prompt and its parsing of the answer), plus template-variable safety.
-
-    A proposal that loses or invents a `{{variable}}` is rejected the moment it is proposed, whole (never
-    patched): gepa then skips the iteration's proposal ("Reflection returned no text updates"), so the broken
-    candidate costs no task LLM call, no metric call and never enters the candidate pool. Rejecting it in
-    the adapter's evaluate instead would spend metric calls and count on a zero score losing gepa's
-    acceptance test (which `acceptance_criterion="improvement_or_equal"` would not guarantee).
-    """
-
-    def __init__(
-        self, reflector: StatelessReflectionLM, check: VariableCheck, on_rejected: Callable[[list[str]], None]
-    ):
-        self._reflector = reflector
-        self._check = check
-        self._on_rejected = on_rejected
-
-    def reflect(
-        self,
-        candidate: Candidate,
-        reflective_dataset: Mapping[str, Sequence[Mapping[str, Any]]],
-        components_to_update: list[str],
-    ) -> tuple[ReflectionProposal, VariableSafeReflection]:
-        return self.reflect_many([(candidate, reflective_dataset, components_to_update)])[0]
-
-    def reflect_many(self, jobs: list[ReflectionJob]) -> list[tuple[ReflectionProposal, VariableSafeReflection]]:
-        proposals = [proposal for proposal, _ in self._reflector.reflect_many(jobs)]
-        return [(self._screened(job[0], proposal), self) for job, proposal in zip(jobs, proposals, strict=True)]
-
-    def _screened(self, parent: Candidate, proposal: ReflectionProposal) -> ReflectionProposal:
-        problems = self._check.problems({**parent, **proposal.new_texts})
-        if not problems:
-            return proposal
-        self._on_rejected(problems)
-        return ReflectionProposal(
-            new_texts={}, prompts=proposal.prompts, raw_lm_outputs=proposal.raw_lm_outputs, metadata=proposal.metadata
-        )
-
-
 class ProgressCallback:
     """gepa's callback events → Progress → the Reporter (important: the first score and each new best)."""
 
@@ -221,11 +186,9 @@ class ProgressCallback:
         state = event["state"]
         progress = self._progress
         progress.iteration = event["iteration"]
-        progress.metric_calls = state.total_num_evals
-        progress.candidates = len(state.program_candidates)
-        scores = state.program_full_scores_val_set
-        best = max(range(len(scores)), key=scores.__getitem__)
-        improved = self._record(state.program_candidates[best], scores[best])
+        progress.metric_calls = metric_calls_spent(state)
+        progress.candidates = candidates_found(state)
+        improved = self._record(*best_on_validation(state))
         self._reporter.progress(progress, important=improved)
 
     def on_iteration_end(self, event: Mapping[str, Any]) -> None:
@@ -250,35 +213,11 @@ class StallStopper:
         self._metric_calls = -1
         self._since = time.monotonic()
 
-    def __call__(self, gepa_state: Any) -> bool:
+    def __call__(self, gepa_state: GEPAState) -> bool:
         now = time.monotonic()
-        if gepa_state.total_num_evals != self._metric_calls:
-            self._metric_calls, self._since = gepa_state.total_num_evals, now
+        if metric_calls_spent(gepa_state) != self._metric_calls:
+            self._metric_calls, self._since = metric_calls_spent(gepa_state), now
         return now - self._since > self.seconds
-
-
-# gepa 0.1.4's MergeProposer scores a merged candidate on this many validation records before the full pass.
-MERGE_SUBSAMPLE = 5
-
-
-def iteration_cost_bound(minibatch_size: int, validation_size: int, use_merge: bool) -> int:
-    """The most metric calls one gepa 0.1.4 iteration can spend: a reflective step scores the parent and its
-    child on a minibatch, then an accepted child on the whole validation set; a merge scores the merged
-    candidate on MERGE_SUBSAMPLE validation records, then an accepted one on all of them."""
-    proposal = max(2 * minibatch_size, MERGE_SUBSAMPLE) if use_merge else 2 * minibatch_size
-    return proposal + validation_size
-
-
-class PerfectScore:
-    """Stops a run once a candidate (the seed included) scores perfectly on validation: none can beat it (ties keep
-    the earlier one), yet gepa would spend the rest of the budget skipping minibatches scored perfectly (microseconds
-    each, from the evaluator's cache) or proposing prompts that cannot score higher."""
-
-    def __init__(self, perfect_score: float):
-        self.perfect_score = perfect_score
-
-    def __call__(self, gepa_state: Any) -> bool:
-        return max(gepa_state.program_full_scores_val_set, default=-math.inf) >= self.perfect_score
 
 
 class MetricCallBudget:
@@ -290,18 +229,18 @@ class MetricCallBudget:
         self.max_metric_calls = max_metric_calls
         self.iteration_cost = iteration_cost
 
-    def __call__(self, gepa_state: Any) -> bool:
-        return gepa_state.total_num_evals + self.iteration_cost > self.max_metric_calls
+    def __call__(self, gepa_state: GEPAState) -> bool:
+        return metric_calls_spent(gepa_state) + self.iteration_cost > self.max_metric_calls
 
 
 class FiringRecorder:
     """A gepa stopper that remembers whether it fired, so the result can name why the run ended."""
 
-    def __init__(self, stopper: StopperProtocol):
+    def __init__(self, stopper: gepa.StopperProtocol):
         self._stopper = stopper
         self.fired = False
 
-    def __call__(self, gepa_state: Any) -> bool:
+    def __call__(self, gepa_state: GEPAState) -> bool:
         self.fired = self.fired or self._stopper(gepa_state)
         return self.fired
 
@@ -384,35 +323,42 @@ def optimize_gepa(
     budget_field, first_step = run.budget_field, len(problem.validation)
     progress.max_metric_calls = budget
 
-    def rejected(problems: list[str]) -> None:
-        progress.rejected_candidates += 1
-        log.warning("rejected a proposal: %s", "; ".join(problems))
-        reporter.progress(progress)
+    variables = VariableCheck.for_prompts(problem.prompts)
 
-    # gepa's own reflection prompt (or the one in options), wrapped; gepa passes it over when given a strategy.
+    def keeps_variables(proposed: Candidate) -> bool:
+        """A proposal that loses or invents a {{variable}} is rejected the moment it is proposed, before any metric
+        call."""
+        if problems := variables.problems(proposed):
+            progress.rejected_candidates += 1
+            log.warning("rejected a proposal: %s", "; ".join(problems))
+            reporter.progress(progress)
+        return not problems
+
+    # gepa's own reflection prompt (or the one in options), screened; gepa passes it over when given a strategy.
     template = kwargs.pop("reflection_prompt_template", None)
-    reflection = VariableSafeReflection(
-        StatelessReflectionLM(_reflection_lm(problem, stop), template, logger=GepaLog()),
-        VariableCheck.for_prompts(problem.prompts),
-        rejected,
-    )
+    reflection = ScreenedReflection(_reflection_lm(problem, stop), template, GepaLog(), keeps_variables)
     callback = ProgressCallback(problem, progress, reporter)
     stall = FiringRecorder(StallStopper(stall_seconds))
     within_budget = FiringRecorder(MetricCallBudget(budget, iteration_cost))
-    stoppers: list[StopperProtocol] = [lambda _state: bool(stop), stall, within_budget]
+    stoppers: list[gepa.StopperProtocol] = [lambda _state: bool(stop), stall, within_budget]
     deadline = None
     if problem.deadline_seconds is not None:
-        deadline = FiringRecorder(TimeoutStopCondition(problem.deadline_seconds))  # its clock starts now
+        deadline = FiringRecorder(gepa.TimeoutStopCondition(problem.deadline_seconds))  # its clock starts now
         stoppers.append(deadline)
     # gepa asks its stoppers once before each iteration (the first time, the seed's score is the best).
     early = settings.early_stopping
     goal_score = early.goal if early else None
     patience_iterations = early.patience if early else None
-    goal = FiringRecorder(ScoreThresholdStopper(goal_score)) if goal_score is not None else None
-    patience = FiringRecorder(NoImprovementStopper(patience_iterations)) if patience_iterations is not None else None
+    goal = FiringRecorder(gepa.ScoreThresholdStopper(goal_score)) if goal_score is not None else None
+    patience = (FiringRecorder(gepa.NoImprovementStopper(patience_iterations)) if patience_iterations is not None
+                else None)
     stoppers.extend(stopper for stopper in (goal, patience) if stopper is not None)
+    # A candidate (the seed included) that scores perfectly on validation ends the run: none can beat it (ties keep
+    # the earlier one), yet gepa would spend the rest of the budget skipping minibatches scored perfectly
+    # (microseconds each, from the evaluator's cache) or proposing prompts that cannot score higher.
     perfect_score = kwargs.get("perfect_score", GEPA_PERFECT_SCORE)
-    perfect = FiringRecorder(PerfectScore(perfect_score)) if settings.stop_at_perfect_score is not False else None
+    perfect = (FiringRecorder(gepa.ScoreThresholdStopper(perfect_score)) if settings.stop_at_perfect_score is not False
+               else None)
     if perfect is not None:
         stoppers.append(perfect)
 
