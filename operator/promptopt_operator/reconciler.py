@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -77,6 +78,24 @@ def queue_entry(namespace: str, name: str, body: dict[str, Any]) -> QueueEntry:
                       phase=status.phase, cancelled=bool(spec.get("cancel")), position=status.queue_position)
 
 
+@dataclass(eq=False)
+class JobRecord:
+    """What the reconciler keeps of one job, from its first event until forget() drops it whole."""
+
+    # The job as last seen, from its watch events and from the responses to our own writes: slim_job's form, without
+    # the inline records and templates, so that memory does not grow with what users put in specs.
+    job: SlimJob
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reconcile of a job at a time
+    decided: tuple | None = None  # decision_inputs as the last reconcile left them
+    errors: int = 0  # reconciles (or Pod creations) that failed in a row: their retries back off
+    output_failures: int = 0  # output writes (spec.output) that failed in a row: their retries back off
+    created: dict[str, WorkerPod] = field(default_factory=dict)  # Pods created whose first event has not come
+    recheck: asyncio.TimerHandle | None = None  # the next reconcile that time asks for
+
+    def keep(self, body: dict[str, Any]) -> None:
+        self.job = slim_job(body, self.job)
+
+
 class Reconciler:
     def __init__(self, kube: KubeClient, settings: OperatorSettings, metrics: OperatorMetrics,
                  post_event: EventPoster = post_with_kopf):
@@ -90,25 +109,17 @@ class Reconciler:
         self.index: Mapping[JobKey, Iterable[QueueEntry]] = {}
         # kopf's index of worker Pods by job (observe_pod of each).
         self.pod_index: Mapping[JobKey, Iterable[WorkerPod]] = {}
-        self._created: dict[JobKey, dict[str, WorkerPod]] = {}
-        self._locks: dict[JobKey, asyncio.Lock] = {}
-        self._rechecks: dict[JobKey, asyncio.TimerHandle] = {}
+        # Every job seen, from its first event until it is forgotten.
+        self._jobs: dict[JobKey, JobRecord] = {}
         # Jobs given a slot whose new phase has not come back through the watch yet.
         self._starting: set[JobKey] = set()
         self._waking: asyncio.Task | None = None
         self._refreshing_positions: asyncio.Task | None = None
+        self._sweeping: asyncio.Task | None = None
         # Every task this reconciler starts, kept until it ends: the loop holds only weak references to tasks.
         self._tasks: set[asyncio.Task] = set()
-        # Reconciles of each job that failed in a row (an API error, ...): their retries back off.
-        self._errors: dict[JobKey, int] = {}
-        # decision_inputs of each job as the last reconcile left it, and observe_pod of each Pod last seen.
-        self._decided: dict[JobKey, tuple] = {}
+        # observe_pod of each worker Pod as last seen.
         self._pods_seen: dict[tuple[str, str], WorkerPod] = {}
-        # Each job as last seen, from its watch events and from the responses to our own writes: slim_job's form,
-        # without the inline records and templates, so that memory does not grow with what users put in specs.
-        self._bodies: dict[JobKey, SlimJob] = {}
-        # Output writes (spec.output) of each ended job that failed in a row: their retries back off.
-        self._output_failures: dict[JobKey, int] = {}
 
     # -- the queue ---------------------------------------------------------------------------------------
 
@@ -117,12 +128,26 @@ class Reconciler:
 
     def job_seen(self, key: JobKey, body: dict[str, Any]) -> bool:
         """Keep the job as last seen; whether it says something a decision has not taken into account yet."""
-        return self._decided.get(key) != decision_inputs(self._keep(key, body).body)
+        record = self._jobs.get(key)
+        if record is None:
+            record = self._jobs[key] = JobRecord(slim_job(body))
+        else:
+            record.keep(body)
+        return record.decided != decision_inputs(record.job.body)
 
-    def _keep(self, key: JobKey, body: dict[str, Any]) -> SlimJob:
-        """Keep the job as a watch event or a write's response shows it (its spec parsed once per generation)."""
-        kept = self._bodies[key] = slim_job(body, self._bodies.get(key))
-        return kept
+    def record(self, key: JobKey) -> JobRecord | None:
+        """What the reconciler keeps of a job (None: not seen, or forgotten)."""
+        return self._jobs.get(key)
+
+    @property
+    def running_tasks(self) -> int:
+        return len(self._tasks)
+
+    async def finish_tasks(self) -> None:
+        """Wait until every task this reconciler started, and every task those started, has ended (but the sweep,
+        which runs until the reconciler is closed)."""
+        while pending := [task for task in self._tasks if task is not self._sweeping]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def pod_changed(self, namespace: str, pod: dict[str, Any], deleted: bool) -> bool:
         """Whether a Pod event says something new (the kubelet also writes what no decision reads)."""
@@ -137,15 +162,9 @@ class Reconciler:
         return True
 
     def forget(self, key: JobKey) -> None:
-        self._decided.pop(key, None)
-        self._bodies.pop(key, None)
-        self._created.pop(key, None)
         self._starting.discard(key)
-        self._locks.pop(key, None)
-        self._errors.pop(key, None)
-        self._output_failures.pop(key, None)
-        if handle := self._rechecks.pop(key, None):
-            handle.cancel()
+        if (record := self._jobs.pop(key, None)) is not None and record.recheck is not None:
+            record.recheck.cancel()
 
     # -- leadership ----------------------------------------------------------------------------------------
 
@@ -159,9 +178,10 @@ class Reconciler:
     def stop_leading(self) -> None:
         self.leading = False
         self.metrics.leader.set(0)
-        for handle in self._rechecks.values():
-            handle.cancel()
-        self._rechecks.clear()
+        for record in self._jobs.values():
+            if record.recheck is not None:
+                record.recheck.cancel()
+                record.recheck = None
 
     async def close(self) -> None:
         """Stop every task of this reconciler (the operator is stopping): kopf would wait 5 s for them to end."""
@@ -214,7 +234,7 @@ class Reconciler:
             await self.reconcile(*key, queue_position=position)
 
     def start_sweeping(self) -> None:
-        self._spawn(self._sweep_forever())
+        self._sweeping = self._spawn(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
         # Ours rather than a kopf timer per job: kopf puts a finalizer on every object a timer watches (two more
@@ -256,7 +276,8 @@ class Reconciler:
         """The job's worker Pods: kopf's index (complete before any handler runs, so a restarted operator sees
         every Pod), plus the Pods this operator created whose first event has not arrived yet."""
         indexed = {pod.name: pod for pod in self.pod_index.get(key, [])}
-        created = self._created.get(key, {})
+        record = self._jobs.get(key)
+        created = record.created if record is not None else {}
         for name in [name for name in created if name in indexed]:
             del created[name]
         return [*indexed.values(), *created.values()]
@@ -267,40 +288,38 @@ class Reconciler:
         """Decide and act for one job. `queue_position`: a waiting job's place in line from a plan the caller made,
         written as it is (such a reconcile never starts the job: starts are wake_waiting's, from a fresh plan);
         None: a waiting job is planned now and keeps the position stored, unless it is new."""
-        if not self.leading:
-            return
         key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        record = self._jobs.get(key)
+        if not self.leading or record is None:
+            return  # a follower; or gone, or not seen yet (a Pod's event before its job's): its job's event decides
+        async with record.lock:
             started = time.monotonic()
             try:
-                await self._reconcile(key, queue_position)
-                self._errors.pop(key, None)
+                await self._reconcile(key, record, queue_position)
+                record.errors = 0
             except PodRefused:
                 pass  # said in the job's status, retried on its own back-off (_decide_and_act)
             except Exception:
                 self.metrics.reconcile_errors.inc()
-                self._errors[key] = self._errors.get(key, 0) + 1
-                delay = reconcile_error_delay(self._errors[key])
+                record.errors += 1
+                delay = reconcile_error_delay(record.errors)
                 logger.exception("reconciling %s/%s failed (%d in a row); retrying in %.0f s", namespace, name,
-                                 self._errors[key], delay)
-                self._recheck(key, delay)
+                                 record.errors, delay)
+                self.recheck(key, delay)
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
-    async def _reconcile(self, key: JobKey, queue_position: int | None) -> None:
-        kept = self._bodies.get(key)
-        if kept is None:
-            return  # gone, or not seen yet (a Pod's event before its job's, after a restart): its job's event decides
+    async def _reconcile(self, key: JobKey, record: JobRecord, queue_position: int | None) -> None:
         try:
-            await self._decide_and_act(key, kept, queue_position)
+            await self._decide_and_act(key, record, queue_position)
         except StaleJob:
             # A write crossed the body we decided on (the worker's report, a user's edit): the watch brings the job
             # as it is now, and its event is reconciled whatever it says.
             logger.debug("%s/%s changed under a decision; deciding again on its next event", *key)
-            self._decided.pop(key, None)
+            record.decided = None
 
-    async def _decide_and_act(self, key: JobKey, kept: SlimJob, queue_position: int | None) -> None:
+    async def _decide_and_act(self, key: JobKey, record: JobRecord, queue_position: int | None) -> None:
+        kept = record.job
         job = Job.from_slim(kept)
         pods = self._pods_of(key)
         slot = Slot(may_start=False)
@@ -317,11 +336,11 @@ class Reconciler:
         except PodRefused as refused:
             # The Pod create comes first in _act: nothing else was done. Say it, and leave the count of refusals in a
             # row to reconcile(), which resets it only on success.
-            self._errors[key] = self._errors.get(key, 0) + 1
-            logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", *key, self._errors[key], refused)
+            record.errors += 1
+            logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", *key, record.errors, refused)
             assert decision.create_attempt is not None
             await self._act(key, kept, job, pod_refused(job, key[0], decision.create_attempt, str(refused),
-                                                        datetime.now(UTC), self.settings, self._errors[key]))
+                                                        datetime.now(UTC), self.settings, record.errors))
             raise
 
     async def _act(self, key: JobKey, kept: SlimJob, job: Job, decision: Decision) -> None:
@@ -335,7 +354,7 @@ class Reconciler:
         if decision.status:
             patched = await self.kube.patch_job_status(namespace, name, decision.status,
                                                        body["metadata"]["resourceVersion"])
-            if patched is None or key not in self._bodies:  # deleted (and forgotten) while this reconcile ran
+            if patched is None or key not in self._jobs:  # deleted (and forgotten) while this reconcile ran
                 self.forget(key)
                 return
             written = self._keep(key, patched)
@@ -343,21 +362,28 @@ class Reconciler:
         delivers = job.spec is not None and (job.spec.output or job.spec.mlflow) and not job.deleting
         if delivers and (written.body.get("status") or {}).get("phase") in TERMINAL_PHASES:
             written = await self._deliver_ending(key, body["metadata"]["uid"], written)
-            if key not in self._bodies:
+            if key not in self._jobs:
                 return
         if decision.labels:  # after the status write, which is decided on the body's resourceVersion
             labelled = await self.kube.label_job(namespace, name, decision.labels)
-            if labelled is None or key not in self._bodies:
+            if labelled is None or key not in self._jobs:
                 self.forget(key)
                 return
             written = self._keep(key, labelled)
-        self._decided[key] = decision_inputs(written.body)
+        if (record := self._jobs.get(key)) is not None:
+            record.decided = decision_inputs(written.body)
         for event in decision.events:
             self.post_event(body, event)
         if decision.delete_job:
             await self.kube.delete_job(namespace, name)
         if decision.recheck_after is not None:
-            self._recheck(key, decision.recheck_after)
+            self.recheck(key, decision.recheck_after)
+
+    def _keep(self, key: JobKey, body: dict[str, Any]) -> SlimJob:
+        """Keep the job as a write's response shows it (its spec parsed once per generation)."""
+        record = self._jobs[key]
+        record.keep(body)
+        return record.job
 
     async def _deliver_ending(self, key: JobKey, uid: str, written: SlimJob) -> SlimJob:
         """What an ended job delivers: its output (spec.output) and the condition of its MLflow registration; the
@@ -366,7 +392,7 @@ class Reconciler:
         worker_running = any(not pod.finished for pod in self._pods_of(key))
         if (output := output_plan(ended, uid, worker_running)) is not None:
             written = await self._deliver(key, written, ended, output)
-            if key not in self._bodies:
+            if key not in self._jobs:
                 return written
             ended = Job.from_slim(written)
         if (registered := registration_outcome(ended)) is not None:
@@ -391,18 +417,19 @@ class Reconciler:
                 outcome = write_failed(plan, str(error))
         patched = await self._record_delivery(key, kept, outcome,
                                               output_status(job, plan, outcome, format_time(datetime.now(UTC))))
-        if outcome.reason in SETTLED_REASONS:
-            self._output_failures.pop(key, None)
-        else:
-            self._output_failures[key] = self._output_failures.get(key, 0) + 1
-            self._recheck(key, reconcile_error_delay(self._output_failures[key]))
+        if (record := self._jobs.get(key)) is not None:
+            if outcome.reason in SETTLED_REASONS:
+                record.output_failures = 0
+            else:
+                record.output_failures += 1
+                self.recheck(key, reconcile_error_delay(record.output_failures))
         return patched
 
     async def _record_delivery(self, key: JobKey, kept: SlimJob, outcome: DeliveryOutcome,
                                patch: dict[str, Any]) -> SlimJob:
         """Write an ended job's delivery outcome into its status and post it as an Event; the job as written."""
         patched = await self.kube.patch_job_status(*key, patch, kept.body["metadata"]["resourceVersion"])
-        if patched is None or key not in self._bodies:
+        if patched is None or key not in self._jobs:
             self.forget(key)
             return kept
         written = self._keep(key, patched)
@@ -422,7 +449,8 @@ class Reconciler:
         except Exception:
             self._starting.discard(key)  # or the job would hold a slot it never took, and wait behind itself
             raise
-        self._created.setdefault(key, {})[manifest["metadata"]["name"]] = observe_pod(manifest)
+        if (record := self._jobs.get(key)) is not None:
+            record.created[manifest["metadata"]["name"]] = observe_pod(manifest)
         if created:
             self.metrics.pods_created.inc()
             if decision.create_attempt == 1:
@@ -437,9 +465,13 @@ class Reconciler:
         if reason in ("BackoffRetry", "BackoffLimitExceeded", "DeadlineExceeded", *PERMANENT_FAILURES):
             self.metrics.pod_failures.labels(reason=reason).inc()
 
-    def _recheck(self, key: JobKey, delay: float) -> None:
-        if handle := self._rechecks.pop(key, None):
-            handle.cancel()
-        loop = asyncio.get_running_loop()
+    def recheck(self, key: JobKey, delay: float) -> None:
+        """Reconcile the job again in `delay` seconds (replacing an earlier recheck of it)."""
+        record = self._jobs.get(key)
+        if record is None:
+            return  # forgotten: nothing is left to look at
+        if record.recheck is not None:
+            record.recheck.cancel()
         # A little late rather than early: a decision taken a hair before a deadline would only wait again.
-        self._rechecks[key] = loop.call_later(delay + 0.05, lambda: self._spawn(self.reconcile(*key)))
+        record.recheck = asyncio.get_running_loop().call_later(delay + 0.05,
+                                                               lambda: self._spawn(self.reconcile(*key)))

@@ -117,7 +117,7 @@ def test_a_job_changed_under_a_decision_is_decided_again_on_its_next_event():
         kube.jobs["a"]["metadata"]["generation"] = 2  # as the API server counts every change of a spec
         kube.changed("a")
         await reconciler.reconcile("ns", "a")
-        assert reconciler._errors == {}  # a conflict is no error: nothing to back off from
+        assert reconciler.record(("ns", "a")).errors == 0  # a conflict is no error: nothing to back off from
         # The newer job's event is reconciled, though the inputs it shows are those of the last decision made.
         assert watched(reconciler, kube, "a")
         await reconciler.reconcile("ns", "a")
@@ -140,7 +140,7 @@ def test_a_job_deleted_under_a_decision_is_forgotten_without_an_error():
         return reconciler
 
     reconciler = asyncio.run(run())
-    assert reconciler._errors == {} and ("ns", "a") not in reconciler._bodies and not reconciler._rechecks
+    assert reconciler.record(("ns", "a")) is None  # forgotten whole: no errors, no recheck left
     assert events == []
 
 
@@ -160,7 +160,7 @@ def test_api_errors_are_retried_with_a_growing_delay_that_resets_on_success(monk
 
     async def run():
         reconciler = reconciler_for(kube, events)
-        monkeypatch.setattr(reconciler, "_recheck", lambda key, delay: delays.append(delay))
+        monkeypatch.setattr(reconciler, "recheck", lambda key, delay: delays.append(delay))
         kube.failures = 3
         for _ in range(4):
             await reconciler.reconcile("ns", "a")
@@ -170,7 +170,7 @@ def test_api_errors_are_retried_with_a_growing_delay_that_resets_on_success(monk
     reconciler = asyncio.run(run())
     assert delays[:3] == [1.0, 2.0, 4.0]
     assert kube.jobs["a"]["status"]["phase"] == "Pending"  # the fourth try went through
-    assert reconciler._errors == {}
+    assert reconciler.record(("ns", "a")).errors == 0
     assert reconciler.metrics.registry.get_sample_value("promptopt_reconcile_errors_total") == 3
 
 
@@ -183,13 +183,13 @@ def test_rechecks_run_as_referenced_tasks():
 
     async def run():
         reconciler = reconciler_for(kube, events)
-        reconciler._recheck(("ns", "a"), 0.0)
+        reconciler.recheck(("ns", "a"), 0.0)
         await asyncio.sleep(0.2)  # the timer fires and its reconcile task runs
         assert [c[0] for c in kube.calls][:1] == ["create_pod"]
         return reconciler
 
     reconciler = asyncio.run(run())
-    assert not reconciler._tasks  # finished tasks are let go
+    assert reconciler.running_tasks == 0  # finished tasks are let go
 
 
 def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypatch):
@@ -204,9 +204,7 @@ def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypat
         # The running job finished: w0 may start, and everyone behind it moves up one.
         reconciler.index[("ns", "running")] = [QueueEntry(("ns", "running"), "2026-12-01T10:00:00Z", "Succeeded")]
         reconciler.wake_waiting()
-        await asyncio.sleep(0.1)
-        for task in list(reconciler._tasks):
-            await task
+        await reconciler.finish_tasks()
 
     asyncio.run(run())
     assert [c[1] for c in kube.calls if c[0] == "create_pod"] == ["w0-worker-1"]
