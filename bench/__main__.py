@@ -3,7 +3,7 @@
     .venv/bin/python -m bench                      # the sizes (takes several minutes on 2 cores)
     .venv/bin/python -m bench --quick              # toy sizes, seconds: checks that every path works
     .venv/bin/python -m bench --jobs 100 --queue-jobs 300 --mlflow-python /path/to/venv-with-mlflow/bin/python
-    .venv/bin/python -m bench --only operator --only queue --api real   # the operator on kube-apiserver only
+    .venv/bin/python -m bench --only operator --only queue   # the operator benchmarks only
     .venv/bin/python -m bench --only real-model    # opt-in: real small models (~30 min; the first run sets up more)
 
 Prints one table per benchmark (target, measured value, PASS/MISS) on stdout, progress on stderr, and
@@ -67,9 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "failover: two replicas on a real kube-apiserver; optimization; real-model, never run "
                              "otherwise: real small models served by llama.cpp, set up in the user's cache on first "
                              "use)")
-    parser.add_argument("--api", choices=(*operator_load.SERVERS, "both"), default="both",
-                        help="the API server of the operator benchmarks: the emulator, a real kube-apiserver "
-                             "(skipped, saying why, where it cannot be built), or both in turn (default)")
     parser.add_argument("--skip-queue", action="store_true", help="no queue benchmark")
     parser.add_argument("--skip-mlflow", action="store_true", help="no MLflow peer")
     parser.add_argument("--mlflow-python", help="an interpreter that has mlflow (default: this one)")
@@ -115,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             large_queue_jobs=args.large_queue_jobs, large_queue_limit=args.large_queue_limit,
             memory_jobs=args.memory_jobs, memory_job_kib=args.memory_job_kib, timeout_s=args.timeout,
             queue_timeout_s=args.queue_timeout, skip_latency="operator" not in chosen,
-            skip_queue=args.skip_queue or "queue" not in chosen,
-            servers=tuple(operator_load.SERVERS) if args.api == "both" else (args.api,))
+            skip_queue=args.skip_queue or "queue" not in chosen)
         results["operator"] = operator_load.run(operator_config, progress)
     if "failover" in chosen:
         progress(f"failover: {args.failover_rounds} rounds of two replicas, the leader killed then stopped")
@@ -147,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(found))
     if systems:
         print(report.render_systems(systems))
-    for mode, run in results.get("operator", {}).get("servers", {}).items():
-        if "unavailable" in run:
-            print(f"Operator benchmarks on the {mode} API server not run: {run['unavailable']}")
+    if "unavailable" in results.get("operator", {}):
+        print(f"Operator benchmarks not run: {results['operator']['unavailable']}")
     peer = results.get("optimization", {}).get("mlflow", {})
     if "optimization" in results and not peer.get("available"):
         print(f"MLflow peer not run: {peer.get('reason', '').strip().splitlines()[0] if peer.get('reason') else ''}; "

@@ -1,27 +1,18 @@
-"""The API servers the operator benchmark runs against, behind one interface, and the processes around them.
+"""The API server the operator benchmarks run against, and the processes around it.
 
-A scenario does not know which server it talks to. It starts one (a context manager), takes its kubeconfigs
-(the benchmark's own, the local kubelet's and its scheduler's, each operator's), reads the CPU of the
-processes that are the server, and, once the server has stopped, the requests it served by client
-(client -> "verb resource[/subresource]" -> count, with " -> CODE" on errors).
-
-- `EmulatedApiServer` (`--api emulator`): bench/counting_emulator.py, one process, no authentication: every
-  client has the same kubeconfig, and requests are told apart by their User-Agent.
-- `RealApiServer` (`--api real`): etcd, kube-apiserver and kube-controller-manager (promptopt_harness.realkube)
-  with Node,RBAC authorization. The benchmark runs as the admin; promptopt's operator as the chart's
-  ServiceAccount with the chart's RBAC (as `helm install` creates them); the floor as a ServiceAccount of its
-  own with the least kopf and its handlers need (bench/floor_rbac.yaml); the kubelet as its node and as
-  system:kube-scheduler. Requests are counted from the audit log by user, and the operator's by User-Agent
-  too (kopf's own, its Kubernetes client's), as on the emulator.
+`KubeApiServer` is a real control plane: etcd, kube-apiserver and kube-controller-manager
+(promptopt_harness.realkube) with Node,RBAC authorization. The benchmark runs as the admin; promptopt's operator as
+the chart's ServiceAccount with the chart's RBAC (as `helm install` creates them); the floor as a ServiceAccount of
+its own with the least kopf and its handlers need (bench/floor_rbac.yaml); the kubelet as its node and as
+system:kube-scheduler. The requests it served are counted from its audit log, by client (client -> "verb
+resource[/subresource]" -> count, with " -> CODE" on errors): the kubelet and the scheduler by user, the operator's
+by User-Agent too (kopf's own, its Kubernetes client's).
 """
 from __future__ import annotations
 
-import abc
 import collections
-import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,7 +20,6 @@ from typing import Any
 
 import yaml
 
-from bench.counting_emulator import by_client, client_of
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
 from promptopt_harness import chart, realkube
 from promptopt_harness.processes import stop_process
@@ -70,102 +60,32 @@ def wait_until(predicate: Callable[[], Any], timeout: float, describe: Callable[
         time.sleep(interval)
 
 
-class ApiServer(abc.ABC):
-    """What a scenario needs from an API server. Start and stop it with `with`; `requests()` once stopped."""
+class KubeApiServer:
+    """A real control plane with the chart's RBAC and the floor's; see the module. Start and stop it with `with`;
+    `requests()` once stopped."""
 
-    mode: str  # as --api names it
     title: str  # the server, as the report names it
-    api_processes: tuple[str, ...]  # the keys of pids() whose CPU is the API server's
-    admin_kubeconfig: Path  # the benchmark's own identity
-    kubelet_kubeconfig: Path
-    scheduler_kubeconfig: Path
+    api_processes = ("kube-apiserver", "etcd")  # the keys of pids() whose CPU is the API server's
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-
-    @staticmethod
-    def unavailable() -> str | None:
-        """Why this server cannot run on this machine, or None."""
-        return None
-
-    @abc.abstractmethod
-    def __enter__(self) -> ApiServer: ...
-
-    @abc.abstractmethod
-    def __exit__(self, *exc: object) -> None: ...
-
-    @abc.abstractmethod
-    def operator_kubeconfig(self, operator: str) -> Path:
-        """The identity of the operator under test: "ours" (promptopt's) or "floor" (bench/floor_operator.py)."""
-
-    @abc.abstractmethod
-    def pids(self) -> dict[str, int]:
-        """The server's processes while it runs, by name."""
-
-    @abc.abstractmethod
-    def requests(self) -> dict[str, dict[str, int]]:
-        """Every request it served, client -> what -> count: read once it has stopped, when the count is whole."""
-
-    def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "title": self.title, "api_processes": list(self.api_processes)}
-
-
-class EmulatedApiServer(ApiServer):
-    """The emulated API (bench/counting_emulator.py) in a process of its own; one kubeconfig for every client."""
-
-    mode, title, api_processes = "emulator", "the emulated API", ("emulator",)
-
-    def __init__(self, workdir: Path):
-        super().__init__(workdir)
-        self.admin_kubeconfig = self.kubelet_kubeconfig = self.scheduler_kubeconfig = workdir / "kubeconfig"
-        self._counts = workdir / "requests.json"  # written by the emulator as it stops
-        self._process: subprocess.Popen | None = None
-
-    def __enter__(self) -> EmulatedApiServer:
-        self._process = start("emulator", [sys.executable, str(BENCH_DIR / "counting_emulator.py"),
-                                           "--counts", str(self._counts), "--kubeconfig", str(self.admin_kubeconfig)],
-                              self.workdir,
-                              lambda _: self.admin_kubeconfig.exists() and self.admin_kubeconfig.stat().st_size > 0)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            stop_process(self._process, STOP_TIMEOUT_S)
-
-    def operator_kubeconfig(self, operator: str) -> Path:
-        return self.admin_kubeconfig
-
-    def pids(self) -> dict[str, int]:
-        assert self._process is not None
-        return {"emulator": self._process.pid}
-
-    def requests(self) -> dict[str, dict[str, int]]:
-        return json.loads(self._counts.read_text()) if self._counts.exists() else {}
-
-
-class RealApiServer(ApiServer):
-    """A real control plane (promptopt_harness.realkube) with the chart's RBAC and the floor's; see the module."""
-
-    mode, api_processes = "real", ("kube-apiserver", "etcd")
-
-    def __init__(self, workdir: Path):
-        super().__init__(workdir)
         self.cluster = realkube.RealCluster(workdir / "kube")
         self.title = f"kube-apiserver v{self.cluster.version}"
-        self.admin_kubeconfig = self.cluster.kubeconfig
+        self.admin_kubeconfig = self.cluster.kubeconfig  # the benchmark's own identity
         self.kubelet_kubeconfig = self.cluster.kubelet_kubeconfig
         self.scheduler_kubeconfig = self.cluster.scheduler_kubeconfig
         self._service_accounts = {"floor": FLOOR_SERVICE_ACCOUNT}  # and "ours", from the chart once rendered
 
     @staticmethod
     def unavailable() -> str | None:
+        """Why the server cannot run on this machine (its binaries cannot be built), or None."""
         try:
             realkube.ensure_binaries()
         except realkube.RealKubeUnavailable as error:
             return str(error)
         return None
 
-    def __enter__(self) -> RealApiServer:
+    def __enter__(self) -> KubeApiServer:
         try:
             self.cluster.start()
             self.cluster.create_namespace(chart.RELEASE_NAMESPACE)
@@ -190,25 +110,46 @@ class RealApiServer(ApiServer):
         self.cluster.stop()
 
     def operator_kubeconfig(self, operator: str) -> Path:
+        """The identity of the operator under test: "ours" (promptopt's) or "floor" (bench/floor_operator.py)."""
         namespace, name = self._service_accounts[operator]
         return self.cluster.service_account_kubeconfig(namespace, name, self.workdir / f"{operator}.kubeconfig",
                                                        NAMESPACE)
 
     def pids(self) -> dict[str, int]:
+        """The server's processes while it runs, by name."""
         return self.cluster.pids()
 
     def requests(self) -> dict[str, dict[str, int]]:
-        # Read after the clients and the server stopped: a watch is logged when it ends, and the log is
-        # written in batches (flushed as the server shuts down).
+        """Every request it served, client -> what -> count: read once it has stopped, when the count is whole
+        (a watch is logged when it ends, and the log is written in batches, flushed as the server shuts down)."""
         operators = {realkube.service_account_user(*account) for account in self._service_accounts.values()}
-        return by_client(collections.Counter((audit_client(event, operators), audit_what(event))
-                                             for event in self.cluster.audit_events()))
+        counts = collections.Counter((audit_client(event, operators), audit_what(event))
+                                     for event in self.cluster.audit_events())
+        found: dict[str, dict[str, int]] = {}
+        for (client, what), count in sorted(counts.items()):
+            found.setdefault(client, {})[what] = count
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        return {"title": self.title, "api_processes": list(self.api_processes)}
+
+
+def client_of(user_agent: str) -> str:
+    """The client behind a User-Agent: kopf's own requests, the official Kubernetes client the operators call,
+    this benchmark, or another."""
+    if user_agent.startswith("kopf/"):
+        return "kopf"
+    if user_agent.startswith("OpenAPI-Generator/"):
+        return "kubernetes-client"
+    if user_agent.startswith("promptopt-bench"):
+        return "bench"
+    return "other"
 
 
 def audit_client(event: dict[str, Any], operator_users: Iterable[str]) -> str:
-    """Who made an audited request: the operator under test by User-Agent (kopf, kubernetes-client), as the
-    emulator counts it; the kubelet and the scheduler it plays by user; the admin's requests as the
-    benchmark's (its User-Agent) or the admin's (the controller manager, the cluster's set-up)."""
+    """Who made an audited request: the operator under test by User-Agent (kopf, kubernetes-client); the kubelet
+    and the scheduler it plays by user; the admin's requests as the benchmark's (its User-Agent) or the admin's
+    (the controller manager, the cluster's set-up)."""
     user, agent = event["user"]["username"], event.get("userAgent", "")
     if user in operator_users:
         return client_of(agent)
@@ -218,13 +159,11 @@ def audit_client(event: dict[str, Any], operator_users: Iterable[str]) -> str:
 
 
 def audit_what(event: dict[str, Any]) -> str:
-    """"verb resource[/subresource]" as the emulator counts it ("discovery" for the non-resource paths), with
-    the code when it is an error."""
+    """"verb resource[/subresource]" ("discovery" for the non-resource paths), with the code when it is an
+    error."""
     ref = event.get("objectRef")
     what = "discovery" if ref is None else \
         f"{event['verb']} {ref['resource']}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
     code = event.get("responseStatus", {}).get("code", 200)
     return what if code < 300 else f"{what} -> {code}"
 
-
-SERVERS: dict[str, type[ApiServer]] = {server.mode: server for server in (EmulatedApiServer, RealApiServer)}

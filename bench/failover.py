@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.api_servers import SERVERS, wait_until
+from bench.api_servers import KubeApiServer, wait_until
 from bench.operator_load import SLEEP_IMAGE, Cluster, Observer, create_jobs, observing, summary
 from promptopt_harness.chart import RELEASE_NAMESPACE
 from promptopt_harness.operator_process import OperatorProcess
@@ -59,15 +59,14 @@ def fail_over(cluster: Cluster, seen: Observer, leader: OperatorProcess, how: st
 
 
 def run(config: FailoverConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    server = SERVERS["real"]
-    unavailable = server.unavailable()
+    unavailable = KubeApiServer.unavailable()
     if unavailable:
         progress(f"failover: not run: {unavailable}")
         return {"unavailable": unavailable}
     timing = Timing()
     results: dict[str, Any] = {"config": dataclasses.asdict(config), "lease_seconds": timing.lease_seconds,
                                "retry_seconds": timing.retry_seconds}
-    with tempfile.TemporaryDirectory(prefix="promptopt-bench-") as workdir, Cluster(server(Path(workdir))) as cluster:
+    with tempfile.TemporaryDirectory(prefix="promptopt-bench-") as workdir, Cluster(Path(workdir)) as cluster:
         results["server"] = cluster.server.title
         kubeconfig = cluster.server.operator_kubeconfig("ours")
         logs = iter(range(1, 1000))

@@ -1,14 +1,13 @@
-"""The operator benchmark: many jobs at once against an API server, the local kubelet, the real operator.
+"""The operator benchmark: many jobs at once against a real kube-apiserver, the local kubelet, the real operator.
 
-Processes (each its own, so no two share a GIL): the API server, emulated or real (bench/api_servers.py: the
-scenarios run the same on both), the local kubelet (`python -m promptopt_harness.kubelet`) whose
-`--command-override` turns every benchmark worker Pod into a trivial process (a shell that sleeps until SIGTERM, or
-`true`),
-the operator under test (`promptopt operator`, or kopf running bench/floor_operator.py), and this one, which
-creates and cancels jobs and watches jobs and Pods. Every time is taken here, on one monotonic clock, when
-the request is sent or the watch event arrives: the API's timestamps have one-second resolution.
+Processes (each its own, so no two share a GIL): the API server (a real control plane, bench/api_servers.py),
+the local kubelet (`python -m promptopt_harness.kubelet`) whose `--command-override` turns every benchmark worker
+Pod into a trivial process (a shell that sleeps until SIGTERM, or `true`), the operator under test (`promptopt
+operator`, or kopf running bench/floor_operator.py), and this one, which creates and cancels jobs and watches jobs
+and Pods. Every time is taken here, on one monotonic clock, when the request is sent or the watch event arrives:
+the API's timestamps have one-second resolution.
 
-Scenarios (each on a fresh cluster of the server given):
+Scenarios (each on a fresh cluster):
 - latency: N jobs created at once, Pods that keep running; create → Pod created, create → job Running (our
   phase; the floor has none), then every job cancelled at once: cancel → Pod deleted; launch throughput
   (N / first create → last Pod); the operator's peak RSS (VmHWM). Run for ours and for the kopf floor.
@@ -37,7 +36,7 @@ from typing import Any
 import urllib3
 import yaml
 
-from bench.api_servers import BENCH_DIR, NAMESPACE, SERVERS, STOP_TIMEOUT_S, ApiServer, start, wait_until
+from bench.api_servers import BENCH_DIR, NAMESPACE, STOP_TIMEOUT_S, KubeApiServer, start, wait_until
 from promptopt.api.times import parse_time
 from promptopt_harness.operator_process import OperatorProcess, free_port
 from promptopt_harness.processes import stop_process
@@ -67,27 +66,23 @@ class OperatorConfig:
     queue_timeout_s: float = 900.0  # the queue scenario reports what finished by then
     skip_latency: bool = False
     skip_queue: bool = False
-    servers: tuple[str, ...] = ("emulator",)  # keys of api_servers.SERVERS, each run in turn
 
 
 # ------------------------------------------------------------------------------------------------
 # The API, as this process sees it.
 
 class Api:
-    """Plain JSON over HTTP(S) to the API server as a kubeconfig's identity (one pooled client for every thread
-    here)."""
+    """Plain JSON over HTTPS to the API server as a kubeconfig's identity, its token over its CA (one pooled client
+    for every thread here)."""
 
     def __init__(self, kubeconfig: Path):
         config = yaml.safe_load(kubeconfig.read_text())
         cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
         self.base_url = cluster["server"].rstrip("/")
-        self._headers = {"User-Agent": "promptopt-bench"}
-        if user.get("token"):
-            self._headers["Authorization"] = f"Bearer {user['token']}"
-        tls = ({"cert_reqs": "CERT_REQUIRED", "ca_certs": cluster["certificate-authority"]}
-               if cluster.get("certificate-authority") else {})
+        self._headers = {"User-Agent": "promptopt-bench", "Authorization": f"Bearer {user['token']}"}
         self._pool = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=30),
-                                         headers=self._headers, **tls)
+                                         headers=self._headers, cert_reqs="CERT_REQUIRED",
+                                         ca_certs=cluster["certificate-authority"])
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -135,12 +130,12 @@ class Api:
 # A fresh cluster: an API server and the local kubelet, each in processes of their own.
 
 class Cluster:
-    """An API server (bench/api_servers.py) and the local kubelet; `api` is this process's client, as the
-    server's admin. `requests` holds what the server served, by client, once stopped."""
+    """A real control plane (bench/api_servers.py) and the local kubelet, their files in `workdir`; `api` is this
+    process's client, as the server's admin. `requests` holds what the server served, by client, once stopped."""
 
-    def __init__(self, server: ApiServer):
-        self.server = server
-        self.workdir = server.workdir
+    def __init__(self, workdir: Path):
+        self.server = KubeApiServer(workdir)
+        self.workdir = workdir
         self.requests: dict[str, dict[str, int]] = {}  # client -> what -> count, once stopped
         self._kubelet: subprocess.Popen | None = None
 
@@ -357,8 +352,8 @@ def seconds_between(earlier: str, later: str) -> int:
 
 def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]:
     """Requests the API server served, per job: the operator's (kopf's own and its Kubernetes client's) and
-    the node's (the kubelet and, on the real server, the scheduler it plays, a user of its own); the full
-    breakdown by client and request kind too."""
+    the node's (the kubelet and the scheduler it plays, a user of its own); the full breakdown by client and
+    request kind too."""
     operator = sum(sum(counts.get(client, {}).values()) for client in ("kopf", "kubernetes-client"))
     kubelet = sum(sum(counts.get(client, {}).values()) for client in ("kubelet", "scheduler"))
     return {"operator_per_job": operator / jobs, "kubelet_per_job": kubelet / jobs, "by_client": counts}
@@ -367,11 +362,11 @@ def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]
 # ------------------------------------------------------------------------------------------------
 # Scenarios.
 
-def latency_scenario(server: type[ApiServer], which: str, jobs: int, timeout: float) -> dict[str, Any]:
+def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
     """N jobs at once with long-running Pods, then all cancelled: ours (`which="ours"`) or the kopf floor."""
     names = [f"lat-{i:05d}" for i in range(jobs)]
     with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
-        cluster = Cluster(server(Path(tmp)))
+        cluster = Cluster(Path(tmp))
         with cluster, (our_operator(cluster, SLEEP_IMAGE, max_running_jobs=jobs) if which == "ours"
                        else floor_operator(cluster, SLEEP_IMAGE)) as process, observing(cluster.api) as seen:
             cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
@@ -404,8 +399,8 @@ def latency_scenario(server: type[ApiServer], which: str, jobs: int, timeout: fl
         }
 
 
-def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: float,
-                   progress: Callable[[str], None] = lambda _: None, kib: int = 0) -> dict[str, Any]:
+def queue_scenario(jobs: int, limit: int, timeout: float, progress: Callable[[str], None] = lambda _: None,
+                   kib: int = 0) -> dict[str, Any]:
     """M jobs at once, at most `limit` running, Pods that succeed at once: all finish, one Pod each, in order.
     `kib`: jobs of about that many KiB (job_manifest), else small ones.
 
@@ -413,7 +408,7 @@ def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: floa
     """
     names = [f"q-{i:05d}" for i in range(jobs)]
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
-        cluster = Cluster(server(Path(tmp)))
+        cluster = Cluster(Path(tmp))
         with cluster, our_operator(cluster, INSTANT_IMAGE, max_running_jobs=limit) as process, \
                 observing(cluster.api) as seen:
             cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
@@ -492,44 +487,33 @@ def queue_scenario(server: type[ApiServer], jobs: int, limit: int, timeout: floa
 
 
 def run(config: OperatorConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Every scenario on each server of config.servers: results["servers"][mode] holds them, or why the server
-    could not run here ("unavailable")."""
-    results: dict[str, Any] = {"config": dataclasses.asdict(config), "servers": {}}
-    for mode in config.servers:
-        server = SERVERS[mode]
-        unavailable = server.unavailable()
-        if unavailable:
-            progress(f"operator on the {mode} API server: not run: {unavailable}")
-            results["servers"][mode] = {"unavailable": unavailable}
-            continue
-        results["servers"][mode] = on_server(server, config, progress)
-    return results
-
-
-def on_server(server: type[ApiServer], config: OperatorConfig, progress: Callable[[str], None]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    """Every scenario of the config, each on a fresh cluster; or why the API server cannot run here
+    ("unavailable")."""
+    results: dict[str, Any] = {"config": dataclasses.asdict(config)}
+    unavailable = KubeApiServer.unavailable()
+    if unavailable:
+        progress(f"operator: not run: {unavailable}")
+        return {**results, "unavailable": unavailable}
     if not config.skip_latency:
-        progress(f"operator ({server.mode} API server): {config.jobs} jobs against the kopf floor")
-        results["floor"] = latency_scenario(server, "floor", config.jobs, config.timeout_s)
-        progress(f"operator ({server.mode} API server): {config.jobs} jobs against promptopt's operator")
-        results["ours"] = latency_scenario(server, "ours", config.jobs, config.timeout_s)
+        progress(f"operator: {config.jobs} jobs against the kopf floor")
+        results["floor"] = latency_scenario("floor", config.jobs, config.timeout_s)
+        progress(f"operator: {config.jobs} jobs against promptopt's operator")
+        results["ours"] = latency_scenario("ours", config.jobs, config.timeout_s)
     if not config.skip_queue:
-        progress(f"operator ({server.mode} API server): {config.queue_jobs} jobs, at most {config.queue_limit} "
-                 f"running (reported as it stands after {config.queue_timeout_s:.0f} s at most)")
-        results["queue"] = queue_scenario(server, config.queue_jobs, config.queue_limit, config.queue_timeout_s,
-                                          progress)
+        progress(f"operator: {config.queue_jobs} jobs, at most {config.queue_limit} running (reported as it stands "
+                 f"after {config.queue_timeout_s:.0f} s at most)")
+        results["queue"] = queue_scenario(config.queue_jobs, config.queue_limit, config.queue_timeout_s, progress)
         if config.large_queue_jobs:
-            progress(f"operator ({server.mode} API server): {config.large_queue_jobs} jobs, at most "
-                     f"{config.large_queue_limit} running (reported as it stands after {config.queue_timeout_s:.0f} s "
-                     "at most)")
-            results["large_queue"] = queue_scenario(server, config.large_queue_jobs, config.large_queue_limit,
+            progress(f"operator: {config.large_queue_jobs} jobs, at most {config.large_queue_limit} running "
+                     f"(reported as it stands after {config.queue_timeout_s:.0f} s at most)")
+            results["large_queue"] = queue_scenario(config.large_queue_jobs, config.large_queue_limit,
                                                     config.queue_timeout_s, progress)
         for scenario, kib in (("memory_small", 0), ("memory_large", config.memory_job_kib)):
             if config.memory_jobs:
-                progress(f"operator ({server.mode} API server): {config.memory_jobs} jobs of "
-                         f"{'about ' + str(kib) if kib else 'a few'} KiB, at most {config.queue_limit} running")
-                results[scenario] = queue_scenario(server, config.memory_jobs, config.queue_limit,
-                                                   config.queue_timeout_s, progress, kib)
+                progress(f"operator: {config.memory_jobs} jobs of {'about ' + str(kib) if kib else 'a few'} KiB, "
+                         f"at most {config.queue_limit} running")
+                results[scenario] = queue_scenario(config.memory_jobs, config.queue_limit, config.queue_timeout_s,
+                                                   progress, kib)
     return results
 
 
@@ -541,11 +525,11 @@ def exit_on_sigterm() -> None:
 
 
 if __name__ == "__main__":  # one scenario alone, for profiling:
-    # python -m bench.operator_load emulator|real ours|floor|queue N [L]
+    # python -m bench.operator_load ours|floor|queue N [L]
     exit_on_sigterm()
-    chosen, which, size = SERVERS[sys.argv[1]], sys.argv[2], int(sys.argv[3])
+    which, size = sys.argv[1], int(sys.argv[2])
     if which == "queue":
-        limit = int(sys.argv[4]) if len(sys.argv) > 4 else 50
-        print(json.dumps(queue_scenario(chosen, size, limit, 1800, lambda m: print(m, file=sys.stderr)), indent=1))
+        limit = int(sys.argv[3]) if len(sys.argv) > 3 else 50
+        print(json.dumps(queue_scenario(size, limit, 1800, lambda m: print(m, file=sys.stderr)), indent=1))
     else:
-        print(json.dumps(latency_scenario(chosen, which, size, 1800), indent=1))
+        print(json.dumps(latency_scenario(which, size, 1800), indent=1))

@@ -62,7 +62,7 @@ def times(value: float | None) -> str:
 
 
 def api_cpu(result: dict[str, Any]) -> tuple[str, float]:
-    """The API server's processes, named ("emulator", "kube-apiserver + etcd"), and their CPU seconds."""
+    """The API server's processes, named ("kube-apiserver + etcd"), and their CPU seconds."""
     processes = result["server"]["api_processes"]
     return " + ".join(processes), sum(result["cpu_seconds"][name] for name in processes)
 
@@ -253,12 +253,12 @@ def worker_process_section(results: dict[str, Any]) -> Section:
 
 def sections(results: dict[str, Any]) -> list[Section]:
     found = []
-    for run in results.get("operator", {}).get("servers", {}).values():  # a pair of sections per server
-        if "ours" in run:
-            found.append(operator_section(run))
-        found.extend(queue_section(run[scenario]) for scenario in ("queue", "large_queue") if scenario in run)
-        if "memory_large" in run:
-            found.append(memory_section(run["memory_small"], run["memory_large"]))
+    operator = results.get("operator", {})
+    if "ours" in operator:
+        found.append(operator_section(operator))
+    found.extend(queue_section(operator[scenario]) for scenario in ("queue", "large_queue") if scenario in operator)
+    if "memory_large" in operator:
+        found.append(memory_section(operator["memory_small"], operator["memory_large"]))
     if "first_action_s" in results.get("failover", {}):
         found.append(failover_section(results["failover"]))
     if "optimization" in results:

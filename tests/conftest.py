@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Kubernetes API server (and the emulator), the chart, the local kubelet and the
+"""Shared fixtures: a real Kubernetes API server, a real node, the chart, the local kubelet, an MLflow server and the
 simulated LLM."""
 import os
 
@@ -26,7 +26,7 @@ def llm():
         yield server
 
 
-# --- Kubernetes: a real kube-apiserver and etcd (promptopt_harness.realkube), the emulator where it earns its place ---
+# --- Kubernetes: a real kube-apiserver and etcd (promptopt_harness.realkube) ---
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -258,17 +258,6 @@ def _clear_namespace(cluster) -> None:
                 raise
 
 
-@pytest.fixture
-def emulated_cluster():
-    """A fresh EmulatedCluster (the emulator, for its own tests and the request-counting benchmark): serves
-    promptopt's CRD (from its API models) and has the `default` namespace; ``cluster.emulator`` is the kmock-based
-    server."""
-    from promptopt_harness.emulator import EmulatedCluster
-
-    with EmulatedCluster() as emulated:
-        yield emulated
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server (SQLite, loopback), shared by the session: tests name their prompts apart."""
@@ -300,11 +289,9 @@ def render(chart):
 def install_rbac(cluster, render, tmp_path):
     """``install_rbac(**values)``: apply the chart's ServiceAccounts, Roles and bindings (jobNamespaces: this
     test's namespace unless the values say otherwise) and return a kubeconfig of the operator's ServiceAccount,
-    so the operator runs with exactly the permissions the chart gives it. On the emulator: its kubeconfig."""
+    so the operator runs with exactly the permissions the chart gives it."""
 
     def install(**values) -> Path:
-        if not hasattr(cluster, "service_account_kubeconfig"):
-            return cluster.operator_kubeconfig
         values.setdefault("jobNamespaces", [cluster.namespace])
         manifests = [m for m in render(values) if m["kind"] in RBAC_KINDS]
         for manifest in manifests:
@@ -345,7 +332,7 @@ def kubectl(cluster, kubectl_for):
     return kubectl_for(cluster.kubeconfig)
 
 
-# --- Local kubelet: runs the emulated cluster's Pods as local processes (promptopt_harness.kubelet) ---
+# --- Local kubelet: runs the cluster's Pods as local processes (promptopt_harness.kubelet) ---
 @pytest.fixture
 def kubelet(cluster):
     """A started LocalKubelet on `cluster` (all namespaces, node "local-kubelet"); stopped after the test,

@@ -1,5 +1,5 @@
-"""A small HTTP client for tests and scripts: any Kubernetes API server (the real one or the emulator), JSON in
-and out, resources found through discovery as kubectl finds them.
+"""A small HTTP client for tests and scripts: any Kubernetes API server, JSON in and out, resources found through
+discovery as kubectl finds them.
 
 `ClusterApi.create/get/list/patch/delete/apply/wait_for` raise `ApiError` with the server's code and Status
 body; nothing is retried, so a test sees exactly what the server answered.

@@ -4,9 +4,8 @@ The fast tiers' node: where a test needs a container (an image, memory limits, i
 under Pod Security), it runs on the real node (promptopt_harness.node), and what both report for the same Pods is
 compared by tests/pods/test_kubelet_differential.py.
 
-`LocalKubelet` watches Pods through the Kubernetes API (the emulator in `promptopt_harness.emulator`, or
-any API server a kubeconfig points at) and does for each one what the default scheduler and the kubelet
-of a one-node cluster would do, with the status a real cluster reports:
+`LocalKubelet` watches Pods through the Kubernetes API server a kubeconfig points at and does for each one what
+the default scheduler and the kubelet of a one-node cluster would do, with the status a real cluster reports:
 
 - scheduling: a Pod fits when its `nodeSelector` matches the node's labels and its containers' resource
   requests fit in the node's capacity minus the requests of the Pods already running here. A Pod that
@@ -32,7 +31,8 @@ file. In env values, command/args elements and `workingDir`, every path that is,
 `--out=/data/x` and `echo done > /dev/termination-log` are all translated. A `workingDir` outside every
 mount (a directory of the image) is created inside the sandbox and translated likewise; without one,
 the process runs in the sandbox's working directory. HOME, TMPDIR and HOSTNAME are set as in a
-container; KUBECONFIG points at the kubelet's kubeconfig (the stand-in for the service-account mount),
+container; KUBECONFIG points at a kubeconfig over the Pod's service-account token (the stand-in for the
+service-account mount; the kubelet's own kubeconfig for a Pod that mounts no token),
 PATH starts with this Python's scripts directory (so `promptopt` resolves), PYTHONUNBUFFERED=1. Nothing
 else from the caller's environment leaks in; `extra_env` adds variables to every container.
 
@@ -107,7 +107,7 @@ DEFAULT_GRACE_SECONDS = 30
 # for config errors, much faster than its image back-off (10 s doubling) so tests stay short.
 RETRY_SECONDS = 1.0
 REQUEST_TIMEOUT_SECONDS = 10
-# Bounded because the emulator serves one request at a time anyway; more threads just queue.
+# Requests in flight to the API server at once; more threads wait for a connection (block=True).
 API_CONNECTIONS = 32
 WATCH_SECONDS = 300
 STOP_TIMEOUT_SECONDS = 10
@@ -336,7 +336,7 @@ def plan_launch(
 
 def service_account_volume(pod: Mapping[str, Any]) -> tuple[str, int] | None:
     """The projected volume the ServiceAccount admission plugin adds for the Pod's token: (name, token lifetime
-    in seconds), or None (the emulator admits Pods without one; then the kubelet's own kubeconfig stands in)."""
+    in seconds), or None (`automountServiceAccountToken: false`; then the kubelet's own kubeconfig stands in)."""
     for volume in pod["spec"].get("volumes") or []:
         for source in (volume.get("projected") or {}).get("sources") or []:
             if "serviceAccountToken" in source:
@@ -1197,7 +1197,7 @@ class _PodWorker:
 # ---------------------------------------------------------------------------------------------------
 
 class LocalKubelet:
-    """Schedules and runs the Pods of a (emulated) cluster as local processes; see the module docstring.
+    """Schedules and runs the Pods of a cluster as local processes; see the module docstring.
 
     Use as a context manager, or call start() and stop(). `capacity` and `node_labels` are added to the
     defaults; `command_overrides`
@@ -1259,10 +1259,7 @@ class LocalKubelet:
         scheduler_api = _ApiServer(self.scheduler_kubeconfig) if self.scheduler_kubeconfig != self.kubeconfig else api
         self._node = Node(name=self.node_name, api=api, scheduler_api=scheduler_api, base_env=self._base_env,
                           resources=self._resources, stopping=self._stopping, command_override=self.command_override)
-        try:
-            api.register_node(node_manifest(self.node_name, self.node_labels, self._capacity_text))
-        except NotFound:
-            log.debug("the API serves no v1 Nodes (the emulator): the node is not registered")
+        api.register_node(node_manifest(self.node_name, self.node_labels, self._capacity_text))
         if self._given_state_dir is not None:
             self._given_state_dir.mkdir(parents=True, exist_ok=True)
             self._state_dir = self._given_state_dir
@@ -1417,7 +1414,7 @@ def _pod_key(pod: Mapping[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m promptopt_harness.kubelet",
-        description="Run the Pods of a (emulated) Kubernetes API as local processes until SIGTERM/SIGINT.",
+        description="Run the Pods of a Kubernetes API server as local processes until SIGTERM/SIGINT.",
     )
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--scheduler-kubeconfig", help="bind Pods as this identity (default: --kubeconfig)")

@@ -1,5 +1,5 @@
-"""`python -m bench --quick`: every benchmark path runs at toy sizes and the table has every row, with the
-operator benchmarks on the emulator and on a real kube-apiserver.
+"""`python -m bench --quick`: every benchmark path runs at toy sizes and the table has every row, the operator
+benchmarks on a real kube-apiserver.
 
 No timing is asserted here: speed targets belong to the benchmark's report (docs/performance.md), and a
 MISS is a finding, not a failure.
@@ -61,11 +61,11 @@ def operator_rows(server: str, api_cpu: str) -> dict[str, list[str]]:
             f"Operator memory on {server}: 6 jobs of": MEMORY_ROWS}
 
 
-def run_quick(tmp_path: Path, *flags: str) -> tuple[dict, str]:
-    """`python -m bench --quick FLAGS`: its results JSON and its stdout."""
+def run_quick(tmp_path: Path) -> tuple[dict, str]:
+    """`python -m bench --quick`: its results JSON and its stdout."""
     results_path = tmp_path / "results.json"
     env = {**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV}
-    run = subprocess.run([sys.executable, "-m", "bench", "--quick", *flags, "--json", str(results_path)],
+    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(results_path)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(results_path.read_text()), run.stdout
@@ -98,50 +98,41 @@ def assert_queues_correct(scenarios: dict) -> None:
         assert queue["jobs"] == queue["succeeded"] == jobs and queue["duplicated"] == 0 and queue["without_pod"] == 0
 
 
-def test_quick_run_prints_the_table_with_every_row_and_writes_json(tmp_path):
-    results, stdout = run_quick(tmp_path, "--api", "emulator", "--only", "operator", "--only", "queue", "--only",
-                                "optimization")
-    assert_tables(results, stdout, {**operator_rows("the emulated API", "emulator"),
+def test_quick_run_prints_the_table_with_every_row_and_writes_json(real_cluster, tmp_path):
+    """Every benchmark of the default run, the operator's on kube-apiserver with requests counted from its audit
+    log. `real_cluster` is asked for its rule only (skip where the real tier cannot run, fail where CI requires it):
+    the benchmark starts fresh clusters of its own."""
+    results, stdout = run_quick(tmp_path)
+    server = f"kube-apiserver v{real_cluster.version}"
+    assert_tables(results, stdout, {**operator_rows(server, "kube-apiserver + etcd"),
+                                    f"Operator failover on {server}": FAILOVER_ROWS,
                                     "Optimization: GEPA, max_metric_calls 20, 8 records": OPTIMIZATION_ROWS,
                                     "Worker process: promptopt run of the same job (20 metric calls":
                                         WORKER_PROCESS_ROWS})
 
     # The sizes actually used are in the table and in the JSON.
-    assert results["operator"]["config"]["jobs"] == 5
-    assert list(results["operator"]["servers"]) == ["emulator"]
-    emulated = results["operator"]["servers"]["emulator"]
+    operator = results["operator"]
+    assert operator["config"]["jobs"] == 5
     assert results["optimization"]["config"]["metric_calls"] == 20
     worker = results["optimization"]["worker_process"]
     assert worker["final_score"] is not None and worker["samples"] > 0 and worker["llm_calls_total"] > 0
-    assert_queues_correct(emulated)
-    assert emulated["memory_large"]["job_kib"] > 60 > 2 > emulated["memory_small"]["job_kib"]
+    assert_queues_correct(operator)
+    assert operator["memory_large"]["job_kib"] > 60 > 2 > operator["memory_small"]["job_kib"]
+    # One round of each: the new leader acted on the job created as the old one went.
+    assert {how: found["n"] for how, found in results["failover"]["first_action_s"].items()} == {"kill": 1, "stop": 1}
     # The MLflow peer either ran or said clearly why not.
     peer = results["optimization"]["mlflow"]
     assert peer["available"] or "MLflow peer not run" in stdout
 
-
-def test_operator_benchmarks_run_on_a_real_api_server(real_cluster, tmp_path):
-    """The same scenarios and rows on kube-apiserver, requests counted from its audit log. `real_cluster` is
-    asked for its rule only (skip where the real tier cannot run, fail where CI requires it): the benchmark
-    starts fresh clusters of its own."""
-    results, stdout = run_quick(tmp_path, "--api", "real", "--only", "operator", "--only", "queue", "--only",
-                                "failover")
-    server = f"kube-apiserver v{real_cluster.version}"
-    assert_tables(results, stdout, {**operator_rows(server, "kube-apiserver + etcd"),
-                                    f"Operator failover on {server}": FAILOVER_ROWS})
-    # One round of each: the new leader acted on the job created as the old one went.
-    assert {how: found["n"] for how, found in results["failover"]["first_action_s"].items()} == {"kill": 1, "stop": 1}
-
-    real = results["operator"]["servers"]["real"]
-    assert_queues_correct(real)
-    for scenario in (real["floor"], real["ours"], real["queue"], real["large_queue"], real["memory_large"]):
+    for scenario in (operator["floor"], operator["ours"], operator["queue"], operator["large_queue"],
+                     operator["memory_large"]):
         assert scenario["server"]["title"] == server
         requests = scenario["api_requests"]
         assert requests["operator_per_job"] > 0 and requests["kubelet_per_job"] > 0
         clients = requests["by_client"]
         # Each operator's ServiceAccount has what it needs: the authorizer refused none of its requests.
-        operator = {**clients["kopf"], **clients["kubernetes-client"]}
-        assert operator.get("create pods") == scenario["jobs"], operator
-        assert not [what for what in operator if what.endswith("-> 403")], operator
+        operator_requests = {**clients["kopf"], **clients["kubernetes-client"]}
+        assert operator_requests.get("create pods") == scenario["jobs"], operator_requests
+        assert not [what for what in operator_requests if what.endswith("-> 403")], operator_requests
         assert clients["bench"]["create promptoptimizationjobs"] == scenario["jobs"]
         assert clients["scheduler"]["create pods/binding"] == scenario["jobs"]

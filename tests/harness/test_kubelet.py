@@ -1,4 +1,4 @@
-"""LocalKubelet: the pure decisions directly, then Pods run against the emulated API (`cluster`)."""
+"""LocalKubelet: the pure decisions directly, then Pods run against the real API server (`cluster`)."""
 from __future__ import annotations
 
 import base64

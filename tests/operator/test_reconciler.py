@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from promptopt_harness.emulator import apply_merge_patch
+from promptopt_harness.kube_rest import apply_merge_patch
 from promptopt_operator.kube import StaleJob
 from promptopt_operator.lifecycle import reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics

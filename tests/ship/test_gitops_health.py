@@ -12,7 +12,7 @@ import yaml
 from lupa.lua51 import LuaRuntime, lua_type
 
 from promptopt.api.v1alpha1 import API_VERSION, KIND, TERMINAL_PHASES, Phase
-from promptopt_harness.emulator import apply_merge_patch
+from promptopt_harness.kube_rest import apply_merge_patch
 from promptopt_operator.lifecycle import Job, Slot, decide
 from promptopt_operator.pods import WorkerPod, pod_name
 from promptopt_operator.settings import OperatorSettings
@@ -198,9 +198,8 @@ def health_check_exprs() -> dict[str, str]:
 def flux_health(obj: dict, exprs: dict[str, str]) -> str:
     """Flux's status for a custom resource with healthCheckExprs (fluxcd/pkg runtime/cel StatusEvaluator): InProgress
     while status.observedGeneration lags metadata.generation, then the first of inProgress, failed, current that
-    holds, else InProgress. The object's top-level fields are the CEL variables (there is no `self`, so
-    promptopt_harness.admission's evaluation of CRD rules does not fit). A failed evaluation leaves the
-    resource's status Unknown."""
+    holds, else InProgress. The object's top-level fields are the CEL variables (there is no `self`, unlike in a
+    CRD's rules). A failed evaluation leaves the resource's status Unknown."""
     observed = (obj.get("status") or {}).get("observedGeneration")
     if observed is not None and observed != obj["metadata"].get("generation"):
         return "InProgress"

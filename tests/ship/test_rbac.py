@@ -21,7 +21,7 @@ import pytest
 from promptopt.api.v1alpha1 import API_VERSION, KIND
 from promptopt_harness.chart import RELEASE_NAMESPACE
 from promptopt_harness.client import ApiError
-from promptopt_harness.emulator import parse_api_path
+from promptopt_harness.kube_rest import parse_api_path
 from promptopt_harness.operator_process import OperatorProcess
 from promptopt_harness.realkube import service_account_user
 from promptopt_operator import kube

@@ -1,4 +1,4 @@
-"""`promptopt worker` in a Pod, as the operator starts it: emulated API, local kubelet, simulated LLM."""
+"""`promptopt worker` in a Pod, as the operator starts it: real API server, local kubelet, simulated LLM."""
 import base64
 import hashlib
 import json
