@@ -54,3 +54,23 @@ def test_mypy_finds_nothing():
     result = run_checker("mypy")
     assert result.returncode == 0, f"mypy found problems:\n{result.stdout}{result.stderr}"
     assert "Success: no issues found" in result.stdout
+
+
+# A status field the CRD lacks: the API server would prune it without a word, so writing one must fail to type-check
+# (statuses are built as the API models, whose every keyword the pydantic plugin checks).
+MISSPELLED_STATUS = """\
+from promptopt.api.v1alpha1 import Progress, PromptOptimizationJobStatus
+
+PromptOptimizationJobStatus(phase="Pending", last_failure_time="2026-12-07T00:00:00Z")
+PromptOptimizationJobStatus(progress=Progress(metric_call=3))
+"""
+
+
+def test_mypy_refuses_a_status_field_the_crd_lacks(tmp_path: Path):
+    path = tmp_path / "misspelled_status.py"
+    path.write_text(MISSPELLED_STATUS)
+    result = run_checker("mypy", "--no-incremental", str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'Unexpected keyword argument "last_failure_time"' in result.stdout
+    assert 'Unexpected keyword argument "metric_call"' in result.stdout
+

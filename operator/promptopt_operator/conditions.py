@@ -10,9 +10,11 @@ message so `kubectl get poj -o wide` and `kubectl describe` explain the state wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Literal
 
 from promptopt.api.v1alpha1 import Condition
+
+ConditionStatus = Literal["True", "False", "Unknown"]
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -28,7 +30,7 @@ _END_CONDITIONS = {"Succeeded": COMPLETE, "Failed": FAILED, "Cancelled": FAILED}
 SPEC_APPLIED = "SpecApplied"
 
 # What each phase asserts: (Ready, Reconciling, Stalled).
-_PHASE_CONDITIONS = {
+_PHASE_CONDITIONS: dict[str, tuple[ConditionStatus, ConditionStatus, ConditionStatus]] = {
     "Pending": ("False", "True", "False"),
     "Queued": ("False", "True", "False"),
     "Running": ("False", "True", "False"),
@@ -47,7 +49,7 @@ def conditions_for(
     previous: Sequence[Condition] | None,
     spec_applied: tuple[bool, str, str] | None = None,
     stalled: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """The job's conditions for a phase, and SpecApplied (status, reason, message) once the job has started.
     `stalled`: the job waits on something only a person can fix (Stalled=True while it still waits).
 
@@ -66,10 +68,10 @@ def conditions_for(
             for kind, status, why, text in wanted]
 
 
-def set_condition(conditions: Sequence[Condition] | None, kind: str, status: str, reason: str, message: str,
-                  generation: int | None, now: str) -> list[dict[str, Any]]:
+def set_condition(conditions: Sequence[Condition] | None, kind: str, status: ConditionStatus, reason: str, message: str,
+                  generation: int | None, now: str) -> list[Condition]:
     """The conditions with `kind` set, the others as they are (apimachinery's SetStatusCondition)."""
-    others = [c.model_dump(by_alias=True, exclude_none=True) for c in conditions or [] if c.type != kind]
+    others = [c for c in conditions or [] if c.type != kind]
     return [*others, _condition(kind, status, reason, message, generation, now, find_condition(conditions, kind))]
 
 
@@ -82,9 +84,9 @@ def condition_status(conditions: Sequence[Condition] | None, kind: str) -> str |
     return condition.status if (condition := find_condition(conditions, kind)) else None
 
 
-def _condition(kind: str, status: str, reason: str, message: str, generation: int | None, now: str,
-               previous: Condition | None) -> dict[str, Any]:
+def _condition(kind: str, status: ConditionStatus, reason: str, message: str, generation: int | None, now: str,
+               previous: Condition | None) -> Condition:
     """One condition; its lastTransitionTime moves only when its status changes."""
     unchanged_since = previous.last_transition_time if previous is not None and previous.status == status else None
-    return {"type": kind, "status": status, "observedGeneration": generation,
-            "lastTransitionTime": unchanged_since or now, "reason": reason, "message": message}
+    return Condition(type=kind, status=status, observed_generation=generation,
+                     last_transition_time=unchanged_since or now, reason=reason, message=message)

@@ -16,12 +16,11 @@ from typing import Any
 
 from promptopt.api.times import format_duration, format_time, parse_time
 from promptopt.api.v1alpha1 import (
-    TERMINAL_PHASES, PromptOptimizationJobSpec, PromptOptimizationJobStatus, WorkerResult, read_status, status_patch,
+    TERMINAL_PHASES, AttemptFailure, Phase, PromptOptimizationJobSpec, PromptOptimizationJobStatus, WorkerResult,
+    WorkerStatus, merged_status, read_status, status_patch,
 )
 from promptopt.api.validation import InvalidSpec, parse_spec
-from promptopt.worker_contract import (
-    EXIT_INVALID_INPUT, PERMANENT_FAILURES, WORKER_STATUS_FIELDS, parse_termination_message,
-)
+from promptopt.worker_contract import EXIT_INVALID_INPUT, PERMANENT_FAILURES, parse_termination_message
 
 from promptopt_operator.conditions import READY, SPEC_APPLIED, condition_status, conditions_for, find_condition
 from promptopt_operator.pods import WorkerPod, label_value, pod_name
@@ -153,10 +152,10 @@ class Slot:
 class _NextStep:
     """The decision under construction."""
 
-    phase: str
+    phase: Phase
     reason: str
     message: str
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: PromptOptimizationJobStatus = field(default_factory=PromptOptimizationJobStatus)  # more to write
     create_attempt: int | None = None
     delete_pods: tuple[str, ...] = ()
     recheck_after: float | None = None
@@ -210,9 +209,10 @@ def _decide(job: Job, pods: Sequence[WorkerPod], now: datetime, settings: Operat
     step = _next_step(job, pods, now, settings, slot, live)
     if pods:
         # Pods are the truth: an operator that died between creating a Pod and recording it catches up here.
-        step.fields.setdefault("attempts", _attempts(status, pods))
+        caught_up = PromptOptimizationJobStatus(attempts=_attempts(status, pods))
         if not status.start_time:
-            step.fields.setdefault("startTime", format_time(now))
+            caught_up.start_time = format_time(now)
+        step.fields = merged_status(caught_up, step.fields)
     return _decision(job, step, now)
 
 
@@ -238,10 +238,8 @@ def _acknowledge_generation(job: Job) -> dict[str, Any]:
     observedGeneration to catch up before they trust the conditions."""
     if job.status.observed_generation == job.generation:
         return {}
-    conditions = [c.model_copy(update={"observed_generation": job.generation}).model_dump(by_alias=True,
-                                                                                           exclude_none=True)
-                  for c in job.status.conditions or []]
-    return status_patch({"observedGeneration": job.generation, "conditions": conditions})
+    conditions = [c.model_copy(update={"observed_generation": job.generation}) for c in job.status.conditions or []]
+    return status_patch(PromptOptimizationJobStatus(observed_generation=job.generation, conditions=conditions))
 
 
 def _next_step(
@@ -300,12 +298,13 @@ def _too_large(job: Job, settings: OperatorSettings) -> str | None:
 
 def _first_attempt(job: Job, slot: Slot, now: datetime) -> _NextStep:
     if not slot.may_start:
-        fields = {} if slot.position is None else {"queuePosition": slot.position}
+        fields = (PromptOptimizationJobStatus() if slot.position is None
+                  else PromptOptimizationJobStatus(queue_position=slot.position))
         return _NextStep("Queued", "Queued", "waiting for a free slot in the operator's queue (see queuePosition)",
                      fields=fields)
     return _NextStep("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
-                 fields={"attempts": 1, "startTime": format_time(now), "queuePosition": None,
-                         "specHash": job.run_hash})
+                 fields=PromptOptimizationJobStatus(attempts=1, start_time=format_time(now), queue_position=None,
+                                                    spec_hash=job.run_hash))
 
 
 def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _NextStep:
@@ -351,14 +350,12 @@ def _after_pod_failure(spec, status, pod: WorkerPod, attempts: int, now: datetim
         return _NextStep("Failed", reason, (result.message if result else None) or _describe_pod_failure(pod),
                      fields=recovered)
     step = _after_failure(spec, status, attempts, now, settings, _describe_pod_failure(pod), pod.finished_at)
-    step.fields.update(recovered)
+    step.fields = merged_status(step.fields, recovered)
     return step
 
 
-def _worker_result(status: PromptOptimizationJobStatus, recovered: dict[str, Any]) -> WorkerResult | None:
-    if "workerResult" in recovered:
-        return WorkerResult.model_validate(recovered["workerResult"])
-    return status.worker_result
+def _worker_result(status: PromptOptimizationJobStatus, recovered: PromptOptimizationJobStatus) -> WorkerResult | None:
+    return recovered.worker_result if "worker_result" in recovered.model_fields_set else status.worker_result
 
 
 def _after_failure(spec, status: PromptOptimizationJobStatus, attempts: int, now: datetime, settings, what: str,
@@ -372,13 +369,13 @@ def _after_failure(spec, status: PromptOptimizationJobStatus, attempts: int, now
     recorded = status.last_failure if status.last_failure and status.last_failure.attempt == attempts else None
     failed = parse_time(finished_at) or (parse_time(recorded.time) if recorded else None) or now
     wait = (failed + timedelta(seconds=delay) - now).total_seconds()
-    fields: dict[str, Any] = {"lastFailure": {"attempt": attempts, "time": format_time(failed), "message": what}}
+    failure = AttemptFailure(attempt=attempts, time=format_time(failed), message=what)
     if wait > 0:
         return _NextStep("Pending", "BackoffRetry", f"attempt {attempts} failed ({what}); retrying in {wait:.0f}s",
-                     fields=fields, recheck_after=wait)
-    fields["attempts"] = attempts + 1
+                     fields=PromptOptimizationJobStatus(last_failure=failure), recheck_after=wait)
     return _NextStep("Pending", "PodCreated", f"worker Pod {attempts + 1} created after: {what}",
-                 fields=fields, create_attempt=attempts + 1)
+                 fields=PromptOptimizationJobStatus(last_failure=failure, attempts=attempts + 1),
+                 create_attempt=attempts + 1)
 
 
 def _describe_pod_failure(pod: WorkerPod) -> str:
@@ -403,15 +400,14 @@ def _summary_message(detail: str | None) -> str | None:
     return detail.strip().splitlines()[-1][:500]
 
 
-def _recover_worker_fields(status: PromptOptimizationJobStatus, pod: WorkerPod) -> dict[str, Any]:
+def _recover_worker_fields(status: PromptOptimizationJobStatus, pod: WorkerPod) -> PromptOptimizationJobStatus:
     """Worker-owned fields the status lacks but the Pod's termination message carries (the worker could not
     reach the API to write them)."""
     message = parse_termination_message(pod.termination_message)
     if message is None:
-        return {}
-    carried = message.model_dump(mode="json", by_alias=True, exclude_none=True)
-    stored = status.model_dump(by_alias=True, exclude_none=True)
-    return {key: carried[key] for key in WORKER_STATUS_FIELDS if key in carried and not stored.get(key)}
+        return PromptOptimizationJobStatus()
+    return PromptOptimizationJobStatus(**{name: getattr(message, name) for name in WorkerStatus.model_fields
+                                          if getattr(message, name) is not None and not getattr(status, name)})
 
 
 # Transitions that post no Event, as the batch Job controller posts one when it creates a Pod and one when the
@@ -423,25 +419,21 @@ SILENT_REASONS = frozenset({"Running"})
 def _decision(job: Job, step: _NextStep, now: datetime) -> Decision:
     status = job.status
     changed = (status.phase, _ready_reason(status)) != (step.phase, step.reason)
-    fields: dict[str, Any] = {
-        "phase": step.phase,
-        "message": step.message,
-        "observedGeneration": job.generation,
-        **step.fields,
-    }
+    fields = merged_status(PromptOptimizationJobStatus(phase=step.phase, message=step.message,
+                                                       observed_generation=job.generation), step.fields)
     if step.create_attempt is not None:
-        fields["podName"] = pod_name(job.name, step.create_attempt)
+        fields.pod_name = pod_name(job.name, step.create_attempt)
     recheck_after = step.recheck_after
     if step.phase in TERMINAL_PHASES and not status.completion_time:
-        fields["completionTime"] = format_time(now)
-        fields["queuePosition"] = None
-        if started := parse_time(fields.get("startTime") or status.start_time):
-            fields["duration"] = format_duration((now - started).total_seconds())
+        fields.completion_time = format_time(now)
+        fields.queue_position = None
+        if started := parse_time(fields.start_time or status.start_time):
+            fields.duration = format_duration((now - started).total_seconds())
         if job.spec and job.spec.ttl_seconds_after_finished is not None:
             recheck_after = float(job.spec.ttl_seconds_after_finished)  # then the TTL deletes the job
-    spec_applied = _spec_applied(job, fields.get("specHash") or status.spec_hash)
-    fields["conditions"] = conditions_for(step.phase, step.reason, step.message, job.generation, format_time(now),
-                                          status.conditions, spec_applied)
+    spec_applied = _spec_applied(job, fields.spec_hash or status.spec_hash)
+    fields.conditions = conditions_for(step.phase, step.reason, step.message, job.generation, format_time(now),
+                                       status.conditions, spec_applied)
     events: tuple[Event, ...] = ()
     if changed and step.reason not in SILENT_REASONS:
         warning = step.phase in ("Failed",) or step.reason in ("BackoffRetry", "ImagePullBackOff", "ErrImagePull",
@@ -451,7 +443,7 @@ def _decision(job: Job, step: _NextStep, now: datetime) -> Decision:
         events += (Event("Warning", spec_applied[1], spec_applied[2]),)
     pod_deadline = None
     if step.create_attempt is not None and job.spec and job.spec.active_deadline_seconds is not None:
-        started = parse_time(fields.get("startTime") or status.start_time) or now
+        started = parse_time(fields.start_time or status.start_time) or now
         pod_deadline = int((started + timedelta(seconds=job.spec.active_deadline_seconds) - now).total_seconds())
     return Decision(
         status=_only_changes(status, status_patch(fields)),
@@ -472,9 +464,10 @@ def pod_refused(job: Job, namespace: str, attempt: int, refusal: str, now: datet
     name = pod_name(job.name, attempt)
     advice = _refusal_advice(namespace, refusal, settings)
     message = f"worker Pod {name} could not be created: {advice + '; the API server said: ' if advice else ''}{refusal}"
-    fields = {"phase": "Pending", "message": message, "observedGeneration": job.generation,
-              "conditions": conditions_for("Pending", "FailedCreate", message, job.generation, format_time(now),
-                                           job.status.conditions, stalled=True)}
+    fields = PromptOptimizationJobStatus(
+        phase="Pending", message=message, observed_generation=job.generation,
+        conditions=conditions_for("Pending", "FailedCreate", message, job.generation, format_time(now),
+                                  job.status.conditions, stalled=True))
     patch = _only_changes(job.status, status_patch(fields))
     return Decision(status=patch, events=(Event("Warning", "FailedCreate", f"Error creating: {refusal}"),) if patch
                     else (), recheck_after=reconcile_error_delay(refusals_in_a_row))

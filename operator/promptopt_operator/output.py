@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from promptopt.api.v1alpha1 import API_VERSION, KIND, TERMINAL_PHASES, status_patch
+from promptopt.api.v1alpha1 import (
+    API_VERSION, KIND, TERMINAL_PHASES, Condition, OutputStatus, PromptOptimizationJobStatus, status_patch,
+)
 
 from promptopt_operator.conditions import find_condition, set_condition
 from promptopt_operator.lifecycle import Job
@@ -131,7 +133,7 @@ def write_failed(plan: OutputPlan, error: str) -> DeliveryOutcome:
     return DeliveryOutcome(False, "OutputWriteFailed", f"writing ConfigMap {plan.name} failed, trying again: {error}")
 
 
-def _with_condition(job: Job, kind: str, outcome: DeliveryOutcome, now: str) -> list[dict[str, Any]]:
+def _with_condition(job: Job, kind: str, outcome: DeliveryOutcome, now: str) -> list[Condition]:
     return set_condition(job.status.conditions, kind, "True" if outcome.written else "False", outcome.reason,
                          outcome.message, job.generation, now)
 
@@ -155,13 +157,14 @@ def registration_outcome(job: Job) -> DeliveryOutcome | None:
 
 
 def registration_status(job: Job, outcome: DeliveryOutcome, now: str) -> dict[str, Any]:
-    return status_patch({"conditions": _with_condition(job, PROMPTS_REGISTERED, outcome, now)})
+    return status_patch(PromptOptimizationJobStatus(conditions=_with_condition(job, PROMPTS_REGISTERED, outcome, now)))
 
 
 def output_status(job: Job, plan: OutputPlan, outcome: DeliveryOutcome, now: str) -> dict[str, Any]:
     """The status patch recording `outcome`: the OutputWritten condition beside the others, and status.output."""
-    fields: dict[str, Any] = {"conditions": _with_condition(job, OUTPUT_WRITTEN, outcome, now)}
+    fields = PromptOptimizationJobStatus(conditions=_with_condition(job, OUTPUT_WRITTEN, outcome, now))
     if outcome.written:
-        fields["output"] = {"configMap": plan.name, "writtenTime": now,
-                            **({"bestSoFar": True} if outcome.reason == "BestSoFarWritten" else {})}
+        fields.output = OutputStatus(config_map=plan.name, written_time=now)
+        if outcome.reason == "BestSoFarWritten":
+            fields.output.best_so_far = True
     return status_patch(fields)

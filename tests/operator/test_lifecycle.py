@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from promptopt.api.times import format_time
-from promptopt.api.v1alpha1 import read_status, status_patch
+from promptopt.api.v1alpha1 import read_status
 from promptopt.api.validation import parse_spec
 from promptopt_operator.lifecycle import (
     Event, Job, Slot, decide, pod_refused, retry_delay, slim_job, view_spec,
@@ -260,13 +260,6 @@ def test_an_earlier_attempts_failure_does_not_shorten_the_next_back_off():
     d = decide(job(status), [pod(attempt=1, phase="Failed", exit_code=1)], NOW, SETTINGS, START)
     assert d.create_attempt is None and d.status["lastFailure"]["attempt"] == 2
     assert d.recheck_after == pytest.approx(20)
-
-
-def test_a_status_field_the_crd_lacks_cannot_be_written():
-    with pytest.raises(ValueError, match="lastFailureTime"):
-        status_patch({"phase": "Pending", "lastFailureTime": ago(1)})
-    with pytest.raises(ValueError, match="progress.metricCall"):
-        status_patch({"progress": {"metricCall": 3}})
 
 
 def test_sigterm_without_cancel_is_retried_not_succeeded():
