@@ -446,7 +446,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         volumes; containerd mounts the sandboxes' network namespaces and /dev/shm)."""
         prefix = str(folder)
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-        for mount in sorted({m for m in mounts if m == prefix or m.startswith(prefix + "/")}, key=len, reverse=True):
+        # Every entry, not each path once: a path mounted twice (the kubelet's root, stacked) needs two unmounts.
+        for mount in sorted((m for m in mounts if m == prefix or m.startswith(prefix + "/")), key=len, reverse=True):
             subprocess.run(["umount", "--lazy", mount], capture_output=True)
 
     @classmethod
