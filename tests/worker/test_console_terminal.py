@@ -90,11 +90,13 @@ def test_promptopt_run_draws_one_progress_line_within_80_columns():
 
 # The reporter alone, on a terminal it detects, with the longest facts a run can have and a clock it is given.
 REPORTER_SCRIPT = textwrap.dedent("""
+    from promptopt.api.v1alpha1 import Cost
     from promptopt_worker.problem import Progress, Result
     from promptopt_worker.reporting import ConsoleReporter
 
     now = [0.0]
-    cost = {"llmCalls": 123456, "promptTokens": 98765432, "completionTokens": 1234567, "usd": 1234.5678, "retries": 9}
+    cost = Cost.model_validate({"llmCalls": 123456, "promptTokens": 98765432, "completionTokens": 1234567,
+                                "usd": 1234.5678, "retries": 9})
     console = ConsoleReporter(cost=lambda: cost, clock=lambda: now[0])
     assert console.live  # it saw the terminal
     for step in range(1, 6):

@@ -35,6 +35,7 @@ from promptopt_worker.llm import (
 from promptopt_worker.llm_call import CallFailed, retry_after_s
 from promptopt_worker.problem import StopRequested
 from promptopt_worker.redaction import add_secrets
+from promptopt_worker.reporting import status_fields
 
 REAL_LOOKING_KEY = "sk-proj-Q3r9TzWb7XkLm2Np8Vc4Hs6Jd1Fg5Ka0"
 HELLO = [{"role": "user", "content": "I love this wonderful film."}]
@@ -106,8 +107,9 @@ def test_complete_returns_the_answer_and_counts_tokens_and_calls_per_role(sim):
     assert usage.calls == {"task": 1, "judge": 1}
     assert (usage.prompt_tokens, usage.completion_tokens) == (
         sim.tokens["prompt_tokens"], sim.tokens["completion_tokens"])
-    assert usage.to_status() == {"promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens,
-                                 "usd": 0.0, "llmCalls": 2, "retries": 0}  # fmt: skip
+    assert status_fields(usage.as_cost()) == {
+        "promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens, "usd": 0.0, "llmCalls": 2,
+        "retries": 0}  # fmt: skip
 
 
 def test_a_local_endpoint_without_a_key_in_the_environment_gets_a_placeholder_key(monkeypatch):
@@ -183,7 +185,7 @@ def test_transient_errors_are_retried_with_backoff_and_recover(sim, status):
     client = LLMClient(sleep=sleep)
     assert client.complete(task_endpoint(sim), HELLO).startswith("The sentiment")
     assert sim.request_count == 3 and sim.errors == {status: 2}
-    assert client.usage.snapshot().retries == 2 and client.usage.snapshot().to_status()["retries"] == 2
+    assert client.usage.snapshot().retries == 2 and client.usage.snapshot().as_cost().retries == 2
     # Exponential backoff as litellm's Router computes it: 0.5 s doubling per retry, plus up to 0.75 s of jitter.
     assert len(sleep.delays) == 2
     for retry, delay in enumerate(sleep.delays):

@@ -10,7 +10,7 @@ from kubernetes.client import CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from promptopt.api.times import format_time
-from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
+from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION, Cost
 from promptopt.worker_contract import (
     WORKER_STATUS_FIELDS, ModelsUsed, ResultFile, RunInfo, parse_termination_message,
 )
@@ -104,7 +104,7 @@ def test_status_reporter_patches_only_worker_owned_fields(cluster):
             return super().patch_namespaced_custom_object_status(*args, **kwargs)
 
     reporter = KubernetesStatusReporter(Recording(cluster.api_client()), "job", cluster.namespace,
-                                        cost=lambda: {"llmCalls": 3, "promptTokens": 90, "completionTokens": 9})
+                                        cost=lambda: Cost(llm_calls=3, prompt_tokens=90, completion_tokens=9))
     reporter.progress(running(12, best=0.25, iteration=1, candidates=1, best_candidate=BEST), important=True)
     reporter.finished(running(60, best=1.0, cached_evaluations=21), completed())
 
@@ -184,7 +184,7 @@ def test_the_final_patch_retries_harder():
 
 def test_termination_message_holds_the_whole_result_when_small(tmp_path):
     path = tmp_path / "termination-log"
-    TerminationMessageReporter(str(path), cost=lambda: {"llmCalls": 5}).finished(running(60), completed())
+    TerminationMessageReporter(str(path), cost=lambda: Cost(llm_calls=5)).finished(running(60), completed())
 
     message = json.loads(path.read_text())
     assert message == {
@@ -199,10 +199,10 @@ def test_termination_message_holds_the_whole_result_when_small(tmp_path):
 
 def test_scores_and_cost_are_formatted_for_kubectls_columns():
     """A printer column shows a number in full (0.8333333333333334) and no currency: the worker writes both."""
-    status = worker_status(running(12, best=5 / 6), cost={"llmCalls": 4, "usd": 0.0123456})
+    status = worker_status(running(12, best=5 / 6), cost=Cost(llm_calls=4, usd=0.0123456))
     assert status.display is not None
     assert (status.display.best_score, status.display.cost) == ("0.833", "$0.0123")
-    assert worker_status(running(12), cost={"usd": 12.345}).display.cost == "$12.35"
+    assert worker_status(running(12), cost=Cost(usd=12.345)).display.cost == "$12.35"
 
 
 def seven_candidates() -> tuple[CandidateRecord, ...]:
@@ -295,7 +295,7 @@ def test_termination_message_marks_only_the_prompts_it_cut(tmp_path):
 def test_console_reporter_logs_sparse_lines_and_a_score_table_at_the_end():
     out, clock = io.StringIO(), FakeClock()
     console = ConsoleReporter(out, live=False, log_interval_s=10, clock=clock,
-                              cost=lambda: {"llmCalls": 7, "promptTokens": 70, "completionTokens": 7, "usd": 0.0012})
+                              cost=lambda: Cost(llm_calls=7, prompt_tokens=70, completion_tokens=7, usd=0.0012))
     console.progress(running(1))
     clock.now = 5
     console.progress(running(2))  # held back
@@ -336,7 +336,7 @@ def test_failed_examples_are_counted_in_status_and_on_the_console():
 
 
 def test_console_result_counts_the_retries_of_transient_llm_errors():
-    cost = {"llmCalls": 7, "promptTokens": 70, "completionTokens": 7, "usd": 0.0, "retries": 3}
+    cost = Cost(llm_calls=7, prompt_tokens=70, completion_tokens=7, usd=0.0, retries=3)
     text = ConsoleReporter.render_result(running(60), completed(), cost)
     assert "cost: 7 LLM calls, 70+7 tokens, $0.0000, 3 retries of transient errors" in text
 
@@ -367,7 +367,7 @@ FACTS = ["1230/2000 metric calls", "best 0.875", "1:02:05 elapsed", "ETA 26:33:2
 ])
 def test_the_live_bar_fits_the_terminal_keeping_the_most_telling_facts(columns, shown):
     out, clock = io.StringIO(), FakeClock()
-    cost = {"llmCalls": 123456, "promptTokens": 98765432, "completionTokens": 1234567, "usd": 1234.5678, "retries": 12}
+    cost = Cost(llm_calls=123456, prompt_tokens=98765432, completion_tokens=1234567, usd=1234.5678, retries=12)
     console = ConsoleReporter(out, live=True, clock=clock, columns=lambda: columns, cost=lambda: cost)
     console.progress(Progress(metric_calls=1200, max_metric_calls=2000), important=True)
     clock.now = 3725  # 30 metric calls in 3725 s: the 770 left take 95608 s

@@ -13,6 +13,7 @@ from typing import get_args
 import pytest
 import yaml
 
+from promptopt.api.v1alpha1 import Cost
 from promptopt.api.validation import parse_spec
 from promptopt.cli import LOG_FORMATS, build_parser, main
 from promptopt.simulated_llm import OPTIMAL_INSTRUCTION
@@ -55,7 +56,7 @@ def test_a_worker_whose_original_prompts_score_perfectly_stops_at_once_with_a_fe
     usage = UsageMeter()
 
     result = run_job(spec, LocalConfigMaps(), LLMClient(usage=usage),
-                     Reporters(*pod_reporters(lambda: usage.snapshot().to_status())), StopRequested())
+                     Reporters(*pod_reporters(lambda: usage.snapshot().as_cost())), StopRequested())
     logging.getLogger().handlers[0].close()  # as at exit: anything held back is counted
 
     assert result.reason == "PerfectScore" and "which no candidate can beat" in result.message, result.message
@@ -63,7 +64,7 @@ def test_a_worker_whose_original_prompts_score_perfectly_stops_at_once_with_a_fe
     lines = log.getvalue().splitlines()
     # Before: ~3,400 lines (12 MB in the user's run), gepa iteration after iteration finding nothing to do.
     assert len(lines) <= 25, "\n".join(lines)
-    assert sum(llm.calls.values()) == usage.snapshot().to_status()["llmCalls"] <= 2 * 3  # the seed on validation
+    assert sum(llm.calls.values()) == usage.snapshot().as_cost().llm_calls <= 2 * 3  # the seed on validation
     messages = [json.loads(line)["message"] for line in lines]
     assert "optimized prompt classify: " + OPTIMAL_INSTRUCTION in messages and llm.api_key not in log.getvalue()
 
@@ -163,7 +164,7 @@ def test_json_log_lines_are_objects_with_the_fields_extras_and_secrets_masked(lo
 def test_the_worker_log_has_the_result_with_its_data_one_record_each(logging_restored):
     log = io.StringIO()
     configure_logging(log, log_format="json")
-    reporter = LogReporter(cost=lambda: {"llmCalls": 5, "promptTokens": 50, "completionTokens": 5, "retries": 2})
+    reporter = LogReporter(cost=lambda: Cost(llm_calls=5, prompt_tokens=50, completion_tokens=5, retries=2))
     progress = Progress(metric_calls=12, max_metric_calls=60, best_score=0.5)
     reporter.progress(progress, important=True)
     reporter.finished(progress, Result("Completed", "GEPA finished", best_candidate={"classify": PROMPT},

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from promptopt.api.v1alpha1 import Cost
 from promptopt.api.validation import parse_spec
 from promptopt.simulated_llm import sentiment_dataset
 from promptopt_worker.llm import Usage
-from promptopt_worker.main import exit_code, remaining_deadline, usage_so_far
+from promptopt_worker.main import exit_code, remaining_deadline
 from promptopt_worker.problem import Result
 
 # What the operator owns in status; the worker must leave it as it is.
@@ -219,9 +220,10 @@ def test_remaining_deadline_subtracts_the_time_since_the_start_and_a_reserve_for
 
 
 def test_a_retried_worker_continues_the_usage_of_earlier_attempts():
-    usage = usage_so_far({"promptTokens": 100, "completionTokens": 10, "usd": 0.5, "llmCalls": 12, "retries": 3})
+    cost = Cost.model_validate({"promptTokens": 100, "completionTokens": 10, "usd": 0.5, "llmCalls": 12, "retries": 3})
+    usage = Usage.from_cost(cost)
     assert usage == Usage(prompt_tokens=100, completion_tokens=10, usd=0.5, calls={"earlier attempts": 12}, retries=3)
-    assert usage_so_far(None) == Usage()
+    assert Usage.from_cost(None) == Usage()
 
 
 @pytest.mark.parametrize("reason, best, code", [

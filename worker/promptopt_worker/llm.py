@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from promptopt.api.v1alpha1 import Cost
 from promptopt.worker_contract import use_bundled_litellm_cost_map
 from promptopt_worker import http_services, litellm_transport, openai_compatible
 from promptopt_worker.llm_call import CallFailed, Message, Metered, ModelEndpoint, Role
@@ -125,15 +126,23 @@ class Usage:
     def llm_calls(self) -> int:
         return sum(self.calls.values())
 
-    def to_status(self) -> dict[str, Any]:
+    @classmethod
+    def from_cost(cls, cost: Cost | None) -> Usage:
+        """The usage earlier Pods of this job reported in status.cost: the budget covers the whole job. The status
+        keeps no calls per role, so theirs count as one role of their own."""
+        cost = cost or Cost()
+        return cls(
+            prompt_tokens=cost.prompt_tokens or 0,
+            completion_tokens=cost.completion_tokens or 0,
+            usd=cost.usd or 0.0,
+            calls={"earlier attempts": cost.llm_calls} if cost.llm_calls else {},
+            retries=cost.retries or 0,
+        )
+
+    def as_cost(self) -> Cost:
         """The job's status.cost."""
-        return {
-            "promptTokens": self.prompt_tokens,
-            "completionTokens": self.completion_tokens,
-            "usd": round(self.usd, 6),
-            "llmCalls": self.llm_calls,
-            "retries": self.retries,
-        }
+        return Cost(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                    usd=round(self.usd, 6), llm_calls=self.llm_calls, retries=self.retries)
 
 
 class UsageMeter:

@@ -27,7 +27,8 @@ from typing import Any
 
 from promptopt.api.times import format_time, parse_time
 from promptopt.api.v1alpha1 import (
-    API_VERSION, KIND, ConfigMapInput, MlflowStatus, PromptOptimizationJobSpec, Pricing, WorkerOutcome, read_status,
+    API_VERSION, KIND, ConfigMapInput, Cost, MlflowStatus, PromptOptimizationJobSpec, Pricing, WorkerOutcome,
+    read_status,
 )
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import (
@@ -114,8 +115,8 @@ def run_job(
                                 mlflow=mlflow_store(spec), mlflow_started=mlflow_started, identity=identity)
         if spec.mlflow is not None and spec.mlflow.experiment is not None:
             run = TrackingRun(spec, problem, identity or {}, mlflow_started.run_id,
-                              cost=lambda: llm_client.usage.snapshot().to_status())
-            problem = replace(problem, mlflow_run={"runId": run.run_id, "experimentId": run.experiment_id})
+                              cost=lambda: llm_client.usage.snapshot().as_cost())
+            problem = replace(problem, mlflow_run=MlflowStatus(run_id=run.run_id, experiment_id=run.experiment_id))
             reporter = Reporters(reporter, run)
     except InvalidInput as error:
         return finish_early(reporter, "InvalidInput", str(error))
@@ -172,18 +173,6 @@ def remaining_deadline(
     return max(0.0, left - min(DEADLINE_RESERVE_MAX_S, DEADLINE_RESERVE_SHARE * left))
 
 
-def usage_so_far(cost: Mapping[str, Any] | None) -> Usage:
-    """The usage earlier Pods of this job reported in status.cost: the budget covers the whole job."""
-    cost = cost or {}
-    return Usage(
-        prompt_tokens=cost.get("promptTokens") or 0,
-        completion_tokens=cost.get("completionTokens") or 0,
-        usd=cost.get("usd") or 0.0,
-        calls={"earlier attempts": cost.get("llmCalls") or 0} if cost.get("llmCalls") else {},
-        retries=cost.get("retries") or 0,
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # promptopt worker
 
@@ -208,11 +197,11 @@ def run_worker(log_format: LogFormat = "text") -> int:
         message = f"could not read job {namespace}/{name}: {type(error).__name__}: {error}"
         return exit_code(finish_early(Reporters(*pod_reporters()), "Error", message))
 
-    status = job.get("status") or {}
-    usage = UsageMeter(usage_so_far(status.get("cost")))
+    recorded = read_status(job.get("status"))
+    usage = UsageMeter(Usage.from_cost(recorded.cost))
 
-    def cost() -> dict[str, Any]:
-        return usage.snapshot().to_status()
+    def cost() -> Cost:
+        return usage.snapshot().as_cost()
 
     reporter = Reporters(KubernetesStatusReporter(custom, name, namespace, cost=cost), *pod_reporters(cost))
     try:
@@ -233,14 +222,13 @@ def run_worker(log_format: LogFormat = "text") -> int:
         message = f"earlier attempts spent the budget of ${max_cost:g} (spec.budget.maxCostUSD)"
         return exit_code(finish_early(reporter, "BudgetExhausted", message))
     log.info("optimizing job %s/%s with %s", namespace, name, spec.optimizer.type)
-    recorded = read_status(status)
     result = run_job(
         spec,
         KubernetesConfigMaps(kubernetes.client.CoreV1Api(api_client), namespace),
         LLMClient(max_cost_usd=max_cost, stop=stop, usage=usage),
         reporter,
         stop,
-        deadline_seconds=remaining_deadline(spec, status.get("startTime")),
+        deadline_seconds=remaining_deadline(spec, recorded.start_time),
         checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None,
         # Recorded by the job's first worker.
         started_with=recorded.config_map_inputs,
@@ -317,8 +305,8 @@ def run_local(
             return EXIT_INVALID_INPUT
         usage = UsageMeter()
 
-        def cost() -> dict[str, Any]:
-            return usage.snapshot().to_status()
+        def cost() -> Cost:
+            return usage.snapshot().as_cost()
 
         reporters: list[Reporter] = [ConsoleReporter(sys.stdout, cost=cost)]
         if output_json:

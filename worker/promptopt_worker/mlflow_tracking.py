@@ -47,7 +47,7 @@ from promptopt_worker.mlflow_store import explain, mlflow_client, mlflow_model_u
 from promptopt_worker.problem import (
     CandidateRecord, InvalidInput, Problem, Progress, Result, ScoredOutput, ScoreSummary,
 )
-from promptopt_worker.reporting import CostSource, no_cost, worker_status
+from promptopt_worker.reporting import CostSource, no_cost, status_fields, worker_status
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,8 @@ class TrackingRun:
             pending, self._step = self._step, None
         # The iteration in progress, its point now with the run's final counts.
         steps = {step.iteration: step for step in (pending, _Step.of(progress)) if step is not None}
-        cost = self._cost() or {}
+        cost = self._cost()
+        cost_fields = status_fields(cost) if cost is not None else {}
         metrics = [
             *(metric for step in steps.values() for metric in step.metrics()),
             *(metric for candidate in result.candidates
@@ -231,17 +232,17 @@ class TrackingRun:
             *_summary("initial_test_score", result.initial_test_scores),
             *_summary("final_test_score", result.final_test_scores),
             _metric("total_iterations", progress.iteration, 0), _metric("total_candidates", progress.candidates, 0),
-            *(_metric(f"cost_{key}", value, 0) for key, value in cost.items() if isinstance(value, int | float)),
+            *(_metric(f"cost_{key}", value, 0) for key, value in cost_fields.items()),
         ]
         self._safely("log the final scores", lambda: self._client.log_batch(self.run_id, metrics=metrics))
-        status = worker_status(progress, result, cost, every_candidate=True).model_dump(
-            mode="json", by_alias=True, exclude_unset=True)
+        status = worker_status(progress, result, cost, every_candidate=True)
+        candidates = [status_fields(candidate) for candidate in status.candidates or []]
         self._safely("log the candidates", lambda: self._client.log_dict(
-            self.run_id, {"candidates": status.get("candidates", [])}, "candidates.json"))
+            self.run_id, {"candidates": candidates}, "candidates.json"))
         self._safely("log the candidates' iterations", lambda: self._log_iterations(result.candidates))
-        for prompt in status.get("optimizedPrompts") or []:
+        for prompt in status.optimized_prompts or []:
             self._safely("log an optimized prompt", lambda prompt=prompt: self._client.log_text(
-                self.run_id, prompt["template"], f"optimized_prompts/{prompt['name']}.txt"))
+                self.run_id, prompt.template, f"optimized_prompts/{prompt.name}.txt"))
         if result.registration is not None:
             self._link(result.registration.registered.values())
         ended = "KILLED" if result.reason == "Cancelled" else "FINISHED" if result.succeeded else "FAILED"

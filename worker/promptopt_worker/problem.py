@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from promptopt.api.v1alpha1 import (
-    ConfigMapInput, ExampleFailurePolicy, OptimizerSpec, WorkerOutcome, template_variables,
+    ConfigMapInput, ExampleFailurePolicy, MlflowStatus, OptimizerSpec, WorkerOutcome, template_variables,
 )
 from promptopt.prompt_contract import Feedback
 from promptopt.worker_contract import SUCCEEDED_OUTCOMES
@@ -81,18 +81,11 @@ class ScoredOutput:
 @dataclass(frozen=True)
 class ScoreSummary:
     """A candidate's scores over a set of examples (MLflow's initial/final eval scores): means over the examples
-    that were scored (None when none was), and how many failed."""
+    that were scored (None when none was), and how many failed. Exact: the status (the API's Scores) rounds them."""
 
     aggregate: float | None
     scorers: Mapping[str, float]
     failed_examples: int = 0
-
-    def to_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = {"scorers": {k: round(v, 6) for k, v in self.scorers.items()},
-                                  "failedExamples": self.failed_examples}
-        if self.aggregate is not None:
-            status["aggregate"] = round(self.aggregate, 6)
-        return status
 
 
 class Evaluator(Protocol):
@@ -138,7 +131,7 @@ class Problem:
     config_map_inputs: tuple[ConfigMapInput, ...] = ()  # the ConfigMap keys read, for status.configMapInputs
     source_prompts: Mapping[str, str] = field(default_factory=dict)  # prompt name → the registry version read
     register: Registrar | None = None  # registers a result's prompts in MLflow's Prompt Registry (spec.mlflow)
-    mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run: runId, experimentId
+    mlflow_run: MlflowStatus | None = None  # the job's MLflow run: its run_id and experiment_id
     dataset_digest: str | None = None  # of the MLflow evaluation dataset's records (dataset.mlflowDatasetId)
     mlflow_dataset_digest: str | None = None  # MLflow's own digest of that dataset
     registered_scorers: Mapping[str, str] = field(default_factory=dict)  # scorer key → the MLflow scorer version read
@@ -158,7 +151,9 @@ class Problem:
 
 @dataclass
 class Progress:
-    """What the worker reports while it runs (the worker-owned part of the job's status)."""
+    """What the worker reports while it runs: status.progress's counters, kept as plain numbers the optimizers count
+    up, and the rest of the worker-owned status known before the end (best candidate, initial scores, inputs read,
+    the MLflow run). `reporting.worker_status` maps it to the API's status models."""
 
     metric_calls: int = 0
     max_metric_calls: int | None = None
@@ -172,14 +167,16 @@ class Progress:
     cached_evaluations: int = 0  # evaluations the cache answered (the same prompts on the same record again)
     config_map_inputs: tuple[ConfigMapInput, ...] = ()  # what the run read from ConfigMaps, reported from the start
     source_prompts: Mapping[str, str] = field(default_factory=dict)  # the registry versions read, from the start
-    mlflow_run: Mapping[str, str] = field(default_factory=dict)  # the job's MLflow run, from the start
+    mlflow_run: MlflowStatus | None = None  # the job's MLflow run, from the start
     dataset_digest: str | None = None  # of the MLflow dataset's records, from the start
     mlflow_dataset_digest: str | None = None  # MLflow's own digest of that dataset, from the start
 
 
 @dataclass(frozen=True)
 class CandidateRecord:
-    """A candidate the optimizer scored on the validation records, and where it came from."""
+    """A candidate the optimizer scored on the validation records, and where it came from: its exact scores (MLflow
+    logs them; status.candidates, the API's CandidateReport, rounds them) and always its prompts (the evaluator's
+    cache is read by them; status leaves them out)."""
 
     id: int  # 0: the original prompts
     parents: tuple[int, ...]

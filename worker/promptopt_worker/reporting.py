@@ -19,12 +19,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 from promptopt.api.times import format_time
 from promptopt.api.v1alpha1 import (
-    GROUP, PLURAL, STATUS_CANDIDATES, VERSION, OptimizedPrompt, WorkerStatus, format_score, format_usd,
+    GROUP, PLURAL, STATUS_CANDIDATES, VERSION, CandidateReport, Cost, Display, HeldOutScores, MlflowStatus,
+    OptimizedPrompt, Scores, StatusObject, WorkerResult, WorkerStatus, format_score, format_usd,
 )
+from promptopt.api.v1alpha1 import Progress as ProgressStatus
 from promptopt.worker_contract import (
     TERMINATION_MESSAGE_LIMIT_BYTES, TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV, ResultFile, RunInfo,
     TerminationMessage, render_termination_message,
@@ -35,99 +37,133 @@ from promptopt_worker.redaction import redact, redacted
 
 log = logging.getLogger(__name__)
 
-# The job's LLM usage so far, in status.cost's shape (LLMClient's metering).
-CostSource = Callable[[], Mapping[str, Any] | None]
+# The job's LLM usage so far, as status.cost (LLMClient's metering).
+CostSource = Callable[[], Cost | None]
+
+# A status model with scores of one prompt candidate: on the validation records, or on the held-out test records.
+ScoresStatus = TypeVar("ScoresStatus", Scores, HeldOutScores)
 
 
 def no_cost() -> None:
     return None
 
 
-def worker_status(progress: Progress, result: Result | None = None, cost: Mapping[str, Any] | None = None,
+def worker_status(progress: Progress, result: Result | None = None, cost: Cost | None = None,
                   *, every_candidate: bool = False) -> WorkerStatus:
     """The worker-owned part of the job's status (redacted); fields not known yet are left unset. The candidates
     are the best STATUS_CANDIDATES without their prompts, or, with `every_candidate` (the result file), all of them
     with their prompts.
 
-    Built through the API model with unknown fields refused: the API server would prune a field its CRD lacks
-    without a word."""
-    status: dict[str, Any] = {"progress": _progress_status(progress)}
+    Built through the API models, so a field the CRD lacks (which the API server would prune without a word) fails
+    type-checking. Only the fields set here are written (`status_fields`)."""
+    status = WorkerStatus(progress=_progress_status(progress))
     if progress.config_map_inputs:
-        status["configMapInputs"] = [found.model_dump(by_alias=True) for found in progress.config_map_inputs]
+        status.config_map_inputs = list(progress.config_map_inputs)
     initial = (result and result.initial_scores) or progress.initial_scores
     if initial is not None:
-        status["initialScores"] = initial.to_status()
+        status.initial_scores = _scores(initial, Scores)
     if result is not None and result.final_scores is not None:
-        status["finalScores"] = result.final_scores.to_status()
+        status.final_scores = _scores(result.final_scores, Scores)
     if result is not None and result.initial_test_scores and result.final_test_scores:
-        for key, held_out in (("initialScores", result.initial_test_scores), ("finalScores", result.final_test_scores)):
-            status.setdefault(key, {})["test"] = {**held_out.to_status(), "records": result.test_records}
+        status.initial_scores = _with_test(status.initial_scores, result.initial_test_scores, result.test_records)
+        status.final_scores = _with_test(status.final_scores, result.final_test_scores, result.test_records)
     best = (result and result.best_candidate) or progress.best_candidate
     if best:
-        status["optimizedPrompts"] = [{"name": name, "template": text} for name, text in best.items()]
+        status.optimized_prompts = [OptimizedPrompt(name=name, template=text) for name, text in best.items()]
     if result is not None and result.candidates:
-        status["candidates"] = _candidates_status(result.candidates, every_candidate)
-    mlflow: dict[str, Any] = {"sourcePrompts": dict(progress.source_prompts)} if progress.source_prompts else {}
-    mlflow.update(progress.mlflow_run)
-    if progress.dataset_digest:
-        mlflow["datasetDigest"] = progress.dataset_digest
-    if progress.mlflow_dataset_digest:
-        mlflow["mlflowDatasetDigest"] = progress.mlflow_dataset_digest
-    if result is not None and result.registration is not None:
-        mlflow["optimizedPrompts"] = dict(result.registration.registered)
-        if result.registration.error:
-            mlflow["registrationError"] = result.registration.error
-    if mlflow:
-        status["mlflow"] = mlflow
-    if cost:
-        status["cost"] = dict(cost)
-    display = {}  # what kubectl get's columns show
+        ranked = sorted(result.candidates, key=lambda c: (-c.score, c.id))
+        status.candidates = [_candidate_report(c, every_candidate)
+                             for c in (ranked if every_candidate else ranked[:STATUS_CANDIDATES])]
+    mlflow = _mlflow_status(progress, result)
+    if mlflow.model_fields_set:
+        status.mlflow = mlflow
+    if cost is not None:
+        status.cost = cost
+    display = Display()  # what kubectl get's columns show
     if initial is not None and initial.aggregate is not None:
-        display["initialScore"] = format_score(initial.aggregate)
+        display.initial_score = format_score(initial.aggregate)
     if progress.best_score is not None:
-        display["bestScore"] = format_score(progress.best_score)
-    if cost and cost.get("usd") is not None:
-        display["cost"] = format_usd(cost["usd"])
+        display.best_score = format_score(progress.best_score)
+    if cost is not None and cost.usd is not None:
+        display.cost = format_usd(cost.usd)
     if result is not None and result.final_test_scores and result.final_test_scores.aggregate is not None:
-        display["testScore"] = format_score(result.final_test_scores.aggregate)
-    if display:
-        status["display"] = display
+        display.test_score = format_score(result.final_test_scores.aggregate)
+    if display.model_fields_set:
+        status.display = display
     if result is not None:
-        status["workerResult"] = {"reason": result.reason, "message": result.message, "succeeded": result.succeeded}
-    return WorkerStatus.model_validate(redacted(status), extra="forbid")
+        status.worker_result = _worker_result(result)
+    # Every text redacted in one pass over the set fields, so no field can be missed.
+    return WorkerStatus.model_validate(redacted(status.model_dump(exclude_unset=True)))
 
 
-def status_fields(status: WorkerStatus) -> dict[str, Any]:
-    """The status as JSON with wire names, the fields set only."""
+def status_fields(status: StatusObject) -> dict[str, Any]:
+    """The status (or a part of it) as JSON with wire names, the fields set only."""
     return status.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def _candidates_status(candidates: Sequence[CandidateRecord], every_candidate: bool) -> list[dict[str, Any]]:
-    ranked = sorted(candidates, key=lambda c: (-c.score, c.id))
-    return [{
-        "id": c.id,
-        "parents": list(c.parents),
-        "score": round(c.score, 6),
-        **({"scorers": {k: round(v, 6) for k, v in c.scorers.items()}} if c.scorers else {}),
-        **({"foundAtMetricCalls": c.found_at_metric_calls} if c.found_at_metric_calls is not None else {}),
-        **({"prompts": dict(c.prompts)} if every_candidate else {}),
-    } for c in (ranked if every_candidate else ranked[:STATUS_CANDIDATES])]
-
-
-def _progress_status(progress: Progress) -> dict[str, Any]:
-    fields = {
-        "metricCalls": progress.metric_calls,
-        "maxMetricCalls": progress.max_metric_calls,
-        "iteration": progress.iteration,
-        "candidates": progress.candidates,
-        "rejectedCandidates": progress.rejected_candidates,
-        "bestScore": None if progress.best_score is None else round(progress.best_score, 6),
-        "failedExamples": progress.failed_examples,
-        "cachedEvaluations": progress.cached_evaluations,
-    }
+def _progress_status(progress: Progress) -> ProgressStatus:
+    status = ProgressStatus(
+        metric_calls=progress.metric_calls, iteration=progress.iteration, candidates=progress.candidates,
+        rejected_candidates=progress.rejected_candidates, failed_examples=progress.failed_examples,
+        cached_evaluations=progress.cached_evaluations,
+    )
+    if progress.max_metric_calls is not None:
+        status.max_metric_calls = progress.max_metric_calls
     if progress.max_metric_calls:
-        fields["percent"] = min(100, progress.metric_calls * 100 // progress.max_metric_calls)
-    return {key: value for key, value in fields.items() if value is not None}
+        status.percent = min(100, progress.metric_calls * 100 // progress.max_metric_calls)
+    if progress.best_score is not None:
+        status.best_score = round(progress.best_score, 6)
+    return status
+
+
+def _scores(summary: ScoreSummary, model: type[ScoresStatus]) -> ScoresStatus:
+    scores = model(scorers=_rounded(summary.scorers), failed_examples=summary.failed_examples)
+    if summary.aggregate is not None:
+        scores.aggregate = round(summary.aggregate, 6)
+    return scores
+
+
+def _with_test(scores: Scores | None, held_out: ScoreSummary, records: int) -> Scores:
+    """`scores` (validation) with the same prompts' scores on the held-out test records."""
+    test = _scores(held_out, HeldOutScores)
+    test.records = records
+    scores = scores or Scores()
+    scores.test = test
+    return scores
+
+
+def _rounded(scores: Mapping[str, float]) -> dict[str, float]:
+    return {key: round(score, 6) for key, score in scores.items()}
+
+
+def _candidate_report(candidate: CandidateRecord, with_prompts: bool) -> CandidateReport:
+    report = CandidateReport(id=candidate.id, parents=list(candidate.parents), score=round(candidate.score, 6))
+    if candidate.scorers:
+        report.scorers = _rounded(candidate.scorers)
+    if candidate.found_at_metric_calls is not None:
+        report.found_at_metric_calls = candidate.found_at_metric_calls
+    if with_prompts:
+        report.prompts = dict(candidate.prompts)
+    return report
+
+
+def _mlflow_status(progress: Progress, result: Result | None) -> MlflowStatus:
+    mlflow = progress.mlflow_run.model_copy() if progress.mlflow_run is not None else MlflowStatus()
+    if progress.source_prompts:
+        mlflow.source_prompts = dict(progress.source_prompts)
+    if progress.dataset_digest:
+        mlflow.dataset_digest = progress.dataset_digest
+    if progress.mlflow_dataset_digest:
+        mlflow.mlflow_dataset_digest = progress.mlflow_dataset_digest
+    if result is not None and result.registration is not None:
+        mlflow.optimized_prompts = dict(result.registration.registered)
+        if result.registration.error:
+            mlflow.registration_error = result.registration.error
+    return mlflow
+
+
+def _worker_result(result: Result) -> WorkerResult:
+    return WorkerResult(reason=result.reason, message=result.message, succeeded=result.succeeded)
 
 
 class RateLimit:
@@ -289,7 +325,7 @@ def duration_text(seconds: float) -> str:
     return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"
 
 
-def progress_parts(progress: Progress, cost: Mapping[str, Any] | None, elapsed: float,
+def progress_parts(progress: Progress, cost: Cost | None, elapsed: float,
                    remaining: float | None) -> list[tuple[int, str]]:
     """The facts of a progress line in display order, each with its rank: a line too narrow for all keeps the
     lowest ranks."""
@@ -306,7 +342,7 @@ def progress_parts(progress: Progress, cost: Mapping[str, Any] | None, elapsed: 
     parts += [(5, f"iteration {progress.iteration}"), (6, f"{progress.candidates} candidates")]
     if progress.cached_evaluations:
         parts.append((8, f"{progress.cached_evaluations} from the cache"))
-    if cost:
+    if cost is not None:
         parts.append((7, _cost_text(cost)))
     return parts
 
@@ -376,7 +412,7 @@ class ConsoleReporter:
             self._write(self.render_result(progress, result, self.cost()))
 
     @staticmethod
-    def render_result(progress: Progress, result: Result, cost: Mapping[str, Any] | None) -> str:
+    def render_result(progress: Progress, result: Result, cost: Cost | None) -> str:
         lines = [f"result: {result.reason} - {result.message}"]
         initial = result.initial_scores or progress.initial_scores
         if initial or result.final_scores:
@@ -390,7 +426,7 @@ class ConsoleReporter:
             lines += ["", "optimized prompts:"]
             for name, text in result.best_candidate.items():
                 lines += [f"--- {name} ---", text]
-        if cost:
+        if cost is not None:
             lines += ["", f"cost: {_cost_text(cost)}"]
         return redact("\n".join(lines)) + "\n"
 
@@ -431,28 +467,28 @@ class LogReporter:
                 return
             parts = progress_parts(progress, self.cost(), *self.pace.measure(progress))
             log.info("progress: %s", ", ".join(text for _, text in parts),
-                     extra={"progress": _progress_status(progress)})
+                     extra={"progress": status_fields(_progress_status(progress))})
 
     def finished(self, progress: Progress, result: Result) -> None:
-        outcome = {"reason": result.reason, "message": result.message, "succeeded": result.succeeded}
-        log.info("result: %s - %s", result.reason, result.message, extra={"workerResult": outcome})
+        log.info("result: %s - %s", result.reason, result.message,
+                 extra={"workerResult": status_fields(_worker_result(result))})
         initial = result.initial_scores or progress.initial_scores
         if initial or result.final_scores:
             final = result.final_scores
             log.info("scores (initial -> final): %s", _score_changes(initial, final),
-                     extra={"initialScores": initial.to_status() if initial else None,
-                            "finalScores": final.to_status() if final else None})
+                     extra={"initialScores": status_fields(_scores(initial, Scores)) if initial else None,
+                            "finalScores": status_fields(_scores(final, Scores)) if final else None})
         if result.initial_test_scores and result.final_test_scores:
             log.info("on the %d held-out test records (initial -> final): %s", result.test_records,
                      _score_changes(result.initial_test_scores, result.final_test_scores),
-                     extra={"initialTestScores": result.initial_test_scores.to_status(),
-                            "finalTestScores": result.final_test_scores.to_status()})
+                     extra={"initialTestScores": status_fields(_scores(result.initial_test_scores, Scores)),
+                            "finalTestScores": status_fields(_scores(result.final_test_scores, Scores))})
         if progress.failed_examples:
             log.warning("%s", _failed_examples_text(progress.failed_examples))
         for name, text in (result.best_candidate or {}).items():
             log.info("optimized prompt %s: %s", name, text, extra={"prompt": name})
-        if cost := self.cost():
-            log.info("cost: %s", _cost_text(cost), extra={"cost": dict(cost)})
+        if (cost := self.cost()) is not None:
+            log.info("cost: %s", _cost_text(cost), extra={"cost": status_fields(cost)})
 
 
 def _score_changes(initial: ScoreSummary | None, final: ScoreSummary | None) -> str:
@@ -488,13 +524,12 @@ def _failed_examples_text(count: int) -> str:
     return f"{count} evaluations could not be scored (the log says why); the scores above leave those records out"
 
 
-def _cost_text(cost: Mapping[str, Any]) -> str:
-    parts = [f"{cost.get('llmCalls', 0)} LLM calls",
-             f"{cost.get('promptTokens', 0)}+{cost.get('completionTokens', 0)} tokens"]
-    if cost.get("usd") is not None:
-        parts.append(format_usd(cost["usd"]))
-    if cost.get("retries"):  # a run that survived rate limits or outages says so
-        parts.append(f"{cost['retries']} retries of transient errors")
+def _cost_text(cost: Cost) -> str:
+    parts = [f"{cost.llm_calls or 0} LLM calls", f"{cost.prompt_tokens or 0}+{cost.completion_tokens or 0} tokens"]
+    if cost.usd is not None:
+        parts.append(format_usd(cost.usd))
+    if cost.retries:  # a run that survived rate limits or outages says so
+        parts.append(f"{cost.retries} retries of transient errors")
     return ", ".join(parts)
 
 
@@ -525,7 +560,7 @@ class TerminationMessageReporter:
         except OSError as error:
             log.warning("could not write the termination message to %s: %s", self.path, error)
 
-    def render(self, progress: Progress, result: Result, cost: Mapping[str, Any] | None) -> str:
+    def render(self, progress: Progress, result: Result, cost: Cost | None) -> str:
         status = worker_status(progress, result, cost)
         assert status.worker_result is not None
         outcome = status.worker_result.model_copy(update={"message": _cut(status.worker_result.message, 1024)})
@@ -585,8 +620,7 @@ class ResultFileReporter:
             fields["run"] = redacted(run.model_dump(mode="json", by_alias=True, exclude_none=True))
         result_file = ResultFile.model_validate(fields, extra="forbid")  # the shape `promptopt report` reads
         with open(self.path, "w", encoding="utf-8") as file:
-            json.dump(result_file.model_dump(mode="json", by_alias=True, exclude_unset=True), file, indent=2,
-                      ensure_ascii=False)
+            json.dump(status_fields(result_file), file, indent=2, ensure_ascii=False)
             file.write("\n")
 
 
