@@ -8,6 +8,7 @@ system:kube-scheduler. The requests it served are counted from its audit log, by
 resource[/subresource]" -> count, with " -> CODE" on errors): the kubelet and the scheduler by user, the operator's
 by User-Agent too (kopf's own, its Kubernetes client's).
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,25 +33,44 @@ FLOOR_SERVICE_ACCOUNT = (chart.RELEASE_NAMESPACE, "promptopt-bench-floor")
 STOP_TIMEOUT_S = 20  # how long a stopped server or kubelet gets before SIGKILL
 
 
-def start(name: str, command: list[str], workdir: Path, ready: Callable[[Path], Any], timeout: float = 30,
-          env: dict[str, str] | None = None) -> subprocess.Popen:
+def start(
+    name: str,
+    command: list[str],
+    workdir: Path,
+    ready: Callable[[Path], Any],
+    timeout: float = 30,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
     """A process of the benchmark, its output in workdir/NAME.log, once ready(log path) holds; stopped again
     if it exits or is not ready in time."""
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV, **(env or {})})
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV, **(env or {})},
+        )
     try:
-        wait_until(lambda: ready(log_path), timeout, lambda: f"the {name} did not start:\n{log_path.read_text()}",
-                   process=process)
+        wait_until(
+            lambda: ready(log_path),
+            timeout,
+            lambda: f"the {name} did not start:\n{log_path.read_text()}",
+            process=process,
+        )
     except BaseException:
         stop_process(process, STOP_TIMEOUT_S)
         raise
     return process
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, describe: Callable[[], str],
-               process: subprocess.Popen | None = None, interval: float = 0.05) -> None:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    describe: Callable[[], str],
+    process: subprocess.Popen | None = None,
+    interval: float = 0.05,
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if process is not None and process.poll() is not None:
@@ -90,17 +110,22 @@ class KubeApiServer:
             self.cluster.start()
             self.cluster.create_namespace(chart.RELEASE_NAMESPACE)
             with chart.loaded_chart(CHART) as loaded:
-                rbac = [m for m in chart.render(loaded, {"jobNamespaces": [NAMESPACE]})
-                        if m["kind"] in chart.RBAC_KINDS]
-            (operator,) = [m["metadata"] for m in rbac if m["kind"] == "ServiceAccount"
-                           and m["metadata"]["namespace"] == chart.RELEASE_NAMESPACE]
+                rbac = [
+                    m for m in chart.render(loaded, {"jobNamespaces": [NAMESPACE]}) if m["kind"] in chart.RBAC_KINDS
+                ]
+            (operator,) = [
+                m["metadata"]
+                for m in rbac
+                if m["kind"] == "ServiceAccount" and m["metadata"]["namespace"] == chart.RELEASE_NAMESPACE
+            ]
             self._service_accounts["ours"] = (operator["namespace"], operator["name"])
             for manifest in [*rbac, *yaml.safe_load_all(FLOOR_RBAC.read_text())]:
                 self.cluster.apply(manifest)
             # The floor's Pods name no ServiceAccount: the API refuses them until the controller manager has
             # made the namespace's default one.
-            self.cluster.wait_for("serviceaccounts", "default", lambda account: account is not None,
-                                  namespace=NAMESPACE, timeout=30)
+            self.cluster.wait_for(
+                "serviceaccounts", "default", lambda account: account is not None, namespace=NAMESPACE, timeout=30
+            )
         except BaseException:
             self.cluster.stop()
             raise
@@ -112,8 +137,9 @@ class KubeApiServer:
     def operator_kubeconfig(self, operator: str) -> Path:
         """The identity of the operator under test: "ours" (promptopt's) or "floor" (bench/floor_operator.py)."""
         namespace, name = self._service_accounts[operator]
-        return self.cluster.service_account_kubeconfig(namespace, name, self.workdir / f"{operator}.kubeconfig",
-                                                       NAMESPACE)
+        return self.cluster.service_account_kubeconfig(
+            namespace, name, self.workdir / f"{operator}.kubeconfig", NAMESPACE
+        )
 
     def pids(self) -> dict[str, int]:
         """The server's processes while it runs, by name."""
@@ -123,8 +149,9 @@ class KubeApiServer:
         """Every request it served, client -> what -> count: read once it has stopped, when the count is whole
         (a watch is logged when it ends, and the log is written in batches, flushed as the server shuts down)."""
         operators = {realkube.service_account_user(*account) for account in self._service_accounts.values()}
-        counts = collections.Counter((audit_client(event, operators), audit_what(event))
-                                     for event in self.cluster.audit_events())
+        counts = collections.Counter(
+            (audit_client(event, operators), audit_what(event)) for event in self.cluster.audit_events()
+        )
         found: dict[str, dict[str, int]] = {}
         for (client, what), count in sorted(counts.items()):
             found.setdefault(client, {})[what] = count
@@ -159,11 +186,13 @@ def audit_client(event: dict[str, Any], operator_users: Iterable[str]) -> str:
 
 
 def audit_what(event: dict[str, Any]) -> str:
-    """"verb resource[/subresource]" ("discovery" for the non-resource paths), with the code when it is an
+    """ "verb resource[/subresource]" ("discovery" for the non-resource paths), with the code when it is an
     error."""
     ref = event.get("objectRef")
-    what = "discovery" if ref is None else \
-        f"{event['verb']} {ref['resource']}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    what = (
+        "discovery"
+        if ref is None
+        else f"{event['verb']} {ref['resource']}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    )
     code = event.get("responseStatus", {}).get("code", 200)
     return what if code < 300 else f"{what} -> {code}"
-

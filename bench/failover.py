@@ -6,6 +6,7 @@ A stopped leader's job is created once it has handed the Lease back (it stops ac
 be the old leader that acts), and the time still counts from the signal. After each round the
 replica that went is started again, as its Deployment would, and the next round waits until it follows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,7 @@ def lease_holder(cluster: Cluster) -> str | None:
     return lease["spec"].get("holderIdentity")
 
 
-def fail_over(cluster: Cluster, seen: Observer, leader: OperatorProcess, how: str, job: str,
-              timeout: float) -> float:
+def fail_over(cluster: Cluster, seen: Observer, leader: OperatorProcess, how: str, job: str, timeout: float) -> float:
     """Seconds from the signal that ends `leader` to the Pod of `job`, created as it goes."""
     assert leader.process is not None
     holder = lease_holder(cluster)
@@ -64,17 +64,27 @@ def run(config: FailoverConfig, progress: Callable[[str], None] = lambda _: None
         progress(f"failover: not run: {unavailable}")
         return {"unavailable": unavailable}
     timing = Timing()
-    results: dict[str, Any] = {"config": dataclasses.asdict(config), "lease_seconds": timing.lease_seconds,
-                               "retry_seconds": timing.retry_seconds}
+    results: dict[str, Any] = {
+        "config": dataclasses.asdict(config),
+        "lease_seconds": timing.lease_seconds,
+        "retry_seconds": timing.retry_seconds,
+    }
     with tempfile.TemporaryDirectory(prefix="promptopt-bench-") as workdir, Cluster(Path(workdir)) as cluster:
         results["server"] = cluster.server.title
         kubeconfig = cluster.server.operator_kubeconfig("ours")
         logs = iter(range(1, 1000))
 
         def replica() -> OperatorProcess:
-            return OperatorProcess(kubeconfig, "--leader-election-namespace", RELEASE_NAMESPACE,
-                                   "--leader-election-lease", LEASE, "--worker-image", SLEEP_IMAGE,
-                                   log_path=cluster.workdir / f"operator-{next(logs)}.log").start(timeout=60)
+            return OperatorProcess(
+                kubeconfig,
+                "--leader-election-namespace",
+                RELEASE_NAMESPACE,
+                "--leader-election-lease",
+                LEASE,
+                "--worker-image",
+                SLEEP_IMAGE,
+                log_path=cluster.workdir / f"operator-{next(logs)}.log",
+            ).start(timeout=60)
 
         first = replica()
         wait_until(lambda: is_leader(first), 30, lambda: "the first replica to lead")
@@ -87,8 +97,7 @@ def run(config: FailoverConfig, progress: Callable[[str], None] = lambda _: None
                         progress(f"failover: round {round_ + 1} of {config.rounds}: {how} the leader")
                         (leader,) = [r for r in replicas if is_leader(r)]
                         (follower,) = [r for r in replicas if r is not leader]
-                        seconds[how].append(fail_over(cluster, seen, leader, how, f"{how}-{round_}",
-                                                      config.timeout_s))
+                        seconds[how].append(fail_over(cluster, seen, leader, how, f"{how}-{round_}", config.timeout_s))
                         assert is_leader(follower)
                         replicas = [follower, replica()]  # as its Deployment replaces it
         finally:

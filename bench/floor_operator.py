@@ -10,6 +10,7 @@ Environment: FLOOR_WORKER_IMAGE, the Pods' image (the benchmark's kubelet maps i
 Framework settings match promptopt's operator where they are the framework's: Events only for warnings,
 the same watch timeout. The Kubernetes client is the same official one, called from kopf's thread pool.
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ answers one JSON line with the counters, ``reset`` clears them (answers ``ok``);
 
     python bench/llm_server.py --latency 0.1
 """
+
 from __future__ import annotations
 
 import argparse

@@ -16,6 +16,7 @@ request (the simulated judge does not read MLflow's built-in judge prompt); MLfl
 mean, as ours; evaluation threads = the same concurrency (MLFLOW_GENAI_EVAL_MAX_WORKERS); tracking stays on, as in
 MLflow's own job service.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,13 +55,19 @@ def main(config_path: str, result_path: str) -> int:
     prompt = mlflow.genai.register_prompt(name=config["prompt_name"], template=config["template"])
 
     def complete(model: str, messages: list[dict[str, str]], **parameters: object) -> str:
-        response = litellm.completion(model=f"openai/{model}", api_base=base_url, api_key="sk-simulated",
-                                      messages=messages, **{"temperature": 0, **parameters})
+        response = litellm.completion(
+            model=f"openai/{model}",
+            api_base=base_url,
+            api_key="sk-simulated",
+            messages=messages,
+            **{"temperature": 0, **parameters},
+        )
         return response.choices[0].message.content
 
     def predict_fn(review: str) -> str:
-        return complete(models["task"], [{"role": "user", "content": prompt.format(review=review)}],
-                        **config["task_parameters"])
+        return complete(
+            models["task"], [{"role": "user", "content": prompt.format(review=review)}], **config["task_parameters"]
+        )
 
     @scorer(name="ExactMatch")
     def exact_match(outputs: str, expectations: dict) -> Feedback:
@@ -77,27 +84,38 @@ def main(config_path: str, result_path: str) -> int:
 
     train_data = [{"inputs": r["inputs"], "expectations": r["expectations"]} for r in config["records"]]
     scorers = {"ExactMatch": exact_match, "Correctness": correctness}
-    optimizer = GepaPromptOptimizer(reflection_model=f"openai:/{models['reflect']}",
-                                    max_metric_calls=config["max_metric_calls"],
-                                    gepa_kwargs=config["gepa_kwargs"])
+    optimizer = GepaPromptOptimizer(
+        reflection_model=f"openai:/{models['reflect']}",
+        max_metric_calls=config["max_metric_calls"],
+        gepa_kwargs=config["gepa_kwargs"],
+    )
     predict_fn(train_data[0]["inputs"]["review"])  # warm-up: litellm's lazy imports, not counted
 
     print("ready", flush=True)
     sys.stdin.readline()
     sys.stdout = sys.stderr  # the parent reads no more of the pipe: what gepa prints goes to the log instead
     cpu_started, started = time.process_time(), time.perf_counter()
-    result = mlflow.genai.optimize_prompts(predict_fn=predict_fn, train_data=train_data, prompt_uris=[prompt.uri],
-                                           optimizer=optimizer, scorers=[scorers[name] for name in config["scorers"]])
+    result = mlflow.genai.optimize_prompts(
+        predict_fn=predict_fn,
+        train_data=train_data,
+        prompt_uris=[prompt.uri],
+        optimizer=optimizer,
+        scorers=[scorers[name] for name in config["scorers"]],
+    )
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    Path(result_path).write_text(json.dumps({
-        "available": True,
-        "version": mlflow.__version__,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "initial_score": result.initial_eval_score,
-        "final_score": result.final_eval_score,
-        "best_template": result.optimized_prompts[0].template,
-    }))
+    Path(result_path).write_text(
+        json.dumps(
+            {
+                "available": True,
+                "version": mlflow.__version__,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "initial_score": result.initial_eval_score,
+                "final_score": result.final_eval_score,
+                "best_template": result.optimized_prompts[0].template,
+            }
+        )
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ Scenarios (each on a fresh cluster):
 - memory: the queue scenario with small jobs, then with jobs of about a MiB of inline records: the operator's
   peak RSS should not grow with what users put in specs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,6 +72,7 @@ class OperatorConfig:
 # ------------------------------------------------------------------------------------------------
 # The API, as this process sees it.
 
+
 class Api:
     """Plain JSON over HTTPS to the API server as a kubeconfig's identity, its token over its CA (one pooled client
     for every thread here)."""
@@ -80,21 +82,30 @@ class Api:
         cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
         self.base_url = cluster["server"].rstrip("/")
         self._headers = {"User-Agent": "promptopt-bench", "Authorization": f"Bearer {user['token']}"}
-        self._pool = urllib3.PoolManager(maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=30),
-                                         headers=self._headers, cert_reqs="CERT_REQUIRED",
-                                         ca_certs=cluster["certificate-authority"])
+        self._pool = urllib3.PoolManager(
+            maxsize=8,
+            retries=False,
+            timeout=urllib3.Timeout(connect=5, read=30),
+            headers=self._headers,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=cluster["certificate-authority"],
+        )
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        response = self._pool.request(method, self.base_url + path, body=data,
-                                      headers={**self._headers, "Content-Type": content_type,
-                                               "Accept": "application/json"})
+        response = self._pool.request(
+            method,
+            self.base_url + path,
+            body=data,
+            headers={**self._headers, "Content-Type": content_type, "Accept": "application/json"},
+        )
         if response.status >= 300:
             raise RuntimeError(f"{method} {path}: HTTP {response.status}: {response.data[:300]!r}")
         return json.loads(response.data) if response.data else None
 
-    def watch(self, path: str, on_event: Callable[[str, dict[str, Any]], None],
-              stop: threading.Event) -> threading.Thread:
+    def watch(
+        self, path: str, on_event: Callable[[str, dict[str, Any]], None], stop: threading.Event
+    ) -> threading.Thread:
         """Call on_event(type, object) for every change after now, in a thread, until `stop` is set."""
         ready = threading.Event()
 
@@ -103,8 +114,12 @@ class Api:
             ready.set()
             while not stop.is_set():
                 response = self._pool.request(
-                    "GET", f"{self.base_url}{path}?watch=true&resourceVersion={version}&timeoutSeconds=5",
-                    preload_content=False, timeout=urllib3.Timeout(connect=5, read=60), headers=self._headers)
+                    "GET",
+                    f"{self.base_url}{path}?watch=true&resourceVersion={version}&timeoutSeconds=5",
+                    preload_content=False,
+                    timeout=urllib3.Timeout(connect=5, read=60),
+                    headers=self._headers,
+                )
                 try:
                     for line in response:
                         if not line.strip():
@@ -129,6 +144,7 @@ class Api:
 # ------------------------------------------------------------------------------------------------
 # A fresh cluster: an API server and the local kubelet, each in processes of their own.
 
+
 class Cluster:
     """A real control plane (bench/api_servers.py) and the local kubelet, their files in `workdir`; `api` is this
     process's client, as the server's admin. `requests` holds what the server served, by client, once stopped."""
@@ -149,11 +165,23 @@ class Cluster:
         try:
             self.api = Api(self.server.admin_kubeconfig)
             overrides = [f"--command-override={image}={command}" for image, command in COMMAND_OVERRIDES.items()]
-            self._kubelet = start("kubelet", [sys.executable, "-m", "promptopt_harness.kubelet",
-                                              "--kubeconfig", str(self.server.kubelet_kubeconfig),
-                                              "--scheduler-kubeconfig", str(self.server.scheduler_kubeconfig),
-                                              "--state-dir", str(self.workdir / "node"), *overrides],
-                                  self.workdir, lambda log: "started" in log.read_text())
+            self._kubelet = start(
+                "kubelet",
+                [
+                    sys.executable,
+                    "-m",
+                    "promptopt_harness.kubelet",
+                    "--kubeconfig",
+                    str(self.server.kubelet_kubeconfig),
+                    "--scheduler-kubeconfig",
+                    str(self.server.scheduler_kubeconfig),
+                    "--state-dir",
+                    str(self.workdir / "node"),
+                    *overrides,
+                ],
+                self.workdir,
+                lambda log: "started" in log.read_text(),
+            )
         except BaseException:
             self.server.__exit__()
             raise
@@ -183,11 +211,18 @@ def peak_rss_mib(pid: int) -> float:
 # ------------------------------------------------------------------------------------------------
 # The operators under test.
 
+
 @contextlib.contextmanager
 def our_operator(cluster: Cluster, image: str, max_running_jobs: int) -> Iterator[subprocess.Popen]:
     kubeconfig = cluster.server.operator_kubeconfig("ours")
-    operator = OperatorProcess(kubeconfig, "--max-running-jobs", str(max_running_jobs),
-                               "--worker-image", image, log_path=cluster.workdir / "operator.log")
+    operator = OperatorProcess(
+        kubeconfig,
+        "--max-running-jobs",
+        str(max_running_jobs),
+        "--worker-image",
+        image,
+        log_path=cluster.workdir / "operator.log",
+    )
     operator.start(timeout=60)
     try:
         assert operator.process is not None
@@ -208,10 +243,21 @@ def floor_operator(cluster: Cluster, image: str) -> Iterator[subprocess.Popen]:
         except urllib3.exceptions.HTTPError:
             return False
 
-    process = start("floor", [kopf, "run", "--standalone", "--all-namespaces",
-                              f"--liveness=http://127.0.0.1:{port}/healthz", str(BENCH_DIR / "floor_operator.py")],
-                    cluster.workdir, live, timeout=60,
-                    env={"KUBECONFIG": str(cluster.server.operator_kubeconfig("floor")), "FLOOR_WORKER_IMAGE": image})
+    process = start(
+        "floor",
+        [
+            kopf,
+            "run",
+            "--standalone",
+            "--all-namespaces",
+            f"--liveness=http://127.0.0.1:{port}/healthz",
+            str(BENCH_DIR / "floor_operator.py"),
+        ],
+        cluster.workdir,
+        live,
+        timeout=60,
+        env={"KUBECONFIG": str(cluster.server.operator_kubeconfig("floor")), "FLOOR_WORKER_IMAGE": image},
+    )
     try:
         yield process
     finally:
@@ -220,6 +266,7 @@ def floor_operator(cluster: Cluster, image: str) -> Iterator[subprocess.Popen]:
 
 # ------------------------------------------------------------------------------------------------
 # What this process sees happen.
+
 
 class Observer:
     """Timestamps (time.monotonic) of what the watches report, per job."""
@@ -295,13 +342,17 @@ def observing(api: Api) -> Iterator[Observer]:
 def job_manifest(name: str, kib: int = 0) -> dict[str, Any]:
     """A small valid GEPA job; its worker never calls a model (the kubelet runs a trivial command). With `kib`, inline
     records make it about that many KiB, as a dataset pasted into the spec does."""
-    records = [{"inputs": {"review": "I love it."}, "expectations": {"expected_response": "positive"}},
-               {"inputs": {"review": "I hate it."}, "expectations": {"expected_response": "negative"}}]
+    records = [
+        {"inputs": {"review": "I love it."}, "expectations": {"expected_response": "positive"}},
+        {"inputs": {"review": "I hate it."}, "expectations": {"expected_response": "negative"}},
+    ]
     if kib:
         record = {"inputs": {"review": "It is fine. " * 40}, "expectations": {"expected_response": "neutral"}}
         records = [record] * (kib * 1024 // len(json.dumps(record)))
     return {
-        "apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": name},
+        "apiVersion": "promptopt.dev/v1alpha1",
+        "kind": "PromptOptimizationJob",
+        "metadata": {"name": name},
         "spec": {
             "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect", "gepa": {"maxMetricCalls": 10}},
             "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
@@ -322,8 +373,9 @@ def create_jobs(api: Api, observer: Observer, names: list[str], kib: int = 0) ->
 def cancel_jobs(api: Api, observer: Observer, names: list[str]) -> None:
     for name in names:
         observer.cancelled[name] = time.monotonic()
-        api.request("PATCH", f"{JOBS_PATH}/{name}", {"spec": {"cancel": True}},
-                    content_type="application/merge-patch+json")
+        api.request(
+            "PATCH", f"{JOBS_PATH}/{name}", {"spec": {"cancel": True}}, content_type="application/merge-patch+json"
+        )
 
 
 def latencies_ms(start: dict[str, float], end: dict[str, float], names: list[str]) -> list[float]:
@@ -362,24 +414,43 @@ def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]
 # ------------------------------------------------------------------------------------------------
 # Scenarios.
 
+
 def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
     """N jobs at once with long-running Pods, then all cancelled: ours (`which="ours"`) or the kopf floor."""
     names = [f"lat-{i:05d}" for i in range(jobs)]
     with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
         cluster = Cluster(Path(tmp))
-        with cluster, (our_operator(cluster, SLEEP_IMAGE, max_running_jobs=jobs) if which == "ours"
-                       else floor_operator(cluster, SLEEP_IMAGE)) as process, observing(cluster.api) as seen:
+        with (
+            cluster,
+            (
+                our_operator(cluster, SLEEP_IMAGE, max_running_jobs=jobs)
+                if which == "ours"
+                else floor_operator(cluster, SLEEP_IMAGE)
+            ) as process,
+            observing(cluster.api) as seen,
+        ):
             cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
             create_jobs(cluster.api, seen, names)
-            wait_until(lambda: seen.count(lambda: seen.pod_running) >= jobs
-                       and (which != "ours" or seen.jobs_in("Running") >= jobs), timeout,
-                       lambda: f"{which}: {seen.count(lambda: seen.pod_created)} Pods created, "
-                               f"{seen.count(lambda: seen.pod_running)} running, "
-                               f"{seen.jobs_in('Running')} jobs Running of {jobs}", process=process)
+            wait_until(
+                lambda: (
+                    seen.count(lambda: seen.pod_running) >= jobs
+                    and (which != "ours" or seen.jobs_in("Running") >= jobs)
+                ),
+                timeout,
+                lambda: (
+                    f"{which}: {seen.count(lambda: seen.pod_created)} Pods created, "
+                    f"{seen.count(lambda: seen.pod_running)} running, "
+                    f"{seen.jobs_in('Running')} jobs Running of {jobs}"
+                ),
+                process=process,
+            )
             cancel_jobs(cluster.api, seen, names)
-            wait_until(lambda: seen.count(lambda: seen.pod_deleted) >= jobs, timeout,
-                       lambda: f"{which}: {seen.count(lambda: seen.pod_deleted)} of {jobs} Pods deleted after cancel",
-                       process=process)
+            wait_until(
+                lambda: seen.count(lambda: seen.pod_deleted) >= jobs,
+                timeout,
+                lambda: f"{which}: {seen.count(lambda: seen.pod_deleted)} of {jobs} Pods deleted after cancel",
+                process=process,
+            )
             rss = peak_rss_mib(process.pid)
             cpu_after = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
         running = {n: p["Running"] for n, p in seen.phases.items() if "Running" in p}
@@ -399,8 +470,9 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
         }
 
 
-def queue_scenario(jobs: int, limit: int, timeout: float, progress: Callable[[str], None] = lambda _: None,
-                   kib: int = 0) -> dict[str, Any]:
+def queue_scenario(
+    jobs: int, limit: int, timeout: float, progress: Callable[[str], None] = lambda _: None, kib: int = 0
+) -> dict[str, Any]:
     """M jobs at once, at most `limit` running, Pods that succeed at once: all finish, one Pod each, in order.
     `kib`: jobs of about that many KiB (job_manifest), else small ones.
 
@@ -409,8 +481,11 @@ def queue_scenario(jobs: int, limit: int, timeout: float, progress: Callable[[st
     names = [f"q-{i:05d}" for i in range(jobs)]
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
         cluster = Cluster(Path(tmp))
-        with cluster, our_operator(cluster, INSTANT_IMAGE, max_running_jobs=limit) as process, \
-                observing(cluster.api) as seen:
+        with (
+            cluster,
+            our_operator(cluster, INSTANT_IMAGE, max_running_jobs=limit) as process,
+            observing(cluster.api) as seen,
+        ):
             cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
             started = time.monotonic()
             create_jobs(cluster.api, seen, names, kib)
@@ -439,7 +514,7 @@ def queue_scenario(jobs: int, limit: int, timeout: float, progress: Callable[[st
         inversions = sum(1 for a, b in zip(order, order[1:], strict=False) if b < a)
         # Jobs that started must be the oldest ones (none skipped), with start times in creation order.
         started_jobs = [n for n in names if n in seen.start_times]
-        first = names[:len(started_jobs)]
+        first = names[: len(started_jobs)]
         start_times = [seen.start_times[n] for n in first if n in seen.start_times]
         in_order = started_jobs == first and start_times == sorted(start_times)
         # Where not: older jobs that started in a later second than a newer one (startTime has 1 s resolution).
@@ -447,8 +522,14 @@ def queue_scenario(jobs: int, limit: int, timeout: float, progress: Callable[[st
         latest_newer: tuple[str, str] | None = None  # the earliest start among newer jobs, scanning backwards
         for name in reversed(started_jobs):
             if latest_newer is not None and seen.start_times[name] > latest_newer[1]:
-                overtaken.append({"older": name, "started": seen.start_times[name],
-                                  "newer": latest_newer[0], "newer_started": latest_newer[1]})
+                overtaken.append(
+                    {
+                        "older": name,
+                        "started": seen.start_times[name],
+                        "newer": latest_newer[0],
+                        "newer_started": latest_newer[1],
+                    }
+                )
             if latest_newer is None or seen.start_times[name] < latest_newer[1]:
                 latest_newer = (name, seen.start_times[name])
         skipped = [n for n in first if n not in seen.start_times]
@@ -478,8 +559,9 @@ def queue_scenario(jobs: int, limit: int, timeout: float, progress: Callable[[st
             "wall_s": wall,
             "jobs_per_s": len(succeeded) / wall if wall else None,
             # How the pace changes as the run goes on: jobs Succeeded by each minute.
-            "succeeded_by_minute": [sum(1 for t in done_at if t <= minute * 60)
-                                    for minute in range(1, int(wall // 60) + 2)],
+            "succeeded_by_minute": [
+                sum(1 for t in done_at if t <= minute * 60) for minute in range(1, int(wall // 60) + 2)
+            ],
             "peak_rss_mib": rss,
             "cpu_seconds": {name: cpu_after[name] - cpu_before[name] for name in cpu_after},
             "api_requests": api_requests(cluster.requests, jobs),
@@ -500,27 +582,37 @@ def run(config: OperatorConfig, progress: Callable[[str], None] = lambda _: None
         progress(f"operator: {config.jobs} jobs against promptopt's operator")
         results["ours"] = latency_scenario("ours", config.jobs, config.timeout_s)
     if not config.skip_queue:
-        progress(f"operator: {config.queue_jobs} jobs, at most {config.queue_limit} running (reported as it stands "
-                 f"after {config.queue_timeout_s:.0f} s at most)")
+        progress(
+            f"operator: {config.queue_jobs} jobs, at most {config.queue_limit} running (reported as it stands "
+            f"after {config.queue_timeout_s:.0f} s at most)"
+        )
         results["queue"] = queue_scenario(config.queue_jobs, config.queue_limit, config.queue_timeout_s, progress)
         if config.large_queue_jobs:
-            progress(f"operator: {config.large_queue_jobs} jobs, at most {config.large_queue_limit} running "
-                     f"(reported as it stands after {config.queue_timeout_s:.0f} s at most)")
-            results["large_queue"] = queue_scenario(config.large_queue_jobs, config.large_queue_limit,
-                                                    config.queue_timeout_s, progress)
+            progress(
+                f"operator: {config.large_queue_jobs} jobs, at most {config.large_queue_limit} running "
+                f"(reported as it stands after {config.queue_timeout_s:.0f} s at most)"
+            )
+            results["large_queue"] = queue_scenario(
+                config.large_queue_jobs, config.large_queue_limit, config.queue_timeout_s, progress
+            )
         for scenario, kib in (("memory_small", 0), ("memory_large", config.memory_job_kib)):
             if config.memory_jobs:
-                progress(f"operator: {config.memory_jobs} jobs of {'about ' + str(kib) if kib else 'a few'} KiB, "
-                         f"at most {config.queue_limit} running")
-                results[scenario] = queue_scenario(config.memory_jobs, config.queue_limit, config.queue_timeout_s,
-                                                   progress, kib)
+                progress(
+                    f"operator: {config.memory_jobs} jobs of {'about ' + str(kib) if kib else 'a few'} KiB, "
+                    f"at most {config.queue_limit} running"
+                )
+                results[scenario] = queue_scenario(
+                    config.memory_jobs, config.queue_limit, config.queue_timeout_s, progress, kib
+                )
     return results
 
 
 def exit_on_sigterm() -> None:
     """SIGTERM ends the benchmark like ^C: the finally blocks stop every process it started."""
+
     def stop(signum: int, _frame: Any) -> None:
         raise SystemExit(128 + signum)
+
     signal.signal(signal.SIGTERM, stop)
 
 

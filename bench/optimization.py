@@ -21,6 +21,7 @@ latency per call, so wall time is dominated by waiting for the "model", as with 
 Final scores are compared on the same footing: each tool's best prompt rescored here on every record with
 the simulated models' own rules (`respond`, no HTTP, no LLM call counted).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,12 @@ from typing import Any
 
 from promptopt.prompt_contract import CORRECTNESS_QUESTION, JudgeRequest, judge_messages
 from promptopt.simulated_llm import (
-    JUDGE_MODEL, REFLECT_MODEL, SEED_INSTRUCTION, TASK_MODEL, respond, sentiment_dataset,
+    JUDGE_MODEL,
+    REFLECT_MODEL,
+    SEED_INSTRUCTION,
+    TASK_MODEL,
+    respond,
+    sentiment_dataset,
 )
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV, use_bundled_litellm_cost_map
 
@@ -63,13 +69,17 @@ class OptimizationConfig:
 # ------------------------------------------------------------------------------------------------
 # The simulated LLM in its own process.
 
+
 class LLMServer:
     """bench/llm_server.py as a child process: `base_url`, `stats()`, `reset()`."""
 
     def __init__(self, latency_s: float):
         self._process = subprocess.Popen(
             [sys.executable, str(BENCH_DIR / "llm_server.py"), "--latency", str(latency_s)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         assert self._process.stdout is not None
         self.base_url = self._process.stdout.readline().strip()
@@ -108,6 +118,7 @@ class LLMServer:
 # ------------------------------------------------------------------------------------------------
 # The same score for every tool's result: the simulated models' rules, applied here without HTTP.
 
+
 def rescore(template: str, records: Sequence[dict[str, Any]]) -> float:
     """Mean over records of (ExactMatch + Correctness) / 2 for `template`, by the simulated models' rules."""
     total = 0.0
@@ -126,6 +137,7 @@ def rescore(template: str, records: Sequence[dict[str, Any]]) -> float:
 
 # ------------------------------------------------------------------------------------------------
 # Ours.
+
 
 class CountingEvaluator:
     """The worker's TaskEvaluator, unchanged, with the number of uncached examples of each evaluate() call."""
@@ -159,14 +171,22 @@ FREE = {"inputPerMillionTokens": 0, "outputPerMillionTokens": 0}  # the simulate
 def job_spec(base_url: str, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
     """The job: every record for training and validation (the default, as MLflow does), two scorers."""
     return {
-        "optimizer": {"type": "GEPA", "reflectionModel": f"openai/{REFLECT_MODEL}", "reflectionPricing": FREE,
-                      "gepa": {"maxMetricCalls": config.metric_calls}},
+        "optimizer": {
+            "type": "GEPA",
+            "reflectionModel": f"openai/{REFLECT_MODEL}",
+            "reflectionPricing": FREE,
+            "gepa": {"maxMetricCalls": config.metric_calls},
+        },
         "prompts": [{"name": PROMPT_NAME, "template": SEED_INSTRUCTION}],
-        "task": {"model": f"openai/{TASK_MODEL}", "apiBase": base_url, "temperature": 0,
-                 "concurrency": config.concurrency, "pricing": FREE},
+        "task": {
+            "model": f"openai/{TASK_MODEL}",
+            "apiBase": base_url,
+            "temperature": 0,
+            "concurrency": config.concurrency,
+            "pricing": FREE,
+        },
         "dataset": {"records": records},
-        "scorers": [{"name": "ExactMatch"},
-                    {"name": "Correctness", "model": f"openai/{JUDGE_MODEL}", "pricing": FREE}],
+        "scorers": [{"name": "ExactMatch"}, {"name": "Correctness", "model": f"openai/{JUDGE_MODEL}", "pricing": FREE}],
     }
 
 
@@ -174,8 +194,12 @@ def warm_up_litellm(base_url: str) -> None:
     """litellm imports much of itself on the first call: pay that before the clock starts (for every tool)."""
     import litellm
 
-    litellm.completion(model=f"openai/{TASK_MODEL}", api_base=base_url, api_key="sk-simulated",
-                       messages=[{"role": "user", "content": "warm up: love"}])
+    litellm.completion(
+        model=f"openai/{TASK_MODEL}",
+        api_base=base_url,
+        api_key="sk-simulated",
+        messages=[{"role": "user", "content": "warm up: love"}],
+    )
 
 
 def run_ours(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
@@ -209,8 +233,10 @@ def run_ours(llm: LLMServer, records: list[dict[str, Any]], config: Optimization
     reflections = calls.get("reflection", 0)
     latency, concurrency = config.latency_s, config.concurrency
     bound = unique_calls / concurrency * latency + reflections * latency
-    critical_path = sum(math.ceil(n / concurrency) for n in counting.uncached_per_call) * (1 + judges) * latency \
+    critical_path = (
+        sum(math.ceil(n / concurrency) for n in counting.uncached_per_call) * (1 + judges) * latency
         + reflections * latency
+    )
     template = result.best_candidate[PROMPT_NAME]
     return {
         "wall_s": wall,
@@ -236,9 +262,14 @@ def run_ours(llm: LLMServer, records: list[dict[str, Any]], config: Optimization
 # ------------------------------------------------------------------------------------------------
 # Ours again, as a worker process.
 
+
 def job_manifest(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
-            "metadata": {"name": "bench-worker-process"}, "spec": spec}
+    return {
+        "apiVersion": "promptopt.dev/v1alpha1",
+        "kind": "PromptOptimizationJob",
+        "metadata": {"name": "bench-worker-process"},
+        "spec": spec,
+    }
 
 
 def promptopt_command() -> str:
@@ -265,8 +296,12 @@ def run_worker_process(llm: LLMServer, records: list[dict[str, Any]], config: Op
         env = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
         with (Path(workdir) / "stderr").open("w+") as stderr:
             started = time.time()
-            child = subprocess.Popen([command, "run", str(job_path), "-o", str(result_path)],
-                                     stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+            child = subprocess.Popen(
+                [command, "run", str(job_path), "-o", str(result_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=env,
+            )
             while child.poll() is None:
                 try:
                     # Before its exec the child is still a copy of this process: not sampled.
@@ -317,10 +352,15 @@ GEPA_KWARGS = {"reflection_minibatch_size": 3, "candidate_selection_strategy": "
 
 def mlflow_config(llm: LLMServer, records: list[dict[str, Any]], config: OptimizationConfig) -> dict[str, Any]:
     return {
-        "base_url": llm.base_url, "records": records, "prompt_name": PROMPT_NAME, "template": SEED_INSTRUCTION,
-        "max_metric_calls": config.metric_calls, "concurrency": config.concurrency,
+        "base_url": llm.base_url,
+        "records": records,
+        "prompt_name": PROMPT_NAME,
+        "template": SEED_INSTRUCTION,
+        "max_metric_calls": config.metric_calls,
+        "concurrency": config.concurrency,
         "models": {"task": TASK_MODEL, "judge": JUDGE_MODEL, "reflect": REFLECT_MODEL},
-        "scorers": ["ExactMatch", "Correctness"], "task_parameters": {"temperature": 0},
+        "scorers": ["ExactMatch", "Correctness"],
+        "task_parameters": {"temperature": 0},
         "gepa_kwargs": GEPA_KWARGS,
     }
 
@@ -337,9 +377,15 @@ def run_mlflow_peer(python: str, peer_config: dict[str, Any], llm: Any) -> dict[
         env = {**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV, "PYTHONUNBUFFERED": "1"}
         log_path = Path(workdir) / "peer.log"
         with log_path.open("w") as log:
-            peer = subprocess.Popen([python, str(BENCH_DIR / "mlflow_peer.py"), str(config_path), str(result_path)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                    bufsize=1, env=env)
+            peer = subprocess.Popen(
+                [python, str(BENCH_DIR / "mlflow_peer.py"), str(config_path), str(result_path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                bufsize=1,
+                env=env,
+            )
             assert peer.stdin is not None and peer.stdout is not None
             ready = peer.stdout.readline().strip()  # "ready" once mlflow is imported and set up, or "absent"
             if ready == "ready":
@@ -377,5 +423,10 @@ def run(config: OptimizationConfig) -> dict[str, Any]:
             peer = {"available": False, "reason": "skipped (--skip-mlflow)"}
         else:
             peer = run_mlflow(llm, records, config)
-    return {"config": dataclasses.asdict(config), "dataset_seed": DATASET_SEED, "ours": ours,
-            "worker_process": worker_process, "mlflow": peer}
+    return {
+        "config": dataclasses.asdict(config),
+        "dataset_seed": DATASET_SEED,
+        "ours": ours,
+        "worker_process": worker_process,
+        "mlflow": peer,
+    }

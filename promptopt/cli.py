@@ -1,4 +1,5 @@
 """The `promptopt` command: one entry point for the operator, the worker, local runs and the CRD."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,16 @@ def _worker(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from promptopt_worker.main import run_local
 
-    return run_local(args.job, args.configmap_files, args.output, args.simulated_llm, args.dry_run,
-                     log_format=args.log_format, strict=args.strict, promptopt_version=installed_version())
+    return run_local(
+        args.job,
+        args.configmap_files,
+        args.output,
+        args.simulated_llm,
+        args.dry_run,
+        log_format=args.log_format,
+        strict=args.strict,
+        promptopt_version=installed_version(),
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -73,7 +82,11 @@ def _doctor(args: argparse.Namespace) -> int:
 
     from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION
     from promptopt_operator.diagnosis import (
-        OPERATOR_SELECTOR, describe_operator, diagnose, installed_operators, seen_jobs,
+        OPERATOR_SELECTOR,
+        describe_operator,
+        diagnose,
+        installed_operators,
+        seen_jobs,
     )
 
     def listed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
@@ -83,19 +96,26 @@ def _doctor(args: argparse.Namespace) -> int:
     kubernetes.config.load_kube_config()
     custom, apps = kubernetes.client.CustomObjectsApi(), kubernetes.client.AppsV1Api()
     try:
-        jobs = seen_jobs(listed(custom.list_namespaced_custom_object, GROUP, VERSION, args.namespace, PLURAL)
-                         if args.namespace else listed(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL))
+        jobs = seen_jobs(
+            listed(custom.list_namespaced_custom_object, GROUP, VERSION, args.namespace, PLURAL)
+            if args.namespace
+            else listed(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+        )
         deployments = listed(apps.list_deployment_for_all_namespaces, label_selector=OPERATOR_SELECTOR)
     except ApiException as error:
-        print(f"promptopt doctor: the API refused to list jobs or Deployments ({error.status} {error.reason}); "
-              "it needs to list promptoptimizationjobs, and Deployments in every namespace", file=sys.stderr)
+        print(
+            f"promptopt doctor: the API refused to list jobs or Deployments ({error.status} {error.reason}); "
+            "it needs to list promptoptimizationjobs, and Deployments in every namespace",
+            file=sys.stderr,
+        )
         return 2
     operators = installed_operators(deployments)
     width = shutil.get_terminal_size().columns - 1
     for line in [*map(describe_operator, operators), *(f"{job.where}: {diagnose(job, operators)}" for job in jobs)]:
         # Names and commands stay whole, to be copied.
-        print(textwrap.fill(line, width=width, subsequent_indent="    ", break_on_hyphens=False,
-                            break_long_words=False))
+        print(
+            textwrap.fill(line, width=width, subsequent_indent="    ", break_on_hyphens=False, break_long_words=False)
+        )
     if not jobs:
         print(f"no PromptOptimizationJobs{' in namespace ' + args.namespace if args.namespace else ''}")
     return 1 if any(not job.phase for job in jobs) else 0
@@ -118,7 +138,9 @@ LOG_FORMAT_ENV = "PROMPTOPT_LOG_FORMAT"
 
 def add_log_format_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--log-format", choices=LOG_FORMATS, default=os.environ.get(LOG_FORMAT_ENV) or "text",
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get(LOG_FORMAT_ENV) or "text",
         help=f"text (default; {LOG_FORMAT_ENV} sets another) or json: one JSON object per line (time, level, logger, "
         "message and the record's fields), for log pipelines; secrets are masked in both",
     )
@@ -133,9 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     crd = commands.add_parser("crd", help="print the PromptOptimizationJob CRD generated from the API models")
-    crd.add_argument("-o", "--output-dir", action="append",
-                     help="write <plural>.<group>.yaml into this folder (repeatable: crds/ and the Helm chart's "
-                     "crds/) instead of stdout")
+    crd.add_argument(
+        "-o",
+        "--output-dir",
+        action="append",
+        help="write <plural>.<group>.yaml into this folder (repeatable: crds/ and the Helm chart's "
+        "crds/) instead of stdout",
+    )
     crd.set_defaults(handler=_crd)
 
     api_docs = commands.add_parser("api-docs", help="write the API reference generated from the API models")
@@ -148,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     operator.set_defaults(handler=_operator)
 
     worker = commands.add_parser(
-        "worker", help="run one job's optimization inside its Pod (started by the operator)",
+        "worker",
+        help="run one job's optimization inside its Pod (started by the operator)",
         description="Optimize the job named by PROMPTOPT_JOB_NAME in PROMPTOPT_JOB_NAMESPACE, reporting into its "
         "status. Uses KUBECONFIG when set, else the Pod's service account. Exit code 0: a usable result; 1: failed; "
         "2: invalid input.",
@@ -157,28 +184,49 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=_worker)
 
     run = commands.add_parser(
-        "run", help="run a job file on this machine, without a cluster",
+        "run",
+        help="run a job file on this machine, without a cluster",
         description="Run the PromptOptimizationJob in JOB (a YAML file; ConfigMaps it uses may sit in the same "
         "file or in files given with -f) here, showing progress on the console.",
     )
     run.add_argument("job", help="YAML file holding one PromptOptimizationJob (and possibly ConfigMaps)")
-    run.add_argument("-f", "--configmap-file", dest="configmap_files", action="append", default=[], metavar="FILE",
-                     help="YAML file with ConfigMaps the job reads (repeatable)")
-    run.add_argument("-o", "--output", metavar="FILE",
-                     help="write the result as JSON, shaped like the job's status (scores, prompts, cost)")
-    run.add_argument("--simulated-llm", action="store_true",
-                     help="answer every LLM call from the built-in simulated LLM, a test double (no API key needed)")
+    run.add_argument(
+        "-f",
+        "--configmap-file",
+        dest="configmap_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML file with ConfigMaps the job reads (repeatable)",
+    )
+    run.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the result as JSON, shaped like the job's status (scores, prompts, cost)",
+    )
+    run.add_argument(
+        "--simulated-llm",
+        action="store_true",
+        help="answer every LLM call from the built-in simulated LLM, a test double (no API key needed)",
+    )
     add_log_format_argument(run)
-    run.add_argument("--dry-run", action="store_true",
-                     help="resolve and check everything, then print the most calls per model and service and the "
-                     "cost, without calling any; exit code 0 when the job can run (-o writes this plan as JSON)")
-    run.add_argument("--strict", action="store_true",
-                     help="with --dry-run: fail (exit code 2) on a warning too, such as a model litellm's list does "
-                     "not know")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve and check everything, then print the most calls per model and service and the "
+        "cost, without calling any; exit code 0 when the job can run (-o writes this plan as JSON)",
+    )
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --dry-run: fail (exit code 2) on a warning too, such as a model litellm's list does not know",
+    )
     run.set_defaults(handler=_run)
 
     report = commands.add_parser(
-        "report", help="write a result file of `promptopt run -o` as one HTML page",
+        "report",
+        help="write a result file of `promptopt run -o` as one HTML page",
         description="Render RESULT (the JSON file `promptopt run -o` writes) as a self-contained HTML page: how the "
         "run ended, the scores, the best validation score against metric calls, the candidate tree and the winning "
         "prompts' diff against the original ones. The page loads nothing from the network. Exit code 2: RESULT is "
@@ -189,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     doctor = commands.add_parser(
-        "doctor", help="say why each job is where it is, above all one no operator has acted on",
+        "doctor",
+        help="say why each job is where it is, above all one no operator has acted on",
         description="List the promptopt operators installed (their Deployments, and the namespaces each watches) and "
         "every job with its phase; for a job without a phase, say why no operator acted on it (none installed, "
         "none watching its namespace, or not running) and what to do. Uses the current kubeconfig. Exit code 1: "

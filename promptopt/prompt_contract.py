@@ -15,6 +15,7 @@ renders, and gepa's own reflection prompt built from our adapter's records, to t
 The answers' formats are stated in the requests themselves (a JSON object with "result", or with "prompts"); the
 worker reads them with promptopt_worker.llm.json_object_with.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,13 +96,18 @@ def judge_asked_again(conversation: Sequence[dict[str, str]], answer: str) -> li
 _CUSTOM_JUDGE_VARIABLE = re.compile(r"\{\{\s*(inputs|outputs|expectations)\s*\}\}")
 
 
-def custom_judge_messages(instructions: str, inputs: Mapping[str, Any], outputs: str,
-                          expectations: Mapping[str, Any]) -> list[dict[str, str]]:
+def custom_judge_messages(
+    instructions: str, inputs: Mapping[str, Any], outputs: str, expectations: Mapping[str, Any]
+) -> list[dict[str, str]]:
     """The conversation of a Judge scorer (its instructions name the variables: the API model checks them)."""
-    values = {"inputs": json.dumps(dict(inputs), ensure_ascii=False, indent=2), "outputs": outputs,
-              "expectations": json.dumps(dict(expectations), ensure_ascii=False, indent=2, default=str)}
-    user = _CUSTOM_JUDGE_VARIABLE.sub(lambda found: f"\n<{found[1]}>\n{values[found[1]]}\n</{found[1]}>\n",
-                                      instructions)
+    values = {
+        "inputs": json.dumps(dict(inputs), ensure_ascii=False, indent=2),
+        "outputs": outputs,
+        "expectations": json.dumps(dict(expectations), ensure_ascii=False, indent=2, default=str),
+    }
+    user = _CUSTOM_JUDGE_VARIABLE.sub(
+        lambda found: f"\n<{found[1]}>\n{values[found[1]]}\n</{found[1]}>\n", instructions
+    )
     return [{"role": "system", "content": JUDGE_SYSTEM_MESSAGE}, {"role": "user", "content": user}]
 
 
@@ -155,8 +161,9 @@ class MetaPromptRequest:
     examples: Sequence[MetaPromptExample] | None = None
 
 
-def metaprompt_request(request: MetaPromptRequest, roles: Mapping[str, str],
-                       variables: Mapping[str, Collection[str]]) -> str:
+def metaprompt_request(
+    request: MetaPromptRequest, roles: Mapping[str, str], variables: Mapping[str, Collection[str]]
+) -> str:
     """The user message; `roles` (each prompt's chat role) and `variables` (its {{variables}}) are told to the model
     in prose."""
     sections = [
@@ -182,8 +189,9 @@ def metaprompt_request(request: MetaPromptRequest, roles: Mapping[str, str],
             "without overfitting to single examples."
         )
         shown = [{f.name: getattr(example, f.name) for f in fields(example)} for example in request.examples]
-        sections.append(f"### {EXAMPLES}\n```json\n" + json.dumps(shown, indent=2, ensure_ascii=False, default=str)
-                        + "\n```")
+        sections.append(
+            f"### {EXAMPLES}\n```json\n" + json.dumps(shown, indent=2, ensure_ascii=False, default=str) + "\n```"
+        )
     sections.append(METAPROMPT_ANSWER_FORMAT)
     return "\n\n".join(sections)
 

@@ -11,6 +11,7 @@ too.
 `render_report` is pure (the parsed result in, the page out); `read_result` and `write_report` are the file edges.
 Every text from the result is escaped: prompts, messages and scorer names are user text.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -51,15 +52,18 @@ def read_result(path: Path) -> ResultFile:
     try:
         status = ResultFile.model_validate(data)
     except ValidationError as error:
-        problems = [f"{'.'.join(map(str, problem['loc'])) or 'the object'}: {problem['msg']}"
-                    for problem in error.errors()]
+        problems = [
+            f"{'.'.join(map(str, problem['loc'])) or 'the object'}: {problem['msg']}" for problem in error.errors()
+        ]
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise NotAResult(f"{path} is not a promptopt result: {'; '.join(problems[:5])}{more}") from None
     # The status models skip unknown fields (a newer writer's), so any JSON object would parse: a result always
     # says how the run ended.
     if status.worker_result is None:
-        raise NotAResult(f"{path} is not a promptopt result: it has no workerResult (the file `promptopt run -o "
-                         "FILE` writes always has one)")
+        raise NotAResult(
+            f"{path} is not a promptopt result: it has no workerResult (the file `promptopt run -o "
+            "FILE` writes always has one)"
+        )
     return status
 
 
@@ -93,8 +97,9 @@ def found_at(candidate: CandidateReport) -> int | None:
 def best_so_far(candidates: Iterable[CandidateReport]) -> list[Step]:
     """The steps of the best score so far, in the order found (ties by id, the order the optimizer numbers them).
     Only a strictly better score is a step: that is when the optimizer's best changed."""
-    placed = sorted((at, candidate.id, candidate.score) for candidate in candidates
-                    if (at := found_at(candidate)) is not None)
+    placed = sorted(
+        (at, candidate.id, candidate.score) for candidate in candidates if (at := found_at(candidate)) is not None
+    )
     steps: list[Step] = []
     for at, candidate_id, score in placed:
         if not steps or score > steps[-1].score:
@@ -132,8 +137,9 @@ def diff_lines(before: str, after: str) -> list[tuple[LineKind, str]]:
     """A line diff of two prompt texts: every line of both, marked same, removed (only in before) or added."""
     old, new = before.splitlines(), after.splitlines()
     lines: list[tuple[LineKind, str]] = []
-    for tag, old_start, old_end, new_start, new_end in difflib.SequenceMatcher(None, old, new,
-                                                                             autojunk=False).get_opcodes():
+    for tag, old_start, old_end, new_start, new_end in difflib.SequenceMatcher(
+        None, old, new, autojunk=False
+    ).get_opcodes():
         if tag == "equal":
             lines += [("same", line) for line in old[old_start:old_end]]
             continue
@@ -232,8 +238,11 @@ def _summary(status: ResultFile, source: str) -> str:
     initial, final = status.initial_scores or Scores(), status.final_scores or Scores()
     tables = _score_table("Validation scores", initial, final)
     if initial.test and final.test:
-        tables += _score_table(f"Test scores: {_count(final.test.records)} held-out records, never shown to the "
-                               "optimizer", initial.test, final.test)
+        tables += _score_table(
+            f"Test scores: {_count(final.test.records)} held-out records, never shown to the optimizer",
+            initial.test,
+            final.test,
+        )
 
     progress, cost = status.progress or Progress(), status.cost
     budget = f" of {progress.max_metric_calls:,}" if progress.max_metric_calls is not None else ""
@@ -244,12 +253,17 @@ def _summary(status: ResultFile, source: str) -> str:
         ("candidates", f"{_count(progress.candidates)} accepted, {_count(progress.rejected_candidates)} rejected"),
     ]
     if cost is not None:
-        tokens = ((cost.prompt_tokens or 0) + (cost.completion_tokens or 0)
-                  if cost.prompt_tokens is not None or cost.completion_tokens is not None else None)
+        tokens = (
+            (cost.prompt_tokens or 0) + (cost.completion_tokens or 0)
+            if cost.prompt_tokens is not None or cost.completion_tokens is not None
+            else None
+        )
         facts += [
             ("LLM calls", f"{_count(cost.llm_calls)}" + (f" ({cost.retries:,} retried)" if cost.retries else "")),
-            ("tokens", f"{_count(tokens)} ({_count(cost.prompt_tokens)} prompt, "
-                       f"{_count(cost.completion_tokens)} completion)"),
+            (
+                "tokens",
+                f"{_count(tokens)} ({_count(cost.prompt_tokens)} prompt, {_count(cost.completion_tokens)} completion)",
+            ),
             ("cost", _usd(cost.usd)),
         ]
     else:
@@ -270,15 +284,21 @@ def _summary(status: ResultFile, source: str) -> str:
 def _score_table(caption: str, initial: Scores | HeldOutScores, final: Scores | HeldOutScores) -> str:
     """Initial and final aggregate and per-scorer scores, with the change, and the records not scored if any."""
     scorer_names = list(dict.fromkeys([*(initial.scorers or {}), *(final.scorers or {})]))
-    rows = [f'<tr><th scope="row">aggregate</th><td class="num">{_score(initial.aggregate)}</td>'
-            f'<td class="num">{_score(final.aggregate)}</td>{_change(initial.aggregate, final.aggregate)}</tr>']
+    rows = [
+        f'<tr><th scope="row">aggregate</th><td class="num">{_score(initial.aggregate)}</td>'
+        f'<td class="num">{_score(final.aggregate)}</td>{_change(initial.aggregate, final.aggregate)}</tr>'
+    ]
     for name in scorer_names:
         before, after = (initial.scorers or {}).get(name), (final.scorers or {}).get(name)
-        rows.append(f'<tr><th scope="row">{_text(name)}</th><td class="num">{_score(before)}</td>'
-                    f'<td class="num">{_score(after)}</td>{_change(before, after)}</tr>')
+        rows.append(
+            f'<tr><th scope="row">{_text(name)}</th><td class="num">{_score(before)}</td>'
+            f'<td class="num">{_score(after)}</td>{_change(before, after)}</tr>'
+        )
     if initial.failed_examples or final.failed_examples:
-        rows.append(f'<tr><th scope="row">records not scored</th><td class="num">{_count(initial.failed_examples)}'
-                    f'</td><td class="num">{_count(final.failed_examples)}</td><td class="num"></td></tr>')
+        rows.append(
+            f'<tr><th scope="row">records not scored</th><td class="num">{_count(initial.failed_examples)}'
+            f'</td><td class="num">{_count(final.failed_examples)}</td><td class="num"></td></tr>'
+        )
     return f"""<table class="scores"><caption>{_text(caption)}</caption>
 <thead><tr><th></th><th scope="col">initial</th><th scope="col">final</th><th scope="col">change</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>"""
@@ -287,8 +307,10 @@ def _score_table(caption: str, initial: Scores | HeldOutScores, final: Scores | 
 def _simulated_mark(run: RunInfo | None) -> str:
     if not (run and run.simulated_llm):
         return ""
-    return ('<span class="simulated" title="Every answer came from promptopt\'s simulated LLM, a deterministic test '
-            'double: these scores say nothing about a real model.">simulated LLM</span>')
+    return (
+        '<span class="simulated" title="Every answer came from promptopt\'s simulated LLM, a deterministic test '
+        'double: these scores say nothing about a real model.">simulated LLM</span>'
+    )
 
 
 def _duration(started: str | None, finished: str | None) -> str:
@@ -302,8 +324,10 @@ def _duration(started: str | None, finished: str | None) -> str:
 def _provenance(run: RunInfo | None) -> str:
     """What produced the result: the job, the optimizer, the models, when, and which promptopt."""
     if run is None:
-        return ('<p id="run" class="empty">The file does not say what produced it (the job, the optimizer, the '
-                "models): an older promptopt wrote it.</p>")
+        return (
+            '<p id="run" class="empty">The file does not say what produced it (the job, the optimizer, the '
+            "models): an older promptopt wrote it.</p>"
+        )
     models = run.models
     judges = ", ".join(f"{model} ({scorer})" for scorer, model in (models.judges or {}).items()) if models else ""
     settings = ", ".join(f"{key} {json.dumps(value)}" for key, value in (run.optimizer_settings or {}).items())
@@ -318,7 +342,7 @@ def _provenance(run: RunInfo | None) -> str:
     ]
     if run.simulated_llm:
         facts.append(("LLM", "simulated: every answer came from promptopt's simulated LLM, a test double"))
-    rows = "".join(f'<div><dt>{_text(name)}</dt><dd>{_text(value)}</dd></div>' for name, value in facts)
+    rows = "".join(f"<div><dt>{_text(name)}</dt><dd>{_text(value)}</dd></div>" for name, value in facts)
     return f'<dl id="run" class="facts run">{rows}</dl>'
 
 
@@ -332,8 +356,10 @@ def _curve(candidates: Sequence[CandidateReport], progress: Progress) -> str:
     if not candidates:
         return _no_candidates("curve", "Best validation score against metric calls")
     if not steps:
-        return ('<section id="curve"><h2>Best validation score against metric calls</h2><p class="empty">No '
-                "candidate says at how many metric calls it was found, so there is no curve.</p></section>")
+        return (
+            '<section id="curve"><h2>Best validation score against metric calls</h2><p class="empty">No '
+            "candidate says at how many metric calls it was found, so there is no curve.</p></section>"
+        )
     placed = [(candidate, at) for candidate in candidates if (at := found_at(candidate)) is not None]
     end = max(progress.metric_calls or 0, *(at for _, at in placed))
     x_ticks = _ticks(0, max(end, progress.max_metric_calls or 0, 1), 6, whole=True)
@@ -351,22 +377,30 @@ def _curve(candidates: Sequence[CandidateReport], progress: Progress) -> str:
     bottom, right = _number(CURVE_TOP + plot_height), _number(CURVE_LEFT + plot_width)
     parts = [f'<rect class="plot" x="{CURVE_LEFT}" y="{CURVE_TOP}" width="{plot_width}" height="{plot_height}"/>']
     for tick in y_ticks:
-        parts.append(f'<line class="grid" x1="{CURVE_LEFT}" x2="{right}" y1="{y(tick)}" y2="{y(tick)}"/>'
-                     f'<text class="tick" x="{CURVE_LEFT - 8}" y="{y(tick)}" text-anchor="end" '
-                     f'dominant-baseline="middle">{_tick_label(tick)}</text>')
+        parts.append(
+            f'<line class="grid" x1="{CURVE_LEFT}" x2="{right}" y1="{y(tick)}" y2="{y(tick)}"/>'
+            f'<text class="tick" x="{CURVE_LEFT - 8}" y="{y(tick)}" text-anchor="end" '
+            f'dominant-baseline="middle">{_tick_label(tick)}</text>'
+        )
     for tick in x_ticks:
-        parts.append(f'<line class="grid" x1="{x(tick)}" x2="{x(tick)}" y1="{CURVE_TOP}" y2="{bottom}"/>'
-                     f'<text class="tick" x="{x(tick)}" y="{_number(CURVE_TOP + plot_height + 18)}" '
-                     f'text-anchor="middle">{_tick_label(tick)}</text>')
+        parts.append(
+            f'<line class="grid" x1="{x(tick)}" x2="{x(tick)}" y1="{CURVE_TOP}" y2="{bottom}"/>'
+            f'<text class="tick" x="{x(tick)}" y="{_number(CURVE_TOP + plot_height + 18)}" '
+            f'text-anchor="middle">{_tick_label(tick)}</text>'
+        )
     if progress.max_metric_calls:
         # The budget, so a run that stopped early (goal, patience, cost) shows how much it left.
         budget_x = x(progress.max_metric_calls)
-        parts.append(f'<line class="budget" x1="{budget_x}" x2="{budget_x}" y1="{CURVE_TOP}" y2="{bottom}"/>'
-                     f'<text class="budget-label" x="{budget_x}" y="{CURVE_TOP - 4}" text-anchor="end">budget</text>')
-    parts.append(f'<text class="axis-label" x="{_number(CURVE_LEFT + plot_width / 2)}" y="{CURVE_HEIGHT - 8}" '
-                 'text-anchor="middle">metric calls (candidate × record evaluations)</text>'
-                 f'<text class="axis-label" transform="translate(16 {_number(CURVE_TOP + plot_height / 2)}) '
-                 'rotate(-90)" text-anchor="middle">validation score</text>')
+        parts.append(
+            f'<line class="budget" x1="{budget_x}" x2="{budget_x}" y1="{CURVE_TOP}" y2="{bottom}"/>'
+            f'<text class="budget-label" x="{budget_x}" y="{CURVE_TOP - 4}" text-anchor="end">budget</text>'
+        )
+    parts.append(
+        f'<text class="axis-label" x="{_number(CURVE_LEFT + plot_width / 2)}" y="{CURVE_HEIGHT - 8}" '
+        'text-anchor="middle">metric calls (candidate × record evaluations)</text>'
+        f'<text class="axis-label" transform="translate(16 {_number(CURVE_TOP + plot_height / 2)}) '
+        'rotate(-90)" text-anchor="middle">validation score</text>'
+    )
 
     corners = [(steps[0].metric_calls, steps[0].score)]
     for previous, step in zip(steps, steps[1:], strict=False):
@@ -380,15 +414,23 @@ def _curve(candidates: Sequence[CandidateReport], progress: Progress) -> str:
     # Other candidates first, so the ones that raised the best are drawn on top of them.
     for candidate, at in sorted(placed, key=lambda item: item[0].id in raised):
         kind = "raised" if candidate.id in raised else "other"
-        parts.append(f'<circle class="point {kind}" data-candidate="{candidate.id}" data-metric-calls="{at}" '
-                     f'data-score="{candidate.score}" cx="{x(at)}" cy="{y(candidate.score)}" '
-                     f'r="{5 if kind == "raised" else 4}"><title>{_text(_tooltip(candidate))}</title></circle>')
+        parts.append(
+            f'<circle class="point {kind}" data-candidate="{candidate.id}" data-metric-calls="{at}" '
+            f'data-score="{candidate.score}" cx="{x(at)}" cy="{y(candidate.score)}" '
+            f'r="{5 if kind == "raised" else 4}"><title>{_text(_tooltip(candidate))}</title></circle>'
+        )
         if kind == "raised":
-            parts.append(f'<text class="point-label" x="{_number(float(x(at)) + 7)}" '
-                         f'y="{_number(float(y(candidate.score)) + 14)}">#{candidate.id}</text>')
+            parts.append(
+                f'<text class="point-label" x="{_number(float(x(at)) + 7)}" '
+                f'y="{_number(float(y(candidate.score)) + 14)}">#{candidate.id}</text>'
+            )
     unplaced = len(candidates) - len(placed)
-    note = (f' <span class="note">{unplaced} candidate{"s" if unplaced != 1 else ""} without a metric-call count '
-            "is not drawn.</span>" if unplaced else "")
+    note = (
+        f' <span class="note">{unplaced} candidate{"s" if unplaced != 1 else ""} without a metric-call count '
+        "is not drawn.</span>"
+        if unplaced
+        else ""
+    )
     return f"""<section id="curve">
 <h2>Best validation score against metric calls</h2>
 <p class="legend"><span class="key raised"></span> raised the best so far <span class="key other"></span> other
@@ -442,19 +484,34 @@ def _tree(candidates: Sequence[CandidateReport]) -> str:
             x1, y1 = placed_x[parent], top(parent) + NODE_HEIGHT
             x2, y2 = placed_x[candidate.id], top(candidate.id)
             bend = (y2 - y1) / 2
-            edges.append(f'<path class="edge{" merge" if merge else ""}" data-parent="{parent}" '
-                         f'data-child="{candidate.id}" d="M{_number(x1)},{_number(y1)} C{_number(x1)},'
-                         f'{_number(y1 + bend)} {_number(x2)},{_number(y2 - bend)} {_number(x2)},{_number(y2)}"/>')
+            edges.append(
+                f'<path class="edge{" merge" if merge else ""}" data-parent="{parent}" '
+                f'data-child="{candidate.id}" d="M{_number(x1)},{_number(y1)} C{_number(x1)},'
+                f'{_number(y1 + bend)} {_number(x2)},{_number(y2 - bend)} {_number(x2)},{_number(y2)}"/>'
+            )
     for candidate in candidates:
         left, upper = placed_x[candidate.id] - NODE_WIDTH / 2, top(candidate.id)
-        classes = " ".join(["node", *(["best"] if candidate is best else []),
-                            *(["merge"] if len(candidate.parents) > 1 else []),
-                            *(["seed"] if candidate.id == 0 else [])])
-        label = ("best" if candidate is best else "merge" if len(candidate.parents) > 1
-                 else "seed" if candidate.id == 0 else "")
+        classes = " ".join(
+            [
+                "node",
+                *(["best"] if candidate is best else []),
+                *(["merge"] if len(candidate.parents) > 1 else []),
+                *(["seed"] if candidate.id == 0 else []),
+            ]
+        )
+        label = (
+            "best"
+            if candidate is best
+            else "merge"
+            if len(candidate.parents) > 1
+            else "seed"
+            if candidate.id == 0
+            else ""
+        )
         missing = [p for p in candidate.parents if p not in by_id]
-        tooltip = _tooltip(candidate) + (f"; parent {', '.join(f'#{p}' for p in missing)} not in the file"
-                                         if missing else "")
+        tooltip = _tooltip(candidate) + (
+            f"; parent {', '.join(f'#{p}' for p in missing)} not in the file" if missing else ""
+        )
         center = placed_x[candidate.id]
         nodes.append(
             f'<g class="{classes}" data-candidate="{candidate.id}" '
@@ -465,7 +522,8 @@ def _tree(candidates: Sequence[CandidateReport]) -> str:
             f'<text class="node-tag" x="{_number(left + NODE_WIDTH - 10)}" y="{_number(upper + 20)}" '
             f'text-anchor="end">{label}</text>'
             f'<text class="node-score" x="{_number(center)}" y="{_number(upper + 40)}" '
-            f'text-anchor="middle">{candidate.score:.3f}</text></g>')
+            f'text-anchor="middle">{candidate.score:.3f}</text></g>'
+        )
     merges = sum(1 for candidate in candidates if len(candidate.parents) > 1)
     return f"""<section id="tree">
 <h2>Candidate tree</h2>
@@ -493,13 +551,14 @@ def _candidate_table(candidates: Sequence[CandidateReport], best: CandidateRepor
     head = "".join(f'<th scope="col">{_text(name)}</th>' for name in scorer_names)
     rows = []
     for candidate in candidates:
-        cells = "".join(f'<td class="num">{_score((candidate.scorers or {}).get(name))}</td>'
-                        for name in scorer_names)
+        cells = "".join(f'<td class="num">{_score((candidate.scorers or {}).get(name))}</td>' for name in scorer_names)
         at = found_at(candidate)
         marked = ' class="best"' if candidate is best else ""
-        rows.append(f'<tr{marked}><th scope="row">#{candidate.id}</th>'
-                    f'<td class="num">{candidate.score:.3f}</td>{cells}<td>{_text(_lineage(candidate))}</td>'
-                    f'<td class="num">{_count(at)}</td></tr>')
+        rows.append(
+            f'<tr{marked}><th scope="row">#{candidate.id}</th>'
+            f'<td class="num">{candidate.score:.3f}</td>{cells}<td>{_text(_lineage(candidate))}</td>'
+            f'<td class="num">{_count(at)}</td></tr>'
+        )
     opened = " open" if len(candidates) <= CANDIDATES_SHOWN_OPEN else ""
     return f"""<details class="candidates"{opened}><summary>All {len(candidates)} candidates, best first</summary>
 <table><thead><tr><th scope="col">candidate</th><th scope="col">score</th>{head}<th scope="col">lineage</th>
@@ -525,10 +584,12 @@ def _diff_block(before: str, after: str) -> str:
             keep_tail = DIFF_CONTEXT if end < len(lines) else 0
             if len(run) > keep_head + keep_tail + 2:
                 out += [_diff_line(kind, text) for kind, text in run[:keep_head]]
-                folded = run[keep_head:len(run) - keep_tail]
-                out.append(f'<details class="folded"><summary>{len(folded)} unchanged lines</summary>'
-                           f'{"".join(_diff_line(kind, text) for kind, text in folded)}</details>')
-                out += [_diff_line(kind, text) for kind, text in run[len(run) - keep_tail:]]
+                folded = run[keep_head : len(run) - keep_tail]
+                out.append(
+                    f'<details class="folded"><summary>{len(folded)} unchanged lines</summary>'
+                    f"{''.join(_diff_line(kind, text) for kind, text in folded)}</details>"
+                )
+                out += [_diff_line(kind, text) for kind, text in run[len(run) - keep_tail :]]
             else:
                 out += [_diff_line(kind, text) for kind, text in run]
             index = end
@@ -541,8 +602,10 @@ def _diff_block(before: str, after: str) -> str:
 def _diff_line(kind: LineKind, text: str) -> str:
     # <del>/<ins> say removed/added without the colours (screen readers, a printout in black and white).
     tag, sign = {"same": ("div", " "), "removed": ("del", "−"), "added": ("ins", "+")}[kind]
-    return (f'<{tag} class="line {kind}"><span class="sign" aria-hidden="true">{sign}</span>'
-            f'<span class="text">{_text(text) or " "}</span></{tag}>')
+    return (
+        f'<{tag} class="line {kind}"><span class="sign" aria-hidden="true">{sign}</span>'
+        f'<span class="text">{_text(text) or " "}</span></{tag}>'
+    )
 
 
 def _prompts(status: ResultFile, candidates: Sequence[CandidateReport]) -> str:
@@ -556,29 +619,37 @@ def _prompts(status: ResultFile, candidates: Sequence[CandidateReport]) -> str:
         return f'<section id="diff">{heading}<p class="empty">The file holds no prompts.</p></section>'
     if seed is None or not seed.prompts:
         # A job's status keeps no candidate prompts: only the optimized ones can be shown.
-        shown = "".join(f'<h3>{_text(name)}</h3><pre class="prompt">{_text(text)}</pre>' for name, text in
-                        winner.items())
-        return (f'<section id="diff">{heading}<p class="empty">The file holds no original prompts to compare '
-                f"with; {_text(winner_name)}:</p>{shown}</section>")
+        shown = "".join(
+            f'<h3>{_text(name)}</h3><pre class="prompt">{_text(text)}</pre>' for name, text in winner.items()
+        )
+        return (
+            f'<section id="diff">{heading}<p class="empty">The file holds no original prompts to compare '
+            f"with; {_text(winner_name)}:</p>{shown}</section>"
+        )
     if best is seed:
         note = '<p class="empty">The original prompts scored best: the run changed nothing.</p>'
     else:
-        note = (f'<p class="legend">{_text(winner_name)} (score {_score(best.score if best else None)}) against '
-                f"the original prompts, candidate #0 (score {seed.score:.3f}): "
-                '<span class="key removed"></span> removed, <span class="key added"></span> added.</p>')
+        note = (
+            f'<p class="legend">{_text(winner_name)} (score {_score(best.score if best else None)}) against '
+            f"the original prompts, candidate #0 (score {seed.score:.3f}): "
+            '<span class="key removed"></span> removed, <span class="key added"></span> added.</p>'
+        )
     blocks = []
     for name in dict.fromkeys([*winner, *seed.prompts]):
         before, after = seed.prompts.get(name), winner.get(name)
-        what = (" (new)" if before is None else " (dropped)" if after is None
-                else " (unchanged)" if before == after else "")
-        blocks.append(f'<h3>{_text(name)}{what}</h3>{_diff_block(before or "", after or "")}')
+        what = (
+            " (new)" if before is None else " (dropped)" if after is None else " (unchanged)" if before == after else ""
+        )
+        blocks.append(f"<h3>{_text(name)}{what}</h3>{_diff_block(before or '', after or '')}")
     return f'<section id="diff">{heading}{note}{"".join(blocks)}</section>'
 
 
 def _no_candidates(section: str, title: str) -> str:
-    return (f'<section id="{section}"><h2>{_text(title)}</h2><p class="empty no-candidates">This result has no '
-            "candidates, so there is nothing to draw: no prompts were scored on validation records (the run ended "
-            "before its first evaluation, or had no dataset).</p></section>")
+    return (
+        f'<section id="{section}"><h2>{_text(title)}</h2><p class="empty no-candidates">This result has no '
+        "candidates, so there is nothing to draw: no prompts were scored on validation records (the run ended "
+        "before its first evaluation, or had no dataset).</p></section>"
+    )
 
 
 STYLE = """

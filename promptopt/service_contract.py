@@ -22,6 +22,7 @@ A request or an answer that breaks the contract raises ContractError saying what
 (promptopt.prompt_contract), one error for every contract the worker and the product's test doubles hold each other
 to.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,10 @@ class _Message(BaseModel):
             raise ContractError(f"{cls.what}: the body must be a JSON object, not {_kind(body)}")
         # First, as a body of another version may differ in every other field too.
         if body.get("version") != VERSION:
-            raise ContractError(f'{cls.what}: "version" must be {VERSION!r} (the contract this worker speaks), '
-                                f"not {body.get('version')!r}")
+            raise ContractError(
+                f'{cls.what}: "version" must be {VERSION!r} (the contract this worker speaks), '
+                f"not {body.get('version')!r}"
+            )
         try:
             return cls.model_validate(body)
         except ValidationError as error:
@@ -87,7 +90,8 @@ class ProgramRequest(_Message):
 
     prompts: list[ServicePrompt] = Field(description="The candidate's templates, in the job's order.")
     messages: list[ServiceMessage] = Field(
-        description="The same prompts rendered with the record's inputs: what a model program would be sent.")
+        description="The same prompts rendered with the record's inputs: what a model program would be sent."
+    )
     inputs: dict[str, Any] = Field(description="The record's inputs.")
 
     def template(self, name: str) -> str | None:
@@ -105,7 +109,8 @@ class ServiceUsage(BaseModel):
     prompt_tokens: Tokens = Field(0, alias="promptTokens", description="Tokens the program sent to its models.")
     completion_tokens: Tokens = Field(0, alias="completionTokens", description="Tokens its models answered.")
     usd: Annotated[float, Field(ge=0)] | None = Field(
-        None, description="What the call cost, taken as given unless spec.task.pricing prices its tokens.")
+        None, description="What the call cost, taken as given unless spec.task.pricing prices its tokens."
+    )
 
 
 class ProgramAnswer(_Message):
@@ -136,8 +141,9 @@ class ScoreAnswer(_Message):
     # (as an unusable judge verdict does), not the job.
     score: Any = Field(
         description='a number in [0, 1], "yes"/"no" or a boolean',
-        json_schema_extra={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"enum": ["yes", "no"]},
-                                     {"type": "boolean"}]},
+        json_schema_extra={
+            "anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"enum": ["yes", "no"]}, {"type": "boolean"}]
+        },
     )
     rationale: str = Field("", description="Why: the feedback GEPA's reflection reads.")
 
@@ -148,9 +154,15 @@ class ScoreAnswer(_Message):
 
 
 # What a value must be, by pydantic's error type.
-_EXPECTED = {"string_type": "a string", "int_type": "a whole number", "float_type": "a number",
-             "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
-             "list_type": "a list"}
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "list_type": "a list",
+}
 
 
 def _problem(model: type[BaseModel], error: Mapping[str, Any]) -> str:
@@ -185,14 +197,20 @@ def reference_markdown() -> str:
     """The contract's section of the API reference, its examples rendered by the classes above."""
     program = ProgramRequest(
         prompts=[ServicePrompt(name="answer", role="user", template="Answer from the documentation.\n\n{{question}}")],
-        messages=[ServiceMessage(role="user",
-                                 content="Answer from the documentation.\n\nHow long does the battery last?")],
+        messages=[
+            ServiceMessage(role="user", content="Answer from the documentation.\n\nHow long does the battery last?")
+        ],
         inputs={"question": "How long does the battery last?"},
     )
-    output = ProgramAnswer(output="fourteen hours",
-                           usage=ServiceUsage(prompt_tokens=812, completion_tokens=4, usd=0.00021))
-    score = ScoreRequest(scorer="answer", inputs=program.inputs, outputs=output.output,
-                         expectations={"expected_response": "fourteen hours"})
+    output = ProgramAnswer(
+        output="fourteen hours", usage=ServiceUsage(prompt_tokens=812, completion_tokens=4, usd=0.00021)
+    )
+    score = ScoreRequest(
+        scorer="answer",
+        inputs=program.inputs,
+        outputs=output.output,
+        expectations={"expected_response": "fourteen hours"},
+    )
     verdict = ScoreAnswer(score=1.0, rationale="the output is exactly the expected answer")
 
     def shown(body: Mapping[str, Any]) -> str:
@@ -200,32 +218,43 @@ def reference_markdown() -> str:
 
     def schema(message: type[_Message]) -> str:
         """The body's JSON Schema, folded away under its example."""
-        return (f"<details><summary>JSON Schema of the {message.what}</summary>\n\n"
-                + shown(message.model_json_schema(by_alias=True)) + "\n\n</details>")
+        return (
+            f"<details><summary>JSON Schema of the {message.what}</summary>\n\n"
+            + shown(message.model_json_schema(by_alias=True))
+            + "\n\n</details>"
+        )
 
-    return "\n\n".join([
-        f"## HTTP services (contract {VERSION})",
-        "A job's program (`spec.task.http`) and its Webhook scorers are services of yours that the worker POSTs JSON "
-        f"to (`Content-Type: application/json`). Every body carries `\"version\": \"{VERSION}\"`; a service must "
-        "answer with the same version, and the worker refuses an answer without it. Calls share the job's "
-        "`spec.task.concurrency`, `timeoutSeconds` and `maxRetries`: 408, 409, 429, 5xx, timeouts and lost "
-        "connections are retried with backoff (honouring `Retry-After`); any other error status, an answer that is "
-        "not JSON or breaks the contract fails the job (reason LLMError) with a message naming the service. A "
-        "service is sent candidate prompts, records and outputs, and only the headers the job names for it.",
-        "### The program: one request per record",
-        "`prompts` are the candidate's templates in the job's order, `messages` the same prompts rendered with the "
-        "record's inputs (what a model program would be sent), `inputs` the record's inputs.",
-        shown(program.to_json()),
-        schema(ProgramRequest),
-        "The answer: `output` (a string) is what the scorers score. `usage` is optional: its tokens count in "
-        "`status.cost` and are priced by `spec.task.pricing` when set, else `usd` is taken as given (0 without it).",
-        shown(output.to_json()),
-        schema(ProgramAnswer),
-        "### A Webhook scorer: one request per output",
-        shown(score.to_json()),
-        schema(ScoreRequest),
-        "The answer: `score` is a number in [0, 1], `\"yes\"`/`\"no\"` or a boolean (a score outside [0, 1] fails that "
-        "record, as an unusable judge verdict does); `rationale` becomes the feedback GEPA's reflection reads.",
-        shown(verdict.to_json()),
-        schema(ScoreAnswer),
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"## HTTP services (contract {VERSION})",
+                "A job's program (`spec.task.http`) and its Webhook scorers are services of yours that the worker "
+                f'POSTs JSON to (`Content-Type: application/json`). Every body carries `"version": "{VERSION}"`; a '
+                "service must answer with the same version, and the worker refuses an answer without it. Calls share "
+                "the job's `spec.task.concurrency`, `timeoutSeconds` and `maxRetries`: 408, 409, 429, 5xx, timeouts "
+                "and lost connections are retried with backoff (honouring `Retry-After`); any other error status, an "
+                "answer that is not JSON or breaks the contract fails the job (reason LLMError) with a message naming "
+                "the service. A service is sent candidate prompts, records and outputs, and only the headers the job "
+                "names for it.",
+                "### The program: one request per record",
+                "`prompts` are the candidate's templates in the job's order, `messages` the same prompts rendered with "
+                "the record's inputs (what a model program would be sent), `inputs` the record's inputs.",
+                shown(program.to_json()),
+                schema(ProgramRequest),
+                "The answer: `output` (a string) is what the scorers score. `usage` is optional: its tokens count in "
+                "`status.cost` and are priced by `spec.task.pricing` when set, else `usd` is taken as given (0 without "
+                "it).",
+                shown(output.to_json()),
+                schema(ProgramAnswer),
+                "### A Webhook scorer: one request per output",
+                shown(score.to_json()),
+                schema(ScoreRequest),
+                'The answer: `score` is a number in [0, 1], `"yes"`/`"no"` or a boolean (a score outside [0, 1] '
+                "fails that record, as an unusable judge verdict does); `rationale` becomes the feedback GEPA's "
+                "reflection reads.",
+                shown(verdict.to_json()),
+                schema(ScoreAnswer),
+            ]
+        )
+        + "\n"
+    )

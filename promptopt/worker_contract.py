@@ -1,6 +1,7 @@
 """What the operator and the worker Pod agree on: the environment the operator sets, the exit codes and
 outcomes the worker ends with, the status fields the worker owns, and the termination message that carries
 its result when it cannot reach the API. Both sides import these names, so they cannot drift apart."""
+
 from __future__ import annotations
 
 import json
@@ -44,12 +45,17 @@ PERMANENT_FAILURES: tuple[WorkerOutcome, ...] = ("InvalidInput", "LLMError", "To
 assert set(PERMANENT_FAILURES) <= set(get_args(WorkerOutcome))
 # Outcomes that end with a usable result when a best candidate exists: finished, or stopped early with the best so far.
 SUCCEEDED_OUTCOMES: tuple[WorkerOutcome, ...] = (
-    "Completed", "GoalReached", "NoImprovement", "PerfectScore", "BudgetExhausted", "DeadlineReached", "Cancelled")
+    "Completed",
+    "GoalReached",
+    "NoImprovement",
+    "PerfectScore",
+    "BudgetExhausted",
+    "DeadlineReached",
+    "Cancelled",
+)
 
 # The status fields the worker writes; the operator writes every other one.
-WORKER_STATUS_FIELDS: tuple[str, ...] = tuple(
-    field.alias or name for name, field in WorkerStatus.model_fields.items()
-)
+WORKER_STATUS_FIELDS: tuple[str, ...] = tuple(field.alias or name for name, field in WorkerStatus.model_fields.items())
 
 # Where the container writes its termination message, and the kubelet's limit for it.
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -64,8 +70,9 @@ class TerminationMessage(WorkerStatus):
 
 def render_termination_message(message: TerminationMessage) -> str:
     """The message as compact JSON (the size that counts against the limit)."""
-    return json.dumps(message.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False,
-                      separators=(",", ":"))
+    return json.dumps(
+        message.model_dump(mode="json", by_alias=True, exclude_none=True), ensure_ascii=False, separators=(",", ":")
+    )
 
 
 def parse_termination_message(text: str | None) -> TerminationMessage | None:
@@ -88,7 +95,8 @@ class ModelsUsed(StatusObject):
     task: str | None = Field(None, description="The task model, or the URL of the job's HTTP task service.")
     judges: dict[str, str] | None = Field(None, description="Scorer key → the model of that LLM judge.")
     reflection: str | None = Field(
-        None, description="The model that proposes prompts (GEPA's reflection model, MetaPrompt's metaprompt model).")
+        None, description="The model that proposes prompts (GEPA's reflection model, MetaPrompt's metaprompt model)."
+    )
 
 
 class RunInfo(StatusObject):
@@ -99,14 +107,17 @@ class RunInfo(StatusObject):
     namespace: str | None = Field(None, description="The job's namespace (none when its file set none).")
     optimizer: str | None = Field(None, description="spec.optimizer.type.")
     optimizer_settings: dict[str, Any] | None = Field(
-        None, description="spec.optimizer without its type and reflection model, with its wire names.")
+        None, description="spec.optimizer without its type and reflection model, with its wire names."
+    )
     models: ModelsUsed | None = Field(None, description="The models the run called.")
     started_at: str | None = Field(None, description="When the run started (RFC 3339, UTC).")
     finished_at: str | None = Field(None, description="When the run ended (RFC 3339, UTC).")
     promptopt_version: str | None = Field(None, description="The version of promptopt that ran it.")
     simulated_llm: bool | None = Field(
-        None, description="True when every model was promptopt's simulated LLM (`promptopt run --simulated-llm`), a "
-        "test double: the scores say nothing about a real model.")
+        None,
+        description="True when every model was promptopt's simulated LLM (`promptopt run --simulated-llm`), a "
+        "test double: the scores say nothing about a real model.",
+    )
 
 
 class ResultFile(WorkerStatus):

@@ -1,5 +1,6 @@
 """Shared fixtures: a real Kubernetes API server, a real node, the chart, the local kubelet, an MLflow server and the
 simulated LLM."""
+
 import os
 
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV, use_bundled_litellm_cost_map
@@ -91,8 +92,10 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_sessionfinish(session):
     # CI never passes without the real tiers.
-    for tier, variable, fixture in (("real Kubernetes", REAL_KUBE_ENV, "real_cluster"),
-                                    ("real Pods", REAL_PODS_ENV, "real_pods")):
+    for tier, variable, fixture in (
+        ("real Kubernetes", REAL_KUBE_ENV, "real_cluster"),
+        ("real Pods", REAL_PODS_ENV, "real_pods"),
+    ):
         required = os.environ.get(variable) == "required" and needs(session, fixture)
         if required and not any(ran for name, ran, _ in _tiers if name == tier):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -115,8 +118,14 @@ def real_cluster(request, tmp_path_factory):
         if os.environ.get(REAL_KUBE_ENV) == "required":
             pytest.fail(f"{REAL_KUBE_ENV}=required, but the real Kubernetes API server cannot run: {unavailable}")
         pytest.skip(f"the real Kubernetes API server cannot run here: {unavailable}")
-    _tiers.append(("real Kubernetes", True, f"kube-apiserver v{cluster.version} with etcd and kube-controller-manager "
-                                            f"(started in {cluster.startup_seconds:.1f} s)"))
+    _tiers.append(
+        (
+            "real Kubernetes",
+            True,
+            f"kube-apiserver v{cluster.version} with etcd and kube-controller-manager "
+            f"(started in {cluster.startup_seconds:.1f} s)",
+        )
+    )
     cluster.create_namespace(RELEASE_NAMESPACE)
     yield cluster
     cluster.stop()
@@ -124,8 +133,10 @@ def real_cluster(request, tmp_path_factory):
 
 # The real Pods tier: its namespaces, restricted by Pod Security admission like the jobs' in a careful cluster.
 JOBS_NAMESPACE = "promptopt-jobs"
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
-              "pod-security.kubernetes.io/enforce-version": "latest"}
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
 
 
 def chart_values(built_images):
@@ -179,12 +190,19 @@ def real_pods(request, tmp_path_factory):
     versions = node.versions()
     built_seconds = sum(image.built_seconds for image in built.all())
     steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in node.timings.items())
-    _tiers.append(("real Pods", True, (
-        f"kubelet {versions['kubelet']} on containerd {versions['containerd']}, images "
-        f"promptopt/worker:{built.worker.tag} and promptopt/operator:{built.operator.tag} "
-        f"({f'built in {built_seconds:.0f} s' if built_seconds else 'as built before'}); node up in "
-        f"{node.startup_seconds:.1f} s ({steps}), chart installed by helm {build_kube.HELM_VERSION} in "
-        f"{time.monotonic() - started:.1f} s")))
+    _tiers.append(
+        (
+            "real Pods",
+            True,
+            (
+                f"kubelet {versions['kubelet']} on containerd {versions['containerd']}, images "
+                f"promptopt/worker:{built.worker.tag} and promptopt/operator:{built.operator.tag} "
+                f"({f'built in {built_seconds:.0f} s' if built_seconds else 'as built before'}); node up in "
+                f"{node.startup_seconds:.1f} s ({steps}), chart installed by helm {build_kube.HELM_VERSION} in "
+                f"{time.monotonic() - started:.1f} s"
+            ),
+        )
+    )
     yield RealPods(node, cluster.in_namespace(JOBS_NAMESPACE), helm, built)
     node.stop()
 
@@ -204,7 +222,8 @@ class RealPods:
 
     def operator_pods(self):
         return self.cluster.in_namespace(RELEASE_NAMESPACE).list(
-            "pods", label_selector="app.kubernetes.io/component=operator")
+            "pods", label_selector="app.kubernetes.io/component=operator"
+        )
 
     def lease_holder(self) -> str:
         """The identity of the operator process that holds the leader Lease: its Pod's name, "_", a random part."""
@@ -296,10 +315,12 @@ def install_rbac(cluster, render, tmp_path):
         manifests = [m for m in render(values) if m["kind"] in RBAC_KINDS]
         for manifest in manifests:
             cluster.apply(manifest)
-        (operator,) = [m for m in manifests if m["kind"] == "ServiceAccount"
-                       and m["metadata"]["namespace"] == RELEASE_NAMESPACE]
-        return cluster.service_account_kubeconfig(RELEASE_NAMESPACE, operator["metadata"]["name"],
-                                                  tmp_path / "operator.kubeconfig", cluster.namespace)
+        (operator,) = [
+            m for m in manifests if m["kind"] == "ServiceAccount" and m["metadata"]["namespace"] == RELEASE_NAMESPACE
+        ]
+        return cluster.service_account_kubeconfig(
+            RELEASE_NAMESPACE, operator["metadata"]["name"], tmp_path / "operator.kubeconfig", cluster.namespace
+        )
 
     return install
 
@@ -340,6 +361,9 @@ def kubelet(cluster):
     from promptopt_harness.kubelet import LocalKubelet
 
     # The containers' environment is clean, so pass on what any litellm-importing process here needs.
-    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
-                      extra_env=LITELLM_BUNDLED_COST_MAP_ENV) as local_kubelet:
+    with LocalKubelet(
+        cluster.kubelet_kubeconfig,
+        scheduler_kubeconfig=cluster.scheduler_kubeconfig,
+        extra_env=LITELLM_BUNDLED_COST_MAP_ENV,
+    ) as local_kubelet:
         yield local_kubelet

@@ -1,5 +1,6 @@
 """The repository layout: no folder shadows the standard library, and the imports show the flow of a job
 (API → operator → Pod → worker → reporters), no module reaching into another's internals."""
+
 import ast
 import subprocess
 import sys
@@ -15,7 +16,10 @@ def test_operator_folder_does_not_shadow_stdlib_operator():
     # Run from the repo root, where the folder operator/ sits first on sys.path.
     result = subprocess.run(
         [sys.executable, "-c", "import operator; print(operator.itemgetter(1)([0, 42]))"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout.strip() == "42"
     assert not (REPO / "operator" / "__init__.py").exists()
@@ -49,23 +53,38 @@ MAY_IMPORT = {
     "promptopt.service_contract": {"promptopt.prompt_contract"},
     # The operator and the worker meet only in the API and the contracts (the Pod's environment and result).
     "promptopt_operator": {"promptopt_operator", "promptopt.api", "promptopt.worker_contract"},
-    "promptopt_worker": {"promptopt_worker", "promptopt.api", "promptopt.worker_contract", "promptopt.prompt_contract",
-                         "promptopt.service_contract"},
+    "promptopt_worker": {
+        "promptopt_worker",
+        "promptopt.api",
+        "promptopt.worker_contract",
+        "promptopt.prompt_contract",
+        "promptopt.service_contract",
+    },
     # The reporters are where a run ends: they know the plain data of a run, not what produced it.
-    "promptopt_worker.reporting": {"promptopt.api", "promptopt.worker_contract", "promptopt_worker.problem",
-                                   "promptopt_worker.kube", "promptopt_worker.redaction"},
+    "promptopt_worker.reporting": {
+        "promptopt.api",
+        "promptopt.worker_contract",
+        "promptopt_worker.problem",
+        "promptopt_worker.kube",
+        "promptopt_worker.redaction",
+    },
     "promptopt.simulated_llm": {"promptopt.simulated_llm", "promptopt.prompt_contract"},
     # The example services (test doubles of a user's RAG and scorer) answer in the simulated world's terms.
-    "promptopt.example_services": {"promptopt.example_services", "promptopt.service_contract",
-                                   "promptopt.simulated_llm"},
+    "promptopt.example_services": {
+        "promptopt.example_services",
+        "promptopt.service_contract",
+        "promptopt.simulated_llm",
+    },
     # The report reads a run's result file: the API's plain data and the contract's model of the file, nothing of the
     # code that produced it.
     "promptopt.report": {"promptopt.api", "promptopt.worker_contract"},
     "promptopt.cli": {"promptopt.api", "promptopt.report", "promptopt_operator", "promptopt_worker"},  # the entry point
 }
 # `promptopt run --simulated-llm` starts the simulated LLM, a test double the product ships for the quickstart.
-EXCEPTIONS = {("promptopt_worker.main", "promptopt.simulated_llm"),
-              ("promptopt.api.docs", "promptopt.service_contract")}  # the API reference documents the contract
+EXCEPTIONS = {
+    ("promptopt_worker.main", "promptopt.simulated_llm"),
+    ("promptopt.api.docs", "promptopt.service_contract"),
+}  # the API reference documents the contract
 TEST_CODE = ("promptopt_harness",)
 
 
@@ -111,9 +130,11 @@ def layering_problems(module: str, tree: ast.Module) -> list[str]:
     for imported, _, line in imports(tree):
         if any(within(imported, test_code) for test_code in TEST_CODE):
             problems.append(f"{module}:{line} imports test code: {imported}")
-        elif (imported.split(".")[0] in FIRST_PARTY
-              and not any(within(imported, allowed) for allowed in MAY_IMPORT[rule])
-              and not any(module == importer and within(imported, target) for importer, target in EXCEPTIONS)):
+        elif (
+            imported.split(".")[0] in FIRST_PARTY
+            and not any(within(imported, allowed) for allowed in MAY_IMPORT[rule])
+            and not any(module == importer and within(imported, target) for importer, target in EXCEPTIONS)
+        ):
             problems.append(f"{module}:{line} imports {imported}")
     return problems
 
@@ -136,8 +157,12 @@ def private_uses(module: str, tree: ast.Module) -> list[str]:
 
 
 def test_the_rules_name_product_modules():
-    assert {"promptopt.api.v1alpha1", "promptopt_operator.lifecycle", "promptopt_worker.reporting",
-            "promptopt.cli"} <= set(PRODUCT_MODULES)
+    assert {
+        "promptopt.api.v1alpha1",
+        "promptopt_operator.lifecycle",
+        "promptopt_worker.reporting",
+        "promptopt.cli",
+    } <= set(PRODUCT_MODULES)
     named = {*MAY_IMPORT, *(name for allowed in MAY_IMPORT.values() for name in allowed), *sum(EXCEPTIONS, ())}
     assert not [name for name in named if not any(within(module, name) for module in PRODUCT_MODULES)]
 

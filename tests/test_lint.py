@@ -1,5 +1,7 @@
-"""ruff and mypy, configured in pyproject.toml, find nothing in the code; each is shown failing on a broken file
-first, so a checker that stopped checking (a path that matches nothing, a rule set gone) cannot pass here."""
+"""ruff (check and format) and mypy, configured in pyproject.toml, find nothing in the code; each is shown failing on
+a broken file first, so a checker that stopped checking (a path that matches nothing, a rule set gone) cannot pass
+here."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +11,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # A name that is never defined (pyflakes' F821) and a str passed where an int is declared (mypy's arg-type).
-BROKEN_MODULE = '''\
+BROKEN_MODULE = """\
 def double(count: int) -> int:
     return count * 2
 
 
 print(double("two"), undefined_name)
-'''
+"""
 
 
 def run_checker(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,6 +43,19 @@ def test_ruff_finds_nothing():
     assert result.returncode == 0, (
         "ruff check . found problems (`ruff check --fix` fixes the safe ones):\n" + result.stdout + result.stderr
     )
+
+
+def test_ruff_format_reports_a_file_it_would_change(broken_module: Path):
+    misformatted = broken_module.with_name("misformatted.py")
+    misformatted.write_text("values = {'a':1,\n 'b' :2}\n")
+    result = run_checker("ruff", "format", "--check", "--no-cache", str(misformatted))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 file would be reformatted" in result.stdout
+
+
+def test_ruff_format_finds_nothing():
+    result = run_checker("ruff", "format", "--check", ".")
+    assert result.returncode == 0, "ruff format would change these files (run `ruff format`):\n" + result.stdout
 
 
 def test_mypy_reports_a_broken_file(broken_module: Path):
@@ -73,4 +88,3 @@ def test_mypy_refuses_a_status_field_the_crd_lacks(tmp_path: Path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert 'Unexpected keyword argument "last_failure_time"' in result.stdout
     assert 'Unexpected keyword argument "metric_call"' in result.stdout
-

@@ -1,4 +1,5 @@
 """The README's two set-up commands are the ones that work: CI runs the test command exactly."""
+
 import re
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """`promptopt report`: the renderer over plain results (pure), the command's errors, and the page of a real run as
 headless chromium (Debian's, installed on first use) parses and draws it."""
+
 import json
 import os
 import re
@@ -29,21 +30,38 @@ BEST_PROMPT = SEED_PROMPT.replace("Old line", "New line") + "\nAdded"
 
 
 def candidate(id, parents, score, at, prompt=SEED_PROMPT):
-    return {"id": id, "parents": parents, "score": score, "scorers": {"ExactMatch": score},
-            "foundAtMetricCalls": at, "prompts": {"classify": prompt}}
+    return {
+        "id": id,
+        "parents": parents,
+        "score": score,
+        "scorers": {"ExactMatch": score},
+        "foundAtMetricCalls": at,
+        "prompts": {"classify": prompt},
+    }
 
 
 def gepa_result(**changes):
     """A GEPA result with a merge: 3 = 1 + 2; the best so far rises at 0, 1 and 3 (5 ties 3, found later)."""
     result = {
-        "progress": {"metricCalls": 90, "maxMetricCalls": 100, "cachedEvaluations": 12, "iteration": 7,
-                     "candidates": 6, "rejectedCandidates": 1, "bestScore": 0.8},
+        "progress": {
+            "metricCalls": 90,
+            "maxMetricCalls": 100,
+            "cachedEvaluations": 12,
+            "iteration": 7,
+            "candidates": 6,
+            "rejectedCandidates": 1,
+            "bestScore": 0.8,
+        },
         "initialScores": {"aggregate": 0.3, "scorers": {"ExactMatch": 0.3}, "failedExamples": 0},
         "finalScores": {"aggregate": 0.8, "scorers": {"ExactMatch": 0.8}, "failedExamples": 0},
         "optimizedPrompts": [{"name": "classify", "template": BEST_PROMPT}],
         "candidates": [  # ranked best first, as the result file has them
-            candidate(3, [1, 2], 0.8, 30, BEST_PROMPT), candidate(5, [3], 0.8, 50), candidate(4, [3], 0.7, 40),
-            candidate(1, [0], 0.5, 10), candidate(2, [0], 0.4, 20), candidate(0, [], 0.3, 0),
+            candidate(3, [1, 2], 0.8, 30, BEST_PROMPT),
+            candidate(5, [3], 0.8, 50),
+            candidate(4, [3], 0.7, 40),
+            candidate(1, [0], 0.5, 10),
+            candidate(2, [0], 0.4, 20),
+            candidate(0, [], 0.3, 0),
         ],
         "cost": {"promptTokens": 1000, "completionTokens": 200, "usd": 0.0123, "llmCalls": 40, "retries": 0},
         "workerResult": {"reason": "Completed", "message": "GEPA finished", "succeeded": True},
@@ -74,6 +92,7 @@ class Elements(HTMLParser):
 
 
 # --- the curve -----------------------------------------------------------------------------------------------------
+
 
 def test_the_best_so_far_rises_only_where_a_candidate_beats_it():
     status = gepa_result()
@@ -106,6 +125,7 @@ def test_the_seed_without_a_metric_call_count_starts_the_curve_at_zero():
 
 # --- the tree ------------------------------------------------------------------------------------------------------
 
+
 def test_the_tree_has_every_candidate_and_both_parents_of_a_merge():
     page = Elements(render_report(gepa_result()))
     nodes = {int(node["data-candidate"]): node for node in page.having("g", "node")}
@@ -137,9 +157,15 @@ def test_metaprompt_has_the_original_and_the_proposal():
 
 # --- the diff ------------------------------------------------------------------------------------------------------
 
+
 def test_the_diff_marks_added_and_removed_lines():
     assert diff_lines("a\nold\nb", "a\nnew\nb\nc") == [
-        ("same", "a"), ("removed", "old"), ("added", "new"), ("same", "b"), ("added", "c")]
+        ("same", "a"),
+        ("removed", "old"),
+        ("added", "new"),
+        ("same", "b"),
+        ("added", "c"),
+    ]
     page = render_report(gepa_result())
     assert re.search(r'<del class="line removed">.*?<span class="text">Old line</span></del>', page)
     assert re.search(r'<ins class="line added">.*?<span class="text">New line</span></ins>', page)
@@ -149,8 +175,12 @@ def test_the_diff_marks_added_and_removed_lines():
 
 def test_long_unchanged_stretches_fold_away_but_stay_in_the_page():
     before = "\n".join(f"line {n}" for n in range(40))
-    status = gepa_result(candidates=[candidate(1, [0], 0.9, 3, before.replace("line 20", "line twenty")),
-                                     candidate(0, [], 0.3, 0, before)])
+    status = gepa_result(
+        candidates=[
+            candidate(1, [0], 0.9, 3, before.replace("line 20", "line twenty")),
+            candidate(0, [], 0.3, 0, before),
+        ]
+    )
     page = render_report(status)
     assert page.count('<details class="folded">') == 2 and "line 39" in page
 
@@ -163,10 +193,12 @@ def test_when_the_original_prompts_win_the_page_says_nothing_changed():
 
 # --- escaping, self-containment, no candidates ----------------------------------------------------------------------
 
+
 def test_prompts_and_every_other_text_are_escaped():
-    status = gepa_result(workerResult={"reason": "Error", "message": "<img src=x onerror=alert(1)>",
-                                       "succeeded": False},
-                         initialScores={"aggregate": 0.3, "scorers": {"<b>scorer</b>": 0.3}})
+    status = gepa_result(
+        workerResult={"reason": "Error", "message": "<img src=x onerror=alert(1)>", "succeeded": False},
+        initialScores={"aggregate": 0.3, "scorers": {"<b>scorer</b>": 0.3}},
+    )
     page = render_report(status, source="<i>result</i>.json")
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "<script" not in page.lower()
@@ -184,8 +216,12 @@ def test_the_page_loads_nothing_from_anywhere():
 
 
 def test_a_result_without_candidates_renders_and_says_so():
-    status = gepa_result(candidates=None, finalScores=None, optimizedPrompts=None,
-                         workerResult={"reason": "LLMError", "message": "bad key", "succeeded": False})
+    status = gepa_result(
+        candidates=None,
+        finalScores=None,
+        optimizedPrompts=None,
+        workerResult={"reason": "LLMError", "message": "bad key", "succeeded": False},
+    )
     page = render_report(status)
     assert page.count("This result has no candidates") == 2  # the curve's and the tree's places
     assert "<svg" not in page and "The file holds no prompts." in page
@@ -194,10 +230,14 @@ def test_a_result_without_candidates_renders_and_says_so():
 
 def test_test_scores_get_a_table_of_their_own_beside_the_validation_scores():
     test = {"scorers": {"ExactMatch": 0.25}, "failedExamples": 0, "records": 8}
-    status = gepa_result(initialScores={"aggregate": 0.3, "scorers": {"ExactMatch": 0.3},
-                                        "test": {**test, "aggregate": 0.25}},
-                         finalScores={"aggregate": 0.8, "scorers": {"ExactMatch": 0.8},
-                                      "test": {**test, "aggregate": 0.625, "scorers": {"ExactMatch": 0.625}}})
+    status = gepa_result(
+        initialScores={"aggregate": 0.3, "scorers": {"ExactMatch": 0.3}, "test": {**test, "aggregate": 0.25}},
+        finalScores={
+            "aggregate": 0.8,
+            "scorers": {"ExactMatch": 0.8},
+            "test": {**test, "aggregate": 0.625, "scorers": {"ExactMatch": 0.625}},
+        },
+    )
     page = render_report(status)
     assert "<caption>Validation scores</caption>" in page
     test_table = page.split("<caption>Test scores: 8 held-out records, never shown to the optimizer</caption>")[1]
@@ -207,12 +247,21 @@ def test_test_scores_get_a_table_of_their_own_beside_the_validation_scores():
 
 # --- what produced it ----------------------------------------------------------------------------------------------
 
-RUN = {"job": "gepa-sentiment", "namespace": "team-a", "optimizer": "GEPA",
-       "optimizerSettings": {"maxMetricCalls": 150, "candidateSelection": "pareto"},
-       "models": {"task": "openai/sim-task", "judges": {"Correctness": "openai/sim-judge"},
-                  "reflection": "openai/sim-reflect"},
-       "startedAt": "2026-01-01T10:00:00Z", "finishedAt": "2026-01-01T10:02:05Z", "promptoptVersion": "0.1.0",
-       "simulatedLlm": True}
+RUN = {
+    "job": "gepa-sentiment",
+    "namespace": "team-a",
+    "optimizer": "GEPA",
+    "optimizerSettings": {"maxMetricCalls": 150, "candidateSelection": "pareto"},
+    "models": {
+        "task": "openai/sim-task",
+        "judges": {"Correctness": "openai/sim-judge"},
+        "reflection": "openai/sim-reflect",
+    },
+    "startedAt": "2026-01-01T10:00:00Z",
+    "finishedAt": "2026-01-01T10:02:05Z",
+    "promptoptVersion": "0.1.0",
+    "simulatedLlm": True,
+}
 
 
 def test_the_page_says_what_produced_the_result_and_marks_a_simulated_llm(tmp_path):
@@ -247,6 +296,7 @@ def test_a_run_with_real_models_has_no_simulated_mark_and_an_old_file_says_it_do
 
 # --- the command ---------------------------------------------------------------------------------------------------
 
+
 def write_json(path: Path, value) -> Path:
     path.write_text(json.dumps(value))
     return path
@@ -259,14 +309,19 @@ def test_the_command_writes_the_page(tmp_path, capsys):
     assert "<title>promptopt report: result.json</title>" in (tmp_path / "report.html").read_text()
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    (None, "not JSON"),  # the job file itself (YAML)
-    ("[1, 2]", "it holds a JSON list, not an object"),
-    ('{"apiVersion": "v1", "kind": "ConfigMap"}', "it has no workerResult"),
-    ('{"candidates": "all", "workerResult": {"reason": "Completed", "message": "", "succeeded": true}}',
-     "candidates: Input should be a valid list"),
-    ('{"workerResult": {"reason": "Finished", "message": "", "succeeded": true}}', "workerResult.reason:"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "not JSON"),  # the job file itself (YAML)
+        ("[1, 2]", "it holds a JSON list, not an object"),
+        ('{"apiVersion": "v1", "kind": "ConfigMap"}', "it has no workerResult"),
+        (
+            '{"candidates": "all", "workerResult": {"reason": "Completed", "message": "", "succeeded": true}}',
+            "candidates: Input should be a valid list",
+        ),
+        ('{"workerResult": {"reason": "Finished", "message": "", "succeeded": true}}', "workerResult.reason:"),
+    ],
+)
 def test_a_file_that_is_not_a_result_is_refused_with_its_name_and_problem(tmp_path, capsys, content, problem):
     source = REPO / "examples" / "gepa-sentiment.yaml" if content is None else tmp_path / "not-a-result.json"
     if content is not None:
@@ -283,6 +338,7 @@ def test_a_missing_file_is_named(tmp_path, capsys):
 
 
 # --- a real browser ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def chromium(request):
@@ -304,8 +360,10 @@ def test_without_chromium_or_a_way_to_install_it_the_reason_says_how(monkeypatch
     from promptopt_harness import browser
 
     monkeypatch.setattr(browser.shutil, "which", lambda name: None)
-    with pytest.raises(browser.BrowserUnavailable, match="apt-get is not available.*apt-get install -y "
-                       "--no-install-recommends chromium"):
+    with pytest.raises(
+        browser.BrowserUnavailable,
+        match="apt-get is not available.*apt-get install -y --no-install-recommends chromium",
+    ):
         browser.ensure_chromium()
 
 
@@ -316,15 +374,15 @@ def png_facts(path: Path) -> tuple[int, int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     offset, chunks = 8, {}
     while offset < len(data):
-        (length,), kind = struct.unpack(">I", data[offset:offset + 4]), data[offset + 4:offset + 8]
-        chunks[kind] = chunks.get(kind, b"") + data[offset + 8:offset + 8 + length]
+        (length,), kind = struct.unpack(">I", data[offset : offset + 4]), data[offset + 4 : offset + 8]
+        chunks[kind] = chunks.get(kind, b"") + data[offset + 8 : offset + 8 + length]
         offset += 12 + length
     width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
     channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
     pixels = zlib.decompress(chunks[b"IDAT"])
     row = 1 + width * channels * depth // 8
     assert len(pixels) == height * row
-    return width, height, len({pixels[start:start + row] for start in range(0, len(pixels), row)})
+    return width, height, len({pixels[start : start + row] for start in range(0, len(pixels), row)})
 
 
 @pytest.mark.slow
@@ -334,11 +392,17 @@ def test_the_report_of_a_real_run_in_headless_chromium(chromium, tmp_path):
 
     result, report = tmp_path / "result.json", tmp_path / "report.html"
     environment = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    run = subprocess.run([PROMPTOPT, "run", "--simulated-llm", str(REPO / "examples" / "gepa-sentiment.yaml"),
-                          "-o", str(result)], capture_output=True, text=True, env=environment, timeout=240)
+    run = subprocess.run(
+        [PROMPTOPT, "run", "--simulated-llm", str(REPO / "examples" / "gepa-sentiment.yaml"), "-o", str(result)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stderr
-    made = subprocess.run([PROMPTOPT, "report", str(result), "-o", str(report)], capture_output=True, text=True,
-                          timeout=120)
+    made = subprocess.run(
+        [PROMPTOPT, "report", str(result), "-o", str(report)], capture_output=True, text=True, timeout=120
+    )
     assert made.returncode == 0, made.stderr
     candidates = json.loads(result.read_text())["candidates"]
     assert len(candidates) >= 2  # the seed and what GEPA found
@@ -347,8 +411,9 @@ def test_the_report_of_a_real_run_in_headless_chromium(chromium, tmp_path):
     dom = Elements(dump_dom(chromium, report))
     assert dom.by_id("curve-svg")[0][0] == "svg" and dom.by_id("tree-svg")[0][0] == "svg"
     assert len(dom.having("circle", "point")) == len(candidates)
-    assert len(dom.having("circle", "raised")) == len(best_so_far(ResultFile.model_validate(
-        {"candidates": candidates}).candidates or []))
+    assert len(dom.having("circle", "raised")) == len(
+        best_so_far(ResultFile.model_validate({"candidates": candidates}).candidates or [])
+    )
     assert len(dom.having("polyline", "best-so-far")) == 1
     nodes = dom.having("g", "node")
     assert sorted(int(node["data-candidate"]) for node in nodes) == sorted(c["id"] for c in candidates)

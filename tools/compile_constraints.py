@@ -11,6 +11,7 @@ what `pip install .[<extra>]` would install today. The build backend (pyproject'
 pinned too: the Dockerfiles set PIP_CONSTRAINT, which also reaches pip's isolated build environment.
 Standard library only, and it does not import promptopt.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,21 @@ def resolve(requirements: list[str]) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "report.json"
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-             "--disable-pip-version-check", "--report", str(report), *requirements],
-            cwd=REPO, check=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--report",
+                str(report),
+                *requirements,
+            ],
+            cwd=REPO,
+            check=True,
         )
         installs = json.loads(report.read_text())["install"]
     return {item["metadata"]["name"]: item["metadata"]["version"] for item in installs}
@@ -65,8 +78,11 @@ def compile_extra(extra: str, build_requirements: list[str]) -> Path:
 
 def main(argv: list[str]) -> int:
     if sys.version_info[:2] != IMAGE_PYTHON or sys.platform != "linux":
-        print(f"warning: the images run Python {'.'.join(map(str, IMAGE_PYTHON))} on Linux; pins resolved on "
-              f"Python {sys.version_info.major}.{sys.version_info.minor} ({sys.platform}) may differ", file=sys.stderr)
+        print(
+            f"warning: the images run Python {'.'.join(map(str, IMAGE_PYTHON))} on Linux; pins resolved on "
+            f"Python {sys.version_info.major}.{sys.version_info.minor} ({sys.platform}) may differ",
+            file=sys.stderr,
+        )
     extras = argv or list(EXTRAS)
     unknown = set(extras) - set(EXTRAS)
     if unknown:

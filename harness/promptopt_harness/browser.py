@@ -8,6 +8,7 @@ Tests load the pages promptopt writes (`promptopt report`) in it and read back t
 (`--dump-dom`) and a screenshot, so what is checked is what a browser makes of the page, not the string we wrote.
 Standard library only, like build_kube.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,14 @@ from promptopt_harness import debian
 PACKAGE = "chromium"  # Debian's build (bookworm-security carries current releases)
 INSTALL_HINT = debian.install_hint([PACKAGE])
 # Flags every run needs here: no display, root in a container (the sandbox needs user namespaces), no GPU.
-HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-                  "--no-default-browser-check")
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--hide-scrollbars",
+    "--no-first-run",
+    "--no-default-browser-check",
+)
 
 
 class BrowserUnavailable(RuntimeError):
@@ -62,8 +69,12 @@ def version(chromium: Path) -> str:
 def _run(chromium: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     # A profile of its own per run: runs in parallel never share (or lock) one, and nothing of the user's is read.
     with TemporaryDirectory(prefix="promptopt-chromium-") as profile:
-        result = subprocess.run([str(chromium), *HEADLESS_FLAGS, f"--user-data-dir={profile}", *args],
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [str(chromium), *HEADLESS_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if result.returncode != 0:
         raise RuntimeError(f"chromium {' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}")
     return result
@@ -74,11 +85,17 @@ def dump_dom(chromium: Path, page: Path, timeout: float = 120) -> str:
     return _run(chromium, "--dump-dom", page.resolve().as_uri(), timeout=timeout).stdout
 
 
-def screenshot(chromium: Path, page: Path, output: Path, width: int = 1200, height: int = 1600,
-               timeout: float = 120) -> Path:
+def screenshot(
+    chromium: Path, page: Path, output: Path, width: int = 1200, height: int = 1600, timeout: float = 120
+) -> Path:
     """A PNG of the page's first width × height pixels."""
-    _run(chromium, f"--screenshot={output.resolve()}", f"--window-size={width},{height}", page.resolve().as_uri(),
-         timeout=timeout)
+    _run(
+        chromium,
+        f"--screenshot={output.resolve()}",
+        f"--window-size={width},{height}",
+        page.resolve().as_uri(),
+        timeout=timeout,
+    )
     if not output.is_file():
         raise RuntimeError(f"chromium exited 0 but wrote no screenshot at {output}")
     return output

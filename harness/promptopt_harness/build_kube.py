@@ -25,6 +25,7 @@ beside Go's own build cache), so every clone on a machine shares the binaries. e
 wheel (a dependency of the harness), not from here. Standard library only: `python3 harness/promptopt_harness/
 build_kube.py` runs before anything is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,15 +74,22 @@ def module_dir(version: str) -> Path:
     if (module / "go.sum").is_file():
         return module
     print(f"build_kube: writing a Go module for Kubernetes v{version} in {module}", file=sys.stderr, flush=True)
-    download = subprocess.run([_go(), "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"],
-                              capture_output=True, text=True, check=True, cwd=GO_MODULE)
+    download = subprocess.run(
+        [_go(), "mod", "download", "-json", f"k8s.io/kubernetes@v{version}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=GO_MODULE,
+    )
     kubernetes_mod = Path(json.loads(download.stdout)["GoMod"]).read_text()
     staging = re.findall(r"^\s*(k8s\.io/[\w.-]+) => \./staging/", kubernetes_mod, re.M)
     staging_version = "v0." + version.split(".", 1)[1]
     module.mkdir(parents=True, exist_ok=True)
     (module / "go.mod").write_text(
         f"module promptopt.dev/harness/kube\n\ngo 1.21\n\nrequire k8s.io/kubernetes v{version}\n\nreplace (\n"
-        + "".join(f"\t{name} => {name} {staging_version}\n" for name in staging) + ")\n")
+        + "".join(f"\t{name} => {name} {staging_version}\n" for name in staging)
+        + ")\n"
+    )
     shutil.copy(GO_MODULE / "tools.go", module / "tools.go")
     subprocess.run([_go(), "mod", "tidy"], cwd=module, check=True)
     return module
@@ -90,8 +98,10 @@ def module_dir(version: str) -> Path:
 def _go() -> str:
     go = shutil.which("go")
     if go is None:
-        raise SystemExit("build_kube: `go` is not on PATH; the real API server tier needs Go 1.24 or newer "
-                         "(see ../shared/notes/environment.md)")
+        raise SystemExit(
+            "build_kube: `go` is not on PATH; the real API server tier needs Go 1.24 or newer "
+            "(see ../shared/notes/environment.md)"
+        )
     return go
 
 
@@ -124,26 +134,48 @@ class GoTool:
     minutes: int  # the first build on two cores, said while it runs
 
 
-HELM = GoTool("helm", "helm.sh/helm/v4/cmd/helm", HELM_VERSION,
-              f"-s -w -X helm.sh/helm/v4/internal/version.version=v{HELM_VERSION}", ("version",),
-              f'Version:"v{HELM_VERSION}"', 4)
-COREDNS = GoTool("coredns", "github.com/coredns/coredns", COREDNS_VERSION, "-s -w", ("-version",),
-                 f"CoreDNS-{COREDNS_VERSION}", COREDNS_MINUTES)
+HELM = GoTool(
+    "helm",
+    "helm.sh/helm/v4/cmd/helm",
+    HELM_VERSION,
+    f"-s -w -X helm.sh/helm/v4/internal/version.version=v{HELM_VERSION}",
+    ("version",),
+    f'Version:"v{HELM_VERSION}"',
+    4,
+)
+COREDNS = GoTool(
+    "coredns",
+    "github.com/coredns/coredns",
+    COREDNS_VERSION,
+    "-s -w",
+    ("-version",),
+    f"CoreDNS-{COREDNS_VERSION}",
+    COREDNS_MINUTES,
+)
 
 
 def ensure_tool(tool: GoTool) -> Path:
     """The tool's binary, built into the cache on first use."""
     folder = _cache_root() / f"{tool.name}-v{tool.version}"
     binary = folder / tool.name
-    if binary.is_file() and tool.version_text in subprocess.run(
-            [binary, *tool.version_args], capture_output=True, text=True).stdout:
+    if (
+        binary.is_file()
+        and tool.version_text in subprocess.run([binary, *tool.version_args], capture_output=True, text=True).stdout
+    ):
         return binary
-    print(f"build_kube: building {tool.name} v{tool.version} into {binary} (about {tool.minutes} minutes on two "
-          "cores the first time)", file=sys.stderr, flush=True)
+    print(
+        f"build_kube: building {tool.name} v{tool.version} into {binary} (about {tool.minutes} minutes on two "
+        "cores the first time)",
+        file=sys.stderr,
+        flush=True,
+    )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"promptopt-{tool.name}-") as gobin:
-        subprocess.run([_go(), "install", "-trimpath", f"-ldflags={tool.ldflags}", f"{tool.package}@v{tool.version}"],
-                       env={**os.environ, "GOBIN": gobin}, check=True)
+        subprocess.run(
+            [_go(), "install", "-trimpath", f"-ldflags={tool.ldflags}", f"{tool.package}@v{tool.version}"],
+            env={**os.environ, "GOBIN": gobin},
+            check=True,
+        )
         folder.mkdir(parents=True, exist_ok=True)
         shutil.move(Path(gobin) / tool.name, binary)
     print(f"build_kube: built {tool.name} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
@@ -178,13 +210,27 @@ def build(version: str) -> dict[str, Path]:
     binaries = {}
     for command in COMMANDS:
         output = target / command
-        print(f"build_kube: building {command} v{version} into {output} "
-              "(a first build on a new machine takes minutes: about eight for both on two cores)",
-              file=sys.stderr, flush=True)
+        print(
+            f"build_kube: building {command} v{version} into {output} "
+            "(a first build on a new machine takes minutes: about eight for both on two cores)",
+            file=sys.stderr,
+            flush=True,
+        )
         started = time.monotonic()
         partial = output.with_suffix(".partial")
-        subprocess.run([go, "build", "-trimpath", f"-ldflags={version_flags(version)}", "-o", str(partial),
-                        f"k8s.io/kubernetes/cmd/{command}"], cwd=module, check=True)
+        subprocess.run(
+            [
+                go,
+                "build",
+                "-trimpath",
+                f"-ldflags={version_flags(version)}",
+                "-o",
+                str(partial),
+                f"k8s.io/kubernetes/cmd/{command}",
+            ],
+            cwd=module,
+            check=True,
+        )
         partial.replace(output)  # never leave a half-written binary where the next run would trust it
         print(f"build_kube: built {command} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         binaries[command] = output

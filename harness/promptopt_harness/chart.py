@@ -7,6 +7,7 @@ helm package). Like `helm template`, it takes the chart's folder (deploy/helm/pr
 
 prints the rendered objects as one YAML stream (CRDs excluded: Helm installs crds/ as they are).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,13 @@ def loaded_chart(folder: str | Path) -> Iterator[Any]:
 def render(chart: Any, values: dict[str, Any], namespace: str = RELEASE_NAMESPACE) -> list[dict[str, Any]]:
     """Every object the chart renders with `values`, parsed, in file order."""
     rendered = chart.render(values, name=RELEASE, namespace=namespace)
-    return [doc for path, text in sorted(rendered.items()) if path.endswith(".yaml")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 class HelmCli:

@@ -4,6 +4,7 @@ discovery as kubectl finds them.
 `ClusterApi.create/get/list/patch/delete/apply/wait_for` raise `ApiError` with the server's code and Status
 body; nothing is retried, so a test sees exactly what the server answered.
 """
+
 from __future__ import annotations
 
 import copy
@@ -54,8 +55,9 @@ class Resource:
 class ClusterApi:
     """Requests to one API server as one identity, in a default namespace."""
 
-    def __init__(self, url: str, *, token: str | None = None, ca_file: str | Path | None = None,
-                 namespace: str = "default"):
+    def __init__(
+        self, url: str, *, token: str | None = None, ca_file: str | Path | None = None, namespace: str = "default"
+    ):
         self.url = url.rstrip("/")
         self.token = token
         self.ca_file = Path(ca_file) if ca_file else None
@@ -82,11 +84,18 @@ class ClusterApi:
             cluster["certificate-authority"] = str(self.ca_file)
         user = {"token": self.token} if self.token else {}
         return {
-            "apiVersion": "v1", "kind": "Config", "current-context": "test", "preferences": {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "test",
+            "preferences": {},
             "clusters": [{"name": "test", "cluster": cluster}],
             "users": [{"name": "test", "user": user}],
-            "contexts": [{"name": "test",
-                          "context": {"cluster": "test", "user": "test", "namespace": namespace or self.namespace}}],
+            "contexts": [
+                {
+                    "name": "test",
+                    "context": {"cluster": "test", "user": "test", "namespace": namespace or self.namespace},
+                }
+            ],
         }
 
     def write_kubeconfig(self, path: Path, namespace: str | None = None) -> Path:
@@ -108,8 +117,16 @@ class ClusterApi:
 
     # --- requests ---------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: Any = None, *, params: Mapping[str, Any] | None = None,
-                content_type: str = "application/json", raw: bytes | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+        raw: bytes | None = None,
+    ) -> Any:
         query = "?" + urllib.parse.urlencode(params) if params else ""
         data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": content_type, "Accept": "application/json"}
@@ -135,8 +152,17 @@ class ClusterApi:
                     if "/" in item["name"]:
                         continue
                     group, _, version = group_version.rpartition("/")
-                    found.append(Resource(group, version, item["name"], item["kind"], item["namespaced"],
-                                          item.get("singularName") or "", tuple(item.get("shortNames") or ())))
+                    found.append(
+                        Resource(
+                            group,
+                            version,
+                            item["name"],
+                            item["kind"],
+                            item["namespaced"],
+                            item.get("singularName") or "",
+                            tuple(item.get("shortNames") or ()),
+                        )
+                    )
             self._resources = found
         return self._resources
 
@@ -150,8 +176,11 @@ class ClusterApi:
         """A plural, singular, kind or short name, optionally `.group`-qualified (as kubectl takes them)."""
         short, _, group = name.lower().partition(".")
         for refresh in (False, True):  # a CRD created since the last look
-            candidates = [r for r in self.resources(refresh) if (not group or r.group == group)
-                          and short in {r.plural, r.singular, r.kind.lower(), *r.short_names}]
+            candidates = [
+                r
+                for r in self.resources(refresh)
+                if (not group or r.group == group) and short in {r.plural, r.singular, r.kind.lower(), *r.short_names}
+            ]
             if candidates:
                 return min(candidates, key=lambda r: (r.group != "", r.group))  # the core group first
         raise KeyError(f"no such resource: {name}")
@@ -162,10 +191,15 @@ class ClusterApi:
             for resource in self.resources(refresh):
                 if (resource.group, resource.version, resource.kind) == (group, version, obj["kind"]):
                     return resource
-        raise KeyError(f'no resource serves {obj["apiVersion"]} {obj["kind"]}')
+        raise KeyError(f"no resource serves {obj['apiVersion']} {obj['kind']}")
 
-    def path(self, resource: str | Resource, name: str | None = None, namespace: str | None = None,
-             subresource: str | None = None) -> str:
+    def path(
+        self,
+        resource: str | Resource,
+        name: str | None = None,
+        namespace: str | None = None,
+        subresource: str | None = None,
+    ) -> str:
         """The URL path of a collection or an object (in the default namespace unless told)."""
         res = resource if isinstance(resource, Resource) else self.resource(resource)
         scope = f"/namespaces/{namespace or self.namespace}" if res.namespaced else ""
@@ -173,30 +207,40 @@ class ClusterApi:
 
     def create(self, obj: Mapping[str, Any], **params: Any) -> dict[str, Any]:
         resource = self.resource_of(obj)
-        return self.request("POST", self.path(resource, namespace=obj.get("metadata", {}).get("namespace")), obj,
-                            params=params or None)
+        return self.request(
+            "POST", self.path(resource, namespace=obj.get("metadata", {}).get("namespace")), obj, params=params or None
+        )
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply, taking over every field (what `kubectl apply --server-side --force-conflicts` does)."""
         resource = self.resource_of(obj)
         path = self.path(resource, obj["metadata"]["name"], obj["metadata"].get("namespace"))
-        return self.request("PATCH", path, obj, params={"fieldManager": FIELD_MANAGER, "force": "true"},
-                            content_type="application/apply-patch+yaml")
+        return self.request(
+            "PATCH",
+            path,
+            obj,
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
 
-    def get(self, resource: str, name: str, namespace: str | None = None,
-            subresource: str | None = None) -> dict[str, Any]:
+    def get(
+        self, resource: str, name: str, namespace: str | None = None, subresource: str | None = None
+    ) -> dict[str, Any]:
         return self.request("GET", self.path(resource, name, namespace, subresource))
 
-    def list(self, resource: str, namespace: str | None = None,
-             label_selector: str | None = None) -> list[dict[str, Any]]:
+    def list(
+        self, resource: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else None
         return self.request("GET", self.path(resource, namespace=namespace), params=params)["items"]
 
-    def patch(self, resource: str, name: str, patch: Any, namespace: str | None = None,
-              subresource: str | None = None) -> dict[str, Any]:
+    def patch(
+        self, resource: str, name: str, patch: Any, namespace: str | None = None, subresource: str | None = None
+    ) -> dict[str, Any]:
         content_type = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
-        return self.request("PATCH", self.path(resource, name, namespace, subresource), patch,
-                            content_type=content_type)
+        return self.request(
+            "PATCH", self.path(resource, name, namespace, subresource), patch, content_type=content_type
+        )
 
     def delete(self, resource: str, name: str, namespace: str | None = None, **options: Any) -> dict[str, Any]:
         return self.request("DELETE", self.path(resource, name, namespace), options or None)
@@ -210,8 +254,15 @@ class ClusterApi:
             raise
         return True
 
-    def wait_for(self, resource: str, name: str, predicate: Callable[[dict[str, Any] | None], bool], *,
-                 namespace: str | None = None, timeout: float = 5.0) -> dict[str, Any] | None:
+    def wait_for(
+        self,
+        resource: str,
+        name: str,
+        predicate: Callable[[dict[str, Any] | None], bool],
+        *,
+        namespace: str | None = None,
+        timeout: float = 5.0,
+    ) -> dict[str, Any] | None:
         """Poll until `predicate(obj)` holds (obj is None while absent); return that obj."""
         deadline = time.monotonic() + timeout
         while True:

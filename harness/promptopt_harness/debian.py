@@ -3,6 +3,7 @@
 The browser tier needs chromium; the real Pods tier containerd, runc, the CNI plugins, buildah and mmdebstrap.
 Standard library only: build scripts run it before anything is installed.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,13 @@ class PackagesUnavailable(RuntimeError):
 
 def missing(packages: Mapping[str, str]) -> list[str]:
     """The packages of `packages` ({a command or absolute path it installs: the package}) not installed."""
-    return sorted({package for probe, package in packages.items()
-                   if not (Path(probe).exists() if probe.startswith("/") else shutil.which(probe))})
+    return sorted(
+        {
+            package
+            for probe, package in packages.items()
+            if not (Path(probe).exists() if probe.startswith("/") else shutil.which(probe))
+        }
+    )
 
 
 def install_hint(packages: list[str]) -> str:
@@ -37,16 +43,19 @@ def ensure_installed(packages: Mapping[str, str], who: str) -> None:
     apt_get = shutil.which("apt-get")
     if apt_get is None or os.geteuid() != 0:
         why = "apt-get is not available" if apt_get is None else "not running as root"
-        raise PackagesUnavailable(f"{', '.join(needed)} not installed and cannot be installed ({why}); install "
-                                  f"with {install_hint(needed)}")
+        raise PackagesUnavailable(
+            f"{', '.join(needed)} not installed and cannot be installed ({why}); install with {install_hint(needed)}"
+        )
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     started = time.monotonic()
     for command in ([apt_get, "update"], [apt_get, "install", "-y", "--no-install-recommends", *needed]):
         print(f"{who}: running {' '.join(command)}", file=sys.stderr, flush=True)
         result = subprocess.run(command, env=environment, capture_output=True, text=True)
         if result.returncode != 0:
-            raise PackagesUnavailable(f"{' '.join(command)} failed ({result.returncode}): "
-                                      f"{result.stderr.strip()[-2000:]}; install with {install_hint(needed)}")
+            raise PackagesUnavailable(
+                f"{' '.join(command)} failed ({result.returncode}): "
+                f"{result.stderr.strip()[-2000:]}; install with {install_hint(needed)}"
+            )
     still = missing(packages)
     if still:
         raise PackagesUnavailable(f"apt-get installed {', '.join(needed)}, but {', '.join(still)} is still missing")

@@ -19,6 +19,7 @@ $PROMPTOPT_IMAGE_CACHE (default: promptopt/images in the user's cache, beside th
 build sees this machine's pip configuration and CA bundle, mounted read-only, as a build machine behind a proxy
 would give them. Standard library only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,6 +63,7 @@ def log(message: str) -> None:
 
 
 # --- what an image is made of ---------------------------------------------------------------------------------
+
 
 def dockerignore_patterns(context: Path) -> list[str]:
     path = context / ".dockerignore"
@@ -133,6 +135,7 @@ def content_hash(context: Path, dockerfile: Path, base_id: str) -> str:
 
 # --- buildah ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Buildah:
     """buildah with its storage in the cache (never the machine's /var/lib/containers)."""
@@ -142,12 +145,17 @@ class Buildah:
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage_conf = self.root / "storage.conf"
-        self.storage_conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{self.root / "storage"}"\n'
-                                     f'runroot = "{self.root / "run"}"\n')
+        self.storage_conf.write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{self.root / "storage"}"\nrunroot = "{self.root / "run"}"\n'
+        )
 
     def run(self, *args: str, quiet: bool = False) -> str:
-        result = subprocess.run(["buildah", *args], capture_output=True, text=True,
-                                env={**os.environ, "CONTAINERS_STORAGE_CONF": str(self.storage_conf)})
+        result = subprocess.run(
+            ["buildah", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CONTAINERS_STORAGE_CONF": str(self.storage_conf)},
+        )
         if result.returncode != 0:
             if quiet:
                 return ""
@@ -160,8 +168,9 @@ class Buildah:
         return self.run("inspect", "--type", "image", "--format", "{{.FromImageID}}", reference, quiet=True)
 
     def build(self, context: Path, dockerfile: Path, reference: str, *extra: str) -> None:
-        self.run("bud", "--pull=never", "--network", "host", "-f", str(dockerfile), "-t", reference, *extra,
-                 str(context))
+        self.run(
+            "bud", "--pull=never", "--network", "host", "-f", str(dockerfile), "-t", reference, *extra, str(context)
+        )
 
     def remove_other_tags(self, repository: str, keep: str) -> None:
         """Older builds of `repository`: each is hundreds of megabytes."""
@@ -181,6 +190,7 @@ class Buildah:
 
 
 # --- the images ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BuiltImage:
@@ -227,8 +237,14 @@ def _base_rootfs(cache: Path) -> Path:
         for stale in rootfs.parent.glob("rootfs-*"):
             stale.unlink()
         partial = rootfs.with_suffix(".partial.tar")
-        command = ["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE,
-                   str(partial), *([str(HOST_APT_SOURCES)] if sources else [])]
+        command = [
+            "mmdebstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            DEBIAN_SUITE,
+            str(partial),
+            *([str(HOST_APT_SOURCES)] if sources else []),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise ImagesUnavailable(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
@@ -244,7 +260,7 @@ def _ensure_base(buildah: Buildah, cache: Path) -> str:
     def build() -> None:
         rootfs = _base_rootfs(cache)
         folder = rootfs.parent
-        (folder / "Containerfile").write_text(f"FROM scratch\nADD {rootfs.name} /\nCMD [\"python3\"]\n")
+        (folder / "Containerfile").write_text(f'FROM scratch\nADD {rootfs.name} /\nCMD ["python3"]\n')
         buildah.build(folder, folder / "Containerfile", BASE_IMAGE)
 
     _timed(f"the base image {BASE_IMAGE} (a Debian {DEBIAN_SUITE} rootfs with Python 3.11, by mmdebstrap)", build)
@@ -258,15 +274,18 @@ def _ensure_pause(buildah: Buildah, cache: Path) -> BuiltImage:
     archive = cache / "archives" / f"pause-{tag}.tar"
     seconds = 0.0
     if not buildah.image_id(reference):
+
         def build() -> None:
             folder = cache / "pause"
             folder.mkdir(parents=True, exist_ok=True)
-            compiled = subprocess.run(["gcc", "-Os", "-static", "-o", str(folder / "pause"), str(source)],
-                                      capture_output=True, text=True)
+            compiled = subprocess.run(
+                ["gcc", "-Os", "-static", "-o", str(folder / "pause"), str(source)], capture_output=True, text=True
+            )
             if compiled.returncode != 0:
                 raise ImagesUnavailable(f"gcc could not build pause.c:\n{compiled.stderr[-4000:]}")
             (folder / "Containerfile").write_text(
-                'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n')
+                'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n'
+            )
             buildah.build(folder, folder / "Containerfile", reference)
 
         seconds = _timed(f"the Pod sandbox image {reference}", build)
@@ -284,10 +303,12 @@ def _ensure_product_image(buildah: Buildah, cache: Path, context: Path, name: st
     repository, tag = reference.rsplit(":", 1)
     seconds = 0.0
     if not buildah.image_id(reference):
-        mounts = [argument for path in HOST_FILES_FOR_PIP if Path(path).is_file()
-                  for argument in ("-v", f"{path}:{path}:ro")]
-        seconds = _timed(f"{reference} from {dockerfile.name}",
-                         lambda: buildah.build(context, dockerfile, reference, *mounts))
+        mounts = [
+            argument for path in HOST_FILES_FOR_PIP if Path(path).is_file() for argument in ("-v", f"{path}:{path}:ro")
+        ]
+        seconds = _timed(
+            f"{reference} from {dockerfile.name}", lambda: buildah.build(context, dockerfile, reference, *mounts)
+        )
         buildah.remove_other_tags(repository, reference)
     archives = cache / "archives"
     for stale in archives.glob(f"{name}-*.tar"):
@@ -310,8 +331,9 @@ def ensure_built(context: Path) -> Images:
     base_id = _ensure_base(buildah, cache)
     with ThreadPoolExecutor(len(PRODUCT_IMAGES) + 1) as pool:
         pause = pool.submit(_ensure_pause, buildah, cache)
-        worker, operator = (pool.submit(_ensure_product_image, buildah, cache, context, name, base_id)
-                            for name in PRODUCT_IMAGES)
+        worker, operator = (
+            pool.submit(_ensure_product_image, buildah, cache, context, name, base_id) for name in PRODUCT_IMAGES
+        )
         return Images(pause.result(), worker.result(), operator.result())
 
 
@@ -321,14 +343,17 @@ def built(context: Path) -> bool:
         return False
     buildah = Buildah(cache_dir() / "buildah")
     base_id = buildah.image_id(BASE_IMAGE)
-    return bool(base_id) and all(buildah.image_id(product_reference(context, name, base_id))
-                                 for name in PRODUCT_IMAGES)
+    return bool(base_id) and all(buildah.image_id(product_reference(context, name, base_id)) for name in PRODUCT_IMAGES)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--context", type=Path, default=Path.cwd(),
-                        help="the repository root, where the Dockerfiles are (default: the current folder)")
+    parser.add_argument(
+        "--context",
+        type=Path,
+        default=Path.cwd(),
+        help="the repository root, where the Dockerfiles are (default: the current folder)",
+    )
     parser.add_argument("--check", action="store_true", help="only say whether the images are built")
     args = parser.parse_args(argv)
     if args.check:

@@ -1,6 +1,7 @@
 """Watching PromptOptimizationJobs as a user does, for tests: through the API only, polling for eventual state
 (never one read), with a failure message that shows what was there instead.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,10 @@ def table_rows(listing: str) -> list[dict[str, str]]:
     header, *rows = listing.splitlines()
     starts = [match.start() for match in re.finditer(r"\S+", header)]
     names = header.split()
-    return [{name: row[start:end].strip() for name, start, end in zip(names, starts, [*starts[1:], None], strict=True)}
-            for row in rows]
+    return [
+        {name: row[start:end].strip() for name, start, end in zip(names, starts, [*starts[1:], None], strict=True)}
+        for row in rows
+    ]
 
 
 def job_exists(cluster: ClusterApi, name: str) -> bool:
@@ -50,9 +53,11 @@ def status_of(cluster: ClusterApi, name: str) -> dict[str, Any]:
 
 def wait_for_phase(cluster: ClusterApi, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
     """The job's status once its phase is `phase`."""
+
     def reached() -> dict[str, Any] | None:
         status = status_of(cluster, name)
         return status if status.get("phase") == phase else None
+
     try:
         return eventually(reached, timeout, f"{name} to be {phase}")
     except AssertionError:

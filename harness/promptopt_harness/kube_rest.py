@@ -1,6 +1,7 @@
 """Two rules of the Kubernetes REST API, as the API server applies them, for tests that stand in for it or read
 what was sent to it: the resource a URL names (`parse_api_path`) and a JSON merge patch
 (`application/merge-patch+json`, RFC 7386) applied to an object (`apply_merge_patch`)."""
+
 from __future__ import annotations
 
 import copy

@@ -56,6 +56,7 @@ taints, tolerations or affinity, no Node object, no `pods/log` (read `LocalKubel
 Run it in the foreground (for shell-driven end-to-end tests) until SIGTERM or SIGINT:
     python -m promptopt_harness.kubelet --kubeconfig PATH [--namespace NS]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -118,6 +119,7 @@ CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" 
 # ---------------------------------------------------------------------------------------------------
 # Pure decisions: scheduling, container environment, launch plan, termination.
 # ---------------------------------------------------------------------------------------------------
+
 
 def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
     """The Pod's resource requests; a limit without a request counts as the request (API defaulting)."""
@@ -414,12 +416,22 @@ def node_manifest(name: str, labels: Mapping[str, str], capacity: Mapping[str, s
     """The Node as a kubelet registers it: labels, capacity (all allocatable), Ready, its address."""
     now = _now()
     return {
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": dict(labels)},
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": dict(labels)},
         "status": {
-            "capacity": dict(capacity), "allocatable": dict(capacity),
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "the local kubelet runs Pods as processes", "lastHeartbeatTime": now,
-                            "lastTransitionTime": now}],
+            "capacity": dict(capacity),
+            "allocatable": dict(capacity),
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "the local kubelet runs Pods as processes",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
             "addresses": [{"type": "InternalIP", "address": LOCAL_IP}, {"type": "Hostname", "address": name}],
         },
     }
@@ -455,6 +467,7 @@ def _start_error_message(program: str, error: OSError) -> str:
 # ---------------------------------------------------------------------------------------------------
 # The Kubernetes API, as raw JSON over HTTP (no model classes: cheap enough for hundreds of Pods).
 # ---------------------------------------------------------------------------------------------------
+
 
 class NotFound(Exception):
     """The API answered 404."""
@@ -573,11 +586,16 @@ class _ApiServer:
 
     def bind_pod(self, namespace: str, name: str, uid: str, node_name: str) -> None:
         """Bind through the binding subresource, as the scheduler does (a Pod's spec cannot be patched)."""
-        self._request("POST", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/binding", {
-            "apiVersion": "v1", "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node_name},
-        })
+        self._request(
+            "POST",
+            f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/binding",
+            {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": name, "namespace": namespace, "uid": uid},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node_name},
+            },
+        )
 
     def register_node(self, node: Mapping[str, Any]) -> None:
         """Create the Node, or take over one left by an earlier run; then report its status."""
@@ -587,8 +605,12 @@ class _ApiServer:
         except ApiError as error:
             if error.status != 409:
                 raise
-        self._request("PATCH", f"/api/v1/nodes/{quote(name)}/status", {"status": node["status"]},
-                      content_type="application/merge-patch+json")
+        self._request(
+            "PATCH",
+            f"/api/v1/nodes/{quote(name)}/status",
+            {"status": node["status"]},
+            content_type="application/merge-patch+json",
+        )
 
     def service_account_token(self, pod: Mapping[str, Any], audience_seconds: int) -> str:
         """A token of the Pod's ServiceAccount bound to the Pod, from the TokenRequest API, as a kubelet gets it
@@ -596,12 +618,22 @@ class _ApiServer:
         metadata = pod["metadata"]
         account = pod["spec"].get("serviceAccountName") or "default"
         review = self._request(
-            "POST", f"/api/v1/namespaces/{quote(metadata['namespace'])}/serviceaccounts/{quote(account)}/token", {
-                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"expirationSeconds": audience_seconds,
-                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
-                                            "uid": metadata.get("uid", "")}},
-            })
+            "POST",
+            f"/api/v1/namespaces/{quote(metadata['namespace'])}/serviceaccounts/{quote(account)}/token",
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {
+                    "expirationSeconds": audience_seconds,
+                    "boundObjectRef": {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "name": metadata["name"],
+                        "uid": metadata.get("uid", ""),
+                    },
+                },
+            },
+        )
         return review["status"]["token"]
 
     def kubeconfig_for_token(self, token_file: Path, namespace: str) -> dict[str, Any]:
@@ -612,7 +644,9 @@ class _ApiServer:
         elif self._base_url.startswith("https:"):
             cluster["insecure-skip-tls-verify"] = True
         return {
-            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "pod",
             "clusters": [{"name": "pod", "cluster": cluster}],
             "users": [{"name": "pod", "user": {"tokenFile": str(token_file)}}],
             "contexts": [{"name": "pod", "context": {"cluster": "pod", "user": "pod", "namespace": namespace}}],
@@ -675,6 +709,7 @@ class _ApiServer:
 # ---------------------------------------------------------------------------------------------------
 # Processes and Pods.
 # ---------------------------------------------------------------------------------------------------
+
 
 class _ContainerProcess:
     """A container's main process, in a session of its own so that signals reach all it started."""
@@ -768,8 +803,9 @@ class NodeResources:
         """Reserve the Pod's requests on the node; the scheduler's message when they do not fit."""
         with self._lock:
             if check_fit:
-                free = {resource: total - self._allocated.get(resource, 0)
-                        for resource, total in self._capacity.items()}
+                free = {
+                    resource: total - self._allocated.get(resource, 0) for resource, total in self._capacity.items()
+                }
                 message = unschedulable_message(worker.pod, self._labels, free)
                 if message is not None:
                     self._waiting.add(worker)
@@ -896,12 +932,15 @@ class _PodWorker:
             if message is None:
                 break
             if message != reported:
-                self._write_status(as_scheduler=True, status={
-                    "phase": "Pending",
-                    "conditions": self._merge_conditions([
-                        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
-                    ]),
-                })
+                self._write_status(
+                    as_scheduler=True,
+                    status={
+                        "phase": "Pending",
+                        "conditions": self._merge_conditions(
+                            [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]
+                        ),
+                    },
+                )
                 self._post_event("FailedScheduling", message, warning=True, component=SCHEDULER)
                 reported = message
             self._wakeup.wait()  # woken when capacity frees up, or on deletion or stop
@@ -1001,9 +1040,19 @@ class _PodWorker:
         except ContainerStartError as error:
             self._post_event("Failed", f"Error: {error}", warning=True)
             now = _now()
-            self._write_kubelet_status("Failed", "terminated", {"terminated": {
-                "exitCode": 128, "reason": "StartError", "message": str(error), "startedAt": now, "finishedAt": now,
-            }})
+            self._write_kubelet_status(
+                "Failed",
+                "terminated",
+                {
+                    "terminated": {
+                        "exitCode": 128,
+                        "reason": "StartError",
+                        "message": str(error),
+                        "startedAt": now,
+                        "finishedAt": now,
+                    }
+                },
+            )
             self._end_without_container()
             return
         log.debug("pod %s/%s: started pid %d", self.namespace, self.name, self.process.pid)
@@ -1033,7 +1082,10 @@ class _PodWorker:
         phase = "Succeeded" if exit_code == 0 and not self._deadline_exceeded else "Failed"
         pod_reason: dict[str, Any] = {"reason": "DeadlineExceeded", "message": DEADLINE_EXCEEDED_MESSAGE}
         self._write_kubelet_status(
-            phase, "terminated", {"terminated": state}, container_id=container_id,
+            phase,
+            "terminated",
+            {"terminated": state},
+            container_id=container_id,
             **(pod_reason if self._deadline_exceeded else {}),
         )
         if self._deletion_requested:
@@ -1090,8 +1142,11 @@ class _PodWorker:
     def _fail_deadline_exceeded(self) -> None:
         self._post_event("DeadlineExceeded", DEADLINE_EXCEEDED_MESSAGE)
         self._write_kubelet_status(
-            "Failed", "terminated", self._container_status["state"],
-            reason="DeadlineExceeded", message=DEADLINE_EXCEEDED_MESSAGE,
+            "Failed",
+            "terminated",
+            self._container_status["state"],
+            reason="DeadlineExceeded",
+            message=DEADLINE_EXCEEDED_MESSAGE,
         )
 
     def _report_waiting(self, reason: str, message: str) -> None:
@@ -1141,17 +1196,19 @@ class _PodWorker:
         **fields: Any,
     ) -> None:
         self._container_status = self._container_status_with(state, ready, container_id)
-        self._write_status({
-            "phase": phase,
-            "conditions": self._merge_conditions(kubelet_conditions(stage, self.container["name"])),
-            "hostIP": LOCAL_IP,
-            "hostIPs": [{"ip": LOCAL_IP}],
-            "podIP": LOCAL_IP,
-            "podIPs": [{"ip": LOCAL_IP}],
-            "startTime": self._start_time,
-            "containerStatuses": [self._container_status],
-            **fields,
-        })
+        self._write_status(
+            {
+                "phase": phase,
+                "conditions": self._merge_conditions(kubelet_conditions(stage, self.container["name"])),
+                "hostIP": LOCAL_IP,
+                "hostIPs": [{"ip": LOCAL_IP}],
+                "podIP": LOCAL_IP,
+                "podIPs": [{"ip": LOCAL_IP}],
+                "startTime": self._start_time,
+                "containerStatuses": [self._container_status],
+                **fields,
+            }
+        )
 
     def _write_status(self, status: dict[str, Any], *, as_scheduler: bool = False) -> None:
         # NodeRestriction: a node writes the status of its own Pods only; the scheduler, of Pods it cannot place.
@@ -1196,6 +1253,7 @@ class _PodWorker:
 # The node.
 # ---------------------------------------------------------------------------------------------------
 
+
 class LocalKubelet:
     """Schedules and runs the Pods of a cluster as local processes; see the module docstring.
 
@@ -1231,8 +1289,8 @@ class LocalKubelet:
         }
         self._capacity_text = {**DEFAULT_CAPACITY, **(capacity or {})}
         self._resources = NodeResources(
-            {resource: parse_quantity(quantity) for resource, quantity in self._capacity_text.items()},
-            self.node_labels)
+            {resource: parse_quantity(quantity) for resource, quantity in self._capacity_text.items()}, self.node_labels
+        )
         self._command_overrides = {image: list(argv) for image, argv in (command_overrides or {}).items()}
         self._base_env = {
             "PATH": os.pathsep.join([sysconfig.get_path("scripts"), CONTAINER_PATH]),
@@ -1257,8 +1315,15 @@ class LocalKubelet:
         """Start watching; returns once the first list of Pods went through (else RuntimeError)."""
         api = _ApiServer(self.kubeconfig)
         scheduler_api = _ApiServer(self.scheduler_kubeconfig) if self.scheduler_kubeconfig != self.kubeconfig else api
-        self._node = Node(name=self.node_name, api=api, scheduler_api=scheduler_api, base_env=self._base_env,
-                          resources=self._resources, stopping=self._stopping, command_override=self.command_override)
+        self._node = Node(
+            name=self.node_name,
+            api=api,
+            scheduler_api=scheduler_api,
+            base_env=self._base_env,
+            resources=self._resources,
+            stopping=self._stopping,
+            command_override=self.command_override,
+        )
         api.register_node(node_manifest(self.node_name, self.node_labels, self._capacity_text))
         if self._given_state_dir is not None:
             self._given_state_dir.mkdir(parents=True, exist_ok=True)
@@ -1422,8 +1487,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--node-name", default="local-kubelet")
     parser.add_argument("--state-dir", help="keep per-pod sandboxes and logs here (default: a temporary directory)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="add to every container")
-    parser.add_argument("--command-override", action="append", default=[], metavar="IMAGE=COMMAND",
-                        help="containers of IMAGE run COMMAND (split like a shell) instead of their own command")
+    parser.add_argument(
+        "--command-override",
+        action="append",
+        default=[],
+        metavar="IMAGE=COMMAND",
+        help="containers of IMAGE run COMMAND (split like a shell) instead of their own command",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     extra_env = dict(item.split("=", 1) for item in args.env)

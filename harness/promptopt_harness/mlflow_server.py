@@ -8,6 +8,7 @@ own.
 The server imports litellm, so it runs with litellm's bundled cost map (LITELLM_LOCAL_MODEL_COST_MAP): without it,
 litellm tries the network at import and the server never starts here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,14 @@ class MlflowServer:
     With `network`, the server runs inside that network namespace, on `host` (a real node's address, where its
     Pods reach it); `url` is then that address."""
 
-    def __init__(self, workdir: Path, admin_password: str | None = None, *, host: str = "127.0.0.1",
-                 network: NetworkNamespace | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        admin_password: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        network: NetworkNamespace | None = None,
+    ):
         self.workdir = Path(workdir)
         self.host, self.network = host, network
         self.port = free_port()
@@ -46,23 +53,36 @@ class MlflowServer:
 
     def start(self) -> MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", self.host,
-                   "--port", str(self.port), "--workers", "1",
-                   "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
-                   # Artifacts go through the server (mlflow-artifacts:/), as a shared tracking server serves them:
-                   # with a local --default-artifact-root every client would write that path on its own machine,
-                   # which a worker in a Pod does into its own filesystem (lost, with no error).
-                   "--artifacts-destination", str(self.workdir / "artifacts")]
+        command = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.workdir / 'mlflow.db'}",
+            # Artifacts go through the server (mlflow-artifacts:/), as a shared tracking server serves them:
+            # with a local --default-artifact-root every client would write that path on its own machine,
+            # which a worker in a Pod does into its own filesystem (lost, with no error).
+            "--artifacts-destination",
+            str(self.workdir / "artifacts"),
+        ]
         environment = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         if self.admin_password is not None:
             command += ["--app-name", "basic-auth"]
-            environment |= {"MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,
-                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "promptopt-tests"}
+            environment |= {
+                "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": "promptopt-tests",
+            }
         log = (self.workdir / "server.log").open("wb")
         if self.network is not None:
             command = self.network.command(command)
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                        env=environment)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=environment
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -13,6 +13,7 @@ no NAT). Crossing it:
 
 Linux only, as root (`ip netns` from iproute2, nsenter from util-linux). Standard library only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -121,8 +122,10 @@ class LoopbackForwarder:
                 continue
             with self._lock:
                 self._open.update((outside, inside))
-            relays = [threading.Thread(target=self._relay, args=pair, daemon=True)
-                      for pair in ((outside, inside), (inside, outside))]
+            relays = [
+                threading.Thread(target=self._relay, args=pair, daemon=True)
+                for pair in ((outside, inside), (inside, outside))
+            ]
             for relay in relays:
                 relay.start()
             threading.Thread(target=self._close_after, args=(relays, outside, inside), daemon=True).start()

@@ -25,6 +25,7 @@ few fixed paths containerd's shims and the kubelet write outside the run's folde
 
 Facts this rests on: ../shared/notes/real-pods.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,12 @@ BRIDGE = "promptopt0"
 CLUSTER_DOMAIN = "cluster.local"
 DNS_READY_PORT = 8181
 CNI_NETWORK = "promptopt-node"
-PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd",
-            "/usr/lib/cni/bridge": "containernetworking-plugins"}
+PACKAGES = {
+    "containerd": "containerd",
+    "runc": "runc",
+    "ctr": "containerd",
+    "/usr/lib/cni/bridge": "containernetworking-plugins",
+}
 CNI_BIN_DIR = "/usr/lib/cni"
 CGROUP_ROOT_PREFIX = "promptopt-node-"  # + the PID of the test run: two runs on a machine never share one
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -140,9 +145,11 @@ class RealNode(ManagedProcesses):
         return forwarder.port
 
     def versions(self) -> dict[str, str]:
-        return {"kubelet": f"v{build_kube.kubernetes_version()}",
-                "containerd": _version(["containerd", "--version"]).split()[2],
-                "runc": _version(["runc", "--version"]).split()[2]}
+        return {
+            "kubelet": f"v{build_kube.kubernetes_version()}",
+            "containerd": _version(["containerd", "--version"]).split()[2],
+            "runc": _version(["runc", "--version"]).split()[2],
+        }
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -161,17 +168,24 @@ class RealNode(ManagedProcesses):
         self.network.ip("link", "set", BRIDGE, "up")
         self._step("containerd", self._start_containerd)
         self._step("image import", self._import_images)
-        self.cluster = RealCluster(self.workdir / "control-plane", network=self.network, address=ADDRESS,
-                                   node_name=NODE_NAME)
+        self.cluster = RealCluster(
+            self.workdir / "control-plane", network=self.network, address=ADDRESS, node_name=NODE_NAME
+        )
         self._step("control plane", self.cluster.start)
         self._make_cgroup_root()
         self._step("cluster DNS", lambda: self._start_cluster_dns(coredns))
-        self._start("kube-scheduler", [
-            str(binaries["kube-scheduler"]), f"--kubeconfig={self.cluster.scheduler_kubeconfig}",
-            f"--authentication-kubeconfig={self.cluster.scheduler_kubeconfig}",
-            f"--authorization-kubeconfig={self.cluster.scheduler_kubeconfig}",
-            "--leader-elect=false", "--secure-port=0", "--authentication-skip-lookup=true",
-        ])
+        self._start(
+            "kube-scheduler",
+            [
+                str(binaries["kube-scheduler"]),
+                f"--kubeconfig={self.cluster.scheduler_kubeconfig}",
+                f"--authentication-kubeconfig={self.cluster.scheduler_kubeconfig}",
+                f"--authorization-kubeconfig={self.cluster.scheduler_kubeconfig}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--authentication-skip-lookup=true",
+            ],
+        )
         self._step("kubelet to a Ready node", lambda: self._start_kubelet(binaries["kubelet"]))
         self.startup_seconds = time.monotonic() - started
         return self
@@ -204,14 +218,16 @@ class RealNode(ManagedProcesses):
         corefile = self.workdir / "Corefile"
         corefile.write_text(
             f"{CLUSTER_DOMAIN}:53 {{\n  bind {ADDRESS}\n  errors\n  ready {ADDRESS}:{DNS_READY_PORT}\n"
-            f"  kubernetes {CLUSTER_DOMAIN} {{\n    kubeconfig {kubeconfig}\n  }}\n}}\n")
+            f"  kubernetes {CLUSTER_DOMAIN} {{\n    kubeconfig {kubeconfig}\n  }}\n}}\n"
+        )
         self._start("coredns", [str(coredns), "-conf", str(corefile)])
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while not self._dns_ready():
             self._check_running()
             if time.monotonic() > deadline:
-                raise NodeUnavailable(f"CoreDNS was not ready in {READY_TIMEOUT_SECONDS} s:\n"
-                                      f"{self.log('coredns')[-4000:]}")
+                raise NodeUnavailable(
+                    f"CoreDNS was not ready in {READY_TIMEOUT_SECONDS} s:\n{self.log('coredns')[-4000:]}"
+                )
             time.sleep(0.2)
 
     def _dns_ready(self) -> bool:
@@ -235,8 +251,11 @@ class RealNode(ManagedProcesses):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            print(f"node: {kept} is in use by another test run; this one imports its images into a root of its own",
-                  file=sys.stderr, flush=True)
+            print(
+                f"node: {kept} is in use by another test run; this one imports its images into a root of its own",
+                file=sys.stderr,
+                flush=True,
+            )
             return self.workdir / "containerd" / "root"
         self._root_lock = lock  # held until the process ends or stop() closes it
         return kept
@@ -246,26 +265,48 @@ class RealNode(ManagedProcesses):
         folder.mkdir(parents=True, exist_ok=True)
         cni_conf = self.workdir / "cni" / "net.d"
         cni_conf.mkdir(parents=True, exist_ok=True)
-        (cni_conf / "10-promptopt.conflist").write_text(json.dumps({
-            "cniVersion": "0.4.0", "name": CNI_NETWORK,
-            "plugins": [{"type": "bridge", "bridge": BRIDGE, "isGateway": False, "ipMasq": False,
-                         "hairpinMode": True,
-                         "ipam": {"type": "host-local", "dataDir": str(self.workdir / "cni" / "ipam"),
-                                  "ranges": [[{"subnet": f"{ADDRESS.rsplit('.', 1)[0]}.0/{PREFIX}",
-                                               "rangeStart": POD_RANGE[0], "rangeEnd": POD_RANGE[1]}]]}}],
-        }))
+        (cni_conf / "10-promptopt.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "0.4.0",
+                    "name": CNI_NETWORK,
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            "isGateway": False,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "dataDir": str(self.workdir / "cni" / "ipam"),
+                                "ranges": [
+                                    [
+                                        {
+                                            "subnet": f"{ADDRESS.rsplit('.', 1)[0]}.0/{PREFIX}",
+                                            "rangeStart": POD_RANGE[0],
+                                            "rangeEnd": POD_RANGE[1],
+                                        }
+                                    ]
+                                ],
+                            },
+                        }
+                    ],
+                }
+            )
+        )
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = folder / "config.toml"
         config.write_text(f"""version = 2
 root = "{self._containerd_root()}"
-state = "{folder / 'state'}"
+state = "{folder / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
                     "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper",
                     "io.containerd.internal.v1.opt", "io.containerd.tracing.processor.v1.otlp"]
 [grpc]
   address = "{self.containerd_socket}"
 [ttrpc]
-  address = "{folder / 'containerd.sock.ttrpc'}"
+  address = "{folder / "containerd.sock.ttrpc"}"
 [{cri}]
   sandbox_image = "{self.images.pause.reference}"
   # root's bounding set here lacks CAP_SYS_RESOURCE: the sandbox's oom_score_adj of -998 cannot be set.
@@ -282,7 +323,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       runtime_type = "io.containerd.runc.v2"
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
-        Root = "{folder / 'runc'}"
+        Root = "{folder / "runc"}"
 """)
         return config
 
@@ -298,8 +339,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self._remove_containers()  # a killed run's, from the kept root
 
     def ctr(self, *args: str) -> str:
-        result = subprocess.run(["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise NodeUnavailable(f"ctr {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
         return result.stdout
@@ -355,34 +399,55 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     @staticmethod
     def _cgroup_hierarchies() -> list[Path]:
-        return [path for path in sorted(CGROUP_V1.iterdir())
-                if path.is_dir() and (path / "cgroup.procs").is_file() and path.name != "unified"]
+        return [
+            path
+            for path in sorted(CGROUP_V1.iterdir())
+            if path.is_dir() and (path / "cgroup.procs").is_file() and path.name != "unified"
+        ]
 
     def _kubelet_config(self) -> Path:
         assert self.cluster is not None and self.cluster.pki is not None
         config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
             # This machine's cgroups are v1 (hybrid), which the kubelet refuses unless told.
-            "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupRoot": f"/{self.cgroup_root}",
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": f"/{self.cgroup_root}",
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
-            "address": ADDRESS, "port": 10250, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
+            "address": ADDRESS,
+            "port": 10250,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
             # Only the API server (its client certificate, from the cluster's CA) may call the kubelet.
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
-                               "x509": {"clientCAFile": str(self.cluster.pki.ca)}},
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": False},
+                "x509": {"clientCAFile": str(self.cluster.pki.ca)},
+            },
             "authorization": {"mode": "AlwaysAllow"},
             # Pods resolve through the cluster DNS only (no upstream: nothing outside is reachable).
-            "clusterDNS": [ADDRESS], "clusterDomain": CLUSTER_DOMAIN, "resolvConf": "", "failSwapOn": False,
+            "clusterDNS": [ADDRESS],
+            "clusterDomain": CLUSTER_DOMAIN,
+            "resolvConf": "",
+            "failSwapOn": False,
             # No iptables chains of its own (they would include a KUBE-FIREWALL rule on the machine).
             "makeIPTablesUtilChains": False,
             "podLogsDir": str(self.workdir / "pod-logs"),
             "volumePluginDir": str(self.workdir / "volume-plugins"),
             # A busy test disk must evict nothing and collect no image.
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "nodefs.inodesFree": "1%",
-                             "imagefs.available": "1%"},
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+                "imagefs.available": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
             "serializeImagePulls": False,
             # The kubelet reports status changes at once; these only pace what is not event-driven.
-            "nodeStatusUpdateFrequency": "4s", "syncFrequency": "10s",
+            "nodeStatusUpdateFrequency": "4s",
+            "syncFrequency": "10s",
         }
         path = self.workdir / "kubelet-config.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -390,19 +455,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     def _start_kubelet(self, kubelet: Path) -> None:
         assert self.cluster is not None
-        self._start("kubelet", [
-            str(kubelet), f"--config={self._kubelet_config()}", f"--kubeconfig={self.cluster.kubelet_kubeconfig}",
-            f"--root-dir={self.kubelet_root}", f"--cert-dir={self.workdir / 'kubelet-pki'}",
-            f"--hostname-override={NODE_NAME}", f"--node-ip={ADDRESS}", "--v=1",
-        ])
+        self._start(
+            "kubelet",
+            [
+                str(kubelet),
+                f"--config={self._kubelet_config()}",
+                f"--kubeconfig={self.cluster.kubelet_kubeconfig}",
+                f"--root-dir={self.kubelet_root}",
+                f"--cert-dir={self.workdir / 'kubelet-pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={ADDRESS}",
+                "--v=1",
+            ],
+        )
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             self._check_running()
             if self._node_ready():
                 return
             time.sleep(0.2)
-        raise NodeUnavailable(f"the Node was not Ready and untainted in {READY_TIMEOUT_SECONDS} s:\n"
-                              f"{self.log('kubelet')[-4000:]}")
+        raise NodeUnavailable(
+            f"the Node was not Ready and untainted in {READY_TIMEOUT_SECONDS} s:\n{self.log('kubelet')[-4000:]}"
+        )
 
     def _node_ready(self) -> bool:
         assert self.cluster is not None
@@ -457,8 +531,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             root = hierarchy / name
             if not root.is_dir():
                 continue
-            for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
-                                 reverse=True):
+            for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             with contextlib.suppress(OSError):
@@ -506,9 +579,12 @@ def main(argv: list[str] | None = None) -> int:
             assert node.cluster is not None
             if args.kubeconfig:
                 node.cluster.write_kubeconfig(args.kubeconfig)
-            print(f"Serving node {NODE_NAME} ({node.versions()}) at {node.cluster.url}, started in "
-                  f"{node.startup_seconds:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in node.timings.items())});"
-                  f" admin kubeconfig: {args.kubeconfig or node.kubeconfig}", flush=True)
+            print(
+                f"Serving node {NODE_NAME} ({node.versions()}) at {node.cluster.url}, started in "
+                f"{node.startup_seconds:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in node.timings.items())});"
+                f" admin kubeconfig: {args.kubeconfig or node.kubeconfig}",
+                flush=True,
+            )
             while not stopping:
                 time.sleep(0.2)
     except (NodeUnavailable, RealKubeUnavailable, images.ImagesUnavailable) as unavailable:

@@ -1,4 +1,5 @@
 """The real operator (`promptopt operator`) as a child process, for tests, benchmarks and the e2e script."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,15 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 30) -> OperatorProcess:
-        command = [str(Path(sys.executable).with_name("promptopt")), "operator",
-                   "--liveness-port", str(self.liveness_port), "--metrics-port", str(self.metrics_port), *self.flags]
+        command = [
+            str(Path(sys.executable).with_name("promptopt")),
+            "operator",
+            "--liveness-port",
+            str(self.liveness_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            *self.flags,
+        ]
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, **LITELLM_BUNDLED_COST_MAP_ENV, **self.env}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

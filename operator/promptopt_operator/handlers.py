@@ -1,4 +1,5 @@
 """kopf handlers: the operator's edge. Each one only routes an event to the Reconciler."""
+
 from __future__ import annotations
 
 import logging
@@ -67,9 +68,14 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
             reconciler.stop_leading()
             memo.lost_leadership.set()
 
-        memo.elector = LeaseElector(kube, operator_settings.leader_election_namespace,
-                                    operator_settings.leader_election_lease,
-                                    f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}", reconciler.take_over, lost)
+        memo.elector = LeaseElector(
+            kube,
+            operator_settings.leader_election_namespace,
+            operator_settings.leader_election_lease,
+            f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}",
+            reconciler.take_over,
+            lost,
+        )
         memo.elector.start()
 
 
@@ -103,8 +109,17 @@ async def worker_pods(namespace: str, annotations: kopf.Annotations, body: kopf.
 
 
 @kopf.on.event(*JOBS)  # type: ignore[arg-type]
-async def job_changed(type: str, body: kopf.Body, status: kopf.Status, namespace: str, name: str,
-                      memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
+async def job_changed(
+    type: str,
+    body: kopf.Body,
+    status: kopf.Status,
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    job_queue: kopf.Index,
+    worker_pods: kopf.Index,
+    **_: Any,
+) -> None:
     reconciler: Reconciler = memo.reconciler
     reconciler.index, reconciler.pod_index = job_queue, worker_pods
     if type == "DELETED":
@@ -118,8 +133,16 @@ async def job_changed(type: str, body: kopf.Body, status: kopf.Status, namespace
 
 
 @kopf.on.event("v1", "pods", labels=WORKER_PODS)  # type: ignore[arg-type]
-async def worker_pod_changed(type: str, body: kopf.Body, annotations: kopf.Annotations, namespace: str,
-                             memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index, **_: Any) -> None:
+async def worker_pod_changed(
+    type: str,
+    body: kopf.Body,
+    annotations: kopf.Annotations,
+    namespace: str,
+    memo: kopf.Memo,
+    job_queue: kopf.Index,
+    worker_pods: kopf.Index,
+    **_: Any,
+) -> None:
     reconciler: Reconciler = memo.reconciler
     reconciler.index, reconciler.pod_index = job_queue, worker_pods
     job_name = annotations.get(JOB_NAME_ANNOTATION)

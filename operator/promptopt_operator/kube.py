@@ -6,6 +6,7 @@ blocks kopf's event loop. Responses are read as JSON (`_preload_content=False`) 
 client's model objects: the decisions work on plain dicts, and deserializing V1Pod models costs more CPU than
 the whole decision.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,8 +66,9 @@ class Refused(Exception):
 
 
 class KubeClient:
-    def __init__(self, api_client: kubernetes.client.ApiClient | None = None, threads: int = 16,
-                 pod_delete_threads: int = 4):
+    def __init__(
+        self, api_client: kubernetes.client.ApiClient | None = None, threads: int = 16, pod_delete_threads: int = 4
+    ):
         if api_client is None:
             kubernetes.config.load_config()
             configuration = kubernetes.client.Configuration.get_default_copy()
@@ -92,15 +94,17 @@ class KubeClient:
         request = partial(function, *args, _preload_content=False, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(pool, lambda: request().data)
 
-    async def patch_job_status(self, namespace: str, name: str, patch: dict[str, Any],
-                               resource_version: str) -> dict[str, Any] | None:
+    async def patch_job_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str
+    ) -> dict[str, Any] | None:
         """Patch the status of the job as it was at `resource_version`, and return the job as written (None if it
         is gone); StaleJob if it has changed since (the API server's optimistic concurrency: a 409 rather than a
         write over news)."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
         try:
-            response = await self._call(self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
-                                        PLURAL, name, body)
+            response = await self._call(
+                self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body
+            )
         except ApiException as error:
             if error.status == 409:
                 raise StaleJob(f"{namespace}/{name} changed since resourceVersion {resource_version}") from error
@@ -112,8 +116,15 @@ class KubeClient:
     async def label_job(self, namespace: str, name: str, labels: dict[str, str]) -> dict[str, Any] | None:
         """Merge `labels` into the job's; the job as written (None if it is gone)."""
         try:
-            response = await self._call(self._custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                                        name, {"metadata": {"labels": labels}})
+            response = await self._call(
+                self._custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"metadata": {"labels": labels}},
+            )
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -122,8 +133,15 @@ class KubeClient:
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:
-            await self._call(self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                             propagation_policy="Background")
+            await self._call(
+                self._custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                propagation_policy="Background",
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -143,8 +161,13 @@ class KubeClient:
 
     async def delete_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
         try:
-            await self._call_in(self._pod_delete_pool, self._core.delete_namespaced_pod, name, namespace,
-                                grace_period_seconds=grace_seconds)
+            await self._call_in(
+                self._pod_delete_pool,
+                self._core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=grace_seconds,
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -194,8 +217,7 @@ class KubeClient:
     async def replace_lease(self, namespace: str, name: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """The Lease as written; None if it changed since manifest's resourceVersion (another replica wrote it)."""
         try:
-            return json.loads(await self._call(self._coordination.replace_namespaced_lease, name, namespace,
-                                               manifest))
+            return json.loads(await self._call(self._coordination.replace_namespaced_lease, name, namespace, manifest))
         except ApiException as error:
             if error.status == 409:
                 return None

@@ -10,6 +10,7 @@ elector runs in blocking threads, never hands the Lease back on shutdown, and ma
 lease duration even after the holder released it. The rules are client-go's (the Lease's fields, renewals every
 retry period, leadership lost when no renewal succeeds within the renew deadline, an empty holder free to take).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,15 +66,22 @@ def read_lease(body: dict[str, Any]) -> Lease:
     def moment(field: str) -> datetime | None:
         return datetime.fromisoformat(spec[field]) if spec.get(field) else None
 
-    return Lease(holder=spec.get("holderIdentity") or None, lease_seconds=int(spec.get("leaseDurationSeconds") or 0),
-                 acquired=moment("acquireTime"), renewed=moment("renewTime"),
-                 transitions=int(spec.get("leaseTransitions") or 0),
-                 resource_version=body.get("metadata", {}).get("resourceVersion"))
+    return Lease(
+        holder=spec.get("holderIdentity") or None,
+        lease_seconds=int(spec.get("leaseDurationSeconds") or 0),
+        acquired=moment("acquireTime"),
+        renewed=moment("renewTime"),
+        transitions=int(spec.get("leaseTransitions") or 0),
+        resource_version=body.get("metadata", {}).get("resourceVersion"),
+    )
 
 
 def lease_body(name: str, lease: Lease) -> dict[str, Any]:
-    spec: dict[str, Any] = {"holderIdentity": lease.holder, "leaseDurationSeconds": lease.lease_seconds,
-                            "leaseTransitions": lease.transitions}
+    spec: dict[str, Any] = {
+        "holderIdentity": lease.holder,
+        "leaseDurationSeconds": lease.lease_seconds,
+        "leaseTransitions": lease.transitions,
+    }
     if lease.acquired:
         spec["acquireTime"] = _micro_time(lease.acquired)
     if lease.renewed:
@@ -128,9 +136,16 @@ class LeaseElector:
     `on_stopped_leading` if it loses it (no renewal within the renew deadline, or another holder wrote it); `stop()`
     ends the campaign and hands a held Lease back."""
 
-    def __init__(self, store: LeaseStore, namespace: str, name: str, identity: str,
-                 on_started_leading: Callable[[], None], on_stopped_leading: Callable[[], Awaitable[None]],
-                 timing: Timing = Timing()):
+    def __init__(
+        self,
+        store: LeaseStore,
+        namespace: str,
+        name: str,
+        identity: str,
+        on_started_leading: Callable[[], None],
+        on_stopped_leading: Callable[[], Awaitable[None]],
+        timing: Timing = Timing(),
+    ):
         self.store, self.namespace, self.name, self.identity, self.timing = store, namespace, name, identity, timing
         self._on_started, self._on_stopped = on_started_leading, on_stopped_leading
         self._held: Lease | None = None  # the Lease as this candidate last wrote it, while it leads
@@ -154,12 +169,17 @@ class LeaseElector:
             return
         held, self._held = self._held, None
         try:
-            await self.store.replace_lease(self.namespace, self.name,
-                                           lease_body(self.name, released(held, datetime.now(UTC))))
+            await self.store.replace_lease(
+                self.namespace, self.name, lease_body(self.name, released(held, datetime.now(UTC)))
+            )
             logger.info("%s handed the leader Lease %s/%s back", self.identity, self.namespace, self.name)
         except Exception as error:
-            logger.warning("the leader Lease %s/%s could not be handed back (a follower takes it when it runs out): "
-                           "%s", self.namespace, self.name, error)
+            logger.warning(
+                "the leader Lease %s/%s could not be handed back (a follower takes it when it runs out): %s",
+                self.namespace,
+                self.name,
+                error,
+            )
 
     async def _campaign(self) -> None:
         clock = asyncio.get_running_loop().time
@@ -173,8 +193,13 @@ class LeaseElector:
             if await self._try_to_renew():
                 renewed = clock()
             elif self._held is None or clock() - renewed > self.timing.renew_deadline_seconds:
-                logger.error("%s lost the leader Lease %s/%s (%s)", self.identity, self.namespace, self.name,
-                             "another holds it" if self._held is None else f"no renewal for {clock() - renewed:.0f} s")
+                logger.error(
+                    "%s lost the leader Lease %s/%s (%s)",
+                    self.identity,
+                    self.namespace,
+                    self.name,
+                    "another holds it" if self._held is None else f"no renewal for {clock() - renewed:.0f} s",
+                )
                 self._held = None
                 await self._on_stopped()
                 return
@@ -198,8 +223,11 @@ class LeaseElector:
             step = claim(lease, self.identity, now, self._seen[1] if self._seen else now, self.timing)
             if step.write is not None:
                 manifest = lease_body(self.name, step.write)
-                written = await (self.store.create_lease(self.namespace, manifest) if step.create
-                                 else self.store.replace_lease(self.namespace, self.name, manifest))
+                written = await (
+                    self.store.create_lease(self.namespace, manifest)
+                    if step.create
+                    else self.store.replace_lease(self.namespace, self.name, manifest)
+                )
                 if written is not None:
                     self._held = read_lease(written)
                     return True

@@ -5,6 +5,7 @@ worker Pod of the job, as the operator's watches last delivered them), never at 
 restarted operator, a missed event or a repeated one all lead to the same decision. Its output is data (a status to
 write, a Pod to create or delete, Events to post, when to look again); the reconciler (reconciler.py) carries it out.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,16 @@ from typing import Any
 
 from promptopt.api.times import format_duration, format_time, parse_time
 from promptopt.api.v1alpha1 import (
-    TERMINAL_PHASES, AttemptFailure, Phase, PromptOptimizationJobSpec, PromptOptimizationJobStatus, WorkerResult,
-    WorkerStatus, merged_status, read_status, status_patch,
+    TERMINAL_PHASES,
+    AttemptFailure,
+    Phase,
+    PromptOptimizationJobSpec,
+    PromptOptimizationJobStatus,
+    WorkerResult,
+    WorkerStatus,
+    merged_status,
+    read_status,
+    status_patch,
 )
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import EXIT_INVALID_INPUT, PERMANENT_FAILURES, parse_termination_message
@@ -57,8 +66,16 @@ def view_spec(raw: Mapping[str, Any] | None) -> SpecView:
 # What the operator reads of a job's metadata: decisions, its writes (resourceVersion), its Events and its Pods' owner
 # references and labels (kopf.adopt). Not kept: managedFields, and annotations, where `kubectl apply` keeps a copy
 # of the whole spec.
-KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",
-                 "deletionTimestamp", "labels")
+KEPT_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "labels",
+)
 
 
 @dataclass(frozen=True)
@@ -76,15 +93,15 @@ def slim_job(body: Mapping[str, Any], previous: SlimJob | None = None) -> SlimJo
     `previous`'s view is kept when the body is the same object at the same generation (a status write's response,
     the worker's progress)."""
     metadata = body["metadata"]
-    if previous is not None and all(previous.body["metadata"].get(key) == metadata.get(key)
-                                    for key in ("uid", "generation")):
+    if previous is not None and all(
+        previous.body["metadata"].get(key) == metadata.get(key) for key in ("uid", "generation")
+    ):
         view = previous.spec
     else:
         view = view_spec(body.get("spec"))
     rest = {key: value for key, value in body.items() if key != "spec"}
     # The size of the body as JSON, without serializing the spec again: its place holds `"spec":<spec>`.
-    size = len(json.dumps(rest, separators=(",", ":"))) + (len(',"spec":') + view.json_bytes if "spec" in body
-                                                            else 0)
+    size = len(json.dumps(rest, separators=(",", ":"))) + (len(',"spec":') + view.json_bytes if "spec" in body else 0)
     rest["metadata"] = {key: metadata[key] for key in KEPT_METADATA if key in metadata}
     return SlimJob(rest, view, size)
 
@@ -112,11 +129,18 @@ class Job:
     @classmethod
     def from_slim(cls, job: SlimJob) -> Job:
         metadata = job.body["metadata"]
-        return cls(name=metadata["name"], generation=int(metadata.get("generation") or 1),
-                   deleting=bool(metadata.get("deletionTimestamp")), spec=job.spec.spec,
-                   spec_problems=job.spec.problems, status=read_status(job.body.get("status")),
-                   run_hash=job.spec.run_hash, size_bytes=job.size_bytes, template_bytes=job.spec.template_bytes,
-                   labels=metadata.get("labels") or {})
+        return cls(
+            name=metadata["name"],
+            generation=int(metadata.get("generation") or 1),
+            deleting=bool(metadata.get("deletionTimestamp")),
+            spec=job.spec.spec,
+            spec_problems=job.spec.problems,
+            status=read_status(job.body.get("status")),
+            run_hash=job.spec.run_hash,
+            size_bytes=job.size_bytes,
+            template_bytes=job.spec.template_bytes,
+            labels=metadata.get("labels") or {},
+        )
 
 
 @dataclass(frozen=True)
@@ -249,16 +273,23 @@ def _next_step(
     if spec is None:
         return _NextStep("Failed", "InvalidSpec", "invalid spec: " + "; ".join(job.spec_problems))
     if spec.cancel:
-        return _NextStep("Cancelled", "Cancelled",
-                     "cancelled by spec.cancel; the worker's best result so far is kept", delete_pods=live)
+        return _NextStep(
+            "Cancelled",
+            "Cancelled",
+            "cancelled by spec.cancel; the worker's best result so far is kept",
+            delete_pods=live,
+        )
 
     started = parse_time(status.start_time)
     if started and spec.active_deadline_seconds is not None:
         remaining = (started + timedelta(seconds=spec.active_deadline_seconds) - now).total_seconds()
         if remaining <= 0:
-            return _NextStep("Failed", "DeadlineExceeded",
-                         f"the job ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds}s)",
-                         delete_pods=live)
+            return _NextStep(
+                "Failed",
+                "DeadlineExceeded",
+                f"the job ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds}s)",
+                delete_pods=live,
+            )
 
     attempts = _attempts(status, pods)
     current = max(pods, key=lambda p: p.attempt, default=None)
@@ -268,8 +299,9 @@ def _next_step(
         return _first_attempt(job, slot, now)
     if current is None or current.attempt < attempts:
         # The Pod of the latest attempt is gone before it finished (deleted by hand, evicted, lost node).
-        return _after_failure(spec, status, attempts, now, settings, f"worker Pod of attempt {attempts} disappeared",
-                              finished_at=None)
+        return _after_failure(
+            spec, status, attempts, now, settings, f"worker Pod of attempt {attempts} disappeared", finished_at=None
+        )
     if current.deleting:
         return _NextStep(status.phase or "Running", "PodTerminating", f"worker Pod {current.name} is terminating")
     if current.phase == "Succeeded":
@@ -290,36 +322,54 @@ def _too_large(job: Job, settings: OperatorSettings) -> str | None:
     needed = job.size_bytes + STATUS_BASE_BYTES + 2 * job.template_bytes
     if needed <= settings.max_object_bytes:
         return None
-    return (f"the job is {job.size_bytes / 2**20:.2f} MiB and its status needs up to "
-            f"{(needed - job.size_bytes) / 2**10:.0f} KiB more, over the {settings.max_object_bytes / 2**20:.2f} MiB "
-            "an object may take (etcd's request limit): move spec.dataset.records into a ConfigMap "
-            "(spec.dataset.configMapKeyRef), use fewer records, or shorten spec.prompts[].template")
+    return (
+        f"the job is {job.size_bytes / 2**20:.2f} MiB and its status needs up to "
+        f"{(needed - job.size_bytes) / 2**10:.0f} KiB more, over the {settings.max_object_bytes / 2**20:.2f} MiB "
+        "an object may take (etcd's request limit): move spec.dataset.records into a ConfigMap "
+        "(spec.dataset.configMapKeyRef), use fewer records, or shorten spec.prompts[].template"
+    )
 
 
 def _first_attempt(job: Job, slot: Slot, now: datetime) -> _NextStep:
     if not slot.may_start:
-        fields = (PromptOptimizationJobStatus() if slot.position is None
-                  else PromptOptimizationJobStatus(queue_position=slot.position))
-        return _NextStep("Queued", "Queued", "waiting for a free slot in the operator's queue (see queuePosition)",
-                     fields=fields)
-    return _NextStep("Pending", "PodCreated", "worker Pod 1 created", create_attempt=1,
-                 fields=PromptOptimizationJobStatus(attempts=1, start_time=format_time(now), queue_position=None,
-                                                    spec_hash=job.run_hash))
+        fields = (
+            PromptOptimizationJobStatus()
+            if slot.position is None
+            else PromptOptimizationJobStatus(queue_position=slot.position)
+        )
+        return _NextStep(
+            "Queued", "Queued", "waiting for a free slot in the operator's queue (see queuePosition)", fields=fields
+        )
+    return _NextStep(
+        "Pending",
+        "PodCreated",
+        "worker Pod 1 created",
+        create_attempt=1,
+        fields=PromptOptimizationJobStatus(
+            attempts=1, start_time=format_time(now), queue_position=None, spec_hash=job.run_hash
+        ),
+    )
 
 
 def _while_running(job: Job, pod: WorkerPod, attempts: int, now: datetime) -> _NextStep:
     deadline_left = _deadline_left(job, now)
     if pod.phase == "Running":
-        return _NextStep("Running", "Running", f"worker Pod {pod.name} is running (attempt {attempts})",
-                     recheck_after=deadline_left)
+        return _NextStep(
+            "Running", "Running", f"worker Pod {pod.name} is running (attempt {attempts})", recheck_after=deadline_left
+        )
     if pod.stuck:
-        return _NextStep("Pending", pod.reason or "PodPending", f"worker Pod {pod.name}: {pod.message or pod.reason}",
-                     recheck_after=deadline_left)
+        return _NextStep(
+            "Pending",
+            pod.reason or "PodPending",
+            f"worker Pod {pod.name}: {pod.message or pod.reason}",
+            recheck_after=deadline_left,
+        )
     if _ready_reason(job.status) == "PodCreated" and job.status.message:
         # Every new Pod waits a moment before it runs: that is no news, and no status write.
         return _NextStep("Pending", "PodCreated", job.status.message, recheck_after=deadline_left)
-    return _NextStep("Pending", "PodPending", f"waiting for worker Pod {pod.name} to start",
-                     recheck_after=deadline_left)
+    return _NextStep(
+        "Pending", "PodPending", f"waiting for worker Pod {pod.name} to start", recheck_after=deadline_left
+    )
 
 
 def _deadline_left(job: Job, now: datetime) -> float | None:
@@ -334,8 +384,15 @@ def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, s
     result = _worker_result(status, recovered)
     if result is not None and result.reason == "Cancelled":
         # Stopped by SIGTERM though nobody set spec.cancel (eviction, drain): the work is not done.
-        return _after_failure(spec, status, attempts, now, settings,
-                              f"worker Pod {pod.name} was stopped before it finished", pod.finished_at)
+        return _after_failure(
+            spec,
+            status,
+            attempts,
+            now,
+            settings,
+            f"worker Pod {pod.name} was stopped before it finished",
+            pod.finished_at,
+        )
     reason = result.reason if result else "Completed"
     message = result.message if result else "the optimization finished"
     # The worker's reason (Completed, GoalReached, NoImprovement): what `-o wide`'s REASON adds to PHASE.
@@ -347,8 +404,9 @@ def _after_pod_failure(spec, status, pod: WorkerPod, attempts: int, now: datetim
     result = _worker_result(status, recovered)
     if pod.exit_code == EXIT_INVALID_INPUT or (result is not None and result.reason in PERMANENT_FAILURES):
         reason = result.reason if result else "InvalidInput"
-        return _NextStep("Failed", reason, (result.message if result else None) or _describe_pod_failure(pod),
-                     fields=recovered)
+        return _NextStep(
+            "Failed", reason, (result.message if result else None) or _describe_pod_failure(pod), fields=recovered
+        )
     step = _after_failure(spec, status, attempts, now, settings, _describe_pod_failure(pod), pod.finished_at)
     step.fields = merged_status(step.fields, recovered)
     return step
@@ -358,11 +416,21 @@ def _worker_result(status: PromptOptimizationJobStatus, recovered: PromptOptimiz
     return recovered.worker_result if "worker_result" in recovered.model_fields_set else status.worker_result
 
 
-def _after_failure(spec, status: PromptOptimizationJobStatus, attempts: int, now: datetime, settings, what: str,
-                   finished_at: str | None) -> _NextStep:
+def _after_failure(
+    spec,
+    status: PromptOptimizationJobStatus,
+    attempts: int,
+    now: datetime,
+    settings,
+    what: str,
+    finished_at: str | None,
+) -> _NextStep:
     if attempts > spec.backoff_limit:
-        return _NextStep("Failed", "BackoffLimitExceeded",
-                     f"the worker failed {attempts} time(s), more than backoffLimit {spec.backoff_limit}; last: {what}")
+        return _NextStep(
+            "Failed",
+            "BackoffLimitExceeded",
+            f"the worker failed {attempts} time(s), more than backoffLimit {spec.backoff_limit}; last: {what}",
+        )
     delay = retry_delay(attempts, settings)
     # A Pod that vanished has no finish time: the first reconcile that misses it records one, and the back-off
     # counts from that record (of this attempt: an earlier attempt's failure says nothing about this one).
@@ -371,11 +439,20 @@ def _after_failure(spec, status: PromptOptimizationJobStatus, attempts: int, now
     wait = (failed + timedelta(seconds=delay) - now).total_seconds()
     failure = AttemptFailure(attempt=attempts, time=format_time(failed), message=what)
     if wait > 0:
-        return _NextStep("Pending", "BackoffRetry", f"attempt {attempts} failed ({what}); retrying in {wait:.0f}s",
-                     fields=PromptOptimizationJobStatus(last_failure=failure), recheck_after=wait)
-    return _NextStep("Pending", "PodCreated", f"worker Pod {attempts + 1} created after: {what}",
-                 fields=PromptOptimizationJobStatus(last_failure=failure, attempts=attempts + 1),
-                 create_attempt=attempts + 1)
+        return _NextStep(
+            "Pending",
+            "BackoffRetry",
+            f"attempt {attempts} failed ({what}); retrying in {wait:.0f}s",
+            fields=PromptOptimizationJobStatus(last_failure=failure),
+            recheck_after=wait,
+        )
+    return _NextStep(
+        "Pending",
+        "PodCreated",
+        f"worker Pod {attempts + 1} created after: {what}",
+        fields=PromptOptimizationJobStatus(last_failure=failure, attempts=attempts + 1),
+        create_attempt=attempts + 1,
+    )
 
 
 def _describe_pod_failure(pod: WorkerPod) -> str:
@@ -384,8 +461,10 @@ def _describe_pod_failure(pod: WorkerPod) -> str:
     text = f"worker Pod {pod.name} failed: {pod.reason or 'Error'}{exit_part}"
     if pod.reason == "OOMKilled":
         # The log's last line says nothing of why: the kernel killed the worker mid-sentence.
-        return (f"{text}: the worker needed more memory than its limit; raise spec.worker.resources.limits.memory "
-                "(or the chart's worker.resources for every job)")
+        return (
+            f"{text}: the worker needed more memory than its limit; raise spec.worker.resources.limits.memory "
+            "(or the chart's worker.resources for every job)"
+        )
     summary = _summary_message(detail)
     return f"{text}: {summary}" if summary else text
 
@@ -406,8 +485,13 @@ def _recover_worker_fields(status: PromptOptimizationJobStatus, pod: WorkerPod) 
     message = parse_termination_message(pod.termination_message)
     if message is None:
         return PromptOptimizationJobStatus()
-    return PromptOptimizationJobStatus(**{name: getattr(message, name) for name in WorkerStatus.model_fields
-                                          if getattr(message, name) is not None and not getattr(status, name)})
+    return PromptOptimizationJobStatus(
+        **{
+            name: getattr(message, name)
+            for name in WorkerStatus.model_fields
+            if getattr(message, name) is not None and not getattr(status, name)
+        }
+    )
 
 
 # Transitions that post no Event, as the batch Job controller posts one when it creates a Pod and one when the
@@ -419,8 +503,10 @@ SILENT_REASONS = frozenset({"Running"})
 def _decision(job: Job, step: _NextStep, now: datetime) -> Decision:
     status = job.status
     changed = (status.phase, _ready_reason(status)) != (step.phase, step.reason)
-    fields = merged_status(PromptOptimizationJobStatus(phase=step.phase, message=step.message,
-                                                       observed_generation=job.generation), step.fields)
+    fields = merged_status(
+        PromptOptimizationJobStatus(phase=step.phase, message=step.message, observed_generation=job.generation),
+        step.fields,
+    )
     if step.create_attempt is not None:
         fields.pod_name = pod_name(job.name, step.create_attempt)
     recheck_after = step.recheck_after
@@ -432,12 +518,18 @@ def _decision(job: Job, step: _NextStep, now: datetime) -> Decision:
         if job.spec and job.spec.ttl_seconds_after_finished is not None:
             recheck_after = float(job.spec.ttl_seconds_after_finished)  # then the TTL deletes the job
     spec_applied = _spec_applied(job, fields.spec_hash or status.spec_hash)
-    fields.conditions = conditions_for(step.phase, step.reason, step.message, job.generation, format_time(now),
-                                       status.conditions, spec_applied)
+    fields.conditions = conditions_for(
+        step.phase, step.reason, step.message, job.generation, format_time(now), status.conditions, spec_applied
+    )
     events: tuple[Event, ...] = ()
     if changed and step.reason not in SILENT_REASONS:
-        warning = step.phase in ("Failed",) or step.reason in ("BackoffRetry", "ImagePullBackOff", "ErrImagePull",
-                                                               "CreateContainerConfigError", "Unschedulable")
+        warning = step.phase in ("Failed",) or step.reason in (
+            "BackoffRetry",
+            "ImagePullBackOff",
+            "ErrImagePull",
+            "CreateContainerConfigError",
+            "Unschedulable",
+        )
         events = (Event("Warning" if warning else "Normal", step.reason, step.message),)
     if spec_applied and not spec_applied[0] and condition_status(status.conditions, SPEC_APPLIED) != "False":
         events += (Event("Warning", spec_applied[1], spec_applied[2]),)
@@ -456,8 +548,15 @@ def _decision(job: Job, step: _NextStep, now: datetime) -> Decision:
     )
 
 
-def pod_refused(job: Job, namespace: str, attempt: int, refusal: str, now: datetime, settings: OperatorSettings,
-                refusals_in_a_row: int) -> Decision:
+def pod_refused(
+    job: Job,
+    namespace: str,
+    attempt: int,
+    refusal: str,
+    now: datetime,
+    settings: OperatorSettings,
+    refusals_in_a_row: int,
+) -> Decision:
     """The job when the API server refused its worker Pod (PodRefused: `refusal` is what it said): it waits, Pending,
     with Stalled=True and a message that says what to do; a FailedCreate Event (the Job controller's reason) says it
     when it is news. It is tried again, backing off, as the fix may come at any time."""
@@ -465,30 +564,45 @@ def pod_refused(job: Job, namespace: str, attempt: int, refusal: str, now: datet
     advice = _refusal_advice(namespace, refusal, settings)
     message = f"worker Pod {name} could not be created: {advice + '; the API server said: ' if advice else ''}{refusal}"
     fields = PromptOptimizationJobStatus(
-        phase="Pending", message=message, observed_generation=job.generation,
-        conditions=conditions_for("Pending", "FailedCreate", message, job.generation, format_time(now),
-                                  job.status.conditions, stalled=True))
+        phase="Pending",
+        message=message,
+        observed_generation=job.generation,
+        conditions=conditions_for(
+            "Pending", "FailedCreate", message, job.generation, format_time(now), job.status.conditions, stalled=True
+        ),
+    )
     patch = _only_changes(job.status, status_patch(fields))
-    return Decision(status=patch, events=(Event("Warning", "FailedCreate", f"Error creating: {refusal}"),) if patch
-                    else (), recheck_after=reconcile_error_delay(refusals_in_a_row))
+    return Decision(
+        status=patch,
+        events=(Event("Warning", "FailedCreate", f"Error creating: {refusal}"),) if patch else (),
+        recheck_after=reconcile_error_delay(refusals_in_a_row),
+    )
 
 
 def _refusal_advice(namespace: str, refusal: str, settings: OperatorSettings) -> str:
     """What to do about a refused worker Pod, for the refusals a misconfigured namespace meets."""
     if missing := re.search(r'serviceaccount "([^"]+)" not found', refusal):
         if missing.group(1) != settings.worker_service_account:
-            return (f"spec.worker.serviceAccountName names {missing.group(1)}, which namespace {namespace} lacks: "
-                    "create it, or leave the field out for the chart's worker ServiceAccount")
-        return (f"namespace {namespace} has no worker ServiceAccount {missing.group(1)}: add {namespace} to the "
-                "chart's jobNamespaces (which creates it, with its Role), or apply the job in a namespace it lists")
+            return (
+                f"spec.worker.serviceAccountName names {missing.group(1)}, which namespace {namespace} lacks: "
+                "create it, or leave the field out for the chart's worker ServiceAccount"
+            )
+        return (
+            f"namespace {namespace} has no worker ServiceAccount {missing.group(1)}: add {namespace} to the "
+            "chart's jobNamespaces (which creates it, with its Role), or apply the job in a namespace it lists"
+        )
     if 'cannot create resource "pods"' in refusal:
-        return (f"the operator may not create Pods in namespace {namespace}: add {namespace} to the chart's "
-                "watchNamespaces and jobNamespaces, or apply the job in a namespace they list")
+        return (
+            f"the operator may not create Pods in namespace {namespace}: add {namespace} to the chart's "
+            "watchNamespaces and jobNamespaces, or apply the job in a namespace they list"
+        )
     if "exceeded quota" in refusal:
         return f"a ResourceQuota of namespace {namespace} is used up: raise it, or lower spec.worker.resources"
     if "violates PodSecurity" in refusal:
-        return (f"Pod Security admission of namespace {namespace} refuses the worker: check spec.worker (image, "
-                "volumes) against the namespace's level")
+        return (
+            f"Pod Security admission of namespace {namespace} refuses the worker: check spec.worker (image, "
+            "volumes) against the namespace's level"
+        )
     return ""
 
 
@@ -498,9 +612,12 @@ def _spec_applied(job: Job, started_hash: str | None) -> tuple[bool, str, str] |
         return None
     if job.run_hash == started_hash:
         return True, "SpecUnchanged", "the job runs its current spec"
-    return (False, "SpecChangedAfterStart",
-            "the spec changed after the job started and is not applied to it (only cancel and "
-            "ttlSecondsAfterFinished are); create a new job to run the changed spec")
+    return (
+        False,
+        "SpecChangedAfterStart",
+        "the spec changed after the job started and is not applied to it (only cancel and "
+        "ttlSecondsAfterFinished are); create a new job to run the changed spec",
+    )
 
 
 def _ready_reason(status: PromptOptimizationJobStatus) -> str | None:

@@ -1,4 +1,5 @@
 """`promptopt operator`: run the kopf operator with our handlers and settings."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,9 @@ from promptopt_operator.settings import OperatorSettings, from_arguments
 
 
 def run_operator(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         # kopf logs every handler run at INFO ("Handler ... succeeded"): thousands of lines a minute under
         # load, and a measurable share of the operator's CPU. Transitions are in Events and our own log.

@@ -1,4 +1,5 @@
 """Prometheus metrics of the operator, served on their own port."""
+
 from __future__ import annotations
 
 from collections import Counter as Tally
@@ -18,22 +19,30 @@ class OperatorMetrics:
         self._phases_of_jobs = phases_of_jobs
         self.registry.register(self)
         self.reconcile_seconds = Histogram(
-            "promptopt_reconcile_seconds", "Time to reconcile one job (read, decide, act).",
-            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            "promptopt_reconcile_seconds",
+            "Time to reconcile one job (read, decide, act).",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.pod_launch_seconds = Histogram(
-            "promptopt_pod_launch_seconds", "Time from a job's creation to its first worker Pod's creation.",
-            registry=self.registry, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+            "promptopt_pod_launch_seconds",
+            "Time from a job's creation to its first worker Pod's creation.",
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
         )
         self.pods_created = Counter("promptopt_worker_pods_created", "Worker Pods created.", registry=self.registry)
-        self.pod_failures = Counter("promptopt_worker_pod_failures", "Worker Pods that failed, by reason.",
-                                    ["reason"], registry=self.registry)
-        self.retries = Counter("promptopt_worker_retries", "Worker Pods created to replace a failed one.",
-                               registry=self.registry)
-        self.leader = Gauge("promptopt_leader", "1 while this replica leads (acts on jobs), 0 while it follows.",
-                            registry=self.registry)
-        self.reconcile_errors = Counter("promptopt_reconcile_errors", "Reconciles that failed (and are retried).",
-                                        registry=self.registry)
+        self.pod_failures = Counter(
+            "promptopt_worker_pod_failures", "Worker Pods that failed, by reason.", ["reason"], registry=self.registry
+        )
+        self.retries = Counter(
+            "promptopt_worker_retries", "Worker Pods created to replace a failed one.", registry=self.registry
+        )
+        self.leader = Gauge(
+            "promptopt_leader", "1 while this replica leads (acts on jobs), 0 while it follows.", registry=self.registry
+        )
+        self.reconcile_errors = Counter(
+            "promptopt_reconcile_errors", "Reconciles that failed (and are retried).", registry=self.registry
+        )
 
     def collect(self):
         """Jobs by phase, counted from the operator's in-memory index when scraped (never stale, never stored)."""

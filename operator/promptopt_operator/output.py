@@ -11,6 +11,7 @@ conflict reads the one there: `foreign_owner` says whether it may be replaced; `
 (JOB_NAME_ANNOTATION) and the operator's managed-by label: a job deleted and created again under the same name takes
 its output over, a person's ConfigMap or another job's is never overwritten.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -18,7 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptopt.api.v1alpha1 import (
-    API_VERSION, KIND, TERMINAL_PHASES, Condition, OutputStatus, PromptOptimizationJobStatus, status_patch,
+    API_VERSION,
+    KIND,
+    TERMINAL_PHASES,
+    Condition,
+    OutputStatus,
+    PromptOptimizationJobStatus,
+    status_patch,
 )
 
 from promptopt_operator.conditions import find_condition, set_condition
@@ -38,7 +45,8 @@ BEST_SO_FAR_ANNOTATION = "promptopt.dev/best-so-far"
 # Outcomes that stay: written, or nothing that another try could change. OutputWriteFailed (the API refused or
 # failed) is tried again.
 SETTLED_REASONS = frozenset(
-    {"OutputWritten", "BestSoFarWritten", "NothingToWrite", "OutputConflict", "PromptsTruncated"})
+    {"OutputWritten", "BestSoFarWritten", "NothingToWrite", "OutputConflict", "PromptsTruncated"}
+)
 
 
 @dataclass(frozen=True)
@@ -73,17 +81,26 @@ def output_plan(job: Job, uid: str, worker_running: bool = False) -> OutputPlan 
     prompts = status.optimized_prompts or []
     if status.phase == "Failed" or not prompts:
         why = "the job failed" if status.phase == "Failed" else "the job ended without optimized prompts"
-        return OutputPlan(target.name, None,
-                          DeliveryOutcome(False, "NothingToWrite", f"{why}: nothing is written to {where}"))
+        return OutputPlan(
+            target.name, None, DeliveryOutcome(False, "NothingToWrite", f"{why}: nothing is written to {where}")
+        )
     if cut := [p.name for p in prompts if p.truncated]:
-        return OutputPlan(target.name, None, DeliveryOutcome(
-            False, "PromptsTruncated",
-            f"not written to {where}: only the start of {', '.join(cut)} is known (recovered from the worker Pod's "
-            "termination message); status.optimizedPrompts holds what there is"))
+        return OutputPlan(
+            target.name,
+            None,
+            DeliveryOutcome(
+                False,
+                "PromptsTruncated",
+                f"not written to {where}: only the start of {', '.join(cut)} is known (recovered from the worker Pod's "
+                "termination message); status.optimizedPrompts holds what there is",
+            ),
+        )
     best_so_far = status.phase == "Cancelled"
     annotations = {JOB_NAME_ANNOTATION: job.name, JOB_UID_ANNOTATION: uid, OUTCOME_ANNOTATION: status.phase}
-    for annotation, scores in ((INITIAL_SCORE_ANNOTATION, status.initial_scores),
-                               (FINAL_SCORE_ANNOTATION, status.final_scores)):
+    for annotation, scores in (
+        (INITIAL_SCORE_ANNOTATION, status.initial_scores),
+        (FINAL_SCORE_ANNOTATION, status.final_scores),
+    ):
         if scores is not None and scores.aggregate is not None:
             annotations[annotation] = f"{scores.aggregate:.6g}"
     if best_so_far:
@@ -94,10 +111,15 @@ def output_plan(job: Job, uid: str, worker_running: bool = False) -> OutputPlan 
         "annotations": annotations,
     }
     if target.owned_by_job:
-        metadata["ownerReferences"] = [{"apiVersion": API_VERSION, "kind": KIND, "name": job.name, "uid": uid,
-                                        "blockOwnerDeletion": False}]
-    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
-                "data": {p.name: p.template for p in prompts}}
+        metadata["ownerReferences"] = [
+            {"apiVersion": API_VERSION, "kind": KIND, "name": job.name, "uid": uid, "blockOwnerDeletion": False}
+        ]
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": {p.name: p.template for p in prompts},
+    }
     if best_so_far:
         outcome = DeliveryOutcome(True, "BestSoFarWritten", f"the best prompts found before the cancel are in {where}")
     else:
@@ -125,8 +147,12 @@ def replacement(plan: OutputPlan, existing: Mapping[str, Any]) -> dict[str, Any]
 
 
 def conflict(plan: OutputPlan, owner: str) -> DeliveryOutcome:
-    return DeliveryOutcome(False, "OutputConflict", f"ConfigMap {plan.name} exists and belongs to {owner}: it is not "
-                   "overwritten; delete it, or set spec.output.configMap.name to another name in a new job")
+    return DeliveryOutcome(
+        False,
+        "OutputConflict",
+        f"ConfigMap {plan.name} exists and belongs to {owner}: it is not "
+        "overwritten; delete it, or set spec.output.configMap.name to another name in a new job",
+    )
 
 
 def write_failed(plan: OutputPlan, error: str) -> DeliveryOutcome:
@@ -134,8 +160,15 @@ def write_failed(plan: OutputPlan, error: str) -> DeliveryOutcome:
 
 
 def _with_condition(job: Job, kind: str, outcome: DeliveryOutcome, now: str) -> list[Condition]:
-    return set_condition(job.status.conditions, kind, "True" if outcome.written else "False", outcome.reason,
-                         outcome.message, job.generation, now)
+    return set_condition(
+        job.status.conditions,
+        kind,
+        "True" if outcome.written else "False",
+        outcome.reason,
+        outcome.message,
+        job.generation,
+        now,
+    )
 
 
 def registration_outcome(job: Job) -> DeliveryOutcome | None:
@@ -143,12 +176,19 @@ def registration_outcome(job: Job) -> DeliveryOutcome | None:
     the worker has reported its registration; None when there is nothing (new) to say."""
     asked = job.spec is not None and job.spec.mlflow is not None and job.spec.mlflow.register_optimized_prompts
     reported = job.status.mlflow
-    if not asked or job.status.phase not in TERMINAL_PHASES or reported is None or (
-            reported.optimized_prompts is None and reported.registration_error is None):
+    if (
+        not asked
+        or job.status.phase not in TERMINAL_PHASES
+        or reported is None
+        or (reported.optimized_prompts is None and reported.registration_error is None)
+    ):
         return None
     if reported.registration_error:
-        outcome = DeliveryOutcome(False, "RegistrationFailed", f"{reported.registration_error}; the optimized "
-                                  "prompts are in status.optimizedPrompts")
+        outcome = DeliveryOutcome(
+            False,
+            "RegistrationFailed",
+            f"{reported.registration_error}; the optimized prompts are in status.optimizedPrompts",
+        )
     else:
         versions = ", ".join(sorted((reported.optimized_prompts or {}).values()))
         outcome = DeliveryOutcome(True, "PromptsRegistered", f"registered in MLflow as {versions or 'nothing'}")

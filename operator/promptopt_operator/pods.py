@@ -2,6 +2,7 @@
 
 Both directions are pure functions over plain dicts, so every rule here is tested without a cluster.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,14 @@ from typing import Any
 
 from promptopt.api.v1alpha1 import PromptOptimizationJobSpec
 from promptopt.worker_contract import (
-    ATTEMPT_ENV, CHECKPOINT_DIR_ENV, JOB_NAME_ENV, JOB_NAMESPACE_ENV, LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV,
-    TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV,
+    ATTEMPT_ENV,
+    CHECKPOINT_DIR_ENV,
+    JOB_NAME_ENV,
+    JOB_NAMESPACE_ENV,
+    LITELLM_BUNDLED_COST_MAP_ENV,
+    SPEC_HASH_ENV,
+    TERMINATION_MESSAGE_PATH,
+    TERMINATION_MESSAGE_PATH_ENV,
 )
 
 from promptopt_operator.settings import OperatorSettings
@@ -89,7 +96,8 @@ def worker_pod_manifest(
         "env": env,
         "resources": (
             worker.resources.model_dump(by_alias=True, exclude_none=True)
-            if worker and worker.resources else settings.worker_resources
+            if worker and worker.resources
+            else settings.worker_resources
         ),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -137,10 +145,17 @@ def worker_pod_manifest(
 
 
 # Waiting reasons that mean the Pod cannot start until someone fixes something.
-STUCK_REASONS = frozenset({
-    "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError",
-    "CreateContainerError", "Unschedulable",
-})
+STUCK_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "Unschedulable",
+    }
+)
 
 
 @dataclass(frozen=True)

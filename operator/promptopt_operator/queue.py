@@ -1,4 +1,5 @@
 """The operator-wide limit of running jobs: who may start now, and everyone else's place in line."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -57,15 +58,18 @@ def slot_for(entries: Iterable[QueueEntry], key: JobKey, limit: int) -> Slot | N
     return Slot(may_start=True) if ahead < free else Slot(may_start=False, position=ahead - free + 1)
 
 
-def stale_positions(entries: Iterable[QueueEntry], limit: int, front: int,
-                    tolerance: float | None = None) -> dict[JobKey, int]:
+def stale_positions(
+    entries: Iterable[QueueEntry], limit: int, front: int, tolerance: float | None = None
+) -> dict[JobKey, int]:
     """The place in line of each waiting job whose stored position is not it: among the first `front` in line, any
     difference; further back, none (tolerance None) or only a position off by more than `tolerance` of the place, so
     that in a line of thousands each start does not cost a write for every job behind it."""
     entries = list(entries)
     stored = {e.key: e.position for e in entries}
-    waiting = sorted(((key, slot.position) for key, slot in plan(entries, limit).items() if slot.position is not None),
-                     key=lambda item: item[1])
+    waiting = sorted(
+        ((key, slot.position) for key, slot in plan(entries, limit).items() if slot.position is not None),
+        key=lambda item: item[1],
+    )
 
     def stale(index: int, key: JobKey, position: int) -> bool:
         was = stored[key]

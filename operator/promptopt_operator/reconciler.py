@@ -11,6 +11,7 @@ job changed since (a 409), the newer job is on its way through the watch, and it
 says. Pod creation needs no such guard: a Pod's name is its job's and its attempt's, so deciding twice on an old
 body cannot create a second Pod.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,12 +30,29 @@ from promptopt.worker_contract import PERMANENT_FAILURES
 
 from promptopt_operator.kube import KubeClient, PodRefused, Refused, StaleJob
 from promptopt_operator.lifecycle import (
-    Decision, Event, Job, SlimJob, Slot, decide, pod_refused, reconcile_error_delay, slim_job,
+    Decision,
+    Event,
+    Job,
+    SlimJob,
+    Slot,
+    decide,
+    pod_refused,
+    reconcile_error_delay,
+    slim_job,
 )
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.output import (
-    SETTLED_REASONS, DeliveryOutcome, OutputPlan, conflict, foreign_owner, output_plan, output_status,
-    registration_outcome, registration_status, replacement, write_failed,
+    SETTLED_REASONS,
+    DeliveryOutcome,
+    OutputPlan,
+    conflict,
+    foreign_owner,
+    output_plan,
+    output_status,
+    registration_outcome,
+    registration_status,
+    replacement,
+    write_failed,
 )
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
 from promptopt_operator.queue import JobKey, QueueEntry, plan, slot_for, stale_positions
@@ -67,15 +85,25 @@ def decision_inputs(body: dict[str, Any]) -> tuple:
     """What of a job's body can change a decision. Events that change none of it (the worker's progress
     reports, kopf's bookkeeping, the echo of the operator's own status writes) need no reconcile."""
     metadata, status = body.get("metadata") or {}, read_status(body.get("status"))
-    return (metadata.get("generation"), bool(metadata.get("deletionTimestamp")), status.phase,
-            status.attempts, status.worker_result.reason if status.worker_result else None)
+    return (
+        metadata.get("generation"),
+        bool(metadata.get("deletionTimestamp")),
+        status.phase,
+        status.attempts,
+        status.worker_result.reason if status.worker_result else None,
+    )
 
 
 def queue_entry(namespace: str, name: str, body: dict[str, Any]) -> QueueEntry:
     spec = body.get("spec") or {}
     status = read_status(body.get("status"))
-    return QueueEntry(key=(namespace, name), created=body["metadata"].get("creationTimestamp") or "",
-                      phase=status.phase, cancelled=bool(spec.get("cancel")), position=status.queue_position)
+    return QueueEntry(
+        key=(namespace, name),
+        created=body["metadata"].get("creationTimestamp") or "",
+        phase=status.phase,
+        cancelled=bool(spec.get("cancel")),
+        position=status.queue_position,
+    )
 
 
 @dataclass(eq=False)
@@ -97,8 +125,13 @@ class JobRecord:
 
 
 class Reconciler:
-    def __init__(self, kube: KubeClient, settings: OperatorSettings, metrics: OperatorMetrics,
-                 post_event: EventPoster = post_with_kopf):
+    def __init__(
+        self,
+        kube: KubeClient,
+        settings: OperatorSettings,
+        metrics: OperatorMetrics,
+        post_event: EventPoster = post_with_kopf,
+    ):
         self.kube, self.settings, self.metrics, self.post_event = kube, settings, metrics, post_event
         # Whether this replica acts on jobs: always, unless replicas elect a leader (leadership.py). A follower
         # keeps every job's latest body and kopf's indexes as the leader does, so that it can take over at once.
@@ -202,8 +235,7 @@ class Reconciler:
         """The queue's entries, counting the jobs given a slot just now as started."""
         entries = self.entries()
         self._starting.intersection_update(e.key for e in entries if e.phase in (None, "Queued"))
-        return [QueueEntry(e.key, e.created, "Pending", e.cancelled) if e.key in self._starting else e
-                for e in entries]
+        return [QueueEntry(e.key, e.created, "Pending", e.cancelled) if e.key in self._starting else e for e in entries]
 
     def _slots(self) -> dict[JobKey, Slot]:
         return plan(self._queue(), self.settings.max_running_jobs)
@@ -229,8 +261,9 @@ class Reconciler:
 
     async def _refresh_positions(self) -> None:
         await asyncio.sleep(QUEUE_POSITION_DELAY_SECONDS)
-        for key, position in stale_positions(self._queue(), self.settings.max_running_jobs,
-                                             EXACT_QUEUE_POSITIONS).items():
+        for key, position in stale_positions(
+            self._queue(), self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS
+        ).items():
             await self.reconcile(*key, queue_position=position)
 
     def start_sweeping(self) -> None:
@@ -252,8 +285,9 @@ class Reconciler:
         queue = self._queue()
         if any(slot.may_start for slot in self._slots().values()):
             self.wake_waiting()
-        for key, position in stale_positions(queue, self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS,
-                                             QUEUE_POSITION_TOLERANCE).items():
+        for key, position in stale_positions(
+            queue, self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS, QUEUE_POSITION_TOLERANCE
+        ).items():
             await self.reconcile(*key, queue_position=position)
         for entry in queue:
             if entry.phase not in (*TERMINAL_PHASES, *WAITING_PHASES):
@@ -262,8 +296,7 @@ class Reconciler:
     async def _start_waiting(self) -> None:
         # One at a time, in the queue's order, so Pods are created in the order the jobs were created;
         # until nothing more may start (slots freed while this runs are taken too).
-        while startable := [key for key, slot in self._slots().items()
-                            if slot.may_start and key not in self._starting]:
+        while startable := [key for key, slot in self._slots().items() if slot.may_start and key not in self._starting]:
             for key in startable:
                 await self.reconcile(*key)
             if all(key not in self._starting for key in startable):
@@ -303,8 +336,9 @@ class Reconciler:
                 self.metrics.reconcile_errors.inc()
                 record.errors += 1
                 delay = reconcile_error_delay(record.errors)
-                logger.exception("reconciling %s/%s failed (%d in a row); retrying in %.0f s", namespace, name,
-                                 record.errors, delay)
+                logger.exception(
+                    "reconciling %s/%s failed (%d in a row); retrying in %.0f s", namespace, name, record.errors, delay
+                )
                 self.recheck(key, delay)
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
@@ -339,8 +373,14 @@ class Reconciler:
             record.errors += 1
             logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", *key, record.errors, refused)
             assert decision.create_attempt is not None
-            await self._act(key, kept, job, pod_refused(job, key[0], decision.create_attempt, str(refused),
-                                                        datetime.now(UTC), self.settings, record.errors))
+            await self._act(
+                key,
+                kept,
+                job,
+                pod_refused(
+                    job, key[0], decision.create_attempt, str(refused), datetime.now(UTC), self.settings, record.errors
+                ),
+            )
             raise
 
     async def _act(self, key: JobKey, kept: SlimJob, job: Job, decision: Decision) -> None:
@@ -352,8 +392,9 @@ class Reconciler:
             await self.kube.delete_pod(namespace, pod, self.settings.worker_grace_period_seconds)
         written = kept
         if decision.status:
-            patched = await self.kube.patch_job_status(namespace, name, decision.status,
-                                                       body["metadata"]["resourceVersion"])
+            patched = await self.kube.patch_job_status(
+                namespace, name, decision.status, body["metadata"]["resourceVersion"]
+            )
             if patched is None or key not in self._jobs:  # deleted (and forgotten) while this reconcile ran
                 self.forget(key)
                 return
@@ -396,8 +437,9 @@ class Reconciler:
                 return written
             ended = Job.from_slim(written)
         if (registered := registration_outcome(ended)) is not None:
-            written = await self._record_delivery(key, written, registered,
-                                      registration_status(ended, registered, format_time(datetime.now(UTC))))
+            written = await self._record_delivery(
+                key, written, registered, registration_status(ended, registered, format_time(datetime.now(UTC)))
+            )
         return written
 
     async def _deliver(self, key: JobKey, kept: SlimJob, job: Job, plan: OutputPlan) -> SlimJob:
@@ -415,8 +457,9 @@ class Reconciler:
                         await self.kube.replace_config_map(namespace, plan.name, replacement(plan, existing))
             except Refused as error:
                 outcome = write_failed(plan, str(error))
-        patched = await self._record_delivery(key, kept, outcome,
-                                              output_status(job, plan, outcome, format_time(datetime.now(UTC))))
+        patched = await self._record_delivery(
+            key, kept, outcome, output_status(job, plan, outcome, format_time(datetime.now(UTC)))
+        )
         if (record := self._jobs.get(key)) is not None:
             if outcome.reason in SETTLED_REASONS:
                 record.output_failures = 0
@@ -425,8 +468,9 @@ class Reconciler:
                 self.recheck(key, reconcile_error_delay(record.output_failures))
         return patched
 
-    async def _record_delivery(self, key: JobKey, kept: SlimJob, outcome: DeliveryOutcome,
-                               patch: dict[str, Any]) -> SlimJob:
+    async def _record_delivery(
+        self, key: JobKey, kept: SlimJob, outcome: DeliveryOutcome, patch: dict[str, Any]
+    ) -> SlimJob:
         """Write an ended job's delivery outcome into its status and post it as an Event; the job as written."""
         patched = await self.kube.patch_job_status(*key, patch, kept.body["metadata"]["resourceVersion"])
         if patched is None or key not in self._jobs:
@@ -440,8 +484,15 @@ class Reconciler:
         namespace, name = key
         assert job.spec is not None and job.run_hash is not None and decision.create_attempt is not None
         spec_hash = job.status.spec_hash or decision.status.get("specHash") or job.run_hash
-        manifest = worker_pod_manifest(name, body["metadata"]["uid"], job.spec, decision.create_attempt,
-                                       self.settings, decision.pod_active_deadline, spec_hash)
+        manifest = worker_pod_manifest(
+            name,
+            body["metadata"]["uid"],
+            job.spec,
+            decision.create_attempt,
+            self.settings,
+            decision.pod_active_deadline,
+            spec_hash,
+        )
         kopf.adopt(manifest, owner=cast(kopf.Body, body))
         self._starting.add(key)  # before the request: plans made while it is under way count the slot as taken
         try:
@@ -473,5 +524,4 @@ class Reconciler:
         if record.recheck is not None:
             record.recheck.cancel()
         # A little late rather than early: a decision taken a hair before a deadline would only wait again.
-        record.recheck = asyncio.get_running_loop().call_later(delay + 0.05,
-                                                               lambda: self._spawn(self.reconcile(*key)))
+        record.recheck = asyncio.get_running_loop().call_later(delay + 0.05, lambda: self._spawn(self.reconcile(*key)))

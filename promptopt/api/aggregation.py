@@ -9,6 +9,7 @@ Pod: it must parse, read only the job's scorer keys (`scores.<key>` or `scores["
 [0, 1] for a record every scorer gave 1. The worker runs the same compiled expression on every scored record;
 a record it gives no number in [0, 1] is an AggregationError naming spec.aggregation.
 """
+
 from __future__ import annotations
 
 import ast
@@ -56,8 +57,11 @@ class Aggregation:
         self._program = program
 
     def __call__(self, scores: Mapping[str, float]) -> float:
-        activation = {"scores": celtypes.MapType({celtypes.StringType(key): celtypes.DoubleType(value)
-                                                  for key, value in scores.items()})}
+        activation = {
+            "scores": celtypes.MapType(
+                {celtypes.StringType(key): celtypes.DoubleType(value) for key, value in scores.items()}
+            )
+        }
         try:
             value = self._program.evaluate(activation)
         except celpy.CELEvalError as error:
@@ -81,10 +85,13 @@ def compile_aggregation(expression: str, keys: Collection[str]) -> Aggregation:
         where = f" at column {error.column}" if getattr(error, "column", None) else ""
         raise AggregationError(f"is not a CEL expression{where}: {' '.join(str(error).split())}") from None
     if unknown := sorted(set(_score_keys(tree)) - set(keys)):
-        raise AggregationError(f"reads {', '.join(f'scores.{key}' for key in unknown)}: the job's scorers are "
-                               f"{', '.join(sorted(keys)) or 'none'} (a scorer's key is its label, else its name)")
-    aggregation = Aggregation(expression, environment.program(
-        tree, functions={name: _extreme(name) for name in EXTREMES}))
+        raise AggregationError(
+            f"reads {', '.join(f'scores.{key}' for key in unknown)}: the job's scorers are "
+            f"{', '.join(sorted(keys)) or 'none'} (a scorer's key is its label, else its name)"
+        )
+    aggregation = Aggregation(
+        expression, environment.program(tree, functions={name: _extreme(name) for name in EXTREMES})
+    )
     aggregation(dict.fromkeys(keys, 1.0))  # a record every scorer gave 1: what cannot give a number here never will
     return aggregation
 
@@ -106,8 +113,10 @@ def _score_keys(tree: Tree) -> list[str]:
         except (ValueError, SyntaxError):
             key = None
         if not isinstance(key, str):
-            raise AggregationError('write scores.<key> or scores["<key>"] with a scorer\'s key; an index '
-                                   "computed at run time cannot be checked")
+            raise AggregationError(
+                'write scores.<key> or scores["<key>"] with a scorer\'s key; an index '
+                "computed at run time cannot be checked"
+            )
         keys.append(key)
     return keys
 

@@ -5,6 +5,7 @@ anyOf-with-null for optional fields, titles, and `additionalProperties: true` fo
 module rewrites it into a structural OpenAPI v3 schema (every node typed, no $ref), so the API server
 can prune, default and validate it, and `kubectl explain` can show every field's description.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,46 +20,79 @@ CRD_FILE_NAME = f"{v1alpha1.PLURAL}.{v1alpha1.GROUP}.yaml"
 
 # Keys of pydantic's JSON Schema that an OpenAPI v3 schema in a CRD accepts as they are.
 _PASSTHROUGH_KEYS = {
-    "type", "description", "enum", "default", "format", "pattern",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-    "minItems", "maxItems", "minProperties", "maxProperties", "required",
+    "type",
+    "description",
+    "enum",
+    "default",
+    "format",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "required",
 }
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "The job's phase."},
     {"name": "Optimizer", "type": "string", "jsonPath": ".spec.optimizer.type", "description": "GEPA or MetaPrompt."},
     {
-        "name": "Progress%", "type": "integer", "jsonPath": ".status.progress.percent",
+        "name": "Progress%",
+        "type": "integer",
+        "jsonPath": ".status.progress.percent",
         "description": "Metric calls spent, in percent of the budget.",
     },
     # Scores and cost are the worker's formatted copies (status.display): a number column prints every digit.
     {
-        "name": "Initial", "type": "string", "jsonPath": ".status.display.initialScore",
+        "name": "Initial",
+        "type": "string",
+        "jsonPath": ".status.display.initialScore",
         "description": "Aggregate score of the original prompts.",
     },
     {
-        "name": "Best", "type": "string", "jsonPath": ".status.display.bestScore",
+        "name": "Best",
+        "type": "string",
+        "jsonPath": ".status.display.bestScore",
         "description": "Best aggregate score so far.",
     },
     {
-        "name": "Duration", "type": "string", "jsonPath": ".status.duration",
+        "name": "Duration",
+        "type": "string",
+        "jsonPath": ".status.duration",
         "description": "How long the job ran, once it ended.",
     },
     {
-        "name": "Reason", "type": "string", "priority": 1,
+        "name": "Reason",
+        "type": "string",
+        "priority": 1,
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
         "description": "Why the job is (not) ready.",
     },
     {
-        "name": "Test", "type": "string", "priority": 1, "jsonPath": ".status.display.testScore",
+        "name": "Test",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": ".status.display.testScore",
         "description": "Aggregate score of the optimized prompts on the held-out test records.",
     },
     {
-        "name": "Cost", "type": "string", "priority": 1, "jsonPath": ".status.display.cost",
+        "name": "Cost",
+        "type": "string",
+        "priority": 1,
+        "jsonPath": ".status.display.cost",
         "description": "US dollars spent on LLM calls.",
     },
     {
-        "name": "Started", "type": "date", "priority": 1, "jsonPath": ".status.startTime",
+        "name": "Started",
+        "type": "date",
+        "priority": 1,
+        "jsonPath": ".status.startTime",
         "description": "When the job started running.",
     },
     {"name": "Pod", "type": "string", "priority": 1, "jsonPath": ".status.podName", "description": "The worker Pod."},

@@ -1,4 +1,5 @@
 """The API reference (docs/api-reference.md), generated from the same schema as the CRD."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,15 @@ def render_api_reference() -> str:
     ]
     for section in ("spec", "status"):
         node = schema["properties"][section]
-        lines += ["", f"## {section}", "", " ".join(node["description"].split()), "",
-                  "| Field | Type | Description |", "|---|---|---|"]
+        lines += [
+            "",
+            f"## {section}",
+            "",
+            " ".join(node["description"].split()),
+            "",
+            "| Field | Type | Description |",
+            "|---|---|---|",
+        ]
         rows: list[str] = []
         for name, child in node.get("properties", {}).items():
             _rows(child, f"{section}.{name}", name in node.get("required", []), rows)

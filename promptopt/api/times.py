@@ -1,5 +1,6 @@
 """Times as the Kubernetes API writes them (metav1.Time: RFC 3339, UTC, whole seconds), to and from datetime, and
 durations as kubectl prints them."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime

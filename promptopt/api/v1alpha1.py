@@ -5,6 +5,7 @@ The CRD in crds/ is generated from these models (`promptopt crd`), and the opera
 (`x-kubernetes-validations`, enforced by the API server at admission) and as a pydantic validator
 (enforced on the laptop and by the operator); tests run both over the same documents so they agree.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,13 +35,23 @@ TEMPLATE_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 OptimizerType = Literal["GEPA", "MetaPrompt"]
 ScorerName = Literal[
-    "ExactMatch", "Contains", "Regex", "Correctness", "Guidelines", "ExpectationsGuidelines", "RelevanceToQuery",
-    "Safety", "Judge", "Webhook", "Registered",
+    "ExactMatch",
+    "Contains",
+    "Regex",
+    "Correctness",
+    "Guidelines",
+    "ExpectationsGuidelines",
+    "RelevanceToQuery",
+    "Safety",
+    "Judge",
+    "Webhook",
+    "Registered",
 ]
 LLM_JUDGE_SCORERS = ("Correctness", "Guidelines", "ExpectationsGuidelines", "RelevanceToQuery", "Safety", "Judge")
 _JUDGES_NEED_A_MODEL = f"LLM judges ({', '.join(LLM_JUDGE_SCORERS)}) need a model; other scorers take none"
-_REGISTERED_NEEDS_REGISTERED = "the Registered scorer needs registered (the name of a scorer registered in MLflow); "\
-    "other scorers take none"
+_REGISTERED_NEEDS_REGISTERED = (
+    "the Registered scorer needs registered (the name of a scorer registered in MLflow); other scorers take none"
+)
 # The variables of a Judge scorer's instructions, as MLflow's make_judge names them.
 JUDGE_VARIABLES = ("inputs", "outputs", "expectations")
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled"]
@@ -54,6 +65,7 @@ WAITING_PHASES = (None, "Queued")
 def content_digest(text: str) -> str:
     """The first 16 hex digits of the SHA-256 of `text`: the digests status reports of what a job read or ran."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 # Kubernetes object names (RFC 1123 subdomain) and ConfigMap/Secret keys.
 DNSSubdomain = Annotated[
@@ -119,17 +131,28 @@ class EarlyStopping(ApiModel):
     """When GEPA stops before its budget is spent. The job then Succeeds with the best candidate found, and
     status.workerResult.reason says why it stopped."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
-        "rule": "has(self.goal) || has(self.patience)", "message": "set goal, patience or both",
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.goal) || has(self.patience)",
+                    "message": "set goal, patience or both",
+                }
+            ]
+        }
+    )
 
     goal: float | None = Field(
-        None, ge=0, le=1,
+        None,
+        ge=0,
+        le=1,
         description="Stop once the best candidate's aggregate validation score reaches this (reason GoalReached). "
         "The original prompts count: if they reach it, no iteration runs.",
     )
     patience: int | None = Field(
-        None, ge=1, le=10_000,
+        None,
+        ge=1,
+        le=10_000,
         description="Stop after this many iterations in a row without a candidate that scores better on validation "
         "(reason NoImprovement), counted from the start of each worker attempt.",
     )
@@ -145,7 +168,9 @@ class GepaSettings(ApiModel):
     """Settings of the GEPA optimizer (the `gepa` library's reflective evolutionary search)."""
 
     max_metric_calls: int | None = Field(
-        None, ge=1, le=100_000,
+        None,
+        ge=1,
+        le=100_000,
         description="Budget: the most (candidate, record) evaluations GEPA runs in all, across restarts; never "
         "exceeded. The first step scores the original prompts on every validation record; after it, an iteration "
         "starts only when the calls left cover its worst case (two minibatches of reflectionMinibatchSize records, "
@@ -161,10 +186,13 @@ class GepaSettings(ApiModel):
         "prompt and 15 validation records, 440, 765 and 1,140. Ignored when maxMetricCalls is set.",
     )
     early_stopping: EarlyStopping | None = Field(
-        None, description="Stop before the budget is spent: at a goal score, or after iterations without improvement.",
+        None,
+        description="Stop before the budget is spent: at a goal score, or after iterations without improvement.",
     )
     reflection_minibatch_size: int = Field(
-        3, ge=1, le=100,
+        3,
+        ge=1,
+        le=100,
         description="How many training records each reflection step looks at when it proposes a new prompt.",
     )
     candidate_selection: Literal["pareto", "current_best", "epsilon_greedy"] = Field(
@@ -188,12 +216,15 @@ class MetaPromptSettings(ApiModel):
     """Settings of the MetaPrompt optimizer (one reflection pass, zero-shot or few-shot)."""
 
     guidelines: str | None = Field(
-        None, max_length=10_000,
+        None,
+        max_length=10_000,
         description="Extra instructions for the reflection model, e.g. house style or constraints the prompt "
         "must respect.",
     )
     max_examples: int = Field(
-        20, ge=1, le=200,
+        20,
+        ge=1,
+        le=200,
         description="Few-shot mode: how many evaluated records (worst first) are shown to the reflection model.",
     )
 
@@ -237,7 +268,8 @@ class OptimizerSpec(ApiModel):
         description="The litellm model id that proposes new prompts, e.g. openai/gpt-4.1."
     )
     reflection_api_base: str | None = Field(
-        None, max_length=2048,
+        None,
+        max_length=2048,
         description="Base URL of an OpenAI-compatible endpoint for the reflection model. Defaults to task.apiBase.",
     )
     reflection_pricing: Pricing | None = Field(
@@ -353,10 +385,19 @@ _TRAINING_LEFT = "testFraction and validationFraction must leave records to trai
 class DatasetSpec(ApiModel):
     """The records the prompts are evaluated on."""
 
-    model_config = exactly_one_of("records", "configMapKeyRef", "mlflowDatasetId", more_rules=({
-        "rule": "!has(self.testFraction) || (has(self.validationFraction) ? self.validationFraction : 0.0) "
+    model_config = exactly_one_of(
+        "records",
+        "configMapKeyRef",
+        "mlflowDatasetId",
+        more_rules=(
+            {
+                "rule": "!has(self.testFraction) || (has(self.validationFraction) ? self.validationFraction : 0.0) "
                 "+ self.testFraction < 1.0",
-        "message": _TRAINING_LEFT, "fieldPath": ".testFraction"},))
+                "message": _TRAINING_LEFT,
+                "fieldPath": ".testFraction",
+            },
+        ),
+    )
 
     records: list[Record] | None = Field(None, min_length=1, max_length=5000, description="The records, inline.")
     config_map_key_ref: DatasetConfigMapKeyRef | None = Field(
@@ -369,12 +410,16 @@ class DatasetSpec(ApiModel):
         "worker Pod refuses records that changed since the job started.",
     )
     validation_fraction: float | None = Field(
-        None, gt=0, lt=1,
+        None,
+        gt=0,
+        lt=1,
         description="Hold out this fraction of the records (at least one) for validation: GEPA selects "
         "candidates on it and the reported scores come from it. By default all records are used for both.",
     )
     test_fraction: float | None = Field(
-        None, gt=0, lt=1,
+        None,
+        gt=0,
+        lt=1,
         description="Hold out this fraction of the records (at least one) as a test set, before the validation split: "
         "the optimizer never sees them, and at the end the original and the optimized prompts are scored on them "
         "(initialScores.test, finalScores.test): an estimate of how the prompts do on new records, which the "
@@ -434,15 +479,20 @@ class TaskSpec(ApiModel):
     """The program under optimization: the prompts, rendered with a record's inputs, sent to a model; or your own
     program (a RAG pipeline, an agent) behind an HTTP endpoint that is sent the prompts and a record's inputs."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        {"rule": "has(self.model) != has(self.http)", "message": "set exactly one of model or http"},
-        {
-            "rule": "!has(self.http) || !(has(self.temperature) || has(self.maxTokens) || has(self.topP) || "
-            "has(self.parameters))",
-            "message": "temperature, maxTokens, topP and parameters are sent to a model; an http task takes none",
-            "fieldPath": ".http",
-        },
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.model) != has(self.http)", "message": "set exactly one of model or http"},
+                {
+                    "rule": "!has(self.http) || !(has(self.temperature) || has(self.maxTokens) || has(self.topP) || "
+                    "has(self.parameters))",
+                    "message": "temperature, maxTokens, topP and parameters are sent to a model; an http task takes "
+                    "none",
+                    "fieldPath": ".http",
+                },
+            ]
+        }
+    )
 
     model: ModelId | None = Field(
         None, description="The litellm model id that runs the prompts, e.g. openai/gpt-4.1-mini."
@@ -453,7 +503,8 @@ class TaskSpec(ApiModel):
         "prompts and the record's inputs, and answers the output that the scorers score.",
     )
     api_base: str | None = Field(
-        None, max_length=2048,
+        None,
+        max_length=2048,
         description="Base URL of an OpenAI-compatible endpoint (vLLM, a proxy, ...). Also the default for "
         "the reflection model and the judges.",
     )
@@ -469,17 +520,23 @@ class TaskSpec(ApiModel):
         4, ge=0, le=20, description="Retries of a transient LLM error (429, 5xx, timeout), with backoff."
     )
     pricing: Pricing | None = Field(
-        None, description="Price of the task model when litellm does not know it; for an http task, the price of the "
+        None,
+        description="Price of the task model when litellm does not know it; for an http task, the price of the "
         "tokens its answers report in usage.",
     )
 
     @model_validator(mode="after")
     def _one_program(self) -> TaskSpec:
         require_exactly_one(self, "model", "http")
-        if self.http is not None and (self.temperature is not None or self.max_tokens is not None
-                                      or self.top_p is not None or "parameters" in self.model_fields_set):
-            raise FieldError("http", "temperature, maxTokens, topP and parameters are sent to a model; an http task "
-                             "takes none")
+        if self.http is not None and (
+            self.temperature is not None
+            or self.max_tokens is not None
+            or self.top_p is not None
+            or "parameters" in self.model_fields_set
+        ):
+            raise FieldError(
+                "http", "temperature, maxTokens, topP and parameters are sent to a model; an http task takes none"
+            )
         return self
 
 
@@ -488,15 +545,18 @@ class ScorerParams(ApiModel):
 
     case_sensitive: bool = Field(False, description="ExactMatch, Contains: compare with case.")
     pattern: str | None = Field(
-        None, max_length=10_000,
+        None,
+        max_length=10_000,
         description="Regex: a Python regular expression the output must match (re.search).",
     )
     guidelines: list[str] | None = Field(
-        None, max_length=50,
+        None,
+        max_length=50,
         description="Guidelines: what a good response must do; each record's expectations.guidelines adds to it.",
     )
     instructions: str | None = Field(
-        None, max_length=20_000,
+        None,
+        max_length=20_000,
         description="Judge: what the judge model is asked, as a template over {{ inputs }} (the record's inputs, "
         "JSON), {{ outputs }} (the program's output) and {{ expectations }} (the record's expectations, JSON), as "
         "MLflow's make_judge writes it; it must use at least one of them, and no other variable. The judge answers "
@@ -568,27 +628,32 @@ class ScorerSpec(ApiModel):
         "Registered (a judge registered in MLflow, named in registered)."
     )
     label: PromptName | None = Field(
-        None, description="The key of this scorer's scores in status and in spec.aggregation (defaults to name, or "
-        "for a Registered scorer to registered.name); unique in the job."
+        None,
+        description="The key of this scorer's scores in status and in spec.aggregation (defaults to name, or "
+        "for a Registered scorer to registered.name); unique in the job.",
     )
     weight: float = Field(1.0, gt=0, description="Weight of this scorer in the aggregate (weighted mean).")
     model: ModelId | None = Field(
-        None, description="LLM judges only: the litellm model id of the judge. A Registered scorer takes the model "
+        None,
+        description="LLM judges only: the litellm model id of the judge. A Registered scorer takes the model "
         "it was registered with (openai:/gpt-4.1-mini is openai/gpt-4.1-mini), unless this is set.",
     )
     api_base: str | None = Field(
         None, max_length=2048, description="LLM judges: base URL of the judge's endpoint. Defaults to task.apiBase."
     )
     pricing: Pricing | None = Field(
-        None, description="LLM judges: price of the judge model when litellm does not know it.",
+        None,
+        description="LLM judges: price of the judge model when litellm does not know it.",
     )
     http: HttpService | None = Field(
-        None, description="Webhook only: the service POSTed the record's inputs and expectations and the output; it "
+        None,
+        description="Webhook only: the service POSTed the record's inputs and expectations and the output; it "
         "answers a score and a rationale that GEPA's reflection reads as feedback.",
     )
     params: ScorerParams | None = Field(None, description="Parameters of the scorer.")
     registered: RegisteredScorer | None = Field(
-        None, description="Registered only: the judge registered in spec.mlflow.experiment that scores the outputs.",
+        None,
+        description="Registered only: the judge registered in spec.mlflow.experiment that scores the outputs.",
     )
 
     @property
@@ -622,12 +687,16 @@ def _check_judge_instructions(instructions: str | None) -> None:
     first half only: Kubernetes' regular expressions cannot say 'no other name')."""
     used = template_variables(instructions or "")
     if not used & set(JUDGE_VARIABLES):
-        raise ValueError("the Judge scorer needs params.instructions using {{ inputs }}, {{ outputs }} or "
-                         "{{ expectations }}")
+        raise ValueError(
+            "the Judge scorer needs params.instructions using {{ inputs }}, {{ outputs }} or {{ expectations }}"
+        )
     if unknown := sorted(used - set(JUDGE_VARIABLES)):
         named = ", ".join("{{ " + name + " }}" for name in unknown)
-        raise FieldError("params.instructions", f"params.instructions uses {named}: a judge's instructions may use "
-                         "only {{ inputs }}, {{ outputs }} and {{ expectations }}")
+        raise FieldError(
+            "params.instructions",
+            f"params.instructions uses {named}: a judge's instructions may use "
+            "only {{ inputs }}, {{ outputs }} and {{ expectations }}",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,12 +728,16 @@ class ExampleFailurePolicy(ApiModel):
     mean (initialScores and finalScores leave it out and count it in failedExamples)."""
 
     judge_retries: int = Field(
-        DEFAULT_JUDGE_RETRIES, ge=0, le=5,
+        DEFAULT_JUDGE_RETRIES,
+        ge=0,
+        le=5,
         description="How many more times a judge is asked when its answer is no usable verdict (each a fresh call "
         "that shows the judge its answer and the format); then the record counts as failed.",
     )
     max_failed_fraction: float = Field(
-        0.1, ge=0, le=1,
+        0.1,
+        ge=0,
+        le=1,
         description="The run stops (workerResult.reason TooManyFailedExamples, the job fails) once more "
         "evaluations have failed than this fraction of the run's budget: optimizer.gepa.maxMetricCalls for GEPA, "
         "the evaluations of its one pass for MetaPrompt (progress.maxMetricCalls). 0 stops at the first failed "
@@ -676,7 +749,8 @@ class BudgetSpec(ApiModel):
     """Cost control."""
 
     max_cost_usd: float = Field(
-        gt=0, alias="maxCostUSD",
+        gt=0,
+        alias="maxCostUSD",
         description="Stop when the LLM calls have cost this many US dollars; the best prompt so far is kept.",
     )
 
@@ -731,7 +805,8 @@ class ResourceRequirements(ApiModel):
     """Compute resources of the worker container, as in a Pod spec."""
 
     requests: dict[str, Quantity] | None = Field(
-        None, description="Minimum resources, e.g. {cpu: 500m, memory: 512Mi}.",
+        None,
+        description="Minimum resources, e.g. {cpu: 500m, memory: 512Mi}.",
     )
     limits: dict[str, Quantity] | None = Field(None, description="Maximum resources, e.g. {memory: 1Gi}.")
 
@@ -752,7 +827,9 @@ class WorkerSpec(ApiModel):
     """Overrides of the worker Pod the operator creates."""
 
     image: str | None = Field(
-        None, max_length=1024, description="The worker image; defaults to the operator's setting.",
+        None,
+        max_length=1024,
+        description="The worker image; defaults to the operator's setting.",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(None, description="Image pull policy.")
     resources: ResourceRequirements | None = Field(None, description="Container resources; defaults to the operator's.")
@@ -788,7 +865,8 @@ class PromptRegistration(ApiModel):
     and its initial and final aggregate scores."""
 
     alias: Annotated[str, StringConstraints(max_length=256, pattern=r"^[A-Za-z][\w-]*$")] | None = Field(
-        None, description="Also point this alias (for example candidate) at each new version.",
+        None,
+        description="Also point this alias (for example candidate) at each new version.",
     )
 
 
@@ -833,17 +911,20 @@ class OutputSpec(ApiModel):
 
 _REGISTRY_NEEDS_MLFLOW = "prompts from or to MLflow's registry (registryUri, registerAs) need spec.mlflow"
 _DATASET_NEEDS_MLFLOW = "a dataset from MLflow (dataset.mlflowDatasetId) needs spec.mlflow"
-_REGISTERED_NEEDS_EXPERIMENT = "a Registered scorer is read from spec.mlflow.experiment: set it to the experiment "\
-    "the scorer is registered in"
+_REGISTERED_NEEDS_EXPERIMENT = (
+    "a Registered scorer is read from spec.mlflow.experiment: set it to the experiment the scorer is registered in"
+)
 _AGGREGATION_NEEDS_SCORERS = "spec.aggregation combines the scorers' scores: it needs spec.scorers"
-_UNIQUE_SCORER_KEYS = "scorer keys (label, or name when no label: registered.name for a Registered scorer) must be "\
-    "unique"
+_UNIQUE_SCORER_KEYS = (
+    "scorer keys (label, or name when no label: registered.name for a Registered scorer) must be unique"
+)
 
 
 def _cel_scorer_key(scorer: str) -> str:
     """ScorerSpec.key in CEL."""
-    return (f"(has({scorer}.label) ? {scorer}.label : has({scorer}.registered) ? {scorer}.registered.name : "
-            f"{scorer}.name)")
+    return (
+        f"(has({scorer}.label) ? {scorer}.label : has({scorer}.registered) ? {scorer}.registered.name : {scorer}.name)"
+    )
 
 
 # Spec fields whose change applies to a running job; a change to any other field does not (see status.specHash).
@@ -912,7 +993,7 @@ class PromptOptimizationJobSpec(ApiModel):
     aggregation: Annotated[str, StringConstraints(min_length=1, max_length=AGGREGATION_MAX_LENGTH)] | None = Field(
         None,
         description="A record's aggregate score from its scorers' scores, as a CEL expression over scores.<key> (a "
-        "scorer's label, else its name; scores[\"<key>\"] for a key with a dash), each in [0, 1]; it must give a "
+        'scorer\'s label, else its name; scores["<key>"] for a key with a dash), each in [0, 1]; it must give a '
         "number in [0, 1]. Besides CEL's operators, min and max take two or more numbers or one list, e.g. "
         "'min(scores.correctness, scores.safety)' or 'scores.safety < 0.5 ? 0.0 : scores.correctness'. Every "
         "score the job reports (candidates, initial, final and test scores) is the mean of it over the records. "
@@ -924,8 +1005,9 @@ class PromptOptimizationJobSpec(ApiModel):
         None, description="What records that cannot be scored (unusable judge answers) do to the run."
     )
     cancel: bool = Field(
-        False, description="Set to true to stop the job: its Pod is stopped, the best result so far is kept, "
-        "and the job ends Cancelled."
+        False,
+        description="Set to true to stop the job: its Pod is stopped, the best result so far is kept, "
+        "and the job ends Cancelled.",
     )
     backoff_limit: int = Field(2, ge=0, le=100, description="How many times a failed worker Pod is replaced.")
     active_deadline_seconds: int | None = Field(
@@ -937,7 +1019,8 @@ class PromptOptimizationJobSpec(ApiModel):
     worker: WorkerSpec | None = Field(None, description="Overrides of the worker Pod.")
     output: OutputSpec | None = Field(None, description="Where the optimized prompts are delivered when the job ends.")
     mlflow: MlflowSpec | None = Field(
-        None, description="MLflow's Prompt Registry: prompts to start from (prompts[].registryUri) and to register.",
+        None,
+        description="MLflow's Prompt Registry: prompts to start from (prompts[].registryUri) and to register.",
     )
 
     @model_validator(mode="after")
@@ -994,9 +1077,11 @@ def _require_unique(field: str, what: str, names: list[str]) -> None:
 class Condition(StatusObject):
     """A condition in the Kubernetes shape."""
 
-    type: str = Field(description="The condition type: Ready, Reconciling and Stalled (kstatus, read by Flux and Argo "
-                      "CD); Complete or Failed once the job ends (as a batch/v1 Job's, for kubectl wait); "
-                      "SpecApplied, OutputWritten, PromptsRegistered.")
+    type: str = Field(
+        description="The condition type: Ready, Reconciling and Stalled (kstatus, read by Flux and Argo "
+        "CD); Complete or Failed once the job ends (as a batch/v1 Job's, for kubectl wait); "
+        "SpecApplied, OutputWritten, PromptsRegistered."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     observed_generation: int | None = Field(None, description="The spec generation the condition was set from.")
     last_transition_time: str | None = Field(None, description="When the status last changed (RFC 3339).")
@@ -1021,11 +1106,13 @@ class Scores(StatusObject):
     )
     scorers: dict[str, float] | None = Field(None, description="Mean score per scorer key.")
     failed_examples: int | None = Field(
-        None, description="Validation records that could not be scored for these prompts (see "
+        None,
+        description="Validation records that could not be scored for these prompts (see "
         "spec.exampleFailurePolicy); the means leave them out.",
     )
     test: HeldOutScores | None = Field(
-        None, description="The same prompts on the held-out test records, which the optimizer never saw "
+        None,
+        description="The same prompts on the held-out test records, which the optimizer never saw "
         "(spec.dataset.testFraction); set at the end of a run that succeeded.",
     )
 
@@ -1038,11 +1125,13 @@ class Progress(StatusObject):
         None, description="The evaluation budget (never exceeded). MetaPrompt: the evaluations its pass makes."
     )
     percent: int | None = Field(
-        None, description="metricCalls / maxMetricCalls, in percent; GEPA may finish below 100 when the calls left "
+        None,
+        description="metricCalls / maxMetricCalls, in percent; GEPA may finish below 100 when the calls left "
         "could not cover another iteration.",
     )
     cached_evaluations: int | None = Field(
-        None, description="Of metricCalls, the evaluations the job's cache answered without an LLM call (the same "
+        None,
+        description="Of metricCalls, the evaluations the job's cache answered without an LLM call (the same "
         "prompts on the same record again, as GEPA evaluates a parent once more).",
     )
     iteration: int | None = Field(None, description="The optimizer's current iteration.")
@@ -1051,11 +1140,13 @@ class Progress(StatusObject):
         None, description="Proposals rejected because they lost or invented a template variable."
     )
     best_score: float | None = Field(
-        None, description="The best aggregate validation score so far, as the optimizer ranks candidates (GEPA "
-        "counts a failed record as 0 here)."
+        None,
+        description="The best aggregate validation score so far, as the optimizer ranks candidates (GEPA "
+        "counts a failed record as 0 here).",
     )
     failed_examples: int | None = Field(
-        None, description="Evaluations (metric calls) whose record could not be scored, e.g. a judge answer that "
+        None,
+        description="Evaluations (metric calls) whose record could not be scored, e.g. a judge answer that "
         "stayed unusable after spec.exampleFailurePolicy.judgeRetries; past its maxFailedFraction the run stops.",
     )
 
@@ -1068,7 +1159,8 @@ class Cost(StatusObject):
     usd: float | None = Field(None, description="US dollars, for models whose price is known.")
     llm_calls: int | None = Field(None, description="LLM calls made, and calls of the job's HTTP services.")
     retries: int | None = Field(
-        None, description="Transient LLM errors (429, 5xx, timeouts, lost connections) retried with backoff "
+        None,
+        description="Transient LLM errors (429, 5xx, timeouts, lost connections) retried with backoff "
         "(task.maxRetries per call). Many retries mean the provider struggled: lower task.concurrency.",
     )
 
@@ -1080,16 +1172,19 @@ class CandidateReport(StatusObject):
     """One candidate the optimizer scored on the validation records."""
 
     id: int = Field(
-        ge=0, description="The candidate's number: 0 is the original prompts, the others in the order found.",
+        ge=0,
+        description="The candidate's number: 0 is the original prompts, the others in the order found.",
     )
     parents: list[int] = Field(
-        default_factory=list, description="The candidates it was derived from (two for a merge); empty for 0.",
+        default_factory=list,
+        description="The candidates it was derived from (two for a merge); empty for 0.",
     )
     score: float = Field(description="Aggregate validation score.")
     scorers: dict[str, float] | None = Field(None, description="Validation score per scorer.")
     found_at_metric_calls: int | None = Field(None, description="Metric calls spent when it was found.")
     prompts: dict[str, str] | None = Field(
-        None, description="Its prompt texts by name: in the result file of promptopt run only (status keeps the best "
+        None,
+        description="Its prompt texts by name: in the result file of promptopt run only (status keeps the best "
         "in optimizedPrompts).",
     )
 
@@ -1107,8 +1202,17 @@ class OptimizedPrompt(StatusObject):
 
 
 WorkerOutcome = Literal[
-    "Completed", "GoalReached", "NoImprovement", "PerfectScore", "BudgetExhausted", "DeadlineReached", "Cancelled",
-    "InvalidInput", "LLMError", "TooManyFailedExamples", "Error",
+    "Completed",
+    "GoalReached",
+    "NoImprovement",
+    "PerfectScore",
+    "BudgetExhausted",
+    "DeadlineReached",
+    "Cancelled",
+    "InvalidInput",
+    "LLMError",
+    "TooManyFailedExamples",
+    "Error",
 ]
 
 
@@ -1148,20 +1252,25 @@ class MlflowStatus(StatusObject):
     """The job's prompts in MLflow's Prompt Registry (MLflow's source_prompt_uri and optimized_prompt_uri)."""
 
     source_prompts: dict[str, str] | None = Field(
-        None, description="Prompt name → the registry version it was read from (prompts:/<name>/<version>).",
+        None,
+        description="Prompt name → the registry version it was read from (prompts:/<name>/<version>).",
     )
     optimized_prompts: dict[str, str] | None = Field(
-        None, description="Prompt name → the registry version its optimized template was registered as.",
+        None,
+        description="Prompt name → the registry version its optimized template was registered as.",
     )
     registration_error: str | None = Field(
-        None, description="Why registering the optimized prompts failed (the prompts stay in optimizedPrompts).",
+        None,
+        description="Why registering the optimized prompts failed (the prompts stay in optimizedPrompts).",
     )
     dataset_digest: str | None = Field(
-        None, description="The first 16 hex digits of the SHA-256 of the MLflow evaluation dataset's records as the "
+        None,
+        description="The first 16 hex digits of the SHA-256 of the MLflow evaluation dataset's records as the "
         "job's first worker read them (dataset.mlflowDatasetId).",
     )
     mlflow_dataset_digest: str | None = Field(
-        None, description="MLflow's own digest of that evaluation dataset, as the run's dataset input and MLflow's "
+        None,
+        description="MLflow's own digest of that evaluation dataset, as the run's dataset input and MLflow's "
         "dataset page show it (it changes with every change of its records).",
     )
     run_id: str | None = Field(None, description="The job's MLflow run (spec.mlflow.experiment).")
@@ -1195,7 +1304,8 @@ class WorkerStatus(StatusObject):
     final_scores: Scores | None = Field(None, description="Scores of the optimized prompts.")
     optimized_prompts: list[OptimizedPrompt] | None = Field(None, description="The best prompts found.")
     candidates: list[CandidateReport] | None = Field(
-        None, description=f"The best {STATUS_CANDIDATES} candidates by validation score, best first, with their "
+        None,
+        description=f"The best {STATUS_CANDIDATES} candidates by validation score, best first, with their "
         "lineage; the result file of promptopt run keeps every one, with its prompts.",
     )
     cost: Cost | None = Field(None, description="Tokens and US dollars spent.")
@@ -1203,7 +1313,8 @@ class WorkerStatus(StatusObject):
     worker_result: WorkerResult | None = Field(None, description="How the worker's last run ended.")
     mlflow: MlflowStatus | None = Field(None, description="The job's prompts in MLflow's Prompt Registry.")
     config_map_inputs: list[ConfigMapInput] | None = Field(
-        None, description="The ConfigMap keys the job's first worker read its prompts and dataset from, with a digest "
+        None,
+        description="The ConfigMap keys the job's first worker read its prompts and dataset from, with a digest "
         "of each text. A job runs the inputs it started with (as status.specHash holds it to its spec): a later "
         "worker Pod whose keys read differently ends with InvalidInput, naming the field, the ConfigMap and the "
         "key. Restore the text, or create a new job to run the new one.",
@@ -1216,7 +1327,8 @@ class OutputStatus(StatusObject):
     config_map: str | None = Field(None, description="The ConfigMap written.")
     written_time: str | None = Field(None, description="When it was written (RFC 3339).")
     best_so_far: bool | None = Field(
-        None, description="True when the job was cancelled and the prompts are the best found until then.",
+        None,
+        description="True when the job was cancelled and the prompts are the best found until then.",
     )
 
 
@@ -1234,19 +1346,22 @@ class PromptOptimizationJobStatus(WorkerStatus):
     message: str | None = Field(None, description="A human-readable summary of the job's state.")
     pod_name: str | None = Field(None, description="The current worker Pod.")
     spec_hash: str | None = Field(
-        None, description="Fingerprint of the spec the job started with; later changes (but cancel and "
+        None,
+        description="Fingerprint of the spec the job started with; later changes (but cancel and "
         "ttlSecondsAfterFinished) are not applied, and the SpecApplied condition says so.",
     )
     attempts: int | None = Field(None, description="Worker Pods started so far.")
     last_failure: AttemptFailure | None = Field(None, description="The latest failed attempt.")
     queue_position: int | None = Field(
-        None, description="Place in the operator's queue while Queued (1 = next): exact for the first 50 in line, "
+        None,
+        description="Place in the operator's queue while Queued (1 = next): exact for the first 50 in line, "
         "within 10% further back (refreshed every 30 s).",
     )
     start_time: str | None = Field(None, description="When the job started running (RFC 3339).")
     completion_time: str | None = Field(None, description="When the job finished (RFC 3339).")
     duration: str | None = Field(
-        None, description="How long the job ran, from startTime to completionTime, as kubectl prints durations "
+        None,
+        description="How long the job ran, from startTime to completionTime, as kubectl prints durations "
         "(2m13s); set when it ends.",
     )
     output: OutputStatus | None = Field(None, description="Where the optimized prompts were delivered (spec.output).")
@@ -1316,6 +1431,8 @@ def unfilled_variables(templates: Mapping[str, str], inputs: Mapping[int, Mappin
         for variable in sorted(template_variables(text)):
             lacking = [index for index, record in inputs.items() if variable not in record]
             if lacking:
-                problems.append(f"prompt {prompt!r} uses {{{{{variable}}}}}, but {name_records(lacking)} "
-                                f"{'has' if len(lacking) == 1 else 'have'} no input {variable!r}")
+                problems.append(
+                    f"prompt {prompt!r} uses {{{{{variable}}}}}, but {name_records(lacking)} "
+                    f"{'has' if len(lacking) == 1 else 'have'} no input {variable!r}"
+                )
     return problems

@@ -1,4 +1,5 @@
 """Parse jobs with the API models and turn pydantic's errors into messages that name the field."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

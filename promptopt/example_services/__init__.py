@@ -17,6 +17,7 @@ in the product, like the simulated LLM, so that examples/http-rag.yaml can run t
 (``python -m promptopt.example_services rag|scorer --host 0.0.0.0 --port 8080``); they import only the standard
 library and the contract (and pydantic, which it is written in).
 """
+
 from __future__ import annotations
 
 import collections
@@ -29,7 +30,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from promptopt.service_contract import (
-    ContractError, ProgramAnswer, ProgramRequest, ScoreAnswer, ScoreRequest, ServiceUsage,
+    ContractError,
+    ProgramAnswer,
+    ProgramRequest,
+    ScoreAnswer,
+    ScoreRequest,
+    ServiceUsage,
 )
 from promptopt.simulated_llm import world
 
@@ -57,8 +63,10 @@ QUESTIONS = (
 )
 NOT_FOUND = "I could not find that in the documentation."
 _WORD = re.compile(r"[a-z0-9]+")
-_STOP_WORDS = frozenset("a an and the of to is in on for its it with which what how many does do you x2 aurora "
-                        "one only not from this that be by as at or".split())
+_STOP_WORDS = frozenset(
+    "a an and the of to is in on for its it with which what how many does do you x2 aurora "
+    "one only not from this that be by as at or".split()
+)
 
 
 def _content_words(text: str) -> set[str]:
@@ -68,8 +76,10 @@ def _content_words(text: str) -> set[str]:
 def retrieve(query: str) -> tuple[str, str, str] | None:
     """The corpus page sharing the most content words with `query` (None when none shares any)."""
     words = _content_words(query)
-    overlap, page = max(((len(words & _content_words(text)), (title, text, answer))
-                         for title, text, answer in CORPUS), key=lambda scored: scored[0])
+    overlap, page = max(
+        ((len(words & _content_words(text)), (title, text, answer)) for title, text, answer in CORPUS),
+        key=lambda scored: scored[0],
+    )
     return page if overlap else None
 
 
@@ -102,11 +112,13 @@ def webhook_score(request: ScoreRequest) -> ScoreAnswer:
     if output == expected.strip():
         return ScoreAnswer(score=1.0, rationale=f"the output is exactly the expected answer {expected!r}")
     if f" {expected.strip().lower()} " in f" {world.normalize(output)} ":
-        return ScoreAnswer(score=0.5,
-                           rationale=f"the output contains the expected answer {expected!r} but is not exactly it: "
-                           f"{output[:120]!r}")
-    return ScoreAnswer(score=0.0,
-                       rationale=f"the output {output[:120]!r} does not give the expected answer {expected!r}")
+        return ScoreAnswer(
+            score=0.5,
+            rationale=f"the output contains the expected answer {expected!r} but is not exactly it: {output[:120]!r}",
+        )
+    return ScoreAnswer(
+        score=0.0, rationale=f"the output {output[:120]!r} does not give the expected answer {expected!r}"
+    )
 
 
 class JsonService:
@@ -115,8 +127,16 @@ class JsonService:
     before each answer, `inject` error answers, and what it served (`counts`, `received`, `most_in_flight`).
     Thread-safe; a context manager. Port 0 picks a free port."""
 
-    def __init__(self, path: str, handle: Callable[[Any], Mapping[str, Any]], *, host: str = "127.0.0.1",
-                 port: int = 0, required_headers: Mapping[str, str] | None = None, latency_s: float = 0.0):
+    def __init__(
+        self,
+        path: str,
+        handle: Callable[[Any], Mapping[str, Any]],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        required_headers: Mapping[str, str] | None = None,
+        latency_s: float = 0.0,
+    ):
         self.path, self.host, self.port = path, host, port
         self._handle = handle
         self.required_headers = dict(required_headers or {})
@@ -167,8 +187,12 @@ class JsonService:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - stdlib name
-                self._send(200 if self.path == "/health" else 404, {"status": "ok"} if self.path == "/health" else {
-                    "error": f"no such path {self.path}; POST {service.path}"})
+                self._send(
+                    200 if self.path == "/health" else 404,
+                    {"status": "ok"}
+                    if self.path == "/health"
+                    else {"error": f"no such path {self.path}; POST {service.path}"},
+                )
 
             def do_POST(self) -> None:  # noqa: N802 - stdlib name
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -217,8 +241,9 @@ class JsonService:
 
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
-                         name=f"service{self.path}").start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name=f"service{self.path}"
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -248,5 +273,14 @@ def webhook_scorer(**options: Any) -> JsonService:
     return JsonService("/score", lambda body: webhook_score(ScoreRequest.from_json(body)).to_json(), **options)
 
 
-__all__ = ["CORPUS", "NOT_FOUND", "QUESTIONS", "JsonService", "rag_answer", "retrieve", "toy_rag",
-           "webhook_score", "webhook_scorer"]
+__all__ = [
+    "CORPUS",
+    "NOT_FOUND",
+    "QUESTIONS",
+    "JsonService",
+    "rag_answer",
+    "retrieve",
+    "toy_rag",
+    "webhook_score",
+    "webhook_scorer",
+]

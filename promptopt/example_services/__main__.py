@@ -1,5 +1,6 @@
 """``python -m promptopt.example_services rag|scorer``: one example service in the foreground; its URL is the first
 line of stdout, and it serves until interrupted."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service", choices=sorted(SERVICES))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    parser.add_argument("--require-header", metavar="NAME", action="append", default=[],
-                        help="refuse requests (401) whose header NAME differs from the environment variable "
-                        "EXAMPLE_SERVICE_<NAME, upper case, - as _> (repeatable)")
+    parser.add_argument(
+        "--require-header",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="refuse requests (401) whose header NAME differs from the environment variable "
+        "EXAMPLE_SERVICE_<NAME, upper case, - as _> (repeatable)",
+    )
     args = parser.parse_args(argv)
     required = {}
     for name in args.require_header:

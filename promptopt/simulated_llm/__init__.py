@@ -26,6 +26,7 @@ One concern per module:
 - ``server``: the HTTP server (``SimulatedLLM``), with fault injection, latency and counters;
 - ``__main__``: the command line.
 """
+
 from promptopt.simulated_llm.datasets import sentiment_dataset
 from promptopt.simulated_llm.models import (
     JUDGE_MODEL,

@@ -1,5 +1,6 @@
 """``python -m promptopt.simulated_llm``: the simulated LLM in the foreground; its base URL is the first line of
 stdout, and it serves until interrupted."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
 
     serve_until_interrupted(llm.stop, announce)
     return 0
-
 
 
 if __name__ == "__main__":

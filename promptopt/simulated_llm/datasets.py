@@ -1,4 +1,5 @@
 """The sample data of the simulated world: MLflow-format records whose truth is the world's own."""
+
 from __future__ import annotations
 
 import random
@@ -66,4 +67,3 @@ def sentiment_dataset(n: int = 20, seed: int = 0, sarcasm_ratio: float = 0.25) -
         seen.add(review)
         records.append({"inputs": {"review": review}, "expectations": {"expected_response": expected}})
     return records
-

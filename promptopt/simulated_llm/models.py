@@ -32,6 +32,7 @@ way, or refuses with a 400.
     Like ``sim-reflect``, but every proposed template loses its first ``{{placeholder}}`` / gains a final line
     ``Context: {{made_up}}``.
 """
+
 from __future__ import annotations
 
 import json
@@ -138,8 +139,10 @@ def _metaprompt_answer(model: str, system: str | None, user: str) -> str:
         else:
             rules = [RULE_SINGLE_WORD] if world.missing(RULE_SINGLE_WORD, template) else []
         for rule in guideline_rules:
-            if rule not in rules and world.missing(rule, template) and not (
-                rule in (RULE_SINGLE_WORD, RULE_LOWERCASE) and RULE_ONE_LOWERCASE_WORD in rules
+            if (
+                rule not in rules
+                and world.missing(rule, template)
+                and not (rule in (RULE_SINGLE_WORD, RULE_LOWERCASE) and RULE_ONE_LOWERCASE_WORD in rules)
             ):
                 rules.append(rule)
         for rule in rules:
@@ -162,14 +165,21 @@ def _judge_answer(user: str) -> str:
         custom = requests.parse_custom_judge_request(user)
         expected = (custom.expectations or {}).get("expected_response")
         asks_correctness = expected is not None and _ASKS_CORRECTNESS.search(custom.instructions) is not None
-        return _verdict(custom.outputs or "", str(expected) if asks_correctness else None, [custom.instructions],
-                        unrecognized="No criterion recognized in the instructions; passing by default.")
+        return _verdict(
+            custom.outputs or "",
+            str(expected) if asks_correctness else None,
+            [custom.instructions],
+            unrecognized="No criterion recognized in the instructions; passing by default.",
+        )
     request = requests.parse_judge_request(user)
     if request.question in _FAILURE_CHECKS:
         what, check = _FAILURE_CHECKS[request.question]
         failure = check(request.response)
-        return json.dumps({"result": "no", "rationale": failure} if failure else
-                          {"result": "yes", "rationale": f"Yes: the response {what}."})
+        return json.dumps(
+            {"result": "no", "rationale": failure}
+            if failure
+            else {"result": "yes", "rationale": f"Yes: the response {what}."}
+        )
     return _verdict(request.response, request.expected_response, request.guidelines)
 
 
@@ -184,8 +194,12 @@ _FAILURE_CHECKS = {
 _ASKS_CORRECTNESS = re.compile(r"\b(expected|correct)", re.I)
 
 
-def _verdict(response: str, expected: str | None, guidelines: Sequence[str] | None,
-             unrecognized: str = "No recognized guideline applies; passing by default.") -> str:
+def _verdict(
+    response: str,
+    expected: str | None,
+    guidelines: Sequence[str] | None,
+    unrecognized: str = "No recognized guideline applies; passing by default.",
+) -> str:
     """The judge's answer: the response must state `expected` (when given) and pass every check the guidelines
     (or a Judge's instructions) ask for."""
     failures: list[str] = []

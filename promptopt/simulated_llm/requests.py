@@ -8,6 +8,7 @@ of one side that the other does not follow fails there.
 gepa's reflection prompt is gepa's to render: the parsing below reads its instruction-proposal template (the current
 instruction in a ``` block, then the records as markdown in another), as that test pins it to the installed gepa.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,10 @@ class CustomJudgeRequest:
 
 
 def is_custom_judge_request(user_message: str) -> bool:
-    return "<response>" not in user_message and re.search(r"^<(inputs|outputs|expectations)>$", user_message,
-                                                          re.M) is not None
+    return (
+        "<response>" not in user_message
+        and re.search(r"^<(inputs|outputs|expectations)>$", user_message, re.M) is not None
+    )
 
 
 def parse_custom_judge_request(user_message: str) -> CustomJudgeRequest:
@@ -123,8 +126,10 @@ def is_metaprompt_request(text: str) -> bool:
 def parse_metaprompt_request(system: str | None, user: str) -> MetaPromptRequest:
     """The MetaPromptRequest of a conversation with this system message and user message."""
     if system != METAPROMPT_SYSTEM_MESSAGE:
-        raise ContractError("metaprompt contract: the system message must be METAPROMPT_SYSTEM_MESSAGE "
-                            f"({METAPROMPT_SYSTEM_MESSAGE[:40]!r}...)")
+        raise ContractError(
+            "metaprompt contract: the system message must be METAPROMPT_SYSTEM_MESSAGE "
+            f"({METAPROMPT_SYSTEM_MESSAGE[:40]!r}...)"
+        )
     sections = _sections(user, 3)
     if CURRENT_PROMPTS not in sections:
         raise ContractError(f"metaprompt contract: the user message needs a '### {CURRENT_PROMPTS}' section")
@@ -241,8 +246,10 @@ def parse_reflection_request(text: str) -> ReflectionRequest:
             scores = {MLFLOW_SCORE: float(sections[MLFLOW_SCORE])} if MLFLOW_SCORE in sections else {}
             inputs = _sections(sections.get(MLFLOW_INPUTS, ""), 3)
         else:
-            raise ContractError(f"gepa reflection request: an example without '## {GENERATED_OUTPUTS}' "
-                                f"(ours) or '## {MLFLOW_OUTPUTS}' (MLflow's)")
+            raise ContractError(
+                f"gepa reflection request: an example without '## {GENERATED_OUTPUTS}' "
+                f"(ours) or '## {MLFLOW_OUTPUTS}' (MLflow's)"
+            )
         output = sections.get(GENERATED_OUTPUTS, sections.get(MLFLOW_OUTPUTS, ""))
         examples.append(ReflectionExample(inputs=inputs, output=output, expected=expected, scores=scores))
     return ReflectionRequest(instruction=instruction, examples=examples)

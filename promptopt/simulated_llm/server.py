@@ -18,6 +18,7 @@ After :meth:`SimulatedLLM.garble_judge_answers` (fraction), that share of judge 
 instead, prose with no JSON in it. Which requests is decided by a hash of their messages: the same request always
 gets the same answer, and a judge asked again (a longer conversation) draws anew.
 """
+
 from __future__ import annotations
 
 import collections

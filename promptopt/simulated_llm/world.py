@@ -17,6 +17,7 @@ expected -> single word (fused with lowercase when the label's case is wrong too
 case -> lowercase. A new rule becomes a line just before the first line holding a ``{{placeholder}}`` (before the
 blank lines that precede it), or is appended if there is none; every existing placeholder is kept.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """The committed CRD is exactly what the models generate, and it is a good structural schema."""
+
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,10 @@ def test_names_and_scope():
     names = document["spec"]["names"]
     assert document["metadata"]["name"] == "promptoptimizationjobs.promptopt.dev"
     assert (names["kind"], names["plural"], names["shortNames"]) == (
-        "PromptOptimizationJob", "promptoptimizationjobs", ["poj"])
+        "PromptOptimizationJob",
+        "promptoptimizationjobs",
+        ["poj"],
+    )
     assert document["spec"]["scope"] == "Namespaced"
     assert (version["name"], version["subresources"]) == ("v1alpha1", {"status": {}})
 
@@ -135,9 +139,18 @@ def test_every_status_field_of_the_models_survives_a_real_api_server(cluster):
     of the models comes back whole, so nothing the operator or the worker writes is lost."""
     status = _every_field(v1alpha1.PromptOptimizationJobStatus)
     assert v1alpha1.status_patch(v1alpha1.read_status(status)) == status  # and the models write it as it is
-    cluster.create({"apiVersion": v1alpha1.API_VERSION, "kind": v1alpha1.KIND, "metadata": {"name": "full"},
-                    "spec": {"optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/x"},
-                             "prompts": [{"name": "p", "template": "hi"}], "task": {"model": "openai/y"}}})
+    cluster.create(
+        {
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.KIND,
+            "metadata": {"name": "full"},
+            "spec": {
+                "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/x"},
+                "prompts": [{"name": "p", "template": "hi"}],
+                "task": {"model": "openai/y"},
+            },
+        }
+    )
     stored = cluster.patch("poj", "full", {"status": status}, subresource="status")["status"]
     assert stored == status
 
@@ -155,8 +168,11 @@ def test_the_crd_is_accepted_by_a_real_api_server_and_its_cel_costs_are_checked(
     dataset = spec_schema["properties"]["dataset"]
     del dataset["properties"]["records"]["maxItems"]
     dataset["x-kubernetes-validations"].append(
-        {"rule": "!has(self.records) || self.records.all(r, self.records.exists_one(q, q.inputs == r.inputs))",
-         "message": "records must be unique"})
+        {
+            "rule": "!has(self.records) || self.records.all(r, self.records.exists_one(q, q.inputs == r.inputs))",
+            "message": "records must be unique",
+        }
+    )
     with pytest.raises(ApiError) as refused:
         real_cluster.create(document, dryRun="All")
     assert refused.value.code == 422 and "estimated rule cost exceeds budget" in refused.value.body["message"]

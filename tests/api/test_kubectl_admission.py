@@ -1,5 +1,6 @@
 """The job API as a user meets it through kubectl on a real API server: examples apply, invalid jobs (misspelled
 fields too) are refused naming the field."""
+
 from pathlib import Path
 
 import yaml
@@ -14,8 +15,13 @@ def test_examples_apply_and_list_with_their_columns(kubectl):
     header = listing.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "OPTIMIZER", "PROGRESS%", "INITIAL", "BEST", "DURATION", "AGE"]
     assert {line.split()[0] for line in listing.splitlines()[1:]} == {
-        "gepa-sentiment", "metaprompt-zero-shot", "configmap-sources", "http-rag", "mlflow-sentiment",
-        "simulated-llm-demo"}
+        "gepa-sentiment",
+        "metaprompt-zero-shot",
+        "configmap-sources",
+        "http-rag",
+        "mlflow-sentiment",
+        "simulated-llm-demo",
+    }
     wide = kubectl("get", "poj", "-o", "wide").stdout.splitlines()[0].split()
     assert wide[-6:] == ["REASON", "TEST", "COST", "STARTED", "POD", "AGE"]
 
@@ -58,17 +64,28 @@ def test_jobs_are_searched_by_phase_optimizer_and_outcome_with_field_selectors(k
     """As MLflow's job search filters by state: the CRD's selectableFields (Kubernetes 1.31 and later)."""
     for example in ("gepa-sentiment", "metaprompt-zero-shot", "configmap-sources"):
         kubectl("apply", "-f", str(EXAMPLES / f"{example}.yaml"))
-    for name, status in (("gepa-sentiment", {"phase": "Succeeded", "workerResult": {
-                              "reason": "GoalReached", "message": "at the goal", "succeeded": True}}),
-                         ("metaprompt-zero-shot", {"phase": "Failed"}), ("configmap-sources", {"phase": "Running"})):
+    for name, status in (
+        (
+            "gepa-sentiment",
+            {
+                "phase": "Succeeded",
+                "workerResult": {"reason": "GoalReached", "message": "at the goal", "succeeded": True},
+            },
+        ),
+        ("metaprompt-zero-shot", {"phase": "Failed"}),
+        ("configmap-sources", {"phase": "Running"}),
+    ):
         cluster.patch("poj", name, {"status": status}, subresource="status")
 
     def names(*selector):
         return sorted(kubectl("get", "poj", "--field-selector", ",".join(selector), "-o", "name").stdout.split())
 
     assert names("status.phase=Succeeded") == ["promptoptimizationjob.promptopt.dev/gepa-sentiment"]
-    assert names("status.phase!=Succeeded") == ["promptoptimizationjob.promptopt.dev/configmap-sources",
-                                                "promptoptimizationjob.promptopt.dev/metaprompt-zero-shot"]
+    assert names("status.phase!=Succeeded") == [
+        "promptoptimizationjob.promptopt.dev/configmap-sources",
+        "promptoptimizationjob.promptopt.dev/metaprompt-zero-shot",
+    ]
     assert names("spec.optimizer.type=MetaPrompt", "status.phase=Running") == [
-        "promptoptimizationjob.promptopt.dev/configmap-sources"]
+        "promptoptimizationjob.promptopt.dev/configmap-sources"
+    ]
     assert names("status.workerResult.reason=GoalReached") == ["promptoptimizationjob.promptopt.dev/gepa-sentiment"]

@@ -2,6 +2,7 @@
 and etcd with their default limits, a job of each size band, applied the README's ways for large jobs (server-side
 apply, `kubectl create`) and the plain way (client-side `kubectl apply`, whose last-applied annotation holds the job
 a second time)."""
+
 import json
 import re
 from pathlib import Path
@@ -18,8 +19,10 @@ FILLER = "The case is sturdy, the battery lasts a week and the sound is clear. "
 
 ANNOTATION_TOO_LONG = re.escape("metadata.annotations: Too long: may not be more than 262144 bytes")
 ETCD_TOO_LARGE = re.escape("etcdserver: request is too large")
-ETCD_CLIENT_TOO_LARGE = (r"rpc error: code = ResourceExhausted desc = "
-                         r"trying to send message larger than max \(\d+ vs\. 2097152\)")
+ETCD_CLIENT_TOO_LARGE = (
+    r"rpc error: code = ResourceExhausted desc = "
+    r"trying to send message larger than max \(\d+ vs\. 2097152\)"
+)
 BODY_TOO_LARGE = re.escape("(RequestEntityTooLarge)") + ".*" + re.escape("Request entity too large: limit is 3145728")
 
 
@@ -43,13 +46,16 @@ def as_json(job: dict, name: str) -> str:
     return json.dumps({**job, "metadata": {**job["metadata"], "name": name}}, separators=(",", ":"))
 
 
-@pytest.mark.parametrize("mib, refusal, client_side_refusal", [
-    (1.0, None, ANNOTATION_TOO_LONG),
-    (1.45, None, ANNOTATION_TOO_LONG),  # just under etcd's 1.5 MiB
-    (1.7, ETCD_TOO_LARGE, BODY_TOO_LARGE),
-    (2.5, ETCD_CLIENT_TOO_LARGE, BODY_TOO_LARGE),
-    (3.5, BODY_TOO_LARGE, BODY_TOO_LARGE),
-])
+@pytest.mark.parametrize(
+    "mib, refusal, client_side_refusal",
+    [
+        (1.0, None, ANNOTATION_TOO_LONG),
+        (1.45, None, ANNOTATION_TOO_LONG),  # just under etcd's 1.5 MiB
+        (1.7, ETCD_TOO_LARGE, BODY_TOO_LARGE),
+        (2.5, ETCD_CLIENT_TOO_LARGE, BODY_TOO_LARGE),
+        (3.5, BODY_TOO_LARGE, BODY_TOO_LARGE),
+    ],
+)
 def test_each_size_band_gets_its_message(cluster, kubectl, mib, refusal, client_side_refusal):
     job = job_of_size(int(mib * MIB))
     for name, command in (("server-side", ("apply", "--server-side")), ("created", ("create",))):

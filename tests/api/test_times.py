@@ -1,4 +1,5 @@
 """The API's times: what kube-apiserver writes (RFC 3339, UTC, whole seconds) and what promptopt writes."""
+
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -17,10 +18,24 @@ def test_offsets_and_fractions_are_read_and_no_time_is_none():
     assert parse_time(None) is None and parse_time("") is None
 
 
-@pytest.mark.parametrize("seconds,printed", [
-    (0, "0s"), (45.9, "45s"), (119, "119s"), (120, "2m"), (133, "2m13s"), (725, "12m"), (3 * 3600 + 300, "3h5m"),
-    (5 * 3600, "5h"), (9 * 3600 + 59, "9h"), (3 * 86400 + 4 * 3600, "3d4h"), (30 * 86400, "30d"),
-    (3 * 365 * 86400 + 86400, "3y1d"), (9 * 365 * 86400, "9y"), (-5, "0s"),
-])
+@pytest.mark.parametrize(
+    "seconds,printed",
+    [
+        (0, "0s"),
+        (45.9, "45s"),
+        (119, "119s"),
+        (120, "2m"),
+        (133, "2m13s"),
+        (725, "12m"),
+        (3 * 3600 + 300, "3h5m"),
+        (5 * 3600, "5h"),
+        (9 * 3600 + 59, "9h"),
+        (3 * 86400 + 4 * 3600, "3d4h"),
+        (30 * 86400, "30d"),
+        (3 * 365 * 86400 + 86400, "3y1d"),
+        (9 * 365 * 86400, "9y"),
+        (-5, "0s"),
+    ],
+)
 def test_durations_read_as_kubectl_prints_a_jobs_duration(seconds, printed):
     assert format_duration(seconds) == printed

@@ -1,5 +1,6 @@
 """bench/ is a folder at the repository root, not an installed package: importable here for the tests of its pure
 parts."""
+
 import sys
 from pathlib import Path
 

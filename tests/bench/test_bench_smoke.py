@@ -4,6 +4,7 @@ benchmarks on a real kube-apiserver.
 No timing is asserted here: speed targets belong to the benchmark's report (docs/performance.md), and a
 MISS is a finding, not a failure.
 """
+
 import json
 import os
 import subprocess
@@ -19,54 +20,107 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 OPERATOR_ROWS = [
-    "create → Pod created, p50 (ms)", "create → Pod created, p99 (ms)", "cancel → Pod deleted, p50 (ms)",
-    "cancel → Pod deleted, p99 (ms)", "create → job Running, p50 / p99 (ms)", "launch throughput",
-    "operator peak RSS (MiB, VmHWM)", "operator API requests per job", "operator CPU (s)", "Pods per job (max)",
+    "create → Pod created, p50 (ms)",
+    "create → Pod created, p99 (ms)",
+    "cancel → Pod deleted, p50 (ms)",
+    "cancel → Pod deleted, p99 (ms)",
+    "create → job Running, p50 / p99 (ms)",
+    "launch throughput",
+    "operator peak RSS (MiB, VmHWM)",
+    "operator API requests per job",
+    "operator CPU (s)",
+    "Pods per job (max)",
 ]
 QUEUE_ROWS = [
-    "jobs Succeeded", "jobs Failed / duplicated / Succeeded without Pod", "most worker Pods at once",
-    "queue order", "wall time, first create → last Succeeded (s)", "end-to-end throughput (jobs/s)",
-    "jobs Succeeded by minute", "operator peak RSS (MiB, VmHWM)", "operator API requests per job",
+    "jobs Succeeded",
+    "jobs Failed / duplicated / Succeeded without Pod",
+    "most worker Pods at once",
+    "queue order",
+    "wall time, first create → last Succeeded (s)",
+    "end-to-end throughput (jobs/s)",
+    "jobs Succeeded by minute",
+    "operator peak RSS (MiB, VmHWM)",
+    "operator API requests per job",
 ]
 MEMORY_ROWS = [
-    "operator peak RSS (MiB, VmHWM)", "jobs Succeeded (Failed / duplicated)",
-    "wall time, first create → last Succeeded (s)", "operator CPU (s)", "operator API requests per job",
+    "operator peak RSS (MiB, VmHWM)",
+    "jobs Succeeded (Failed / duplicated)",
+    "wall time, first create → last Succeeded (s)",
+    "operator CPU (s)",
+    "operator API requests per job",
 ]
 OPTIMIZATION_ROWS = [
-    "wall time (s)", "bound (s)", "wall time / bound", "wall time / critical path", "LLM calls task / judge",
-    "evaluations / cache hits", "CPU in the optimizing process (s)", "final score (own report)",
-    "final score, best prompt rescored on all records", "speed-up vs MLflow",
+    "wall time (s)",
+    "bound (s)",
+    "wall time / bound",
+    "wall time / critical path",
+    "LLM calls task / judge",
+    "evaluations / cache hits",
+    "CPU in the optimizing process (s)",
+    "final score (own report)",
+    "final score, best prompt rescored on all records",
+    "speed-up vs MLflow",
 ]
 WORKER_PROCESS_ROWS = [
-    "process start → first LLM request (s)", "result written → process exit (s)", "CPU per LLM call",
-    "peak RSS (MiB)", "wall time / CPU, start to exit (s)", "final score (own report)",
+    "process start → first LLM request (s)",
+    "result written → process exit (s)",
+    "CPU per LLM call",
+    "peak RSS (MiB)",
+    "wall time / CPU, start to exit (s)",
+    "final score (own report)",
 ]
-FAILOVER_ROWS = ["leader killed (SIGKILL) → first action, p50 / max (s)",
-                 "leader stopped (SIGTERM) → first action, p50 / max (s)"]
-TARGET_ROWS = [*FAILOVER_ROWS, "create → Pod created, p99 (ms)", "jobs Succeeded",
-               "jobs Failed / duplicated / Succeeded without Pod",
-               "most worker Pods at once", "queue order", "wall time / bound", "wall time / critical path",
-               "final score, best prompt rescored on all records", "speed-up vs MLflow",
-               "process start → first LLM request (s)", "result written → process exit (s)", "CPU per LLM call",
-               "peak RSS (MiB)", "operator API requests per job", "operator peak RSS (MiB, VmHWM)"]
+FAILOVER_ROWS = [
+    "leader killed (SIGKILL) → first action, p50 / max (s)",
+    "leader stopped (SIGTERM) → first action, p50 / max (s)",
+]
+TARGET_ROWS = [
+    *FAILOVER_ROWS,
+    "create → Pod created, p99 (ms)",
+    "jobs Succeeded",
+    "jobs Failed / duplicated / Succeeded without Pod",
+    "most worker Pods at once",
+    "queue order",
+    "wall time / bound",
+    "wall time / critical path",
+    "final score, best prompt rescored on all records",
+    "speed-up vs MLflow",
+    "process start → first LLM request (s)",
+    "result written → process exit (s)",
+    "CPU per LLM call",
+    "peak RSS (MiB)",
+    "operator API requests per job",
+    "operator peak RSS (MiB, VmHWM)",
+]
 
 
 def operator_rows(server: str, api_cpu: str) -> dict[str, list[str]]:
     """The operator tables of the quick sizes on one server, as the report titles them."""
-    return {f"Operator on {server}: 5 jobs created at once": [*OPERATOR_ROWS, f"{api_cpu} CPU (s)"],
-            f"Operator queue on {server}: 10 jobs created at once, --max-running-jobs 3":
-                [*QUEUE_ROWS, f"operator / {api_cpu} CPU (s)"],
-            f"Operator queue on {server}: 12 jobs created at once, --max-running-jobs 4":
-                [*QUEUE_ROWS, f"operator / {api_cpu} CPU (s)"],
-            f"Operator memory on {server}: 6 jobs of": MEMORY_ROWS}
+    return {
+        f"Operator on {server}: 5 jobs created at once": [*OPERATOR_ROWS, f"{api_cpu} CPU (s)"],
+        f"Operator queue on {server}: 10 jobs created at once, --max-running-jobs 3": [
+            *QUEUE_ROWS,
+            f"operator / {api_cpu} CPU (s)",
+        ],
+        f"Operator queue on {server}: 12 jobs created at once, --max-running-jobs 4": [
+            *QUEUE_ROWS,
+            f"operator / {api_cpu} CPU (s)",
+        ],
+        f"Operator memory on {server}: 6 jobs of": MEMORY_ROWS,
+    }
 
 
 def run_quick(tmp_path: Path) -> tuple[dict, str]:
     """`python -m bench --quick`: its results JSON and its stdout."""
     results_path = tmp_path / "results.json"
     env = {**os.environ, **LITELLM_BUNDLED_COST_MAP_ENV}
-    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(results_path)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(results_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(results_path.read_text()), run.stdout
 
@@ -104,11 +158,16 @@ def test_quick_run_prints_the_table_with_every_row_and_writes_json(real_cluster,
     the benchmark starts fresh clusters of its own."""
     results, stdout = run_quick(tmp_path)
     server = f"kube-apiserver v{real_cluster.version}"
-    assert_tables(results, stdout, {**operator_rows(server, "kube-apiserver + etcd"),
-                                    f"Operator failover on {server}": FAILOVER_ROWS,
-                                    "Optimization: GEPA, max_metric_calls 20, 8 records": OPTIMIZATION_ROWS,
-                                    "Worker process: promptopt run of the same job (20 metric calls":
-                                        WORKER_PROCESS_ROWS})
+    assert_tables(
+        results,
+        stdout,
+        {
+            **operator_rows(server, "kube-apiserver + etcd"),
+            f"Operator failover on {server}": FAILOVER_ROWS,
+            "Optimization: GEPA, max_metric_calls 20, 8 records": OPTIMIZATION_ROWS,
+            "Worker process: promptopt run of the same job (20 metric calls": WORKER_PROCESS_ROWS,
+        },
+    )
 
     # The sizes actually used are in the table and in the JSON.
     operator = results["operator"]
@@ -124,8 +183,13 @@ def test_quick_run_prints_the_table_with_every_row_and_writes_json(real_cluster,
     peer = results["optimization"]["mlflow"]
     assert peer["available"] or "MLflow peer not run" in stdout
 
-    for scenario in (operator["floor"], operator["ours"], operator["queue"], operator["large_queue"],
-                     operator["memory_large"]):
+    for scenario in (
+        operator["floor"],
+        operator["ours"],
+        operator["queue"],
+        operator["large_queue"],
+        operator["memory_large"],
+    ):
         assert scenario["server"]["title"] == server
         requests = scenario["api_requests"]
         assert requests["operator_per_job"] > 0 and requests["kubelet_per_job"] > 0

@@ -1,6 +1,7 @@
 """The real-model benchmark's pure parts: reading the Rotten Tomatoes CSV, the balanced split, a GGUF file's
 metadata, its table and its command line. Nothing here needs llama.cpp or a model: `python -m bench --only
 real-model` is the way to run the benchmark itself (docs/performance.md)."""
+
 import io
 import struct
 
@@ -29,8 +30,9 @@ def test_review_snippets_keep_labelled_reviews_once_in_file_order():
 
 
 def snippets(fresh: int, rotten: int) -> list[dict[str, str]]:
-    return ([{"review": f"good {n}", "label": "fresh"} for n in range(fresh)]
-            + [{"review": f"bad {n}", "label": "rotten"} for n in range(rotten)])
+    return [{"review": f"good {n}", "label": "fresh"} for n in range(fresh)] + [
+        {"review": f"bad {n}", "label": "rotten"} for n in range(rotten)
+    ]
 
 
 def labels(records: list[dict]) -> list[str]:
@@ -43,8 +45,10 @@ def test_balanced_split_is_disjoint_balanced_and_fixed_by_its_seed():
     assert labels(test) == ["fresh"] * 4 + ["rotten"] * 3  # an odd size: one more fresh
     reviews = [record["inputs"]["review"] for record in train + test]
     assert len(set(reviews)) == len(reviews)
-    assert train[0] == {"inputs": {"review": train[0]["inputs"]["review"]},
-                        "expectations": {"expected_response": train[0]["expectations"]["expected_response"]}}
+    assert train[0] == {
+        "inputs": {"review": train[0]["inputs"]["review"]},
+        "expectations": {"expected_response": train[0]["expectations"]["expected_response"]},
+    }
     assert real_model.balanced_split(snippets(40, 30), 24, 7, seed=0) == (train, test)
     assert real_model.balanced_split(snippets(40, 30), 24, 7, seed=1) != (train, test)
 
@@ -67,8 +71,11 @@ def test_gguf_metadata_reads_scalars_and_strings_and_skips_arrays():
     ]
     header = b"GGUF" + struct.pack("<IQQ", 3, 291, len(entries))
     metadata = real_model.gguf_metadata(io.BytesIO(header + b"".join(entries) + b"tensor data"))
-    assert metadata == {"general.name": "Qwen2.5 Coder 0.5B Instruct", "general.file_type": 15,
-                        "qwen2.rope.freq_base": 0.5}
+    assert metadata == {
+        "general.name": "Qwen2.5 Coder 0.5B Instruct",
+        "general.file_type": 15,
+        "qwen2.rope.freq_base": 0.5,
+    }
     with pytest.raises(ValueError, match="not a GGUF file"):
         real_model.gguf_metadata(io.BytesIO(b"PK\x03\x04"))
 
@@ -78,15 +85,24 @@ def results() -> dict:
     return {
         "config": {"train": 24, "test": 60, "metric_calls": 150},
         "llama_cpp_python": real_model.LLAMA_CPP_PYTHON,
-        "models": {"task": {"served_as": "qwen2.5-coder-0.5b-instruct"},
-                   "reflection": {"served_as": "qwen2.5-coder-1.5b-instruct"}},
+        "models": {
+            "task": {"served_as": "qwen2.5-coder-0.5b-instruct"},
+            "reflection": {"served_as": "qwen2.5-coder-1.5b-instruct"},
+        },
         "seed_template": "Is this movie review fresh or rotten?\n\nReview: {{review}}",
         "test_before": 0.0,
         "test_answers_before": {"fresh": 0, "rotten": 0, "other": 60},
         "runs": [
-            {"system": "promptopt", "optimizer": "GEPA", "wall_s": 612.4, "validation_initial": 0.0,
-             "validation_best": 0.5, "test_after": 0.4833, "test_answers": {"fresh": 59, "rotten": 0, "other": 1},
-             **usage},
+            {
+                "system": "promptopt",
+                "optimizer": "GEPA",
+                "wall_s": 612.4,
+                "validation_initial": 0.0,
+                "validation_best": 0.5,
+                "test_after": 0.4833,
+                "test_answers": {"fresh": 59, "rotten": 0, "other": 1},
+                **usage,
+            },
             {"system": "MLflow", "optimizer": "GEPA", "error": "the MLflow peer failed (exit 1):\nTraceback ..."},
         ],
     }
@@ -94,10 +110,13 @@ def results() -> dict:
 
 def test_the_table_has_a_row_per_system_and_says_why_one_did_not_finish():
     table = report.real_model_table(results())
-    assert table.title == ("Real model: Rotten Tomatoes snippets, 24 training (= validation) and 60 test records, "
-                           "GEPA max_metric_calls 150")
-    assert table.rows[0] == report.SystemRow("promptopt", "GEPA", "0.00 → 0.48", "0.00 → 0.50", "612", "150 / 4",
-                                             "21,034 + 1,890", "59 / 0 / 1")
+    assert table.title == (
+        "Real model: Rotten Tomatoes snippets, 24 training (= validation) and 60 test records, "
+        "GEPA max_metric_calls 150"
+    )
+    assert table.rows[0] == report.SystemRow(
+        "promptopt", "GEPA", "0.00 → 0.48", "0.00 → 0.50", "612", "150 / 4", "21,034 + 1,890", "59 / 0 / 1"
+    )
     assert table.rows[1] == report.SystemRow("MLflow", "GEPA", "0.00 → —", "—", "—", "—", "—", "—")
     assert "MLflow GEPA did not finish: the MLflow peer failed (exit 1):" in table.notes
     assert "qwen2.5-coder-0.5b-instruct" in table.notes[0] and "'Is this movie review" in table.notes[0]

@@ -1,4 +1,5 @@
 """LocalKubelet: the pure decisions directly, then Pods run against the real API server (`cluster`)."""
+
 from __future__ import annotations
 
 import base64
@@ -52,6 +53,7 @@ def with_requests(**requests: str) -> dict:
 
 # --- scheduling ------------------------------------------------------------------------------------
 
+
 def test_a_pod_without_requests_fits():
     assert unschedulable_message(pod_manifest("p", ["true"]), NODE_LABELS, GENEROUS) is None
 
@@ -100,55 +102,80 @@ def resolve(container: dict) -> dict[str, str]:
 
 
 def test_env_values_reference_earlier_variables():
-    env = resolve({"env": [
-        {"name": "A", "value": "one"},
-        {"name": "B", "value": "$(A)-$(UNKNOWN)-$$(A)"},
-    ]})
+    env = resolve(
+        {
+            "env": [
+                {"name": "A", "value": "one"},
+                {"name": "B", "value": "$(A)-$(UNKNOWN)-$$(A)"},
+            ]
+        }
+    )
     assert env == {"A": "one", "B": "one-$(UNKNOWN)-$(A)"}
 
 
 def test_env_from_secret_config_map_and_pod_fields():
-    env = resolve({
-        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}, {"secretRef": {"name": "llm-creds"}}],
-        "env": [
-            {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "llm-creds", "key": "api-key"}}},
-            {"name": "MODEL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "MODEL"}}},
-            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-            {"name": "org", "value": "overridden"},
-        ],
-    })
+    env = resolve(
+        {
+            "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}, {"secretRef": {"name": "llm-creds"}}],
+            "env": [
+                {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "llm-creds", "key": "api-key"}}},
+                {"name": "MODEL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "MODEL"}}},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "org", "value": "overridden"},
+            ],
+        }
+    )
     assert env == {
-        "CFG_MODEL": "sim-task", "CFG_RETRIES": "3", "api-key": "sk-secret", "org": "overridden",
-        "KEY": "sk-secret", "MODEL": "sim-task", "POD": "p", "NS": "default", "UID": "uid-p",
-        "NODE": "local-kubelet", "APP": "promptopt",
+        "CFG_MODEL": "sim-task",
+        "CFG_RETRIES": "3",
+        "api-key": "sk-secret",
+        "org": "overridden",
+        "KEY": "sk-secret",
+        "MODEL": "sim-task",
+        "POD": "p",
+        "NS": "default",
+        "UID": "uid-p",
+        "NODE": "local-kubelet",
+        "APP": "promptopt",
     }
 
 
 def test_optional_sources_and_keys_that_are_missing_leave_variables_unset():
-    env = resolve({
-        "envFrom": [{"secretRef": {"name": "absent", "optional": True}}],
-        "env": [
-            {"name": "A", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}}},
-            {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope", "optional": True}}},
-        ],
-    })
+    env = resolve(
+        {
+            "envFrom": [{"secretRef": {"name": "absent", "optional": True}}],
+            "env": [
+                {"name": "A", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}}},
+                {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope", "optional": True}}},
+            ],
+        }
+    )
     assert env == {}
 
 
-@pytest.mark.parametrize(("container", "message"), [
-    ({"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}]},
-     'secret "absent" not found'),
-    ({"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "llm-creds", "key": "nope"}}}]},
-     "couldn't find key nope in Secret default/llm-creds"),
-    ({"env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope"}}}]},
-     "couldn't find key nope in ConfigMap default/settings"),
-    ({"envFrom": [{"configMapRef": {"name": "absent"}}]}, 'configmap "absent" not found'),
-    ({"envFrom": [{"secretRef": {"name": "absent"}}]}, 'secret "absent" not found'),
-])
+@pytest.mark.parametrize(
+    ("container", "message"),
+    [
+        (
+            {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}]},
+            'secret "absent" not found',
+        ),
+        (
+            {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "llm-creds", "key": "nope"}}}]},
+            "couldn't find key nope in Secret default/llm-creds",
+        ),
+        (
+            {"env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope"}}}]},
+            "couldn't find key nope in ConfigMap default/settings",
+        ),
+        ({"envFrom": [{"configMapRef": {"name": "absent"}}]}, 'configmap "absent" not found'),
+        ({"envFrom": [{"secretRef": {"name": "absent"}}]}, 'secret "absent" not found'),
+    ],
+)
 def test_missing_sources_give_the_kubelets_messages(container, message):
     with pytest.raises(ContainerConfigError) as error:
         resolve(container)
@@ -163,6 +190,7 @@ def test_reference_expansion_follows_the_kubelet():
 
 
 # --- launch plan -----------------------------------------------------------------------------------
+
 
 def test_paths_are_translated_where_they_start_a_token():
     translations = {"/data": Path("/sandbox/data"), "/dev/termination-log": Path("/sandbox/msg")}
@@ -181,11 +209,18 @@ def test_the_plan_maps_mounts_and_the_termination_file_into_the_sandbox(tmp_path
         "p",
         ["sh", "-c", "cp $(INPUT) /data/copy > /var/log/msg"],
         args=["--out=/data/result", "/scratch"],
-        spec={"volumes": [{"name": "data", "emptyDir": {}}, {"name": "scratch", "emptyDir": {"medium": "Memory"}},
-                          {"name": "creds", "secret": {"secretName": "llm-creds"}}]},
-        volumeMounts=[{"name": "data", "mountPath": "/data/"}, {"name": "scratch", "mountPath": "/scratch",
-                                                                "subPath": "p1"},
-                      {"name": "creds", "mountPath": "/creds"}],
+        spec={
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "scratch", "emptyDir": {"medium": "Memory"}},
+                {"name": "creds", "secret": {"secretName": "llm-creds"}},
+            ]
+        },
+        volumeMounts=[
+            {"name": "data", "mountPath": "/data/"},
+            {"name": "scratch", "mountPath": "/scratch", "subPath": "p1"},
+            {"name": "creds", "mountPath": "/creds"},
+        ],
         terminationMessagePath="/var/log/msg",
     )
     container = pod["spec"]["containers"][0]
@@ -193,8 +228,11 @@ def test_the_plan_maps_mounts_and_the_termination_file_into_the_sandbox(tmp_path
 
     data, scratch = tmp_path / "volumes" / "data", tmp_path / "volumes" / "scratch" / "p1"
     assert plan.argv == [
-        "sh", "-c", f"cp {data}/in.txt {data}/copy > {tmp_path}/termination-log",
-        f"--out={data}/result", str(scratch),
+        "sh",
+        "-c",
+        f"cp {data}/in.txt {data}/copy > {tmp_path}/termination-log",
+        f"--out={data}/result",
+        str(scratch),
     ]
     assert plan.termination_message_file == tmp_path / "termination-log"
     assert plan.env["INPUT"] == f"{data}/in.txt"
@@ -221,6 +259,7 @@ def test_the_working_directory_is_translated_or_created_in_the_sandbox(tmp_path)
 
 # --- termination -----------------------------------------------------------------------------------
 
+
 def test_exit_codes_follow_the_container_runtime_convention():
     assert [exit_code_of(code) for code in (0, 3, -9, -15)] == [0, 3, 137, 143]
 
@@ -244,7 +283,11 @@ def test_fallback_to_logs_on_error_uses_the_logs_tail_only_for_a_failure_without
 def test_terminated_state_reasons():
     times = {"started_at": "t0", "finished_at": "t1", "container_id": "local://1"}
     assert terminated_state(0, message="", **times) == {
-        "exitCode": 0, "reason": "Completed", "startedAt": "t0", "finishedAt": "t1", "containerID": "local://1",
+        "exitCode": 0,
+        "reason": "Completed",
+        "startedAt": "t0",
+        "finishedAt": "t1",
+        "containerID": "local://1",
     }
     assert terminated_state(2, message="bad", **times)["reason"] == "Error"
     assert terminated_state(2, message="bad", **times)["message"] == "bad"
@@ -260,16 +303,23 @@ def test_conditions_keep_their_transition_time_while_their_status_holds():
     assert done["Ready"] == {"type": "Ready", "status": "False", "reason": "PodCompleted"}
 
 
-@pytest.mark.parametrize(("image", "policy"), [
-    ("busybox", "Always"), ("busybox:latest", "Always"), ("localhost:5000/worker", "Always"),
-    ("example.com/worker:1.2", "IfNotPresent"), ("worker@sha256:abc", "IfNotPresent"),
-])
+@pytest.mark.parametrize(
+    ("image", "policy"),
+    [
+        ("busybox", "Always"),
+        ("busybox:latest", "Always"),
+        ("localhost:5000/worker", "Always"),
+        ("example.com/worker:1.2", "IfNotPresent"),
+        ("worker@sha256:abc", "IfNotPresent"),
+    ],
+)
 def test_the_default_image_pull_policy(image, policy):
     assert image_pull_policy({"image": image}) == policy
     assert image_pull_policy({"image": image, "imagePullPolicy": "Never"}) == "Never"
 
 
 # --- against the real API server ----------------------------------------------------------------------
+
 
 def create_pod(cluster, name: str, command: list[str], **fields) -> dict:
     return cluster.create(pod_manifest(name, command, namespace=cluster.namespace, **fields))
@@ -287,6 +337,7 @@ def waiting_reason_is(reason: str):
     def check(pod):
         statuses = (pod or {}).get("status", {}).get("containerStatuses") or [{}]
         return statuses[0].get("state", {}).get("waiting", {}).get("reason") == reason
+
     return check
 
 
@@ -330,8 +381,12 @@ def test_a_pod_runs_to_success_with_its_termination_message(cluster, kubelet):
     terminated = container_state(pod)["terminated"]
     assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (0, "Completed", "done\n")
     assert pod["spec"]["nodeName"] == "local-kubelet"
-    assert conditions(pod) == {"PodScheduled": "True", "Initialized": "True", "ContainersReady": "False",
-                               "Ready": "False"}
+    assert conditions(pod) == {
+        "PodScheduled": "True",
+        "Initialized": "True",
+        "ContainersReady": "False",
+        "Ready": "False",
+    }
     assert pod["status"]["startTime"] and pod["status"]["podIP"] == "127.0.0.1"
     assert kubelet.logs(cluster.namespace, "hello") == "hi\n"
     assert {"Scheduled", "Pulled", "Created", "Started"} <= event_reasons(cluster, "hello")
@@ -347,8 +402,12 @@ def test_a_running_pod_is_ready_and_reported_running(cluster, kubelet):
 
 
 def test_a_failure_falls_back_to_the_logs_tail(cluster, kubelet):
-    create_pod(cluster, "broken", ["python", "-c", "import sys; print('parsing config'); sys.exit('bad config')"],
-               terminationMessagePolicy="FallbackToLogsOnError")
+    create_pod(
+        cluster,
+        "broken",
+        ["python", "-c", "import sys; print('parsing config'); sys.exit('bad config')"],
+        terminationMessagePolicy="FallbackToLogsOnError",
+    )
     pod = wait_for_pod(cluster, "broken", phase_is("Failed"))
     terminated = container_state(pod)["terminated"]
     assert (terminated["exitCode"], terminated["reason"]) == (1, "Error")
@@ -357,25 +416,37 @@ def test_a_failure_falls_back_to_the_logs_tail(cluster, kubelet):
 
 def test_the_environment_comes_from_secrets_config_maps_and_pod_fields(cluster, kubelet):
     secret = base64.b64encode(b"sk-test").decode()
-    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-creds"},
-                    "data": {"api-key": secret}})
-    cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
-                    "data": {"MODEL": "sim-task"}})
+    cluster.create(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-creds"}, "data": {"api-key": secret}}
+    )
+    cluster.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"MODEL": "sim-task"}}
+    )
     names = ["API_KEY", "CFG_MODEL", "POD_NAME", "POD_UID", "NODE", "KUBECONFIG", "PYTHONUNBUFFERED"]
     dump = f"import json, os; print(json.dumps({{k: os.environ.get(k) for k in {names!r}}}))"
-    created = create_pod(cluster, "env", ["python", "-c", dump], env=[
-        {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "llm-creds", "key": "api-key"}}},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-    ], envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}])
+    created = create_pod(
+        cluster,
+        "env",
+        ["python", "-c", dump],
+        env=[
+            {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "llm-creds", "key": "api-key"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        ],
+        envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+    )
     wait_for_pod(cluster, "env", phase_is("Succeeded"))
 
     env = json.loads(kubelet.logs(cluster.namespace, "env"))
     kubeconfig = env.pop("KUBECONFIG")
     assert env == {
-        "API_KEY": "sk-test", "CFG_MODEL": "sim-task", "POD_NAME": "env", "POD_UID": created["metadata"]["uid"],
-        "NODE": "local-kubelet", "PYTHONUNBUFFERED": "1",
+        "API_KEY": "sk-test",
+        "CFG_MODEL": "sim-task",
+        "POD_NAME": "env",
+        "POD_UID": created["metadata"]["uid"],
+        "NODE": "local-kubelet",
+        "PYTHONUNBUFFERED": "1",
     }
     # The stand-in for the projected service-account volume: the Pod's own token, not the kubelet's identity.
     (volume,) = [v["name"] for v in created["spec"]["volumes"] if "projected" in v]
@@ -394,31 +465,51 @@ def test_a_pod_talks_to_the_api_as_its_service_account(cluster, kubelet):
 
 
 def test_a_missing_secret_holds_the_container_until_it_exists(cluster, kubelet):
-    create_pod(cluster, "needs-creds", ["sh", "-c", 'test "$API_KEY" = sk-late'], env=[
-        {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "llm-creds", "key": "api-key"}}},
-    ])
+    create_pod(
+        cluster,
+        "needs-creds",
+        ["sh", "-c", 'test "$API_KEY" = sk-late'],
+        env=[
+            {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "llm-creds", "key": "api-key"}}},
+        ],
+    )
     pod = wait_for_pod(cluster, "needs-creds", waiting_reason_is("CreateContainerConfigError"))
     assert container_state(pod)["waiting"]["message"] == 'secret "llm-creds" not found'
     assert pod["status"]["phase"] == "Pending"
     assert "Failed" in event_reasons(cluster, "needs-creds")
 
-    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-creds"},
-                    "data": {"api-key": base64.b64encode(b"sk-late").decode()}})
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "llm-creds"},
+            "data": {"api-key": base64.b64encode(b"sk-late").decode()},
+        }
+    )
     wait_for_pod(cluster, "needs-creds", phase_is("Succeeded"))
 
 
 def test_pods_that_do_not_fit_stay_pending_until_capacity_frees_up(cluster):
-    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
-                      capacity={"memory": "1Gi"}) as kubelet:
-        create_pod(cluster, "big", ["sh", "-c", "trap 'exit 0' TERM; sleep 30 & wait"],
-                   resources={"requests": {"memory": "768Mi"}})
+    with LocalKubelet(
+        cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, capacity={"memory": "1Gi"}
+    ) as kubelet:
+        create_pod(
+            cluster,
+            "big",
+            ["sh", "-c", "trap 'exit 0' TERM; sleep 30 & wait"],
+            resources={"requests": {"memory": "768Mi"}},
+        )
         wait_for_pod(cluster, "big", phase_is("Running"))
         create_pod(cluster, "second", ["true"], resources={"requests": {"memory": "512Mi"}})
         pod = wait_for_pod(cluster, "second", lambda p: p["status"].get("conditions"))
         assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
         assert pod["status"]["conditions"][0] | {"lastTransitionTime": "t"} == {
-            "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastProbeTime": None,
-            "lastTransitionTime": "t", "message": "0/1 nodes are available: 1 Insufficient memory.",
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "lastProbeTime": None,
+            "lastTransitionTime": "t",
+            "message": "0/1 nodes are available: 1 Insufficient memory.",
         }
         assert "FailedScheduling" in event_reasons(cluster, "second")
 
@@ -456,8 +547,9 @@ def test_sigterm_reaches_a_process_that_handles_it_and_its_exit_code_is_its_own(
 def test_graceful_deletion_lets_the_process_finish_within_the_grace_period(cluster, kubelet):
     script = "trap 'sleep 0.5; echo stopped cleanly; exit 0' TERM; echo started; while true; do sleep 0.1; done"
     create_pod(cluster, "graceful", ["sh", "-c", script])
-    pod = wait_for_pod(cluster, "graceful",
-                       lambda p: phase_is("Running")(p) and kubelet.logs(cluster.namespace, "graceful"))
+    pod = wait_for_pod(
+        cluster, "graceful", lambda p: phase_is("Running")(p) and kubelet.logs(cluster.namespace, "graceful")
+    )
     container_id = pod["status"]["containerStatuses"][0]["containerID"]
 
     deleting = cluster.delete("pods", "graceful", gracePeriodSeconds=10)
@@ -491,11 +583,16 @@ def test_stopping_the_kubelet_kills_its_processes(cluster):
 
 def test_empty_dirs_working_dir_and_termination_path_are_translated(cluster, kubelet):
     script = "pwd > /data/where && cat /data/where > /var/run/result && mkdir $SCRATCH && ls /data"
-    create_pod(cluster, "paths", ["sh", "-c", script],
-               spec={"volumes": [{"name": "data", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}]},
-               volumeMounts=[{"name": "data", "mountPath": "/data"}, {"name": "scratch", "mountPath": "/scratch"}],
-               env=[{"name": "SCRATCH", "value": "/scratch/cache"}],
-               workingDir="/data/run", terminationMessagePath="/var/run/result")
+    create_pod(
+        cluster,
+        "paths",
+        ["sh", "-c", script],
+        spec={"volumes": [{"name": "data", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}]},
+        volumeMounts=[{"name": "data", "mountPath": "/data"}, {"name": "scratch", "mountPath": "/scratch"}],
+        env=[{"name": "SCRATCH", "value": "/scratch/cache"}],
+        workingDir="/data/run",
+        terminationMessagePath="/var/run/result",
+    )
     pod = wait_for_pod(cluster, "paths", lambda p: p["status"].get("phase") in ("Succeeded", "Failed"))
     terminated = container_state(pod)["terminated"]
     assert terminated["exitCode"] == 0, kubelet.logs(cluster.namespace, "paths")
@@ -525,10 +622,21 @@ def test_a_command_that_cannot_start_is_a_start_error(cluster, kubelet):
 
 def test_the_command_line_runs_until_sigterm(cluster, tmp_path):
     kubelet_process = subprocess.Popen(
-        [sys.executable, "-m", "promptopt_harness.kubelet", "--kubeconfig", str(cluster.kubelet_kubeconfig),
-         "--scheduler-kubeconfig", str(cluster.scheduler_kubeconfig),
-         "--namespace", cluster.namespace, "--state-dir", str(tmp_path)],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "promptopt_harness.kubelet",
+            "--kubeconfig",
+            str(cluster.kubelet_kubeconfig),
+            "--scheduler-kubeconfig",
+            str(cluster.scheduler_kubeconfig),
+            "--namespace",
+            cluster.namespace,
+            "--state-dir",
+            str(tmp_path),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         create_pod(cluster, "from-cli", ["sh", "-c", "echo via cli"])
@@ -542,10 +650,17 @@ def test_the_command_line_runs_until_sigterm(cluster, tmp_path):
 
 def test_a_command_override_runs_instead_of_the_containers_command(cluster):
     overrides = {"bench/instant:1": ["sh", "-c", "echo overridden $GREETING"]}
-    with LocalKubelet(cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig,
-                      command_overrides=overrides) as local_kubelet:
-        create_pod(cluster, "swapped", ["promptopt", "worker"], image="bench/instant:1", args=["--ignored"],
-                   env=[{"name": "GREETING", "value": "hello"}])
+    with LocalKubelet(
+        cluster.kubelet_kubeconfig, scheduler_kubeconfig=cluster.scheduler_kubeconfig, command_overrides=overrides
+    ) as local_kubelet:
+        create_pod(
+            cluster,
+            "swapped",
+            ["promptopt", "worker"],
+            image="bench/instant:1",
+            args=["--ignored"],
+            env=[{"name": "GREETING", "value": "hello"}],
+        )
         create_pod(cluster, "as-written", ["sh", "-c", "echo own command"])
         pod = wait_for_pod(cluster, "swapped", phase_is("Succeeded"))
         wait_for_pod(cluster, "as-written", phase_is("Succeeded"))
@@ -556,10 +671,21 @@ def test_a_command_override_runs_instead_of_the_containers_command(cluster):
 
 def test_the_command_line_takes_command_overrides(cluster, tmp_path):
     kubelet_process = subprocess.Popen(
-        [sys.executable, "-m", "promptopt_harness.kubelet", "--kubeconfig", str(cluster.kubelet_kubeconfig),
-         "--scheduler-kubeconfig", str(cluster.scheduler_kubeconfig),
-         "--state-dir", str(tmp_path), "--command-override", "bench/instant:1=sh -c 'echo from override'"],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "promptopt_harness.kubelet",
+            "--kubeconfig",
+            str(cluster.kubelet_kubeconfig),
+            "--scheduler-kubeconfig",
+            str(cluster.scheduler_kubeconfig),
+            "--state-dir",
+            str(tmp_path),
+            "--command-override",
+            "bench/instant:1=sh -c 'echo from override'",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         create_pod(cluster, "cli-swapped", ["promptopt", "worker"], image="bench/instant:1")

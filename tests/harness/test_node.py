@@ -1,4 +1,5 @@
 """The real node's own bookkeeping, without starting it (tests/pods runs it)."""
+
 import fcntl
 
 from promptopt_harness import node

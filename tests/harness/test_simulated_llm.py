@@ -167,8 +167,9 @@ def exact_match_record(record, output):
     expected = record["expectations"]["expected_response"]
     ok = output == expected
     rationale = f"output {output!r} {'equals' if ok else 'does not equal'} expected {expected!r}"
-    return reflective_record(record["inputs"], output, expected,
-                             Feedback({"ExactMatch": float(ok)}, {"ExactMatch": rationale}).text())
+    return reflective_record(
+        record["inputs"], output, expected, Feedback({"ExactMatch": float(ok)}, {"ExactMatch": rationale}).text()
+    )
 
 
 def reflective_records(template, data):
@@ -274,8 +275,16 @@ def test_metaprompt_zero_shot_adds_format_rule_and_guideline_rules(llm):
 
 
 def test_metaprompt_few_shot_adds_every_evidenced_rule_at_once(llm):
-    examples = [MetaPromptExample(r["inputs"], sim.classify(render(SEED_INSTRUCTION, r)),
-                                  r["expectations"]["expected_response"], 0.0, "no match") for r in DATA]
+    examples = [
+        MetaPromptExample(
+            r["inputs"],
+            sim.classify(render(SEED_INSTRUCTION, r)),
+            r["expectations"]["expected_response"],
+            0.0,
+            "no match",
+        )
+        for r in DATA
+    ]
     raw = content(llm, REFLECT_MODEL, metaprompt_messages({"instruction": SEED_INSTRUCTION}, examples=examples))
     new = json.loads(raw)["prompts"]["instruction"]
     assert new == OPTIMAL_INSTRUCTION
@@ -362,9 +371,19 @@ def test_a_share_of_judge_answers_can_be_garbled_by_a_pure_function_of_the_reque
     assert all(json.loads(answer)["result"] == "yes" for answer, bad in zip(first, garbled, strict=True) if not bad)
     assert [r["fault"] for r in llm.requests[:40]] == ["garbled" if bad else None for bad in garbled]
     # Asked again (a longer conversation), a garbled request draws anew.
-    retried = [content(llm, JUDGE_MODEL, [*messages, {"role": "assistant", "content": sim.GARBLED_JUDGE_ANSWER},
-                                          {"role": "user", "content": "Answer with the JSON object."}])
-               for messages, bad in zip(requests, garbled, strict=True) if bad]
+    retried = [
+        content(
+            llm,
+            JUDGE_MODEL,
+            [
+                *messages,
+                {"role": "assistant", "content": sim.GARBLED_JUDGE_ANSWER},
+                {"role": "user", "content": "Answer with the JSON object."},
+            ],
+        )
+        for messages, bad in zip(requests, garbled, strict=True)
+        if bad
+    ]
     assert sim.GARBLED_JUDGE_ANSWER in retried and any(answer.startswith("{") for answer in retried)
     assert content(llm, TASK_MODEL, [{"role": "user", "content": "I love it"}]) != sim.GARBLED_JUDGE_ANSWER
 
@@ -441,9 +460,11 @@ def test_one_connection_carries_many_requests_as_openai_compatible_servers_keep_
     url = urlsplit(llm.base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
     headers = {"Authorization": f"Bearer {llm.api_key}", "Content-Type": "application/json"}
-    bodies = [{"model": TASK_MODEL, "messages": [{"role": "user", "content": "ping"}]},
-              {"model": "sim-nope", "messages": [{"role": "user", "content": "ping"}]},  # an error answer too
-              {"model": TASK_MODEL, "messages": [{"role": "user", "content": "pong"}]}]
+    bodies = [
+        {"model": TASK_MODEL, "messages": [{"role": "user", "content": "ping"}]},
+        {"model": "sim-nope", "messages": [{"role": "user", "content": "ping"}]},  # an error answer too
+        {"model": TASK_MODEL, "messages": [{"role": "user", "content": "pong"}]},
+    ]
     statuses, sockets = [], []
     for body in bodies:
         connection.request("POST", url.path + "/chat/completions", json.dumps(body), headers)
@@ -493,8 +514,10 @@ def test_no_api_key_accepts_any_key_and_concurrent_requests_are_counted():
 
 def test_the_simulated_llm_imports_only_the_standard_library_and_promptopt():
     """The worker image runs it, and so does an install without the worker's extra: no litellm, no gepa."""
-    code = ("import json, sys; before = set(sys.modules); import promptopt.simulated_llm.__main__; "
-            "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before} - sys.stdlib_module_names)))")
+    code = (
+        "import json, sys; before = set(sys.modules); import promptopt.simulated_llm.__main__; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before} - sys.stdlib_module_names)))"
+    )
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(imported) == ["promptopt"]
 
@@ -520,8 +543,13 @@ def test_command_line_prints_base_url_and_serves():
 def test_the_servers_stop_at_once_on_sigterm(command):
     """As a container's PID 1 (the e2e manifests, examples/http-rag.yaml), a process without a SIGTERM handler
     ignores SIGTERM and is killed only when the Pod's grace period is over."""
-    proc = subprocess.Popen([sys.executable, "-m", *command, "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *command, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     try:
         assert proc.stdout.readline().startswith("http://127.0.0.1:")
         proc.terminate()
@@ -538,10 +566,18 @@ def test_gepa_reflection_reads_mlflows_reflective_records():
     records = []
     for index, rec in enumerate(sarcastic):
         out = sim.classify(render(OPTIMAL_INSTRUCTION.replace(RULE_SARCASM + "\n", ""), rec))
-        records.append({"component_name": "classify", "trace": [], "score": 0.0, "inputs": dict(rec["inputs"]),
-                        "outputs": out, "expectations": dict(rec["expectations"]),
-                        "rationales": {"ExactMatch": f"output {out!r} does not equal expected 'negative'"},
-                        "index": index})
+        records.append(
+            {
+                "component_name": "classify",
+                "trace": [],
+                "score": 0.0,
+                "inputs": dict(rec["inputs"]),
+                "outputs": out,
+                "expectations": dict(rec["expectations"]),
+                "rationales": {"ExactMatch": f"output {out!r} does not equal expected 'negative'"},
+                "index": index,
+            }
+        )
     template = OPTIMAL_INSTRUCTION.replace(RULE_SARCASM + "\n", "")
     prompt = InstructionProposalSignature.prompt_renderer(
         {"current_instruction_doc": template, "dataset_with_feedback": records, "prompt_template": None}

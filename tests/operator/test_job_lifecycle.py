@@ -5,6 +5,7 @@ Deployment) runs on the real node: tests/pods/.
 
 Every test drives the system only through the API (or kubectl) and watches the job's status, like a user.
 """
+
 import base64
 import re
 import socket
@@ -16,7 +17,13 @@ import pytest
 from promptopt_harness.chart import RELEASE_NAMESPACE
 from promptopt_harness.client import ApiError
 from promptopt_harness.jobs import (
-    condition, eventually, job_exists, status_of, table_rows, wait_for_phase, worker_pods,
+    condition,
+    eventually,
+    job_exists,
+    status_of,
+    table_rows,
+    wait_for_phase,
+    worker_pods,
 )
 from promptopt_harness.operator_process import OperatorProcess
 from promptopt.simulated_llm import REFLECT_MODEL, sentiment_dataset
@@ -30,8 +37,18 @@ FAST_RETRY = ("--retry-base-delay", "0.3")
 @pytest.fixture(autouse=True)
 def restricted_namespace(cluster):
     """Jobs run where Pod Security admission enforces "restricted", so every worker Pod is checked by it."""
-    cluster.patch("namespaces", cluster.namespace, {"metadata": {"labels": {
-        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    cluster.patch(
+        "namespaces",
+        cluster.namespace,
+        {
+            "metadata": {
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                }
+            }
+        },
+    )
 
 
 @pytest.fixture
@@ -42,8 +59,9 @@ def start_operator(cluster, install_rbac, tmp_path):
 
     def start(*flags, rbac=None):
         kubeconfig = install_rbac(**(rbac or {}))
-        operator = OperatorProcess(kubeconfig, *FAST_RETRY, *flags,
-                                   log_path=tmp_path / f"operator-{len(started)}.log").start()
+        operator = OperatorProcess(
+            kubeconfig, *FAST_RETRY, *flags, log_path=tmp_path / f"operator-{len(started)}.log"
+        ).start()
         started.append(operator)
         return operator
 
@@ -54,17 +72,28 @@ def start_operator(cluster, install_rbac, tmp_path):
 
 @pytest.fixture
 def credentials(cluster, llm):
-    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
-                    "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()}})
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "llm-credentials"},
+            "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()},
+        }
+    )
     return "llm-credentials"
 
 
 def gepa_job(name, llm, *, max_metric_calls=24, records=8, **spec):
     return {
-        "apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": name},
+        "apiVersion": "promptopt.dev/v1alpha1",
+        "kind": "PromptOptimizationJob",
+        "metadata": {"name": name},
         "spec": {
-            "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect",
-                          "gepa": {"maxMetricCalls": max_metric_calls}},
+            "optimizer": {
+                "type": "GEPA",
+                "reflectionModel": "openai/sim-reflect",
+                "gepa": {"maxMetricCalls": max_metric_calls},
+            },
             "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
             "task": {"model": "openai/sim-task", "apiBase": llm.base_url, "temperature": 0},
             "dataset": {"records": sentiment_dataset(records, seed=3)},
@@ -100,12 +129,13 @@ def test_queue_runs_two_at_a_time_in_creation_order(cluster, kubelet, llm, crede
     assert most_running <= 2
     # First come, first started, two at a time: jobs that take the two slots at once are written concurrently, so
     # within each pair the order seen is the API's, not the queue's.
-    started_in_pairs = [set(started_order[i:i + 2]) for i in range(0, len(names), 2)]
-    assert started_in_pairs == [set(names[i:i + 2]) for i in range(0, len(names), 2)], started_order
+    started_in_pairs = [set(started_order[i : i + 2]) for i in range(0, len(names), 2)]
+    assert started_in_pairs == [set(names[i : i + 2]) for i in range(0, len(names), 2)], started_order
 
 
-def test_queue_positions_move_when_a_job_ahead_leaves_the_line(cluster, kubelet, llm, credentials, kubectl,
-                                                              start_operator):
+def test_queue_positions_move_when_a_job_ahead_leaves_the_line(
+    cluster, kubelet, llm, credentials, kubectl, start_operator
+):
     # Every LLM call hangs: the job ahead holds the one slot for the whole test, however fast the worker is (with
     # 0.2 s a call it could finish before the cancel, and the last job then starts instead of moving up).
     llm.set_latency(30)
@@ -134,19 +164,28 @@ def test_a_spec_the_models_reject_fails_without_a_pod(cluster, kubelet, llm, cre
     assert "spec.scorers[0]" in status["message"] and "regular expression" in status["message"]
     status = wait_for_phase(cluster, "unfit-records", "Failed", timeout=15)
     assert condition(status, "Ready")["reason"] == "InvalidSpec"
-    assert ("spec.dataset.records: the records do not fit the prompts: prompt 'classify' uses {{language}}, but "
-            "records 0, 1, 2 have no input 'language'") in status["message"]
+    assert (
+        "spec.dataset.records: the records do not fit the prompts: prompt 'classify' uses {{language}}, but "
+        "records 0, 1, 2 have no input 'language'"
+    ) in status["message"]
     assert not worker_pods(cluster, "bad-regex") and not worker_pods(cluster, "unfit-records")
 
 
 def test_a_job_where_the_chart_made_no_worker_service_account_says_so_and_starts_once_it_exists(
-        cluster, kubelet, llm, credentials, kubectl, install_rbac, start_operator):
+    cluster, kubelet, llm, credentials, kubectl, install_rbac, start_operator
+):
     """Issue 21: a job in a namespace outside the chart's jobNamespaces (the operator watches every namespace) used to
     sit with no phase, the 403 only in the operator's log."""
     team_b = f"{cluster.namespace}-b"
     cluster.create_namespace(team_b)
-    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials", "namespace": team_b},
-                    "stringData": {"OPENAI_API_KEY": llm.api_key}})
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "llm-credentials", "namespace": team_b},
+            "stringData": {"OPENAI_API_KEY": llm.api_key},
+        }
+    )
     start_operator()
     job = gepa_job("elsewhere", llm, max_metric_calls=8, records=4)
     job["metadata"]["namespace"] = team_b
@@ -158,16 +197,28 @@ def test_a_job_where_the_chart_made_no_worker_service_account_says_so_and_starts
 
     status = eventually(stalled, 15, "the refused Pod in the job's Stalled condition")
     assert status["phase"] == "Pending" and condition(status, "Stalled")["reason"] == "FailedCreate"
-    assert (f"namespace {team_b} has no worker ServiceAccount promptopt-worker: add {team_b} to the chart's "
-            "jobNamespaces") in status["message"]
-    events = kubectl("get", "events", "-n", team_b, "--field-selector", "involvedObject.name=elsewhere",
-                     "-o", "jsonpath={range .items[*]}{.type} {.reason}: {.message}{'\\n'}{end}").stdout
+    assert (
+        f"namespace {team_b} has no worker ServiceAccount promptopt-worker: add {team_b} to the chart's jobNamespaces"
+    ) in status["message"]
+    events = kubectl(
+        "get",
+        "events",
+        "-n",
+        team_b,
+        "--field-selector",
+        "involvedObject.name=elsewhere",
+        "-o",
+        "jsonpath={range .items[*]}{.type} {.reason}: {.message}{'\\n'}{end}",
+    ).stdout
     assert 'Warning FailedCreate: Error creating: pods "elsewhere-worker-1" is forbidden' in events
     assert not cluster.list("pods", namespace=team_b)
 
     install_rbac(jobNamespaces=[cluster.namespace, team_b])  # helm upgrade --set 'jobNamespaces={..., team-b}'
-    eventually(lambda: (cluster.get("poj", "elsewhere", namespace=team_b).get("status") or {}).get("phase")
-               == "Succeeded", 60, "the job to start and succeed once the ServiceAccount exists")
+    eventually(
+        lambda: (cluster.get("poj", "elsewhere", namespace=team_b).get("status") or {}).get("phase") == "Succeeded",
+        60,
+        "the job to start and succeed once the ServiceAccount exists",
+    )
     # Its job would count in the next test's cluster-wide operator: gone before the test ends.
     cluster.delete("namespaces", team_b)
     eventually(lambda: not cluster.list("poj", namespace=team_b), 60, "the namespace's job to go")
@@ -179,8 +230,11 @@ def test_metrics_count_jobs_and_pods(cluster, kubelet, llm, credentials, start_o
     wait_for_phase(cluster, "measured", "Succeeded")
     # The gauge follows the operator's watch, which may deliver the Succeeded job a moment after the API has it.
     succeeded = re.compile(r'^promptopt_jobs\{phase="Succeeded"\} 1\.0$', re.M)
-    metrics = eventually(lambda: next((m for m in [operator.scrape()] if succeeded.search(m)), None), 10,
-                         "the jobs gauge to count the Succeeded job")
+    metrics = eventually(
+        lambda: next((m for m in [operator.scrape()] if succeeded.search(m)), None),
+        10,
+        "the jobs gauge to count the Succeeded job",
+    )
     assert re.search(r"^promptopt_worker_pods_created_total 1\.0$", metrics, re.M)
     assert re.search(r"^promptopt_pod_launch_seconds_count 1\.0$", metrics, re.M)
     assert re.search(r"^promptopt_reconcile_seconds_count [1-9]", metrics, re.M)
@@ -210,22 +264,33 @@ def test_a_job_stops_at_its_goal_and_succeeds_saying_so(cluster, kubelet, llm, c
 
 
 def output_condition(cluster, name):
-    return eventually(lambda: next((c for c in status_of(cluster, name).get("conditions", [])
-                                  if c["type"] == "OutputWritten"), None), 15, f"{name}'s OutputWritten condition")
+    return eventually(
+        lambda: next((c for c in status_of(cluster, name).get("conditions", []) if c["type"] == "OutputWritten"), None),
+        15,
+        f"{name}'s OutputWritten condition",
+    )
 
 
 def job_events(kubectl, name):
-    return kubectl("get", "events", "--field-selector", f"involvedObject.name={name}",
-                   "-o", "jsonpath={range .items[*]}{.type} {.reason}: {.message}{'\\n'}{end}").stdout
+    return kubectl(
+        "get",
+        "events",
+        "--field-selector",
+        f"involvedObject.name={name}",
+        "-o",
+        "jsonpath={range .items[*]}{.type} {.reason}: {.message}{'\\n'}{end}",
+    ).stdout
 
 
-def test_the_optimized_prompts_reach_a_configmap_that_outlives_the_job(cluster, kubelet, llm, credentials, kubectl,
-                                                                      start_operator):
+def test_the_optimized_prompts_reach_a_configmap_that_outlives_the_job(
+    cluster, kubelet, llm, credentials, kubectl, start_operator
+):
     start_operator()
     cluster.create(gepa_job("delivered", llm, output={"configMap": {"name": "sentiment-prompts"}}))
     wait_for_phase(cluster, "delivered", "Succeeded")
-    assert output_condition(cluster, "delivered") | {"status": "True", "reason": "OutputWritten"} == \
-        output_condition(cluster, "delivered")
+    assert output_condition(cluster, "delivered") | {"status": "True", "reason": "OutputWritten"} == output_condition(
+        cluster, "delivered"
+    )
     status, uid = status_of(cluster, "delivered"), cluster.get("poj", "delivered")["metadata"]["uid"]
 
     written = cluster.get("configmaps", "sentiment-prompts")
@@ -237,17 +302,25 @@ def test_the_optimized_prompts_reach_a_configmap_that_outlives_the_job(cluster, 
     assert float(annotations["promptopt.dev/initial-score"]) == pytest.approx(status["initialScores"]["aggregate"])
     assert status["output"]["configMap"] == "sentiment-prompts" and "bestSoFar" not in status["output"]
     assert "Normal OutputWritten: the optimized prompts are in ConfigMap sentiment-prompts" in job_events(
-        kubectl, "delivered")
+        kubectl, "delivered"
+    )
 
     cluster.delete("poj", "delivered")
     eventually(lambda: not job_exists(cluster, "delivered"), 15, "the job to go")
     assert cluster.get("configmaps", "sentiment-prompts")["data"] == written["data"]  # not the job's: it stays
 
 
-def test_a_configmap_that_is_not_the_jobs_is_never_overwritten(cluster, kubelet, llm, credentials, kubectl,
-                                                              start_operator):
-    cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "taken"},
-                    "data": {"classify": "a person's prompt"}})
+def test_a_configmap_that_is_not_the_jobs_is_never_overwritten(
+    cluster, kubelet, llm, credentials, kubectl, start_operator
+):
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "taken"},
+            "data": {"classify": "a person's prompt"},
+        }
+    )
     start_operator()
     cluster.create(gepa_job("intruder", llm, max_metric_calls=8, records=4, output={"configMap": {"name": "taken"}}))
     wait_for_phase(cluster, "intruder", "Succeeded")
@@ -259,13 +332,20 @@ def test_a_configmap_that_is_not_the_jobs_is_never_overwritten(cluster, kubelet,
     assert "output" not in status_of(cluster, "intruder")
 
 
-def test_a_cancelled_job_writes_its_best_so_far_and_an_owned_configmap_goes_with_it(cluster, kubelet, llm,
-                                                                                    credentials, kubectl,
-                                                                                    start_operator):
+def test_a_cancelled_job_writes_its_best_so_far_and_an_owned_configmap_goes_with_it(
+    cluster, kubelet, llm, credentials, kubectl, start_operator
+):
     llm.set_latency(5, model=REFLECT_MODEL)  # the cancel finds the run in its first reflection
     start_operator()
-    cluster.create(gepa_job("stopped", llm, max_metric_calls=400, records=10,
-                            output={"configMap": {"name": "stopped-prompts", "ownedByJob": True}}))
+    cluster.create(
+        gepa_job(
+            "stopped",
+            llm,
+            max_metric_calls=400,
+            records=10,
+            output={"configMap": {"name": "stopped-prompts", "ownedByJob": True}},
+        )
+    )
     eventually(lambda: status_of(cluster, "stopped").get("initialScores"), 60, "the initial scores")
     kubectl("patch", "poj", "stopped", "--type=merge", "-p", '{"spec":{"cancel":true}}')
     wait_for_phase(cluster, "stopped", "Cancelled", timeout=30)
@@ -278,8 +358,11 @@ def test_a_cancelled_job_writes_its_best_so_far_and_an_owned_configmap_goes_with
     assert status["output"]["bestSoFar"] is True
 
     cluster.delete("poj", "stopped")
-    eventually(lambda: not [c for c in cluster.list("configmaps") if c["metadata"]["name"] == "stopped-prompts"], 30,
-             "the garbage collector to delete the job's ConfigMap")
+    eventually(
+        lambda: not [c for c in cluster.list("configmaps") if c["metadata"]["name"] == "stopped-prompts"],
+        30,
+        "the garbage collector to delete the job's ConfigMap",
+    )
 
 
 def test_a_failed_job_writes_nothing_and_says_so(cluster, kubelet, llm, credentials, start_operator):
@@ -301,7 +384,6 @@ def test_ttl_deletes_the_finished_job(cluster, kubelet, llm, credentials, kubect
     ends = [line.split(":")[0].split() for line in job_events(kubectl, "ephemeral").splitlines()]
     assert any(kind == "Normal" and reason in SUCCEEDED_OUTCOMES for kind, reason in ends), ends
     assert not any(kind == "Warning" for kind, _ in ends), ends
-
 
 
 def test_an_operator_for_one_namespace_leaves_the_others_alone(cluster, kubelet, llm, credentials, start_operator):
@@ -330,16 +412,21 @@ def large_job(name, llm, records, **spec):
     job = gepa_job(name, llm, max_metric_calls=40, **spec)
     filler = "It arrived on time and does what it says; " * 7
     job["spec"]["dataset"] = {
-        "records": [{"inputs": {"review": f"{filler}review {i}: {'good' if i % 2 else 'awful'}."},
-                     "expectations": {"expected_response": "positive" if i % 2 else "negative"}}
-                    for i in range(records)],
+        "records": [
+            {
+                "inputs": {"review": f"{filler}review {i}: {'good' if i % 2 else 'awful'}."},
+                "expectations": {"expected_response": "positive" if i % 2 else "negative"},
+            }
+            for i in range(records)
+        ],
         "validationFraction": 0.001,
     }
     return job
 
 
-def test_a_job_near_the_size_limit_runs_is_cancelled_and_deleted(cluster, kubelet, llm, credentials, kubectl,
-                                                                  start_operator):
+def test_a_job_near_the_size_limit_runs_is_cancelled_and_deleted(
+    cluster, kubelet, llm, credentials, kubectl, start_operator
+):
     import json
 
     start_operator()
@@ -363,8 +450,11 @@ def test_a_job_near_the_size_limit_runs_is_cancelled_and_deleted(cluster, kubele
         assert sum(len(key) + len(value) for key, value in annotations.items()) < 4096, annotations
         kubectl("delete", "poj", name, "--timeout=60s", timeout=90)
         assert not job_exists(cluster, name)
-    eventually(lambda: not worker_pods(cluster, "big-done") and not worker_pods(cluster, "big-cancelled"), 60,
-             "the worker Pods to go")
+    eventually(
+        lambda: not worker_pods(cluster, "big-done") and not worker_pods(cluster, "big-cancelled"),
+        60,
+        "the worker Pods to go",
+    )
 
 
 # --- two replicas electing a leader -----------------------------------------------------------------------------
@@ -389,8 +479,11 @@ class StatusRecorder(threading.Thread):
             time.sleep(0.05)
 
     def regressions(self):
-        return [(a, b) for a, b in zip(self.seen, self.seen[1:], strict=False)
-                if PHASE_ORDER[b[0]] < PHASE_ORDER[a[0]] or b[1] < a[1]]
+        return [
+            (a, b)
+            for a, b in zip(self.seen, self.seen[1:], strict=False)
+            if PHASE_ORDER[b[0]] < PHASE_ORDER[a[0]] or b[1] < a[1]
+        ]
 
 
 @pytest.fixture
@@ -424,7 +517,8 @@ def leader_gauge(operator):
 
 
 def test_a_follower_acts_on_nothing_and_finishes_the_job_of_a_leader_killed_mid_job(
-        cluster, kubelet, llm, credentials, elect):
+    cluster, kubelet, llm, credentials, elect
+):
     llm.set_latency(0.05)
     leader = elect()
     eventually(lambda: leader_gauge(leader) == 1, 15, "the first replica to lead")
@@ -448,7 +542,8 @@ def test_a_follower_acts_on_nothing_and_finishes_the_job_of_a_leader_killed_mid_
 
 
 def test_a_leader_stopped_gracefully_hands_the_lease_to_a_follower_which_finishes_the_job(
-        cluster, kubelet, llm, credentials, elect):
+    cluster, kubelet, llm, credentials, elect
+):
     llm.set_latency(0.05)
     first = elect()
     eventually(lambda: leader_gauge(first) == 1, 15, "the first replica to lead")

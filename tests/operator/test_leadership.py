@@ -1,4 +1,5 @@
 """Leader election: the claim rules as pure functions, then the elector on a real API server's Lease."""
+
 import asyncio
 from datetime import UTC, datetime, timedelta
 
@@ -13,8 +14,14 @@ TIMING = Timing()
 
 
 def held_by(holder, renewed=NOW, transitions=3, resource_version="7"):
-    return Lease(holder=holder, lease_seconds=15, acquired=NOW - timedelta(minutes=5), renewed=renewed,
-                 transitions=transitions, resource_version=resource_version)
+    return Lease(
+        holder=holder,
+        lease_seconds=15,
+        acquired=NOW - timedelta(minutes=5),
+        renewed=renewed,
+        transitions=transitions,
+        resource_version=resource_version,
+    )
 
 
 def test_the_first_candidate_creates_the_lease():
@@ -62,8 +69,13 @@ def test_the_holder_renews_keeping_its_acquire_time():
 
 def test_a_lease_is_written_and_read_as_client_go_writes_it():
     body = lease_body("promptopt", held_by("a"))
-    assert body["spec"] == {"holderIdentity": "a", "leaseDurationSeconds": 15, "leaseTransitions": 3,
-                            "acquireTime": "2026-12-07T09:55:00.000000Z", "renewTime": "2026-12-07T10:00:00.000000Z"}
+    assert body["spec"] == {
+        "holderIdentity": "a",
+        "leaseDurationSeconds": 15,
+        "leaseTransitions": 3,
+        "acquireTime": "2026-12-07T09:55:00.000000Z",
+        "renewTime": "2026-12-07T10:00:00.000000Z",
+    }
     assert body["metadata"] == {"name": "promptopt", "resourceVersion": "7"}
     assert read_lease(body) == held_by("a")
 

@@ -1,10 +1,16 @@
 """The worker Pod manifest and the reading of Pod status."""
+
 import pytest
 
 from promptopt.api.validation import parse_spec
 from promptopt.worker_contract import LITELLM_BUNDLED_COST_MAP_ENV
 from promptopt_operator.pods import (
-    ATTEMPT_LABEL, JOB_LABEL, label_value, observe_pod, pod_name, worker_pod_manifest,
+    ATTEMPT_LABEL,
+    JOB_LABEL,
+    label_value,
+    observe_pod,
+    pod_name,
+    worker_pod_manifest,
 )
 from promptopt_operator.settings import OperatorSettings
 
@@ -54,13 +60,24 @@ def test_defaults_come_from_the_operator_and_the_spec_overrides_them():
     assert plain["spec"]["containers"][0]["image"] == "reg/worker:1"
     assert plain["spec"]["serviceAccountName"] == "default-worker"
     assert plain["spec"]["containers"][0]["resources"] == settings.worker_resources
-    custom = manifest({**SPEC, "worker": {
-        "image": "mine:2", "serviceAccountName": "sa", "nodeSelector": {"pool": "cpu"},
-        "tolerations": [{"key": "spot", "operator": "Exists"}],
-        "resources": {"limits": {"memory": "4Gi"}},
-        "env": [{"name": "EXTRA", "value": "1"},
-                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
-    }}, deadline=120, settings=settings)
+    custom = manifest(
+        {
+            **SPEC,
+            "worker": {
+                "image": "mine:2",
+                "serviceAccountName": "sa",
+                "nodeSelector": {"pool": "cpu"},
+                "tolerations": [{"key": "spot", "operator": "Exists"}],
+                "resources": {"limits": {"memory": "4Gi"}},
+                "env": [
+                    {"name": "EXTRA", "value": "1"},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                ],
+            },
+        },
+        deadline=120,
+        settings=settings,
+    )
     (container,) = custom["spec"]["containers"]
     assert container["image"] == "mine:2" and custom["spec"]["serviceAccountName"] == "sa"
     assert custom["spec"]["nodeSelector"] == {"pool": "cpu"}
@@ -83,38 +100,76 @@ def status_of(**status):
 
 
 def test_observe_a_running_pod():
-    observed = observe_pod(status_of(phase="Running", containerStatuses=[
-        {"name": "worker", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]))
+    observed = observe_pod(
+        status_of(
+            phase="Running",
+            containerStatuses=[{"name": "worker", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}],
+        )
+    )
     assert (observed.phase, observed.attempt, observed.finished, observed.stuck) == ("Running", 1, False, False)
 
 
-@pytest.mark.parametrize("waiting", [
-    {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'},
-    # The real kubelet's words for an image that is not on the node, with imagePullPolicy Never.
-    {"reason": "ErrImageNeverPull",
-     "message": 'Container image "x" is not present with pull policy of Never'},
-])
+@pytest.mark.parametrize(
+    "waiting",
+    [
+        {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'},
+        # The real kubelet's words for an image that is not on the node, with imagePullPolicy Never.
+        {"reason": "ErrImageNeverPull", "message": 'Container image "x" is not present with pull policy of Never'},
+    ],
+)
 def test_observe_an_image_that_cannot_be_had(waiting):
-    observed = observe_pod(status_of(phase="Pending", containerStatuses=[
-        {"name": "worker", "state": {"waiting": waiting}}]))
+    observed = observe_pod(
+        status_of(phase="Pending", containerStatuses=[{"name": "worker", "state": {"waiting": waiting}}])
+    )
     assert observed.stuck and observed.reason == waiting["reason"] and observed.message == waiting["message"]
 
 
 def test_observe_unschedulable():
-    observed = observe_pod(status_of(phase="Pending", conditions=[
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]))
+    observed = observe_pod(
+        status_of(
+            phase="Pending",
+            conditions=[
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available",
+                }
+            ],
+        )
+    )
     assert observed.stuck and observed.reason == "Unschedulable"
 
 
 def test_container_creating_is_not_stuck():
-    observed = observe_pod(status_of(phase="Pending", containerStatuses=[
-        {"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]))
+    observed = observe_pod(
+        status_of(
+            phase="Pending",
+            containerStatuses=[{"name": "worker", "state": {"waiting": {"reason": "ContainerCreating"}}}],
+        )
+    )
     assert not observed.stuck and observed.reason is None
 
 
 def test_observe_oom_killed_and_termination_message():
-    observed = observe_pod(status_of(phase="Failed", containerStatuses=[{"name": "worker", "state": {"terminated": {
-        "exitCode": 137, "reason": "OOMKilled", "message": "tail of log", "finishedAt": "2026-01-01T00:01:00Z"}}}]))
+    observed = observe_pod(
+        status_of(
+            phase="Failed",
+            containerStatuses=[
+                {
+                    "name": "worker",
+                    "state": {
+                        "terminated": {
+                            "exitCode": 137,
+                            "reason": "OOMKilled",
+                            "message": "tail of log",
+                            "finishedAt": "2026-01-01T00:01:00Z",
+                        }
+                    },
+                }
+            ],
+        )
+    )
     assert (observed.reason, observed.exit_code, observed.termination_message) == ("OOMKilled", 137, "tail of log")
     assert observed.finished_at == "2026-01-01T00:01:00Z"
 

@@ -6,8 +6,15 @@ def entry(name, created, phase=None, cancelled=False):
 
 
 def test_oldest_waiting_jobs_take_the_free_slots():
-    slots = plan([entry("a", "2026-01-01T00:00:03Z"), entry("b", "2026-01-01T00:00:01Z"),
-                  entry("c", "2026-01-01T00:00:02Z"), entry("run", "2026-01-01T00:00:00Z", "Running")], limit=2)
+    slots = plan(
+        [
+            entry("a", "2026-01-01T00:00:03Z"),
+            entry("b", "2026-01-01T00:00:01Z"),
+            entry("c", "2026-01-01T00:00:02Z"),
+            entry("run", "2026-01-01T00:00:00Z", "Running"),
+        ],
+        limit=2,
+    )
     assert slots[("ns", "b")].may_start
     assert not slots[("ns", "c")].may_start and slots[("ns", "c")].position == 1
     assert slots[("ns", "a")].position == 2
@@ -36,8 +43,12 @@ def test_one_jobs_slot_is_its_slot_in_the_whole_plan():
     rng = random.Random(7)
     phases = [None, "Queued", "Pending", "Running", "Succeeded", "Failed", "Cancelled"]
     for _ in range(300):
-        entries = [entry(f"j{i}", f"2026-01-01T00:00:{rng.randrange(10):02d}Z", rng.choice(phases),
-                         cancelled=rng.random() < 0.1) for i in range(rng.randrange(1, 25))]
+        entries = [
+            entry(
+                f"j{i}", f"2026-01-01T00:00:{rng.randrange(10):02d}Z", rng.choice(phases), cancelled=rng.random() < 0.1
+            )
+            for i in range(rng.randrange(1, 25))
+        ]
         limit = rng.randrange(0, 8)
         slots = plan(entries, limit)
         for e in entries:

@@ -1,5 +1,6 @@
 """The Reconciler with a fake Kubernetes client: what it asks of the API, how it decides on what it last saw and
 decides again when the job changed under it, and how it retries when the API fails."""
+
 import asyncio
 import copy
 
@@ -22,10 +23,20 @@ SPEC = {
 
 
 def job_body(name, created="2026-12-01T10:00:00Z", **status):
-    return {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
-            "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1,
-                         "creationTimestamp": created, "resourceVersion": "1"},
-            "spec": copy.deepcopy(SPEC), "status": status}
+    return {
+        "apiVersion": "promptopt.dev/v1alpha1",
+        "kind": "PromptOptimizationJob",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "creationTimestamp": created,
+            "resourceVersion": "1",
+        },
+        "spec": copy.deepcopy(SPEC),
+        "status": status,
+    }
 
 
 class FakeKube:
@@ -70,8 +81,12 @@ class FakeKube:
 
 
 def reconciler_for(kube, events, **settings):
-    reconciler = Reconciler(kube, OperatorSettings(**settings), OperatorMetrics(lambda: []),
-                            post_event=lambda body, event: events.append((body["metadata"]["name"], event.reason)))
+    reconciler = Reconciler(
+        kube,
+        OperatorSettings(**settings),
+        OperatorMetrics(lambda: []),
+        post_event=lambda body, event: events.append((body["metadata"]["name"], event.reason)),
+    )
     reconciler.index = {("ns", name): [queue_entry("ns", name, body)] for name, body in kube.jobs.items()}
     for name in kube.jobs:
         watched(reconciler, kube, name)
@@ -195,8 +210,12 @@ def test_rechecks_run_as_referenced_tasks():
 def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypatch):
     monkeypatch.setattr("promptopt_operator.reconciler.QUEUE_POSITION_DELAY_SECONDS", 0.0)
     running = job_body("running", created="2026-12-01T10:00:00Z", phase="Running", attempts=1)
-    waiting = [job_body(f"w{i}", created=f"2026-12-01T10:00:0{i + 1}Z", phase="Queued", queuePosition=i + 2,
-                        observedGeneration=1) for i in range(3)]
+    waiting = [
+        job_body(
+            f"w{i}", created=f"2026-12-01T10:00:0{i + 1}Z", phase="Queued", queuePosition=i + 2, observedGeneration=1
+        )
+        for i in range(3)
+    ]
     kube, events = FakeKube(running, *waiting), []
 
     async def run():
@@ -209,26 +228,34 @@ def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypat
     asyncio.run(run())
     assert [c[1] for c in kube.calls if c[0] == "create_pod"] == ["w0-worker-1"]
     assert {name: kube.jobs[name]["status"].get("queuePosition") for name in ("w0", "w1", "w2")} == {
-        "w0": None, "w1": 1, "w2": 2}
+        "w0": None,
+        "w1": 1,
+        "w2": 2,
+    }
 
 
-@pytest.mark.parametrize("front, tolerance, refreshed", [
-    (1, None, {"w1": 1}),
-    (5, None, {"w1": 1, "w2": 2, "w3": 3}),
-    # Behind the front: w2 is off by 1 of 2 (50%), w3 by 1 of 3 (33%), w4 stored 44 for 40 (10%, not more).
-    (1, 0.1, {"w1": 1, "w2": 2, "w3": 3}),
-    (1, 0.05, {"w1": 1, "w2": 2, "w3": 3, "w4": 40}),
-])
+@pytest.mark.parametrize(
+    "front, tolerance, refreshed",
+    [
+        (1, None, {"w1": 1}),
+        (5, None, {"w1": 1, "w2": 2, "w3": 3}),
+        # Behind the front: w2 is off by 1 of 2 (50%), w3 by 1 of 3 (33%), w4 stored 44 for 40 (10%, not more).
+        (1, 0.1, {"w1": 1, "w2": 2, "w3": 3}),
+        (1, 0.05, {"w1": 1, "w2": 2, "w3": 3, "w4": 40}),
+    ],
+)
 def test_the_front_of_the_queue_is_refreshed_exactly_and_the_rest_when_far_off(front, tolerance, refreshed):
     """Rewriting every waiting job's position on every start would cost O(waiting) writes a start."""
     from promptopt_operator.queue import stale_positions
 
-    entries = [QueueEntry(("ns", "w0"), "1", "Running"),
-               QueueEntry(("ns", "w1"), "2", "Queued", position=2),
-               QueueEntry(("ns", "w2"), "3", "Queued", position=3),
-               QueueEntry(("ns", "w3"), "4", "Queued", position=4),
-               *(QueueEntry(("ns", f"x{i:02d}"), f"5{i:02d}", "Queued", position=i + 4) for i in range(36)),
-               QueueEntry(("ns", "w4"), "6", "Queued", position=44)]
+    entries = [
+        QueueEntry(("ns", "w0"), "1", "Running"),
+        QueueEntry(("ns", "w1"), "2", "Queued", position=2),
+        QueueEntry(("ns", "w2"), "3", "Queued", position=3),
+        QueueEntry(("ns", "w3"), "4", "Queued", position=4),
+        *(QueueEntry(("ns", f"x{i:02d}"), f"5{i:02d}", "Queued", position=i + 4) for i in range(36)),
+        QueueEntry(("ns", "w4"), "6", "Queued", position=44),
+    ]
     found = stale_positions(entries, limit=1, front=front, tolerance=tolerance)
     assert {key[1]: position for key, position in found.items() if not key[1].startswith("x")} == refreshed
 
@@ -236,8 +263,12 @@ def test_the_front_of_the_queue_is_refreshed_exactly_and_the_rest_when_far_off(f
 def test_the_sweep_gives_every_waiting_job_its_place_from_one_plan_and_looks_at_running_ones():
     """Beyond the front of the line too (the 50 refreshed after each start); it starts nobody itself."""
     running = job_body("running", phase="Running", attempts=1, startTime="2026-12-01T10:00:00Z")
-    waiting = [job_body(f"w{i:02d}", created=f"2026-12-01T10:01:{i:02d}Z", phase="Queued", queuePosition=99,
-                        observedGeneration=1) for i in range(60)]
+    waiting = [
+        job_body(
+            f"w{i:02d}", created=f"2026-12-01T10:01:{i:02d}Z", phase="Queued", queuePosition=99, observedGeneration=1
+        )
+        for i in range(60)
+    ]
     kube, events = FakeKube(running, *waiting), []
 
     async def run():
@@ -250,7 +281,8 @@ def test_the_sweep_gives_every_waiting_job_its_place_from_one_plan_and_looks_at_
 
     first = asyncio.run(run())
     assert {name: kube.jobs[name]["status"]["queuePosition"] for name in kube.jobs if name != "running"} == {
-        f"w{i:02d}": i + 1 for i in range(60)}
+        f"w{i:02d}": i + 1 for i in range(60)
+    }
     # The running job was looked at too (its stored status lacked its conditions).
     assert sorted(c[1] for c in first) == ["running", *(f"w{i:02d}" for i in range(60))]
     assert {c[0] for c in first} == {"patch_job_status"}

@@ -2,6 +2,7 @@
 Deployment installed with helm, the jobs' namespace enforces Pod Security "restricted" (the `real_pods` fixture of
 tests/conftest.py). Everything Pods call (the simulated LLM, MLflow, the example services) listens on the node's
 address, inside the node's network namespace."""
+
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,23 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 SIMULATED_LLM_API_KEY = "sk-simulated-node-key"
 # What the chart and the cluster put in the jobs' namespace: never cleared between tests.
-KEPT = {"serviceaccounts": {"default", "promptopt-worker"}, "configmaps": {"kube-root-ca.crt"},
-        "roles": {"promptopt-worker"}, "rolebindings": {"promptopt-worker"}}
-CLEARED = ("promptoptimizationjobs", "pods", "deployments", "services", "secrets", "configmaps", "serviceaccounts",
-           "roles", "rolebindings")
+KEPT = {
+    "serviceaccounts": {"default", "promptopt-worker"},
+    "configmaps": {"kube-root-ca.crt"},
+    "roles": {"promptopt-worker"},
+    "rolebindings": {"promptopt-worker"},
+}
+CLEARED = (
+    "promptoptimizationjobs",
+    "pods",
+    "deployments",
+    "services",
+    "secrets",
+    "configmaps",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+)
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +82,9 @@ def node_mlflow(real_pods, tmp_path_factory):
     """A real MLflow server on the node's address (Pods reach `url`); ``client_url`` reaches it from the test."""
     from promptopt_harness.mlflow_server import MlflowServer
 
-    server = MlflowServer(tmp_path_factory.mktemp("node-mlflow"), host=real_pods.node.address,
-                          network=real_pods.node.network).start()
+    server = MlflowServer(
+        tmp_path_factory.mktemp("node-mlflow"), host=real_pods.node.address, network=real_pods.node.network
+    ).start()
     server.client_url = f"http://127.0.0.1:{real_pods.node.expose(server.port)}"
     yield server
     server.stop()

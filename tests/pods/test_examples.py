@@ -1,6 +1,7 @@
 """Every example of examples/ through the chart's operator, each worker a real Pod from the worker image under
 Pod Security "restricted": what `kubectl apply -f examples/<name>.yaml` does on a user's cluster, with the
 simulated LLM's models (as `promptopt run --simulated-llm` swaps them) and this node's addresses."""
+
 import json
 import re
 import uuid
@@ -20,16 +21,28 @@ def apply(node_kubectl, documents):
 
 
 def credentials(pods, llm):
-    pods.cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
-                         "stringData": {"OPENAI_API_KEY": llm.api_key}})
+    pods.cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "llm-credentials"},
+            "stringData": {"OPENAI_API_KEY": llm.api_key},
+        }
+    )
 
 
 def test_every_example_is_run_here():
     """A new example needs its test below (the Secret template is the others' companion; the keyless demo's test is
     the README's flow in test_install.py)."""
     assert sorted(path.stem for path in EXAMPLES.glob("*.yaml")) == [
-        "configmap-sources", "gepa-sentiment", "http-rag", "llm-credentials-secret", "metaprompt-zero-shot",
-        "mlflow-registry", "simulated-llm-demo"]
+        "configmap-sources",
+        "gepa-sentiment",
+        "http-rag",
+        "llm-credentials-secret",
+        "metaprompt-zero-shot",
+        "mlflow-registry",
+        "simulated-llm-demo",
+    ]
 
 
 def assert_succeeded_in_a_real_pod(pods, node_kubectl, name, timeout=120):
@@ -128,8 +141,10 @@ def test_mlflow_registry(pods, node_llm, node_kubectl, example, node_mlflow):
     prompt = f"sentiment-{uuid.uuid4().hex[:8]}"
     client.register_prompt(prompt, "Classify the sentiment of this review.\n\n{{review}}")
     client.set_prompt_alias(prompt, "production", 1)
-    documents = example("mlflow-registry", urls={
-        "http://mlflow.mlops.svc:5000": node_mlflow.url, "prompts:/sentiment@": f"prompts:/{prompt}@"})
+    documents = example(
+        "mlflow-registry",
+        urls={"http://mlflow.mlops.svc:5000": node_mlflow.url, "prompts:/sentiment@": f"prompts:/{prompt}@"},
+    )
     for document in documents:
         if document["kind"] == "Secret":  # no token: this MLflow server has no auth
             document["stringData"].pop("MLFLOW_TRACKING_TOKEN")
@@ -141,18 +156,25 @@ def test_mlflow_registry(pods, node_llm, node_kubectl, example, node_mlflow):
     assert registered.template == status["optimizedPrompts"][0]["template"]
     assert registered.tags["promptopt.dev/namespace"] == pods.cluster.namespace
     assert registered.tags["promptopt.dev/job-uid"] == pods.cluster.get("poj", "mlflow-sentiment")["metadata"]["uid"]
-    registered_condition = eventually(lambda: condition(status_of(pods.cluster, "mlflow-sentiment"),
-                                                        "PromptsRegistered"), 30, "the PromptsRegistered condition")
+    registered_condition = eventually(
+        lambda: condition(status_of(pods.cluster, "mlflow-sentiment"), "PromptsRegistered"),
+        30,
+        "the PromptsRegistered condition",
+    )
     assert registered_condition["message"] == f"registered in MLflow as prompts:/{prompt}/2"
     # Searched by source prompt, as MLflow's job search filters by it: the operator labels the job with it.
-    assert node_kubectl("get", "poj", "-l", f"prompt.promptopt.dev/{prompt}=production", "-o", "name").stdout.split() \
-        == ["promptoptimizationjob.promptopt.dev/mlflow-sentiment"]
+    assert node_kubectl(
+        "get", "poj", "-l", f"prompt.promptopt.dev/{prompt}=production", "-o", "name"
+    ).stdout.split() == ["promptoptimizationjob.promptopt.dev/mlflow-sentiment"]
     run = client.get_run(status["mlflow"]["runId"])
     assert run.info.status == "FINISHED" and run.info.experiment_id == status["mlflow"]["experimentId"]
     assert run.data.tags["promptopt.dev/job"] == "mlflow-sentiment" and run.data.params["optimizer_type"] == "gepa"
     assert run.data.metrics["final_eval_score"] == pytest.approx(status["finalScores"]["aggregate"])
     assert "candidates.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    written = eventually(lambda: condition(status_of(pods.cluster, "mlflow-sentiment"), "OutputWritten"), 30,
-                         "the OutputWritten condition")
+    written = eventually(
+        lambda: condition(status_of(pods.cluster, "mlflow-sentiment"), "OutputWritten"),
+        30,
+        "the OutputWritten condition",
+    )
     assert written["status"] == "True"
     assert pods.cluster.get("configmaps", "sentiment-prompt")["data"] == {"classify": registered.template}

@@ -1,5 +1,6 @@
 """The chart as a platform engineer runs it: `helm install` (done by the `real_pods` fixture), `helm upgrade` to a
 new operator image while jobs run, and `helm uninstall`, with the helm CLI against a real node."""
+
 import re
 from pathlib import Path
 
@@ -18,8 +19,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 @pytest.fixture
 def readme_jobs(pods, node_llm, example):
     """``readme_jobs(*names, max_metric_calls=40)``: the README's job under each name, created, with its Secret."""
-    pods.cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
-                         "stringData": {"OPENAI_API_KEY": node_llm.api_key}})
+    pods.cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "llm-credentials"},
+            "stringData": {"OPENAI_API_KEY": node_llm.api_key},
+        }
+    )
 
     def create(*names, max_metric_calls=40):
         for name in names:
@@ -40,8 +47,9 @@ def running_operators(pods, unlike=()):
     def replicas():
         found = pods.operator_pods()
         running = [p for p in found if p["status"].get("phase") == "Running" and p["metadata"]["name"] not in unlike]
-        settled = len(found) == len(running) == REPLICAS and not any(p["metadata"].get("deletionTimestamp")
-                                                                    for p in found)
+        settled = len(found) == len(running) == REPLICAS and not any(
+            p["metadata"].get("deletionTimestamp") for p in found
+        )
         return running if settled else None
 
     return eventually(replicas, 120, f"{REPLICAS} running operator Pods")
@@ -52,19 +60,28 @@ def test_the_operator_runs_from_its_image_as_the_charts_deployment_under_pod_sec
     for operator in running_operators(pods):
         (container,) = operator["status"]["containerStatuses"]
         assert container["image"] == pods.images.operator.reference
-        assert container["restartCount"] == 0, node_kubectl("logs", "-n", RELEASE_NAMESPACE,
-                                                            operator["metadata"]["name"], "--previous",
-                                                            check=False).stdout
+        assert container["restartCount"] == 0, node_kubectl(
+            "logs", "-n", RELEASE_NAMESPACE, operator["metadata"]["name"], "--previous", check=False
+        ).stdout
     # Both are ready (a follower serves health as the leader does); one leads.
-    eventually(lambda: all(c["ready"] for p in pods.operator_pods() for c in p["status"]["containerStatuses"]), 60,
-               "both replicas to be ready")
+    eventually(
+        lambda: all(c["ready"] for p in pods.operator_pods() for c in p["status"]["containerStatuses"]),
+        60,
+        "both replicas to be ready",
+    )
     assert eventually(pods.leader_pod, 30, "a leader")
     namespace = pods.cluster.get("namespaces", RELEASE_NAMESPACE)
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     # Admission enforces it here: a Pod that breaks the level is refused, so the operator's and the workers' pass it.
-    with pytest.raises(ApiError, match="violates PodSecurity \"restricted:latest\""):
-        pods.cluster.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unconfined"},
-                             "spec": {"containers": [{"name": "c", "image": pods.images.worker.reference}]}})
+    with pytest.raises(ApiError, match='violates PodSecurity "restricted:latest"'):
+        pods.cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "unconfined"},
+                "spec": {"containers": [{"name": "c", "image": pods.images.worker.reference}]},
+            }
+        )
     logs = node_kubectl("logs", "-n", RELEASE_NAMESPACE, "deployment/promptopt").stdout
     assert "promptopt operator" in logs or "kopf" in logs.lower(), logs[-2000:]
 
@@ -79,8 +96,9 @@ def test_upgrading_to_a_new_operator_image_while_jobs_run_loses_and_duplicates_n
     revision = pods.helm.status()["version"]
     # A new image for the operator: the one built, under a tag of its own (what a release's new tag is to the node).
     new_tag = f"{pods.images.operator.tag}-next"
-    pods.node.ctr("images", "tag", "--force", pods.images.operator.reference,
-                  f"{pods.images.operator.repository}:{new_tag}")
+    pods.node.ctr(
+        "images", "tag", "--force", pods.images.operator.reference, f"{pods.images.operator.repository}:{new_tag}"
+    )
     values = pods.values()
     values["operator"]["image"]["tag"] = new_tag
     pods.helm.upgrade(pods.chart, values)
@@ -126,8 +144,9 @@ def test_the_readme_flow_without_a_key_helm_apply_wait_get_and_the_configmap(pod
     pods.helm.upgrade(pods.chart, values)  # --wait: the demo LLM is Ready (readiness probe) when this returns
     try:
         node_kubectl("apply", "-f", str(EXAMPLES / "simulated-llm-demo.yaml"))
-        waited = node_kubectl("wait", "--for=condition=Complete", "poj/simulated-llm-demo", "--timeout=240s",
-                              timeout=260)
+        waited = node_kubectl(
+            "wait", "--for=condition=Complete", "poj/simulated-llm-demo", "--timeout=240s", timeout=260
+        )
         assert "condition met" in waited.stdout
         (columns,) = table_rows(node_kubectl("get", "poj", "simulated-llm-demo").stdout)
         assert columns["PHASE"] == "Succeeded" and columns["PROGRESS%"].isdigit() and columns["DURATION"]
@@ -136,5 +155,12 @@ def test_the_readme_flow_without_a_key_helm_apply_wait_get_and_the_configmap(pod
         assert "{{review}}" in prompts.stdout
     finally:
         pods.helm.upgrade(pods.chart, pods.values())
-    eventually(lambda: not pods.cluster.in_namespace(RELEASE_NAMESPACE).list(
-        "pods", label_selector="app.kubernetes.io/component=simulated-llm"), 60, "the demo LLM to go with its value")
+    eventually(
+        lambda: (
+            not pods.cluster.in_namespace(RELEASE_NAMESPACE).list(
+                "pods", label_selector="app.kubernetes.io/component=simulated-llm"
+            )
+        ),
+        60,
+        "the demo LLM to go with its value",
+    )

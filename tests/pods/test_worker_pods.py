@@ -4,6 +4,7 @@ Secret or image, the termination message, and the chart's two operator replicas 
 
 Each job is the README's (examples/gepa-sentiment.yaml with the simulated LLM's models), changed where the test
 says so."""
+
 import json
 import time
 
@@ -19,8 +20,14 @@ pytestmark = pytest.mark.slow
 def readme_job(pods, node_llm, example):
     """``readme_job(name, **spec)``: the README's job under another name, its spec updated with `spec`, and the
     credentials Secret it names."""
-    pods.cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
-                         "stringData": {"OPENAI_API_KEY": node_llm.api_key}})
+    pods.cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "llm-credentials"},
+            "stringData": {"OPENAI_API_KEY": node_llm.api_key},
+        }
+    )
 
     def job(name, **spec):
         (document,) = example("gepa-sentiment")
@@ -37,7 +44,8 @@ def set_budget(job, max_metric_calls):
 
 
 def test_cancel_sends_sigterm_and_the_worker_reports_its_best_so_far_within_the_grace_period(
-        pods, node_llm, readme_job, node_kubectl):
+    pods, node_llm, readme_job, node_kubectl
+):
     # The cancel finds the run in its first reflection, a call that would outlast the Pod's 60 s grace period.
     node_llm.set_latency(120, model=REFLECT_MODEL)
     pods.cluster.create(set_budget(readme_job("cancelled"), 2000))
@@ -82,7 +90,8 @@ def test_a_worker_pod_deleted_by_hand_is_replaced_and_the_job_succeeds(pods, nod
 
 
 def test_a_worker_over_its_memory_limit_is_oomkilled_retried_and_the_message_says_what_to_raise(
-        pods, readme_job, node_kubectl):
+    pods, readme_job, node_kubectl
+):
     # Python and the worker's imports need about 60 MiB: with 40 the kernel kills the container as it starts.
     memory = {"requests": {"memory": "40Mi"}, "limits": {"memory": "40Mi"}}
     pods.cluster.create(readme_job("oom", backoffLimit=1, worker={"resources": memory}))
@@ -103,22 +112,40 @@ def test_the_deadline_fails_the_job_and_the_kubelet_stops_the_pod(pods, node_llm
     pods.cluster.create(readme_job("slow", activeDeadlineSeconds=8))
     status = wait_for_phase(pods.cluster, "slow", "Failed", timeout=60)
     assert condition(status, "Ready")["reason"] == "DeadlineExceeded"
-    eventually(lambda: all(p["status"]["phase"] == "Failed" for p in worker_pods(pods.cluster, "slow")), 60,
-               "the kubelet to end the Pod")
+    eventually(
+        lambda: all(p["status"]["phase"] == "Failed" for p in worker_pods(pods.cluster, "slow")),
+        60,
+        "the kubelet to end the Pod",
+    )
 
 
 MISSING_IMAGE = "docker.io/promptopt/worker:no-such-tag"
 
 
-@pytest.mark.parametrize("trouble,spec,reason,message", [
-    ("a missing Secret", {"credentials": {"secretRef": {"name": "missing-secret"}}},
-     "CreateContainerConfigError", 'secret "missing-secret" not found'),
-    ("an image tag that is not on the node, never pulled",
-     {"worker": {"image": MISSING_IMAGE, "imagePullPolicy": "Never"}}, "ErrImageNeverPull", MISSING_IMAGE),
-    # No registry is reachable from the node: the pull fails at once, as with a wrong tag or no credentials.
-    ("an image that cannot be pulled", {"worker": {"image": MISSING_IMAGE}}, "ErrImagePull|ImagePullBackOff",
-     MISSING_IMAGE),
-])
+@pytest.mark.parametrize(
+    "trouble,spec,reason,message",
+    [
+        (
+            "a missing Secret",
+            {"credentials": {"secretRef": {"name": "missing-secret"}}},
+            "CreateContainerConfigError",
+            'secret "missing-secret" not found',
+        ),
+        (
+            "an image tag that is not on the node, never pulled",
+            {"worker": {"image": MISSING_IMAGE, "imagePullPolicy": "Never"}},
+            "ErrImageNeverPull",
+            MISSING_IMAGE,
+        ),
+        # No registry is reachable from the node: the pull fails at once, as with a wrong tag or no credentials.
+        (
+            "an image that cannot be pulled",
+            {"worker": {"image": MISSING_IMAGE}},
+            "ErrImagePull|ImagePullBackOff",
+            MISSING_IMAGE,
+        ),
+    ],
+)
 def test_pod_trouble_is_visible_within_seconds(pods, readme_job, trouble, spec, reason, message):
     import re
 
@@ -139,14 +166,23 @@ def test_a_worker_that_cannot_write_status_is_heard_through_its_termination_mess
     puts its termination message in the Pod's status, and the operator takes the result from there."""
     cluster = pods.cluster
     cluster.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "read-only-worker"}})
-    cluster.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                    "metadata": {"name": "read-only-worker"},
-                    "rules": [{"apiGroups": ["promptopt.dev"], "resources": ["promptoptimizationjobs"],
-                               "verbs": ["get"]}]})
-    cluster.create({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": {"name": "read-only-worker"},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-only-worker"},
-                    "subjects": [{"kind": "ServiceAccount", "name": "read-only-worker"}]})
+    cluster.create(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "read-only-worker"},
+            "rules": [{"apiGroups": ["promptopt.dev"], "resources": ["promptoptimizationjobs"], "verbs": ["get"]}],
+        }
+    )
+    cluster.create(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "read-only-worker"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-only-worker"},
+            "subjects": [{"kind": "ServiceAccount", "name": "read-only-worker"}],
+        }
+    )
     cluster.create(set_budget(readme_job("mute", worker={"serviceAccountName": "read-only-worker"}), 24))
     status = wait_for_phase(cluster, "mute", "Succeeded", timeout=120)
     (pod,) = worker_pods(cluster, "mute")
@@ -160,8 +196,11 @@ def leader_during_a_job(pods, readme_job, name):
     """The README job, running under the leading operator replica (returned) while a follower stands by."""
     pods.cluster.create(set_budget(readme_job(name), 40))
     wait_for_phase(pods.cluster, name, "Running", timeout=60)
-    eventually(lambda: len([p for p in pods.operator_pods() if p["status"].get("phase") == "Running"]) == 2, 90,
-               "both operator replicas")
+    eventually(
+        lambda: len([p for p in pods.operator_pods() if p["status"].get("phase") == "Running"]) == 2,
+        90,
+        "both operator replicas",
+    )
     return eventually(pods.leader_pod, 30, "a leader")
 
 
@@ -179,7 +218,8 @@ def new_leader(pods, former):
 
 
 def test_the_leader_deleted_mid_job_hands_over_to_the_follower_and_the_deployment_replaces_it(
-        pods, node_llm, readme_job, node_kubectl):
+    pods, node_llm, readme_job, node_kubectl
+):
     node_llm.set_latency(0.2)
     leader_during_a_job(pods, readme_job, "adopted")
     holder = pods.lease_holder()
@@ -187,8 +227,20 @@ def test_the_leader_deleted_mid_job_hands_over_to_the_follower_and_the_deploymen
     node_kubectl("delete", "pod", "-n", "promptopt-system", leader, "--wait=false")
     assert new_leader(pods, holder)["metadata"]["name"] != leader
     finished_once(pods, "adopted")
-    eventually(lambda: len([p for p in pods.operator_pods() if not p["metadata"].get("deletionTimestamp")
-                            and p["metadata"]["name"] != leader]) == 2, 90, "the Deployment's replacement")
+    eventually(
+        lambda: (
+            len(
+                [
+                    p
+                    for p in pods.operator_pods()
+                    if not p["metadata"].get("deletionTimestamp") and p["metadata"]["name"] != leader
+                ]
+            )
+            == 2
+        ),
+        90,
+        "the Deployment's replacement",
+    )
 
 
 def test_a_leader_killed_mid_job_is_replaced_by_the_follower_when_its_lease_runs_out(pods, node_llm, readme_job):
@@ -201,8 +253,16 @@ def test_a_leader_killed_mid_job_is_replaced_by_the_follower_when_its_lease_runs
     pods.node.ctr("tasks", "kill", "--signal", "SIGKILL", container["containerID"].removeprefix("containerd://"))
     new_leader(pods, holder)
     finished_once(pods, "through-a-kill")
-    eventually(lambda: pods.cluster.get("pods", leader["metadata"]["name"], namespace="promptopt-system")[
-        "status"]["containerStatuses"][0]["restartCount"] == 1, 60, "the kubelet to restart the killed operator")
+    eventually(
+        lambda: (
+            pods.cluster.get("pods", leader["metadata"]["name"], namespace="promptopt-system")["status"][
+                "containerStatuses"
+            ][0]["restartCount"]
+            == 1
+        ),
+        60,
+        "the kubelet to restart the killed operator",
+    )
 
 
 def test_a_rollout_restart_mid_job_loses_and_duplicates_nothing(pods, node_llm, readme_job, node_kubectl):
@@ -210,7 +270,6 @@ def test_a_rollout_restart_mid_job_loses_and_duplicates_nothing(pods, node_llm, 
     before = {p["metadata"]["name"] for p in pods.operator_pods()}
     leader_during_a_job(pods, readme_job, "through-a-rollout")
     node_kubectl("rollout", "restart", "deployment/promptopt", "-n", "promptopt-system")
-    node_kubectl("rollout", "status", "deployment/promptopt", "-n", "promptopt-system", "--timeout=120s",
-                 timeout=150)
+    node_kubectl("rollout", "status", "deployment/promptopt", "-n", "promptopt-system", "--timeout=120s", timeout=150)
     finished_once(pods, "through-a-rollout")
     assert eventually(pods.leader_pod, 60, "a leader")["metadata"]["name"] not in before

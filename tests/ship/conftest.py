@@ -1,5 +1,6 @@
 """Fixtures for the shipping tests: the value sets the chart (rendered by tests/conftest.py's `render`) is
 checked with."""
+
 import pytest
 
 # The value sets every chart test runs with: the defaults, and the non-default paths through the templates.
@@ -31,8 +32,12 @@ VALUE_SETS = {
             "apiServer": {"cidrs": ["10.0.0.1/32"], "ports": [6443]},
             "llmEndpoints": {"cidrs": ["203.0.113.0/24"], "ports": [443]},
             "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
-            "workerExtraEgress": [{"to": [{"podSelector": {"matchLabels": {"app": "vllm"}}}],
-                                   "ports": [{"protocol": "TCP", "port": 8000}]}],
+            "workerExtraEgress": [
+                {
+                    "to": [{"podSelector": {"matchLabels": {"app": "vllm"}}}],
+                    "ports": [{"protocol": "TCP", "port": 8000}],
+                }
+            ],
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
         "demo": {"simulatedLLM": {"enabled": True}},

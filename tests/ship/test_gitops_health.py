@@ -1,6 +1,7 @@
 """What Argo CD and Flux make of a PromptOptimizationJob, in every phase: the Argo CD health check and cancel
 action (Lua, run with lupa's Lua 5.1 as Argo CD's gopher-lua) and Flux's healthCheckExprs (CEL, with cel-python),
 over status samples the operator's own lifecycle functions produce (promptopt_operator.lifecycle.decide)."""
+
 import copy
 import json
 from datetime import UTC, datetime, timedelta
@@ -36,8 +37,12 @@ SPEC = {
 
 
 def new_job(spec=SPEC) -> dict:
-    return {"apiVersion": API_VERSION, "kind": KIND,
-            "metadata": {"name": NAME, "namespace": "ml", "generation": 1}, "spec": copy.deepcopy(spec)}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": NAME, "namespace": "ml", "generation": 1},
+        "spec": copy.deepcopy(spec),
+    }
 
 
 def with_spec(job: dict, **changes) -> dict:
@@ -62,27 +67,35 @@ def lifecycle_samples() -> dict[str, dict]:
     created = new_job()
     started = reconciled(created)
     running = reconciled(started, [pod("Running")], minutes=1)
-    failed_once = reconciled(running, [pod("Failed", exit_code=1, reason="Error",
-                                           finished_at="2026-01-01T12:02:00Z")], minutes=2)
+    failed_once = reconciled(
+        running, [pod("Failed", exit_code=1, reason="Error", finished_at="2026-01-01T12:02:00Z")], minutes=2
+    )
     result = {"workerResult": {"reason": "Completed", "message": "the best prompt scores 0.92 (seed 0.50)"}}
-    succeeded = reconciled(running, [pod("Succeeded", exit_code=0, termination_message=json.dumps(result))],
-                           minutes=5)
+    succeeded = reconciled(running, [pod("Succeeded", exit_code=0, termination_message=json.dumps(result))], minutes=5)
     return {
         "new": created,
         "queued": reconciled(created, slot=Slot(may_start=False, position=3)),
         "pending": started,
-        "image pull back-off": reconciled(started, [pod("Pending", reason="ImagePullBackOff",
-                                                        message="Back-off pulling image")], minutes=1),
+        "image pull back-off": reconciled(
+            started, [pod("Pending", reason="ImagePullBackOff", message="Back-off pulling image")], minutes=1
+        ),
         "running": running,
         "retrying after a failure": failed_once,
         "running a spec changed after the start": reconciled(
             with_spec(running, prompts=[{"name": "classify", "template": "Label it: {{review}}"}]),
-            [pod("Running")], minutes=2),
+            [pod("Running")],
+            minutes=2,
+        ),
         "succeeded": succeeded,
         "failed: invalid input": reconciled(running, [pod("Failed", exit_code=2, reason="Error")], minutes=2),
         "failed: backoff limit exceeded": reconciled(
-            failed_once, [pod("Failed", exit_code=1, reason="Error", finished_at="2026-01-01T12:02:00Z"),
-                          pod("Failed", attempt=2, exit_code=1, reason="OOMKilled")], minutes=10),
+            failed_once,
+            [
+                pod("Failed", exit_code=1, reason="Error", finished_at="2026-01-01T12:02:00Z"),
+                pod("Failed", attempt=2, exit_code=1, reason="OOMKilled"),
+            ],
+            minutes=10,
+        ),
         "failed: deadline exceeded": reconciled(running, [pod("Running")], minutes=61),
         "failed: invalid spec": reconciled(new_job({**SPEC, "optimizer": {"type": "Annealing"}})),
         "cancelled": reconciled(with_spec(running, cancel=True), [pod("Running")], minutes=3),
@@ -114,17 +127,26 @@ EXPECTED = {
 def test_samples_are_what_their_names_say():
     phases = {name: (job.get("status") or {}).get("phase") for name, job in SAMPLES.items()}
     assert phases == {
-        "new": None, "queued": "Queued", "pending": "Pending", "image pull back-off": "Pending",
-        "running": "Running", "retrying after a failure": "Pending",
+        "new": None,
+        "queued": "Queued",
+        "pending": "Pending",
+        "image pull back-off": "Pending",
+        "running": "Running",
+        "retrying after a failure": "Pending",
         "running a spec changed after the start": "Running",
-        "succeeded": "Succeeded", "failed: invalid input": "Failed", "failed: backoff limit exceeded": "Failed",
-        "failed: deadline exceeded": "Failed", "failed: invalid spec": "Failed", "cancelled": "Cancelled",
+        "succeeded": "Succeeded",
+        "failed: invalid input": "Failed",
+        "failed: backoff limit exceeded": "Failed",
+        "failed: deadline exceeded": "Failed",
+        "failed: invalid spec": "Failed",
+        "cancelled": "Cancelled",
     }
     assert set(phases.values()) - {None} == PHASES  # every phase is covered
     assert set(EXPECTED) == set(SAMPLES)
 
 
 # --- Argo CD: Lua ---------------------------------------------------------------------------------------------
+
 
 def run_lua(script: Path, obj: dict):
     """Run an Argo CD script with `obj` set, as Argo CD does; no io/os/require, which Argo CD's sandbox lacks."""
@@ -183,15 +205,18 @@ def test_argocd_cm_carries_the_same_scripts():
     actions = yaml.safe_load(settings[f"resource.customizations.actions.{group_kind}"])
     assert actions["discovery.lua"] == (ARGOCD / "actions" / "discovery.lua").read_text()
     assert actions["definitions"] == [
-        {"name": "cancel", "action.lua": (ARGOCD / "actions" / "cancel" / "action.lua").read_text()}]
+        {"name": "cancel", "action.lua": (ARGOCD / "actions" / "cancel" / "action.lua").read_text()}
+    ]
 
 
 # --- Flux: CEL --------------------------------------------------------------------------------------------------
 
+
 def health_check_exprs() -> dict[str, str]:
     kustomization = yaml.safe_load(FLUX_KUSTOMIZATION.read_text())
-    (exprs,) = [e for e in kustomization["spec"]["healthCheckExprs"]
-                if (e["apiVersion"], e["kind"]) == (API_VERSION, KIND)]
+    (exprs,) = [
+        e for e in kustomization["spec"]["healthCheckExprs"] if (e["apiVersion"], e["kind"]) == (API_VERSION, KIND)
+    ]
     return exprs
 
 

@@ -1,5 +1,6 @@
 """The Helm chart, rendered and linted by the real Helm engine (helm-python-sdk): valid Kubernetes objects, the
 CRD of crds/, an operator configured as the values say, and bad values refused with a message naming them."""
+
 import dataclasses
 import os
 import re
@@ -30,8 +31,11 @@ def objects(manifests, kind):
 
 
 def operator_deployment(manifests):
-    (deployment,) = [d for d in objects(manifests, "Deployment")
-                     if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
+    (deployment,) = [
+        d
+        for d in objects(manifests, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
     return deployment
 
 
@@ -53,7 +57,8 @@ def test_chart_ships_the_generated_crd_byte_for_byte():
     assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == [CRD_FILE_NAME]
     assert (CHART / "crds" / CRD_FILE_NAME).read_bytes() == (REPO / "crds" / CRD_FILE_NAME).read_bytes(), (
         f"deploy/helm/promptopt/crds/{CRD_FILE_NAME} differs from crds/{CRD_FILE_NAME}: "
-        "run `promptopt crd -o crds -o deploy/helm/promptopt/crds`")
+        "run `promptopt crd -o crds -o deploy/helm/promptopt/crds`"
+    )
 
 
 def test_lint_strict_is_clean(values):
@@ -86,11 +91,14 @@ def test_operator_replicas_elect_a_leader_roll_without_a_gap_and_have_probes_and
     deployment = operator_deployment(manifests)
     replicas = values.get("operator", {}).get("replicas", 2)
     assert deployment["spec"]["replicas"] == replicas
-    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
-                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     budgets = [m for m in manifests if m["kind"] == "PodDisruptionBudget"]
-    assert [b["spec"] for b in budgets] == ([{"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}]
-                                            if replicas > 1 else [])
+    assert [b["spec"] for b in budgets] == (
+        [{"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}] if replicas > 1 else []
+    )
     container = operator_container(manifests)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -132,8 +140,11 @@ def test_values_configure_the_operator(chart, manifests, values, monkeypatch):
     merged = chart.merge_values(values)
     settings = settings_from_container(operator_container(manifests), monkeypatch)
     worker_image = merged["worker"]["image"]
-    expected_image = (f"{worker_image['repository']}@{worker_image['digest']}" if worker_image["digest"]
-                      else f"{worker_image['repository']}:{worker_image['tag'] or chart.metadata['appVersion']}")
+    expected_image = (
+        f"{worker_image['repository']}@{worker_image['digest']}"
+        if worker_image["digest"]
+        else f"{worker_image['repository']}:{worker_image['tag'] or chart.metadata['appVersion']}"
+    )
     assert settings.namespaces == tuple(merged["watchNamespaces"])
     assert settings.max_running_jobs == merged["maxRunningJobs"]
     assert settings.retry_base_delay_seconds == merged["retryBaseDelaySeconds"]
@@ -162,12 +173,17 @@ def test_network_policies_select_the_operator_and_the_worker_pods(chart, manifes
         return
     deployment = operator_deployment(manifests)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    operator_policies = [p for p in policies if p["metadata"]["namespace"] == deployment["metadata"]["namespace"]
-                         and p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()]
+    operator_policies = [
+        p
+        for p in policies
+        if p["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+        and p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    ]
     worker_policies = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == COMPONENT_LABELS]
     assert len(operator_policies) == 1 and len(operator_policies) + len(worker_policies) == len(policies)
     assert sorted(p["metadata"]["namespace"] for p in worker_policies) == sorted(
-        job_namespaces(chart.merge_values(values), manifests))
+        job_namespaces(chart.merge_values(values), manifests)
+    )
     for policy in worker_policies:
         assert "ingress" not in policy["spec"] and policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
         egress_ports = {port["port"] for rule in policy["spec"]["egress"] for port in rule["ports"]}
@@ -187,17 +203,25 @@ def test_service_monitor_scrapes_the_metrics_service(manifests, values):
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
 
 
-@pytest.mark.parametrize("bad_values, message", [
-    ({"maxRunningJobs": 0}, "at '/maxRunningJobs': minimum: got 0, want 1"),
-    ({"maxRunningJobs": "10"}, "at '/maxRunningJobs': got string, want integer"),
-    ({"maxRunningJob": 3}, "additional properties 'maxRunningJob' not allowed"),
-    ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
-    ({"worker": {"image": {"pullPolicy": "Sometimes"}}}, "at '/worker/image/pullPolicy': value must be one of"),
-    ({"operator": {"image": {"digest": "latest"}}}, "at '/operator/image/digest'"),
-    ({"networkPolicy": {"enabled": True, "apiServer": {"cidrs": []}}}, "at '/networkPolicy/apiServer/cidrs': minItems"),
-    ({"serviceMonitor": {"enabled": True}, "metrics": {"enabled": False}},
-     "serviceMonitor.enabled needs metrics.enabled"),
-])
+@pytest.mark.parametrize(
+    "bad_values, message",
+    [
+        ({"maxRunningJobs": 0}, "at '/maxRunningJobs': minimum: got 0, want 1"),
+        ({"maxRunningJobs": "10"}, "at '/maxRunningJobs': got string, want integer"),
+        ({"maxRunningJob": 3}, "additional properties 'maxRunningJob' not allowed"),
+        ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
+        ({"worker": {"image": {"pullPolicy": "Sometimes"}}}, "at '/worker/image/pullPolicy': value must be one of"),
+        ({"operator": {"image": {"digest": "latest"}}}, "at '/operator/image/digest'"),
+        (
+            {"networkPolicy": {"enabled": True, "apiServer": {"cidrs": []}}},
+            "at '/networkPolicy/apiServer/cidrs': minItems",
+        ),
+        (
+            {"serviceMonitor": {"enabled": True}, "metrics": {"enabled": False}},
+            "serviceMonitor.enabled needs metrics.enabled",
+        ),
+    ],
+)
 def test_bad_values_fail_with_a_message_naming_them(chart, bad_values, message):
     with pytest.raises(HelmError) as failure:
         chart.render(bad_values, name="promptopt", namespace="promptopt-system")

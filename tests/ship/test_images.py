@@ -2,6 +2,7 @@
 slim Python base, numeric non-root user, only the extra each needs, pinned dependencies consistent with
 pyproject.toml, no secrets or caches baked in, the right entrypoint, and only what runs in a Pod: neither the
 test harness nor any test code."""
+
 import ast
 import fnmatch
 import json
@@ -113,7 +114,8 @@ def test_no_secret_is_baked_in(image):
                 names = [item.split("=", 1)[0] for item in shlex.split(instruction.arguments)]
                 assert not [n for n in names if SECRET_WORDS.search(n)], instruction
             assert not (instruction.keyword == "COPY" and instruction.arguments.split()[0] in (".", "./")), (
-                "copy named paths only: the whole context may hold credentials")
+                "copy named paths only: the whole context may hold credentials"
+            )
 
 
 def test_worker_image_never_downloads_the_litellm_cost_map():
@@ -130,6 +132,7 @@ def test_final_stage_takes_only_the_virtual_environment(image):
 
 # --- the build context ---------------------------------------------------------------------------------------
 
+
 def dockerignore_patterns() -> list[str]:
     lines = (REPO / ".dockerignore").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
@@ -139,26 +142,44 @@ def ignored(path: str, patterns: list[str]) -> bool:
     """Whether .dockerignore keeps the path (or a folder holding it) out of the build context."""
     parts = Path(path).parts
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix, pattern.removeprefix("**/"))
-               for pattern in patterns for prefix in prefixes)
+    return any(
+        fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix, pattern.removeprefix("**/"))
+        for pattern in patterns
+        for prefix in prefixes
+    )
 
 
 def test_the_build_context_holds_what_the_images_copy_and_nothing_private(image):
     _, _, stages = image
     patterns = dockerignore_patterns()
-    sources = [source for stage in stages for i in stage if i.keyword == "COPY" and "--from" not in i.arguments
-               for source in i.arguments.split()[:-1]]
+    sources = [
+        source
+        for stage in stages
+        for i in stage
+        if i.keyword == "COPY" and "--from" not in i.arguments
+        for source in i.arguments.split()[:-1]
+    ]
     for source in sources:
         assert (REPO / source).exists() and not ignored(source, patterns), source
     # pyproject's package folders and readme are all copied, so `pip install .` can build the package.
     needed = {*PYPROJECT["tool"]["setuptools"]["package-dir"].values(), PYPROJECT["project"]["readme"]}
     assert {folder.split("/")[0] for folder in needed} <= set(sources)
-    for private in (".git/config", ".venv/bin/python", ".env", "tests/conftest.py", "deploy/helm", "x/kubeconfig",
-                    "promptopt/__pycache__/cli.cpython-311.pyc", "harness/pyproject.toml", "bench/__main__.py"):
+    for private in (
+        ".git/config",
+        ".venv/bin/python",
+        ".env",
+        "tests/conftest.py",
+        "deploy/helm",
+        "x/kubeconfig",
+        "promptopt/__pycache__/cli.cpython-311.pyc",
+        "harness/pyproject.toml",
+        "bench/__main__.py",
+    ):
         assert ignored(private, patterns), private
 
 
 # --- only what runs in a Pod -------------------------------------------------------------------------------------
+
 
 def installed_modules() -> list[Path]:
     """The Python files `pip install .` puts into an image: those of each package pyproject lists, from its folder."""
@@ -190,8 +211,13 @@ def imported_distributions(module: Path, in_images: set[str]) -> set[str]:
 
 def test_the_images_copy_neither_the_harness_nor_tests(image):
     _, _, stages = image
-    sources = [source for stage in stages for i in stage if i.keyword == "COPY" and "--from" not in i.arguments
-               for source in i.arguments.split()[:-1]]
+    sources = [
+        source
+        for stage in stages
+        for i in stage
+        if i.keyword == "COPY" and "--from" not in i.arguments
+        for source in i.arguments.split()[:-1]
+    ]
     assert not [source for source in sources if source.split("/")[0] in TEST_FOLDERS]
     assert all(ignored(folder, dockerignore_patterns()) for folder in TEST_FOLDERS)
 
@@ -215,10 +241,12 @@ def test_the_installed_packages_hold_no_test_code():
         assert not module.name.startswith("test_") and module.name != "conftest.py", module
         imported = imported_distributions(module, in_images)
         assert imported <= in_images, (
-            f"{module.relative_to(REPO)} imports {sorted(imported - in_images)}, which no image installs")
+            f"{module.relative_to(REPO)} imports {sorted(imported - in_images)}, which no image installs"
+        )
 
 
 # --- constraints -----------------------------------------------------------------------------------------------
+
 
 def requirements_of(extra: str) -> list[Requirement]:
     """The project's dependencies with this extra, following self-references such as promptopt[operator,worker]."""
@@ -261,7 +289,8 @@ def test_constraints_pin_every_dependency_within_pyproject(extra):
         name = canonicalize_name(requirement.name)
         assert name in pinned, f"{requirement.name} is not pinned: run tools/compile_constraints.py {extra}"
         assert requirement.specifier.contains(pinned[name], prereleases=True), (
-            f"{name}=={pinned[name]} does not satisfy pyproject's {requirement}: run tools/compile_constraints.py")
+            f"{name}=={pinned[name]} does not satisfy pyproject's {requirement}: run tools/compile_constraints.py"
+        )
 
 
 @pytest.mark.parametrize("extra", CONSTRAINED)

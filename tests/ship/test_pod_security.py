@@ -5,6 +5,7 @@ pod-security.kubernetes.io/enforce=restricted.
 The checker is plain functions over a Pod spec, following the profile's controls
 (https://kubernetes.io/docs/concepts/security/pod-security-standards/), baseline ones included.
 """
+
 import copy
 
 import pytest
@@ -13,15 +14,26 @@ from promptopt.api.validation import parse_spec
 from promptopt_operator.pods import worker_pod_manifest
 from promptopt_operator.settings import OperatorSettings
 
-ALLOWED_VOLUME_SOURCES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                          "projected", "secret"}
+ALLOWED_VOLUME_SOURCES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 ALLOWED_ADDED_CAPABILITIES = {"NET_BIND_SERVICE"}
 ALLOWED_SECCOMP_TYPES = {"RuntimeDefault", "Localhost"}
 
 
 def all_containers(pod_spec: dict) -> list[dict]:
-    return [*pod_spec.get("initContainers", []), *pod_spec.get("containers", []),
-            *pod_spec.get("ephemeralContainers", [])]
+    return [
+        *pod_spec.get("initContainers", []),
+        *pod_spec.get("containers", []),
+        *pod_spec.get("ephemeralContainers", []),
+    ]
 
 
 def host_namespace_violations(pod_spec: dict) -> list[str]:
@@ -80,10 +92,12 @@ def restricted_violations(pod_spec: dict) -> list[str]:
 
 RESTRICTED_POD = {
     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-    "containers": [{
-        "name": "app",
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-    }],
+    "containers": [
+        {
+            "name": "app",
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        }
+    ],
     "volumes": [{"name": "scratch", "emptyDir": {}}],
 }
 
@@ -102,33 +116,41 @@ def changed(path: str, value) -> dict:
 def test_checker_passes_a_restricted_pod():
     assert restricted_violations(RESTRICTED_POD) == []
     assert restricted_violations(changed("containers.0.securityContext.capabilities.add", ["NET_BIND_SERVICE"])) == []
-    assert restricted_violations(changed("securityContext.seccompProfile", {"type": "Localhost",
-                                                                            "localhostProfile": "p.json"})) == []
+    assert (
+        restricted_violations(
+            changed("securityContext.seccompProfile", {"type": "Localhost", "localhostProfile": "p.json"})
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize("path, value", [
-    ("hostNetwork", True),
-    ("hostPID", True),
-    ("hostIPC", True),
-    ("volumes", [{"name": "host", "hostPath": {"path": "/"}}]),
-    ("securityContext.runAsNonRoot", False),
-    ("securityContext.runAsUser", 0),
-    ("securityContext.seccompProfile", {"type": "Unconfined"}),
-    ("securityContext", {"runAsNonRoot": True}),  # no seccomp profile at all
-    ("containers.0.securityContext.privileged", True),
-    ("containers.0.securityContext.allowPrivilegeEscalation", True),
-    ("containers.0.securityContext.capabilities", {"drop": ["NET_RAW"]}),
-    ("containers.0.securityContext.capabilities.add", ["SYS_ADMIN"]),
-    ("containers.0.securityContext.runAsNonRoot", False),
-    ("containers.0.securityContext.procMount", "Unmasked"),
-    ("containers.0.ports", [{"containerPort": 80, "hostPort": 80}]),
-    ("initContainers", [{"name": "init"}]),
-])
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        ("hostNetwork", True),
+        ("hostPID", True),
+        ("hostIPC", True),
+        ("volumes", [{"name": "host", "hostPath": {"path": "/"}}]),
+        ("securityContext.runAsNonRoot", False),
+        ("securityContext.runAsUser", 0),
+        ("securityContext.seccompProfile", {"type": "Unconfined"}),
+        ("securityContext", {"runAsNonRoot": True}),  # no seccomp profile at all
+        ("containers.0.securityContext.privileged", True),
+        ("containers.0.securityContext.allowPrivilegeEscalation", True),
+        ("containers.0.securityContext.capabilities", {"drop": ["NET_RAW"]}),
+        ("containers.0.securityContext.capabilities.add", ["SYS_ADMIN"]),
+        ("containers.0.securityContext.runAsNonRoot", False),
+        ("containers.0.securityContext.procMount", "Unmasked"),
+        ("containers.0.ports", [{"containerPort": 80, "hostPort": 80}]),
+        ("initContainers", [{"name": "init"}]),
+    ],
+)
 def test_checker_rejects_each_control(path, value):
     assert restricted_violations(changed(path, value))
 
 
 # --- the project's Pods ----------------------------------------------------------------------------------
+
 
 def test_the_charts_pods_are_restricted(manifests):
     """The operator's, and the demo LLM's where the values deploy it."""
@@ -157,8 +179,10 @@ WORKER_SPECS = {
             "resources": {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}},
             "nodeSelector": {"pool": "cpu"},
             "tolerations": [{"key": "spot", "operator": "Exists"}],
-            "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
-                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+            "env": [
+                {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            ],
         },
     },
 }
@@ -166,6 +190,13 @@ WORKER_SPECS = {
 
 @pytest.mark.parametrize("spec", WORKER_SPECS.values(), ids=WORKER_SPECS.keys())
 def test_worker_pod_is_restricted(spec):
-    pod = worker_pod_manifest(job_name="job", job_uid="0c1d", spec=parse_spec(spec), attempt=1,
-                              settings=OperatorSettings(), active_deadline_seconds=600, spec_hash="hash")
+    pod = worker_pod_manifest(
+        job_name="job",
+        job_uid="0c1d",
+        spec=parse_spec(spec),
+        attempt=1,
+        settings=OperatorSettings(),
+        active_deadline_seconds=600,
+        spec_hash="hash",
+    )
     assert restricted_violations(pod["spec"]) == []

@@ -8,6 +8,7 @@ the chart's rules:
 - observed: the real operator and worker run as the chart's ServiceAccounts against a real API server, whose
   authorizer refuses whatever the chart does not grant and whose audit log shows every call they made.
 """
+
 import ast
 import importlib
 import inspect
@@ -38,6 +39,7 @@ API_OPERATION = re.compile(r"^(connect|create|delete|get|list|patch|read|replace
 
 
 # --- calls in the source -----------------------------------------------------------------------------------
+
 
 class _Recorded(Exception):
     pass
@@ -84,17 +86,24 @@ def _value(node: ast.expr, constants: dict):
 def calls_in_module(path: Path, constants: dict) -> set[tuple[str, str, str]]:
     """Every kubernetes-client call in a module: `api.read_namespaced_config_map(...)`, and also a method passed to
     a helper with its arguments after it (`self._call(self._custom.get_namespaced_custom_object, GROUP, ...)`)."""
-    methods = {name: api for api in CLIENT_APIS for name, _ in inspect.getmembers(api, inspect.isfunction)
-               if API_OPERATION.match(name)}
+    methods = {
+        name: api
+        for api in CLIENT_APIS
+        for name, _ in inspect.getmembers(api, inspect.isfunction)
+        if API_OPERATION.match(name)
+    }
     found = set()
     for call in [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)]:
-        candidates = [(call.func, call.args)] + [(arg, call.args[i + 1:]) for i, arg in enumerate(call.args)]
+        candidates = [(call.func, call.args)] + [(arg, call.args[i + 1 :]) for i, arg in enumerate(call.args)]
         for target, args in candidates:
             if not (isinstance(target, ast.Attribute) and target.attr in methods):
                 continue
             api = methods[target.attr]
-            parameters = [p for p in inspect.signature(getattr(api, target.attr)).parameters.values()
-                          if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+            parameters = [
+                p
+                for p in inspect.signature(getattr(api, target.attr)).parameters.values()
+                if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty
+            ]
             given = {p.name: _value(a, constants) for p, a in zip(parameters, args, strict=False)}
             given.update({k.arg: _value(k.value, constants) for k in call.keywords if k.arg})
             arguments = {p.name: given.get(p.name) or ({} if p.name == "body" else "x") for p in parameters}
@@ -128,6 +137,7 @@ def test_the_worker_reads_its_job_and_configmaps_and_writes_its_status():
 
 # --- kopf's calls ------------------------------------------------------------------------------------------
 
+
 def kopf_calls(clusterwide: bool) -> set[tuple[str, str, str]]:
     """What kopf itself calls for our handlers (kopf 1.45):
     - every resource with a handler of any kind is listed, then watched (kopf/_cogs/clients/watching.py);
@@ -145,9 +155,11 @@ def kopf_calls(clusterwide: bool) -> set[tuple[str, str, str]]:
     registry = kopf.get_default_registry()
     # The same registries kopf's observation.resource_observer walks.
     registries = [registry._indexing, registry._watching, registry._spawning, registry._changing, registry._webhooks]
-    calls = {("", "events", "create"),
-             ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-             ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
+    calls = {
+        ("", "events", "create"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    }
     if not clusterwide:
         calls |= {("", "namespaces", "list"), ("", "namespaces", "watch")}
     for handler in [h for r in registries for h in r.get_all_handlers()]:
@@ -168,15 +180,24 @@ def operator_calls(clusterwide: bool) -> set[tuple[str, str, str]]:
 
 # --- the chart's rules -------------------------------------------------------------------------------------
 
+
 def rule_calls(rules: list[dict]) -> set[tuple[str, str, str]]:
-    return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
-            for resource in rule["resources"] for verb in rule["verbs"]}
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
 
 
 def granted(manifests: list[dict], service_account: str, namespace: str) -> dict[str | None, set]:
     """{namespace, or None for cluster-wide: the calls granted} to a ServiceAccount by the chart's bindings."""
-    roles = {(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]): m["rules"]
-             for m in manifests if m["kind"] in ("Role", "ClusterRole")}
+    roles = {
+        (m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]): m["rules"]
+        for m in manifests
+        if m["kind"] in ("Role", "ClusterRole")
+    }
     grants: dict[str | None, set] = {}
     for binding in [m for m in manifests if m["kind"] in ("RoleBinding", "ClusterRoleBinding")]:
         if {"kind": "ServiceAccount", "name": service_account, "namespace": namespace} not in binding["subjects"]:
@@ -189,8 +210,11 @@ def granted(manifests: list[dict], service_account: str, namespace: str) -> dict
 
 
 def operator_account(manifests):
-    (deployment,) = [m for m in manifests if m["kind"] == "Deployment"
-                     and m["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
+    (deployment,) = [
+        m
+        for m in manifests
+        if m["kind"] == "Deployment" and m["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
     return deployment["spec"]["template"]["spec"]["serviceAccountName"], deployment["metadata"]["namespace"]
 
 
@@ -208,8 +232,12 @@ def test_namespaced_operator_is_granted_exactly_its_calls_in_each_namespace(rend
     grants = granted(manifests, *operator_account(manifests))
     wanted = operator_calls(clusterwide=False) - LEASE_CALLS
     cluster_scoped = {call for call in wanted if call[1] in CLUSTER_SCOPED}
-    assert grants == {None: cluster_scoped, "team-a": wanted - cluster_scoped, "team-b": wanted - cluster_scoped,
-                      RELEASE_NAMESPACE: LEASE_CALLS}
+    assert grants == {
+        None: cluster_scoped,
+        "team-a": wanted - cluster_scoped,
+        "team-b": wanted - cluster_scoped,
+        RELEASE_NAMESPACE: LEASE_CALLS,
+    }
 
 
 def test_only_the_leader_election_lease_may_be_read_and_written(render):
@@ -219,11 +247,14 @@ def test_only_the_leader_election_lease_may_be_read_and_written(render):
     assert by_verb == {"create": None, "get": ["promptopt"], "update": ["promptopt"]}
 
 
-@pytest.mark.parametrize("values, namespaces", [
-    ({}, ["promptopt-system"]),
-    ({"watchNamespaces": ["team-a"]}, ["team-a"]),
-    ({"watchNamespaces": ["team-a"], "jobNamespaces": ["team-a", "team-b"]}, ["team-a", "team-b"]),
-])
+@pytest.mark.parametrize(
+    "values, namespaces",
+    [
+        ({}, ["promptopt-system"]),
+        ({"watchNamespaces": ["team-a"]}, ["team-a"]),
+        ({"watchNamespaces": ["team-a"], "jobNamespaces": ["team-a", "team-b"]}, ["team-a", "team-b"]),
+    ],
+)
 def test_workers_are_granted_exactly_their_calls_where_jobs_run(render, values, namespaces):
     manifests = render(values)
     name = OperatorSettings().worker_service_account
@@ -237,6 +268,7 @@ def test_no_rbac_is_rendered_when_turned_off(render):
 
 
 # --- observed on a real API server --------------------------------------------------------------------------
+
 
 def audited_calls(cluster, username: str, since: str) -> tuple[set[tuple[str, str, str]], list[dict]]:
     """The API calls `username` made since `since` (RFC 3339; other tests run as the same ServiceAccount), from the
@@ -272,19 +304,25 @@ def job_gone(cluster, name) -> bool:
 
 
 def metaprompt_job(name, llm, **spec):
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": {
-        "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/sim-reflect"},
-        "prompts": [{"name": "p", "template": "Label: {{text}}"}],
-        "task": {"model": "openai/sim-task", "apiBase": llm.base_url},
-        "credentials": {"secretRef": {"name": "llm-credentials"}},
-        **spec,
-    }}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/sim-reflect"},
+            "prompts": [{"name": "p", "template": "Label: {{text}}"}],
+            "task": {"model": "openai/sim-task", "apiBase": llm.base_url},
+            "credentials": {"secretRef": {"name": "llm-credentials"}},
+            **spec,
+        },
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("clusterwide", [True, False], ids=["cluster-wide", "namespaced"])
 def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_server(
-        cluster, kubelet, llm, install_rbac, tmp_path, render, clusterwide):
+    cluster, kubelet, llm, install_rbac, tmp_path, render, clusterwide
+):
     """The operator runs as the chart's ServiceAccount and the workers as theirs, with only the RBAC the chart
     renders, through jobs' whole lives: one runs to success, replaces the output an earlier job of its name left in
     a ConfigMap, and is deleted by its TTL, one is cancelled while its
@@ -297,15 +335,26 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
     since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     values = {} if clusterwide else {"watchNamespaces": [cluster.namespace]}
     kubeconfig = install_rbac(**values)
-    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
-                    "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()}})
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "llm-credentials"},
+            "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()},
+        }
+    )
     # As the chart runs it: electing a leader through the Lease it grants (none yet, so it is created).
     try:
         cluster.delete("leases", "promptopt", namespace=RELEASE_NAMESPACE)
     except ApiError as error:
         assert error.code == 404
-    flags = ("--leader-election-namespace", RELEASE_NAMESPACE, "--leader-election-lease", "promptopt",
-             *(() if clusterwide else ("--namespace", cluster.namespace)))
+    flags = (
+        "--leader-election-namespace",
+        RELEASE_NAMESPACE,
+        "--leader-election-lease",
+        "promptopt",
+        *(() if clusterwide else ("--namespace", cluster.namespace)),
+    )
     operator = OperatorProcess(kubeconfig, *flags, log_path=tmp_path / "operator.log").start()
     try:
         legacy = metaprompt_job("legacy", llm, cancel=True)
@@ -314,28 +363,45 @@ def test_operator_and_workers_make_exactly_the_granted_calls_on_a_real_api_serve
         cluster.delete("poj", "legacy")
         wait_until(lambda: job_gone(cluster, "legacy"), "kopf to take the old finalizer off", operator)
         # An earlier job of the same name left its output: the operator's create meets it, reads it and replaces it.
-        cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-            "name": "done-prompts", "labels": {"app.kubernetes.io/managed-by": "promptopt-operator"},
-            "annotations": {"promptopt.dev/job-name": "done"}}, "data": {"p": "an earlier result"}})
-        cluster.create(metaprompt_job("done", llm, ttlSecondsAfterFinished=0,
-                                      output={"configMap": {"name": "done-prompts"}}))
+        cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": "done-prompts",
+                    "labels": {"app.kubernetes.io/managed-by": "promptopt-operator"},
+                    "annotations": {"promptopt.dev/job-name": "done"},
+                },
+                "data": {"p": "an earlier result"},
+            }
+        )
+        cluster.create(
+            metaprompt_job("done", llm, ttlSecondsAfterFinished=0, output={"configMap": {"name": "done-prompts"}})
+        )
         wait_until(lambda: job_gone(cluster, "done"), "the finished job's deletion by its TTL", operator)
         assert cluster.get("configmaps", "done-prompts")["data"]["p"] != "an earlier result"
         llm.set_latency(5)  # the worker waits in its first LLM call until the cancel
         cluster.create(metaprompt_job("stopped", llm))
-        wait_until(lambda: (cluster.get("poj", "stopped").get("status") or {}).get("phase") == "Running",
-                   "the second job's worker", operator)
+        wait_until(
+            lambda: (cluster.get("poj", "stopped").get("status") or {}).get("phase") == "Running",
+            "the second job's worker",
+            operator,
+        )
         cluster.patch("poj", "stopped", {"spec": {"cancel": True}})
-        wait_until(lambda: not [p for p in cluster.list("pods") if not p["metadata"].get("deletionTimestamp")],
-                   "the cancelled job's Pod to go", operator)
+        wait_until(
+            lambda: not [p for p in cluster.list("pods") if not p["metadata"].get("deletionTimestamp")],
+            "the cancelled job's Pod to go",
+            operator,
+        )
     finally:
         operator.stop()
     manifests = render({**values, "jobNamespaces": [cluster.namespace]})
     operator_user = service_account_user(*reversed(operator_account(manifests)))
     worker_user = service_account_user(cluster.namespace, OperatorSettings().worker_service_account)
     # The audit log is written in batches, a second apart: wait for the last calls to reach it.
-    wait_until(lambda: ("", "pods", "delete") in audited_calls(cluster, operator_user, since)[0], "the audit log",
-               operator)
+    wait_until(
+        lambda: ("", "pods", "delete") in audited_calls(cluster, operator_user, since)[0], "the audit log", operator
+    )
 
     observed, forbidden = audited_calls(cluster, operator_user, since)
     assert forbidden == [], "calls the chart does not grant the operator"

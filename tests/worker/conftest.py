@@ -1,4 +1,5 @@
 """Fixtures of the worker's tests."""
+
 import logging
 import warnings
 

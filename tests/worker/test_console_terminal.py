@@ -1,5 +1,6 @@
 """The console's live progress line in a real pseudo-terminal of 80 columns, as a terminal renders it: each redraw
 fits the width, so none leaves a wrapped line behind."""
+
 import fcntl
 import os
 import struct
@@ -21,8 +22,9 @@ def in_terminal(argv: list[str], columns: int = COLUMNS) -> str:
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     # COLUMNS would override the terminal's width; no LLM key: the run uses the simulated LLM.
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES") and not k.endswith("_API_KEY")}
-    child = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env, cwd=REPO,
-                             start_new_session=True)
+    child = subprocess.Popen(
+        argv, stdin=terminal, stdout=terminal, stderr=terminal, env=env, cwd=REPO, start_new_session=True
+    )
     os.close(terminal)
     output = bytearray()
     try:
@@ -58,7 +60,7 @@ def screen(output: str, columns: int = COLUMNS) -> list[str]:
                 rows.append([])
                 column = 0
             row = rows[-1]
-            row[column:column + 1] = [character]
+            row[column : column + 1] = [character]
             column += 1
     return ["".join(row) for row in rows]
 
@@ -74,7 +76,7 @@ def assert_one_fitted_progress_line(output: str) -> str:
     assert drawn, output
     assert max(len(line) for line in drawn) < COLUMNS, drawn
     rows = screen(output)
-    before_result = rows[:next(index for index, row in enumerate(rows) if row.startswith("result: "))]
+    before_result = rows[: next(index for index, row in enumerate(rows) if row.startswith("result: "))]
     progress_rows = [row for row in before_result if "metric calls" in row or row.startswith("[")]
     assert progress_rows == [drawn[-1]], progress_rows  # no wrapped remains of earlier redraws
     return progress_rows[0]

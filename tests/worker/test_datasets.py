@@ -1,4 +1,5 @@
 """Dataset records from the spec or a ConfigMap's text (JSON, JSONL, CSV), and the train/validation split."""
+
 import json
 
 import pytest
@@ -39,7 +40,7 @@ def test_jsonl_is_one_record_a_line_blank_lines_skipped():
 def test_csv_columns_become_inputs_and_expectations():
     text = (
         "\ufeffreview,inputs.lang,expected_response,expectations.guidelines\n"
-        'I love it,,positive,\n'
+        "I love it,,positive,\n"
         '"Awful, truly",en,negative,be brief\n'
         "\n"
     )
@@ -178,8 +179,9 @@ def test_the_test_records_are_held_out_first_and_the_rest_split_as_without_them(
     test, seen = {e.index for e in split.test}, {e.index for e in split.train + split.validation}
     assert len(test) == 4 and not test & seen and test | seen == set(range(20))
     assert (len(split.train), len(split.validation)) == (12, 4)  # 25% of the 16 left
-    assert split == load_dataset(DatasetSpec(records=records(20), test_fraction=0.2, validation_fraction=0.25,
-                                             shuffle_seed=3))  # the same on every attempt
+    assert split == load_dataset(
+        DatasetSpec(records=records(20), test_fraction=0.2, validation_fraction=0.25, shuffle_seed=3)
+    )  # the same on every attempt
 
 
 @pytest.mark.parametrize(("n", "fraction", "test"), [(3, 0.01, 1), (3, 0.9, 1), (10, 0.99, 8)])

@@ -1,6 +1,7 @@
 """`promptopt run --dry-run`: the bounds it prints hold for the runs that follow (each job below is run for real
 against the simulated LLM and the example services, and every count compared), it calls nothing, and it refuses
 what a run would refuse, naming the field."""
+
 import json
 import os
 import subprocess
@@ -22,8 +23,9 @@ from promptopt_worker.sources import LocalConfigMaps, build_problem
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-EXAMPLE_JOBS = sorted(path.name for path in EXAMPLES.glob("*.yaml")
-                      if "kind: PromptOptimizationJob" in path.read_text())
+EXAMPLE_JOBS = sorted(
+    path.name for path in EXAMPLES.glob("*.yaml") if "kind: PromptOptimizationJob" in path.read_text()
+)
 OPENAI_BASE_URL_ENV = ("OPENAI_BASE_URL", "OPENAI_API_BASE")  # as litellm and the openai SDK read it
 PROMPTOPT = str(Path(sys.executable).with_name("promptopt"))
 
@@ -137,8 +139,10 @@ def test_a_model_without_a_price_gets_no_estimate():
     assert plan.usd_estimate is None and plan.usd_bound is None
     text = render_dry_run(plan, "job.yaml")
     assert "USD estimate: none, for openai/sim-judge (no price known: set its pricing in the spec)" in text
-    assert ("USD: no upper bound: no context window and price known for openai/sim-judge, openai/sim-reflect, "
-            "openai/sim-task") in text
+    assert (
+        "USD: no upper bound: no context window and price known for openai/sim-judge, openai/sim-reflect, "
+        "openai/sim-task"
+    ) in text
 
 
 def test_models_priced_at_zero_are_bounded_at_zero_whatever_their_window():
@@ -149,24 +153,33 @@ def test_models_priced_at_zero_are_bounded_at_zero_whatever_their_window():
 
 
 def promptopt_dry_run(*args):
-    env = {k: v for k, v in os.environ.items()
-           if not k.endswith("_API_KEY") and k not in ("RAG_AUTHORIZATION", *OPENAI_BASE_URL_ENV)}
-    return subprocess.run([PROMPTOPT, "run", "--dry-run", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=REPO)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_API_KEY") and k not in ("RAG_AUTHORIZATION", *OPENAI_BASE_URL_ENV)
+    }
+    return subprocess.run(
+        [PROMPTOPT, "run", "--dry-run", *map(str, args)], capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+    )
 
 
 def test_the_command_prints_the_plan_and_writes_it_as_json_calling_nothing(llm, tmp_path):
     spec = gepa_spec(maxMetricCalls=50)
     spec["task"]["apiBase"] = llm.base_url  # a real endpoint: had anything called it, the test double would know
-    job = {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": "j"},
-           "spec": spec}
+    job = {
+        "apiVersion": "promptopt.dev/v1alpha1",
+        "kind": "PromptOptimizationJob",
+        "metadata": {"name": "j"},
+        "spec": spec,
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
 
     run = promptopt_dry_run(tmp_path / "job.yaml", "-o", tmp_path / "plan.json")
     assert run.returncode == 0, run.stderr
     assert llm.request_count == 0
-    assert ("the job is valid. GEPA, 1 prompt(s), 9 training and 3 validation records; at most 50 evaluations"
-            in run.stdout)
+    assert (
+        "the job is valid. GEPA, 1 prompt(s), 9 training and 3 validation records; at most 50 evaluations" in run.stdout
+    )
     assert "Nothing was called." in run.stdout
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert [(c["role"], c["calls"]) for c in plan["calls"]] == [("task", 50), ("judge", 150), ("reflection", 15)]
@@ -181,19 +194,30 @@ def test_the_http_example_is_planned_without_its_credentials(tmp_path):
     assert "warning" not in run.stdout
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda s: s["prompts"][0].update(template="{{text}}"), "prompt 'classify' uses {{text}}, but records"),
-    (lambda s: s["optimizer"].update(options={"max_metric_cals": 5}),
-     "spec.optimizer.options.max_metric_cals: gepa.optimize (gepa 0.1.4) has no such parameter (did you mean "
-     "max_metric_calls?)"),
-    (lambda s: s["optimizer"]["gepa"].update(maxMetricCalls=2),
-     "spec.optimizer.gepa.maxMetricCalls: 2 metric calls do not cover GEPA's first step"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda s: s["prompts"][0].update(template="{{text}}"), "prompt 'classify' uses {{text}}, but records"),
+        (
+            lambda s: s["optimizer"].update(options={"max_metric_cals": 5}),
+            "spec.optimizer.options.max_metric_cals: gepa.optimize (gepa 0.1.4) has no such parameter (did you mean "
+            "max_metric_calls?)",
+        ),
+        (
+            lambda s: s["optimizer"]["gepa"].update(maxMetricCalls=2),
+            "spec.optimizer.gepa.maxMetricCalls: 2 metric calls do not cover GEPA's first step",
+        ),
+    ],
+)
 def test_what_a_run_would_refuse_is_refused_naming_it(tmp_path, change, message):
     spec = gepa_spec(maxMetricCalls=50)
     change(spec)
-    job = {"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": "j"},
-           "spec": spec}
+    job = {
+        "apiVersion": "promptopt.dev/v1alpha1",
+        "kind": "PromptOptimizationJob",
+        "metadata": {"name": "j"},
+        "spec": spec,
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     run = promptopt_dry_run(tmp_path / "job.yaml")
     assert run.returncode == 2 and message in run.stderr, run.stderr
@@ -206,8 +230,16 @@ TYPO = "openai/gpt-4.1-mni"  # issue 21: this passed as "the job is valid"
 
 def write_job(tmp_path, spec):
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
-                                    "metadata": {"name": "j"}, "spec": spec}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "promptopt.dev/v1alpha1",
+                "kind": "PromptOptimizationJob",
+                "metadata": {"name": "j"},
+                "spec": spec,
+            }
+        )
+    )
     return path
 
 
@@ -217,8 +249,10 @@ def test_a_model_id_typo_is_a_warning_naming_its_field_and_the_closest_listed_id
     run = promptopt_dry_run(write_job(tmp_path, spec), "-o", tmp_path / "plan.json")
     assert run.returncode == 0, run.stderr
     warning = "unknown model openai/gpt-4.1-mni (spec.task.model): did you mean openai/gpt-4.1-mini?"
-    assert f"the job is valid. GEPA, 1 prompt(s), 9 training and 3 validation records; at most 150 evaluations " \
-           f"(spec.optimizer.gepa.maxMetricCalls).\nwarning: {warning}\n" in run.stdout
+    assert (
+        f"the job is valid. GEPA, 1 prompt(s), 9 training and 3 validation records; at most 150 evaluations "
+        f"(spec.optimizer.gepa.maxMetricCalls).\nwarning: {warning}\n" in run.stdout
+    )
     assert json.loads((tmp_path / "plan.json").read_text())["warnings"] == [warning]
 
 
@@ -227,8 +261,10 @@ def test_strict_fails_the_dry_run_on_a_warning(tmp_path):
     spec["task"]["model"] = TYPO
     run = promptopt_dry_run(write_job(tmp_path, spec), "--strict")
     assert run.returncode == 2
-    assert ("the job cannot run: unknown model openai/gpt-4.1-mni (spec.task.model): did you mean "
-            "openai/gpt-4.1-mini? (--strict)") in run.stderr
+    assert (
+        "the job cannot run: unknown model openai/gpt-4.1-mni (spec.task.model): did you mean "
+        "openai/gpt-4.1-mini? (--strict)"
+    ) in run.stderr
     assert promptopt_dry_run(EXAMPLES / "gepa-sentiment.yaml", "--strict").returncode == 0
 
 
@@ -248,14 +284,18 @@ def test_every_model_the_job_names_is_looked_up_with_the_fields_naming_it(monkey
 SERVER = "http://vllm.ml.svc:8000/v1"
 
 
-@pytest.mark.parametrize("task,environment", [
-    ({"model": "openai/gpt-4.1-mini"}, {}),
-    ({"model": "anthropic/claude-haiku-4-5"}, {}),
-    ({"model": "openai/my-finetune", "apiBase": SERVER}, {}),  # the judge and the reflection model use it too
-    ({"model": "hosted_vllm/Qwen/Qwen3-8B", "apiBase": SERVER}, {}),
-    ({"model": "ollama/my-pulled-model"}, {}),  # Ollama serves whatever was pulled, on localhost by default
-    ({"model": "openai/sim-task"}, {"OPENAI_BASE_URL": SERVER}),  # the worker sends openai/ models there
-], ids=["listed", "listed, another provider", "apiBase", "vLLM", "Ollama", "OPENAI_BASE_URL"])
+@pytest.mark.parametrize(
+    "task,environment",
+    [
+        ({"model": "openai/gpt-4.1-mini"}, {}),
+        ({"model": "anthropic/claude-haiku-4-5"}, {}),
+        ({"model": "openai/my-finetune", "apiBase": SERVER}, {}),  # the judge and the reflection model use it too
+        ({"model": "hosted_vllm/Qwen/Qwen3-8B", "apiBase": SERVER}, {}),
+        ({"model": "ollama/my-pulled-model"}, {}),  # Ollama serves whatever was pulled, on localhost by default
+        ({"model": "openai/sim-task"}, {"OPENAI_BASE_URL": SERVER}),  # the worker sends openai/ models there
+    ],
+    ids=["listed", "listed, another provider", "apiBase", "vLLM", "Ollama", "OPENAI_BASE_URL"],
+)
 def test_listed_models_and_models_on_a_server_of_the_users_do_not_warn(monkeypatch, task, environment):
     for name in OPENAI_BASE_URL_ENV:
         monkeypatch.delenv(name, raising=False)

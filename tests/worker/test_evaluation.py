@@ -1,5 +1,6 @@
 """The task evaluator: scores and aggregates, the job-long cache, bounded concurrency, errors that propagate,
 examples that fail alone."""
+
 import threading
 
 import pytest
@@ -180,13 +181,15 @@ def test_a_judge_asked_again_scores_the_example_and_the_means_leave_failed_ones_
     assert scored and failed  # some judges answered when asked again, some never did
     assert all(r.scores == {"ExactMatch": 1.0, "Correctness": 1.0} for r in scored)
     assert all(r.scores == {"ExactMatch": 1.0} and r.aggregate == 0 for r in failed)
-    assert summary == ScoreSummary(aggregate=1.0, scorers={"ExactMatch": 1.0, "Correctness": 1.0},
-                                   failed_examples=len(failed))
+    assert summary == ScoreSummary(
+        aggregate=1.0, scorers={"ExactMatch": 1.0, "Correctness": 1.0}, failed_examples=len(failed)
+    )
     # Each garbled answer was followed by one more ask, but the last of a failed example.
     assert llm.calls["judge"] == llm.garbled_answers + len(scored) > len(data)
     again = [r["messages"] for r in llm.requests if r["kind"] == "judge" and len(r["messages"]) == 4]
-    assert again and all(m[2]["content"] == GARBLED_JUDGE_ANSWER and m[3]["content"] == JUDGE_ANSWER_AGAIN
-                         for m in again)
+    assert again and all(
+        m[2]["content"] == GARBLED_JUDGE_ANSWER and m[3]["content"] == JUDGE_ANSWER_AGAIN for m in again
+    )
 
 
 def test_the_budget_ends_the_evaluation(llm, task):
@@ -212,6 +215,8 @@ def test_an_aggregation_gives_each_record_its_aggregate_and_fails_naming_the_fie
     assert any(len(set(r.scores.values())) > 1 for r in results)  # where min and the weighted mean differ
     # 1 when every scorer gives 1 (so it compiles), 2 for an answer that is correct but not the exact label.
     unbounded = compile_aggregation("1.0 - scores.ExactMatch + scores.Correctness", ["ExactMatch", "Correctness"])
-    with TaskEvaluator(PROMPTS, task, scorers, client, unbounded) as evaluate, \
-            pytest.raises(AggregationError, match=r"^spec\.aggregation gave 2\.0 .* it must give a number in \[0, 1\]"):
+    with (
+        TaskEvaluator(PROMPTS, task, scorers, client, unbounded) as evaluate,
+        pytest.raises(AggregationError, match=r"^spec\.aggregation gave 2\.0 .* it must give a number in \[0, 1\]"),
+    ):
         evaluate.evaluate(SEED, examples(4))

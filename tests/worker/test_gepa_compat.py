@@ -1,6 +1,7 @@
 """promptopt_worker.gepa_compat holds for the installed gepa: it is within the range pyproject.toml allows, and what the
 module assumes of it (the engine state it reads, the merge's subsample, the reflection template, how a proposal with no
 texts is skipped) is so. A gepa upgrade that breaks an assumption fails here."""
+
 import inspect
 import math
 import tomllib
@@ -60,8 +61,9 @@ class ScoringNothing:
 
     def evaluate(self, batch, candidate, capture_traces=False):
         self.scored.append((dict(candidate), len(batch)))
-        return gepa.EvaluationBatch(outputs=["no"] * len(batch), scores=[0.0] * len(batch),
-                                    trajectories=list(batch) if capture_traces else None)
+        return gepa.EvaluationBatch(
+            outputs=["no"] * len(batch), scores=[0.0] * len(batch), trajectories=list(batch) if capture_traces else None
+        )
 
     def make_reflective_dataset(self, candidate, eval_batch, components_to_update):
         records = [{"Inputs": record, "Feedback": "wrong"} for record in eval_batch.trajectories]
@@ -91,13 +93,25 @@ def test_a_refused_proposal_costs_no_metric_call_and_the_engine_state_reads_agre
     adapter, reads = ScoringNothing(), EngineStateReads()
     reflection = ScreenedReflection(lambda prompt: "Better:\n```\nnew\n```", None, GepaLog(), refuse)
 
-    result = gepa.optimize(seed_candidate=seed, trainset=list(range(6)), valset=list(range(3)), adapter=adapter,
-                           reflection_strategy=reflection, reflection_minibatch_size=2, max_metric_calls=9,
-                           stop_callbacks=[reads], logger=GepaLog(), display_progress_bar=False)
+    result = gepa.optimize(
+        seed_candidate=seed,
+        trainset=list(range(6)),
+        valset=list(range(3)),
+        adapter=adapter,
+        reflection_strategy=reflection,
+        reflection_minibatch_size=2,
+        max_metric_calls=9,
+        stop_callbacks=[reads],
+        logger=GepaLog(),
+        display_progress_bar=False,
+    )
 
     assert proposed == [{"prompt": "new"}] * 3
     assert [candidate for candidate, _ in adapter.scored] == [seed] * 4  # the validation set, then 3 parents
     assert result.total_metric_calls == sum(records for _, records in adapter.scored) == 3 + 3 * 2
-    assert reads.reads[-1] == (result.total_metric_calls, len(result.candidates),
-                               (result.candidates[result.best_idx], result.val_aggregate_scores[result.best_idx]))
+    assert reads.reads[-1] == (
+        result.total_metric_calls,
+        len(result.candidates),
+        (result.candidates[result.best_idx], result.val_aggregate_scores[result.best_idx]),
+    )
     assert [metric_calls for metric_calls, _, _ in reads.reads] == [3, 5, 7, 9]

@@ -1,6 +1,7 @@
 """GEPA over our Evaluator: the adapter's shapes, variable safety, stops, resume, progress; fakes stand in
 for the evaluator and the reflection model (integration tests with the real ones and the simulated LLM at
 the end)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,12 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from promptopt.api.v1alpha1 import (
-    EarlyStopping, ExampleFailurePolicy, GepaSettings, OptimizerSpec, ScorerSpec, TaskSpec,
+    EarlyStopping,
+    ExampleFailurePolicy,
+    GepaSettings,
+    OptimizerSpec,
+    ScorerSpec,
+    TaskSpec,
 )
 from promptopt.simulated_llm import (
     REFLECT_DROPS_VARIABLE_MODEL,
@@ -59,8 +65,11 @@ class FakeEvaluator:
     `exact` (output == expected). So the seed scores 0, and the rules, added in RULES order, 0.5 each.
     Results are cached per (candidate, example); `runs` counts the uncached ones (the LLM calls)."""
 
-    def __init__(self, fail: Callable[[Candidate, Example], Exception | None] = lambda candidate, example: None,
-                 unscorable: Callable[[Candidate, Example], bool] = lambda candidate, example: False):
+    def __init__(
+        self,
+        fail: Callable[[Candidate, Example], Exception | None] = lambda candidate, example: None,
+        unscorable: Callable[[Candidate, Example], bool] = lambda candidate, example: False,
+    ):
         self.fail = fail
         self.unscorable = unscorable  # the `exact` judge gives no verdict: the example fails alone
         self.cache: dict[tuple, ScoredOutput] = {}
@@ -83,8 +92,9 @@ class FakeEvaluator:
                     raise error
                 result = self._run(candidate, example)
                 if self.unscorable(candidate, example):
-                    result = dataclasses.replace(result, scores={"lowercase": result.scores["lowercase"]},
-                                                 aggregate=0.0, failure=UNSCORABLE)
+                    result = dataclasses.replace(
+                        result, scores={"lowercase": result.scores["lowercase"]}, aggregate=0.0, failure=UNSCORABLE
+                    )
                 self.cache[key] = result
             results.append(self.cache[key])
         return results
@@ -145,16 +155,20 @@ class RecordingReporter:
         return [progress for progress, important in self.reports if important]
 
 
-def gepa_problem(evaluator=None, reflect=None, *, max_metric_calls=40, options=None, stop_at_perfect_score=False,
-                 **fields) -> Problem:
+def gepa_problem(
+    evaluator=None, reflect=None, *, max_metric_calls=40, options=None, stop_at_perfect_score=False, **fields
+) -> Problem:
     """The fakes' problem. The fakes reach a perfect score in two iterations, so the run goes on past it unless
     `stop_at_perfect_score` is None (the default of the API) or True: the budget, patience and resume tests need
     iterations."""
     settings = OptimizerSpec(
         type="GEPA",
         reflection_model="sim-reflect",
-        gepa=GepaSettings(max_metric_calls=max_metric_calls, candidate_selection=fields.pop("selection", "pareto"),
-                          stop_at_perfect_score=stop_at_perfect_score),
+        gepa=GepaSettings(
+            max_metric_calls=max_metric_calls,
+            candidate_selection=fields.pop("selection", "pareto"),
+            stop_at_perfect_score=stop_at_perfect_score,
+        ),
         options=options or {},
     )
     return Problem(
@@ -222,8 +236,10 @@ def test_an_example_that_cannot_be_scored_enters_gepa_as_zero_with_its_reason_as
 
     batch = adapter.evaluate(examples(range(2)), candidate, capture_traces=True)  # no exception for one example
 
-    assert batch.scores == [0.5, 0.0] and batch.objective_scores == [{"lowercase": 1.0, "exact": 0.0},
-                                                                      {"lowercase": 1.0}]
+    assert batch.scores == [0.5, 0.0] and batch.objective_scores == [
+        {"lowercase": 1.0, "exact": 0.0},
+        {"lowercase": 1.0},
+    ]
     assert progress.failed_examples == 1
     _, failed = adapter.make_reflective_dataset(candidate, batch, ["classify"])["classify"]
     assert failed["Feedback"] == f"Not scored: {UNSCORABLE}\nlowercase: 1.00"
@@ -313,8 +329,12 @@ def test_held_out_test_records_are_scored_at_the_end_and_never_shown_to_the_opti
     assert result.final_test_scores == ScoreSummary(1.0, {"lowercase": 1.0, "exact": 1.0})
     [(progress, _)] = reporter.finished_with
     status = status_fields(worker_status(progress, result))
-    assert status["initialScores"]["test"] == {"aggregate": 0.0, "scorers": {"lowercase": 0.0, "exact": 0.0},
-                                               "failedExamples": 0, "records": 3}
+    assert status["initialScores"]["test"] == {
+        "aggregate": 0.0,
+        "scorers": {"lowercase": 0.0, "exact": 0.0},
+        "failedExamples": 0,
+        "records": 3,
+    }
     assert status["finalScores"]["test"]["aggregate"] == 1.0 and status["display"]["testScore"] == "1.000"
 
 
@@ -409,17 +429,25 @@ def test_patience_counts_iterations_without_improvement_in_a_row():
     assert progress.iteration == 4
 
 
-@pytest.mark.parametrize("preset, prompts, validation, calls", [
-    ("light", 1, 15, 440), ("medium", 1, 15, 765), ("heavy", 1, 15, 1140),  # the API reference's examples
-    ("light", 1, 4, 396), ("light", 3, 50, 1515),  # 3 prompts: 31 trials, 7 full validations
-])
+@pytest.mark.parametrize(
+    "preset, prompts, validation, calls",
+    [
+        ("light", 1, 15, 440),
+        ("medium", 1, 15, 765),
+        ("heavy", 1, 15, 1140),  # the API reference's examples
+        ("light", 1, 4, 396),
+        ("light", 3, 50, 1515),  # 3 prompts: 31 trials, 7 full validations
+    ],
+)
 def test_budget_presets_are_sized_as_dspy_sizes_auto(preset, prompts, validation, calls):
     assert preset_metric_calls(preset, prompts, validation) == calls
 
 
 def test_an_explicit_budget_wins_over_the_preset_and_the_default_is_100():
     assert metric_call_budget(GepaSettings(auto="light", max_metric_calls=50), 1, 4) == (
-        50, "spec.optimizer.gepa.maxMetricCalls")
+        50,
+        "spec.optimizer.gepa.maxMetricCalls",
+    )
     assert metric_call_budget(GepaSettings(auto="light"), 1, 4) == (396, "spec.optimizer.gepa.auto")
     assert metric_call_budget(GepaSettings(), 1, 4) == (100, "spec.optimizer.gepa.maxMetricCalls")
 
@@ -478,8 +506,11 @@ def test_a_run_with_some_unscorable_examples_succeeds_counts_them_and_reports_ho
     # Validation record 1 and training record 6 cannot be scored for any candidate.
     evaluator = FakeEvaluator(unscorable=lambda candidate, example: example.index in (1, 6))
     reflector = FakeReflector()
-    result, progress, _ = run(gepa_problem(evaluator, reflector, max_metric_calls=40,
-                                           failure_policy=ExampleFailurePolicy(max_failed_fraction=0.25)))
+    result, progress, _ = run(
+        gepa_problem(
+            evaluator, reflector, max_metric_calls=40, failure_policy=ExampleFailurePolicy(max_failed_fraction=0.25)
+        )
+    )
 
     assert result.reason == "Completed" and result.succeeded, result.message
     assert result.best_candidate == {"classify": f"{ONE_WORD}\n{LOWERCASE}\n{SEED}"}
@@ -542,9 +573,16 @@ def test_gepa_never_spends_more_metric_calls_than_the_budget(max_metric_calls):
 
 def test_with_merge_the_budget_holds_too():
     problem = gepa_problem(max_metric_calls=50)
-    problem = dataclasses.replace(problem, settings=problem.settings.model_copy(update={
-        "gepa": GepaSettings(max_metric_calls=50, use_merge=True, reflection_minibatch_size=1,
-                             stop_at_perfect_score=False)}))
+    problem = dataclasses.replace(
+        problem,
+        settings=problem.settings.model_copy(
+            update={
+                "gepa": GepaSettings(
+                    max_metric_calls=50, use_merge=True, reflection_minibatch_size=1, stop_at_perfect_score=False
+                )
+            }
+        ),
+    )
     result, progress, _ = run(problem)
     assert result.reason == "Completed" and progress.metric_calls <= 50
 
@@ -562,8 +600,10 @@ def test_a_budget_below_the_first_step_is_refused_naming_the_field():
     result, _, _ = run(gepa_problem(evaluator, max_metric_calls=3))
 
     assert result.reason == "InvalidInput" and evaluator.runs == 0
-    assert result.message.startswith("spec.optimizer.gepa.maxMetricCalls: 3 metric calls do not cover GEPA's first "
-                                     "step, scoring the original prompts on the 4 validation records; set at least 14")
+    assert result.message.startswith(
+        "spec.optimizer.gepa.maxMetricCalls: 3 metric calls do not cover GEPA's first "
+        "step, scoring the original prompts on the 4 validation records; set at least 14"
+    )
 
 
 def test_options_override_settings_but_not_what_the_worker_owns():
@@ -573,17 +613,20 @@ def test_options_override_settings_but_not_what_the_worker_owns():
     assert too_small.message.startswith("spec.optimizer.options.max_metric_calls: 2 metric calls do not cover")
     unbounded, _, _ = run(gepa_problem(options={"max_metric_calls": None}))
     assert unbounded.reason == "InvalidInput" and unbounded.message == (
-        "spec.optimizer.options.max_metric_calls: None is not a number of metric calls; GEPA needs a budget")
+        "spec.optimizer.options.max_metric_calls: None is not a number of metric calls; GEPA needs a budget"
+    )
 
     refused, _, _ = run(gepa_problem(options={"logger": None, "run_dir": "/tmp"}))
     assert refused.reason == "InvalidInput" and refused.message == (
         "spec.optimizer.options.logger: the worker sets it; the worker reports progress into the job's status and "
         "its log; spec.optimizer.options.run_dir: the worker sets it; set spec.worker.checkpointClaimName to keep "
-        "checkpoints across worker Pods")
+        "checkpoints across worker Pods"
+    )
     unknown, _, _ = run(gepa_problem(options={"max_metric_call": 5}))
     assert unknown.reason == "InvalidInput" and unknown.message == (
         f"spec.optimizer.options.max_metric_call: gepa.optimize (gepa {version('gepa')}) has no such parameter "
-        "(did you mean max_metric_calls?); remove it")
+        "(did you mean max_metric_calls?); remove it"
+    )
 
 
 # --- integration: the real evaluator, scorers and LLM client against the simulated LLM (a test double) --

@@ -1,6 +1,7 @@
 """The job's HTTP services, against the example services on loopback (real HTTP, contract v1): the program
 (spec.task.http) and the Webhook scorer, with their headers, retries, errors, cost and concurrency; and the Judge
 scorer (the user's own instructions) against the simulated judge."""
+
 import json
 
 import pytest
@@ -9,7 +10,12 @@ from promptopt.api.v1alpha1 import HttpHeader, HttpService, Pricing, ScorerSpec,
 from promptopt.example_services import NOT_FOUND, QUESTIONS, JsonService, rag_answer, toy_rag, webhook_scorer
 from promptopt.prompt_contract import JUDGE_SYSTEM_MESSAGE
 from promptopt.service_contract import (
-    VERSION, ContractError, ProgramAnswer, ProgramRequest, ScoreAnswer, ScoreRequest,
+    VERSION,
+    ContractError,
+    ProgramAnswer,
+    ProgramRequest,
+    ScoreAnswer,
+    ScoreRequest,
 )
 from promptopt.simulated_llm import RULE_ONE_LOWERCASE_WORD
 from promptopt_worker.evaluation import TaskEvaluator
@@ -22,8 +28,10 @@ SEED_TEXT = "Answer the customer's question from the product documentation.\n\nQ
 BEST_TEXT = SEED_TEXT.replace("\n\nQuestion", "\n" + RULE_ONE_LOWERCASE_WORD + "\n\nQuestion")
 PROMPTS = [PromptTemplate(name="answer", role="user", text=SEED_TEXT)]
 SEED, BEST = {"answer": SEED_TEXT}, {"answer": BEST_TEXT}
-EXAMPLES = [Example(index=i, inputs={"question": q}, expectations={"expected_response": a})
-            for i, (q, a) in enumerate(QUESTIONS)]
+EXAMPLES = [
+    Example(index=i, inputs={"question": q}, expectations={"expected_response": a})
+    for i, (q, a) in enumerate(QUESTIONS)
+]
 TOKEN = "Bearer rag-token-3f9c2a71"
 
 
@@ -47,8 +55,11 @@ def test_the_program_is_posted_contract_v1_and_its_output_is_scored():
     with toy_rag() as rag, evaluator(http_task(rag.url)) as evaluate:
         seed, best = evaluate.evaluate(SEED, EXAMPLES), evaluate.evaluate(BEST, EXAMPLES)
         question = QUESTIONS[0][0]
-        [body] = [r["body"] for r in rag.received if r["body"]["inputs"]["question"] == question
-                  and r["body"]["prompts"][0]["template"] == SEED_TEXT]
+        [body] = [
+            r["body"]
+            for r in rag.received
+            if r["body"]["inputs"]["question"] == question and r["body"]["prompts"][0]["template"] == SEED_TEXT
+        ]
 
     assert [r.output for r in best] == [a for _, a in QUESTIONS]  # the prompt asks for one lowercase word
     assert all(r.output.startswith("According to the ") for r in seed)
@@ -69,8 +80,10 @@ def test_a_prompt_without_the_question_finds_nothing():
 
 def test_headers_come_from_the_credentials_and_are_masked(monkeypatch):
     monkeypatch.setenv("RAG_AUTHORIZATION", TOKEN)
-    headers = [HttpHeader(name="Authorization", credentials_key="RAG_AUTHORIZATION"),
-               HttpHeader(name="X-Team", value="ml")]
+    headers = [
+        HttpHeader(name="Authorization", credentials_key="RAG_AUTHORIZATION"),
+        HttpHeader(name="X-Team", value="ml"),
+    ]
     with toy_rag(required_headers={"Authorization": TOKEN, "X-Team": "ml"}) as rag:
         task = TaskSpec(http=HttpService(url=rag.url, headers=headers))
         with evaluator(task) as evaluate:
@@ -82,10 +95,16 @@ def test_headers_come_from_the_credentials_and_are_masked(monkeypatch):
 def test_a_credentials_key_the_worker_lacks_is_invalid_input_before_any_call(monkeypatch):
     monkeypatch.delenv("RAG_AUTHORIZATION", raising=False)
     with toy_rag() as rag:
-        task = TaskSpec(http=HttpService(url=rag.url, headers=[
-            HttpHeader(name="Authorization", credentials_key="RAG_AUTHORIZATION")]))
-        with pytest.raises(InvalidInput, match=r"spec\.task\.http\.headers\[0\]\.credentialsKey: the credentials "
-                           r"Secret has no key 'RAG_AUTHORIZATION'"):
+        task = TaskSpec(
+            http=HttpService(
+                url=rag.url, headers=[HttpHeader(name="Authorization", credentials_key="RAG_AUTHORIZATION")]
+            )
+        )
+        with pytest.raises(
+            InvalidInput,
+            match=r"spec\.task\.http\.headers\[0\]\.credentialsKey: the credentials "
+            r"Secret has no key 'RAG_AUTHORIZATION'",
+        ):
             evaluator(task)
         assert rag.received == []
 
@@ -103,16 +122,23 @@ def test_transient_errors_are_retried_and_counted():
 def test_errors_that_outlast_the_retries_name_the_service():
     with toy_rag() as rag, evaluator(http_task(rag.url)) as evaluate:
         rag.inject(502, times=3)
-        with pytest.raises(RetriesExhausted, match=r"task service 'http://127\.0\.0\.1:\d+/answer': still failing "
-                           r"after 2 retries; HTTP 502"):
+        with pytest.raises(
+            RetriesExhausted,
+            match=r"task service 'http://127\.0\.0\.1:\d+/answer': still failing "
+            r"after 2 retries; HTTP 502",
+        ):
             evaluate.evaluate(BEST, EXAMPLES[:1])
 
 
 def test_refused_credentials_fail_for_good_saying_what_to_fix(monkeypatch):
     monkeypatch.setenv("RAG_AUTHORIZATION", "Bearer wrong-token-0000")
     with toy_rag(required_headers={"Authorization": TOKEN}) as rag:
-        task = TaskSpec(http=HttpService(url=rag.url, headers=[
-            HttpHeader(name="Authorization", credentials_key="RAG_AUTHORIZATION")]), max_retries=3)
+        task = TaskSpec(
+            http=HttpService(
+                url=rag.url, headers=[HttpHeader(name="Authorization", credentials_key="RAG_AUTHORIZATION")]
+            ),
+            max_retries=3,
+        )
         with evaluator(task) as evaluate, pytest.raises(PermanentLLMError) as failed:
             evaluate.evaluate(BEST, EXAMPLES[:1])
         assert rag.counts["unauthorized"] == 1  # a 401 is not retried
@@ -120,11 +146,14 @@ def test_refused_credentials_fail_for_good_saying_what_to_fix(monkeypatch):
     assert "credentialsKey" in str(failed.value) and "wrong-token" not in str(failed.value)
 
 
-@pytest.mark.parametrize("answer,broken", [
-    ({"output": "x"}, '"version" must be \'v1\''),
-    ({"version": "v1", "output": 3}, '"output" must be a string, not int'),
-    ({"version": "v1", "output": "x", "usage": {"promptTokens": -1}}, "usage.promptTokens"),
-])
+@pytest.mark.parametrize(
+    "answer,broken",
+    [
+        ({"output": "x"}, "\"version\" must be 'v1'"),
+        ({"version": "v1", "output": 3}, '"output" must be a string, not int'),
+        ({"version": "v1", "output": "x", "usage": {"promptTokens": -1}}, "usage.promptTokens"),
+    ],
+)
 def test_an_answer_that_breaks_the_contract_fails_naming_it(answer, broken):
     with JsonService("/answer", lambda body: answer) as service, evaluator(http_task(service.url)) as evaluate:
         with pytest.raises(PermanentLLMError, match="its answer breaks contract v1") as failed:
@@ -146,8 +175,10 @@ def test_the_reported_tokens_are_priced_by_the_tasks_pricing():
 
 
 def test_the_tasks_concurrency_bounds_the_calls_in_flight():
-    examples = [Example(index=i, inputs={"question": QUESTIONS[i % 8][0]}, expectations={"expected_response": "x"})
-                for i in range(12)]
+    examples = [
+        Example(index=i, inputs={"question": QUESTIONS[i % 8][0]}, expectations={"expected_response": "x"})
+        for i in range(12)
+    ]
     with toy_rag(latency_s=0.1) as rag, evaluator(http_task(rag.url)) as evaluate:
         evaluate.evaluate(BEST, examples)
         assert rag.most_in_flight == 4  # spec.task.concurrency
@@ -162,8 +193,13 @@ def test_a_webhook_scores_each_output_and_its_rationale_is_the_feedback():
         [request] = [r["body"] for r in scorer.received if r["body"]["outputs"] == seed[0].output]
     assert [r.scores for r in seed] == [{"answer": 0.5}] * 2 and [r.scores for r in best] == [{"answer": 1.0}] * 2
     assert "contains the expected answer 'fourteen' but is not exactly it" in seed[0].feedback()
-    assert request == {"version": VERSION, "scorer": "answer", "inputs": EXAMPLES[0].inputs,
-                       "outputs": seed[0].output, "expectations": {"expected_response": "fourteen"}}
+    assert request == {
+        "version": VERSION,
+        "scorer": "answer",
+        "inputs": EXAMPLES[0].inputs,
+        "outputs": seed[0].output,
+        "expectations": {"expected_response": "fourteen"},
+    }
 
 
 @pytest.mark.parametrize("score,expected", [("yes", 1.0), ("NO", 0.0), (True, 1.0), (0.25, 0.25)])
@@ -190,8 +226,13 @@ JUDGE_INSTRUCTIONS = "Here is the answer: {{ outputs }}\nIs it a single word, in
 
 def test_a_judge_asks_the_users_instructions_with_the_values_in_place(llm, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
-    judge = ScorerSpec(name="Judge", label="concise", model="openai/sim-judge", api_base=llm.base_url,
-                       params={"instructions": JUDGE_INSTRUCTIONS})
+    judge = ScorerSpec(
+        name="Judge",
+        label="concise",
+        model="openai/sim-judge",
+        api_base=llm.base_url,
+        params={"instructions": JUDGE_INSTRUCTIONS},
+    )
     with toy_rag() as rag, evaluator(http_task(rag.url), [judge]) as evaluate:
         [seed] = evaluate.evaluate(SEED, EXAMPLES[:1])
         [best] = evaluate.evaluate(BEST, EXAMPLES[:1])
@@ -199,15 +240,18 @@ def test_a_judge_asks_the_users_instructions_with_the_values_in_place(llm, monke
     assert "does not follow the guideline" in seed.rationales["concise"] and "uppercase" in seed.rationales["concise"]
     request = llm.last_request(kind="judge")["messages"]
     assert request[0] == {"role": "system", "content": JUDGE_SYSTEM_MESSAGE}
-    assert request[1]["content"] == f"Here is the answer: \n<outputs>\n{best.output}\n</outputs>\n\nIs it a single " \
-                                    "word, in lowercase? Answer yes only if so."
+    assert (
+        request[1]["content"] == f"Here is the answer: \n<outputs>\n{best.output}\n</outputs>\n\nIs it a single "
+        "word, in lowercase? Answer yes only if so."
+    )
 
 
 def test_a_judge_that_speaks_of_the_expected_answer_checks_it(llm, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
     instructions = "Does {{ outputs }} give the expected answer of {{ expectations }} to {{ inputs }}?"
-    judge = ScorerSpec(name="Judge", model="openai/sim-judge", api_base=llm.base_url,
-                       params={"instructions": instructions})
+    judge = ScorerSpec(
+        name="Judge", model="openai/sim-judge", api_base=llm.base_url, params={"instructions": instructions}
+    )
     wrong = [Example(index=99, inputs=EXAMPLES[0].inputs, expectations={"expected_response": "twelve"})]
     with toy_rag() as rag, evaluator(http_task(rag.url), [judge]) as evaluate:
         [right] = evaluate.evaluate(SEED, EXAMPLES[:1])
@@ -220,8 +264,11 @@ def test_a_judge_that_speaks_of_the_expected_answer_checks_it(llm, monkeypatch):
 
 
 def test_requests_and_answers_round_trip():
-    request = ProgramRequest(prompts=[{"name": "p", "role": "user", "template": "t"}],
-                             messages=[{"role": "user", "content": "c"}], inputs={"q": 1})
+    request = ProgramRequest(
+        prompts=[{"name": "p", "role": "user", "template": "t"}],
+        messages=[{"role": "user", "content": "c"}],
+        inputs={"q": 1},
+    )
     assert ProgramRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
     answer = ProgramAnswer(output="out")
     assert ProgramAnswer.from_json(answer.to_json()) == answer
@@ -230,12 +277,15 @@ def test_requests_and_answers_round_trip():
     assert ScoreAnswer.from_json({"version": "v1", "score": "yes"}) == ScoreAnswer(score="yes", rationale="")
 
 
-@pytest.mark.parametrize("body,message", [
-    ([], "the body must be a JSON object, not list"),
-    ({"version": "v2", "prompts": []}, "\"version\" must be 'v1'"),
-    ({"version": "v1", "prompts": [{"name": "p"}], "messages": [], "inputs": {}}, '"prompts" must be a list'),
-    ({"version": "v1", "prompts": [], "messages": [], "inputs": []}, '"inputs" must be an object'),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ([], "the body must be a JSON object, not list"),
+        ({"version": "v2", "prompts": []}, "\"version\" must be 'v1'"),
+        ({"version": "v1", "prompts": [{"name": "p"}], "messages": [], "inputs": {}}, '"prompts" must be a list'),
+        ({"version": "v1", "prompts": [], "messages": [], "inputs": []}, '"inputs" must be an object'),
+    ],
+)
 def test_the_example_services_refuse_requests_that_break_the_contract(body, message):
     with pytest.raises(ContractError, match=message):
         ProgramRequest.from_json(body)
@@ -248,8 +298,10 @@ def test_the_example_services_refuse_requests_that_break_the_contract(body, mess
 
 def test_the_toy_rags_answer_follows_the_prompt():
     question, answer = QUESTIONS[2]
-    assert rag_answer(SEED_TEXT.replace("{{question}}", question)) == "According to the Colours page, the answer is " \
-                                                                      "Graphite."
+    assert (
+        rag_answer(SEED_TEXT.replace("{{question}}", question)) == "According to the Colours page, the answer is "
+        "Graphite."
+    )
     assert rag_answer(BEST_TEXT.replace("{{question}}", question)) == answer
     assert rag_answer("Answer with a single word.\n" + question) == "Graphite"
 

@@ -1,5 +1,6 @@
 """The LLM client: endpoints, both ways of calling (OpenAI-compatible models directly, the other providers through
 litellm), retries, permanent errors without secrets, usage, cost and budget."""
+
 import email.utils
 import json
 import logging
@@ -101,12 +102,16 @@ def test_reflection_and_judge_endpoints_default_to_the_task_api_base():
 def test_complete_returns_the_answer_and_counts_tokens_and_calls_per_role(sim):
     client = LLMClient()
     assert client.complete(task_endpoint(sim), HELLO) == "The sentiment of this text is Positive."
-    client.complete(task_endpoint(sim, role="judge", model="openai/sim-judge"),
-                    judge_messages(CORRECTNESS_QUESTION, JudgeRequest({}, "positive")))
+    client.complete(
+        task_endpoint(sim, role="judge", model="openai/sim-judge"),
+        judge_messages(CORRECTNESS_QUESTION, JudgeRequest({}, "positive")),
+    )
     usage = client.usage.snapshot()
     assert usage.calls == {"task": 1, "judge": 1}
     assert (usage.prompt_tokens, usage.completion_tokens) == (
-        sim.tokens["prompt_tokens"], sim.tokens["completion_tokens"])
+        sim.tokens["prompt_tokens"],
+        sim.tokens["completion_tokens"],
+    )
     assert status_fields(usage.as_cost()) == {
         "promptTokens": usage.prompt_tokens, "completionTokens": usage.completion_tokens, "usd": 0.0, "llmCalls": 2,
         "retries": 0}  # fmt: skip
@@ -171,8 +176,9 @@ def test_usage_meter_continues_from_an_earlier_run():
     meter = UsageMeter(Usage(prompt_tokens=10, completion_tokens=5, usd=0.5, calls={"task": 3}, retries=4))
     meter.add_retry()
     total = meter.add("reflection", prompt_tokens=1, completion_tokens=2, usd=0.25)
-    assert total == Usage(prompt_tokens=11, completion_tokens=7, usd=0.75, calls={"task": 3, "reflection": 1},
-                          retries=5)
+    assert total == Usage(
+        prompt_tokens=11, completion_tokens=7, usd=0.75, calls={"task": 3, "reflection": 1}, retries=5
+    )
 
 
 # --- retries ---------------------------------------------------------------------------------
@@ -253,20 +259,26 @@ def test_a_long_provider_error_is_cut_at_a_word_boundary_after_the_hint(monkeypa
     monkeypatch.setenv("ANTHROPIC_API_KEY", REAL_LOOKING_KEY)
     review = "I bought the Aurora X2 headphones last spring and have worn them every day since. " * 60
     asked = [{"role": "user", "content": f"Classify the sentiment of this review.\n\n{review}"}]
-    request = json.dumps({"model": "claude-haiku-4-5", "temperature": 1.5, "api_key": REAL_LOOKING_KEY,
-                          "messages": asked})
+    request = json.dumps(
+        {"model": "claude-haiku-4-5", "temperature": 1.5, "api_key": REAL_LOOKING_KEY, "messages": asked}
+    )
     error = litellm.BadRequestError(
         message='AnthropicException - {"type":"error","error":{"type":"invalid_request_error","message":'
         f'"temperature: range: 0..1"}}}}. Received request: {request}',
-        llm_provider="anthropic", model="claude-haiku-4-5")
+        llm_provider="anthropic",
+        model="claude-haiku-4-5",
+    )
     assert len(str(error)) > 4000
-    endpoint = ModelEndpoint(role="task", model="anthropic/claude-haiku-4-5", description="task model",
-                             params={"mock_response": error})
+    endpoint = ModelEndpoint(
+        role="task", model="anthropic/claude-haiku-4-5", description="task model", params={"mock_response": error}
+    )
     with pytest.raises(PermanentLLMError) as caught:
         LLMClient().complete(endpoint, HELLO)
     where_and_hint, said = str(caught.value).split("; ", 1)
-    assert where_and_hint == ("task model 'anthropic/claude-haiku-4-5': the request was rejected: check the model id "
-                              "(litellm's provider/model form) and the completion parameters")
+    assert where_and_hint == (
+        "task model 'anthropic/claude-haiku-4-5': the request was rejected: check the model id "
+        "(litellm's provider/model form) and the completion parameters"
+    )
     assert said.startswith('litellm.BadRequestError: AnthropicException - {"type":"error"')
     assert "temperature: range: 0..1" in said and REAL_LOOKING_KEY not in said
     kept = said.removesuffix(" ...")
@@ -358,10 +370,12 @@ def test_litellm_uses_its_bundled_cost_map_in_a_process_that_was_not_told_to():
     """A local run or a Pod whose environment says nothing still never downloads the map: the adapter decides
     before litellm is imported."""
     untold = {name: value for name, value in os.environ.items() if name not in LITELLM_BUNDLED_COST_MAP_ENV}
-    script = ("import promptopt_worker.llm\n"
-              "from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info\n"
-              "info = get_model_cost_map_source_info()\n"
-              "print(info['source'], info['url'])")
+    script = (
+        "import promptopt_worker.llm\n"
+        "from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info\n"
+        "info = get_model_cost_map_source_info()\n"
+        "print(info['source'], info['url'])"
+    )
     run = subprocess.run([sys.executable, "-c", script], env=untold, capture_output=True, text=True, timeout=120)
     assert run.stdout.split() == ["local", "None"], run.stderr
 
@@ -377,13 +391,20 @@ def test_openai_itself_is_sent_max_completion_tokens_and_compatible_servers_what
     url = openai_compatible.base_url(openai_model)
     assert url == "https://api.openai.com/v1"
     assert openai_compatible.request_body(openai_model, HELLO, url) == {
-        "model": "gpt-4.1-mini", "messages": HELLO, "max_completion_tokens": 20, "temperature": 0}
+        "model": "gpt-4.1-mini",
+        "messages": HELLO,
+        "max_completion_tokens": 20,
+        "temperature": 0,
+    }
     vllm = ModelEndpoint(role="task", model="openai/meta-llama/Llama-3.1-8B", description="task model",
                          api_base="http://vllm:8000/v1/", params={"max_tokens": 20})  # fmt: skip
     url = openai_compatible.base_url(vllm)
     assert url == "http://vllm:8000/v1"
     assert openai_compatible.request_body(vllm, HELLO, url) == {
-        "model": "meta-llama/Llama-3.1-8B", "messages": HELLO, "max_tokens": 20}
+        "model": "meta-llama/Llama-3.1-8B",
+        "messages": HELLO,
+        "max_tokens": 20,
+    }
     monkeypatch.setenv("OPENAI_BASE_URL", "https://gateway.example/v1")
     assert openai_compatible.base_url(openai_model) == "https://gateway.example/v1"
 
@@ -411,17 +432,20 @@ def test_a_parameter_outside_the_chat_completion_request_goes_through_litellm(mo
     assert client.usage.snapshot().usd == pytest.approx(litellm.completion_cost(completion_response=expected))
 
 
-@pytest.mark.parametrize(("status", "body", "transient", "hint"), [
-    (429, {"error": {"message": "slow down"}}, True, "overloaded"),
-    (408, {}, True, "overloaded"),
-    (409, {}, True, "overloaded"),
-    (502, "<html>bad gateway</html>", True, "overloaded"),
-    (400, {"error": {"message": "too long", "code": "context_length_exceeded"}}, False, "context window"),
-    (400, {"error": {"message": "unknown parameter: foo"}}, False, "completion parameters"),
-    (401, {"error": {"message": "Incorrect API key provided"}}, False, "credentials Secret"),
-    (403, {"error": {"message": "no access"}}, False, "access to it"),
-    (404, {"error": {"message": "The model does not exist"}}, False, "check the model id"),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "transient", "hint"),
+    [
+        (429, {"error": {"message": "slow down"}}, True, "overloaded"),
+        (408, {}, True, "overloaded"),
+        (409, {}, True, "overloaded"),
+        (502, "<html>bad gateway</html>", True, "overloaded"),
+        (400, {"error": {"message": "too long", "code": "context_length_exceeded"}}, False, "context window"),
+        (400, {"error": {"message": "unknown parameter: foo"}}, False, "completion parameters"),
+        (401, {"error": {"message": "Incorrect API key provided"}}, False, "credentials Secret"),
+        (403, {"error": {"message": "no access"}}, False, "access to it"),
+        (404, {"error": {"message": "The model does not exist"}}, False, "check the model id"),
+    ],
+)
 def test_error_answers_are_classified_by_status_and_code(status, body, transient, hint):
     content = body if isinstance(body, str) else json.dumps(body)
     failure = openai_compatible.status_failure(httpx.Response(status, content=content))
@@ -454,14 +478,21 @@ def test_an_unreachable_endpoint_is_retried_then_named(monkeypatch):
 
 
 def test_a_job_whose_models_are_all_openai_compatible_never_imports_litellm(llm):
-    script = ("import sys\n"
-              "from promptopt_worker.llm import LLMClient, ModelEndpoint\n"
-              f"endpoint = ModelEndpoint(role='task', model='openai/sim-task', description='task model', "
-              f"api_base={llm.base_url!r})\n"
-              "print(LLMClient().complete(endpoint, [{'role': 'user', 'content': 'I love it'}]))\n"
-              "print('litellm' in sys.modules, 'openai' in sys.modules)")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OPENAI_API_KEY": llm.api_key})
+    script = (
+        "import sys\n"
+        "from promptopt_worker.llm import LLMClient, ModelEndpoint\n"
+        f"endpoint = ModelEndpoint(role='task', model='openai/sim-task', description='task model', "
+        f"api_base={llm.base_url!r})\n"
+        "print(LLMClient().complete(endpoint, [{'role': 'user', 'content': 'I love it'}]))\n"
+        "print('litellm' in sys.modules, 'openai' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPENAI_API_KEY": llm.api_key},
+    )
     assert run.returncode == 0, run.stderr
     answer, imported = run.stdout.strip().splitlines()
     assert answer.startswith("The sentiment") and imported == "False False"

@@ -1,6 +1,7 @@
 """MetaPrompt: zero-shot and few-shot passes, the request contract, keeping the better prompts, variable
 safety and unusable answers; fakes stand in for the evaluator and the reflection model (integration tests
 with the real ones and the simulated LLM at the end)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -112,8 +113,9 @@ class RecordingReporter:
         self.finished_with.append((dataclasses.replace(progress), result))
 
 
-def metaprompt_problem(reflect, evaluator=None, *, train=range(4, 10), validation=range(4),
-                       failure_policy=None, **settings) -> Problem:
+def metaprompt_problem(
+    reflect, evaluator=None, *, train=range(4, 10), validation=range(4), failure_policy=None, **settings
+) -> Problem:
     return Problem(
         prompts=[PromptTemplate(name, "system" if name == "system" else "user", text) for name, text in SEED.items()],
         train=examples(train),
@@ -190,7 +192,9 @@ def test_few_shot_shows_the_worst_training_examples_and_keeps_a_better_proposal(
     assert [p.best_score for p, important in reporter.reports if important] == [0.375, 1.0]
     # Two candidates: the original prompts, and the proposal made from them once 7 metric calls were spent.
     assert [(c.id, c.parents, c.score, c.found_at_metric_calls, c.prompts) for c in result.candidates] == [
-        (0, (), 0.375, 0, SEED), (1, (0,), 1.0, 7, BETTER)]
+        (0, (), 0.375, 0, SEED),
+        (1, (0,), 1.0, 7, BETTER),
+    ]
     assert reporter.reports[0][0].initial_scores == result.initial_scores
 
 
@@ -212,21 +216,29 @@ def test_failed_examples_are_shown_last_and_the_proposal_is_compared_on_records_
     result, progress, _ = run(problem)
 
     assert result.reason == "Completed" and result.best_candidate == BETTER
-    assert ("kept the proposal, which scores 1.000 on the 2 of 4 validation records scored for both against 0.625 "
-            "for the original prompts") in result.message
+    assert (
+        "kept the proposal, which scores 1.000 on the 2 of 4 validation records scored for both against 0.625 "
+        "for the original prompts"
+    ) in result.message
     assert result.initial_scores == ScoreSummary(0.5, {"quality": 0.5}, failed_examples=1)
     assert result.final_scores == ScoreSummary(1.0, {"quality": 1.0}, failed_examples=1)
     assert progress.failed_examples == 3
     shown = fenced_json(section(reflector.requests[0][1], "Examples"))
-    assert shown[-1] == {"inputs": {"text": "review 5"}, "output": "output 5", "expected": "positive", "score": None,
-                         "rationale": f"Not scored: {UNSCORABLE}"}
+    assert shown[-1] == {
+        "inputs": {"text": "review 5"},
+        "output": "output 5",
+        "expected": "positive",
+        "score": None,
+        "rationale": f"Not scored: {UNSCORABLE}",
+    }
     assert [example["score"] for example in shown[:-1]] == sorted(example["score"] for example in shown[:-1])
 
 
 def test_with_no_record_scored_for_both_the_original_prompts_are_kept():
     evaluator = FakeEvaluator(unscorable=[(SEED, i) for i in range(4)])
-    problem = metaprompt_problem(proposing(BETTER), evaluator,
-                                 failure_policy=ExampleFailurePolicy(max_failed_fraction=1))
+    problem = metaprompt_problem(
+        proposing(BETTER), evaluator, failure_policy=ExampleFailurePolicy(max_failed_fraction=1)
+    )
 
     result, _, _ = run(problem)
 
@@ -242,8 +254,10 @@ def test_too_many_failed_examples_stop_metaprompt_before_it_reflects():
     result = optimize(metaprompt_problem(reflector, evaluator), reporter, StopRequested())
 
     assert result.reason == "TooManyFailedExamples" and not result.succeeded
-    assert "2 evaluations could not be scored, more than spec.exampleFailurePolicy.maxFailedFraction 0.1 of the " \
-           "run's 14" in result.message
+    assert (
+        "2 evaluations could not be scored, more than spec.exampleFailurePolicy.maxFailedFraction 0.1 of the "
+        "run's 14" in result.message
+    )
     assert reflector.requests == [] and len(evaluator.evaluated) == 4
 
 
@@ -433,19 +447,34 @@ def test_options_are_completion_parameters_of_the_reflection_call(sentiment_meta
     assert llm.last_request(kind="metaprompt")["completion_tokens"] <= 5
 
 
-@pytest.mark.parametrize("options, problem_text", [
-    ({"max_metric_calls": 50}, "spec.optimizer.options.max_metric_calls: litellm.completion (MetaPrompt passes "
-                               "options to its reflection calls) has no such parameter; remove it"),
-    ({"temprature": 0.2}, "spec.optimizer.options.temprature: litellm.completion (MetaPrompt passes options to its "
-                          "reflection calls) has no such parameter (did you mean temperature?); remove it"),
-    ({"api_key": "sk-x", "stream": True}, "spec.optimizer.options.api_key: the worker sets it; put the key into the "
-                                          "credentials Secret (spec.credentials); spec.optimizer.options.stream: the "
-                                          "worker sets it; the worker reads one whole text answer"),
-], ids=["gepa-option", "misspelled", "worker-owned"])
+@pytest.mark.parametrize(
+    "options, problem_text",
+    [
+        (
+            {"max_metric_calls": 50},
+            "spec.optimizer.options.max_metric_calls: litellm.completion (MetaPrompt passes "
+            "options to its reflection calls) has no such parameter; remove it",
+        ),
+        (
+            {"temprature": 0.2},
+            "spec.optimizer.options.temprature: litellm.completion (MetaPrompt passes options to its "
+            "reflection calls) has no such parameter (did you mean temperature?); remove it",
+        ),
+        (
+            {"api_key": "sk-x", "stream": True},
+            "spec.optimizer.options.api_key: the worker sets it; put the key into the "
+            "credentials Secret (spec.credentials); spec.optimizer.options.stream: the "
+            "worker sets it; the worker reads one whole text answer",
+        ),
+    ],
+    ids=["gepa-option", "misspelled", "worker-owned"],
+)
 def test_options_metaprompt_cannot_use_are_refused_naming_the_key_before_any_call(options, problem_text):
     reflector = proposing(BETTER)
-    problem = dataclasses.replace(metaprompt_problem(reflector, FakeEvaluator()),
-                                  settings=OptimizerSpec(type="MetaPrompt", reflection_model="m", options=options))
+    problem = dataclasses.replace(
+        metaprompt_problem(reflector, FakeEvaluator()),
+        settings=OptimizerSpec(type="MetaPrompt", reflection_model="m", options=options),
+    )
 
     result, _, _ = run(problem)
 

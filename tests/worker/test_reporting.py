@@ -1,4 +1,5 @@
 """Reporters: the job's status (worker-owned fields only, rate-limited, resilient), console, termination message."""
+
 import io
 import json
 import logging
@@ -12,7 +13,11 @@ from kubernetes.client.exceptions import ApiException
 from promptopt.api.times import format_time
 from promptopt.api.v1alpha1 import GROUP, PLURAL, VERSION, Cost
 from promptopt.worker_contract import (
-    WORKER_STATUS_FIELDS, ModelsUsed, ResultFile, RunInfo, parse_termination_message,
+    WORKER_STATUS_FIELDS,
+    ModelsUsed,
+    ResultFile,
+    RunInfo,
+    parse_termination_message,
 )
 from promptopt_worker.problem import CandidateRecord, Progress, Result, ScoreSummary
 from promptopt_worker.reporting import (
@@ -71,30 +76,49 @@ class RecordingStatusApi:
 
 
 def running(metric_calls, best=None, **fields):
-    return Progress(metric_calls=metric_calls, max_metric_calls=60, best_score=best,
-                    initial_scores=INITIAL if best is not None else None, **fields)
+    return Progress(
+        metric_calls=metric_calls,
+        max_metric_calls=60,
+        best_score=best,
+        initial_scores=INITIAL if best is not None else None,
+        **fields,
+    )
 
 
 def completed(**fields):
     fields.setdefault("best_candidate", BEST)
-    return Result(reason="Completed", message="budget of metric calls spent", initial_scores=INITIAL,
-                  final_scores=FINAL, **fields)
+    return Result(
+        reason="Completed", message="budget of metric calls spent", initial_scores=INITIAL, final_scores=FINAL, **fields
+    )
 
 
 def reporter_for(api, clock=None, sleeps=None, **options):
-    return KubernetesStatusReporter(api, "job", "default", clock=clock or FakeClock(),
-                                    sleep=(sleeps.append if sleeps is not None else lambda s: None), **options)
+    return KubernetesStatusReporter(
+        api,
+        "job",
+        "default",
+        clock=clock or FakeClock(),
+        sleep=(sleeps.append if sleeps is not None else lambda s: None),
+        **options,
+    )
 
 
 # --- the job's status ---------------------------------------------------------------------------
 
 
 def test_status_reporter_patches_only_worker_owned_fields(cluster):
-    cluster.create({"apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob",
-                    "metadata": {"name": "job"}, "spec": {
-                        "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/sim-reflect"},
-                        "prompts": [{"name": "classify", "template": "{{review}}"}],
-                        "task": {"model": "openai/sim-task"}}})
+    cluster.create(
+        {
+            "apiVersion": "promptopt.dev/v1alpha1",
+            "kind": "PromptOptimizationJob",
+            "metadata": {"name": "job"},
+            "spec": {
+                "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/sim-reflect"},
+                "prompts": [{"name": "classify", "template": "{{review}}"}],
+                "task": {"model": "openai/sim-task"},
+            },
+        }
+    )
     cluster.patch("poj", "job", {"status": OPERATOR_STATUS}, subresource="status")
     sent = []
 
@@ -103,25 +127,46 @@ def test_status_reporter_patches_only_worker_owned_fields(cluster):
             sent.append(args[-1]["status"])
             return super().patch_namespaced_custom_object_status(*args, **kwargs)
 
-    reporter = KubernetesStatusReporter(Recording(cluster.api_client()), "job", cluster.namespace,
-                                        cost=lambda: Cost(llm_calls=3, prompt_tokens=90, completion_tokens=9))
+    reporter = KubernetesStatusReporter(
+        Recording(cluster.api_client()),
+        "job",
+        cluster.namespace,
+        cost=lambda: Cost(llm_calls=3, prompt_tokens=90, completion_tokens=9),
+    )
     reporter.progress(running(12, best=0.25, iteration=1, candidates=1, best_candidate=BEST), important=True)
     reporter.finished(running(60, best=1.0, cached_evaluations=21), completed())
 
     status = cluster.get("poj", "job")["status"]
     assert {key: status[key] for key in OPERATOR_STATUS} == OPERATOR_STATUS
-    assert status["progress"] == {"metricCalls": 60, "maxMetricCalls": 60, "percent": 100, "iteration": 0,
-                                  "candidates": 0, "rejectedCandidates": 0, "bestScore": 1.0, "failedExamples": 0,
-                                  "cachedEvaluations": 21}
-    assert status["initialScores"] == {"aggregate": 0.25, "scorers": {"ExactMatch": 0.0, "Correctness": 0.75},
-                                       "failedExamples": 0}
-    assert status["finalScores"] == {"aggregate": 1.0, "scorers": {"ExactMatch": 1.0, "Correctness": 1.0},
-                                     "failedExamples": 0}
+    assert status["progress"] == {
+        "metricCalls": 60,
+        "maxMetricCalls": 60,
+        "percent": 100,
+        "iteration": 0,
+        "candidates": 0,
+        "rejectedCandidates": 0,
+        "bestScore": 1.0,
+        "failedExamples": 0,
+        "cachedEvaluations": 21,
+    }
+    assert status["initialScores"] == {
+        "aggregate": 0.25,
+        "scorers": {"ExactMatch": 0.0, "Correctness": 0.75},
+        "failedExamples": 0,
+    }
+    assert status["finalScores"] == {
+        "aggregate": 1.0,
+        "scorers": {"ExactMatch": 1.0, "Correctness": 1.0},
+        "failedExamples": 0,
+    }
     assert status["optimizedPrompts"] == [{"name": "classify", "template": BEST["classify"]}]
     assert status["cost"] == {"llmCalls": 3, "promptTokens": 90, "completionTokens": 9}
     assert status["display"] == {"initialScore": "0.250", "bestScore": "1.000"}  # kubectl get's columns; no price
-    assert status["workerResult"] == {"reason": "Completed", "message": "budget of metric calls spent",
-                                      "succeeded": True}
+    assert status["workerResult"] == {
+        "reason": "Completed",
+        "message": "budget of metric calls spent",
+        "succeeded": True,
+    }
     assert len(sent) == 2 and all(set(patch) <= set(WORKER_STATUS_FIELDS) for patch in sent)
     assert set(sent[1]) == {"progress", "finalScores", "display", "workerResult"}  # unchanged fields are not resent
 
@@ -208,47 +253,78 @@ def test_scores_and_cost_are_formatted_for_kubectls_columns():
 def seven_candidates() -> tuple[CandidateRecord, ...]:
     """The seed (0.25), then six children, each of the one before; candidate 3 is the best."""
     scores = [0.25, 0.5, 0.75, 1.0, 0.5, 0.625, 0.875]
-    return tuple(CandidateRecord(i, (i - 1,) if i else (), score, {"ExactMatch": score}, 10 * i, {"classify": f"v{i}"})
-                 for i, score in enumerate(scores))
+    return tuple(
+        CandidateRecord(i, (i - 1,) if i else (), score, {"ExactMatch": score}, 10 * i, {"classify": f"v{i}"})
+        for i, score in enumerate(scores)
+    )
 
 
 def test_status_keeps_the_best_candidates_and_the_result_file_all_of_them(tmp_path):
     result = completed(candidates=seven_candidates())
     in_status = status_fields(worker_status(running(60, best=1.0), result))["candidates"]
     assert [c["id"] for c in in_status] == [3, 6, 2, 5, 1]  # best first, at most 5, no prompts
-    assert in_status[0] == {"id": 3, "parents": [2], "score": 1.0, "scorers": {"ExactMatch": 1.0},
-                            "foundAtMetricCalls": 30}
+    assert in_status[0] == {
+        "id": 3,
+        "parents": [2],
+        "score": 1.0,
+        "scorers": {"ExactMatch": 1.0},
+        "foundAtMetricCalls": 30,
+    }
 
     path = tmp_path / "result.json"
     ResultFileReporter(path).finished(running(60, best=1.0), result)
     in_file = json.loads(path.read_text())["candidates"]
     assert [c["id"] for c in in_file] == [3, 6, 2, 5, 1, 4, 0]
-    assert in_file[-1] == {"id": 0, "parents": [], "score": 0.25, "scorers": {"ExactMatch": 0.25},
-                           "foundAtMetricCalls": 0, "prompts": {"classify": "v0"}}
+    assert in_file[-1] == {
+        "id": 0,
+        "parents": [],
+        "score": 0.25,
+        "scorers": {"ExactMatch": 0.25},
+        "foundAtMetricCalls": 0,
+        "prompts": {"classify": "v0"},
+    }
 
 
 def test_the_result_file_says_what_produced_it(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    run = RunInfo(job="sentiment", namespace="team-a", optimizer="GEPA",
-                  optimizer_settings={"maxMetricCalls": 60, "options": {"note": f"key {SECRET}"}},
-                  models=ModelsUsed(task="openai/gpt-4.1-mini", judges={"Correctness": "openai/gpt-4.1"},
-                                    reflection="openai/gpt-4.1"),
-                  started_at="2026-01-01T00:00:00Z", promptopt_version="0.1.0", simulated_llm=False)
+    run = RunInfo(
+        job="sentiment",
+        namespace="team-a",
+        optimizer="GEPA",
+        optimizer_settings={"maxMetricCalls": 60, "options": {"note": f"key {SECRET}"}},
+        models=ModelsUsed(
+            task="openai/gpt-4.1-mini", judges={"Correctness": "openai/gpt-4.1"}, reflection="openai/gpt-4.1"
+        ),
+        started_at="2026-01-01T00:00:00Z",
+        promptopt_version="0.1.0",
+        simulated_llm=False,
+    )
     path = tmp_path / "result.json"
     ResultFileReporter(path, run=run).finished(running(60, best=1.0), completed())
 
     written = json.loads(path.read_text())
     assert written["run"] == {
-        "job": "sentiment", "namespace": "team-a", "optimizer": "GEPA",
+        "job": "sentiment",
+        "namespace": "team-a",
+        "optimizer": "GEPA",
         "optimizerSettings": {"maxMetricCalls": 60, "options": {"note": "key ***"}},
-        "models": {"task": "openai/gpt-4.1-mini", "judges": {"Correctness": "openai/gpt-4.1"},
-                   "reflection": "openai/gpt-4.1"},
-        "startedAt": "2026-01-01T00:00:00Z", "finishedAt": written["run"]["finishedAt"],
-        "promptoptVersion": "0.1.0", "simulatedLlm": False,
+        "models": {
+            "task": "openai/gpt-4.1-mini",
+            "judges": {"Correctness": "openai/gpt-4.1"},
+            "reflection": "openai/gpt-4.1",
+        },
+        "startedAt": "2026-01-01T00:00:00Z",
+        "finishedAt": written["run"]["finishedAt"],
+        "promptoptVersion": "0.1.0",
+        "simulatedLlm": False,
     }
     assert "2026-01-01T00:00:00Z" < written["run"]["finishedAt"] <= format_time(datetime.now(UTC))
-    assert ResultFile.model_validate(written).run == run.model_copy(update={  # `promptopt report` reads it back
-        "finished_at": written["run"]["finishedAt"], "optimizer_settings": written["run"]["optimizerSettings"]})
+    assert ResultFile.model_validate(written).run == run.model_copy(
+        update={  # `promptopt report` reads it back
+            "finished_at": written["run"]["finishedAt"],
+            "optimizer_settings": written["run"]["optimizerSettings"],
+        }
+    )
 
 
 def test_termination_message_leaves_the_candidates_to_the_status(tmp_path):
@@ -260,9 +336,14 @@ def test_termination_message_leaves_the_candidates_to_the_status(tmp_path):
 def test_termination_message_stays_under_4_kib_with_huge_prompts(tmp_path, monkeypatch):
     path = tmp_path / "termination-log"
     monkeypatch.setenv("PROMPTOPT_TERMINATION_MESSAGE_PATH", str(path))
-    huge = {f"prompt{i}": f"{i} «ünïcode» \"quoted\"\n" * 5000 + "{{review}}" for i in range(5)}
-    result = Result(reason="Cancelled", message="stopped by SIGTERM " * 500, best_candidate=huge,
-                    initial_scores=INITIAL, final_scores=FINAL)
+    huge = {f"prompt{i}": f'{i} «ünïcode» "quoted"\n' * 5000 + "{{review}}" for i in range(5)}
+    result = Result(
+        reason="Cancelled",
+        message="stopped by SIGTERM " * 500,
+        best_candidate=huge,
+        initial_scores=INITIAL,
+        final_scores=FINAL,
+    )
 
     TerminationMessageReporter().finished(running(30), result)
 
@@ -294,8 +375,13 @@ def test_termination_message_marks_only_the_prompts_it_cut(tmp_path):
 
 def test_console_reporter_logs_sparse_lines_and_a_score_table_at_the_end():
     out, clock = io.StringIO(), FakeClock()
-    console = ConsoleReporter(out, live=False, log_interval_s=10, clock=clock,
-                              cost=lambda: Cost(llm_calls=7, prompt_tokens=70, completion_tokens=7, usd=0.0012))
+    console = ConsoleReporter(
+        out,
+        live=False,
+        log_interval_s=10,
+        clock=clock,
+        cost=lambda: Cost(llm_calls=7, prompt_tokens=70, completion_tokens=7, usd=0.0012),
+    )
     console.progress(running(1))
     clock.now = 5
     console.progress(running(2))  # held back
@@ -310,7 +396,7 @@ def test_console_reporter_logs_sparse_lines_and_a_score_table_at_the_end():
     # 2 metric calls in the 5 s since the first report: the 57 left take 142.5 s more.
     assert "3/60 metric calls, best 0.250, 0:05 elapsed, ETA 2:22" in progress_lines[1]
     assert "result: Completed - budget of metric calls spent" in text
-    table = text[text.index("scorer"):].splitlines()[:4]
+    table = text[text.index("scorer") :].splitlines()[:4]
     assert table[1].split() == ["ExactMatch", "0.000", "1.000"]
     assert table[2].split() == ["Correctness", "0.750", "1.000"]
     assert table[3].split() == ["aggregate", "0.250", "1.000"]
@@ -330,7 +416,7 @@ def test_failed_examples_are_counted_in_status_and_on_the_console():
     assert status["finalScores"] == {"scorers": {}, "failedExamples": 4}
 
     text = ConsoleReporter.render_result(progress, result, None)
-    table = text[text.index("scorer"):].splitlines()[:4]
+    table = text[text.index("scorer") :].splitlines()[:4]
     assert table[2].split() == ["aggregate", "0.500", "-"] and table[3].split() == ["not", "scored", "2", "4"]
     assert "7 evaluations could not be scored (the log says why); the scores above leave those records out" in text
 
@@ -349,30 +435,53 @@ def test_console_reporter_draws_a_live_bar_on_a_terminal():
     console.finished(running(40, best=1.0), completed())
 
     text = out.getvalue()
-    assert text.startswith("\r[#####.....] 30/60 metric calls, best 0.500, 0:00 elapsed, iteration 2, 0 candidates"
-                           "\x1b[K")
+    assert text.startswith(
+        "\r[#####.....] 30/60 metric calls, best 0.500, 0:00 elapsed, iteration 2, 0 candidates\x1b[K"
+    )
     # 10 metric calls in 75 s: the 20 left take 150 s.
     assert "\r[######....] 40/60 metric calls, best 1.000, 1:15 elapsed, ETA 2:30, iteration 0" in text
 
 
-FACTS = ["1230/2000 metric calls", "best 0.875", "1:02:05 elapsed", "ETA 26:33:28", "7 not scored", "iteration 400",
-         "50 candidates", "123456 LLM calls", "987 from the cache"]
+FACTS = [
+    "1230/2000 metric calls",
+    "best 0.875",
+    "1:02:05 elapsed",
+    "ETA 26:33:28",
+    "7 not scored",
+    "iteration 400",
+    "50 candidates",
+    "123456 LLM calls",
+    "987 from the cache",
+]
 
 
-@pytest.mark.parametrize(("columns", "shown"), [
-    (20, []),  # not even the metric calls fit whole: cut
-    (40, FACTS[:2]),
-    (80, FACTS[:4]),  # with the bar
-    (200, FACTS[:7] + FACTS[8:]),  # all but the cost, too long for the room left
-])
+@pytest.mark.parametrize(
+    ("columns", "shown"),
+    [
+        (20, []),  # not even the metric calls fit whole: cut
+        (40, FACTS[:2]),
+        (80, FACTS[:4]),  # with the bar
+        (200, FACTS[:7] + FACTS[8:]),  # all but the cost, too long for the room left
+    ],
+)
 def test_the_live_bar_fits_the_terminal_keeping_the_most_telling_facts(columns, shown):
     out, clock = io.StringIO(), FakeClock()
     cost = Cost(llm_calls=123456, prompt_tokens=98765432, completion_tokens=1234567, usd=1234.5678, retries=12)
     console = ConsoleReporter(out, live=True, clock=clock, columns=lambda: columns, cost=lambda: cost)
     console.progress(Progress(metric_calls=1200, max_metric_calls=2000), important=True)
     clock.now = 3725  # 30 metric calls in 3725 s: the 770 left take 95608 s
-    console.progress(Progress(metric_calls=1230, max_metric_calls=2000, iteration=400, candidates=50, best_score=0.875,
-                              failed_examples=7, cached_evaluations=987), important=True)
+    console.progress(
+        Progress(
+            metric_calls=1230,
+            max_metric_calls=2000,
+            iteration=400,
+            candidates=50,
+            best_score=0.875,
+            failed_examples=7,
+            cached_evaluations=987,
+        ),
+        important=True,
+    )
 
     line = out.getvalue().split("\r")[-1].removesuffix("\x1b[K")
     assert len(line) <= columns - 1  # the last column stays free: a full line wraps on some terminals
@@ -406,10 +515,15 @@ def test_secrets_are_masked_in_status_logs_and_termination_message(tmp_path, mon
     configure_logging(log_stream)
     api = RecordingStatusApi([ApiException(status=403, reason=f"Forbidden for token {SECRET}")])
     leaky = {"classify": f"Use key {SECRET} for {{{{review}}}}"}
-    result = Result(reason="LLMError", message=f"AuthenticationError: Incorrect API key provided: {SECRET}",
-                    best_candidate=leaky, initial_scores=INITIAL)
-    reporters = Reporters(reporter_for(api), ConsoleReporter(console_out, live=False),
-                          TerminationMessageReporter(str(termination)))
+    result = Result(
+        reason="LLMError",
+        message=f"AuthenticationError: Incorrect API key provided: {SECRET}",
+        best_candidate=leaky,
+        initial_scores=INITIAL,
+    )
+    reporters = Reporters(
+        reporter_for(api), ConsoleReporter(console_out, live=False), TerminationMessageReporter(str(termination))
+    )
     reporters.progress(running(1, best=0.25, best_candidate=leaky), important=True)  # 403 with the secret: logged
     reporters.finished(running(2, best=0.25), result)
     litellm_logger.warning("retrying after error with key %s", SECRET)

@@ -1,4 +1,5 @@
 """`promptopt run`: the examples end to end against the simulated LLM, as a user runs them."""
+
 import json
 import os
 import re
@@ -19,8 +20,9 @@ SIMULATED_NOTICE = "simulated LLM, a deterministic test double"
 def promptopt_run(*args, cwd=REPO):
     """Runs `promptopt run ...` without any LLM key in its environment."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    return subprocess.run([PROMPTOPT, "run", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=120)
+    return subprocess.run(
+        [PROMPTOPT, "run", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
 
 
 def test_gepa_example_improves_the_prompt(tmp_path):
@@ -32,8 +34,11 @@ def test_gepa_example_improves_the_prompt(tmp_path):
     assert SIMULATED_NOTICE in lines[0] and SIMULATED_NOTICE in lines[-1]  # said at the start and at the end
     result = json.loads(out.read_text())
     # The simulated LLM's best candidate scores 1.000: the run stops there instead of spending the budget.
-    assert result["workerResult"] == {"reason": "PerfectScore", "message": result["workerResult"]["message"],
-                                      "succeeded": True}
+    assert result["workerResult"] == {
+        "reason": "PerfectScore",
+        "message": result["workerResult"]["message"],
+        "succeeded": True,
+    }
     initial, final = result["initialScores"], result["finalScores"]
     assert final["aggregate"] > initial["aggregate"]
     assert set(initial["scorers"]) == set(final["scorers"]) == {"ExactMatch", "Correctness"}
@@ -45,14 +50,21 @@ def test_gepa_example_improves_the_prompt(tmp_path):
     assert "ExactMatch" in run.stdout and prompt["template"] in run.stdout  # the console's table and prompts
     # Without a terminal, progress comes as a timestamped line.
     progress = [line for line in lines if " progress: " in line]
-    assert progress and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d progress: \d+/150 metric calls, ", line)
-                            for line in progress)
+    assert progress and all(
+        re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d progress: \d+/150 metric calls, ", line) for line in progress
+    )
     # What produced the result (the example sets no namespace).
     run_info = result["run"]
     assert {key: run_info[key] for key in ("job", "optimizer", "models", "promptoptVersion", "simulatedLlm")} == {
-        "job": "gepa-sentiment", "optimizer": "GEPA", "promptoptVersion": "0.1.0", "simulatedLlm": True,
-        "models": {"task": "openai/sim-task", "judges": {"Correctness": "openai/sim-judge"},
-                   "reflection": "openai/sim-reflect"},
+        "job": "gepa-sentiment",
+        "optimizer": "GEPA",
+        "promptoptVersion": "0.1.0",
+        "simulatedLlm": True,
+        "models": {
+            "task": "openai/sim-task",
+            "judges": {"Correctness": "openai/sim-judge"},
+            "reflection": "openai/sim-reflect",
+        },
     }
     assert "namespace" not in run_info
     assert run_info["optimizerSettings"]["maxMetricCalls"] == 150
@@ -80,18 +92,20 @@ def test_configmaps_come_from_the_job_file_or_from_f_files(tmp_path):
     (tmp_path / "configmaps.yaml").write_text(yaml.safe_dump_all(documents[:-1]))
 
     with ThreadPoolExecutor() as pool:  # three processes at once: most of their time is start-up
-        same_file, with_f, without_f = pool.map(lambda args: promptopt_run(*args, cwd=tmp_path), [
-            ("--simulated-llm", EXAMPLES / "configmap-sources.yaml", "-o", "a.json"),
-            ("--simulated-llm", "job.yaml", "-f", "configmaps.yaml", "-o", "b.json"),
-            ("--simulated-llm", "job.yaml"),
-        ])
+        same_file, with_f, without_f = pool.map(
+            lambda args: promptopt_run(*args, cwd=tmp_path),
+            [
+                ("--simulated-llm", EXAMPLES / "configmap-sources.yaml", "-o", "a.json"),
+                ("--simulated-llm", "job.yaml", "-f", "configmaps.yaml", "-o", "b.json"),
+                ("--simulated-llm", "job.yaml"),
+            ],
+        )
 
     assert same_file.returncode == 0 and with_f.returncode == 0, same_file.stderr + with_f.stderr
     a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
     assert a["finalScores"] == b["finalScores"] and a["finalScores"]["aggregate"] > a["initialScores"]["aggregate"]
     assert without_f.returncode == 2
-    assert ("spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in job.yaml"
-            in without_f.stdout)
+    assert "spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in job.yaml" in without_f.stdout
 
 
 def test_without_a_key_or_the_simulated_llm_it_fails_fast_and_says_what_to_do(tmp_path):
@@ -112,12 +126,14 @@ def test_an_invalid_job_is_rejected_with_the_field_named(tmp_path):
 
 
 def test_malformed_yaml_is_one_line_naming_the_place(tmp_path):
-    (tmp_path / "job.yaml").write_text("apiVersion: promptopt.dev/v1alpha1\nkind: PromptOptimizationJob\nspec:\n"
-                                       "  prompts: [unclosed\n  task: {}\n")
+    (tmp_path / "job.yaml").write_text(
+        "apiVersion: promptopt.dev/v1alpha1\nkind: PromptOptimizationJob\nspec:\n  prompts: [unclosed\n  task: {}\n"
+    )
     run = promptopt_run("--simulated-llm", tmp_path / "job.yaml")
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert run.stderr.splitlines() == [f"promptopt run: {tmp_path / 'job.yaml'}:5:7: not valid YAML: expected ',' or "
-                                       "']', but got ':'"]
+    assert run.stderr.splitlines() == [
+        f"promptopt run: {tmp_path / 'job.yaml'}:5:7: not valid YAML: expected ',' or ']', but got ':'"
+    ]
 
 
 def test_a_file_with_another_kind_or_api_version_says_what_it_found(tmp_path):
@@ -128,10 +144,12 @@ def test_a_file_with_another_kind_or_api_version_says_what_it_found(tmp_path):
     other_kind = promptopt_run("--simulated-llm", tmp_path / "deployment.yaml")
     assert other_kind.returncode == 2 and (
         "must hold exactly one promptopt.dev/v1alpha1 PromptOptimizationJob; it holds 0 (found: apps/v1/Deployment)"
-        in other_kind.stderr)
+        in other_kind.stderr
+    )
     wrong_version = promptopt_run("--simulated-llm", tmp_path / "old.yaml")
     assert wrong_version.returncode == 2 and (
-        "apiVersion is 'promptopt.dev/v1'; a PromptOptimizationJob is promptopt.dev/v1alpha1" in wrong_version.stderr)
+        "apiVersion is 'promptopt.dev/v1'; a PromptOptimizationJob is promptopt.dev/v1alpha1" in wrong_version.stderr
+    )
 
 
 def test_version():

@@ -1,4 +1,5 @@
 """Built-in scorers: the one conversion rule, metrics with concrete rationales, LLM judges, up-front checks."""
+
 import math
 from typing import get_args
 
@@ -89,7 +90,9 @@ def test_exact_match_compares_non_string_expectations_as_json_text():
 def test_contains_looks_for_the_expected_response_in_the_output():
     scorer = Contains(spec("Contains"))
     assert scorer.score(record("positive"), "The sentiment is Positive.") == (
-        1.0, "output contains expected 'positive'")
+        1.0,
+        "output contains expected 'positive'",
+    )
     assert scorer.score(record("negative"), "The sentiment is Positive.") == (
         0.0, "output 'The sentiment is Positive.' does not contain expected 'negative'")  # fmt: skip
     assert Contains(spec("Contains", params={"caseSensitive": True})).score(record("positive"), "Positive")[0] == 0.0
@@ -98,7 +101,9 @@ def test_contains_looks_for_the_expected_response_in_the_output():
 def test_regex_searches_the_output():
     scorer = Regex(spec("Regex", params={"pattern": r"^(positive|negative)$"}))
     assert scorer.score(record(), "negative") == (
-        1.0, "output matches the pattern '^(positive|negative)$' at 'negative'")
+        1.0,
+        "output matches the pattern '^(positive|negative)$' at 'negative'",
+    )
     assert scorer.score(record(), "It is negative") == (
         0.0, "output 'It is negative' has no match for the pattern '^(positive|negative)$'")  # fmt: skip
 
@@ -169,14 +174,16 @@ class ScriptedClient:
 
 def scripted_judge(*answers, judge_retries=2):
     client = ScriptedClient(*answers)
-    judge = Correctness(spec("Correctness", model="openai/judge"), TaskSpec(model="openai/task"), client,
-                        judge_retries=judge_retries)
+    judge = Correctness(
+        spec("Correctness", model="openai/judge"), TaskSpec(model="openai/task"), client, judge_retries=judge_retries
+    )
     return judge, client
 
 
 def test_a_judge_whose_answer_is_no_verdict_is_asked_again_with_its_answer_and_the_format():
-    judge, client = scripted_judge("I think it is fine.", '{"result": "maybe"}',
-                                   '{"result": "no", "rationale": "wrong"}')
+    judge, client = scripted_judge(
+        "I think it is fine.", '{"result": "maybe"}', '{"result": "no", "rationale": "wrong"}'
+    )
 
     assert judge.score(record("positive"), "negative") == (0.0, "wrong")
     first, _, third = client.conversations
@@ -188,8 +195,11 @@ def test_a_judge_whose_answer_is_no_verdict_is_asked_again_with_its_answer_and_t
 
 def test_a_judge_gives_up_after_its_retries_naming_the_scorer_and_the_answer():
     judge, client = scripted_judge("no verdict here", "still none", "nothing")
-    with pytest.raises(ScorerError, match=r"scorer 'Correctness' did not answer with a JSON verdict .*'nothing' "
-                                          r"\(asked 3 times\)"):
+    with pytest.raises(
+        ScorerError,
+        match=r"scorer 'Correctness' did not answer with a JSON verdict .*'nothing' "
+        r"\(asked 3 times\)",
+    ):
         judge.score(record("positive"), "positive")
     assert len(client.conversations) == 3 and client.answers == []
 
@@ -220,7 +230,7 @@ def test_correctness_asks_the_judge_with_the_tagged_sections(llm, judge_task):
 
     request = llm.last_request(kind="judge")["messages"]
     assert request[0]["role"] == "system" and '"result"' in request[0]["content"]
-    assert "<request>\n{\n  \"review\": \"I love it\"\n}\n</request>" in request[1]["content"]
+    assert '<request>\n{\n  "review": "I love it"\n}\n</request>' in request[1]["content"]
     assert "<response>\nThe sentiment of this text is Positive.\n</response>" in request[1]["content"]
     assert "<expected_response>\nnegative\n</expected_response>" in request[1]["content"]
     assert client.usage.snapshot().calls == {"judge": 2}
@@ -245,12 +255,15 @@ def test_a_judge_answer_outside_the_contract_is_a_scorer_error(llm, judge_task):
         judge.score(record("positive"), "great")
 
 
-@pytest.mark.parametrize("output,score,why", [
-    ("The sentiment of this text is Positive.", 1.0, "addresses the request"),
-    ("echo: Classify this", 0.0, "repeats the request instead of answering it"),
-    ("I could not find that in the documentation.", 0.0, "declines to answer"),
-    ("", 0.0, "The response is empty."),
-])
+@pytest.mark.parametrize(
+    "output,score,why",
+    [
+        ("The sentiment of this text is Positive.", 1.0, "addresses the request"),
+        ("echo: Classify this", 0.0, "repeats the request instead of answering it"),
+        ("I could not find that in the documentation.", 0.0, "declines to answer"),
+        ("", 0.0, "The response is empty."),
+    ],
+)
 def test_relevance_to_query_asks_whether_the_output_answers_the_inputs(llm, judge_task, output, score, why):
     judge = RelevanceToQuery(spec("RelevanceToQuery", model="openai/sim-judge"), judge_task, LLMClient())
     assert judge.score(record(), output)[0] == score and why in judge.score(record(), output)[1]
@@ -270,8 +283,11 @@ def test_expectations_guidelines_takes_each_records_own_and_needs_them(llm, judg
     assert judge.score(record(guidelines="Answer in lowercase."), "positive")[0] == 1.0
     score, rationale = judge.score(record(guidelines=["Answer in lowercase."]), "Positive")
     assert score == 0.0 and "lowercase" in rationale
-    with pytest.raises(InvalidInput, match=r"scorer 'ExpectationsGuidelines' \(ExpectationsGuidelines\) cannot score "
-                       r"record 1: no expectations.guidelines"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"scorer 'ExpectationsGuidelines' \(ExpectationsGuidelines\) cannot score "
+        r"record 1: no expectations.guidelines",
+    ):
         check_records([judge], [record(guidelines="Answer in lowercase."), record(index=1)])
 
 

@@ -1,4 +1,5 @@
 """Sources: prompts and datasets from inline values, ConfigMaps through the API, or local manifest files."""
+
 import base64
 import hashlib
 import json
@@ -36,16 +37,25 @@ def example_documents():
 
 
 def gepa_spec(**dataset):
-    return parse_spec({
-        "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect"},
-        "prompts": [{"name": "system", "role": "system", "template": "Label reviews."},
-                    {"name": "classify", "template": "Review: {{review}}"}],
-        "task": {"model": "openai/sim-task"},
-        "dataset": dataset or {"records": [
-            {"inputs": {"review": f"review {i}"}, "expectations": {"expected_response": "positive"}} for i in range(10)
-        ], "validationFraction": 0.3},
-        "scorers": [{"name": "ExactMatch"}],
-    })
+    return parse_spec(
+        {
+            "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect"},
+            "prompts": [
+                {"name": "system", "role": "system", "template": "Label reviews."},
+                {"name": "classify", "template": "Review: {{review}}"},
+            ],
+            "task": {"model": "openai/sim-task"},
+            "dataset": dataset
+            or {
+                "records": [
+                    {"inputs": {"review": f"review {i}"}, "expectations": {"expected_response": "positive"}}
+                    for i in range(10)
+                ],
+                "validationFraction": 0.3,
+            },
+            "scorers": [{"name": "ExactMatch"}],
+        }
+    )
 
 
 @pytest.fixture
@@ -66,8 +76,10 @@ def build(request):
 def test_inline_prompts_and_records(build):
     problem = build(gepa_spec(), LocalConfigMaps())
 
-    assert problem.prompts == [PromptTemplate("system", "system", "Label reviews."),
-                               PromptTemplate("classify", "user", "Review: {{review}}")]
+    assert problem.prompts == [
+        PromptTemplate("system", "system", "Label reviews."),
+        PromptTemplate("classify", "user", "Review: {{review}}"),
+    ]
     assert (len(problem.train), len(problem.validation)) == (7, 3)
     assert {e.index for e in [*problem.train, *problem.validation]} == set(range(10))
     assert problem.evaluator is not None and problem.settings.type == "GEPA"
@@ -104,8 +116,15 @@ def test_the_job_file_itself_may_hold_the_configmaps(build):
 
 def test_binary_data_is_decoded():
     text = "Classify: {{review}} ✓"
-    configmaps = LocalConfigMaps([{"kind": "ConfigMap", "metadata": {"name": "sentiment-prompts"},
-                                   "binaryData": {"classify.txt": base64.b64encode(text.encode()).decode()}}])
+    configmaps = LocalConfigMaps(
+        [
+            {
+                "kind": "ConfigMap",
+                "metadata": {"name": "sentiment-prompts"},
+                "binaryData": {"classify.txt": base64.b64encode(text.encode()).decode()},
+            }
+        ]
+    )
     _, spec = example_documents()
     assert resolve_prompts(spec, configmaps)[0][0].text == text
 
@@ -120,9 +139,13 @@ def test_a_missing_configmap_names_the_field_the_map_and_where_it_was_looked_up(
     assert str(api_error.value) == (
         f"spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in namespace '{cluster.namespace}'"
     )
-    assert str(local_error.value).startswith(
-        "spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in "
-    ) and "gepa-sentiment.yaml" in str(local_error.value) and "-f" in str(local_error.value)
+    assert (
+        str(local_error.value).startswith(
+            "spec.prompts[0].configMapKeyRef: ConfigMap 'sentiment-prompts' not found in "
+        )
+        and "gepa-sentiment.yaml" in str(local_error.value)
+        and "-f" in str(local_error.value)
+    )
 
 
 def test_a_missing_key_names_the_field_the_map_the_key_and_the_keys_it_has(cluster, build):
@@ -163,10 +186,12 @@ def test_each_configmap_is_read_once_and_every_key_used_gets_a_digest(build):
     problem = build(spec, source)
 
     assert problem.config_map_inputs == (
-        ConfigMapInput(name="sentiment-prompts", key="classify.txt",
-                       digest=sha16(config_maps[0]["data"]["classify.txt"])),
-        ConfigMapInput(name="sentiment-dataset", key="reviews.csv",
-                       digest=sha16(config_maps[1]["data"]["reviews.csv"])),
+        ConfigMapInput(
+            name="sentiment-prompts", key="classify.txt", digest=sha16(config_maps[0]["data"]["classify.txt"])
+        ),
+        ConfigMapInput(
+            name="sentiment-dataset", key="reviews.csv", digest=sha16(config_maps[1]["data"]["reviews.csv"])
+        ),
     )
     assert source.reads == {"sentiment-prompts": 1, "sentiment-dataset": 1}
     assert build(gepa_spec(), LocalConfigMaps()).config_map_inputs == ()  # inline inputs: the spec hash covers them
@@ -184,7 +209,8 @@ def test_a_configmap_key_changed_since_the_job_started_is_refused_naming_the_fie
     assert str(changed.value) == (
         "spec.dataset.configMapKeyRef: ConfigMap 'sentiment-dataset' key 'reviews.csv' changed since the job started "
         "(status.configMapInputs), and a job runs the inputs it started with: restore the text, or create a new job "
-        "to run the new one")
+        "to run the new one"
+    )
 
 
 def test_records_that_do_not_fit_the_prompts_are_found_before_any_llm_call(build):
@@ -199,13 +225,19 @@ def test_records_that_do_not_fit_the_prompts_are_found_before_any_llm_call(build
 
 def test_the_reflection_model_gets_the_system_message_and_the_prompt(llm, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
-    spec = parse_spec({**gepa_spec().model_dump(by_alias=True, exclude_none=True),
-                       "task": {"model": "openai/sim-task", "apiBase": llm.base_url}})
+    spec = parse_spec(
+        {
+            **gepa_spec().model_dump(by_alias=True, exclude_none=True),
+            "task": {"model": "openai/sim-task", "apiBase": llm.base_url},
+        }
+    )
     reflect = reflection_model(spec, LLMClient())
 
     system = METAPROMPT_SYSTEM_MESSAGE
-    reflect(metaprompt_request(MetaPromptRequest({"p": "Label: {{review}}"}), {"p": "user"}, {"p": {"review"}}),
-            system=system)
+    reflect(
+        metaprompt_request(MetaPromptRequest({"p": "Label: {{review}}"}), {"p": "user"}, {"p": {"review"}}),
+        system=system,
+    )
 
     request = llm.last_request(model=REFLECT_MODEL)
     assert [m["role"] for m in request["messages"]] == ["system", "user"]

@@ -1,4 +1,5 @@
 """Prompt templates filled with a record's inputs, and the up-front check of a dataset against the prompts."""
+
 import pytest
 
 from promptopt_worker.problem import Example, PromptTemplate

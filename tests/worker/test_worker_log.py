@@ -1,6 +1,7 @@
 """The worker's log: bounded however much a library repeats itself (and a run whose original prompts score perfectly
 ends at once instead of spinning gepa through its budget), one line per record, and `--log-format json` for log
 pipelines, secrets masked in both formats."""
+
 import io
 import json
 import logging
@@ -47,7 +48,8 @@ def perfect_job(max_metric_calls: int) -> dict:
 
 
 def test_a_worker_whose_original_prompts_score_perfectly_stops_at_once_with_a_few_log_lines(
-        llm, monkeypatch, tmp_path, logging_restored):
+    llm, monkeypatch, tmp_path, logging_restored
+):
     monkeypatch.setenv("OPENAI_API_KEY", llm.api_key)
     monkeypatch.setenv("PROMPTOPT_TERMINATION_MESSAGE_PATH", str(tmp_path / "termination-log"))
     spec = with_simulated_models(parse_spec(perfect_job(max_metric_calls=3000)["spec"]), llm.base_url)
@@ -55,8 +57,13 @@ def test_a_worker_whose_original_prompts_score_perfectly_stops_at_once_with_a_fe
     configure_logging(log, log_format="json")  # as the worker logs: INFO and up
     usage = UsageMeter()
 
-    result = run_job(spec, LocalConfigMaps(), LLMClient(usage=usage),
-                     Reporters(*pod_reporters(lambda: usage.snapshot().as_cost())), StopRequested())
+    result = run_job(
+        spec,
+        LocalConfigMaps(),
+        LLMClient(usage=usage),
+        Reporters(*pod_reporters(lambda: usage.snapshot().as_cost())),
+        StopRequested(),
+    )
     logging.getLogger().handlers[0].close()  # as at exit: anything held back is counted
 
     assert result.reason == "PerfectScore" and "which no candidate can beat" in result.message, result.message
@@ -129,8 +136,9 @@ def test_text_log_lines_keep_a_multi_line_prompt_and_a_traceback_on_one_line(log
     # collector) may come through the log too, as configure_logging routes warnings there.
     lines = [line for line in log.getvalue().splitlines() if " promptopt_worker.test: " in line]
     assert len(lines) == 2
-    assert lines[0].endswith("Proposed new text for classify: Classify the sentiment.\\nAnswer in one word.\\n\\n"
-                             "{{review}}\\nkey ***")
+    assert lines[0].endswith(
+        "Proposed new text for classify: Classify the sentiment.\\nAnswer in one word.\\n\\n{{review}}\\nkey ***"
+    )
     assert "the reflection failed\\nTraceback (most recent call last):\\n" in lines[1]
     assert "ValueError: first line\\nsecond line" in lines[1]
     assert SECRET not in log.getvalue()
@@ -141,8 +149,11 @@ def test_json_log_lines_are_objects_with_the_fields_extras_and_secrets_masked(lo
     log = io.StringIO()
     configure_logging(log, log_format="json")
     logger = logging.getLogger("promptopt_worker.test")
-    logger.warning("the judge answered %r", f"no verdict\nusing {SECRET}",
-                   extra={"record": 7, "request": {"headers": {"Authorization": f"Bearer {SECRET}"}}, "at": Path("/x")})
+    logger.warning(
+        "the judge answered %r",
+        f"no verdict\nusing {SECRET}",
+        extra={"record": 7, "request": {"headers": {"Authorization": f"Bearer {SECRET}"}}, "at": Path("/x")},
+    )
     try:
         raise RuntimeError(f"Incorrect API key provided: {SECRET}")
     except RuntimeError:
@@ -167,13 +178,25 @@ def test_the_worker_log_has_the_result_with_its_data_one_record_each(logging_res
     reporter = LogReporter(cost=lambda: Cost(llm_calls=5, prompt_tokens=50, completion_tokens=5, retries=2))
     progress = Progress(metric_calls=12, max_metric_calls=60, best_score=0.5)
     reporter.progress(progress, important=True)
-    reporter.finished(progress, Result("Completed", "GEPA finished", best_candidate={"classify": PROMPT},
-                                       initial_scores=ScoreSummary(0.25, {"ExactMatch": 0.25}),
-                                       final_scores=ScoreSummary(0.5, {"ExactMatch": 0.5})))
+    reporter.finished(
+        progress,
+        Result(
+            "Completed",
+            "GEPA finished",
+            best_candidate={"classify": PROMPT},
+            initial_scores=ScoreSummary(0.25, {"ExactMatch": 0.25}),
+            final_scores=ScoreSummary(0.5, {"ExactMatch": 0.5}),
+        ),
+    )
 
     entries = [json.loads(line) for line in log.getvalue().splitlines()]
     assert [entry["message"].split(":")[0] for entry in entries] == [
-        "progress", "result", "scores (initial -> final)", "optimized prompt classify", "cost"]
+        "progress",
+        "result",
+        "scores (initial -> final)",
+        "optimized prompt classify",
+        "cost",
+    ]
     assert entries[0]["progress"]["metricCalls"] == 12 and "best 0.500" in entries[0]["message"]
     assert entries[1]["workerResult"] == {"reason": "Completed", "message": "GEPA finished", "succeeded": True}
     assert entries[2]["message"].endswith("ExactMatch 0.250 -> 0.500, aggregate 0.250 -> 0.500")
@@ -191,8 +214,13 @@ def test_promptopt_run_logs_json_lines_to_stderr(llm, tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     env = {**os.environ, "OPENAI_API_KEY": llm.api_key}
 
-    run = subprocess.run([PROMPTOPT, "run", "--log-format", "json", str(tmp_path / "job.yaml")], capture_output=True,
-                         text=True, env=env, timeout=120)
+    run = subprocess.run(
+        [PROMPTOPT, "run", "--log-format", "json", str(tmp_path / "job.yaml")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
     assert run.returncode == 0, run.stderr
     entries = [json.loads(line) for line in run.stderr.splitlines()]

@@ -1,4 +1,5 @@
 """`promptopt worker` in a Pod, as the operator starts it: real API server, local kubelet, simulated LLM."""
+
 import base64
 import hashlib
 import json
@@ -32,43 +33,67 @@ def worker_rbac(request):
 
 
 def create_job(cluster, llm, *, max_metric_calls, **spec):
-    cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-credentials"},
-                    "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()}})
-    cluster.create({
-        "apiVersion": "promptopt.dev/v1alpha1", "kind": "PromptOptimizationJob", "metadata": {"name": "sentiment"},
-        "spec": {
-            "optimizer": {"type": "GEPA", "reflectionModel": "openai/sim-reflect",
-                          "gepa": {"maxMetricCalls": max_metric_calls}},
-            "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
-            "task": {"model": "openai/sim-task", "apiBase": llm.base_url, "temperature": 0},
-            "dataset": {"records": sentiment_dataset(10, seed=1), "validationFraction": 0.4},
-            "scorers": [{"name": "ExactMatch", "weight": 2}, {"name": "Correctness", "model": "openai/sim-judge"}],
-            "credentials": {"secretRef": {"name": "llm-credentials"}},
-            **spec,
-        },
-    })
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "llm-credentials"},
+            "data": {"OPENAI_API_KEY": base64.b64encode(llm.api_key.encode()).decode()},
+        }
+    )
+    cluster.create(
+        {
+            "apiVersion": "promptopt.dev/v1alpha1",
+            "kind": "PromptOptimizationJob",
+            "metadata": {"name": "sentiment"},
+            "spec": {
+                "optimizer": {
+                    "type": "GEPA",
+                    "reflectionModel": "openai/sim-reflect",
+                    "gepa": {"maxMetricCalls": max_metric_calls},
+                },
+                "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
+                "task": {"model": "openai/sim-task", "apiBase": llm.base_url, "temperature": 0},
+                "dataset": {"records": sentiment_dataset(10, seed=1), "validationFraction": 0.4},
+                "scorers": [{"name": "ExactMatch", "weight": 2}, {"name": "Correctness", "model": "openai/sim-judge"}],
+                "credentials": {"secretRef": {"name": "llm-credentials"}},
+                **spec,
+            },
+        }
+    )
     cluster.patch("poj", "sentiment", {"status": OPERATOR_STATUS}, subresource="status")
 
 
 def create_worker_pod(cluster):
     """The Pod the operator creates for the job (the parts the worker depends on)."""
-    cluster.create({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "worker"},
-        "spec": {
-            "restartPolicy": "Never",
-            "serviceAccountName": WORKER_SERVICE_ACCOUNT,
-            "containers": [{
-                "name": "worker", "image": "promptopt:dev", "command": ["promptopt", "worker"],
-                "env": [
-                    {"name": "PROMPTOPT_JOB_NAME", "value": "sentiment"},
-                    {"name": "PROMPTOPT_JOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                    {"name": "PROMPTOPT_TERMINATION_MESSAGE_PATH", "value": "/dev/termination-log"},
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "worker"},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": WORKER_SERVICE_ACCOUNT,
+                "containers": [
+                    {
+                        "name": "worker",
+                        "image": "promptopt:dev",
+                        "command": ["promptopt", "worker"],
+                        "env": [
+                            {"name": "PROMPTOPT_JOB_NAME", "value": "sentiment"},
+                            {
+                                "name": "PROMPTOPT_JOB_NAMESPACE",
+                                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                            },
+                            {"name": "PROMPTOPT_TERMINATION_MESSAGE_PATH", "value": "/dev/termination-log"},
+                        ],
+                        "envFrom": [{"secretRef": {"name": "llm-credentials"}}],
+                        "terminationMessagePath": "/dev/termination-log",
+                    }
                 ],
-                "envFrom": [{"secretRef": {"name": "llm-credentials"}}],
-                "terminationMessagePath": "/dev/termination-log",
-            }],
-        },
-    })
+            },
+        }
+    )
 
 
 def job_status(cluster):
@@ -134,8 +159,9 @@ def test_sigterm_stops_the_run_and_the_best_result_so_far_is_reported(cluster, k
 
 
 def wait_for_pod_end(cluster, timeout=40):
-    return cluster.wait_for("pods", "worker", lambda p: p["status"].get("phase") in ("Succeeded", "Failed"),
-                            timeout=timeout)
+    return cluster.wait_for(
+        "pods", "worker", lambda p: p["status"].get("phase") in ("Succeeded", "Failed"), timeout=timeout
+    )
 
 
 def termination_message(pod):
@@ -177,15 +203,24 @@ def test_a_judge_that_never_keeps_the_format_stops_the_run_with_too_many_failed_
 
 
 def test_a_missing_configmap_ends_the_worker_with_invalid_input(cluster, kubelet, llm):
-    create_job(cluster, llm, max_metric_calls=40,
-               prompts=[{"name": "classify", "configMapKeyRef": {"name": "prompts", "key": "classify.txt"}}])
+    create_job(
+        cluster,
+        llm,
+        max_metric_calls=40,
+        prompts=[{"name": "classify", "configMapKeyRef": {"name": "prompts", "key": "classify.txt"}}],
+    )
     create_worker_pod(cluster)
 
     pod = wait_for_pod_end(cluster)
 
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
-    expected = {"reason": "InvalidInput", "succeeded": False, "message": (
-        f"spec.prompts[0].configMapKeyRef: ConfigMap 'prompts' not found in namespace '{cluster.namespace}'")}
+    expected = {
+        "reason": "InvalidInput",
+        "succeeded": False,
+        "message": (
+            f"spec.prompts[0].configMapKeyRef: ConfigMap 'prompts' not found in namespace '{cluster.namespace}'"
+        ),
+    }
     assert job_status(cluster)["workerResult"] == expected
     assert termination_message(pod)["workerResult"] == expected
     assert sum(llm.calls.values()) == 0
@@ -195,8 +230,9 @@ def test_the_deadline_counts_from_the_jobs_start(cluster, kubelet, llm):
     llm.set_latency(0.2)
     create_job(cluster, llm, max_metric_calls=400, activeDeadlineSeconds=30)
     started = datetime.now(UTC) - timedelta(seconds=25)
-    cluster.patch("poj", "sentiment", {"status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ")}},
-                  subresource="status")
+    cluster.patch(
+        "poj", "sentiment", {"status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ")}}, subresource="status"
+    )
     create_worker_pod(cluster)
 
     pod = wait_for_pod_end(cluster)
@@ -207,9 +243,14 @@ def test_the_deadline_counts_from_the_jobs_start(cluster, kubelet, llm):
 
 
 def test_remaining_deadline_subtracts_the_time_since_the_start_and_a_reserve_for_reporting():
-    spec = parse_spec({"optimizer": {"type": "MetaPrompt", "reflectionModel": "m"},
-                       "prompts": [{"name": "p", "template": "t"}], "task": {"model": "m"},
-                       "activeDeadlineSeconds": 3600})
+    spec = parse_spec(
+        {
+            "optimizer": {"type": "MetaPrompt", "reflectionModel": "m"},
+            "prompts": [{"name": "p", "template": "t"}],
+            "task": {"model": "m"},
+            "activeDeadlineSeconds": 3600,
+        }
+    )
     now = datetime(2026, 1, 1, 1, 0, 0, tzinfo=UTC)
 
     assert remaining_deadline(spec, None, now) == 3600 - 60  # the reserve is capped at a minute
@@ -226,24 +267,44 @@ def test_a_retried_worker_continues_the_usage_of_earlier_attempts():
     assert Usage.from_cost(None) == Usage()
 
 
-@pytest.mark.parametrize("reason, best, code", [
-    ("Completed", {"p": "t"}, 0), ("Cancelled", {"p": "t"}, 0), ("DeadlineReached", {"p": "t"}, 0),
-    ("BudgetExhausted", {"p": "t"}, 0), ("Cancelled", None, 1), ("LLMError", None, 1), ("Error", {"p": "t"}, 1),
-    ("TooManyFailedExamples", {"p": "t"}, 1), ("InvalidInput", None, 2),
-])
+@pytest.mark.parametrize(
+    "reason, best, code",
+    [
+        ("Completed", {"p": "t"}, 0),
+        ("Cancelled", {"p": "t"}, 0),
+        ("DeadlineReached", {"p": "t"}, 0),
+        ("BudgetExhausted", {"p": "t"}, 0),
+        ("Cancelled", None, 1),
+        ("LLMError", None, 1),
+        ("Error", {"p": "t"}, 1),
+        ("TooManyFailedExamples", {"p": "t"}, 1),
+        ("InvalidInput", None, 2),
+    ],
+)
 def test_exit_codes(reason, best, code):
     assert exit_code(Result(reason, "", best_candidate=best)) == code
 
 
 def run_worker_process(cluster, tmp_path, **env):
     """`promptopt worker` for the job, here as the worker ServiceAccount (a retried Pod, without the kubelet)."""
-    kubeconfig = cluster.service_account_kubeconfig(cluster.namespace, WORKER_SERVICE_ACCOUNT,
-                                                    tmp_path / "worker.kubeconfig")
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PROMPTOPT_JOB_NAME": "sentiment",
-           "PROMPTOPT_JOB_NAMESPACE": cluster.namespace,
-           "PROMPTOPT_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log"), **env}
-    return subprocess.run([str(Path(sys.executable).with_name("promptopt")), "worker"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    kubeconfig = cluster.service_account_kubeconfig(
+        cluster.namespace, WORKER_SERVICE_ACCOUNT, tmp_path / "worker.kubeconfig"
+    )
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "PROMPTOPT_JOB_NAME": "sentiment",
+        "PROMPTOPT_JOB_NAMESPACE": cluster.namespace,
+        "PROMPTOPT_TERMINATION_MESSAGE_PATH": str(tmp_path / "termination-log"),
+        **env,
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("promptopt")), "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_a_worker_refuses_a_spec_changed_since_the_job_started(cluster, llm, tmp_path):
@@ -257,10 +318,15 @@ def test_a_worker_refuses_a_spec_changed_since_the_job_started(cluster, llm, tmp
 
 def test_a_retried_worker_refuses_configmap_inputs_changed_since_the_job_started(cluster, llm, tmp_path):
     template = "Classify the sentiment of this review.\n\n{{review}}"
-    cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prompts"},
-                    "data": {"classify.txt": template}})
-    create_job(cluster, llm, max_metric_calls=8,  # the seed's evaluation only: a short first attempt
-               prompts=[{"name": "classify", "configMapKeyRef": {"name": "prompts", "key": "classify.txt"}}])
+    cluster.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prompts"}, "data": {"classify.txt": template}}
+    )
+    create_job(
+        cluster,
+        llm,
+        max_metric_calls=8,  # the seed's evaluation only: a short first attempt
+        prompts=[{"name": "classify", "configMapKeyRef": {"name": "prompts", "key": "classify.txt"}}],
+    )
 
     first = run_worker_process(cluster, tmp_path, OPENAI_API_KEY=llm.api_key)  # what the credentials Secret gives
     assert first.returncode == 0, first.stdout[-2000:]
@@ -277,7 +343,8 @@ def test_a_retried_worker_refuses_configmap_inputs_changed_since_the_job_started
     assert status["workerResult"]["reason"] == "InvalidInput" and status["workerResult"]["message"] == (
         "spec.prompts[0].configMapKeyRef: ConfigMap 'prompts' key 'classify.txt' changed since the job started "
         "(status.configMapInputs), and a job runs the inputs it started with: restore the text, or create a new job "
-        "to run the new one")
+        "to run the new one"
+    )
     assert llm.request_count == requests and status["configMapInputs"] == recorded
 
     cluster.patch("configmaps", "prompts", {"data": {"classify.txt": template}})
@@ -288,15 +355,27 @@ def test_credentials_with_harmless_names_are_still_masked():
     from promptopt_worker.redaction import add_secrets, redact
     from promptopt_worker.main import credential_values
 
-    spec = parse_spec({
-        "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/x"},
-        "prompts": [{"name": "p", "template": "hi"}], "task": {"model": "openai/y"},
-        "worker": {"env": [{"name": "LOG_FORMAT", "value": "json-lines-please"},
-                           {"name": "VENDOR_ACCESS", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
-    })
-    environ = {"PATH": "/usr/local/bin:/usr/bin", "HOSTNAME": "job-worker-1", "PROMPTOPT_JOB_NAME": "job",
-               "AZURE_ENDPOINT_CREDENTIAL": "opaque-credential-value", "VENDOR_ACCESS": "from-a-secret-key-ref",
-               "LOG_FORMAT": "json-lines-please"}
+    spec = parse_spec(
+        {
+            "optimizer": {"type": "MetaPrompt", "reflectionModel": "openai/x"},
+            "prompts": [{"name": "p", "template": "hi"}],
+            "task": {"model": "openai/y"},
+            "worker": {
+                "env": [
+                    {"name": "LOG_FORMAT", "value": "json-lines-please"},
+                    {"name": "VENDOR_ACCESS", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                ]
+            },
+        }
+    )
+    environ = {
+        "PATH": "/usr/local/bin:/usr/bin",
+        "HOSTNAME": "job-worker-1",
+        "PROMPTOPT_JOB_NAME": "job",
+        "AZURE_ENDPOINT_CREDENTIAL": "opaque-credential-value",
+        "VENDOR_ACCESS": "from-a-secret-key-ref",
+        "LOG_FORMAT": "json-lines-please",
+    }
     values = credential_values(environ, spec)
     assert sorted(values) == ["from-a-secret-key-ref", "opaque-credential-value"]
     add_secrets(values)

@@ -5,6 +5,7 @@ and CSV (a header row; columns named expected_response or expectations.<key> bec
 inputs.<key> and every other column become inputs). Every record is checked against the API's `Record`,
 and all problems are reported at once, each naming its record or line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,10 @@ def load_dataset(spec: DatasetSpec, text: str | None = None, rows: Sequence[Mapp
     if spec.records is not None:
         records = spec.records
     elif spec.mlflow_dataset_id is not None:
-        records = _validated([(f"record {index}", row) for index, row in enumerate(rows or [])],
-                             f"MLflow dataset {spec.mlflow_dataset_id}")
+        records = _validated(
+            [(f"record {index}", row) for index, row in enumerate(rows or [])],
+            f"MLflow dataset {spec.mlflow_dataset_id}",
+        )
     elif text is None:
         raise ValueError("the dataset is in a ConfigMap: pass the key's text")
     else:
@@ -57,8 +60,10 @@ def load_dataset(spec: DatasetSpec, text: str | None = None, rows: Sequence[Mapp
     if spec.test_fraction is None:
         return split_examples(examples, spec.validation_fraction, spec.shuffle_seed)
     if len(examples) < 3:
-        raise DatasetError(f"spec.dataset.testFraction: {len(examples)} records cannot make a test set and still "
-                           "train and validate: at least 3 are needed")
+        raise DatasetError(
+            f"spec.dataset.testFraction: {len(examples)} records cannot make a test set and still "
+            "train and validate: at least 3 are needed"
+        )
     # The test set first: the optimizer sees only what is left, split into training and validation as without one.
     rest, test = _held_out(examples, spec.test_fraction, spec.shuffle_seed, keep=2)
     split = split_examples(rest, spec.validation_fraction, spec.shuffle_seed)
@@ -112,13 +117,14 @@ def split_examples(examples: Sequence[Example], validation_fraction: float | Non
     return Split(train=train, validation=validation)
 
 
-def _held_out(examples: Sequence[Example], fraction: float, shuffle_seed: int, keep: int
-              ) -> tuple[list[Example], list[Example]]:
+def _held_out(
+    examples: Sequence[Example], fraction: float, shuffle_seed: int, keep: int
+) -> tuple[list[Example], list[Example]]:
     """(the rest, `fraction` of the examples held out by a seeded shuffle): at least one held out, at least `keep`
     left, in their dataset order."""
     positions = list(range(len(examples)))
     random.Random(shuffle_seed).shuffle(positions)
-    held = set(positions[:min(max(round(len(examples) * fraction), 1), len(examples) - keep)])
+    held = set(positions[: min(max(round(len(examples) * fraction), 1), len(examples) - keep)])
     return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
 
 

@@ -27,6 +27,7 @@ Models: every model the job names is looked up in litellm's offline model list, 
 warning naming its field and the listed id closest to it (with --strict, the dry run fails). A model on a server of
 the user's is not looked up: any name is valid there.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,8 +99,13 @@ class DryRun:
         return None if None in bounds else sum(b for b in bounds if b is not None)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "calls": [asdict(bound) for bound in self.calls], "totalCalls": self.total_calls,
-                "usdEstimate": self.usd_estimate, "usdBound": self.usd_bound}
+        return {
+            **asdict(self),
+            "calls": [asdict(bound) for bound in self.calls],
+            "totalCalls": self.total_calls,
+            "usdEstimate": self.usd_estimate,
+            "usdBound": self.usd_bound,
+        }
 
 
 def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem, strict: bool = False) -> DryRun:
@@ -117,18 +123,27 @@ def plan_dry_run(spec: PromptOptimizationJobSpec, problem: Problem, strict: bool
         # The held-out test records are scored once more at the end, with the original and the best prompts.
         scored = evaluations + 2 * len(problem.test)
         bounds.append(_program_bound(evaluator, scored, problem))
-        bounds += [_scorer_bound(scorer, scored, problem) for scorer in evaluator.scorers
-                   if isinstance(scorer, LLMJudge | Webhook)]
+        bounds += [
+            _scorer_bound(scorer, scored, problem)
+            for scorer in evaluator.scorers
+            if isinstance(scorer, LLMJudge | Webhook)
+        ]
     bounds.append(_reflection_bound(spec, problem, evaluations, run))
     warnings = unknown_models(spec)
     if strict and warnings:
         raise InvalidInput("; ".join(warnings) + " (--strict)")
     return DryRun(
-        optimizer=spec.optimizer.type, prompts=len(problem.prompts), train_records=len(problem.train),
-        validation_records=len(problem.validation), test_records=len(problem.test), evaluations=evaluations,
+        optimizer=spec.optimizer.type,
+        prompts=len(problem.prompts),
+        train_records=len(problem.train),
+        validation_records=len(problem.validation),
+        test_records=len(problem.test),
+        evaluations=evaluations,
         evaluations_from=evaluations_from,
-        calls=tuple(bounds), max_cost_usd=spec.budget.max_cost_usd if spec.budget else None,
-        in_flight=spec.task.concurrency + 1, warnings=warnings,
+        calls=tuple(bounds),
+        max_cost_usd=spec.budget.max_cost_usd if spec.budget else None,
+        in_flight=spec.task.concurrency + 1,
+        warnings=warnings,
     )
 
 
@@ -146,8 +161,11 @@ def unknown_models(spec: PromptOptimizationJobSpec) -> tuple[str, ...]:
 def _named_models(spec: PromptOptimizationJobSpec) -> list[tuple[str, ModelEndpoint]]:
     """The job's models, each with its field, as the worker will call them (an apiBase defaults to the task's)."""
     task = [("spec.task.model", ModelEndpoint.for_task(spec.task))] if spec.task.model else []
-    judges = [(f"spec.scorers[{index}].model", ModelEndpoint.for_judge(scorer, spec.task))
-              for index, scorer in enumerate(spec.scorers or []) if scorer.model]
+    judges = [
+        (f"spec.scorers[{index}].model", ModelEndpoint.for_judge(scorer, spec.task))
+        for index, scorer in enumerate(spec.scorers or [])
+        if scorer.model
+    ]
     return [*task, *judges, ("spec.optimizer.reflectionModel", ModelEndpoint.for_reflection(spec.optimizer, spec.task))]
 
 
@@ -156,8 +174,10 @@ def _serves_any_name(endpoint: ModelEndpoint) -> bool:
     models), which answers to whatever names it chooses: the endpoint's apiBase, or for openai/ models the
     OPENAI_BASE_URL of this environment, read as the worker reads it. (A base URL that only the job's credentials
     Secret sets cannot be seen here: such a model warns.)"""
-    return bool(endpoint.api_base) or (endpoint.model.startswith(openai_compatible.PROVIDER_PREFIX)
-                                       and openai_compatible.base_url(endpoint) != openai_compatible.OPENAI_API_BASE)
+    return bool(endpoint.api_base) or (
+        endpoint.model.startswith(openai_compatible.PROVIDER_PREFIX)
+        and openai_compatible.base_url(endpoint) != openai_compatible.OPENAI_API_BASE
+    )
 
 
 def _tokens(text: str) -> int:
@@ -173,8 +193,9 @@ def _bound(endpoint: ModelEndpoint, calls: int | None) -> float | None:
     """`calls` calls, each as long as the model's context window lets it be, at its price."""
     if calls is None:
         return None
-    if endpoint.pricing is not None and not (endpoint.pricing.input_per_million_tokens
-                                             or endpoint.pricing.output_per_million_tokens):
+    if endpoint.pricing is not None and not (
+        endpoint.pricing.input_per_million_tokens or endpoint.pricing.output_per_million_tokens
+    ):
         return 0.0  # free whatever the calls' length (a local model, the simulated LLM)
     limits = token_limits(endpoint)
     if limits is None:
@@ -192,64 +213,113 @@ def _program_bound(evaluator: TaskEvaluator, evaluations: int, problem: Problem)
     if not isinstance(evaluator.program, ModelProgram):
         return CallBound("task", endpoint.model, None, evaluations, why, None, "the service reports its own usage")
     seed = problem.seed_candidate
-    prompt_tokens = fmean(_tokens("".join(m["content"] for m in messages(problem.prompts, seed, e.inputs)))
-                          for e in _examples(problem))
+    prompt_tokens = fmean(
+        _tokens("".join(m["content"] for m in messages(problem.prompts, seed, e.inputs))) for e in _examples(problem)
+    )
     answer = int(endpoint.params.get("max_tokens") or ASSUMED_ANSWER_TOKENS)
-    return CallBound("task", endpoint.model, None, evaluations, why,
-                     _estimate(endpoint, evaluations, prompt_tokens, answer), usd_bound=_bound(endpoint, evaluations))
+    return CallBound(
+        "task",
+        endpoint.model,
+        None,
+        evaluations,
+        why,
+        _estimate(endpoint, evaluations, prompt_tokens, answer),
+        usd_bound=_bound(endpoint, evaluations),
+    )
 
 
 def _scorer_bound(scorer: Scorer, evaluations: int, problem: Problem) -> CallBound:
     if isinstance(scorer, Webhook):
-        return CallBound("webhook", scorer.endpoint.model, scorer.key, evaluations, "one per evaluation", 0.0,
-                         usd_bound=0.0)
+        return CallBound(
+            "webhook", scorer.endpoint.model, scorer.key, evaluations, "one per evaluation", 0.0, usd_bound=0.0
+        )
     assert isinstance(scorer, LLMJudge)
     asks = 1 + scorer.judge_retries
     calls = evaluations * asks
     examples = _examples(problem)
     request_tokens = fmean(
         sum(_tokens(m["content"]) for m in scorer.conversation(e, as_text(e.expectations.get("expected_response", ""))))
-        for e in examples)
-    return CallBound("judge", scorer.endpoint.model, scorer.key, calls,
-                     f"up to {asks} per evaluation (1 + exampleFailurePolicy.judgeRetries)",
-                     _estimate(scorer.endpoint, calls, request_tokens, ASSUMED_VERDICT_TOKENS),
-                     usd_bound=_bound(scorer.endpoint, calls))
+        for e in examples
+    )
+    return CallBound(
+        "judge",
+        scorer.endpoint.model,
+        scorer.key,
+        calls,
+        f"up to {asks} per evaluation (1 + exampleFailurePolicy.judgeRetries)",
+        _estimate(scorer.endpoint, calls, request_tokens, ASSUMED_VERDICT_TOKENS),
+        usd_bound=_bound(scorer.endpoint, calls),
+    )
 
 
-def _reflection_bound(spec: PromptOptimizationJobSpec, problem: Problem, evaluations: int,
-                      run: GepaRun | None) -> CallBound:
+def _reflection_bound(
+    spec: PromptOptimizationJobSpec, problem: Problem, evaluations: int, run: GepaRun | None
+) -> CallBound:
     endpoint = ModelEndpoint.for_reflection(spec.optimizer, spec.task)
     seed_tokens = sum(_tokens(p.text) for p in problem.prompts)
     if spec.optimizer.type == "MetaPrompt":
         shown = problem.train[: spec.optimizer.meta_prompt_settings.max_examples] if problem.evaluator else []
         request = metaprompt.build_request(problem, spec.optimizer.meta_prompt_settings.guidelines, examples=None)
         request_tokens = _tokens(request) + _records_tokens(shown)
-        return CallBound("reflection", endpoint.model, None, 1, "one pass",
-                         _estimate(endpoint, 1, request_tokens, 2 * seed_tokens), usd_bound=_bound(endpoint, 1))
+        return CallBound(
+            "reflection",
+            endpoint.model,
+            None,
+            1,
+            "one pass",
+            _estimate(endpoint, 1, request_tokens, 2 * seed_tokens),
+            usd_bound=_bound(endpoint, 1),
+        )
     assert run is not None  # GEPA's
     options = spec.optimizer.options
     if options.get("cache_evaluation"):
-        return CallBound("reflection", endpoint.model, None, None,
-                         "no bound: with options.cache_evaluation gepa's cache may answer an iteration's minibatch "
-                         "without spending a metric call", None)
+        return CallBound(
+            "reflection",
+            endpoint.model,
+            None,
+            None,
+            "no bound: with options.cache_evaluation gepa's cache may answer an iteration's minibatch "
+            "without spending a metric call",
+            None,
+        )
     per_iteration = len(problem.prompts) if options.get("module_selector") == "all" else 1
     iterations = max(0, evaluations - len(problem.validation)) // run.minibatch_size
     calls = per_iteration * iterations
-    why = (f"{per_iteration} per reflective iteration, each spending at least a minibatch of {run.minibatch_size} "
-           "metric calls after the seed's validation")
+    why = (
+        f"{per_iteration} per reflective iteration, each spending at least a minibatch of {run.minibatch_size} "
+        "metric calls after the seed's validation"
+    )
     # gepa's request shows one prompt (of the seed's mean length) and a minibatch of records.
-    reflection_tokens = (GEPA_TEMPLATE_TOKENS + seed_tokens / len(problem.prompts)
-                         + _records_tokens(problem.train[: run.minibatch_size]))
-    return CallBound("reflection", endpoint.model, None, calls, why,
-                     _estimate(endpoint, calls, reflection_tokens, seed_tokens + ASSUMED_ANSWER_TOKENS),
-                     usd_bound=_bound(endpoint, calls))
+    reflection_tokens = (
+        GEPA_TEMPLATE_TOKENS + seed_tokens / len(problem.prompts) + _records_tokens(problem.train[: run.minibatch_size])
+    )
+    return CallBound(
+        "reflection",
+        endpoint.model,
+        None,
+        calls,
+        why,
+        _estimate(endpoint, calls, reflection_tokens, seed_tokens + ASSUMED_ANSWER_TOKENS),
+        usd_bound=_bound(endpoint, calls),
+    )
 
 
 def _records_tokens(examples: Sequence[Example]) -> int:
     """The records as a reflection request shows them, with an answer and a line of feedback each."""
-    return sum(_tokens(json.dumps(reflective_record(e.inputs, "x" * CHARACTERS_PER_TOKEN * ASSUMED_ANSWER_TOKENS,
-                                                    e.expectations.get("expected_response"), "y" * 200),
-                                  default=str)) for e in examples)
+    return sum(
+        _tokens(
+            json.dumps(
+                reflective_record(
+                    e.inputs,
+                    "x" * CHARACTERS_PER_TOKEN * ASSUMED_ANSWER_TOKENS,
+                    e.expectations.get("expected_response"),
+                    "y" * 200,
+                ),
+                default=str,
+            )
+        )
+        for e in examples
+    )
 
 
 def render_dry_run(plan: DryRun, source: str) -> str:
@@ -272,21 +342,29 @@ def render_dry_run(plan: DryRun, source: str) -> str:
     lines.append(f"  {'total':<22} {'':<34} {'no bound' if total is None else f'{total:,}':>8}")
     lines.append("")
     if plan.usd_bound is not None:
-        lines.append(f"USD: at most ${plan.usd_bound:,.2f} if every call fills its model's context window "
-                     "(litellm's list of windows and prices, or the spec's pricing).")
+        lines.append(
+            f"USD: at most ${plan.usd_bound:,.2f} if every call fills its model's context window "
+            "(litellm's list of windows and prices, or the spec's pricing)."
+        )
     if plan.max_cost_usd is not None:
-        lines.append(f"USD: at most ${plan.max_cost_usd:g} (spec.budget.maxCostUSD) plus the calls in flight when it "
-                     f"is reached (up to {plan.in_flight}).")
+        lines.append(
+            f"USD: at most ${plan.max_cost_usd:g} (spec.budget.maxCostUSD) plus the calls in flight when it "
+            f"is reached (up to {plan.in_flight})."
+        )
     elif plan.usd_bound is None:
         unbounded = sorted({b.target for b in plan.calls if b.calls != 0 and b.usd_bound is None})
-        lines.append(f"USD: no upper bound: no context window and price known for {', '.join(unbounded)}, and a "
-                     "candidate prompt may grow with every reflection; set spec.budget.maxCostUSD to cap the job.")
+        lines.append(
+            f"USD: no upper bound: no context window and price known for {', '.join(unbounded)}, and a "
+            "candidate prompt may grow with every reflection; set spec.budget.maxCostUSD to cap the job."
+        )
     estimate = plan.usd_estimate
     if estimate is None:
         unpriced = {f"{b.target} ({b.no_estimate})" for b in plan.calls if b.calls and b.usd_estimate is None}
         lines.append(f"USD estimate: none, for {'; '.join(sorted(unpriced))}.")
     else:
-        lines.append(f"USD estimate (not a bound): ${estimate:.4f}, if every call is as long as the seed prompts make "
-                     f"it and every answer as long as maxTokens ({ASSUMED_ANSWER_TOKENS} tokens where unset).")
+        lines.append(
+            f"USD estimate (not a bound): ${estimate:.4f}, if every call is as long as the seed prompts make "
+            f"it and every answer as long as maxTokens ({ASSUMED_ANSWER_TOKENS} tokens where unset)."
+        )
     lines.append("Nothing was called.")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ started are cancelled. A judge answer that stays unusable after its retries (a S
 example: the ScoredOutput says why (`failure`), it is cached like any result (re-evaluating the candidate
 gives the same answer without a call), and `summarize` leaves it out of the means and counts it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,8 +71,9 @@ class ModelProgram:
         self.client = client
 
     def output(self, candidate: Candidate, example: Example) -> str:
-        return self.client.complete(self.endpoint, messages(self.prompts, candidate, example.inputs,
-                                                            record=example.index))
+        return self.client.complete(
+            self.endpoint, messages(self.prompts, candidate, example.inputs, record=example.index)
+        )
 
 
 def task_program(prompts: Sequence[PromptTemplate], task: TaskSpec, client: LLMClient) -> Program:
@@ -82,8 +84,14 @@ def task_program(prompts: Sequence[PromptTemplate], task: TaskSpec, client: LLMC
 class TaskEvaluator:
     """Implements problem.Evaluator with the job's program and scorers. Close it when done."""
 
-    def __init__(self, prompts: Sequence[PromptTemplate], task: TaskSpec, scorers: Sequence[Scorer], client: LLMClient,
-                 aggregate: Aggregate | None = None):
+    def __init__(
+        self,
+        prompts: Sequence[PromptTemplate],
+        task: TaskSpec,
+        scorers: Sequence[Scorer],
+        client: LLMClient,
+        aggregate: Aggregate | None = None,
+    ):
         if not scorers:
             raise ValueError("an evaluator needs at least one scorer")
         self.prompts = list(prompts)

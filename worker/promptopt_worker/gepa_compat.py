@@ -6,6 +6,7 @@ the range pyproject.toml allows (gepa>=0.1.4,<0.2) by tests/worker/test_gepa_com
 what it reads from gepa.optimize's signature, the engine state its stoppers and callbacks read, how many metric calls
 a merge spends, and how long gepa's reflection template is. A gepa upgrade starts here.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -20,9 +21,19 @@ from gepa.proposer.reflective_mutation.base import LanguageModel
 from gepa.proposer.reflective_mutation.reflection_lm import ReflectionJob, ReflectionProposal, StatelessReflectionLM
 
 __all__ = [
-    "GEPA_PARAMETERS", "GEPA_PERFECT_SCORE", "GEPA_TEMPLATE_TOKENS", "GEPA_VERSION", "MERGE_SUBSAMPLE", "GEPACallback",
-    "GEPAState", "LanguageModel", "ScreenedReflection", "best_on_validation", "candidates_found",
-    "iteration_cost_bound", "metric_calls_spent",
+    "GEPA_PARAMETERS",
+    "GEPA_PERFECT_SCORE",
+    "GEPA_TEMPLATE_TOKENS",
+    "GEPA_VERSION",
+    "MERGE_SUBSAMPLE",
+    "GEPACallback",
+    "GEPAState",
+    "LanguageModel",
+    "ScreenedReflection",
+    "best_on_validation",
+    "candidates_found",
+    "iteration_cost_bound",
+    "metric_calls_spent",
 ]
 
 GEPA_VERSION = version("gepa")
@@ -46,6 +57,7 @@ def iteration_cost_bound(minibatch_size: int, validation_size: int, use_merge: b
 
 
 # The engine state, as gepa hands it to stoppers and to the on_iteration_start callback.
+
 
 def metric_calls_spent(state: GEPAState) -> int:
     return state.total_num_evals
@@ -75,8 +87,13 @@ class ScreenedReflection:
     guarantee).
     """
 
-    def __init__(self, lm: LanguageModel, template: str | dict[str, str] | None, logger: Any,
-                 accepts: Callable[[dict[str, str]], bool]):
+    def __init__(
+        self,
+        lm: LanguageModel,
+        template: str | dict[str, str] | None,
+        logger: Any,
+        accepts: Callable[[dict[str, str]], bool],
+    ):
         self._reflector = StatelessReflectionLM(lm, template, logger=logger)
         self._accepts = accepts  # given the proposed candidate: the parent with the new texts
 

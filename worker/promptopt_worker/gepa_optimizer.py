@@ -6,6 +6,7 @@ is why gepa's max_reflection_cost is not used: budget stops arrive through StopR
 from gepa's callbacks, stops from gepa's stoppers, and checkpoints from gepa's run_dir. What the worker relies on
 of gepa beyond its public seams is in gepa_compat.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,17 +61,20 @@ STALL_SECONDS = 600.0
 # gepa.optimize parameters the worker owns, and where the job sets them instead; `optimizer.options` may set
 # any other one.
 _BUILT_FROM_THE_JOB = "the worker builds it from spec.prompts, spec.dataset, spec.task and spec.scorers"
-_METERED_REFLECTION = ("the reflection model is spec.optimizer.reflectionModel, called through the worker's metered "
-                       "LLM client")
+_METERED_REFLECTION = (
+    "the reflection model is spec.optimizer.reflectionModel, called through the worker's metered LLM client"
+)
 _REPORTERS = "the worker reports progress into the job's status and its log"
 RESERVED_OPTIONS: dict[str, str] = {
     **dict.fromkeys(["seed_candidate", "trainset", "valset", "adapter", "task_lm", "evaluator"], _BUILT_FROM_THE_JOB),
     **dict.fromkeys(["reflection_lm", "reflection_lm_kwargs"], _METERED_REFLECTION),
-    **dict.fromkeys(["reflection_strategy", "custom_candidate_proposer"],
-                    "the worker's reflection rejects proposals that lose or invent a {{variable}}"),
+    **dict.fromkeys(
+        ["reflection_strategy", "custom_candidate_proposer"],
+        "the worker's reflection rejects proposals that lose or invent a {{variable}}",
+    ),
     "max_reflection_cost": "set spec.budget.maxCostUSD, which covers every LLM call of the job",
     "stop_callbacks": "set spec.optimizer.gepa.earlyStopping or spec.activeDeadlineSeconds, or stop the job with "
-                      "spec.cancel",
+    "spec.cancel",
     **dict.fromkeys(["callbacks", "logger", "display_progress_bar"], _REPORTERS),
     "run_dir": "set spec.worker.checkpointClaimName to keep checkpoints across worker Pods",
 }
@@ -152,8 +156,9 @@ class EvaluatorAdapter(gepa.GEPAAdapter[Example, ScoredOutput, str]):
 
 def reflective_record(result: ScoredOutput) -> dict[str, Any]:
     """One example as gepa's reflection prompt renders it (markdown sections named by the keys)."""
-    return prompt_contract.reflective_record(result.example.inputs, result.output,
-                                             result.example.expectations.get("expected_response"), result.feedback())
+    return prompt_contract.reflective_record(
+        result.example.inputs, result.output, result.example.expectations.get("expected_response"), result.feedback()
+    )
 
 
 class ProgressCallback:
@@ -300,7 +305,8 @@ def gepa_run(problem: Problem) -> GepaRun:
         raise InvalidInput(
             f"{budget_field}: {budget} metric calls do not cover GEPA's first step, scoring the original prompts on "
             f"the {first_step} validation records; set at least {first_step + iteration_cost} (that step and one "
-            f"iteration of up to {iteration_cost}), or hold out fewer records (spec.dataset.validationFraction)")
+            f"iteration of up to {iteration_cost}), or hold out fewer records (spec.dataset.validationFraction)"
+        )
     return GepaRun(kwargs, budget, budget_field, iteration_cost)
 
 
@@ -350,15 +356,19 @@ def optimize_gepa(
     goal_score = early.goal if early else None
     patience_iterations = early.patience if early else None
     goal = FiringRecorder(gepa.ScoreThresholdStopper(goal_score)) if goal_score is not None else None
-    patience = (FiringRecorder(gepa.NoImprovementStopper(patience_iterations)) if patience_iterations is not None
-                else None)
+    patience = (
+        FiringRecorder(gepa.NoImprovementStopper(patience_iterations)) if patience_iterations is not None else None
+    )
     stoppers.extend(stopper for stopper in (goal, patience) if stopper is not None)
     # A candidate (the seed included) that scores perfectly on validation ends the run: none can beat it (ties keep
     # the earlier one), yet gepa would spend the rest of the budget skipping minibatches scored perfectly
     # (microseconds each, from the evaluator's cache) or proposing prompts that cannot score higher.
     perfect_score = kwargs.get("perfect_score", GEPA_PERFECT_SCORE)
-    perfect = (FiringRecorder(gepa.ScoreThresholdStopper(perfect_score)) if settings.stop_at_perfect_score is not False
-               else None)
+    perfect = (
+        FiringRecorder(gepa.ScoreThresholdStopper(perfect_score))
+        if settings.stop_at_perfect_score is not False
+        else None
+    )
     if perfect is not None:
         stoppers.append(perfect)
 
@@ -405,11 +415,15 @@ def optimize_gepa(
         message = f"GEPA stopped: no better candidate in {patience_iterations} iterations; {summary}"
     elif within_budget.fired:
         reason = "Completed"
-        message = (f"GEPA finished: the {budget - progress.metric_calls} metric calls left could not cover "
-                   f"another iteration (up to {iteration_cost}); {summary}")
+        message = (
+            f"GEPA finished: the {budget - progress.metric_calls} metric calls left could not cover "
+            f"another iteration (up to {iteration_cost}); {summary}"
+        )
         if budget < first_step + iteration_cost:
-            message += (f". The budget covers no iteration after the first step: set {budget_field} to at least "
-                        f"{first_step + iteration_cost} to optimize")
+            message += (
+                f". The budget covers no iteration after the first step: set {budget_field} to at least "
+                f"{first_step + iteration_cost} to optimize"
+            )
     else:
         reason, message = "Completed", f"GEPA finished: {summary}"
     return Result(
@@ -435,9 +449,16 @@ def candidate_records(result: gepa.GEPAResult) -> tuple[CandidateRecord, ...]:
             found_at_metric_calls=found,
             prompts=dict(candidate),
         )
-        for index, (candidate, parents, score, scorers, found) in enumerate(zip(
-            result.candidates, result.parents, result.val_aggregate_scores, per_scorer, result.discovery_eval_counts,
-            strict=True))
+        for index, (candidate, parents, score, scorers, found) in enumerate(
+            zip(
+                result.candidates,
+                result.parents,
+                result.val_aggregate_scores,
+                per_scorer,
+                result.discovery_eval_counts,
+                strict=True,
+            )
+        )
     )
 
 

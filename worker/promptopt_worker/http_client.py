@@ -1,6 +1,7 @@
 """The worker's HTTP client for the calls it makes directly (OpenAI-compatible models, the job's services): pooled
 connections, a failure to connect or answer in time raised as the transient CallFailed the LLM client retries, and an
 error status classified the same way for both."""
+
 from __future__ import annotations
 
 import threading
@@ -22,8 +23,9 @@ class PooledPoster:
         self._clients: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
 
-    def post(self, pool: str, url: str, body: Mapping[str, Any], headers: Mapping[str, str],
-             timeout_s: float) -> httpx.Response:
+    def post(
+        self, pool: str, url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout_s: float
+    ) -> httpx.Response:
         """The response, whatever its status; CallFailed (transient) when none came."""
         try:
             return self._client(pool).post(url, json=dict(body), headers=dict(headers), timeout=timeout_s)

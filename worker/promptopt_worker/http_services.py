@@ -6,6 +6,7 @@ calls (`LLMClient.post`), so a service is held to the same timeouts, retries and
 sent the candidate prompts, records and outputs, and the headers the job names for it: the job's other credentials
 never leave the worker.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,13 @@ from typing import Any, Protocol, TypeVar
 
 from promptopt.api.v1alpha1 import HttpHeader, TaskSpec
 from promptopt.service_contract import (
-    VERSION, ContractError, ProgramAnswer, ProgramRequest, ScoreAnswer, ServiceMessage, ServicePrompt,
+    VERSION,
+    ContractError,
+    ProgramAnswer,
+    ProgramRequest,
+    ScoreAnswer,
+    ServiceMessage,
+    ServicePrompt,
 )
 from promptopt_worker.http_client import PooledPoster, failure_for_status
 from promptopt_worker.llm_call import CallFailed, ChatAnswer, Metered, ModelEndpoint
@@ -29,7 +36,7 @@ Answer = TypeVar("Answer", bound=Metered)
 ANSWER_QUOTE_LIMIT = 500
 SERVICE_HINTS = {
     401: "the service refused the request's credentials: check the header's credentialsKey and its value in the "
-         "job's credentials Secret",
+    "job's credentials Secret",
     403: "the service refused the request's credentials: check the headers the job sends it",
     404: "the service has no such endpoint: check the url",
     405: "the service does not take POST at this url: check the url",
@@ -37,8 +44,9 @@ SERVICE_HINTS = {
 SERVICE_REFUSED = f"the service refused the request: check that it speaks contract {VERSION} (the API reference)"
 
 
-def resolve_headers(headers: Sequence[HttpHeader] | None, field: str,
-                    environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+def resolve_headers(
+    headers: Sequence[HttpHeader] | None, field: str, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
     """The headers of a service's requests, credentials read from the environment (the credentials Secret's keys are
     the worker's environment variables) and registered for masking; InvalidInput naming the field when one is
     missing, before any call."""
@@ -65,8 +73,13 @@ class ServiceCaller:
     def __init__(self) -> None:
         self._poster = PooledPoster()
 
-    def post(self, endpoint: ModelEndpoint, headers: Mapping[str, str], body: Mapping[str, Any],
-             read: Callable[[Any], Answer]) -> Answer:
+    def post(
+        self,
+        endpoint: ModelEndpoint,
+        headers: Mapping[str, str],
+        body: Mapping[str, Any],
+        read: Callable[[Any], Answer],
+    ) -> Answer:
         """One call to the URL in endpoint.model; CallFailed (transient or not) for whatever is no usable answer."""
         response = self._poster.post(endpoint.model, endpoint.model, body, headers, endpoint.timeout_s)
         said = f"HTTP {response.status_code}: {response.text[:ANSWER_QUOTE_LIMIT] or response.reason_phrase}"
@@ -83,8 +96,13 @@ class ServiceCaller:
 class Poster(Protocol):
     """What a service's adapter needs of the LLMClient (which imports this module): its `post`."""
 
-    def post(self, endpoint: ModelEndpoint, headers: Mapping[str, str], body: Mapping[str, Any],
-             read: Callable[[Any], Answer]) -> Answer: ...
+    def post(
+        self,
+        endpoint: ModelEndpoint,
+        headers: Mapping[str, str],
+        body: Mapping[str, Any],
+        read: Callable[[Any], Answer],
+    ) -> Answer: ...
 
 
 def read_program_answer(body: Any) -> ChatAnswer:
@@ -108,8 +126,10 @@ class HttpProgram:
     def output(self, candidate: Candidate, example: Example) -> str:
         request = ProgramRequest(
             prompts=[ServicePrompt(name=p.name, role=p.role, template=candidate[p.name]) for p in self.prompts],
-            messages=[ServiceMessage(**message)
-                      for message in messages(self.prompts, candidate, example.inputs, record=example.index)],
+            messages=[
+                ServiceMessage(**message)
+                for message in messages(self.prompts, candidate, example.inputs, record=example.index)
+            ],
             inputs=dict(example.inputs),
         )
         return self.client.post(self.endpoint, self.headers, request.to_json(), read_program_answer).text

@@ -3,6 +3,7 @@
 The API server may be restarting or overloaded while a job runs: calls that may fail that way go through
 `retry_api_call`, which retries them with the given delays and lets every other error through.
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ models are all OpenAI-compatible never loads it.
 
 This module sends one request and classifies what came back; retries, budgets and messages are the LLMClient's.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -32,11 +33,30 @@ from promptopt_worker.llm_call import (
 PLACEHOLDER_API_KEY = "not-needed"
 # Providers whose model names are the user's own: a server they run, a deployment or endpoint they named, a model
 # they pulled, any repository of a hub. litellm's list cannot tell a typo there from a name it never heard of.
-USER_NAMED_PROVIDERS = frozenset({
-    "hosted_vllm", "vllm", "ollama", "ollama_chat", "lm_studio", "llamafile", "lemonade", "xinference",
-    "docker_model_runner", "oobabooga", "triton", "openai_like", "custom_openai", "litellm_proxy",
-    "azure", "sagemaker", "sagemaker_chat", "databricks", "huggingface",
-})
+USER_NAMED_PROVIDERS = frozenset(
+    {
+        "hosted_vllm",
+        "vllm",
+        "ollama",
+        "ollama_chat",
+        "lm_studio",
+        "llamafile",
+        "lemonade",
+        "xinference",
+        "docker_model_runner",
+        "oobabooga",
+        "triton",
+        "openai_like",
+        "custom_openai",
+        "litellm_proxy",
+        "azure",
+        "sagemaker",
+        "sagemaker_chat",
+        "databricks",
+        "huggingface",
+    }
+)
+
 
 @functools.cache
 def _litellm() -> ModuleType:
@@ -70,8 +90,9 @@ def unknown_model(model: str) -> str | None:
         name, provider, _, _ = litellm.get_llm_provider(model)
     except Exception:  # noqa: BLE001 - litellm raises a BadRequestError when no provider prefix matches
         close = difflib.get_close_matches(model, _chat_model_ids(litellm.models_by_provider), n=1)
-        return "litellm knows no provider of it" + (f"; did you mean {close[0]}?" if close else
-                                                    ": write it as provider/model")
+        return "litellm knows no provider of it" + (
+            f"; did you mean {close[0]}?" if close else ": write it as provider/model"
+        )
     listed = litellm.models_by_provider.get(provider) or set()
     if provider in USER_NAMED_PROVIDERS or not listed:
         return None
@@ -99,7 +120,8 @@ def list_price(model: str, prompt_tokens: int, completion_tokens: int) -> float 
     """What litellm's price list charges for these tokens; None for a model it does not price."""
     try:
         prompt_usd, completion_usd = _litellm().cost_per_token(
-            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
     except Exception:  # noqa: BLE001 - litellm raises plain Exceptions for models it does not know
         return None
     return float(prompt_usd + completion_usd)
@@ -161,8 +183,11 @@ def _classified(error: Exception) -> CallFailed:
         (openai.PermissionDeniedError, NO_ACCESS),
         (openai.NotFoundError, NOT_FOUND),
         (litellm.ContextWindowExceededError, CONTEXT_WINDOW),
-        (openai.BadRequestError, "the request was rejected: check the model id (litellm's provider/model form) and "
-         "the completion parameters"),
+        (
+            openai.BadRequestError,
+            "the request was rejected: check the model id (litellm's provider/model form) and "
+            "the completion parameters",
+        ),
     )
     return CallFailed(False, next((h for cls, h in hints if isinstance(error, cls)), "the call failed"), said)
 

@@ -15,6 +15,7 @@ with jitter as litellm's Router computes it (0.5 s doubling, at most 8 s, plus u
 Retry-After header asks for (up to a minute). The provider SDKs' own retries are off, so a call is retried by
 exactly one layer.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,10 @@ WORKER_COMPLETION_PARAMETERS: dict[str, str] = {
     "api_key": "put the key into the credentials Secret (spec.credentials)",
     "timeout": "set spec.task.timeoutSeconds",
     **dict.fromkeys(["max_retries", "num_retries"], "set spec.task.maxRetries"),
-    **dict.fromkeys(["stream", "stream_options", "n", "tools", "tool_choice", "functions", "function_call",
-                     "parallel_tool_calls"], _ONE_TEXT_ANSWER),
+    **dict.fromkeys(
+        ["stream", "stream_options", "n", "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls"],
+        _ONE_TEXT_ANSWER,
+    ),
 }
 
 
@@ -141,8 +144,13 @@ class Usage:
 
     def as_cost(self) -> Cost:
         """The job's status.cost."""
-        return Cost(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-                    usd=round(self.usd, 6), llm_calls=self.llm_calls, retries=self.retries)
+        return Cost(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            usd=round(self.usd, 6),
+            llm_calls=self.llm_calls,
+            retries=self.retries,
+        )
 
 
 class UsageMeter:
@@ -215,13 +223,19 @@ class LLMClient:
         if api_keys := [k for k in missing_api_keys(endpoint) if k.endswith("API_KEY")]:
             # Fail before calling: litellm reports some missing keys as a retryable 500 (openai) or a
             # connection error (gemini). Providers that authenticate otherwise (AWS, GCP roles) name no *API_KEY.
-            raise PermanentLLMError(f"{endpoint.where()}: no API key found: put {' or '.join(api_keys)} in the job's "
-                                    "credentials Secret")
+            raise PermanentLLMError(
+                f"{endpoint.where()}: no API key found: put {' or '.join(api_keys)} in the job's credentials Secret"
+            )
         caller = self._openai_compatible if openai_compatible.serves(endpoint) else self._litellm
         return self._call(endpoint, lambda: caller.complete(endpoint, messages)).text
 
-    def post(self, endpoint: ModelEndpoint, headers: Mapping[str, str], body: Mapping[str, Any],
-             read: Callable[[Any], Answer]) -> Answer:
+    def post(
+        self,
+        endpoint: ModelEndpoint,
+        headers: Mapping[str, str],
+        body: Mapping[str, Any],
+        read: Callable[[Any], Answer],
+    ) -> Answer:
         """POST `body` to one of the job's HTTP services (endpoint.model is its URL) and `read` its JSON answer
         (a ContractError from `read` is a permanent error naming the service)."""
         self._check_budget()
@@ -288,8 +302,9 @@ class LLMClient:
                 raise BudgetExceeded(f"the budget of ${self.max_cost_usd:g} is spent (${spent:.4f}); no more LLM calls")
 
     def _charge(self, endpoint: ModelEndpoint, answer: Metered) -> None:
-        total = self.usage.add(endpoint.role, answer.prompt_tokens, answer.completion_tokens,
-                               self._cost(endpoint, answer))
+        total = self.usage.add(
+            endpoint.role, answer.prompt_tokens, answer.completion_tokens, self._cost(endpoint, answer)
+        )
         if self.max_cost_usd is not None and total.usd >= self.max_cost_usd and self.stop is not None:
             self.stop.request(
                 "BudgetExhausted",
@@ -330,8 +345,11 @@ def list_price(endpoint: ModelEndpoint, prompt_tokens: int, completion_tokens: i
 def token_limits(endpoint: ModelEndpoint) -> tuple[int, int] | None:
     """The most prompt and completion tokens one call to the endpoint can have: its model's context window by
     litellm's list, the completion capped by the endpoint's max_tokens; None when the list does not know the model."""
-    limits = (openai_compatible.token_limits(endpoint.model) if openai_compatible.serves(endpoint)
-              else litellm_transport.token_limits(endpoint.model))
+    limits = (
+        openai_compatible.token_limits(endpoint.model)
+        if openai_compatible.serves(endpoint)
+        else litellm_transport.token_limits(endpoint.model)
+    )
     if limits is None:
         return None
     prompt, completion = limits
@@ -352,7 +370,7 @@ def _redacted(provider_says: str) -> str:
     message = " ".join(redact(provider_says).split())
     if len(message) <= PROVIDER_MESSAGE_LIMIT:
         return message
-    cut = message[:PROVIDER_MESSAGE_LIMIT + 1]
+    cut = message[: PROVIDER_MESSAGE_LIMIT + 1]
     space = cut.rfind(" ")
     # At the last space, unless a long run without one (a URL, compact JSON) would leave little of the text.
     return (cut[:space] if space > PROVIDER_MESSAGE_LIMIT // 2 else cut[:-1]) + " ..."

@@ -1,5 +1,6 @@
 """One LLM call's parts, shared by the client and its two ways of calling: the endpoint a call goes to, the
 answer it brings back, and the failure it may raise instead."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -81,16 +82,27 @@ class ModelEndpoint:
         """spec.task.http: the program as the user's HTTP service (`model` holds its URL)."""
         if task.http is None:
             raise ValueError("the task is a model, not an HTTP service")
-        return cls(role="task", model=task.http.url, description="task service", timeout_s=task.timeout_seconds,
-                   max_retries=task.max_retries, pricing=task.pricing)
+        return cls(
+            role="task",
+            model=task.http.url,
+            description="task service",
+            timeout_s=task.timeout_seconds,
+            max_retries=task.max_retries,
+            pricing=task.pricing,
+        )
 
     @classmethod
     def for_webhook(cls, scorer: ScorerSpec, task: TaskSpec) -> ModelEndpoint:
         """A Webhook scorer's service (`model` holds its URL); its calls are free."""
         if scorer.http is None:
             raise ValueError(f"scorer {scorer.key!r} is not a webhook: it has no http")
-        return cls(role="judge", model=scorer.http.url, description=f"webhook of scorer {scorer.key!r}",
-                   timeout_s=task.timeout_seconds, max_retries=task.max_retries)
+        return cls(
+            role="judge",
+            model=scorer.http.url,
+            description=f"webhook of scorer {scorer.key!r}",
+            timeout_s=task.timeout_seconds,
+            max_retries=task.max_retries,
+        )
 
     def where(self) -> str:
         return f"{self.description} {self.model!r}" + (f" at {self.api_base}" if self.api_base else "")
@@ -136,8 +148,9 @@ class CallFailed(Exception):
 KEY_REJECTED = "the API key was rejected: check the key in the job's credentials Secret"
 NO_ACCESS = "the API key may not use this model: check the account's access to it"
 NOT_FOUND = "the model or the endpoint does not exist: check the model id and the apiBase"
-CONTEXT_WINDOW = ("the request is longer than the model's context window: shorten the prompts or the records, "
-                  "or lower maxTokens")
+CONTEXT_WINDOW = (
+    "the request is longer than the model's context window: shorten the prompts or the records, or lower maxTokens"
+)
 REQUEST_REJECTED = "the request was rejected: check the model id and the completion parameters"
 UNREACHABLE = "the endpoint could not be reached"
 OVERLOADED = "the endpoint is overloaded or failing"

@@ -9,6 +9,7 @@ Exit codes: 0 when the run produced a usable result (Completed, BudgetExhausted,
 Cancelled after a first score), 2 for InvalidInput (and, locally, a job that cannot run as given), 1 for
 everything else (LLMError, Error, or a stop before any result).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,13 +28,28 @@ from typing import Any
 
 from promptopt.api.times import format_time, parse_time
 from promptopt.api.v1alpha1 import (
-    API_VERSION, KIND, ConfigMapInput, Cost, MlflowStatus, PromptOptimizationJobSpec, Pricing, WorkerOutcome,
+    API_VERSION,
+    KIND,
+    ConfigMapInput,
+    Cost,
+    MlflowStatus,
+    PromptOptimizationJobSpec,
+    Pricing,
+    WorkerOutcome,
     read_status,
 )
 from promptopt.api.validation import InvalidSpec, parse_spec
 from promptopt.worker_contract import (
-    CHECKPOINT_DIR_ENV, EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_SUCCEEDED, JOB_NAME_ENV, JOB_NAMESPACE_ENV,
-    LITELLM_BUNDLED_COST_MAP_ENV, SPEC_HASH_ENV, ModelsUsed, RunInfo,
+    CHECKPOINT_DIR_ENV,
+    EXIT_FAILED,
+    EXIT_INVALID_INPUT,
+    EXIT_SUCCEEDED,
+    JOB_NAME_ENV,
+    JOB_NAMESPACE_ENV,
+    LITELLM_BUNDLED_COST_MAP_ENV,
+    SPEC_HASH_ENV,
+    ModelsUsed,
+    RunInfo,
 )
 from promptopt_worker import llm
 from promptopt_worker.dry_run import plan_dry_run, render_dry_run
@@ -110,12 +126,21 @@ def run_job(
     tags what the job logs and registers in MLflow."""
     mlflow_started = mlflow_started or MlflowStatus()
     try:
-        problem = build_problem(spec, configmaps, llm_client, deadline_seconds=deadline_seconds,
-                                checkpoint_dir=checkpoint_dir, started_with=started_with,
-                                mlflow=mlflow_store(spec), mlflow_started=mlflow_started, identity=identity)
+        problem = build_problem(
+            spec,
+            configmaps,
+            llm_client,
+            deadline_seconds=deadline_seconds,
+            checkpoint_dir=checkpoint_dir,
+            started_with=started_with,
+            mlflow=mlflow_store(spec),
+            mlflow_started=mlflow_started,
+            identity=identity,
+        )
         if spec.mlflow is not None and spec.mlflow.experiment is not None:
-            run = TrackingRun(spec, problem, identity or {}, mlflow_started.run_id,
-                              cost=lambda: llm_client.usage.snapshot().as_cost())
+            run = TrackingRun(
+                spec, problem, identity or {}, mlflow_started.run_id, cost=lambda: llm_client.usage.snapshot().as_cost()
+            )
             problem = replace(problem, mlflow_run=MlflowStatus(run_id=run.run_id, experiment_id=run.experiment_id))
             reporter = Reporters(reporter, run)
     except InvalidInput as error:
@@ -213,8 +238,10 @@ def run_worker(log_format: LogFormat = "text") -> int:
     started_with = os.environ.get(SPEC_HASH_ENV)
     if started_with and spec.run_hash() != started_with:
         # A retried Pod must not optimize a spec the job did not start with (see status.specHash).
-        message = ("the job's spec changed after it started; only cancel and ttlSecondsAfterFinished may change. "
-                   "Create a new job to run the changed spec")
+        message = (
+            "the job's spec changed after it started; only cancel and ttlSecondsAfterFinished may change. "
+            "Create a new job to run the changed spec"
+        )
         return exit_code(finish_early(reporter, "InvalidInput", message))
 
     max_cost = spec.budget.max_cost_usd if spec.budget else None
@@ -239,8 +266,10 @@ def run_worker(log_format: LogFormat = "text") -> int:
 
 
 # Environment a worker container has besides its credentials: the image's, the runtime's and the operator's.
-_PLAIN_ENV = re.compile(r"PROMPTOPT_.*|KUBERNETES_.*|PYTHON.*|LC_.*|LANG|PATH|HOME|HOSTNAME|TMPDIR|TERM|PWD|SHLVL"
-                        r"|KUBECONFIG|VIRTUAL_ENV|GPG_KEY|" + "|".join(LITELLM_BUNDLED_COST_MAP_ENV))
+_PLAIN_ENV = re.compile(
+    r"PROMPTOPT_.*|KUBERNETES_.*|PYTHON.*|LC_.*|LANG|PATH|HOME|HOSTNAME|TMPDIR|TERM|PWD|SHLVL"
+    r"|KUBECONFIG|VIRTUAL_ENV|GPG_KEY|" + "|".join(LITELLM_BUNDLED_COST_MAP_ENV)
+)
 
 
 def credential_values(environ: Mapping[str, str], spec: PromptOptimizationJobSpec) -> list[str]:
@@ -300,8 +329,11 @@ def run_local(
             spec = with_simulated_models(spec, cleanup.enter_context(SimulatedLLM()).base_url)
             print(SIMULATED_NOTICE, flush=True)
         elif missing := missing_api_keys(spec):
-            print(f"promptopt run: no API key for {missing}. Set the environment variables, or run with "
-                  "--simulated-llm to try promptopt against a simulated LLM (a test double).", file=sys.stderr)
+            print(
+                f"promptopt run: no API key for {missing}. Set the environment variables, or run with "
+                "--simulated-llm to try promptopt against a simulated LLM (a test double).",
+                file=sys.stderr,
+            )
             return EXIT_INVALID_INPUT
         usage = UsageMeter()
 
@@ -310,22 +342,39 @@ def run_local(
 
         reporters: list[Reporter] = [ConsoleReporter(sys.stdout, cost=cost)]
         if output_json:
-            run = run_info(spec, job_name, metadata.get("namespace"), simulated_llm=simulated_llm,
-                           promptopt_version=promptopt_version)
+            run = run_info(
+                spec,
+                job_name,
+                metadata.get("namespace"),
+                simulated_llm=simulated_llm,
+                promptopt_version=promptopt_version,
+            )
             reporters.append(ResultFileReporter(output_json, cost=cost, run=run))
         stop = StopRequested()
         stop_on_signals(stop)
         max_cost = spec.budget.max_cost_usd if spec.budget else None
-        result = run_job(spec, configmaps, LLMClient(max_cost_usd=max_cost, stop=stop, usage=usage),
-                         Reporters(*reporters), stop, deadline_seconds=remaining_deadline(spec, None),
-                         identity={"job": job_name, "run": "promptopt run"})
+        result = run_job(
+            spec,
+            configmaps,
+            LLMClient(max_cost_usd=max_cost, stop=stop, usage=usage),
+            Reporters(*reporters),
+            stop,
+            deadline_seconds=remaining_deadline(spec, None),
+            identity={"job": job_name, "run": "promptopt run"},
+        )
         if simulated_llm:
             print(SIMULATED_NOTICE)
     return exit_code(result)
 
 
-def run_info(spec: PromptOptimizationJobSpec, job: str, namespace: str | None, *, simulated_llm: bool,
-             promptopt_version: str | None) -> RunInfo:
+def run_info(
+    spec: PromptOptimizationJobSpec,
+    job: str,
+    namespace: str | None,
+    *,
+    simulated_llm: bool,
+    promptopt_version: str | None,
+) -> RunInfo:
     """What produces a run starting now, for its result file (which sets the end)."""
     optimizer = spec.optimizer
     settings = optimizer.gepa_settings if optimizer.type == "GEPA" else optimizer.meta_prompt_settings
@@ -333,8 +382,10 @@ def run_info(spec: PromptOptimizationJobSpec, job: str, namespace: str | None, *
         job=job,
         namespace=namespace,
         optimizer=optimizer.type,
-        optimizer_settings={**settings.model_dump(mode="json", by_alias=True, exclude_none=True),
-                            **({"options": optimizer.options} if optimizer.options else {})},
+        optimizer_settings={
+            **settings.model_dump(mode="json", by_alias=True, exclude_none=True),
+            **({"options": optimizer.options} if optimizer.options else {}),
+        },
         models=ModelsUsed(
             task=spec.task.model or (spec.task.http.url if spec.task.http else None),
             judges={scorer.key: scorer.model for scorer in spec.scorers or [] if scorer.model} or None,
@@ -356,8 +407,13 @@ class NoCalls(LLMClient):
         raise AssertionError(f"a dry run called the {endpoint.where()}")
 
 
-def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, path: str | Path,
-                 output_json: str | Path | None, strict: bool = False) -> int:
+def plan_locally(
+    spec: PromptOptimizationJobSpec,
+    configmaps: ConfigMapSource,
+    path: str | Path,
+    output_json: str | Path | None,
+    strict: bool = False,
+) -> int:
     """`promptopt run --dry-run`: prepare the job as a run would, its MLflow server reached as the run reaches it
     (read only), and print its calls and cost (promptopt_worker.dry_run; with `strict`, its warnings fail it).
     Credentials this environment lacks are not the job's fault (in a cluster they come from its Secret): they are
@@ -376,8 +432,10 @@ def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, p
             problem.evaluator.close()
     print(render_dry_run(plan, str(path)))
     if missing := "; ".join(filter(None, [missing_api_keys(spec), ", ".join(absent_headers)])):
-        print(f"Not in this environment, so a local run would need them: {missing} (in a cluster, the job's "
-              "credentials Secret holds them).")
+        print(
+            f"Not in this environment, so a local run would need them: {missing} (in a cluster, the job's "
+            "credentials Secret holds them)."
+        )
     if output_json:
         Path(output_json).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
     return EXIT_SUCCEEDED
@@ -385,8 +443,10 @@ def plan_locally(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, p
 
 def absent_header_credentials(spec: PromptOptimizationJobSpec) -> list[str]:
     """The credentials keys of the job's service headers that this environment lacks."""
-    headers = [*(spec.task.http.headers or [] if spec.task.http else []),
-               *(h for s in spec.scorers or [] if s.http for h in s.http.headers or [])]
+    headers = [
+        *(spec.task.http.headers or [] if spec.task.http else []),
+        *(h for s in spec.scorers or [] if s.http for h in s.http.headers or []),
+    ]
     return sorted({h.credentials_key for h in headers if h.credentials_key and h.credentials_key not in os.environ})
 
 
@@ -404,11 +464,18 @@ def with_simulated_models(spec: PromptOptimizationJobSpec, base_url: str) -> Pro
     """The spec with every model (a Registered judge's too) replaced by its simulated counterpart, priced at zero (it
     costs nothing); the job's HTTP services stay as they are."""
     free = Pricing(input_per_million_tokens=0, output_per_million_tokens=0)
-    task = spec.task if spec.task.http else spec.task.model_copy(update={
-        "model": SIMULATED_MODELS["task"], "api_base": base_url, "pricing": free})
-    optimizer = spec.optimizer.model_copy(update={
-        "reflection_model": SIMULATED_MODELS["reflection"], "reflection_api_base": base_url, "reflection_pricing": free,
-    })
+    task = (
+        spec.task
+        if spec.task.http
+        else spec.task.model_copy(update={"model": SIMULATED_MODELS["task"], "api_base": base_url, "pricing": free})
+    )
+    optimizer = spec.optimizer.model_copy(
+        update={
+            "reflection_model": SIMULATED_MODELS["reflection"],
+            "reflection_api_base": base_url,
+            "reflection_pricing": free,
+        }
+    )
     judge = {"model": SIMULATED_MODELS["judge"], "api_base": base_url, "pricing": free}
     scorers = spec.scorers and [s.model_copy(update=judge) if s.model or s.registered else s for s in spec.scorers]
     return spec.model_copy(update={"task": task, "optimizer": optimizer, "scorers": scorers})

@@ -16,6 +16,7 @@ definition: the system message METAPROMPT_SYSTEM_MESSAGE; the user message has t
 array of {inputs, output, expected, score, rationale}); the answer is a JSON object {"prompts": {name: template},
 "rationale": why}, bare, fenced or amid other text.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
@@ -118,32 +119,51 @@ def optimize_metaprompt(problem: Problem, progress: Progress, reporter: Reporter
         verdict = "kept the original prompts: no validation record could be scored for both them and the proposal"
     else:
         original_mean, proposal_mean, records = compared
-        where = ("on validation" if records == len(baseline)
-                 else f"on the {records} of {len(baseline)} validation records scored for both")
+        where = (
+            "on validation"
+            if records == len(baseline)
+            else f"on the {records} of {len(baseline)} validation records scored for both"
+        )
         if proposal_mean > original_mean:
             progress.best_score, progress.best_candidate = proposed.aggregate, proposal
             kept, final = proposal, proposed
-            verdict = (f"kept the proposal, which scores {proposal_mean:.3f} {where} against {original_mean:.3f} "
-                       "for the original prompts")
+            verdict = (
+                f"kept the proposal, which scores {proposal_mean:.3f} {where} against {original_mean:.3f} "
+                "for the original prompts"
+            )
         else:
             kept, final = seed, initial
-            verdict = (f"kept the original prompts, which score {original_mean:.3f} {where}; the proposal scores "
-                       f"{proposal_mean:.3f}")
+            verdict = (
+                f"kept the original prompts, which score {original_mean:.3f} {where}; the proposal scores "
+                f"{proposal_mean:.3f}"
+            )
     reporter.progress(progress, important=kept is proposal)
     scored = [(seed, (), initial, 0), (proposal, (0,), proposed, progress.metric_calls - len(proposed_results))]
-    candidates = tuple(CandidateRecord(index, parents, summary.aggregate, summary.scorers, found, dict(prompts))
-                       for index, (prompts, parents, summary, found) in enumerate(scored)
-                       if summary.aggregate is not None)
-    return Result("Completed", f"{mode}: {verdict}. {note}", best_candidate=kept, initial_scores=initial,
-                  final_scores=final, candidates=candidates)
+    candidates = tuple(
+        CandidateRecord(index, parents, summary.aggregate, summary.scorers, found, dict(prompts))
+        for index, (prompts, parents, summary, found) in enumerate(scored)
+        if summary.aggregate is not None
+    )
+    return Result(
+        "Completed",
+        f"{mode}: {verdict}. {note}",
+        best_candidate=kept,
+        initial_scores=initial,
+        final_scores=final,
+        candidates=candidates,
+    )
 
 
 def build_request(problem: Problem, guidelines: str | None, examples: Sequence[ScoredOutput] | None) -> str:
     """The user message of the reflection request (see the module docstring for the contract)."""
-    request = MetaPromptRequest(problem.seed_candidate, guidelines,
-                                None if examples is None else [_example(result) for result in examples])
-    return metaprompt_request(request, {prompt.name: prompt.role for prompt in problem.prompts},
-                              VariableCheck.for_prompts(problem.prompts).expected)
+    request = MetaPromptRequest(
+        problem.seed_candidate, guidelines, None if examples is None else [_example(result) for result in examples]
+    )
+    return metaprompt_request(
+        request,
+        {prompt.name: prompt.role for prompt in problem.prompts},
+        VariableCheck.for_prompts(problem.prompts).expected,
+    )
 
 
 def parse_answer(answer: str, names: Collection[str]) -> tuple[Candidate, str]:
@@ -177,8 +197,9 @@ def _propose(problem: Problem, progress: Progress, request: str) -> tuple[Candid
     return proposal, "Rationale: " + (rationale[:RATIONALE_LIMIT] or "(none given)")
 
 
-def _evaluate(problem: Problem, progress: Progress, stop: StopRequested, candidate: Candidate,
-              examples: Sequence[Example]) -> list[ScoredOutput]:
+def _evaluate(
+    problem: Problem, progress: Progress, stop: StopRequested, candidate: Candidate, examples: Sequence[Example]
+) -> list[ScoredOutput]:
     """The candidate's results, counted as metric calls and failed examples (which may stop the run)."""
     assert problem.evaluator is not None
     hits = problem.evaluator.cache_hits
@@ -189,12 +210,16 @@ def _evaluate(problem: Problem, progress: Progress, stop: StopRequested, candida
     return results
 
 
-def _scored_for_both(original: Sequence[ScoredOutput],
-                     proposal: Sequence[ScoredOutput]) -> tuple[float, float, int] | None:
+def _scored_for_both(
+    original: Sequence[ScoredOutput], proposal: Sequence[ScoredOutput]
+) -> tuple[float, float, int] | None:
     """The mean aggregates of original and proposal over the records scored for both, and how many those are
     (None when there are none): means over different records would compare the failures, not the prompts."""
-    pairs = [(a.aggregate, b.aggregate) for a, b in zip(original, proposal, strict=True)
-             if a.failure is None and b.failure is None]
+    pairs = [
+        (a.aggregate, b.aggregate)
+        for a, b in zip(original, proposal, strict=True)
+        if a.failure is None and b.failure is None
+    ]
     if not pairs:
         return None
     return fmean(a for a, _ in pairs), fmean(b for _, b in pairs), len(pairs)

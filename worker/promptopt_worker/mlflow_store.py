@@ -14,6 +14,7 @@ retried with back-off; a registration that still fails is reported, and the resu
 Credentials are MLflow's own environment variables (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and
 MLFLOW_TRACKING_PASSWORD) from the job's credentials Secret; the redaction masks them like every credential.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,12 @@ from pydantic import ValidationError
 
 from promptopt.worker_contract import use_bundled_litellm_cost_map
 from promptopt.api.v1alpha1 import (
-    JUDGE_VARIABLES, LLM_JUDGE_SCORERS, PromptOptimizationJobSpec, ScorerParams, ScorerSpec, TaskSpec,
+    JUDGE_VARIABLES,
+    LLM_JUDGE_SCORERS,
+    PromptOptimizationJobSpec,
+    ScorerParams,
+    ScorerSpec,
+    TaskSpec,
 )
 from promptopt_worker.problem import InvalidInput, Registrar, Registration, Result
 
@@ -37,11 +43,16 @@ log = logging.getLogger(__name__)
 
 # What the worker asks of MLflow's HTTP client unless the job's environment says otherwise: fail in seconds, not in
 # the minutes of its default retries.
-CLIENT_ENVIRONMENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+CLIENT_ENVIRONMENT = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 REGISTRATION_DELAYS_S = (1.0, 2.0, 4.0, 8.0)  # between the tries of a registration
-_REFUSED = "the server refused the credentials: check MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "\
-           "MLFLOW_TRACKING_PASSWORD, in the job's credentials Secret"
+_REFUSED = (
+    "the server refused the credentials: check MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "
+    "MLFLOW_TRACKING_PASSWORD, in the job's credentials Secret"
+)
 _MEANINGS = {
     "RESOURCE_DOES_NOT_EXIST": "MLflow has no such prompt, version or dataset: create it, or fix the name or id",
     "INVALID_PARAMETER_VALUE": "the registry refused the URI (an alias that does not exist?): fix it or set the alias",
@@ -70,15 +81,22 @@ class StoredScorer:
 
 # The fields of MLflow's serialized scorers that the worker cannot run, with what to do instead.
 _NOT_RUNNABLE = {
-    "call_source": ("a @scorer Python function (MLflow stores its code, which the worker never runs)",
-                    "register a judge made with mlflow.genai.judges.make_judge, or serve the function as a Webhook "
-                    "scorer"),
-    "memory_augmented_judge_data": ("an aligned judge (its examples live in MLflow)",
-                                    "register its instructions as a make_judge judge"),
-    "third_party_scorer_data": ("a third-party scorer (RAGAS, DeepEval, TruLens, Phoenix)",
-                                "register a make_judge judge, or serve it as a Webhook scorer"),
-    "ensemble_scorer_data": ("an ensemble of scorers", "name each of them in spec.scorers and combine them with "
-                             "spec.aggregation"),
+    "call_source": (
+        "a @scorer Python function (MLflow stores its code, which the worker never runs)",
+        "register a judge made with mlflow.genai.judges.make_judge, or serve the function as a Webhook scorer",
+    ),
+    "memory_augmented_judge_data": (
+        "an aligned judge (its examples live in MLflow)",
+        "register its instructions as a make_judge judge",
+    ),
+    "third_party_scorer_data": (
+        "a third-party scorer (RAGAS, DeepEval, TruLens, Phoenix)",
+        "register a make_judge judge, or serve it as a Webhook scorer",
+    ),
+    "ensemble_scorer_data": (
+        "an ensemble of scorers",
+        "name each of them in spec.scorers and combine them with spec.aggregation",
+    ),
 }
 
 
@@ -117,11 +135,14 @@ class MlflowStore:
         try:
             prompt = self._client.load_prompt(uri)
         except Exception as error:  # noqa: BLE001 - MLflow raises MlflowException, and requests' errors inside it
-            raise InvalidInput(f"{field_path}: {uri} could not be read from MLflow at {self.tracking_uri}: "
-                               f"{explain(error)}") from None
+            raise InvalidInput(
+                f"{field_path}: {uri} could not be read from MLflow at {self.tracking_uri}: {explain(error)}"
+            ) from None
         if prompt is None or not isinstance(prompt.template, str):
-            raise InvalidInput(f"{field_path}: {uri} is a chat prompt (a list of messages); promptopt optimizes text "
-                               "templates: register the template as text")
+            raise InvalidInput(
+                f"{field_path}: {uri} is a chat prompt (a list of messages); promptopt optimizes text "
+                "templates: register the template as text"
+            )
         resolved = f"prompts:/{prompt.name}/{prompt.version}"
         if prompt.model_config:
             self.model_configs[resolved] = prompt.model_config
@@ -134,8 +155,10 @@ class MlflowStore:
         try:
             found = self._client.get_experiment_by_name(experiment)
             if found is None:
-                raise InvalidInput(f"{where}: MLflow at {self.tracking_uri} has no such experiment: register the "
-                                   "scorer there, or fix spec.mlflow.experiment")
+                raise InvalidInput(
+                    f"{where}: MLflow at {self.tracking_uri} has no such experiment: register the "
+                    "scorer there, or fix spec.mlflow.experiment"
+                )
             # MLflow's client has no scorer calls, and mlflow.genai.scorers.get_scorer rebuilds a registered @scorer
             # function by running its stored code: the tracking store's call returns the stored form only.
             stored = self._client._tracking_client.store.get_scorer(found.experiment_id, name, version)
@@ -143,9 +166,12 @@ class MlflowStore:
         except InvalidInput:
             raise
         except Exception as error:  # noqa: BLE001 - MLflow's and requests' errors alike
-            why = ("the experiment has no scorer of that name or version: register it there (scorer.register(name=..., "
-                   "experiment_id=...)), or fix the name" if getattr(error, "error_code", None) ==
-                   "RESOURCE_DOES_NOT_EXIST" else explain(error))
+            why = (
+                "the experiment has no scorer of that name or version: register it there (scorer.register(name=..., "
+                "experiment_id=...)), or fix the name"
+                if getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+                else explain(error)
+            )
             raise InvalidInput(f"{where} could not be read from MLflow at {self.tracking_uri}: {why}") from None
         return StoredScorer(name, int(stored.scorer_version), experiment, serialized)
 
@@ -155,17 +181,24 @@ class MlflowStore:
             dataset = self._client.get_dataset(dataset_id)
             records = dataset.records
         except Exception as error:  # noqa: BLE001 - MLflow's and requests' errors alike
-            raise InvalidInput(f"spec.dataset.mlflowDatasetId: {dataset_id} could not be read from MLflow at "
-                               f"{self.tracking_uri}: {explain(error)}") from None
+            raise InvalidInput(
+                f"spec.dataset.mlflowDatasetId: {dataset_id} could not be read from MLflow at "
+                f"{self.tracking_uri}: {explain(error)}"
+            ) from None
         rows = [{"inputs": record.inputs or {}, "expectations": record.expectations or {}} for record in records]
         # MLflow keeps no order of a dataset's records: a canonical one makes the job's split (and digest) the same
         # for every worker that reads them.
-        return MlflowDataset(sorted(rows, key=lambda row: json.dumps(row, sort_keys=True, default=str)),
-                             dataset.digest)
+        return MlflowDataset(sorted(rows, key=lambda row: json.dumps(row, sort_keys=True, default=str)), dataset.digest)
 
-    def register(self, templates: Mapping[str, str], names: Mapping[str, str], tags: Mapping[str, Mapping[str, str]],
-                 model_configs: Mapping[str, dict[str, Any] | None], message: str,
-                 alias: str | None) -> Registration:
+    def register(
+        self,
+        templates: Mapping[str, str],
+        names: Mapping[str, str],
+        tags: Mapping[str, Mapping[str, str]],
+        model_configs: Mapping[str, dict[str, Any] | None],
+        message: str,
+        alias: str | None,
+    ) -> Registration:
         """Register each template (prompt name → text) as a new version of its registry prompt (`names`), with its
         tags and model_config and `alias` pointed at it; tried again with back-off while the server fails."""
         registered: dict[str, str] = {}
@@ -173,19 +206,28 @@ class MlflowStore:
             for attempt, delay in enumerate((*REGISTRATION_DELAYS_S, None)):
                 try:
                     version = self._client.register_prompt(
-                        registry_name, templates[prompt], commit_message=message, tags=dict(tags[prompt]),
-                        model_config=model_configs.get(prompt))
+                        registry_name,
+                        templates[prompt],
+                        commit_message=message,
+                        tags=dict(tags[prompt]),
+                        model_config=model_configs.get(prompt),
+                    )
                     if alias:
                         self._client.set_prompt_alias(registry_name, alias, int(version.version))
                     registered[prompt] = f"prompts:/{registry_name}/{version.version}"
                     break
                 except Exception as error:  # noqa: BLE001 - MLflow's and requests' errors alike
                     if delay is None:
-                        return Registration(registered, (
-                            f"registering prompt {prompt!r} as {registry_name!r} in MLflow at {self.tracking_uri} "
-                            f"failed {attempt + 1} times: {explain(error)}"))
-                    log.warning("registering prompt %r failed (%s); trying again in %.0f s", prompt, explain(error),
-                                delay)
+                        return Registration(
+                            registered,
+                            (
+                                f"registering prompt {prompt!r} as {registry_name!r} in MLflow at {self.tracking_uri} "
+                                f"failed {attempt + 1} times: {explain(error)}"
+                            ),
+                        )
+                    log.warning(
+                        "registering prompt %r failed (%s); trying again in %.0f s", prompt, explain(error), delay
+                    )
                     self._sleep(delay)
         return Registration(registered)
 
@@ -225,8 +267,11 @@ def registered_judge_spec(scorer: ScorerSpec, stored: StoredScorer, field: str) 
     what = f"{field}: {stored.name!r} (version {stored.version} in experiment {stored.experiment!r})"
     serialized = stored.serialized
     if builtin := serialized.get("builtin_scorer_class"):
-        use = (f"name it in spec.scorers as {{name: {builtin}, model: ...}}" if builtin in LLM_JUDGE_SCORERS
-               else "use one of promptopt's scorers, or a Judge")
+        use = (
+            f"name it in spec.scorers as {{name: {builtin}, model: ...}}"
+            if builtin in LLM_JUDGE_SCORERS
+            else "use one of promptopt's scorers, or a Judge"
+        )
         raise InvalidInput(f"{what} is MLflow's built-in scorer {builtin}: {use}")
     for key, (kind, fix) in _NOT_RUNNABLE.items():
         if serialized.get(key) is not None:
@@ -234,20 +279,32 @@ def registered_judge_spec(scorer: ScorerSpec, stored: StoredScorer, field: str) 
     judge = serialized.get("instructions_judge_pydantic_data") or {}
     feedback = judge.get("feedback_value_type")
     if not _answers_yes_or_no(feedback):
-        raise InvalidInput(f"{what} answers {json.dumps(feedback)}; promptopt's judges answer yes or no: register it "
-                           "with feedback_value_type=bool or str")
+        raise InvalidInput(
+            f"{what} answers {json.dumps(feedback)}; promptopt's judges answer yes or no: register it "
+            "with feedback_value_type=bool or str"
+        )
     model = scorer.model or litellm_model_id(str(judge.get("model") or ""))
     if model is None:
-        raise InvalidInput(f"{what} has the model {judge.get('model')!r}, which the worker cannot call: set "
-                           f"{field.removesuffix('.registered.name')}.model to a litellm model id")
+        raise InvalidInput(
+            f"{what} has the model {judge.get('model')!r}, which the worker cannot call: set "
+            f"{field.removesuffix('.registered.name')}.model to a litellm model id"
+        )
     try:
-        return ScorerSpec(name="Judge", label=scorer.key, weight=scorer.weight, model=model, api_base=scorer.api_base,
-                          pricing=scorer.pricing, params=ScorerParams(instructions=judge.get("instructions")))
+        return ScorerSpec(
+            name="Judge",
+            label=scorer.key,
+            weight=scorer.weight,
+            model=model,
+            api_base=scorer.api_base,
+            pricing=scorer.pricing,
+            params=ScorerParams(instructions=judge.get("instructions")),
+        )
     except ValidationError as error:
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors(include_url=False))
         variables = ", ".join("{{ " + name + " }}" for name in JUDGE_VARIABLES)
-        raise InvalidInput(f"{what} cannot run as a judge of a prompt's outputs ({problems}): register instructions "
-                           f"over {variables}") from None
+        raise InvalidInput(
+            f"{what} cannot run as a judge of a prompt's outputs ({problems}): register instructions over {variables}"
+        ) from None
 
 
 def _answers_yes_or_no(feedback: Mapping[str, Any] | None) -> bool:
@@ -265,13 +322,19 @@ def task_model_config(task: TaskSpec) -> dict[str, Any] | None:
     provider, _, name = (task.model or "").partition("/")
     if not name:
         return None
-    config = {"provider": provider, "model_name": name, "temperature": task.temperature,
-              "max_tokens": task.max_tokens, "top_p": task.top_p}
+    config = {
+        "provider": provider,
+        "model_name": name,
+        "temperature": task.temperature,
+        "max_tokens": task.max_tokens,
+        "top_p": task.top_p,
+    }
     return {key: value for key, value in config.items() if value is not None}
 
 
-def version_tags(identity: Mapping[str, str], initial: float | None, final: float | None,
-                 source: str | None) -> dict[str, str]:
+def version_tags(
+    identity: Mapping[str, str], initial: float | None, final: float | None, source: str | None
+) -> dict[str, str]:
     """The tags of a registered version, which link it back to its job."""
     tags = {f"promptopt.dev/{key}": value for key, value in identity.items()}
     if initial is not None:
@@ -283,8 +346,9 @@ def version_tags(identity: Mapping[str, str], initial: float | None, final: floa
     return tags
 
 
-def registrar(spec: PromptOptimizationJobSpec, registry: MlflowStore, identity: Mapping[str, str],
-              sources: Mapping[str, str]) -> Registrar | None:
+def registrar(
+    spec: PromptOptimizationJobSpec, registry: MlflowStore, identity: Mapping[str, str], sources: Mapping[str, str]
+) -> Registrar | None:
     """What registers a result's prompts as spec.mlflow.registerOptimizedPrompts asks (None when it does not): each
     prompt with a registry name (prompts[].registerAs, else its registryUri's prompt), tagged with the job's
     `identity` (job, namespace, job-uid), the scores and the version it started from, whose model_config it takes
@@ -299,11 +363,19 @@ def registrar(spec: PromptOptimizationJobSpec, registry: MlflowStore, identity: 
         initial = result.initial_scores.aggregate if result.initial_scores else None
         final = result.final_scores.aggregate if result.final_scores else None
         tags = {prompt: version_tags(identity, initial, final, sources.get(prompt)) for prompt in names}
-        model_configs = {prompt: registry.model_configs.get(sources.get(prompt, "")) or task_model_config(spec.task)
-                         for prompt in names}
+        model_configs = {
+            prompt: registry.model_configs.get(sources.get(prompt, "")) or task_model_config(spec.task)
+            for prompt in names
+        }
         who = f"{identity.get('namespace', '')}/{identity.get('job', '')}".strip("/")
         scores = f"; aggregate {initial:.3f} → {final:.3f}" if initial is not None and final is not None else ""
-        return registry.register(result.best_candidate, names, tags, model_configs,
-                                 f"optimized by promptopt job {who} ({result.reason}){scores}", registration.alias)
+        return registry.register(
+            result.best_candidate,
+            names,
+            tags,
+            model_configs,
+            f"optimized by promptopt job {who} ({result.reason}){scores}",
+            registration.alias,
+        )
 
     return register

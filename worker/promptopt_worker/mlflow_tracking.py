@@ -28,6 +28,7 @@ as a missing registry prompt does, and a dry run reaches the server the same way
 failure to log never stops the optimization: it is logged as a warning, and the status holds everything the run
 would.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,13 @@ from promptopt_worker.evaluation import TaskEvaluator
 from promptopt_worker.gepa_optimizer import gepa_run
 from promptopt_worker.mlflow_store import explain, mlflow_client, mlflow_model_uri
 from promptopt_worker.problem import (
-    CandidateRecord, InvalidInput, Problem, Progress, Result, ScoredOutput, ScoreSummary,
+    CandidateRecord,
+    InvalidInput,
+    Problem,
+    Progress,
+    Result,
+    ScoredOutput,
+    ScoreSummary,
 )
 from promptopt_worker.reporting import CostSource, no_cost, status_fields, worker_status
 
@@ -66,7 +73,8 @@ def run_params(spec: PromptOptimizationJobSpec, problem: Problem) -> dict[str, s
     would refuse."""
     optimizer = spec.optimizer
     params: dict[str, Any] = {
-        "optimizer": MLFLOW_OPTIMIZERS[optimizer.type], "optimizer_type": optimizer.type.lower(),
+        "optimizer": MLFLOW_OPTIMIZERS[optimizer.type],
+        "optimizer_type": optimizer.type.lower(),
         "source_prompt_uri": ",".join(problem.source_prompts.values()),
         "dataset_id": spec.dataset.mlflow_dataset_id if spec.dataset else None,
         "scorer_names": json.dumps([scorer.key for scorer in spec.scorers or []]),
@@ -74,7 +82,8 @@ def run_params(spec: PromptOptimizationJobSpec, problem: Problem) -> dict[str, s
         "num_prompts": len(problem.prompts),
         # MLflow's optimizer is given every record it may see; promptopt's, the training and validation ones.
         "num_training_samples": len({example.index for example in [*problem.train, *problem.validation]}),
-        "trainset_size": len(problem.train), "valset_size": len(problem.validation),
+        "trainset_size": len(problem.train),
+        "valset_size": len(problem.validation),
         "testset_size": len(problem.test) or None,
         "reflection_model": optimizer.reflection_model,
         "task": spec.task.model or (spec.task.http.url if spec.task.http else ""),
@@ -82,9 +91,14 @@ def run_params(spec: PromptOptimizationJobSpec, problem: Problem) -> dict[str, s
     }
     if optimizer.type == "GEPA":
         gepa = optimizer.gepa_settings
-        params |= {"max_metric_calls": gepa.max_metric_calls, "auto": gepa.auto,
-                   "reflection_minibatch_size": gepa.reflection_minibatch_size,
-                   "candidate_selection": gepa.candidate_selection, "use_merge": gepa.use_merge, "seed": gepa.seed}
+        params |= {
+            "max_metric_calls": gepa.max_metric_calls,
+            "auto": gepa.auto,
+            "reflection_minibatch_size": gepa.reflection_minibatch_size,
+            "candidate_selection": gepa.candidate_selection,
+            "use_merge": gepa.use_merge,
+            "seed": gepa.seed,
+        }
         if gepa.early_stopping:
             params |= {"goal": gepa.early_stopping.goal, "patience": gepa.early_stopping.patience}
     else:
@@ -111,8 +125,11 @@ def run_tags(identity: Mapping[str, str]) -> dict[str, str]:
     from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
     job = identity.get("job", "")
-    source = ({MLFLOW_SOURCE_TYPE: "JOB", MLFLOW_SOURCE_NAME: f"PromptOptimizationJob {identity['namespace']}/{job}"}
-              if "namespace" in identity else {MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_SOURCE_NAME: f"promptopt run {job}"})
+    source = (
+        {MLFLOW_SOURCE_TYPE: "JOB", MLFLOW_SOURCE_NAME: f"PromptOptimizationJob {identity['namespace']}/{job}"}
+        if "namespace" in identity
+        else {MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_SOURCE_NAME: f"promptopt run {job}"}
+    )
     return {**_user(), **source, **{f"promptopt.dev/{key}": value for key, value in identity.items()}}
 
 
@@ -134,21 +151,30 @@ def dry_run_notes(spec: PromptOptimizationJobSpec, problem: Problem) -> list[str
     would fail."""
     if spec.mlflow is None:
         return []
-    notes = [f"prompt {p.name} reads {problem.source_prompts[p.name]}"
-             + (f" ({p.registry_uri} now)" if p.registry_uri != problem.source_prompts[p.name] else "")
-             for p in spec.prompts if p.registry_uri is not None]
+    notes = [
+        f"prompt {p.name} reads {problem.source_prompts[p.name]}"
+        + (f" ({p.registry_uri} now)" if p.registry_uri != problem.source_prompts[p.name] else "")
+        for p in spec.prompts
+        if p.registry_uri is not None
+    ]
     if spec.dataset is not None and spec.dataset.mlflow_dataset_id is not None:
         notes.append(f"dataset {spec.dataset.mlflow_dataset_id} reads digest {problem.mlflow_dataset_digest}")
-    notes += [f"scorer {key} reads the judge {read} registered in experiment {spec.mlflow.experiment!r}"
-              for key, read in problem.registered_scorers.items()]
+    notes += [
+        f"scorer {key} reads the judge {read} registered in experiment {spec.mlflow.experiment!r}"
+        for key, read in problem.registered_scorers.items()
+    ]
     if spec.mlflow.experiment is not None:
         try:
             experiment = mlflow_client(spec.mlflow.tracking_uri).get_experiment_by_name(spec.mlflow.experiment)
         except Exception as error:  # noqa: BLE001 - MLflow's and requests' errors alike
-            raise InvalidInput(f"spec.mlflow.experiment: MLflow at {spec.mlflow.tracking_uri}: "
-                               f"{explain(error)}") from None
-        notes.append(f"experiment {spec.mlflow.experiment!r} does not exist: the run creates it" if experiment is None
-                     else f"experiment {spec.mlflow.experiment!r} (id {experiment.experiment_id}): the run goes there")
+            raise InvalidInput(
+                f"spec.mlflow.experiment: MLflow at {spec.mlflow.tracking_uri}: {explain(error)}"
+            ) from None
+        notes.append(
+            f"experiment {spec.mlflow.experiment!r} does not exist: the run creates it"
+            if experiment is None
+            else f"experiment {spec.mlflow.experiment!r} (id {experiment.experiment_id}): the run goes there"
+        )
     return notes
 
 
@@ -167,15 +193,24 @@ class _Step:
         return cls(progress.iteration, progress.best_score, progress.metric_calls)
 
     def metrics(self) -> list[Any]:
-        return [_metric("best_score_on_valset", self.best_score, self.iteration),
-                _metric("total_metric_calls", self.metric_calls, self.iteration)]
+        return [
+            _metric("best_score_on_valset", self.best_score, self.iteration),
+            _metric("total_metric_calls", self.metric_calls, self.iteration),
+        ]
 
 
 class TrackingRun:
     """Implements problem.Reporter: the job's MLflow run."""
 
-    def __init__(self, spec: PromptOptimizationJobSpec, problem: Problem, identity: Mapping[str, str],
-                 run_id: str | None = None, *, cost: CostSource = no_cost):
+    def __init__(
+        self,
+        spec: PromptOptimizationJobSpec,
+        problem: Problem,
+        identity: Mapping[str, str],
+        run_id: str | None = None,
+        *,
+        cost: CostSource = no_cost,
+    ):
         assert spec.mlflow is not None and spec.mlflow.experiment is not None
         params = run_params(spec, problem)
         self._client = mlflow_client(spec.mlflow.tracking_uri)
@@ -187,11 +222,13 @@ class TrackingRun:
         where = f"spec.mlflow.experiment: MLflow at {spec.mlflow.tracking_uri}"
         try:
             experiment = self._client.get_experiment_by_name(spec.mlflow.experiment)
-            self.experiment_id = (experiment.experiment_id if experiment is not None
-                                  else self._client.create_experiment(spec.mlflow.experiment))
+            self.experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else self._client.create_experiment(spec.mlflow.experiment)
+            )
             if run_id is None:
-                run = self._client.create_run(self.experiment_id, tags=run_tags(identity),
-                                              run_name=identity.get("job"))
+                run = self._client.create_run(self.experiment_id, tags=run_tags(identity), run_name=identity.get("job"))
                 run_id = run.info.run_id
                 self._client.log_batch(run_id, params=[_param(k, v) for k, v in params.items()])
             else:
@@ -203,8 +240,10 @@ class TrackingRun:
             self._link(problem.source_prompts.values())
             if spec.dataset is not None and spec.dataset.mlflow_dataset_id is not None:
                 dataset_id = spec.dataset.mlflow_dataset_id
-                self._safely("log the dataset", lambda: self._client.log_inputs(
-                    self.run_id, datasets=[_dataset_input(dataset_id)]))
+                self._safely(
+                    "log the dataset",
+                    lambda: self._client.log_inputs(self.run_id, datasets=[_dataset_input(dataset_id)]),
+                )
 
     def progress(self, progress: Progress, *, important: bool = False) -> None:
         step = _Step.of(progress)
@@ -225,24 +264,34 @@ class TrackingRun:
         cost_fields = status_fields(cost) if cost is not None else {}
         metrics = [
             *(metric for step in steps.values() for metric in step.metrics()),
-            *(metric for candidate in result.candidates
-              for metric in _scores("eval_score", candidate.score, candidate.scorers, candidate.id)),
+            *(
+                metric
+                for candidate in result.candidates
+                for metric in _scores("eval_score", candidate.score, candidate.scorers, candidate.id)
+            ),
             *_summary("initial_eval_score", result.initial_scores or progress.initial_scores),
             *_summary("final_eval_score", result.final_scores),
             *_summary("initial_test_score", result.initial_test_scores),
             *_summary("final_test_score", result.final_test_scores),
-            _metric("total_iterations", progress.iteration, 0), _metric("total_candidates", progress.candidates, 0),
+            _metric("total_iterations", progress.iteration, 0),
+            _metric("total_candidates", progress.candidates, 0),
             *(_metric(f"cost_{key}", value, 0) for key, value in cost_fields.items()),
         ]
         self._safely("log the final scores", lambda: self._client.log_batch(self.run_id, metrics=metrics))
         status = worker_status(progress, result, cost, every_candidate=True)
         candidates = [status_fields(candidate) for candidate in status.candidates or []]
-        self._safely("log the candidates", lambda: self._client.log_dict(
-            self.run_id, {"candidates": candidates}, "candidates.json"))
+        self._safely(
+            "log the candidates",
+            lambda: self._client.log_dict(self.run_id, {"candidates": candidates}, "candidates.json"),
+        )
         self._safely("log the candidates' iterations", lambda: self._log_iterations(result.candidates))
         for prompt in status.optimized_prompts or []:
-            self._safely("log an optimized prompt", lambda prompt=prompt: self._client.log_text(
-                self.run_id, prompt.template, f"optimized_prompts/{prompt.name}.txt"))
+            self._safely(
+                "log an optimized prompt",
+                lambda prompt=prompt: self._client.log_text(
+                    self.run_id, prompt.template, f"optimized_prompts/{prompt.name}.txt"
+                ),
+            )
         if result.registration is not None:
             self._link(result.registration.registered.values())
         ended = "KILLED" if result.reason == "Cancelled" else "FINISHED" if result.succeeded else "FAILED"
@@ -258,8 +307,9 @@ class TrackingRun:
             for candidate in iteration_candidates(candidates):
                 folder = Path(scratch) / f"iteration_{candidate.id}"
                 folder.mkdir()
-                for file, content in iteration_files(candidate, evaluator.cached(candidate.prompts,
-                                                                                 self._problem.validation)).items():
+                for file, content in iteration_files(
+                    candidate, evaluator.cached(candidate.prompts, self._problem.validation)
+                ).items():
                     (folder / file).write_text(content)
             self._client.log_artifacts(self.run_id, scratch, CANDIDATES_FOLDER)
 
@@ -289,13 +339,27 @@ def iteration_files(candidate: CandidateRecord, results: Sequence[ScoredOutput])
     keys = sorted({key for result in results for key in result.scores} | set(candidate.scorers or {}))
     table = {
         "columns": ["inputs", "output", "expectation", "aggregate_score", *keys],
-        "data": [[dict(r.example.inputs), r.output[:OUTPUT_CHARACTERS], dict(r.example.expectations),
-                  None if r.failure else r.aggregate, *(r.scores.get(key) for key in keys)] for r in results],
+        "data": [
+            [
+                dict(r.example.inputs),
+                r.output[:OUTPUT_CHARACTERS],
+                dict(r.example.expectations),
+                None if r.failure else r.aggregate,
+                *(r.scores.get(key) for key in keys),
+            ]
+            for r in results
+        ],
     }
-    scores = {"aggregate": candidate.score, "per_scorer": dict(candidate.scorers or {}),
-              "parents": list(candidate.parents)}
-    return {**{f"{name}.txt": text for name, text in candidate.prompts.items()},
-            "scores.json": json.dumps(scores, indent=2), "eval_results.json": json.dumps(table, default=str)}
+    scores = {
+        "aggregate": candidate.score,
+        "per_scorer": dict(candidate.scorers or {}),
+        "parents": list(candidate.parents),
+    }
+    return {
+        **{f"{name}.txt": text for name, text in candidate.prompts.items()},
+        "scores.json": json.dumps(scores, indent=2),
+        "eval_results.json": json.dumps(table, default=str),
+    }
 
 
 def _dataset_input(dataset_id: str) -> Any:

@@ -10,6 +10,7 @@ these calls: its JSON file is read without importing litellm.
 
 This module sends one request and classifies what came back; retries, budgets and messages are the LLMClient's.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,26 +49,48 @@ _HINTS = {401: KEY_REJECTED, 403: NO_ACCESS, 404: NOT_FOUND}
 # The chat completion request's own fields (OpenAI's API reference), and the two pass-through ones the openai SDK
 # and litellm know. An endpoint with any other parameter (a litellm option such as drop_params or api_version, or
 # a server-specific field outside extra_body) goes through litellm, which knows what to do with it.
-CHAT_COMPLETION_FIELDS = frozenset({
-    "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
-    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "user", "response_format", "seed",
-    "reasoning_effort", "service_tier", "store", "metadata", "modalities", "prediction", "verbosity",
-    "prompt_cache_key", "safety_identifier", "web_search_options",
-})
+CHAT_COMPLETION_FIELDS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "max_tokens",
+        "max_completion_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "response_format",
+        "seed",
+        "reasoning_effort",
+        "service_tier",
+        "store",
+        "metadata",
+        "modalities",
+        "prediction",
+        "verbosity",
+        "prompt_cache_key",
+        "safety_identifier",
+        "web_search_options",
+    }
+)
 PASS_THROUGH = frozenset({"extra_headers", "extra_body"})
 
 
 def serves(endpoint: ModelEndpoint) -> bool:
     """Whether this module calls the endpoint: an `openai/...` model (litellm's OpenAI-compatible provider) whose
     parameters are all fields of the chat completion request (or extra_headers / extra_body)."""
-    return (endpoint.model.startswith(PROVIDER_PREFIX)
-            and set(endpoint.params) <= CHAT_COMPLETION_FIELDS | PASS_THROUGH)
+    return endpoint.model.startswith(PROVIDER_PREFIX) and set(endpoint.params) <= CHAT_COMPLETION_FIELDS | PASS_THROUGH
 
 
 def base_url(endpoint: ModelEndpoint) -> str:
     """The endpoint's apiBase, else the environment's (as litellm and the openai SDK read it), else OpenAI's."""
-    return (endpoint.api_base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE")
-            or OPENAI_API_BASE).rstrip("/")
+    return (
+        endpoint.api_base or os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_BASE") or OPENAI_API_BASE
+    ).rstrip("/")
 
 
 def missing_api_keys(endpoint: ModelEndpoint) -> list[str]:
@@ -86,8 +109,13 @@ class OpenAICompatibleCaller:
     def complete(self, endpoint: ModelEndpoint, messages: Sequence[Mapping[str, str]]) -> ChatAnswer:
         """One call; raises CallFailed (transient or not) for whatever is not an answer."""
         url = base_url(endpoint)
-        response = self._poster.post(url, f"{url}/chat/completions", request_body(endpoint, messages, url),
-                                     request_headers(endpoint), endpoint.timeout_s)
+        response = self._poster.post(
+            url,
+            f"{url}/chat/completions",
+            request_body(endpoint, messages, url),
+            request_headers(endpoint),
+            endpoint.timeout_s,
+        )
         if response.status_code >= 400:
             raise status_failure(response)
         return chat_answer(endpoint, response)
@@ -99,8 +127,12 @@ def request_body(endpoint: ModelEndpoint, messages: Sequence[Mapping[str, str]],
     renamed = _OPENAI_RENAMED_PARAMETERS if url == OPENAI_API_BASE else {}
     params = {renamed.get(name, name): value for name, value in endpoint.params.items() if name not in PASS_THROUGH}
     extra_body = endpoint.params.get("extra_body") or {}
-    return {**params, **extra_body, "model": endpoint.model[len(PROVIDER_PREFIX):],
-            "messages": [dict(m) for m in messages]}
+    return {
+        **params,
+        **extra_body,
+        "model": endpoint.model[len(PROVIDER_PREFIX) :],
+        "messages": [dict(m) for m in messages],
+    }
 
 
 def request_headers(endpoint: ModelEndpoint) -> dict[str, str]:
@@ -134,8 +166,11 @@ def chat_answer(endpoint: ModelEndpoint, response: httpx.Response) -> ChatAnswer
         message = body["choices"][0]["message"]
         usage = body.get("usage") or {}
     except (ValueError, KeyError, IndexError, TypeError):
-        raise CallFailed(False, "the endpoint's answer is not an OpenAI chat completion",
-                         f"HTTP {response.status_code}: {response.text[:500]}") from None
+        raise CallFailed(
+            False,
+            "the endpoint's answer is not an OpenAI chat completion",
+            f"HTTP {response.status_code}: {response.text[:500]}",
+        ) from None
     prompt_tokens = int(usage.get("prompt_tokens") or 0)
     completion_tokens = int(usage.get("completion_tokens") or 0)
     cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
@@ -157,8 +192,9 @@ def list_price(model: str, prompt_tokens: int, completion_tokens: int, cached_to
     if input_price is None or output_price is None:
         return None
     cached_price = entry.get("cache_read_input_token_cost") or input_price
-    return ((prompt_tokens - cached_tokens) * input_price + cached_tokens * cached_price
-            + completion_tokens * output_price)
+    return (
+        (prompt_tokens - cached_tokens) * input_price + cached_tokens * cached_price + completion_tokens * output_price
+    )
 
 
 def token_limits(model: str) -> tuple[int, int] | None:

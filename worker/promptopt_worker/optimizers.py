@@ -7,6 +7,7 @@ exception becomes the Result: the stop's reason once a stop was requested (the b
 the deadline, a permanent LLM error in gepa's reflection), LLMError for a permanent LLM error, else Error,
 each with the best candidate so far.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,9 +26,13 @@ OPTIMIZERS: dict[str, Optimizer] = {"GEPA": optimize_gepa, "MetaPrompt": optimiz
 
 
 def optimize(problem: Problem, reporter: Reporter, stop: StopRequested) -> Result:
-    progress = Progress(config_map_inputs=problem.config_map_inputs, source_prompts=problem.source_prompts,
-                        mlflow_run=problem.mlflow_run, dataset_digest=problem.dataset_digest,
-                        mlflow_dataset_digest=problem.mlflow_dataset_digest)
+    progress = Progress(
+        config_map_inputs=problem.config_map_inputs,
+        source_prompts=problem.source_prompts,
+        mlflow_run=problem.mlflow_run,
+        dataset_digest=problem.dataset_digest,
+        mlflow_dataset_digest=problem.mlflow_dataset_digest,
+    )
     try:
         result = OPTIMIZERS[problem.settings.type](problem, progress, reporter, stop)
     except Exception as error:
@@ -64,8 +69,10 @@ def _with_test_scores(problem: Problem, result: Result) -> Result:
     result stands without them, and the log says why."""
     assert problem.evaluator is not None and result.best_candidate is not None  # a test set comes with a dataset
     try:
-        initial, final = (problem.evaluator.summarize(problem.evaluator.evaluate(candidate, problem.test))
-                          for candidate in (problem.seed_candidate, result.best_candidate))
+        initial, final = (
+            problem.evaluator.summarize(problem.evaluator.evaluate(candidate, problem.test))
+            for candidate in (problem.seed_candidate, result.best_candidate)
+        )
     except Exception:
         log.warning("the held-out test records could not be scored", exc_info=True)
         return result

@@ -4,6 +4,7 @@ Optimizers know nothing of Kubernetes, litellm or scorers: they see a `Problem` 
 validation examples, an `Evaluator`, a `Reflector`) and report through a `Reporter`. Everything that does
 I/O sits behind those three interfaces.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -13,7 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from promptopt.api.v1alpha1 import (
-    ConfigMapInput, ExampleFailurePolicy, MlflowStatus, OptimizerSpec, WorkerOutcome, template_variables,
+    ConfigMapInput,
+    ExampleFailurePolicy,
+    MlflowStatus,
+    OptimizerSpec,
+    WorkerOutcome,
+    template_variables,
 )
 from promptopt.prompt_contract import Feedback
 from promptopt.worker_contract import SUCCEEDED_OUTCOMES
@@ -23,8 +29,9 @@ class InvalidInput(ValueError):
     """The job's inputs cannot be used as given (the worker reports workerResult reason InvalidInput)."""
 
 
-def option_problems(options: Mapping[str, object], owned: Mapping[str, str], known: Collection[str],
-                    receiver: str) -> list[str]:
+def option_problems(
+    options: Mapping[str, object], owned: Mapping[str, str], known: Collection[str], receiver: str
+) -> list[str]:
     """What keeps each of `spec.optimizer.options` from reaching `receiver` (a function taking `known` keyword
     arguments), one message per key, naming the key and the fix; `owned` maps the keys the worker sets itself to
     where the job sets them instead."""
@@ -256,8 +263,9 @@ class TooManyFailedExamples(RuntimeError):
     """More evaluations failed than spec.exampleFailurePolicy.maxFailedFraction allows: the run stops."""
 
 
-def count_failed_examples(results: Sequence[ScoredOutput], problem: Problem, progress: Progress,
-                          stop: StopRequested) -> None:
+def count_failed_examples(
+    results: Sequence[ScoredOutput], problem: Problem, progress: Progress, stop: StopRequested
+) -> None:
     """Count the evaluations among `results` that failed. Past maxFailedFraction of the run's budget
     (progress.maxMetricCalls), request a stop and raise TooManyFailedExamples: more failures than the job accepts
     make its scores meaningless, and they usually mean a judge that cannot keep the verdict format."""

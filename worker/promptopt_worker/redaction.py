@@ -3,6 +3,7 @@
 An API key can leak into an error message, a provider's answer or a prompt; every text that leaves the worker
 goes through `redact` first.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,17 +24,31 @@ _CREDENTIAL = r"(?=[\w.~+/=-]*\d)[\w.~+/=-]{8,}"
 _SECRET_PATTERNS = (  # (pattern, replacement)
     # Key formats: OpenAI and Anthropic (sk-...), Google (AIza...), Hugging Face, Groq, xAI, GitHub, AWS key ids,
     # and JWTs (service account and MLflow tokens).
-    (re.compile(r"\b(?:sk-[\w-]{8,}|AIza[\w-]{30,}|hf_[A-Za-z0-9]{20,}|gsk_[A-Za-z0-9]{20,}|xai-[A-Za-z0-9]{20,}"
-                r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
-                r"|eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]+)"), MASK),
+    (
+        re.compile(
+            r"\b(?:sk-[\w-]{8,}|AIza[\w-]{30,}|hf_[A-Za-z0-9]{20,}|gsk_[A-Za-z0-9]{20,}|xai-[A-Za-z0-9]{20,}"
+            r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+            r"|eyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]+)"
+        ),
+        MASK,
+    ),
     # A quoted pair, as JSON or a Python dict shows it: "api_key": "...", {'Authorization': 'Bearer ...'}
-    (re.compile(rf"((['\"])(?:{_CREDENTIAL_NAME})\2\s*:\s*(['\"])(?:(?:Bearer|Basic|Token)\s+)?)[^'\"]+(?=\3)",
-                re.IGNORECASE), rf"\1{MASK}"),
+    (
+        re.compile(
+            rf"((['\"])(?:{_CREDENTIAL_NAME})\2\s*:\s*(['\"])(?:(?:Bearer|Basic|Token)\s+)?)[^'\"]+(?=\3)",
+            re.IGNORECASE,
+        ),
+        rf"\1{MASK}",
+    ),
     # A query or keyword argument: ?api_key=..., api_key='...'
     (re.compile(rf"((?<![\w-])(?:{_CREDENTIAL_NAME})=['\"]?)[^\s'\"&,;)}}]+", re.IGNORECASE), rf"\1{MASK}"),
     # A header line, where prose may look alike ("Authorization: add it"): x-api-key: ..., Authorization: Token ...
-    (re.compile(rf"((?<![\w-])(?:{_CREDENTIAL_NAME}):\s*(?:(?:Bearer|Basic|Token)\s+)?){_CREDENTIAL}", re.IGNORECASE),
-     rf"\1{MASK}"),
+    (
+        re.compile(
+            rf"((?<![\w-])(?:{_CREDENTIAL_NAME}):\s*(?:(?:Bearer|Basic|Token)\s+)?){_CREDENTIAL}", re.IGNORECASE
+        ),
+        rf"\1{MASK}",
+    ),
     # A credential after its scheme, whichever header carries it: Authorization: Bearer ..., X-Rag-Auth: Basic ...
     (re.compile(rf"(\b(?:Bearer|Basic)\s+){_CREDENTIAL}"), rf"\1{MASK}"),
 )

@@ -6,6 +6,7 @@ status fields it owns (the API's WorkerStatus model); phase, conditions, times a
 operator. Every text that leaves the worker goes through `redaction.redact`, so an API key that leaked into an
 error message or a prompt is masked in status, logs and the termination message alike.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,32 @@ from typing import Any, Literal, TextIO, TypeVar
 
 from promptopt.api.times import format_time
 from promptopt.api.v1alpha1 import (
-    GROUP, PLURAL, STATUS_CANDIDATES, VERSION, CandidateReport, Cost, Display, HeldOutScores, MlflowStatus,
-    OptimizedPrompt, Scores, StatusObject, WorkerResult, WorkerStatus, format_score, format_usd,
+    GROUP,
+    PLURAL,
+    STATUS_CANDIDATES,
+    VERSION,
+    CandidateReport,
+    Cost,
+    Display,
+    HeldOutScores,
+    MlflowStatus,
+    OptimizedPrompt,
+    Scores,
+    StatusObject,
+    WorkerResult,
+    WorkerStatus,
+    format_score,
+    format_usd,
 )
 from promptopt.api.v1alpha1 import Progress as ProgressStatus
 from promptopt.worker_contract import (
-    TERMINATION_MESSAGE_LIMIT_BYTES, TERMINATION_MESSAGE_PATH, TERMINATION_MESSAGE_PATH_ENV, ResultFile, RunInfo,
-    TerminationMessage, render_termination_message,
+    TERMINATION_MESSAGE_LIMIT_BYTES,
+    TERMINATION_MESSAGE_PATH,
+    TERMINATION_MESSAGE_PATH_ENV,
+    ResultFile,
+    RunInfo,
+    TerminationMessage,
+    render_termination_message,
 )
 from promptopt_worker.kube import retry_api_call
 from promptopt_worker.problem import CandidateRecord, Progress, Reporter, Result, ScoreSummary
@@ -48,8 +68,9 @@ def no_cost() -> None:
     return None
 
 
-def worker_status(progress: Progress, result: Result | None = None, cost: Cost | None = None,
-                  *, every_candidate: bool = False) -> WorkerStatus:
+def worker_status(
+    progress: Progress, result: Result | None = None, cost: Cost | None = None, *, every_candidate: bool = False
+) -> WorkerStatus:
     """The worker-owned part of the job's status (redacted); fields not known yet are left unset. The candidates
     are the best STATUS_CANDIDATES without their prompts, or, with `every_candidate` (the result file), all of them
     with their prompts.
@@ -72,8 +93,9 @@ def worker_status(progress: Progress, result: Result | None = None, cost: Cost |
         status.optimized_prompts = [OptimizedPrompt(name=name, template=text) for name, text in best.items()]
     if result is not None and result.candidates:
         ranked = sorted(result.candidates, key=lambda c: (-c.score, c.id))
-        status.candidates = [_candidate_report(c, every_candidate)
-                             for c in (ranked if every_candidate else ranked[:STATUS_CANDIDATES])]
+        status.candidates = [
+            _candidate_report(c, every_candidate) for c in (ranked if every_candidate else ranked[:STATUS_CANDIDATES])
+        ]
     mlflow = _mlflow_status(progress, result)
     if mlflow.model_fields_set:
         status.mlflow = mlflow
@@ -103,8 +125,11 @@ def status_fields(status: StatusObject) -> dict[str, Any]:
 
 def _progress_status(progress: Progress) -> ProgressStatus:
     status = ProgressStatus(
-        metric_calls=progress.metric_calls, iteration=progress.iteration, candidates=progress.candidates,
-        rejected_candidates=progress.rejected_candidates, failed_examples=progress.failed_examples,
+        metric_calls=progress.metric_calls,
+        iteration=progress.iteration,
+        candidates=progress.candidates,
+        rejected_candidates=progress.rejected_candidates,
+        failed_examples=progress.failed_examples,
         cached_evaluations=progress.cached_evaluations,
     )
     if progress.max_metric_calls is not None:
@@ -270,10 +295,18 @@ class KubernetesStatusReporter:
         try:
             retry_api_call(
                 lambda: self.api.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, self.namespace, PLURAL, self.name, {"status": changed},
-                    _content_type="application/merge-patch+json", _request_timeout=self.request_timeout_s,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    self.name,
+                    {"status": changed},
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=self.request_timeout_s,
                 ),
-                retry_delays_s, sleep=self.sleep, on_error=self._warn_once,
+                retry_delays_s,
+                sleep=self.sleep,
+                on_error=self._warn_once,
             )
         except Exception:  # noqa: BLE001 - any failure to report must not end the run
             return False
@@ -287,8 +320,12 @@ class KubernetesStatusReporter:
     def _warn_once(self, error: Exception) -> None:
         """One warning per streak of failures, so an unreachable API does not flood the log."""
         if not self._failing:
-            log.warning("could not patch status of %s/%s (will keep trying): %s", self.namespace, self.name,
-                        redact(str(error)).strip())
+            log.warning(
+                "could not patch status of %s/%s (will keep trying): %s",
+                self.namespace,
+                self.name,
+                redact(str(error)).strip(),
+            )
             self._failing = True
 
 
@@ -318,19 +355,23 @@ class Pace:
 
 
 def duration_text(seconds: float) -> str:
-    """"m:ss", or "h:mm:ss" from an hour on: a clock, which a live line ticks second by second (kubectl's coarser
+    """ "m:ss", or "h:mm:ss" from an hour on: a clock, which a live line ticks second by second (kubectl's coarser
     durations, api.times.format_duration, are for the status)."""
     minutes, second = divmod(int(seconds), 60)
     hours, minute = divmod(minutes, 60)
     return f"{hours}:{minute:02d}:{second:02d}" if hours else f"{minute}:{second:02d}"
 
 
-def progress_parts(progress: Progress, cost: Cost | None, elapsed: float,
-                   remaining: float | None) -> list[tuple[int, str]]:
+def progress_parts(
+    progress: Progress, cost: Cost | None, elapsed: float, remaining: float | None
+) -> list[tuple[int, str]]:
     """The facts of a progress line in display order, each with its rank: a line too narrow for all keeps the
     lowest ranks."""
-    calls = (f"{progress.metric_calls}/{progress.max_metric_calls}" if progress.max_metric_calls
-             else str(progress.metric_calls))
+    calls = (
+        f"{progress.metric_calls}/{progress.max_metric_calls}"
+        if progress.max_metric_calls
+        else str(progress.metric_calls)
+    )
     parts = [(0, f"{calls} metric calls")]
     if progress.best_score is not None:
         parts.append((1, f"best {format_score(progress.best_score)}"))
@@ -418,8 +459,11 @@ class ConsoleReporter:
         if initial or result.final_scores:
             lines += ["", *score_table(initial, result.final_scores)]
         if result.final_test_scores:
-            lines += ["", f"on the {result.test_records} held-out test records, which the optimizer never saw:",
-                      *score_table(result.initial_test_scores, result.final_test_scores)]
+            lines += [
+                "",
+                f"on the {result.test_records} held-out test records, which the optimizer never saw:",
+                *score_table(result.initial_test_scores, result.final_test_scores),
+            ]
         if progress.failed_examples:
             lines += ["", _failed_examples_text(progress.failed_examples)]
         if result.best_candidate:
@@ -436,8 +480,9 @@ class ConsoleReporter:
         narrow for the bar and the main facts gets the facts alone."""
         width = max(1, self.columns() - 1)
         # Redacted before they are cut: a secret cut in two would no longer be recognised.
-        parts = [(rank, redact(text)) for rank, text in
-                 progress_parts(progress, self.cost(), *self.pace.measure(progress))]
+        parts = [
+            (rank, redact(text)) for rank, text in progress_parts(progress, self.cost(), *self.pace.measure(progress))
+        ]
         if not progress.max_metric_calls or width < BAR_WIDTH + MIN_FACTS_WIDTH:
             return fit_line(parts, width)
         inner = BAR_WIDTH - 2
@@ -454,8 +499,9 @@ class LogReporter:
     first score and each new best at once), and at the end one record each for the outcome, the scores, every
     optimized prompt and the cost, with their data as extras (fields of `--log-format json`)."""
 
-    def __init__(self, *, cost: CostSource = no_cost, interval_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, *, cost: CostSource = no_cost, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ):
         self.cost = cost
         self.rate_limit = RateLimit(interval_s, clock)
         self.pace = Pace(clock)
@@ -466,23 +512,40 @@ class LogReporter:
             if not self.rate_limit.take(important):
                 return
             parts = progress_parts(progress, self.cost(), *self.pace.measure(progress))
-            log.info("progress: %s", ", ".join(text for _, text in parts),
-                     extra={"progress": status_fields(_progress_status(progress))})
+            log.info(
+                "progress: %s",
+                ", ".join(text for _, text in parts),
+                extra={"progress": status_fields(_progress_status(progress))},
+            )
 
     def finished(self, progress: Progress, result: Result) -> None:
-        log.info("result: %s - %s", result.reason, result.message,
-                 extra={"workerResult": status_fields(_worker_result(result))})
+        log.info(
+            "result: %s - %s",
+            result.reason,
+            result.message,
+            extra={"workerResult": status_fields(_worker_result(result))},
+        )
         initial = result.initial_scores or progress.initial_scores
         if initial or result.final_scores:
             final = result.final_scores
-            log.info("scores (initial -> final): %s", _score_changes(initial, final),
-                     extra={"initialScores": status_fields(_scores(initial, Scores)) if initial else None,
-                            "finalScores": status_fields(_scores(final, Scores)) if final else None})
+            log.info(
+                "scores (initial -> final): %s",
+                _score_changes(initial, final),
+                extra={
+                    "initialScores": status_fields(_scores(initial, Scores)) if initial else None,
+                    "finalScores": status_fields(_scores(final, Scores)) if final else None,
+                },
+            )
         if result.initial_test_scores and result.final_test_scores:
-            log.info("on the %d held-out test records (initial -> final): %s", result.test_records,
-                     _score_changes(result.initial_test_scores, result.final_test_scores),
-                     extra={"initialTestScores": status_fields(_scores(result.initial_test_scores, Scores)),
-                            "finalTestScores": status_fields(_scores(result.final_test_scores, Scores))})
+            log.info(
+                "on the %d held-out test records (initial -> final): %s",
+                result.test_records,
+                _score_changes(result.initial_test_scores, result.final_test_scores),
+                extra={
+                    "initialTestScores": status_fields(_scores(result.initial_test_scores, Scores)),
+                    "finalTestScores": status_fields(_scores(result.final_test_scores, Scores)),
+                },
+            )
         if progress.failed_examples:
             log.warning("%s", _failed_examples_text(progress.failed_examples))
         for name, text in (result.best_candidate or {}).items():
@@ -543,8 +606,9 @@ class TerminationMessageReporter:
     worker could not reach the API. Prompts are cut to fit, each cut one marked `truncated`.
     """
 
-    def __init__(self, path: str | None = None, *, cost: CostSource = no_cost,
-                 limit_bytes: int = TERMINATION_MESSAGE_LIMIT_BYTES):
+    def __init__(
+        self, path: str | None = None, *, cost: CostSource = no_cost, limit_bytes: int = TERMINATION_MESSAGE_LIMIT_BYTES
+    ):
         self.path = path or os.environ.get(TERMINATION_MESSAGE_PATH_ENV, TERMINATION_MESSAGE_PATH)
         self.cost = cost
         self.limit_bytes = limit_bytes
@@ -596,8 +660,12 @@ def _cut(text: str, length: int) -> str:
 
 
 def _cut_prompts(prompts: list[OptimizedPrompt], length: int) -> list[OptimizedPrompt]:
-    return [p if len(p.template) <= length else
-            OptimizedPrompt(name=p.name, template=_cut(p.template, length), truncated=True) for p in prompts]
+    return [
+        p
+        if len(p.template) <= length
+        else OptimizedPrompt(name=p.name, template=_cut(p.template, length), truncated=True)
+        for p in prompts
+    ]
 
 
 class ResultFileReporter:
@@ -688,8 +756,9 @@ class RepeatLimitingHandler(logging.StreamHandler[TextIO]):
     and "Iteration 8: ..." are one kind. Records held back are counted; a record says how many, with the last
     one's text, when the kind's window ends (at its next record) or the handler closes (at exit)."""
 
-    def __init__(self, stream: TextIO, *, burst: int = 10, window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, stream: TextIO, *, burst: int = 10, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ):
         super().__init__(stream)
         self.burst, self.window_s, self.clock = burst, window_s, clock
         self._windows: dict[tuple[str, int, str], _Window] = {}
@@ -730,11 +799,16 @@ class RepeatLimitingHandler(logging.StreamHandler[TextIO]):
         if window.last_held is None:
             return
         last = window.last_held
-        summary = logging.makeLogRecord({
-            "name": last.name, "levelno": last.levelno, "levelname": last.levelname,
-            "msg": "held back %d more records like this one (at most %d of a kind go out per %g s): %s",
-            "args": (window.held, self.burst, self.window_s, last.getMessage()), "heldBack": window.held,
-        })
+        summary = logging.makeLogRecord(
+            {
+                "name": last.name,
+                "levelno": last.levelno,
+                "levelname": last.levelname,
+                "msg": "held back %d more records like this one (at most %d of a kind go out per %g s): %s",
+                "args": (window.held, self.burst, self.window_s, last.getMessage()),
+                "heldBack": window.held,
+            }
+        )
         self.emit(summary)
 
 

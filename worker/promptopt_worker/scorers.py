@@ -13,6 +13,7 @@ instructions with the sections where its variables stand; they expect a JSON ans
 `judge_retries` times, each a fresh call that shows the judge its answer and the format; then the judge
 gives up with a ScorerError (the example fails, see evaluation.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -194,8 +195,9 @@ class Webhook(Scorer):
         self.client = client
 
     def verdict(self, example: Example, output: str) -> tuple[Any, str]:
-        request = ScoreRequest(scorer=self.key, inputs=dict(example.inputs), outputs=output,
-                               expectations=dict(example.expectations))
+        request = ScoreRequest(
+            scorer=self.key, inputs=dict(example.inputs), outputs=output, expectations=dict(example.expectations)
+        )
         answer = self.client.post(self.endpoint, self.headers, request.to_json(), read_webhook_verdict)
         return answer.score, answer.rationale
 
@@ -251,13 +253,18 @@ class Safety(BuiltInJudge):
 
 METRICS: dict[str, type[Scorer]] = {"ExactMatch": ExactMatch, "Contains": Contains, "Regex": Regex}
 JUDGES: dict[str, type[LLMJudge]] = {
-    "Correctness": Correctness, "Guidelines": Guidelines, "ExpectationsGuidelines": ExpectationsGuidelines,
-    "RelevanceToQuery": RelevanceToQuery, "Safety": Safety, "Judge": Judge,
+    "Correctness": Correctness,
+    "Guidelines": Guidelines,
+    "ExpectationsGuidelines": ExpectationsGuidelines,
+    "RelevanceToQuery": RelevanceToQuery,
+    "Safety": Safety,
+    "Judge": Judge,
 }
 
 
-def build_scorers(specs: Sequence[ScorerSpec], task: TaskSpec, client: LLMClient, *,
-                  judge_retries: int = DEFAULT_JUDGE_RETRIES) -> list[Scorer]:
+def build_scorers(
+    specs: Sequence[ScorerSpec], task: TaskSpec, client: LLMClient, *, judge_retries: int = DEFAULT_JUDGE_RETRIES
+) -> list[Scorer]:
     """The job's scorers, in spec order; judges and webhooks call through `client`. InvalidInput when a webhook's
     header names a credential the worker lacks."""
     scorers: list[Scorer] = []

@@ -9,6 +9,7 @@ ConfigMap and the key. Each ConfigMap is read once per run, and every key used g
 be checked before the first LLM call (records against prompts and scorers) and wires the evaluator and the
 reflection model.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,7 +23,12 @@ import yaml
 
 from promptopt.api.aggregation import compile_aggregation
 from promptopt.api.v1alpha1 import (
-    ConfigMapInput, ConfigMapKeyRef, MlflowStatus, PromptOptimizationJobSpec, ScorerSpec, content_digest,
+    ConfigMapInput,
+    ConfigMapKeyRef,
+    MlflowStatus,
+    PromptOptimizationJobSpec,
+    ScorerSpec,
+    content_digest,
 )
 from promptopt_worker.llm import LLMClient, ModelEndpoint
 from promptopt_worker.datasets import load_dataset
@@ -140,15 +146,19 @@ def read_key(configmaps: ConfigMapSource, ref: ConfigMapKeyRef, field: str) -> s
 
 def config_map_refs(spec: PromptOptimizationJobSpec) -> list[tuple[str, ConfigMapKeyRef]]:
     """The ConfigMap keys the job reads, each with the spec field that names it."""
-    refs = [(f"spec.prompts[{index}].configMapKeyRef", prompt.config_map_key_ref)
-            for index, prompt in enumerate(spec.prompts) if prompt.config_map_key_ref is not None]
+    refs = [
+        (f"spec.prompts[{index}].configMapKeyRef", prompt.config_map_key_ref)
+        for index, prompt in enumerate(spec.prompts)
+        if prompt.config_map_key_ref is not None
+    ]
     if spec.dataset is not None and spec.dataset.config_map_key_ref is not None:
         refs.append(("spec.dataset.configMapKeyRef", spec.dataset.config_map_key_ref))
     return refs
 
 
-def config_map_inputs(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource,
-                      started_with: Sequence[ConfigMapInput] | None = None) -> list[ConfigMapInput]:
+def config_map_inputs(
+    spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource, started_with: Sequence[ConfigMapInput] | None = None
+) -> list[ConfigMapInput]:
     """A digest of every ConfigMap key the job reads. InvalidInput, naming the field, the ConfigMap and the key,
     when a key's text differs from what the job started with (`started_with`, from status.configMapInputs)."""
     recorded = {(found.name, found.key): found.digest for found in started_with or ()}
@@ -167,9 +177,12 @@ def config_map_inputs(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSour
     return inputs
 
 
-def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource,
-                    mlflow: MlflowStore | None = None,
-                    pinned: Mapping[str, str] | None = None) -> tuple[list[PromptTemplate], dict[str, str]]:
+def resolve_prompts(
+    spec: PromptOptimizationJobSpec,
+    configmaps: ConfigMapSource,
+    mlflow: MlflowStore | None = None,
+    pinned: Mapping[str, str] | None = None,
+) -> tuple[list[PromptTemplate], dict[str, str]]:
     """The prompts with their texts, inline or read from ConfigMaps or MLflow's registry, in spec order; and the
     registry version each registry prompt resolved to. `pinned` (status.mlflow.sourcePrompts of the job's first
     worker) holds a retried worker to the versions the job started with, whatever an alias points at now."""
@@ -179,8 +192,9 @@ def resolve_prompts(spec: PromptOptimizationJobSpec, configmaps: ConfigMapSource
             text = read_key(configmaps, prompt.config_map_key_ref, f"spec.prompts[{index}].configMapKeyRef")
         elif prompt.registry_uri is not None:
             assert mlflow is not None  # a registry prompt needs spec.mlflow (the model's rule)
-            source = mlflow.load((pinned or {}).get(prompt.name, prompt.registry_uri),
-                                   f"spec.prompts[{index}].registryUri")
+            source = mlflow.load(
+                (pinned or {}).get(prompt.name, prompt.registry_uri), f"spec.prompts[{index}].registryUri"
+            )
             text, sources[prompt.name] = source.template, source.resolved_uri
         else:
             assert prompt.template is not None  # exactly one source (the model's rule)
@@ -228,7 +242,8 @@ def build_problem(
                 raise InvalidInput(
                     f"spec.dataset.mlflowDatasetId: the records of MLflow dataset {spec.dataset.mlflow_dataset_id} "
                     f"changed since the job started (digest {started.dataset_digest}, now {dataset_digest}): restore "
-                    "them, or create a new job to run the new ones")
+                    "them, or create a new job to run the new ones"
+                )
         split = load_dataset(spec.dataset, text, rows)
         train, validation, test = split.train, split.validation, split.test
         examples = list({e.index: e for e in [*train, *validation, *test]}.values())
@@ -236,8 +251,11 @@ def build_problem(
         scorer_specs, registered_scorers = resolve_scorers(spec, mlflow)
         scorers = build_scorers(scorer_specs, spec.task, llm_client, judge_retries=spec.failure_policy.judge_retries)
         check_records(scorers, examples)
-        aggregate = (weighted_mean(scorers) if spec.aggregation is None
-                     else compile_aggregation(spec.aggregation, [s.key for s in scorers]))
+        aggregate = (
+            weighted_mean(scorers)
+            if spec.aggregation is None
+            else compile_aggregation(spec.aggregation, [s.key for s in scorers])
+        )
         evaluator = TaskEvaluator(prompts, spec.task, scorers, llm_client, aggregate)
     return Problem(
         prompts=prompts,
@@ -259,8 +277,9 @@ def build_problem(
     )
 
 
-def resolve_scorers(spec: PromptOptimizationJobSpec,
-                    mlflow: MlflowStore | None) -> tuple[list[ScorerSpec], dict[str, str]]:
+def resolve_scorers(
+    spec: PromptOptimizationJobSpec, mlflow: MlflowStore | None
+) -> tuple[list[ScorerSpec], dict[str, str]]:
     """The job's scorers with each Registered one read from spec.mlflow.experiment as the Judge it is, and what each
     of those read (scorer key → "<name> version <n>"); InvalidInput naming spec.scorers[i].registered.name for one
     that is missing or cannot run here."""
@@ -272,8 +291,9 @@ def resolve_scorers(spec: PromptOptimizationJobSpec,
         # A Registered scorer needs spec.mlflow.experiment (the model's rule).
         assert mlflow is not None and spec.mlflow is not None and spec.mlflow.experiment is not None
         field = f"spec.scorers[{index}].registered.name"
-        stored = mlflow.registered_scorer(spec.mlflow.experiment, scorer.registered.name, scorer.registered.version,
-                                          field)
+        stored = mlflow.registered_scorer(
+            spec.mlflow.experiment, scorer.registered.name, scorer.registered.version, field
+        )
         specs.append(registered_judge_spec(scorer, stored, field))
         read[scorer.key] = f"{stored.name} version {stored.version}"
     return specs, read

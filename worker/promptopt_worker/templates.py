@@ -4,6 +4,7 @@
 so a bad dataset fails at once with all its problems; `render` and `messages` then cannot fail on the
 checked records.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from typing import Any
 from promptopt.api.v1alpha1 import TEMPLATE_VARIABLE, unfilled_variables
 from promptopt_worker.problem import Candidate, Example, PromptTemplate
 from promptopt_worker.problem import InvalidInput
+
 
 class TemplateError(InvalidInput):
     """A record lacks an input a prompt template uses."""
