@@ -33,6 +33,7 @@ from promptopt.worker_contract import EXIT_INVALID_INPUT, PERMANENT_FAILURES, pa
 
 from promptopt_operator.conditions import READY, SPEC_APPLIED, condition_status, conditions_for, find_condition
 from promptopt_operator.pods import WorkerPod, label_value, pod_name
+from promptopt_operator.queue import Slot
 from promptopt_operator.settings import OperatorSettings
 
 
@@ -160,16 +161,6 @@ class Decision:
     recheck_after: float | None = None  # seconds until time alone changes the decision
     pod_active_deadline: int | None = None  # for a Pod created now: the job's remaining deadline
     labels: dict[str, str] | None = None  # labels the job lacks: to merge into its metadata
-
-
-@dataclass(frozen=True)
-class Slot:
-    """The queue's answer for a job that waits for its first Pod. `position` None leaves the stored position
-    as it is: positions shift whenever any job starts, and rewriting every waiting job's status on each shift
-    would cost O(waiting jobs) writes per start, so they are refreshed on a timer instead."""
-
-    may_start: bool
-    position: int | None = None
 
 
 @dataclass
@@ -379,7 +370,14 @@ def _deadline_left(job: Job, now: datetime) -> float | None:
     return max(0.0, (started + timedelta(seconds=job.spec.active_deadline_seconds) - now).total_seconds())
 
 
-def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _NextStep:
+def _after_success(
+    spec: PromptOptimizationJobSpec,
+    status: PromptOptimizationJobStatus,
+    pod: WorkerPod,
+    attempts: int,
+    now: datetime,
+    settings: OperatorSettings,
+) -> _NextStep:
     recovered = _recover_worker_fields(status, pod)
     result = _worker_result(status, recovered)
     if result is not None and result.reason == "Cancelled":
@@ -399,7 +397,14 @@ def _after_success(spec, status, pod: WorkerPod, attempts: int, now: datetime, s
     return _NextStep("Succeeded", reason, message, fields=recovered)
 
 
-def _after_pod_failure(spec, status, pod: WorkerPod, attempts: int, now: datetime, settings) -> _NextStep:
+def _after_pod_failure(
+    spec: PromptOptimizationJobSpec,
+    status: PromptOptimizationJobStatus,
+    pod: WorkerPod,
+    attempts: int,
+    now: datetime,
+    settings: OperatorSettings,
+) -> _NextStep:
     recovered = _recover_worker_fields(status, pod)
     result = _worker_result(status, recovered)
     if pod.exit_code == EXIT_INVALID_INPUT or (result is not None and result.reason in PERMANENT_FAILURES):
@@ -417,11 +422,11 @@ def _worker_result(status: PromptOptimizationJobStatus, recovered: PromptOptimiz
 
 
 def _after_failure(
-    spec,
+    spec: PromptOptimizationJobSpec,
     status: PromptOptimizationJobStatus,
     attempts: int,
     now: datetime,
-    settings,
+    settings: OperatorSettings,
     what: str,
     finished_at: str | None,
 ) -> _NextStep:

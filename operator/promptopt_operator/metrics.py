@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter as Tally
+import collections
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -47,7 +47,7 @@ class OperatorMetrics:
     def collect(self):
         """Jobs by phase, counted from the operator's in-memory index when scraped (never stale, never stored)."""
         gauge = GaugeMetricFamily("promptopt_jobs", "PromptOptimizationJobs by phase.", labels=["phase"])
-        counts = Tally(phase or "New" for phase in self._phases_of_jobs())
+        counts = collections.Counter(phase or "New" for phase in self._phases_of_jobs())
         for phase in ("New", *PHASES):
             gauge.add_metric([phase], counts.get(phase, 0))
         yield gauge

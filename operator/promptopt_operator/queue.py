@@ -6,9 +6,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from promptopt.api.v1alpha1 import ACTIVE_PHASES, WAITING_PHASES
-from promptopt_operator.lifecycle import Slot
 
 JobKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The queue's answer for a job that waits for its first Pod. `position` None leaves the stored position
+    as it is: positions shift whenever any job starts, and rewriting every waiting job's status on each shift
+    would cost O(waiting jobs) writes per start, so they are refreshed on a timer instead."""
+
+    may_start: bool
+    position: int | None = None
 
 
 @dataclass(frozen=True)

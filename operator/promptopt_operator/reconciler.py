@@ -34,7 +34,6 @@ from promptopt_operator.lifecycle import (
     Event,
     Job,
     SlimJob,
-    Slot,
     decide,
     pod_refused,
     reconcile_error_delay,
@@ -55,7 +54,7 @@ from promptopt_operator.output import (
     write_failed,
 )
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
-from promptopt_operator.queue import JobKey, QueueEntry, plan, slot_for, stale_positions
+from promptopt_operator.queue import JobKey, QueueEntry, Slot, plan, slot_for, stale_positions
 from promptopt_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)

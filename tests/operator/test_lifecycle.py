@@ -12,13 +12,13 @@ from promptopt.api.validation import parse_spec
 from promptopt_operator.lifecycle import (
     Event,
     Job,
-    Slot,
     decide,
     pod_refused,
     retry_delay,
     slim_job,
     view_spec,
 )
+from promptopt_operator.queue import Slot
 from promptopt_operator.pods import WorkerPod, worker_pod_manifest
 from promptopt_operator.settings import OperatorSettings
 
