@@ -32,7 +32,7 @@ def worker_rbac(request):
         request.getfixturevalue("install_rbac")()
 
 
-def create_job(cluster, llm, *, max_metric_calls, **spec):
+def create_job(cluster, llm, *, max_metric_calls, stop_at_perfect_score=True, **spec):
     cluster.create(
         {
             "apiVersion": "v1",
@@ -50,7 +50,7 @@ def create_job(cluster, llm, *, max_metric_calls, **spec):
                 "optimizer": {
                     "type": "GEPA",
                     "reflectionModel": "openai/sim-reflect",
-                    "gepa": {"maxMetricCalls": max_metric_calls},
+                    "gepa": {"maxMetricCalls": max_metric_calls, "stopAtPerfectScore": stop_at_perfect_score},
                 },
                 "prompts": [{"name": "classify", "template": "Classify the sentiment of this review.\n\n{{review}}"}],
                 "task": {"model": "openai/sim-task", "apiBase": llm.base_url, "temperature": 0},
@@ -228,7 +228,8 @@ def test_a_missing_configmap_ends_the_worker_with_invalid_input(cluster, kubelet
 
 def test_the_deadline_counts_from_the_jobs_start(cluster, kubelet, llm):
     llm.set_latency(0.2)
-    create_job(cluster, llm, max_metric_calls=400, activeDeadlineSeconds=30)
+    # Run on to the deadline: a candidate that scores 1 in the seconds left would stop the run first (PerfectScore).
+    create_job(cluster, llm, max_metric_calls=400, stop_at_perfect_score=False, activeDeadlineSeconds=30)
     started = datetime.now(UTC) - timedelta(seconds=25)
     cluster.patch(
         "poj", "sentiment", {"status": {"startTime": started.strftime("%Y-%m-%dT%H:%M:%SZ")}}, subresource="status"
