@@ -10,6 +10,7 @@ replica that went is started again, as its Deployment would, and the next round 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import signal
 import tempfile
 import time
@@ -72,7 +73,7 @@ def run(config: FailoverConfig, progress: Callable[[str], None] = lambda _: None
     with tempfile.TemporaryDirectory(prefix="promptopt-bench-") as workdir, Cluster(Path(workdir)) as cluster:
         results["server"] = cluster.server.title
         kubeconfig = cluster.server.operator_kubeconfig("ours")
-        logs = iter(range(1, 1000))
+        logs = itertools.count(1)
 
         def replica() -> OperatorProcess:
             return OperatorProcess(

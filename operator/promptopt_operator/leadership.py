@@ -242,7 +242,8 @@ class LeaseElector:
         """Renew from the Lease as last written (one request); after a conflict, read who holds it."""
         assert self._held is not None
         try:
-            step = claim(self._held, self.identity, datetime.now(UTC), datetime.now(UTC), self.timing)
+            now = datetime.now(UTC)
+            step = claim(self._held, self.identity, now, now, self.timing)
             assert step.write is not None
             written = await self.store.replace_lease(self.namespace, self.name, lease_body(self.name, step.write))
             if written is not None:
