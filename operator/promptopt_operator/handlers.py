@@ -1,7 +1,8 @@
-"""kopf handlers: the operator's edge. Each one only routes an event to the Reconciler."""
+"""kopf handlers: the operator's edge. Each one only tells the Reconciler what it saw, which queues the job."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
 import uuid
@@ -56,7 +57,6 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     metrics = OperatorMetrics(lambda: memo.reconciler.phases())
     kube = KubeClient()
     reconciler = memo.reconciler = Reconciler(kube, operator_settings, metrics)
-    reconciler.start_sweeping()
     if operator_settings.metrics_port:
         metrics.serve(operator_settings.metrics_port)
     memo.elector = None
@@ -108,6 +108,16 @@ async def worker_pods(namespace: str, annotations: kopf.Annotations, body: kopf.
     return {(namespace, job_name): observe_pod(dict(body))} if job_name else None
 
 
+def current_reconciler(memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index) -> Reconciler:
+    """The Reconciler, with kopf's indexes as they stand. The first handler starts it, in a copy of its context:
+    kopf.event finds kopf's Event queue through context variables that kopf sets for handlers, not for startup."""
+    reconciler: Reconciler = memo.reconciler
+    reconciler.index, reconciler.pod_index = job_queue, worker_pods
+    if not reconciler.started:
+        reconciler.start(contextvars.copy_context())
+    return reconciler
+
+
 @kopf.on.event(*JOBS)  # type: ignore[arg-type]
 async def job_changed(
     type: str,
@@ -120,8 +130,7 @@ async def job_changed(
     worker_pods: kopf.Index,
     **_: Any,
 ) -> None:
-    reconciler: Reconciler = memo.reconciler
-    reconciler.index, reconciler.pod_index = job_queue, worker_pods
+    reconciler = current_reconciler(memo, job_queue, worker_pods)
     if type == "DELETED":
         reconciler.forget((namespace, name))
         reconciler.wake_waiting()
@@ -129,7 +138,7 @@ async def job_changed(
     if read_status(status).phase in TERMINAL_PHASES:
         reconciler.wake_waiting()  # its slot is free now
     if reconciler.job_seen((namespace, name), dict(body)):
-        await reconciler.reconcile(namespace, name)
+        reconciler.enqueue((namespace, name))
 
 
 @kopf.on.event("v1", "pods", labels=WORKER_PODS)  # type: ignore[arg-type]
@@ -143,8 +152,7 @@ async def worker_pod_changed(
     worker_pods: kopf.Index,
     **_: Any,
 ) -> None:
-    reconciler: Reconciler = memo.reconciler
-    reconciler.index, reconciler.pod_index = job_queue, worker_pods
+    reconciler = current_reconciler(memo, job_queue, worker_pods)
     job_name = annotations.get(JOB_NAME_ANNOTATION)
     if job_name and reconciler.pod_changed(namespace, dict(body), deleted=type == "DELETED"):
-        await reconciler.reconcile(namespace, job_name)
+        reconciler.enqueue((namespace, job_name))

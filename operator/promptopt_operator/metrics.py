@@ -43,6 +43,15 @@ class OperatorMetrics:
         self.reconcile_errors = Counter(
             "promptopt_reconcile_errors", "Reconciles that failed (and are retried).", registry=self.registry
         )
+        self.workqueue_depth = Gauge(
+            "promptopt_workqueue_depth", "Jobs waiting in the work queue for a reconcile.", registry=self.registry
+        )
+        self.workqueue_wait_seconds = Histogram(
+            "promptopt_workqueue_wait_seconds",
+            "Time a job waited in the work queue before a worker took it.",
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
 
     def collect(self):
         """Jobs by phase, counted from the operator's in-memory index when scraped (never stale, never stored)."""

@@ -1,8 +1,11 @@
 """Carries out lifecycle decisions: take the job and its Pods as last seen, decide, act, and look again when time
 says so.
 
-One reconcile per job at a time (a lock per job), whatever woke it: a change of the job, of one of its Pods,
-a deadline, a retry delay, a TTL, a freed queue slot or the periodic sweep.
+Whatever says a job needs a look (a change of the job or of one of its Pods, a deadline, a TTL, a retry, the periodic
+sweep, a new leader) adds its key to a work queue (workqueue.py), which workers take it from: a burst of events for
+one job is one reconcile. Two things go around the queue, in order, one at a time: starting waiting jobs (so that
+Pods are created in the order the jobs were) and writing the places in line of one plan of the queue. Either way
+one reconcile per job runs at a time (a lock per job).
 
 A reconcile decides on the job as its watch last delivered it (or as our own last write returned it), never on a
 GET of its own: a read per reconcile was a third of the operator's requests. What could be stale is guarded by
@@ -15,6 +18,7 @@ body cannot create a second Pod.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -56,6 +60,7 @@ from promptopt_operator.output import (
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
 from promptopt_operator.queue import JobKey, QueueEntry, Slot, plan, slot_for, stale_positions
 from promptopt_operator.settings import OperatorSettings
+from promptopt_operator.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,9 @@ QUEUE_POSITION_TOLERANCE = 0.1
 # How often every job is looked at again whatever happened: a safety net for anything a watch missed, and fresh
 # queue positions for the whole line.
 SWEEP_SECONDS = 30.0
+# Reconciles at once (controller-runtime's MaxConcurrentReconciles): as many as the Kubernetes client has threads
+# for the status writes and Pod creations that most reconciles make (kube.py).
+RECONCILE_WORKERS = 16
 
 # Posts an Event about a job (kopf.event in the operator).
 EventPoster = Callable[[dict[str, Any], Event], None]
@@ -114,10 +122,10 @@ class JobRecord:
     job: SlimJob
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reconcile of a job at a time
     decided: tuple | None = None  # decision_inputs as the last reconcile left them
-    errors: int = 0  # reconciles (or Pod creations) that failed in a row: their retries back off
-    output_failures: int = 0  # output writes (spec.output) that failed in a row: their retries back off
+    # Output writes (spec.output) that failed in a row: their retries back off. Not the work queue's failures, which
+    # count reconciles that failed: a failed output write is a reconcile that went through, and says so in status.
+    output_failures: int = 0
     created: dict[str, WorkerPod] = field(default_factory=dict)  # Pods created whose first event has not come
-    recheck: asyncio.TimerHandle | None = None  # the next reconcile that time asks for
 
     def keep(self, body: dict[str, Any]) -> None:
         self.job = slim_job(body, self.job)
@@ -143,12 +151,17 @@ class Reconciler:
         self.pod_index: Mapping[JobKey, Iterable[WorkerPod]] = {}
         # Every job seen, from its first event until it is forgotten.
         self._jobs: dict[JobKey, JobRecord] = {}
+        # The jobs that need a look, and the count of their failed reconciles in a row (their back-off).
+        self.queue: WorkQueue[JobKey] = WorkQueue(reconcile_error_delay, metrics.workqueue_wait_seconds.observe)
+        metrics.workqueue_depth.set_function(lambda: len(self.queue))
         # Jobs given a slot whose new phase has not come back through the watch yet.
         self._starting: set[JobKey] = set()
         self._waking: asyncio.Task | None = None
         self._refreshing_positions: asyncio.Task | None = None
-        self._sweeping: asyncio.Task | None = None
-        # Every task this reconciler starts, kept until it ends: the loop holds only weak references to tasks.
+        # The workers and the sweep, from start() until close(), and the context they and every task run in.
+        self._background: list[asyncio.Task] = []
+        self._context: contextvars.Context | None = None
+        # Every other task this reconciler starts, kept until it ends: the loop holds only weak references to tasks.
         self._tasks: set[asyncio.Task] = set()
         # observe_pod of each worker Pod as last seen.
         self._pods_seen: dict[tuple[str, str], WorkerPod] = {}
@@ -171,15 +184,23 @@ class Reconciler:
         """What the reconciler keeps of a job (None: not seen, or forgotten)."""
         return self._jobs.get(key)
 
+    def enqueue(self, key: JobKey) -> None:
+        """The job needs a look: a worker reconciles it (once for any number of calls before it does)."""
+        self.queue.add(key)
+
     @property
     def running_tasks(self) -> int:
+        """Tasks of this reconciler under way, but its workers and sweep (which run until it is closed)."""
         return len(self._tasks)
 
     async def finish_tasks(self) -> None:
-        """Wait until every task this reconciler started, and every task those started, has ended (but the sweep,
-        which runs until the reconciler is closed)."""
-        while pending := [task for task in self._tasks if task is not self._sweeping]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        """Wait until the work queue has run dry and every task this reconciler started, and every task those
+        started, has ended (but the workers and the sweep; delayed rechecks may still come)."""
+        while True:
+            await self.queue.idle()
+            if not self._tasks:
+                return
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def pod_changed(self, namespace: str, pod: dict[str, Any], deleted: bool) -> bool:
         """Whether a Pod event says something new (the kubelet also writes what no decision reads)."""
@@ -195,8 +216,8 @@ class Reconciler:
 
     def forget(self, key: JobKey) -> None:
         self._starting.discard(key)
-        if (record := self._jobs.pop(key, None)) is not None and record.recheck is not None:
-            record.recheck.cancel()
+        self._jobs.pop(key, None)
+        self.queue.discard(key)
 
     # -- leadership ----------------------------------------------------------------------------------------
 
@@ -205,27 +226,44 @@ class Reconciler:
         the last leader left undone, a TTL or an output delivery due, a queue slot freed), running jobs first."""
         self.leading = True
         self.metrics.leader.set(1)
-        self._spawn(self._reconcile_all())
+        for entry in sorted(self.entries(), key=lambda entry: entry.phase in (*WAITING_PHASES, *TERMINAL_PHASES)):
+            self.enqueue(entry.key)
+        self.wake_waiting()
 
     def stop_leading(self) -> None:
+        """Act on no job from now on (a reconcile a worker takes does nothing while this replica follows)."""
         self.leading = False
         self.metrics.leader.set(0)
-        for record in self._jobs.values():
-            if record.recheck is not None:
-                record.recheck.cancel()
-                record.recheck = None
+
+    @property
+    def started(self) -> bool:
+        return bool(self._background)
+
+    def start(self, context: contextvars.Context | None = None) -> None:
+        """Start the workers and the sweep, in `context` (a copy of the current one by default), as every task of
+        this reconciler: kopf.event finds kopf's Event queue in context variables that kopf sets for its handlers
+        only, so the operator starts the reconciler from its first handler (handlers.py)."""
+        self._context = context or contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        self._background = [loop.create_task(self._work(), context=self._context) for _ in range(RECONCILE_WORKERS)]
+        self._background.append(loop.create_task(self._sweep_forever(), context=self._context))
 
     async def close(self) -> None:
         """Stop every task of this reconciler (the operator is stopping): kopf would wait 5 s for them to end."""
         self.stop_leading()
-        for task in list(self._tasks):
+        self.queue.shut_down()
+        tasks = [*self._background, *self._tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _reconcile_all(self) -> None:
-        for entry in sorted(self.entries(), key=lambda entry: entry.phase in (*WAITING_PHASES, *TERMINAL_PHASES)):
-            await self.reconcile(*entry.key)
-        self.wake_waiting()
+    async def _work(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.reconcile(*key)
+            finally:
+                self.queue.done(key)
 
     def phases(self) -> list[str | None]:
         return [e.phase for e in self.entries()]
@@ -243,7 +281,7 @@ class Reconciler:
         return slot_for(self._queue(), key, self.settings.max_running_jobs)
 
     def _spawn(self, coroutine: Any) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = asyncio.get_running_loop().create_task(coroutine, context=self._context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -265,9 +303,6 @@ class Reconciler:
         ).items():
             await self.reconcile(*key, queue_position=position)
 
-    def start_sweeping(self) -> None:
-        self._sweeping = self._spawn(self._sweep_forever())
-
     async def _sweep_forever(self) -> None:
         # Ours rather than a kopf timer per job: kopf puts a finalizer on every object a timer watches (two more
         # writes per job, and a deletion that waits for the operator), and each timer would plan the whole queue.
@@ -280,7 +315,7 @@ class Reconciler:
 
     async def sweep(self) -> None:
         """Every unfinished job once more: each waiting job whose stored place in line is out of date gets its place
-        (from one plan of the queue), and the others are reconciled on what was last seen of them."""
+        (from one plan of the queue), and the others are queued to be reconciled on what was last seen of them."""
         queue = self._queue()
         if any(slot.may_start for slot in self._slots().values()):
             self.wake_waiting()
@@ -290,7 +325,7 @@ class Reconciler:
             await self.reconcile(*key, queue_position=position)
         for entry in queue:
             if entry.phase not in (*TERMINAL_PHASES, *WAITING_PHASES):
-                await self.reconcile(*entry.key)
+                self.enqueue(entry.key)
 
     async def _start_waiting(self) -> None:
         # One at a time, in the queue's order, so Pods are created in the order the jobs were created;
@@ -328,17 +363,19 @@ class Reconciler:
             started = time.monotonic()
             try:
                 await self._reconcile(key, record, queue_position)
-                record.errors = 0
+                self.queue.forget(key)
             except PodRefused:
-                pass  # said in the job's status, retried on its own back-off (_decide_and_act)
+                self.queue.add_rate_limited(key)  # said in the job's status, with this retry (_decide_and_act)
             except Exception:
                 self.metrics.reconcile_errors.inc()
-                record.errors += 1
-                delay = reconcile_error_delay(record.errors)
+                delay = self.queue.add_rate_limited(key)
                 logger.exception(
-                    "reconciling %s/%s failed (%d in a row); retrying in %.0f s", namespace, name, record.errors, delay
+                    "reconciling %s/%s failed (%d in a row); retrying in %.0f s",
+                    namespace,
+                    name,
+                    self.queue.requeues(key),
+                    delay,
                 )
-                self.recheck(key, delay)
             finally:
                 self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
@@ -367,17 +404,17 @@ class Reconciler:
         try:
             await self._act(key, kept, job, decision)
         except PodRefused as refused:
-            # The Pod create comes first in _act: nothing else was done. Say it, and leave the count of refusals in a
-            # row to reconcile(), which resets it only on success.
-            record.errors += 1
-            logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", *key, record.errors, refused)
+            # The Pod create comes first in _act: nothing else was done. Say it, with the retry that reconcile() then
+            # asks the work queue for (which counts the refusals in a row, and forgets them on a success).
+            refusals = self.queue.requeues(key) + 1
+            logger.warning("the worker Pod of %s/%s was refused (%d in a row): %s", *key, refusals, refused)
             assert decision.create_attempt is not None
             await self._act(
                 key,
                 kept,
                 job,
                 pod_refused(
-                    job, key[0], decision.create_attempt, str(refused), datetime.now(UTC), self.settings, record.errors
+                    job, key[0], decision.create_attempt, str(refused), datetime.now(UTC), self.settings, refusals
                 ),
             )
             raise
@@ -516,11 +553,8 @@ class Reconciler:
             self.metrics.pod_failures.labels(reason=reason).inc()
 
     def recheck(self, key: JobKey, delay: float) -> None:
-        """Reconcile the job again in `delay` seconds (replacing an earlier recheck of it)."""
-        record = self._jobs.get(key)
-        if record is None:
+        """Reconcile the job again in `delay` seconds (or sooner, if an earlier recheck of it is due)."""
+        if key not in self._jobs:
             return  # forgotten: nothing is left to look at
-        if record.recheck is not None:
-            record.recheck.cancel()
         # A little late rather than early: a decision taken a hair before a deadline would only wait again.
-        record.recheck = asyncio.get_running_loop().call_later(delay + 0.05, lambda: self._spawn(self.reconcile(*key)))
+        self.queue.add_after(key, delay + 0.05)

@@ -132,7 +132,7 @@ def test_a_job_changed_under_a_decision_is_decided_again_on_its_next_event():
         kube.jobs["a"]["metadata"]["generation"] = 2  # as the API server counts every change of a spec
         kube.changed("a")
         await reconciler.reconcile("ns", "a")
-        assert reconciler.record(("ns", "a")).errors == 0  # a conflict is no error: nothing to back off from
+        assert reconciler.queue.requeues(("ns", "a")) == 0  # a conflict is no error: nothing to back off from
         # The newer job's event is reconciled, though the inputs it shows are those of the last decision made.
         assert watched(reconciler, kube, "a")
         await reconciler.reconcile("ns", "a")
@@ -169,23 +169,29 @@ def test_a_job_not_seen_through_its_watch_is_left_to_its_event():
     assert kube.calls == [] and events == []
 
 
-def test_api_errors_are_retried_with_a_growing_delay_that_resets_on_success(monkeypatch):
+def test_api_errors_are_retried_with_a_growing_delay_that_resets_on_success(caplog):
     kube, events = FakeKube(job_body("a")), []
-    delays = []
+    in_a_row = []
 
     async def run():
         reconciler = reconciler_for(kube, events)
-        monkeypatch.setattr(reconciler, "recheck", lambda key, delay: delays.append(delay))
         kube.failures = 3
-        for _ in range(4):
+        await reconciler.reconcile("ns", "a")
+        first_retry = reconciler.queue.delayed(("ns", "a"))
+        for _ in range(3):
+            in_a_row.append(reconciler.queue.requeues(("ns", "a")))
             await reconciler.reconcile("ns", "a")
-        await reconciler.reconcile("ns", "a")  # a failure after a success starts over
-        return reconciler
+        return reconciler, first_retry
 
-    reconciler = asyncio.run(run())
-    assert delays[:3] == [1.0, 2.0, 4.0]
+    with caplog.at_level("ERROR", logger="promptopt_operator.reconciler"):
+        reconciler, first_retry = asyncio.run(run())
+    assert 0.9 < first_retry <= 1.0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"reconciling ns/a failed ({n} in a row); retrying in {delay} s" for n, delay in ((1, 1), (2, 2), (3, 4))
+    ]
+    assert in_a_row == [1, 2, 3]
     assert kube.jobs["a"]["status"]["phase"] == "Pending"  # the fourth try went through
-    assert reconciler.record(("ns", "a")).errors == 0
+    assert reconciler.queue.requeues(("ns", "a")) == 0  # and the next failure starts the back-off over
     assert reconciler.metrics.registry.get_sample_value("promptopt_reconcile_errors_total") == 3
 
 
@@ -193,18 +199,48 @@ def test_the_error_delay_doubles_and_is_capped():
     assert [reconcile_error_delay(n) for n in (1, 2, 3, 7, 20)] == [1, 2, 4, 60, 60]
 
 
-def test_rechecks_run_as_referenced_tasks():
+def test_a_recheck_is_reconciled_by_the_workers_and_close_stops_them():
     kube, events = FakeKube(job_body("a")), []
 
     async def run():
         reconciler = reconciler_for(kube, events)
+        reconciler.start()
         reconciler.recheck(("ns", "a"), 0.0)
-        await asyncio.sleep(0.2)  # the timer fires and its reconcile task runs
-        assert [c[0] for c in kube.calls][:1] == ["create_pod"]
+        for _ in range(100):  # the timer fires and a worker reconciles
+            if kube.calls:
+                break
+            await asyncio.sleep(0.05)
+        await reconciler.finish_tasks()
+        await reconciler.close()
+        reconciler.enqueue(("ns", "a"))  # closed: nothing takes it
+        await asyncio.sleep(0.1)
         return reconciler
 
     reconciler = asyncio.run(run())
-    assert reconciler.running_tasks == 0  # finished tasks are let go
+    assert [c[0] for c in kube.calls] == ["create_pod", "patch_job_status"]
+    assert reconciler.running_tasks == 0
+
+
+def test_a_burst_of_events_for_one_job_is_one_reconcile():
+    kube, events = FakeKube(job_body("a"), job_body("b")), []
+
+    async def run():
+        reconciler = reconciler_for(kube, events)
+        for _ in range(5):
+            reconciler.enqueue(("ns", "a"))
+            reconciler.enqueue(("ns", "b"))
+        assert len(reconciler.queue) == 2
+        reconciler.start()
+        await reconciler.finish_tasks()
+        await reconciler.close()
+
+    asyncio.run(run())
+    assert sorted(c[:2] for c in kube.calls) == [
+        ("create_pod", "a-worker-1"),
+        ("create_pod", "b-worker-1"),
+        ("patch_job_status", "a"),
+        ("patch_job_status", "b"),
+    ]
 
 
 def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypatch):
@@ -274,16 +310,20 @@ def test_the_sweep_gives_every_waiting_job_its_place_from_one_plan_and_looks_at_
     async def run():
         reconciler = reconciler_for(kube, events, max_running_jobs=1)
         reconciler.pod_index = {("ns", "running"): [WorkerPod("running-worker-1", 1, "Running", deleting=False)]}
+        reconciler.start()
         await reconciler.sweep()
+        await reconciler.finish_tasks()
         first = list(kube.calls)
         await reconciler.sweep()  # nothing changed since: nothing to write
+        await reconciler.finish_tasks()
+        await reconciler.close()
         return first
 
     first = asyncio.run(run())
     assert {name: kube.jobs[name]["status"]["queuePosition"] for name in kube.jobs if name != "running"} == {
         f"w{i:02d}": i + 1 for i in range(60)
     }
-    # The running job was looked at too (its stored status lacked its conditions).
+    # The running job was queued and looked at too (its stored status lacked its conditions).
     assert sorted(c[1] for c in first) == ["running", *(f"w{i:02d}" for i in range(60))]
     assert {c[0] for c in first} == {"patch_job_status"}
     assert kube.calls == first
