@@ -1,13 +1,10 @@
-"""Two rules of the Kubernetes REST API, as the API server applies them, for tests that stand in for it or read
-what was sent to it: the resource a URL names (`parse_api_path`) and a JSON merge patch
-(`application/merge-patch+json`, RFC 7386) applied to an object (`apply_merge_patch`)."""
+"""A rule of the Kubernetes REST API, as the API server applies it, for tests that read what was sent to it: the
+resource a URL names (`parse_api_path`). The other rule they rely on, a JSON merge patch, is the operator's own
+(promptopt.api.merge_patch)."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,17 +39,3 @@ def parse_api_path(path: str) -> ApiPath | None:
     name = rest[1] if len(rest) > 1 else None
     subresource = "/".join(rest[2:]) or None
     return ApiPath(Resource(group, version, rest[0]), namespace, name, subresource)
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: dicts merge recursively, ``None`` removes, everything else (lists included)
-    replaces. Neither argument is changed."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result

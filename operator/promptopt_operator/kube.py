@@ -41,6 +41,11 @@ API_CALLS = (
 )
 
 
+# Writes of a job ask for its metadata only in the response (the API server's PartialObjectMetadata transformation):
+# the whole job can hold a 1 MiB dataset, and the operator knows the status it wrote (lifecycle.written_job).
+METADATA_ONLY = {"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"}
+
+
 class StaleJob(Exception):
     """The job changed since the version a decision was taken on."""
 
@@ -97,13 +102,20 @@ class KubeClient:
     async def patch_job_status(
         self, namespace: str, name: str, patch: dict[str, Any], resource_version: str
     ) -> dict[str, Any] | None:
-        """Patch the status of the job as it was at `resource_version`, and return the job as written (None if it
-        is gone); StaleJob if it has changed since (the API server's optimistic concurrency: a 409 rather than a
+        """Patch the status of the job as it was at `resource_version`, and return the job's metadata as written (None
+        if it is gone); StaleJob if it has changed since (the API server's optimistic concurrency: a 409 rather than a
         write over news)."""
         body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
         try:
             response = await self._call(
-                self._custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body
+                self._custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                body,
+                _headers=METADATA_ONLY,
             )
         except ApiException as error:
             if error.status == 409:
@@ -111,10 +123,10 @@ class KubeClient:
             if error.status == 404:
                 return None
             raise
-        return json.loads(response)
+        return json.loads(response)["metadata"]
 
     async def label_job(self, namespace: str, name: str, labels: dict[str, str]) -> dict[str, Any] | None:
-        """Merge `labels` into the job's; the job as written (None if it is gone)."""
+        """Merge `labels` into the job's; the job's metadata as written (None if it is gone)."""
         try:
             response = await self._call(
                 self._custom.patch_namespaced_custom_object,
@@ -124,12 +136,13 @@ class KubeClient:
                 PLURAL,
                 name,
                 {"metadata": {"labels": labels}},
+                _headers=METADATA_ONLY,
             )
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return json.loads(response)
+        return json.loads(response)["metadata"]
 
     async def delete_job(self, namespace: str, name: str) -> None:
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from promptopt.api.merge_patch import apply_merge_patch
 from promptopt.api.times import format_duration, format_time, parse_time
 from promptopt.api.v1alpha1 import (
     TERMINAL_PHASES,
@@ -100,9 +101,29 @@ def slim_job(body: Mapping[str, Any], previous: SlimJob | None = None) -> SlimJo
         view = previous.spec
     else:
         view = view_spec(body.get("spec"))
-    rest = {key: value for key, value in body.items() if key != "spec"}
+    return _slim({key: value for key, value in body.items() if key != "spec"}, view, "spec" in body)
+
+
+def written_job(kept: SlimJob, metadata: Mapping[str, Any], status_patch: Mapping[str, Any] | None) -> SlimJob:
+    """The job after a write of ours at the kept job's resourceVersion, from the write's response of metadata only
+    (a PartialObjectMetadata: kube.py asks for no more, as a whole 1 MiB job per response made the operator's memory
+    grow with the jobs' datasets): the kept status with the write's merge patch applied (None: a write of metadata),
+    which is the status as written, since the API server applies a write at that resourceVersion or refuses it."""
+    status = kept.body.get("status") or {}
+    rest = {
+        "apiVersion": kept.body.get("apiVersion"),
+        "kind": kept.body.get("kind"),
+        "metadata": dict(metadata),
+        "status": status if status_patch is None else apply_merge_patch(status, status_patch),
+    }
+    return _slim(rest, kept.spec, has_spec=True)
+
+
+def _slim(rest: dict[str, Any], view: SpecView, has_spec: bool) -> SlimJob:
+    """A job's body without its spec, kept with KEPT_METADATA only, and the view of its spec."""
     # The size of the body as JSON, without serializing the spec again: its place holds `"spec":<spec>`.
-    size = len(json.dumps(rest, separators=(",", ":"))) + (len(',"spec":') + view.json_bytes if "spec" in body else 0)
+    size = len(json.dumps(rest, separators=(",", ":"))) + (len(',"spec":') + view.json_bytes if has_spec else 0)
+    metadata = rest["metadata"]
     rest["metadata"] = {key: metadata[key] for key in KEPT_METADATA if key in metadata}
     return SlimJob(rest, view, size)
 

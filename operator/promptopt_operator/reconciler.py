@@ -7,7 +7,7 @@ one job is one reconcile. Two things go around the queue, in order, one at a tim
 Pods are created in the order the jobs were) and writing the places in line of one plan of the queue. Either way
 one reconcile per job runs at a time (a lock per job).
 
-A reconcile decides on the job as its watch last delivered it (or as our own last write returned it), never on a
+A reconcile decides on the job as its watch last delivered it (or as our own last write left it), never on a
 GET of its own: a read per reconcile was a third of the operator's requests. What could be stale is guarded by
 the API server's optimistic concurrency: the status patch carries the resourceVersion it was decided on, and if the
 job changed since (a 409), the newer job is on its way through the watch, and its event is reconciled whatever it
@@ -42,6 +42,7 @@ from promptopt_operator.lifecycle import (
     pod_refused,
     reconcile_error_delay,
     slim_job,
+    written_job,
 )
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.output import (
@@ -434,7 +435,7 @@ class Reconciler:
             if patched is None or key not in self._jobs:  # deleted (and forgotten) while this reconcile ran
                 self.forget(key)
                 return
-            written = self._keep(key, patched)
+            written = self._keep(key, kept, patched, decision.status)
             self._count_failure(job, decision)
         delivers = job.spec is not None and (job.spec.output or job.spec.mlflow) and not job.deleting
         if delivers and (written.body.get("status") or {}).get("phase") in TERMINAL_PHASES:
@@ -446,7 +447,7 @@ class Reconciler:
             if labelled is None or key not in self._jobs:
                 self.forget(key)
                 return
-            written = self._keep(key, labelled)
+            written = self._keep(key, written, labelled, None)
         if (record := self._jobs.get(key)) is not None:
             record.decided = decision_inputs(written.body)
         for event in decision.events:
@@ -456,11 +457,17 @@ class Reconciler:
         if decision.recheck_after is not None:
             self.recheck(key, decision.recheck_after)
 
-    def _keep(self, key: JobKey, body: dict[str, Any]) -> SlimJob:
-        """Keep the job as a write's response shows it (its spec parsed once per generation)."""
+    def _keep(
+        self, key: JobKey, kept: SlimJob, metadata: dict[str, Any], status_patch: dict[str, Any] | None
+    ) -> SlimJob:
+        """The job as our write on `kept` left it (the metadata its response gave, and the status patch it applied;
+        None: a write of metadata), kept unless the watch brought the job while the write was under way: that body
+        is this write's echo, or newer, or older with the echo on its way, and the watch delivers in order."""
+        written = written_job(kept, metadata, status_patch)
         record = self._jobs[key]
-        record.keep(body)
-        return record.job
+        if record.job is kept:
+            record.job = written
+        return written
 
     async def _deliver_ending(self, key: JobKey, uid: str, written: SlimJob) -> SlimJob:
         """What an ended job delivers: its output (spec.output) and the condition of its MLflow registration; the
@@ -512,7 +519,7 @@ class Reconciler:
         if patched is None or key not in self._jobs:
             self.forget(key)
             return kept
-        written = self._keep(key, patched)
+        written = self._keep(key, kept, patched, patch)
         self.post_event(kept.body, Event("Normal" if outcome.written else "Warning", outcome.reason, outcome.message))
         return written
 

@@ -1,8 +1,8 @@
-"""The Kubernetes REST API's rules the tests rely on: which resource a URL names, and a JSON merge patch."""
+"""The Kubernetes REST API's rule the tests rely on: which resource a URL names."""
 
 import pytest
 
-from promptopt_harness.kube_rest import ApiPath, Resource, apply_merge_patch, parse_api_path
+from promptopt_harness.kube_rest import ApiPath, Resource, parse_api_path
 
 PODS = Resource("", "v1", "pods")
 JOBS = Resource("promptopt.dev", "v1alpha1", "promptoptimizationjobs")
@@ -34,16 +34,3 @@ def test_a_resource_url_names_its_resource_namespace_name_and_subresource(path, 
 @pytest.mark.parametrize("path", ["/api", "/api/v1", "/apis", "/apis/promptopt.dev/v1alpha1", "/version", "/livez"])
 def test_discovery_urls_name_no_resource(path):
     assert parse_api_path(path) is None
-
-
-def test_merge_patch_merges_dicts_replaces_lists_and_removes_nulls():
-    target = {"a": {"b": 1, "c": 2}, "l": [1, 2], "x": 1}
-    patch = {"a": {"b": None, "d": 3}, "l": [3], "x": None, "new": {"n": None, "m": 1}}
-    assert apply_merge_patch(target, patch) == {"a": {"c": 2, "d": 3}, "l": [3], "new": {"m": 1}}
-    assert target == {"a": {"b": 1, "c": 2}, "l": [1, 2], "x": 1}  # untouched
-
-
-def test_a_merge_patch_that_is_no_object_replaces_the_target():
-    assert apply_merge_patch({"a": 1}, [1]) == [1]
-    assert apply_merge_patch({"a": 1}, "x") == "x"
-    assert apply_merge_patch("x", {"a": 1}) == {"a": 1}

@@ -1,11 +1,13 @@
 """The job's lifecycle decisions, as pure functions over plain data."""
 
+import copy
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from promptopt.api.merge_patch import apply_merge_patch
 from promptopt.api.times import format_time
 from promptopt.api.v1alpha1 import read_status
 from promptopt.api.validation import parse_spec
@@ -16,6 +18,7 @@ from promptopt_operator.lifecycle import (
     pod_refused,
     retry_delay,
     slim_job,
+    written_job,
     view_spec,
 )
 from promptopt_operator.queue import Slot
@@ -661,3 +664,22 @@ def test_a_spec_is_parsed_once_per_generation_and_an_invalid_one_keeps_its_probl
     kept = Job.from_slim(slim_job(invalid))
     assert kept.spec is None and kept.run_hash is None and kept.spec_problems
     assert decide(kept, [], NOW, SETTINGS, START).status["phase"] == "Failed"
+
+
+def test_a_job_after_our_status_write_is_the_job_the_api_server_would_return():
+    """A status write answers with the job's metadata only (PartialObjectMetadata): the kept status with the write's
+    patch applied is the whole response, slimmed, as the write was made at the kept job's resourceVersion."""
+    before = large_body(status={"phase": "Pending", "attempts": 1, "message": "starting", "progress": {"percent": 0}})
+    patch = {"phase": "Running", "message": None, "progress": {"percent": 5}, "startTime": ago(1)}
+    after = copy.deepcopy(before)
+    after["status"] = apply_merge_patch(after["status"], patch)
+    after["metadata"]["resourceVersion"] = "8"
+    after["metadata"]["managedFields"].append({"manager": "promptopt", "subresource": "status"})
+    kept = slim_job(before)
+    written = written_job(kept, after["metadata"], patch)
+    assert written == slim_job(after, kept) and written.spec is kept.spec
+    assert kept.body["status"]["phase"] == "Pending"  # what was kept is not changed under its readers
+    labelled = copy.deepcopy(after)
+    labelled["metadata"]["labels"]["prompt.promptopt.dev/p"] = "3"
+    labelled["metadata"]["resourceVersion"] = "9"
+    assert written_job(written, labelled["metadata"], None) == slim_job(labelled, written)

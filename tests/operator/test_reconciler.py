@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from promptopt_harness.kube_rest import apply_merge_patch
+from promptopt.api.merge_patch import apply_merge_patch
 from promptopt_operator.kube import StaleJob
 from promptopt_operator.lifecycle import reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
@@ -41,7 +41,8 @@ def job_body(name, created="2026-12-01T10:00:00Z", **status):
 
 class FakeKube:
     """The operator's KubeClient in memory: jobs by name, every call recorded, failures on demand. As the API
-    server does, every write moves the job's resourceVersion and a status patch at an older one is refused."""
+    server does, every write moves the job's resourceVersion, a status patch at an older one is refused, and a write
+    answers with the job's metadata only."""
 
     def __init__(self, *jobs):
         self.jobs = {job["metadata"]["name"]: job for job in jobs}
@@ -62,7 +63,7 @@ class FakeKube:
             raise StaleJob(name)
         self.jobs[name]["status"] = apply_merge_patch(self.jobs[name]["status"], patch)
         self.changed(name)
-        return copy.deepcopy(self.jobs[name])
+        return copy.deepcopy(self.jobs[name]["metadata"])  # as the operator asks: PartialObjectMetadata
 
     def changed(self, name):
         metadata = self.jobs[name]["metadata"]

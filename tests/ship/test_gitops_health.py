@@ -13,7 +13,7 @@ import yaml
 from lupa.lua51 import LuaRuntime, lua_type
 
 from promptopt.api.v1alpha1 import API_VERSION, KIND, TERMINAL_PHASES, Phase
-from promptopt_harness.kube_rest import apply_merge_patch
+from promptopt.api.merge_patch import apply_merge_patch
 from promptopt_operator.lifecycle import Job, decide
 from promptopt_operator.queue import Slot
 from promptopt_operator.pods import WorkerPod, pod_name
