@@ -109,12 +109,13 @@ async def worker_pods(namespace: str, annotations: kopf.Annotations, body: kopf.
 
 
 def current_reconciler(memo: kopf.Memo, job_queue: kopf.Index, worker_pods: kopf.Index) -> Reconciler:
-    """The Reconciler, with kopf's indexes as they stand. The first handler starts it, in a copy of its context:
-    kopf.event finds kopf's Event queue through context variables that kopf sets for handlers, not for startup."""
+    """The Reconciler, with kopf's index of worker Pods as it stands. The first handler starts it, with every job of
+    kopf's index (complete before any handler runs), in a copy of its context: kopf.event finds kopf's Event queue
+    through context variables that kopf sets for handlers, not for startup."""
     reconciler: Reconciler = memo.reconciler
-    reconciler.index, reconciler.pod_index = job_queue, worker_pods
+    reconciler.pod_index = worker_pods
     if not reconciler.started:
-        reconciler.start(contextvars.copy_context())
+        reconciler.start([entry for store in job_queue.values() for entry in store], contextvars.copy_context())
     return reconciler
 
 

@@ -59,7 +59,7 @@ from promptopt_operator.output import (
     write_failed,
 )
 from promptopt_operator.pods import WorkerPod, observe_pod, worker_pod_manifest
-from promptopt_operator.queue import JobKey, QueueEntry, Slot, plan, slot_for, stale_positions
+from promptopt_operator.queue import JobKey, Line, QueueEntry, Slot
 from promptopt_operator.settings import OperatorSettings
 from promptopt_operator.workqueue import WorkQueue
 
@@ -145,9 +145,10 @@ class Reconciler:
         # keeps every job's latest body and kopf's indexes as the leader does, so that it can take over at once.
         self.leading = True
         metrics.leader.set(1)
-        # kopf's index of every job (filled from the initial list before any handler runs, so a restarted
-        # operator knows every running job before it starts a waiting one).
-        self.index: Mapping[JobKey, Iterable[QueueEntry]] = {}
+        # The queue: every job's entry, loaded at start from kopf's index (filled from the initial list before any
+        # handler runs, so a restarted operator knows every running job before it starts a waiting one), then kept
+        # up to date from each job's events.
+        self.line = Line()
         # kopf's index of worker Pods by job (observe_pod of each).
         self.pod_index: Mapping[JobKey, Iterable[WorkerPod]] = {}
         # Every job seen, from its first event until it is forgotten.
@@ -155,8 +156,6 @@ class Reconciler:
         # The jobs that need a look, and the count of their failed reconciles in a row (their back-off).
         self.queue: WorkQueue[JobKey] = WorkQueue(reconcile_error_delay, metrics.workqueue_wait_seconds.observe)
         metrics.workqueue_depth.set_function(lambda: len(self.queue))
-        # Jobs given a slot whose new phase has not come back through the watch yet.
-        self._starting: set[JobKey] = set()
         self._waking: asyncio.Task | None = None
         self._refreshing_positions: asyncio.Task | None = None
         # The workers and the sweep, from start() until close(), and the context they and every task run in.
@@ -169,11 +168,9 @@ class Reconciler:
 
     # -- the queue ---------------------------------------------------------------------------------------
 
-    def entries(self) -> list[QueueEntry]:
-        return [entry for store in self.index.values() for entry in store]
-
     def job_seen(self, key: JobKey, body: dict[str, Any]) -> bool:
         """Keep the job as last seen; whether it says something a decision has not taken into account yet."""
+        self.line.put(queue_entry(*key, body))
         record = self._jobs.get(key)
         if record is None:
             record = self._jobs[key] = JobRecord(slim_job(body))
@@ -216,7 +213,7 @@ class Reconciler:
         return True
 
     def forget(self, key: JobKey) -> None:
-        self._starting.discard(key)
+        self.line.remove(key)
         self._jobs.pop(key, None)
         self.queue.discard(key)
 
@@ -227,7 +224,7 @@ class Reconciler:
         the last leader left undone, a TTL or an output delivery due, a queue slot freed), running jobs first."""
         self.leading = True
         self.metrics.leader.set(1)
-        for entry in sorted(self.entries(), key=lambda entry: entry.phase in (*WAITING_PHASES, *TERMINAL_PHASES)):
+        for entry in sorted(self.line, key=lambda entry: entry.phase in (*WAITING_PHASES, *TERMINAL_PHASES)):
             self.enqueue(entry.key)
         self.wake_waiting()
 
@@ -240,10 +237,13 @@ class Reconciler:
     def started(self) -> bool:
         return bool(self._background)
 
-    def start(self, context: contextvars.Context | None = None) -> None:
-        """Start the workers and the sweep, in `context` (a copy of the current one by default), as every task of
-        this reconciler: kopf.event finds kopf's Event queue in context variables that kopf sets for its handlers
-        only, so the operator starts the reconciler from its first handler (handlers.py)."""
+    def start(self, jobs: Iterable[QueueEntry] = (), context: contextvars.Context | None = None) -> None:
+        """Start the workers and the sweep, knowing `jobs` (every job listed so far), in `context` (a copy of the
+        current one by default), as every task of this reconciler: kopf.event finds kopf's Event queue in context
+        variables that kopf sets for its handlers only, so the operator starts the reconciler from its first handler
+        (handlers.py)."""
+        for entry in jobs:
+            self.line.put(entry)
         self._context = context or contextvars.copy_context()
         loop = asyncio.get_running_loop()
         self._background = [loop.create_task(self._work(), context=self._context) for _ in range(RECONCILE_WORKERS)]
@@ -267,19 +267,7 @@ class Reconciler:
                 self.queue.done(key)
 
     def phases(self) -> list[str | None]:
-        return [e.phase for e in self.entries()]
-
-    def _queue(self) -> list[QueueEntry]:
-        """The queue's entries, counting the jobs given a slot just now as started."""
-        entries = self.entries()
-        self._starting.intersection_update(e.key for e in entries if e.phase in (None, "Queued"))
-        return [QueueEntry(e.key, e.created, "Pending", e.cancelled) if e.key in self._starting else e for e in entries]
-
-    def _slots(self) -> dict[JobKey, Slot]:
-        return plan(self._queue(), self.settings.max_running_jobs)
-
-    def _slot(self, key: JobKey) -> Slot | None:
-        return slot_for(self._queue(), key, self.settings.max_running_jobs)
+        return [e.phase for e in self.line]
 
     def _spawn(self, coroutine: Any) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine, context=self._context)
@@ -299,9 +287,7 @@ class Reconciler:
 
     async def _refresh_positions(self) -> None:
         await asyncio.sleep(QUEUE_POSITION_DELAY_SECONDS)
-        for key, position in stale_positions(
-            self._queue(), self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS
-        ).items():
+        for key, position in self.line.stale_positions(self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS).items():
             await self.reconcile(*key, queue_position=position)
 
     async def _sweep_forever(self) -> None:
@@ -317,25 +303,24 @@ class Reconciler:
     async def sweep(self) -> None:
         """Every unfinished job once more: each waiting job whose stored place in line is out of date gets its place
         (from one plan of the queue), and the others are queued to be reconciled on what was last seen of them."""
-        queue = self._queue()
-        if any(slot.may_start for slot in self._slots().values()):
+        limit = self.settings.max_running_jobs
+        if self.line.may_start(limit):
             self.wake_waiting()
-        for key, position in stale_positions(
-            queue, self.settings.max_running_jobs, EXACT_QUEUE_POSITIONS, QUEUE_POSITION_TOLERANCE
-        ).items():
+        unfinished = [e.key for e in self.line if e.phase not in (*TERMINAL_PHASES, *WAITING_PHASES)]
+        for key, position in self.line.stale_positions(limit, EXACT_QUEUE_POSITIONS, QUEUE_POSITION_TOLERANCE).items():
             await self.reconcile(*key, queue_position=position)
-        for entry in queue:
-            if entry.phase not in (*TERMINAL_PHASES, *WAITING_PHASES):
-                self.enqueue(entry.key)
+        for key in unfinished:
+            self.enqueue(key)
 
     async def _start_waiting(self) -> None:
         # One at a time, in the queue's order, so Pods are created in the order the jobs were created;
         # until nothing more may start (slots freed while this runs are taken too).
-        while startable := [key for key, slot in self._slots().items() if slot.may_start and key not in self._starting]:
+        limit = self.settings.max_running_jobs
+        while startable := self.line.may_start(limit):
             for key in startable:
                 await self.reconcile(*key)
-            if all(key not in self._starting for key in startable):
-                break  # none of them could start (e.g. cancelled meanwhile): do not spin
+            if all(self.line.slot(key, limit) is not None for key in startable):
+                break  # all of them still wait (none could start): do not spin
         self.queue_changed()  # whether jobs started or one left the line, the others' places moved
 
     # -- worker Pods ---------------------------------------------------------------------------------------
@@ -398,7 +383,8 @@ class Reconciler:
             if queue_position is not None:
                 slot = Slot(may_start=False, position=queue_position)
             else:
-                slot = self._slot(key) or slot  # only a job that waits to start needs its place in line
+                # Only a job that waits to start needs its place in line.
+                slot = self.line.slot(key, self.settings.max_running_jobs) or slot
                 if job.status.phase == "Queued":
                     slot = Slot(slot.may_start)
         decision = decide(job, pods, datetime.now(UTC), self.settings, slot)
@@ -537,11 +523,11 @@ class Reconciler:
             spec_hash,
         )
         kopf.adopt(manifest, owner=cast(kopf.Body, body))
-        self._starting.add(key)  # before the request: plans made while it is under way count the slot as taken
+        self.line.start(key)  # before the request: plans made while it is under way count the slot as taken
         try:
             created = await self.kube.create_pod(namespace, manifest)
         except Exception:
-            self._starting.discard(key)  # or the job would hold a slot it never took, and wait behind itself
+            self.line.start_failed(key)  # or the job would hold a slot it never took, and wait behind itself
             raise
         if (record := self._jobs.get(key)) is not None:
             record.created[manifest["metadata"]["name"]] = observe_pod(manifest)

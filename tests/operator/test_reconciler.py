@@ -4,7 +4,6 @@ decides again when the job changed under it, and how it retries when the API fai
 import asyncio
 import copy
 
-import pytest
 
 from promptopt.api.merge_patch import apply_merge_patch
 from promptopt_operator.kube import StaleJob
@@ -12,7 +11,7 @@ from promptopt_operator.lifecycle import reconcile_error_delay
 from promptopt_operator.metrics import OperatorMetrics
 from promptopt_operator.pods import WorkerPod
 from promptopt_operator.queue import QueueEntry
-from promptopt_operator.reconciler import Reconciler, queue_entry
+from promptopt_operator.reconciler import Reconciler
 from promptopt_operator.settings import OperatorSettings
 
 SPEC = {
@@ -88,7 +87,6 @@ def reconciler_for(kube, events, **settings):
         OperatorMetrics(lambda: []),
         post_event=lambda body, event: events.append((body["metadata"]["name"], event.reason)),
     )
-    reconciler.index = {("ns", name): [queue_entry("ns", name, body)] for name, body in kube.jobs.items()}
     for name in kube.jobs:
         watched(reconciler, kube, name)
     return reconciler
@@ -258,7 +256,7 @@ def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypat
     async def run():
         reconciler = reconciler_for(kube, events, max_running_jobs=1)
         # The running job finished: w0 may start, and everyone behind it moves up one.
-        reconciler.index[("ns", "running")] = [QueueEntry(("ns", "running"), "2026-12-01T10:00:00Z", "Succeeded")]
+        reconciler.line.put(QueueEntry(("ns", "running"), "2026-12-01T10:00:00Z", "Succeeded"))
         reconciler.wake_waiting()
         await reconciler.finish_tasks()
 
@@ -269,32 +267,6 @@ def test_positions_at_the_queue_front_are_refreshed_soon_after_a_start(monkeypat
         "w1": 1,
         "w2": 2,
     }
-
-
-@pytest.mark.parametrize(
-    "front, tolerance, refreshed",
-    [
-        (1, None, {"w1": 1}),
-        (5, None, {"w1": 1, "w2": 2, "w3": 3}),
-        # Behind the front: w2 is off by 1 of 2 (50%), w3 by 1 of 3 (33%), w4 stored 44 for 40 (10%, not more).
-        (1, 0.1, {"w1": 1, "w2": 2, "w3": 3}),
-        (1, 0.05, {"w1": 1, "w2": 2, "w3": 3, "w4": 40}),
-    ],
-)
-def test_the_front_of_the_queue_is_refreshed_exactly_and_the_rest_when_far_off(front, tolerance, refreshed):
-    """Rewriting every waiting job's position on every start would cost O(waiting) writes a start."""
-    from promptopt_operator.queue import stale_positions
-
-    entries = [
-        QueueEntry(("ns", "w0"), "1", "Running"),
-        QueueEntry(("ns", "w1"), "2", "Queued", position=2),
-        QueueEntry(("ns", "w2"), "3", "Queued", position=3),
-        QueueEntry(("ns", "w3"), "4", "Queued", position=4),
-        *(QueueEntry(("ns", f"x{i:02d}"), f"5{i:02d}", "Queued", position=i + 4) for i in range(36)),
-        QueueEntry(("ns", "w4"), "6", "Queued", position=44),
-    ]
-    found = stale_positions(entries, limit=1, front=front, tolerance=tolerance)
-    assert {key[1]: position for key, position in found.items() if not key[1].startswith("x")} == refreshed
 
 
 def test_the_sweep_gives_every_waiting_job_its_place_from_one_plan_and_looks_at_running_ones():
