@@ -54,6 +54,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.reporting_component = EVENT_SOURCE
     settings.posting.reporting_instance = socket.gethostname()
     settings.watching.server_timeout = 300
+    # kopf's worker for an object keeps the object's last event (its whole body, a 1 MiB dataset included) while it
+    # waits for the next one, 5 s by default: every job changed in the last 5 s stayed in memory. A worker that
+    # idles for a tenth of a second (kopf's batch window) lets it go; a later event starts a new one.
+    settings.queueing.idle_timeout = 0.1
     metrics = OperatorMetrics(lambda: memo.reconciler.phases())
     kube = KubeClient()
     reconciler = memo.reconciler = Reconciler(kube, operator_settings, metrics)
