@@ -132,8 +132,18 @@ def test_uninstall_leaves_the_crd_and_the_jobs_and_a_new_install_finishes_them(p
     finally:
         pods.helm.install(pods.chart, pods.values())
     status = wait_for_phase(pods.cluster, "across-reinstall", "Succeeded", timeout=120)
-    events = [(e["reason"], e["message"], e.get("reportingInstance")) for e in pods.cluster.list("events")]
-    assert status["finalScores"]["aggregate"] is not None and status["attempts"] == 1, (status, events)
+    # Said in full if it fails (a tuple would be cut short): it once took a second attempt, cause not yet known.
+    said = "\n".join(
+        [
+            f"attempts {status.get('attempts')}, last failure {status.get('lastFailure')}",
+            *(
+                f"{e.get('lastTimestamp') or e.get('eventTime')} {e['involvedObject']['kind']}/"
+                f"{e['involvedObject']['name']} {e['reason']}: {e['message']} ({e.get('reportingInstance')})"
+                for e in pods.cluster.list("events")
+            ),
+        ]
+    )
+    assert status["finalScores"]["aggregate"] is not None and status["attempts"] == 1, said
 
 
 def test_the_readme_flow_without_a_key_helm_apply_wait_get_and_the_configmap(pods, node_kubectl):
