@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from promptopt_harness.client import ApiError
-from promptopt_harness.jobs import eventually, table_rows, wait_for_phase, worker_pods
+from promptopt_harness.jobs import eventually, status_of, table_rows, wait_for_phase, worker_pods
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +121,13 @@ def test_uninstall_leaves_the_crd_and_the_jobs_and_a_new_install_finishes_them(p
     node_llm.set_latency(0.3)
     readme_jobs("across-reinstall")
     wait_for_phase(pods.cluster, "across-reinstall", "Running", timeout=90)
+    # The worker has read its job and inputs once it scores: uninstalled before that (RBAC gone), it could not
+    # start the run, and the next operator would rightly count a second attempt.
+    eventually(
+        lambda: status_of(pods.cluster, "across-reinstall").get("progress", {}).get("metricCalls"),
+        90,
+        "the worker's first scores",
+    )
     pods.helm.uninstall()
     try:
         eventually(lambda: not pods.operator_pods(), 90, "the operator Pods to go")
@@ -132,7 +139,7 @@ def test_uninstall_leaves_the_crd_and_the_jobs_and_a_new_install_finishes_them(p
     finally:
         pods.helm.install(pods.chart, pods.values())
     status = wait_for_phase(pods.cluster, "across-reinstall", "Succeeded", timeout=120)
-    # Said in full if it fails (a tuple would be cut short): it once took a second attempt, cause not yet known.
+    # Said in full if it fails (a tuple would be cut short).
     said = "\n".join(
         [
             f"attempts {status.get('attempts')}, last failure {status.get('lastFailure')}",
