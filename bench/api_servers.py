@@ -15,7 +15,7 @@ import collections
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +150,16 @@ class KubeApiServer:
         (a watch is logged when it ends, and the log is written in batches, flushed as the server shuts down)."""
         operators = {realkube.service_account_user(*account) for account in self._service_accounts.values()}
         counts = collections.Counter(
-            (audit_client(event, operators), audit_what(event)) for event in self.cluster.audit_events()
+            (audit_client(event, operators), audit_what(event)) for event in self.audit_events()
         )
         found: dict[str, dict[str, int]] = {}
         for (client, what), count in sorted(counts.items()):
             found.setdefault(client, {})[what] = count
         return found
+
+    def audit_events(self) -> Iterator[dict[str, Any]]:
+        """Every request it served, as its audit log has them (whole once it has stopped, as for requests())."""
+        return self.cluster.audit_events()
 
     def describe(self) -> dict[str, Any]:
         return {"title": self.title, "api_processes": list(self.api_processes)}

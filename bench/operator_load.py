@@ -37,8 +37,10 @@ from typing import Any
 import urllib3
 import yaml
 
-from bench.api_servers import BENCH_DIR, NAMESPACE, STOP_TIMEOUT_S, KubeApiServer, start, wait_until
+from bench.api_servers import BENCH_DIR, NAMESPACE, STOP_TIMEOUT_S, KubeApiServer, client_of, start, wait_until
 from promptopt.api.times import parse_time
+from promptopt.api.v1alpha1 import PLURAL
+from promptopt_harness import realkube
 from promptopt_harness.operator_process import OperatorProcess, free_port
 from promptopt_harness.processes import stop_process
 
@@ -149,10 +151,13 @@ class Cluster:
     """A real control plane (bench/api_servers.py) and the local kubelet, their files in `workdir`; `api` is this
     process's client, as the server's admin. `requests` holds what the server served, by client, once stopped."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, keep_audit: bool = False):
         self.server = KubeApiServer(workdir)
         self.workdir = workdir
         self.requests: dict[str, dict[str, int]] = {}  # client -> what -> count, once stopped
+        # With keep_audit, every request the server served (its audit log's entries), once stopped.
+        self.keep_audit = keep_audit
+        self.audit: list[dict[str, Any]] = []
         self._kubelet: subprocess.Popen | None = None
 
     def cpu_seconds(self) -> dict[str, float]:
@@ -192,6 +197,8 @@ class Cluster:
             stop_process(self._kubelet, STOP_TIMEOUT_S)
         self.server.__exit__()
         self.requests = self.server.requests()
+        if self.keep_audit:
+            self.audit = list(self.server.audit_events())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -402,6 +409,45 @@ def seconds_between(earlier: str, later: str) -> int:
     return int((end - start).total_seconds())
 
 
+def cancel_path(audit: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Where a cancel's time goes, from the server's own clock (its audit log, microseconds): the cancel's write,
+    then the operator (watch event → its decision → its Pod delete arriving), the delete's write, then the node (the
+    kubelet sees the deletion, stops the container, and removes the Pod). Times in ms, as summary() gives them."""
+    cancelled: dict[str, float] = {}  # job -> the cancel's write done
+    cancel_written: dict[str, float] = {}
+    delete_sent: dict[str, float] = {}  # job -> the operator's Pod delete received
+    delete_done: dict[str, float] = {}
+    removed: dict[str, float] = {}  # job -> the kubelet's final delete done
+    for event in audit:
+        ref, verb = event.get("objectRef") or {}, event["verb"]
+        received, done = audit_time(event["requestReceivedTimestamp"]), audit_time(event["stageTimestamp"])
+        name = ref.get("name") or ""
+        if ref.get("resource") == PLURAL and verb == "patch" and not ref.get("subresource"):
+            if client_of(event.get("userAgent", "")) == "bench":
+                cancelled.setdefault(name, received)
+                cancel_written.setdefault(name, done)
+        elif ref.get("resource") == "pods" and verb == "delete" and not ref.get("subresource"):
+            job = name.rsplit("-worker-", 1)[0]
+            if event["user"]["username"] == realkube.KUBELET_USER:
+                removed.setdefault(job, done)
+            else:
+                delete_sent.setdefault(job, received)
+                delete_done.setdefault(job, done)
+    names = list(cancelled)
+    return {
+        "cancel_write": summary(latencies_ms(cancelled, cancel_written, names)),
+        "operator": summary(latencies_ms(cancel_written, delete_sent, names)),
+        "delete_write": summary(latencies_ms(delete_sent, delete_done, names)),
+        "node": summary(latencies_ms(delete_done, removed, names)),
+    }
+
+
+def audit_time(text: str) -> float:
+    moment = parse_time(text)
+    assert moment is not None, f"an audit entry without a time: {text!r}"
+    return moment.timestamp()
+
+
 def api_requests(counts: dict[str, dict[str, int]], jobs: int) -> dict[str, Any]:
     """Requests the API server served, per job: the operator's (kopf's own and its Kubernetes client's) and
     the node's (the kubelet and the scheduler it plays, a user of its own); the full breakdown by client and
@@ -419,7 +465,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
     """N jobs at once with long-running Pods, then all cancelled: ours (`which="ours"`) or the kopf floor."""
     names = [f"lat-{i:05d}" for i in range(jobs)]
     with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
-        cluster = Cluster(Path(tmp))
+        cluster = Cluster(Path(tmp), keep_audit=True)
         with (
             cluster,
             (
@@ -444,6 +490,11 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
                 ),
                 process=process,
             )
+            cpu_at_cancel = {
+                "operator": cpu_seconds(process.pid),
+                **cluster.cpu_seconds(),
+                "bench": time.process_time(),
+            }
             cancel_jobs(cluster.api, seen, names)
             wait_until(
                 lambda: seen.count(lambda: seen.pod_deleted) >= jobs,
@@ -451,6 +502,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
                 lambda: f"{which}: {seen.count(lambda: seen.pod_deleted)} of {jobs} Pods deleted after cancel",
                 process=process,
             )
+            cancel_seconds = time.monotonic() - min(seen.cancelled.values())
             rss = peak_rss_mib(process.pid)
             cpu_after = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
         running = {n: p["Running"] for n, p in seen.phases.items() if "Running" in p}
@@ -462,6 +514,9 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
             "create_to_pod_ms": summary(latencies_ms(seen.created, seen.pod_created, names)),
             "create_to_running_ms": summary(latencies_ms(seen.created, running, names)) if which == "ours" else None,
             "cancel_to_pod_deleted_ms": summary(latencies_ms(seen.cancelled, seen.pod_deleted, names)),
+            "cancel_path_ms": cancel_path(cluster.audit),
+            "cancel_seconds": cancel_seconds,
+            "cancel_cpu_seconds": {name: cpu_after[name] - cpu_at_cancel[name] for name in cpu_after},
             "launch_jobs_per_s": jobs / (last_pod - first_create),
             "pods_per_job_max": max(len(p) for p in seen.pods.values()),
             "peak_rss_mib": rss,

@@ -86,6 +86,8 @@ def operator_section(results: dict[str, Any]) -> Section:
                     result=verdict(r is not None and r <= P99_CREATE_TO_POD_VS_FLOOR),
                 )
             rows.append(row)
+    if "cancel_path_ms" in ours and "cancel_path_ms" in floor:
+        rows.extend(cancel_path_rows(ours, floor))
     running = ours["create_to_running_ms"]
     rows.append(
         Row("create → job Running, p50 / p99 (ms)", f"{ms(running['p50'])} / {ms(running['p99'])}", "— (no phase)")
@@ -135,6 +137,35 @@ def operator_section(results: dict[str, Any]) -> Section:
         "kopf floor (bench/floor_operator.py)",
         rows,
     )
+
+
+def cancel_path_rows(ours: dict[str, Any], floor: dict[str, Any]) -> list[Row]:
+    """Where the cancels' time went (the API server's clock), and the CPU each side used while they were under way:
+    on a machine whose cores are all busy, what one process spends the others wait for."""
+    rows = []
+    for label, key in (
+        ("the operator's part (cancel written → Pod delete arrives)", "operator"),
+        ("the node's part (Pod delete written → Pod removed)", "node"),
+    ):
+        value, reference = ours["cancel_path_ms"][key]["p99"], floor["cancel_path_ms"][key]["p99"]
+        rows.append(Row(f"cancel: {label}, p99 (ms)", ms(value), ms(reference), times(ratio(value, reference))))
+    seconds, floor_seconds = ours["cancel_seconds"], floor["cancel_seconds"]
+    rows.append(
+        Row(
+            "cancel phase, first cancel → last Pod removed (s)",
+            f"{seconds:.2f}",
+            f"{floor_seconds:.2f}",
+            times(ratio(seconds, floor_seconds)),
+        )
+    )
+    api = ours["server"]["api_processes"]
+    for label, names in (("operator", ["operator"]), (" + ".join(api), api), ("kubelet", ["kubelet"])):
+        value = sum(ours["cancel_cpu_seconds"][name] for name in names)
+        reference = sum(floor["cancel_cpu_seconds"][name] for name in names)
+        rows.append(
+            Row(f"cancel phase: {label} CPU (s)", f"{value:.2f}", f"{reference:.2f}", times(ratio(value, reference)))
+        )
+    return rows
 
 
 def queue_section(queue: dict[str, Any]) -> Section:

@@ -30,6 +30,11 @@ OPERATOR_ROWS = [
     "operator API requests per job",
     "operator CPU (s)",
     "Pods per job (max)",
+    "cancel: the operator's part (cancel written → Pod delete arrives), p99 (ms)",
+    "cancel: the node's part (Pod delete written → Pod removed), p99 (ms)",
+    "cancel phase, first cancel → last Pod removed (s)",
+    "cancel phase: operator CPU (s)",
+    "cancel phase: kubelet CPU (s)",
 ]
 QUEUE_ROWS = [
     "jobs Succeeded",
@@ -96,7 +101,11 @@ TARGET_ROWS = [
 def operator_rows(server: str, api_cpu: str) -> dict[str, list[str]]:
     """The operator tables of the quick sizes on one server, as the report titles them."""
     return {
-        f"Operator on {server}: 5 jobs created at once": [*OPERATOR_ROWS, f"{api_cpu} CPU (s)"],
+        f"Operator on {server}: 5 jobs created at once": [
+            *OPERATOR_ROWS,
+            f"{api_cpu} CPU (s)",
+            f"cancel phase: {api_cpu} CPU (s)",
+        ],
         f"Operator queue on {server}: 10 jobs created at once, --max-running-jobs 3": [
             *QUEUE_ROWS,
             f"operator / {api_cpu} CPU (s)",
