@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,19 +151,18 @@ class Cluster:
     """A real control plane (bench/api_servers.py) and the local kubelet, their files in `workdir`; `api` is this
     process's client, as the server's admin. `requests` holds what the server served, by client, once stopped."""
 
-    def __init__(self, workdir: Path, keep_audit: bool = False):
+    def __init__(self, workdir: Path):
         self.server = KubeApiServer(workdir)
         self.workdir = workdir
         self.requests: dict[str, dict[str, int]] = {}  # client -> what -> count, once stopped
-        # With keep_audit, every request the server served (its audit log's entries), once stopped.
-        self.keep_audit = keep_audit
-        self.audit: list[dict[str, Any]] = []
         self._kubelet: subprocess.Popen | None = None
 
-    def cpu_seconds(self) -> dict[str, float]:
+    def cpu_seconds(self, operator: subprocess.Popen) -> dict[str, float]:
+        """CPU seconds used so far by each process: the operator under test, the server's, the kubelet, and this
+        one (the bench)."""
         assert self._kubelet is not None
-        pids = {**self.server.pids(), "kubelet": self._kubelet.pid}
-        return {name: cpu_seconds(pid) for name, pid in pids.items()}
+        pids = {"operator": operator.pid, **self.server.pids(), "kubelet": self._kubelet.pid}
+        return {**{name: cpu_seconds(pid) for name, pid in pids.items()}, "bench": time.process_time()}
 
     def __enter__(self) -> Cluster:
         self.server.__enter__()
@@ -197,8 +196,6 @@ class Cluster:
             stop_process(self._kubelet, STOP_TIMEOUT_S)
         self.server.__exit__()
         self.requests = self.server.requests()
-        if self.keep_audit:
-            self.audit = list(self.server.audit_events())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -409,12 +406,12 @@ def seconds_between(earlier: str, later: str) -> int:
     return int((end - start).total_seconds())
 
 
-def cancel_path(audit: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+def cancel_path(audit: Iterable[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Where a cancel's time goes, from the server's own clock (its audit log, microseconds): the cancel's write,
     then the operator (watch event → its decision → its Pod delete arriving), the delete's write, then the node (the
     kubelet sees the deletion, stops the container, and removes the Pod). Times in ms, as summary() gives them."""
-    cancelled: dict[str, float] = {}  # job -> the cancel's write done
-    cancel_written: dict[str, float] = {}
+    cancelled: dict[str, float] = {}  # job -> the cancel's write received
+    cancel_written: dict[str, float] = {}  # job -> the cancel's write done
     delete_sent: dict[str, float] = {}  # job -> the operator's Pod delete received
     delete_done: dict[str, float] = {}
     removed: dict[str, float] = {}  # job -> the kubelet's final delete done
@@ -465,7 +462,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
     """N jobs at once with long-running Pods, then all cancelled: ours (`which="ours"`) or the kopf floor."""
     names = [f"lat-{i:05d}" for i in range(jobs)]
     with tempfile.TemporaryDirectory(prefix=f"bench-{which}-") as tmp:
-        cluster = Cluster(Path(tmp), keep_audit=True)
+        cluster = Cluster(Path(tmp))
         with (
             cluster,
             (
@@ -475,7 +472,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
             ) as process,
             observing(cluster.api) as seen,
         ):
-            cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
+            cpu_before = cluster.cpu_seconds(process)
             create_jobs(cluster.api, seen, names)
             wait_until(
                 lambda: (
@@ -490,11 +487,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
                 ),
                 process=process,
             )
-            cpu_at_cancel = {
-                "operator": cpu_seconds(process.pid),
-                **cluster.cpu_seconds(),
-                "bench": time.process_time(),
-            }
+            cpu_at_cancel = cluster.cpu_seconds(process)
             cancel_jobs(cluster.api, seen, names)
             wait_until(
                 lambda: seen.count(lambda: seen.pod_deleted) >= jobs,
@@ -504,7 +497,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
             )
             cancel_seconds = time.monotonic() - min(seen.cancelled.values())
             rss = peak_rss_mib(process.pid)
-            cpu_after = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
+            cpu_after = cluster.cpu_seconds(process)
         running = {n: p["Running"] for n, p in seen.phases.items() if "Running" in p}
         first_create, last_pod = min(seen.created.values()), max(seen.pod_created.values())
         return {
@@ -514,7 +507,7 @@ def latency_scenario(which: str, jobs: int, timeout: float) -> dict[str, Any]:
             "create_to_pod_ms": summary(latencies_ms(seen.created, seen.pod_created, names)),
             "create_to_running_ms": summary(latencies_ms(seen.created, running, names)) if which == "ours" else None,
             "cancel_to_pod_deleted_ms": summary(latencies_ms(seen.cancelled, seen.pod_deleted, names)),
-            "cancel_path_ms": cancel_path(cluster.audit),
+            "cancel_path_ms": cancel_path(cluster.server.audit_events()),  # the stopped server's whole log
             "cancel_seconds": cancel_seconds,
             "cancel_cpu_seconds": {name: cpu_after[name] - cpu_at_cancel[name] for name in cpu_after},
             "launch_jobs_per_s": jobs / (last_pod - first_create),
@@ -541,7 +534,7 @@ def queue_scenario(
             our_operator(cluster, INSTANT_IMAGE, max_running_jobs=limit) as process,
             observing(cluster.api) as seen,
         ):
-            cpu_before = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
+            cpu_before = cluster.cpu_seconds(process)
             started = time.monotonic()
             create_jobs(cluster.api, seen, names, kib)
             finished = lambda: seen.jobs_in("Succeeded") + seen.jobs_in("Failed")  # noqa: E731
@@ -557,7 +550,7 @@ def queue_scenario(
             time.sleep(1)  # late duplicates would show up now
             pods = cluster.api.request("GET", PODS_PATH)["items"]
             rss = peak_rss_mib(process.pid)
-            cpu_after = {"operator": cpu_seconds(process.pid), **cluster.cpu_seconds(), "bench": time.process_time()}
+            cpu_after = cluster.cpu_seconds(process)
         pods_per_job: dict[str, int] = {}
         for pod in pods:
             owner = (pod["metadata"].get("ownerReferences") or [{}])[0].get("name")

@@ -86,8 +86,7 @@ def operator_section(results: dict[str, Any]) -> Section:
                     result=verdict(r is not None and r <= P99_CREATE_TO_POD_VS_FLOOR),
                 )
             rows.append(row)
-    if "cancel_path_ms" in ours and "cancel_path_ms" in floor:
-        rows.extend(cancel_path_rows(ours, floor))
+    rows.extend(cancel_path_rows(ours, floor))
     running = ours["create_to_running_ms"]
     rows.append(
         Row("create → job Running, p50 / p99 (ms)", f"{ms(running['p50'])} / {ms(running['p99'])}", "— (no phase)")
